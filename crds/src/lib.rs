@@ -1,0 +1,19 @@
+//! The bpfleet API: custom resource types, the names and limits both the operator and
+//! the agent rely on, and the validation they share.
+
+pub mod crdgen;
+pub mod limits;
+pub mod names;
+pub mod node;
+pub mod pins;
+pub mod program;
+pub mod revision;
+pub mod validate;
+
+pub use node::{BpfNode, BpfNodeSpec, BpfNodeStatus, Health, NodeProgramStatus};
+pub use program::{BpfProgram, BpfProgramSpec, BpfProgramStatus, ProgramSpec, ProgramType};
+
+/// API group of every bpfleet resource.
+pub const GROUP: &str = "bpfleet.dev";
+/// Field manager the operator uses for server-side apply.
+pub const FIELD_MANAGER: &str = "bpfleet-operator";

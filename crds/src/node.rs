@@ -1,0 +1,112 @@
+//! `BpfNode`: per-node truth, one object per Node, written by the operator from what
+//! that node's agent reports. Keeps `BpfProgram.status` bounded however many nodes run it.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::program::ProgramType;
+
+/// A BpfNode mirrors one node's agent. Its name is the Node's name; it is owned by the
+/// Node. The spec is empty: everything of interest is observed state.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "bpfleet.dev",
+    version = "v1alpha1",
+    kind = "BpfNode",
+    plural = "bpfnodes",
+    shortname = "bpfnode",
+    doc = "What the bpfleet agent on one node runs: every managed BpfProgram with its kernel ids, pins and health.",
+    status = "BpfNodeStatus",
+    printcolumn = r#"{"name":"Managed","type":"integer","jsonPath":".status.managed"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthy"}"#,
+    printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BpfNodeSpec {}
+
+/// What the node's agent reported last.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BpfNodeStatus {
+    /// Number of BpfPrograms the agent manages on this node.
+    #[serde(default)]
+    pub managed: i32,
+    /// Number of those that are Healthy.
+    #[serde(default)]
+    pub healthy: i32,
+    /// Version of the node's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Kernel release of the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    /// When the agent was last heard from (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_report_time: Option<String>,
+    /// Every BpfProgram the agent manages on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["owner"]))]
+    pub programs: Vec<NodeProgramStatus>,
+}
+
+/// Health of one BpfProgram on one node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Every program attached as specified.
+    Healthy,
+    /// Loaded, but some attachment is missing (e.g. a link removed by someone else).
+    Degraded,
+    /// The last apply failed; nothing of it is running.
+    Failed,
+}
+
+/// One BpfProgram as it runs on this node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeProgramStatus {
+    /// Name of the owning BpfProgram.
+    pub owner: String,
+    /// UID of the owning BpfProgram.
+    pub owner_uid: String,
+    /// Revision the node runs.
+    pub revision: String,
+    /// Healthy, Degraded or Failed.
+    pub health: Health,
+    /// Kernel objects of each attached function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached: Vec<AttachedProgram>,
+    /// Maps pinned in bpffs, for user-space readers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<PinnedMap>,
+    /// The last error, in words, when health is not Healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One loaded function and its links.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedProgram {
+    /// Function name in the ELF.
+    pub name: String,
+    /// Program type.
+    #[serde(rename = "type")]
+    pub program_type: ProgramType,
+    /// Kernel program id (`bpftool prog show id N`).
+    pub program_id: u32,
+    /// Kernel link ids, one per attachment (`bpftool link show id N`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_ids: Vec<u32>,
+}
+
+/// A map pinned in bpffs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedMap {
+    /// Map name in the ELF.
+    pub name: String,
+    /// Absolute bpffs path, e.g. for `bpftool map dump pinned PATH`.
+    pub pin_path: String,
+}

@@ -1,0 +1,86 @@
+//! The bpffs layout, in one place for the agent, its recovery and the tests:
+//!
+//! ```text
+//! <root>/<owner-uid>/owner.json                 metadata, written atomically
+//! <root>/<owner-uid>/maps/<map>                 maps, kept across revisions
+//! <root>/<owner-uid>/<revision>/progs/<program>
+//! <root>/<owner-uid>/<revision>/links/<program>.<n>
+//! ```
+//!
+//! Maps live at the owner level so a new revision keeps the counters and state of the
+//! old one (a pinned map is reused only if its definition matches).
+
+use std::path::{Path, PathBuf};
+
+use crate::names::{MapName, OwnerUid, ProgramName};
+use crate::revision::Revision;
+
+/// Default bpffs root of an agent.
+pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/bpfleet";
+/// Name of the per-owner metadata file.
+pub const OWNER_METADATA: &str = "owner.json";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn owner_dir(&self, owner: &OwnerUid) -> PathBuf {
+        self.root.join(owner.as_str())
+    }
+
+    pub fn metadata(&self, owner: &OwnerUid) -> PathBuf {
+        self.owner_dir(owner).join(OWNER_METADATA)
+    }
+
+    pub fn maps_dir(&self, owner: &OwnerUid) -> PathBuf {
+        self.owner_dir(owner).join("maps")
+    }
+
+    pub fn map(&self, owner: &OwnerUid, map: &MapName) -> PathBuf {
+        self.maps_dir(owner).join(map.as_str())
+    }
+
+    pub fn revision_dir(&self, owner: &OwnerUid, rev: &Revision) -> PathBuf {
+        self.owner_dir(owner).join(rev.as_str())
+    }
+
+    pub fn program(&self, owner: &OwnerUid, rev: &Revision, prog: &ProgramName) -> PathBuf {
+        self.revision_dir(owner, rev).join("progs").join(prog.as_str())
+    }
+
+    pub fn links_dir(&self, owner: &OwnerUid, rev: &Revision) -> PathBuf {
+        self.revision_dir(owner, rev).join("links")
+    }
+
+    /// The `index`-th link of a program (one per interface or tracepoint).
+    pub fn link(&self, owner: &OwnerUid, rev: &Revision, prog: &ProgramName, index: usize) -> PathBuf {
+        self.links_dir(owner, rev).join(format!("{prog}.{index}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_rooted_and_structured() {
+        let l = PinLayout::new("/sys/fs/bpf/t");
+        let o = OwnerUid::new("abc-1").unwrap();
+        let r = Revision::parse("0123456789abcdef").unwrap();
+        let p = ProgramName::new("count").unwrap();
+        assert_eq!(l.program(&o, &r, &p), Path::new("/sys/fs/bpf/t/abc-1/0123456789abcdef/progs/count"));
+        assert_eq!(l.link(&o, &r, &p, 2), Path::new("/sys/fs/bpf/t/abc-1/0123456789abcdef/links/count.2"));
+        assert_eq!(l.map(&o, &MapName::new("m").unwrap()), Path::new("/sys/fs/bpf/t/abc-1/maps/m"));
+        assert_eq!(l.metadata(&o), Path::new("/sys/fs/bpf/t/abc-1/owner.json"));
+    }
+}

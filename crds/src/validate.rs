@@ -1,0 +1,481 @@
+//! Validation of a `BpfProgramSpec` in Rust, mirroring the schema's patterns, bounds and
+//! CEL rules. The API server enforces the schema; the agent runs this too, because
+//! standalone mode and gRPC callers never went through an API server. The output is
+//! typed: once validated, a program's attach settings cannot disagree with its type.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::limits::{MAX_BYTECODE_BYTES, MAX_GLOBAL_BYTES, MAX_GLOBALS, MAX_HOOKS, MAX_PROGRAMS};
+use crate::names::{GlobalName, InterfaceName, ProgramName};
+use crate::program::{BpfProgramSpec, BytecodeSource, ConfigMapBytecode, Direction, ProgramSpec, ProgramType, XdpMode};
+
+/// One problem with a spec: where, and what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path below `spec`, e.g. `programs[0].xdp.interfaces[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a spec (validation does not stop at the first).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<FieldError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "spec.{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a validated object's bytes come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Bytecode {
+    Inline(Vec<u8>),
+    ConfigMap(ConfigMapBytecode),
+    Path(PathBuf),
+}
+
+/// A program's hooks, typed by program type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attach {
+    Xdp { interfaces: Vec<InterfaceName>, mode: XdpMode },
+    Tc { interfaces: Vec<InterfaceName>, direction: Direction, priority: u16 },
+    Tracepoint { names: Vec<TracepointName> },
+    RawTracepoint { names: Vec<String> },
+    Fentry { function: String },
+    Fexit { function: String },
+    Kprobe { function: String, offset: u64 },
+    Kretprobe { function: String },
+    Uprobe { probe: UprobeTarget, ret: bool },
+    CgroupSkb { cgroup: PathBuf, direction: Direction },
+    Lsm { hook: String },
+}
+
+impl Attach {
+    pub fn program_type(&self) -> ProgramType {
+        match self {
+            Attach::Xdp { .. } => ProgramType::Xdp,
+            Attach::Tc { .. } => ProgramType::Tc,
+            Attach::Tracepoint { .. } => ProgramType::Tracepoint,
+            Attach::RawTracepoint { .. } => ProgramType::RawTracepoint,
+            Attach::Fentry { .. } => ProgramType::Fentry,
+            Attach::Fexit { .. } => ProgramType::Fexit,
+            Attach::Kprobe { .. } => ProgramType::Kprobe,
+            Attach::Kretprobe { .. } => ProgramType::Kretprobe,
+            Attach::Uprobe { ret: false, .. } => ProgramType::Uprobe,
+            Attach::Uprobe { ret: true, .. } => ProgramType::Uretprobe,
+            Attach::CgroupSkb { .. } => ProgramType::CgroupSkb,
+            Attach::Lsm { .. } => ProgramType::Lsm,
+        }
+    }
+}
+
+/// `category/name` of a tracepoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracepointName {
+    pub category: String,
+    pub name: String,
+}
+
+impl fmt::Display for TracepointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.category, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct UprobeTarget {
+    pub target: PathBuf,
+    pub symbol: Option<String>,
+    pub offset: u64,
+    pub pid: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidProgram {
+    pub name: ProgramName,
+    pub attach: Attach,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidSpec {
+    pub bytecode: Bytecode,
+    pub globals: Vec<(GlobalName, Vec<u8>)>,
+    pub programs: Vec<ValidProgram>,
+}
+
+/// Collects errors with their field paths.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+}
+
+/// Validate a whole spec.
+pub fn validate_spec(spec: &BpfProgramSpec) -> Result<ValidSpec, SpecErrors> {
+    let mut errs = Errors::default();
+    let bytecode = validate_bytecode(&spec.bytecode, &mut errs);
+    let globals = validate_globals(spec.global_data.iter(), &mut errs);
+    let programs = validate_programs_into(&spec.programs, &mut errs);
+    match (bytecode, errs.0.is_empty()) {
+        (Some(bytecode), true) => Ok(ValidSpec { bytecode, globals, programs }),
+        _ => Err(SpecErrors(errs.0)),
+    }
+}
+
+/// Validate only the program list (what the agent receives over gRPC).
+pub fn validate_programs(programs: &[ProgramSpec]) -> Result<Vec<ValidProgram>, SpecErrors> {
+    let mut errs = Errors::default();
+    let out = validate_programs_into(programs, &mut errs);
+    if errs.0.is_empty() { Ok(out) } else { Err(SpecErrors(errs.0)) }
+}
+
+/// Validate global data given as raw bytes (what the agent receives over gRPC).
+pub fn validate_global_bytes<'a>(
+    globals: impl Iterator<Item = (&'a String, &'a Vec<u8>)>,
+) -> Result<Vec<(GlobalName, Vec<u8>)>, SpecErrors> {
+    let mut errs = Errors::default();
+    let mut out = Vec::new();
+    for (k, v) in globals {
+        check_global(k, v, &mut errs, &mut out);
+    }
+    if out.len() > MAX_GLOBALS as usize {
+        errs.push("globalData", format!("at most {MAX_GLOBALS} variables may be set"));
+    }
+    if errs.0.is_empty() { Ok(out) } else { Err(SpecErrors(errs.0)) }
+}
+
+fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode> {
+    let set = [src.inline.is_some(), src.config_map.is_some(), src.path.is_some()];
+    if set.iter().filter(|x| **x).count() != 1 {
+        errs.push("bytecode", "bytecode must set exactly one of inline, configMap or path");
+        return None;
+    }
+    if let Some(b64) = &src.inline {
+        return match B64.decode(b64.trim()) {
+            Ok(bytes) if bytes.len() > MAX_BYTECODE_BYTES => {
+                errs.push(
+                    "bytecode.inline",
+                    format!(
+                        "object is {} bytes, the limit is {MAX_BYTECODE_BYTES}; use configMap or path",
+                        bytes.len()
+                    ),
+                );
+                None
+            }
+            Ok(bytes) => Some(Bytecode::Inline(bytes)),
+            Err(e) => {
+                errs.push("bytecode.inline", format!("not valid base64: {e}"));
+                None
+            }
+        };
+    }
+    if let Some(cm) = &src.config_map {
+        let before = errs.0.len();
+        if !is_dns_subdomain(&cm.name) {
+            errs.push("bytecode.configMap.name", "must be a DNS subdomain (lowercase letters, digits, '-', '.')");
+        }
+        if !is_dns_label(&cm.namespace) {
+            errs.push("bytecode.configMap.namespace", "must be a DNS label (lowercase letters, digits, '-')");
+        }
+        if cm.key.is_empty()
+            || cm.key.len() > 253
+            || !cm.key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        {
+            errs.push("bytecode.configMap.key", "must be 1-253 characters of letters, digits, '-', '.', '_'");
+        }
+        return (errs.0.len() == before).then(|| Bytecode::ConfigMap(cm.clone()));
+    }
+    let path = src.path.as_deref().unwrap_or_default();
+    check_abs_path(path, "bytecode.path", errs).map(Bytecode::Path)
+}
+
+fn validate_globals<'a>(
+    globals: impl Iterator<Item = (&'a String, &'a String)>,
+    errs: &mut Errors,
+) -> Vec<(GlobalName, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut count = 0;
+    for (k, v) in globals {
+        count += 1;
+        match B64.decode(v.trim()) {
+            Ok(bytes) => check_global(k, &bytes, errs, &mut out),
+            Err(e) => errs.push(format!("globalData.{k}"), format!("not valid base64: {e}")),
+        }
+    }
+    if count > MAX_GLOBALS as usize {
+        errs.push("globalData", format!("at most {MAX_GLOBALS} variables may be set"));
+    }
+    out
+}
+
+fn check_global(k: &str, bytes: &[u8], errs: &mut Errors, out: &mut Vec<(GlobalName, Vec<u8>)>) {
+    match GlobalName::new(k) {
+        Err(e) => errs.push(format!("globalData.{k}"), e.to_string()),
+        Ok(_) if bytes.is_empty() || bytes.len() > MAX_GLOBAL_BYTES => errs.push(
+            format!("globalData.{k}"),
+            format!("value is {} bytes; it must be 1-{MAX_GLOBAL_BYTES} bytes", bytes.len()),
+        ),
+        Ok(name) => out.push((name, bytes.to_vec())),
+    }
+}
+
+fn validate_programs_into(programs: &[ProgramSpec], errs: &mut Errors) -> Vec<ValidProgram> {
+    if programs.is_empty() {
+        errs.push("programs", "at least one program is required");
+    }
+    if programs.len() > MAX_PROGRAMS {
+        errs.push("programs", format!("at most {MAX_PROGRAMS} programs are allowed, got {}", programs.len()));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, p) in programs.iter().enumerate() {
+        let at = format!("programs[{i}]");
+        if !seen.insert(p.name.as_str()) {
+            errs.push(format!("{at}.name"), format!("duplicate program name {:?}", p.name));
+        }
+        let name = match ProgramName::new(&p.name) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                errs.push(format!("{at}.name"), e.to_string());
+                None
+            }
+        };
+        if let (Some(name), Some(attach)) = (name, validate_attach(p, &at, errs)) {
+            out.push(ValidProgram { name, attach });
+        }
+    }
+    out
+}
+
+/// The names of the attach blocks present on a program.
+fn blocks_present(p: &ProgramSpec) -> Vec<ProgramType> {
+    let present = [
+        (ProgramType::Xdp, p.xdp.is_some()),
+        (ProgramType::Tc, p.tc.is_some()),
+        (ProgramType::Tracepoint, p.tracepoint.is_some()),
+        (ProgramType::RawTracepoint, p.raw_tracepoint.is_some()),
+        (ProgramType::Fentry, p.fentry.is_some()),
+        (ProgramType::Fexit, p.fexit.is_some()),
+        (ProgramType::Kprobe, p.kprobe.is_some()),
+        (ProgramType::Kretprobe, p.kretprobe.is_some()),
+        (ProgramType::Uprobe, p.uprobe.is_some()),
+        (ProgramType::Uretprobe, p.uretprobe.is_some()),
+        (ProgramType::CgroupSkb, p.cgroup_skb.is_some()),
+        (ProgramType::Lsm, p.lsm.is_some()),
+    ];
+    present.into_iter().filter(|(_, on)| *on).map(|(t, _)| t).collect()
+}
+
+fn validate_attach(p: &ProgramSpec, at: &str, errs: &mut Errors) -> Option<Attach> {
+    let t = p.program_type;
+    let present = blocks_present(p);
+    let mut ok = true;
+    for other in present.iter().filter(|o| **o != t) {
+        errs.push(
+            format!("{at}.{}", other.block_field()),
+            format!("the {} block must be set exactly when type is {other}, but type is {t}", other.block_field()),
+        );
+        ok = false;
+    }
+    if !present.contains(&t) {
+        errs.push(format!("{at}.{}", t.block_field()), format!("type {t} needs a {} block", t.block_field()));
+        return None;
+    }
+    let before = errs.0.len();
+    let attach = match t {
+        ProgramType::Xdp => {
+            let x = p.xdp.as_ref()?;
+            Attach::Xdp { interfaces: interfaces(&x.interfaces, &format!("{at}.xdp"), errs), mode: x.mode }
+        }
+        ProgramType::Tc => {
+            let x = p.tc.as_ref()?;
+            if !(1..=1000).contains(&x.priority) {
+                errs.push(format!("{at}.tc.priority"), format!("must be 1-1000, got {}", x.priority));
+            }
+            Attach::Tc {
+                interfaces: interfaces(&x.interfaces, &format!("{at}.tc"), errs),
+                direction: x.direction,
+                priority: x.priority.clamp(1, 1000) as u16,
+            }
+        }
+        ProgramType::Tracepoint => {
+            let x = p.tracepoint.as_ref()?;
+            let field = format!("{at}.tracepoint.names");
+            hook_count(x.names.len(), &field, errs);
+            let names = x
+                .names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| {
+                    let parsed = n.split_once('/').filter(|(c, n)| {
+                        is_word(c, 128)
+                            && !n.is_empty()
+                            && n.len() <= 128
+                            && n.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+                    });
+                    if parsed.is_none() {
+                        errs.push(
+                            format!("{field}[{i}]"),
+                            format!("{n:?} must be category/name, e.g. syscalls/sys_enter_openat"),
+                        );
+                    }
+                    parsed.map(|(c, n)| TracepointName { category: c.into(), name: n.into() })
+                })
+                .collect();
+            Attach::Tracepoint { names }
+        }
+        ProgramType::RawTracepoint => {
+            let x = p.raw_tracepoint.as_ref()?;
+            let field = format!("{at}.rawTracepoint.names");
+            hook_count(x.names.len(), &field, errs);
+            for (i, n) in x.names.iter().enumerate() {
+                if !is_word(n, 128) {
+                    errs.push(format!("{field}[{i}]"), format!("{n:?} must be a raw tracepoint name like sys_enter"));
+                }
+            }
+            Attach::RawTracepoint { names: x.names.clone() }
+        }
+        ProgramType::Fentry => {
+            Attach::Fentry { function: kfunc(&p.fentry.as_ref()?.function, &format!("{at}.fentry"), errs) }
+        }
+        ProgramType::Fexit => {
+            Attach::Fexit { function: kfunc(&p.fexit.as_ref()?.function, &format!("{at}.fexit"), errs) }
+        }
+        ProgramType::Kprobe => {
+            let x = p.kprobe.as_ref()?;
+            Attach::Kprobe { function: kfunc(&x.function, &format!("{at}.kprobe"), errs), offset: x.offset }
+        }
+        ProgramType::Kretprobe => {
+            let x = p.kretprobe.as_ref()?;
+            if x.offset != 0 {
+                errs.push(format!("{at}.kretprobe.offset"), "a kretprobe fires on return; offset must be 0");
+            }
+            Attach::Kretprobe { function: kfunc(&x.function, &format!("{at}.kretprobe"), errs) }
+        }
+        ProgramType::Uprobe | ProgramType::Uretprobe => {
+            let ret = t == ProgramType::Uretprobe;
+            let field = format!("{at}.{}", t.block_field());
+            let x = if ret { p.uretprobe.as_ref()? } else { p.uprobe.as_ref()? };
+            let target = check_abs_path(&x.target, &format!("{field}.target"), errs);
+            if x.symbol.is_none() && x.offset.is_none() {
+                errs.push(field.clone(), "uprobe needs a symbol, an offset, or both");
+            }
+            if let Some(s) = &x.symbol
+                && (s.is_empty()
+                    || s.len() > 256
+                    || s.starts_with(|c: char| c.is_ascii_digit())
+                    || !s.chars().all(|c| c.is_ascii_alphanumeric() || "_.@$".contains(c)))
+            {
+                errs.push(format!("{field}.symbol"), format!("{s:?} is not a valid symbol name"));
+            }
+            if let Some(pid) = x.pid
+                && pid < 1
+            {
+                errs.push(format!("{field}.pid"), format!("must be a positive process id, got {pid}"));
+            }
+            Attach::Uprobe {
+                probe: UprobeTarget {
+                    target: target.unwrap_or_default(),
+                    symbol: x.symbol.clone(),
+                    offset: x.offset.unwrap_or(0),
+                    pid: x.pid,
+                },
+                ret,
+            }
+        }
+        ProgramType::CgroupSkb => {
+            let x = p.cgroup_skb.as_ref()?;
+            let cgroup = check_abs_path(&x.cgroup_path, &format!("{at}.cgroupSkb.cgroupPath"), errs);
+            Attach::CgroupSkb { cgroup: cgroup.unwrap_or_default(), direction: x.direction }
+        }
+        ProgramType::Lsm => {
+            let hook = &p.lsm.as_ref()?.hook;
+            if hook.is_empty()
+                || hook.len() > 64
+                || !hook.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                || !hook.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                errs.push(format!("{at}.lsm.hook"), format!("{hook:?} must be an LSM hook name like file_open"));
+            }
+            Attach::Lsm { hook: hook.clone() }
+        }
+    };
+    (ok && errs.0.len() == before).then_some(attach)
+}
+
+fn hook_count(n: usize, field: &str, errs: &mut Errors) {
+    if n == 0 || n > MAX_HOOKS {
+        errs.push(field, format!("must list 1-{MAX_HOOKS} entries, got {n}"));
+    }
+}
+
+fn interfaces(list: &[String], at: &str, errs: &mut Errors) -> Vec<InterfaceName> {
+    hook_count(list.len(), &format!("{at}.interfaces"), errs);
+    let mut seen = BTreeSet::new();
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            if !seen.insert(s) {
+                errs.push(format!("{at}.interfaces[{i}]"), format!("interface {s:?} is listed twice"));
+            }
+            InterfaceName::new(s).map_err(|e| errs.push(format!("{at}.interfaces[{i}]"), e.to_string())).ok()
+        })
+        .collect()
+}
+
+fn kfunc(f: &str, at: &str, errs: &mut Errors) -> String {
+    let ok = !f.is_empty()
+        && f.len() <= 128
+        && f.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !ok {
+        errs.push(format!("{at}.function"), format!("{f:?} is not a kernel function name"));
+    }
+    f.to_string()
+}
+
+fn is_word(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// An absolute path without `.`/`..` segments or NUL bytes.
+fn check_abs_path(p: &str, field: &str, errs: &mut Errors) -> Option<PathBuf> {
+    let ok = p.len() >= 2
+        && p.len() <= 4096
+        && p.starts_with('/')
+        && !p.contains('\0')
+        && !p.split('/').any(|seg| seg == "." || seg == "..");
+    if ok {
+        Some(PathBuf::from(p))
+    } else {
+        errs.push(field, format!("{p:?} must be an absolute path without '.' or '..' segments"));
+        None
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}

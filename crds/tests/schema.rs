@@ -1,0 +1,349 @@
+//! The generated CRDs: current, structural, and rejecting bad manifests with the
+//! message a user reads, both in the schema (as the API server would) and in the
+//! Rust validation the agent runs.
+
+mod apiserver;
+
+use std::path::PathBuf;
+
+use crds::validate::validate_spec;
+use crds::{BpfNode, BpfProgram};
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn committed_crds_are_current() {
+    for (file, yaml) in crds::crdgen::render_all().unwrap() {
+        let path = repo().join("charts/bpfleet/crds").join(&file);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == yaml,
+            "{} is stale: run `cargo run -p crds --bin crdgen` and commit the result",
+            path.display()
+        );
+    }
+}
+
+/// Kubernetes requires a structural schema: every node typed (or explicitly
+/// int-or-string / preserve-unknown-fields), no $ref, and anyOf/oneOf/allOf/not only as
+/// pure value validations without types or defaults inside.
+fn check_structural(s: &Value, path: &str, problems: &mut Vec<String>) {
+    let obj = s.as_object().unwrap();
+    if obj.contains_key("$ref") {
+        problems.push(format!("{path}: $ref is not allowed"));
+    }
+    for k in ["anyOf", "oneOf", "allOf", "not"] {
+        if let Some(branches) = obj.get(k) {
+            let list = branches.as_array().cloned().unwrap_or_else(|| vec![branches.clone()]);
+            for b in list {
+                for forbidden in [
+                    "type",
+                    "default",
+                    "description",
+                    "nullable",
+                    "additionalProperties",
+                    "x-kubernetes-preserve-unknown-fields",
+                ] {
+                    if b.get(forbidden).is_some() {
+                        problems.push(format!("{path}.{k}: branch sets {forbidden}"));
+                    }
+                }
+            }
+        }
+    }
+    let typed = obj.contains_key("type")
+        || obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+        || obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if !typed {
+        problems.push(format!("{path}: no type"));
+    }
+    if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+        for (k, v) in props {
+            check_structural(v, &format!("{path}.{k}"), problems);
+        }
+    }
+    if let Some(items) = obj.get("items") {
+        check_structural(items, &format!("{path}[]"), problems);
+    }
+    if let Some(ap) = obj.get("additionalProperties").filter(|v| v.is_object()) {
+        check_structural(ap, &format!("{path}{{}}"), problems);
+    }
+}
+
+#[test]
+fn schemas_are_structural_and_cel_compiles_within_budget() {
+    for crd in [BpfProgram::crd(), BpfNode::crd()] {
+        let schema =
+            serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
+                .unwrap();
+        let mut problems = Vec::new();
+        check_structural(&schema, "", &mut problems);
+        assert!(problems.is_empty(), "{}: {problems:#?}", crd.spec.names.kind);
+
+        let compiled = kube::core::cel::compile_schema(&schema);
+        assert!(!compiled.has_errors(), "CEL rules fail to compile: {:?}", compiled.compilation_errors());
+    }
+    // Every CEL rule is in a valid scope and within the apiserver's cost budget
+    // (an unbounded list or string makes a real apiserver refuse the CRD).
+    let schema = serde_json::to_value(
+        BpfProgram::crd().spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap(),
+    )
+    .unwrap();
+    let mut rules = 0;
+    check_cel_cost(&schema, &mut rules);
+    assert!(rules >= 18, "only {rules} CEL rules found");
+}
+
+fn check_cel_cost(s: &Value, rules: &mut usize) {
+    use kube::core::cel::{ScopeContext, WarningKind, analyze_rule, compile_schema};
+    if let Some(list) = s.get("x-kubernetes-validations").and_then(Value::as_array) {
+        let compiled = compile_schema(s);
+        for r in list {
+            let rule = r["rule"].as_str().unwrap();
+            // The scope analysis does not know macro-bound variables (`all(k, ...)`),
+            // so only cost and bounds warnings count.
+            let warnings: Vec<_> = analyze_rule(rule, &compiled, ScopeContext::CrdValidation)
+                .into_iter()
+                .filter(|w| w.kind != WarningKind::WrongScope)
+                .collect();
+            assert!(warnings.is_empty(), "{rule}: {warnings:?}");
+            *rules += 1;
+        }
+    }
+    for key in ["properties"] {
+        for v in s.get(key).and_then(Value::as_object).into_iter().flat_map(|m| m.values()) {
+            check_cel_cost(v, rules);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(v) = s.get(key).filter(|v| v.is_object()) {
+            check_cel_cost(v, rules);
+        }
+    }
+}
+
+fn manifest(spec: Value) -> Value {
+    json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "metadata": {"name": "t"}, "spec": spec})
+}
+
+fn xdp_spec() -> Value {
+    json!({
+        "nodeSelector": {},
+        "bytecode": {"configMap": {"name": "xdp-counter-bytecode", "namespace": "bpfleet-system", "key": "xdp_counter.o"}},
+        "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"], "mode": "Auto"}}]
+    })
+}
+
+/// Both the schema and the Rust validation reject `spec`, each with a message
+/// containing `schema_msg` / `rust_msg`.
+fn rejected(spec: Value, schema_msg: &str, rust_msg: &str) {
+    let obj = manifest(spec.clone());
+    let errs = apiserver::admit(&BpfProgram::crd(), &obj).expect_err("schema accepted a bad manifest");
+    assert!(errs.iter().any(|e| e.contains(schema_msg)), "schema errors {errs:#?} lack {schema_msg:?}");
+    let parsed: Result<crds::BpfProgramSpec, _> = serde_json::from_value(spec);
+    match parsed {
+        Ok(parsed) => {
+            let e = validate_spec(&parsed).expect_err("Rust validation accepted a bad spec").to_string();
+            assert!(e.contains(rust_msg), "Rust error {e:?} lacks {rust_msg:?}");
+        }
+        // A spec that does not even deserialize is rejected too; say so clearly.
+        Err(e) => assert!(e.to_string().contains(rust_msg), "serde error {e} lacks {rust_msg:?}"),
+    }
+}
+
+#[test]
+fn design_example_is_accepted() {
+    let spec = json!({
+        "nodeSelector": {"matchLabels": {"kubernetes.io/os": "linux"}},
+        "bytecode": {"configMap": {"name": "xdp-counter-bytecode", "namespace": "bpfleet-system", "key": "xdp_counter.o"}},
+        "globalData": {"SAMPLE_RATE": "ZAAAAA=="},
+        "programs": [
+            {"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"], "mode": "Auto"}},
+            {"name": "count_openat", "type": "Tracepoint", "tracepoint": {"names": ["syscalls/sys_enter_openat"]}}
+        ]
+    });
+    apiserver::admit(&BpfProgram::crd(), &manifest(spec.clone())).unwrap();
+    let v = validate_spec(&serde_json::from_value(spec).unwrap()).unwrap();
+    assert_eq!(v.programs.len(), 2);
+    assert_eq!(v.globals[0].1, vec![100, 0, 0, 0]);
+}
+
+#[test]
+fn every_example_manifest_is_accepted() {
+    let mut seen = 0;
+    for dir in ["examples/manifests", "examples/standalone"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap().replace("@BUILD_DIR@", "/opt/bpfleet");
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+                if v.get("kind").and_then(Value::as_str) != Some("BpfProgram") {
+                    continue;
+                }
+                apiserver::admit(&BpfProgram::crd(), &v).unwrap_or_else(|e| panic!("{}: {e:#?}", path.display()));
+                let p: BpfProgram = serde_json::from_value(v).unwrap();
+                validate_spec(&p.spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 8, "only {seen} example BpfPrograms found");
+}
+
+#[test]
+fn two_bytecode_sources_are_rejected() {
+    let mut spec = xdp_spec();
+    spec["bytecode"]["path"] = json!("/opt/bpf/x.o");
+    rejected(
+        spec,
+        "bytecode must set exactly one of inline, configMap or path",
+        "exactly one of inline, configMap or path",
+    );
+}
+
+#[test]
+fn no_bytecode_source_is_rejected() {
+    let mut spec = xdp_spec();
+    spec["bytecode"] = json!({});
+    rejected(
+        spec,
+        "bytecode must set exactly one of inline, configMap or path",
+        "exactly one of inline, configMap or path",
+    );
+}
+
+#[test]
+fn attach_block_must_match_type() {
+    let mut spec = xdp_spec();
+    spec["programs"][0]["type"] = json!("TC");
+    rejected(
+        spec.clone(),
+        "the xdp block must be set exactly when type is XDP",
+        "programs[0].xdp: the xdp block must be set exactly when type is XDP, but type is TC",
+    );
+    // Missing block for the type.
+    spec["programs"][0] = json!({"name": "count_tc", "type": "TC"});
+    rejected(spec, "the tc block must be set exactly when type is TC", "type TC needs a tc block");
+}
+
+#[test]
+fn every_type_requires_its_own_block() {
+    let blocks = [
+        ("XDP", "xdp", json!({"interfaces": ["eth0"]})),
+        ("TC", "tc", json!({"interfaces": ["eth0"], "direction": "Ingress", "priority": 10})),
+        ("Tracepoint", "tracepoint", json!({"names": ["syscalls/sys_enter_openat"]})),
+        ("RawTracepoint", "rawTracepoint", json!({"names": ["sys_enter"]})),
+        ("Fentry", "fentry", json!({"function": "do_unlinkat"})),
+        ("Fexit", "fexit", json!({"function": "do_unlinkat"})),
+        ("Kprobe", "kprobe", json!({"function": "tcp_connect", "offset": 0})),
+        ("Kretprobe", "kretprobe", json!({"function": "tcp_connect"})),
+        ("Uprobe", "uprobe", json!({"target": "/usr/bin/bash", "symbol": "readline"})),
+        ("Uretprobe", "uretprobe", json!({"target": "/usr/bin/bash", "offset": 4096, "pid": 1})),
+        ("CgroupSkb", "cgroupSkb", json!({"cgroupPath": "/sys/fs/cgroup/unified/app", "direction": "Egress"})),
+        ("Lsm", "lsm", json!({"hook": "file_open"})),
+    ];
+    for (ty, field, block) in &blocks {
+        let mut spec = xdp_spec();
+        spec["programs"][0] = json!({"name": "p", "type": ty, field.to_string(): block});
+        apiserver::admit(&BpfProgram::crd(), &manifest(spec.clone())).unwrap_or_else(|e| panic!("{ty}: {e:#?}"));
+        let v = validate_spec(&serde_json::from_value(spec.clone()).unwrap()).unwrap();
+        assert_eq!(v.programs[0].attach.program_type().as_str(), *ty);
+        // Paired with the next type's block instead: rejected.
+        let (_, other_field, other_block) =
+            &blocks[(blocks.iter().position(|b| b.0 == *ty).unwrap() + 1) % blocks.len()];
+        spec["programs"][0] = json!({"name": "p", "type": ty, other_field.to_string(): other_block});
+        rejected(
+            spec,
+            &format!("the {other_field} block must be set exactly when type is"),
+            &format!("type {ty} needs a {field} block"),
+        );
+    }
+}
+
+#[test]
+fn programs_must_not_be_empty() {
+    let mut spec = xdp_spec();
+    spec["programs"] = json!([]);
+    rejected(spec, "spec.programs: Invalid value: 0: should have at least 1 items", "at least one program is required");
+}
+
+#[test]
+fn bad_program_names_are_rejected() {
+    for name in ["../../etc/passwd", "count/packets", "1abc", &"x".repeat(65)] {
+        let mut spec = xdp_spec();
+        spec["programs"][0]["name"] = json!(name);
+        let schema_msg = if name.len() > 64 {
+            "spec.programs[0].name: Too long: may not be more than 64 characters"
+        } else {
+            "spec.programs[0].name: Invalid value"
+        };
+        rejected(spec, schema_msg, "spec.programs[0].name: invalid program name");
+    }
+}
+
+#[test]
+fn duplicate_program_names_are_rejected() {
+    let mut spec = xdp_spec();
+    let p = spec["programs"][0].clone();
+    spec["programs"] = json!([p.clone(), p]);
+    rejected(spec, "spec.programs[1]: Duplicate value", "duplicate program name");
+}
+
+#[test]
+fn bad_interfaces_are_rejected() {
+    let mut spec = xdp_spec();
+    spec["programs"][0]["xdp"]["interfaces"] = json!(["a-very-long-interface-name"]);
+    rejected(spec.clone(), "Too long: may not be more than 15 characters", "invalid interface name");
+    spec["programs"][0]["xdp"]["interfaces"] = json!(["../x"]);
+    rejected(spec, "should match", "invalid interface name");
+}
+
+#[test]
+fn path_traversal_is_rejected() {
+    let mut spec = xdp_spec();
+    spec["bytecode"] = json!({"path": "/opt/../etc/x.o"});
+    rejected(
+        spec.clone(),
+        "path must be absolute and must not contain '.' or '..' segments",
+        "must be an absolute path",
+    );
+    spec["bytecode"] = json!({"path": "relative/x.o"});
+    rejected(spec, "should match", "must be an absolute path");
+}
+
+#[test]
+fn oversized_inline_bytecode_is_rejected() {
+    use base64::Engine;
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; (1 << 20) + 3]);
+    let mut spec = xdp_spec();
+    spec["bytecode"] = json!({"inline": big});
+    rejected(spec, "spec.bytecode.inline: Too long", "the limit is 1048576; use configMap or path");
+}
+
+#[test]
+fn bad_global_data_is_rejected() {
+    let mut spec = xdp_spec();
+    spec["globalData"] = json!({"not-an-identifier": "AQ=="});
+    rejected(spec, "globalData keys must be C identifiers", "invalid globalData variable");
+}
+
+#[test]
+fn uprobe_needs_symbol_or_offset() {
+    let mut spec = xdp_spec();
+    spec["programs"][0] = json!({"name": "p", "type": "Uprobe", "uprobe": {"target": "/usr/bin/bash"}});
+    rejected(spec, "uprobe needs a symbol, an offset, or both", "uprobe needs a symbol, an offset, or both");
+}
+
+#[test]
+fn unknown_type_is_rejected() {
+    let mut spec = xdp_spec();
+    spec["programs"][0]["type"] = json!("Xdp");
+    rejected(spec, "Unsupported value: \"Xdp\"", "unknown variant `Xdp`");
+}
