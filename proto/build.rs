@@ -1,0 +1,8 @@
+// Compiles the .proto with protox (pure Rust), so no system protoc is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let file = "proto/bpfleet/agent/v1/agent.proto";
+    println!("cargo:rerun-if-changed={file}");
+    let fds = protox::compile([file], ["proto"])?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    Ok(())
+}

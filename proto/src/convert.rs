@@ -1,0 +1,234 @@
+//! Wire <-> API conversions. The agent validates what it converts with
+//! `crds::validate`, exactly as it validates a manifest in standalone mode.
+
+use crds::node::{AttachedProgram, Health, NodeProgramStatus, PinnedMap};
+use crds::program::{
+    CgroupSkbAttach, Direction, KernelFunctionAttach, KprobeAttach, LsmAttach, ProgramSpec, ProgramType,
+    RawTracepointAttach, TcAttach, TracepointAttach, UprobeAttach, XdpAttach, XdpMode,
+};
+
+use crate::v1::{self, program::Attach};
+
+/// A wire message that cannot be an API value (an unknown enum string, a missing block).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub String);
+
+fn xdp_mode(s: &str) -> Result<XdpMode, WireError> {
+    match s {
+        "" | "Auto" => Ok(XdpMode::Auto),
+        "Native" => Ok(XdpMode::Native),
+        "Generic" => Ok(XdpMode::Generic),
+        other => Err(WireError(format!("unknown XDP mode {other:?}: use Auto, Native or Generic"))),
+    }
+}
+
+fn xdp_mode_str(m: XdpMode) -> &'static str {
+    match m {
+        XdpMode::Auto => "Auto",
+        XdpMode::Native => "Native",
+        XdpMode::Generic => "Generic",
+    }
+}
+
+fn direction(s: &str) -> Result<Direction, WireError> {
+    match s {
+        "Ingress" => Ok(Direction::Ingress),
+        "Egress" => Ok(Direction::Egress),
+        other => Err(WireError(format!("unknown direction {other:?}: use Ingress or Egress"))),
+    }
+}
+
+fn direction_str(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "Ingress",
+        Direction::Egress => "Egress",
+    }
+}
+
+fn uprobe_to_wire(u: &UprobeAttach) -> v1::Uprobe {
+    v1::Uprobe { target: u.target.clone(), symbol: u.symbol.clone(), offset: u.offset, pid: u.pid }
+}
+
+fn uprobe_from_wire(u: v1::Uprobe) -> UprobeAttach {
+    UprobeAttach { target: u.target, symbol: u.symbol, offset: u.offset, pid: u.pid }
+}
+
+/// A program of a BpfProgram spec as sent in `ApplyRequest.programs`.
+pub fn program_to_wire(p: &ProgramSpec) -> v1::Program {
+    let attach = match p.program_type {
+        ProgramType::Xdp => p.xdp.as_ref().map(|x| {
+            Attach::Xdp(v1::Xdp { interfaces: x.interfaces.clone(), mode: xdp_mode_str(x.mode).into() })
+        }),
+        ProgramType::Tc => p.tc.as_ref().map(|x| {
+            Attach::Tc(v1::Tc {
+                interfaces: x.interfaces.clone(),
+                direction: direction_str(x.direction).into(),
+                priority: x.priority,
+            })
+        }),
+        ProgramType::Tracepoint => {
+            p.tracepoint.as_ref().map(|x| Attach::Tracepoint(v1::Names { names: x.names.clone() }))
+        }
+        ProgramType::RawTracepoint => {
+            p.raw_tracepoint.as_ref().map(|x| Attach::RawTracepoint(v1::Names { names: x.names.clone() }))
+        }
+        ProgramType::Fentry => {
+            p.fentry.as_ref().map(|x| Attach::Fentry(v1::KernelFunction { function: x.function.clone() }))
+        }
+        ProgramType::Fexit => {
+            p.fexit.as_ref().map(|x| Attach::Fexit(v1::KernelFunction { function: x.function.clone() }))
+        }
+        ProgramType::Kprobe => p
+            .kprobe
+            .as_ref()
+            .map(|x| Attach::Kprobe(v1::Kprobe { function: x.function.clone(), offset: x.offset })),
+        ProgramType::Kretprobe => p
+            .kretprobe
+            .as_ref()
+            .map(|x| Attach::Kretprobe(v1::Kprobe { function: x.function.clone(), offset: x.offset })),
+        ProgramType::Uprobe => p.uprobe.as_ref().map(|x| Attach::Uprobe(uprobe_to_wire(x))),
+        ProgramType::Uretprobe => p.uretprobe.as_ref().map(|x| Attach::Uretprobe(uprobe_to_wire(x))),
+        ProgramType::CgroupSkb => p.cgroup_skb.as_ref().map(|x| {
+            Attach::CgroupSkb(v1::CgroupSkb {
+                cgroup_path: x.cgroup_path.clone(),
+                direction: direction_str(x.direction).into(),
+            })
+        }),
+        ProgramType::Lsm => p.lsm.as_ref().map(|x| Attach::Lsm(v1::Lsm { hook: x.hook.clone() })),
+    };
+    v1::Program { name: p.name.clone(), r#type: p.program_type.as_str().into(), attach }
+}
+
+/// A received program as an API value, ready for `crds::validate::validate_programs`.
+pub fn program_from_wire(p: v1::Program) -> Result<ProgramSpec, WireError> {
+    let program_type = ProgramType::parse(&p.r#type).ok_or_else(|| {
+        WireError(format!(
+            "program {:?}: unknown type {:?}; use one of {}",
+            p.name,
+            p.r#type,
+            ProgramType::ALL.map(|t| t.as_str()).join(", ")
+        ))
+    })?;
+    let mut spec = ProgramSpec {
+        name: p.name,
+        program_type,
+        xdp: None,
+        tc: None,
+        tracepoint: None,
+        raw_tracepoint: None,
+        fentry: None,
+        fexit: None,
+        kprobe: None,
+        kretprobe: None,
+        uprobe: None,
+        uretprobe: None,
+        cgroup_skb: None,
+        lsm: None,
+    };
+    match p.attach {
+        None => {}
+        Some(Attach::Xdp(x)) => spec.xdp = Some(XdpAttach { interfaces: x.interfaces, mode: xdp_mode(&x.mode)? }),
+        Some(Attach::Tc(x)) => {
+            spec.tc =
+                Some(TcAttach { interfaces: x.interfaces, direction: direction(&x.direction)?, priority: x.priority })
+        }
+        Some(Attach::Tracepoint(x)) => spec.tracepoint = Some(TracepointAttach { names: x.names }),
+        Some(Attach::RawTracepoint(x)) => spec.raw_tracepoint = Some(RawTracepointAttach { names: x.names }),
+        Some(Attach::Fentry(x)) => spec.fentry = Some(KernelFunctionAttach { function: x.function }),
+        Some(Attach::Fexit(x)) => spec.fexit = Some(KernelFunctionAttach { function: x.function }),
+        Some(Attach::Kprobe(x)) => spec.kprobe = Some(KprobeAttach { function: x.function, offset: x.offset }),
+        Some(Attach::Kretprobe(x)) => spec.kretprobe = Some(KprobeAttach { function: x.function, offset: x.offset }),
+        Some(Attach::Uprobe(x)) => spec.uprobe = Some(uprobe_from_wire(x)),
+        Some(Attach::Uretprobe(x)) => spec.uretprobe = Some(uprobe_from_wire(x)),
+        Some(Attach::CgroupSkb(x)) => {
+            spec.cgroup_skb =
+                Some(CgroupSkbAttach { cgroup_path: x.cgroup_path, direction: direction(&x.direction)? })
+        }
+        Some(Attach::Lsm(x)) => spec.lsm = Some(LsmAttach { hook: x.hook }),
+    }
+    Ok(spec)
+}
+
+pub fn health_to_wire(h: Health) -> v1::Health {
+    match h {
+        Health::Healthy => v1::Health::Healthy,
+        Health::Degraded => v1::Health::Degraded,
+        Health::Failed => v1::Health::Failed,
+    }
+}
+
+pub fn health_from_wire(h: i32) -> Health {
+    match v1::Health::try_from(h) {
+        Ok(v1::Health::Healthy) => Health::Healthy,
+        Ok(v1::Health::Degraded) => Health::Degraded,
+        _ => Health::Failed,
+    }
+}
+
+/// An agent's report of one owner, as the BpfNode status entry the operator writes.
+pub fn state_to_status(s: &v1::OwnerState) -> NodeProgramStatus {
+    let owner = s.owner.clone().unwrap_or_default();
+    NodeProgramStatus {
+        owner: owner.name,
+        owner_uid: owner.uid,
+        revision: s.revision.clone(),
+        health: health_from_wire(s.health),
+        attached: s
+            .attached
+            .iter()
+            .filter_map(|a| {
+                Some(AttachedProgram {
+                    name: a.name.clone(),
+                    program_type: ProgramType::parse(&a.r#type)?,
+                    program_id: a.program_id,
+                    link_ids: a.link_ids.clone(),
+                })
+            })
+            .collect(),
+        maps: s.maps.iter().map(|m| PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
+        last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_type_round_trips() {
+        let yaml = r#"
+- {name: a, type: XDP, xdp: {interfaces: [eth0, eth1], mode: Native}}
+- {name: b, type: TC, tc: {interfaces: [eth0], direction: Egress, priority: 7}}
+- {name: c, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}
+- {name: d, type: RawTracepoint, rawTracepoint: {names: [sys_enter]}}
+- {name: e, type: Fentry, fentry: {function: do_unlinkat}}
+- {name: f, type: Fexit, fexit: {function: do_unlinkat}}
+- {name: g, type: Kprobe, kprobe: {function: tcp_connect, offset: 4}}
+- {name: h, type: Kretprobe, kretprobe: {function: tcp_connect}}
+- {name: i, type: Uprobe, uprobe: {target: /usr/bin/bash, symbol: readline, pid: 5}}
+- {name: j, type: Uretprobe, uretprobe: {target: /usr/bin/bash, offset: 64}}
+- {name: k, type: CgroupSkb, cgroupSkb: {cgroupPath: /sys/fs/cgroup/unified/x, direction: Ingress}}
+- {name: l, type: Lsm, lsm: {hook: file_open}}
+"#;
+        let programs: Vec<ProgramSpec> = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(programs.len(), ProgramType::ALL.len());
+        for p in programs {
+            let back = program_from_wire(program_to_wire(&p)).unwrap();
+            assert_eq!(back, p);
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_named() {
+        let p = v1::Program { name: "x".into(), r#type: "Xdp".into(), attach: None };
+        let e = program_from_wire(p).unwrap_err();
+        assert!(e.0.contains("unknown type \"Xdp\"") && e.0.contains("XDP, TC"), "{e}");
+        let p = v1::Program {
+            name: "x".into(),
+            r#type: "XDP".into(),
+            attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec![], mode: "Fast".into() })),
+        };
+        assert!(program_from_wire(p).unwrap_err().0.contains("unknown XDP mode \"Fast\""));
+    }
+}

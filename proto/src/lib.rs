@@ -1,0 +1,18 @@
+//! `bpfleet.agent.v1`: generated tonic code plus the conversions between the wire types
+//! and the `crds` types, written once for both sides.
+
+#[allow(clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("bpfleet.agent.v1");
+}
+
+mod convert;
+
+pub use convert::{WireError, health_from_wire, health_to_wire, program_from_wire, program_to_wire, state_to_status};
+
+/// gRPC metadata key carrying a machine-readable failure reason (e.g. `VerifierRejected`).
+pub const REASON_KEY: &str = "bpfleet-reason";
+/// gRPC metadata key naming the program (ELF function) a failure is about.
+pub const PROGRAM_KEY: &str = "bpfleet-program";
+/// The DNS name every agent certificate carries, so one certificate serves every node.
+pub const DEFAULT_AGENT_SERVER_NAME: &str = "bpfleet-agent";
