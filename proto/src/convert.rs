@@ -57,9 +57,10 @@ fn uprobe_from_wire(u: v1::Uprobe) -> UprobeAttach {
 /// A program of a BpfProgram spec as sent in `ApplyRequest.programs`.
 pub fn program_to_wire(p: &ProgramSpec) -> v1::Program {
     let attach = match p.program_type {
-        ProgramType::Xdp => p.xdp.as_ref().map(|x| {
-            Attach::Xdp(v1::Xdp { interfaces: x.interfaces.clone(), mode: xdp_mode_str(x.mode).into() })
-        }),
+        ProgramType::Xdp => p
+            .xdp
+            .as_ref()
+            .map(|x| Attach::Xdp(v1::Xdp { interfaces: x.interfaces.clone(), mode: xdp_mode_str(x.mode).into() })),
         ProgramType::Tc => p.tc.as_ref().map(|x| {
             Attach::Tc(v1::Tc {
                 interfaces: x.interfaces.clone(),
@@ -79,10 +80,9 @@ pub fn program_to_wire(p: &ProgramSpec) -> v1::Program {
         ProgramType::Fexit => {
             p.fexit.as_ref().map(|x| Attach::Fexit(v1::KernelFunction { function: x.function.clone() }))
         }
-        ProgramType::Kprobe => p
-            .kprobe
-            .as_ref()
-            .map(|x| Attach::Kprobe(v1::Kprobe { function: x.function.clone(), offset: x.offset })),
+        ProgramType::Kprobe => {
+            p.kprobe.as_ref().map(|x| Attach::Kprobe(v1::Kprobe { function: x.function.clone(), offset: x.offset }))
+        }
         ProgramType::Kretprobe => p
             .kretprobe
             .as_ref()
@@ -142,8 +142,7 @@ pub fn program_from_wire(p: v1::Program) -> Result<ProgramSpec, WireError> {
         Some(Attach::Uprobe(x)) => spec.uprobe = Some(uprobe_from_wire(x)),
         Some(Attach::Uretprobe(x)) => spec.uretprobe = Some(uprobe_from_wire(x)),
         Some(Attach::CgroupSkb(x)) => {
-            spec.cgroup_skb =
-                Some(CgroupSkbAttach { cgroup_path: x.cgroup_path, direction: direction(&x.direction)? })
+            spec.cgroup_skb = Some(CgroupSkbAttach { cgroup_path: x.cgroup_path, direction: direction(&x.direction)? })
         }
         Some(Attach::Lsm(x)) => spec.lsm = Some(LsmAttach { hook: x.hook }),
     }

@@ -1,0 +1,152 @@
+//! Loading one program of an object and attaching it to each of its hooks. Every link
+//! is pinned as soon as it exists, so the revision directory always holds exactly what
+//! is attached: removing the directory detaches it all, even after a crash.
+
+mod cgroup;
+mod probes;
+mod tc;
+mod xdp;
+
+use std::path::{Path, PathBuf};
+
+use aya::programs::ProgramError;
+use aya::programs::links::FdLink;
+use aya::{Btf, Ebpf};
+use crds::names::{OwnerUid, ProgramName};
+use crds::pins::PinLayout;
+use crds::program::{Direction, ProgramType};
+use crds::revision::Revision;
+use crds::validate::{Attach, ValidProgram};
+
+use crate::error::{AgentError, Reason, Result};
+use crate::loader::classify_program_error;
+use crate::store::{LinkRecord, OwnerRecord, ProgramRecord};
+
+pub use tc::TcBackend;
+
+/// A TC program of any owner, for ordering a new one by priority.
+#[derive(Clone, Debug)]
+pub struct TcPeer {
+    pub interface: String,
+    pub direction: Direction,
+    pub priority: u16,
+    pub program_id: u32,
+}
+
+/// An XDP link of the previous revision that was switched to the new program in place
+/// (no gap). Rolling back switches it back to `old_program_pin`.
+#[derive(Clone, Debug)]
+pub struct Replaced {
+    pub link_pin: PathBuf,
+    pub old_program_pin: PathBuf,
+}
+
+pub struct AttachCtx<'a> {
+    pub layout: &'a PinLayout,
+    pub owner: &'a OwnerUid,
+    pub revision: &'a Revision,
+    pub btf: Option<&'a Btf>,
+    /// The revision this owner runs now, if any.
+    pub previous: Option<&'a OwnerRecord>,
+    pub tc_peers: &'a [TcPeer],
+    pub tc_backend: TcBackend,
+}
+
+impl AttachCtx<'_> {
+    fn link_pin(&self, program: &ProgramName, index: usize) -> PathBuf {
+        self.layout.link(self.owner, self.revision, program, index)
+    }
+}
+
+/// Load `p` from `ebpf`, pin it, attach it everywhere its spec says, pin the links.
+pub fn load_and_attach(
+    ebpf: &mut Ebpf,
+    p: &ValidProgram,
+    ctx: &AttachCtx<'_>,
+    replaced: &mut Vec<Replaced>,
+) -> Result<ProgramRecord> {
+    let name = p.name.as_str();
+    let program = ebpf.program_mut(name).ok_or_else(|| {
+        AgentError::for_program(Reason::ProgramNotFound, name, format!("function {name:?} is not in the object"))
+    })?;
+    let pin = ctx.layout.program(ctx.owner, ctx.revision, &p.name);
+    for dir in [pin.parent(), Some(ctx.layout.links_dir(ctx.owner, ctx.revision).as_path())].into_iter().flatten() {
+        std::fs::create_dir_all(dir).map_err(|e| pin_error(name, dir, e))?;
+    }
+    let (program_id, links) = match &p.attach {
+        Attach::Xdp { interfaces, mode } => xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, replaced)?,
+        Attach::Tc { interfaces, direction, priority } => {
+            tc::attach(program, &p.name, interfaces, *direction, *priority, ctx, &pin)?
+        }
+        Attach::CgroupSkb { cgroup, direction } => cgroup::attach(program, &p.name, cgroup, *direction, ctx, &pin)?,
+        other => probes::attach(program, &p.name, other, ctx, &pin)?,
+    };
+    Ok(ProgramRecord { name: name.to_string(), program_type: p.attach.program_type(), program_id, pin, links })
+}
+
+/// Pin a link and return its kernel id.
+fn keep_link<L>(program: &str, link: L, path: &Path) -> Result<u32>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let fd = FdLink::try_from(link).map_err(|e| {
+        AgentError::for_program(Reason::AttachFailed, program, format!("the kernel gave no bpf_link to pin: {e}"))
+    })?;
+    let id = fd
+        .info()
+        .map_err(|e| AgentError::for_program(Reason::Internal, program, format!("reading link info: {e}")))?
+        .id();
+    fd.pin(path).map_err(|e| pin_error(program, path, e))?;
+    Ok(id)
+}
+
+fn pin_error(program: &str, path: &Path, e: impl std::fmt::Display) -> AgentError {
+    AgentError::for_program(Reason::PinFailed, program, format!("cannot pin at {}: {e}", path.display()))
+}
+
+/// Load errors, classified with the program's type.
+fn load_error(program: &ProgramName, t: ProgramType) -> impl FnOnce(ProgramError) -> AgentError + '_ {
+    move |e| classify_program_error(program.as_str(), Some(t), e)
+}
+
+/// Pin a loaded program and read its kernel id. `$prog` is a concrete aya program.
+macro_rules! pin_loaded {
+    ($prog:expr, $name:expr, $pin:expr) => {{
+        $prog.pin($pin).map_err(|e| crate::attach::pin_error($name.as_str(), $pin, e))?;
+        $prog
+            .info()
+            .map_err(|e| {
+                crate::error::AgentError::for_program(
+                    crate::error::Reason::Internal,
+                    $name.as_str(),
+                    format!("reading program info: {e}"),
+                )
+            })?
+            .id()
+    }};
+}
+use pin_loaded;
+
+/// A hook a program was attached to, as recorded.
+fn record(hook: impl Into<String>, link_id: u32, kind: crate::store::LinkKind) -> LinkRecord {
+    LinkRecord { hook: hook.into(), link_id, kind }
+}
+
+/// The interface must exist before anything is attached: a clear error, not ENODEV.
+fn interface_index(program: &ProgramName, iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).map_err(|_| AgentError::internal("interface name with NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(AgentError::for_program(
+            Reason::InterfaceNotFound,
+            program.as_str(),
+            format!("interface {iface:?} does not exist on this node"),
+        ));
+    }
+    Ok(idx)
+}
+
+pub use tc::detach_netlink as detach_tc_netlink;
+pub use xdp::restore as restore_xdp;

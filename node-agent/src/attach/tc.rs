@@ -1,0 +1,128 @@
+//! TC: TCX links where the kernel has them (>= 6.6), clsact filters otherwise. With TCX
+//! a new revision's program is attached before the old one, and the old one is
+//! detached afterwards: traffic always meets one of them.
+
+use std::path::Path;
+
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{NlOptions, TcAttachOptions, qdisc_add_clsact};
+use aya::programs::{Program, ProgramId, SchedClassifier, TcAttachType};
+use aya::util::KernelVersion;
+use crds::names::{InterfaceName, ProgramName};
+use crds::program::{Direction, ProgramType};
+
+use super::{AttachCtx, TcPeer, interface_index, keep_link, load_error, pin_loaded, record};
+use crate::error::{AgentError, Reason, Result};
+use crate::store::{LinkKind, LinkRecord};
+
+/// Which TC mechanism to use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcBackend {
+    /// TCX when the kernel has it, clsact otherwise.
+    #[default]
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// clsact qdisc filters via netlink (what kernels before 6.6 have).
+    Clsact,
+}
+
+impl TcBackend {
+    fn use_tcx(self) -> bool {
+        match self {
+            TcBackend::Tcx => true,
+            TcBackend::Clsact => false,
+            TcBackend::Auto => KernelVersion::current().map(|v| v >= KernelVersion::new(6, 6, 0)).unwrap_or(false),
+        }
+    }
+}
+
+pub(super) fn attach(
+    program: &mut Program,
+    name: &ProgramName,
+    interfaces: &[InterfaceName],
+    direction: Direction,
+    priority: u16,
+    ctx: &AttachCtx<'_>,
+    pin: &Path,
+) -> Result<(u32, Vec<LinkRecord>)> {
+    let tc: &mut SchedClassifier = program.try_into().map_err(|e| super::xdp::wrong_kind(name, e))?;
+    tc.load().map_err(load_error(name, ProgramType::Tc))?;
+    let id = pin_loaded!(tc, name, pin);
+    let attach_type = match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    };
+    let mut links = Vec::new();
+    for (i, iface) in interfaces.iter().enumerate() {
+        interface_index(name, iface.as_str())?;
+        let err = |e: &dyn std::fmt::Display| {
+            AgentError::for_program(
+                Reason::AttachFailed,
+                name.as_str(),
+                format!("attaching TC {direction:?} to interface {iface}: {e}"),
+            )
+        };
+        if ctx.tc_backend.use_tcx() {
+            let order = tcx_order(ctx.tc_peers, iface.as_str(), direction, priority);
+            let lid = tc
+                .attach_with_options(iface.as_str(), attach_type, TcAttachOptions::TcxOrder(order))
+                .map_err(|e| err(&e))?;
+            let link = tc.take_link(lid).map_err(|e| err(&e))?;
+            let path = ctx.link_pin(name, i);
+            let link_id = keep_link(name.as_str(), link, &path)?;
+            let kind = LinkKind::Tcx { path, interface: iface.to_string(), direction, priority };
+            links.push(record(iface.as_str(), link_id, kind));
+        } else {
+            // EEXIST: the interface already has a clsact qdisc, which is what we need.
+            if let Err(e) = qdisc_add_clsact(iface.as_str())
+                && !e.to_string().contains("exists")
+                && !e.to_string().contains("os error 17")
+            {
+                return Err(err(&e));
+            }
+            let opts = NlOptions { priority, ..Default::default() };
+            let lid = tc
+                .attach_with_options(iface.as_str(), attach_type, TcAttachOptions::Netlink(opts))
+                .map_err(|e| err(&e))?;
+            let link = tc.take_link(lid).map_err(|e| err(&e))?;
+            let handle = u32::from(link.handle().map_err(|e| err(&e))?);
+            // A clsact filter lives in the kernel without a file descriptor; dropping
+            // aya's handle would remove it, so the record is what keeps track of it.
+            std::mem::forget(link);
+            let kind = LinkKind::TcNetlink { interface: iface.to_string(), direction, priority, handle };
+            links.push(record(iface.as_str(), 0, kind));
+        }
+    }
+    Ok((id, links))
+}
+
+/// Where a program of `priority` goes among bpfleet's TCX programs on one hook: before
+/// the first with a higher priority number, else after the last (lower runs first;
+/// equal priorities keep arrival order, except that a new revision precedes the one
+/// it replaces, which is detached right after).
+pub fn tcx_order(peers: &[TcPeer], iface: &str, direction: Direction, priority: u16) -> LinkOrder {
+    let same: Vec<&TcPeer> = peers.iter().filter(|p| p.interface == iface && p.direction == direction).collect();
+    if let Some(next) = same.iter().filter(|p| p.priority > priority).min_by_key(|p| p.priority) {
+        // SAFETY: the id comes from a program this agent loaded and still holds pinned.
+        return LinkOrder::before_program_id(unsafe { ProgramId::new(next.program_id) });
+    }
+    match same.iter().filter(|p| p.priority <= priority).max_by_key(|p| p.priority) {
+        // SAFETY: as above.
+        Some(prev) => LinkOrder::after_program_id(unsafe { ProgramId::new(prev.program_id) }),
+        None => LinkOrder::default(),
+    }
+}
+
+/// Remove a clsact filter recorded by `attach`.
+pub fn detach_netlink(interface: &str, direction: Direction, priority: u16, handle: u32) -> Result<()> {
+    let attach_type = match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    };
+    match aya::programs::tc::SchedClassifierLink::attached(interface, attach_type, priority, handle.into(), None) {
+        Ok(link) => drop(link), // dropping a re-attached netlink handle detaches it
+        Err(e) => tracing::debug!(interface, error = %e, "clsact filter already gone"),
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! XDP: one link per interface. A new revision takes over the old revision's link with
+//! an atomic program swap (BPF_LINK_UPDATE), so no packet goes unprocessed.
+
+use std::path::Path;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{Program, Xdp, XdpMode as AyaMode};
+use crds::names::{InterfaceName, ProgramName};
+use crds::program::{ProgramType, XdpMode};
+
+use super::{AttachCtx, Replaced, interface_index, keep_link, load_error, pin_loaded, record};
+use crate::error::{AgentError, Reason, Result};
+use crate::store::{LinkKind, LinkRecord};
+
+pub(super) fn attach(
+    program: &mut Program,
+    name: &ProgramName,
+    interfaces: &[InterfaceName],
+    mode: XdpMode,
+    ctx: &AttachCtx<'_>,
+    pin: &Path,
+    replaced: &mut Vec<Replaced>,
+) -> Result<(u32, Vec<LinkRecord>)> {
+    let xdp: &mut Xdp = program.try_into().map_err(|e| wrong_kind(name, e))?;
+    xdp.load().map_err(load_error(name, ProgramType::Xdp))?;
+    let id = pin_loaded!(xdp, name, pin);
+    let mut links = Vec::new();
+    for (i, iface) in interfaces.iter().enumerate() {
+        let ifindex = interface_index(name, iface.as_str())?;
+        let path = ctx.link_pin(name, i);
+        let link_id = match previous_link(ctx, iface.as_str()) {
+            Some((old_link, old_prog)) => {
+                let pinned = PinnedLink::from_pin(&old_link).map_err(|e| {
+                    AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("reopening XDP link: {e}"))
+                })?;
+                let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| attach_error(name, iface, e))?;
+                let lid = xdp.attach_to_link(link).map_err(|e| attach_error(name, iface, e))?;
+                let link = xdp.take_link(lid).map_err(|e| attach_error(name, iface, e))?;
+                // From here the link runs the new program: remember how to undo it.
+                replaced.push(Replaced { link_pin: path.clone(), old_program_pin: old_prog });
+                keep_link(name.as_str(), link, &path)?
+            }
+            None => {
+                let aya_mode = match mode {
+                    XdpMode::Auto => AyaMode::Default,
+                    XdpMode::Native => AyaMode::Driver,
+                    XdpMode::Generic => AyaMode::Skb,
+                };
+                let lid = xdp.attach_to_if_index(ifindex, aya_mode).map_err(|e| match mode {
+                    XdpMode::Native => AgentError::for_program(
+                        Reason::AttachFailed,
+                        name.as_str(),
+                        format!("interface {iface} refused native XDP ({e}); its driver may lack XDP support: use mode Generic or Auto"),
+                    ),
+                    _ => attach_error(name, iface, e),
+                })?;
+                let link = xdp.take_link(lid).map_err(|e| attach_error(name, iface, e))?;
+                keep_link(name.as_str(), link, &path)?
+            }
+        };
+        links.push(record(iface.as_str(), link_id, LinkKind::Pinned { path }));
+    }
+    Ok((id, links))
+}
+
+/// The previous revision's XDP link on `iface` and the program it ran.
+fn previous_link(ctx: &AttachCtx<'_>, iface: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let prev = ctx.previous?;
+    prev.programs.iter().filter(|p| p.program_type == ProgramType::Xdp).find_map(|p| {
+        p.links
+            .iter()
+            .find(|l| l.hook == iface)
+            .and_then(|l| l.kind.pin().map(|pin| (pin.to_path_buf(), p.pin.clone())))
+            .filter(|(link, _)| link.exists())
+    })
+}
+
+/// Point a link back at a program (rollback of an in-place replacement).
+pub fn restore(r: &Replaced) -> Result<()> {
+    let pinned = PinnedLink::from_pin(&r.link_pin)
+        .map_err(|e| AgentError::internal(format!("rollback: reopening {}: {e}", r.link_pin.display())))?;
+    let link = XdpLink::try_from(FdLink::from(pinned))
+        .map_err(|e| AgentError::internal(format!("rollback: {}: {e}", r.link_pin.display())))?;
+    let mut old = Xdp::from_pin(&r.old_program_pin, aya_obj::programs::XdpAttachType::Interface)
+        .map_err(|e| AgentError::internal(format!("rollback: reopening {}: {e}", r.old_program_pin.display())))?;
+    let id = old.attach_to_link(link).map_err(|e| AgentError::internal(format!("rollback: relinking: {e}")))?;
+    // The link stays pinned (old revision); the handle aya keeps must not detach it.
+    let link = old.take_link(id).map_err(|e| AgentError::internal(format!("rollback: {e}")))?;
+    let _ = FdLink::try_from(link);
+    Ok(())
+}
+
+fn attach_error(name: &ProgramName, iface: &InterfaceName, e: impl std::fmt::Display) -> AgentError {
+    let msg = e.to_string();
+    let hint = if msg.contains("busy") || msg.contains("EBUSY") || msg.contains("os error 16") {
+        " (another XDP program is already attached to this interface)"
+    } else {
+        ""
+    };
+    AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to interface {iface}: {msg}{hint}"))
+}
+
+pub(super) fn wrong_kind(name: &ProgramName, e: impl std::fmt::Display) -> AgentError {
+    AgentError::for_program(
+        Reason::InvalidSpec,
+        name.as_str(),
+        format!("the function's ELF section does not match its type: {e}"),
+    )
+}

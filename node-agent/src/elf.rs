@@ -1,0 +1,159 @@
+//! Checks on an ELF object before anything reaches the kernel: size, format, which
+//! functions, global variables and maps it has. Errors list what *is* there, so the
+//! user can fix a typo without reaching for llvm-objdump.
+
+use std::collections::BTreeMap;
+
+use aya_obj::obj::{EbpfSectionKind, ProgramSection};
+use crds::ProgramType;
+use crds::limits::MAX_BYTECODE_BYTES;
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+
+use crate::error::{AgentError, Reason, Result};
+
+/// A map definition as the ELF declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+/// What an ELF object contains.
+#[derive(Debug)]
+pub struct ElfInfo {
+    /// Function name -> the program type its section declares (None: a section bpfleet
+    /// does not manage, e.g. `sk_msg`).
+    pub programs: BTreeMap<String, Option<ProgramType>>,
+    /// Global variable name -> (size in bytes, section).
+    pub globals: BTreeMap<String, (u64, String)>,
+    /// User-declared maps (not the `.rodata`/`.data`/`.bss` data maps).
+    pub maps: BTreeMap<String, MapDef>,
+}
+
+fn section_type(s: &ProgramSection) -> Option<ProgramType> {
+    Some(match s {
+        ProgramSection::Xdp { .. } => ProgramType::Xdp,
+        ProgramSection::SchedClassifier => ProgramType::Tc,
+        ProgramSection::TracePoint => ProgramType::Tracepoint,
+        ProgramSection::RawTracePoint => ProgramType::RawTracepoint,
+        ProgramSection::FEntry { .. } => ProgramType::Fentry,
+        ProgramSection::FExit { .. } => ProgramType::Fexit,
+        ProgramSection::KProbe => ProgramType::Kprobe,
+        ProgramSection::KRetProbe => ProgramType::Kretprobe,
+        ProgramSection::UProbe { .. } => ProgramType::Uprobe,
+        ProgramSection::URetProbe { .. } => ProgramType::Uretprobe,
+        ProgramSection::CgroupSkb { .. } => ProgramType::CgroupSkb,
+        ProgramSection::Lsm { .. } => ProgramType::Lsm,
+        _ => return None,
+    })
+}
+
+/// Parse and summarise an object. Fails with a reason a user can act on.
+pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
+    if bytes.len() > MAX_BYTECODE_BYTES {
+        return Err(AgentError::new(
+            Reason::BytecodeTooLarge,
+            format!("the object is {} bytes; the limit is {MAX_BYTECODE_BYTES} bytes", bytes.len()),
+        ));
+    }
+    let file = object::File::parse(bytes).map_err(|e| {
+        AgentError::new(Reason::MalformedElf, format!("not an ELF object ({e}); build it with clang -target bpf"))
+    })?;
+    if file.architecture() != object::Architecture::Bpf {
+        return Err(AgentError::new(
+            Reason::MalformedElf,
+            format!("the ELF object is for {:?}, not eBPF; build it with clang -target bpf", file.architecture()),
+        ));
+    }
+    let obj = aya_obj::Object::parse(bytes)
+        .map_err(|e| AgentError::new(Reason::MalformedElf, format!("cannot parse the eBPF object: {e}")))?;
+
+    let programs = obj.programs.iter().map(|(name, p)| (name.clone(), section_type(&p.section))).collect();
+    let maps = obj
+        .maps
+        .iter()
+        .filter(|(_, m)| matches!(m.section_kind(), EbpfSectionKind::Maps | EbpfSectionKind::BtfMaps))
+        .map(|(name, m)| {
+            let def = MapDef {
+                map_type: m.map_type(),
+                key_size: m.key_size(),
+                value_size: m.value_size(),
+                max_entries: m.max_entries(),
+            };
+            (name.clone(), def)
+        })
+        .collect();
+    let mut globals = BTreeMap::new();
+    for sym in file.symbols() {
+        if sym.kind() != SymbolKind::Data {
+            continue;
+        }
+        let (Ok(name), Some(idx)) = (sym.name(), sym.section_index()) else { continue };
+        let Ok(section) = file.section_by_index(idx) else { continue };
+        let Ok(sname) = section.name() else { continue };
+        if [".rodata", ".data", ".bss"].iter().any(|p| sname.starts_with(p)) && !name.is_empty() {
+            globals.insert(name.to_string(), (sym.size(), sname.to_string()));
+        }
+    }
+    Ok(ElfInfo { programs, globals, maps })
+}
+
+impl ElfInfo {
+    /// The function must exist and its section must declare the requested type.
+    pub fn check_program(&self, name: &str, wanted: ProgramType) -> Result<()> {
+        match self.programs.get(name) {
+            None => Err(AgentError::for_program(
+                Reason::ProgramNotFound,
+                name,
+                format!(
+                    "function {name:?} is not a program in the object; it has: {}",
+                    join_or_none(self.programs.keys())
+                ),
+            )),
+            Some(Some(t)) if *t == wanted => Ok(()),
+            Some(other) => Err(AgentError::for_program(
+                Reason::InvalidSpec,
+                name,
+                format!(
+                    "function {name:?} is compiled as a {} program (by its ELF section), but the spec says type {wanted}",
+                    other.map(|t| t.as_str()).unwrap_or("different kind of")
+                ),
+            )),
+        }
+    }
+
+    /// Every variable must exist in a data section, with exactly the given size.
+    pub fn check_globals(&self, globals: &[(crds::names::GlobalName, Vec<u8>)]) -> Result<()> {
+        for (name, value) in globals {
+            match self.globals.get(name.as_str()) {
+                None => {
+                    return Err(AgentError::new(
+                        Reason::GlobalDataInvalid,
+                        format!(
+                            "globalData variable {name} is not in the object; its global variables are: {}",
+                            join_or_none(self.globals.keys())
+                        ),
+                    ));
+                }
+                Some((size, section)) if *size != value.len() as u64 => {
+                    return Err(AgentError::new(
+                        Reason::GlobalDataInvalid,
+                        format!(
+                            "globalData variable {name} is {size} bytes in the object ({section}) but the value given is {} bytes",
+                            value.len()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn join_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() { "(none)".to_string() } else { v.join(", ") }
+}

@@ -1,0 +1,17 @@
+//! bpfleet-agent: the privileged per-node half of bpfleet. It loads ELF objects with
+//! aya, attaches and pins their programs, and answers the operator over mTLS gRPC.
+
+pub mod attach;
+pub mod elf;
+pub mod error;
+pub mod kernel;
+pub mod loader;
+pub mod manager;
+pub mod maps;
+pub mod metrics;
+pub mod recovery;
+pub mod request;
+pub mod server;
+pub mod standalone;
+pub mod store;
+pub mod tls;

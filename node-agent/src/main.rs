@@ -1,0 +1,147 @@
+//! bpfleet-agent: see `agent` (lib.rs) and docs/architecture.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::attach::TcBackend;
+use agent::manager::{AgentConfig, Manager};
+use agent::tls::{ServerTls, TlsFiles};
+use agent::{metrics, recovery, server, standalone};
+use anyhow::{Context, bail};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "bpfleet-agent", version, about = "Loads, attaches and pins eBPF programs on this node for bpfleet")]
+struct Args {
+    /// This node's name, as in its Node object.
+    #[arg(long, env = "BPFLEET_NODE_NAME")]
+    node_name: Option<String>,
+    /// Address of the gRPC server (mTLS only).
+    #[arg(long, env = "BPFLEET_LISTEN", default_value = "0.0.0.0:50051")]
+    listen: SocketAddr,
+    /// bpffs directory under which everything is pinned.
+    #[arg(long, env = "BPFLEET_BPFFS_ROOT", default_value = crds::pins::DEFAULT_ROOT)]
+    bpffs_root: PathBuf,
+    /// Directory of the owner records that let a restarted agent adopt its pins.
+    #[arg(long, env = "BPFLEET_STATE_DIR", default_value = "/run/bpfleet")]
+    state_dir: PathBuf,
+    /// PEM server certificate (carrying the name the operator expects, e.g. bpfleet-agent).
+    #[arg(long, env = "BPFLEET_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "BPFLEET_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA that signs the operator's client certificate.
+    #[arg(long, env = "BPFLEET_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Accept only client certificates carrying this DNS name (e.g. bpfleet-operator).
+    #[arg(long, env = "BPFLEET_TLS_CLIENT_NAME")]
+    tls_client_name: Option<String>,
+    /// How often certificate files are checked for changes, in seconds.
+    #[arg(long, default_value_t = 5)]
+    tls_reload_seconds: u64,
+    /// Address of /metrics and /healthz (off when unset).
+    #[arg(long, env = "BPFLEET_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// No cluster, no gRPC: reconcile the BpfProgram manifests in this directory.
+    #[arg(long)]
+    standalone: Option<PathBuf>,
+    /// Seconds between standalone reconciliations.
+    #[arg(long, default_value_t = 1)]
+    standalone_interval: u64,
+    /// TC mechanism: auto (TCX when the kernel has it), tcx, or clsact.
+    #[arg(long, value_enum, default_value_t = TcBackend::Auto)]
+    tc_backend: TcBackend,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_json);
+    agent::kernel::raise_memlock();
+    agent::kernel::check_bpffs(&args.bpffs_root)?;
+
+    let node_name = match args.node_name.clone() {
+        Some(n) => n,
+        None => agent::kernel::hostname().context("cannot read the host name; pass --node-name")?,
+    };
+    let manager = Manager::new(AgentConfig {
+        node_name: node_name.clone(),
+        bpffs_root: args.bpffs_root.clone(),
+        state_dir: args.state_dir.clone(),
+        tc_backend: args.tc_backend,
+    })?;
+    let recovered = tokio::task::spawn_blocking({
+        let m = Arc::clone(&manager);
+        move || recovery::adopt(&m)
+    })
+    .await??;
+    tracing::info!(node = %node_name, adopted = recovered.adopted.len(), "agent starting");
+    let _stats = metrics::enable_bpf_stats();
+
+    let m = Arc::clone(&manager);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let m = Arc::clone(&m);
+            let _ = tokio::task::spawn_blocking(move || m.refresh_health()).await;
+        }
+    });
+    if let Some(addr) = args.metrics_listen {
+        let m = Arc::clone(&manager);
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+
+    if let Some(dir) = args.standalone {
+        tokio::select! {
+            r = standalone::run(manager, dir, Duration::from_secs(args.standalone_interval.max(1))) => r?,
+            _ = shutdown_signal() => tracing::info!("stopping; programs stay attached (pinned)"),
+        }
+        return Ok(());
+    }
+
+    let (Some(cert), Some(key), Some(client_ca)) = (args.tls_cert, args.tls_key, args.tls_client_ca) else {
+        bail!(
+            "the agent serves mTLS only: pass --tls-cert, --tls-key and --tls-client-ca (or use --standalone DIR without a cluster)"
+        );
+    };
+    let tls = Arc::new(ServerTls::load(TlsFiles { cert, key, client_ca }, args.tls_client_name.as_deref())?);
+    tls.spawn_reloader(Duration::from_secs(args.tls_reload_seconds.max(1)));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "serving bpfleet.agent.v1 over mTLS");
+    server::serve(manager, listener, tls, async {
+        shutdown_signal().await;
+        tracing::info!("stopping; programs stay attached (pinned)");
+    })
+    .await
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

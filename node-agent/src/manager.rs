@@ -1,0 +1,470 @@
+//! The agent's core: apply, remove and report owners. Operations on one owner are
+//! serialized by that owner's lock; different owners proceed in parallel, and no lock is
+//! held across the agent while the kernel verifies a program.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crds::Health;
+use crds::ProgramSpec;
+use crds::names::{GlobalName, MapName, OwnerUid};
+use crds::pins::PinLayout;
+use crds::revision::Revision;
+use crds::validate::ValidProgram;
+use proto::v1;
+use tokio::sync::broadcast;
+
+use crate::attach::{self, AttachCtx, Replaced, TcBackend, TcPeer};
+use crate::elf;
+use crate::error::{AgentError, Reason, Result};
+use crate::loader::Loader;
+use crate::maps;
+use crate::metrics::Metrics;
+use crate::store::{LinkKind, MapRecord, OwnerRecord, StateStore};
+
+/// Where the agent keeps things and how it attaches.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub bpffs_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub tc_backend: TcBackend,
+}
+
+/// A validated request to run one revision of an owner.
+#[derive(Clone, Debug)]
+pub struct ApplyInput {
+    pub uid: OwnerUid,
+    pub name: String,
+    pub revision: Revision,
+    pub bytecode: Vec<u8>,
+    pub programs: Vec<ValidProgram>,
+    /// The programs as requested, kept in the record.
+    pub spec: Vec<ProgramSpec>,
+    pub globals: Vec<(GlobalName, Vec<u8>)>,
+}
+
+/// What the agent knows of one owner.
+#[derive(Clone, Debug, Default)]
+struct Entry {
+    /// What runs (None: nothing, e.g. the first apply failed).
+    record: Option<OwnerRecord>,
+    name: String,
+    health: Option<Health>,
+    /// The revision whose apply failed, and why.
+    failure: Option<(String, AgentError)>,
+}
+
+pub struct Manager {
+    cfg: AgentConfig,
+    layout: PinLayout,
+    loader: Loader,
+    store: StateStore,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    entries: RwLock<BTreeMap<String, Entry>>,
+    events: broadcast::Sender<v1::WatchEvent>,
+    pub metrics: Metrics,
+}
+
+impl Manager {
+    /// Open the state directory and bpffs root; does not adopt anything yet (see
+    /// `recovery::adopt`).
+    pub fn new(cfg: AgentConfig) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.bpffs_root)
+            .map_err(|e| anyhow::anyhow!("cannot create bpffs root {}: {e}", cfg.bpffs_root.display()))?;
+        let store = StateStore::open(&cfg.state_dir)
+            .map_err(|e| anyhow::anyhow!("cannot open state directory {}: {e}", cfg.state_dir.display()))?;
+        let (events, _) = broadcast::channel(256);
+        Ok(Arc::new(Self {
+            layout: PinLayout::new(&cfg.bpffs_root),
+            loader: Loader::new(),
+            store,
+            locks: Mutex::default(),
+            entries: RwLock::default(),
+            events,
+            metrics: Metrics::new(),
+            cfg,
+        }))
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<v1::WatchEvent> {
+        self.events.subscribe()
+    }
+
+    fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(uid.to_string()).or_default().clone()
+    }
+
+    fn entry(&self, uid: &str) -> Option<Entry> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).get(uid).cloned()
+    }
+
+    fn set_entry(&self, uid: &str, entry: Option<Entry>) {
+        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        match entry {
+            Some(e) => map.insert(uid.to_string(), e),
+            None => map.remove(uid),
+        };
+        let records: Vec<&OwnerRecord> = map.values().filter_map(|e| e.record.as_ref()).collect();
+        self.metrics.set_managed(&records);
+    }
+
+    /// Records adopted at start-up (see `recovery`).
+    pub(crate) fn adopt(&self, record: OwnerRecord) {
+        let uid = record.uid.clone();
+        let name = record.name.clone();
+        let health = Some(self.check_health(&record).0);
+        self.set_entry(&uid, Some(Entry { record: Some(record), name, health, failure: None }));
+    }
+
+    /// Run `input.revision` for its owner. Returns the state and whether anything changed.
+    pub async fn apply(self: &Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
+        let uid = input.uid.to_string();
+        let lock = self.lock_for(&uid);
+        let _guard = lock.lock().await;
+        let current = self.entry(&uid).unwrap_or_default();
+        if let Some(rec) = &current.record
+            && rec.revision == input.revision.as_str()
+            && current.failure.is_none()
+            && self.check_health(rec).0 == Health::Healthy
+        {
+            return Ok((self.state_of(&uid).unwrap_or_default(), false));
+        }
+        let started = Instant::now();
+        let this = Arc::clone(self);
+        let previous = current.record.clone();
+        let input2 = input.clone();
+        let result = tokio::task::spawn_blocking(move || this.apply_blocking(&input2, previous.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))));
+        self.metrics.observe_apply(started.elapsed(), result.as_ref().err().map(|e| e.reason));
+        match result {
+            Ok(record) => {
+                tracing::info!(owner = %input.name, uid = %uid, revision = %input.revision, "applied");
+                self.set_entry(
+                    &uid,
+                    Some(Entry {
+                        record: Some(record),
+                        name: input.name.clone(),
+                        health: Some(Health::Healthy),
+                        failure: None,
+                    }),
+                );
+                let state = self.state_of(&uid).unwrap_or_default();
+                self.emit(
+                    v1::watch_event::Kind::Updated,
+                    state.clone(),
+                    format!("revision {} applied", input.revision),
+                );
+                Ok((state, true))
+            }
+            Err(e) => {
+                tracing::warn!(owner = %input.name, uid = %uid, revision = %input.revision, error = %e, "apply failed");
+                let mut entry = current;
+                // If the previous revision was torn down for a same-revision repair, it is gone.
+                if entry.record.as_ref().is_some_and(|r| r.revision == input.revision.as_str()) {
+                    entry.record = None;
+                }
+                entry.name = input.name.clone();
+                entry.failure = Some((input.revision.to_string(), e.clone()));
+                self.set_entry(&uid, Some(entry));
+                if let Some(state) = self.state_of(&uid) {
+                    self.emit(v1::watch_event::Kind::Updated, state, e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_blocking(&self, input: &ApplyInput, previous: Option<&OwnerRecord>) -> Result<OwnerRecord> {
+        let info = elf::inspect(&input.bytecode)?;
+        for p in &input.programs {
+            info.check_program(p.name.as_str(), p.attach.program_type())?;
+        }
+        info.check_globals(&input.globals)?;
+
+        // Repairing the revision that runs: tear it down first, then apply it afresh.
+        let previous = match previous {
+            Some(prev) if prev.revision == input.revision.as_str() => {
+                self.remove_revision(prev);
+                None
+            }
+            other => other,
+        };
+        let owner_dir = self.layout.owner_dir(&input.uid);
+        let fresh_owner = !owner_dir.exists();
+        let rev_dir = self.layout.revision_dir(&input.uid, &input.revision);
+        if rev_dir.exists() {
+            // Left by an interrupted attempt at this revision: nothing claims it.
+            let _ = std::fs::remove_dir_all(&rev_dir);
+        }
+
+        // Maps are pinned per owner and reused across revisions when compatible.
+        let maps_dir = self.layout.maps_dir(&input.uid);
+        std::fs::create_dir_all(&maps_dir)
+            .map_err(|e| AgentError::new(Reason::PinFailed, format!("cannot create {}: {e}", maps_dir.display())))?;
+        let mut map_pins = BTreeMap::new();
+        let mut created_maps = Vec::new();
+        for (name, def) in &info.maps {
+            let map_name = MapName::new(name).map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
+            let path = self.layout.map(&input.uid, &map_name);
+            if path.exists() {
+                maps::check_pinned(&path, name, def)?;
+            } else {
+                created_maps.push(path.clone());
+            }
+            map_pins.insert(name.clone(), path);
+        }
+
+        let mut replaced: Vec<Replaced> = Vec::new();
+        let mut attempt = || -> Result<OwnerRecord> {
+            let mut ebpf = self.loader.load(&input.bytecode, &input.globals, &map_pins)?;
+            let peers = self.tc_peers();
+            let ctx = AttachCtx {
+                layout: &self.layout,
+                owner: &input.uid,
+                revision: &input.revision,
+                btf: self.loader.btf(),
+                previous,
+                tc_peers: &peers,
+                tc_backend: self.cfg.tc_backend,
+            };
+            let mut programs = Vec::new();
+            for p in &input.programs {
+                programs.push(attach::load_and_attach(&mut ebpf, p, &ctx, &mut replaced)?);
+            }
+            let record = OwnerRecord {
+                uid: input.uid.to_string(),
+                name: input.name.clone(),
+                revision: input.revision.to_string(),
+                spec: input.spec.clone(),
+                programs,
+                maps: map_pins.iter().map(|(n, p)| MapRecord { name: n.clone(), pin_path: p.clone() }).collect(),
+            };
+            // The commit point: from here a restarted agent adopts the new revision.
+            self.store.save(&record).map_err(|e| AgentError::internal(format!("cannot write owner record: {e}")))?;
+            Ok(record)
+        };
+        match attempt() {
+            Ok(record) => {
+                if let Some(prev) = previous {
+                    self.remove_revision(prev);
+                    for m in &prev.maps {
+                        if !record.maps.iter().any(|n| n.pin_path == m.pin_path) {
+                            let _ = std::fs::remove_file(&m.pin_path);
+                        }
+                    }
+                }
+                Ok(record)
+            }
+            Err(e) => {
+                for r in replaced.iter().rev() {
+                    if let Err(err) = attach::restore_xdp(r) {
+                        tracing::error!(error = %err, "rollback of an XDP link failed");
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&rev_dir);
+                for m in &created_maps {
+                    let _ = std::fs::remove_file(m);
+                }
+                if fresh_owner || previous.is_none() {
+                    let _ = std::fs::remove_dir_all(&owner_dir);
+                    let _ = self.store.delete(&input.uid);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Detach and unpin one revision of an owner (its maps stay).
+    fn remove_revision(&self, record: &OwnerRecord) {
+        for p in &record.programs {
+            for l in &p.links {
+                if let LinkKind::TcNetlink { interface, direction, priority, handle } = &l.kind {
+                    let _ = attach::detach_tc_netlink(interface, *direction, *priority, *handle);
+                }
+            }
+        }
+        if let (Ok(uid), Some(rev)) = (OwnerUid::new(&record.uid), Revision::parse(&record.revision)) {
+            let dir = self.layout.revision_dir(&uid, &rev);
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove revision pins");
+            }
+        }
+    }
+
+    /// Remove everything of an owner. Returns whether there was anything.
+    pub async fn remove(self: &Arc<Self>, uid: &OwnerUid) -> Result<bool> {
+        let lock = self.lock_for(uid.as_str());
+        let _guard = lock.lock().await;
+        let entry = self.entry(uid.as_str());
+        let owner_dir = self.layout.owner_dir(uid);
+        let existed = entry.is_some() || owner_dir.exists();
+        let this = Arc::clone(self);
+        let uid2 = uid.clone();
+        let record = entry.as_ref().and_then(|e| e.record.clone());
+        tokio::task::spawn_blocking(move || this.remove_blocking(&uid2, record.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(AgentError::internal(format!("remove task failed: {e}"))))?;
+        self.set_entry(uid.as_str(), None);
+        if existed {
+            let owner = v1::Owner { uid: uid.to_string(), name: entry.map(|e| e.name).unwrap_or_default() };
+            let state = v1::OwnerState { owner: Some(owner), ..Default::default() };
+            self.emit(v1::watch_event::Kind::Removed, state, "removed".into());
+            tracing::info!(uid = %uid, "removed");
+        }
+        Ok(existed)
+    }
+
+    pub(crate) fn remove_blocking(&self, uid: &OwnerUid, record: Option<&OwnerRecord>) -> Result<()> {
+        if let Some(r) = record {
+            self.remove_revision(r);
+        }
+        let dir = self.layout.owner_dir(uid);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(AgentError::internal(format!("cannot remove {}: {e}", dir.display())));
+            }
+            _ => {}
+        }
+        self.store.delete(uid).map_err(|e| AgentError::internal(format!("cannot delete owner record: {e}")))
+    }
+
+    /// TCX programs of every owner, for priority ordering.
+    fn tc_peers(&self) -> Vec<TcPeer> {
+        let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter_map(|e| e.record.as_ref())
+            .flat_map(|r| r.programs.iter())
+            .flat_map(|p| {
+                p.links.iter().filter_map(move |l| match &l.kind {
+                    LinkKind::Tcx { interface, direction, priority, .. } => Some(TcPeer {
+                        interface: interface.clone(),
+                        direction: *direction,
+                        priority: *priority,
+                        program_id: p.program_id,
+                    }),
+                    _ => None,
+                })
+            })
+            .collect()
+    }
+
+    /// Health from the kernel's point of view: every program and link still pinned and
+    /// each link still running its program.
+    fn check_health(&self, record: &OwnerRecord) -> (Health, Option<String>) {
+        for p in &record.programs {
+            if !p.pin.exists() {
+                return (Health::Degraded, Some(format!("program {} is no longer pinned", p.name)));
+            }
+            for l in &p.links {
+                if let Some(pin) = l.kind.pin()
+                    && !pin.exists()
+                {
+                    return (
+                        Health::Degraded,
+                        Some(format!("link {} of {} on {} was removed by someone else", l.link_id, p.name, l.hook)),
+                    );
+                }
+            }
+        }
+        (Health::Healthy, None)
+    }
+
+    /// Re-check every owner's health; report changes on the Watch stream.
+    pub fn refresh_health(&self) {
+        let snapshot: Vec<(String, Entry)> = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (uid, entry) in snapshot {
+            let Some(record) = &entry.record else { continue };
+            let (health, why) = self.check_health(record);
+            if entry.health != Some(health) {
+                {
+                    let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(e) = map.get_mut(&uid) {
+                        e.health = Some(health);
+                    }
+                }
+                if let Some(state) = self.state_of(&uid) {
+                    self.emit(v1::watch_event::Kind::Updated, state, why.unwrap_or_else(|| "healthy again".into()));
+                }
+            }
+        }
+    }
+
+    fn emit(&self, kind: v1::watch_event::Kind, state: v1::OwnerState, reason: String) {
+        let _ = self.events.send(v1::WatchEvent { kind: kind as i32, state: Some(state), reason });
+    }
+
+    /// The wire state of one owner.
+    pub fn state_of(&self, uid: &str) -> Option<v1::OwnerState> {
+        let e = self.entry(uid)?;
+        let owner = v1::Owner { uid: uid.to_string(), name: e.name.clone() };
+        let (revision, mut health, mut last_error, attached, maps) = match &e.record {
+            Some(r) => {
+                let (h, why) = self.check_health(r);
+                let attached = r
+                    .programs
+                    .iter()
+                    .map(|p| v1::AttachedProgram {
+                        name: p.name.clone(),
+                        r#type: p.program_type.as_str().into(),
+                        program_id: p.program_id,
+                        link_ids: p.links.iter().map(|l| l.link_id).collect(),
+                    })
+                    .collect();
+                let maps = r
+                    .maps
+                    .iter()
+                    .map(|m| v1::PinnedMap { name: m.name.clone(), pin_path: m.pin_path.display().to_string() })
+                    .collect();
+                (r.revision.clone(), h, why.unwrap_or_default(), attached, maps)
+            }
+            None => (String::new(), Health::Failed, String::new(), vec![], vec![]),
+        };
+        if let Some((rev, err)) = &e.failure {
+            health = Health::Failed;
+            last_error = format!("revision {rev}: {err}");
+        }
+        Some(v1::OwnerState {
+            owner: Some(owner),
+            revision,
+            health: proto::health_to_wire(health) as i32,
+            attached,
+            maps,
+            last_error,
+        })
+    }
+
+    /// Every owner, ordered by uid.
+    pub fn list(&self) -> Vec<v1::OwnerState> {
+        let uids: Vec<String> = self.entries.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        uids.iter().filter_map(|u| self.state_of(u)).collect()
+    }
+
+    /// Records of everything running (for metrics and standalone mode).
+    pub fn records(&self) -> Vec<OwnerRecord> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).values().filter_map(|e| e.record.clone()).collect()
+    }
+}

@@ -1,0 +1,166 @@
+//! Prometheus metrics and the `/metrics` + `/healthz` endpoint. Per-program kernel run
+//! statistics are read from the kernel at scrape time (they need
+//! `kernel.bpf_stats_enabled`, which the agent turns on while it runs).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use aya::programs::ProgramInfo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::error::Reason;
+use crate::manager::Manager;
+use crate::store::OwnerRecord;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    owner: String,
+    program: String,
+    r#type: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    owners: Gauge,
+    programs: Gauge,
+    links: Gauge,
+    apply_seconds: Histogram,
+    apply_errors: Family<ReasonLabel, Counter>,
+    run_count: Family<ProgramLabels, Gauge<u64, AtomicU64>>,
+    run_time: Family<ProgramLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bpfleet_agent");
+        let owners = Gauge::default();
+        let programs = Gauge::default();
+        let links = Gauge::default();
+        // 1 ms .. ~16 s: loads are dominated by the verifier.
+        let apply_seconds =
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 16.0]);
+        let apply_errors = Family::<ReasonLabel, Counter>::default();
+        let run_count = Family::<ProgramLabels, Gauge<u64, AtomicU64>>::default();
+        let run_time = Family::<ProgramLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("owners_managed", "BpfPrograms this agent runs", owners.clone());
+        registry.register("programs_managed", "Kernel programs this agent has loaded and pinned", programs.clone());
+        registry.register("links_managed", "Attachments (links, clsact filters) this agent holds", links.clone());
+        registry.register(
+            "apply_duration_seconds",
+            "Time to apply one revision (load, verify, attach, pin)",
+            apply_seconds.clone(),
+        );
+        registry.register("apply_errors", "Failed applies by reason", apply_errors.clone());
+        registry.register("program_run_count", "Times the kernel ran each program (BPF stats)", run_count.clone());
+        registry.register(
+            "program_run_time_seconds",
+            "Total time the kernel spent in each program (BPF stats)",
+            run_time.clone(),
+        );
+        // Every reason is present from the start, so dashboards show zeros, not gaps.
+        for r in Reason::ALL {
+            let _ = apply_errors.get_or_create(&ReasonLabel { reason: r.as_str().into() });
+        }
+        Self { registry, owners, programs, links, apply_seconds, apply_errors, run_count, run_time }
+    }
+
+    pub fn observe_apply(&self, took: Duration, error: Option<Reason>) {
+        self.apply_seconds.observe(took.as_secs_f64());
+        if let Some(r) = error {
+            self.apply_errors.get_or_create(&ReasonLabel { reason: r.as_str().into() }).inc();
+        }
+    }
+
+    pub fn set_managed(&self, records: &[&OwnerRecord]) {
+        self.owners.set(records.len() as i64);
+        self.programs.set(records.iter().map(|r| r.programs.len() as i64).sum());
+        self.links.set(records.iter().flat_map(|r| &r.programs).map(|p| p.links.len() as i64).sum());
+    }
+
+    /// Prometheus text exposition, with fresh kernel run statistics.
+    pub fn render(&self, records: &[OwnerRecord]) -> String {
+        self.run_count.clear();
+        self.run_time.clear();
+        for r in records {
+            for p in &r.programs {
+                let Ok(info) = ProgramInfo::from_pin(&p.pin) else { continue };
+                let labels = ProgramLabels {
+                    owner: r.name.clone(),
+                    program: p.name.clone(),
+                    r#type: p.program_type.as_str().into(),
+                };
+                self.run_count.get_or_create(&labels).set(info.run_count());
+                self.run_time.get_or_create(&labels).set(info.run_time().as_secs_f64());
+            }
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Turn on the kernel's per-program run statistics for as long as the returned handle
+/// lives. Without it run counts stay 0 (not an error: some kernels forbid it).
+pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot enable BPF run statistics; program_run_* metrics will read 0");
+            None
+        }
+    }
+}
+
+/// Serve `/metrics` and `/healthz` until the process ends.
+pub async fn serve(addr: SocketAddr, manager: Arc<Manager>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let m = Arc::clone(&manager);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = Arc::clone(&m);
+                async move {
+                    let body =
+                        tokio::task::spawn_blocking(move || m.metrics.render(&m.records())).await.unwrap_or_default();
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let ok = manager.config().bpffs_root.is_dir();
+                async move {
+                    if ok {
+                        (axum::http::StatusCode::OK, "ok")
+                    } else {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "bpffs root missing")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

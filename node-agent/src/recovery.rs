@@ -1,0 +1,87 @@
+//! Start-up: adopt what a previous agent process left in bpffs, and remove what no
+//! owner claims (an apply that was interrupted, a revision left half-replaced, pins
+//! without a record, records without pins).
+
+use std::collections::BTreeSet;
+
+use aya::programs::links::{FdLink, PinnedLink};
+use crds::names::OwnerUid;
+use crds::program::ProgramType;
+
+use crate::attach::{self, Replaced};
+use crate::manager::Manager;
+use crate::store::{LinkKind, OwnerRecord};
+
+/// What recovery did, for logs and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub adopted: Vec<String>,
+    pub removed_owners: Vec<String>,
+    pub removed_revisions: Vec<String>,
+    pub relinked: usize,
+}
+
+pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
+    let layout = manager.layout().clone();
+    let mut out = Recovered::default();
+    let records = manager.store().load_all()?;
+    let mut claimed = BTreeSet::new();
+    for record in records {
+        let Ok(uid) = OwnerUid::new(&record.uid) else { continue };
+        if !layout.owner_dir(&uid).is_dir() || !record.programs.iter().all(|p| p.pin.exists()) {
+            // The pins are gone (bpffs remounted, someone removed them): nothing to adopt.
+            tracing::warn!(uid = %uid, "owner record without its pins; forgetting it");
+            manager.remove_blocking(&uid, Some(&record)).ok();
+            out.removed_owners.push(uid.to_string());
+            continue;
+        }
+        // Revision directories other than the recorded one are unfinished applies.
+        for entry in std::fs::read_dir(layout.owner_dir(&uid))?.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name != "maps" && name != record.revision && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                out.removed_revisions.push(format!("{uid}/{name}"));
+            }
+        }
+        out.relinked += relink_xdp(&record);
+        claimed.insert(uid.to_string());
+        out.adopted.push(uid.to_string());
+        manager.adopt(record);
+    }
+    // Owner directories nobody claims.
+    if let Ok(dir) = std::fs::read_dir(layout.root()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !claimed.contains(&name) && entry.path().is_dir() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                if let Ok(uid) = OwnerUid::new(&name) {
+                    let _ = manager.store().delete(&uid);
+                }
+                out.removed_owners.push(name);
+            }
+        }
+    }
+    tracing::info!(?out, "recovered state from bpffs");
+    Ok(out)
+}
+
+/// An XDP link swapped to a new revision's program whose apply never committed still
+/// runs the uncommitted program: point it back at the recorded one.
+fn relink_xdp(record: &OwnerRecord) -> usize {
+    let mut n = 0;
+    for p in record.programs.iter().filter(|p| p.program_type == ProgramType::Xdp) {
+        for l in &p.links {
+            let LinkKind::Pinned { path } = &l.kind else { continue };
+            let running =
+                PinnedLink::from_pin(path).ok().map(FdLink::from).and_then(|fd| fd.info().ok()).map(|i| i.program_id());
+            if running.is_some_and(|id| id != p.program_id) {
+                let r = Replaced { link_pin: path.clone(), old_program_pin: p.pin.clone() };
+                match attach::restore_xdp(&r) {
+                    Ok(()) => n += 1,
+                    Err(e) => tracing::error!(link = %path.display(), error = %e, "cannot re-point XDP link"),
+                }
+            }
+        }
+    }
+    n
+}

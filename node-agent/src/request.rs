@@ -1,0 +1,113 @@
+//! Turning what arrives (a gRPC ApplyRequest, a standalone manifest) into a validated
+//! `ApplyInput`. Both go through the same `crds::validate` rules an API server enforces.
+
+use std::io::Read;
+use std::path::Path;
+
+use crds::BpfProgram;
+use crds::limits::MAX_BYTECODE_BYTES;
+use crds::names::OwnerUid;
+use crds::revision::{BytecodeIdentity, Revision};
+use crds::validate::{Bytecode, validate_global_bytes, validate_programs, validate_spec};
+use proto::v1;
+use sha2::{Digest, Sha256};
+
+use crate::error::{AgentError, Reason, Result};
+use crate::manager::ApplyInput;
+
+/// Read a node-local object, refusing oversized files before reading them.
+pub fn read_bytecode_file(path: &Path) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        AgentError::new(
+            Reason::BytecodeNotFound,
+            format!("cannot open bytecode path {} on this node: {e}", path.display()),
+        )
+    })?;
+    let mut buf = Vec::new();
+    f.take(MAX_BYTECODE_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| {
+        AgentError::new(Reason::BytecodeNotFound, format!("cannot read bytecode path {}: {e}", path.display()))
+    })?;
+    if buf.len() > MAX_BYTECODE_BYTES {
+        return Err(AgentError::new(
+            Reason::BytecodeTooLarge,
+            format!("{} is larger than the {MAX_BYTECODE_BYTES}-byte limit", path.display()),
+        ));
+    }
+    Ok(buf)
+}
+
+fn invalid(msg: impl Into<String>) -> AgentError {
+    AgentError::new(Reason::InvalidSpec, msg)
+}
+
+pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput> {
+    let owner = req.owner.ok_or_else(|| invalid("owner is required"))?;
+    let uid = OwnerUid::new(&owner.uid).map_err(|e| invalid(e.to_string()))?;
+    let revision = Revision::parse(&req.revision)
+        .ok_or_else(|| invalid(format!("revision {:?} must be 16 lowercase hex characters", req.revision)))?;
+    let bytecode = match req.bytecode {
+        Some(v1::apply_request::Bytecode::Elf(b)) => b,
+        Some(v1::apply_request::Bytecode::Path(p)) => {
+            let path = Path::new(&p);
+            if !path.is_absolute() || p.split('/').any(|s| s == "..") {
+                return Err(invalid(format!("bytecode path {p:?} must be absolute without '..'")));
+            }
+            read_bytecode_file(path)?
+        }
+        None => return Err(invalid("bytecode is required (elf bytes or a node-local path)")),
+    };
+    if bytecode.len() > MAX_BYTECODE_BYTES {
+        return Err(AgentError::new(
+            Reason::BytecodeTooLarge,
+            format!("the object is {} bytes; the limit is {MAX_BYTECODE_BYTES} bytes", bytecode.len()),
+        ));
+    }
+    let spec = req
+        .programs
+        .into_iter()
+        .map(proto::program_from_wire)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.0))?;
+    let programs = validate_programs(&spec).map_err(|e| invalid(e.to_string()))?;
+    let globals = validate_global_bytes(req.global_data.iter()).map_err(|e| invalid(e.to_string()))?;
+    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals })
+}
+
+/// The owner id of a standalone manifest: readable when the name allows, hashed otherwise.
+pub fn standalone_uid(name: &str) -> OwnerUid {
+    let readable = format!("standalone-{}", name.replace('.', "-"));
+    OwnerUid::new(&readable).unwrap_or_else(|_| {
+        let h = hex_prefix(&Sha256::digest(name.as_bytes()));
+        OwnerUid::new(format!("standalone-{h}")).expect("hex is a valid uid")
+    })
+}
+
+fn hex_prefix(b: &[u8]) -> String {
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect()
+}
+
+/// A manifest in standalone mode: no API server, no ConfigMaps.
+pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
+    let name = obj.metadata.name.clone().ok_or_else(|| invalid("metadata.name is required"))?;
+    let valid = validate_spec(&obj.spec).map_err(|e| invalid(e.to_string()))?;
+    let bytecode = match &valid.bytecode {
+        Bytecode::Inline(b) => b.clone(),
+        Bytecode::Path(p) => read_bytecode_file(p)?,
+        Bytecode::ConfigMap(cm) => {
+            return Err(invalid(format!(
+                "bytecode.configMap ({}/{}) needs a cluster; in standalone mode use bytecode.path or bytecode.inline",
+                cm.namespace, cm.name
+            )));
+        }
+    };
+    let revision = Revision::compute(&obj.spec, BytecodeIdentity::Bytes(&bytecode));
+    Ok(ApplyInput {
+        uid: standalone_uid(&name),
+        name,
+        revision,
+        bytecode,
+        programs: valid.programs,
+        spec: obj.spec.programs.clone(),
+        globals: valid.globals,
+    })
+}

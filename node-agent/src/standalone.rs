@@ -1,0 +1,116 @@
+//! Standalone mode: reconcile the BpfProgram manifests in a directory, like static pods.
+//! A file added is loaded, an edit becomes a new revision, a file removed is unloaded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::BpfProgram;
+
+use crate::manager::{ApplyInput, Manager};
+use crate::request::input_from_manifest;
+
+/// One pass over the directory: the BpfPrograms found, and errors per file.
+pub fn scan(dir: &Path) -> (Vec<(PathBuf, ApplyInput)>, Vec<(PathBuf, String)>) {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+        Err(e) => {
+            errors.push((dir.to_path_buf(), format!("cannot read directory: {e}")));
+            return (found, errors);
+        }
+    };
+    files.sort();
+    for path in files {
+        let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        if !is_yaml || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push((path, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push((path.clone(), format!("document {}: not YAML: {e}", i + 1)));
+                    continue;
+                }
+            };
+            if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("BpfProgram") {
+                continue;
+            }
+            let parsed: Result<BpfProgram, _> = serde_yaml::from_value(value);
+            match parsed.map_err(|e| e.to_string()).and_then(|obj| input_from_manifest(&obj).map_err(|e| e.to_string()))
+            {
+                Ok(input) => found.push((path.clone(), input)),
+                Err(e) => errors.push((path.clone(), format!("document {}: {e}", i + 1))),
+            }
+        }
+    }
+    (found, errors)
+}
+
+/// Reconcile forever, every `interval`.
+pub async fn run(manager: Arc<Manager>, dir: PathBuf, interval: Duration) -> anyhow::Result<()> {
+    tracing::info!(dir = %dir.display(), "standalone mode: reconciling manifests");
+    // Errors are logged when they change, not on every pass.
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        reconcile_once(&manager, &dir, &mut reported).await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, reported: &mut BTreeMap<String, String>) {
+    let (found, errors) = scan(dir);
+    let mut now: BTreeMap<String, String> = BTreeMap::new();
+    for (path, e) in errors {
+        now.insert(format!("{}", path.display()), e);
+    }
+    let mut desired = BTreeSet::new();
+    for (path, input) in found {
+        let uid = input.uid.to_string();
+        if !desired.insert(uid.clone()) {
+            now.insert(
+                format!("{}", path.display()),
+                format!("BpfProgram {} is defined twice; the first wins", input.name),
+            );
+            continue;
+        }
+        let (name, revision) = (input.name.clone(), input.revision.clone());
+        match manager.apply(input).await {
+            Ok((state, true)) => {
+                let maps: Vec<String> = state.maps.iter().map(|m| m.pin_path.clone()).collect();
+                tracing::info!(program = %name, %revision, ?maps, "standalone: running");
+            }
+            Ok((_, false)) => {}
+            Err(e) => {
+                now.insert(format!("{}: {name} {revision}", path.display()), e.to_string());
+            }
+        }
+    }
+    for (what, e) in &now {
+        if reported.get(what) != Some(e) {
+            tracing::error!(file = %what, error = %e, "standalone: cannot run manifest");
+        }
+    }
+    *reported = now;
+    for state in manager.list() {
+        let Some(owner) = state.owner else { continue };
+        if owner.uid.starts_with("standalone-") && !desired.contains(&owner.uid) {
+            if let Ok(uid) = crds::names::OwnerUid::new(&owner.uid) {
+                match manager.remove(&uid).await {
+                    Ok(_) => tracing::info!(program = %owner.name, "standalone: manifest gone, removed"),
+                    Err(e) => tracing::error!(program = %owner.name, error = %e, "standalone: cannot remove"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! mTLS for the agent's gRPC server (and the client configuration the operator dials with).
+//!
+//! The agent only ever serves over TLS and demands a client certificate signed by
+//! `--tls-client-ca`, optionally carrying one DNS name (the operator's identity): an open port
+//! that loads kernel code is a root shell for the network.
+//!
+//! tonic's built-in `ServerTlsConfig` is fixed at start-up, so the agent serves a custom
+//! incoming stream instead ([`incoming`]): every accepted TCP connection is handshaken with
+//! the *current* [`ServerConfig`], which [`ServerTls`] rebuilds when the PEM files change
+//! (certificate rotation by cert-manager or a Secret update, without a restart).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use rustls::client::verify_server_name;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tracing::{debug, info, warn};
+
+/// The DNS name every agent certificate carries, so one certificate serves every node.
+pub const DEFAULT_SERVER_NAME: &str = "bpfleet-agent";
+/// How long a client may take to complete the TLS handshake before it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often [`ServerTls::spawn_reloader`] is expected to look at the files in production.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Handshakes in flight at once; beyond this the accept loop waits, so a flood of silent
+/// connections costs bounded memory and cannot starve the runtime.
+const MAX_PENDING_HANDSHAKES: usize = 256;
+const ALPN_H2: &[u8] = b"h2";
+
+const FLAG_CERT: &str = "--tls-cert";
+const FLAG_KEY: &str = "--tls-key";
+const FLAG_CLIENT_CA: &str = "--tls-client-ca";
+const FLAG_CA: &str = "--tls-ca";
+
+/// Why TLS material could not be used. Each message names the flag and the file to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {flag} {}: {error}", path.display())]
+    Read { flag: &'static str, path: PathBuf, error: io::Error },
+    #[error("{flag} {} is not valid PEM: {detail}", path.display())]
+    Pem { flag: &'static str, path: PathBuf, detail: String },
+    #[error("no certificates in {flag} {}: expected PEM `CERTIFICATE` blocks", path.display())]
+    NoCertificates { flag: &'static str, path: PathBuf },
+    #[error(
+        "no private key found in {flag} {}: expected a PEM `PRIVATE KEY`, `EC PRIVATE KEY` or `RSA PRIVATE KEY` block",
+        path.display()
+    )]
+    NoPrivateKey { flag: &'static str, path: PathBuf },
+    #[error(
+        "the private key in {key_flag} {} does not belong to the certificate in {cert_flag} {}",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch { cert_flag: &'static str, cert: PathBuf, key_flag: &'static str, key: PathBuf },
+    #[error("cannot use {flag} {}: {detail}", path.display())]
+    Rejected { flag: &'static str, path: PathBuf, detail: String },
+    #[error("{what} {name:?} is not a valid DNS name")]
+    InvalidName { what: &'static str, name: String },
+}
+
+/// The agent's PEM files: `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// The raw bytes of the three files, compared to notice a change.
+#[derive(PartialEq, Eq)]
+struct Snapshot {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Vec<u8>,
+}
+
+/// The agent's server-side TLS: the current [`ServerConfig`] plus what it takes to rebuild it.
+pub struct ServerTls {
+    files: TlsFiles,
+    required_client_name: Option<ServerName<'static>>,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<ServerConfig>>,
+    /// What the poller last looked at, whether it loaded or not: a broken file is reported
+    /// once, not on every tick.
+    seen: Mutex<Option<Snapshot>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    // Not derived: the snapshot holds the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .field("required_client_name", &self.required_client_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Loads the files and builds the first configuration. With `required_client_name`, only
+    /// client certificates carrying that DNS subject-alternative name are accepted.
+    pub fn load(files: TlsFiles, required_client_name: Option<&str>) -> Result<Self, TlsError> {
+        let required_client_name = required_client_name
+            .map(|name| {
+                ServerName::try_from(name.to_owned())
+                    .map_err(|_| TlsError::InvalidName { what: "required client name", name: name.to_owned() })
+            })
+            .transpose()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let snapshot = read_snapshot(&files)?;
+        let config = build_server_config(&files, &snapshot, required_client_name.as_ref(), &provider)?;
+        Ok(Self {
+            files,
+            required_client_name,
+            provider,
+            current: RwLock::new(Arc::new(config)),
+            seen: Mutex::new(Some(snapshot)),
+        })
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The configuration new connections are handshaken with.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// An acceptor over the current configuration; connections already open keep theirs.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.config())
+    }
+
+    /// Re-reads the files now and switches to them. On error the previous material stays.
+    pub fn reload_now(&self) -> Result<(), TlsError> {
+        let snapshot = read_snapshot(&self.files)?;
+        let result = self.install(&snapshot);
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
+        result
+    }
+
+    /// Looks at the files every `every` and reloads when their contents changed; a broken
+    /// file is logged and the previous material kept. Contents, not mtimes, are compared:
+    /// Kubernetes updates a mounted Secret by swapping a symlink, and mtimes can be coarse.
+    /// The task ends once the `ServerTls` is dropped. Must be called within a Tokio runtime.
+    pub fn spawn_reloader(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_read_error: Option<String> = None;
+            loop {
+                ticks.tick().await;
+                let Some(tls) = weak.upgrade() else { return };
+                // File reads and key parsing are blocking work, if brief.
+                let outcome = tokio::task::spawn_blocking(move || tls.poll_once()).await;
+                match outcome {
+                    Ok(Ok(())) => last_read_error = None,
+                    Ok(Err(error)) => {
+                        let message = error.to_string();
+                        if last_read_error.as_ref() != Some(&message) {
+                            warn!(%message, "TLS files unreadable; keeping the previous certificate");
+                            last_read_error = Some(message);
+                        }
+                    }
+                    Err(join_error) => warn!(error = %join_error, "TLS reload task failed"),
+                }
+            }
+        })
+    }
+
+    /// One poll: reload if the files differ from what was last seen. Returns an error only
+    /// when the files cannot be read; a bad new file is logged here and remembered.
+    fn poll_once(&self) -> Result<(), TlsError> {
+        let snapshot = read_snapshot(&self.files)?;
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.as_ref().is_some_and(|s| *s == snapshot) {
+            return Ok(());
+        }
+        match self.install(&snapshot) {
+            Ok(()) => info!(cert = %self.files.cert.display(), "reloaded TLS certificate, key and client CA"),
+            Err(error) => warn!(%error, "new TLS material rejected; keeping the previous certificate"),
+        }
+        *seen = Some(snapshot);
+        Ok(())
+    }
+
+    fn install(&self, snapshot: &Snapshot) -> Result<(), TlsError> {
+        let config = build_server_config(&self.files, snapshot, self.required_client_name.as_ref(), &self.provider)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        Ok(())
+    }
+}
+
+fn read_snapshot(files: &TlsFiles) -> Result<Snapshot, TlsError> {
+    Ok(Snapshot {
+        cert: read(FLAG_CERT, &files.cert)?,
+        key: read(FLAG_KEY, &files.key)?,
+        client_ca: read(FLAG_CLIENT_CA, &files.client_ca)?,
+    })
+}
+
+fn build_server_config(
+    files: &TlsFiles,
+    snapshot: &Snapshot,
+    required_client_name: Option<&ServerName<'static>>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<ServerConfig, TlsError> {
+    let chain = parse_certs(FLAG_CERT, &files.cert, &snapshot.cert)?;
+    let key = parse_key(FLAG_KEY, &files.key, &snapshot.key)?;
+    let certified = certified_key((FLAG_CERT, &files.cert), (FLAG_KEY, &files.key), chain, key, provider)?;
+
+    let mut roots = RootCertStore::empty();
+    for ca in parse_certs(FLAG_CLIENT_CA, &files.client_ca, &snapshot.client_ca)? {
+        roots.add(ca).map_err(|e| rejected(FLAG_CLIENT_CA, &files.client_ca, e))?;
+    }
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rejected(FLAG_CLIENT_CA, &files.client_ca, e))?;
+    let verifier: Arc<dyn ClientCertVerifier> = match required_client_name {
+        Some(name) => Arc::new(RequireClientName { inner: webpki, name: name.clone() }),
+        None => webpki,
+    };
+
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| rejected(FLAG_CERT, &files.cert, e))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption: a resumed session skips client-certificate verification, and gRPC
+    // connections are long-lived, so it would buy nothing but a way around a CA rotation.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
+}
+
+/// Loads the key and checks it belongs to the chain's leaf certificate.
+fn certified_key(
+    (cert_flag, cert): (&'static str, &Path),
+    (key_flag, key_path): (&'static str, &Path),
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| rejected(key_flag, key_path, e))?;
+    let certified = CertifiedKey::new(chain, signing_key);
+    match certified.keys_match() {
+        Ok(()) => Ok(certified),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            Err(TlsError::KeyMismatch { cert_flag, cert: cert.to_owned(), key_flag, key: key_path.to_owned() })
+        }
+        Err(e) => Err(rejected(cert_flag, cert, e)),
+    }
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The CA check of `inner`, then: the leaf must carry `name` as a DNS subject-alternative name.
+#[derive(Debug)]
+struct RequireClientName {
+    inner: Arc<dyn ClientCertVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ClientCertVerifier for RequireClientName {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        verify_server_name(&ParsedCertificate::try_from(end_entity)?, &self.name)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One accepted, handshaken connection. tonic sees the same connect info as with its own
+/// TLS server, so `Request::remote_addr()` and `Request::peer_certs()` work in handlers.
+pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl TlsConn {
+    /// The client's certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.0.get_ref().1.peer_certificates()
+    }
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TlsConn").field(&self.0.get_ref().0.peer_addr().ok()).finish()
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// Accepts on `listener` and yields handshaken connections, for
+/// `Server::builder()...serve_with_incoming_shutdown(incoming(listener, tls), signal)`.
+/// Equivalent to [`incoming_with_timeout`] with [`HANDSHAKE_TIMEOUT`].
+pub fn incoming(listener: TcpListener, tls: Arc<ServerTls>) -> impl Stream<Item = Result<TlsConn, io::Error>> {
+    incoming_with_timeout(listener, tls, HANDSHAKE_TIMEOUT)
+}
+
+/// Each handshake runs in its own task with `handshake_timeout`, so a slow or hostile client
+/// never holds up others; failed handshakes are logged and dropped, never ending the stream.
+/// The listener closes when the stream is dropped. Must be called within a Tokio runtime.
+pub fn incoming_with_timeout(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = Result<TlsConn, io::Error>> {
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(accept_loop(listener, tls, handshake_timeout, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    handshake_timeout: Duration,
+    tx: mpsc::Sender<Result<TlsConn, io::Error>>,
+) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let accepted = tokio::select! {
+            () = tx.closed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) if is_per_connection(&error) => {
+                debug!(%error, "TCP accept failed");
+                continue;
+            }
+            Err(error) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                warn!(%error, "TCP accept failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let permit = tokio::select! {
+            () = tx.closed() => return,
+            permit = pending.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => return,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tls.acceptor();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(stream)) => {
+                    // Fails only when the server has stopped; the connection is just dropped.
+                    let _ = tx.send(Ok(TlsConn(stream))).await;
+                }
+                Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
+                Err(_elapsed) => debug!(%peer, ?handshake_timeout, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+fn is_per_connection(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// The client side, for the operator: its identity (`--tls-cert`, `--tls-key`), the CA that
+/// signs agents (`--tls-ca`) and the name agent certificates carry (`--agent-server-name`,
+/// normally [`DEFAULT_SERVER_NAME`]). The files are checked here so a mistake is reported at
+/// start-up, naming the file, rather than as a handshake failure later.
+pub fn client_config(cert: &Path, key: &Path, ca: &Path, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
+    ServerName::try_from(server_name)
+        .map_err(|_| TlsError::InvalidName { what: "server name", name: server_name.to_owned() })?;
+    let cert_pem = read(FLAG_CERT, cert)?;
+    let key_pem = read(FLAG_KEY, key)?;
+    let ca_pem = read(FLAG_CA, ca)?;
+
+    let provider = rustls::crypto::ring::default_provider();
+    let chain = parse_certs(FLAG_CERT, cert, &cert_pem)?;
+    let private_key = parse_key(FLAG_KEY, key, &key_pem)?;
+    certified_key((FLAG_CERT, cert), (FLAG_KEY, key), chain, private_key, &provider)?;
+    let mut roots = RootCertStore::empty();
+    for ca_cert in parse_certs(FLAG_CA, ca, &ca_pem)? {
+        roots.add(ca_cert).map_err(|e| rejected(FLAG_CA, ca, e))?;
+    }
+
+    Ok(ClientTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(server_name))
+}
+
+fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|error| TlsError::Read { flag, path: path.to_owned(), error })
+}
+
+fn parse_certs(flag: &'static str, path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| TlsError::Pem {
+        flag,
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates { flag, path: path.to_owned() });
+    }
+    Ok(certs)
+}
+
+fn parse_key(flag: &'static str, path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey { flag, path: path.to_owned() },
+        other => TlsError::Pem { flag, path: path.to_owned(), detail: other.to_string() },
+    })
+}
+
+fn rejected(flag: &'static str, path: &Path, error: impl std::fmt::Display) -> TlsError {
+    TlsError::Rejected { flag, path: path.to_owned(), detail: error.to_string() }
+}
+
+pub mod testpki;
