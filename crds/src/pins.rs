@@ -4,9 +4,10 @@
 //! <root>/<owner-uid>/owner.json                 metadata, written atomically
 //! <root>/<owner-uid>/maps/<map>                 maps, kept across revisions
 //! <root>/<owner-uid>/<revision>/progs/<program>
-//! <root>/<owner-uid>/<revision>/links/<program>.<n>
+//! <root>/<owner-uid>/<revision>/links/<program>/<n>
 //! ```
 //!
+//! bpffs refuses names containing '.', so no component has one.
 //! Maps live at the owner level so a new revision keeps the counters and state of the
 //! old one (a pinned map is reused only if its definition matches).
 
@@ -64,7 +65,7 @@ impl PinLayout {
 
     /// The `index`-th link of a program (one per interface or tracepoint).
     pub fn link(&self, owner: &OwnerUid, rev: &Revision, prog: &ProgramName, index: usize) -> PathBuf {
-        self.links_dir(owner, rev).join(format!("{prog}.{index}"))
+        self.links_dir(owner, rev).join(prog.as_str()).join(index.to_string())
     }
 }
 
@@ -79,7 +80,7 @@ mod tests {
         let r = Revision::parse("0123456789abcdef").unwrap();
         let p = ProgramName::new("count").unwrap();
         assert_eq!(l.program(&o, &r, &p), Path::new("/sys/fs/bpf/t/abc-1/0123456789abcdef/progs/count"));
-        assert_eq!(l.link(&o, &r, &p, 2), Path::new("/sys/fs/bpf/t/abc-1/0123456789abcdef/links/count.2"));
+        assert_eq!(l.link(&o, &r, &p, 2), Path::new("/sys/fs/bpf/t/abc-1/0123456789abcdef/links/count/2"));
         assert_eq!(l.map(&o, &MapName::new("m").unwrap()), Path::new("/sys/fs/bpf/t/abc-1/maps/m"));
         assert_eq!(l.metadata(&o), Path::new("/sys/fs/bpf/t/abc-1/owner.json"));
     }

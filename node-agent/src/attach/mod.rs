@@ -70,7 +70,8 @@ pub fn load_and_attach(
         AgentError::for_program(Reason::ProgramNotFound, name, format!("function {name:?} is not in the object"))
     })?;
     let pin = ctx.layout.program(ctx.owner, ctx.revision, &p.name);
-    for dir in [pin.parent(), Some(ctx.layout.links_dir(ctx.owner, ctx.revision).as_path())].into_iter().flatten() {
+    let links_dir = ctx.layout.links_dir(ctx.owner, ctx.revision).join(name);
+    for dir in [pin.parent(), Some(links_dir.as_path())].into_iter().flatten() {
         std::fs::create_dir_all(dir).map_err(|e| pin_error(name, dir, e))?;
     }
     let (program_id, links) = match &p.attach {
@@ -101,8 +102,14 @@ where
     Ok(id)
 }
 
-fn pin_error(program: &str, path: &Path, e: impl std::fmt::Display) -> AgentError {
-    AgentError::for_program(Reason::PinFailed, program, format!("cannot pin at {}: {e}", path.display()))
+fn pin_error(program: &str, path: &Path, e: impl std::error::Error) -> AgentError {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    AgentError::for_program(Reason::PinFailed, program, format!("cannot pin at {}: {msg}", path.display()))
 }
 
 /// Load errors, classified with the program's type.

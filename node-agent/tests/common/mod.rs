@@ -1,0 +1,216 @@
+//! Shared set-up for the agent's kernel tests: bpffs/tracefs mounts, the example
+//! objects, a private bpffs root per test, network namespaces with veth pairs, and
+//! readings taken from the kernel with bpftool (not through our own code).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+
+use agent::attach::TcBackend;
+use agent::manager::{AgentConfig, ApplyInput, Manager};
+use crds::BpfProgramSpec;
+use crds::names::OwnerUid;
+use crds::revision::{BytecodeIdentity, Revision};
+use crds::validate::validate_spec;
+
+static SETUP: Once = Once::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash");
+    assert!(out.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn sh_ok(cmd: &str) -> bool {
+    Command::new("bash").arg("-c").arg(cmd).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Mounts and example objects, once per test binary.
+pub fn setup() {
+    SETUP.call_once(|| {
+        sh("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf");
+        sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || true");
+        sh(&format!("{}/examples/build.sh >/dev/null", repo().display()));
+    });
+}
+
+pub fn object(name: &str) -> PathBuf {
+    repo().join("examples/bpf/build").join(name)
+}
+
+pub fn object_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(object(name)).unwrap_or_else(|e| panic!("{}: {e}", object(name).display()))
+}
+
+/// A unique short name for this test's kernel objects (interfaces, namespaces, dirs).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100000, COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// An agent core on its own bpffs root and state dir, removed on drop.
+pub struct TestAgent {
+    pub manager: Arc<Manager>,
+    pub root: PathBuf,
+    pub state: PathBuf,
+}
+
+impl TestAgent {
+    pub fn new() -> Self {
+        Self::with_backend(TcBackend::Auto)
+    }
+
+    pub fn with_backend(tc_backend: TcBackend) -> Self {
+        setup();
+        let id = unique("t");
+        let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-test-{id}"));
+        let state = std::env::temp_dir().join(format!("bpfleet-state-{id}"));
+        let manager = Manager::new(AgentConfig {
+            node_name: "test-node".into(),
+            bpffs_root: root.clone(),
+            state_dir: state.clone(),
+            tc_backend,
+        })
+        .unwrap();
+        Self { manager, root, state }
+    }
+
+    /// Files and directories under the bpffs root (relative paths), sorted.
+    pub fn pins(&self) -> Vec<String> {
+        pins_under(&self.root)
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+        let _ = std::fs::remove_dir_all(&self.state);
+    }
+}
+
+pub fn pins_under(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Build an ApplyInput from manifest YAML (the spec part) and an object file.
+pub fn input(owner: &str, spec_yaml: &str, object_name: &str) -> ApplyInput {
+    input_bytes(owner, spec_yaml, object_bytes(object_name))
+}
+
+pub fn input_bytes(owner: &str, spec_yaml: &str, bytecode: Vec<u8>) -> ApplyInput {
+    let spec: BpfProgramSpec = serde_yaml::from_str(spec_yaml).unwrap();
+    let valid = validate_spec(&spec).unwrap_or_else(|e| panic!("{e}"));
+    ApplyInput {
+        uid: OwnerUid::new(owner).unwrap(),
+        name: owner.to_string(),
+        revision: Revision::compute(&spec, BytecodeIdentity::Bytes(&bytecode)),
+        bytecode,
+        programs: valid.programs,
+        spec: spec.programs.clone(),
+        globals: valid.globals,
+    }
+}
+
+/// The u64 at key 0 of a pinned array map, read by bpftool.
+pub fn read_counter(pin: &Path) -> u64 {
+    let out = sh(&format!("bpftool -j map lookup pinned {} key 0 0 0 0", pin.display()));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    let bytes: Vec<u8> = v["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no value in {out}"))
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    let mut buf = [0u8; 8];
+    buf[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
+    u64::from_le_bytes(buf)
+}
+
+/// Ids of every program loaded in the kernel.
+pub fn kernel_program_ids() -> Vec<u64> {
+    let out = sh("bpftool -j prog show");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array().unwrap().iter().filter_map(|p| p["id"].as_u64()).collect()
+}
+
+pub fn kernel_has_program(id: u32) -> bool {
+    sh_ok(&format!("bpftool prog show id {id} >/dev/null 2>&1"))
+}
+
+pub fn kernel_has_link(id: u32) -> bool {
+    sh_ok(&format!("bpftool link show id {id} >/dev/null 2>&1"))
+}
+
+/// A veth pair: `host` in the root namespace (10.x.y.1), `peer` in namespace `ns`
+/// (10.x.y.2). Torn down on drop.
+pub struct Veth {
+    pub ns: String,
+    pub host: String,
+    pub peer: String,
+    pub host_ip: String,
+    pub peer_ip: String,
+}
+
+impl Veth {
+    pub fn new() -> Self {
+        setup();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", std::process::id() % 1000, n);
+        let (ns, host, peer) = (format!("bfns{tag}"), format!("bfh{tag}"), format!("bfp{tag}"));
+        let octet2 = (std::process::id() % 200) + 20;
+        let octet3 = n % 250 + 1;
+        let host_ip = format!("10.{octet2}.{octet3}.1");
+        let peer_ip = format!("10.{octet2}.{octet3}.2");
+        sh(&format!(
+            "ip netns add {ns} && ip link add {host} type veth peer name {peer} netns {ns} && \
+             ip addr add {host_ip}/30 dev {host} && ip link set {host} up && \
+             ip -n {ns} addr add {peer_ip}/30 dev {peer} && ip -n {ns} link set {peer} up && ip -n {ns} link set lo up"
+        ));
+        Self { ns, host, peer, host_ip, peer_ip }
+    }
+
+    /// Send `n` pings from the namespace to the host side (each crosses host's ingress
+    /// once and its egress once with the reply).
+    pub fn ping_from_ns(&self, n: u32) {
+        sh(&format!("ip netns exec {} ping -c {n} -i 0.01 -W 1 -q {} >/dev/null", self.ns, self.host_ip));
+    }
+
+    /// Same, without requiring replies (for programs that drop).
+    pub fn ping_from_ns_lossy(&self, n: u32) {
+        let _ = sh_ok(&format!("ip netns exec {} ping -c {n} -i 0.01 -W 1 -q {} >/dev/null", self.ns, self.host_ip));
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = sh_ok(&format!("ip link del {} 2>/dev/null; ip netns del {} 2>/dev/null", self.host, self.ns));
+    }
+}
+
+/// The map pin of an applied owner, by map name.
+pub fn map_pin(state: &proto::v1::OwnerState, name: &str) -> PathBuf {
+    PathBuf::from(&state.maps.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no map {name} in {state:?}")).pin_path)
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
