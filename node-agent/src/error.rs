@@ -125,3 +125,18 @@ impl From<AgentError> for tonic::Status {
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// An error with its chain of causes, e.g. "`bpf_link_create` failed: Invalid argument
+/// (os error 22)": aya's top-level messages often omit the cause.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !msg.contains(&s_text) {
+            msg = format!("{msg}: {s_text}");
+        }
+        source = s.source();
+    }
+    msg
+}

@@ -117,7 +117,7 @@ pub fn classify_program_error(program: &str, program_type: Option<ProgramType>, 
         ProgramError::UnknownInterface { name } => {
             at(Reason::InterfaceNotFound, format!("interface {name:?} does not exist on this node"))
         }
-        other => at(Reason::AttachFailed, other.to_string()),
+        other => at(Reason::AttachFailed, crate::error::chain(&other)),
     }
 }
 

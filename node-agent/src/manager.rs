@@ -233,19 +233,22 @@ impl Manager {
         let mut replaced: Vec<Replaced> = Vec::new();
         let mut attempt = || -> Result<OwnerRecord> {
             let mut ebpf = self.loader.load(&input.bytecode, &input.globals, &map_pins)?;
-            let peers = self.tc_peers();
-            let ctx = AttachCtx {
-                layout: &self.layout,
-                owner: &input.uid,
-                revision: &input.revision,
-                btf: self.loader.btf(),
-                previous,
-                tc_peers: &peers,
-                tc_backend: self.cfg.tc_backend,
-            };
+            let mut peers = self.tc_peers();
             let mut programs = Vec::new();
             for p in &input.programs {
-                programs.push(attach::load_and_attach(&mut ebpf, p, &ctx, &mut replaced)?);
+                let ctx = AttachCtx {
+                    layout: &self.layout,
+                    owner: &input.uid,
+                    revision: &input.revision,
+                    btf: self.loader.btf(),
+                    previous,
+                    tc_peers: &peers,
+                    tc_backend: self.cfg.tc_backend,
+                };
+                let record = attach::load_and_attach(&mut ebpf, p, &ctx, &mut replaced)?;
+                // Later programs of this apply are ordered against this one too.
+                peers.extend(tcx_peers(&record));
+                programs.push(record);
             }
             let record = OwnerRecord {
                 uid: input.uid.to_string(),
@@ -351,21 +354,7 @@ impl Manager {
     /// TCX programs of every owner, for priority ordering.
     fn tc_peers(&self) -> Vec<TcPeer> {
         let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .filter_map(|e| e.record.as_ref())
-            .flat_map(|r| r.programs.iter())
-            .flat_map(|p| {
-                p.links.iter().filter_map(move |l| match &l.kind {
-                    LinkKind::Tcx { interface, direction, priority, .. } => Some(TcPeer {
-                        interface: interface.clone(),
-                        direction: *direction,
-                        priority: *priority,
-                        program_id: p.program_id,
-                    }),
-                    _ => None,
-                })
-            })
-            .collect()
+        map.values().filter_map(|e| e.record.as_ref()).flat_map(|r| r.programs.iter()).flat_map(tcx_peers).collect()
     }
 
     /// Health from the kernel's point of view: every program and link still pinned and
@@ -469,4 +458,20 @@ impl Manager {
     pub fn records(&self) -> Vec<OwnerRecord> {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).values().filter_map(|e| e.record.clone()).collect()
     }
+}
+
+/// The TCX attachments of one program, as ordering peers.
+fn tcx_peers(p: &crate::store::ProgramRecord) -> Vec<TcPeer> {
+    p.links
+        .iter()
+        .filter_map(|l| match &l.kind {
+            LinkKind::Tcx { interface, direction, priority, .. } => Some(TcPeer {
+                interface: interface.clone(),
+                direction: *direction,
+                priority: *priority,
+                program_id: p.program_id,
+            }),
+            _ => None,
+        })
+        .collect()
 }

@@ -1,5 +1,5 @@
-//! CgroupSkb: attached to a cgroup v2 directory, in multi-attach mode so bpfleet's
-//! programs coexist with each other and with programs others attach.
+//! CgroupSkb: attached to a cgroup v2 directory with a bpf_link, so bpfleet's programs
+//! coexist with each other and with programs others attach.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use crds::names::ProgramName;
 use crds::program::{Direction, ProgramType};
 
 use super::{AttachCtx, keep_link, load_error, pin_loaded, record};
-use crate::error::{AgentError, Reason, Result};
+use crate::error::{AgentError, Reason, Result, chain};
 use crate::store::{LinkKind, LinkRecord};
 
 pub(super) fn attach(
@@ -36,8 +36,10 @@ pub(super) fn attach(
         Direction::Ingress => CgroupSkbAttachType::Ingress,
         Direction::Egress => CgroupSkbAttachType::Egress,
     };
-    let lid = skb.attach(&dir, attach_type, CgroupAttachMode::AllowMultiple).map_err(|e| {
-        AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to cgroup {hook}: {e}"))
+    // A bpf_link on a cgroup always coexists with other programs there; the kernel
+    // refuses the legacy multi-attach flags with links, hence the default mode.
+    let lid = skb.attach(&dir, attach_type, CgroupAttachMode::Single).map_err(|e| {
+        AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to cgroup {hook}: {}", chain(&e)))
     })?;
     let link =
         skb.take_link(lid).map_err(|e| AgentError::for_program(Reason::AttachFailed, name.as_str(), e.to_string()))?;

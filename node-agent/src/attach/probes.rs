@@ -11,7 +11,7 @@ use crds::program::ProgramType;
 use crds::validate::{Attach, UprobeTarget};
 
 use super::{AttachCtx, keep_link, load_error, pin_loaded, record};
-use crate::error::{AgentError, Reason, Result};
+use crate::error::{AgentError, Reason, Result, chain};
 use crate::store::{LinkKind, LinkRecord};
 
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -216,8 +216,8 @@ fn trampoline_load<'a>(
     }
 }
 
-fn hook_or_attach(name: &ProgramName, target: &str, what: &str, e: impl std::fmt::Display) -> AgentError {
-    let msg = e.to_string();
+fn hook_or_attach(name: &ProgramName, target: &str, what: &str, e: impl std::error::Error) -> AgentError {
+    let msg = chain(&e);
     if msg.contains("os error 2") || msg.contains("No such file") || msg.contains("not found") {
         AgentError::for_program(
             Reason::HookNotFound,
@@ -229,6 +229,6 @@ fn hook_or_attach(name: &ProgramName, target: &str, what: &str, e: impl std::fmt
     }
 }
 
-fn attach_err(name: &ProgramName, hook: &str, e: impl std::fmt::Display) -> AgentError {
-    AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to {hook}: {e}"))
+fn attach_err(name: &ProgramName, hook: &str, e: impl std::error::Error) -> AgentError {
+    AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to {hook}: {}", chain(&e)))
 }

@@ -12,7 +12,7 @@ use crds::names::{InterfaceName, ProgramName};
 use crds::program::{Direction, ProgramType};
 
 use super::{AttachCtx, TcPeer, interface_index, keep_link, load_error, pin_loaded, record};
-use crate::error::{AgentError, Reason, Result};
+use crate::error::{AgentError, Reason, Result, chain};
 use crate::store::{LinkKind, LinkRecord};
 
 /// Which TC mechanism to use.
@@ -56,11 +56,11 @@ pub(super) fn attach(
     let mut links = Vec::new();
     for (i, iface) in interfaces.iter().enumerate() {
         interface_index(name, iface.as_str())?;
-        let err = |e: &dyn std::fmt::Display| {
+        let err = |e: &dyn std::error::Error| {
             AgentError::for_program(
                 Reason::AttachFailed,
                 name.as_str(),
-                format!("attaching TC {direction:?} to interface {iface}: {e}"),
+                format!("attaching TC {direction:?} to interface {iface}: {}", chain(e)),
             )
         };
         if ctx.tc_backend.use_tcx() {
@@ -76,8 +76,7 @@ pub(super) fn attach(
         } else {
             // EEXIST: the interface already has a clsact qdisc, which is what we need.
             if let Err(e) = qdisc_add_clsact(iface.as_str())
-                && !e.to_string().contains("exists")
-                && !e.to_string().contains("os error 17")
+                && !chain(&e).contains("os error 17")
             {
                 return Err(err(&e));
             }

@@ -10,7 +10,7 @@ use crds::names::{InterfaceName, ProgramName};
 use crds::program::{ProgramType, XdpMode};
 
 use super::{AttachCtx, Replaced, interface_index, keep_link, load_error, pin_loaded, record};
-use crate::error::{AgentError, Reason, Result};
+use crate::error::{AgentError, Reason, Result, chain};
 use crate::store::{LinkKind, LinkRecord};
 
 pub(super) fn attach(
@@ -51,7 +51,7 @@ pub(super) fn attach(
                     XdpMode::Native => AgentError::for_program(
                         Reason::AttachFailed,
                         name.as_str(),
-                        format!("interface {iface} refused native XDP ({e}); its driver may lack XDP support: use mode Generic or Auto"),
+                        format!("interface {iface} refused native XDP ({}); its driver may lack XDP support: use mode Generic or Auto", chain(&e)),
                     ),
                     _ => attach_error(name, iface, e),
                 })?;
@@ -91,8 +91,8 @@ pub fn restore(r: &Replaced) -> Result<()> {
     Ok(())
 }
 
-fn attach_error(name: &ProgramName, iface: &InterfaceName, e: impl std::fmt::Display) -> AgentError {
-    let msg = e.to_string();
+fn attach_error(name: &ProgramName, iface: &InterfaceName, e: impl std::error::Error) -> AgentError {
+    let msg = chain(&e);
     let hint = if msg.contains("busy") || msg.contains("EBUSY") || msg.contains("os error 16") {
         " (another XDP program is already attached to this interface)"
     } else {

@@ -19,7 +19,7 @@ static SETUP: Once = Once::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
 }
 
 pub fn sh(cmd: &str) -> String {
@@ -154,6 +154,18 @@ pub fn kernel_program_ids() -> Vec<u64> {
 
 pub fn kernel_has_program(id: u32) -> bool {
     sh_ok(&format!("bpftool prog show id {id} >/dev/null 2>&1"))
+}
+
+/// Programs and links are freed by the kernel asynchronously (RCU) after their last
+/// reference goes: poll for up to 3 s.
+pub fn program_gone(id: u32) -> bool {
+    (0..60).any(|_| {
+        let gone = !kernel_has_program(id);
+        if !gone {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        gone
+    })
 }
 
 pub fn kernel_has_link(id: u32) -> bool {
