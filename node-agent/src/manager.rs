@@ -258,7 +258,7 @@ impl Manager {
                 programs,
                 maps: map_pins.iter().map(|(n, p)| MapRecord { name: n.clone(), pin_path: p.clone() }).collect(),
             };
-            crate::fault::point("after-attach");
+            crate::fault::point("after-attach", input.uid.as_str());
             // The commit point: from here a restarted agent adopts the new revision.
             self.store.save(&record).map_err(|e| AgentError::internal(format!("cannot write owner record: {e}")))?;
             Ok(record)
@@ -266,7 +266,7 @@ impl Manager {
         match attempt() {
             Ok(record) => {
                 if let Some(prev) = previous {
-                    crate::fault::point("after-commit");
+                    crate::fault::point("after-commit", input.uid.as_str());
                     self.remove_revision(prev);
                     for m in &prev.maps {
                         if !record.maps.iter().any(|n| n.pin_path == m.pin_path) {

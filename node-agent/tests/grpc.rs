@@ -1,0 +1,380 @@
+//! The agent binary over its real gRPC API with mTLS: Apply, idempotence, List, Watch
+//! (drift seen and repaired), Remove, errors in words with reasons, and refused clients.
+//! Every claim the API makes is checked against the kernel (bpftool, bpffs, packets).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use common::*;
+use crds::BpfProgramSpec;
+use crds::revision::{BytecodeIdentity, Revision};
+use proto::v1;
+use proto::v1::agent_client::AgentClient;
+use tonic::transport::{Channel, ClientTlsConfig};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
+const SERVER_NAME: &str = "bpfleet-agent";
+
+/// A bpffs root, a state directory and a PKI for one test; removed on drop.
+struct Dirs {
+    root: PathBuf,
+    tmp: tempfile::TempDir,
+    pki: TestPki,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        setup();
+        let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-grpc-{}", unique("g")));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki_dir = tmp.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let pki = TestPki::generate(&pki_dir);
+        Self { root, tmp, pki }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn client_tls(&self) -> ClientTlsConfig {
+        self.pki.client_config()
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One agent process; killed (SIGKILL) on drop.
+struct AgentProc {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn spawn(dirs: &Dirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log = dirs.tmp.path().join(format!("agent-{}.log", unique("l")));
+        let mut cmd = Command::new(AGENT_BIN);
+        cmd.arg("--node-name")
+            .arg("grpc-node")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--bpffs-root")
+            .arg(&dirs.root)
+            .arg("--state-dir")
+            .arg(dirs.state())
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("BPFLEET_FAULT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn bpfleet-agent");
+        Self { child, port, log }
+    }
+
+    fn spawn_tls(dirs: &Dirs) -> Self {
+        let p = &dirs.pki;
+        let (cert, key, ca) = (p.server_cert.clone(), p.server_key.clone(), p.ca_cert.clone());
+        Self::spawn(
+            dirs,
+            &[
+                "--tls-cert",
+                path_str(&cert),
+                "--tls-key",
+                path_str(&key),
+                "--tls-client-ca",
+                path_str(&ca),
+                "--tls-client-name",
+                CLIENT_NAME,
+            ],
+            &[],
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Connect with the operator's identity once the health service answers SERVING.
+    async fn ready_client(&mut self, tls: ClientTlsConfig) -> AgentClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(ch) = connect(&self.url(), tls.clone()).await {
+                let check = HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await;
+                if check.is_ok_and(|r| r.into_inner().status == 1) {
+                    return AgentClient::new(ch);
+                }
+            }
+            assert!(Instant::now() < deadline, "agent never served health:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn connect(url: &str, tls: ClientTlsConfig) -> Result<Channel, Box<dyn std::error::Error>> {
+    let ch = Channel::from_shared(url.to_string())?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(ch)
+}
+
+/// An ApplyRequest as the operator builds it: revision from the spec and the bytes.
+fn apply_request(uid: &str, programs_yaml: &str, object_name: &str) -> v1::ApplyRequest {
+    let bytes = object_bytes(object_name);
+    let spec: BpfProgramSpec =
+        serde_yaml::from_str(&format!("bytecode: {{path: /unused.o}}\nprograms:\n{programs_yaml}")).unwrap();
+    let revision = Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes));
+    v1::ApplyRequest {
+        owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
+        revision: revision.as_str().into(),
+        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes)),
+        programs: spec.programs.iter().map(proto::program_to_wire).collect(),
+        global_data: Default::default(),
+    }
+}
+
+fn owner(uid: &str) -> Option<v1::Owner> {
+    Some(v1::Owner { uid: uid.into(), name: String::new() })
+}
+
+/// Poll `f` until it is true or `secs` pass.
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The program a pinned link runs, per bpftool.
+fn link_prog_id(link_id: u32) -> u64 {
+    let out = sh(&format!("bpftool -j link show id {link_id}"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["prog_id"].as_u64().unwrap_or_else(|| panic!("no prog_id in {out}"))
+}
+
+fn health(state: &v1::OwnerState) -> v1::Health {
+    v1::Health::try_from(state.health).unwrap_or(v1::Health::Unspecified)
+}
+
+async fn next_event(stream: &mut tonic::Streaming<v1::WatchEvent>, secs: u64) -> v1::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(secs), stream.message())
+        .await
+        .expect("no Watch event in time")
+        .expect("Watch stream error")
+        .expect("Watch stream ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_apply_list_watch_remove_errors_and_mtls() {
+    let dirs = Dirs::new();
+    let veth = Veth::new();
+    let mut agent = AgentProc::spawn_tls(&dirs);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let uid = "grpc-xdp-1";
+    let xdp_yaml = format!("  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{}], mode: Auto}}}}\n", veth.host);
+    let req = apply_request(uid, &xdp_yaml, "xdp_counter.o");
+
+    // (a) Apply: ids and pins reported, and the kernel agrees; packets are counted.
+    let resp = client.apply(req.clone()).await.expect("apply").into_inner();
+    assert!(resp.changed);
+    let state = resp.state.expect("state");
+    assert_eq!(state.revision, req.revision);
+    assert_eq!(health(&state), v1::Health::Healthy);
+    let prog = &state.attached[0];
+    assert_eq!(prog.name, "count_packets");
+    assert!(prog.program_id > 0);
+    assert_eq!(prog.link_ids.len(), 1);
+    let (prog_id, link_id) = (prog.program_id, prog.link_ids[0]);
+    assert!(kernel_has_program(prog_id), "bpftool does not show program {prog_id}");
+    assert!(kernel_has_link(link_id), "bpftool does not show link {link_id}");
+    assert_eq!(link_prog_id(link_id), u64::from(prog_id));
+    let counter = map_pin(&state, "packet_count");
+    assert!(counter.starts_with(dirs.root.join(uid)), "map pin {} outside the owner dir", counter.display());
+    assert!(counter.exists());
+    let before = read_counter(&counter);
+    veth.ping_from_ns(5);
+    let after = read_counter(&counter);
+    assert!(after >= before + 5, "XDP counted {before} -> {after}");
+
+    // (b) Same (owner, revision) again: nothing changes.
+    let again = client.apply(req.clone()).await.expect("apply again").into_inner();
+    assert!(!again.changed);
+    let s2 = again.state.unwrap();
+    assert_eq!((s2.attached[0].program_id, s2.attached[0].link_ids.clone()), (prog_id, vec![link_id]));
+    assert!(kernel_has_link(link_id));
+
+    // (c) List.
+    let list = client.list(v1::ListRequest {}).await.expect("list").into_inner();
+    assert_eq!(list.node_name, "grpc-node");
+    assert_eq!(list.kernel_release, sh("uname -r").trim());
+    assert_eq!(list.owners.len(), 1, "{list:?}");
+    let listed = &list.owners[0];
+    assert_eq!(listed.owner.as_ref().unwrap().uid, uid);
+    assert_eq!(listed.revision, req.revision);
+    assert_eq!(health(listed), v1::Health::Healthy);
+
+    // (d) Watch: initial state, then drift (a link pin removed by hand) reported, then repaired.
+    let mut stream = client.watch(v1::WatchRequest {}).await.expect("watch").into_inner();
+    let first = next_event(&mut stream, 5).await;
+    let first_state = first.state.expect("initial state");
+    assert_eq!(first_state.owner.as_ref().unwrap().uid, uid);
+    assert_eq!(health(&first_state), v1::Health::Healthy);
+    let link_pin = dirs.root.join(uid).join(&req.revision).join("links/count_packets/0");
+    assert!(link_pin.exists(), "no link pin at {}: {:?}", link_pin.display(), pins_under(&dirs.root));
+    std::fs::remove_file(&link_pin).unwrap();
+    wait_for(5, "link detached after its pin was removed", || !kernel_has_link(link_id));
+    let started = Instant::now();
+    loop {
+        let ev = next_event(&mut stream, 6).await;
+        let s = ev.state.unwrap();
+        if s.owner.as_ref().unwrap().uid == uid && health(&s) == v1::Health::Degraded {
+            assert!(!s.last_error.is_empty() || !ev.reason.is_empty());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "no DEGRADED event");
+    }
+    let listed = client.list(v1::ListRequest {}).await.unwrap().into_inner();
+    assert_eq!(health(&listed.owners[0]), v1::Health::Degraded);
+    let repaired = client.apply(req.clone()).await.expect("repair").into_inner();
+    assert!(repaired.changed, "a degraded owner must be repaired by the same revision");
+    let rs = repaired.state.unwrap();
+    assert_eq!(health(&rs), v1::Health::Healthy);
+    let new_link = rs.attached[0].link_ids[0];
+    assert!(kernel_has_link(new_link));
+    assert_eq!(link_prog_id(new_link), u64::from(rs.attached[0].program_id));
+    let repaired_ids: Vec<u32> = rs.attached.iter().map(|p| p.program_id).collect();
+    let before = read_counter(&counter);
+    veth.ping_from_ns(5);
+    let after = read_counter(&counter);
+    assert!(after >= before + 5, "repaired XDP counted {before} -> {after}");
+    // The old program (its pin was removed with the repaired revision) leaves the kernel.
+    if !repaired_ids.contains(&prog_id) {
+        wait_for(5, "old program unloaded", || !kernel_has_program(prog_id));
+    }
+
+    // (e) Remove, and Remove again.
+    let removed = client.remove(v1::RemoveRequest { owner: owner(uid) }).await.expect("remove").into_inner();
+    assert!(removed.removed);
+    assert!(!dirs.root.join(uid).exists(), "owner dir left: {:?}", pins_under(&dirs.root));
+    for id in &repaired_ids {
+        wait_for(5, "program unloaded after Remove", || !kernel_has_program(*id));
+    }
+    wait_for(5, "link gone after Remove", || !kernel_has_link(new_link));
+    let removed = client.remove(v1::RemoveRequest { owner: owner(uid) }).await.expect("remove again").into_inner();
+    assert!(!removed.removed);
+    let list = client.list(v1::ListRequest {}).await.unwrap().into_inner();
+    assert!(list.owners.is_empty(), "{list:?}");
+
+    // (f) Errors carry a code, a reason and words.
+    let bad_fn = apply_request(
+        "grpc-bad-fn",
+        &format!("  - {{name: no_such_function, type: XDP, xdp: {{interfaces: [{}]}}}}\n", veth.host),
+        "xdp_counter.o",
+    );
+    let err = client.apply(bad_fn).await.expect_err("missing function must fail");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("ProgramNotFound"));
+    assert!(err.message().contains("no_such_function"), "{}", err.message());
+    assert!(err.message().contains("count_packets"), "message should list the object's functions: {}", err.message());
+    let bad_if = apply_request(
+        "grpc-bad-if",
+        "  - {name: count_packets, type: XDP, xdp: {interfaces: [nosuchif0]}}\n",
+        "xdp_counter.o",
+    );
+    let err = client.apply(bad_if).await.expect_err("missing interface must fail");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("InterfaceNotFound"));
+    assert!(err.message().contains("nosuchif0"), "{}", err.message());
+    for uid in ["grpc-bad-fn", "grpc-bad-if"] {
+        assert!(!dirs.root.join(uid).exists(), "failed apply left pins: {:?}", pins_under(&dirs.root));
+    }
+
+    // (g) Clients without the operator's identity are refused; the right one still works.
+    let plain = async {
+        let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port))?.connect().await?;
+        AgentClient::new(ch).list(v1::ListRequest {}).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), plain).await;
+    assert!(!matches!(r, Ok(Ok(()))), "a plaintext client was served");
+    let p = &dirs.pki;
+    let foreign =
+        agent::tls::client_config(&p.foreign_client_cert, &p.foreign_client_key, &p.ca_cert, SERVER_NAME).unwrap();
+    let url = agent.url();
+    let foreign_call = async {
+        let ch = connect(&url, foreign).await?;
+        AgentClient::new(ch).list(v1::ListRequest {}).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), foreign_call).await;
+    assert!(!matches!(r, Ok(Ok(()))), "a client of a foreign CA was served");
+    let mut fresh = agent.ready_client(dirs.client_tls()).await;
+    let list = fresh.list(v1::ListRequest {}).await.expect("the operator is still served").into_inner();
+    assert_eq!(list.node_name, "grpc-node");
+}
+
+#[test]
+fn agent_refuses_to_start_without_tls() {
+    let dirs = Dirs::new();
+    let out = Command::new(AGENT_BIN)
+        .arg("--node-name")
+        .arg("no-tls")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--bpffs-root")
+        .arg(&dirs.root)
+        .arg("--state-dir")
+        .arg(dirs.state())
+        .env("NO_COLOR", "1")
+        .env_remove("BPFLEET_TLS_CERT")
+        .env_remove("BPFLEET_TLS_KEY")
+        .env_remove("BPFLEET_TLS_CLIENT_CA")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agent");
+    assert!(!out.status.success(), "agent without TLS flags started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--tls-cert"), "stderr does not name --tls-cert: {stderr}");
+}
