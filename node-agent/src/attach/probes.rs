@@ -54,7 +54,7 @@ pub(super) fn attach(
             let id = pin_loaded!(tp, name, pin);
             for n in names {
                 let lid = tp.attach(n).map_err(|e| {
-                    let msg = e.to_string();
+                    let msg = chain(&e);
                     if msg.contains("os error 2") || msg.contains("No such file") {
                         AgentError::for_program(
                             Reason::HookNotFound,
@@ -107,7 +107,7 @@ pub(super) fn attach(
                 None => UProbeScope::AllProcesses,
             };
             let lid = up.attach(location, &probe.target, scope).map_err(|e| {
-                let msg = e.to_string();
+                let msg = chain(&e);
                 if msg.contains("symbol") {
                     AgentError::for_program(Reason::TargetNotFound, name.as_str(), format!("uprobe {hook}: {msg}"))
                 } else {

@@ -1,0 +1,436 @@
+//! Crash recovery of the agent binary: programs outlive `kill -9`, a new process adopts
+//! them, an apply interrupted before or after its commit point leaves exactly one
+//! revision running, and pins nobody claims are removed at start. Checked with bpftool,
+//! bpffs contents and counted packets/syscalls.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use common::*;
+use crds::BpfProgramSpec;
+use crds::revision::{BytecodeIdentity, Revision};
+use proto::v1;
+use proto::v1::agent_client::AgentClient;
+use tonic::transport::{Channel, ClientTlsConfig};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
+
+/// A bpffs root, a state directory and a PKI shared by the agent processes of one test.
+struct Dirs {
+    root: PathBuf,
+    tmp: tempfile::TempDir,
+    pki: TestPki,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        setup();
+        let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-recovery-{}", unique("r")));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki_dir = tmp.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let pki = TestPki::generate(&pki_dir);
+        Self { root, tmp, pki }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn tls(&self) -> ClientTlsConfig {
+        self.pki.client_config()
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One agent process; SIGKILLed on drop.
+struct AgentProc {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn spawn(dirs: &Dirs, fault: Option<&str>) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = dirs.tmp.path().join(format!("agent-{}.log", unique("l")));
+        let p = &dirs.pki;
+        let mut cmd = Command::new(AGENT_BIN);
+        cmd.args(["--node-name", "recovery-node", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--bpffs-root")
+            .arg(&dirs.root)
+            .arg("--state-dir")
+            .arg(dirs.state())
+            .arg("--tls-cert")
+            .arg(&p.server_cert)
+            .arg("--tls-key")
+            .arg(&p.server_key)
+            .arg("--tls-client-ca")
+            .arg(&p.ca_cert)
+            .args(["--tls-client-name", CLIENT_NAME])
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("BPFLEET_FAULT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(f) = fault {
+            cmd.env("BPFLEET_FAULT", f);
+        }
+        Self { child: cmd.spawn().expect("spawn bpfleet-agent"), port, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn client(&mut self, tls: ClientTlsConfig) -> AgentClient<Channel> {
+        let url = format!("https://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("agent exited early ({status}):\n{}", self.log());
+            }
+            let ch = Channel::from_shared(url.clone())
+                .unwrap()
+                .tls_config(tls.clone())
+                .unwrap()
+                .connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(10))
+                .connect()
+                .await;
+            if let Ok(ch) = ch {
+                let check = HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await;
+                if check.is_ok_and(|r| r.into_inner().status == 1) {
+                    return AgentClient::new(ch);
+                }
+            }
+            assert!(Instant::now() < deadline, "agent never served health:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`, and reap it.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for the process to die on its own (a fault point); returns its status.
+    fn wait_exit(mut self, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "agent did not die at its fault point:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn apply_request(uid: &str, programs_yaml: &str, object_name: &str) -> v1::ApplyRequest {
+    let bytes = object_bytes(object_name);
+    let spec: BpfProgramSpec =
+        serde_yaml::from_str(&format!("bytecode: {{path: /unused.o}}\nprograms:\n{programs_yaml}")).unwrap();
+    let revision = Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes));
+    v1::ApplyRequest {
+        owner: Some(v1::Owner { uid: uid.into(), name: uid.into() }),
+        revision: revision.as_str().into(),
+        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes)),
+        programs: spec.programs.iter().map(proto::program_to_wire).collect(),
+        global_data: Default::default(),
+    }
+}
+
+fn xdp_yaml(iface: &str) -> String {
+    format!("  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{iface}], mode: Auto}}}}\n")
+}
+
+const OPENAT_YAML: &str =
+    "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+
+fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn bpftool_json(cmd: &str) -> serde_json::Value {
+    let out = sh(&format!("bpftool -j {cmd}"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"))
+}
+
+/// Id of the program pinned at `pin`.
+fn pinned_prog_id(pin: &Path) -> u32 {
+    bpftool_json(&format!("prog show pinned {}", pin.display()))["id"].as_u64().unwrap() as u32
+}
+
+/// Program id a pinned link runs.
+fn pinned_link_prog(pin: &Path) -> u32 {
+    bpftool_json(&format!("link show pinned {}", pin.display()))["prog_id"].as_u64().unwrap() as u32
+}
+
+/// The XDP program id `ip link` reports on an interface.
+fn ip_link_xdp_prog(iface: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(&sh(&format!("ip -d -j link show dev {iface}"))).unwrap();
+    v[0]["xdp"]["prog"]["id"].as_u64()
+}
+
+/// Directory names directly under `dir`.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn open_files(n: usize) {
+    for _ in 0..n {
+        let _ = std::fs::File::open("/etc/hostname");
+    }
+}
+
+/// Packets counted per ping of `n` (ARP and the like may add a few).
+fn counted_per_ping(veth: &Veth, counter: &Path, n: u32) -> u64 {
+    let before = read_counter(counter);
+    veth.ping_from_ns(n);
+    read_counter(counter) - before
+}
+
+async fn list(client: &mut AgentClient<Channel>) -> v1::ListResponse {
+    client.list(v1::ListRequest {}).await.expect("list").into_inner()
+}
+
+fn find<'a>(list: &'a v1::ListResponse, uid: &str) -> Option<&'a v1::OwnerState> {
+    list.owners.iter().find(|o| o.owner.as_ref().is_some_and(|w| w.uid == uid))
+}
+
+const HEALTHY: i32 = v1::Health::Healthy as i32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_survive_kill_and_are_adopted() {
+    let dirs = Dirs::new();
+    let veth = Veth::new();
+    let mut agent = AgentProc::spawn(&dirs, None);
+    let mut client = agent.client(dirs.tls()).await;
+    let xdp = client.apply(apply_request("rec-xdp", &xdp_yaml(&veth.host), "xdp_counter.o")).await.unwrap();
+    let tp = client.apply(apply_request("rec-tp", OPENAT_YAML, "tracepoint_openat.o")).await.unwrap();
+    let (xdp, tp) = (xdp.into_inner().state.unwrap(), tp.into_inner().state.unwrap());
+    let ids: Vec<u32> = [&xdp, &tp].iter().map(|s| s.attached[0].program_id).collect();
+    let links: Vec<u32> = [&xdp, &tp].iter().map(|s| s.attached[0].link_ids[0]).collect();
+    let (pkt, opens) = (map_pin(&xdp, "packet_count"), map_pin(&tp, "openat_count"));
+    drop(client);
+    agent.kill9();
+
+    // Nothing runs in user space now; the kernel still runs both programs.
+    for id in &ids {
+        assert!(kernel_has_program(*id), "program {id} died with the agent");
+    }
+    for id in &links {
+        assert!(kernel_has_link(*id), "link {id} died with the agent");
+    }
+    assert!(counted_per_ping(&veth, &pkt, 5) >= 5, "XDP stopped counting after kill -9");
+    let before = read_counter(&opens);
+    open_files(30);
+    assert!(read_counter(&opens) >= before + 30, "tracepoint stopped counting after kill -9");
+
+    // A new process adopts both, with the same kernel ids.
+    let mut agent = AgentProc::spawn(&dirs, None);
+    let mut client = agent.client(dirs.tls()).await;
+    let l = list(&mut client).await;
+    assert_eq!(l.owners.len(), 2, "{l:?}");
+    for (uid, state, id) in [("rec-xdp", &xdp, ids[0]), ("rec-tp", &tp, ids[1])] {
+        let o = find(&l, uid).unwrap_or_else(|| panic!("{uid} not adopted: {l:?}"));
+        assert_eq!(o.health, HEALTHY, "{o:?}");
+        assert_eq!(o.revision, state.revision);
+        assert_eq!(o.attached[0].program_id, id);
+    }
+    assert!(counted_per_ping(&veth, &pkt, 3) >= 3);
+
+    // Remove through the new process: nothing left in bpffs or in the kernel.
+    for uid in ["rec-xdp", "rec-tp"] {
+        let r = client.remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }) });
+        assert!(r.await.unwrap().into_inner().removed);
+    }
+    assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
+    for id in &ids {
+        wait_for(5, "program unloaded", || !kernel_has_program(*id));
+    }
+    for id in &links {
+        wait_for(5, "link gone", || !kernel_has_link(*id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_attach_on_first_apply_leaves_nothing() {
+    let dirs = Dirs::new();
+    let veth = Veth::new();
+    let mut agent = AgentProc::spawn(&dirs, Some("after-attach"));
+    let mut client = agent.client(dirs.tls()).await;
+    let req = apply_request("crash-first", &xdp_yaml(&veth.host), "xdp_counter.o");
+    let err = client.apply(req.clone()).await.expect_err("the agent aborts in the middle of Apply");
+    assert!(matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal), "{err:?}");
+    let status = agent.wait_exit(10);
+    assert!(!status.success());
+    // The unfinished revision is pinned (and attached) in bpffs.
+    let rev_dir = dirs.root.join("crash-first").join(&req.revision);
+    let prog_pin = rev_dir.join("progs/count_packets");
+    assert!(prog_pin.exists(), "no pins of the unfinished revision: {:?}", pins_under(&dirs.root));
+    let orphan = pinned_prog_id(&prog_pin);
+    assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(orphan)));
+
+    let mut agent = AgentProc::spawn(&dirs, None);
+    let mut client = agent.client(dirs.tls()).await;
+    assert!(!rev_dir.exists(), "unfinished revision kept: {:?}", pins_under(&dirs.root));
+    assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
+    wait_for(5, "unfinished program unloaded", || !kernel_has_program(orphan));
+    assert_eq!(ip_link_xdp_prog(&veth.host), None, "XDP still attached to {}", veth.host);
+    let l = list(&mut client).await;
+    assert!(find(&l, "crash-first").is_none(), "{l:?}");
+}
+
+/// Owner at revision A (xdp_counter: +1/packet); an apply of B (xdp_counter_v2: +2/packet)
+/// crashes at `fault`. Returns (A request, B request, A's program id, B's program id,
+/// the counter pin) with a fresh agent (no fault) running.
+struct Upgrade {
+    a: v1::ApplyRequest,
+    b: v1::ApplyRequest,
+    a_id: u32,
+    b_id: u32,
+    counter: PathBuf,
+    agent: AgentProc,
+    client: AgentClient<Channel>,
+}
+
+async fn crash_during_upgrade(dirs: &Dirs, veth: &Veth, fault: &str) -> Upgrade {
+    let uid = "upgrade";
+    let a = apply_request(uid, &xdp_yaml(&veth.host), "xdp_counter.o");
+    let b = apply_request(uid, &xdp_yaml(&veth.host), "xdp_counter_v2.o");
+    assert_ne!(a.revision, b.revision);
+    let mut first = AgentProc::spawn(dirs, None);
+    let mut client = first.client(dirs.tls()).await;
+    let sa = client.apply(a.clone()).await.expect("apply A").into_inner().state.unwrap();
+    let a_id = sa.attached[0].program_id;
+    let counter = map_pin(&sa, "packet_count");
+    let n = counted_per_ping(veth, &counter, 10);
+    assert!((10..20).contains(&n), "A counts +1 per packet, got {n} for 10");
+    drop(client);
+    first.kill9();
+
+    let mut faulty = AgentProc::spawn(dirs, Some(fault));
+    let mut client = faulty.client(dirs.tls()).await;
+    assert_eq!(find(&list(&mut client).await, uid).map(|o| o.health), Some(HEALTHY));
+    client.apply(b.clone()).await.expect_err("the agent aborts in the middle of Apply B");
+    assert!(!faulty.wait_exit(10).success());
+    drop(client);
+    let b_pin = dirs.root.join(uid).join(&b.revision).join("progs/count_packets");
+    assert!(b_pin.exists(), "B was not pinned before the crash: {:?}", pins_under(&dirs.root));
+    let b_id = pinned_prog_id(&b_pin);
+    assert_ne!(a_id, b_id);
+    // Both crash points are after the in-place link swap: B runs now.
+    assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(b_id)));
+
+    let mut agent = AgentProc::spawn(dirs, None);
+    let client = agent.client(dirs.tls()).await;
+    Upgrade { a, b, a_id, b_id, counter, agent, client }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_attach_during_upgrade_keeps_the_old_revision() {
+    let dirs = Dirs::new();
+    let veth = Veth::new();
+    let mut u = crash_during_upgrade(&dirs, &veth, "after-attach").await;
+    let l = list(&mut u.client).await;
+    let o = find(&l, "upgrade").expect("owner kept");
+    assert_eq!(o.revision, u.a.revision, "the uncommitted revision B was adopted");
+    assert_eq!(o.health, HEALTHY);
+    assert_eq!(o.attached[0].program_id, u.a_id);
+    assert_eq!(entries(&dirs.root.join("upgrade")), {
+        let mut v = vec![u.a.revision.clone(), "maps".to_string()];
+        v.sort();
+        v
+    });
+    let a_link = dirs.root.join("upgrade").join(&u.a.revision).join("links/count_packets/0");
+    assert_eq!(pinned_link_prog(&a_link), u.a_id, "the XDP link still runs B");
+    assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(u.a_id)));
+    wait_for(5, "B unloaded", || !kernel_has_program(u.b_id));
+    let n = counted_per_ping(&veth, &u.counter, 10);
+    assert!((10..20).contains(&n), "after recovery A must count +1 per packet; counted {n} for 10");
+    drop(u.client);
+    u.agent.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_commit_during_upgrade_keeps_the_new_revision() {
+    let dirs = Dirs::new();
+    let veth = Veth::new();
+    let mut u = crash_during_upgrade(&dirs, &veth, "after-commit").await;
+    let l = list(&mut u.client).await;
+    let o = find(&l, "upgrade").expect("owner kept");
+    assert_eq!(o.revision, u.b.revision, "the committed revision B was not adopted");
+    assert_eq!(o.health, HEALTHY);
+    assert_eq!(o.attached[0].program_id, u.b_id);
+    assert_eq!(entries(&dirs.root.join("upgrade")), {
+        let mut v = vec![u.b.revision.clone(), "maps".to_string()];
+        v.sort();
+        v
+    });
+    wait_for(5, "A unloaded", || !kernel_has_program(u.a_id));
+    let b_link = dirs.root.join("upgrade").join(&u.b.revision).join("links/count_packets/0");
+    assert_eq!(pinned_link_prog(&b_link), u.b_id);
+    assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(u.b_id)));
+    let n = counted_per_ping(&veth, &u.counter, 10);
+    assert!(n >= 20, "B must count +2 per packet; counted {n} for 10");
+    drop(u.client);
+    u.agent.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_pins_are_removed_at_start() {
+    let dirs = Dirs::new();
+    let stray = dirs.root.join("stray-owner");
+    std::fs::create_dir_all(stray.join("abc")).unwrap();
+    std::fs::create_dir_all(dirs.root.join("empty-stray")).unwrap();
+    let pin = stray.join("abc/p");
+    sh(&format!("bpftool prog load {} {} type xdp", object("xdp_counter.o").display(), pin.display()));
+    let stray_id = pinned_prog_id(&pin);
+    assert!(kernel_has_program(stray_id));
+    // A record whose pins are gone (bpffs remounted, say) is forgotten too.
+    std::fs::create_dir_all(dirs.state()).unwrap();
+    let record = serde_json::json!({
+        "uid": "gone-owner", "name": "gone-owner", "revision": "0123456789abcdef",
+        "spec": [], "maps": [],
+        "programs": [{"name": "p", "type": "XDP", "programId": 1,
+                      "pin": dirs.root.join("gone-owner/0123456789abcdef/progs/p"), "links": []}]
+    });
+    std::fs::write(dirs.state().join("gone-owner.json"), record.to_string()).unwrap();
+
+    let mut agent = AgentProc::spawn(&dirs, None);
+    let mut client = agent.client(dirs.tls()).await;
+    assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
+    wait_for(5, "stray program unloaded", || !kernel_has_program(stray_id));
+    assert!(!dirs.state().join("gone-owner.json").exists(), "record without pins kept");
+    assert!(list(&mut client).await.owners.is_empty());
+}
