@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod elf;
 pub mod error;
+pub mod fault;
 pub mod kernel;
 pub mod loader;
 pub mod manager;
@@ -15,4 +16,3 @@ pub mod server;
 pub mod standalone;
 pub mod store;
 pub mod tls;
-pub mod fault;

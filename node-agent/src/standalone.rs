@@ -11,15 +11,22 @@ use crds::BpfProgram;
 use crate::manager::{ApplyInput, Manager};
 use crate::request::input_from_manifest;
 
-/// One pass over the directory: the BpfPrograms found, and errors per file.
-pub fn scan(dir: &Path) -> (Vec<(PathBuf, ApplyInput)>, Vec<(PathBuf, String)>) {
+/// One pass over a directory: the BpfPrograms found and the errors, each by file.
+#[derive(Default)]
+pub struct Scan {
+    pub found: Vec<(PathBuf, ApplyInput)>,
+    pub errors: Vec<(PathBuf, String)>,
+}
+
+/// Read every manifest in `dir`.
+pub fn scan(dir: &Path) -> Scan {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
         Err(e) => {
             errors.push((dir.to_path_buf(), format!("cannot read directory: {e}")));
-            return (found, errors);
+            return Scan { found, errors };
         }
     };
     files.sort();
@@ -54,7 +61,7 @@ pub fn scan(dir: &Path) -> (Vec<(PathBuf, ApplyInput)>, Vec<(PathBuf, String)>) 
             }
         }
     }
-    (found, errors)
+    Scan { found, errors }
 }
 
 /// Reconcile forever, every `interval`.
@@ -69,7 +76,7 @@ pub async fn run(manager: Arc<Manager>, dir: PathBuf, interval: Duration) -> any
 }
 
 pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, reported: &mut BTreeMap<String, String>) {
-    let (found, errors) = scan(dir);
+    let Scan { found, errors } = scan(dir);
     let mut now: BTreeMap<String, String> = BTreeMap::new();
     for (path, e) in errors {
         now.insert(format!("{}", path.display()), e);
@@ -104,12 +111,13 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, reported: &mut B
     *reported = now;
     for state in manager.list() {
         let Some(owner) = state.owner else { continue };
-        if owner.uid.starts_with("standalone-") && !desired.contains(&owner.uid) {
-            if let Ok(uid) = crds::names::OwnerUid::new(&owner.uid) {
-                match manager.remove(&uid).await {
-                    Ok(_) => tracing::info!(program = %owner.name, "standalone: manifest gone, removed"),
-                    Err(e) => tracing::error!(program = %owner.name, error = %e, "standalone: cannot remove"),
-                }
+        if owner.uid.starts_with("standalone-")
+            && !desired.contains(&owner.uid)
+            && let Ok(uid) = crds::names::OwnerUid::new(&owner.uid)
+        {
+            match manager.remove(&uid).await {
+                Ok(_) => tracing::info!(program = %owner.name, "standalone: manifest gone, removed"),
+                Err(e) => tracing::error!(program = %owner.name, error = %e, "standalone: cannot remove"),
             }
         }
     }

@@ -37,7 +37,9 @@ fn fails_cleanly(spec: &str, bytecode: Vec<u8>, reason: Reason, words: &[&str]) 
 }
 
 fn xdp(iface: &str, function: &str) -> String {
-    format!("bytecode: {{path: /x.o}}\nprograms:\n  - {{name: {function}, type: XDP, xdp: {{interfaces: [{iface}], mode: Generic}}}}\n")
+    format!(
+        "bytecode: {{path: /x.o}}\nprograms:\n  - {{name: {function}, type: XDP, xdp: {{interfaces: [{iface}], mode: Generic}}}}\n"
+    )
 }
 
 #[test]
@@ -75,9 +77,12 @@ fn function_of_another_type_is_named() {
 
 #[test]
 fn missing_interface_is_named() {
-    fails_cleanly(&xdp("nosuchif0", "count_packets"), object_bytes("xdp_counter.o"), Reason::InterfaceNotFound, &[
-        "interface \"nosuchif0\" does not exist on this node",
-    ]);
+    fails_cleanly(
+        &xdp("nosuchif0", "count_packets"),
+        object_bytes("xdp_counter.o"),
+        Reason::InterfaceNotFound,
+        &["interface \"nosuchif0\" does not exist on this node"],
+    );
 }
 
 #[test]
@@ -136,13 +141,18 @@ fn missing_uprobe_target_symbol_and_cgroup_are_named() {
 
 #[test]
 fn malformed_and_foreign_objects_are_refused() {
-    fails_cleanly(&xdp("lo", "count_packets"), b"definitely not an ELF".to_vec(), Reason::MalformedElf, &[
-        "not an ELF object",
-    ]);
-    fails_cleanly(&xdp("lo", "count_packets"), object_bytes("uprobe_target"), Reason::MalformedElf, &[
-        "not eBPF",
-        "clang -target bpf",
-    ]);
+    fails_cleanly(
+        &xdp("lo", "count_packets"),
+        b"definitely not an ELF".to_vec(),
+        Reason::MalformedElf,
+        &["not an ELF object"],
+    );
+    fails_cleanly(
+        &xdp("lo", "count_packets"),
+        object_bytes("uprobe_target"),
+        Reason::MalformedElf,
+        &["not eBPF", "clang -target bpf"],
+    );
     let mut truncated = object_bytes("xdp_counter.o");
     truncated.truncate(truncated.len() / 2);
     fails_cleanly(&xdp("lo", "count_packets"), truncated, Reason::MalformedElf, &[]);

@@ -213,7 +213,8 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     let mut agent = AgentProc::spawn_tls(&dirs);
     let mut client = agent.ready_client(dirs.client_tls()).await;
     let uid = "grpc-xdp-1";
-    let xdp_yaml = format!("  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{}], mode: Auto}}}}\n", veth.host);
+    let xdp_yaml =
+        format!("  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{}], mode: Auto}}}}\n", veth.host);
     let req = apply_request(uid, &xdp_yaml, "xdp_counter.o");
 
     // (a) Apply: ids and pins reported, and the kernel agrees; packets are counted.

@@ -12,7 +12,9 @@ use common::*;
 use crds::names::OwnerUid;
 
 fn xdp_spec(iface: &str) -> String {
-    format!("bytecode: {{path: /x.o}}\nprograms:\n  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{iface}], mode: Generic}}}}\n")
+    format!(
+        "bytecode: {{path: /x.o}}\nprograms:\n  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{iface}], mode: Generic}}}}\n"
+    )
 }
 
 #[test]
@@ -20,9 +22,11 @@ fn same_revision_twice_is_a_no_op() {
     let agent = TestAgent::new();
     let veth = Veth::new();
     let rt = rt();
-    let (a, changed_a) = rt.block_on(agent.manager.apply(input("idem", &xdp_spec(&veth.host), "xdp_counter.o"))).unwrap();
+    let (a, changed_a) =
+        rt.block_on(agent.manager.apply(input("idem", &xdp_spec(&veth.host), "xdp_counter.o"))).unwrap();
     let pins = agent.pins();
-    let (b, changed_b) = rt.block_on(agent.manager.apply(input("idem", &xdp_spec(&veth.host), "xdp_counter.o"))).unwrap();
+    let (b, changed_b) =
+        rt.block_on(agent.manager.apply(input("idem", &xdp_spec(&veth.host), "xdp_counter.o"))).unwrap();
     assert!(changed_a && !changed_b);
     assert_eq!(a, b);
     assert_eq!(pins, agent.pins());
@@ -68,7 +72,7 @@ fn xdp_upgrade_swaps_the_program_on_the_same_link_without_loss() {
     assert!(mid > before);
     veth.ping_from_ns(2);
     let after = read_counter(&counter);
-    assert!(after >= mid + 4 && (after - mid) % 2 == 0, "v2 must add 2 per packet: {mid} -> {after}");
+    assert!(after >= mid + 4 && (after - mid).is_multiple_of(2), "v2 must add 2 per packet: {mid} -> {after}");
 }
 
 #[test]
@@ -98,7 +102,9 @@ fn tcx_and_tracepoint_upgrades_replace_their_links() {
         )
     };
     let (t1, _) = rt.block_on(agent.manager.apply(input("tp-up", &tp(""), "tracepoint_openat.o"))).unwrap();
-    let (t2, _) = rt.block_on(agent.manager.apply(input("tp-up", &tp(", syscalls/sys_enter_open"), "tracepoint_openat.o"))).unwrap();
+    let (t2, _) = rt
+        .block_on(agent.manager.apply(input("tp-up", &tp(", syscalls/sys_enter_open"), "tracepoint_openat.o")))
+        .unwrap();
     assert_eq!(t2.attached[0].link_ids.len(), 2);
     assert!(!kernel_has_link(t1.attached[0].link_ids[0]));
     assert!(program_gone(t1.attached[0].program_id));
@@ -162,7 +168,8 @@ fn owners_apply_in_parallel_and_one_owner_is_serialized() {
     assert!(!slow.is_finished());
     // Another owner is not held up by it.
     let fast = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), agent.manager.apply(input("fast", &tp, "tracepoint_openat.o"))).await
+        tokio::time::timeout(Duration::from_secs(10), agent.manager.apply(input("fast", &tp, "tracepoint_openat.o")))
+            .await
     });
     assert!(fast.expect("owner 'fast' waited for owner 'slow'").is_ok());
     // A second apply of the held owner waits for the first.

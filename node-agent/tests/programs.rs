@@ -63,7 +63,9 @@ fn raw_tracepoint_counts_syscalls() {
 }
 
 fn tc_spec(program: &str, iface: &str, direction: &str, priority: u32) -> String {
-    format!("  - {{name: {program}, type: TC, tc: {{interfaces: [{iface}], direction: {direction}, priority: {priority}}}}}\n")
+    format!(
+        "  - {{name: {program}, type: TC, tc: {{interfaces: [{iface}], direction: {direction}, priority: {priority}}}}}\n"
+    )
 }
 
 fn tc_counts_both_directions(backend: agent::attach::TcBackend) {

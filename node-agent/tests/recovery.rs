@@ -434,3 +434,16 @@ async fn unclaimed_pins_are_removed_at_start() {
     assert!(!dirs.state().join("gone-owner.json").exists(), "record without pins kept");
     assert!(list(&mut client).await.owners.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loose_pin_directly_under_the_root_is_removed_at_start() {
+    let dirs = Dirs::new();
+    std::fs::create_dir_all(&dirs.root).unwrap();
+    let pin = dirs.root.join("loose");
+    sh(&format!("bpftool prog load {} {} type xdp", object("xdp_counter.o").display(), pin.display()));
+    let id = pinned_prog_id(&pin);
+    let mut agent = AgentProc::spawn(&dirs, None);
+    let _client = agent.client(dirs.tls()).await;
+    assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
+    wait_for(5, "stray program unloaded", || !kernel_has_program(id));
+}

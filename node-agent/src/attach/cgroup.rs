@@ -39,7 +39,11 @@ pub(super) fn attach(
     // A bpf_link on a cgroup always coexists with other programs there; the kernel
     // refuses the legacy multi-attach flags with links, hence the default mode.
     let lid = skb.attach(&dir, attach_type, CgroupAttachMode::Single).map_err(|e| {
-        AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to cgroup {hook}: {}", chain(&e)))
+        AgentError::for_program(
+            Reason::AttachFailed,
+            name.as_str(),
+            format!("attaching to cgroup {hook}: {}", chain(&e)),
+        )
     })?;
     let link =
         skb.take_link(lid).map_err(|e| AgentError::for_program(Reason::AttachFailed, name.as_str(), e.to_string()))?;

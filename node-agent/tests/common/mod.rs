@@ -24,7 +24,12 @@ pub fn repo() -> PathBuf {
 
 pub fn sh(cmd: &str) -> String {
     let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash");
-    assert!(out.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -220,7 +225,9 @@ impl Drop for Veth {
 
 /// The map pin of an applied owner, by map name.
 pub fn map_pin(state: &proto::v1::OwnerState, name: &str) -> PathBuf {
-    PathBuf::from(&state.maps.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no map {name} in {state:?}")).pin_path)
+    PathBuf::from(
+        &state.maps.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no map {name} in {state:?}")).pin_path,
+    )
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

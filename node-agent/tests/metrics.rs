@@ -1,0 +1,189 @@
+//! `/healthz` and `/metrics` of the agent binary, read over plain HTTP/1.1: managed
+//! programs, apply durations and errors by reason, and kernel run counts of a running
+//! program (BPF stats, which the agent turns on while it runs).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
+
+struct MetricsAgent {
+    child: Child,
+    root: PathBuf,
+    tmp: tempfile::TempDir,
+    log: PathBuf,
+    port: u16,
+}
+
+impl MetricsAgent {
+    fn start() -> Self {
+        setup();
+        let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-metrics-{}", unique("m")));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(tmp.path().join("manifests")).unwrap();
+        let log = tmp.path().join("agent.log");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(AGENT_BIN)
+            .args(["--node-name", "metrics-node", "--standalone-interval", "1"])
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--standalone")
+            .arg(tmp.path().join("manifests"))
+            .arg("--bpffs-root")
+            .arg(&root)
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("BPFLEET_FAULT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn bpfleet-agent");
+        Self { child, root, tmp, log, port }
+    }
+
+    fn write(&self, file: &str, yaml: &str) {
+        let dir = self.tmp.path().join("manifests");
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, dir.join(file)).unwrap();
+    }
+
+    /// GET `path`: (status code, body), or None while nothing listens.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        let code = head.split_whitespace().nth(1)?.parse().ok()?;
+        let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+        Some((code, if chunked { dechunk(body) } else { body.to_string() }))
+    }
+
+    /// Poll /metrics until `f` holds for it; fails with the last scrape and the agent log.
+    fn wait_metrics(&mut self, secs: u64, what: &str, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited ({st}):\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            let body = self.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+            if f(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last scrape:\n{body}\nagent log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for MetricsAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the first sample whose line starts with `name` (labels included) and
+/// contains every `labels` fragment.
+fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .find(|l| labels.iter().all(|f| l.contains(f)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn manifest(name: &str, object_name: &str, function: &str) -> String {
+    format!(
+        "apiVersion: bpfleet.dev/v1alpha1\nkind: BpfProgram\nmetadata:\n  name: {name}\nspec:\n  bytecode:\n    path: {}\n  \
+         programs:\n    - {{name: {function}, type: Tracepoint, tracepoint: {{names: [syscalls/sys_enter_openat]}}}}\n",
+        object(object_name).display()
+    )
+}
+
+#[test]
+fn healthz_and_metrics_report_kernel_truth() {
+    let mut agent = MetricsAgent::start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        if let Some(r) = agent.get("/healthz") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "metrics endpoint never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(health.0, 200, "{health:?}");
+
+    agent.write("tracepoint.yaml", &manifest("metrics-openat", "tracepoint_openat.o", "count_openat"));
+    let body = agent
+        .wait_metrics(10, "one managed program", |b| sample(b, "bpfleet_agent_programs_managed", &[]) == Some(1.0));
+    assert!(sample(&body, "bpfleet_agent_apply_duration_seconds_count", &[]).unwrap_or(0.0) >= 1.0, "{body}");
+    assert_eq!(sample(&body, "bpfleet_agent_owners_managed", &[]), Some(1.0), "{body}");
+    // The program exists in the kernel, pinned where the agent says.
+    let pinned = pins_under(&agent.root);
+    let prog = pinned.iter().find(|p| p.ends_with("progs/count_openat")).expect("program pinned");
+    assert!(sh_ok(&format!("bpftool prog show pinned {}", agent.root.join(prog).display())));
+
+    // Kernel run statistics are on while the agent runs (BPF_ENABLE_STATS: the kernel
+    // counts runs for as long as the agent holds the fd; `sysctl kernel.bpf_stats_enabled`
+    // reads back only what was written through the sysctl, so bpftool is asked instead).
+    let prog_pin = agent.root.join(prog);
+    let run = [r#"program="count_openat""#, r#"owner="metrics-openat""#];
+    let body = agent.wait_metrics(10, "a run count for count_openat", |b| {
+        sample(b, "bpfleet_agent_program_run_count", &run).is_some()
+    });
+    let first = sample(&body, "bpfleet_agent_program_run_count", &run).unwrap();
+    for _ in 0..50 {
+        let _ = std::fs::File::open("/etc/hostname");
+    }
+    let body = agent.wait_metrics(10, "run count growing with openat calls", |b| {
+        sample(b, "bpfleet_agent_program_run_count", &run).is_some_and(|v| v >= first + 50.0)
+    });
+    assert!(sample(&body, "bpfleet_agent_program_run_count", &run).unwrap() > 0.0);
+    let shown = sh(&format!("bpftool -j prog show pinned {}", prog_pin.display()));
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let kernel_runs = v["run_cnt"].as_u64().unwrap_or_else(|| panic!("bpftool shows no run_cnt: {shown}"));
+    assert!(kernel_runs as f64 >= first + 50.0, "bpftool run_cnt {kernel_runs}, metric started at {first}");
+
+    // A manifest naming a function the object lacks is counted by reason.
+    let not_found = [r#"reason="ProgramNotFound""#];
+    let errors_before = sample(&body, "bpfleet_agent_apply_errors_total", &not_found).unwrap_or(0.0);
+    agent.write("bad.yaml", &manifest("metrics-bad", "tracepoint_openat.o", "no_such_function"));
+    let body = agent.wait_metrics(10, "apply_errors_total{reason=ProgramNotFound} to increase", |b| {
+        sample(b, "bpfleet_agent_apply_errors_total", &not_found).is_some_and(|v| v > errors_before)
+    });
+    // The bad manifest loads nothing; the good one keeps running.
+    assert_eq!(sample(&body, "bpfleet_agent_programs_managed", &[]), Some(1.0), "{body}");
+    assert!(!agent.root.join("standalone-metrics-bad").exists(), "{:?}", pins_under(&agent.root));
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# System packages bpfleet's build, examples and kernel tests need (Debian/Ubuntu).
+# Idempotent: installs only what is missing. Rust (cargo, rustfmt, clippy) is assumed.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have clang || need+=(clang)
+have llvm-strip || need+=(llvm)
+[ -e /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+have bpftool || need+=(bpftool)
+have ip || need+=(iproute2)
+have tc || need+=(iproute2)
+have ping || need+=(iputils-ping)
+have gcc || need+=(gcc)
+
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Kernel filesystems the agent and its tests use.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true

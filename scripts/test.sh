@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, the examples, and every test (unit, schema,
+# gRPC + mTLS, and the agent's kernel tests, which need root). Tests that need a
+# Kubernetes API server (e2e/) skip with one line unless KUBECONFIG is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "run as root: the agent's tests load eBPF programs into this kernel"; exit 1; }
+
+bash scripts/install-deps.sh
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== examples"
+bash examples/build.sh
+echo "== cargo test"
+cargo test --workspace --locked
