@@ -71,9 +71,7 @@ pub(super) fn attach(
         }
         Attach::Kprobe { function, .. } | Attach::Kretprobe { function } => {
             let offset = if let Attach::Kprobe { offset, .. } = attach { *offset } else { 0 };
-            let kp: &mut KProbe = program.try_into().map_err(wrong)?;
-            kp.load().map_err(load_error(name, t))?;
-            let id = pin_loaded!(kp, name, pin);
+            // Known before loading anything: no kprobe PMU, no kprobes.
             if !kprobes_supported() {
                 return Err(AgentError::for_program(
                     Reason::KernelUnsupported,
@@ -81,6 +79,9 @@ pub(super) fn attach(
                     format!("this kernel does not support {t} programs: it was built without kprobes (CONFIG_KPROBES)"),
                 ));
             }
+            let kp: &mut KProbe = program.try_into().map_err(wrong)?;
+            kp.load().map_err(load_error(name, t))?;
+            let id = pin_loaded!(kp, name, pin);
             let lid = kp.attach(function, offset).map_err(|e| hook_or_attach(name, function, "kernel function", e))?;
             keep!(kp, lid, function.clone());
             id

@@ -1,0 +1,138 @@
+//! What each node must do for one BpfProgram. Pure. The per-node decision is "which
+//! revision must node N run now" (`Rollout::revision_for`); today every target node
+//! runs the desired revision at once, and a progressive strategy plugs in here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crds::Health;
+
+/// What a node's agent last reported for one owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub revision: String,
+    pub health: Health,
+}
+
+/// Everything the decision for one program may look at.
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramView<'a> {
+    /// The revision the spec asks for.
+    pub desired: &'a str,
+    /// Nodes the selector picks.
+    pub targets: &'a BTreeSet<String>,
+    /// Per node, what runs there now.
+    pub observed: &'a BTreeMap<String, Observed>,
+}
+
+/// A rollout strategy: which revision a node must run now (`None`: nothing).
+pub trait Rollout {
+    fn revision_for(&self, node: &str, view: &ProgramView<'_>) -> Option<String>;
+}
+
+/// Every target node runs the desired revision immediately.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllAtOnce;
+
+impl Rollout for AllAtOnce {
+    fn revision_for(&self, node: &str, view: &ProgramView<'_>) -> Option<String> {
+        view.targets.contains(node).then(|| view.desired.to_string())
+    }
+}
+
+/// What to ask one node's agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Run this revision (Apply is idempotent, so re-sending it is safe).
+    Apply(String),
+    /// Remove everything of the owner.
+    Remove,
+    /// Nothing to do: the node runs what it must, healthy.
+    Keep,
+}
+
+/// The decision for one node.
+pub fn decide(node: &str, view: &ProgramView<'_>, rollout: &dyn Rollout) -> Action {
+    match (rollout.revision_for(node, view), view.observed.get(node)) {
+        (Some(want), Some(o)) if o.revision == want && o.health == Health::Healthy => Action::Keep,
+        (Some(want), _) => Action::Apply(want),
+        (None, Some(_)) => Action::Remove,
+        (None, None) => Action::Keep,
+    }
+}
+
+/// Decisions for every node that is a target or runs something of the owner; nodes
+/// with nothing to do are left out.
+pub fn plan(view: &ProgramView<'_>, rollout: &dyn Rollout) -> BTreeMap<String, Action> {
+    view.targets
+        .iter()
+        .chain(view.observed.keys())
+        .filter_map(|n| match decide(n, view, rollout) {
+            Action::Keep => None,
+            a => Some((n.clone(), a)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &[&str]) -> BTreeSet<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn obs(entries: &[(&str, &str, Health)]) -> BTreeMap<String, Observed> {
+        entries.iter().map(|(n, r, h)| (n.to_string(), Observed { revision: r.to_string(), health: *h })).collect()
+    }
+
+    #[test]
+    fn new_targets_get_the_revision_others_lose_it() {
+        let targets = set(&["a", "b"]);
+        let observed = obs(&[("b", "r1", Health::Healthy), ("c", "r1", Health::Healthy)]);
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let p = plan(&view, &AllAtOnce);
+        assert_eq!(p.get("a"), Some(&Action::Apply("r1".into())));
+        assert_eq!(p.get("b"), None, "b already runs r1 healthy");
+        assert_eq!(p.get("c"), Some(&Action::Remove));
+    }
+
+    #[test]
+    fn stale_failed_or_degraded_nodes_are_reapplied() {
+        let targets = set(&["a", "b", "c"]);
+        let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r1", Health::Failed), ("c", "r1", Health::Degraded)]);
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let p = plan(&view, &AllAtOnce);
+        assert!(p.values().all(|a| *a == Action::Apply("r1".into())), "{p:?}");
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn no_targets_and_nothing_observed_means_nothing_to_do() {
+        let (targets, observed) = (set(&[]), obs(&[]));
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        assert!(plan(&view, &AllAtOnce).is_empty());
+    }
+
+    /// A strategy plugs in without touching `plan`: here, hold every node but one
+    /// on the revision it runs (a canary).
+    #[test]
+    fn a_rollout_strategy_decides_per_node() {
+        struct Canary(&'static str);
+        impl Rollout for Canary {
+            fn revision_for(&self, node: &str, v: &ProgramView<'_>) -> Option<String> {
+                if !v.targets.contains(node) {
+                    return None;
+                }
+                if node == self.0 {
+                    return Some(v.desired.into());
+                }
+                Some(v.observed.get(node).map(|o| o.revision.clone()).unwrap_or_else(|| v.desired.into()))
+            }
+        }
+        let targets = set(&["a", "b"]);
+        let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r0", Health::Healthy)]);
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let p = plan(&view, &Canary("a"));
+        assert_eq!(p, BTreeMap::from([("a".to_string(), Action::Apply("r1".into()))]));
+    }
+}

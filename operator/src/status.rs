@@ -1,0 +1,342 @@
+//! `BpfProgram.status` from what the nodes report. Pure. Conditions follow the
+//! Kubernetes conventions and kstatus: `Ready`, `Progressing`, `Degraded`, each with
+//! `observedGeneration`, and a `lastTransitionTime` that only moves when its status does.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crds::BpfProgramStatus;
+use crds::limits::MAX_STATUS_FAILURES;
+use crds::program::NodeFailure;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// How one target node stands with the desired revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// Runs the desired revision, every program attached.
+    Ready,
+    /// Not there yet (being applied, or not reported).
+    Pending,
+    /// The agent refused or failed the apply.
+    Failed { program: Option<String>, reason: String, message: String },
+    /// The agent could not be reached.
+    Unreachable { message: String },
+}
+
+/// A problem with the spec itself: no node can run it until it is fixed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecProblem {
+    pub reason: String,
+    pub message: String,
+}
+
+pub struct StatusInput<'a> {
+    pub generation: Option<i64>,
+    pub revision: Option<&'a str>,
+    pub targets: &'a BTreeSet<String>,
+    pub outcomes: &'a BTreeMap<String, NodeOutcome>,
+    pub spec_problem: Option<&'a SpecProblem>,
+    pub previous: Option<&'a BpfProgramStatus>,
+    pub now: Time,
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String, input: &StatusInput<'_>) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    // Keep the transition time while the status stays the same.
+    let last_transition_time = input
+        .previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| input.now.clone());
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: input.generation,
+        last_transition_time,
+    }
+}
+
+/// "node-7: VerifierRejected: …" lines, the first few, for condition messages.
+fn summarize(failures: &[NodeFailure], total: usize) -> String {
+    let mut parts: Vec<String> = failures
+        .iter()
+        .take(3)
+        .map(|f| match &f.program {
+            Some(p) => format!("{}: {} ({p}): {}", f.node, f.reason, f.message),
+            None => format!("{}: {}: {}", f.node, f.reason, f.message),
+        })
+        .collect();
+    if total > parts.len() {
+        parts.push(format!("and {} more", total - parts.len()));
+    }
+    parts.join("; ")
+}
+
+pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
+    let total = input.targets.len();
+    let mut ready = 0usize;
+    let mut pending = 0usize;
+    let mut failures = Vec::new();
+    for node in input.targets {
+        match input.outcomes.get(node).unwrap_or(&NodeOutcome::Pending) {
+            NodeOutcome::Ready => ready += 1,
+            NodeOutcome::Pending => pending += 1,
+            NodeOutcome::Failed { program, reason, message } => failures.push(NodeFailure {
+                node: node.clone(),
+                program: program.clone(),
+                reason: reason.clone(),
+                message: message.clone(),
+            }),
+            NodeOutcome::Unreachable { message } => failures.push(NodeFailure {
+                node: node.clone(),
+                program: None,
+                reason: "AgentUnreachable".into(),
+                message: message.clone(),
+            }),
+        }
+    }
+    let failed = failures.len();
+    let rev = input.revision.unwrap_or("-");
+    let conditions = if let Some(problem) = input.spec_problem {
+        vec![
+            condition(READY, false, &problem.reason, problem.message.clone(), input),
+            condition(PROGRESSING, false, &problem.reason, "waiting for the spec to be fixed".into(), input),
+            condition(DEGRADED, true, &problem.reason, problem.message.clone(), input),
+        ]
+    } else {
+        let summary = summarize(&failures, failed);
+        let (ready_ok, ready_reason, ready_msg) = if total == 0 {
+            (true, "NoTargetNodes", "no node matches nodeSelector".to_string())
+        } else if ready == total {
+            (true, "AllNodesReady", format!("{ready}/{total} nodes run revision {rev}"))
+        } else if failed > 0 {
+            (false, "NodeFailures", format!("{failed}/{total} nodes failed: {summary}"))
+        } else {
+            (false, "Progressing", format!("{ready}/{total} nodes run revision {rev}"))
+        };
+        let (prog_ok, prog_reason, prog_msg) = if pending > 0 {
+            (true, "Applying", format!("applying revision {rev}: {pending}/{total} nodes pending"))
+        } else if failed > 0 {
+            (false, "Stalled", format!("revision {rev} settled with {failed} failed nodes"))
+        } else {
+            (false, "Complete", format!("revision {rev} applied"))
+        };
+        let degraded = if failed > 0 {
+            condition(DEGRADED, true, "NodeFailures", format!("{failed}/{total} nodes failed: {summary}"), input)
+        } else {
+            condition(DEGRADED, false, "NoFailures", "no node reports a failure".into(), input)
+        };
+        vec![
+            condition(READY, ready_ok, ready_reason, ready_msg, input),
+            condition(PROGRESSING, prog_ok, prog_reason, prog_msg, input),
+            degraded,
+        ]
+    };
+    failures.sort_by(|a, b| a.node.cmp(&b.node));
+    failures.truncate(MAX_STATUS_FAILURES);
+    BpfProgramStatus {
+        observed_generation: input.generation,
+        revision: input.revision.map(str::to_string),
+        target_nodes: total as i32,
+        ready_nodes: ready as i32,
+        failed_nodes: failed as i32,
+        conditions,
+        failures,
+    }
+}
+
+/// Status while a deletion waits for nodes to remove the program.
+pub fn deleting(
+    previous: Option<&BpfProgramStatus>,
+    waiting: &BTreeMap<String, String>,
+    now: Time,
+) -> BpfProgramStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let nodes: Vec<String> = waiting.iter().take(5).map(|(n, why)| format!("{n} ({why})")).collect();
+    let more = waiting.len().saturating_sub(nodes.len());
+    let message = format!(
+        "deleting: waiting for {} node(s) to remove the program: {}{}",
+        waiting.len(),
+        nodes.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() }
+    );
+    let input = StatusInput {
+        generation: status.observed_generation,
+        revision: None,
+        targets: &BTreeSet::new(),
+        outcomes: &BTreeMap::new(),
+        spec_problem: None,
+        previous,
+        now,
+    };
+    status.conditions = vec![
+        condition(READY, false, "Deleting", message.clone(), &input),
+        condition(PROGRESSING, true, "Deleting", message, &input),
+        condition(DEGRADED, false, "Deleting", "deletion in progress".into(), &input),
+    ];
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn t(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn targets(n: &[&str]) -> BTreeSet<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn cond<'a>(s: &'a BpfProgramStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    fn failed(reason: &str, msg: &str) -> NodeOutcome {
+        NodeOutcome::Failed { program: Some("count_packets".into()), reason: reason.into(), message: msg.into() }
+    }
+
+    fn input<'a>(
+        targets: &'a BTreeSet<String>,
+        outcomes: &'a BTreeMap<String, NodeOutcome>,
+        previous: Option<&'a BpfProgramStatus>,
+        now: i64,
+    ) -> StatusInput<'a> {
+        StatusInput {
+            generation: Some(4),
+            revision: Some("5f1c2a0000000000"),
+            targets,
+            outcomes,
+            spec_problem: None,
+            previous,
+            now: t(now),
+        }
+    }
+
+    #[test]
+    fn all_ready() {
+        let tg = targets(&["a", "b"]);
+        let out = BTreeMap::from([("a".into(), NodeOutcome::Ready), ("b".into(), NodeOutcome::Ready)]);
+        let s = compute(&input(&tg, &out, None, 10));
+        assert_eq!((s.target_nodes, s.ready_nodes, s.failed_nodes), (2, 2, 0));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, READY).reason, "AllNodesReady");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert!(s.conditions.iter().all(|c| c.observed_generation == Some(4)));
+        assert_eq!(s.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn pending_nodes_are_progressing_not_failed() {
+        let tg = targets(&["a", "b", "c"]);
+        let out = BTreeMap::from([("a".into(), NodeOutcome::Ready)]);
+        let s = compute(&input(&tg, &out, None, 10));
+        assert_eq!((s.ready_nodes, s.failed_nodes), (1, 0));
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, READY).message, "1/3 nodes run revision 5f1c2a0000000000");
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).message, "applying revision 5f1c2a0000000000: 2/3 nodes pending");
+    }
+
+    #[test]
+    fn failures_are_counted_named_and_capped() {
+        let names: Vec<String> = (0..40).map(|i| format!("node-{i:02}")).collect();
+        let tg: BTreeSet<String> = names.iter().cloned().collect();
+        let mut out: BTreeMap<String, NodeOutcome> = names.iter().map(|n| (n.clone(), NodeOutcome::Ready)).collect();
+        for n in &names[..20] {
+            out.insert(n.clone(), failed("VerifierRejected", "invalid access to packet"));
+        }
+        out.insert("node-39".into(), NodeOutcome::Unreachable { message: "connect timeout".into() });
+        let s = compute(&input(&tg, &out, None, 10));
+        assert_eq!((s.target_nodes, s.ready_nodes, s.failed_nodes), (40, 19, 21));
+        assert_eq!(s.failures.len(), MAX_STATUS_FAILURES);
+        assert_eq!(s.failures[0].node, "node-00");
+        let ready = cond(&s, READY);
+        assert_eq!(ready.reason, "NodeFailures");
+        assert!(
+            ready.message.starts_with(
+                "21/40 nodes failed: node-00: VerifierRejected (count_packets): invalid access to packet; node-01"
+            ),
+            "{}",
+            ready.message
+        );
+        assert!(ready.message.ends_with("and 18 more"), "{}", ready.message);
+        assert_eq!(cond(&s, DEGRADED).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).reason, "Stalled");
+    }
+
+    #[test]
+    fn unreachable_agent_degrades_then_recovers() {
+        let tg = targets(&["a"]);
+        let down = BTreeMap::from([("a".into(), NodeOutcome::Unreachable { message: "refused".into() })]);
+        let s1 = compute(&input(&tg, &down, None, 10));
+        assert_eq!(s1.failures[0].reason, "AgentUnreachable");
+        assert_eq!(cond(&s1, DEGRADED).status, "True");
+        let up = BTreeMap::from([("a".into(), NodeOutcome::Ready)]);
+        let s2 = compute(&input(&tg, &up, Some(&s1), 20));
+        assert_eq!(cond(&s2, DEGRADED).status, "False");
+        assert_eq!(cond(&s2, DEGRADED).last_transition_time, t(20));
+        assert!(s2.failures.is_empty());
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_status() {
+        let tg = targets(&["a", "b"]);
+        let half = BTreeMap::from([("a".into(), NodeOutcome::Ready)]);
+        let s1 = compute(&input(&tg, &half, None, 10));
+        // Same statuses later, different message: times stay.
+        let s2 = compute(&input(&tg, &BTreeMap::new(), Some(&s1), 20));
+        for c in &s2.conditions {
+            assert_eq!(c.last_transition_time, t(10), "{}", c.type_);
+        }
+        // Ready flips: only Ready and Progressing move.
+        let all = BTreeMap::from([("a".into(), NodeOutcome::Ready), ("b".into(), NodeOutcome::Ready)]);
+        let s3 = compute(&input(&tg, &all, Some(&s2), 30));
+        assert_eq!(cond(&s3, READY).last_transition_time, t(30));
+        assert_eq!(cond(&s3, PROGRESSING).last_transition_time, t(30));
+        assert_eq!(cond(&s3, DEGRADED).last_transition_time, t(10));
+    }
+
+    #[test]
+    fn no_targets_is_ready() {
+        let tg = targets(&[]);
+        let s = compute(&input(&tg, &BTreeMap::new(), None, 10));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, READY).reason, "NoTargetNodes");
+    }
+
+    #[test]
+    fn spec_problems_block_every_node() {
+        let tg = targets(&["a"]);
+        let problem = SpecProblem {
+            reason: "BytecodeUnavailable".into(),
+            message: "ConfigMap bpfleet-system/x has no key y.o".into(),
+        };
+        let none = BTreeMap::new();
+        let mut i = input(&tg, &none, None, 10);
+        i.spec_problem = Some(&problem);
+        let s = compute(&i);
+        assert_eq!(cond(&s, READY).status, "False");
+        assert_eq!(cond(&s, READY).reason, "BytecodeUnavailable");
+        assert_eq!(cond(&s, DEGRADED).message, "ConfigMap bpfleet-system/x has no key y.o");
+    }
+
+    #[test]
+    fn deletion_names_the_nodes_holding_it_up() {
+        let waiting = BTreeMap::from([("node-3".to_string(), "agent unreachable: connection refused".to_string())]);
+        let s = deleting(None, &waiting, t(5));
+        let ready = cond(&s, READY);
+        assert_eq!(ready.reason, "Deleting");
+        assert!(ready.message.contains("node-3 (agent unreachable: connection refused)"), "{}", ready.message);
+    }
+}
