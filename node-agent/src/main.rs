@@ -65,6 +65,20 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(args.log_json);
     agent::kernel::raise_memlock();
     agent::kernel::check_bpffs(&args.bpffs_root)?;
+    // Refuse a bad configuration before recovery touches anything in bpffs.
+    let tls = match &args.standalone {
+        Some(_) => None,
+        None => {
+            let (Some(cert), Some(key), Some(client_ca)) =
+                (args.tls_cert.clone(), args.tls_key.clone(), args.tls_client_ca.clone())
+            else {
+                bail!(
+                    "the agent serves mTLS only: pass --tls-cert, --tls-key and --tls-client-ca (or use --standalone DIR without a cluster)"
+                );
+            };
+            Some(Arc::new(ServerTls::load(TlsFiles { cert, key, client_ca }, args.tls_client_name.as_deref())?))
+        }
+    };
 
     let node_name = match args.node_name.clone() {
         Some(n) => n,
@@ -110,12 +124,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let (Some(cert), Some(key), Some(client_ca)) = (args.tls_cert, args.tls_key, args.tls_client_ca) else {
-        bail!(
-            "the agent serves mTLS only: pass --tls-cert, --tls-key and --tls-client-ca (or use --standalone DIR without a cluster)"
-        );
-    };
-    let tls = Arc::new(ServerTls::load(TlsFiles { cert, key, client_ca }, args.tls_client_name.as_deref())?);
+    let Some(tls) = tls else { bail!("internal: TLS configuration missing") };
     tls.spawn_reloader(Duration::from_secs(args.tls_reload_seconds.max(1)));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

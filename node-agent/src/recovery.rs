@@ -38,27 +38,39 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
         // Revision directories other than the recorded one are unfinished applies.
         for entry in std::fs::read_dir(layout.owner_dir(&uid))?.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if name != "maps" && name != record.revision && entry.path().is_dir() {
-                let _ = std::fs::remove_dir_all(entry.path());
-                out.removed_revisions.push(format!("{uid}/{name}"));
+            if name == "maps" || name == record.revision {
+                continue;
             }
+            // A directory is an unfinished revision; anything else is a stray pin.
+            let _ = if entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            };
+            out.removed_revisions.push(format!("{uid}/{name}"));
         }
         out.relinked += relink_xdp(&record);
         claimed.insert(uid.to_string());
         out.adopted.push(uid.to_string());
         manager.adopt(record);
     }
-    // Owner directories nobody claims.
+    // Whatever nobody claims.
     if let Ok(dir) = std::fs::read_dir(layout.root()) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            if !claimed.contains(&name) && entry.path().is_dir() {
-                let _ = std::fs::remove_dir_all(entry.path());
-                if let Ok(uid) = OwnerUid::new(&name) {
-                    let _ = manager.store().delete(&uid);
-                }
-                out.removed_owners.push(name);
+            if claimed.contains(&name) {
+                continue;
             }
+            // Unclaimed: an owner directory, or a pin left directly under the root.
+            let _ = if entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path())
+            } else {
+                std::fs::remove_file(entry.path())
+            };
+            if let Ok(uid) = OwnerUid::new(&name) {
+                let _ = manager.store().delete(&uid);
+            }
+            out.removed_owners.push(name);
         }
     }
     tracing::info!(?out, "recovered state from bpffs");

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crds::BpfProgram;
 
@@ -64,18 +64,30 @@ pub fn scan(dir: &Path) -> Scan {
     Scan { found, errors }
 }
 
+/// What one reconciliation pass remembers for the next.
+#[derive(Default)]
+pub struct Memory {
+    /// Errors by file, logged when they change rather than on every pass.
+    reported: BTreeMap<String, String>,
+    /// Failed (owner, revision) -> when to retry and the current delay: a broken
+    /// manifest is retried with exponential backoff (up to a minute), not every pass.
+    retry: BTreeMap<(String, String), (Instant, Duration)>,
+}
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
 /// Reconcile forever, every `interval`.
 pub async fn run(manager: Arc<Manager>, dir: PathBuf, interval: Duration) -> anyhow::Result<()> {
     tracing::info!(dir = %dir.display(), "standalone mode: reconciling manifests");
-    // Errors are logged when they change, not on every pass.
-    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut memory = Memory::default();
     loop {
-        reconcile_once(&manager, &dir, &mut reported).await;
+        reconcile_once(&manager, &dir, &mut memory, interval).await;
         tokio::time::sleep(interval).await;
     }
 }
 
-pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, reported: &mut BTreeMap<String, String>) {
+pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Memory, interval: Duration) {
+    let reported = &mut memory.reported;
     let Scan { found, errors } = scan(dir);
     let mut now: BTreeMap<String, String> = BTreeMap::new();
     for (path, e) in errors {
@@ -92,13 +104,25 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, reported: &mut B
             continue;
         }
         let (name, revision) = (input.name.clone(), input.revision.clone());
+        let key = (uid.clone(), revision.to_string());
+        if let Some((at, _)) = memory.retry.get(&key)
+            && Instant::now() < *at
+        {
+            if let Some(e) = reported.get(&format!("{}: {name} {revision}", path.display())) {
+                now.insert(format!("{}: {name} {revision}", path.display()), e.clone());
+            }
+            continue;
+        }
         match manager.apply(input).await {
             Ok((state, true)) => {
+                memory.retry.remove(&key);
                 let maps: Vec<String> = state.maps.iter().map(|m| m.pin_path.clone()).collect();
                 tracing::info!(program = %name, %revision, ?maps, "standalone: running");
             }
             Ok((_, false)) => {}
             Err(e) => {
+                let delay = memory.retry.get(&key).map(|(_, d)| (*d * 2).min(MAX_RETRY_DELAY)).unwrap_or(interval);
+                memory.retry.insert(key, (Instant::now() + delay, delay));
                 now.insert(format!("{}: {name} {revision}", path.display()), e.to_string());
             }
         }
@@ -109,6 +133,7 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, reported: &mut B
         }
     }
     *reported = now;
+    memory.retry.retain(|(uid, _), _| desired.contains(uid));
     for state in manager.list() {
         let Some(owner) = state.owner else { continue };
         if owner.uid.starts_with("standalone-")

@@ -379,3 +379,27 @@ fn agent_refuses_to_start_without_tls() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--tls-cert"), "stderr does not name --tls-cert: {stderr}");
 }
+
+/// An agent that refuses to start must not have touched bpffs: start-up recovery (which
+/// removes pins no record claims) must only run once the configuration is known good.
+/// KNOWN FAILING until src/main.rs checks the TLS flags before `recovery::adopt`.
+#[test]
+fn agent_refusing_to_start_leaves_bpffs_alone() {
+    let dirs = Dirs::new();
+    let stray = dirs.root.join("someone-else/abc");
+    std::fs::create_dir_all(&stray).unwrap();
+    let out = Command::new(AGENT_BIN)
+        .args(["--node-name", "no-tls", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--bpffs-root")
+        .arg(&dirs.root)
+        .arg("--state-dir")
+        .arg(dirs.state())
+        .env_remove("BPFLEET_TLS_CERT")
+        .env_remove("BPFLEET_TLS_KEY")
+        .env_remove("BPFLEET_TLS_CLIENT_CA")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run agent");
+    assert!(!out.status.success());
+    assert!(stray.is_dir(), "a refused start removed {}: {:?}", stray.display(), pins_under(&dirs.root));
+}

@@ -291,7 +291,8 @@ async fn crash_after_attach_on_first_apply_leaves_nothing() {
     let mut client = agent.client(dirs.tls()).await;
     let req = apply_request("crash-first", &xdp_yaml(&veth.host), "xdp_counter.o");
     let err = client.apply(req.clone()).await.expect_err("the agent aborts in the middle of Apply");
-    assert!(matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal), "{err:?}");
+    // A dropped connection, not an answer from the agent.
+    assert!(err.metadata().get("bpfleet-reason").is_none(), "the agent answered instead of dying: {err:?}");
     let status = agent.wait_exit(10);
     assert!(!status.success());
     // The unfinished revision is pinned (and attached) in bpffs.
@@ -435,6 +436,9 @@ async fn unclaimed_pins_are_removed_at_start() {
     assert!(list(&mut client).await.owners.is_empty());
 }
 
+/// KNOWN FAILING until src/recovery.rs also removes non-directory entries of the root
+/// (recovery only removes unclaimed *directories*, so a pin directly under the root keeps
+/// its program loaded forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loose_pin_directly_under_the_root_is_removed_at_start() {
     let dirs = Dirs::new();

@@ -112,6 +112,13 @@ impl Standalone {
         p.exists().then_some(p)
     }
 
+    /// The first link pin of a program: present once the program is attached.
+    fn link_pin(&self, name: &str, prog: &str) -> Option<PathBuf> {
+        let rev = self.revisions(name).into_iter().next()?;
+        let p = self.root.join(format!("standalone-{name}")).join(rev).join("links").join(prog).join("0");
+        p.exists().then_some(p)
+    }
+
     fn map_pin(&self, name: &str, map: &str) -> PathBuf {
         self.root.join(format!("standalone-{name}")).join("maps").join(map)
     }
@@ -164,7 +171,7 @@ fn manifest_added_edited_and_deleted() {
         "    - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n",
     );
     agent.write("prog.yaml", &tp);
-    agent.wait_for(10, "the tracepoint program pinned", |a| a.program_pin("sa-prog", "count_openat").is_some());
+    agent.wait_for(10, "the tracepoint program attached", |a| a.link_pin("sa-prog", "count_openat").is_some());
     let first_rev = agent.revisions("sa-prog");
     let tp_id = pinned_prog_id(&agent.program_pin("sa-prog", "count_openat").unwrap());
     assert!(kernel_has_program(tp_id));
@@ -183,7 +190,7 @@ fn manifest_added_edited_and_deleted() {
     );
     agent.write("prog.yaml", &xdp);
     agent.wait_for(10, "the XDP revision replacing the tracepoint one", |a| {
-        a.program_pin("sa-prog", "count_packets").is_some()
+        a.revisions("sa-prog").len() == 1 && a.link_pin("sa-prog", "count_packets").is_some()
     });
     let second_rev = agent.revisions("sa-prog");
     assert_eq!(second_rev.len(), 1);
@@ -265,7 +272,7 @@ fn every_standalone_example_runs() {
         ("uprobe-counter", "count_returns"),
         ("xdp-counter", "count_packets"),
     ];
-    agent.wait_for(15, "every example pinned", |a| programs.iter().all(|(n, p)| a.program_pin(n, p).is_some()));
+    agent.wait_for(15, "every example attached", |a| programs.iter().all(|(n, p)| a.link_pin(n, p).is_some()));
     let ids: Vec<u32> = programs.iter().map(|(n, p)| pinned_prog_id(&agent.program_pin(n, p).unwrap())).collect();
     for id in &ids {
         assert!(kernel_has_program(*id));
