@@ -2,6 +2,15 @@
 //! The pure core (`targets`, `plan`, `status`, `drift`) decides; the edges (kube, gRPC)
 //! only carry out and observe.
 
+pub mod bpfnode;
+pub mod bytecode;
+pub mod controller;
+pub mod dispatch;
+pub mod drift;
+pub mod index;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
+pub mod resync;
 pub mod status;
 pub mod targets;

@@ -1,41 +1,171 @@
-//! bpfleet-operator. The command-line contract is fixed here (design.md); the
-//! controller itself is built in issue 4 and refuses to pretend until then.
+//! bpfleet-operator: see `operator` (lib.rs) and docs/architecture.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
+use crds::BpfProgram;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, reflector, watcher};
+use kube::{Api, Client};
+use kube_lease_manager::LeaseManagerBuilder;
+use operator::controller::{self, Context};
+use operator::dispatch::{AgentPool, PoolConfig};
+use operator::index::NodeIndex;
+use operator::metrics::{self, Metrics};
+use operator::{leader, resync};
+use tokio::sync::mpsc;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 #[derive(Parser, Debug)]
 #[command(name = "bpfleet-operator", version, about = "Reconciles BpfPrograms across the fleet through bpfleet agents")]
 struct Args {
     /// Port of the agents, dialled at each Node's InternalIP.
-    #[arg(long, default_value_t = 50051)]
+    #[arg(long, env = "BPFLEET_AGENT_PORT", default_value_t = 50051)]
     agent_port: u16,
     /// PEM client certificate of the operator.
-    #[arg(long)]
-    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "BPFLEET_TLS_CERT")]
+    tls_cert: PathBuf,
     /// PEM private key of --tls-cert.
-    #[arg(long)]
-    tls_key: Option<PathBuf>,
+    #[arg(long, env = "BPFLEET_TLS_KEY")]
+    tls_key: PathBuf,
     /// PEM CA that signs the agents' certificates.
-    #[arg(long)]
-    tls_ca: Option<PathBuf>,
+    #[arg(long, env = "BPFLEET_TLS_CA")]
+    tls_ca: PathBuf,
     /// Name expected on agent certificates.
-    #[arg(long, default_value = proto::DEFAULT_AGENT_SERVER_NAME)]
+    #[arg(long, env = "BPFLEET_AGENT_SERVER_NAME", default_value = proto::DEFAULT_AGENT_SERVER_NAME)]
     agent_server_name: String,
     /// Namespace of the operator's Lease and Events.
-    #[arg(long, default_value = "bpfleet-system")]
+    #[arg(long, env = "BPFLEET_NAMESPACE", default_value = "bpfleet-system")]
     namespace: String,
     /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "BPFLEET_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+    /// Agent calls in flight at once, across all nodes.
+    #[arg(long, default_value_t = 64)]
+    max_concurrency: usize,
+    /// Timeout of one agent call, in seconds (a load can take seconds on a busy node).
+    #[arg(long, default_value_t = 30)]
+    call_timeout_seconds: u64,
+    /// How often every agent is listed to repair drift, in seconds.
+    #[arg(long, default_value_t = 60)]
+    resync_seconds: u64,
+    /// This process's identity in the Lease (default: the host name, i.e. the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log as JSON lines.
     #[arg(long)]
-    metrics_listen: Option<SocketAddr>,
+    log_json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn tls_config(args: &Args) -> anyhow::Result<ClientTlsConfig> {
+    let read =
+        |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()));
+    let cert = read("--tls-cert", &args.tls_cert)?;
+    let key = read("--tls-key", &args.tls_key)?;
+    let ca = read("--tls-ca", &args.tls_ca)?;
+    Ok(ClientTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name(args.agent_server_name.clone()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::bail!(
-        "bpfleet-operator {}: the controller is not implemented yet (tracked as issue 4); parsed {args:?}",
-        env!("CARGO_PKG_VERSION")
-    )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    let mut pool_cfg = PoolConfig::new(args.agent_port, tls_config(&args)?);
+    pool_cfg.call_timeout = Duration::from_secs(args.call_timeout_seconds.max(1));
+    pool_cfg.max_concurrency = args.max_concurrency.max(1);
+    let pool = AgentPool::new(pool_cfg);
+    let client = Client::try_default().await.context("cannot build a Kubernetes client (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(Metrics::new());
+    tokio::spawn({
+        let m = metrics.clone();
+        let addr = args.metrics_listen;
+        async move {
+            if let Err(e) = metrics::serve(addr, m).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        }
+    });
+
+    let identity = match args.identity.clone() {
+        Some(i) => i,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string())?,
+    };
+    let lease = LeaseManagerBuilder::new(client.clone(), "bpfleet-operator")
+        .with_namespace(args.namespace.clone())
+        .with_identity(identity.clone())
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .context("cannot set up the leader Lease")?;
+    let (leader_rx, _lease_task) = lease.watch().await;
+    // A standby is ready too: it can take over at once.
+    metrics.ready_flag.store(true, Ordering::Relaxed);
+    tracing::info!(%identity, namespace = %args.namespace, "operator started; waiting for the leader Lease");
+
+    let resync_every = Duration::from_secs(args.resync_seconds.max(5));
+    let work = move || {
+        let (client, pool, metrics) = (client.clone(), pool.clone(), metrics.clone());
+        async move {
+            metrics.leader.set(1);
+            let _not_leader = scopeguard(metrics.clone());
+            let (nodes, writer) = reflector::store();
+            let recorder =
+                Recorder::new(client.clone(), Reporter { controller: "bpfleet-operator".into(), instance: None });
+            let ctx = Arc::new(Context {
+                client: client.clone(),
+                pool,
+                nodes,
+                index: Arc::new(NodeIndex::default()),
+                recorder: Some(recorder),
+                metrics,
+                desired: Default::default(),
+            });
+            let programs = Controller::new(Api::<BpfProgram>::all(client), watcher::Config::default());
+            let store = programs.store();
+            let (trigger_tx, trigger_rx) = mpsc::channel(1);
+            let (targeted_tx, targeted_rx) = mpsc::channel(1024);
+            tokio::spawn(resync::watch_nodes(ctx.clone(), writer, trigger_tx));
+            tokio::spawn(resync::resync_loop(ctx.clone(), store, resync_every, targeted_tx));
+            controller::run(
+                ctx,
+                programs,
+                resync::trigger_stream(trigger_rx),
+                resync::targeted_stream(targeted_rx),
+                std::future::pending(),
+            )
+            .await;
+        }
+    };
+    tokio::select! {
+        _ = leader::run_while_leader(leader_rx, work) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+    }
+    Ok(())
+}
+
+/// Sets the leader gauge back to 0 when the leader's work ends or is aborted.
+fn scopeguard(metrics: Arc<Metrics>) -> impl Drop {
+    struct Guard(Arc<Metrics>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.leader.set(0);
+        }
+    }
+    Guard(metrics)
 }

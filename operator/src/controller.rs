@@ -1,0 +1,381 @@
+//! The BpfProgram controller: one `reconcile` that reads top to bottom. A finalizer
+//! wraps it: `apply` makes the selected nodes run the current revision and writes the
+//! status; `cleanup` removes the program from every node before the object goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crds::{BpfProgram, BpfProgramStatus, FIELD_MANAGER};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use proto::v1;
+use serde_json::json;
+
+use crate::bytecode::{self, Payload};
+use crate::dispatch::{AgentPool, DispatchError, NodeAddr};
+use crate::drift::Desired;
+use crate::index::NodeIndex;
+use crate::metrics::Metrics;
+use crate::plan::{Action as NodeAction, AllAtOnce, ProgramView, plan};
+use crate::status::{self, NodeOutcome, SpecProblem, StatusInput};
+use crate::targets::{NodeInfo, target_nodes};
+
+/// Removes the program from every node before the BpfProgram is deleted.
+pub const FINALIZER: &str = "bpfleet.dev/cleanup";
+
+/// How soon a program that is not Ready everywhere is looked at again.
+const RETRY: Duration = Duration::from_secs(10);
+/// How soon a Ready program is looked at again (drift repair also triggers it).
+const STEADY: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub client: Client,
+    pub pool: AgentPool,
+    pub nodes: Store<Node>,
+    pub index: Arc<NodeIndex>,
+    pub recorder: Option<Recorder>,
+    pub metrics: Arc<Metrics>,
+    /// uid -> what the cluster wants, for drift detection.
+    pub desired: RwLock<BTreeMap<String, Desired>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("deletion waits for {count} node(s): {nodes}")]
+    DeletionBlocked { count: usize, nodes: String },
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
+}
+
+impl Error {
+    /// A low-cardinality label for the errors metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.metric_label(),
+                _ => "finalizer",
+            },
+            Error::DeletionBlocked { .. } => "deletion_blocked",
+            Error::MissingMetadata(_) => "metadata",
+        }
+    }
+}
+
+pub async fn reconcile(obj: Arc<BpfProgram>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<BpfProgram> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Event::Apply(p) => apply(p, &ctx).await,
+            Event::Cleanup(p) => cleanup(p, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(started.elapsed());
+    result
+}
+
+pub fn error_policy(obj: Arc<BpfProgram>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(program = %obj.name_any(), error = %err, "reconcile failed");
+    ctx.metrics.reconcile_error(err.metric_label());
+    Action::requeue(Duration::from_secs(15))
+}
+
+fn uid_of(p: &BpfProgram) -> Result<String, Error> {
+    p.uid().ok_or(Error::MissingMetadata("metadata.uid"))
+}
+
+fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
+    store.state().iter().filter_map(|n| NodeInfo::from_node(n)).collect()
+}
+
+async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
+    let uid = uid_of(&p)?;
+    let name = p.name_any();
+    let nodes = node_infos(&ctx.nodes);
+
+    // Everything that makes the spec unusable on every node, found before any dispatch.
+    let mut problem: Option<SpecProblem> = None;
+    let targets = target_nodes(&p.spec.node_selector, &nodes).unwrap_or_else(|e| {
+        problem = Some(SpecProblem { reason: "InvalidSpec".into(), message: e.to_string() });
+        BTreeSet::new()
+    });
+    if problem.is_none()
+        && let Err(e) = crds::validate::validate_spec(&p.spec)
+    {
+        problem = Some(SpecProblem { reason: "InvalidSpec".into(), message: e.to_string() });
+    }
+    let payload = match problem {
+        None => bytecode::resolve(&ctx.client, &p.spec).await.map_err(|e| problem = Some(e)).ok(),
+        Some(_) => None,
+    };
+    let revision = payload.as_ref().map(|pl| pl.revision(&p.spec).to_string());
+    ctx.desired
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(uid.clone(), Desired { name: name.clone(), revision: revision.clone(), targets: targets.clone() });
+
+    if let (Some(payload), Some(rev)) = (&payload, &revision) {
+        let observed = ctx.index.observed(&uid);
+        let view = ProgramView { desired: rev, targets: &targets, observed: &observed };
+        let actions = plan(&view, &AllAtOnce);
+        if !actions.is_empty() {
+            tracing::info!(program = %name, revision = %rev, nodes = actions.len(), "dispatching");
+            dispatch(ctx, &p, &uid, rev, payload, actions, &nodes).await;
+        }
+    }
+
+    let outcomes: BTreeMap<String, NodeOutcome> = targets
+        .iter()
+        .map(|n| {
+            let o = match &revision {
+                Some(r) => ctx.index.outcome(n, &uid, r),
+                None => NodeOutcome::Pending,
+            };
+            (n.clone(), o)
+        })
+        .collect();
+    let status = status::compute(&StatusInput {
+        generation: p.metadata.generation,
+        revision: revision.as_deref(),
+        targets: &targets,
+        outcomes: &outcomes,
+        spec_problem: problem.as_ref(),
+        previous: p.status.as_ref(),
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+    ctx.metrics.program_counts(&name, &status);
+    write_status(ctx, &p, &status).await?;
+    Ok(if status.ready_nodes == status.target_nodes && problem.is_none() {
+        Action::requeue(STEADY)
+    } else {
+        Action::requeue(RETRY)
+    })
+}
+
+/// Carry out per-node actions concurrently (bounded by the pool) and record results.
+async fn dispatch(
+    ctx: &Context,
+    p: &BpfProgram,
+    uid: &str,
+    revision: &str,
+    payload: &Payload,
+    actions: BTreeMap<String, NodeAction>,
+    nodes: &[NodeInfo],
+) {
+    let owner = v1::Owner { uid: uid.to_string(), name: p.name_any() };
+    let request = v1::ApplyRequest {
+        owner: Some(owner.clone()),
+        revision: revision.to_string(),
+        bytecode: Some(payload.to_wire()),
+        programs: p.spec.programs.iter().map(proto::program_to_wire).collect(),
+        global_data: decode_globals(&p.spec.global_data),
+    };
+    let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
+        nodes.iter().map(|n| (n.name.as_str(), n.internal_ip)).collect();
+    let mut addrs = Vec::new();
+    for (node, action) in &actions {
+        match ips.get(node.as_str()).copied().flatten() {
+            Some(ip) => addrs.push((NodeAddr { name: node.clone(), ip }, action.clone())),
+            None => {
+                if matches!(action, NodeAction::Apply(_)) {
+                    let why = "the Node has no InternalIP address to reach its agent at".to_string();
+                    ctx.index.record_failure(node, uid, revision, NodeOutcome::Unreachable { message: why });
+                }
+            }
+        }
+    }
+    let actions: BTreeMap<String, NodeAction> = addrs.iter().map(|(a, act)| (a.name.clone(), act.clone())).collect();
+    let targets: Vec<NodeAddr> = addrs.into_iter().map(|(a, _)| a).collect();
+    let results = ctx
+        .pool
+        .fan_out(targets, |pool, node| {
+            let action = actions.get(&node.name).cloned();
+            let request = request.clone();
+            let owner = owner.clone();
+            let metrics = ctx.metrics.clone();
+            async move {
+                let started = Instant::now();
+                let r = match action {
+                    Some(NodeAction::Apply(_)) => pool.apply(&node, request).await.map(|resp| resp.state),
+                    Some(NodeAction::Remove) => pool.remove(&node, owner).await.map(|_| None),
+                    _ => Ok(None),
+                };
+                metrics.dispatched(&node.name, started.elapsed());
+                r
+            }
+        })
+        .await;
+    for (node, result) in results {
+        let action = actions.get(&node.name);
+        match (action, result) {
+            (Some(NodeAction::Remove), Ok(_)) => ctx.index.record_removed(&node.name, uid),
+            (_, Ok(Some(state))) => ctx.index.record_state(&node.name, &state),
+            (_, Ok(None)) => {}
+            (Some(NodeAction::Apply(_)), Err(e)) => {
+                tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "apply failed");
+                ctx.index.record_failure(&node.name, uid, revision, e.to_outcome());
+            }
+            (_, Err(e)) => tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "remove failed"),
+        }
+    }
+}
+
+fn decode_globals(globals: &BTreeMap<String, String>) -> std::collections::HashMap<String, Vec<u8>> {
+    use base64::Engine;
+    globals
+        .iter()
+        .filter_map(|(k, v)| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok().map(|b| (k.clone(), b)))
+        .collect()
+}
+
+/// Server-side apply of the status, only when it changed; events for transitions.
+async fn write_status(ctx: &Context, p: &BpfProgram, status: &BpfProgramStatus) -> Result<(), Error> {
+    if p.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<BpfProgram> = Api::all(ctx.client.clone());
+    let patch = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "status": status});
+    api.patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    for (type_, reason, note) in transitions(p.status.as_ref(), status) {
+        publish(ctx, p, type_, reason, note).await;
+    }
+    Ok(())
+}
+
+/// The events a person would want to see between two statuses.
+pub fn transitions(
+    before: Option<&BpfProgramStatus>,
+    after: &BpfProgramStatus,
+) -> Vec<(EventType, &'static str, String)> {
+    let ready = |s: Option<&BpfProgramStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY))
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    let mut out = Vec::new();
+    let (was, now) = (ready(before), ready(Some(after)));
+    if before.and_then(|b| b.revision.clone()) != after.revision && after.revision.is_some() {
+        out.push((
+            EventType::Normal,
+            "RolloutStarted",
+            format!("rolling out revision {}", after.revision.as_deref().unwrap_or("-")),
+        ));
+    }
+    if let Some((s, msg)) = &now
+        && s == "True"
+        && was.as_ref().map(|w| w.0.as_str()) != Some("True")
+    {
+        out.push((EventType::Normal, "Ready", msg.clone()));
+    }
+    let failed_before = before.map(|b| b.failed_nodes).unwrap_or(0);
+    if after.failed_nodes > failed_before {
+        let msg = now.map(|n| n.1).unwrap_or_default();
+        out.push((EventType::Warning, "NodeFailures", msg));
+    }
+    out
+}
+
+async fn publish(ctx: &Context, p: &BpfProgram, type_: EventType, reason: &str, note: String) {
+    let Some(recorder) = &ctx.recorder else { return };
+    let mut note = note;
+    note.truncate(1000);
+    let ev = KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = recorder.publish(&ev, &p.object_ref(&())).await {
+        tracing::debug!(error = %e, "cannot publish event");
+    }
+}
+
+async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
+    let uid = uid_of(&p)?;
+    let nodes = node_infos(&ctx.nodes);
+    // Remove is idempotent: ask every node that runs it, was a target, or whose
+    // inventory is unknown (never listed since this operator started).
+    let desired_targets =
+        ctx.desired.read().unwrap_or_else(|e| e.into_inner()).get(&uid).map(|d| d.targets.clone()).unwrap_or_default();
+    let may_run = ctx.index.may_run(&uid);
+    let mut addrs = Vec::new();
+    let mut waiting = BTreeMap::new();
+    for n in &nodes {
+        let relevant = may_run.contains(&n.name) || desired_targets.contains(&n.name) || !ctx.index.is_listed(&n.name);
+        if !relevant {
+            continue;
+        }
+        // A Node being deleted takes its programs with it: it does not block deletion.
+        if n.deleting {
+            continue;
+        }
+        match n.internal_ip {
+            Some(ip) => addrs.push(NodeAddr { name: n.name.clone(), ip }),
+            None => {
+                waiting.insert(n.name.clone(), "no InternalIP to reach its agent".to_string());
+            }
+        }
+    }
+    let owner = v1::Owner { uid: uid.clone(), name: p.name_any() };
+    let results = ctx
+        .pool
+        .fan_out(addrs, |pool, node| {
+            let owner = owner.clone();
+            async move { pool.remove(&node, owner).await }
+        })
+        .await;
+    for (node, r) in results {
+        match r {
+            Ok(_) => ctx.index.record_removed(&node.name, &uid),
+            Err(e) => {
+                let why = match &e {
+                    DispatchError::Agent { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                waiting.insert(node.name.clone(), why);
+            }
+        }
+    }
+    if waiting.is_empty() {
+        ctx.desired.write().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        ctx.metrics.forget_program(&p.name_any());
+        publish(ctx, &p, EventType::Normal, "Removed", "removed from every node".into()).await;
+        return Ok(Action::await_change());
+    }
+    let status = status::deleting(p.status.as_ref(), &waiting, Time(k8s_openapi::jiff::Timestamp::now()));
+    write_status(ctx, &p, &status).await?;
+    let nodes = waiting.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; ");
+    Err(Error::DeletionBlocked { count: waiting.len(), nodes })
+}
+
+/// Run the controller until `shutdown` resolves. `trigger` reconciles every program
+/// (node changes); `targeted` reconciles one (drift repair).
+pub async fn run(
+    ctx: Arc<Context>,
+    programs: kube::runtime::Controller<BpfProgram>,
+    trigger: impl futures::Stream<Item = ()> + Send + 'static,
+    targeted: impl futures::Stream<Item = kube::runtime::reflector::ObjectRef<BpfProgram>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    programs
+        .reconcile_all_on(trigger)
+        .reconcile_on(targeted)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile loop");
+            }
+        })
+        .await;
+}

@@ -1,0 +1,584 @@
+//! gRPC fan-out from the operator to the node agents.
+//!
+//! The agent of node N is dialled at N's InternalIP and the agent port, over mTLS with the
+//! operator's client certificate. One lazily connected [`Channel`] is cached per node and
+//! reused by every call; it is replaced when the node's IP changes and dropped after a
+//! transport failure, so a wedged connection is never reused.
+//!
+//! Bounds, so that a slow or dead node never delays the others:
+//! - every call is limited to `call_timeout` as a whole (connect, TLS handshake, answer), and
+//!   the TCP connect and the TLS handshake to `connect_timeout` each;
+//! - at most `max_concurrency` calls are in flight across the whole pool: one [`Semaphore`]
+//!   shared by every fan-out and every direct call, so concurrent reconciles together cannot
+//!   open more than that many calls. A call's timeout starts once it holds a permit;
+//! - after a node is unreachable, calls to it fail fast with [`DispatchError::BackingOff`]
+//!   without dialling until its backoff window passes (see [`backoff_window`]); any answer
+//!   from the agent resets it.
+//!
+//! The agent is not told the deadline (no `grpc-timeout` header): an Apply it has started
+//! runs to completion on the node, and the next Apply of the same revision is a no-op.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::v1;
+use proto::v1::agent_client::AgentClient;
+use tokio::sync::Semaphore;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tracing::debug;
+
+use crate::status::NodeOutcome;
+
+/// Largest message either side may send: the largest bytecode plus room for the rest.
+pub const MAX_MESSAGE_BYTES: usize = crds::limits::MAX_BYTECODE_BYTES + 64 * 1024;
+/// Default for [`PoolConfig::call_timeout`]: generous, since the verifier may take seconds.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
+/// TCP and HTTP/2 keep-alive: a peer that vanished is noticed on an idle connection too.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff windows vary by ±20% so nodes that failed together do not retry together.
+const JITTER: f64 = 0.2;
+
+/// How the operator reaches agents.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// The agent port (`--agent-port`), the same on every node.
+    pub port: u16,
+    /// The operator's client identity, the CA that signs agents and the agents' server name.
+    pub tls: ClientTlsConfig,
+    /// Upper bound of one call, from the moment it may run (holds a concurrency permit).
+    pub call_timeout: Duration,
+    /// Upper bound of the TCP connect and of the TLS handshake, each.
+    pub connect_timeout: Duration,
+    /// Calls in flight at once across the pool (at least 1).
+    pub max_concurrency: usize,
+    /// Backoff after the first failure; doubles with each further failure.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+}
+
+impl PoolConfig {
+    /// The defaults above, for `port` and `tls`.
+    pub fn new(port: u16, tls: ClientTlsConfig) -> Self {
+        Self {
+            port,
+            tls,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+/// A node as dialled: its name (the key of cached state) and its InternalIP.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    pub name: String,
+    pub ip: IpAddr,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// Could not connect / timed out / transport error. Triggers per-node backoff.
+    #[error("agent unreachable: {0}")]
+    Unreachable(String),
+    /// Node is backing off after recent failures; no call was made.
+    #[error("agent unreachable (retrying in {0:?}): {1}")]
+    BackingOff(Duration, String),
+    /// The agent answered with an error: reason from metadata `bpfleet-reason`
+    /// ([`proto::REASON_KEY`]), program from `bpfleet-program`, message from the status.
+    #[error("{reason}: {message}")]
+    Agent { code: tonic::Code, reason: String, program: Option<String>, message: String },
+}
+
+impl DispatchError {
+    /// How this error shows in the program's status.
+    pub fn to_outcome(&self) -> NodeOutcome {
+        match self {
+            DispatchError::Agent { reason, program, message, .. } => {
+                NodeOutcome::Failed { program: program.clone(), reason: reason.clone(), message: message.clone() }
+            }
+            DispatchError::Unreachable(_) | DispatchError::BackingOff(..) => {
+                NodeOutcome::Unreachable { message: self.to_string() }
+            }
+        }
+    }
+
+    /// True when the node could not be reached (now or recently), as opposed to an answer.
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, DispatchError::Agent { .. })
+    }
+}
+
+/// The connection pool and fan-out. Cheap to clone: clones share channels, backoff state
+/// and the concurrency bound.
+#[derive(Clone)]
+pub struct AgentPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: PoolConfig,
+    /// `cfg.tls` with the handshake bounded by `connect_timeout`.
+    tls: ClientTlsConfig,
+    permits: Semaphore,
+    state: Mutex<State>,
+}
+
+struct State {
+    nodes: HashMap<String, NodeState>,
+    rng: XorShift,
+}
+
+struct NodeState {
+    ip: IpAddr,
+    /// None until first use and after a transport failure.
+    channel: Option<Channel>,
+    /// Consecutive transport failures.
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: String,
+}
+
+impl NodeState {
+    fn new(ip: IpAddr) -> Self {
+        Self { ip, channel: None, failures: 0, retry_at: None, last_error: String::new() }
+    }
+}
+
+impl std::fmt::Debug for AgentPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentPool")
+            .field("port", &self.inner.cfg.port)
+            .field("max_concurrency", &self.inner.cfg.max_concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentPool {
+    /// Builds no connection: channels are created lazily on each node's first call.
+    pub fn new(mut cfg: PoolConfig) -> Self {
+        cfg.max_concurrency = cfg.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
+        let tls = cfg.tls.clone().timeout(cfg.connect_timeout);
+        let permits = Semaphore::new(cfg.max_concurrency);
+        let state = Mutex::new(State { nodes: HashMap::new(), rng: XorShift::from_time() });
+        Self { inner: Arc::new(Inner { cfg, tls, permits, state }) }
+    }
+
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.cfg
+    }
+
+    /// Makes `node` run the request's revision (idempotent on the agent).
+    pub async fn apply(&self, node: &NodeAddr, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, DispatchError> {
+        self.call(node, move |mut c| async move { c.apply(req).await }).await
+    }
+
+    /// Removes everything of `owner` from `node`; `Ok(false)` when the agent had nothing of it.
+    pub async fn remove(&self, node: &NodeAddr, owner: v1::Owner) -> Result<bool, DispatchError> {
+        let req = v1::RemoveRequest { owner: Some(owner) };
+        let resp = self.call(node, move |mut c| async move { c.remove(req).await }).await?;
+        Ok(resp.removed)
+    }
+
+    /// Every owner the agent of `node` manages.
+    pub async fn list(&self, node: &NodeAddr) -> Result<v1::ListResponse, DispatchError> {
+        self.call(node, |mut c| async move { c.list(v1::ListRequest {}).await }).await
+    }
+
+    /// Runs `f(pool, node)` for every node concurrently and returns every node's result, in
+    /// the order of `nodes`. The pool's calls inside `f` are bounded by the pool-wide
+    /// `max_concurrency` and each by `call_timeout`, so a slow node holds at most one permit
+    /// for at most one timeout while the others proceed. The futures run on the caller's
+    /// task: dropping the returned future cancels them all.
+    ///
+    /// ```ignore
+    /// let results = pool
+    ///     .fan_out(nodes, move |pool, node| {
+    ///         let req = req.clone();
+    ///         async move { pool.apply(&node, req).await }
+    ///     })
+    ///     .await;
+    /// ```
+    pub async fn fan_out<T, F, Fut>(&self, nodes: Vec<NodeAddr>, f: F) -> Vec<(NodeAddr, Result<T, DispatchError>)>
+    where
+        F: Fn(AgentPool, NodeAddr) -> Fut,
+        Fut: Future<Output = Result<T, DispatchError>>,
+    {
+        let calls = nodes.into_iter().map(|node| {
+            let call = f(self.clone(), node.clone());
+            async move { (node, call.await) }
+        });
+        futures::future::join_all(calls).await
+    }
+
+    /// Drops the cached channel and backoff state of `node` (Node deleted, or IP changed).
+    pub fn forget(&self, node: &str) {
+        self.lock().nodes.remove(node);
+    }
+
+    /// How long `node` still backs off, if it does: for status messages and requeue delays.
+    pub fn backoff_of(&self, node: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let state = self.lock();
+        let retry_at = state.nodes.get(node)?.retry_at?;
+        (retry_at > now).then(|| retry_at - now)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state stays consistent across a panic: every update is a single assignment.
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn call<T, F, Fut>(&self, node: &NodeAddr, f: F) -> Result<T, DispatchError>
+    where
+        F: FnOnce(AgentClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        // Fail fast without queueing for a permit, and look again once one is held: another
+        // call may have found the node unreachable meanwhile.
+        self.check_backoff(node)?;
+        let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
+        let channel = self.channel(node)?;
+        let client = AgentClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let timeout = self.inner.cfg.call_timeout;
+        let result = match tokio::time::timeout(timeout, f(client)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+            Ok(Err(status)) => Err(classify(&status)),
+            Err(_elapsed) => Err(DispatchError::Unreachable(format!("no answer within {timeout:?}"))),
+        };
+        let result = result.map_err(|e| match e {
+            DispatchError::Unreachable(detail) => {
+                DispatchError::Unreachable(format!("{} at {}: {detail}", node.name, self.address(node.ip)))
+            }
+            other => other,
+        });
+        self.record(node, result.as_ref().err());
+        result
+    }
+
+    fn address(&self, ip: IpAddr) -> String {
+        // SocketAddr's Display brackets IPv6 addresses.
+        std::net::SocketAddr::new(ip, self.inner.cfg.port).to_string()
+    }
+
+    fn check_backoff(&self, node: &NodeAddr) -> Result<(), DispatchError> {
+        let now = Instant::now();
+        let state = self.lock();
+        match state.nodes.get(&node.name) {
+            Some(s) if s.ip == node.ip => match s.retry_at {
+                Some(at) if at > now => Err(DispatchError::BackingOff(at - now, s.last_error.clone())),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// The node's channel, created (lazily connecting, so this never blocks) when missing or
+    /// when the node's IP changed; a new IP also starts with a clean backoff.
+    fn channel(&self, node: &NodeAddr) -> Result<Channel, DispatchError> {
+        self.check_backoff(node)?;
+        let mut state = self.lock();
+        let entry = state.nodes.entry(node.name.clone()).or_insert_with(|| NodeState::new(node.ip));
+        if entry.ip != node.ip {
+            debug!(node = %node.name, old = %entry.ip, new = %node.ip, "node address changed; new channel");
+            *entry = NodeState::new(node.ip);
+        }
+        if let Some(channel) = &entry.channel {
+            return Ok(channel.clone());
+        }
+        let cfg = &self.inner.cfg;
+        let endpoint = Endpoint::from_shared(format!("https://{}", self.address(node.ip)))
+            .and_then(|e| e.tls_config(self.inner.tls.clone()))
+            .map_err(|e| {
+                DispatchError::Unreachable(format!("{}: cannot set up the connection: {}", node.name, chain(&e)))
+            })?
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.call_timeout)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        entry.channel = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Success or an agent's answer resets the node's backoff; a transport failure extends it
+    /// and drops the channel. Outcomes of calls to an address the node no longer has are ignored.
+    fn record(&self, node: &NodeAddr, error: Option<&DispatchError>) {
+        let cfg = &self.inner.cfg;
+        let mut state = self.lock();
+        let State { nodes, rng } = &mut *state;
+        let Some(entry) = nodes.get_mut(&node.name).filter(|e| e.ip == node.ip) else { return };
+        match error {
+            Some(DispatchError::Unreachable(message)) => {
+                entry.failures = entry.failures.saturating_add(1);
+                let window = backoff_window(cfg.backoff_base, cfg.backoff_max, entry.failures, rng.next_unit());
+                debug!(node = %node.name, failures = entry.failures, ?window, %message, "agent unreachable; backing off");
+                entry.retry_at = Some(Instant::now() + window);
+                entry.last_error = message.clone();
+                entry.channel = None;
+            }
+            Some(DispatchError::BackingOff(..)) => {}
+            None | Some(DispatchError::Agent { .. }) => {
+                entry.failures = 0;
+                entry.retry_at = None;
+                entry.last_error.clear();
+            }
+        }
+    }
+}
+
+/// A status the agent sent is an agent error; one tonic made up from a local failure
+/// (connect, TLS, reset, timeout: it then has a source error) means the agent was not
+/// reached. `Unavailable` without a reason is treated as unreachable too: in gRPC it means
+/// "transient, retry with backoff" (an agent shutting down, a proxy in between).
+fn classify(status: &tonic::Status) -> DispatchError {
+    let meta = |key: &str| status.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let reason = meta(proto::REASON_KEY);
+    if status.source().is_some() || (status.code() == tonic::Code::Unavailable && reason.is_none()) {
+        return DispatchError::Unreachable(describe(status));
+    }
+    DispatchError::Agent {
+        code: status.code(),
+        reason: reason.unwrap_or_else(|| format!("{:?}", status.code())),
+        program: meta(proto::PROGRAM_KEY),
+        message: status.message().to_owned(),
+    }
+}
+
+/// A transport status in words: its message and the chain of errors behind it, without
+/// repeating what an outer error already said.
+fn describe(status: &tonic::Status) -> String {
+    let mut out = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out = if out.is_empty() { text } else { format!("{out}: {text}") };
+        }
+        source = e.source();
+    }
+    if out.is_empty() { format!("{:?}", status.code()) } else { out }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out = format!("{out}: {s}");
+        source = s.source();
+    }
+    out
+}
+
+/// The wait after the `failures`-th consecutive failure (1-based):
+/// `min(base * 2^(failures-1), max)`, scaled by a jitter factor in `[0.8, 1.2)` taken from
+/// `unit` (a number in `[0, 1)`), and never beyond `max`.
+pub fn backoff_window(base: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
+    let exp = failures.saturating_sub(1).min(31);
+    let window = base.saturating_mul(1u32 << exp).min(max);
+    let factor = 1.0 - JITTER + 2.0 * JITTER * unit.clamp(0.0, 1.0);
+    window.mul_f64(factor).min(max)
+}
+
+/// xorshift64: enough randomness for jitter, without a dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn from_time() -> Self {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        // Never zero: zero is xorshift's fixed point.
+        Self(nanos ^ 0x9E37_79B9_7F4A_7C15 | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in `[0, 1)`.
+    fn next_unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn backoff_doubles_from_base_up_to_max() {
+        let (base, max) = (100 * MS, 1000 * MS);
+        // unit 0.5 is the middle of the jitter range: factor 1.0.
+        let windows: Vec<Duration> = (1..=6).map(|n| backoff_window(base, max, n, 0.5)).collect();
+        assert_eq!(windows, [100 * MS, 200 * MS, 400 * MS, 800 * MS, 1000 * MS, 1000 * MS]);
+        assert_eq!(backoff_window(base, max, 0, 0.5), 100 * MS, "0 failures counts as the first");
+    }
+
+    #[test]
+    fn backoff_jitter_is_twenty_percent_and_capped() {
+        let (base, max) = (100 * MS, 1000 * MS);
+        assert_eq!(backoff_window(base, max, 1, 0.0), 80 * MS);
+        assert!(backoff_window(base, max, 1, 0.999_999) > 119 * MS);
+        assert!(backoff_window(base, max, 1, 0.999_999) < 120 * MS);
+        assert_eq!(backoff_window(base, max, 3, 0.0), 320 * MS);
+        // At the cap, jitter only shortens.
+        assert_eq!(backoff_window(base, max, 10, 0.0), 800 * MS);
+        assert_eq!(backoff_window(base, max, 10, 0.999), max);
+        // Out-of-range units are clamped.
+        assert_eq!(backoff_window(base, max, 1, -3.0), 80 * MS);
+        assert_eq!(backoff_window(base, max, 1, 7.0), 120 * MS);
+    }
+
+    #[test]
+    fn backoff_never_overflows() {
+        let max = Duration::from_secs(300);
+        assert_eq!(backoff_window(Duration::from_secs(1), max, u32::MAX, 0.5), max);
+        assert_eq!(backoff_window(Duration::MAX, max, 40, 0.5), max);
+        assert_eq!(backoff_window(Duration::ZERO, max, 5, 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn xorshift_units_are_in_range_and_vary() {
+        let mut rng = XorShift::from_time();
+        let units: Vec<f64> = (0..1000).map(|_| rng.next_unit()).collect();
+        assert!(units.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = units.iter().filter(|u| **u < 0.5).count();
+        assert!((350..650).contains(&low), "{low} of 1000 below 0.5");
+        let mut zero = XorShift(1);
+        assert_ne!(zero.next_u64(), 0);
+    }
+
+    fn pool(base: Duration) -> AgentPool {
+        let mut cfg = PoolConfig::new(1, ClientTlsConfig::new());
+        cfg.backoff_base = base;
+        cfg.backoff_max = base * 4;
+        AgentPool::new(cfg)
+    }
+
+    fn node(ip: &str) -> NodeAddr {
+        NodeAddr { name: "n1".into(), ip: ip.parse().unwrap() }
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_and_answers_reset() {
+        let pool = pool(Duration::from_secs(10));
+        let n = node("10.0.0.1");
+        assert_eq!(pool.backoff_of("n1"), None);
+        pool.channel(&n).unwrap();
+        pool.record(&n, Some(&DispatchError::Unreachable("refused".into())));
+        let left = pool.backoff_of("n1").expect("backing off");
+        assert!(left > Duration::from_secs(7) && left <= Duration::from_secs(12), "{left:?}");
+        match pool.check_backoff(&n) {
+            Err(DispatchError::BackingOff(_, msg)) => assert_eq!(msg, "refused"),
+            other => panic!("{other:?}"),
+        }
+        // An agent's answer means it is reachable.
+        let agent_error = DispatchError::Agent {
+            code: tonic::Code::InvalidArgument,
+            reason: "ProgramNotFound".into(),
+            program: None,
+            message: "m".into(),
+        };
+        pool.record(&n, Some(&agent_error));
+        assert_eq!(pool.backoff_of("n1"), None);
+        pool.check_backoff(&n).unwrap();
+    }
+
+    #[tokio::test]
+    async fn new_ip_or_forget_starts_clean() {
+        let pool = pool(Duration::from_secs(10));
+        let n = node("10.0.0.1");
+        pool.channel(&n).unwrap();
+        pool.record(&n, Some(&DispatchError::Unreachable("x".into())));
+        assert!(pool.backoff_of("n1").is_some());
+        // A stale outcome for another address is ignored; a call to the new address is allowed.
+        let moved = node("10.0.0.2");
+        pool.check_backoff(&moved).unwrap();
+        pool.channel(&moved).unwrap();
+        assert_eq!(pool.backoff_of("n1"), None);
+        pool.record(&n, Some(&DispatchError::Unreachable("late".into())));
+        assert_eq!(pool.backoff_of("n1"), None);
+        pool.record(&moved, Some(&DispatchError::Unreachable("y".into())));
+        assert!(pool.backoff_of("n1").is_some());
+        pool.forget("n1");
+        assert_eq!(pool.backoff_of("n1"), None);
+    }
+
+    #[test]
+    fn outcomes() {
+        let e = DispatchError::Agent {
+            code: tonic::Code::InvalidArgument,
+            reason: "ProgramNotFound".into(),
+            program: Some("p".into()),
+            message: "no function p".into(),
+        };
+        assert_eq!(
+            e.to_outcome(),
+            NodeOutcome::Failed {
+                program: Some("p".into()),
+                reason: "ProgramNotFound".into(),
+                message: "no function p".into()
+            }
+        );
+        assert_eq!(e.to_string(), "ProgramNotFound: no function p");
+        let e = DispatchError::BackingOff(Duration::from_secs(2), "n at 1.2.3.4:5: refused".into());
+        assert_eq!(
+            e.to_outcome(),
+            NodeOutcome::Unreachable { message: "agent unreachable (retrying in 2s): n at 1.2.3.4:5: refused".into() }
+        );
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let mut status = tonic::Status::invalid_argument("bad");
+        status.metadata_mut().insert(proto::REASON_KEY, "ProgramNotFound".parse().unwrap());
+        status.metadata_mut().insert(proto::PROGRAM_KEY, "f".parse().unwrap());
+        match classify(&status) {
+            DispatchError::Agent { code, reason, program, message } => {
+                assert_eq!(
+                    (code, reason.as_str(), program.as_deref(), message.as_str()),
+                    (tonic::Code::InvalidArgument, "ProgramNotFound", Some("f"), "bad")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match classify(&tonic::Status::internal("boom")) {
+            DispatchError::Agent { reason, .. } => assert_eq!(reason, "Internal"),
+            other => panic!("{other:?}"),
+        }
+        assert!(classify(&tonic::Status::unavailable("going away")).is_unreachable());
+        let local = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        let e = classify(&local);
+        assert!(e.is_unreachable() && e.to_string().contains("connection reset"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_addresses_are_bracketed() {
+        let pool = pool(MS);
+        assert_eq!(pool.address("fd00::1".parse().unwrap()), "[fd00::1]:1");
+        assert_eq!(pool.address("10.1.2.3".parse().unwrap()), "10.1.2.3:1");
+    }
+}

@@ -1,0 +1,153 @@
+//! Drift between what the cluster wants and what a node's agent reports. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crds::Health;
+use proto::v1;
+
+/// What the cluster wants of one BpfProgram.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub name: String,
+    /// The revision last computed for it (None until its first reconcile).
+    pub revision: Option<String>,
+    pub targets: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// The agent runs an owner no BpfProgram claims: remove it.
+    RemoveUnknown { uid: String, name: String },
+    /// A BpfProgram is missing, stale or unhealthy on this node: reconcile it.
+    Reconcile { uid: String, name: String, why: String },
+}
+
+/// Compare one node's List with the desired state. `known` holds the uid of every
+/// BpfProgram that exists (reconciled or not yet); only owners outside it are removed.
+pub fn diff(
+    node: &str,
+    known: &BTreeSet<String>,
+    desired: &BTreeMap<String, Desired>,
+    list: &v1::ListResponse,
+) -> Vec<Repair> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for s in &list.owners {
+        let Some(owner) = &s.owner else { continue };
+        seen.insert(owner.uid.clone());
+        if !known.contains(&owner.uid) {
+            out.push(Repair::RemoveUnknown { uid: owner.uid.clone(), name: owner.name.clone() });
+            continue;
+        }
+        match desired.get(&owner.uid) {
+            // Exists but not reconciled yet: its first reconcile decides.
+            None => {}
+            Some(d) if !d.targets.contains(node) => out.push(Repair::Reconcile {
+                uid: owner.uid.clone(),
+                name: d.name.clone(),
+                why: format!("{node} runs it but is no longer selected"),
+            }),
+            Some(d) => {
+                let health = proto::health_from_wire(s.health);
+                if d.revision.as_deref().is_some_and(|r| r != s.revision) {
+                    out.push(Repair::Reconcile {
+                        uid: owner.uid.clone(),
+                        name: d.name.clone(),
+                        why: format!(
+                            "{node} runs revision {} instead of {}",
+                            s.revision,
+                            d.revision.as_deref().unwrap_or("-")
+                        ),
+                    });
+                } else if health != Health::Healthy {
+                    out.push(Repair::Reconcile {
+                        uid: owner.uid.clone(),
+                        name: d.name.clone(),
+                        why: format!("{node} reports it {health:?}: {}", s.last_error),
+                    });
+                }
+            }
+        }
+    }
+    for (uid, d) in desired {
+        if d.targets.contains(node) && !seen.contains(uid) {
+            out.push(Repair::Reconcile {
+                uid: uid.clone(),
+                name: d.name.clone(),
+                why: format!("missing on {node} (removed by hand?)"),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(uid: &str, rev: &str, h: v1::Health) -> v1::OwnerState {
+        v1::OwnerState {
+            owner: Some(v1::Owner { uid: uid.into(), name: uid.into() }),
+            revision: rev.into(),
+            health: h as i32,
+            last_error: if h == v1::Health::Healthy { String::new() } else { "link gone".into() },
+            ..Default::default()
+        }
+    }
+
+    fn want(rev: &str, nodes: &[&str]) -> Desired {
+        Desired { name: "p".into(), revision: Some(rev.into()), targets: nodes.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn finds_every_kind_of_drift() {
+        let desired = BTreeMap::from([
+            ("ok".to_string(), want("r1", &["n"])),
+            ("stale".to_string(), want("r2", &["n"])),
+            ("sick".to_string(), want("r1", &["n"])),
+            ("missing".to_string(), want("r1", &["n"])),
+            ("moved".to_string(), want("r1", &["other"])),
+            ("elsewhere".to_string(), want("r1", &["other"])),
+        ]);
+        let list = v1::ListResponse {
+            owners: vec![
+                st("ok", "r1", v1::Health::Healthy),
+                st("stale", "r1", v1::Health::Healthy),
+                st("sick", "r1", v1::Health::Degraded),
+                st("moved", "r1", v1::Health::Healthy),
+                st("ghost", "r1", v1::Health::Healthy),
+            ],
+            ..Default::default()
+        };
+        let known: BTreeSet<String> = desired.keys().cloned().chain(["pending".to_string()]).collect();
+        let mut list = list;
+        list.owners.push(st("pending", "r0", v1::Health::Healthy));
+        let repairs = diff("n", &known, &desired, &list);
+        let kinds: Vec<(String, bool)> = repairs
+            .iter()
+            .map(|r| match r {
+                Repair::RemoveUnknown { uid, .. } => (uid.clone(), true),
+                Repair::Reconcile { uid, .. } => (uid.clone(), false),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("stale".to_string(), false),
+                ("sick".to_string(), false),
+                ("moved".to_string(), false),
+                ("ghost".to_string(), true),
+                ("missing".to_string(), false),
+            ]
+        );
+        assert!(matches!(&repairs[4], Repair::Reconcile { why, .. } if why.contains("missing on n")));
+    }
+
+    #[test]
+    fn in_sync_means_no_repairs() {
+        let desired = BTreeMap::from([("a".to_string(), want("r1", &["n"]))]);
+        let list = v1::ListResponse { owners: vec![st("a", "r1", v1::Health::Healthy)], ..Default::default() };
+        let known = desired.keys().cloned().collect();
+        assert!(diff("n", &known, &desired, &list).is_empty());
+    }
+}

@@ -1,0 +1,235 @@
+//! What every node's agent runs, as last reported (Apply answers, List, Watch). Plain
+//! data behind one lock, held only for map updates; decisions read snapshots of it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
+
+use crds::node::{BpfNodeStatus, NodeProgramStatus};
+use crds::{Health, program::NodeFailure};
+use proto::v1;
+
+use crate::plan::Observed;
+use crate::status::NodeOutcome;
+
+#[derive(Clone, Debug, Default)]
+pub struct NodeEntry {
+    /// Owner uid -> what runs.
+    pub owners: BTreeMap<String, NodeProgramStatus>,
+    /// (owner uid) -> (revision, why the last apply of it failed).
+    pub failures: BTreeMap<String, (String, NodeOutcome)>,
+    pub agent_version: Option<String>,
+    pub kernel_release: Option<String>,
+    /// A List succeeded at least once: `owners` is complete, not partial.
+    pub listed: bool,
+    pub last_report_time: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct NodeIndex {
+    nodes: RwLock<BTreeMap<String, NodeEntry>>,
+}
+
+fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+impl NodeIndex {
+    fn write<R>(&self, f: impl FnOnce(&mut BTreeMap<String, NodeEntry>) -> R) -> R {
+        f(&mut self.nodes.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, NodeEntry>) -> R) -> R {
+        f(&self.nodes.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// An Apply answered: the owner's state on that node.
+    pub fn record_state(&self, node: &str, state: &v1::OwnerState) {
+        let status = proto::state_to_status(state);
+        self.write(|m| {
+            let e = m.entry(node.to_string()).or_default();
+            e.failures.remove(&status.owner_uid);
+            e.last_report_time = Some(now_rfc3339());
+            if status.revision.is_empty() {
+                e.owners.remove(&status.owner_uid);
+            } else {
+                e.owners.insert(status.owner_uid.clone(), status);
+            }
+        })
+    }
+
+    /// An Apply of `revision` failed on `node`.
+    pub fn record_failure(&self, node: &str, uid: &str, revision: &str, outcome: NodeOutcome) {
+        self.write(|m| {
+            m.entry(node.to_string()).or_default().failures.insert(uid.to_string(), (revision.to_string(), outcome));
+        })
+    }
+
+    /// A Remove succeeded.
+    pub fn record_removed(&self, node: &str, uid: &str) {
+        self.write(|m| {
+            if let Some(e) = m.get_mut(node) {
+                e.owners.remove(uid);
+                e.failures.remove(uid);
+            }
+        })
+    }
+
+    /// A full List: replaces what is known of the node.
+    pub fn record_list(&self, node: &str, list: &v1::ListResponse) {
+        self.write(|m| {
+            let e = m.entry(node.to_string()).or_default();
+            e.owners = list
+                .owners
+                .iter()
+                .map(proto::state_to_status)
+                .filter(|s| !s.revision.is_empty())
+                .map(|s| (s.owner_uid.clone(), s))
+                .collect();
+            e.agent_version = Some(list.agent_version.clone());
+            e.kernel_release = Some(list.kernel_release.clone());
+            e.listed = true;
+            e.last_report_time = Some(now_rfc3339());
+        })
+    }
+
+    /// The node's Node object is gone.
+    pub fn forget(&self, node: &str) {
+        self.write(|m| m.remove(node));
+    }
+
+    /// Per node, what runs of `uid`.
+    pub fn observed(&self, uid: &str) -> BTreeMap<String, Observed> {
+        self.read(|m| {
+            m.iter()
+                .filter_map(|(n, e)| {
+                    e.owners.get(uid).map(|s| (n.clone(), Observed { revision: s.revision.clone(), health: s.health }))
+                })
+                .collect()
+        })
+    }
+
+    /// Nodes that run something of `uid`, or whose inventory is not known yet.
+    pub fn may_run(&self, uid: &str) -> BTreeSet<String> {
+        self.read(|m| {
+            m.iter().filter(|(_, e)| !e.listed || e.owners.contains_key(uid)).map(|(n, _)| n.clone()).collect()
+        })
+    }
+
+    pub fn is_listed(&self, node: &str) -> bool {
+        self.read(|m| m.get(node).is_some_and(|e| e.listed))
+    }
+
+    /// How `node` stands with revision `want` of `uid`, for status.
+    pub fn outcome(&self, node: &str, uid: &str, want: &str) -> NodeOutcome {
+        self.read(|m| {
+            let Some(e) = m.get(node) else { return NodeOutcome::Pending };
+            if let Some((rev, outcome)) = e.failures.get(uid)
+                && rev == want
+            {
+                return outcome.clone();
+            }
+            match e.owners.get(uid) {
+                Some(s) if s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
+                Some(s) if s.revision == want => NodeOutcome::Failed {
+                    program: None,
+                    reason: format!("{:?}", s.health),
+                    message: s.last_error.clone().unwrap_or_else(|| "the agent reports a problem".into()),
+                },
+                _ => NodeOutcome::Pending,
+            }
+        })
+    }
+
+    /// The BpfNode status of `node`.
+    pub fn node_status(&self, node: &str) -> BpfNodeStatus {
+        self.read(|m| {
+            let Some(e) = m.get(node) else { return BpfNodeStatus::default() };
+            let programs: Vec<NodeProgramStatus> = e.owners.values().cloned().collect();
+            BpfNodeStatus {
+                managed: programs.len() as i32,
+                healthy: programs.iter().filter(|p| p.health == Health::Healthy).count() as i32,
+                agent_version: e.agent_version.clone(),
+                kernel_release: e.kernel_release.clone(),
+                last_report_time: e.last_report_time.clone(),
+                programs,
+            }
+        })
+    }
+
+    /// Every owner uid any node runs.
+    pub fn all_owners(&self, node: &str) -> BTreeMap<String, String> {
+        self.read(|m| {
+            m.get(node)
+                .map(|e| e.owners.values().map(|s| (s.owner_uid.clone(), s.owner.clone())).collect())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// A failure outcome as the status's failure entry (used in messages).
+pub fn failure_of(node: &str, outcome: &NodeOutcome) -> Option<NodeFailure> {
+    match outcome {
+        NodeOutcome::Failed { program, reason, message } => Some(NodeFailure {
+            node: node.into(),
+            program: program.clone(),
+            reason: reason.clone(),
+            message: message.clone(),
+        }),
+        NodeOutcome::Unreachable { message } => Some(NodeFailure {
+            node: node.into(),
+            program: None,
+            reason: "AgentUnreachable".into(),
+            message: message.clone(),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(uid: &str, rev: &str, health: v1::Health) -> v1::OwnerState {
+        v1::OwnerState {
+            owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
+            revision: rev.into(),
+            health: health as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_drive_outcomes() {
+        let idx = NodeIndex::default();
+        assert_eq!(idx.outcome("n1", "u", "r1"), NodeOutcome::Pending);
+        idx.record_state("n1", &state("u", "r1", v1::Health::Healthy));
+        assert_eq!(idx.outcome("n1", "u", "r1"), NodeOutcome::Ready);
+        assert_eq!(idx.outcome("n1", "u", "r2"), NodeOutcome::Pending);
+        let failed = NodeOutcome::Failed { program: None, reason: "VerifierRejected".into(), message: "x".into() };
+        idx.record_failure("n1", "u", "r2", failed.clone());
+        assert_eq!(idx.outcome("n1", "u", "r2"), failed);
+        // A success clears the failure.
+        idx.record_state("n1", &state("u", "r2", v1::Health::Healthy));
+        assert_eq!(idx.outcome("n1", "u", "r2"), NodeOutcome::Ready);
+        idx.record_state("n1", &state("u", "r2", v1::Health::Degraded));
+        assert!(matches!(idx.outcome("n1", "u", "r2"), NodeOutcome::Failed { .. }));
+    }
+
+    #[test]
+    fn list_replaces_and_unlisted_nodes_may_run_anything() {
+        let idx = NodeIndex::default();
+        idx.record_state("n1", &state("a", "r1", v1::Health::Healthy));
+        assert_eq!(idx.may_run("zzz"), BTreeSet::from(["n1".to_string()]), "n1 never listed");
+        idx.record_list(
+            "n1",
+            &v1::ListResponse { owners: vec![state("b", "r9", v1::Health::Healthy)], ..Default::default() },
+        );
+        assert!(idx.may_run("a").is_empty());
+        assert_eq!(idx.observed("b").len(), 1);
+        assert_eq!(idx.node_status("n1").managed, 1);
+        idx.record_removed("n1", "b");
+        assert!(idx.observed("b").is_empty());
+        idx.forget("n1");
+        assert_eq!(idx.node_status("n1"), BpfNodeStatus::default());
+    }
+}

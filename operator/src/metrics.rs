@@ -1,0 +1,158 @@
+//! Operator metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crds::BpfProgramStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Label1 {
+    label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabel {
+    program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Counter,
+    errors: Family<Label1, Counter>,
+    reconcile_seconds: Histogram,
+    dispatch_seconds: Family<NodeLabel, Histogram>,
+    targets: Family<ProgramLabel, Gauge>,
+    ready: Family<ProgramLabel, Gauge>,
+    failed: Family<ProgramLabel, Gauge>,
+    repairs: Family<Label1, Counter>,
+    /// Caches synced: the process can serve (leader or standby).
+    pub ready_flag: AtomicBool,
+    /// This process holds the Lease.
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn buckets() -> [f64; 12] {
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bpfleet_operator");
+        let reconciles = Counter::default();
+        let errors = Family::<Label1, Counter>::default();
+        let reconcile_seconds = Histogram::new(buckets());
+        let dispatch_seconds = Family::<NodeLabel, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
+        let targets = Family::<ProgramLabel, Gauge>::default();
+        let ready = Family::<ProgramLabel, Gauge>::default();
+        let failed = Family::<ProgramLabel, Gauge>::default();
+        let repairs = Family::<Label1, Counter>::default();
+        let leader = Gauge::default();
+        registry.register("reconciles", "BpfProgram reconciliations", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciliations by reason", errors.clone());
+        registry.register("reconcile_duration_seconds", "Time per reconciliation", reconcile_seconds.clone());
+        registry.register("dispatch_duration_seconds", "Time of one agent call, per node", dispatch_seconds.clone());
+        registry.register("target_nodes", "Nodes each BpfProgram selects", targets.clone());
+        registry.register("ready_nodes", "Nodes running each BpfProgram's current revision", ready.clone());
+        registry.register("failed_nodes", "Nodes failing each BpfProgram", failed.clone());
+        registry.register("drift_repairs", "Drift repairs by kind", repairs.clone());
+        registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
+        Self {
+            registry,
+            reconciles,
+            errors,
+            reconcile_seconds,
+            dispatch_seconds,
+            targets,
+            ready,
+            failed,
+            repairs,
+            ready_flag: AtomicBool::new(false),
+            leader,
+        }
+    }
+
+    pub fn reconciled(&self, took: Duration) {
+        self.reconciles.inc();
+        self.reconcile_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_error(&self, label: &str) {
+        self.errors.get_or_create(&Label1 { label: label.into() }).inc();
+    }
+
+    pub fn dispatched(&self, node: &str, took: Duration) {
+        self.dispatch_seconds.get_or_create(&NodeLabel { node: node.into() }).observe(took.as_secs_f64());
+    }
+
+    pub fn program_counts(&self, program: &str, s: &BpfProgramStatus) {
+        let l = ProgramLabel { program: program.into() };
+        self.targets.get_or_create(&l).set(s.target_nodes.into());
+        self.ready.get_or_create(&l).set(s.ready_nodes.into());
+        self.failed.get_or_create(&l).set(s.failed_nodes.into());
+    }
+
+    pub fn forget_program(&self, program: &str) {
+        let l = ProgramLabel { program: program.into() };
+        self.targets.remove(&l);
+        self.ready.remove(&l);
+        self.failed.remove(&l);
+    }
+
+    pub fn repaired(&self, kind: &str) {
+        self.repairs.get_or_create(&Label1 { label: kind.into() }).inc();
+    }
+
+    pub fn forget_node(&self, node: &str) {
+        self.dispatch_seconds.remove(&NodeLabel { node: node.into() });
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serve `/metrics`, `/healthz` (the process runs) and `/readyz` (caches synced).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let (m1, m2) = (metrics.clone(), metrics);
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { m1.render() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if m2.ready_flag.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

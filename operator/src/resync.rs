@@ -1,0 +1,178 @@
+//! The operator's view of Nodes and agents: a Node watcher that keeps the node cache,
+//! cleans up after deleted Nodes and triggers reconciles when a Node's labels or
+//! address change; and a periodic resync that Lists every agent, repairs drift and
+//! writes each node's BpfNode.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::BpfProgram;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use proto::v1;
+use tokio::sync::mpsc;
+
+use crate::bpfnode;
+use crate::controller::Context;
+use crate::dispatch::NodeAddr;
+use crate::drift::{self, Repair};
+use crate::targets::NodeInfo;
+
+/// Keep `writer` filled with Nodes until the stream ends. Sends `()` on `trigger`
+/// when the set of nodes or their labels/addresses change.
+pub async fn watch_nodes(ctx: Arc<Context>, writer: Writer<Node>, trigger: mpsc::Sender<()>) {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut seen: HashMap<String, NodeInfo> = HashMap::new();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    futures::pin_mut!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(watcher::Event::Apply(node))) | Ok(Some(watcher::Event::InitApply(node))) => {
+                if let Some(info) = NodeInfo::from_node(&node)
+                    && seen.get(&info.name) != Some(&info)
+                {
+                    seen.insert(info.name.clone(), info);
+                    let _ = trigger.try_send(());
+                }
+            }
+            Ok(Some(watcher::Event::Delete(node))) => {
+                let name = node.name_any();
+                seen.remove(&name);
+                node_gone(&ctx, &name).await;
+                let _ = trigger.try_send(());
+            }
+            Ok(Some(watcher::Event::InitDone)) => {
+                let _ = trigger.try_send(());
+            }
+            Ok(Some(watcher::Event::Init)) => {}
+            Ok(None) => break,
+            Err(e) => tracing::warn!(error = %e, "node watch"),
+        }
+    }
+}
+
+/// A Node was deleted: forget its agent and delete its BpfNode.
+pub async fn node_gone(ctx: &Context, name: &str) {
+    tracing::info!(node = name, "node deleted");
+    ctx.index.forget(name);
+    ctx.pool.forget(name);
+    ctx.metrics.forget_node(name);
+    if let Err(e) = bpfnode::delete(&ctx.client, name).await {
+        tracing::warn!(node = name, error = %e, "cannot delete BpfNode");
+    }
+}
+
+/// List every agent every `every`, forever.
+pub async fn resync_loop(
+    ctx: Arc<Context>,
+    programs: Store<BpfProgram>,
+    every: Duration,
+    targeted: mpsc::Sender<ObjectRef<BpfProgram>>,
+) {
+    let _ = programs.wait_until_ready().await;
+    let _ = ctx.nodes.wait_until_ready().await;
+    loop {
+        resync_once(&ctx, &programs, &targeted).await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub async fn resync_once(
+    ctx: &Arc<Context>,
+    programs: &Store<BpfProgram>,
+    targeted: &mpsc::Sender<ObjectRef<BpfProgram>>,
+) {
+    let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
+    let addrs: Vec<NodeAddr> = nodes
+        .values()
+        .filter_map(|n| NodeInfo::from_node(n))
+        .filter(|i| !i.deleting)
+        .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
+        .collect();
+    let results = ctx.pool.fan_out(addrs, |pool, n| async move { pool.list(&n).await }).await;
+    let known: BTreeSet<String> = programs.state().iter().filter_map(|p| p.uid()).collect();
+    let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+    for (addr, result) in results {
+        let list = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(node = %addr.name, error = %e, "resync: cannot list agent");
+                continue;
+            }
+        };
+        ctx.index.record_list(&addr.name, &list);
+        for repair in drift::diff(&addr.name, &known, &desired, &list) {
+            match repair {
+                Repair::RemoveUnknown { uid, name } => {
+                    tracing::warn!(node = %addr.name, owner = %name, %uid, "drift: removing a program no BpfProgram claims");
+                    ctx.metrics.repaired("remove_unknown");
+                    match ctx.pool.remove(&addr, v1::Owner { uid: uid.clone(), name: name.clone() }).await {
+                        Ok(_) => ctx.index.record_removed(&addr.name, &uid),
+                        Err(e) => tracing::warn!(node = %addr.name, error = %e, "drift: remove failed"),
+                    }
+                    if let Some(node) = nodes.get(&addr.name) {
+                        let note = format!("removed {name} ({uid}): no BpfProgram claims it");
+                        publish_on_bpfnode(ctx, node, "UnknownProgramRemoved", note).await;
+                    }
+                }
+                Repair::Reconcile { name, why, .. } => {
+                    tracing::info!(node = %addr.name, program = %name, %why, "drift: reconciling");
+                    ctx.metrics.repaired("reconcile");
+                    if let Some(p) = programs.get(&ObjectRef::new(&name))
+                        && let Some(rec) = &ctx.recorder
+                    {
+                        let ev = KubeEvent {
+                            type_: EventType::Warning,
+                            reason: "DriftDetected".into(),
+                            note: Some(why.clone()),
+                            action: "Resync".into(),
+                            secondary: None,
+                        };
+                        let _ = rec.publish(&ev, &p.object_ref(&())).await;
+                    }
+                    let _ = targeted.try_send(ObjectRef::new(&name));
+                }
+            }
+        }
+        if let Some(node) = nodes.get(&addr.name)
+            && let Err(e) = bpfnode::write(&ctx.client, node, &ctx.index.node_status(&addr.name)).await
+        {
+            tracing::warn!(node = %addr.name, error = %e, "cannot write BpfNode");
+        }
+    }
+}
+
+async fn publish_on_bpfnode(ctx: &Context, node: &Node, reason: &str, note: String) {
+    let Some(rec) = &ctx.recorder else { return };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("bpfleet.dev/v1alpha1".into()),
+        kind: Some("BpfNode".into()),
+        name: Some(node.name_any()),
+        ..Default::default()
+    };
+    let ev = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Resync".into(),
+        secondary: None,
+    };
+    let _ = rec.publish(&ev, &reference).await;
+}
+
+/// A stream of `()` from a channel, for `Controller::reconcile_all_on`.
+pub fn trigger_stream(rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A stream of object references from a channel, for `Controller::reconcile_on`.
+pub fn targeted_stream(
+    rx: mpsc::Receiver<ObjectRef<BpfProgram>>,
+) -> impl futures::Stream<Item = ObjectRef<BpfProgram>> + Send + 'static {
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| r)
+}

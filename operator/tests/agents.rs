@@ -1,0 +1,464 @@
+//! The operator's agent pool (`operator::dispatch`) against real `bpfleet-agent` processes
+//! over real gRPC + mTLS: three agents on 127.0.0.2-4 (one port, as on a fleet), a dead
+//! address (127.0.0.5) and a black hole that accepts TCP but never speaks TLS (127.0.0.6).
+//! What the agents claim is checked against bpffs and the kernel (bpftool).
+
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use crds::BpfProgramSpec;
+use crds::revision::{BytecodeIdentity, Revision};
+use operator::dispatch::{AgentPool, DispatchError, NodeAddr, PoolConfig};
+use operator::status::NodeOutcome;
+use proto::v1;
+use tonic::transport::ClientTlsConfig;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Slack for scheduling on a loaded machine.
+const MARGIN: Duration = Duration::from_millis(700);
+const AGENT_IPS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+const DEAD_IP: &str = "127.0.0.5";
+const BLACK_HOLE_IP: &str = "127.0.0.6";
+const TRACEPOINT: &str =
+    "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+
+static SETUP: Once = Once::new();
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash");
+    assert!(out.status.success(), "`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The agent binary, built once per test binary (another package's binary has no
+/// CARGO_BIN_EXE here), plus the mounts and the example objects.
+fn agent_bin() -> PathBuf {
+    SETUP.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p node-agent --bin bpfleet-agent failed");
+        sh("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf");
+        sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || true");
+        sh(&format!("bash {}/examples/build.sh >/dev/null", workspace().display()));
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
+    target.join("debug/bpfleet-agent")
+}
+
+/// A port free on every address the test uses, so all agents share it as on a fleet.
+fn shared_free_port() -> u16 {
+    for _ in 0..50 {
+        let first = TcpListener::bind((AGENT_IPS[0], 0)).expect("bind 127.0.0.2:0");
+        let port = first.local_addr().unwrap().port();
+        let others = AGENT_IPS[1..].iter().chain([&DEAD_IP, &BLACK_HOLE_IP]);
+        let held: Result<Vec<TcpListener>, _> = others.map(|ip| TcpListener::bind((*ip, port))).collect();
+        if held.is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free on all of 127.0.0.2-6");
+}
+
+struct AgentProc {
+    node: NodeAddr,
+    child: Child,
+    root: PathBuf,
+    log: PathBuf,
+}
+
+/// Three agents, their PKI and directories; processes killed and pins removed on drop.
+struct Fleet {
+    agents: Vec<AgentProc>,
+    port: u16,
+    pki: TestPki,
+    _tmp: tempfile::TempDir,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let bin = agent_bin();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pki_dir = tmp.path().join("pki");
+        std::fs::create_dir_all(&pki_dir).unwrap();
+        let pki = TestPki::generate(&pki_dir);
+        let port = shared_free_port();
+        let agents = AGENT_IPS
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                let name = format!("node-{}", (b'a' + i as u8) as char);
+                let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-dispatch-{}-{name}", std::process::id()));
+                let log = tmp.path().join(format!("{name}.log"));
+                let child = Command::new(&bin)
+                    .args(["--node-name", &name, "--listen", &format!("{ip}:{port}")])
+                    .arg("--bpffs-root")
+                    .arg(&root)
+                    .arg("--state-dir")
+                    .arg(tmp.path().join(format!("state-{name}")))
+                    .arg("--tls-cert")
+                    .arg(&pki.server_cert)
+                    .arg("--tls-key")
+                    .arg(&pki.server_key)
+                    .arg("--tls-client-ca")
+                    .arg(&pki.ca_cert)
+                    .args(["--tls-client-name", CLIENT_NAME])
+                    .env("NO_COLOR", "1")
+                    .env("RUST_LOG", "info")
+                    .env_remove("BPFLEET_FAULT")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
+                    .spawn()
+                    .expect("spawn bpfleet-agent");
+                AgentProc { node: NodeAddr { name, ip: ip.parse().unwrap() }, child, root, log }
+            })
+            .collect();
+        Fleet { agents, port, pki, _tmp: tmp }
+    }
+
+    fn nodes(&self) -> Vec<NodeAddr> {
+        self.agents.iter().map(|a| a.node.clone()).collect()
+    }
+
+    fn pool_config(&self, tls: ClientTlsConfig) -> PoolConfig {
+        PoolConfig {
+            port: self.port,
+            tls,
+            call_timeout: CALL_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
+            max_concurrency: 8,
+            backoff_base: BACKOFF_BASE,
+            backoff_max: Duration::from_secs(4),
+        }
+    }
+
+    /// Waits until every agent answers List, with a pool of its own that retries quickly.
+    async fn wait_ready(&mut self) {
+        let mut cfg = self.pool_config(self.pki.client_config());
+        cfg.backoff_base = Duration::from_millis(1);
+        cfg.backoff_max = Duration::from_millis(1);
+        let probe = AgentPool::new(cfg);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for agent in &mut self.agents {
+            loop {
+                if let Ok(Some(status)) = agent.child.try_wait() {
+                    panic!("agent {} exited ({status}):\n{}", agent.node.name, log(&agent.log));
+                }
+                if probe.list(&agent.node).await.is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "agent {} never answered:\n{}", agent.node.name, log(&agent.log));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for agent in &mut self.agents {
+            let _ = agent.child.kill();
+            let _ = agent.child.wait();
+            // Unpinning the links detaches and frees whatever a failed test left behind.
+            let _ = std::fs::remove_dir_all(&agent.root);
+        }
+    }
+}
+
+fn log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// An ApplyRequest as the operator builds it, for `tracepoint_openat.o`.
+fn apply_request(uid: &str, programs_yaml: &str) -> v1::ApplyRequest {
+    let bytes = std::fs::read(workspace().join("examples/bpf/build/tracepoint_openat.o")).expect("example object");
+    let spec: BpfProgramSpec =
+        serde_yaml::from_str(&format!("bytecode: {{path: /unused.o}}\nprograms:\n{programs_yaml}")).unwrap();
+    let revision = Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes));
+    v1::ApplyRequest {
+        owner: Some(owner(uid)),
+        revision: revision.as_str().into(),
+        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes)),
+        programs: spec.programs.iter().map(proto::program_to_wire).collect(),
+        global_data: Default::default(),
+    }
+}
+
+fn owner(uid: &str) -> v1::Owner {
+    v1::Owner { uid: uid.into(), name: format!("{uid}-name") }
+}
+
+/// The u64 at key 0 of a pinned array map, read by bpftool.
+fn read_counter(pin: &str) -> u64 {
+    let out = sh(&format!("bpftool -j map lookup pinned {pin} key 0 0 0 0"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    let bytes: Vec<u8> = v["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no value in {out}"))
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    u64::from_le_bytes(bytes[..8].try_into().unwrap())
+}
+
+fn kernel_has_program(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// ESTABLISHED TCP connections from this network namespace to `ip:port` (/proc/net/tcp).
+fn established_to(ip: &str, port: u16) -> usize {
+    let want: std::net::Ipv4Addr = ip.parse().unwrap();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some((addr, p)) = fields.get(2).and_then(|r| r.split_once(':')) else { return false };
+            // The kernel prints the network-order address as a native-endian number.
+            let addr = u32::from_str_radix(addr, 16).map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()));
+            fields.get(3) == Some(&"01") && addr == Ok(want) && u16::from_str_radix(p, 16) == Ok(port)
+        })
+        .count()
+}
+
+/// Accepts TCP on `ip:port` and holds every connection without a byte of TLS.
+async fn black_hole(ip: &str, port: u16) -> Arc<AtomicUsize> {
+    let listener = tokio::net::TcpListener::bind((ip, port)).await.expect("bind black hole");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(conn);
+        }
+    });
+    accepted
+}
+
+fn node(name: &str, ip: &str) -> NodeAddr {
+    NodeAddr { name: name.into(), ip: ip.parse::<IpAddr>().unwrap() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fan_out_to_real_agents() {
+    let t0 = Instant::now();
+    let mut fleet = Fleet::start();
+    eprintln!("built and started: {:?}", t0.elapsed());
+    fleet.wait_ready().await;
+    eprintln!("ready: {:?}", t0.elapsed());
+    let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
+    let port = fleet.port;
+    let uid = format!("dispatch-{}", std::process::id());
+
+    // (1) Apply everywhere: pinned under each agent's root, counting openat; again: no change.
+    let req = apply_request(&uid, TRACEPOINT);
+    let apply_all = |req: v1::ApplyRequest| {
+        pool.fan_out(fleet.nodes(), move |pool, node| {
+            let req = req.clone();
+            async move { pool.apply(&node, req).await }
+        })
+    };
+    let results = apply_all(req.clone()).await;
+    assert_eq!(results.len(), 3);
+    let mut program_ids = Vec::new();
+    let mut counters = Vec::new();
+    for ((node, result), agent) in results.iter().zip(&fleet.agents) {
+        assert_eq!(node, &agent.node, "results come in the order of the nodes");
+        let resp = result.as_ref().unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, log(&agent.log)));
+        assert!(resp.changed, "{}: first apply must change something", node.name);
+        let state = resp.state.as_ref().expect("state");
+        assert_eq!(state.revision, req.revision);
+        assert_eq!(state.health, v1::Health::Healthy as i32, "{}: {}", node.name, state.last_error);
+        assert_eq!(state.attached.len(), 1);
+        assert!(state.attached[0].program_id > 0 && kernel_has_program(state.attached[0].program_id));
+        program_ids.push(state.attached[0].program_id);
+        let map = state.maps.iter().find(|m| m.name == "openat_count").expect("openat_count pinned");
+        assert!(map.pin_path.starts_with(agent.root.join(&uid).to_str().unwrap()), "{}", map.pin_path);
+        assert!(Path::new(&map.pin_path).exists(), "{} missing", map.pin_path);
+        assert!(agent.root.join(&uid).join(&req.revision).join("progs").is_dir(), "{}: no progs pinned", node.name);
+        counters.push(map.pin_path.clone());
+    }
+    let before: Vec<u64> = counters.iter().map(|c| read_counter(c)).collect();
+    for _ in 0..20 {
+        std::fs::File::open("/proc/self/stat").unwrap();
+    }
+    for (pin, before) in counters.iter().zip(before) {
+        let after = read_counter(pin);
+        assert!(after >= before + 20, "{pin}: openat counted {before} -> {after}");
+    }
+    for (node, result) in apply_all(req.clone()).await {
+        let resp = result.unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        assert!(!resp.changed, "{}: the same revision again must be a no-op", node.name);
+    }
+    let lists = pool.fan_out(fleet.nodes(), |pool, node| async move { pool.list(&node).await }).await;
+    for (node, result) in lists {
+        let list = result.unwrap_or_else(|e| panic!("{}: {e}", node.name));
+        assert_eq!(list.node_name, node.name);
+        let state = list.owners.iter().find(|o| o.owner.as_ref().is_some_and(|o| o.uid == uid)).expect("owner listed");
+        assert_eq!((state.revision.as_str(), state.health), (req.revision.as_str(), v1::Health::Healthy as i32));
+    }
+
+    eprintln!("(2) A: {:?}", t0.elapsed());
+    // (2) A dead node and a black hole: unreachable within the timeouts, and the healthy
+    // nodes answer without waiting for them.
+    let accepted = black_hole(BLACK_HOLE_IP, port).await;
+    let dead = node("node-dead", DEAD_IP);
+    let hole = node("node-hole", BLACK_HOLE_IP);
+    let mut nodes = vec![hole.clone(), dead.clone()];
+    nodes.extend(fleet.nodes());
+    let started = Instant::now();
+    let results = pool
+        .fan_out(nodes, move |pool, node| async move {
+            let result = pool.list(&node).await;
+            Ok::<_, DispatchError>((result, started.elapsed()))
+        })
+        .await;
+    let total = started.elapsed();
+    assert!(total < CALL_TIMEOUT + MARGIN, "fan-out took {total:?}");
+    for (node, result) in results {
+        let (result, took) = result.unwrap();
+        match node.name.as_str() {
+            "node-dead" | "node-hole" => {
+                assert!(matches!(result, Err(DispatchError::Unreachable(_))), "{}: {result:?}", node.name);
+            }
+            _ => {
+                assert!(result.is_ok(), "{}: {result:?}", node.name);
+                assert!(took < CONNECT_TIMEOUT, "{} waited {took:?} for the unreachable nodes", node.name);
+            }
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the black hole was dialled once");
+    // Right away: backing off, without dialling. (The dead node failed at once, so its first
+    // window may have passed while the black hole was awaited: fail it once more first.)
+    let _ = pool.list(&dead).await;
+    for n in [&hole, &dead] {
+        match pool.list(n).await {
+            Err(DispatchError::BackingOff(left, message)) => {
+                assert!(left <= BACKOFF_BASE.mul_f64(1.2) * 2, "{left:?}");
+                assert!(message.contains(&n.ip.to_string()), "the message names the address: {message}");
+            }
+            other => panic!("{}: expected BackingOff, got {other:?}", n.name),
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "a node backing off was dialled");
+    assert!(matches!(pool.list(&dead).await.unwrap_err().to_outcome(), NodeOutcome::Unreachable { .. }));
+    // Once the window has passed, it is dialled again, and the next window is longer.
+    tokio::time::sleep(pool.backoff_of(&hole.name).expect("backing off") + Duration::from_millis(20)).await;
+    assert!(matches!(pool.list(&hole).await, Err(DispatchError::Unreachable(_))));
+    assert!(accepted.load(Ordering::SeqCst) >= 2, "the black hole was not dialled again");
+    let left = pool.backoff_of(&hole.name).expect("backing off again");
+    assert!(left > BACKOFF_BASE && left <= (BACKOFF_BASE * 2).mul_f64(1.2), "second window: {left:?}");
+
+    eprintln!("(2b): {:?}", t0.elapsed());
+    // (2b) The concurrency bound: with one permit, a healthy node waits for the black hole.
+    let mut cfg = fleet.pool_config(fleet.pki.client_config());
+    cfg.max_concurrency = 1;
+    let single = AgentPool::new(cfg);
+    let started = Instant::now();
+    let results = single
+        .fan_out(vec![hole.clone(), fleet.agents[0].node.clone()], move |pool, node| async move {
+            let result = pool.list(&node).await;
+            Ok::<_, DispatchError>((result.is_ok(), started.elapsed()))
+        })
+        .await;
+    let (hole_ok, _) = results[0].1.as_ref().unwrap();
+    let (healthy_ok, healthy_took) = results[1].1.as_ref().unwrap();
+    assert!(!hole_ok && *healthy_ok);
+    assert!(*healthy_took >= CONNECT_TIMEOUT - Duration::from_millis(50), "no bound: {healthy_took:?}");
+    drop(single);
+
+    eprintln!("(3): {:?}", t0.elapsed());
+    // (3) An agent's refusal is an Agent error with its reason, and no reason to back off.
+    let a = fleet.agents[0].node.clone();
+    let bad = apply_request(
+        &format!("{uid}-bad"),
+        "  - {name: no_such_function, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n",
+    );
+    let err = pool.apply(&a, bad).await.expect_err("a missing function must fail");
+    match &err {
+        DispatchError::Agent { code, reason, message, .. } => {
+            assert_eq!((*code, reason.as_str()), (tonic::Code::InvalidArgument, "ProgramNotFound"), "{err}");
+            assert!(message.contains("no_such_function"), "{message}");
+        }
+        other => panic!("expected an Agent error, got {other:?}"),
+    }
+    match err.to_outcome() {
+        NodeOutcome::Failed { reason, program, .. } => {
+            assert_eq!(reason, "ProgramNotFound");
+            assert!(program.is_none_or(|p| p == "no_such_function"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.backoff_of(&a.name), None);
+
+    eprintln!("(4): {:?}", t0.elapsed());
+    // (4) Sequential calls reuse one connection.
+    for _ in 0..25 {
+        pool.list(&a).await.expect("list");
+    }
+    pool.apply(&a, req.clone()).await.expect("apply again");
+    assert_eq!(established_to(AGENT_IPS[0], port), 1, "calls to one agent must share one connection");
+
+    eprintln!("(5): {:?}", t0.elapsed());
+    // (5) A client certificate from a foreign CA is refused: unreachable, in bounded time.
+    let p = &fleet.pki;
+    let foreign =
+        agent::tls::client_config(&p.foreign_client_cert, &p.foreign_client_key, &p.ca_cert, "bpfleet-agent").unwrap();
+    let foreign_pool = AgentPool::new(fleet.pool_config(foreign));
+    let started = Instant::now();
+    let result = foreign_pool.list(&a).await;
+    assert!(matches!(result, Err(DispatchError::Unreachable(_))), "foreign client: {result:?}");
+    assert!(started.elapsed() < CALL_TIMEOUT + MARGIN);
+    pool.list(&a).await.expect("the operator's own certificate still works");
+
+    eprintln!("(6): {:?}", t0.elapsed());
+    // (6) Remove everywhere: pins gone, programs gone from the kernel; again: nothing to do.
+    let remove_all = || {
+        let uid = uid.clone();
+        pool.fan_out(fleet.nodes(), move |pool, node| {
+            let owner = owner(&uid);
+            async move { pool.remove(&node, owner).await }
+        })
+    };
+    for (node, result) in remove_all().await {
+        assert!(result.unwrap_or_else(|e| panic!("{}: {e}", node.name)), "{}: nothing removed", node.name);
+    }
+    for agent in &fleet.agents {
+        let left: Vec<_> =
+            std::fs::read_dir(&agent.root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{}: pins left: {left:?}", agent.node.name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for id in program_ids {
+        while kernel_has_program(id) {
+            assert!(Instant::now() < deadline, "program {id} still loaded after Remove");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (node, result) in remove_all().await {
+        assert!(!result.unwrap_or_else(|e| panic!("{}: {e}", node.name)), "{}: removed twice", node.name);
+    }
+}

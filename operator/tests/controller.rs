@@ -1,0 +1,267 @@
+//! The reconcile function against a mocked API server: each scenario asserts the exact
+//! sequence of API calls (in the style of controller-rs's ApiServerVerifier) and what
+//! the status says. No cluster needed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::BpfProgram;
+use http::{Request, Response};
+use k8s_openapi::api::core::v1::Node;
+use kube::client::Body;
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use operator::controller::{Context, FINALIZER, reconcile};
+use operator::dispatch::{AgentPool, PoolConfig};
+use operator::index::NodeIndex;
+use operator::metrics::Metrics;
+use serde_json::{Value, json};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn program(extra: Value) -> BpfProgram {
+    let mut v = json!({
+        "apiVersion": "bpfleet.dev/v1alpha1",
+        "kind": "BpfProgram",
+        "metadata": {"name": "xdp-counter", "uid": "0b9f1a52-7d0e-4c1e-9d6a-1f2e3d4c5b6a", "generation": 3, "resourceVersion": "7"},
+        "spec": {
+            "nodeSelector": {},
+            "bytecode": {"configMap": {"name": "xdp-counter-bytecode", "namespace": "bpfleet-system", "key": "xdp_counter.o"}},
+            "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"], "mode": "Auto"}}]
+        }
+    });
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn with_finalizer() -> Value {
+    json!({"metadata": {"finalizers": [FINALIZER]}})
+}
+
+fn node(name: &str, ip: Option<&str>, deleting: bool) -> Node {
+    let mut v =
+        json!({"metadata": {"name": name, "uid": format!("uid-{name}"), "labels": {"kubernetes.io/os": "linux"}}});
+    if let Some(ip) = ip {
+        v["status"] = json!({"addresses": [{"type": "InternalIP", "address": ip}]});
+    }
+    if deleting {
+        v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        v["metadata"]["finalizers"] = json!(["x"]);
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+fn context(nodes: Vec<Node>) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let (store, mut writer) = reflector::store();
+    for n in nodes {
+        writer.apply_watcher_event(&watcher::Event::Apply(n));
+    }
+    let mut cfg = PoolConfig::new(1, tonic::transport::ClientTlsConfig::new());
+    cfg.connect_timeout = Duration::from_millis(500);
+    cfg.call_timeout = Duration::from_secs(1);
+    let ctx = Context {
+        client,
+        pool: AgentPool::new(cfg),
+        nodes: store,
+        index: Arc::new(NodeIndex::default()),
+        recorder: None,
+        metrics: Arc::new(Metrics::new()),
+        desired: Default::default(),
+    };
+    (Arc::new(ctx), handle)
+}
+
+/// The next request: its method, path (with query) and JSON body; answered with `reply`.
+async fn expect(handle: &mut Handle, method: &str, path_prefix: &str, status: u16, reply: Value) -> Value {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .unwrap_or_else(|_| panic!("no request came; expected {method} {path_prefix}"))
+        .expect("service dropped");
+    let uri = req.uri().to_string();
+    assert_eq!(req.method().as_str(), method, "{uri}");
+    assert!(uri.starts_with(path_prefix), "expected {method} {path_prefix}, got {uri}");
+    let body = req.into_body().collect_bytes().await.unwrap();
+    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
+    send.send_response(
+        Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
+    );
+    body
+}
+
+/// Nothing else is asked of the API server (the client may also be gone).
+async fn assert_no_more_calls(handle: &mut Handle, ms: u64) {
+    match tokio::time::timeout(Duration::from_millis(ms), handle.next_request()).await {
+        Err(_) | Ok(None) => {}
+        Ok(Some((req, _))) => panic!("unexpected call {} {}", req.method(), req.uri()),
+    }
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+           "message": format!("{kind} \"{name}\" not found")})
+}
+
+fn config_map() -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "xdp-counter-bytecode", "namespace": "bpfleet-system"},
+           "binaryData": {"xdp_counter.o": "f0VMRg=="}})
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap()
+}
+
+const PROGRAM_PATH: &str = "/apis/bpfleet.dev/v1alpha1/bpfprograms/xdp-counter";
+
+#[tokio::test]
+async fn the_finalizer_is_added_first() {
+    let (ctx, mut handle) = context(vec![]);
+    let obj = Arc::new(program(json!({})));
+    let reply = serde_json::to_value(program(with_finalizer())).unwrap();
+    let server = tokio::spawn(async move {
+        let patch = expect(&mut handle, "PATCH", PROGRAM_PATH, 200, reply).await;
+        assert!(patch.to_string().contains(FINALIZER), "{patch}");
+        handle
+    });
+    reconcile(obj, ctx).await.unwrap();
+    let mut handle = server.await.unwrap();
+    assert_no_more_calls(&mut handle, 200).await;
+}
+
+#[tokio::test]
+async fn no_target_nodes_is_ready_with_a_revision() {
+    let (ctx, mut handle) = context(vec![]);
+    let obj = program(with_finalizer());
+    let reply = serde_json::to_value(&obj).unwrap();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/bpfleet-system/configmaps/xdp-counter-bytecode",
+            200,
+            config_map(),
+        )
+        .await;
+        expect(&mut handle, "PATCH", &format!("{PROGRAM_PATH}/status?"), 200, reply).await
+    });
+    reconcile(Arc::new(obj), ctx).await.unwrap();
+    let patch = server.await.unwrap();
+    let status = &patch["status"];
+    assert_eq!(patch["kind"], "BpfProgram");
+    assert_eq!(status["observedGeneration"], 3);
+    assert_eq!(status["targetNodes"], 0);
+    assert_eq!(status["revision"].as_str().unwrap().len(), 16);
+    let ready = condition(status, "Ready");
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("True"), Some("NoTargetNodes")));
+    assert_eq!(ready["observedGeneration"], 3);
+}
+
+#[tokio::test]
+async fn status_is_written_by_server_side_apply_with_the_field_manager() {
+    let (ctx, mut handle) = context(vec![]);
+    let obj = program(with_finalizer());
+    let reply = serde_json::to_value(&obj).unwrap();
+    let server = tokio::spawn(async move {
+        expect(&mut handle, "GET", "/api/v1/namespaces/bpfleet-system/configmaps/", 200, config_map()).await;
+        let (req, send) = handle.next_request().await.unwrap();
+        let uri = req.uri().to_string();
+        let content_type = req.headers()["content-type"].to_str().unwrap().to_string();
+        send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
+        (uri, content_type)
+    });
+    reconcile(Arc::new(obj), ctx).await.unwrap();
+    let (uri, content_type) = server.await.unwrap();
+    assert_eq!(content_type, "application/apply-patch+yaml");
+    assert!(uri.contains("fieldManager=bpfleet-operator") && uri.contains("force=true"), "{uri}");
+}
+
+#[tokio::test]
+async fn a_missing_config_map_is_reported_in_status() {
+    let (ctx, mut handle) = context(vec![node("n1", Some("10.0.0.1"), false)]);
+    let obj = program(with_finalizer());
+    let reply = serde_json::to_value(&obj).unwrap();
+    let server = tokio::spawn(async move {
+        expect(
+            &mut handle,
+            "GET",
+            "/api/v1/namespaces/bpfleet-system/configmaps/xdp-counter-bytecode",
+            404,
+            not_found("configmaps", "xdp-counter-bytecode"),
+        )
+        .await;
+        expect(&mut handle, "PATCH", &format!("{PROGRAM_PATH}/status?"), 200, reply).await
+    });
+    reconcile(Arc::new(obj), ctx).await.unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "BytecodeUnavailable");
+    assert_eq!(ready["message"], "ConfigMap bpfleet-system/xdp-counter-bytecode does not exist");
+    assert_eq!(condition(&status, "Degraded")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_node_without_an_address_fails_alone() {
+    let (ctx, mut handle) = context(vec![node("no-ip", None, false)]);
+    // Inline bytecode: no ConfigMap read.
+    let obj = program(
+        json!({"metadata": {"finalizers": [FINALIZER]}, "spec": {"bytecode": {"configMap": null, "inline": "f0VMRg=="}}}),
+    );
+    let reply = serde_json::to_value(&obj).unwrap();
+    let server =
+        tokio::spawn(async move { expect(&mut handle, "PATCH", &format!("{PROGRAM_PATH}/status?"), 200, reply).await });
+    reconcile(Arc::new(obj), ctx).await.unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!((status["targetNodes"].as_i64(), status["failedNodes"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(status["failures"][0]["node"], "no-ip");
+    assert_eq!(status["failures"][0]["reason"], "AgentUnreachable");
+    assert!(status["failures"][0]["message"].as_str().unwrap().contains("no InternalIP"));
+}
+
+#[tokio::test]
+async fn deletion_with_nothing_on_any_node_drops_the_finalizer() {
+    let (ctx, mut handle) = context(vec![node("gone", Some("10.0.0.9"), true)]);
+    let obj = program(json!({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "2026-11-25T00:00:00Z"}}));
+    let reply = serde_json::to_value(program(json!({}))).unwrap();
+    let server = tokio::spawn(async move {
+        // The only node is being deleted: it holds nothing up.
+        let patch = expect(&mut handle, "PATCH", PROGRAM_PATH, 200, reply).await;
+        assert!(patch.to_string().contains("remove") || patch.to_string().contains("finalizers"), "{patch}");
+    });
+    reconcile(Arc::new(obj), ctx).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn deletion_waits_for_an_unreachable_agent_and_says_which() {
+    // 127.0.0.1 port 1: nothing listens, the connection is refused at once.
+    let (ctx, mut handle) = context(vec![node("stuck-node", Some("127.0.0.1"), false)]);
+    let obj = program(json!({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "2026-11-25T00:00:00Z"}}));
+    let reply = serde_json::to_value(&obj).unwrap();
+    let server = tokio::spawn(async move {
+        let patch = expect(&mut handle, "PATCH", &format!("{PROGRAM_PATH}/status?"), 200, reply).await;
+        // No finalizer removal follows.
+        assert_no_more_calls(&mut handle, 300).await;
+        patch
+    });
+    let err = reconcile(Arc::new(obj.clone()), ctx).await.unwrap_err();
+    assert!(err.to_string().contains("stuck-node"), "{err}");
+    let status = server.await.unwrap()["status"].clone();
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["reason"], "Deleting");
+    assert!(ready["message"].as_str().unwrap().contains("stuck-node (agent unreachable"), "{ready}");
+    assert!(obj.meta().finalizers.as_ref().unwrap().contains(&FINALIZER.to_string()));
+}
