@@ -369,7 +369,8 @@ fn describe(status: &tonic::Status) -> String {
     let mut source = status.source();
     while let Some(e) = source {
         let text = e.to_string();
-        if !out.contains(&text) {
+        // tonic's transport wrapper says nothing its source does not say better.
+        if text != "transport error" && !out.contains(&text) {
             out = if out.is_empty() { text } else { format!("{out}: {text}") };
         }
         source = e.source();

@@ -47,11 +47,18 @@ fn sh(cmd: &str) -> String {
 fn agent_bin() -> PathBuf {
     SETUP.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"]).current_dir(workspace());
+        // What cargo set for this test binary only: build scripts (ring's) track some of
+        // these, and a different value would rebuild the agent's dependencies every run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"];
+            if per_package.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
+                build.env_remove(&*key);
+            }
+        }
+        let status = build.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p node-agent --bin bpfleet-agent failed");
         sh("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf");
         sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || true");
@@ -264,11 +271,8 @@ fn node(name: &str, ip: &str) -> NodeAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fan_out_to_real_agents() {
-    let t0 = Instant::now();
     let mut fleet = Fleet::start();
-    eprintln!("built and started: {:?}", t0.elapsed());
     fleet.wait_ready().await;
-    eprintln!("ready: {:?}", t0.elapsed());
     let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
     let port = fleet.port;
     let uid = format!("dispatch-{}", std::process::id());
@@ -287,7 +291,11 @@ async fn fan_out_to_real_agents() {
     let mut counters = Vec::new();
     for ((node, result), agent) in results.iter().zip(&fleet.agents) {
         assert_eq!(node, &agent.node, "results come in the order of the nodes");
-        let resp = result.as_ref().unwrap_or_else(|e| panic!("{}: {e}\n{}", node.name, log(&agent.log)));
+        let resp = result.as_ref().unwrap_or_else(|e| {
+            // E2BIG: the kernel takes at most 64 programs per tracepoint, across all processes.
+            let hint = if e.to_string().contains("os error 7") { " (tracepoint full: another test?)" } else { "" };
+            panic!("{}: {e}{hint}\n{}", node.name, log(&agent.log))
+        });
         assert!(resp.changed, "{}: first apply must change something", node.name);
         let state = resp.state.as_ref().expect("state");
         assert_eq!(state.revision, req.revision);
@@ -321,7 +329,6 @@ async fn fan_out_to_real_agents() {
         assert_eq!((state.revision.as_str(), state.health), (req.revision.as_str(), v1::Health::Healthy as i32));
     }
 
-    eprintln!("(2) A: {:?}", t0.elapsed());
     // (2) A dead node and a black hole: unreachable within the timeouts, and the healthy
     // nodes answer without waiting for them.
     let accepted = black_hole(BLACK_HOLE_IP, port).await;
@@ -372,7 +379,6 @@ async fn fan_out_to_real_agents() {
     let left = pool.backoff_of(&hole.name).expect("backing off again");
     assert!(left > BACKOFF_BASE && left <= (BACKOFF_BASE * 2).mul_f64(1.2), "second window: {left:?}");
 
-    eprintln!("(2b): {:?}", t0.elapsed());
     // (2b) The concurrency bound: with one permit, a healthy node waits for the black hole.
     let mut cfg = fleet.pool_config(fleet.pki.client_config());
     cfg.max_concurrency = 1;
@@ -390,7 +396,6 @@ async fn fan_out_to_real_agents() {
     assert!(*healthy_took >= CONNECT_TIMEOUT - Duration::from_millis(50), "no bound: {healthy_took:?}");
     drop(single);
 
-    eprintln!("(3): {:?}", t0.elapsed());
     // (3) An agent's refusal is an Agent error with its reason, and no reason to back off.
     let a = fleet.agents[0].node.clone();
     let bad = apply_request(
@@ -414,7 +419,6 @@ async fn fan_out_to_real_agents() {
     }
     assert_eq!(pool.backoff_of(&a.name), None);
 
-    eprintln!("(4): {:?}", t0.elapsed());
     // (4) Sequential calls reuse one connection.
     for _ in 0..25 {
         pool.list(&a).await.expect("list");
@@ -422,7 +426,6 @@ async fn fan_out_to_real_agents() {
     pool.apply(&a, req.clone()).await.expect("apply again");
     assert_eq!(established_to(AGENT_IPS[0], port), 1, "calls to one agent must share one connection");
 
-    eprintln!("(5): {:?}", t0.elapsed());
     // (5) A client certificate from a foreign CA is refused: unreachable, in bounded time.
     let p = &fleet.pki;
     let foreign =
@@ -434,7 +437,6 @@ async fn fan_out_to_real_agents() {
     assert!(started.elapsed() < CALL_TIMEOUT + MARGIN);
     pool.list(&a).await.expect("the operator's own certificate still works");
 
-    eprintln!("(6): {:?}", t0.elapsed());
     // (6) Remove everywhere: pins gone, programs gone from the kernel; again: nothing to do.
     let remove_all = || {
         let uid = uid.clone();
