@@ -13,6 +13,8 @@ have ip || need+=(iproute2)
 have tc || need+=(iproute2)
 have ping || need+=(iputils-ping)
 have gcc || need+=(gcc)
+have openssl || need+=(openssl)
+have npm || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

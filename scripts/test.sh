@@ -7,10 +7,14 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root: the agent's tests load eBPF programs into this kernel"; exit 1; }
 
 bash scripts/install-deps.sh
+HELM=$(bash scripts/install-helm.sh)
+export HELM
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== helm lint"
+"$HELM" lint --strict charts/bpfleet
 echo "== examples"
 bash examples/build.sh
 echo "== cargo test"

@@ -14,3 +14,4 @@ pub mod plan;
 pub mod resync;
 pub mod status;
 pub mod targets;
+pub mod uninstall;

@@ -24,18 +24,20 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 #[derive(Parser, Debug)]
 #[command(name = "bpfleet-operator", version, about = "Reconciles BpfPrograms across the fleet through bpfleet agents")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Port of the agents, dialled at each Node's InternalIP.
     #[arg(long, env = "BPFLEET_AGENT_PORT", default_value_t = 50051)]
     agent_port: u16,
     /// PEM client certificate of the operator.
     #[arg(long, env = "BPFLEET_TLS_CERT")]
-    tls_cert: PathBuf,
+    tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, env = "BPFLEET_TLS_KEY")]
-    tls_key: PathBuf,
+    tls_key: Option<PathBuf>,
     /// PEM CA that signs the agents' certificates.
     #[arg(long, env = "BPFLEET_TLS_CA")]
-    tls_ca: PathBuf,
+    tls_ca: Option<PathBuf>,
     /// Name expected on agent certificates.
     #[arg(long, env = "BPFLEET_AGENT_SERVER_NAME", default_value = proto::DEFAULT_AGENT_SERVER_NAME)]
     agent_server_name: String,
@@ -62,9 +64,28 @@ struct Args {
     log_json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Delete every BpfProgram and wait until every node has unloaded it (the chart's
+    /// pre-delete hook). Run it before removing the operator.
+    Uninstall {
+        /// How long to wait for nodes to unload, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
+        /// After the timeout, release the finalizers anyway (programs may stay on
+        /// unreachable nodes; see docs/install.md).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 fn tls_config(args: &Args) -> anyhow::Result<ClientTlsConfig> {
-    let read =
-        |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()));
+    let read = |flag: &str, p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
+        let p = p
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("{flag} is required: the operator talks to agents over mTLS only"))?;
+        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    };
     let cert = read("--tls-cert", &args.tls_cert)?;
     let key = read("--tls-key", &args.tls_key)?;
     let ca = read("--tls-ca", &args.tls_ca)?;
@@ -85,6 +106,10 @@ async fn main() -> anyhow::Result<()> {
         logs.init();
     }
 
+    if let Some(Command::Uninstall { timeout_seconds, force }) = &args.command {
+        let client = Client::try_default().await.context("cannot build a Kubernetes client")?;
+        return operator::uninstall::run(client, Duration::from_secs(*timeout_seconds), *force).await;
+    }
     let mut pool_cfg = PoolConfig::new(args.agent_port, tls_config(&args)?);
     pool_cfg.call_timeout = Duration::from_secs(args.call_timeout_seconds.max(1));
     pool_cfg.max_concurrency = args.max_concurrency.max(1);

@@ -1,0 +1,43 @@
+{{- define "bpfleet.labels" -}}
+app.kubernetes.io/part-of: bpfleet
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "bpfleet.operator.selector" -}}
+app.kubernetes.io/name: bpfleet-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "bpfleet.agent.selector" -}}
+app.kubernetes.io/name: bpfleet-agent
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "bpfleet.operator.image" -}}
+{{ .Values.image.operator.repository }}:{{ .Values.image.operator.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "bpfleet.agent.image" -}}
+{{ .Values.image.agent.repository }}:{{ .Values.image.agent.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Secret names holding each side's certificate, key and the CA. */}}
+{{- define "bpfleet.agent.tlsSecret" -}}
+{{- if eq .Values.tls.mode "secret" -}}{{ .Values.tls.existingSecrets.agent }}{{- else -}}{{ .Release.Name }}-agent-tls{{- end -}}
+{{- end -}}
+
+{{- define "bpfleet.operator.tlsSecret" -}}
+{{- if eq .Values.tls.mode "secret" -}}{{ .Values.tls.existingSecrets.operator }}{{- else -}}{{ .Release.Name }}-operator-tls{{- end -}}
+{{- end -}}
+
+{{- define "bpfleet.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,310 @@
+//! What `helm install` would create, checked without a cluster: lint, render with
+//! default and non-default values, and assert on the objects.
+
+use std::path::Path;
+
+use chart_tests::*;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::Value;
+
+fn custom() -> std::path::PathBuf {
+    repo().join("charts/tests/values-custom.yaml")
+}
+
+#[test]
+fn lint_passes_with_default_and_custom_values() {
+    let chart = chart().display().to_string();
+    let (ok, out, err) = run_helm(&["lint", "--strict", &chart]);
+    assert!(ok, "{out}{err}");
+    let custom = custom().display().to_string();
+    let (ok, out, err) = run_helm(&["lint", "--strict", &chart, "-f", &custom]);
+    assert!(ok, "{out}{err}");
+}
+
+/// Each rendered document deserializes into its typed Kubernetes API object.
+fn check_typed(doc: &Value) {
+    let kind = doc["kind"].as_str().expect("every document has a kind");
+    assert!(doc["apiVersion"].is_string(), "{kind} without apiVersion");
+    assert!(doc["metadata"]["name"].is_string(), "{kind} without metadata.name");
+    let v = doc.clone();
+    let parsed = match kind {
+        "Deployment" => serde_json::from_value::<Deployment>(v).map(|_| ()),
+        "DaemonSet" => serde_json::from_value::<DaemonSet>(v).map(|_| ()),
+        "Service" => serde_json::from_value::<Service>(v).map(|_| ()),
+        "ServiceAccount" => serde_json::from_value::<ServiceAccount>(v).map(|_| ()),
+        "Secret" => serde_json::from_value::<Secret>(v).map(|_| ()),
+        "ClusterRole" => serde_json::from_value::<ClusterRole>(v).map(|_| ()),
+        "ClusterRoleBinding" => serde_json::from_value::<ClusterRoleBinding>(v).map(|_| ()),
+        "Role" => serde_json::from_value::<Role>(v).map(|_| ()),
+        "RoleBinding" => serde_json::from_value::<RoleBinding>(v).map(|_| ()),
+        "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(v).map(|_| ()),
+        "Job" => serde_json::from_value::<Job>(v).map(|_| ()),
+        "CustomResourceDefinition" => serde_json::from_value::<CustomResourceDefinition>(v).map(|_| ()),
+        // Third-party kinds: structure only.
+        "ServiceMonitor" | "Certificate" => {
+            assert!(doc["spec"].is_object(), "{kind} without spec");
+            Ok(())
+        }
+        other => panic!("unexpected kind {other} rendered"),
+    };
+    parsed.unwrap_or_else(|e| panic!("{kind} {} is not a valid object: {e}", doc["metadata"]["name"]));
+}
+
+#[test]
+fn every_rendered_manifest_is_a_valid_kubernetes_object() {
+    for values in [vec![], vec![custom()]] {
+        let refs: Vec<&Path> = values.iter().map(|p| p.as_path()).collect();
+        let docs = render(&refs, &["--include-crds"]);
+        assert!(docs.len() >= 14, "only {} documents", docs.len());
+        docs.iter().for_each(check_typed);
+    }
+}
+
+#[test]
+fn the_chart_ships_exactly_the_generated_crds() {
+    let docs = render(&[], &["--include-crds"]);
+    let rendered: Vec<&Value> = of_kind(&docs, "CustomResourceDefinition");
+    let generated = crds::crdgen::render_all().unwrap();
+    assert_eq!(rendered.len(), generated.len());
+    for (file, yaml) in generated {
+        let on_disk = std::fs::read_to_string(chart().join("crds").join(&file)).unwrap();
+        assert_eq!(on_disk, yaml, "charts/bpfleet/crds/{file} is stale: run `cargo run -p crds --bin crdgen`");
+        let want: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert!(rendered.contains(&&want), "helm does not install {file} as generated");
+    }
+}
+
+#[test]
+fn operator_rbac_is_least_privilege() {
+    let docs = render(&[], &[]);
+    for kind in ["ClusterRole", "Role"] {
+        for role in of_kind(&docs, kind) {
+            for rule in role["rules"].as_array().unwrap() {
+                for field in ["apiGroups", "resources", "verbs"] {
+                    let values = rule[field].as_array().map(|a| a.to_vec()).unwrap_or_default();
+                    assert!(
+                        !values.contains(&Value::from("*")),
+                        "{kind} {} has a wildcard {field}",
+                        role["metadata"]["name"]
+                    );
+                }
+                assert!(rule["nonResourceURLs"].is_null());
+            }
+        }
+    }
+    let role = named(&docs, "ClusterRole", "bpfleet-operator");
+    let text = role.to_string();
+    for needed in ["bpfprograms/status", "bpfprograms/finalizers", "bpfnodes", "nodes", "configmaps", "events"] {
+        assert!(text.contains(needed), "operator cannot reach {needed}");
+    }
+    // Secrets are never readable by the operator.
+    assert!(!text.contains("secrets"));
+    let lease = named(&docs, "Role", "bpfleet-operator-lease");
+    assert_eq!(lease["rules"][0]["resources"][0], "leases");
+}
+
+#[test]
+fn the_agent_has_no_rbac_and_no_token() {
+    let docs = render(&[], &[]);
+    for kind in ["RoleBinding", "ClusterRoleBinding"] {
+        for b in of_kind(&docs, kind) {
+            for s in b["subjects"].as_array().unwrap() {
+                assert_ne!(s["name"], "bpfleet-agent", "{kind} {} binds the agent", b["metadata"]["name"]);
+            }
+        }
+    }
+    assert_eq!(named(&docs, "ServiceAccount", "bpfleet-agent")["automountServiceAccountToken"], false);
+    let ds = named(&docs, "DaemonSet", "bpfleet-agent");
+    assert_eq!(ds["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
+    assert_eq!(ds["spec"]["template"]["spec"]["serviceAccountName"], "bpfleet-agent");
+}
+
+#[test]
+fn the_agent_mounts_bpffs_with_propagation_and_runs_everywhere() {
+    let docs = render(&[], &[]);
+    let ds = named(&docs, "DaemonSet", "bpfleet-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists", "runs on tainted nodes by default");
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "bpffs").unwrap();
+    assert_eq!(volume["hostPath"]["path"], "/sys/fs/bpf");
+    let mount = |c: &Value| -> Value {
+        c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "bpffs").cloned().expect("bpffs mounted")
+    };
+    let init = &pod["initContainers"][0];
+    assert_eq!(mount(init)["mountPropagation"], "Bidirectional");
+    assert_eq!(init["securityContext"]["privileged"], true, "Bidirectional propagation needs privilege");
+    let agent = &pod["containers"][0];
+    assert_eq!(mount(agent)["mountPath"], "/sys/fs/bpf");
+    assert_eq!(mount(agent)["mountPropagation"], "HostToContainer");
+    assert_eq!(agent["securityContext"]["privileged"], false);
+    let caps: Vec<&str> = agent["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(caps, ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN"]);
+    assert_eq!(agent["securityContext"]["capabilities"]["drop"][0], "ALL");
+    let args = agent["args"].to_string();
+    for flag in [
+        "--tls-cert=",
+        "--tls-key=",
+        "--tls-client-ca=",
+        "--tls-client-name=bpfleet-operator",
+        "--listen=$(POD_IP):50051",
+    ] {
+        assert!(args.contains(flag), "agent args lack {flag}: {args}");
+    }
+    for m in ["tracefs", "cgroup", "state"] {
+        assert!(agent["volumeMounts"].to_string().contains(m), "no {m} mount");
+    }
+
+    // Opt-in privilege moves bidirectional propagation into the agent itself.
+    let docs = render(&[&custom()], &[]);
+    let ds = named(&docs, "DaemonSet", "bpfleet-agent");
+    let agent = &ds["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(agent["securityContext"]["privileged"], true);
+    assert!(agent["volumeMounts"].to_string().contains("Bidirectional"));
+    assert!(ds["spec"]["template"]["spec"]["initContainers"].is_null(), "mountBpffs: false");
+    assert!(agent["args"].to_string().contains("--listen=$(POD_IP):60051"));
+}
+
+#[test]
+fn every_container_has_resources_and_a_security_context() {
+    for values in [vec![], vec![custom()]] {
+        let refs: Vec<&Path> = values.iter().map(|p| p.as_path()).collect();
+        let docs = render(&refs, &[]);
+        for kind in ["Deployment", "DaemonSet", "Job"] {
+            for w in of_kind(&docs, kind) {
+                for c in containers(w) {
+                    let name = format!("{kind}/{} container {}", w["metadata"]["name"], c["name"]);
+                    assert!(c["resources"]["requests"]["memory"].is_string(), "{name}: no memory request");
+                    assert!(c["resources"]["limits"]["memory"].is_string(), "{name}: no memory limit");
+                    assert!(c["securityContext"].is_object(), "{name}: no securityContext");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_operator_is_non_root_read_only_and_probed() {
+    let docs = render(&[], &[]);
+    let d = named(&docs, "Deployment", "bpfleet-operator");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(
+        (sc["readOnlyRootFilesystem"].clone(), sc["privileged"].clone()),
+        (Value::from(true), Value::from(false))
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(named(&docs, "PodDisruptionBudget", "bpfleet-operator")["spec"]["minAvailable"], 1);
+    let args = c["args"].to_string();
+    assert!(args.contains("--namespace=bpfleet-system") && args.contains("--tls-ca="), "{args}");
+}
+
+#[test]
+fn generated_certificates_chain_to_the_ca_and_name_each_side() {
+    let docs = render(&[], &[]);
+    let dir = std::env::temp_dir().join(format!("bpfleet-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let decode = |secret: &str, key: &str| -> std::path::PathBuf {
+        let s: Secret = serde_json::from_value(named(&docs, "Secret", secret).clone()).unwrap();
+        let bytes = s.data.unwrap().remove(key).unwrap().0;
+        let path = dir.join(format!("{secret}-{key}"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let ca = decode("bpfleet-ca", "tls.crt");
+    for (secret, name) in [("bpfleet-agent-tls", "bpfleet-agent"), ("bpfleet-operator-tls", "bpfleet-operator")] {
+        let crt = decode(secret, "tls.crt");
+        assert_eq!(std::fs::read(decode(secret, "ca.crt")).unwrap(), std::fs::read(&ca).unwrap());
+        let out = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca)
+            .arg(&crt)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{secret}: {}", String::from_utf8_lossy(&out.stderr));
+        let text =
+            std::process::Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&crt).output().unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains(&format!("DNS:{name}")), "{secret} lacks DNS:{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    // Kept on uninstall so a reinstall keeps trusting running agents' material.
+    assert_eq!(named(&docs, "Secret", "bpfleet-ca")["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
+}
+
+#[test]
+fn cert_manager_and_own_secrets_replace_generated_material() {
+    let docs = render(&[&custom()], &[]);
+    assert_eq!(of_kind(&docs, "Certificate").len(), 2);
+    assert!(of_kind(&docs, "Secret").is_empty());
+    assert_eq!(of_kind(&docs, "ServiceMonitor").len(), 2);
+    let docs = render(
+        &[],
+        &[
+            "--set",
+            "tls.mode=secret",
+            "--set",
+            "tls.existingSecrets.agent=a",
+            "--set",
+            "tls.existingSecrets.operator=o",
+        ],
+    );
+    assert!(of_kind(&docs, "Secret").is_empty());
+    let ds = named(&docs, "DaemonSet", "bpfleet-agent");
+    assert!(ds.to_string().contains("\"secretName\":\"a\""));
+}
+
+#[test]
+fn bad_values_are_rejected_with_a_message_naming_them() {
+    let chart = chart().display().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--set", "agent.port=fifty"], "/agent/port"),
+        (&["--set", "operatr.replicas=2"], "operatr"),
+        (&["--set", "tls.mode=plaintext"], "/tls/mode"),
+        (&["--set", "agent.tcBackend=fast"], "/agent/tcBackend"),
+        (&["--set", "agent.bpffsRoot=/tmp/x"], "/agent/bpffsRoot"),
+        (&["--set", "operator.replicas=0"], "/operator/replicas"),
+        (&["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (&["--set", "tls.mode=secret"], "tls.existingSecrets.agent is required"),
+        (&["--set", "tls.mode=certManager"], "tls.certManager.issuerRef.name is required"),
+    ];
+    for (args, names) in cases {
+        let mut all = vec!["template", "x", chart.as_str()];
+        all.extend_from_slice(args);
+        let (ok, _, err) = run_helm(&all);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(names), "{args:?}: error does not name {names}: {err}");
+    }
+}
+
+#[test]
+fn uninstall_removes_programs_before_the_operator_goes() {
+    let docs = render(&[], &[]);
+    let job = named(&docs, "Job", "bpfleet-uninstall");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"][0], "uninstall");
+    assert!(c["image"].as_str().unwrap().contains("bpfleet-operator"));
+    // The hook's RBAC is as narrow as the rest, and binds only its own account.
+    let role = named(&docs, "ClusterRole", "bpfleet-uninstall");
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "delete"]));
+    let docs = render(&[], &["--set", "uninstall.force=true"]);
+    assert!(named(&docs, "Job", "bpfleet-uninstall")["spec"]["template"].to_string().contains("--force"));
+    let docs = render(&[], &["--set", "uninstall.enabled=false"]);
+    assert!(of_kind(&docs, "Job").is_empty());
+}
