@@ -1,6 +1,20 @@
-//! End-to-end harness: a real API server from `KUBECONFIG`, agents as local processes
-//! in network namespaces ("process-mode nodes"). Without `KUBECONFIG` every scenario
-//! skips with one line.
+//! End-to-end harness: a real API server from `KUBECONFIG`, the operator as a local
+//! process, and agents as local processes in network namespaces ("process-mode nodes").
+//! Without `KUBECONFIG` every scenario skips with one line. See docs/e2e.md.
+//!
+//! - [`env::Env`]: one scenario's world (cluster objects, PKI, nodes, operator), torn
+//!   down on drop, also after a panic;
+//! - [`cluster::Cluster`]: CRDs from `charts/bpfleet/crds/`, Nodes, ConfigMaps, BpfPrograms;
+//! - [`node::ProcessNode`]: netns + veth `eth0` + `bpfleet-agent` on its own bpffs root;
+//! - [`operator::Operator`]: `bpfleet-operator` against the cluster;
+//! - [`kernel`]: what bpftool, ip and bpffs say.
+
+pub mod cluster;
+pub mod env;
+pub mod kernel;
+pub mod node;
+pub mod operator;
+pub mod util;
 
 /// The kubeconfig to use, or `None` (and one printed line) when there is none.
 pub fn kubeconfig_or_skip(test: &str) -> Option<std::path::PathBuf> {

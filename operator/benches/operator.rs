@@ -18,6 +18,7 @@
 //!   BpfPrograms in a reflector store, all reconciled, then one resync pass; VmRSS/VmHWM of
 //!   the operator side from /proc/self/status.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -85,11 +86,12 @@ struct Args {
     /// Nodes (fake agents) of the memory part.
     #[arg(long, default_value_t = 50)]
     nodes: usize,
-    /// Reconciles in flight in the memory part: 0 = all at once (kube's Controller default,
-    /// what a starting operator does with every existing BpfProgram). Comma-separated: one
-    /// fresh process per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [0, 16])]
-    concurrency: Vec<usize>,
+    /// Configurations of the memory part, each in a fresh process: reconciles in flight
+    /// (0 = all at once, kube's Controller default: what a starting operator does with every
+    /// existing BpfProgram) and the resync (`fan-out` as the operator does, `streaming` as
+    /// proposed in docs/benchmarks.md).
+    #[arg(long, value_delimiter = ',', default_values_t = ["0:fan-out".to_string(), "16:fan-out".to_string(), "16:streaming".to_string()])]
+    memory: Vec<String>,
     /// Pause after each removal, so the kernel's deferred teardown ends outside the timing.
     #[arg(long, default_value_t = 100)]
     settle_ms: u64,
@@ -123,8 +125,63 @@ enum Cmd {
         nodes: usize,
         #[arg(long)]
         concurrency: usize,
+        /// Resync as the operator does (`fan-out`: every List at once, all answers kept until
+        /// the pass ends) or as proposed (`streaming`: 4 at a time, each used and dropped).
+        #[arg(long, value_enum, default_value_t = ResyncMode::FanOut)]
+        resync: ResyncMode,
     },
 }
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum ResyncMode {
+    FanOut,
+    Streaming,
+}
+
+/// Counts the bytes the program holds (allocated and not yet freed), next to what the
+/// allocator (glibc malloc, as in the operator) keeps from the kernel (VmRSS).
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static LIVE_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    LIVE_PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+// SAFETY: every call goes to `System` unchanged; the counters are only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
@@ -141,8 +198,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Some(Cmd::FakeAgents { pki_dir, port, count }) => runtime.block_on(fake_agents(&pki_dir, port, count)),
-        Some(Cmd::Rss { ref object, programs, nodes, concurrency }) => {
-            let report = runtime.block_on(rss(object, programs, nodes, concurrency))?;
+        Some(Cmd::Rss { ref object, programs, nodes, concurrency, resync }) => {
+            let report = runtime.block_on(rss(object, programs, nodes, concurrency, resync))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -167,9 +224,11 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     if !args.skip_rss {
         let mut reports = Vec::new();
-        for &c in &args.concurrency {
-            eprintln!("== memory: {} BpfPrograms over {} fake agents, concurrency {c}", args.programs, args.nodes);
-            reports.push(rss_in_child(&object, args.programs, args.nodes, c)?);
+        for config in &args.memory {
+            let (c, resync) = config.split_once(':').unwrap_or((config, "fan-out"));
+            let c: usize = c.parse().with_context(|| format!("--memory {config}: CONCURRENCY:RESYNC"))?;
+            eprintln!("== memory: {} BpfPrograms over {} fake agents, {config}", args.programs, args.nodes);
+            reports.push(rss_in_child(&object, args.programs, args.nodes, c, resync)?);
         }
         print_rss(&reports);
     }
@@ -677,12 +736,17 @@ fn print_latency(rows: &[LatencyRow], iterations: usize) {
 struct Mem {
     rss_kib: u64,
     hwm_kib: u64,
+    /// Heap bytes held (allocated, not freed) now and at most so far.
+    live_kib: u64,
+    live_peak_kib: u64,
 }
 
 fn mem() -> Mem {
     Mem {
         rss_kib: read_kib("/proc/self/status", "VmRSS:").unwrap_or(0),
         hwm_kib: read_kib("/proc/self/status", "VmHWM:").unwrap_or(0),
+        live_kib: (LIVE.load(Ordering::Relaxed) / 1024) as u64,
+        live_peak_kib: (LIVE_PEAK.load(Ordering::Relaxed) / 1024) as u64,
     }
 }
 
@@ -704,6 +768,11 @@ struct RssReport {
     reconciled: Mem,
     resynced: Mem,
     again: Mem,
+    held_index_kib: u64,
+    held_desired_kib: u64,
+    held_programs_kib: u64,
+    slim_index_kib: u64,
+    resync: ResyncMode,
     reconcile_ms: f64,
     again_ms: f64,
     resync_ms: f64,
@@ -714,13 +783,19 @@ struct RssReport {
     inline_bytes: usize,
 }
 
-fn rss_in_child(object: &Path, programs: usize, nodes: usize, concurrency: usize) -> anyhow::Result<RssReport> {
+fn rss_in_child(
+    object: &Path,
+    programs: usize,
+    nodes: usize,
+    concurrency: usize,
+    resync: &str,
+) -> anyhow::Result<RssReport> {
     let out = Command::new(std::env::current_exe()?)
         .arg("rss")
         .arg("--object")
         .arg(object)
         .args(["--programs", &programs.to_string(), "--nodes", &nodes.to_string()])
-        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--concurrency", &concurrency.to_string(), "--resync", resync])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()?;
@@ -753,7 +828,13 @@ impl Drop for FakeFleet {
     }
 }
 
-async fn rss(object: &Path, programs: usize, nodes: usize, concurrency: usize) -> anyhow::Result<RssReport> {
+async fn rss(
+    object: &Path,
+    programs: usize,
+    nodes: usize,
+    concurrency: usize,
+    resync: ResyncMode,
+) -> anyhow::Result<RssReport> {
     ensure!((1..=250).contains(&nodes), "1..=250 nodes (127.0.0.2..)");
     let start = mem();
     let elf = std::fs::read(object)?;
@@ -841,7 +922,10 @@ async fn rss(object: &Path, programs: usize, nodes: usize, concurrency: usize) -
 
     let (tx, mut rx) = tokio::sync::mpsc::channel(programs.max(1));
     let t = Instant::now();
-    operator::resync::resync_once(&ctx, &programs_store, &tx).await;
+    match resync {
+        ResyncMode::FanOut => operator::resync::resync_once(&ctx, &programs_store, &tx).await,
+        ResyncMode::Streaming => resync_streaming(&ctx, &programs_store, &tx).await,
+    }
     let resync_ms = ms(t.elapsed());
     let mut drift_repairs = 0;
     while rx.try_recv().is_ok() {
@@ -856,6 +940,30 @@ async fn rss(object: &Path, programs: usize, nodes: usize, concurrency: usize) -
     let again_ms = ms(t.elapsed());
     ensure!(errors.is_empty(), "{} reconciles failed, e.g. {}", errors.len(), errors[0]);
     let again = mem();
+
+    // Who holds the heap: drop one structure at a time and see what is freed.
+    let live = || (LIVE.load(Ordering::Relaxed) / 1024) as u64;
+    let before = live();
+    for i in 0..nodes {
+        ctx.index.forget(&format!("node-{i:02}"));
+    }
+    let held_index_kib = before.saturating_sub(live());
+    let before = live();
+    ctx.desired.write().unwrap_or_else(|e| e.into_inner()).clear();
+    let held_desired_kib = before.saturating_sub(live());
+    let before = live();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let held_programs_kib = before.saturating_sub(live());
+    // The index as proposed: per node, owner uid -> (revision, health) only.
+    let before = live();
+    let slim: Vec<BTreeMap<String, (String, crds::Health)>> = (0..nodes)
+        .map(|_| {
+            (0..programs).map(|i| (format!("rss-uid-{i:04}"), (format!("{:016x}", i), crds::Health::Healthy))).collect()
+        })
+        .collect();
+    let slim_index_kib = live().saturating_sub(before);
+    drop(slim);
     drop(fakes);
     Ok(RssReport {
         programs,
@@ -866,6 +974,11 @@ async fn rss(object: &Path, programs: usize, nodes: usize, concurrency: usize) -
         reconciled,
         resynced,
         again,
+        held_index_kib,
+        held_desired_kib,
+        held_programs_kib,
+        slim_index_kib,
+        resync,
         reconcile_ms,
         again_ms,
         resync_ms,
@@ -875,6 +988,51 @@ async fn rss(object: &Path, programs: usize, nodes: usize, concurrency: usize) -
         api_requests: api.requests.load(Ordering::Relaxed),
         inline_bytes: elf_b64.len(),
     })
+}
+
+/// `resync::resync_once` with one change: Lists run 4 at a time and each answer is recorded
+/// and dropped as it arrives, instead of all 50 decoded at once and kept until the pass ends.
+async fn resync_streaming(
+    ctx: &Arc<Context>,
+    programs: &Store<BpfProgram>,
+    targeted: &tokio::sync::mpsc::Sender<kube::runtime::reflector::ObjectRef<BpfProgram>>,
+) {
+    use kube::ResourceExt;
+    let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
+    let addrs: Vec<NodeAddr> = nodes
+        .values()
+        .filter_map(|n| operator::targets::NodeInfo::from_node(n))
+        .filter(|i| !i.deleting)
+        .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
+        .collect();
+    let known: std::collections::BTreeSet<String> = programs.state().iter().filter_map(|p| p.uid()).collect();
+    let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut lists = futures::stream::iter(addrs)
+        .map(|addr| async move {
+            let r = ctx.pool.list(&addr).await;
+            (addr, r)
+        })
+        .buffer_unordered(4);
+    while let Some((addr, result)) = lists.next().await {
+        let Ok(list) = result else { continue };
+        ctx.index.record_list(&addr.name, &list);
+        for repair in operator::drift::diff(&addr.name, &known, &desired, &list) {
+            match repair {
+                operator::drift::Repair::RemoveUnknown { uid, name } => {
+                    if ctx.pool.remove(&addr, v1::Owner { uid: uid.clone(), name }).await.is_ok() {
+                        ctx.index.record_removed(&addr.name, &uid);
+                    }
+                }
+                operator::drift::Repair::Reconcile { name, .. } => {
+                    let _ = targeted.try_send(kube::runtime::reflector::ObjectRef::new(&name));
+                }
+            }
+        }
+        drop(list);
+        if let Some(node) = nodes.get(&addr.name) {
+            let _ = operator::bpfnode::write(&ctx.client, node, &ctx.index.node_status(&addr.name)).await;
+        }
+    }
 }
 
 fn mib(kib: u64) -> String {
@@ -891,10 +1049,17 @@ fn print_rss(reports: &[RssReport]) {
         "Each BpfProgram carries xdp_counter.o inline ({} base64 bytes). Target: VmHWM ≤ 64 MiB.\n",
         first.inline_bytes
     );
-    let conc = |c: usize| if c == 0 { "all at once".to_string() } else { format!("{c} at a time") };
-    print!("| stage (VmRSS / VmHWM) |");
+    let conc = |r: &RssReport| {
+        let c = if r.concurrency == 0 { "all at once".to_string() } else { format!("{} at a time", r.concurrency) };
+        let resync = match r.resync {
+            ResyncMode::FanOut => "resync as today",
+            ResyncMode::Streaming => "streaming resync",
+        };
+        format!("reconciles {c}, {resync}")
+    };
+    print!("| stage: VmRSS / VmHWM (heap held / heap peak) |");
     for r in reports {
-        print!(" reconciles {} |", conc(r.concurrency));
+        print!(" {} |", conc(r));
     }
     println!();
     println!("|---|{}", "---:|".repeat(reports.len()));
@@ -910,12 +1075,12 @@ fn print_rss(reports: &[RssReport]) {
         print!("| {label} |");
         for r in reports {
             let m = f(r);
-            print!(" {} / {} |", mib(m.rss_kib), mib(m.hwm_kib));
+            print!(" {} / {} ({} / {}) |", mib(m.rss_kib), mib(m.hwm_kib), mib(m.live_kib), mib(m.live_peak_kib));
         }
         println!();
     }
     println!();
-    println!("| | {}", reports.iter().map(|r| format!("{} |", conc(r.concurrency))).collect::<String>());
+    println!("| | {}", reports.iter().map(|r| format!("{} |", conc(r))).collect::<String>());
     println!("|---|{}", "---:|".repeat(reports.len()));
     let row = |label: &str, f: &dyn Fn(&RssReport) -> String| {
         println!("| {label} | {}", reports.iter().map(|r| format!("{} |", f(r))).collect::<String>());
@@ -938,6 +1103,10 @@ fn print_rss(reports: &[RssReport]) {
     row("second reconcile of all (no dispatch)", &|r| {
         format!("{:.2} s: {:.0} programs/s", r.again_ms / 1000.0, r.programs as f64 / (r.again_ms / 1000.0))
     });
+    row("heap held by the node index (50,000 entries)", &|r| mib(r.held_index_kib));
+    row("heap held by the desired-state map", &|r| mib(r.held_desired_kib));
+    row("heap held by the BpfProgram cache", &|r| mib(r.held_programs_kib));
+    row("heap a slim index would hold (uid → revision, health)", &|r| mib(r.slim_index_kib));
     row("requests to the mock API server", &|r| r.api_requests.to_string());
     println!();
 }

@@ -303,15 +303,17 @@ async fn publish(ctx: &Context, p: &BpfProgram, type_: EventType, reason: &str, 
 async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
     let nodes = node_infos(&ctx.nodes);
-    // Remove is idempotent: ask every node that runs it, was a target, or whose
-    // inventory is unknown (never listed since this operator started).
-    let desired_targets =
+    // Remove is idempotent: ask every node that runs it (as reported) or that it
+    // targets (now, or at its last reconcile). A node never listed and never targeted
+    // cannot hold it; if it somehow does, drift repair removes the then-unknown owner.
+    let mut targets =
         ctx.desired.read().unwrap_or_else(|e| e.into_inner()).get(&uid).map(|d| d.targets.clone()).unwrap_or_default();
+    targets.extend(target_nodes(&p.spec.node_selector, &nodes).unwrap_or_default());
     let may_run = ctx.index.may_run(&uid);
     let mut addrs = Vec::new();
     let mut waiting = BTreeMap::new();
     for n in &nodes {
-        let relevant = may_run.contains(&n.name) || desired_targets.contains(&n.name) || !ctx.index.is_listed(&n.name);
+        let relevant = targets.contains(&n.name) || (ctx.index.is_listed(&n.name) && may_run.contains(&n.name));
         if !relevant {
             continue;
         }

@@ -74,10 +74,20 @@ impl NodeIndex {
         })
     }
 
-    /// A full List: replaces what is known of the node.
-    pub fn record_list(&self, node: &str, list: &v1::ListResponse) {
+    /// A full List: replaces what is known of the node. Returns the owners whose
+    /// "agent unreachable" outcome this clears (their status must be recomputed).
+    pub fn record_list(&self, node: &str, list: &v1::ListResponse) -> Vec<String> {
         self.write(|m| {
             let e = m.entry(node.to_string()).or_default();
+            let cleared: Vec<String> = e
+                .failures
+                .iter()
+                .filter(|(_, (_, o))| matches!(o, NodeOutcome::Unreachable { .. }))
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            for uid in &cleared {
+                e.failures.remove(uid);
+            }
             e.owners = list
                 .owners
                 .iter()
@@ -89,6 +99,7 @@ impl NodeIndex {
             e.kernel_release = Some(list.kernel_release.clone());
             e.listed = true;
             e.last_report_time = Some(now_rfc3339());
+            cleared
         })
     }
 
@@ -220,10 +231,15 @@ mod tests {
         let idx = NodeIndex::default();
         idx.record_state("n1", &state("a", "r1", v1::Health::Healthy));
         assert_eq!(idx.may_run("zzz"), BTreeSet::from(["n1".to_string()]), "n1 never listed");
-        idx.record_list(
+        let unreachable = NodeOutcome::Unreachable { message: "refused".into() };
+        idx.record_failure("n1", "b", "r9", unreachable.clone());
+        assert_eq!(idx.outcome("n1", "b", "r9"), unreachable);
+        let cleared = idx.record_list(
             "n1",
             &v1::ListResponse { owners: vec![state("b", "r9", v1::Health::Healthy)], ..Default::default() },
         );
+        assert_eq!(cleared, ["b"], "a successful List clears 'unreachable'");
+        assert_eq!(idx.outcome("n1", "b", "r9"), NodeOutcome::Ready);
         assert!(idx.may_run("a").is_empty());
         assert_eq!(idx.observed("b").len(), 1);
         assert_eq!(idx.node_status("n1").managed, 1);

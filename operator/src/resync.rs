@@ -21,6 +21,7 @@ use crate::bpfnode;
 use crate::controller::Context;
 use crate::dispatch::NodeAddr;
 use crate::drift::{self, Repair};
+use crate::status::NodeOutcome;
 use crate::targets::NodeInfo;
 
 /// Keep `writer` filled with Nodes until the stream ends. Sends `()` on `trigger`
@@ -102,10 +103,24 @@ pub async fn resync_once(
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(node = %addr.name, error = %e, "resync: cannot list agent");
+                // Every program this node should run is now in doubt: say so in status.
+                for (uid, d) in desired.iter().filter(|(_, d)| d.targets.contains(&addr.name)) {
+                    let Some(rev) = &d.revision else { continue };
+                    let outcome = NodeOutcome::Unreachable { message: e.to_string() };
+                    if ctx.index.outcome(&addr.name, uid, rev) != outcome {
+                        ctx.index.record_failure(&addr.name, uid, rev, outcome);
+                        let _ = targeted.try_send(ObjectRef::new(&d.name));
+                    }
+                }
                 continue;
             }
         };
-        ctx.index.record_list(&addr.name, &list);
+        for uid in ctx.index.record_list(&addr.name, &list) {
+            // Reachable again: recompute the status of what it runs.
+            if let Some(d) = desired.get(&uid) {
+                let _ = targeted.try_send(ObjectRef::new(&d.name));
+            }
+        }
         for repair in drift::diff(&addr.name, &known, &desired, &list) {
             match repair {
                 Repair::RemoveUnknown { uid, name } => {
