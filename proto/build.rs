@@ -3,6 +3,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = "proto/bpfleet/agent/v1/agent.proto";
     println!("cargo:rerun-if-changed={file}");
     let fds = protox::compile([file], ["proto"])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // `bytes` fields as `Bytes`: the operator sends one object to many nodes, and each
+    // per-node request then shares the same buffer instead of copying it.
+    tonic_prost_build::configure().build_server(true).build_client(true).bytes(".bpfleet.agent.v1").compile_fds(fds)?;
     Ok(())
 }

@@ -145,13 +145,13 @@ pub fn validate_programs(programs: &[ProgramSpec]) -> Result<Vec<ValidProgram>, 
 }
 
 /// Validate global data given as raw bytes (what the agent receives over gRPC).
-pub fn validate_global_bytes<'a>(
-    globals: impl Iterator<Item = (&'a String, &'a Vec<u8>)>,
+pub fn validate_global_bytes<'a, V: AsRef<[u8]> + 'a>(
+    globals: impl Iterator<Item = (&'a String, V)>,
 ) -> Result<Vec<(GlobalName, Vec<u8>)>, SpecErrors> {
     let mut errs = Errors::default();
     let mut out = Vec::new();
     for (k, v) in globals {
-        check_global(k, v, &mut errs, &mut out);
+        check_global(k, v.as_ref(), &mut errs, &mut out);
     }
     if out.len() > MAX_GLOBALS as usize {
         errs.push("globalData", format!("at most {MAX_GLOBALS} variables may be set"));

@@ -22,7 +22,7 @@ fn apply_request(uid: &str, object: &str, interfaces: &str) -> v1::ApplyRequest 
     v1::ApplyRequest {
         owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
         revision: Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes)).as_str().into(),
-        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes)),
+        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
         programs: spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: Default::default(),
     }

@@ -46,7 +46,7 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput> {
     let revision = Revision::parse(&req.revision)
         .ok_or_else(|| invalid(format!("revision {:?} must be 16 lowercase hex characters", req.revision)))?;
     let bytecode = match req.bytecode {
-        Some(v1::apply_request::Bytecode::Elf(b)) => b,
+        Some(v1::apply_request::Bytecode::Elf(b)) => b.to_vec(),
         Some(v1::apply_request::Bytecode::Path(p)) => {
             let path = Path::new(&p);
             if !path.is_absolute() || p.split('/').any(|s| s == "..") {

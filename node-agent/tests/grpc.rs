@@ -168,7 +168,7 @@ fn apply_request(uid: &str, programs_yaml: &str, object_name: &str) -> v1::Apply
     v1::ApplyRequest {
         owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
         revision: revision.as_str().into(),
-        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes)),
+        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
         programs: spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: Default::default(),
     }

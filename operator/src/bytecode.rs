@@ -14,7 +14,8 @@ use crate::status::SpecProblem;
 /// The bytecode as the Apply carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Payload {
-    Elf(Vec<u8>),
+    /// Shared, not copied, by the per-node requests.
+    Elf(bytes::Bytes),
     Path(String),
 }
 
@@ -38,14 +39,14 @@ fn problem(reason: &str, message: String) -> SpecProblem {
     SpecProblem { reason: reason.into(), message }
 }
 
-fn check_size(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, SpecProblem> {
+fn check_size(bytes: Vec<u8>, what: &str) -> Result<bytes::Bytes, SpecProblem> {
     if bytes.len() > MAX_BYTECODE_BYTES {
         return Err(problem(
             "BytecodeTooLarge",
             format!("{what} is {} bytes; the limit is {MAX_BYTECODE_BYTES}", bytes.len()),
         ));
     }
-    Ok(bytes)
+    Ok(bytes::Bytes::from(bytes))
 }
 
 pub async fn resolve(client: &Client, spec: &BpfProgramSpec) -> Result<Payload, SpecProblem> {
@@ -114,8 +115,8 @@ mod tests {
             ])),
             ..Default::default()
         };
-        assert_eq!(from_config_map(&cm, "a.o", "cm").unwrap(), Payload::Elf(vec![1, 2, 3]));
-        assert_eq!(from_config_map(&cm, "b.o", "cm").unwrap(), Payload::Elf(vec![4, 5, 6]));
+        assert_eq!(from_config_map(&cm, "a.o", "cm").unwrap(), Payload::Elf(vec![1, 2, 3].into()));
+        assert_eq!(from_config_map(&cm, "b.o", "cm").unwrap(), Payload::Elf(vec![4, 5, 6].into()));
         let e = from_config_map(&cm, "c.o", "cm").unwrap_err();
         assert!(e.message.contains("not base64"), "{}", e.message);
         let e = from_config_map(&cm, "x.o", "ConfigMap ns/cm").unwrap_err();

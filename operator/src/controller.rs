@@ -236,11 +236,13 @@ async fn dispatch(
     }
 }
 
-fn decode_globals(globals: &BTreeMap<String, String>) -> std::collections::HashMap<String, Vec<u8>> {
+fn decode_globals(globals: &BTreeMap<String, String>) -> std::collections::HashMap<String, bytes::Bytes> {
     use base64::Engine;
     globals
         .iter()
-        .filter_map(|(k, v)| base64::engine::general_purpose::STANDARD.decode(v.trim()).ok().map(|b| (k.clone(), b)))
+        .filter_map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD.decode(v.trim()).ok().map(|b| (k.clone(), b.into()))
+        })
         .collect()
 }
 

@@ -11,10 +11,39 @@ use proto::v1;
 use crate::plan::Observed;
 use crate::status::NodeOutcome;
 
+/// What one node runs of one owner: only what decisions need. The full detail (ids,
+/// pins) goes from each List straight into the node's BpfNode and is not kept, so the
+/// index stays small at thousands of programs times hundreds of nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerSummary {
+    pub name: String,
+    pub revision: String,
+    pub health: Health,
+    pub last_error: Option<String>,
+}
+
+impl OwnerSummary {
+    fn of(s: &v1::OwnerState) -> Option<(String, OwnerSummary)> {
+        let owner = s.owner.as_ref()?;
+        if s.revision.is_empty() {
+            return None;
+        }
+        Some((
+            owner.uid.clone(),
+            OwnerSummary {
+                name: owner.name.clone(),
+                revision: s.revision.clone(),
+                health: proto::health_from_wire(s.health),
+                last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
+            },
+        ))
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct NodeEntry {
     /// Owner uid -> what runs.
-    pub owners: BTreeMap<String, NodeProgramStatus>,
+    pub owners: BTreeMap<String, OwnerSummary>,
     /// (owner uid) -> (revision, why the last apply of it failed).
     pub failures: BTreeMap<String, (String, NodeOutcome)>,
     pub agent_version: Option<String>,
@@ -44,16 +73,15 @@ impl NodeIndex {
 
     /// An Apply answered: the owner's state on that node.
     pub fn record_state(&self, node: &str, state: &v1::OwnerState) {
-        let status = proto::state_to_status(state);
+        let Some(uid) = state.owner.as_ref().map(|o| o.uid.clone()) else { return };
         self.write(|m| {
             let e = m.entry(node.to_string()).or_default();
-            e.failures.remove(&status.owner_uid);
+            e.failures.remove(&uid);
             e.last_report_time = Some(now_rfc3339());
-            if status.revision.is_empty() {
-                e.owners.remove(&status.owner_uid);
-            } else {
-                e.owners.insert(status.owner_uid.clone(), status);
-            }
+            match OwnerSummary::of(state) {
+                Some((uid, summary)) => e.owners.insert(uid, summary),
+                None => e.owners.remove(&uid),
+            };
         })
     }
 
@@ -88,13 +116,7 @@ impl NodeIndex {
             for uid in &cleared {
                 e.failures.remove(uid);
             }
-            e.owners = list
-                .owners
-                .iter()
-                .map(proto::state_to_status)
-                .filter(|s| !s.revision.is_empty())
-                .map(|s| (s.owner_uid.clone(), s))
-                .collect();
+            e.owners = list.owners.iter().filter_map(OwnerSummary::of).collect();
             e.agent_version = Some(list.agent_version.clone());
             e.kernel_release = Some(list.kernel_release.clone());
             e.listed = true;
@@ -151,29 +173,27 @@ impl NodeIndex {
         })
     }
 
-    /// The BpfNode status of `node`.
-    pub fn node_status(&self, node: &str) -> BpfNodeStatus {
-        self.read(|m| {
-            let Some(e) = m.get(node) else { return BpfNodeStatus::default() };
-            let programs: Vec<NodeProgramStatus> = e.owners.values().cloned().collect();
-            BpfNodeStatus {
-                managed: programs.len() as i32,
-                healthy: programs.iter().filter(|p| p.health == Health::Healthy).count() as i32,
-                agent_version: e.agent_version.clone(),
-                kernel_release: e.kernel_release.clone(),
-                last_report_time: e.last_report_time.clone(),
-                programs,
-            }
-        })
-    }
-
-    /// Every owner uid any node runs.
+    /// Every owner a node runs: uid -> BpfProgram name.
     pub fn all_owners(&self, node: &str) -> BTreeMap<String, String> {
         self.read(|m| {
             m.get(node)
-                .map(|e| e.owners.values().map(|s| (s.owner_uid.clone(), s.owner.clone())).collect())
+                .map(|e| e.owners.iter().map(|(uid, s)| (uid.clone(), s.name.clone())).collect())
                 .unwrap_or_default()
         })
+    }
+}
+
+/// The BpfNode status of a node, from its agent's List.
+pub fn node_status(list: &v1::ListResponse) -> BpfNodeStatus {
+    let programs: Vec<NodeProgramStatus> =
+        list.owners.iter().map(proto::state_to_status).filter(|s| !s.revision.is_empty()).collect();
+    BpfNodeStatus {
+        managed: programs.len() as i32,
+        healthy: programs.iter().filter(|p| p.health == Health::Healthy).count() as i32,
+        agent_version: Some(list.agent_version.clone()),
+        kernel_release: Some(list.kernel_release.clone()),
+        last_report_time: Some(now_rfc3339()),
+        programs,
     }
 }
 
@@ -242,10 +262,10 @@ mod tests {
         assert_eq!(idx.outcome("n1", "b", "r9"), NodeOutcome::Ready);
         assert!(idx.may_run("a").is_empty());
         assert_eq!(idx.observed("b").len(), 1);
-        assert_eq!(idx.node_status("n1").managed, 1);
+        assert_eq!(idx.all_owners("n1").len(), 1);
         idx.record_removed("n1", "b");
         assert!(idx.observed("b").is_empty());
         idx.forget("n1");
-        assert_eq!(idx.node_status("n1"), BpfNodeStatus::default());
+        assert!(idx.all_owners("n1").is_empty());
     }
 }

@@ -24,6 +24,9 @@ use crate::drift::{self, Repair};
 use crate::status::NodeOutcome;
 use crate::targets::NodeInfo;
 
+/// Agent Lists in flight during a resync.
+const RESYNC_LISTS_IN_FLIGHT: usize = 4;
+
 /// Keep `writer` filled with Nodes until the stream ends. Sends `()` on `trigger`
 /// when the set of nodes or their labels/addresses change.
 pub async fn watch_nodes(ctx: Arc<Context>, writer: Writer<Node>, trigger: mpsc::Sender<()>) {
@@ -95,10 +98,20 @@ pub async fn resync_once(
         .filter(|i| !i.deleting)
         .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
         .collect();
-    let results = ctx.pool.fan_out(addrs, |pool, n| async move { pool.list(&n).await }).await;
     let known: BTreeSet<String> = programs.state().iter().filter_map(|p| p.uid()).collect();
     let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
-    for (addr, result) in results {
+    // A few Lists at a time, each handled and dropped before the next: a List answer
+    // holds every owner of a node, and 50 of them at once cost tens of MiB.
+    let mut lists = futures::stream::iter(addrs)
+        .map(|n| {
+            let pool = ctx.pool.clone();
+            async move {
+                let r = pool.list(&n).await;
+                (n, r)
+            }
+        })
+        .buffer_unordered(RESYNC_LISTS_IN_FLIGHT);
+    while let Some((addr, result)) = lists.next().await {
         let list = match result {
             Ok(l) => l,
             Err(e) => {
@@ -155,7 +168,7 @@ pub async fn resync_once(
             }
         }
         if let Some(node) = nodes.get(&addr.name)
-            && let Err(e) = bpfnode::write(&ctx.client, node, &ctx.index.node_status(&addr.name)).await
+            && let Err(e) = bpfnode::write(&ctx.client, node, &crate::index::node_status(&list)).await
         {
             tracing::warn!(node = %addr.name, error = %e, "cannot write BpfNode");
         }

@@ -201,7 +201,7 @@ fn apply_request(uid: &str, programs_yaml: &str) -> v1::ApplyRequest {
     v1::ApplyRequest {
         owner: Some(owner(uid)),
         revision: revision.as_str().into(),
-        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes)),
+        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
         programs: spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: Default::default(),
     }
