@@ -4,175 +4,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use common::process::*;
 use common::*;
-use crds::BpfProgramSpec;
-use crds::revision::{BytecodeIdentity, Revision};
 use proto::v1;
 use proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, ClientTlsConfig};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+use tonic::transport::Channel;
 
 const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
 const SERVER_NAME: &str = "bpfleet-agent";
-
-/// A bpffs root, a state directory and a PKI for one test; removed on drop.
-struct Dirs {
-    root: PathBuf,
-    tmp: tempfile::TempDir,
-    pki: TestPki,
-}
-
-impl Dirs {
-    fn new() -> Self {
-        setup();
-        let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-grpc-{}", unique("g")));
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let pki_dir = tmp.path().join("pki");
-        std::fs::create_dir_all(&pki_dir).unwrap();
-        let pki = TestPki::generate(&pki_dir);
-        Self { root, tmp, pki }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.tmp.path().join("state")
-    }
-
-    fn client_tls(&self) -> ClientTlsConfig {
-        self.pki.client_config()
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// One agent process; killed (SIGKILL) on drop.
-struct AgentProc {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn spawn(dirs: &Dirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let log = dirs.tmp.path().join(format!("agent-{}.log", unique("l")));
-        let mut cmd = Command::new(AGENT_BIN);
-        cmd.arg("--node-name")
-            .arg("grpc-node")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--bpffs-root")
-            .arg(&dirs.root)
-            .arg("--state-dir")
-            .arg(dirs.state())
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .env_remove("BPFLEET_FAULT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn bpfleet-agent");
-        Self { child, port, log }
-    }
-
-    fn spawn_tls(dirs: &Dirs) -> Self {
-        let p = &dirs.pki;
-        let (cert, key, ca) = (p.server_cert.clone(), p.server_key.clone(), p.ca_cert.clone());
-        Self::spawn(
-            dirs,
-            &[
-                "--tls-cert",
-                path_str(&cert),
-                "--tls-key",
-                path_str(&key),
-                "--tls-client-ca",
-                path_str(&ca),
-                "--tls-client-name",
-                CLIENT_NAME,
-            ],
-            &[],
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    /// Connect with the operator's identity once the health service answers SERVING.
-    async fn ready_client(&mut self, tls: ClientTlsConfig) -> AgentClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited early ({status}):\n{}", self.log());
-            }
-            if let Ok(ch) = connect(&self.url(), tls.clone()).await {
-                let check = HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await;
-                if check.is_ok_and(|r| r.into_inner().status == 1) {
-                    return AgentClient::new(ch);
-                }
-            }
-            assert!(Instant::now() < deadline, "agent never served health:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn connect(url: &str, tls: ClientTlsConfig) -> Result<Channel, Box<dyn std::error::Error>> {
-    let ch = Channel::from_shared(url.to_string())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await?;
-    Ok(ch)
-}
-
-/// An ApplyRequest as the operator builds it: revision from the spec and the bytes.
-fn apply_request(uid: &str, programs_yaml: &str, object_name: &str) -> v1::ApplyRequest {
-    let bytes = object_bytes(object_name);
-    let spec: BpfProgramSpec =
-        serde_yaml::from_str(&format!("bytecode: {{path: /unused.o}}\nprograms:\n{programs_yaml}")).unwrap();
-    let revision = Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes));
-    v1::ApplyRequest {
-        owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
-        revision: revision.as_str().into(),
-        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
-        programs: spec.programs.iter().map(proto::program_to_wire).collect(),
-        global_data: Default::default(),
-    }
-}
 
 fn owner(uid: &str) -> Option<v1::Owner> {
     Some(v1::Owner { uid: uid.into(), name: String::new() })
@@ -208,9 +50,9 @@ async fn next_event(stream: &mut tonic::Streaming<v1::WatchEvent>, secs: u64) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_apply_list_watch_remove_errors_and_mtls() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("grpc");
     let veth = Veth::new();
-    let mut agent = AgentProc::spawn_tls(&dirs);
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
     let uid = "grpc-xdp-1";
     let xdp_yaml =
@@ -358,7 +200,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
 
 #[test]
 fn agent_refuses_to_start_without_tls() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("grpc");
     let out = Command::new(AGENT_BIN)
         .arg("--node-name")
         .arg("no-tls")
@@ -385,7 +227,7 @@ fn agent_refuses_to_start_without_tls() {
 /// KNOWN FAILING until src/main.rs checks the TLS flags before `recovery::adopt`.
 #[test]
 fn agent_refusing_to_start_leaves_bpffs_alone() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("grpc");
     let stray = dirs.root.join("someone-else/abc");
     std::fs::create_dir_all(&stray).unwrap();
     let out = Command::new(AGENT_BIN)

@@ -6,160 +6,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use common::process::*;
 use common::*;
-use crds::BpfProgramSpec;
-use crds::revision::{BytecodeIdentity, Revision};
 use proto::v1;
 use proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, ClientTlsConfig};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
-
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
-
-/// A bpffs root, a state directory and a PKI shared by the agent processes of one test.
-struct Dirs {
-    root: PathBuf,
-    tmp: tempfile::TempDir,
-    pki: TestPki,
-}
-
-impl Dirs {
-    fn new() -> Self {
-        setup();
-        let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-recovery-{}", unique("r")));
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let pki_dir = tmp.path().join("pki");
-        std::fs::create_dir_all(&pki_dir).unwrap();
-        let pki = TestPki::generate(&pki_dir);
-        Self { root, tmp, pki }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.tmp.path().join("state")
-    }
-
-    fn tls(&self) -> ClientTlsConfig {
-        self.pki.client_config()
-    }
-}
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// One agent process; SIGKILLed on drop.
-struct AgentProc {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn spawn(dirs: &Dirs, fault: Option<&str>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = dirs.tmp.path().join(format!("agent-{}.log", unique("l")));
-        let p = &dirs.pki;
-        let mut cmd = Command::new(AGENT_BIN);
-        cmd.args(["--node-name", "recovery-node", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--bpffs-root")
-            .arg(&dirs.root)
-            .arg("--state-dir")
-            .arg(dirs.state())
-            .arg("--tls-cert")
-            .arg(&p.server_cert)
-            .arg("--tls-key")
-            .arg(&p.server_key)
-            .arg("--tls-client-ca")
-            .arg(&p.ca_cert)
-            .args(["--tls-client-name", CLIENT_NAME])
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .env_remove("BPFLEET_FAULT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(f) = fault {
-            cmd.env("BPFLEET_FAULT", f);
-        }
-        Self { child: cmd.spawn().expect("spawn bpfleet-agent"), port, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn client(&mut self, tls: ClientTlsConfig) -> AgentClient<Channel> {
-        let url = format!("https://127.0.0.1:{}", self.port);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("agent exited early ({status}):\n{}", self.log());
-            }
-            let ch = Channel::from_shared(url.clone())
-                .unwrap()
-                .tls_config(tls.clone())
-                .unwrap()
-                .connect_timeout(Duration::from_secs(3))
-                .timeout(Duration::from_secs(10))
-                .connect()
-                .await;
-            if let Ok(ch) = ch {
-                let check = HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await;
-                if check.is_ok_and(|r| r.into_inner().status == 1) {
-                    return AgentClient::new(ch);
-                }
-            }
-            assert!(Instant::now() < deadline, "agent never served health:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `kill -9`, and reap it.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Wait for the process to die on its own (a fault point); returns its status.
-    fn wait_exit(mut self, secs: u64) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "agent did not die at its fault point:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn apply_request(uid: &str, programs_yaml: &str, object_name: &str) -> v1::ApplyRequest {
-    let bytes = object_bytes(object_name);
-    let spec: BpfProgramSpec =
-        serde_yaml::from_str(&format!("bytecode: {{path: /unused.o}}\nprograms:\n{programs_yaml}")).unwrap();
-    let revision = Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes));
-    v1::ApplyRequest {
-        owner: Some(v1::Owner { uid: uid.into(), name: uid.into() }),
-        revision: revision.as_str().into(),
-        bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
-        programs: spec.programs.iter().map(proto::program_to_wire).collect(),
-        global_data: Default::default(),
-    }
-}
+use tonic::transport::Channel;
 
 fn xdp_yaml(iface: &str) -> String {
     format!("  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{iface}], mode: Auto}}}}\n")
@@ -231,10 +84,10 @@ const HEALTHY: i32 = v1::Health::Healthy as i32;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programs_survive_kill_and_are_adopted() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("recovery");
     let veth = Veth::new();
-    let mut agent = AgentProc::spawn(&dirs, None);
-    let mut client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
     let xdp = client.apply(apply_request("rec-xdp", &xdp_yaml(&veth.host), "xdp_counter.o")).await.unwrap();
     let tp = client.apply(apply_request("rec-tp", OPENAT_YAML, "tracepoint_openat.o")).await.unwrap();
     let (xdp, tp) = (xdp.into_inner().state.unwrap(), tp.into_inner().state.unwrap());
@@ -257,8 +110,8 @@ async fn programs_survive_kill_and_are_adopted() {
     assert!(read_counter(&opens) >= before + 30, "tracepoint stopped counting after kill -9");
 
     // A new process adopts both, with the same kernel ids.
-    let mut agent = AgentProc::spawn(&dirs, None);
-    let mut client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
     let l = list(&mut client).await;
     assert_eq!(l.owners.len(), 2, "{l:?}");
     for (uid, state, id) in [("rec-xdp", &xdp, ids[0]), ("rec-tp", &tp, ids[1])] {
@@ -285,10 +138,10 @@ async fn programs_survive_kill_and_are_adopted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_attach_on_first_apply_leaves_nothing() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("recovery");
     let veth = Veth::new();
-    let mut agent = AgentProc::spawn(&dirs, Some("after-attach"));
-    let mut client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(&dirs, &[("BPFLEET_FAULT", "after-attach")]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
     let req = apply_request("crash-first", &xdp_yaml(&veth.host), "xdp_counter.o");
     let err = client.apply(req.clone()).await.expect_err("the agent aborts in the middle of Apply");
     // A dropped connection, not an answer from the agent.
@@ -302,8 +155,8 @@ async fn crash_after_attach_on_first_apply_leaves_nothing() {
     let orphan = pinned_prog_id(&prog_pin);
     assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(orphan)));
 
-    let mut agent = AgentProc::spawn(&dirs, None);
-    let mut client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
     assert!(!rev_dir.exists(), "unfinished revision kept: {:?}", pins_under(&dirs.root));
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
     wait_for(5, "unfinished program unloaded", || !kernel_has_program(orphan));
@@ -330,8 +183,8 @@ async fn crash_during_upgrade(dirs: &Dirs, veth: &Veth, fault: &str) -> Upgrade 
     let a = apply_request(uid, &xdp_yaml(&veth.host), "xdp_counter.o");
     let b = apply_request(uid, &xdp_yaml(&veth.host), "xdp_counter_v2.o");
     assert_ne!(a.revision, b.revision);
-    let mut first = AgentProc::spawn(dirs, None);
-    let mut client = first.client(dirs.tls()).await;
+    let mut first = AgentProc::spawn_tls(dirs, &[]);
+    let mut client = first.ready_client(dirs.client_tls()).await;
     let sa = client.apply(a.clone()).await.expect("apply A").into_inner().state.unwrap();
     let a_id = sa.attached[0].program_id;
     let counter = map_pin(&sa, "packet_count");
@@ -340,8 +193,8 @@ async fn crash_during_upgrade(dirs: &Dirs, veth: &Veth, fault: &str) -> Upgrade 
     drop(client);
     first.kill9();
 
-    let mut faulty = AgentProc::spawn(dirs, Some(fault));
-    let mut client = faulty.client(dirs.tls()).await;
+    let mut faulty = AgentProc::spawn_tls(dirs, &[("BPFLEET_FAULT", fault)]);
+    let mut client = faulty.ready_client(dirs.client_tls()).await;
     assert_eq!(find(&list(&mut client).await, uid).map(|o| o.health), Some(HEALTHY));
     client.apply(b.clone()).await.expect_err("the agent aborts in the middle of Apply B");
     assert!(!faulty.wait_exit(10).success());
@@ -353,14 +206,14 @@ async fn crash_during_upgrade(dirs: &Dirs, veth: &Veth, fault: &str) -> Upgrade 
     // Both crash points are after the in-place link swap: B runs now.
     assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(b_id)));
 
-    let mut agent = AgentProc::spawn(dirs, None);
-    let client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(dirs, &[]);
+    let client = agent.ready_client(dirs.client_tls()).await;
     Upgrade { a, b, a_id, b_id, counter, agent, client }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_attach_during_upgrade_keeps_the_old_revision() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("recovery");
     let veth = Veth::new();
     let mut u = crash_during_upgrade(&dirs, &veth, "after-attach").await;
     let l = list(&mut u.client).await;
@@ -385,7 +238,7 @@ async fn crash_after_attach_during_upgrade_keeps_the_old_revision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_commit_during_upgrade_keeps_the_new_revision() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("recovery");
     let veth = Veth::new();
     let mut u = crash_during_upgrade(&dirs, &veth, "after-commit").await;
     let l = list(&mut u.client).await;
@@ -410,7 +263,7 @@ async fn crash_after_commit_during_upgrade_keeps_the_new_revision() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unclaimed_pins_are_removed_at_start() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("recovery");
     let stray = dirs.root.join("stray-owner");
     std::fs::create_dir_all(stray.join("abc")).unwrap();
     std::fs::create_dir_all(dirs.root.join("empty-stray")).unwrap();
@@ -428,8 +281,8 @@ async fn unclaimed_pins_are_removed_at_start() {
     });
     std::fs::write(dirs.state().join("gone-owner.json"), record.to_string()).unwrap();
 
-    let mut agent = AgentProc::spawn(&dirs, None);
-    let mut client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
     wait_for(5, "stray program unloaded", || !kernel_has_program(stray_id));
     assert!(!dirs.state().join("gone-owner.json").exists(), "record without pins kept");
@@ -441,13 +294,13 @@ async fn unclaimed_pins_are_removed_at_start() {
 /// its program loaded forever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loose_pin_directly_under_the_root_is_removed_at_start() {
-    let dirs = Dirs::new();
+    let dirs = Dirs::new("recovery");
     std::fs::create_dir_all(&dirs.root).unwrap();
     let pin = dirs.root.join("loose");
     sh(&format!("bpftool prog load {} {} type xdp", object("xdp_counter.o").display(), pin.display()));
     let id = pinned_prog_id(&pin);
-    let mut agent = AgentProc::spawn(&dirs, None);
-    let _client = agent.client(dirs.tls()).await;
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let _client = agent.ready_client(dirs.client_tls()).await;
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
     wait_for(5, "stray program unloaded", || !kernel_has_program(id));
 }

@@ -3,6 +3,8 @@
 //! readings taken from the kernel with bpftool (not through our own code).
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
