@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use aya::programs::ProgramError;
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
@@ -17,25 +18,64 @@ use crate::error::{AgentError, Reason, Result};
 const VERIFIER_EXCERPT_LINES: usize = 20;
 const VERIFIER_EXCERPT_BYTES: usize = 2048;
 
-/// The kernel's BTF, parsed once.
+/// The kernel's BTF, parsed once per process (~12 ms and ~13 MiB here) and shared.
+pub fn kernel_btf() -> Option<&'static Btf> {
+    static BTF: OnceLock<Option<Btf>> = OnceLock::new();
+    BTF.get_or_init(|| match Btf::from_sys_fs() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel BTF unavailable: CO-RE relocations and Fentry/Fexit/Lsm will fail");
+            None
+        }
+    })
+    .as_ref()
+}
+
+/// aya 0.14's `EbpfLoader::new()` parses the kernel's BTF itself on every load, even
+/// when a parsed one is given afterwards (aya-rs/aya#1172): that alone made each load
+/// ~2.5x slower than libbpf. This hides `/sys/kernel/btf/vmlinux` from this process
+/// only — a private mount namespace with `/dev/null` bound over the file — after
+/// `kernel_btf()` has parsed it, so aya's own attempt fails at once and the shared copy
+/// is used. Mounts made on the host still reach the agent (slave propagation); pins
+/// are on the same bpffs either way. Must run before the process starts threads.
+pub fn hide_kernel_btf_from_aya() -> std::result::Result<(), String> {
+    use std::ffi::CString;
+    if kernel_btf().is_none() {
+        return Err("no kernel BTF to share".into());
+    }
+    let target = CString::new("/sys/kernel/btf/vmlinux").map_err(|e| e.to_string())?;
+    let dev_null = CString::new("/dev/null").map_err(|e| e.to_string())?;
+    let root = CString::new("/").map_err(|e| e.to_string())?;
+    let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain syscalls with valid NUL-terminated strings and null optional args.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(err("unshare(CLONE_NEWNS)"));
+        }
+        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null())
+            != 0
+        {
+            return Err(err("making mounts private to the agent"));
+        }
+        if libc::mount(dev_null.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            return Err(err("bind-mounting /dev/null over /sys/kernel/btf/vmlinux"));
+        }
+    }
+    Ok(())
+}
+
+/// Loads objects with the shared kernel BTF.
 pub struct Loader {
-    btf: Option<Btf>,
+    btf: Option<&'static Btf>,
 }
 
 impl Loader {
     pub fn new() -> Self {
-        let btf = match Btf::from_sys_fs() {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(error = %e, "kernel BTF unavailable: CO-RE relocations and Fentry/Fexit/Lsm will fail");
-                None
-            }
-        };
-        Self { btf }
+        Self { btf: kernel_btf() }
     }
 
-    pub fn btf(&self) -> Option<&Btf> {
-        self.btf.as_ref()
+    pub fn btf(&self) -> Option<&'static Btf> {
+        self.btf
     }
 
     /// Parse the object, patch globals, create (or reuse) pinned maps. Programs are
@@ -47,7 +87,7 @@ impl Loader {
         map_pins: &BTreeMap<String, PathBuf>,
     ) -> Result<Ebpf> {
         let mut loader = EbpfLoader::new();
-        loader.btf(self.btf.as_ref());
+        loader.btf(self.btf);
         for (name, value) in globals {
             loader.override_global(name.as_str(), value.as_slice(), true);
         }

@@ -59,10 +59,17 @@ struct Args {
     log_json: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_json);
+    // Before any thread exists: see `hide_kernel_btf_from_aya`.
+    if let Err(e) = agent::loader::hide_kernel_btf_from_aya() {
+        tracing::warn!(error = %e, "cannot share the parsed kernel BTF with aya; every load parses it again (slower)");
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     agent::kernel::raise_memlock();
     agent::kernel::check_bpffs(&args.bpffs_root)?;
     // Refuse a bad configuration before recovery touches anything in bpffs.
