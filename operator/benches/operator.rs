@@ -192,6 +192,8 @@ fn target_dir() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the operator's main does.
+    operator::alloc::limit_malloc_arenas();
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -15,3 +15,4 @@ pub mod resync;
 pub mod status;
 pub mod targets;
 pub mod uninstall;
+pub mod alloc;
