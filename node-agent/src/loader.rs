@@ -52,8 +52,13 @@ pub fn hide_kernel_btf_from_aya() -> std::result::Result<(), String> {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             return Err(err("unshare(CLONE_NEWNS)"));
         }
-        if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null())
-            != 0
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
         {
             return Err(err("making mounts private to the agent"));
         }
