@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (docs/benchmarks.md): load+attach latency of each example program through
-# the agent, interleaved in one run with libbpf, the bpftool/tc command line and plain
+# the agent (in a worker process set up as bpfleet-agent is: kernel BTF hidden from aya),
+# interleaved in one run with libbpf, the bpftool/tc command line and plain
 # aya; then the agent's memory idle and with 100 programs. Prints markdown tables on
 # stdout (progress on stderr). Root only; about 2-3 minutes.
 #

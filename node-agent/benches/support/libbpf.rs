@@ -24,6 +24,21 @@ struct UprobeOpts {
 
 type Ptr = *mut c_void;
 
+/// A function of the library behind `handle`, as the function pointer type `F`.
+///
+/// # Safety
+/// `F` must be the `extern "C"` signature the library declares for `name`.
+unsafe fn sym<F: Copy>(handle: Ptr, name: &CStr) -> anyhow::Result<F> {
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<Ptr>());
+    // SAFETY: a valid handle and a NUL-terminated name.
+    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
+    if p.is_null() {
+        bail!("libbpf.so.1 has no {name:?}");
+    }
+    // SAFETY: same size, and the caller vouches for the signature.
+    Ok(unsafe { std::mem::transmute_copy::<Ptr, F>(&p) })
+}
+
 /// The libbpf entry points the baseline calls.
 pub struct Libbpf {
     open_mem: unsafe extern "C" fn(*const c_void, usize, *const c_void) -> Ptr,
@@ -90,7 +105,7 @@ fn last_error(what: &str) -> anyhow::Error {
 }
 
 impl Libbpf {
-    /// Open libbpf.so.1; None (with the reason) when the system has none.
+    /// Open libbpf.so.1 (an error when the system has none: the baseline is then skipped).
     pub fn open() -> anyhow::Result<Self> {
         // SAFETY: dlopen/dlsym with NUL-terminated names; every symbol is cast to the
         // signature libbpf 1.x declares for it in libbpf.h / bpf.h.
@@ -99,32 +114,23 @@ impl Libbpf {
             if handle.is_null() {
                 bail!("cannot dlopen libbpf.so.1 (install libbpf1)");
             }
-            let sym = |name: &CStr| -> anyhow::Result<Ptr> {
-                let p = libc::dlsym(handle, name.as_ptr());
-                if p.is_null() { bail!("libbpf.so.1 has no {name:?}") } else { Ok(p) }
-            };
-            macro_rules! f {
-                ($name:literal) => {
-                    std::mem::transmute::<Ptr, _>(sym($name)?)
-                };
-            }
-            let set_print: unsafe extern "C" fn(*const c_void) -> *const c_void = f!(c"libbpf_set_print");
+            let set_print: unsafe extern "C" fn(*const c_void) -> *const c_void = sym(handle, c"libbpf_set_print")?;
             set_print(std::ptr::null()); // quiet: errors are reported through errno
-            let version: unsafe extern "C" fn() -> *const c_char = f!(c"libbpf_version_string");
+            let version: unsafe extern "C" fn() -> *const c_char = sym(handle, c"libbpf_version_string")?;
             Ok(Self {
-                open_mem: f!(c"bpf_object__open_mem"),
-                load: f!(c"bpf_object__load"),
-                close: f!(c"bpf_object__close"),
-                find_program: f!(c"bpf_object__find_program_by_name"),
-                find_map: f!(c"bpf_object__find_map_by_name"),
-                map_initial_value: f!(c"bpf_map__initial_value"),
-                map_set_initial_value: f!(c"bpf_map__set_initial_value"),
-                program_fd: f!(c"bpf_program__fd"),
-                attach: f!(c"bpf_program__attach"),
-                attach_xdp: f!(c"bpf_program__attach_xdp"),
-                attach_uprobe_opts: f!(c"bpf_program__attach_uprobe_opts"),
-                link_create: f!(c"bpf_link_create"),
-                link_destroy: f!(c"bpf_link__destroy"),
+                open_mem: sym(handle, c"bpf_object__open_mem")?,
+                load: sym(handle, c"bpf_object__load")?,
+                close: sym(handle, c"bpf_object__close")?,
+                find_program: sym(handle, c"bpf_object__find_program_by_name")?,
+                find_map: sym(handle, c"bpf_object__find_map_by_name")?,
+                map_initial_value: sym(handle, c"bpf_map__initial_value")?,
+                map_set_initial_value: sym(handle, c"bpf_map__set_initial_value")?,
+                program_fd: sym(handle, c"bpf_program__fd")?,
+                attach: sym(handle, c"bpf_program__attach")?,
+                attach_xdp: sym(handle, c"bpf_program__attach_xdp")?,
+                attach_uprobe_opts: sym(handle, c"bpf_program__attach_uprobe_opts")?,
+                link_create: sym(handle, c"bpf_link_create")?,
+                link_destroy: sym(handle, c"bpf_link__destroy")?,
                 version: CStr::from_ptr(version()).to_string_lossy().into_owned(),
             })
         }

@@ -44,14 +44,15 @@ impl Agent {
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect();
-            bail!(
-                "bpfleet-agent exited ({status}); last log lines:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            bail!("bpfleet-agent exited ({status}); its log ends with:\n{}", self.log_tail());
         }
         Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
     }
 }
 
@@ -64,7 +65,7 @@ impl Drop for Agent {
 }
 
 /// A line of /proc/PID/status in kB, e.g. VmRSS.
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -108,7 +109,7 @@ fn wait_for(agent: &mut Agent, what: &str, timeout: Duration, mut done: impl FnM
     while !done() {
         agent.check_alive()?;
         if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what} (agent log: {})", agent.log.display());
+            bail!("timed out after {timeout:?} waiting for {what}; the agent log ends with:\n{}", agent.log_tail());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -43,7 +43,19 @@ pub(super) fn attach(
             for n in names {
                 let hook = n.to_string();
                 check_tracepoint(name, &n.category, &n.name)?;
-                let lid = tp.attach(&n.category, &n.name).map_err(|e| attach_err(name, &hook, e))?;
+                let lid = tp.attach(&n.category, &n.name).map_err(|e| {
+                    if chain(&e).contains("os error 7") {
+                        AgentError::for_program(
+                            Reason::AttachFailed,
+                            name.as_str(),
+                            format!(
+                                "tracepoint {hook} already runs 64 BPF programs, the kernel's limit per tracepoint"
+                            ),
+                        )
+                    } else {
+                        attach_err(name, &hook, e)
+                    }
+                })?;
                 keep!(tp, lid, hook);
             }
             id

@@ -4,29 +4,34 @@
 //! everything and runs it; docs/benchmarks.md explains each column.
 //!
 //! Everything happens in a private network namespace (its `lo` carries the XDP and TC
-//! programs) and under a private bpffs directory, both gone when the bench ends.
+//! programs) and under a private bpffs directory, both gone when the bench ends. The
+//! agent method runs in a worker process exactly as `bpfleet-agent` does (kernel BTF
+//! hidden from aya, see `worker.rs`); the baselines run here, where it is not hidden.
 
+#[path = "../../benches/support/baselines.rs"]
+mod baselines;
+#[path = "../../benches/support/kernel.rs"]
+mod kernel;
 #[path = "../../benches/support/libbpf.rs"]
 mod libbpf;
+#[path = "../../benches/support/report.rs"]
+mod report;
 #[path = "../../benches/support/rss.rs"]
 mod rss;
+#[path = "../../benches/support/worker.rs"]
+mod worker;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::attach::TcBackend;
-use agent::manager::{AgentConfig, Manager};
-use agent::request::input_from_manifest;
 use anyhow::{Context, bail};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
-use aya::programs::{ProgramInfo, SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp, XdpMode};
-use aya::{Btf, EbpfLoader};
+use aya::Btf;
 use clap::Parser;
-use libbpf::{Libbpf, LibbpfHook};
+use libbpf::Libbpf;
 use object::{Object, ObjectSymbol};
+use worker::{AgentWorker, WorkerSetup};
 
 #[derive(Parser, Debug)]
 #[command(name = "bpfleet-bench", about = "Load+attach latency and memory of bpfleet-agent against libbpf and bpftool")]
@@ -43,11 +48,22 @@ struct Args {
     /// Only these programs (comma-separated: xdp_counter,tc_counter,tracepoint_openat,uprobe_counter,global_data).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these methods (comma-separated: agent,libbpf,cli,aya).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    methods: Vec<Method>,
     /// Binary and symbol the uprobe example attaches to.
     #[arg(long, default_value = "/usr/bin/bash")]
     uprobe_target: PathBuf,
     #[arg(long, default_value = "readline")]
     uprobe_symbol: String,
+    /// Pause after each clean-up, so the kernel's deferred teardown of the hooks (RCU
+    /// grace periods) ends before the next run starts instead of inside its timing.
+    #[arg(long, default_value_t = 100)]
+    pause_ms: u64,
+    /// The same for uprobes, whose teardown takes longer: registering a uprobe while the
+    /// previous one at the same place is still being freed waits for it (up to ~200 ms).
+    #[arg(long, default_value_t = 250)]
+    uprobe_pause_ms: u64,
     /// Parent of the agent's state directories: tmpfs, as /run/bpfleet is on a node.
     #[arg(long, default_value = "/dev/shm")]
     state_base: PathBuf,
@@ -99,7 +115,20 @@ const CASES: &[Case] = &[
     Case { name: "global_data", programs: &[("sampled_count", Hook::Xdp)], sample_rate: Some(4) },
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// The memory measurement's programs: tracepoint_openat.o spread over four tracepoints,
+/// because the kernel runs at most 64 BPF programs per tracepoint (E2BIG beyond).
+const RSS_CASES: [Case; 4] = [
+    rss_case(&[("count_openat", Hook::Tracepoint("syscalls", "sys_enter_openat"))]),
+    rss_case(&[("count_openat", Hook::Tracepoint("syscalls", "sys_exit_openat"))]),
+    rss_case(&[("count_openat", Hook::Tracepoint("syscalls", "sys_enter_close"))]),
+    rss_case(&[("count_openat", Hook::Tracepoint("syscalls", "sys_exit_close"))]),
+];
+
+const fn rss_case(programs: &'static [(&'static str, Hook)]) -> Case {
+    Case { name: "tracepoint_openat", programs, sample_rate: None }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 enum Method {
     Agent,
     Libbpf,
@@ -115,6 +144,9 @@ struct Dirs {
     bpffs: PathBuf,
     state: PathBuf,
     work: PathBuf,
+    /// Whether iproute2's bpffs directories (tc/globals, and ip and xdp linking to it)
+    /// were absent before `tc filter … bpf` created them.
+    iproute2_dirs_are_ours: bool,
 }
 
 impl Drop for Dirs {
@@ -122,21 +154,34 @@ impl Drop for Dirs {
         for d in [&self.bpffs, &self.state, &self.work] {
             let _ = std::fs::remove_dir_all(d);
         }
+        if self.iproute2_dirs_are_ours {
+            let fs = Path::new("/sys/fs/bpf");
+            // Only while empty: anything in them is someone else's.
+            if std::fs::remove_dir(fs.join("tc/globals")).is_ok() && std::fs::remove_dir(fs.join("tc")).is_ok() {
+                for link in ["ip", "xdp"] {
+                    if fs.join(link).read_link().is_ok() {
+                        let _ = std::fs::remove_file(fs.join(link));
+                    }
+                }
+            }
+        }
     }
 }
 
 struct Bench {
     args: Args,
     examples: PathBuf,
+    /// The agent method's process; declared before `dirs` so that it has exited (and
+    /// released what it holds) before they are removed.
+    worker: Option<AgentWorker>,
     dirs: Dirs,
-    rt: tokio::runtime::Runtime,
-    manager: Arc<Manager>,
     libbpf: Option<Libbpf>,
     /// Object bytes by case name.
     objects: BTreeMap<&'static str, Vec<u8>>,
     /// Offset of SAMPLE_RATE in global_data.o's .rodata (for libbpf).
     sample_rate_offset: usize,
-    /// Every program id loaded, to prove at the end that none is left.
+    /// Programs loaded by the current run, and by every run so far.
+    run_ids: HashSet<u32>,
     program_ids: HashSet<u32>,
 }
 
@@ -148,12 +193,17 @@ struct Timings {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The agent worker (this binary re-executed by `Bench::start_worker`) goes its own way
+    // before anything else, as bpfleet-agent's main() does.
+    if std::env::args_os().nth(1).is_some_and(|a| a == worker::SUBCOMMAND) {
+        return worker::main();
+    }
     let args = Args::parse();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("run as root: the bench loads eBPF programs (sudo scripts/bench.sh)");
     }
-    // Before any thread exists, so every thread (and child) shares the private namespace.
+    // Before any thread or child exists, so all of them (the agent worker too) share it.
     // SAFETY: unshare on the only thread of the process.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         bail!("cannot create a private network namespace: {}", std::io::Error::last_os_error());
@@ -166,20 +216,25 @@ fn main() -> anyhow::Result<()> {
     }
     remove_stale_runs();
 
+    let btf_kib = btf_resident_kib();
     let mut bench = Bench::new(args)?;
     let env = environment(bench.libbpf.as_ref());
     let btf = measure_btf_parse(10);
     let mut results = Vec::new();
     if !bench.args.skip_latency {
+        bench.start_worker()?;
         let only = bench.args.only.clone();
         for case in CASES.iter().filter(|c| only.is_empty() || only.iter().any(|o| o == c.name)) {
             results.push((case, bench.run_case(case)?));
         }
     }
+    if let Some(mut w) = bench.worker.take() {
+        w.stop()?;
+    }
     let rss = if bench.args.skip_rss { None } else { Some(bench.measure_rss()?) };
     bench.check_nothing_left()?;
 
-    print_report(&bench, &env, &btf, &results, rss.as_ref());
+    print_report(&bench, &env, (&btf, btf_kib), &results, rss.as_ref());
     Ok(())
 }
 
@@ -192,6 +247,7 @@ impl Bench {
             bpffs: Path::new("/sys/fs/bpf").join(&tag),
             state: args.state_base.join(&tag),
             work: std::env::temp_dir().join(&tag),
+            iproute2_dirs_are_ours: !Path::new("/sys/fs/bpf/tc").exists(),
         };
         for d in [&dirs.bpffs, &dirs.state, &dirs.work] {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -210,46 +266,36 @@ impl Bench {
                 None
             }
         };
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        let manager = Manager::new(AgentConfig {
-            node_name: "bench".into(),
-            bpffs_root: dirs.bpffs.join("agent"),
-            state_dir: dirs.state.join("agent"),
-            tc_backend: TcBackend::Auto,
-        })?;
-        Ok(Self { args, examples, dirs, rt, manager, libbpf, objects, sample_rate_offset, program_ids: HashSet::new() })
+        Ok(Self {
+            args,
+            examples,
+            worker: None,
+            dirs,
+            libbpf,
+            objects,
+            sample_rate_offset,
+            run_ids: HashSet::new(),
+            program_ids: HashSet::new(),
+        })
     }
 
-    /// A BpfProgram manifest of `case` named `name`, loading from the examples directory.
-    fn manifest(&self, case: &Case, name: &str) -> String {
-        let mut programs = String::new();
-        for (prog, hook) in case.programs {
-            let attach = match hook {
-                Hook::Xdp => "type: XDP\n      xdp: {interfaces: [lo], mode: Generic}".to_string(),
-                Hook::Tc => "type: TC\n      tc: {interfaces: [lo], direction: Ingress, priority: 100}".to_string(),
-                Hook::Tracepoint(cat, tp) => format!("type: Tracepoint\n      tracepoint: {{names: [{cat}/{tp}]}}"),
-                Hook::Uprobe | Hook::Uretprobe => {
-                    let key = if matches!(hook, Hook::Uprobe) { "uprobe" } else { "uretprobe" };
-                    let kind = if matches!(hook, Hook::Uprobe) { "Uprobe" } else { "Uretprobe" };
-                    format!(
-                        "type: {kind}\n      {key}: {{target: {}, symbol: {}}}",
-                        self.args.uprobe_target.display(),
-                        self.args.uprobe_symbol
-                    )
-                }
-            };
-            programs.push_str(&format!("    - name: {prog}\n      {attach}\n"));
+    /// Start the agent worker, if the agent method runs.
+    fn start_worker(&mut self) -> anyhow::Result<()> {
+        if !self.args.methods.is_empty() && !self.args.methods.contains(&Method::Agent) {
+            return Ok(());
         }
-        let globals = match case.sample_rate {
-            Some(r) => format!("  globalData: {{SAMPLE_RATE: \"{}\"}}\n", base64(&r.to_le_bytes())),
-            None => String::new(),
-        };
-        format!(
-            "apiVersion: bpfleet.dev/v1alpha1\nkind: BpfProgram\nmetadata: {{name: {name}}}\nspec:\n  nodeSelector: {{}}\n  \
-             bytecode: {{path: \"{}/{}.o\"}}\n{globals}  programs:\n{programs}",
-            self.examples.display(),
-            case.name
-        )
+        self.worker = Some(AgentWorker::spawn(&WorkerSetup {
+            examples: &self.examples,
+            uprobe_target: &self.args.uprobe_target,
+            uprobe_symbol: &self.args.uprobe_symbol,
+            bpffs_root: self.dirs.bpffs.join("agent"),
+            state_dir: self.dirs.state.join("agent"),
+        })?);
+        Ok(())
+    }
+
+    fn manifest(&self, case: &Case, name: &str) -> String {
+        manifest(case, name, &self.examples, &self.args.uprobe_target, &self.args.uprobe_symbol)
     }
 
     /// Every method on one case, interleaved: iteration i runs the methods in an order
@@ -260,8 +306,12 @@ impl Bench {
             case.name, self.args.warmup, self.args.iterations
         );
         let mut t = Timings::default();
-        let methods: Vec<Method> =
-            METHODS.iter().copied().filter(|m| *m != Method::Libbpf || self.libbpf.is_some()).collect();
+        let methods: Vec<Method> = METHODS
+            .iter()
+            .copied()
+            .filter(|m| self.args.methods.is_empty() || self.args.methods.contains(m))
+            .filter(|m| *m != Method::Libbpf || self.libbpf.is_some())
+            .collect();
         for i in 0..self.args.warmup + self.args.iterations {
             let timed = i >= self.args.warmup;
             for k in 0..methods.len() {
@@ -278,154 +328,34 @@ impl Bench {
         Ok(t)
     }
 
-    /// One load+attach by `m`, then its clean-up. Returns the load+attach time and, for
-    /// the agent, the time of its Remove.
+    /// One load+attach by `m`, then its clean-up, which ends only when the kernel has
+    /// released its programs. Returns the load+attach time and, for the agent, the time
+    /// of its Remove.
     fn once(&mut self, case: &Case, m: Method, i: usize) -> anyhow::Result<(Duration, Option<Duration>)> {
-        match m {
+        self.run_ids.clear();
+        let timing = match m {
             Method::Agent => self.agent_once(case, i).map(|(l, r)| (l, Some(r))),
             Method::Libbpf => self.libbpf_once(case).map(|l| (l, None)),
             Method::Cli => self.cli_once(case, i).map(|l| (l, None)),
             Method::Aya => self.aya_once(case).map(|l| (l, None)),
+        }?;
+        if let Err(left) = kernel::wait_gone(&self.run_ids, Duration::from_secs(5)) {
+            bail!("programs {left:?} are still loaded 5 s after their clean-up");
         }
+        self.program_ids.extend(self.run_ids.iter().copied());
+        let uprobe = case.programs.iter().any(|(_, h)| matches!(h, Hook::Uprobe | Hook::Uretprobe));
+        std::thread::sleep(Duration::from_millis(if uprobe { self.args.uprobe_pause_ms } else { self.args.pause_ms }));
+        Ok(timing)
     }
 
     /// The agent's whole Apply path (ELF checks, maps created and pinned, load, verify,
-    /// attach, pin programs and links, owner record written) for a fresh owner, then Remove.
+    /// attach, pin programs and links, owner record written) for a fresh owner, then
+    /// Remove; both run and are timed in the agent worker.
     fn agent_once(&mut self, case: &Case, i: usize) -> anyhow::Result<(Duration, Duration)> {
-        let name = format!("bench-{}-{i}", case.name.replace('_', "-"));
-        let obj: crds::BpfProgram = serde_yaml::from_str(&self.manifest(case, &name))?;
-        let input = input_from_manifest(&obj)?;
-        let uid = input.uid.clone();
-        let start = Instant::now();
-        let (state, _) = self.rt.block_on(self.manager.apply(input))?;
-        let load = start.elapsed();
-        self.program_ids.extend(state.attached.iter().map(|p| p.program_id));
-        let start = Instant::now();
-        self.rt.block_on(self.manager.remove(&uid))?;
-        Ok((load, start.elapsed()))
-    }
-
-    /// libbpf in this process: open from memory, load, attach; nothing pinned.
-    fn libbpf_once(&mut self, case: &Case) -> anyhow::Result<Duration> {
-        let Some(lib) = &self.libbpf else { bail!("libbpf unavailable") };
-        let hooks: Vec<(&str, LibbpfHook)> = case
-            .programs
-            .iter()
-            .map(|(name, hook)| {
-                let h = match hook {
-                    Hook::Xdp => LibbpfHook::Xdp { ifindex: 1 },
-                    Hook::Tc => LibbpfHook::Tcx { ifindex: 1 },
-                    Hook::Tracepoint(..) => LibbpfHook::FromSection,
-                    Hook::Uprobe | Hook::Uretprobe => LibbpfHook::Uprobe {
-                        target: &self.args.uprobe_target,
-                        symbol: &self.args.uprobe_symbol,
-                        retprobe: matches!(hook, Hook::Uretprobe),
-                    },
-                };
-                (*name, h)
-            })
-            .collect();
-        let rate = case.sample_rate.map(u32::to_le_bytes);
-        let patch = rate.as_ref().map(|r| (self.sample_rate_offset, &r[..]));
-        let start = Instant::now();
-        let loaded = lib.run(&self.objects[case.name], patch, &hooks)?;
-        let elapsed = start.elapsed();
-        self.program_ids.extend(loaded.program_fds.iter().filter_map(|fd| libbpf::program_id(*fd)));
-        drop(loaded);
-        Ok(elapsed)
-    }
-
-    /// The command line, timed as whole processes: `bpftool prog load` + `bpftool net
-    /// attach xdpgeneric` (XDP), `bpftool prog load` + `tc filter add … bpf da pinned`
-    /// (TC). bpftool 7.1 cannot attach tracepoints or uprobes: those are load only.
-    fn cli_once(&mut self, case: &Case, i: usize) -> anyhow::Result<Duration> {
-        let obj = self.examples.join(format!("{}.o", case.name));
-        let pin = self.dirs.bpffs.join("cli").join(format!("{}-{i}", case.name));
-        let (o, p) = (obj.to_str().context("object path")?, pin.to_str().context("pin path")?);
-        let hook = case.programs[0].1;
-        let start = Instant::now();
-        match hook {
-            Hook::Xdp => {
-                sh("bpftool", &["prog", "load", o, p, "type", "xdp"])?;
-                sh("bpftool", &["net", "attach", "xdpgeneric", "pinned", p, "dev", "lo"])?;
-            }
-            Hook::Tc => {
-                sh("bpftool", &["prog", "load", o, p, "type", "classifier"])?;
-                sh(
-                    "tc",
-                    &["filter", "add", "dev", "lo", "ingress", "pref", "100", "bpf", "direct-action", "pinned", p],
-                )?;
-            }
-            Hook::Tracepoint(..) => sh("bpftool", &["prog", "load", o, p])?,
-            Hook::Uprobe | Hook::Uretprobe => sh("bpftool", &["prog", "loadall", o, p])?,
-        }
-        let elapsed = start.elapsed();
-        let pins: Vec<PathBuf> = if pin.is_dir() {
-            std::fs::read_dir(&pin)?.flatten().map(|e| e.path()).collect()
-        } else {
-            vec![pin.clone()]
-        };
-        for p in &pins {
-            self.program_ids.insert(ProgramInfo::from_pin(p)?.id());
-        }
-        match hook {
-            Hook::Xdp => sh("bpftool", &["net", "detach", "xdpgeneric", "dev", "lo"])?,
-            Hook::Tc => sh("tc", &["filter", "del", "dev", "lo", "ingress", "pref", "100"])?,
-            _ => {}
-        }
-        if pin.is_dir() {
-            std::fs::remove_dir_all(&pin)?
-        } else {
-            std::fs::remove_file(&pin)?
-        }
-        Ok(elapsed)
-    }
-
-    /// aya 0.14 used plainly: `EbpfLoader::new()` (which parses the kernel's BTF), load,
-    /// attach; nothing pinned. Dropping the `Ebpf` detaches and unloads.
-    fn aya_once(&mut self, case: &Case) -> anyhow::Result<Duration> {
-        let bytes = &self.objects[case.name];
-        let rate = case.sample_rate.map(u32::to_le_bytes);
-        let start = Instant::now();
-        let mut loader = EbpfLoader::new();
-        if let Some(r) = &rate {
-            loader.override_global("SAMPLE_RATE", &r[..], true);
-        }
-        let mut ebpf = loader.load(bytes)?;
-        for (name, hook) in case.programs {
-            let prog = ebpf.program_mut(name).with_context(|| format!("no program {name}"))?;
-            match hook {
-                Hook::Xdp => {
-                    let p: &mut Xdp = prog.try_into()?;
-                    p.load()?;
-                    p.attach("lo", XdpMode::Skb)?;
-                }
-                Hook::Tc => {
-                    let p: &mut SchedClassifier = prog.try_into()?;
-                    p.load()?;
-                    p.attach("lo", TcAttachType::Ingress)?;
-                }
-                Hook::Tracepoint(category, tp) => {
-                    let p: &mut TracePoint = prog.try_into()?;
-                    p.load()?;
-                    p.attach(category, tp)?;
-                }
-                Hook::Uprobe | Hook::Uretprobe => {
-                    let p: &mut UProbe = prog.try_into()?;
-                    p.load()?;
-                    let at = UProbeAttachLocation::Symbol(&self.args.uprobe_symbol);
-                    p.attach(at, &self.args.uprobe_target, UProbeScope::AllProcesses)?;
-                }
-            }
-        }
-        let elapsed = start.elapsed();
-        for (name, _) in case.programs {
-            if let Some(p) = ebpf.program(name) {
-                self.program_ids.insert(p.info()?.id());
-            }
-        }
-        drop(ebpf);
-        Ok(elapsed)
+        let w = self.worker.as_mut().context("the agent worker is not running")?;
+        let (load, ids) = w.apply(case.name, i)?;
+        self.run_ids.extend(ids);
+        Ok((load, w.remove(case.name, i)?))
     }
 
     fn measure_rss(&mut self) -> anyhow::Result<rss::RssReport> {
@@ -435,9 +365,9 @@ impl Bench {
         };
         let n = self.args.rss_programs;
         eprintln!("== agent memory: {} idle, then with {n} programs", agent_bin.display());
-        let tp = CASES.iter().find(|c| c.name == "tracepoint_openat").context("tracepoint case")?;
-        let manifests =
-            (0..n).map(|i| (format!("rss-{i:03}.yaml"), self.manifest(tp, &format!("rss-{i:03}")))).collect();
+        let manifests = (0..n)
+            .map(|i| (format!("rss-{i:03}.yaml"), self.manifest(&RSS_CASES[i % 4], &format!("rss-{i:03}"))))
+            .collect();
         rss::measure(&rss::RssSetup {
             agent_bin: &agent_bin,
             bpffs_root: self.dirs.bpffs.join("rss"),
@@ -466,6 +396,34 @@ impl Bench {
         }
         bail!("programs left in the kernel after the bench: {left:?}")
     }
+}
+
+/// A BpfProgram manifest of `case` named `name`, loading from the examples directory.
+fn manifest(case: &Case, name: &str, examples: &Path, uprobe_target: &Path, uprobe_symbol: &str) -> String {
+    let mut programs = String::new();
+    for (prog, hook) in case.programs {
+        let attach = match hook {
+            Hook::Xdp => "type: XDP\n      xdp: {interfaces: [lo], mode: Generic}".to_string(),
+            Hook::Tc => "type: TC\n      tc: {interfaces: [lo], direction: Ingress, priority: 100}".to_string(),
+            Hook::Tracepoint(cat, tp) => format!("type: Tracepoint\n      tracepoint: {{names: [{cat}/{tp}]}}"),
+            Hook::Uprobe | Hook::Uretprobe => {
+                let key = if matches!(hook, Hook::Uprobe) { "uprobe" } else { "uretprobe" };
+                let kind = if matches!(hook, Hook::Uprobe) { "Uprobe" } else { "Uretprobe" };
+                format!("type: {kind}\n      {key}: {{target: {}, symbol: {uprobe_symbol}}}", uprobe_target.display())
+            }
+        };
+        programs.push_str(&format!("    - name: {prog}\n      {attach}\n"));
+    }
+    let globals = match case.sample_rate {
+        Some(r) => format!("  globalData: {{SAMPLE_RATE: \"{}\"}}\n", base64(&r.to_le_bytes())),
+        None => String::new(),
+    };
+    format!(
+        "apiVersion: bpfleet.dev/v1alpha1\nkind: BpfProgram\nmetadata: {{name: {name}}}\nspec:\n  nodeSelector: {{}}\n  \
+         bytecode: {{path: \"{}/{}.o\"}}\n{globals}  programs:\n{programs}",
+        examples.display(),
+        case.name
+    )
 }
 
 /// Run a command; fail with its stderr.
@@ -528,6 +486,15 @@ fn measure_btf_parse(n: usize) -> Vec<Duration> {
     v
 }
 
+/// Resident memory a parsed kernel BTF holds (measured first, in a fresh process).
+fn btf_resident_kib() -> Option<u64> {
+    let before = rss::status_kib(std::process::id(), "VmRSS").ok()?;
+    let btf = Btf::from_sys_fs().ok()?;
+    let after = rss::status_kib(std::process::id(), "VmRSS").ok()?;
+    drop(btf);
+    Some(after.saturating_sub(before))
+}
+
 fn environment(libbpf: Option<&Libbpf>) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -540,102 +507,43 @@ fn environment(libbpf: Option<&Libbpf>) -> String {
     format!("kernel {}, {cpus} CPUs, {bpftool}, libbpf {libbpf}", kernel.trim())
 }
 
-/// Nearest-rank percentile of sorted samples.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1e3)
-}
-
-fn sorted(v: &[Duration]) -> Vec<Duration> {
-    let mut s = v.to_vec();
-    s.sort();
-    s
-}
-
-/// "p50 / p90" in ms.
-fn p50_p90(v: &[Duration]) -> String {
-    if v.is_empty() {
-        return "—".into();
-    }
-    let s = sorted(v);
-    format!("{} / {}", ms(pct(&s, 50.0)), ms(pct(&s, 90.0)))
-}
-
-/// Ratio of p50s, then the median of the per-iteration ratios (runs i of both methods
-/// are neighbours in time, so this one cancels most of the machine's drift).
-fn ratio(agent: &[Duration], base: &[Duration]) -> String {
-    if agent.is_empty() || base.is_empty() {
-        return "—".into();
-    }
-    let r = pct(&sorted(agent), 50.0).as_secs_f64() / pct(&sorted(base), 50.0).as_secs_f64();
-    let mut paired: Vec<f64> = agent.iter().zip(base).map(|(a, b)| a.as_secs_f64() / b.as_secs_f64()).collect();
-    paired.sort_by(f64::total_cmp);
-    let mark = if r <= 1.5 { "✓" } else { "✗" };
-    format!("**{r:.2}×** {mark} ({:.2}×)", paired[paired.len() / 2])
-}
-
 fn print_report(
     bench: &Bench,
     env: &str,
-    btf: &[Duration],
+    (btf, btf_kib): (&[Duration], Option<u64>),
     results: &[(&Case, Timings)],
     rss: Option<&rss::RssReport>,
 ) {
-    let n = bench.args.iterations;
     println!("Machine: {env}.\n");
     if !results.is_empty() {
-        println!(
-            "Load + attach, milliseconds, {n} interleaved iterations per cell (p50 / p90). Ratios: agent p50 ÷ baseline p50 (✓ when ≤ 1.5×), then the median of per-iteration ratios.\n"
-        );
-        println!(
-            "| Program | agent | libbpf (in-process) | agent ÷ libbpf | bpftool + tc CLI | agent ÷ CLI | aya 0.14, no cache | agent Remove |"
-        );
-        println!("|---|---|---|---|---|---|---|---|");
-        for (case, t) in results {
-            let get = |m| t.load.get(&m).map(Vec::as_slice).unwrap_or_default();
-            let cli_attaches = matches!(case.programs[0].1, Hook::Xdp | Hook::Tc);
-            let (cli, cli_ratio) = if cli_attaches {
-                (p50_p90(get(Method::Cli)), ratio(get(Method::Agent), get(Method::Cli)))
-            } else {
-                (format!("{} (load only)", p50_p90(get(Method::Cli))), "n/a".into())
-            };
-            println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                case.name,
-                p50_p90(get(Method::Agent)),
-                p50_p90(get(Method::Libbpf)),
-                ratio(get(Method::Agent), get(Method::Libbpf)),
-                cli,
-                cli_ratio,
-                p50_p90(get(Method::Aya)),
-                p50_p90(&t.agent_remove),
-            );
-        }
-        println!();
+        let rows: Vec<report::Row> = results
+            .iter()
+            .map(|(case, t)| {
+                let get = |m| t.load.get(&m).map(Vec::as_slice).unwrap_or_default();
+                report::Row {
+                    program: case.name,
+                    agent: get(Method::Agent),
+                    agent_remove: &t.agent_remove,
+                    libbpf: get(Method::Libbpf),
+                    cli: get(Method::Cli),
+                    cli_attaches: matches!(case.programs[0].1, Hook::Xdp | Hook::Tc),
+                    aya: get(Method::Aya),
+                }
+            })
+            .collect();
+        println!("{}", report::latency_table(bench.args.iterations, &rows));
     }
     if !btf.is_empty() {
         println!(
-            "Parsing the kernel's BTF with aya (`Btf::from_sys_fs`): p50 {} ms, p90 {} ms ({} runs).\n",
-            ms(pct(btf, 50.0)),
-            ms(pct(btf, 90.0)),
-            btf.len()
+            "Parsing the kernel's BTF with aya (`Btf::from_sys_fs`): p50 {} ms, p90 {} ms ({} runs); \
+             one parsed copy holds {:.1} MiB.\n",
+            report::ms(report::pct(btf, 50.0)),
+            report::ms(report::pct(btf, 90.0)),
+            btf.len(),
+            btf_kib.unwrap_or_default() as f64 / 1024.0
         );
     }
     if let Some(r) = rss {
-        let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
-        let mark = if r.idle_kib <= 20 * 1024 { "✓" } else { "✗" };
-        println!("| bpfleet-agent (standalone) | VmRSS |\n|---|---|");
-        println!("| idle, no manifests | {} {mark} (target ≤ 20 MiB) |", mib(r.idle_kib));
-        println!("| {} tracepoint programs loaded | {} |", r.programs, mib(r.loaded_kib));
-        println!("| peak over the run (VmHWM) | {} |", mib(r.peak_kib));
-        println!(
-            "\nLoading the {} manifests took {:.2} s from the first file written to the last program pinned.",
-            r.programs,
-            r.load_all.as_secs_f64()
-        );
+        print!("{}", report::rss_table(r));
     }
 }
