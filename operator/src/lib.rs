@@ -2,6 +2,7 @@
 //! The pure core (`targets`, `plan`, `status`, `drift`) decides; the edges (kube, gRPC)
 //! only carry out and observe.
 
+pub mod alloc;
 pub mod bpfnode;
 pub mod bytecode;
 pub mod controller;
@@ -15,4 +16,3 @@ pub mod resync;
 pub mod status;
 pub mod targets;
 pub mod uninstall;
-pub mod alloc;
