@@ -225,7 +225,9 @@ async fn dispatch(
         let action = actions.get(&node.name);
         match (action, result) {
             (Some(NodeAction::Remove), Ok(_)) => ctx.index.record_removed(&node.name, uid),
-            (_, Ok(Some(state))) => ctx.index.record_state(&node.name, &state),
+            (_, Ok(Some(state))) => {
+                ctx.index.record_state(&node.name, &state);
+            }
             (_, Ok(None)) => {}
             (Some(NodeAction::Apply(_)), Err(e)) => {
                 tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "apply failed");

@@ -197,6 +197,13 @@ impl AgentPool {
         self.call(node, |mut c| async move { c.list(v1::ListRequest {}).await }).await
     }
 
+    /// Opens the agent's change stream: the current state of every owner first, then
+    /// each change as it happens. Only opening it counts against the concurrency bound
+    /// and the call timeout; the stream stays open until the agent or the caller ends it.
+    pub async fn watch(&self, node: &NodeAddr) -> Result<tonic::Streaming<v1::WatchEvent>, DispatchError> {
+        self.call(node, |mut c| async move { c.watch(v1::WatchRequest {}).await }).await
+    }
+
     /// Runs `f(pool, node)` for every node concurrently and returns every node's result, in
     /// the order of `nodes`. The pool's calls inside `f` are bounded by the pool-wide
     /// `max_concurrency` and each by `call_timeout`, so a slow node holds at most one permit

@@ -72,17 +72,39 @@ impl NodeIndex {
     }
 
     /// An Apply answered: the owner's state on that node.
-    pub fn record_state(&self, node: &str, state: &v1::OwnerState) {
-        let Some(uid) = state.owner.as_ref().map(|o| o.uid.clone()) else { return };
+    /// Returns whether this changes what is known (status must be recomputed).
+    pub fn record_state(&self, node: &str, state: &v1::OwnerState) -> bool {
+        let Some(uid) = state.owner.as_ref().map(|o| o.uid.clone()) else { return false };
         self.write(|m| {
             let e = m.entry(node.to_string()).or_default();
-            e.failures.remove(&uid);
+            let cleared = e.failures.remove(&uid).is_some();
             e.last_report_time = Some(now_rfc3339());
-            match OwnerSummary::of(state) {
-                Some((uid, summary)) => e.owners.insert(uid, summary),
+            let new = OwnerSummary::of(state).map(|(_, s)| s);
+            let old = match &new {
+                Some(s) => e.owners.insert(uid, s.clone()),
                 None => e.owners.remove(&uid),
             };
+            cleared || old != new
         })
+    }
+
+    /// The node's agent cannot be reached: every program it should run is in doubt.
+    /// Returns the uids whose outcome this changes.
+    pub fn record_unreachable<'a>(
+        &self,
+        node: &str,
+        wanted: impl Iterator<Item = (&'a str, &'a str)>,
+        message: &str,
+    ) -> Vec<String> {
+        let outcome = NodeOutcome::Unreachable { message: message.to_string() };
+        let mut changed = Vec::new();
+        for (uid, revision) in wanted {
+            if self.outcome(node, uid, revision) != outcome {
+                self.record_failure(node, uid, revision, outcome.clone());
+                changed.push(uid.to_string());
+            }
+        }
+        changed
     }
 
     /// An Apply of `revision` failed on `node`.
@@ -244,6 +266,21 @@ mod tests {
         assert_eq!(idx.outcome("n1", "u", "r2"), NodeOutcome::Ready);
         idx.record_state("n1", &state("u", "r2", v1::Health::Degraded));
         assert!(matches!(idx.outcome("n1", "u", "r2"), NodeOutcome::Failed { .. }));
+    }
+
+    #[test]
+    fn only_real_changes_ask_for_a_new_status() {
+        let idx = NodeIndex::default();
+        assert!(idx.record_state("n", &state("u", "r1", v1::Health::Healthy)));
+        assert!(!idx.record_state("n", &state("u", "r1", v1::Health::Healthy)), "same report again");
+        assert!(idx.record_state("n", &state("u", "r1", v1::Health::Degraded)));
+        let changed = idx.record_unreachable("n", [("u", "r1"), ("v", "r2")].into_iter(), "connection refused");
+        assert_eq!(changed, ["u", "v"]);
+        assert!(idx.record_unreachable("n", [("u", "r1")].into_iter(), "connection refused").is_empty());
+        assert!(matches!(idx.outcome("n", "v", "r2"), NodeOutcome::Unreachable { .. }));
+        // The agent answers again: its report clears "unreachable".
+        assert!(idx.record_state("n", &state("u", "r1", v1::Health::Healthy)));
+        assert_eq!(idx.outcome("n", "u", "r1"), NodeOutcome::Ready);
     }
 
     #[test]

@@ -176,6 +176,7 @@ async fn run() -> anyhow::Result<()> {
             let (trigger_tx, trigger_rx) = mpsc::channel(1);
             let (targeted_tx, targeted_rx) = mpsc::channel(1024);
             tokio::spawn(resync::watch_nodes(ctx.clone(), writer, trigger_tx));
+            tokio::spawn(resync::watch_agents(ctx.clone(), targeted_tx.clone()));
             tokio::spawn(resync::resync_loop(ctx.clone(), store, resync_every, targeted_tx));
             controller::run(
                 ctx,

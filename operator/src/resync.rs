@@ -21,7 +21,6 @@ use crate::bpfnode;
 use crate::controller::Context;
 use crate::dispatch::NodeAddr;
 use crate::drift::{self, Repair};
-use crate::status::NodeOutcome;
 use crate::targets::NodeInfo;
 
 /// Agent Lists in flight during a resync.
@@ -116,15 +115,7 @@ pub async fn resync_once(
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(node = %addr.name, error = %e, "resync: cannot list agent");
-                // Every program this node should run is now in doubt: say so in status.
-                for (uid, d) in desired.iter().filter(|(_, d)| d.targets.contains(&addr.name)) {
-                    let Some(rev) = &d.revision else { continue };
-                    let outcome = NodeOutcome::Unreachable { message: e.to_string() };
-                    if ctx.index.outcome(&addr.name, uid, rev) != outcome {
-                        ctx.index.record_failure(&addr.name, uid, rev, outcome);
-                        let _ = targeted.try_send(ObjectRef::new(&d.name));
-                    }
-                }
+                mark_unreachable(ctx, &addr.name, &e.to_string(), targeted);
                 continue;
             }
         };
@@ -203,4 +194,84 @@ pub fn targeted_stream(
     rx: mpsc::Receiver<ObjectRef<BpfProgram>>,
 ) -> impl futures::Stream<Item = ObjectRef<BpfProgram>> + Send + 'static {
     tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| r)
+}
+
+/// Every program `node` should run is in doubt: say so in their status.
+fn mark_unreachable(ctx: &Context, node: &str, message: &str, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {
+    let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let wanted = desired
+        .iter()
+        .filter(|(_, d)| d.targets.contains(node))
+        .filter_map(|(uid, d)| d.revision.as_deref().map(|r| (uid.as_str(), r)));
+    for uid in ctx.index.record_unreachable(node, wanted, message) {
+        if let Some(d) = desired.get(&uid) {
+            let _ = targeted.try_send(ObjectRef::new(&d.name));
+        }
+    }
+}
+
+/// How often the set of Watch streams is compared with the set of nodes.
+const WATCH_SUPERVISE_EVERY: Duration = Duration::from_secs(5);
+
+/// Keep one Watch stream open to every agent, so a link removed by hand, a program
+/// gone or an agent dying shows in status at once instead of at the next resync.
+pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<BpfProgram>>) {
+    let _ = ctx.nodes.wait_until_ready().await;
+    let mut streams: HashMap<String, (NodeAddr, tokio::task::JoinHandle<()>)> = HashMap::new();
+    loop {
+        let wanted: HashMap<String, NodeAddr> = ctx
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| NodeInfo::from_node(n))
+            .filter(|i| !i.deleting)
+            .filter_map(|i| i.internal_ip.map(|ip| (i.name.clone(), NodeAddr { name: i.name, ip })))
+            .collect();
+        streams.retain(|name, (addr, task)| {
+            let keep = wanted.get(name) == Some(addr) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, addr) in wanted {
+            if !streams.contains_key(&name) {
+                let task = tokio::spawn(watch_one(ctx.clone(), addr.clone(), targeted.clone()));
+                streams.insert(name, (addr, task));
+            }
+        }
+        tokio::time::sleep(WATCH_SUPERVISE_EVERY).await;
+    }
+}
+
+/// Follow one agent's changes until its stream ends; then mark it unreachable (the
+/// supervisor opens a new stream, subject to the pool's backoff).
+pub async fn watch_one(ctx: Arc<Context>, node: NodeAddr, targeted: mpsc::Sender<ObjectRef<BpfProgram>>) {
+    let why = match ctx.pool.watch(&node).await {
+        Err(e) => e.to_string(),
+        Ok(mut stream) => loop {
+            match stream.message().await {
+                Ok(Some(ev)) => apply_event(&ctx, &node.name, &ev, &targeted),
+                Ok(None) => break format!("agent at {} closed its change stream", node.ip),
+                Err(e) => break format!("agent at {}: change stream broke: {}", node.ip, e.message()),
+            }
+        },
+    };
+    tracing::debug!(node = %node.name, %why, "watch ended");
+    mark_unreachable(&ctx, &node.name, &why, &targeted);
+}
+
+fn apply_event(ctx: &Context, node: &str, ev: &v1::WatchEvent, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {
+    let Some(state) = &ev.state else { return };
+    let Some(owner) = &state.owner else { return };
+    let changed = if ev.kind == v1::watch_event::Kind::Removed as i32 {
+        ctx.index.record_removed(node, &owner.uid);
+        true
+    } else {
+        ctx.index.record_state(node, state)
+    };
+    if changed {
+        tracing::debug!(node, owner = %owner.name, reason = %ev.reason, "agent reported a change");
+        let _ = targeted.try_send(ObjectRef::new(&owner.name));
+    }
 }

@@ -269,8 +269,12 @@ fn node(name: &str, ip: &str) -> NodeAddr {
     NodeAddr { name: name.into(), ip: ip.parse::<IpAddr>().unwrap() }
 }
 
+/// The tests of this file start fleets on the same loopback addresses: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fan_out_to_real_agents() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
     let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
@@ -463,4 +467,63 @@ async fn fan_out_to_real_agents() {
     for (node, result) in remove_all().await {
         assert!(!result.unwrap_or_else(|e| panic!("{}: {e}", node.name)), "{}: removed twice", node.name);
     }
+}
+
+/// The next event of a Watch stream about `uid`, within 10 s.
+async fn next_event_for(stream: &mut tonic::Streaming<v1::WatchEvent>, uid: &str) -> v1::WatchEvent {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no event about {uid} within 10 s"))
+            .expect("stream broke")
+            .expect("stream ended");
+        if ev.state.as_ref().and_then(|s| s.owner.as_ref()).is_some_and(|o| o.uid == uid) {
+            return ev;
+        }
+    }
+}
+
+/// The operator follows each agent's Watch stream: applies, a link removed by hand,
+/// removals and the agent dying all arrive without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_streams_report_changes_and_a_dead_agent() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
+    let node = fleet.nodes()[0].clone();
+    let uid = format!("watch-{}", std::process::id());
+    let mut stream = pool.watch(&node).await.expect("watch");
+
+    let applied = pool.apply(&node, apply_request(&uid, TRACEPOINT)).await.expect("apply");
+    let ev = next_event_for(&mut stream, &uid).await;
+    assert_eq!(ev.kind, v1::watch_event::Kind::Updated as i32);
+    assert_eq!(ev.state.as_ref().unwrap().health, v1::Health::Healthy as i32);
+
+    // Someone removes the link pin on the node: the agent reports it Degraded.
+    let rev = &applied.state.as_ref().unwrap().revision;
+    let link = fleet.agents[0].root.join(&uid).join(rev).join("links/count_openat/0");
+    std::fs::remove_file(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
+    let ev = next_event_for(&mut stream, &uid).await;
+    assert_eq!(ev.state.as_ref().unwrap().health, v1::Health::Degraded as i32, "{ev:?}");
+    assert!(ev.reason.contains("removed by someone else"), "{}", ev.reason);
+
+    assert!(pool.remove(&node, owner(&uid)).await.expect("remove"));
+    let ev = next_event_for(&mut stream, &uid).await;
+    assert_eq!(ev.kind, v1::watch_event::Kind::Removed as i32);
+
+    // The agent dies: the stream ends at once, not at the next resync.
+    let _ = fleet.agents[0].child.kill();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a killed agent must end within 5 s");
 }
