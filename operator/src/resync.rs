@@ -235,10 +235,10 @@ pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<Bp
             keep
         });
         for (name, addr) in wanted {
-            if !streams.contains_key(&name) {
+            streams.entry(name).or_insert_with(|| {
                 let task = tokio::spawn(watch_one(ctx.clone(), addr.clone(), targeted.clone()));
-                streams.insert(name, (addr, task));
-            }
+                (addr, task)
+            });
         }
         tokio::time::sleep(WATCH_SUPERVISE_EVERY).await;
     }
