@@ -270,11 +270,11 @@ fn node(name: &str, ip: &str) -> NodeAddr {
 }
 
 /// The tests of this file start fleets on the same loopback addresses: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fan_out_to_real_agents() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
     let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
@@ -489,7 +489,7 @@ async fn next_event_for(stream: &mut tonic::Streaming<v1::WatchEvent>, uid: &str
 /// removals and the agent dying all arrive without polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_streams_report_changes_and_a_dead_agent() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
     let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
