@@ -313,11 +313,11 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let mut targets =
         ctx.desired.read().unwrap_or_else(|e| e.into_inner()).get(&uid).map(|d| d.targets.clone()).unwrap_or_default();
     targets.extend(target_nodes(&p.spec.node_selector, &nodes).unwrap_or_default());
-    let may_run = ctx.index.may_run(&uid);
+    let listed_runners = ctx.index.listed_runners(&uid);
     let mut addrs = Vec::new();
     let mut waiting = BTreeMap::new();
     for n in &nodes {
-        let relevant = targets.contains(&n.name) || (ctx.index.is_listed(&n.name) && may_run.contains(&n.name));
+        let relevant = targets.contains(&n.name) || listed_runners.contains(&n.name);
         if !relevant {
             continue;
         }

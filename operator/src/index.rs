@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
+use crds::Health;
 use crds::node::{BpfNodeStatus, NodeProgramStatus};
-use crds::{Health, program::NodeFailure};
 use proto::v1;
 
 use crate::plan::Observed;
@@ -163,15 +163,12 @@ impl NodeIndex {
         })
     }
 
-    /// Nodes that run something of `uid`, or whose inventory is not known yet.
-    pub fn may_run(&self, uid: &str) -> BTreeSet<String> {
+    /// Nodes whose last full List reported `uid`. (A node never listed may have reported
+    /// it only in an Apply answer; the caller decides what to do with those.)
+    pub fn listed_runners(&self, uid: &str) -> BTreeSet<String> {
         self.read(|m| {
-            m.iter().filter(|(_, e)| !e.listed || e.owners.contains_key(uid)).map(|(n, _)| n.clone()).collect()
+            m.iter().filter(|(_, e)| e.listed && e.owners.contains_key(uid)).map(|(n, _)| n.clone()).collect()
         })
-    }
-
-    pub fn is_listed(&self, node: &str) -> bool {
-        self.read(|m| m.get(node).is_some_and(|e| e.listed))
     }
 
     /// How `node` stands with revision `want` of `uid`, for status.
@@ -216,25 +213,6 @@ pub fn node_status(list: &v1::ListResponse) -> BpfNodeStatus {
         kernel_release: Some(list.kernel_release.clone()),
         last_report_time: Some(now_rfc3339()),
         programs,
-    }
-}
-
-/// A failure outcome as the status's failure entry (used in messages).
-pub fn failure_of(node: &str, outcome: &NodeOutcome) -> Option<NodeFailure> {
-    match outcome {
-        NodeOutcome::Failed { program, reason, message } => Some(NodeFailure {
-            node: node.into(),
-            program: program.clone(),
-            reason: reason.clone(),
-            message: message.clone(),
-        }),
-        NodeOutcome::Unreachable { message } => Some(NodeFailure {
-            node: node.into(),
-            program: None,
-            reason: "AgentUnreachable".into(),
-            message: message.clone(),
-        }),
-        _ => None,
     }
 }
 
@@ -284,10 +262,10 @@ mod tests {
     }
 
     #[test]
-    fn list_replaces_and_unlisted_nodes_may_run_anything() {
+    fn list_replaces_what_an_apply_reported() {
         let idx = NodeIndex::default();
         idx.record_state("n1", &state("a", "r1", v1::Health::Healthy));
-        assert_eq!(idx.may_run("zzz"), BTreeSet::from(["n1".to_string()]), "n1 never listed");
+        assert!(idx.listed_runners("a").is_empty(), "n1 was never listed");
         let unreachable = NodeOutcome::Unreachable { message: "refused".into() };
         idx.record_failure("n1", "b", "r9", unreachable.clone());
         assert_eq!(idx.outcome("n1", "b", "r9"), unreachable);
@@ -297,7 +275,8 @@ mod tests {
         );
         assert_eq!(cleared, ["b"], "a successful List clears 'unreachable'");
         assert_eq!(idx.outcome("n1", "b", "r9"), NodeOutcome::Ready);
-        assert!(idx.may_run("a").is_empty());
+        assert!(idx.listed_runners("a").is_empty());
+        assert_eq!(idx.listed_runners("b"), BTreeSet::from(["n1".to_string()]));
         assert_eq!(idx.observed("b").len(), 1);
         assert_eq!(idx.all_owners("n1").len(), 1);
         idx.record_removed("n1", "b");

@@ -19,6 +19,7 @@ use operator::index::NodeIndex;
 use operator::metrics::{self, Metrics};
 use operator::{leader, resync};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// BpfPrograms reconciled at once.
@@ -181,8 +182,8 @@ async fn run() -> anyhow::Result<()> {
             controller::run(
                 ctx,
                 programs,
-                resync::trigger_stream(trigger_rx),
-                resync::targeted_stream(targeted_rx),
+                ReceiverStream::new(trigger_rx),
+                ReceiverStream::new(targeted_rx),
                 std::future::pending(),
             )
             .await;

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::bpfnode;
 use crate::controller::Context;
 use crate::dispatch::NodeAddr;
-use crate::drift::{self, Repair};
+use crate::drift::{self, Desired, Repair};
 use crate::targets::NodeInfo;
 
 /// Agent Lists in flight during a resync.
@@ -115,7 +115,7 @@ pub async fn resync_once(
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(node = %addr.name, error = %e, "resync: cannot list agent");
-                mark_unreachable(ctx, &addr.name, &e.to_string(), targeted);
+                mark_unreachable(ctx, &desired, &addr.name, &e.to_string(), targeted);
                 continue;
             }
         };
@@ -184,21 +184,14 @@ async fn publish_on_bpfnode(ctx: &Context, node: &Node, reason: &str, note: Stri
     let _ = rec.publish(&ev, &reference).await;
 }
 
-/// A stream of `()` from a channel, for `Controller::reconcile_all_on`.
-pub fn trigger_stream(rx: mpsc::Receiver<()>) -> impl futures::Stream<Item = ()> + Send + 'static {
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-/// A stream of object references from a channel, for `Controller::reconcile_on`.
-pub fn targeted_stream(
-    rx: mpsc::Receiver<ObjectRef<BpfProgram>>,
-) -> impl futures::Stream<Item = ObjectRef<BpfProgram>> + Send + 'static {
-    tokio_stream::wrappers::ReceiverStream::new(rx).map(|r| r)
-}
-
 /// Every program `node` should run is in doubt: say so in their status.
-fn mark_unreachable(ctx: &Context, node: &str, message: &str, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {
-    let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+fn mark_unreachable(
+    ctx: &Context,
+    desired: &BTreeMap<String, Desired>,
+    node: &str,
+    message: &str,
+    targeted: &mpsc::Sender<ObjectRef<BpfProgram>>,
+) {
     let wanted = desired
         .iter()
         .filter(|(_, d)| d.targets.contains(node))
@@ -258,7 +251,8 @@ pub async fn watch_one(ctx: Arc<Context>, node: NodeAddr, targeted: mpsc::Sender
         },
     };
     tracing::debug!(node = %node.name, %why, "watch ended");
-    mark_unreachable(&ctx, &node.name, &why, &targeted);
+    let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+    mark_unreachable(&ctx, &desired, &node.name, &why, &targeted);
 }
 
 fn apply_event(ctx: &Context, node: &str, ev: &v1::WatchEvent, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {
