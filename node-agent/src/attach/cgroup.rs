@@ -21,7 +21,7 @@ pub(super) fn attach(
     ctx: &AttachCtx<'_>,
     pin: &Path,
 ) -> Result<(u32, Vec<LinkRecord>)> {
-    let skb: &mut CgroupSkb = program.try_into().map_err(|e| super::xdp::wrong_kind(name, e))?;
+    let skb: &mut CgroupSkb = program.try_into().map_err(|e| super::wrong_kind(name, e))?;
     skb.load().map_err(load_error(name, ProgramType::CgroupSkb))?;
     let id = pin_loaded!(skb, name, pin);
     let hook = cgroup.display().to_string();

@@ -112,6 +112,15 @@ fn pin_error(program: &str, path: &Path, e: impl std::error::Error) -> AgentErro
     AgentError::for_program(Reason::PinFailed, program, format!("cannot pin at {}: {msg}", path.display()))
 }
 
+/// The function's ELF section declares another program type than the spec's.
+fn wrong_kind(name: &ProgramName, e: impl std::fmt::Display) -> AgentError {
+    AgentError::for_program(
+        Reason::InvalidSpec,
+        name.as_str(),
+        format!("the function's ELF section does not match its type: {e}"),
+    )
+}
+
 /// Load errors, classified with the program's type.
 fn load_error(program: &ProgramName, t: ProgramType) -> impl FnOnce(ProgramError) -> AgentError + '_ {
     move |e| classify_program_error(program.as_str(), Some(t), e)

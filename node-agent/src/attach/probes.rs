@@ -24,7 +24,7 @@ pub(super) fn attach(
     pin: &Path,
 ) -> Result<(u32, Vec<LinkRecord>)> {
     let t = attach.program_type();
-    let wrong = |e: aya::programs::ProgramError| super::xdp::wrong_kind(name, e);
+    let wrong = |e: aya::programs::ProgramError| super::wrong_kind(name, e);
     let mut links = Vec::new();
     // Pin one link; `$hook` names it in records and messages.
     macro_rules! keep {
@@ -65,18 +65,7 @@ pub(super) fn attach(
             tp.load().map_err(load_error(name, t))?;
             let id = pin_loaded!(tp, name, pin);
             for n in names {
-                let lid = tp.attach(n).map_err(|e| {
-                    let msg = chain(&e);
-                    if msg.contains("os error 2") || msg.contains("No such file") {
-                        AgentError::for_program(
-                            Reason::HookNotFound,
-                            name.as_str(),
-                            format!("raw tracepoint {n:?} does not exist on this kernel"),
-                        )
-                    } else {
-                        attach_err(name, n, e)
-                    }
-                })?;
+                let lid = tp.attach(n).map_err(|e| hook_or_attach(name, n, "raw tracepoint", e))?;
                 keep!(tp, lid, n.clone());
             }
             id

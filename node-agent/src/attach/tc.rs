@@ -46,7 +46,7 @@ pub(super) fn attach(
     ctx: &AttachCtx<'_>,
     pin: &Path,
 ) -> Result<(u32, Vec<LinkRecord>)> {
-    let tc: &mut SchedClassifier = program.try_into().map_err(|e| super::xdp::wrong_kind(name, e))?;
+    let tc: &mut SchedClassifier = program.try_into().map_err(|e| super::wrong_kind(name, e))?;
     tc.load().map_err(load_error(name, ProgramType::Tc))?;
     let id = pin_loaded!(tc, name, pin);
     let attach_type = match direction {

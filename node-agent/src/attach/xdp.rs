@@ -9,7 +9,7 @@ use aya::programs::{Program, Xdp, XdpMode as AyaMode};
 use crds::names::{InterfaceName, ProgramName};
 use crds::program::{ProgramType, XdpMode};
 
-use super::{AttachCtx, Replaced, interface_index, keep_link, load_error, pin_loaded, record};
+use super::{AttachCtx, Replaced, interface_index, keep_link, load_error, pin_loaded, record, wrong_kind};
 use crate::error::{AgentError, Reason, Result, chain};
 use crate::store::{LinkKind, LinkRecord};
 
@@ -99,12 +99,4 @@ fn attach_error(name: &ProgramName, iface: &InterfaceName, e: impl std::error::E
         ""
     };
     AgentError::for_program(Reason::AttachFailed, name.as_str(), format!("attaching to interface {iface}: {msg}{hint}"))
-}
-
-pub(super) fn wrong_kind(name: &ProgramName, e: impl std::fmt::Display) -> AgentError {
-    AgentError::for_program(
-        Reason::InvalidSpec,
-        name.as_str(),
-        format!("the function's ELF section does not match its type: {e}"),
-    )
 }
