@@ -42,12 +42,13 @@ pub struct BpfNodeStatus {
     /// Kernel release of the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_release: Option<String>,
-    /// When the agent was last heard from (RFC 3339).
+    /// When this status last changed (RFC 3339): written only on a change, so a
+    /// fleet at rest causes no writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_time: Option<String>,
     /// Every BpfProgram the agent manages on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["owner"]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ownerUid"]))]
     pub programs: Vec<NodeProgramStatus>,
 }
 
@@ -83,6 +84,10 @@ pub struct NodeProgramStatus {
     /// The last error, in words, when health is not Healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// `sha256:<hex>` of the ELF object the node loaded this revision from (for `path`
+    /// bytecode: the file as the agent read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytecode_digest: Option<String>,
 }
 
 /// One loaded function and its links.

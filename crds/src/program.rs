@@ -41,7 +41,7 @@ pub struct BpfProgramSpec {
     /// before the kernel loads it: variable name -> raw bytes (base64). The byte length
     /// must equal the variable's size in the ELF (a `__u32` takes 4 bytes, little-endian).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = limits::MAX_GLOBALS))]
+    #[schemars(extend("maxProperties" = limits::MAX_GLOBALS, "additionalProperties" = {"type": "string", "maxLength": 5464}))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z_][A-Za-z0-9_]{0,63}$'))").message("globalData keys must be C identifiers of at most 64 characters, e.g. SAMPLE_RATE"))]
     #[x_kube(validation = Rule::new("self.all(k, size(self[k]) <= 5464)").message("each globalData value must be at most 4096 bytes (5464 base64 characters)"))]
     pub global_data: BTreeMap<String, String>,
@@ -57,6 +57,7 @@ pub struct BpfProgramSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1").message("bytecode must set exactly one of inline, configMap or path"))]
+#[x_kube(validation = Rule::new("!has(self.digest) || has(self.path)").message("digest applies to path bytecode only (inline and configMap bytes are hashed by the operator)"))]
 pub struct BytecodeSource {
     /// The ELF object itself, base64-encoded, at most 1 MiB decoded. For small objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +75,15 @@ pub struct BytecodeSource {
     #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/[^\x00]*$"))]
     #[x_kube(validation = Rule::new("!self.contains('/../') && !self.endsWith('/..') && !self.contains('/./')").message("path must be absolute and must not contain '.' or '..' segments"))]
     pub path: Option<String>,
+
+    /// With `path`: the SHA-256 of the file, as `sha256:<64 lowercase hex>`
+    /// (`sha256sum FILE`). Agents refuse to load a file with another digest, and the
+    /// digest is part of the revision, so a new file with its new digest rolls out like
+    /// any other change. Without it the operator cannot see a replaced file: the
+    /// revision hashes only the path string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 71, max = 71), regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: Option<String>,
 }
 
 /// A ConfigMap key that holds an ELF object.
@@ -96,6 +106,7 @@ pub struct ConfigMapBytecode {
 
 /// The kind of kernel hook a program attaches to. Values are a contract and never change.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[schemars(extend("maxLength" = 16))]
 pub enum ProgramType {
     /// eXpress Data Path on network interfaces.
     #[serde(rename = "XDP")]
@@ -255,6 +266,7 @@ pub struct ProgramSpec {
 
 /// How an XDP program is attached to a driver.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[schemars(extend("maxLength" = 8))]
 pub enum XdpMode {
     /// Native (driver) mode where the driver supports it, generic (skb) mode otherwise.
     #[default]
@@ -283,6 +295,7 @@ pub struct XdpAttach {
 
 /// Direction of traffic a hook sees.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(extend("maxLength" = 8))]
 pub enum Direction {
     /// Traffic entering the interface or cgroup.
     Ingress,
@@ -418,7 +431,9 @@ pub struct BpfProgramStatus {
     /// Number of target nodes where applying the current revision failed.
     #[serde(default)]
     pub failed_nodes: i32,
-    /// Ready, Progressing and Degraded, kstatus-compatible.
+    /// `Ready` (for `kubectl wait`), kstatus's abnormal-true `Reconciling` (converging)
+    /// and `Stalled` (failing: Flux reports it as Failed), plus `Progressing` and
+    /// `Degraded`. Every condition carries the `observedGeneration` it describes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -442,4 +457,11 @@ pub struct NodeFailure {
     pub reason: String,
     /// Human-readable explanation of what failed and what to fix.
     pub message: String,
+    /// Failed applies of this revision on this node in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// When the operator tries this node again (the wait doubles with each failure, up
+    /// to 5 minutes; a new revision is tried at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

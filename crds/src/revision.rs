@@ -16,8 +16,39 @@ pub struct Revision(String);
 pub enum BytecodeIdentity<'a> {
     /// The bytes themselves are known (inline, ConfigMap, or a file read by the agent).
     Bytes(&'a [u8]),
-    /// Only a node-local path is known (the operator never reads node files).
-    Path(&'a str),
+    /// Only a node-local path is known (the operator never reads node files), with
+    /// the digest the spec pins it to, if any.
+    Path(&'a str, Option<&'a Sha256Digest>),
+}
+
+/// A SHA-256 content digest as written in specs and reports: `sha256:<64 lowercase hex>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256Digest(String);
+
+impl Sha256Digest {
+    pub const PREFIX: &'static str = "sha256:";
+
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(format!("{}{}", Self::PREFIX, hex::encode(Sha256::digest(bytes))))
+    }
+
+    /// Accept only the canonical form.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hex = s.strip_prefix(Self::PREFIX)?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| Self(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Revision {
@@ -33,9 +64,14 @@ impl Revision {
                 h.update(b"bytes\0");
                 h.update(Sha256::digest(b));
             }
-            BytecodeIdentity::Path(p) => {
+            BytecodeIdentity::Path(p, digest) => {
                 h.update(b"path\0");
                 h.update(p.as_bytes());
+                // Only when set, so revisions of specs without a digest stay as they were.
+                if let Some(d) = digest {
+                    h.update(b"\0digest\0");
+                    h.update(d.as_str().as_bytes());
+                }
             }
         }
         // serde_json serialises struct fields in declaration order and BTreeMap keys
@@ -87,7 +123,14 @@ programs:
         assert_eq!(r1.as_str().len(), 16);
         assert!(Revision::parse(r1.as_str()).is_some());
         assert_ne!(r1, Revision::compute(&a, BytecodeIdentity::Bytes(b"elf2")));
-        assert_ne!(r1, Revision::compute(&a, BytecodeIdentity::Path("/opt/x.o")));
+        let path = Revision::compute(&a, BytecodeIdentity::Path("/opt/x.o", None));
+        assert_ne!(r1, path);
+        // A digest on path bytecode enters the revision: a new file, a new revision.
+        let (d1, d2) = (Sha256Digest::of(b"v1"), Sha256Digest::of(b"v2"));
+        let with_d1 = Revision::compute(&a, BytecodeIdentity::Path("/opt/x.o", Some(&d1)));
+        assert_ne!(path, with_d1);
+        assert_ne!(with_d1, Revision::compute(&a, BytecodeIdentity::Path("/opt/x.o", Some(&d2))));
+        assert_eq!(with_d1, Revision::compute(&a, BytecodeIdentity::Path("/opt/x.o", Some(&d1))));
 
         let mut b = a.clone();
         b.programs[0].xdp.as_mut().unwrap().interfaces.push("eth1".into());
@@ -101,6 +144,16 @@ programs:
         let mut d = a.clone();
         d.node_selector.match_labels = Some([("a".to_string(), "b".to_string())].into());
         assert_eq!(r1, Revision::compute(&d, BytecodeIdentity::Bytes(b"elf")));
+    }
+
+    #[test]
+    fn digests_are_canonical() {
+        let d = Sha256Digest::of(b"");
+        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(Sha256Digest::parse(d.as_str()), Some(d.clone()));
+        for bad in ["", "sha256:", "sha512:e3b0", &d.as_str().to_uppercase(), &d.as_str()[..70]] {
+            assert!(Sha256Digest::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use crate::limits::{MAX_BYTECODE_BYTES, MAX_GLOBAL_BYTES, MAX_GLOBALS, MAX_HOOKS, MAX_PROGRAMS};
 use crate::names::{GlobalName, InterfaceName, ProgramName};
 use crate::program::{BpfProgramSpec, BytecodeSource, ConfigMapBytecode, Direction, ProgramSpec, ProgramType, XdpMode};
+use crate::revision::Sha256Digest;
 
 /// One problem with a spec: where, and what to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +44,11 @@ impl fmt::Display for SpecErrors {
 pub enum Bytecode {
     Inline(Vec<u8>),
     ConfigMap(ConfigMapBytecode),
-    Path(PathBuf),
+    /// A node-local file and, when given, the digest it must have.
+    Path {
+        path: PathBuf,
+        digest: Option<Sha256Digest>,
+    },
 }
 
 /// A program's hooks, typed by program type.
@@ -165,6 +170,13 @@ fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode
         errs.push("bytecode", "bytecode must set exactly one of inline, configMap or path");
         return None;
     }
+    if src.digest.is_some() && src.path.is_none() {
+        errs.push(
+            "bytecode.digest",
+            "digest applies to path bytecode only (inline and configMap bytes are hashed by the operator)",
+        );
+        return None;
+    }
     if let Some(b64) = &src.inline {
         return match B64.decode(b64.trim()) {
             Ok(bytes) if bytes.len() > MAX_BYTECODE_BYTES => {
@@ -201,7 +213,15 @@ fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode
         return (errs.0.len() == before).then(|| Bytecode::ConfigMap(cm.clone()));
     }
     let path = src.path.as_deref().unwrap_or_default();
-    check_abs_path(path, "bytecode.path", errs).map(Bytecode::Path)
+    let digest = match src.digest.as_deref().map(Sha256Digest::parse) {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            errs.push("bytecode.digest", "must be sha256: followed by 64 lowercase hex characters (sha256sum FILE)");
+            return None;
+        }
+    };
+    check_abs_path(path, "bytecode.path", errs).map(|path| Bytecode::Path { path, digest })
 }
 
 fn validate_globals<'a>(

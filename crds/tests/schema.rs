@@ -347,3 +347,76 @@ fn unknown_type_is_rejected() {
     spec["programs"][0]["type"] = json!("Xdp");
     rejected(spec, "Unsupported value: \"Xdp\"", "unknown variant `Xdp`");
 }
+
+/// Where a CEL rule sits, every string, list and map it can read (its own node and
+/// everything below it) and every list or map above it must be bounded: Kubernetes
+/// estimates a rule's cost from these bounds before it accepts a CRD, and versions
+/// from 1.24 on refuse rules over unbounded fields (an `enum` does not bound a string
+/// for that estimate: only `maxLength` does).
+#[test]
+fn validation_rules_read_only_bounded_fields() {
+    fn unbounded(n: &Value, path: &str, out: &mut Vec<String>) {
+        match n.get("type").and_then(Value::as_str) {
+            Some("string") if n.get("maxLength").is_none() => out.push(format!("{path}: string without maxLength")),
+            Some("array") if n.get("maxItems").is_none() => out.push(format!("{path}: list without maxItems")),
+            Some("object") if n.get("additionalProperties").is_some_and(Value::is_object) => {
+                if n.get("maxProperties").is_none() {
+                    out.push(format!("{path}: map without maxProperties"));
+                }
+            }
+            _ => {}
+        }
+    }
+    fn below(n: &Value, path: &str, out: &mut Vec<String>) {
+        unbounded(n, path, out);
+        for (k, v) in n.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            below(v, &format!("{path}.{k}"), out);
+        }
+        if let Some(v) = n.get("items").filter(|v| v.is_object()) {
+            below(v, &format!("{path}[]"), out);
+        }
+        if let Some(v) = n.get("additionalProperties").filter(|v| v.is_object()) {
+            below(v, &format!("{path}{{}}"), out);
+        }
+    }
+    // `above`: the lists and maps that contain this node (they multiply a rule's cost).
+    fn walk(n: &Value, path: &str, above: &[(String, Value)], out: &mut Vec<String>, rules: &mut usize) {
+        if n.get("x-kubernetes-validations").and_then(Value::as_array).is_some_and(|r| !r.is_empty()) {
+            *rules += 1;
+            let mut found = Vec::new();
+            below(n, path, &mut found);
+            for (p, a) in above {
+                unbounded(a, p, &mut found);
+            }
+            out.extend(found.into_iter().map(|f| format!("rule at {path}: {f}")));
+        }
+        for (k, v) in n.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            walk(v, &format!("{path}.{k}"), above, out, rules);
+        }
+        for (key, suffix) in [("items", "[]"), ("additionalProperties", "{}")] {
+            if let Some(v) = n.get(key).filter(|v| v.is_object()) {
+                let mut a = above.to_vec();
+                a.push((path.to_string(), n.clone()));
+                walk(v, &format!("{path}{suffix}"), &a, out, rules);
+            }
+        }
+    }
+    for crd in [BpfProgram::crd(), BpfNode::crd()] {
+        let schema =
+            serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
+                .unwrap();
+        let (mut problems, mut rules) = (Vec::new(), 0);
+        walk(&schema, "", &[], &mut problems, &mut rules);
+        assert!(problems.is_empty(), "{}: {problems:#?}", crd.spec.names.kind);
+        if crd.spec.names.kind == "BpfProgram" {
+            assert!(rules >= 5, "the walk found only {rules} nodes with rules");
+        }
+    }
+    // The check itself catches what a v1.24 apiserver refused: an enum string under a list.
+    let bad = json!({"type": "object", "properties": {"programs": {"type": "array", "maxItems": 64, "items": {
+        "type": "object", "x-kubernetes-validations": [{"rule": "has(self.xdp) == (self.type == 'XDP')"}],
+        "properties": {"type": {"type": "string", "enum": ["XDP", "TC"]}, "xdp": {"type": "object"}}}}}});
+    let (mut problems, mut rules) = (Vec::new(), 0);
+    walk(&bad, "", &[], &mut problems, &mut rules);
+    assert_eq!(problems, ["rule at .programs[]: .programs[].type: string without maxLength"]);
+}

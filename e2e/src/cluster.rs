@@ -17,7 +17,7 @@ use kube::config::KubeConfigOptions;
 use kube::{Api, Client, Config, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::util::{block_on, repo_root};
+use crate::util::{block_on, block_on_timeout, repo_root};
 
 /// Label on every object a run creates: `<RUN_LABEL>=<run id>`.
 pub const RUN_LABEL: &str = "e2e.bpfleet.dev/run";
@@ -99,14 +99,14 @@ impl Cluster {
             if !existing {
                 self.installed_crds.push(name.clone());
             }
-            block_on(tokio::time::timeout(
+            block_on_timeout(
                 Duration::from_secs(60),
                 kube::runtime::wait::await_condition(
                     api.clone(),
                     &name,
                     kube::runtime::conditions::is_crd_established(),
                 ),
-            ))
+            )
             .with_context(|| format!("CRD {name} not Established within 60s"))??;
         }
         Ok(())

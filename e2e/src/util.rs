@@ -30,6 +30,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
+/// [`block_on`] with a time limit. The timer is created inside the runtime: a tokio
+/// timer built outside one panics ("there is no reactor running").
+pub fn block_on_timeout<F: std::future::Future>(
+    limit: Duration,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    block_on(async move { tokio::time::timeout(limit, f).await })
+}
+
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -212,9 +221,17 @@ mod tests {
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut c, _) = l.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = c.read(&mut buf);
+            // Read the whole request first: closing with unread bytes makes the kernel
+            // answer with a reset, which may reach the client before the response.
+            let (mut request, mut buf) = (Vec::new(), [0u8; 1024]);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             c.write_all(answer.as_bytes()).unwrap();
+            let _ = c.shutdown(std::net::Shutdown::Write);
         });
         addr
     }
@@ -226,6 +243,18 @@ mod tests {
         assert!(body.lines().any(|l| l.trim() == "bpfleet_operator_leader 1"), "{body:?}");
         let bad = serve_once("HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready");
         assert!(http_get(bad, "/readyz").unwrap_err().to_string().contains("503"));
+    }
+
+    /// The harness is synchronous: timers must still be built inside its runtime
+    /// (the CRD install crashed once because one was not).
+    #[test]
+    fn block_on_timeout_works_from_plain_threads() {
+        assert_eq!(block_on_timeout(Duration::from_secs(5), async { 7 }).unwrap(), 7);
+        let slow =
+            block_on_timeout(Duration::from_millis(20), async { tokio::time::sleep(Duration::from_secs(5)).await });
+        assert!(slow.is_err(), "the limit must fire");
+        let t = std::thread::spawn(|| block_on_timeout(Duration::from_secs(1), async { 1 }).unwrap());
+        assert_eq!(t.join().unwrap(), 1);
     }
 
     #[test]

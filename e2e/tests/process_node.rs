@@ -25,6 +25,7 @@ fn apply_request(uid: &str, object: &str, interfaces: &str) -> v1::ApplyRequest 
         bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
         programs: spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: Default::default(),
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,8 @@ pub enum Reason {
     TargetNotFound,
     AttachFailed,
     PinFailed,
+    BytecodeDigestMismatch,
+    StaleLeaderEpoch,
     Internal,
 }
 
@@ -40,11 +42,13 @@ impl Reason {
             Reason::TargetNotFound => "TargetNotFound",
             Reason::AttachFailed => "AttachFailed",
             Reason::PinFailed => "PinFailed",
+            Reason::BytecodeDigestMismatch => "BytecodeDigestMismatch",
+            Reason::StaleLeaderEpoch => "StaleLeaderEpoch",
             Reason::Internal => "Internal",
         }
     }
 
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::InvalidSpec,
         Reason::BytecodeTooLarge,
         Reason::BytecodeNotFound,
@@ -59,6 +63,8 @@ impl Reason {
         Reason::TargetNotFound,
         Reason::AttachFailed,
         Reason::PinFailed,
+        Reason::BytecodeDigestMismatch,
+        Reason::StaleLeaderEpoch,
         Reason::Internal,
     ];
 

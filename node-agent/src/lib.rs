@@ -5,6 +5,7 @@ pub mod attach;
 pub mod elf;
 pub mod error;
 pub mod fault;
+pub mod fence;
 pub mod kernel;
 pub mod loader;
 pub mod manager;

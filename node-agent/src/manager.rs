@@ -257,6 +257,7 @@ impl Manager {
                 spec: input.spec.clone(),
                 programs,
                 maps: map_pins.iter().map(|(n, p)| MapRecord { name: n.clone(), pin_path: p.clone() }).collect(),
+                bytecode_digest: Some(crds::revision::Sha256Digest::of(&input.bytecode).to_string()),
             };
             crate::fault::point("after-attach", input.uid.as_str());
             // The commit point: from here a restarted agent adopts the new revision.
@@ -412,6 +413,7 @@ impl Manager {
     pub fn state_of(&self, uid: &str) -> Option<v1::OwnerState> {
         let e = self.entry(uid)?;
         let owner = v1::Owner { uid: uid.to_string(), name: e.name.clone() };
+        let digest = e.record.as_ref().and_then(|r| r.bytecode_digest.clone()).unwrap_or_default();
         let (revision, mut health, mut last_error, attached, maps) = match &e.record {
             Some(r) => {
                 let (h, why) = self.check_health(r);
@@ -445,6 +447,7 @@ impl Manager {
             attached,
             maps,
             last_error,
+            bytecode_digest: digest,
         })
     }
 

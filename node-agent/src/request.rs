@@ -7,7 +7,7 @@ use std::path::Path;
 use crds::BpfProgram;
 use crds::limits::MAX_BYTECODE_BYTES;
 use crds::names::OwnerUid;
-use crds::revision::{BytecodeIdentity, Revision};
+use crds::revision::{BytecodeIdentity, Revision, Sha256Digest};
 use crds::validate::{Bytecode, validate_global_bytes, validate_programs, validate_spec};
 use proto::v1;
 use sha2::{Digest, Sha256};
@@ -36,6 +36,24 @@ pub fn read_bytecode_file(path: &Path) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A node-local file must be exactly the object the spec pins it to.
+pub fn check_digest(path: &str, bytes: &[u8], expected: &str) -> Result<()> {
+    let want = Sha256Digest::parse(expected).ok_or_else(|| {
+        invalid(format!("expected digest {expected:?} must be sha256: followed by 64 lowercase hex characters"))
+    })?;
+    let have = Sha256Digest::of(bytes);
+    if have != want {
+        return Err(AgentError::new(
+            Reason::BytecodeDigestMismatch,
+            format!(
+                "{path} on this node has digest {have}, but the spec pins {want}: install the intended file \
+                 on this node or update bytecode.digest"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(msg: impl Into<String>) -> AgentError {
     AgentError::new(Reason::InvalidSpec, msg)
 }
@@ -52,7 +70,11 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput> {
             if !path.is_absolute() || p.split('/').any(|s| s == "..") {
                 return Err(invalid(format!("bytecode path {p:?} must be absolute without '..'")));
             }
-            read_bytecode_file(path)?
+            let bytes = read_bytecode_file(path)?;
+            if !req.expected_digest.is_empty() {
+                check_digest(&p, &bytes, &req.expected_digest)?;
+            }
+            bytes
         }
         None => return Err(invalid("bytecode is required (elf bytes or a node-local path)")),
     };
@@ -92,7 +114,13 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
     let valid = validate_spec(&obj.spec).map_err(|e| invalid(e.to_string()))?;
     let bytecode = match &valid.bytecode {
         Bytecode::Inline(b) => b.clone(),
-        Bytecode::Path(p) => read_bytecode_file(p)?,
+        Bytecode::Path { path, digest } => {
+            let bytes = read_bytecode_file(path)?;
+            if let Some(d) = digest {
+                check_digest(&path.display().to_string(), &bytes, d.as_str())?;
+            }
+            bytes
+        }
         Bytecode::ConfigMap(cm) => {
             return Err(invalid(format!(
                 "bytecode.configMap ({}/{}) needs a cluster; in standalone mode use bytecode.path or bytecode.inline",

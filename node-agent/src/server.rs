@@ -12,17 +12,21 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
+use crate::fence::EpochFence;
 use crate::manager::Manager;
 use crate::request::input_from_wire;
 use crate::tls::{self, ServerTls};
 
 pub struct AgentService {
     manager: Arc<Manager>,
+    fence: EpochFence,
 }
 
 impl AgentService {
+    /// The service, fenced by the epoch recorded in the manager's state directory.
     pub fn new(manager: Arc<Manager>) -> Self {
-        Self { manager }
+        let fence = EpochFence::open(&manager.config().state_dir);
+        Self { manager, fence }
     }
 }
 
@@ -36,13 +40,18 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + S
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn apply(&self, req: Request<v1::ApplyRequest>) -> Result<Response<v1::ApplyResponse>, Status> {
-        let input = input_from_wire(req.into_inner())?;
+        let req = req.into_inner();
+        let what = format!("Apply of {}", req.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("?"));
+        self.fence.admit(req.epoch, &what)?;
+        let input = input_from_wire(req)?;
         let (state, changed) = self.manager.apply(input).await?;
         Ok(Response::new(v1::ApplyResponse { state: Some(state), changed }))
     }
 
     async fn remove(&self, req: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
-        let owner = req.into_inner().owner.ok_or_else(|| Status::invalid_argument("owner is required"))?;
+        let req = req.into_inner();
+        let owner = req.owner.ok_or_else(|| Status::invalid_argument("owner is required"))?;
+        self.fence.admit(req.epoch, &format!("Remove of {}", owner.name))?;
         let uid = OwnerUid::new(&owner.uid).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let removed = self.manager.remove(&uid).await?;
         Ok(Response::new(v1::RemoveResponse { removed }))

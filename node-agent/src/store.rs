@@ -22,6 +22,10 @@ pub struct OwnerRecord {
     pub spec: Vec<ProgramSpec>,
     pub programs: Vec<ProgramRecord>,
     pub maps: Vec<MapRecord>,
+    /// `sha256:<hex>` of the ELF object this revision was loaded from (absent in
+    /// records written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytecode_digest: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -138,14 +138,15 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     }
 
     // (e) Remove, and Remove again.
-    let removed = client.remove(v1::RemoveRequest { owner: owner(uid) }).await.expect("remove").into_inner();
+    let removed = client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 0 }).await.expect("remove").into_inner();
     assert!(removed.removed);
     assert!(!dirs.root.join(uid).exists(), "owner dir left: {:?}", pins_under(&dirs.root));
     for id in &repaired_ids {
         wait_for(5, "program unloaded after Remove", || !kernel_has_program(*id));
     }
     wait_for(5, "link gone after Remove", || !kernel_has_link(new_link));
-    let removed = client.remove(v1::RemoveRequest { owner: owner(uid) }).await.expect("remove again").into_inner();
+    let removed =
+        client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 0 }).await.expect("remove again").into_inner();
     assert!(!removed.removed);
     let list = client.list(v1::ListRequest {}).await.unwrap().into_inner();
     assert!(list.owners.is_empty(), "{list:?}");

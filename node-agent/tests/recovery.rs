@@ -124,7 +124,8 @@ async fn programs_survive_kill_and_are_adopted() {
 
     // Remove through the new process: nothing left in bpffs or in the kernel.
     for uid in ["rec-xdp", "rec-tp"] {
-        let r = client.remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }) });
+        let r = client
+            .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }), epoch: 0 });
         assert!(r.await.unwrap().into_inner().removed);
     }
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));

@@ -46,7 +46,6 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use operator::controller::{Context, FINALIZER, reconcile};
 use operator::dispatch::{AgentPool, NodeAddr, PoolConfig};
-use operator::index::NodeIndex;
 use operator::metrics::Metrics;
 use proto::v1;
 use proto::v1::agent_server::{Agent, AgentServer};
@@ -376,15 +375,9 @@ fn context(client: Client, pool: AgentPool, nodes: Vec<Node>) -> Arc<Context> {
         writer.apply_watcher_event(&watcher::Event::Apply(n));
     }
     let reporter = Reporter { controller: "bpfleet-operator".into(), instance: None };
-    Arc::new(Context {
-        client: client.clone(),
-        pool,
-        nodes: store,
-        index: Arc::new(NodeIndex::default()),
-        recorder: Some(Recorder::new(client, reporter)),
-        metrics: Arc::new(Metrics::new()),
-        desired: Default::default(),
-    })
+    let mut ctx = Context::new(client.clone(), pool, store, Arc::new(Metrics::new()), 1);
+    ctx.recorder = Some(Recorder::new(client, reporter));
+    Arc::new(ctx)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -919,15 +912,9 @@ async fn rss(
     cfg.call_timeout = Duration::from_secs(60);
     let ctx = {
         let reporter = Reporter { controller: "bpfleet-operator".into(), instance: None };
-        Arc::new(Context {
-            client: client.clone(),
-            pool: AgentPool::new(cfg),
-            nodes: node_store,
-            index: Arc::new(NodeIndex::default()),
-            recorder: Some(Recorder::new(client, reporter)),
-            metrics: Arc::new(Metrics::new()),
-            desired: Default::default(),
-        })
+        let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);
+        ctx.recorder = Some(Recorder::new(client, reporter));
+        Arc::new(ctx)
     };
     let caches = mem();
 
@@ -1139,6 +1126,7 @@ impl Agent for FakeAgent {
             health: v1::Health::Healthy as i32,
             attached,
             last_error: String::new(),
+            bytecode_digest: String::new(),
         };
         let previous = self.owners.lock().unwrap().insert(owner.uid.clone(), state.clone());
         let changed = previous.is_none_or(|p| p.revision != state.revision);

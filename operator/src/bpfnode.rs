@@ -7,6 +7,53 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+/// What was last written to each BpfNode, so a resync writes only what changed.
+#[derive(Debug, Default)]
+pub struct Written(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl Written {
+    /// A fingerprint of everything but the report time (which moves on every List).
+    fn fingerprint(status: &BpfNodeStatus) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut s = status.clone();
+        s.last_report_time = None;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
+        h.finish()
+    }
+
+    /// Whether `status` differs from what was last written for `node`.
+    pub fn changed(&self, node: &str, status: &BpfNodeStatus) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node) != Some(&Self::fingerprint(status))
+    }
+
+    pub fn remember(&self, node: &str, status: &BpfNodeStatus) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), Self::fingerprint(status));
+    }
+
+    pub fn forget(&self, node: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+    }
+}
+
+/// Write `status` to the BpfNode of `node` unless it is what was written last.
+/// Returns whether it wrote.
+pub async fn write_if_changed(
+    client: &Client,
+    written: &Written,
+    node: &Node,
+    status: &BpfNodeStatus,
+) -> kube::Result<bool> {
+    let name = node.name_any();
+    if !written.changed(&name, status) {
+        return Ok(false);
+    }
+    write(client, node, status).await?;
+    written.remember(&name, status);
+    Ok(true)
+}
+
 /// Create or update the BpfNode of `node` with `status` (server-side apply).
 pub async fn write(client: &Client, node: &Node, status: &BpfNodeStatus) -> kube::Result<()> {
     let api: Api<BpfNode> = Api::all(client.clone());
@@ -35,5 +82,44 @@ pub async fn delete(client: &Client, name: &str) -> kube::Result<()> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crds::Health;
+    use crds::node::NodeProgramStatus;
+
+    use super::*;
+
+    fn status(rev: &str, at: &str) -> BpfNodeStatus {
+        BpfNodeStatus {
+            managed: 1,
+            healthy: 1,
+            last_report_time: Some(at.into()),
+            programs: vec![NodeProgramStatus {
+                owner: "p".into(),
+                owner_uid: "u".into(),
+                revision: rev.into(),
+                health: Health::Healthy,
+                attached: vec![],
+                maps: vec![],
+                last_error: None,
+                bytecode_digest: None,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_changes_are_written_not_the_passing_of_time() {
+        let w = Written::default();
+        assert!(w.changed("n", &status("r1", "t1")), "never written");
+        w.remember("n", &status("r1", "t1"));
+        assert!(!w.changed("n", &status("r1", "t2")), "only the report time moved");
+        assert!(w.changed("n", &status("r2", "t2")));
+        assert!(w.changed("m", &status("r1", "t1")), "per node");
+        w.forget("n");
+        assert!(w.changed("n", &status("r1", "t1")));
     }
 }

@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use proto::v1;
 use serde_json::json;
 
-use crate::bytecode::{self, Payload};
+use crate::bytecode::{self, BytecodeCache, Payload};
 use crate::dispatch::{AgentPool, DispatchError, NodeAddr};
 use crate::drift::Desired;
 use crate::index::NodeIndex;
@@ -45,6 +45,31 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// uid -> what the cluster wants, for drift detection.
     pub desired: RwLock<BTreeMap<String, Desired>>,
+    /// This leadership term's epoch, carried by every Apply and Remove (see `leader`).
+    pub epoch: u64,
+    /// ConfigMap bytecode by resourceVersion.
+    pub bytecode: BytecodeCache,
+    /// What was last written to each BpfNode.
+    pub bpfnodes: crate::bpfnode::Written,
+}
+
+impl Context {
+    /// A context for one leadership term; no recorder, no ConfigMap watch (every
+    /// resolve reads the ConfigMap) until the caller sets them.
+    pub fn new(client: Client, pool: AgentPool, nodes: Store<Node>, metrics: Arc<Metrics>, epoch: u64) -> Self {
+        Self {
+            client,
+            pool,
+            nodes,
+            index: Arc::new(NodeIndex::default()),
+            recorder: None,
+            metrics,
+            desired: Default::default(),
+            epoch,
+            bytecode: BytecodeCache::default(),
+            bpfnodes: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +146,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         problem = Some(SpecProblem { reason: "InvalidSpec".into(), message: e.to_string() });
     }
     let payload = match problem {
-        None => bytecode::resolve(&ctx.client, &p.spec).await.map_err(|e| problem = Some(e)).ok(),
+        None => bytecode::resolve(&ctx.client, &ctx.bytecode, &p.spec).await.map_err(|e| problem = Some(e)).ok(),
         Some(_) => None,
     };
     let revision = payload.as_ref().map(|pl| pl.revision(&p.spec).to_string());
@@ -130,9 +155,12 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         .unwrap_or_else(|e| e.into_inner())
         .insert(uid.clone(), Desired { name: name.clone(), revision: revision.clone(), targets: targets.clone() });
 
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let holds = revision.as_ref().map(|r| ctx.index.retry_holds(&uid, r, now)).unwrap_or_default();
     if let (Some(payload), Some(rev)) = (&payload, &revision) {
         let observed = ctx.index.observed(&uid);
-        let view = ProgramView { desired: rev, targets: &targets, observed: &observed };
+        let held: BTreeSet<String> = holds.keys().cloned().collect();
+        let view = ProgramView { desired: rev, targets: &targets, observed: &observed, held: &held };
         let actions = plan(&view, &AllAtOnce);
         if !actions.is_empty() {
             tracing::info!(program = %name, revision = %rev, nodes = actions.len(), "dispatching");
@@ -150,22 +178,51 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
             (n.clone(), o)
         })
         .collect();
+    let retries: BTreeMap<String, (u32, Time)> = match &revision {
+        Some(r) => targets
+            .iter()
+            .filter_map(|n| ctx.index.retry_of(n, &uid, r).map(|(a, t)| (n.clone(), (a, Time(t)))))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let status = status::compute(&StatusInput {
         generation: p.metadata.generation,
         revision: revision.as_deref(),
         targets: &targets,
         outcomes: &outcomes,
         spec_problem: problem.as_ref(),
+        retries: &retries,
         previous: p.status.as_ref(),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
     ctx.metrics.program_counts(&name, &status);
     write_status(ctx, &p, &status).await?;
-    Ok(if status.ready_nodes == status.target_nodes && problem.is_none() {
-        Action::requeue(STEADY)
-    } else {
-        Action::requeue(RETRY)
-    })
+    Ok(requeue_after(&status, problem.is_some(), &retries, now))
+}
+
+/// When to look at a program again: soon while nodes are pending, at the next retry of
+/// a failed node (backoff), rarely once it is settled.
+fn requeue_after(
+    status: &BpfProgramStatus,
+    spec_problem: bool,
+    retries: &BTreeMap<String, (u32, Time)>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Action {
+    if spec_problem || (status.ready_nodes == status.target_nodes) {
+        return Action::requeue(STEADY);
+    }
+    let pending = status.target_nodes - status.ready_nodes - status.failed_nodes;
+    let next_retry = retries
+        .values()
+        .filter_map(|(_, t)| t.0.duration_since(now).try_into().ok())
+        .min()
+        .map(|d: Duration| d + Duration::from_millis(100));
+    match (pending > 0, next_retry) {
+        (true, Some(d)) => Action::requeue(d.min(RETRY)),
+        (true, None) => Action::requeue(RETRY),
+        (false, Some(d)) => Action::requeue(d.min(STEADY)),
+        (false, None) => Action::requeue(RETRY),
+    }
 }
 
 /// Carry out per-node actions concurrently (bounded by the pool) and record results.
@@ -185,7 +242,10 @@ async fn dispatch(
         bytecode: Some(payload.to_wire()),
         programs: p.spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: decode_globals(&p.spec.global_data),
+        epoch: ctx.epoch,
+        expected_digest: payload.expected_digest(),
     };
+    let epoch = ctx.epoch;
     let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
         nodes.iter().map(|n| (n.name.as_str(), n.internal_ip)).collect();
     let mut addrs = Vec::new();
@@ -195,7 +255,8 @@ async fn dispatch(
             None => {
                 if matches!(action, NodeAction::Apply(_)) {
                     let why = "the Node has no InternalIP address to reach its agent at".to_string();
-                    ctx.index.record_failure(node, uid, revision, NodeOutcome::Unreachable { message: why });
+                    let outcome = NodeOutcome::Unreachable { message: why };
+                    ctx.index.record_failure(node, uid, revision, outcome, k8s_openapi::jiff::Timestamp::now());
                 }
             }
         }
@@ -213,7 +274,7 @@ async fn dispatch(
                 let started = Instant::now();
                 let r = match action {
                     Some(NodeAction::Apply(_)) => pool.apply(&node, request).await.map(|resp| resp.state),
-                    Some(NodeAction::Remove) => pool.remove(&node, owner).await.map(|_| None),
+                    Some(NodeAction::Remove) => pool.remove(&node, owner, epoch).await.map(|_| None),
                     _ => Ok(None),
                 };
                 metrics.dispatched(&node.name, started.elapsed());
@@ -231,7 +292,8 @@ async fn dispatch(
             (_, Ok(None)) => {}
             (Some(NodeAction::Apply(_)), Err(e)) => {
                 tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "apply failed");
-                ctx.index.record_failure(&node.name, uid, revision, e.to_outcome());
+                let now = k8s_openapi::jiff::Timestamp::now();
+                ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
             }
             (_, Err(e)) => tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "remove failed"),
         }
@@ -314,11 +376,21 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         ctx.desired.read().unwrap_or_else(|e| e.into_inner()).get(&uid).map(|d| d.targets.clone()).unwrap_or_default();
     targets.extend(target_nodes(&p.spec.node_selector, &nodes).unwrap_or_default());
     let listed_runners = ctx.index.listed_runners(&uid);
+    let never_listed = ctx.index.never_listed(nodes.iter().map(|n| n.name.as_str()));
     let mut addrs = Vec::new();
+    let mut best_effort = Vec::new();
     let mut waiting = BTreeMap::new();
     for n in &nodes {
         let relevant = targets.contains(&n.name) || listed_runners.contains(&n.name);
         if !relevant {
+            // A node whose agent never answered a List may still run it: ask, but an
+            // unreachable one that was never targeted does not hold the deletion up.
+            if never_listed.contains(&n.name)
+                && !n.deleting
+                && let Some(ip) = n.internal_ip
+            {
+                best_effort.push(NodeAddr { name: n.name.clone(), ip });
+            }
             continue;
         }
         // A Node being deleted takes its programs with it: it does not block deletion.
@@ -333,16 +405,22 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let owner = v1::Owner { uid: uid.clone(), name: p.name_any() };
+    let blocking: BTreeSet<String> = addrs.iter().map(|a| a.name.clone()).collect();
+    addrs.extend(best_effort);
+    let epoch = ctx.epoch;
     let results = ctx
         .pool
         .fan_out(addrs, |pool, node| {
             let owner = owner.clone();
-            async move { pool.remove(&node, owner).await }
+            async move { pool.remove(&node, owner, epoch).await }
         })
         .await;
     for (node, r) in results {
         match r {
             Ok(_) => ctx.index.record_removed(&node.name, &uid),
+            Err(e) if !blocking.contains(&node.name) => {
+                tracing::info!(node = %node.name, error = %e, "cleanup: cannot ask a never-listed, untargeted node");
+            }
             Err(e) => {
                 let why = match &e {
                     DispatchError::Agent { message, .. } => message.clone(),

@@ -130,8 +130,6 @@ pub struct AgentPool {
 
 struct Inner {
     cfg: PoolConfig,
-    /// `cfg.tls` with the handshake bounded by `connect_timeout`.
-    tls: ClientTlsConfig,
     permits: Semaphore,
     state: Mutex<State>,
 }
@@ -139,6 +137,9 @@ struct Inner {
 struct State {
     nodes: HashMap<String, NodeState>,
     rng: XorShift,
+    /// The client identity in use, with the handshake bounded by `connect_timeout`;
+    /// replaced by [`AgentPool::set_tls`] when the certificate files change.
+    tls: ClientTlsConfig,
 }
 
 struct NodeState {
@@ -172,8 +173,19 @@ impl AgentPool {
         cfg.max_concurrency = cfg.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         let tls = cfg.tls.clone().timeout(cfg.connect_timeout);
         let permits = Semaphore::new(cfg.max_concurrency);
-        let state = Mutex::new(State { nodes: HashMap::new(), rng: XorShift::from_time() });
-        Self { inner: Arc::new(Inner { cfg, tls, permits, state }) }
+        let state = Mutex::new(State { nodes: HashMap::new(), rng: XorShift::from_time(), tls });
+        Self { inner: Arc::new(Inner { cfg, permits, state }) }
+    }
+
+    /// Use a new client identity and CA (rotated certificates) for every connection
+    /// from now on. Cached channels are dropped, so the next call to each node makes a
+    /// new connection with the new files; calls and streams in flight finish on theirs.
+    pub fn set_tls(&self, tls: ClientTlsConfig) {
+        let mut state = self.lock();
+        state.tls = tls.timeout(self.inner.cfg.connect_timeout);
+        for node in state.nodes.values_mut() {
+            node.channel = None;
+        }
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -186,8 +198,9 @@ impl AgentPool {
     }
 
     /// Removes everything of `owner` from `node`; `Ok(false)` when the agent had nothing of it.
-    pub async fn remove(&self, node: &NodeAddr, owner: v1::Owner) -> Result<bool, DispatchError> {
-        let req = v1::RemoveRequest { owner: Some(owner) };
+    /// `epoch`: the sender's leadership epoch (see `leader`).
+    pub async fn remove(&self, node: &NodeAddr, owner: v1::Owner, epoch: u64) -> Result<bool, DispatchError> {
+        let req = v1::RemoveRequest { owner: Some(owner), epoch };
         let resp = self.call(node, move |mut c| async move { c.remove(req).await }).await?;
         Ok(resp.removed)
     }
@@ -308,8 +321,10 @@ impl AgentPool {
             return Ok(channel.clone());
         }
         let cfg = &self.inner.cfg;
+        let tls = state.tls.clone();
+        let entry = state.nodes.get_mut(&node.name).expect("inserted above");
         let endpoint = Endpoint::from_shared(format!("https://{}", self.address(node.ip)))
-            .and_then(|e| e.tls_config(self.inner.tls.clone()))
+            .and_then(|e| e.tls_config(tls))
             .map_err(|e| {
                 DispatchError::Unreachable(format!("{}: cannot set up the connection: {}", node.name, chain(&e)))
             })?
@@ -330,7 +345,7 @@ impl AgentPool {
     fn record(&self, node: &NodeAddr, error: Option<&DispatchError>) {
         let cfg = &self.inner.cfg;
         let mut state = self.lock();
-        let State { nodes, rng } = &mut *state;
+        let State { nodes, rng, .. } = &mut *state;
         let Some(entry) = nodes.get_mut(&node.name).filter(|e| e.ip == node.ip) else { return };
         match error {
             Some(DispatchError::Unreachable(message)) => {

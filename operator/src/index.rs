@@ -6,6 +6,7 @@ use std::sync::RwLock;
 
 use crds::Health;
 use crds::node::{BpfNodeStatus, NodeProgramStatus};
+use k8s_openapi::jiff::Timestamp;
 use proto::v1;
 
 use crate::plan::Observed;
@@ -40,12 +41,24 @@ impl OwnerSummary {
     }
 }
 
+/// The last apply of one owner on one node failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub revision: String,
+    pub outcome: NodeOutcome,
+    /// Consecutive failed applies of this revision (0 when the agent was unreachable:
+    /// the connection pool backs off from those by itself).
+    pub attempts: u32,
+    /// No new apply of this revision before this time.
+    pub next_try: Option<Timestamp>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct NodeEntry {
     /// Owner uid -> what runs.
     pub owners: BTreeMap<String, OwnerSummary>,
-    /// (owner uid) -> (revision, why the last apply of it failed).
-    pub failures: BTreeMap<String, (String, NodeOutcome)>,
+    /// Owner uid -> why the last apply of it failed.
+    pub failures: BTreeMap<String, Failure>,
     pub agent_version: Option<String>,
     pub kernel_release: Option<String>,
     /// A List succeeded at least once: `owners` is complete, not partial.
@@ -59,7 +72,7 @@ pub struct NodeIndex {
 }
 
 fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now().to_string()
+    Timestamp::now().to_string()
 }
 
 impl NodeIndex {
@@ -98,19 +111,53 @@ impl NodeIndex {
     ) -> Vec<String> {
         let outcome = NodeOutcome::Unreachable { message: message.to_string() };
         let mut changed = Vec::new();
+        let now = Timestamp::now();
         for (uid, revision) in wanted {
             if self.outcome(node, uid, revision) != outcome {
-                self.record_failure(node, uid, revision, outcome.clone());
+                self.record_failure(node, uid, revision, outcome.clone(), now);
                 changed.push(uid.to_string());
             }
         }
         changed
     }
 
-    /// An Apply of `revision` failed on `node`.
-    pub fn record_failure(&self, node: &str, uid: &str, revision: &str, outcome: NodeOutcome) {
+    /// An Apply of `revision` failed on `node` at `now`. An answer from the agent (the
+    /// verifier refused it, an interface is missing) backs this (node, revision) off:
+    /// each further failure of the same revision doubles the wait (see
+    /// [`crate::plan::retry_delay`]); a new revision starts again at once.
+    pub fn record_failure(&self, node: &str, uid: &str, revision: &str, outcome: NodeOutcome, now: Timestamp) {
         self.write(|m| {
-            m.entry(node.to_string()).or_default().failures.insert(uid.to_string(), (revision.to_string(), outcome));
+            let failures = &mut m.entry(node.to_string()).or_default().failures;
+            let prev = failures.get(uid).filter(|f| f.revision == revision).map(|f| f.attempts).unwrap_or(0);
+            let (attempts, next_try) = match outcome {
+                NodeOutcome::Failed { .. } => {
+                    let n = prev + 1;
+                    let delay = crate::plan::retry_delay(n);
+                    (n, now.checked_add(jiff_span(delay)).ok())
+                }
+                _ => (prev, None),
+            };
+            failures.insert(uid.to_string(), Failure { revision: revision.to_string(), outcome, attempts, next_try });
+        })
+    }
+
+    /// Nodes that must not be sent `revision` of `uid` before a time (their backoff).
+    pub fn retry_holds(&self, uid: &str, revision: &str, now: Timestamp) -> BTreeMap<String, Timestamp> {
+        self.read(|m| {
+            m.iter()
+                .filter_map(|(n, e)| {
+                    let f = e.failures.get(uid).filter(|f| f.revision == revision)?;
+                    f.next_try.filter(|t| *t > now).map(|t| (n.clone(), t))
+                })
+                .collect()
+        })
+    }
+
+    /// How often `node` failed `revision` of `uid` in a row, and when it is tried next.
+    pub fn retry_of(&self, node: &str, uid: &str, revision: &str) -> Option<(u32, Timestamp)> {
+        self.read(|m| {
+            let f = m.get(node)?.failures.get(uid).filter(|f| f.revision == revision)?;
+            Some((f.attempts, f.next_try?))
         })
     }
 
@@ -132,7 +179,7 @@ impl NodeIndex {
             let cleared: Vec<String> = e
                 .failures
                 .iter()
-                .filter(|(_, (_, o))| matches!(o, NodeOutcome::Unreachable { .. }))
+                .filter(|(_, f)| matches!(f.outcome, NodeOutcome::Unreachable { .. }))
                 .map(|(uid, _)| uid.clone())
                 .collect();
             for uid in &cleared {
@@ -171,14 +218,19 @@ impl NodeIndex {
         })
     }
 
+    /// Those of `nodes` whose agent never answered a full List (their state is unknown).
+    pub fn never_listed<'a>(&self, nodes: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
+        self.read(|m| nodes.filter(|n| !m.get(*n).is_some_and(|e| e.listed)).map(str::to_string).collect())
+    }
+
     /// How `node` stands with revision `want` of `uid`, for status.
     pub fn outcome(&self, node: &str, uid: &str, want: &str) -> NodeOutcome {
         self.read(|m| {
             let Some(e) = m.get(node) else { return NodeOutcome::Pending };
-            if let Some((rev, outcome)) = e.failures.get(uid)
-                && rev == want
+            if let Some(f) = e.failures.get(uid)
+                && f.revision == want
             {
-                return outcome.clone();
+                return f.outcome.clone();
             }
             match e.owners.get(uid) {
                 Some(s) if s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
@@ -200,6 +252,10 @@ impl NodeIndex {
                 .unwrap_or_default()
         })
     }
+}
+
+fn jiff_span(d: std::time::Duration) -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or(k8s_openapi::jiff::SignedDuration::MAX)
 }
 
 /// The BpfNode status of a node, from its agent's List.
@@ -237,7 +293,7 @@ mod tests {
         assert_eq!(idx.outcome("n1", "u", "r1"), NodeOutcome::Ready);
         assert_eq!(idx.outcome("n1", "u", "r2"), NodeOutcome::Pending);
         let failed = NodeOutcome::Failed { program: None, reason: "VerifierRejected".into(), message: "x".into() };
-        idx.record_failure("n1", "u", "r2", failed.clone());
+        idx.record_failure("n1", "u", "r2", failed.clone(), Timestamp::now());
         assert_eq!(idx.outcome("n1", "u", "r2"), failed);
         // A success clears the failure.
         idx.record_state("n1", &state("u", "r2", v1::Health::Healthy));
@@ -262,12 +318,36 @@ mod tests {
     }
 
     #[test]
+    fn failures_of_one_revision_back_off_and_a_new_revision_resets() {
+        let idx = NodeIndex::default();
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        let at = |s: i64| Timestamp::from_second(1_000_000 + s).unwrap();
+        let failed = NodeOutcome::Failed { program: None, reason: "VerifierRejected".into(), message: "x".into() };
+        idx.record_failure("n", "u", "r2", failed.clone(), t0);
+        assert_eq!(idx.retry_of("n", "u", "r2"), Some((1, at(5))));
+        assert_eq!(idx.retry_holds("u", "r2", at(4)).len(), 1, "held before its time");
+        assert!(idx.retry_holds("u", "r2", at(5)).is_empty(), "due at its time");
+        idx.record_failure("n", "u", "r2", failed.clone(), at(5));
+        idx.record_failure("n", "u", "r2", failed.clone(), at(15));
+        assert_eq!(idx.retry_of("n", "u", "r2"), Some((3, at(15 + 20))), "5 s, 10 s, 20 s, ...");
+        assert!(idx.retry_holds("u", "r3", at(16)).is_empty(), "another revision is not held");
+        idx.record_failure("n", "u", "r3", failed.clone(), at(16));
+        assert_eq!(idx.retry_of("n", "u", "r3"), Some((1, at(21))), "a new revision starts over");
+        // An unreachable agent is the pool's to back off from: no hold here.
+        idx.record_failure("m", "u", "r3", NodeOutcome::Unreachable { message: "refused".into() }, at(16));
+        assert_eq!(idx.retry_of("m", "u", "r3"), None);
+        // Success clears it.
+        idx.record_state("n", &state("u", "r3", v1::Health::Healthy));
+        assert_eq!(idx.retry_of("n", "u", "r3"), None);
+    }
+
+    #[test]
     fn list_replaces_what_an_apply_reported() {
         let idx = NodeIndex::default();
         idx.record_state("n1", &state("a", "r1", v1::Health::Healthy));
         assert!(idx.listed_runners("a").is_empty(), "n1 was never listed");
         let unreachable = NodeOutcome::Unreachable { message: "refused".into() };
-        idx.record_failure("n1", "b", "r9", unreachable.clone());
+        idx.record_failure("n1", "b", "r9", unreachable.clone(), Timestamp::now());
         assert_eq!(idx.outcome("n1", "b", "r9"), unreachable);
         let cleared = idx.record_list(
             "n1",

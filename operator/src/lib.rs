@@ -15,4 +15,6 @@ pub mod plan;
 pub mod resync;
 pub mod status;
 pub mod targets;
+pub mod tls;
 pub mod uninstall;
+pub mod work;

@@ -8,22 +8,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use crds::BpfProgram;
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, reflector, watcher};
-use kube::{Api, Client};
-use kube_lease_manager::LeaseManagerBuilder;
-use operator::controller::{self, Context};
+use kube::Client;
 use operator::dispatch::{AgentPool, PoolConfig};
-use operator::index::NodeIndex;
+use operator::leader::{self, Elector, LeaseTiming};
 use operator::metrics::{self, Metrics};
-use operator::{leader, resync};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use operator::tls::{self, ClientTlsFiles};
+use operator::work::{self, WorkConfig};
 
-/// BpfPrograms reconciled at once.
-const RECONCILE_CONCURRENCY: u16 = 16;
+/// Name of the leader Lease in --namespace.
+const LEASE_NAME: &str = "bpfleet-operator";
 
 #[derive(Parser, Debug)]
 #[command(name = "bpfleet-operator", version, about = "Reconciles BpfPrograms across the fleet through bpfleet agents")]
@@ -60,6 +53,9 @@ struct Args {
     /// How often every agent is listed to repair drift, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
+    /// How often the client certificate files are checked for changes, in seconds.
+    #[arg(long, default_value_t = 10)]
+    tls_reload_seconds: u64,
     /// This process's identity in the Lease (default: the host name, i.e. the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -83,20 +79,16 @@ enum Command {
     },
 }
 
-fn tls_config(args: &Args) -> anyhow::Result<ClientTlsConfig> {
-    let read = |flag: &str, p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
-        let p = p
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("{flag} is required: the operator talks to agents over mTLS only"))?;
-        std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+fn tls_files(args: &Args) -> anyhow::Result<ClientTlsFiles> {
+    let need = |flag: &str, p: &Option<PathBuf>| {
+        p.clone().ok_or_else(|| anyhow::anyhow!("{flag} is required: the operator talks to agents over mTLS only"))
     };
-    let cert = read("--tls-cert", &args.tls_cert)?;
-    let key = read("--tls-key", &args.tls_key)?;
-    let ca = read("--tls-ca", &args.tls_ca)?;
-    Ok(ClientTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name(args.agent_server_name.clone()))
+    Ok(ClientTlsFiles {
+        cert: need("--tls-cert", &args.tls_cert)?,
+        key: need("--tls-key", &args.tls_key)?,
+        ca: need("--tls-ca", &args.tls_ca)?,
+        server_name: args.agent_server_name.clone(),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,7 +110,9 @@ async fn run() -> anyhow::Result<()> {
         let client = Client::try_default().await.context("cannot build a Kubernetes client")?;
         return operator::uninstall::run(client, Duration::from_secs(*timeout_seconds), *force).await;
     }
-    let mut pool_cfg = PoolConfig::new(args.agent_port, tls_config(&args)?);
+    let files = tls_files(&args)?;
+    let loaded = files.load()?;
+    let mut pool_cfg = PoolConfig::new(args.agent_port, loaded.config);
     pool_cfg.call_timeout = Duration::from_secs(args.call_timeout_seconds.max(1));
     pool_cfg.max_concurrency = args.max_concurrency.max(1);
     let pool = AgentPool::new(pool_cfg);
@@ -138,71 +132,49 @@ async fn run() -> anyhow::Result<()> {
         Some(i) => i,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string())?,
     };
-    let lease = LeaseManagerBuilder::new(client.clone(), "bpfleet-operator")
-        .with_namespace(args.namespace.clone())
-        .with_identity(identity.clone())
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .context("cannot set up the leader Lease")?;
-    let (leader_rx, _lease_task) = lease.watch().await;
+    let timing = LeaseTiming::default();
+    timing.check().map_err(anyhow::Error::msg)?;
+    let elector = Elector::new(client.clone(), &args.namespace, LEASE_NAME, &identity, timing);
     // A standby is ready too: it can take over at once.
     metrics.ready_flag.store(true, Ordering::Relaxed);
-    tracing::info!(%identity, namespace = %args.namespace, "operator started; waiting for the leader Lease");
+    tracing::info!(%identity, namespace = %args.namespace, "operator started; campaigning for the leader Lease");
 
-    let resync_every = Duration::from_secs(args.resync_seconds.max(5));
-    let work = move || {
-        let (client, pool, metrics) = (client.clone(), pool.clone(), metrics.clone());
-        async move {
-            metrics.leader.set(1);
-            let _not_leader = scopeguard(metrics.clone());
-            let (nodes, writer) = reflector::store();
-            let recorder =
-                Recorder::new(client.clone(), Reporter { controller: "bpfleet-operator".into(), instance: None });
-            let ctx = Arc::new(Context {
-                client: client.clone(),
-                pool,
-                nodes,
-                index: Arc::new(NodeIndex::default()),
-                recorder: Some(recorder),
-                metrics,
-                desired: Default::default(),
-            });
-            // Bounded: each reconcile holds its bytecode and one request per node while
-            // it dispatches; unbounded, a thousand at start-up cost ~800 MiB (benchmarks.md).
-            let programs = Controller::new(Api::<BpfProgram>::all(client), watcher::Config::default())
-                .with_config(kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY));
-            let store = programs.store();
-            let (trigger_tx, trigger_rx) = mpsc::channel(1);
-            let (targeted_tx, targeted_rx) = mpsc::channel(1024);
-            tokio::spawn(resync::watch_nodes(ctx.clone(), writer, trigger_tx));
-            tokio::spawn(resync::watch_agents(ctx.clone(), targeted_tx.clone()));
-            tokio::spawn(resync::resync_loop(ctx.clone(), store, resync_every, targeted_tx));
-            controller::run(
-                ctx,
-                programs,
-                ReceiverStream::new(trigger_rx),
-                ReceiverStream::new(targeted_rx),
-                std::future::pending(),
-            )
-            .await;
+    let cfg = WorkConfig { resync_every: Duration::from_secs(args.resync_seconds.max(5)), ..WorkConfig::default() };
+    let work = |epoch| work::lead(client.clone(), pool.clone(), metrics.clone(), epoch, cfg.clone());
+    let reload = tls::reload_on_change(
+        files,
+        pool.clone(),
+        loaded.fingerprint,
+        Duration::from_secs(args.tls_reload_seconds.max(1)),
+    );
+    // Whatever ends first, the others are dropped here, the leader's work with them,
+    // before the Lease is released: the next leader never overlaps this one.
+    let outcome = tokio::select! {
+        _ = elector.run() => Ok(()),
+        r = leader::run_while_leader(elector.subscribe(), work) => r.map_err(anyhow::Error::msg),
+        _ = reload => Ok(()),
+        signal = shutdown_signal() => {
+            tracing::info!(%signal, "stopping: handing leadership over");
+            Ok(())
+        }
+    };
+    elector.release().await;
+    outcome
+}
+
+/// SIGTERM (Kubernetes stopping the pod; the operator is PID 1 in its image) or SIGINT.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
         }
     };
     tokio::select! {
-        _ = leader::run_while_leader(leader_rx, work) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
     }
-    Ok(())
-}
-
-/// Sets the leader gauge back to 0 when the leader's work ends or is aborted.
-fn scopeguard(metrics: Arc<Metrics>) -> impl Drop {
-    struct Guard(Arc<Metrics>);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            self.0.leader.set(0);
-        }
-    }
-    Guard(metrics)
 }

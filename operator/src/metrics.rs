@@ -42,6 +42,10 @@ pub struct Metrics {
     pub ready_flag: AtomicBool,
     /// This process holds the Lease.
     pub leader: Gauge,
+    /// The leadership epoch of the current (or last) term.
+    pub epoch: Gauge,
+    /// 1 once the leader's caches synced and every agent was listed.
+    pub caches_synced: Gauge,
 }
 
 impl Default for Metrics {
@@ -66,6 +70,8 @@ impl Metrics {
         let failed = Family::<ProgramLabel, Gauge>::default();
         let repairs = Family::<Label1, Counter>::default();
         let leader = Gauge::default();
+        let epoch = Gauge::default();
+        let caches_synced = Gauge::default();
         registry.register("reconciles", "BpfProgram reconciliations", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciliations by reason", errors.clone());
         registry.register("reconcile_duration_seconds", "Time per reconciliation", reconcile_seconds.clone());
@@ -75,6 +81,12 @@ impl Metrics {
         registry.register("failed_nodes", "Nodes failing each BpfProgram", failed.clone());
         registry.register("drift_repairs", "Drift repairs by kind", repairs.clone());
         registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
+        registry.register("leader_epoch", "Leadership epoch of the current or last term", epoch.clone());
+        registry.register(
+            "caches_synced",
+            "1 once the leader synced its caches and listed every agent",
+            caches_synced.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -87,6 +99,8 @@ impl Metrics {
             repairs,
             ready_flag: AtomicBool::new(false),
             leader,
+            epoch,
+            caches_synced,
         }
     }
 

@@ -22,6 +22,9 @@ pub struct ProgramView<'a> {
     pub targets: &'a BTreeSet<String>,
     /// Per node, what runs there now.
     pub observed: &'a BTreeMap<String, Observed>,
+    /// Nodes that failed the revision they must run and wait for their next try
+    /// (backoff): they are left alone until then.
+    pub held: &'a BTreeSet<String>,
 }
 
 /// A rollout strategy: which revision a node must run now (`None`: nothing).
@@ -39,6 +42,13 @@ impl Rollout for AllAtOnce {
     }
 }
 
+/// How long a node waits before it is sent a revision it failed `attempts` times in a
+/// row: 5 s, doubling, at most 5 minutes. A new revision starts again at once.
+pub fn retry_delay(attempts: u32) -> std::time::Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempts.saturating_sub(1).min(16));
+    std::time::Duration::from_secs(secs.min(300))
+}
+
 /// What to ask one node's agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -54,6 +64,7 @@ pub enum Action {
 pub fn decide(node: &str, view: &ProgramView<'_>, rollout: &dyn Rollout) -> Action {
     match (rollout.revision_for(node, view), view.observed.get(node)) {
         (Some(want), Some(o)) if o.revision == want && o.health == Health::Healthy => Action::Keep,
+        (Some(want), _) if want == view.desired && view.held.contains(node) => Action::Keep,
         (Some(want), _) => Action::Apply(want),
         (None, Some(_)) => Action::Remove,
         (None, None) => Action::Keep,
@@ -89,7 +100,7 @@ mod tests {
     fn new_targets_get_the_revision_others_lose_it() {
         let targets = set(&["a", "b"]);
         let observed = obs(&[("b", "r1", Health::Healthy), ("c", "r1", Health::Healthy)]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
         let p = plan(&view, &AllAtOnce);
         assert_eq!(p.get("a"), Some(&Action::Apply("r1".into())));
         assert_eq!(p.get("b"), None, "b already runs r1 healthy");
@@ -100,16 +111,37 @@ mod tests {
     fn stale_failed_or_degraded_nodes_are_reapplied() {
         let targets = set(&["a", "b", "c"]);
         let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r1", Health::Failed), ("c", "r1", Health::Degraded)]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
         let p = plan(&view, &AllAtOnce);
         assert!(p.values().all(|a| *a == Action::Apply("r1".into())), "{p:?}");
         assert_eq!(p.len(), 3);
     }
 
     #[test]
+    fn nodes_in_backoff_are_left_alone_until_their_next_try() {
+        let targets = set(&["a", "b"]);
+        let observed = obs(&[("a", "r0", Health::Healthy)]);
+        let held = set(&["a"]);
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held };
+        let p = plan(&view, &AllAtOnce);
+        assert_eq!(p, BTreeMap::from([("b".to_string(), Action::Apply("r1".into()))]), "a keeps r0 until then");
+        // A node held for r1 but no longer targeted still loses it.
+        let (targets, observed) = (set(&[]), obs(&[("a", "r1", Health::Failed)]));
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held };
+        assert_eq!(plan(&view, &AllAtOnce), BTreeMap::from([("a".to_string(), Action::Remove)]));
+    }
+
+    #[test]
+    fn retries_wait_longer_each_time_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
     fn no_targets_and_nothing_observed_means_nothing_to_do() {
         let (targets, observed) = (set(&[]), obs(&[]));
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
         assert!(plan(&view, &AllAtOnce).is_empty());
     }
 
@@ -131,7 +163,7 @@ mod tests {
         }
         let targets = set(&["a", "b"]);
         let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r0", Health::Healthy)]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
         let p = plan(&view, &Canary("a"));
         assert_eq!(p, BTreeMap::from([("a".to_string(), Action::Apply("r1".into()))]));
     }

@@ -1,7 +1,8 @@
 //! The operator's view of Nodes and agents: a Node watcher that keeps the node cache,
 //! cleans up after deleted Nodes and triggers reconciles when a Node's labels or
 //! address change; and a periodic resync that Lists every agent, repairs drift and
-//! writes each node's BpfNode.
+//! writes each node's BpfNode when it changed. Everything here runs inside the leader's
+//! one unit of work (`work`): nothing is spawned detached.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -64,24 +65,105 @@ pub async fn node_gone(ctx: &Context, name: &str) {
     tracing::info!(node = name, "node deleted");
     ctx.index.forget(name);
     ctx.pool.forget(name);
+    ctx.bpfnodes.forget(name);
     ctx.metrics.forget_node(name);
     if let Err(e) = bpfnode::delete(&ctx.client, name).await {
         tracing::warn!(node = name, error = %e, "cannot delete BpfNode");
     }
 }
 
-/// List every agent every `every`, forever.
+/// List every agent every `every`, forever. Starts once the BpfProgram cache has
+/// synced (the Node cache has, before any leader work that reads it starts).
 pub async fn resync_loop(
     ctx: Arc<Context>,
     programs: Store<BpfProgram>,
     every: Duration,
     targeted: mpsc::Sender<ObjectRef<BpfProgram>>,
 ) {
-    let _ = programs.wait_until_ready().await;
-    let _ = ctx.nodes.wait_until_ready().await;
+    if programs.wait_until_ready().await.is_err() {
+        return;
+    }
     loop {
-        resync_once(&ctx, &programs, &targeted).await;
         tokio::time::sleep(every).await;
+        resync_once(&ctx, &programs, &targeted).await;
+    }
+}
+
+/// Nodes whose agents can be dialled.
+fn reachable_addrs(nodes: &BTreeMap<String, Arc<Node>>) -> Vec<NodeAddr> {
+    nodes
+        .values()
+        .filter_map(|n| NodeInfo::from_node(n))
+        .filter(|i| !i.deleting)
+        .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
+        .collect()
+}
+
+/// Every agent's List, a few at a time, each handled and dropped before the next: a
+/// List answer holds every owner of a node, and 50 of them at once cost tens of MiB.
+fn lists(
+    ctx: &Context,
+    addrs: Vec<NodeAddr>,
+) -> impl futures::Stream<Item = (NodeAddr, Result<v1::ListResponse, crate::dispatch::DispatchError>)> + '_ {
+    futures::stream::iter(addrs)
+        .map(move |n| {
+            let pool = ctx.pool.clone();
+            async move {
+                let r = pool.list(&n).await;
+                (n, r)
+            }
+        })
+        .buffer_unordered(RESYNC_LISTS_IN_FLIGHT)
+}
+
+/// Before the first reconcile of a leadership term: learn what every agent runs, so
+/// the first decisions compare the spec with the truth instead of with nothing (a new
+/// leader re-applying to every node, or writing status from an empty index). Writes
+/// BpfNodes; repairs nothing (the BpfProgram cache is not synced yet).
+pub async fn initial_sync(ctx: &Context) {
+    let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
+    let addrs = reachable_addrs(&nodes);
+    let total = addrs.len();
+    let mut listed = 0;
+    let mut stream = std::pin::pin!(lists(ctx, addrs));
+    while let Some((addr, result)) = stream.next().await {
+        match result {
+            Ok(list) => {
+                listed += 1;
+                ctx.index.record_list(&addr.name, &list);
+                write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
+            }
+            Err(e) => tracing::warn!(node = %addr.name, error = %e, "initial sync: cannot list agent"),
+        }
+    }
+    tracing::info!(listed, total, "initial sync: agents listed");
+}
+
+async fn write_bpfnode(ctx: &Context, node: Option<&Node>, list: &v1::ListResponse) {
+    let Some(node) = node else { return };
+    let status = crate::index::node_status(list);
+    if let Err(e) = bpfnode::write_if_changed(&ctx.client, &ctx.bpfnodes, node, &status).await {
+        tracing::warn!(node = %node.name_any(), error = %e, "cannot write BpfNode");
+    }
+}
+
+/// Whether the owner `uid` named `name` that an agent runs belongs to no BpfProgram,
+/// asked at the moment of removal: the cache first, then the API server itself, so an
+/// owner created after this pass started (or not yet in the cache) is never removed.
+async fn truly_unknown(ctx: &Context, programs: &Store<BpfProgram>, uid: &str, name: &str) -> bool {
+    if programs.state().iter().any(|p| p.uid().as_deref() == Some(uid)) {
+        return false;
+    }
+    if ctx.desired.read().unwrap_or_else(|e| e.into_inner()).contains_key(uid) {
+        return false;
+    }
+    match Api::<BpfProgram>::all(ctx.client.clone()).get_opt(name).await {
+        Ok(Some(p)) => p.uid().as_deref() != Some(uid),
+        Ok(None) => true,
+        Err(e) => {
+            tracing::warn!(owner = %name, error = %e, "drift: cannot confirm the owner is gone; keeping it");
+            false
+        }
     }
 }
 
@@ -91,25 +173,10 @@ pub async fn resync_once(
     targeted: &mpsc::Sender<ObjectRef<BpfProgram>>,
 ) {
     let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
-    let addrs: Vec<NodeAddr> = nodes
-        .values()
-        .filter_map(|n| NodeInfo::from_node(n))
-        .filter(|i| !i.deleting)
-        .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
-        .collect();
+    let addrs = reachable_addrs(&nodes);
     let known: BTreeSet<String> = programs.state().iter().filter_map(|p| p.uid()).collect();
     let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
-    // A few Lists at a time, each handled and dropped before the next: a List answer
-    // holds every owner of a node, and 50 of them at once cost tens of MiB.
-    let mut lists = futures::stream::iter(addrs)
-        .map(|n| {
-            let pool = ctx.pool.clone();
-            async move {
-                let r = pool.list(&n).await;
-                (n, r)
-            }
-        })
-        .buffer_unordered(RESYNC_LISTS_IN_FLIGHT);
+    let mut lists = std::pin::pin!(lists(ctx, addrs));
     while let Some((addr, result)) = lists.next().await {
         let list = match result {
             Ok(l) => l,
@@ -128,9 +195,13 @@ pub async fn resync_once(
         for repair in drift::diff(&addr.name, &known, &desired, &list) {
             match repair {
                 Repair::RemoveUnknown { uid, name } => {
+                    if !truly_unknown(ctx, programs, &uid, &name).await {
+                        continue;
+                    }
                     tracing::warn!(node = %addr.name, owner = %name, %uid, "drift: removing a program no BpfProgram claims");
                     ctx.metrics.repaired("remove_unknown");
-                    match ctx.pool.remove(&addr, v1::Owner { uid: uid.clone(), name: name.clone() }).await {
+                    let owner = v1::Owner { uid: uid.clone(), name: name.clone() };
+                    match ctx.pool.remove(&addr, owner, ctx.epoch).await {
                         Ok(_) => ctx.index.record_removed(&addr.name, &uid),
                         Err(e) => tracing::warn!(node = %addr.name, error = %e, "drift: remove failed"),
                     }
@@ -158,11 +229,7 @@ pub async fn resync_once(
                 }
             }
         }
-        if let Some(node) = nodes.get(&addr.name)
-            && let Err(e) = bpfnode::write(&ctx.client, node, &crate::index::node_status(&list)).await
-        {
-            tracing::warn!(node = %addr.name, error = %e, "cannot write BpfNode");
-        }
+        write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
     }
 }
 
@@ -206,11 +273,20 @@ fn mark_unreachable(
 /// How often the set of Watch streams is compared with the set of nodes.
 const WATCH_SUPERVISE_EVERY: Duration = Duration::from_secs(5);
 
+/// A task that is aborted when its handle is dropped: per-agent streams end with the
+/// leader's work that owns them.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Keep one Watch stream open to every agent, so a link removed by hand, a program
 /// gone or an agent dying shows in status at once instead of at the next resync.
 pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<BpfProgram>>) {
-    let _ = ctx.nodes.wait_until_ready().await;
-    let mut streams: HashMap<String, (NodeAddr, tokio::task::JoinHandle<()>)> = HashMap::new();
+    let mut streams: HashMap<String, (NodeAddr, AbortOnDrop)> = HashMap::new();
     loop {
         let wanted: HashMap<String, NodeAddr> = ctx
             .nodes
@@ -220,17 +296,12 @@ pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<Bp
             .filter(|i| !i.deleting)
             .filter_map(|i| i.internal_ip.map(|ip| (i.name.clone(), NodeAddr { name: i.name, ip })))
             .collect();
-        streams.retain(|name, (addr, task)| {
-            let keep = wanted.get(name) == Some(addr) && !task.is_finished();
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
+        // Dropping an entry aborts its stream.
+        streams.retain(|name, (addr, task)| wanted.get(name) == Some(addr) && !task.0.is_finished());
         for (name, addr) in wanted {
             streams.entry(name).or_insert_with(|| {
                 let task = tokio::spawn(watch_one(ctx.clone(), addr.clone(), targeted.clone()));
-                (addr, task)
+                (addr, AbortOnDrop(task))
             });
         }
         tokio::time::sleep(WATCH_SUPERVISE_EVERY).await;

@@ -10,6 +10,10 @@ use crds::program::NodeFailure;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
+/// kstatus: True while the operator works towards the spec (InProgress).
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: True when progress stopped on an error (Failed).
+pub const STALLED: &str = "Stalled";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 
@@ -39,6 +43,8 @@ pub struct StatusInput<'a> {
     pub targets: &'a BTreeSet<String>,
     pub outcomes: &'a BTreeMap<String, NodeOutcome>,
     pub spec_problem: Option<&'a SpecProblem>,
+    /// Per failed node: failed applies in a row and the time of the next try.
+    pub retries: &'a BTreeMap<String, (u32, Time)>,
     pub previous: Option<&'a BpfProgramStatus>,
     pub now: Time,
 }
@@ -87,17 +93,24 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         match input.outcomes.get(node).unwrap_or(&NodeOutcome::Pending) {
             NodeOutcome::Ready => ready += 1,
             NodeOutcome::Pending => pending += 1,
-            NodeOutcome::Failed { program, reason, message } => failures.push(NodeFailure {
-                node: node.clone(),
-                program: program.clone(),
-                reason: reason.clone(),
-                message: message.clone(),
-            }),
+            NodeOutcome::Failed { program, reason, message } => {
+                let retry = input.retries.get(node);
+                failures.push(NodeFailure {
+                    node: node.clone(),
+                    program: program.clone(),
+                    reason: reason.clone(),
+                    message: message.clone(),
+                    attempts: retry.map(|(n, _)| *n as i32),
+                    next_retry_time: retry.map(|(_, t)| t.clone()),
+                })
+            }
             NodeOutcome::Unreachable { message } => failures.push(NodeFailure {
                 node: node.clone(),
                 program: None,
                 reason: "AgentUnreachable".into(),
                 message: message.clone(),
+                attempts: None,
+                next_retry_time: None,
             }),
         }
     }
@@ -106,6 +119,8 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
     let conditions = if let Some(problem) = input.spec_problem {
         vec![
             condition(READY, false, &problem.reason, problem.message.clone(), input),
+            condition(RECONCILING, false, &problem.reason, "waiting for the spec to be fixed".into(), input),
+            condition(STALLED, true, &problem.reason, problem.message.clone(), input),
             condition(PROGRESSING, false, &problem.reason, "waiting for the spec to be fixed".into(), input),
             condition(DEGRADED, true, &problem.reason, problem.message.clone(), input),
         ]
@@ -132,8 +147,34 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         } else {
             condition(DEGRADED, false, "NoFailures", "no node reports a failure".into(), input)
         };
+        // kstatus reads Reconciling before Stalled: a program with failed nodes is
+        // Stalled (Flux: Failed) even while other nodes are still pending.
+        let (reconciling, stalled) = if failed > 0 {
+            (
+                condition(RECONCILING, false, "NodeFailures", format!("{failed}/{total} nodes failed"), input),
+                condition(STALLED, true, "NodeFailures", format!("{failed}/{total} nodes failed: {summary}"), input),
+            )
+        } else if pending > 0 {
+            (
+                condition(
+                    RECONCILING,
+                    true,
+                    "Applying",
+                    format!("applying revision {rev}: {pending}/{total} nodes pending"),
+                    input,
+                ),
+                condition(STALLED, false, "NoFailures", "no node reports a failure".into(), input),
+            )
+        } else {
+            (
+                condition(RECONCILING, false, ready_reason, format!("revision {rev} applied"), input),
+                condition(STALLED, false, "NoFailures", "no node reports a failure".into(), input),
+            )
+        };
         vec![
             condition(READY, ready_ok, ready_reason, ready_msg, input),
+            reconciling,
+            stalled,
             condition(PROGRESSING, prog_ok, prog_reason, prog_msg, input),
             degraded,
         ]
@@ -172,11 +213,14 @@ pub fn deleting(
         targets: &BTreeSet::new(),
         outcomes: &BTreeMap::new(),
         spec_problem: None,
+        retries: &BTreeMap::new(),
         previous,
         now,
     };
     status.conditions = vec![
         condition(READY, false, "Deleting", message.clone(), &input),
+        condition(RECONCILING, true, "Deleting", message.clone(), &input),
+        condition(STALLED, false, "Deleting", "deletion in progress".into(), &input),
         condition(PROGRESSING, true, "Deleting", message, &input),
         condition(DEGRADED, false, "Deleting", "deletion in progress".into(), &input),
     ];
@@ -217,10 +261,13 @@ mod tests {
             targets,
             outcomes,
             spec_problem: None,
+            retries: &NO_RETRIES,
             previous,
             now: t(now),
         }
     }
+
+    static NO_RETRIES: BTreeMap<String, (u32, Time)> = BTreeMap::new();
 
     #[test]
     fn all_ready() {
@@ -246,6 +293,55 @@ mod tests {
         assert_eq!(cond(&s, READY).message, "1/3 nodes run revision 5f1c2a0000000000");
         assert_eq!(cond(&s, PROGRESSING).status, "True");
         assert_eq!(cond(&s, PROGRESSING).message, "applying revision 5f1c2a0000000000: 2/3 nodes pending");
+    }
+
+    /// What kstatus (sigs.k8s.io/cli-utils, used by Flux health checks) makes of a
+    /// status: its generic rules for custom resources.
+    fn kstatus(s: &BpfProgramStatus, generation: i64) -> &'static str {
+        if s.observed_generation != Some(generation) {
+            return "InProgress";
+        }
+        let is_true = |t: &str| s.conditions.iter().any(|c| c.type_ == t && c.status == "True");
+        if is_true(RECONCILING) {
+            "InProgress"
+        } else if is_true(STALLED) {
+            "Failed"
+        } else {
+            "Current"
+        }
+    }
+
+    #[test]
+    fn gitops_tools_read_converging_failing_and_done() {
+        let tg = targets(&["a", "b"]);
+        let half = BTreeMap::from([("a".into(), NodeOutcome::Ready)]);
+        let s = compute(&input(&tg, &half, None, 10));
+        assert_eq!(kstatus(&s, 4), "InProgress");
+        assert_eq!(kstatus(&s, 5), "InProgress", "a newer generation is not observed yet");
+        let all = BTreeMap::from([("a".into(), NodeOutcome::Ready), ("b".into(), NodeOutcome::Ready)]);
+        assert_eq!(kstatus(&compute(&input(&tg, &all, None, 10)), 4), "Current");
+        // A failed node with another still pending: Failed, with the retry in status.
+        let tg3 = targets(&["a", "b", "c"]);
+        let bad = BTreeMap::from([("a".into(), NodeOutcome::Ready), ("b".into(), failed("VerifierRejected", "R0"))]);
+        let retries = BTreeMap::from([("b".to_string(), (3, t(50)))]);
+        let mut i = input(&tg3, &bad, None, 10);
+        i.retries = &retries;
+        let s = compute(&i);
+        assert_eq!(kstatus(&s, 4), "Failed");
+        assert_eq!(cond(&s, STALLED).reason, "NodeFailures");
+        assert!(cond(&s, STALLED).message.contains("b: VerifierRejected (count_packets): R0"));
+        assert_eq!((s.failures[0].attempts, s.failures[0].next_retry_time.clone()), (Some(3), Some(t(50))));
+        // A spec nobody can run is Failed too.
+        let problem = SpecProblem { reason: "InvalidSpec".into(), message: "x".into() };
+        let mut i = input(&tg, &half, None, 10);
+        i.spec_problem = Some(&problem);
+        assert_eq!(kstatus(&compute(&i), 4), "Failed");
+        // Deleting is InProgress.
+        let d = deleting(Some(&s), &BTreeMap::from([("a".to_string(), "x".to_string())]), t(20));
+        assert_eq!(kstatus(&d, 4), "InProgress");
+        for c in &compute(&input(&tg, &all, None, 10)).conditions {
+            assert_eq!(c.observed_generation, Some(4), "{}", c.type_);
+        }
     }
 
     #[test]

@@ -204,6 +204,7 @@ fn apply_request(uid: &str, programs_yaml: &str) -> v1::ApplyRequest {
         bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
         programs: spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -446,7 +447,7 @@ async fn fan_out_to_real_agents() {
         let uid = uid.clone();
         pool.fan_out(fleet.nodes(), move |pool, node| {
             let owner = owner(&uid);
-            async move { pool.remove(&node, owner).await }
+            async move { pool.remove(&node, owner, 0).await }
         })
     };
     for (node, result) in remove_all().await {
@@ -510,7 +511,7 @@ async fn watch_streams_report_changes_and_a_dead_agent() {
     assert_eq!(ev.state.as_ref().unwrap().health, v1::Health::Degraded as i32, "{ev:?}");
     assert!(ev.reason.contains("removed by someone else"), "{}", ev.reason);
 
-    assert!(pool.remove(&node, owner(&uid)).await.expect("remove"));
+    assert!(pool.remove(&node, owner(&uid), 0).await.expect("remove"));
     let ev = next_event_for(&mut stream, &uid).await;
     assert_eq!(ev.kind, v1::watch_event::Kind::Removed as i32);
 

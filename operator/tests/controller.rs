@@ -14,7 +14,6 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use operator::controller::{Context, FINALIZER, reconcile};
 use operator::dispatch::{AgentPool, PoolConfig};
-use operator::index::NodeIndex;
 use operator::metrics::Metrics;
 use serde_json::{Value, json};
 
@@ -73,15 +72,7 @@ fn context(nodes: Vec<Node>) -> (Arc<Context>, Handle) {
     let mut cfg = PoolConfig::new(1, tonic::transport::ClientTlsConfig::new());
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.call_timeout = Duration::from_secs(1);
-    let ctx = Context {
-        client,
-        pool: AgentPool::new(cfg),
-        nodes: store,
-        index: Arc::new(NodeIndex::default()),
-        recorder: None,
-        metrics: Arc::new(Metrics::new()),
-        desired: Default::default(),
-    };
+    let ctx = Context::new(client, AgentPool::new(cfg), store, Arc::new(Metrics::new()), 1);
     (Arc::new(ctx), handle)
 }
 

@@ -187,6 +187,7 @@ pub fn state_to_status(s: &v1::OwnerState) -> NodeProgramStatus {
             .collect(),
         maps: s.maps.iter().map(|m| PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
         last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
+        bytecode_digest: (!s.bytecode_digest.is_empty()).then(|| s.bytecode_digest.clone()),
     }
 }
 

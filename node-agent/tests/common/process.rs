@@ -190,5 +190,6 @@ pub fn apply_request(uid: &str, programs_yaml: &str, object_name: &str) -> v1::A
         bytecode: Some(v1::apply_request::Bytecode::Elf(bytes.into())),
         programs: spec.programs.iter().map(proto::program_to_wire).collect(),
         global_data: Default::default(),
+        ..Default::default()
     }
 }

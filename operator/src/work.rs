@@ -1,0 +1,100 @@
+//! What the leader does, as one unit of work: dropping the future this returns (lost
+//! Lease, shutdown) stops every watch, resync, agent stream and dispatch it started.
+//!
+//! Order matters for correctness after a restart or failover: the Node and ConfigMap
+//! caches sync first, then every agent is listed once (`initial_sync`), and only then
+//! do reconciles and resyncs start. No decision is ever taken from an empty cache: a
+//! new leader neither re-applies what runs nor writes `NoTargetNodes` for a program
+//! that runs on nodes, nor drops a finalizer having asked no node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crds::BpfProgram;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, reflector, watcher};
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::bytecode::{self, BytecodeCache};
+use crate::controller::{self, Context};
+use crate::dispatch::AgentPool;
+use crate::metrics::Metrics;
+use crate::resync;
+
+/// How the leader works.
+#[derive(Clone, Debug)]
+pub struct WorkConfig {
+    /// Time between two Lists of every agent.
+    pub resync_every: Duration,
+    /// BpfPrograms reconciled at once.
+    pub reconcile_concurrency: u16,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        // Bounded: each reconcile holds its bytecode and one request per node while it
+        // dispatches; unbounded, a thousand at start-up cost ~800 MiB (benchmarks.md).
+        Self { resync_every: Duration::from_secs(60), reconcile_concurrency: 16 }
+    }
+}
+
+/// Sets the leader gauges back when the unit ends or is dropped.
+struct LeaderGauge(Arc<Metrics>);
+
+impl Drop for LeaderGauge {
+    fn drop(&mut self) {
+        self.0.leader.set(0);
+        self.0.caches_synced.set(0);
+    }
+}
+
+/// Lead for one term of `epoch`. Runs until dropped.
+pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch: u64, cfg: WorkConfig) {
+    metrics.leader.set(1);
+    metrics.epoch.set(epoch as i64);
+    let _gauge = LeaderGauge(metrics.clone());
+
+    let (nodes, node_writer) = reflector::store();
+    let (config_maps, cm_writer) = reflector::store();
+    let mut ctx = Context::new(client.clone(), pool, nodes, metrics.clone(), epoch);
+    ctx.recorder =
+        Some(Recorder::new(client.clone(), Reporter { controller: "bpfleet-operator".into(), instance: None }));
+    ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()));
+    let ctx = Arc::new(ctx);
+
+    let programs = Controller::new(Api::<BpfProgram>::all(client.clone()), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(cfg.reconcile_concurrency));
+    let program_store = programs.store();
+    let (trigger_tx, trigger_rx) = mpsc::channel(1);
+    let (targeted_tx, targeted_rx) = mpsc::channel(1024);
+
+    let decide = {
+        let (ctx, targeted_tx, program_store) = (ctx.clone(), targeted_tx.clone(), program_store.clone());
+        async move {
+            if ctx.nodes.wait_until_ready().await.is_err() || config_maps.wait_until_ready().await.is_err() {
+                return;
+            }
+            resync::initial_sync(&ctx).await;
+            metrics.caches_synced.set(1);
+            tracing::info!(epoch, "caches synced and agents listed: reconciling");
+            futures::join!(
+                controller::run(
+                    ctx.clone(),
+                    programs,
+                    ReceiverStream::new(trigger_rx),
+                    ReceiverStream::new(targeted_rx),
+                    std::future::pending(),
+                ),
+                resync::watch_agents(ctx.clone(), targeted_tx.clone()),
+                resync::resync_loop(ctx.clone(), program_store, cfg.resync_every, targeted_tx),
+            );
+        }
+    };
+    futures::join!(
+        resync::watch_nodes(ctx.clone(), node_writer, trigger_tx),
+        bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx),
+        decide,
+    );
+}
