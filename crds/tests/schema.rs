@@ -359,10 +359,10 @@ fn validation_rules_read_only_bounded_fields() {
         match n.get("type").and_then(Value::as_str) {
             Some("string") if n.get("maxLength").is_none() => out.push(format!("{path}: string without maxLength")),
             Some("array") if n.get("maxItems").is_none() => out.push(format!("{path}: list without maxItems")),
-            Some("object") if n.get("additionalProperties").is_some_and(Value::is_object) => {
-                if n.get("maxProperties").is_none() {
-                    out.push(format!("{path}: map without maxProperties"));
-                }
+            Some("object")
+                if n.get("additionalProperties").is_some_and(Value::is_object) && n.get("maxProperties").is_none() =>
+            {
+                out.push(format!("{path}: map without maxProperties"))
             }
             _ => {}
         }

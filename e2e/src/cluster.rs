@@ -204,6 +204,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// Replace the bytes under `key` of ConfigMap `name` (an edit, as `kubectl apply`
+    /// of a rebuilt object would make).
+    pub fn replace_configmap_key(&self, name: &str, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        use base64::Engine;
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let patch = json!({"binaryData": {key: b64}});
+        block_on(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)))
+            .with_context(|| format!("cannot edit ConfigMap {name}"))?;
+        Ok(())
+    }
+
     /// Create a BpfProgram from its spec (JSON, as in a manifest), labelled with the run.
     /// Retries while the API server's discovery has not caught up with a new CRD.
     pub fn create_program(&self, name: &str, spec: Value) -> anyhow::Result<BpfProgram> {

@@ -52,7 +52,7 @@ impl Env {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         assert!(util::is_root(), "e2e {test}: needs root (network namespaces, bpffs, eBPF); run it with sudo -E");
         util::host_setup();
-        let bins = util::binaries().clone();
+        let _ = util::binaries();
         let run = util::random_suffix()[..6].to_string();
         let workdir = std::env::temp_dir().join(format!("bpfleet-e2e-{run}"));
         std::fs::create_dir_all(workdir.join("pki")).expect("work directory");
@@ -65,18 +65,28 @@ impl Env {
         env.cluster.check_no_foreign_programs().unwrap_or_else(|e| panic!("{e:#}"));
         env.cluster.install_crds().unwrap_or_else(|e| panic!("{e:#}"));
         env.cluster.create_namespace().unwrap_or_else(|e| panic!("{e:#}"));
-        let op = Operator::start(OperatorConfig {
-            bin: &bins.operator,
-            pki: &env.pki,
-            namespace: &env.cluster.namespace,
-            agent_port: AGENT_PORT,
-            resync_seconds: 5,
-            identity: &format!("e2e-{run}"),
-            log: env.workdir.join("operator.log"),
-        })
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        let op = Operator::start(env.operator_config("a")).unwrap_or_else(|e| panic!("{e:#}"));
         env.operator = Some(op);
         env
+    }
+
+    /// How operator process `id` of this run is started (identity `e2e-<run>-<id>`,
+    /// log `operator-<id>.log`).
+    pub fn operator_config(&self, id: &str) -> OperatorConfig<'_> {
+        OperatorConfig {
+            bin: &util::binaries().operator,
+            pki: &self.pki,
+            namespace: &self.cluster.namespace,
+            agent_port: AGENT_PORT,
+            resync_seconds: 5,
+            identity: format!("e2e-{}-{id}", self.cluster.run),
+            log: self.workdir.join(format!("operator-{id}.log")),
+        }
+    }
+
+    /// Another operator process of this run, as a standby (it leads once the Lease is free).
+    pub fn start_standby(&self, id: &str) -> Operator {
+        Operator::start_standby(self.operator_config(id)).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     pub fn run(&self) -> &str {

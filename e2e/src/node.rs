@@ -21,6 +21,8 @@ use crate::util::{self, block_on, sh, sh_quiet};
 
 /// The port every agent listens on, each at its own namespace's address.
 pub const AGENT_PORT: u16 = 50051;
+/// Port of every process-mode agent's `/metrics` (on its namespace address).
+pub const METRICS_PORT: u16 = 9464;
 
 /// First two octets of the node subnets (`<net>.<n>.0/24`); `BPFLEET_E2E_NET` overrides.
 pub fn subnet_prefix() -> String {
@@ -157,6 +159,8 @@ impl ProcessNode {
             .arg(&self.tls.client_ca)
             .arg("--tls-client-name")
             .arg(CLIENT_NAME)
+            .arg("--metrics-listen")
+            .arg(self.metrics_addr().to_string())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("BPFLEET_FAULT")
@@ -168,6 +172,27 @@ impl ProcessNode {
             cmd.spawn().with_context(|| format!("cannot start {} in {}", self.agent_bin.display(), self.netns))?;
         self.agent = Some(child);
         Ok(())
+    }
+
+    /// The agent's `/metrics` address (inside its namespace, reachable from the host).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip.into(), METRICS_PORT)
+    }
+
+    /// Sum of the agent's metric `name` (any labels) as the agent itself counts it.
+    pub fn agent_metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = util::http_get(self.metrics_addr(), "/metrics")?;
+        Ok(crate::operator::metric_sum(&text, name).unwrap_or(0.0))
+    }
+
+    /// Apply or Remove requests (`method`) the agent served successfully.
+    pub fn served(&self, method: &str) -> f64 {
+        let text = util::http_get(self.metrics_addr(), "/metrics").unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with("bpfleet_agent_grpc_requests_total{"))
+            .filter(|l| l.contains(&format!("method=\"{method}\"")) && l.contains("outcome=\"ok\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// The agent process is alive.

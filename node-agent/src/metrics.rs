@@ -25,6 +25,12 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProgramLabels {
     owner: String,
     program: String,
@@ -38,6 +44,7 @@ pub struct Metrics {
     links: Gauge,
     apply_seconds: Histogram,
     apply_errors: Family<ReasonLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
     run_count: Family<ProgramLabels, Gauge<u64, AtomicU64>>,
     run_time: Family<ProgramLabels, Gauge<f64, AtomicU64>>,
 }
@@ -58,6 +65,7 @@ impl Metrics {
         let apply_seconds =
             Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 16.0]);
         let apply_errors = Family::<ReasonLabel, Counter>::default();
+        let requests = Family::<RequestLabels, Counter>::default();
         let run_count = Family::<ProgramLabels, Gauge<u64, AtomicU64>>::default();
         let run_time = Family::<ProgramLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("owners_managed", "BpfPrograms this agent runs", owners.clone());
@@ -69,6 +77,11 @@ impl Metrics {
             apply_seconds.clone(),
         );
         registry.register("apply_errors", "Failed applies by reason", apply_errors.clone());
+        registry.register(
+            "grpc_requests",
+            "Mutating gRPC requests by method and outcome (ok, refused, failed)",
+            requests.clone(),
+        );
         registry.register("program_run_count", "Times the kernel ran each program (BPF stats)", run_count.clone());
         registry.register(
             "program_run_time_seconds",
@@ -79,7 +92,12 @@ impl Metrics {
         for r in Reason::ALL {
             let _ = apply_errors.get_or_create(&ReasonLabel { reason: r.as_str().into() });
         }
-        Self { registry, owners, programs, links, apply_seconds, apply_errors, run_count, run_time }
+        Self { registry, owners, programs, links, apply_seconds, apply_errors, requests, run_count, run_time }
+    }
+
+    /// One Apply or Remove answered: `ok`, `refused` (stale leadership epoch) or `failed`.
+    pub fn request(&self, method: &str, outcome: &str) {
+        self.requests.get_or_create(&RequestLabels { method: method.into(), outcome: outcome.into() }).inc();
     }
 
     pub fn observe_apply(&self, took: Duration, error: Option<Reason>) {

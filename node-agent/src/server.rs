@@ -12,6 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
+use crate::error::{AgentError, Reason};
 use crate::fence::EpochFence;
 use crate::manager::Manager;
 use crate::request::input_from_wire;
@@ -30,6 +31,17 @@ impl AgentService {
     }
 }
 
+impl AgentService {
+    fn count(&self, method: &str, error: Option<&AgentError>) {
+        let outcome = match error {
+            None => "ok",
+            Some(e) if e.reason == Reason::StaleLeaderEpoch => "refused",
+            Some(_) => "failed",
+        };
+        self.manager.metrics.request(method, outcome);
+    }
+}
+
 /// The running kernel's release, e.g. `6.18.44`.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
@@ -42,19 +54,28 @@ impl Agent for AgentService {
     async fn apply(&self, req: Request<v1::ApplyRequest>) -> Result<Response<v1::ApplyResponse>, Status> {
         let req = req.into_inner();
         let what = format!("Apply of {}", req.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("?"));
-        self.fence.admit(req.epoch, &what)?;
-        let input = input_from_wire(req)?;
-        let (state, changed) = self.manager.apply(input).await?;
+        let result = async {
+            self.fence.admit(req.epoch, &what)?;
+            let input = input_from_wire(req)?;
+            self.manager.apply(input).await
+        }
+        .await;
+        self.count("apply", result.as_ref().err());
+        let (state, changed) = result?;
         Ok(Response::new(v1::ApplyResponse { state: Some(state), changed }))
     }
 
     async fn remove(&self, req: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
         let req = req.into_inner();
         let owner = req.owner.ok_or_else(|| Status::invalid_argument("owner is required"))?;
-        self.fence.admit(req.epoch, &format!("Remove of {}", owner.name))?;
         let uid = OwnerUid::new(&owner.uid).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let removed = self.manager.remove(&uid).await?;
-        Ok(Response::new(v1::RemoveResponse { removed }))
+        let result = async {
+            self.fence.admit(req.epoch, &format!("Remove of {}", owner.name))?;
+            self.manager.remove(&uid).await
+        }
+        .await;
+        self.count("remove", result.as_ref().err());
+        Ok(Response::new(v1::RemoveResponse { removed: result? }))
     }
 
     async fn list(&self, _req: Request<v1::ListRequest>) -> Result<Response<v1::ListResponse>, Status> {

@@ -37,6 +37,27 @@ impl Written {
     }
 }
 
+/// Learn what every BpfNode already says (a List, 500 at a time), so a new leader
+/// writes only the BpfNodes whose truth differs from what is stored.
+pub async fn seed(client: &Client, written: &Written) -> kube::Result<usize> {
+    let api: Api<BpfNode> = Api::all(client.clone());
+    let mut params = kube::api::ListParams::default().limit(500);
+    let mut seeded = 0;
+    loop {
+        let page = api.list(&params).await?;
+        for b in &page.items {
+            if let Some(status) = &b.status {
+                written.remember(&b.name_any(), status);
+                seeded += 1;
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => return Ok(seeded),
+        }
+    }
+}
+
 /// Write `status` to the BpfNode of `node` unless it is what was written last.
 /// Returns whether it wrote.
 pub async fn write_if_changed(

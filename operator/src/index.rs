@@ -90,9 +90,15 @@ impl NodeIndex {
         let Some(uid) = state.owner.as_ref().map(|o| o.uid.clone()) else { return false };
         self.write(|m| {
             let e = m.entry(node.to_string()).or_default();
-            let cleared = e.failures.remove(&uid).is_some();
-            e.last_report_time = Some(now_rfc3339());
             let new = OwnerSummary::of(state).map(|(_, s)| s);
+            // Any report means the agent is reachable; a failed revision stays failed (with
+            // its backoff) until the node reports it running healthy.
+            let clears = |f: &Failure| match &f.outcome {
+                NodeOutcome::Unreachable { .. } => true,
+                _ => new.as_ref().is_some_and(|s| s.revision == f.revision && s.health == Health::Healthy),
+            };
+            let cleared = e.failures.get(&uid).is_some_and(clears) && e.failures.remove(&uid).is_some();
+            e.last_report_time = Some(now_rfc3339());
             let old = match &new {
                 Some(s) => e.owners.insert(uid, s.clone()),
                 None => e.owners.remove(&uid),
@@ -336,6 +342,10 @@ mod tests {
         // An unreachable agent is the pool's to back off from: no hold here.
         idx.record_failure("m", "u", "r3", NodeOutcome::Unreachable { message: "refused".into() }, at(16));
         assert_eq!(idx.retry_of("m", "u", "r3"), None);
+        // A report of the old revision, or of the failure itself, keeps the backoff.
+        idx.record_state("n", &state("u", "r1", v1::Health::Healthy));
+        idx.record_state("n", &state("u", "r3", v1::Health::Failed));
+        assert_eq!(idx.retry_of("n", "u", "r3"), Some((1, at(21))));
         // Success clears it.
         idx.record_state("n", &state("u", "r3", v1::Health::Healthy));
         assert_eq!(idx.retry_of("n", "u", "r3"), None);

@@ -38,6 +38,8 @@ pub struct Metrics {
     ready: Family<ProgramLabel, Gauge>,
     failed: Family<ProgramLabel, Gauge>,
     repairs: Family<Label1, Counter>,
+    resyncs: Counter,
+    bpfnode_writes: Counter,
     /// Caches synced: the process can serve (leader or standby).
     pub ready_flag: AtomicBool,
     /// This process holds the Lease.
@@ -69,6 +71,8 @@ impl Metrics {
         let ready = Family::<ProgramLabel, Gauge>::default();
         let failed = Family::<ProgramLabel, Gauge>::default();
         let repairs = Family::<Label1, Counter>::default();
+        let resyncs = Counter::default();
+        let bpfnode_writes = Counter::default();
         let leader = Gauge::default();
         let epoch = Gauge::default();
         let caches_synced = Gauge::default();
@@ -80,6 +84,8 @@ impl Metrics {
         registry.register("ready_nodes", "Nodes running each BpfProgram's current revision", ready.clone());
         registry.register("failed_nodes", "Nodes failing each BpfProgram", failed.clone());
         registry.register("drift_repairs", "Drift repairs by kind", repairs.clone());
+        registry.register("resync_passes", "Completed resyncs (a List of every agent)", resyncs.clone());
+        registry.register("bpfnode_writes", "BpfNode status writes (only changes are written)", bpfnode_writes.clone());
         registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
         registry.register("leader_epoch", "Leadership epoch of the current or last term", epoch.clone());
         registry.register(
@@ -97,6 +103,8 @@ impl Metrics {
             ready,
             failed,
             repairs,
+            resyncs,
+            bpfnode_writes,
             ready_flag: AtomicBool::new(false),
             leader,
             epoch,
@@ -111,6 +119,14 @@ impl Metrics {
 
     pub fn reconcile_error(&self, label: &str) {
         self.errors.get_or_create(&Label1 { label: label.into() }).inc();
+    }
+
+    pub fn resynced(&self) {
+        self.resyncs.inc();
+    }
+
+    pub fn bpfnode_written(&self) {
+        self.bpfnode_writes.inc();
     }
 
     pub fn dispatched(&self, node: &str, took: Duration) {

@@ -121,6 +121,9 @@ fn lists(
 /// leader re-applying to every node, or writing status from an empty index). Writes
 /// BpfNodes; repairs nothing (the BpfProgram cache is not synced yet).
 pub async fn initial_sync(ctx: &Context) {
+    if let Err(e) = bpfnode::seed(&ctx.client, &ctx.bpfnodes).await {
+        tracing::warn!(error = %e, "cannot list BpfNodes; each is written once");
+    }
     let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
     let addrs = reachable_addrs(&nodes);
     let total = addrs.len();
@@ -142,8 +145,10 @@ pub async fn initial_sync(ctx: &Context) {
 async fn write_bpfnode(ctx: &Context, node: Option<&Node>, list: &v1::ListResponse) {
     let Some(node) = node else { return };
     let status = crate::index::node_status(list);
-    if let Err(e) = bpfnode::write_if_changed(&ctx.client, &ctx.bpfnodes, node, &status).await {
-        tracing::warn!(node = %node.name_any(), error = %e, "cannot write BpfNode");
+    match bpfnode::write_if_changed(&ctx.client, &ctx.bpfnodes, node, &status).await {
+        Ok(true) => ctx.metrics.bpfnode_written(),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(node = %node.name_any(), error = %e, "cannot write BpfNode"),
     }
 }
 
@@ -231,6 +236,7 @@ pub async fn resync_once(
         }
         write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
     }
+    ctx.metrics.resynced();
 }
 
 async fn publish_on_bpfnode(ctx: &Context, node: &Node, reason: &str, note: String) {
