@@ -81,6 +81,7 @@ impl Env {
             resync_seconds: 5,
             identity: format!("e2e-{}-{id}", self.cluster.run),
             log: self.workdir.join(format!("operator-{id}.log")),
+            kubeconfig: None,
         }
     }
 

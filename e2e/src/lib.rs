@@ -14,6 +14,7 @@ pub mod env;
 pub mod kernel;
 pub mod node;
 pub mod operator;
+pub mod proxy;
 pub mod util;
 
 /// The kubeconfig to use, or `None` (and one printed line) when there is none.

@@ -29,6 +29,8 @@ pub struct OperatorConfig<'a> {
     /// Identity in the Lease.
     pub identity: String,
     pub log: PathBuf,
+    /// Another kubeconfig than the suite's (e.g. through a [`crate::proxy::Proxy`]).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl Operator {
@@ -82,6 +84,9 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(kc) = &cfg.kubeconfig {
+            cmd.env("KUBECONFIG", kc);
+        }
         util::die_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("cannot start {}", cfg.bin.display()))?;
         Ok(Operator { child: Some(child), log: cfg.log, metrics })

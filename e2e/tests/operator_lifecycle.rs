@@ -254,3 +254,72 @@ fn a_failing_revision_is_stalled_and_retried_ever_more_slowly() {
     assert!((4.0..=6.0).contains(&agent_count), "the agent saw {agent_count} failed applies, not a storm");
     assert!(env.node(n).xdp("eth0").is_empty(), "nothing of a rejected program is attached");
 }
+
+/// A leader cut off from the API server (it keeps running, it can still reach every
+/// agent) demotes itself at its renew deadline, before the standby may take over; it
+/// then neither resyncs nor removes what the new leader creates, and when the network
+/// heals it stays a standby.
+#[test]
+fn a_partitioned_leader_demotes_itself_and_touches_nothing_after() {
+    const TEST: &str = "a_partitioned_leader_demotes_itself_and_touches_nothing_after";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    let mut env = Env::start(TEST, &kubeconfig);
+    // The leader of this test reaches the API server through a proxy the test can cut.
+    let target = e2e::proxy::api_server_addr(&kubeconfig).unwrap_or_else(|e| panic!("{e:#}"));
+    let proxy = e2e::proxy::Proxy::start(target).unwrap_or_else(|e| panic!("{e:#}"));
+    let proxied = env.workdir.join("kubeconfig-proxied");
+    proxy.kubeconfig(&kubeconfig, &proxied).unwrap_or_else(|e| panic!("{e:#}"));
+    env.operator.as_mut().unwrap().stop();
+    let mut cfg = env.operator_config("partitioned");
+    cfg.kubeconfig = Some(proxied);
+    let partitioned = e2e::operator::Operator::start(cfg).unwrap_or_else(|e| panic!("{e:#}"));
+    env.operator = Some(partitioned);
+    let mut standby = env.start_standby("b");
+    let (nodes, _cm, _first, _rev, _uid) = xdp_on_all(&mut env, 2);
+
+    let cut = Instant::now();
+    proxy.cut();
+    let old = env.operator.as_ref().unwrap();
+    wait_for(Duration::from_secs(13), "the cut-off leader to demote itself", || {
+        if old.is_leader() { Err("still leading".into()) } else { Ok(()) }
+    });
+    let demoted = cut.elapsed();
+    standby.wait_leader(FAILOVER_LIMIT).unwrap_or_else(|e| panic!("{e:#}"));
+    let took_over = cut.elapsed();
+    eprintln!("{TEST}: demoted after {demoted:?}, standby leads after {took_over:?}");
+    assert!(demoted < took_over, "the old leader stops before the new one starts");
+
+    // The new leader creates a program; the old one, still running and able to reach
+    // every agent, must leave it alone through several of its resync periods.
+    let tp_cm = env.bytecode_configmap("tp", &["tracepoint_openat.o"]);
+    let tp = env.create_program(
+        "openat",
+        env.tracepoint_spec(
+            env.selector(&[]),
+            env.configmap_bytecode(&tp_cm, "tracepoint_openat.o"),
+            "count_openat",
+            "syscalls/sys_enter_openat",
+        ),
+    );
+    let p = env.wait_ready(&tp, 2);
+    let (rev, uid) = rev_uid(&p);
+    let ids: Vec<u64> = nodes.iter().map(|&i| program_id(&env.wait_node_runs(i, &uid, &rev), "count_openat")).collect();
+    let removes = served(&env, &nodes, "remove");
+    std::thread::sleep(Duration::from_secs(12));
+    for (k, &i) in nodes.iter().enumerate() {
+        assert!(kernel::program_exists(ids[k]), "{}: the new leader's program was removed", env.node(i).name);
+        assert_eq!(env.node(i).revision_dirs(&uid), vec![rev.clone()]);
+    }
+    assert_eq!(served(&env, &nodes, "remove"), removes, "nobody removed anything");
+    let old = env.operator.as_ref().unwrap();
+    assert_eq!(old.metric("bpfleet_operator_leader"), Some(0.0));
+
+    // Healed: the old leader sees a live Lease and stays a standby.
+    proxy.restore();
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(!env.operator.as_ref().unwrap().is_leader(), "two leaders after the partition healed");
+    assert!(standby.is_leader());
+    let mut old = env.operator.take().unwrap();
+    old.stop();
+    env.operator = Some(standby);
+}

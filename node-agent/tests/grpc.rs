@@ -246,3 +246,71 @@ fn agent_refusing_to_start_leaves_bpffs_alone() {
     assert!(!out.status.success());
     assert!(stray.is_dir(), "a refused start removed {}: {:?}", stray.display(), pins_under(&dirs.root));
 }
+
+/// Leadership fencing and pinned path digests, over the real API: a request from an
+/// older leadership epoch is refused with its reason and touches nothing in the kernel;
+/// a `path` object whose digest differs from the pinned one is never loaded; the digest
+/// of what was loaded is reported; the newest epoch survives an agent restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_epochs_are_refused_and_path_digests_checked() {
+    let dirs = Dirs::new("fence");
+    let veth = Veth::new();
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let xdp_yaml =
+        format!("  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{}], mode: Auto}}}}\n", veth.host);
+
+    // Leader of epoch 5 applies.
+    let mut req = apply_request("fence-a", &xdp_yaml, "xdp_counter.o");
+    req.epoch = 5;
+    let state = client.apply(req.clone()).await.expect("apply at epoch 5").into_inner().state.unwrap();
+    let (prog_id, link_id) = (state.attached[0].program_id, state.attached[0].link_ids[0]);
+    let elf = object_bytes("xdp_counter.o");
+    assert_eq!(state.bytecode_digest, crds::revision::Sha256Digest::of(&elf).to_string());
+
+    // A deposed leader (epoch 4) can neither remove it nor apply anything.
+    let err = client.remove(v1::RemoveRequest { owner: owner("fence-a"), epoch: 4 }).await.expect_err("stale remove");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("StaleLeaderEpoch"));
+    assert!(err.message().contains("epoch 4") && err.message().contains("epoch 5"), "{}", err.message());
+    let mut stale = apply_request("fence-b", &xdp_yaml, "xdp_counter.o");
+    stale.epoch = 4;
+    client.apply(stale).await.expect_err("stale apply");
+    assert!(kernel_has_link(link_id) && kernel_has_program(prog_id), "a refused Remove detached nothing");
+    assert!(!dirs.root.join("fence-b").exists(), "a refused Apply pinned nothing: {:?}", pins_under(&dirs.root));
+    assert_eq!(link_prog_id(link_id), u64::from(prog_id));
+
+    // Restarted, the agent still knows epoch 5.
+    agent.kill9();
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let err = client.remove(v1::RemoveRequest { owner: owner("fence-a"), epoch: 4 }).await.expect_err("after restart");
+    assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("StaleLeaderEpoch"));
+    assert!(kernel_has_link(link_id));
+
+    // Path bytecode pinned to a digest: a different file is refused before loading.
+    let file = std::env::temp_dir().join(format!("{}-object.o", unique("fence")));
+    std::fs::write(&file, &elf).unwrap();
+    let tp_yaml = "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+    let mut by_path = apply_request("fence-path", tp_yaml, "tracepoint_openat.o");
+    by_path.epoch = 6;
+    by_path.bytecode = Some(v1::apply_request::Bytecode::Path(file.display().to_string()));
+    by_path.expected_digest = crds::revision::Sha256Digest::of(&object_bytes("tracepoint_openat.o")).to_string();
+    let before: Vec<String> = sh("bpftool -j prog show").lines().map(str::to_string).collect();
+    let err = client.apply(by_path.clone()).await.expect_err("wrong file");
+    assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("BytecodeDigestMismatch"));
+    assert!(err.message().contains(&file.display().to_string()) && err.message().contains("bytecode.digest"));
+    assert!(!dirs.root.join("fence-path").exists(), "a refused file pinned nothing: {:?}", pins_under(&dirs.root));
+    assert_eq!(sh("bpftool -j prog show").lines().count(), before.len(), "nothing was loaded");
+    // The intended file: loaded, and its digest reported.
+    std::fs::write(&file, object_bytes("tracepoint_openat.o")).unwrap();
+    let s = client.apply(by_path.clone()).await.expect("right file").into_inner().state.unwrap();
+    assert_eq!(s.bytecode_digest, by_path.expected_digest);
+    let listed = client.list(v1::ListRequest {}).await.unwrap().into_inner();
+    let entry = listed.owners.iter().find(|o| o.owner.as_ref().unwrap().uid == "fence-path").unwrap();
+    assert_eq!(entry.bytecode_digest, by_path.expected_digest);
+    for uid in ["fence-a", "fence-path"] {
+        client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 6 }).await.expect("remove");
+    }
+    let _ = std::fs::remove_file(&file);
+}

@@ -183,8 +183,9 @@ impl AgentPool {
     pub fn set_tls(&self, tls: ClientTlsConfig) {
         let mut state = self.lock();
         state.tls = tls.timeout(self.inner.cfg.connect_timeout);
+        // A refused handshake may have been the old identity's fault: try again at once.
         for node in state.nodes.values_mut() {
-            node.channel = None;
+            *node = NodeState::new(node.ip);
         }
     }
 

@@ -155,7 +155,7 @@ async fn write_bpfnode(ctx: &Context, node: Option<&Node>, list: &v1::ListRespon
 /// Whether the owner `uid` named `name` that an agent runs belongs to no BpfProgram,
 /// asked at the moment of removal: the cache first, then the API server itself, so an
 /// owner created after this pass started (or not yet in the cache) is never removed.
-async fn truly_unknown(ctx: &Context, programs: &Store<BpfProgram>, uid: &str, name: &str) -> bool {
+pub async fn truly_unknown(ctx: &Context, programs: &Store<BpfProgram>, uid: &str, name: &str) -> bool {
     if programs.state().iter().any(|p| p.uid().as_deref() == Some(uid)) {
         return false;
     }

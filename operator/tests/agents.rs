@@ -528,3 +528,53 @@ async fn watch_streams_report_changes_and_a_dead_agent() {
     .await;
     assert!(ended.is_ok(), "the stream of a killed agent must end within 5 s");
 }
+
+/// cert-manager renews the operator's certificate in place: the files change, the
+/// operator notices and new connections use them, no restart. Here the files start as
+/// a certificate the agents refuse (another CA) and are then replaced by a good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotated_client_certificates_are_used_without_a_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = operator::tls::ClientTlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+        ca: dir.path().join("ca.crt"),
+        server_name: "bpfleet-agent".into(),
+    };
+    std::fs::copy(&fleet.pki.foreign_client_cert, &files.cert).unwrap();
+    std::fs::copy(&fleet.pki.foreign_client_key, &files.key).unwrap();
+    std::fs::copy(&fleet.pki.ca_cert, &files.ca).unwrap();
+    let loaded = files.load().expect("the first files are valid PEM");
+    let mut cfg = fleet.pool_config(loaded.config);
+    cfg.backoff_base = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(200);
+    let pool = AgentPool::new(cfg);
+    let node = fleet.agents[0].node.clone();
+    let refused = pool.list(&node).await.expect_err("a certificate from another CA is refused");
+    assert!(refused.is_unreachable(), "{refused}");
+
+    let reload = tokio::spawn(operator::tls::reload_on_change(
+        files.clone(),
+        pool.clone(),
+        loaded.fingerprint,
+        Duration::from_millis(100),
+    ));
+    // A half-written renewal (empty key) is ignored, not fatal.
+    std::fs::write(&files.key, b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::copy(&fleet.pki.client_cert, &files.cert).unwrap();
+    std::fs::copy(&fleet.pki.client_key, &files.key).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        match pool.list(&node).await {
+            Ok(l) => break l,
+            Err(e) => assert!(Instant::now() < deadline, "still refused after the files changed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(list.node_name, node.name);
+    reload.abort();
+}

@@ -256,3 +256,76 @@ async fn deletion_waits_for_an_unreachable_agent_and_says_which() {
     assert!(ready["message"].as_str().unwrap().contains("stuck-node (agent unreachable"), "{ready}");
     assert!(obj.meta().finalizers.as_ref().unwrap().contains(&FINALIZER.to_string()));
 }
+
+/// The orphan sweep asks at the moment of removal, not from the snapshot its pass
+/// started with: an owner a BpfProgram created meanwhile (not in the cache yet) is kept;
+/// only one the API server confirms gone (or replaced by a new object of the same name)
+/// is removed.
+#[tokio::test]
+async fn the_orphan_sweep_removes_only_what_the_api_server_confirms_gone() {
+    use operator::resync::truly_unknown;
+    let uid = "0b9f1a52-7d0e-4c1e-9d6a-1f2e3d4c5b6a";
+    let (ctx, mut handle) = context(vec![]);
+    let (cached, mut writer) = reflector::store::<BpfProgram>();
+    let server = tokio::spawn(async move {
+        // 1. Created after the pass started: the API server has it, same uid.
+        expect(&mut handle, "GET", PROGRAM_PATH, 200, serde_json::to_value(program(json!({}))).unwrap()).await;
+        // 2. Really gone.
+        expect(&mut handle, "GET", PROGRAM_PATH, 404, not_found("bpfprograms", "xdp-counter")).await;
+        // 3. Deleted and recreated under the same name: the old uid is an orphan.
+        let recreated = program(json!({"metadata": {"uid": "11111111-2222-3333-4444-555555555555"}}));
+        expect(&mut handle, "GET", PROGRAM_PATH, 200, serde_json::to_value(recreated).unwrap()).await;
+        // 4. The API server cannot answer: keep it.
+        expect(&mut handle, "GET", PROGRAM_PATH, 500, json!({"kind": "Status", "code": 500, "message": "etcd"})).await;
+        handle
+    });
+    assert!(!truly_unknown(&ctx, &cached, uid, "xdp-counter").await, "exists in the API");
+    assert!(truly_unknown(&ctx, &cached, uid, "xdp-counter").await, "gone");
+    assert!(truly_unknown(&ctx, &cached, uid, "xdp-counter").await, "replaced by another object");
+    assert!(!truly_unknown(&ctx, &cached, uid, "xdp-counter").await, "unknown is not gone");
+    let mut handle = server.await.unwrap();
+    // In the cache: no API call at all.
+    writer.apply_watcher_event(&watcher::Event::Apply(program(json!({}))));
+    assert!(!truly_unknown(&ctx, &cached, uid, "xdp-counter").await);
+    assert_no_more_calls(&mut handle, 100).await;
+}
+
+/// ConfigMap bytecode is read once per resourceVersion: with the metadata watch's
+/// cache, a reconcile of an unchanged ConfigMap makes no request, an edited one (new
+/// resourceVersion) one GET, and a missing one none.
+#[tokio::test]
+async fn config_map_bytecode_is_read_once_per_resource_version() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::core::PartialObjectMeta;
+    use operator::bytecode::{BytecodeCache, resolve};
+    let (ctx, mut handle) = context(vec![]);
+    let (metas, mut writer) = reflector::store::<PartialObjectMeta<ConfigMap>>();
+    let meta = |rv: &str| -> PartialObjectMeta<ConfigMap> {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "xdp-counter-bytecode", "namespace": "bpfleet-system", "resourceVersion": rv}}))
+        .unwrap()
+    };
+    writer.apply_watcher_event(&watcher::Event::Apply(meta("5")));
+    let cache = BytecodeCache::new(Some(metas));
+    let spec = program(json!({})).spec;
+    let with_rv = |rv: &str| {
+        let mut cm = config_map();
+        cm["metadata"]["resourceVersion"] = json!(rv);
+        cm
+    };
+    let (v5, v6) = (with_rv("5"), with_rv("6"));
+    let server = tokio::spawn(async move {
+        expect(&mut handle, "GET", "/api/v1/namespaces/bpfleet-system/configmaps/xdp-counter-bytecode", 200, v5).await;
+        expect(&mut handle, "GET", "/api/v1/namespaces/bpfleet-system/configmaps/xdp-counter-bytecode", 200, v6).await;
+        assert_no_more_calls(&mut handle, 200).await;
+    });
+    let first = resolve(&ctx.client, &cache, &spec).await.unwrap();
+    assert_eq!(resolve(&ctx.client, &cache, &spec).await.unwrap(), first, "served from the cache");
+    writer.apply_watcher_event(&watcher::Event::Apply(meta("6")));
+    resolve(&ctx.client, &cache, &spec).await.unwrap();
+    resolve(&ctx.client, &cache, &spec).await.unwrap();
+    writer.apply_watcher_event(&watcher::Event::Delete(meta("6")));
+    let gone = resolve(&ctx.client, &cache, &spec).await.unwrap_err();
+    assert_eq!(gone.message, "ConfigMap bpfleet-system/xdp-counter-bytecode does not exist");
+    server.await.unwrap();
+}

@@ -36,8 +36,16 @@ pub fn run_helm(args: &[&str]) -> (bool, String, String) {
 /// Rendered documents of `helm template` with the given values files (and `--set`s).
 pub fn render(values: &[&Path], extra: &[&str]) -> Vec<Value> {
     let chart = chart();
-    let mut args: Vec<String> =
-        vec!["template".into(), "bpfleet".into(), chart.display().to_string(), "-n".into(), "bpfleet-system".into()];
+    // No cluster here: helm-mode TLS must be told this output is for inspection only.
+    let mut args: Vec<String> = vec![
+        "template".into(),
+        "bpfleet".into(),
+        chart.display().to_string(),
+        "-n".into(),
+        "bpfleet-system".into(),
+        "--set".into(),
+        "tls.helm.renderOffline=true".into(),
+    ];
     for v in values {
         args.push("-f".into());
         args.push(v.display().to_string());

@@ -19,11 +19,35 @@ fn custom() -> std::path::PathBuf {
 #[test]
 fn lint_passes_with_default_and_custom_values() {
     let chart = chart().display().to_string();
-    let (ok, out, err) = run_helm(&["lint", "--strict", &chart]);
+    let offline = "tls.helm.renderOffline=true";
+    let (ok, out, err) = run_helm(&["lint", "--strict", &chart, "--set", offline]);
     assert!(ok, "{out}{err}");
     let custom = custom().display().to_string();
     let (ok, out, err) = run_helm(&["lint", "--strict", &chart, "-f", &custom]);
     assert!(ok, "{out}{err}");
+}
+
+/// Without cluster access (Argo CD renders this way) `lookup` finds nothing, and helm
+/// mode would make a new CA at every sync: the chart refuses and says what to use.
+#[test]
+fn helm_mode_tls_refuses_to_render_without_the_cluster() {
+    let chart = chart().display().to_string();
+    let (ok, _, err) = run_helm(&["template", "bpfleet", &chart, "-n", "bpfleet-system"]);
+    assert!(!ok, "a render without cluster access must fail in helm mode");
+    for want in ["new CA", "tls.mode=certManager", "tls.mode=secret", "renderOffline"] {
+        assert!(err.contains(want), "the refusal must mention {want}: {err}");
+    }
+    // The GitOps-safe modes render without a cluster.
+    let (ok, _, err) = run_helm(&[
+        "template",
+        "bpfleet",
+        &chart,
+        "--set",
+        "tls.mode=certManager",
+        "--set",
+        "tls.certManager.issuerRef.name=ca",
+    ]);
+    assert!(ok, "{err}");
 }
 
 /// Each rendered document deserializes into its typed Kubernetes API object.
@@ -284,7 +308,7 @@ fn bad_values_are_rejected_with_a_message_naming_them() {
         (&["--set", "tls.mode=certManager"], "tls.certManager.issuerRef.name is required"),
     ];
     for (args, names) in cases {
-        let mut all = vec!["template", "x", chart.as_str()];
+        let mut all = vec!["template", "x", chart.as_str(), "--set", "tls.helm.renderOffline=true"];
         all.extend_from_slice(args);
         let (ok, _, err) = run_helm(&all);
         assert!(!ok, "{args:?} was accepted");
