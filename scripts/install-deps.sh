@@ -14,6 +14,7 @@ have tc || need+=(iproute2)
 have ping || need+=(iputils-ping)
 have gcc || need+=(gcc)
 have openssl || need+=(openssl)
+have lua5.4 || need+=(lua5.4)
 have npm || need+=(npm)
 
 if [ ${#need[@]} -gt 0 ]; then
