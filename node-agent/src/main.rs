@@ -36,9 +36,10 @@ struct Args {
     /// PEM CA that signs the operator's client certificate.
     #[arg(long, env = "BPFLEET_TLS_CLIENT_CA")]
     tls_client_ca: Option<PathBuf>,
-    /// Accept only client certificates carrying this DNS name (e.g. bpfleet-operator).
-    #[arg(long, env = "BPFLEET_TLS_CLIENT_NAME")]
-    tls_client_name: Option<String>,
+    /// Accept only client certificates carrying this DNS name: the operator's identity.
+    /// Another certificate of the same CA (e.g. the agents' own) is refused.
+    #[arg(long, env = "BPFLEET_TLS_CLIENT_NAME", default_value = proto::DEFAULT_OPERATOR_CLIENT_NAME)]
+    tls_client_name: String,
     /// How often certificate files are checked for changes, in seconds.
     #[arg(long, default_value_t = 5)]
     tls_reload_seconds: u64,
@@ -83,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     "the agent serves mTLS only: pass --tls-cert, --tls-key and --tls-client-ca (or use --standalone DIR without a cluster)"
                 );
             };
-            Some(Arc::new(ServerTls::load(TlsFiles { cert, key, client_ca }, args.tls_client_name.as_deref())?))
+            Some(Arc::new(ServerTls::load(TlsFiles { cert, key, client_ca }, &args.tls_client_name)?))
         }
     };
 

@@ -132,20 +132,42 @@ impl Manager {
     }
 
     /// Run `input.revision` for its owner. Returns the state and whether anything changed.
+    ///
+    /// The work runs as its own task that holds the owner's lock and updates the entry:
+    /// when the caller goes away (the operator's call timeout on a slow verifier), the
+    /// apply still finishes and records what it did, and a retry waits for it and then
+    /// finds it done, instead of running beside it or tearing down what it committed.
     pub async fn apply(self: &Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move { this.apply_owned(input).await })
+            .await
+            .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))))
+    }
+
+    async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
         let uid = input.uid.to_string();
         let lock = self.lock_for(&uid);
         let _guard = lock.lock().await;
         let current = self.entry(&uid).unwrap_or_default();
         if let Some(rec) = &current.record
             && rec.revision == input.revision.as_str()
-            && current.failure.is_none()
             && self.check_health(rec).0 == Health::Healthy
         {
+            // What runs is what is asked (also a revert to it after a newer revision
+            // failed): touch nothing, forget the newer revision's failure.
+            if current.failure.is_some() {
+                let mut entry = current;
+                entry.failure = None;
+                entry.health = Some(Health::Healthy);
+                self.set_entry(&uid, Some(entry));
+                if let Some(state) = self.state_of(&uid) {
+                    self.emit(v1::watch_event::Kind::Updated, state, format!("revision {} runs", input.revision));
+                }
+            }
             return Ok((self.state_of(&uid).unwrap_or_default(), false));
         }
         let started = Instant::now();
-        let this = Arc::clone(self);
+        let this = Arc::clone(&self);
         let previous = current.record.clone();
         let input2 = input.clone();
         let result = tokio::task::spawn_blocking(move || this.apply_blocking(&input2, previous.as_ref()))
@@ -315,14 +337,22 @@ impl Manager {
         }
     }
 
-    /// Remove everything of an owner. Returns whether there was anything.
+    /// Remove everything of an owner. Returns whether there was anything. Like `apply`,
+    /// the work finishes and is recorded even if the caller goes away.
     pub async fn remove(self: &Arc<Self>, uid: &OwnerUid) -> Result<bool> {
+        let (this, uid) = (Arc::clone(self), uid.clone());
+        tokio::spawn(async move { this.remove_owned(&uid).await })
+            .await
+            .unwrap_or_else(|e| Err(AgentError::internal(format!("remove task failed: {e}"))))
+    }
+
+    async fn remove_owned(self: Arc<Self>, uid: &OwnerUid) -> Result<bool> {
         let lock = self.lock_for(uid.as_str());
         let _guard = lock.lock().await;
         let entry = self.entry(uid.as_str());
         let owner_dir = self.layout.owner_dir(uid);
         let existed = entry.is_some() || owner_dir.exists();
-        let this = Arc::clone(self);
+        let this = Arc::clone(&self);
         let uid2 = uid.clone();
         let record = entry.as_ref().and_then(|e| e.record.clone());
         tokio::task::spawn_blocking(move || this.remove_blocking(&uid2, record.as_ref()))

@@ -314,3 +314,39 @@ async fn stale_epochs_are_refused_and_path_digests_checked() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// Started without `--tls-client-name`, the agent still admits only the operator's
+/// documented name: a certificate of the same CA with another name (the chart's
+/// generated CA signs the agents' own certificates too) cannot call Apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_client_name_flag_only_the_operator_name_gets_in() {
+    let dirs = Dirs::new("noname");
+    let p = &dirs.pki;
+    let (cert, key, ca) = (p.server_cert.clone(), p.server_key.clone(), p.ca_cert.clone());
+    let tls = ["--tls-cert", path_str(&cert), "--tls-key", path_str(&key), "--tls-client-ca", path_str(&ca)];
+    let mut agent = AgentProc::spawn(&dirs, &tls, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    client.list(v1::ListRequest {}).await.expect("the operator's certificate is admitted");
+    for name in ["someone-else", "bpfleet-agent"] {
+        let (cert, key) = dirs.pki.issue_client(name);
+        let identity =
+            tonic::transport::Identity::from_pem(std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+        let impostor = tonic::transport::ClientTlsConfig::new()
+            .identity(identity)
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(&dirs.pki.ca_cert).unwrap()))
+            .domain_name(SERVER_NAME);
+        let refused = match connect(&agent.url(), impostor).await {
+            Err(_) => true,
+            Ok(ch) => AgentClient::new(ch)
+                .apply(apply_request(
+                    "noname",
+                    "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n",
+                    "tracepoint_openat.o",
+                ))
+                .await
+                .is_err(),
+        };
+        assert!(refused, "a same-CA certificate named {name} got in");
+    }
+    assert!(!dirs.root.join("noname").exists(), "nothing was applied: {:?}", pins_under(&dirs.root));
+}

@@ -52,7 +52,7 @@ async fn serve(tls: Arc<ServerTls>, handshake_timeout: Duration) -> TestServer {
     TestServer { addr, _stop: stop }
 }
 
-async fn serve_pki(pki: &TestPki, required_client_name: Option<&str>) -> (Arc<ServerTls>, TestServer) {
+async fn serve_pki(pki: &TestPki, required_client_name: &str) -> (Arc<ServerTls>, TestServer) {
     let tls = Arc::new(ServerTls::load(pki.server_files(), required_client_name).expect("load server TLS"));
     let server = serve(tls.clone(), tls::HANDSHAKE_TIMEOUT).await;
     (tls, server)
@@ -115,14 +115,14 @@ fn pem_der(path: &Path) -> CertificateDer<'static> {
 #[tokio::test]
 async fn operator_client_passes_health_check() {
     let f = fixture();
-    let (_tls, server) = serve_pki(&f.pki, None).await;
+    let (_tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     health_check(server.addr, Some(f.pki.client_config())).await.expect("health check");
 }
 
 #[tokio::test]
 async fn plaintext_client_is_refused() {
     let f = fixture();
-    let (_tls, server) = serve_pki(&f.pki, None).await;
+    let (_tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     assert!(health_check(server.addr, None).await.is_err());
     // The failed handshake did not stop the accept loop.
     health_check(server.addr, Some(f.pki.client_config())).await.expect("health check after plaintext");
@@ -131,7 +131,7 @@ async fn plaintext_client_is_refused() {
 #[tokio::test]
 async fn tls_client_without_certificate_is_refused() {
     let f = fixture();
-    let (_tls, server) = serve_pki(&f.pki, None).await;
+    let (_tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     let ca = std::fs::read(&f.pki.ca_cert).expect("CA");
     let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(DEFAULT_SERVER_NAME);
     assert_refused(health_check(server.addr, Some(anonymous)).await, "CertificateRequired");
@@ -140,7 +140,7 @@ async fn tls_client_without_certificate_is_refused() {
 #[tokio::test]
 async fn client_signed_by_foreign_ca_is_refused() {
     let f = fixture();
-    let (_tls, server) = serve_pki(&f.pki, None).await;
+    let (_tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     let foreign = client_tls(&f.pki, &f.pki.foreign_client_cert, &f.pki.foreign_client_key);
     assert_refused(health_check(server.addr, Some(foreign)).await, "UnknownCA");
 }
@@ -148,7 +148,7 @@ async fn client_signed_by_foreign_ca_is_refused() {
 #[tokio::test]
 async fn required_client_name_admits_only_that_name() {
     let f = fixture();
-    let (_tls, server) = serve_pki(&f.pki, Some(CLIENT_NAME)).await;
+    let (_tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     let (cert, key) = f.pki.issue_client("someone-else");
     let impostor = client_tls(&f.pki, &cert, &key);
     assert_refused(health_check(server.addr, Some(impostor)).await, "BadCertificate");
@@ -156,17 +156,9 @@ async fn required_client_name_admits_only_that_name() {
 }
 
 #[tokio::test]
-async fn without_required_name_any_client_of_the_ca_passes() {
-    let f = fixture();
-    let (_tls, server) = serve_pki(&f.pki, None).await;
-    let (cert, key) = f.pki.issue_client("someone-else");
-    health_check(server.addr, Some(client_tls(&f.pki, &cert, &key))).await.expect("health check");
-}
-
-#[tokio::test]
 async fn reload_now_serves_the_reissued_certificate() {
     let f = fixture();
-    let (tls, server) = serve_pki(&f.pki, Some(CLIENT_NAME)).await;
+    let (tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     let old = server_cert_seen(server.addr, &f.pki).await;
     assert_eq!(old, pem_der(&f.pki.server_cert));
 
@@ -180,7 +172,7 @@ async fn reload_now_serves_the_reissued_certificate() {
 #[tokio::test]
 async fn poller_picks_up_a_reissued_certificate_and_survives_a_broken_one() {
     let f = fixture();
-    let (tls, server) = serve_pki(&f.pki, None).await;
+    let (tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     let _reloader = tls.spawn_reloader(Duration::from_millis(50));
 
     let new = f.pki.reissue_server_cert();
@@ -208,7 +200,7 @@ async fn wait_for_server_cert(addr: SocketAddr, pki: &TestPki, expected: &Certif
 #[tokio::test]
 async fn broken_pem_is_reported_and_the_old_certificate_kept() {
     let f = fixture();
-    let (tls, server) = serve_pki(&f.pki, None).await;
+    let (tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
     let old = pem_der(&f.pki.server_cert);
 
     std::fs::write(&f.pki.server_cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n").expect("write");
@@ -222,7 +214,7 @@ async fn broken_pem_is_reported_and_the_old_certificate_kept() {
 #[tokio::test]
 async fn stalled_handshake_neither_blocks_others_nor_lingers() {
     let f = fixture();
-    let tls = Arc::new(ServerTls::load(f.pki.server_files(), None).expect("load"));
+    let tls = Arc::new(ServerTls::load(f.pki.server_files(), CLIENT_NAME).expect("load"));
     let server = serve(tls, Duration::from_millis(300)).await;
 
     // Connects and says nothing.
@@ -238,7 +230,7 @@ async fn stalled_handshake_neither_blocks_others_nor_lingers() {
 fn errors_name_the_flag_and_the_file() {
     let f = fixture();
     let files = f.pki.server_files();
-    let message = |files: tls::TlsFiles| ServerTls::load(files, None).expect_err("must fail").to_string();
+    let message = |files: tls::TlsFiles| ServerTls::load(files, CLIENT_NAME).expect_err("must fail").to_string();
 
     let missing = f.pki.dir.join("missing.pem");
     let error = message(tls::TlsFiles { cert: missing.clone(), ..files.clone() });
@@ -256,7 +248,7 @@ fn errors_name_the_flag_and_the_file() {
     let error = message(tls::TlsFiles { key: f.pki.client_key.clone(), ..files.clone() });
     assert!(error.contains("does not belong to the certificate in --tls-cert"), "{error}");
 
-    let error = ServerTls::load(files, Some("not a name!")).expect_err("bad name").to_string();
+    let error = ServerTls::load(files, "not a name!").expect_err("bad name").to_string();
     assert!(error.contains("not a valid DNS name"), "{error}");
 
     let error = tls::client_config(&f.pki.client_cert, &f.pki.client_key, &missing, DEFAULT_SERVER_NAME)

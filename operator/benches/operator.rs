@@ -1161,7 +1161,7 @@ async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyhow::Result<
         key: pki_dir.join("server.key"),
         client_ca: pki_dir.join("ca.pem"),
     };
-    let tls = Arc::new(ServerTls::load(files, Some(CLIENT_NAME))?);
+    let tls = Arc::new(ServerTls::load(files, CLIENT_NAME)?);
     for i in 0..count {
         let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, (i + 2) as u8), port));
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;

@@ -14,5 +14,7 @@ pub use convert::{WireError, health_from_wire, health_to_wire, program_from_wire
 pub const REASON_KEY: &str = "bpfleet-reason";
 /// gRPC metadata key naming the program (ELF function) a failure is about.
 pub const PROGRAM_KEY: &str = "bpfleet-program";
+/// The DNS name the operator's client certificate carries; agents accept no other.
+pub const DEFAULT_OPERATOR_CLIENT_NAME: &str = "bpfleet-operator";
 /// The DNS name every agent certificate carries, so one certificate serves every node.
 pub const DEFAULT_AGENT_SERVER_NAME: &str = "bpfleet-agent";

@@ -98,7 +98,7 @@ struct Snapshot {
 /// The agent's server-side TLS: the current [`ServerConfig`] plus what it takes to rebuild it.
 pub struct ServerTls {
     files: TlsFiles,
-    required_client_name: Option<ServerName<'static>>,
+    required_client_name: ServerName<'static>,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<ServerConfig>>,
     /// What the poller last looked at, whether it loaded or not: a broken file is reported
@@ -117,18 +117,16 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    /// Loads the files and builds the first configuration. With `required_client_name`, only
-    /// client certificates carrying that DNS subject-alternative name are accepted.
-    pub fn load(files: TlsFiles, required_client_name: Option<&str>) -> Result<Self, TlsError> {
-        let required_client_name = required_client_name
-            .map(|name| {
-                ServerName::try_from(name.to_owned())
-                    .map_err(|_| TlsError::InvalidName { what: "required client name", name: name.to_owned() })
-            })
-            .transpose()?;
+    /// Loads the files and builds the first configuration. Only client certificates that
+    /// chain to the client CA *and* carry `required_client_name` as a DNS subject-alternative
+    /// name are accepted: any certificate of the same CA would otherwise be root on the node.
+    pub fn load(files: TlsFiles, required_client_name: &str) -> Result<Self, TlsError> {
+        let required_client_name = ServerName::try_from(required_client_name.to_owned()).map_err(|_| {
+            TlsError::InvalidName { what: "required client name", name: required_client_name.to_owned() }
+        })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let snapshot = read_snapshot(&files)?;
-        let config = build_server_config(&files, &snapshot, required_client_name.as_ref(), &provider)?;
+        let config = build_server_config(&files, &snapshot, &required_client_name, &provider)?;
         Ok(Self {
             files,
             required_client_name,
@@ -207,7 +205,7 @@ impl ServerTls {
     }
 
     fn install(&self, snapshot: &Snapshot) -> Result<(), TlsError> {
-        let config = build_server_config(&self.files, snapshot, self.required_client_name.as_ref(), &self.provider)?;
+        let config = build_server_config(&self.files, snapshot, &self.required_client_name, &self.provider)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         Ok(())
     }
@@ -224,7 +222,7 @@ fn read_snapshot(files: &TlsFiles) -> Result<Snapshot, TlsError> {
 fn build_server_config(
     files: &TlsFiles,
     snapshot: &Snapshot,
-    required_client_name: Option<&ServerName<'static>>,
+    required_client_name: &ServerName<'static>,
     provider: &Arc<CryptoProvider>,
 ) -> Result<ServerConfig, TlsError> {
     let chain = parse_certs(FLAG_CERT, &files.cert, &snapshot.cert)?;
@@ -238,10 +236,8 @@ fn build_server_config(
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| rejected(FLAG_CLIENT_CA, &files.client_ca, e))?;
-    let verifier: Arc<dyn ClientCertVerifier> = match required_client_name {
-        Some(name) => Arc::new(RequireClientName { inner: webpki, name: name.clone() }),
-        None => webpki,
-    };
+    let verifier: Arc<dyn ClientCertVerifier> =
+        Arc::new(RequireClientName { inner: webpki, name: required_client_name.clone() });
 
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

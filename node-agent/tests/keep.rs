@@ -1,0 +1,109 @@
+//! The agent never takes a working program off its hook without being asked to: not
+//! when a call is dropped mid-apply, not when a user reverts to the revision that still
+//! runs. Each claim is read back from the kernel (bpftool link and prog ids, the XDP
+//! program on the interface), not from the agent's own answers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn xdp_spec(iface: &str) -> String {
+    format!(
+        "bytecode: {{path: /x.o}}\nprograms:\n  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{iface}], mode: Generic}}}}\n"
+    )
+}
+
+/// The id of the XDP program attached to `iface`, per bpftool.
+fn xdp_prog_on(iface: &str) -> Option<u64> {
+    let out = sh(&format!("bpftool -j net show dev {iface}"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["xdp"].as_array().and_then(|a| a.first()).and_then(|x| x["id"].as_u64())
+}
+
+/// The program a link runs, per bpftool.
+fn link_prog(link_id: u32) -> Option<u64> {
+    let out =
+        std::process::Command::new("bpftool").args(["-j", "link", "show", "id", &link_id.to_string()]).output().ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["prog_id"].as_u64()
+}
+
+fn revision_dirs(agent: &TestAgent, owner: &str) -> Vec<String> {
+    agent
+        .pins()
+        .into_iter()
+        .filter(|p| p.starts_with(&format!("{owner}/")) && p.matches('/').count() == 1 && !p.ends_with("/maps"))
+        .collect()
+}
+
+/// The operator's call times out during a slow load and it retries: the first apply
+/// still commits and records what it did; the retry waits for it, then finds the
+/// revision running and touches nothing.
+#[test]
+fn a_dropped_call_finishes_its_apply_and_a_retry_finds_it_done() {
+    let rt = rt();
+    let agent = TestAgent::new();
+    let veth = Veth::new();
+    let spec = xdp_spec(&veth.host);
+    let pause = agent::fault::pause_at("after-attach", "cancel");
+    let m = agent.manager.clone();
+    let first_input = input("cancel", &spec, "xdp_counter.o");
+    let call = rt.spawn(async move { m.apply(first_input).await });
+    std::thread::sleep(Duration::from_millis(300));
+    // The caller goes away while the load is held after attaching.
+    call.abort();
+    let _ = rt.block_on(call);
+    let m = agent.manager.clone();
+    let retry_input = input("cancel", &spec, "xdp_counter.o");
+    let retry = rt.spawn(async move { m.apply(retry_input).await });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!retry.is_finished(), "the retry must wait for the apply still in progress");
+    pause.release();
+    let (state, changed) = rt.block_on(retry).unwrap().expect("the retry succeeds");
+    assert!(!changed, "the retry found the first apply's revision running and changed nothing");
+    let attached = &state.attached[0];
+    assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(attached.program_id)), "one program on the interface");
+    assert_eq!(link_prog(attached.link_ids[0]), Some(u64::from(attached.program_id)));
+    assert_eq!(revision_dirs(&agent, "cancel"), vec![format!("cancel/{}", state.revision)]);
+    let listed = agent.manager.list();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].health, proto::v1::Health::Healthy as i32);
+    assert_eq!(listed[0].attached[0].link_ids, attached.link_ids, "the entry records the committed link");
+    let before = read_counter(&map_pin(&state, "packet_count"));
+    veth.ping_from_ns(5);
+    assert!(read_counter(&map_pin(&state, "packet_count")) >= before + 5);
+}
+
+/// R1 runs, R2 fails (the verifier refuses it), the user reverts to R1: nothing is
+/// detached or re-attached (same program, same link, in the kernel), and the owner is
+/// Healthy again.
+#[test]
+fn reverting_to_the_running_revision_touches_nothing() {
+    let rt = rt();
+    let agent = TestAgent::new();
+    let veth = Veth::new();
+    let r1 = input("revert", &xdp_spec(&veth.host), "xdp_counter.o");
+    let (s1, _) = rt.block_on(agent.manager.apply(r1.clone())).unwrap();
+    let (prog, link) = (s1.attached[0].program_id, s1.attached[0].link_ids[0]);
+    let bad = format!(
+        "bytecode: {{path: /x.o}}\nprograms:\n  - {{name: bad_access, type: XDP, xdp: {{interfaces: [{}], mode: Generic}}}}\n",
+        veth.host
+    );
+    let err = rt.block_on(agent.manager.apply(input("revert", &bad, "verifier_reject.o"))).unwrap_err();
+    assert_eq!(err.reason, agent::error::Reason::VerifierRejected);
+    assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(prog)), "a failed R2 leaves R1 on the hook");
+    let failed = agent.manager.list();
+    assert_eq!(failed[0].health, proto::v1::Health::Failed as i32, "the failure is reported");
+
+    let (s3, changed) = rt.block_on(agent.manager.apply(r1)).unwrap();
+    assert!(!changed, "reverting to what runs changes nothing");
+    assert_eq!((s3.attached[0].program_id, s3.attached[0].link_ids[0]), (prog, link));
+    assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(prog)), "the same program stays attached");
+    assert_eq!(link_prog(link), Some(u64::from(prog)), "the same link runs it");
+    let now = agent.manager.list();
+    assert_eq!(now[0].health, proto::v1::Health::Healthy as i32);
+    assert!(now[0].last_error.is_empty(), "the failure of R2 is forgotten: {}", now[0].last_error);
+    assert_eq!(revision_dirs(&agent, "revert"), vec![format!("revert/{}", s1.revision)]);
+}
