@@ -14,3 +14,12 @@ pub const MAX_HOOKS: usize = 32;
 pub const MAX_IFNAME: usize = 15;
 /// Entries kept in `BpfProgram.status.failures`.
 pub const MAX_STATUS_FAILURES: usize = 16;
+/// Largest Apply request on the wire: the largest object, every global variable at its
+/// largest, and room for the program list, names and framing. Both sides set their gRPC
+/// message limits from this, so a request within the documented limits always fits.
+pub const MAX_APPLY_MESSAGE_BYTES: usize = MAX_BYTECODE_BYTES + MAX_GLOBALS as usize * MAX_GLOBAL_BYTES + (256 << 10);
+/// A List page stays under this, however many owners a node runs (the rest come in the
+/// next pages).
+pub const MAX_LIST_PAGE_BYTES: usize = 1 << 20;
+/// Owners per List page when the caller does not say.
+pub const DEFAULT_LIST_PAGE_SIZE: usize = 500;

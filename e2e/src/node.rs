@@ -253,7 +253,7 @@ impl ProcessNode {
     /// `List` from the host.
     pub fn list(&self) -> anyhow::Result<v1::ListResponse> {
         let (url, tls) = (self.url(), self.client_tls.clone());
-        block_on(async move { Ok(Self::client(url, tls).await?.list(v1::ListRequest {}).await?.into_inner()) })
+        block_on(async move { Ok(Self::client(url, tls).await?.list(v1::ListRequest::default()).await?.into_inner()) })
     }
 
     /// `Apply` from the host (what the operator does; for checks without a cluster).

@@ -109,6 +109,21 @@ impl Manager {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(uid.to_string()).or_default().clone()
     }
 
+    /// Forget an owner's lock once nobody holds or waits for it: the map stays as small
+    /// as the work in flight, however many owners come and go.
+    fn release_lock(&self, uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's reference and ours: no other caller cloned it (they do under this mutex).
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(uid);
+        }
+    }
+
+    /// Owner locks currently held or waited for (tests, metrics).
+    pub fn locks_in_use(&self) -> usize {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn entry(&self, uid: &str) -> Option<Entry> {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).get(uid).cloned()
     }
@@ -147,7 +162,16 @@ impl Manager {
     async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
         let uid = input.uid.to_string();
         let lock = self.lock_for(&uid);
-        let _guard = lock.lock().await;
+        let result = {
+            let _guard = lock.lock().await;
+            Arc::clone(&self).apply_locked(input).await
+        };
+        self.release_lock(&uid, lock);
+        result
+    }
+
+    async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
+        let uid = input.uid.to_string();
         let current = self.entry(&uid).unwrap_or_default();
         if let Some(rec) = &current.record
             && rec.revision == input.revision.as_str()
@@ -348,7 +372,15 @@ impl Manager {
 
     async fn remove_owned(self: Arc<Self>, uid: &OwnerUid) -> Result<bool> {
         let lock = self.lock_for(uid.as_str());
-        let _guard = lock.lock().await;
+        let result = {
+            let _guard = lock.lock().await;
+            Arc::clone(&self).remove_locked(uid).await
+        };
+        self.release_lock(uid.as_str(), lock);
+        result
+    }
+
+    async fn remove_locked(self: Arc<Self>, uid: &OwnerUid) -> Result<bool> {
         let entry = self.entry(uid.as_str());
         let owner_dir = self.layout.owner_dir(uid);
         let existed = entry.is_some() || owner_dir.exists();

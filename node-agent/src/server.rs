@@ -78,12 +78,20 @@ impl Agent for AgentService {
         Ok(Response::new(v1::RemoveResponse { removed: result? }))
     }
 
-    async fn list(&self, _req: Request<v1::ListRequest>) -> Result<Response<v1::ListResponse>, Status> {
+    async fn list(&self, req: Request<v1::ListRequest>) -> Result<Response<v1::ListResponse>, Status> {
+        let req = req.into_inner();
+        let size = match req.page_size as usize {
+            0 => crds::limits::DEFAULT_LIST_PAGE_SIZE,
+            n => n,
+        };
+        let (owners, next_page_token) =
+            page(self.manager.list(), &req.page_token, size, crds::limits::MAX_LIST_PAGE_BYTES);
         Ok(Response::new(v1::ListResponse {
             node_name: self.manager.config().node_name.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: kernel_release(),
-            owners: self.manager.list(),
+            owners,
+            next_page_token,
         }))
     }
 
@@ -113,6 +121,87 @@ impl Agent for AgentService {
     }
 }
 
+fn uid_of(s: &v1::OwnerState) -> &str {
+    s.owner.as_ref().map(|o| o.uid.as_str()).unwrap_or_default()
+}
+
+/// One List page: the owners after `token` (an owner uid), ordered by uid, at most
+/// `size` of them and at most `max_bytes` encoded (but always at least one, so a page
+/// makes progress), and the token of the next page (empty on the last).
+pub fn page(mut all: Vec<v1::OwnerState>, token: &str, size: usize, max_bytes: usize) -> (Vec<v1::OwnerState>, String) {
+    use prost::Message;
+    all.sort_by(|a, b| uid_of(a).cmp(uid_of(b)));
+    let start = if token.is_empty() { 0 } else { all.partition_point(|s| uid_of(s) <= token) };
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    let mut rest = all.into_iter().skip(start).peekable();
+    while let Some(s) = rest.peek() {
+        let n = s.encoded_len() + 8;
+        if !out.is_empty() && (out.len() >= size.max(1) || bytes + n > max_bytes) {
+            break;
+        }
+        bytes += n;
+        out.extend(rest.next());
+    }
+    let next = match (rest.peek(), out.last()) {
+        (Some(_), Some(last)) => uid_of(last).to_string(),
+        _ => String::new(),
+    };
+    (out, next)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    fn owner(i: usize, attachments: usize) -> v1::OwnerState {
+        v1::OwnerState {
+            owner: Some(v1::Owner { uid: format!("uid-{i:06}"), name: format!("program-{i}") }),
+            revision: "0123456789abcdef".into(),
+            attached: (0..attachments)
+                .map(|p| v1::AttachedProgram {
+                    name: format!("function_{p}"),
+                    r#type: "Tracepoint".into(),
+                    program_id: p as u32,
+                    link_ids: (0..32).collect(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Three thousand owners with large answers: every page fits the limit, and the pages
+    /// together are every owner once, in order.
+    #[test]
+    fn pages_stay_under_the_limit_and_cover_every_owner_once() {
+        let all: Vec<v1::OwnerState> = (0..3_000).rev().map(|i| owner(i, 64)).collect();
+        let limit = crds::limits::MAX_LIST_PAGE_BYTES;
+        let (mut token, mut seen, mut pages) = (String::new(), Vec::new(), 0);
+        loop {
+            let (owners, next) = page(all.clone(), &token, 500, limit);
+            let resp = v1::ListResponse { owners, next_page_token: next.clone(), ..Default::default() };
+            assert!(resp.encoded_len() <= limit + 1024, "page {pages} is {} bytes", resp.encoded_len());
+            seen.extend(resp.owners.iter().map(|s| uid_of(s).to_string()));
+            pages += 1;
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        let want: Vec<String> = (0..3_000).map(|i| format!("uid-{i:06}")).collect();
+        assert_eq!(seen, want);
+        assert!(pages > 6, "{pages} pages: the byte limit, not only the count, cut them");
+        // The count limit, and an empty agent.
+        let (first, next) = page((0..3).map(|i| owner(i, 1)).collect(), "", 2, limit);
+        assert_eq!((first.len(), next.as_str()), (2, "uid-000001"));
+        let (rest, next) = page((0..3).map(|i| owner(i, 1)).collect(), "uid-000001", 2, limit);
+        assert_eq!((rest.len(), next.as_str()), (1, ""));
+        assert_eq!(page(Vec::new(), "", 10, limit), (Vec::new(), String::new()));
+    }
+}
+
 /// Serve the agent API on `listener` with mTLS until `shutdown` resolves.
 pub async fn serve(
     manager: Arc<Manager>,
@@ -126,7 +215,8 @@ pub async fn serve(
         .add_service(health)
         .add_service(
             AgentServer::new(AgentService::new(manager))
-                .max_decoding_message_size(crds::limits::MAX_BYTECODE_BYTES + 64 * 1024),
+                .max_decoding_message_size(crds::limits::MAX_APPLY_MESSAGE_BYTES)
+                .max_encoding_message_size(crds::limits::MAX_LIST_PAGE_BYTES + (64 << 10)),
         )
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await?;

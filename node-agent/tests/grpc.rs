@@ -89,7 +89,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     assert!(kernel_has_link(link_id));
 
     // (c) List.
-    let list = client.list(v1::ListRequest {}).await.expect("list").into_inner();
+    let list = client.list(v1::ListRequest::default()).await.expect("list").into_inner();
     assert_eq!(list.node_name, "grpc-node");
     assert_eq!(list.kernel_release, sh("uname -r").trim());
     assert_eq!(list.owners.len(), 1, "{list:?}");
@@ -118,7 +118,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
         }
         assert!(started.elapsed() < Duration::from_secs(6), "no DEGRADED event");
     }
-    let listed = client.list(v1::ListRequest {}).await.unwrap().into_inner();
+    let listed = client.list(v1::ListRequest::default()).await.unwrap().into_inner();
     assert_eq!(health(&listed.owners[0]), v1::Health::Degraded);
     let repaired = client.apply(req.clone()).await.expect("repair").into_inner();
     assert!(repaired.changed, "a degraded owner must be repaired by the same revision");
@@ -148,7 +148,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     let removed =
         client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 0 }).await.expect("remove again").into_inner();
     assert!(!removed.removed);
-    let list = client.list(v1::ListRequest {}).await.unwrap().into_inner();
+    let list = client.list(v1::ListRequest::default()).await.unwrap().into_inner();
     assert!(list.owners.is_empty(), "{list:?}");
 
     // (f) Errors carry a code, a reason and words.
@@ -178,7 +178,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     // (g) Clients without the operator's identity are refused; the right one still works.
     let plain = async {
         let ch = Channel::from_shared(format!("http://127.0.0.1:{}", agent.port))?.connect().await?;
-        AgentClient::new(ch).list(v1::ListRequest {}).await?;
+        AgentClient::new(ch).list(v1::ListRequest::default()).await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     };
     let r = tokio::time::timeout(Duration::from_secs(10), plain).await;
@@ -189,13 +189,13 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     let url = agent.url();
     let foreign_call = async {
         let ch = connect(&url, foreign).await?;
-        AgentClient::new(ch).list(v1::ListRequest {}).await?;
+        AgentClient::new(ch).list(v1::ListRequest::default()).await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     };
     let r = tokio::time::timeout(Duration::from_secs(10), foreign_call).await;
     assert!(!matches!(r, Ok(Ok(()))), "a client of a foreign CA was served");
     let mut fresh = agent.ready_client(dirs.client_tls()).await;
-    let list = fresh.list(v1::ListRequest {}).await.expect("the operator is still served").into_inner();
+    let list = fresh.list(v1::ListRequest::default()).await.expect("the operator is still served").into_inner();
     assert_eq!(list.node_name, "grpc-node");
 }
 
@@ -306,7 +306,7 @@ async fn stale_epochs_are_refused_and_path_digests_checked() {
     std::fs::write(&file, object_bytes("tracepoint_openat.o")).unwrap();
     let s = client.apply(by_path.clone()).await.expect("right file").into_inner().state.unwrap();
     assert_eq!(s.bytecode_digest, by_path.expected_digest);
-    let listed = client.list(v1::ListRequest {}).await.unwrap().into_inner();
+    let listed = client.list(v1::ListRequest::default()).await.unwrap().into_inner();
     let entry = listed.owners.iter().find(|o| o.owner.as_ref().unwrap().uid == "fence-path").unwrap();
     assert_eq!(entry.bytecode_digest, by_path.expected_digest);
     for uid in ["fence-a", "fence-path"] {
@@ -326,7 +326,7 @@ async fn without_a_client_name_flag_only_the_operator_name_gets_in() {
     let tls = ["--tls-cert", path_str(&cert), "--tls-key", path_str(&key), "--tls-client-ca", path_str(&ca)];
     let mut agent = AgentProc::spawn(&dirs, &tls, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
-    client.list(v1::ListRequest {}).await.expect("the operator's certificate is admitted");
+    client.list(v1::ListRequest::default()).await.expect("the operator's certificate is admitted");
     for name in ["someone-else", "bpfleet-agent"] {
         let (cert, key) = dirs.pki.issue_client(name);
         let identity =
@@ -349,4 +349,30 @@ async fn without_a_client_name_flag_only_the_operator_name_gets_in() {
         assert!(refused, "a same-CA certificate named {name} got in");
     }
     assert!(!dirs.root.join("noname").exists(), "nothing was applied: {:?}", pins_under(&dirs.root));
+}
+
+/// The message limit follows from the documented input limits: an Apply with the
+/// largest object and every global variable at its largest reaches the agent (and is
+/// judged on its content); one beyond the limits is refused by size, in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
+    use crds::limits::{MAX_BYTECODE_BYTES, MAX_GLOBAL_BYTES, MAX_GLOBALS};
+    let dirs = Dirs::new("limits");
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let tp = "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+    let mut req = apply_request("limits", tp, "tracepoint_openat.o");
+    req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; MAX_BYTECODE_BYTES].into()));
+    req.global_data = (0..MAX_GLOBALS).map(|i| (format!("G{i}"), vec![0u8; MAX_GLOBAL_BYTES].into())).collect();
+    let err = client.apply(req.clone()).await.expect_err("not an ELF");
+    assert_eq!(
+        err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()),
+        Some("MalformedElf"),
+        "a request at the limits must reach the agent: {err:?}"
+    );
+    req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; 2 * MAX_BYTECODE_BYTES].into()));
+    let err = client.apply(req).await.expect_err("too large");
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("message length too large") || err.message().contains("larger than"), "{}", err.message());
+    assert!(!dirs.root.join("limits").exists());
 }

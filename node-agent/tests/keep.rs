@@ -107,3 +107,21 @@ fn reverting_to_the_running_revision_touches_nothing() {
     assert!(now[0].last_error.is_empty(), "the failure of R2 is forgotten: {}", now[0].last_error);
     assert_eq!(revision_dirs(&agent, "revert"), vec![format!("revert/{}", s1.revision)]);
 }
+
+/// The per-owner lock map holds only work in flight: owners that came and went leave
+/// nothing behind in the agent's memory.
+#[test]
+fn owner_locks_are_forgotten_when_idle() {
+    let rt = rt();
+    let agent = TestAgent::new();
+    let tp = "bytecode: {path: /x.o}\nprograms:\n  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+    for i in 0..20 {
+        let owner = format!("locks-{i}");
+        rt.block_on(agent.manager.apply(input(&owner, tp, "tracepoint_openat.o"))).unwrap();
+        rt.block_on(agent.manager.remove(&crds::names::OwnerUid::new(&owner).unwrap())).unwrap();
+    }
+    // A failing apply releases its lock too.
+    let _ = rt.block_on(agent.manager.apply(input("locks-bad", tp, "verifier_reject.o")));
+    assert_eq!(agent.manager.locks_in_use(), 0);
+    assert!(agent.pins().is_empty(), "{:?}", agent.pins());
+}

@@ -73,7 +73,7 @@ fn counted_per_ping(veth: &Veth, counter: &Path, n: u32) -> u64 {
 }
 
 async fn list(client: &mut AgentClient<Channel>) -> v1::ListResponse {
-    client.list(v1::ListRequest {}).await.expect("list").into_inner()
+    client.list(v1::ListRequest::default()).await.expect("list").into_inner()
 }
 
 fn find<'a>(list: &'a v1::ListResponse, uid: &str) -> Option<&'a v1::OwnerState> {

@@ -1145,6 +1145,7 @@ impl Agent for FakeAgent {
             agent_version: "fake".into(),
             kernel_release: "fake".into(),
             owners: self.owners.lock().unwrap().values().cloned().collect(),
+            ..Default::default()
         }))
     }
 

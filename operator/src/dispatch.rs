@@ -33,8 +33,9 @@ use tracing::debug;
 
 use crate::status::NodeOutcome;
 
-/// Largest message either side may send: the largest bytecode plus room for the rest.
-pub const MAX_MESSAGE_BYTES: usize = crds::limits::MAX_BYTECODE_BYTES + 64 * 1024;
+/// Largest message either side may send: an Apply at the documented input limits (a
+/// List page is smaller, see `crds::limits`).
+pub const MAX_MESSAGE_BYTES: usize = crds::limits::MAX_APPLY_MESSAGE_BYTES;
 /// Default for [`PoolConfig::call_timeout`]: generous, since the verifier may take seconds.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -206,9 +207,22 @@ impl AgentPool {
         Ok(resp.removed)
     }
 
-    /// Every owner the agent of `node` manages.
+    /// Every owner the agent of `node` manages (all pages, in one answer).
     pub async fn list(&self, node: &NodeAddr) -> Result<v1::ListResponse, DispatchError> {
-        self.call(node, |mut c| async move { c.list(v1::ListRequest {}).await }).await
+        let mut all = v1::ListResponse::default();
+        let mut token = String::new();
+        loop {
+            let req = v1::ListRequest { page_size: 0, page_token: token };
+            let page = self.call(node, |mut c| async move { c.list(req).await }).await?;
+            all.node_name = page.node_name;
+            all.agent_version = page.agent_version;
+            all.kernel_release = page.kernel_release;
+            all.owners.extend(page.owners);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// Opens the agent's change stream: the current state of every owner first, then
