@@ -150,6 +150,27 @@ pub fn page(mut all: Vec<v1::OwnerState>, token: &str, size: usize, max_bytes: u
     (out, next)
 }
 
+/// Serve the agent API on `listener` with mTLS until `shutdown` resolves.
+pub async fn serve(
+    manager: Arc<Manager>,
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<AgentServer<AgentService>>().await;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(
+            AgentServer::new(AgentService::new(manager))
+                .max_decoding_message_size(crds::limits::MAX_APPLY_MESSAGE_BYTES)
+                .max_encoding_message_size(crds::limits::MAX_LIST_PAGE_BYTES + (64 << 10)),
+        )
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message;
@@ -200,25 +221,4 @@ mod tests {
         assert_eq!((rest.len(), next.as_str()), (1, ""));
         assert_eq!(page(Vec::new(), "", 10, limit), (Vec::new(), String::new()));
     }
-}
-
-/// Serve the agent API on `listener` with mTLS until `shutdown` resolves.
-pub async fn serve(
-    manager: Arc<Manager>,
-    listener: TcpListener,
-    tls: Arc<ServerTls>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<AgentServer<AgentService>>().await;
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(
-            AgentServer::new(AgentService::new(manager))
-                .max_decoding_message_size(crds::limits::MAX_APPLY_MESSAGE_BYTES)
-                .max_encoding_message_size(crds::limits::MAX_LIST_PAGE_BYTES + (64 << 10)),
-        )
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
-        .await?;
-    Ok(())
 }

@@ -1,5 +1,8 @@
 //! Standalone mode: reconcile the BpfProgram manifests in a directory, like static pods.
 //! A file added is loaded, an edit becomes a new revision, a file removed is unloaded.
+//! A file that cannot be read or parsed right now (an editor mid-save, an object being
+//! rebuilt) changes nothing: what it last described keeps running, and the reason is
+//! logged. Only deleting the file removes its programs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -72,6 +75,29 @@ pub struct Memory {
     /// Failed (owner, revision) -> when to retry and the current delay: a broken
     /// manifest is retried with exponential backoff (up to a minute), not every pass.
     retry: BTreeMap<(String, String), (Instant, Duration)>,
+    /// Per manifest file, the owners it last described successfully: kept running while
+    /// the file is unreadable or broken, dropped when the file is deleted.
+    owners_by_file: BTreeMap<PathBuf, BTreeSet<String>>,
+}
+
+/// The owners to keep this pass: those found, plus, for every file that exists but
+/// failed to read or parse in part or whole, those it described before. Pure.
+pub fn owners_to_keep(
+    found: &[(PathBuf, String)],
+    failed_files: &BTreeSet<PathBuf>,
+    last_good: &mut BTreeMap<PathBuf, BTreeSet<String>>,
+) -> BTreeSet<String> {
+    let mut now: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
+    for (path, uid) in found {
+        now.entry(path.clone()).or_default().insert(uid.clone());
+    }
+    for path in failed_files {
+        let kept = last_good.get(path).cloned().unwrap_or_default();
+        now.entry(path.clone()).or_default().extend(kept);
+    }
+    // Files neither found nor failing are gone: their owners go with them.
+    *last_good = now;
+    last_good.values().flatten().cloned().collect()
 }
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -90,9 +116,12 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Mem
     let reported = &mut memory.reported;
     let Scan { found, errors } = scan(dir);
     let mut now: BTreeMap<String, String> = BTreeMap::new();
+    let failed_files: BTreeSet<PathBuf> = errors.iter().map(|(p, _)| p.clone()).collect();
     for (path, e) in errors {
-        now.insert(format!("{}", path.display()), e);
+        now.insert(format!("{}", path.display()), format!("{e} (what it described before keeps running)"));
     }
+    let found_uids: Vec<(PathBuf, String)> = found.iter().map(|(p, i)| (p.clone(), i.uid.to_string())).collect();
+    let keep = owners_to_keep(&found_uids, &failed_files, &mut memory.owners_by_file);
     let mut desired = BTreeSet::new();
     for (path, input) in found {
         let uid = input.uid.to_string();
@@ -138,6 +167,7 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Mem
         let Some(owner) = state.owner else { continue };
         if owner.uid.starts_with("standalone-")
             && !desired.contains(&owner.uid)
+            && !keep.contains(&owner.uid)
             && let Ok(uid) = crds::names::OwnerUid::new(&owner.uid)
         {
             match manager.remove(&uid).await {
@@ -145,5 +175,34 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Mem
                 Err(e) => tracing::error!(program = %owner.name, error = %e, "standalone: cannot remove"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn broken_files_keep_their_owners_deleted_files_lose_them() {
+        let mut last = BTreeMap::new();
+        let found = vec![(p("a.yaml"), "standalone-a".to_string()), (p("b.yaml"), "standalone-b".to_string())];
+        let keep = owners_to_keep(&found, &BTreeSet::new(), &mut last);
+        assert_eq!(keep.len(), 2);
+        // a.yaml is mid-edit (does not parse): a keeps running.
+        let keep = owners_to_keep(&found[1..], &BTreeSet::from([p("a.yaml")]), &mut last);
+        assert_eq!(keep, BTreeSet::from(["standalone-a".to_string(), "standalone-b".to_string()]));
+        // Still broken on the next pass: still kept.
+        let keep = owners_to_keep(&found[1..], &BTreeSet::from([p("a.yaml")]), &mut last);
+        assert!(keep.contains("standalone-a"));
+        // Deleted: gone.
+        let keep = owners_to_keep(&found[1..], &BTreeSet::new(), &mut last);
+        assert_eq!(keep, BTreeSet::from(["standalone-b".to_string()]));
+        // A broken file never seen good keeps nothing.
+        let keep = owners_to_keep(&[], &BTreeSet::from([p("new.yaml")]), &mut last);
+        assert!(keep.is_empty());
     }
 }

@@ -305,3 +305,50 @@ fn every_standalone_example_runs() {
         wait_gone(5, id);
     }
 }
+
+/// A manifest caught mid-edit (not YAML), or whose object is mid-rebuild (missing,
+/// truncated), leaves the running version attached and counting; fixing the file rolls
+/// on; only deleting it removes the program.
+#[test]
+fn broken_files_keep_the_last_good_version_running() {
+    let mut agent = Standalone::start(None);
+    let obj = agent.tmp.path().join("prog.o");
+    std::fs::copy(object("tracepoint_openat.o"), &obj).unwrap();
+    let good = manifest(
+        "sa-keep",
+        &format!("path: {}", obj.display()),
+        "    - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n",
+    );
+    agent.write("keep.yaml", &good);
+    agent.wait_for(10, "the program attached", |a| a.link_pin("sa-keep", "count_openat").is_some());
+    let id = pinned_prog_id(&agent.program_pin("sa-keep", "count_openat").unwrap());
+    let counter = agent.map_pin("sa-keep", "openat_count");
+    let still_running = |a: &Standalone, why: &str| {
+        assert!(kernel_has_program(id), "{why}: the running program was unloaded");
+        assert_eq!(a.revisions("sa-keep").len(), 1, "{why}");
+        let before = read_counter(&counter);
+        open_files(20);
+        assert!(read_counter(&counter) >= before + 20, "{why}: it stopped counting");
+    };
+
+    // Mid-edit: half a YAML document.
+    agent.write("keep.yaml", &good[..good.len() / 2]);
+    std::thread::sleep(Duration::from_secs(3));
+    still_running(&agent, "manifest mid-edit");
+    assert!(agent.log().contains("keeps running"), "the reason is logged:\n{}", agent.log());
+    agent.write("keep.yaml", &good);
+
+    // The object mid-rebuild: truncated, then missing.
+    std::fs::write(&obj, b"\x7fELF").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    still_running(&agent, "object truncated");
+    std::fs::remove_file(&obj).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    still_running(&agent, "object missing");
+    agent.alive();
+
+    // Only deleting the manifest removes it.
+    std::fs::remove_file(agent.manifests().join("keep.yaml")).unwrap();
+    agent.wait_for(10, "the owner removed", |a| pins_under(&a.root).is_empty());
+    wait_gone(5, id);
+}
