@@ -22,6 +22,7 @@ pub enum Reason {
     PinFailed,
     BytecodeDigestMismatch,
     StaleLeaderEpoch,
+    RecordSetAside,
     Internal,
 }
 
@@ -44,11 +45,12 @@ impl Reason {
             Reason::PinFailed => "PinFailed",
             Reason::BytecodeDigestMismatch => "BytecodeDigestMismatch",
             Reason::StaleLeaderEpoch => "StaleLeaderEpoch",
+            Reason::RecordSetAside => "RecordSetAside",
             Reason::Internal => "Internal",
         }
     }
 
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::InvalidSpec,
         Reason::BytecodeTooLarge,
         Reason::BytecodeNotFound,
@@ -65,6 +67,7 @@ impl Reason {
         Reason::PinFailed,
         Reason::BytecodeDigestMismatch,
         Reason::StaleLeaderEpoch,
+        Reason::RecordSetAside,
         Reason::Internal,
     ];
 

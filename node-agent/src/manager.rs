@@ -55,6 +55,9 @@ struct Entry {
     health: Option<Health>,
     /// The revision whose apply failed, and why.
     failure: Option<(String, AgentError)>,
+    /// Its record could not be used at start-up (why): the pins stay, Apply is refused
+    /// until the owner is removed (or the record restored and the agent restarted).
+    set_aside: Option<String>,
 }
 
 pub struct Manager {
@@ -138,12 +141,18 @@ impl Manager {
         self.metrics.set_managed(&records);
     }
 
+    /// An owner whose record could not be used at start-up (see `recovery`).
+    pub(crate) fn adopt_set_aside(&self, uid: &OwnerUid, reason: String) {
+        let entry = Entry { set_aside: Some(reason), health: Some(Health::Degraded), ..Default::default() };
+        self.set_entry(uid.as_str(), Some(entry));
+    }
+
     /// Records adopted at start-up (see `recovery`).
     pub(crate) fn adopt(&self, record: OwnerRecord) {
         let uid = record.uid.clone();
         let name = record.name.clone();
         let health = Some(self.check_health(&record).0);
-        self.set_entry(&uid, Some(Entry { record: Some(record), name, health, failure: None }));
+        self.set_entry(&uid, Some(Entry { record: Some(record), name, health, failure: None, set_aside: None }));
     }
 
     /// Run `input.revision` for its owner. Returns the state and whether anything changed.
@@ -173,6 +182,15 @@ impl Manager {
     async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
         let uid = input.uid.to_string();
         let current = self.entry(&uid).unwrap_or_default();
+        if let Some(why) = &current.set_aside {
+            return Err(AgentError::new(
+                Reason::RecordSetAside,
+                format!(
+                    "owner {uid} is not changed while {why}: remove the BpfProgram (or restore the record and \
+                     restart the agent) to replace what runs"
+                ),
+            ));
+        }
         if let Some(rec) = &current.record
             && rec.revision == input.revision.as_str()
             && self.check_health(rec).0 == Health::Healthy
@@ -208,6 +226,7 @@ impl Manager {
                         name: input.name.clone(),
                         health: Some(Health::Healthy),
                         failure: None,
+                        set_aside: None,
                     }),
                 );
                 let state = self.state_of(&uid).unwrap_or_default();
@@ -297,6 +316,7 @@ impl Manager {
                 programs.push(record);
             }
             let record = OwnerRecord {
+                schema: crate::store::SCHEMA_VERSION,
                 uid: input.uid.to_string(),
                 name: input.name.clone(),
                 revision: input.revision.to_string(),
@@ -501,6 +521,10 @@ impl Manager {
         if let Some((rev, err)) = &e.failure {
             health = Health::Failed;
             last_error = format!("revision {rev}: {err}");
+        }
+        if let Some(why) = &e.set_aside {
+            health = Health::Degraded;
+            last_error = why.clone();
         }
         Some(v1::OwnerState {
             owner: Some(owner),

@@ -19,13 +19,22 @@ pub struct Recovered {
     pub removed_owners: Vec<String>,
     pub removed_revisions: Vec<String>,
     pub relinked: usize,
+    /// Owners whose record was unusable: pins kept, reported Degraded.
+    pub set_aside: Vec<String>,
 }
 
 pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
     let layout = manager.layout().clone();
     let mut out = Recovered::default();
-    let records = manager.store().load_all()?;
+    let loaded = manager.store().load_all()?;
+    let records = loaded.records;
     let mut claimed = BTreeSet::new();
+    // Owners whose record is unusable keep every pin, and say so.
+    for s in loaded.set_aside {
+        claimed.insert(s.uid.to_string());
+        out.set_aside.push(s.uid.to_string());
+        manager.adopt_set_aside(&s.uid, s.reason);
+    }
     for record in records {
         let Ok(uid) = OwnerUid::new(&record.uid) else { continue };
         if !layout.owner_dir(&uid).is_dir() || !record.programs.iter().all(|p| p.pin.exists()) {

@@ -11,10 +11,21 @@ use crds::names::OwnerUid;
 use crds::program::{Direction, ProgramType};
 use serde::{Deserialize, Serialize};
 
+/// The owner-record format this agent writes and reads. A record of a newer format
+/// (written by a newer agent, before a downgrade) is set aside, never guessed at.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn first_schema() -> u32 {
+    1
+}
+
 /// Everything of one owner that is running on this node.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OwnerRecord {
+    /// Format of this record (records from before the field existed are version 1).
+    #[serde(default = "first_schema")]
+    pub schema: u32,
     pub uid: String,
     pub name: String,
     pub revision: String,
@@ -115,10 +126,12 @@ impl StateStore {
         }
     }
 
-    /// Every readable record; unreadable ones are reported and skipped (their pins are
-    /// then unclaimed and cleaned up by recovery).
-    pub fn load_all(&self) -> std::io::Result<Vec<OwnerRecord>> {
-        let mut out = Vec::new();
+    /// Every readable record, and the owners whose record could not be used: unreadable,
+    /// corrupt, or of a newer format. Those files are moved to `set-aside/` (kept for a
+    /// person to look at), and their owners' pins must stay: a record is never a reason
+    /// to detach.
+    pub fn load_all(&self) -> std::io::Result<Loaded> {
+        let mut out = Loaded::default();
         for entry in fs::read_dir(&self.dir)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -130,15 +143,57 @@ impl StateStore {
             if !name.ends_with(".json") {
                 continue;
             }
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<OwnerRecord>(&b).map_err(|e| e.to_string()))
-            {
-                Ok(r) if OwnerUid::new(&r.uid).is_ok() && name == format!("{}.json", r.uid) => out.push(r),
-                Ok(_) => tracing::warn!(path = %path.display(), "owner record does not match its file name; ignored"),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "unreadable owner record; ignored"),
+            let Ok(uid) = OwnerUid::new(name.trim_end_matches(".json")) else {
+                tracing::warn!(path = %path.display(), "a file in the state directory that names no owner; ignored");
+                continue;
+            };
+            match parse_record(&path) {
+                Ok(r) if r.uid == uid.as_str() => out.records.push(r),
+                Ok(r) => out.set_aside.push(self.set_aside(uid, &path, format!("it names owner {:?}", r.uid))),
+                Err(why) => out.set_aside.push(self.set_aside(uid, &path, why)),
             }
         }
         Ok(out)
     }
+
+    /// Move an unusable record out of the way and say why.
+    fn set_aside(&self, uid: OwnerUid, path: &Path, why: String) -> SetAside {
+        let dir = self.dir.join("set-aside");
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let kept = dir.join(format!("{uid}.json.{stamp}"));
+        let moved = fs::create_dir_all(&dir).and_then(|_| fs::rename(path, &kept));
+        let where_ = match moved {
+            Ok(()) => kept.display().to_string(),
+            Err(_) => path.display().to_string(),
+        };
+        let reason = format!("its owner record cannot be used ({why}); kept at {where_}; its pins were left in place");
+        tracing::error!(uid = %uid, %reason, "owner record set aside");
+        SetAside { uid, reason }
+    }
+}
+
+/// What `load_all` found.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<OwnerRecord>,
+    pub set_aside: Vec<SetAside>,
+}
+
+/// An owner whose record could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside {
+    pub uid: OwnerUid,
+    pub reason: String,
+}
+
+/// Read one record: its format version first, so a newer format is named as such
+/// rather than misread.
+fn parse_record(path: &Path) -> Result<OwnerRecord, String> {
+    let bytes = fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("corrupt: {e}"))?;
+    let schema = value.get("schema").and_then(|v| v.as_u64()).unwrap_or(1);
+    if schema > u64::from(SCHEMA_VERSION) {
+        return Err(format!("format {schema} is newer than this agent's {SCHEMA_VERSION}"));
+    }
+    serde_json::from_value(value).map_err(|e| format!("corrupt: {e}"))
 }

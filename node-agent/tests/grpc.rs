@@ -373,6 +373,10 @@ async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
     req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; 2 * MAX_BYTECODE_BYTES].into()));
     let err = client.apply(req).await.expect_err("too large");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
-    assert!(err.message().contains("message length too large") || err.message().contains("larger than"), "{}", err.message());
+    assert!(
+        err.message().contains("message length too large") || err.message().contains("larger than"),
+        "{}",
+        err.message()
+    );
     assert!(!dirs.root.join("limits").exists());
 }

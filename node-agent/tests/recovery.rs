@@ -305,3 +305,54 @@ async fn loose_pin_directly_under_the_root_is_removed_at_start() {
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
     wait_for(5, "stray program unloaded", || !kernel_has_program(id));
 }
+
+/// A corrupt record, and one written by a newer agent (a downgrade), are set aside: the
+/// programs keep running on their hooks, List says Degraded with the reason, Apply is
+/// refused in words without touching anything, and only an explicit Remove detaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_records_are_set_aside_and_never_detach() {
+    let dirs = Dirs::new("setaside");
+    let veth = Veth::new();
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let xdp = client.apply(apply_request("aside-xdp", &xdp_yaml(&veth.host), "xdp_counter.o")).await.unwrap();
+    let tp = client.apply(apply_request("aside-tp", OPENAT_YAML, "tracepoint_openat.o")).await.unwrap();
+    let (xdp, tp) = (xdp.into_inner().state.unwrap(), tp.into_inner().state.unwrap());
+    let (xdp_link, tp_link) = (xdp.attached[0].link_ids[0], tp.attached[0].link_ids[0]);
+    drop(client);
+    agent.kill9();
+    // One record truncated mid-write by hand, one from a future agent.
+    let state = dirs.state();
+    std::fs::write(state.join("aside-xdp.json"), b"{\"uid\": \"aside-xdp\", \"revis").unwrap();
+    let mut newer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("aside-tp.json")).unwrap()).unwrap();
+    newer["schema"] = serde_json::json!(99);
+    std::fs::write(state.join("aside-tp.json"), serde_json::to_vec(&newer).unwrap()).unwrap();
+
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    // The kernel still runs both, through the same links, and XDP still counts.
+    assert_eq!(ip_link_xdp_prog(&veth.host), Some(u64::from(xdp.attached[0].program_id)));
+    assert!(kernel_has_link(xdp_link) && kernel_has_link(tp_link));
+    assert!(counted_per_ping(&veth, &map_pin(&xdp, "packet_count"), 5) >= 5);
+    let l = list(&mut client).await;
+    for (uid, why) in [("aside-xdp", "corrupt"), ("aside-tp", "format 99 is newer")] {
+        let o = find(&l, uid).unwrap_or_else(|| panic!("{uid} is not reported: {l:?}"));
+        assert_eq!(o.health, v1::Health::Degraded as i32, "{o:?}");
+        assert!(o.last_error.contains(why) && o.last_error.contains("set-aside"), "{}", o.last_error);
+    }
+    assert!(entries(&state.join("set-aside")).len() == 2, "records kept for a person to look at");
+    // Apply does not guess: refused, nothing touched.
+    let err = client.apply(apply_request("aside-xdp", &xdp_yaml(&veth.host), "xdp_counter.o")).await.unwrap_err();
+    assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("RecordSetAside"));
+    assert!(err.message().contains("remove the BpfProgram"), "{}", err.message());
+    assert!(kernel_has_link(xdp_link));
+    // An explicit Remove detaches and unpins.
+    for uid in ["aside-xdp", "aside-tp"] {
+        let r = client
+            .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }), epoch: 0 });
+        r.await.unwrap();
+    }
+    assert!(pins_under(&dirs.root).is_empty(), "{:?}", pins_under(&dirs.root));
+    wait_for(5, "links gone after Remove", || !kernel_has_link(xdp_link) && !kernel_has_link(tp_link));
+}
