@@ -2,6 +2,7 @@
 //! the agent rely on, and the validation they share.
 
 pub mod crdgen;
+pub mod error;
 pub mod limits;
 pub mod names;
 pub mod node;

@@ -135,17 +135,74 @@ impl From<AgentError> for tonic::Status {
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 
-/// An error with its chain of causes, e.g. "`bpf_link_create` failed: Invalid argument
-/// (os error 22)": aya's top-level messages often omit the cause.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !msg.contains(&s_text) {
-            msg = format!("{msg}: {s_text}");
+/// An error with its chain of causes (see `crds::error::chain`).
+pub use crds::error::chain;
+
+/// The errno a failed kernel call returned, wherever it sits in `e`'s chain of
+/// causes: classify failures by kind, never by the wording of a message (which an
+/// aya upgrade may change).
+pub fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    use aya::programs::links::LinkError;
+    use aya::programs::{ProgramError, TcError, XdpError};
+    use aya::sys::{NetlinkError, SyscallError};
+    let direct = |err: &(dyn std::error::Error + 'static)| -> Option<i32> {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
         }
-        source = s.source();
+        if let Some(s) = err.downcast_ref::<SyscallError>() {
+            return s.io_error.raw_os_error();
+        }
+        if let Some(n) = err.downcast_ref::<NetlinkError>() {
+            return n.raw_os_error();
+        }
+        if let Some(t) = err.downcast_ref::<TcError>() {
+            return match t {
+                TcError::NetlinkError(n) => n.raw_os_error(),
+                TcError::IoError(io) => io.raw_os_error(),
+                _ => None,
+            };
+        }
+        if let Some(l) = err.downcast_ref::<LinkError>() {
+            return match l {
+                LinkError::SyscallError(s) => s.io_error.raw_os_error(),
+                _ => None,
+            };
+        }
+        match err.downcast_ref::<ProgramError>()? {
+            ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+            ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+            ProgramError::XdpError(XdpError::NetlinkError(n)) => n.raw_os_error(),
+            ProgramError::TcError(TcError::NetlinkError(n)) => n.raw_os_error(),
+            ProgramError::TcError(TcError::IoError(io)) => io.raw_os_error(),
+            _ => None,
+        }
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(n) = direct(err) {
+            return Some(n);
+        }
+        cur = err.source();
     }
-    msg
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::programs::ProgramError;
+    use aya::sys::SyscallError;
+
+    use super::*;
+
+    #[test]
+    fn errnos_are_found_through_aya_wrappers() {
+        let syscall = |n| SyscallError { call: "bpf_link_create", io_error: std::io::Error::from_raw_os_error(n) };
+        assert_eq!(errno(&ProgramError::SyscallError(syscall(libc::EBUSY))), Some(libc::EBUSY));
+        assert_eq!(errno(&syscall(libc::E2BIG)), Some(libc::E2BIG));
+        assert_eq!(errno(&std::io::Error::from_raw_os_error(libc::ENOENT)), Some(libc::ENOENT));
+        assert_eq!(errno(&ProgramError::UnexpectedProgramType), None);
+        // Whatever the message says, only the number counts.
+        let reworded = std::io::Error::other("os error 16 busy");
+        assert_eq!(errno(&reworded), None);
+    }
 }

@@ -32,6 +32,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::debug;
 
 use crate::status::NodeOutcome;
+use crds::error::chain;
 
 /// Largest message either side may send: an Apply at the documented input limits (a
 /// List page is smaller, see `crds::limits`).
@@ -413,16 +414,6 @@ fn describe(status: &tonic::Status) -> String {
         source = e.source();
     }
     if out.is_empty() { format!("{:?}", status.code()) } else { out }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out = format!("{out}: {s}");
-        source = s.source();
-    }
-    out
 }
 
 /// The wait after the `failures`-th consecutive failure (1-based):

@@ -103,12 +103,7 @@ where
 }
 
 fn pin_error(program: &str, path: &Path, e: impl std::error::Error) -> AgentError {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg = format!("{msg}: {s}");
-        source = s.source();
-    }
+    let msg = crate::error::chain(&e);
     AgentError::for_program(Reason::PinFailed, program, format!("cannot pin at {}: {msg}", path.display()))
 }
 

@@ -4,14 +4,14 @@
 
 use std::path::Path;
 
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeError, UProbeScope};
 use aya::programs::{FEntry, FExit, KProbe, Lsm, Program, RawTracePoint, TracePoint, UProbe};
 use crds::names::ProgramName;
 use crds::program::ProgramType;
 use crds::validate::{Attach, UprobeTarget};
 
 use super::{AttachCtx, keep_link, load_error, pin_loaded, record};
-use crate::error::{AgentError, Reason, Result, chain};
+use crate::error::{AgentError, Reason, Result, chain, errno};
 use crate::store::{LinkKind, LinkRecord};
 
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
@@ -44,7 +44,7 @@ pub(super) fn attach(
                 let hook = n.to_string();
                 check_tracepoint(name, &n.category, &n.name)?;
                 let lid = tp.attach(&n.category, &n.name).map_err(|e| {
-                    if chain(&e).contains("os error 7") {
+                    if errno(&e) == Some(libc::E2BIG) {
                         AgentError::for_program(
                             Reason::AttachFailed,
                             name.as_str(),
@@ -108,13 +108,15 @@ pub(super) fn attach(
                 Some(pid) => UProbeScope::OneProcess(pid),
                 None => UProbeScope::AllProcesses,
             };
-            let lid = up.attach(location, &probe.target, scope).map_err(|e| {
-                let msg = chain(&e);
-                if msg.contains("symbol") {
-                    AgentError::for_program(Reason::TargetNotFound, name.as_str(), format!("uprobe {hook}: {msg}"))
-                } else {
-                    attach_err(name, &hook, e)
-                }
+            let lid = up.attach(location, &probe.target, scope).map_err(|e| match &e {
+                aya::programs::ProgramError::UProbeError(
+                    UProbeError::SymbolError { .. } | UProbeError::InvalidTarget { .. },
+                ) => AgentError::for_program(
+                    Reason::TargetNotFound,
+                    name.as_str(),
+                    format!("uprobe {hook}: {}", chain(&e)),
+                ),
+                _ => attach_err(name, &hook, e),
             })?;
             keep!(up, lid, hook);
             id
@@ -205,8 +207,8 @@ fn trampoline_load<'a>(
     target: &'a str,
 ) -> impl FnOnce(aya::programs::ProgramError) -> AgentError + 'a {
     move |e| {
-        let msg = e.to_string();
-        if matches!(e, aya::programs::ProgramError::Btf(_)) || msg.contains("BTF type") || msg.contains("Unknown BTF") {
+        if matches!(e, aya::programs::ProgramError::Btf(_)) {
+            let msg = chain(&e);
             let what = if t == ProgramType::Lsm { "LSM hook" } else { "kernel function" };
             return AgentError::for_program(
                 Reason::HookNotFound,
@@ -218,9 +220,9 @@ fn trampoline_load<'a>(
     }
 }
 
-fn hook_or_attach(name: &ProgramName, target: &str, what: &str, e: impl std::error::Error) -> AgentError {
+fn hook_or_attach(name: &ProgramName, target: &str, what: &str, e: impl std::error::Error + 'static) -> AgentError {
     let msg = chain(&e);
-    if msg.contains("os error 2") || msg.contains("No such file") || msg.contains("not found") {
+    if errno(&e) == Some(libc::ENOENT) {
         AgentError::for_program(
             Reason::HookNotFound,
             name.as_str(),

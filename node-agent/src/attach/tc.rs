@@ -12,7 +12,7 @@ use crds::names::{InterfaceName, ProgramName};
 use crds::program::{Direction, ProgramType};
 
 use super::{AttachCtx, TcPeer, interface_index, keep_link, load_error, pin_loaded, record};
-use crate::error::{AgentError, Reason, Result, chain};
+use crate::error::{AgentError, Reason, Result, chain, errno};
 use crate::store::{LinkKind, LinkRecord};
 
 /// Which TC mechanism to use.
@@ -76,7 +76,7 @@ pub(super) fn attach(
         } else {
             // EEXIST: the interface already has a clsact qdisc, which is what we need.
             if let Err(e) = qdisc_add_clsact(iface.as_str())
-                && !chain(&e).contains("os error 17")
+                && errno(&e) != Some(libc::EEXIST)
             {
                 return Err(err(&e));
             }

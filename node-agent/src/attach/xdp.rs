@@ -10,7 +10,7 @@ use crds::names::{InterfaceName, ProgramName};
 use crds::program::{ProgramType, XdpMode};
 
 use super::{AttachCtx, Replaced, interface_index, keep_link, load_error, pin_loaded, record, wrong_kind};
-use crate::error::{AgentError, Reason, Result, chain};
+use crate::error::{AgentError, Reason, Result, chain, errno};
 use crate::store::{LinkKind, LinkRecord};
 
 pub(super) fn attach(
@@ -91,9 +91,9 @@ pub fn restore(r: &Replaced) -> Result<()> {
     Ok(())
 }
 
-fn attach_error(name: &ProgramName, iface: &InterfaceName, e: impl std::error::Error) -> AgentError {
+fn attach_error(name: &ProgramName, iface: &InterfaceName, e: impl std::error::Error + 'static) -> AgentError {
     let msg = chain(&e);
-    let hint = if msg.contains("busy") || msg.contains("EBUSY") || msg.contains("os error 16") {
+    let hint = if errno(&e) == Some(libc::EBUSY) {
         " (another XDP program is already attached to this interface)"
     } else {
         ""
