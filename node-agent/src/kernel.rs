@@ -49,3 +49,83 @@ pub fn hostname() -> anyhow::Result<String> {
     let s = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     Ok(s.trim().to_lowercase())
 }
+
+/// A bpf_link as the kernel describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLink {
+    pub link_type: u32,
+    pub id: u32,
+    pub program_id: u32,
+    /// For XDP and TCX links: the interface it is attached to (0: detached, e.g. the
+    /// interface was deleted).
+    pub ifindex: Option<u32>,
+}
+
+pub const BPF_LINK_TYPE_XDP: u32 = 6;
+pub const BPF_LINK_TYPE_TCX: u32 = 11;
+
+/// What the kernel says of the link pinned at `path` (BPF_OBJ_GET, then
+/// BPF_OBJ_GET_INFO_BY_FD): read from the kernel, not from our records.
+pub fn pinned_link(path: &Path) -> std::io::Result<KernelLink> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // struct bpf_link_info: type, id, prog_id, then an 8-aligned union whose XDP and
+    // TCX members start with the ifindex.
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        link_type: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        union: [u64; 8],
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let attr = ObjGet { pathname: c.as_ptr() as u64, ..Default::default() };
+    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET; `c` outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, std::mem::size_of::<ObjGet>()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = LinkInfo::default();
+    let attr = InfoByFd {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: std::mem::size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    // SAFETY: `info` is writable for `info_len` bytes for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr, std::mem::size_of::<InfoByFd>()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ifindex = matches!(info.link_type, BPF_LINK_TYPE_XDP | BPF_LINK_TYPE_TCX).then_some(info.union[0] as u32);
+    Ok(KernelLink { link_type: info.link_type, id: info.id, program_id: info.prog_id, ifindex })
+}
+
+/// The current index of interface `name`, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}

@@ -191,6 +191,33 @@ impl Manager {
                 ),
             ));
         }
+        // The running revision is asked for again but some hook broke: re-attach just
+        // those hooks (a program gone needs the full apply below).
+        if let Some(rec) = &current.record
+            && rec.revision == input.revision.as_str()
+        {
+            let problems = crate::health::check(rec);
+            if !problems.is_empty() {
+                let (this, rec2) = (Arc::clone(&self), rec.clone());
+                let repaired = tokio::task::spawn_blocking(move || this.repair_blocking(&rec2, &problems))
+                    .await
+                    .unwrap_or_else(|e| Some(Err(AgentError::internal(format!("repair task failed: {e}")))));
+                match repaired {
+                    Some(Ok(record)) => {
+                        let mut entry = current.clone();
+                        entry.record = Some(record);
+                        entry.health = Some(Health::Healthy);
+                        entry.failure = None;
+                        self.set_entry(&uid, Some(entry));
+                        let state = self.state_of(&uid).unwrap_or_default();
+                        self.emit(v1::watch_event::Kind::Updated, state.clone(), "broken hooks re-attached".into());
+                        return Ok((state, true));
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                }
+            }
+        }
         if let Some(rec) = &current.record
             && rec.revision == input.revision.as_str()
             && self.check_health(rec).0 == Health::Healthy
@@ -440,29 +467,107 @@ impl Manager {
         map.values().filter_map(|e| e.record.as_ref()).flat_map(|r| r.programs.iter()).flat_map(tcx_peers).collect()
     }
 
-    /// Health from the kernel's point of view: every program and link still pinned and
-    /// each link still running its program.
+    /// Health from the kernel's point of view (see `health`): every program pinned,
+    /// every link alive, running its program, on its interface as it exists now.
     fn check_health(&self, record: &OwnerRecord) -> (Health, Option<String>) {
-        for p in &record.programs {
-            if !p.pin.exists() {
-                return (Health::Degraded, Some(format!("program {} is no longer pinned", p.name)));
-            }
-            for l in &p.links {
-                if let Some(pin) = l.kind.pin()
-                    && !pin.exists()
-                {
-                    return (
-                        Health::Degraded,
-                        Some(format!("link {} of {} on {} was removed by someone else", l.link_id, p.name, l.hook)),
-                    );
-                }
-            }
+        match crate::health::check(record).into_iter().next() {
+            None => (Health::Healthy, None),
+            Some(p) => (Health::Degraded, Some(p.why)),
         }
-        (Health::Healthy, None)
     }
 
-    /// Re-check every owner's health; report changes on the Watch stream.
+    /// Re-attach the broken hooks of a running revision from its pinned programs, and
+    /// nothing else: the links that work keep their ids. `None` when a program itself
+    /// is gone (only a full re-apply helps).
+    fn repair_blocking(
+        &self,
+        record: &OwnerRecord,
+        problems: &[crate::health::Problem],
+    ) -> Option<Result<OwnerRecord>> {
+        if problems.iter().any(|p| p.link.is_none()) {
+            return None;
+        }
+        let valid = match crds::validate::validate_programs(&record.spec) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(AgentError::internal(format!("the recorded spec no longer validates: {e}")))),
+        };
+        let peers = self.tc_peers();
+        let mut repaired = record.clone();
+        for problem in problems {
+            let Some(li) = problem.link else { continue };
+            let program = &record.programs[problem.program];
+            let Some(spec) = valid.iter().find(|v| v.name.as_str() == program.name) else {
+                return Some(Err(AgentError::internal(format!("{} is not in the recorded spec", program.name))));
+            };
+            let link = &program.links[li];
+            match attach::reattach(program, spec, li, link.kind.pin(), &peers) {
+                Ok(new) => {
+                    if let LinkKind::TcNetlink { interface, direction, priority, handle } = &link.kind {
+                        let _ = attach::detach_tc_netlink(interface, *direction, *priority, *handle);
+                    }
+                    repaired.programs[problem.program].links[li] = new;
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if let Err(e) = self.store.save(&repaired) {
+            return Some(Err(AgentError::internal(format!("cannot write owner record: {e}"))));
+        }
+        Some(Ok(repaired))
+    }
+
+    /// Re-attach what an interface coming back needs, for every owner not busy with an
+    /// apply or removal: the agent heals this on its own, without waiting for a request.
+    fn heal_interfaces(&self) {
+        let snapshot: Vec<(String, OwnerRecord)> = self
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(k, v)| v.record.clone().map(|r| (k.clone(), r)))
+            .collect();
+        for (uid, record) in snapshot {
+            let problems: Vec<crate::health::Problem> = crate::health::check(&record)
+                .into_iter()
+                .filter(|p| p.kind == crate::health::ProblemKind::InterfaceRecreated)
+                .collect();
+            if problems.is_empty() {
+                continue;
+            }
+            let lock = self.lock_for(&uid);
+            let Ok(_guard) = lock.try_lock() else {
+                drop(lock);
+                continue;
+            };
+            // Still the same record under the lock?
+            let current = self.entry(&uid).and_then(|e| e.record);
+            if current.as_ref() == Some(&record)
+                && let Some(result) = self.repair_blocking(&record, &problems)
+            {
+                match result {
+                    Ok(repaired) => {
+                        let hooks: Vec<String> = problems
+                            .iter()
+                            .map(|p| record.programs[p.program].links[p.link.unwrap_or(0)].hook.clone())
+                            .collect();
+                        tracing::info!(uid = %uid, ?hooks, "re-attached to re-created interfaces");
+                        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                        if let Some(e) = map.get_mut(&uid) {
+                            e.record = Some(repaired);
+                        }
+                    }
+                    Err(e) => tracing::warn!(uid = %uid, error = %e, "cannot re-attach to a re-created interface"),
+                }
+            }
+            drop(_guard);
+            self.release_lock(&uid, lock);
+        }
+    }
+
+    /// Re-check every owner's health, heal what an interface coming back needs, and
+    /// report changes on the Watch stream.
     pub fn refresh_health(&self) {
+        self.heal_interfaces();
         let snapshot: Vec<(String, Entry)> = self
             .entries
             .read()

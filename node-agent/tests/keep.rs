@@ -125,3 +125,88 @@ fn owner_locks_are_forgotten_when_idle() {
     assert_eq!(agent.manager.locks_in_use(), 0);
     assert!(agent.pins().is_empty(), "{:?}", agent.pins());
 }
+
+/// Create the deleted pair of `veth` again (same names and addresses).
+fn create_again(veth: &Veth) {
+    sh(&format!(
+        "ip link add {h} type veth peer name {p} netns {ns} && ip addr add {hip}/30 dev {h} && ip link set {h} up && \
+         ip -n {ns} addr add {pip}/30 dev {p} && ip -n {ns} link set {p} up",
+        h = veth.host,
+        p = veth.peer,
+        ns = veth.ns,
+        hip = veth.host_ip,
+        pip = veth.peer_ip
+    ));
+}
+
+/// An interface deleted under an XDP program: the agent reports the owner Degraded
+/// (read from the kernel: the link is detached although its pin stays) and says so on
+/// Watch; when the interface comes back, the agent re-attaches the same program by
+/// itself and packets are counted again.
+#[test]
+fn an_interface_that_comes_back_gets_its_program_back() {
+    let rt = rt();
+    let agent = TestAgent::new();
+    let veth = Veth::new();
+    let mut events = agent.manager.subscribe();
+    let (state, _) = rt.block_on(agent.manager.apply(input("iface", &xdp_spec(&veth.host), "xdp_counter.o"))).unwrap();
+    let prog = state.attached[0].program_id;
+    let counter = map_pin(&state, "packet_count");
+    while events.try_recv().is_ok() {}
+
+    sh(&format!("ip link del {}", veth.host));
+    agent.manager.refresh_health();
+    let listed = agent.manager.list();
+    assert_eq!(listed[0].health, proto::v1::Health::Degraded as i32, "{listed:?}");
+    assert!(
+        listed[0].last_error.contains(&veth.host) && listed[0].last_error.contains("gone"),
+        "{}",
+        listed[0].last_error
+    );
+    let ev = events.try_recv().expect("a Watch event for the change");
+    assert_eq!(ev.state.unwrap().health, proto::v1::Health::Degraded as i32);
+
+    create_again(&veth);
+    assert_eq!(xdp_prog_on(&veth.host), None, "a new interface starts without the program");
+    agent.manager.refresh_health();
+    assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(prog)), "the same program is back on the new interface");
+    let listed = agent.manager.list();
+    assert_eq!(listed[0].health, proto::v1::Health::Healthy as i32, "{}", listed[0].last_error);
+    let link = listed[0].attached[0].link_ids[0];
+    assert_eq!(link_prog(link), Some(u64::from(prog)));
+    let ev = events.try_recv().expect("a Watch event for the recovery");
+    assert_eq!(ev.state.unwrap().health, proto::v1::Health::Healthy as i32);
+    let before = read_counter(&counter);
+    veth.ping_from_ns(5);
+    assert!(read_counter(&counter) >= before + 5, "the re-attached program counts");
+}
+
+/// A Degraded owner (one of its two XDP links removed by someone else) is repaired by
+/// re-attaching that hook only: the other link keeps its id, the program is not reloaded.
+#[test]
+fn repairing_a_degraded_owner_reattaches_only_what_is_missing() {
+    let rt = rt();
+    let agent = TestAgent::new();
+    let (a, b) = (Veth::new(), Veth::new());
+    let spec = format!(
+        "bytecode: {{path: /x.o}}\nprograms:\n  - {{name: count_packets, type: XDP, xdp: {{interfaces: [{}, {}], mode: Generic}}}}\n",
+        a.host, b.host
+    );
+    let req = input("repair", &spec, "xdp_counter.o");
+    let (s1, _) = rt.block_on(agent.manager.apply(req.clone())).unwrap();
+    let (prog, links) = (s1.attached[0].program_id, s1.attached[0].link_ids.clone());
+    let pin = agent.root.join("repair").join(&s1.revision).join("links/count_packets/1");
+    std::fs::remove_file(&pin).unwrap();
+    assert_eq!(xdp_prog_on(&b.host), None, "removing the pin detached the link");
+    agent.manager.refresh_health();
+    assert_eq!(agent.manager.list()[0].health, proto::v1::Health::Degraded as i32);
+
+    let (s2, changed) = rt.block_on(agent.manager.apply(req)).unwrap();
+    assert!(changed);
+    assert_eq!(s2.attached[0].program_id, prog, "the program was not reloaded");
+    assert_eq!(s2.attached[0].link_ids[0], links[0], "the working link was not touched");
+    assert_ne!(s2.attached[0].link_ids[1], links[1]);
+    assert_eq!(link_prog(links[0]), Some(u64::from(prog)));
+    assert_eq!(xdp_prog_on(&b.host), Some(u64::from(prog)));
+    assert_eq!(agent.manager.list()[0].health, proto::v1::Health::Healthy as i32);
+}

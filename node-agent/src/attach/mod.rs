@@ -4,6 +4,7 @@
 
 mod cgroup;
 mod probes;
+mod repair;
 mod tc;
 mod xdp;
 
@@ -22,6 +23,7 @@ use crate::error::{AgentError, Reason, Result};
 use crate::loader::classify_program_error;
 use crate::store::{LinkRecord, OwnerRecord, ProgramRecord};
 
+pub use repair::reattach;
 pub use tc::TcBackend;
 
 /// A TC program of any owner, for ordering a new one by priority.
