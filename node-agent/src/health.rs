@@ -2,8 +2,8 @@
 //! object and the interface it is bound to), not by the presence of a file. A link
 //! whose interface was deleted is detached by the kernel even though its pin stays.
 
-use crate::kernel;
 use crate::store::{LinkKind, OwnerRecord};
+use crate::{kernel, netlink};
 
 /// What is wrong with one attachment of a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +47,30 @@ pub fn check(record: &OwnerRecord) -> Vec<Problem> {
         }
         for (li, l) in p.links.iter().enumerate() {
             let problem = |kind, why: String| Problem { program: pi, link: Some(li), kind, why };
+            if let LinkKind::TcNetlink { interface, direction, priority, handle } = &l.kind {
+                let Some(idx) = kernel::ifindex(interface) else {
+                    let why = format!("interface {interface} is gone: {} is detached until it comes back", p.name);
+                    out.push(problem(ProblemKind::InterfaceGone, why));
+                    continue;
+                };
+                match netlink::bpf_filters(idx, *direction) {
+                    Ok(filters)
+                        if filters.iter().any(|f| {
+                            f.priority == *priority
+                                && f.handle == *handle
+                                && f.program_id.is_none_or(|id| id == p.program_id)
+                        }) => {}
+                    Ok(_) => out.push(problem(
+                        ProblemKind::LinkGone,
+                        format!(
+                            "the clsact {direction:?} filter of {} on {interface} (priority {priority}, handle {handle:#x}) is gone",
+                            p.name
+                        ),
+                    )),
+                    Err(e) => tracing::debug!(interface, error = %e, "cannot list clsact filters"),
+                }
+                continue;
+            }
             let Some(pin) = l.kind.pin() else { continue };
             let on = |what: &str| format!("link {} of {} on {}{what}", l.link_id, p.name, l.hook);
             let linked = match kernel::pinned_link(pin) {

@@ -129,3 +129,43 @@ pub fn ifindex(name: &str) -> Option<u32> {
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (idx != 0).then_some(idx)
 }
+
+/// The kernel id of the program pinned at `path`.
+pub fn pinned_program_id(path: &Path) -> std::io::Result<u32> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let get: [u64; 3] = [c.as_ptr() as u64, 0, 0];
+    // SAFETY: a zero-padded bpf_attr with the path pointer first (BPF_OBJ_GET).
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), std::mem::size_of_val(&get)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_prog_info starts with type and id; the kernel fills what fits.
+    let mut info = [0u32; 64];
+    let attr: [u64; 2] =
+        [u64::from(fd.as_raw_fd() as u32) | ((std::mem::size_of_val(&info) as u64) << 32), info.as_mut_ptr() as u64];
+    // SAFETY: `info` is writable for the length given in the attribute.
+    let r =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info[1])
+}
+
+/// Every network interface of this namespace: (name, index).
+pub fn interfaces() -> Vec<(String, u32)> {
+    let Ok(rd) = std::fs::read_dir("/sys/class/net") else { return Vec::new() };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let idx = std::fs::read_to_string(e.path().join("ifindex")).ok()?.trim().parse().ok()?;
+            Some((name, idx))
+        })
+        .collect()
+}

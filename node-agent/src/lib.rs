@@ -12,6 +12,7 @@ pub mod loader;
 pub mod manager;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
 pub mod recovery;
 pub mod request;
 pub mod server;

@@ -16,7 +16,7 @@ use crds::validate::ValidProgram;
 use proto::v1;
 use tokio::sync::broadcast;
 
-use crate::attach::{self, AttachCtx, Replaced, TcBackend, TcPeer};
+use crate::attach::{self, AttachCtx, TcBackend, TcPeer, Undo};
 use crate::elf;
 use crate::error::{AgentError, Reason, Result};
 use crate::loader::Loader;
@@ -322,7 +322,7 @@ impl Manager {
             map_pins.insert(name.clone(), path);
         }
 
-        let mut replaced: Vec<Replaced> = Vec::new();
+        let mut undo: Vec<Undo> = Vec::new();
         let mut attempt = || -> Result<OwnerRecord> {
             let mut ebpf = self.loader.load(&input.bytecode, &input.globals, &map_pins)?;
             let mut peers = self.tc_peers();
@@ -337,7 +337,7 @@ impl Manager {
                     tc_peers: &peers,
                     tc_backend: self.cfg.tc_backend,
                 };
-                let record = attach::load_and_attach(&mut ebpf, p, &ctx, &mut replaced)?;
+                let record = attach::load_and_attach(&mut ebpf, p, &ctx, &mut undo)?;
                 // Later programs of this apply are ordered against this one too.
                 peers.extend(tcx_peers(&record));
                 programs.push(record);
@@ -371,10 +371,8 @@ impl Manager {
                 Ok(record)
             }
             Err(e) => {
-                for r in replaced.iter().rev() {
-                    if let Err(err) = attach::restore_xdp(r) {
-                        tracing::error!(error = %err, "rollback of an XDP link failed");
-                    }
+                for u in undo.iter().rev() {
+                    u.run();
                 }
                 let _ = std::fs::remove_dir_all(&rev_dir);
                 for m in &created_maps {
@@ -502,7 +500,11 @@ impl Manager {
             let link = &program.links[li];
             match attach::reattach(program, spec, li, link.kind.pin(), &peers) {
                 Ok(new) => {
-                    if let LinkKind::TcNetlink { interface, direction, priority, handle } = &link.kind {
+                    // A stale filter still there (another program) goes; the kernel may
+                    // have handed the new filter the old one's handle, which stays.
+                    if let LinkKind::TcNetlink { interface, direction, priority, handle } = &link.kind
+                        && new.kind != link.kind
+                    {
                         let _ = attach::detach_tc_netlink(interface, *direction, *priority, *handle);
                     }
                     repaired.programs[problem.program].links[li] = new;

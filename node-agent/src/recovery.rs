@@ -21,11 +21,49 @@ pub struct Recovered {
     pub relinked: usize,
     /// Owners whose record was unusable: pins kept, reported Degraded.
     pub set_aside: Vec<String>,
+    /// clsact filters left by an apply that never committed (they have no pin).
+    pub removed_filters: usize,
+}
+
+/// Program ids pinned anywhere below `dir` (a revision or owner directory about to go).
+fn pinned_program_ids(dir: &std::path::Path, out: &mut BTreeSet<u32>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            pinned_program_ids(&path, out);
+        } else if path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "progs")
+            && let Ok(id) = crate::kernel::pinned_program_id(&path)
+        {
+            out.insert(id);
+        }
+    }
+}
+
+/// Remove every clsact filter that runs one of `programs`, on every interface.
+fn remove_filters_of(programs: &BTreeSet<u32>) -> usize {
+    if programs.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    for (iface, idx) in crate::kernel::interfaces() {
+        for direction in [crds::program::Direction::Ingress, crds::program::Direction::Egress] {
+            let Ok(filters) = crate::netlink::bpf_filters(idx, direction) else { continue };
+            for f in filters.iter().filter(|f| f.program_id.is_some_and(|id| programs.contains(&id))) {
+                if attach::detach_tc_netlink(&iface, direction, f.priority, f.handle).is_ok() {
+                    tracing::warn!(interface = %iface, ?direction, priority = f.priority, "removed a clsact filter no record claims");
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
 }
 
 pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
     let layout = manager.layout().clone();
     let mut out = Recovered::default();
+    let mut stray_programs = BTreeSet::new();
     let loaded = manager.store().load_all()?;
     let records = loaded.records;
     let mut claimed = BTreeSet::new();
@@ -40,6 +78,7 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
         if !layout.owner_dir(&uid).is_dir() || !record.programs.iter().all(|p| p.pin.exists()) {
             // The pins are gone (bpffs remounted, someone removed them): nothing to adopt.
             tracing::warn!(uid = %uid, "owner record without its pins; forgetting it");
+            pinned_program_ids(&layout.owner_dir(&uid), &mut stray_programs);
             manager.remove_blocking(&uid, Some(&record)).ok();
             out.removed_owners.push(uid.to_string());
             continue;
@@ -51,6 +90,7 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
                 continue;
             }
             // A directory is an unfinished revision; anything else is a stray pin.
+            pinned_program_ids(&entry.path(), &mut stray_programs);
             let _ = if entry.path().is_dir() {
                 std::fs::remove_dir_all(entry.path())
             } else {
@@ -71,6 +111,7 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
                 continue;
             }
             // Unclaimed: an owner directory, or a pin left directly under the root.
+            pinned_program_ids(&entry.path(), &mut stray_programs);
             let _ = if entry.path().is_dir() {
                 std::fs::remove_dir_all(entry.path())
             } else {
@@ -82,6 +123,8 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
             out.removed_owners.push(name);
         }
     }
+    // Filters have no pin: find them by the programs of what was just removed.
+    out.removed_filters = remove_filters_of(&stray_programs);
     tracing::info!(?out, "recovered state from bpffs");
     Ok(out)
 }

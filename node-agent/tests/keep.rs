@@ -210,3 +210,68 @@ fn repairing_a_degraded_owner_reattaches_only_what_is_missing() {
     assert_eq!(xdp_prog_on(&b.host), Some(u64::from(prog)));
     assert_eq!(agent.manager.list()[0].health, proto::v1::Health::Healthy as i32);
 }
+
+/// BPF filters on `iface`'s clsact ingress, per `tc` (not our netlink code).
+fn clsact_filters(iface: &str) -> Vec<String> {
+    sh(&format!("tc filter show dev {iface} ingress"))
+        .lines()
+        .filter(|l| l.contains(" bpf ") && l.contains("handle"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn tc_spec(ifaces: &[&str]) -> String {
+    format!(
+        "bytecode: {{path: /x.o}}\nprograms:\n  - {{name: count_tc, type: TC, tc: {{interfaces: [{}], direction: Ingress, priority: 50}}}}\n",
+        ifaces.join(", ")
+    )
+}
+
+/// clsact (kernels before 6.6): a failed apply takes back the filters it attached, so
+/// retries do not pile them up; a failed upgrade leaves exactly the old filter; a filter
+/// deleted by hand is seen (read from the kernel) and re-attached by a repair.
+#[test]
+fn clsact_filters_are_rolled_back_checked_and_repaired() {
+    let rt = rt();
+    let agent = TestAgent::with_backend(agent::attach::TcBackend::Clsact);
+    let veth = Veth::new();
+    let bad = input("clsact", &tc_spec(&[&veth.host, "nosuchif0"]), "tc_counter.o");
+    for _ in 0..3 {
+        let e = rt.block_on(agent.manager.apply(bad.clone())).unwrap_err();
+        assert_eq!(e.reason, agent::error::Reason::InterfaceNotFound);
+    }
+    assert_eq!(clsact_filters(&veth.host), Vec::<String>::new(), "failed applies left filters");
+
+    // R1 runs; R2 attaches its filter, then fails on its next program: R1's filter only.
+    let (s1, _) = rt.block_on(agent.manager.apply(input("clsact", &tc_spec(&[&veth.host]), "tc_counter.o"))).unwrap();
+    // An upgrade (another priority) that attaches on the first interface, then fails.
+    let r2 = tc_spec(&[&veth.host, "nosuchif0"]).replace("priority: 50", "priority: 60");
+    let e = rt.block_on(agent.manager.apply(input("clsact", &r2, "tc_counter.o"))).unwrap_err();
+    assert_eq!(e.reason, agent::error::Reason::InterfaceNotFound, "{e}");
+    let filters = clsact_filters(&veth.host);
+    assert_eq!(filters.len(), 1, "exactly R1's filter: {filters:?}");
+    assert!(filters[0].contains(&format!("id {}", s1.attached[0].program_id)), "{filters:?}");
+    // Back to R1 (what runs): nothing changes, the failure is forgotten.
+    let (_, changed) =
+        rt.block_on(agent.manager.apply(input("clsact", &tc_spec(&[&veth.host]), "tc_counter.o"))).unwrap();
+    assert!(!changed);
+
+    // Deleted by hand: Degraded, read from the kernel; repaired with the same program.
+    sh(&format!("tc filter del dev {} ingress", veth.host));
+    agent.manager.refresh_health();
+    let listed = agent.manager.list();
+    assert_eq!(listed[0].health, proto::v1::Health::Degraded as i32);
+    assert!(listed[0].last_error.contains("clsact"), "{}", listed[0].last_error);
+    let (s3, changed) =
+        rt.block_on(agent.manager.apply(input("clsact", &tc_spec(&[&veth.host]), "tc_counter.o"))).unwrap();
+    assert!(changed);
+    assert_eq!(s3.attached[0].program_id, s1.attached[0].program_id, "not reloaded");
+    let filters = clsact_filters(&veth.host);
+    assert_eq!(filters.len(), 1, "{filters:?}");
+    let counter = map_pin(&s3, "tc_packet_count");
+    let before = read_counter(&counter);
+    veth.ping_from_ns(3);
+    assert!(read_counter(&counter) >= before + 3);
+    rt.block_on(agent.manager.remove(&crds::names::OwnerUid::new("clsact").unwrap())).unwrap();
+    assert!(clsact_filters(&veth.host).is_empty());
+}

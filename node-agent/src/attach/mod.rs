@@ -43,6 +43,31 @@ pub struct Replaced {
     pub old_program_pin: PathBuf,
 }
 
+/// What an apply changed outside its revision directory, so a failed apply can undo it
+/// (removing the directory undoes the rest: pinned links go with their pins).
+#[derive(Clone, Debug)]
+pub enum Undo {
+    /// Switch an XDP link back to the previous revision's program.
+    XdpSwap(Replaced),
+    /// Remove a clsact filter (it has no pin, so nothing else would).
+    TcFilter { interface: String, direction: Direction, priority: u16, handle: u32 },
+}
+
+impl Undo {
+    /// Carry the undo out; failures are logged (a rollback goes on with the rest).
+    pub fn run(&self) {
+        let r = match self {
+            Undo::XdpSwap(r) => xdp::restore(r),
+            Undo::TcFilter { interface, direction, priority, handle } => {
+                tc::detach_netlink(interface, *direction, *priority, *handle)
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(undo = ?self, error = %e, "rollback step failed");
+        }
+    }
+}
+
 pub struct AttachCtx<'a> {
     pub layout: &'a PinLayout,
     pub owner: &'a OwnerUid,
@@ -65,7 +90,7 @@ pub fn load_and_attach(
     ebpf: &mut Ebpf,
     p: &ValidProgram,
     ctx: &AttachCtx<'_>,
-    replaced: &mut Vec<Replaced>,
+    undo: &mut Vec<Undo>,
 ) -> Result<ProgramRecord> {
     let name = p.name.as_str();
     let program = ebpf.program_mut(name).ok_or_else(|| {
@@ -77,9 +102,9 @@ pub fn load_and_attach(
         std::fs::create_dir_all(dir).map_err(|e| pin_error(name, dir, e))?;
     }
     let (program_id, links) = match &p.attach {
-        Attach::Xdp { interfaces, mode } => xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, replaced)?,
+        Attach::Xdp { interfaces, mode } => xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, undo)?,
         Attach::Tc { interfaces, direction, priority } => {
-            tc::attach(program, &p.name, interfaces, *direction, *priority, ctx, &pin)?
+            tc::attach(program, &p.name, interfaces, (*direction, *priority), ctx, &pin, undo)?
         }
         Attach::CgroupSkb { cgroup, direction } => cgroup::attach(program, &p.name, cgroup, *direction, ctx, &pin)?,
         other => probes::attach(program, &p.name, other, ctx, &pin)?,

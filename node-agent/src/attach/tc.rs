@@ -41,10 +41,10 @@ pub(super) fn attach(
     program: &mut Program,
     name: &ProgramName,
     interfaces: &[InterfaceName],
-    direction: Direction,
-    priority: u16,
+    (direction, priority): (Direction, u16),
     ctx: &AttachCtx<'_>,
     pin: &Path,
+    undo: &mut Vec<super::Undo>,
 ) -> Result<(u32, Vec<LinkRecord>)> {
     let tc: &mut SchedClassifier = program.try_into().map_err(|e| super::wrong_kind(name, e))?;
     tc.load().map_err(load_error(name, ProgramType::Tc))?;
@@ -85,10 +85,16 @@ pub(super) fn attach(
                 .attach_with_options(iface.as_str(), attach_type, TcAttachOptions::Netlink(opts))
                 .map_err(|e| err(&e))?;
             let link = tc.take_link(lid).map_err(|e| err(&e))?;
-            let handle = u32::from(link.handle().map_err(|e| err(&e))?);
+            let handle = match link.handle() {
+                Ok(h) => u32::from(h),
+                // Without its handle nobody could find the filter again: remove it now.
+                Err(e) => return Err(err(&e)),
+            };
             // A clsact filter lives in the kernel without a file descriptor; dropping
-            // aya's handle would remove it, so the record is what keeps track of it.
+            // aya's handle would remove it, so the record is what keeps track of it, and
+            // until the record is committed, the undo list.
             std::mem::forget(link);
+            undo.push(super::Undo::TcFilter { interface: iface.to_string(), direction, priority, handle });
             let kind = LinkKind::TcNetlink { interface: iface.to_string(), direction, priority, handle };
             links.push(record(iface.as_str(), 0, kind));
         }

@@ -9,7 +9,7 @@ use aya::programs::{Program, Xdp, XdpMode as AyaMode};
 use crds::names::{InterfaceName, ProgramName};
 use crds::program::{ProgramType, XdpMode};
 
-use super::{AttachCtx, Replaced, interface_index, keep_link, load_error, pin_loaded, record, wrong_kind};
+use super::{AttachCtx, Replaced, Undo, interface_index, keep_link, load_error, pin_loaded, record, wrong_kind};
 use crate::error::{AgentError, Reason, Result, chain, errno};
 use crate::store::{LinkKind, LinkRecord};
 
@@ -20,7 +20,7 @@ pub(super) fn attach(
     mode: XdpMode,
     ctx: &AttachCtx<'_>,
     pin: &Path,
-    replaced: &mut Vec<Replaced>,
+    undo: &mut Vec<Undo>,
 ) -> Result<(u32, Vec<LinkRecord>)> {
     let xdp: &mut Xdp = program.try_into().map_err(|e| wrong_kind(name, e))?;
     xdp.load().map_err(load_error(name, ProgramType::Xdp))?;
@@ -38,7 +38,7 @@ pub(super) fn attach(
                 let lid = xdp.attach_to_link(link).map_err(|e| attach_error(name, iface, e))?;
                 let link = xdp.take_link(lid).map_err(|e| attach_error(name, iface, e))?;
                 // From here the link runs the new program: remember how to undo it.
-                replaced.push(Replaced { link_pin: path.clone(), old_program_pin: old_prog });
+                undo.push(Undo::XdpSwap(Replaced { link_pin: path.clone(), old_program_pin: old_prog }));
                 keep_link(name.as_str(), link, &path)?
             }
             None => {
