@@ -8,6 +8,7 @@ pub mod names;
 pub mod node;
 pub mod pins;
 pub mod program;
+pub mod reason;
 pub mod revision;
 pub mod validate;
 

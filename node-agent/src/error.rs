@@ -3,87 +3,21 @@
 
 use std::fmt;
 
-/// Why an operation failed. The names are part of the status API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
-    InvalidSpec,
-    BytecodeTooLarge,
-    BytecodeNotFound,
-    MalformedElf,
-    ProgramNotFound,
-    GlobalDataInvalid,
-    MapMismatch,
-    VerifierRejected,
-    KernelUnsupported,
-    InterfaceNotFound,
-    HookNotFound,
-    TargetNotFound,
-    AttachFailed,
-    PinFailed,
-    BytecodeDigestMismatch,
-    StaleLeaderEpoch,
-    RecordSetAside,
-    Internal,
-}
+/// Why an operation failed: one list for agent, operator and status (`crds::reason`).
+pub use crds::reason::Reason;
 
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::BytecodeTooLarge => "BytecodeTooLarge",
-            Reason::BytecodeNotFound => "BytecodeNotFound",
-            Reason::MalformedElf => "MalformedElf",
-            Reason::ProgramNotFound => "ProgramNotFound",
-            Reason::GlobalDataInvalid => "GlobalDataInvalid",
-            Reason::MapMismatch => "MapMismatch",
-            Reason::VerifierRejected => "VerifierRejected",
-            Reason::KernelUnsupported => "KernelUnsupported",
-            Reason::InterfaceNotFound => "InterfaceNotFound",
-            Reason::HookNotFound => "HookNotFound",
-            Reason::TargetNotFound => "TargetNotFound",
-            Reason::AttachFailed => "AttachFailed",
-            Reason::PinFailed => "PinFailed",
-            Reason::BytecodeDigestMismatch => "BytecodeDigestMismatch",
-            Reason::StaleLeaderEpoch => "StaleLeaderEpoch",
-            Reason::RecordSetAside => "RecordSetAside",
-            Reason::Internal => "Internal",
-        }
-    }
-
-    pub const ALL: [Reason; 18] = [
-        Reason::InvalidSpec,
-        Reason::BytecodeTooLarge,
-        Reason::BytecodeNotFound,
-        Reason::MalformedElf,
-        Reason::ProgramNotFound,
-        Reason::GlobalDataInvalid,
-        Reason::MapMismatch,
-        Reason::VerifierRejected,
-        Reason::KernelUnsupported,
-        Reason::InterfaceNotFound,
-        Reason::HookNotFound,
-        Reason::TargetNotFound,
-        Reason::AttachFailed,
-        Reason::PinFailed,
-        Reason::BytecodeDigestMismatch,
-        Reason::StaleLeaderEpoch,
-        Reason::RecordSetAside,
-        Reason::Internal,
-    ];
-
-    /// The gRPC code: the caller's input (InvalidArgument), the node's state
-    /// (FailedPrecondition), or the agent itself (Internal).
-    fn code(self) -> tonic::Code {
-        match self {
-            Reason::InvalidSpec
-            | Reason::BytecodeTooLarge
-            | Reason::MalformedElf
-            | Reason::ProgramNotFound
-            | Reason::GlobalDataInvalid
-            | Reason::VerifierRejected => tonic::Code::InvalidArgument,
-            Reason::Internal | Reason::PinFailed => tonic::Code::Internal,
-            _ => tonic::Code::FailedPrecondition,
-        }
+/// The gRPC code of a reason: the caller's input (InvalidArgument), the node's state
+/// (FailedPrecondition), or the agent itself (Internal).
+fn code(reason: Reason) -> tonic::Code {
+    match reason {
+        Reason::InvalidSpec
+        | Reason::BytecodeTooLarge
+        | Reason::MalformedElf
+        | Reason::ProgramNotFound
+        | Reason::GlobalDataInvalid
+        | Reason::VerifierRejected => tonic::Code::InvalidArgument,
+        Reason::Internal | Reason::PinFailed => tonic::Code::Internal,
+        _ => tonic::Code::FailedPrecondition,
     }
 }
 
@@ -121,7 +55,7 @@ impl std::error::Error for AgentError {}
 
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
-        let mut status = tonic::Status::new(e.reason.code(), e.message.clone());
+        let mut status = tonic::Status::new(code(e.reason), e.message.clone());
         let md = status.metadata_mut();
         if let Ok(v) = e.reason.as_str().parse() {
             md.insert(proto::REASON_KEY, v);

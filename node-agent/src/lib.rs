@@ -13,6 +13,7 @@ pub mod manager;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
+pub mod plan;
 pub mod recovery;
 pub mod request;
 pub mod server;

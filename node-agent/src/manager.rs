@@ -22,6 +22,7 @@ use crate::error::{AgentError, Reason, Result};
 use crate::loader::Loader;
 use crate::maps;
 use crate::metrics::Metrics;
+use crate::plan;
 use crate::store::{LinkKind, MapRecord, OwnerRecord, StateStore};
 
 /// Where the agent keeps things and how it attaches.
@@ -182,24 +183,39 @@ impl Manager {
     async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
         let uid = input.uid.to_string();
         let current = self.entry(&uid).unwrap_or_default();
-        if let Some(why) = &current.set_aside {
-            return Err(AgentError::new(
-                Reason::RecordSetAside,
-                format!(
-                    "owner {uid} is not changed while {why}: remove the BpfProgram (or restore the record and \
-                     restart the agent) to replace what runs"
-                ),
-            ));
-        }
-        // The running revision is asked for again but some hook broke: re-attach just
-        // those hooks (a program gone needs the full apply below).
-        if let Some(rec) = &current.record
-            && rec.revision == input.revision.as_str()
-        {
-            let problems = crate::health::check(rec);
-            if !problems.is_empty() {
-                let (this, rec2) = (Arc::clone(&self), rec.clone());
-                let repaired = tokio::task::spawn_blocking(move || this.repair_blocking(&rec2, &problems))
+        let problems = current.record.as_ref().map(crate::health::check).unwrap_or_default();
+        let now = plan::Current {
+            record: current.record.as_ref(),
+            set_aside: current.set_aside.as_deref(),
+            problems: &problems,
+        };
+        match plan::decide(&now, input.revision.as_str()) {
+            plan::Decision::Refuse(why) => {
+                return Err(AgentError::new(
+                    Reason::RecordSetAside,
+                    format!(
+                        "owner {uid} is not changed while {why}: remove the BpfProgram (or restore the record and \
+                         restart the agent) to replace what runs"
+                    ),
+                ));
+            }
+            plan::Decision::Keep => {
+                // Also a revert to what runs after a newer revision failed: forget that failure.
+                if current.failure.is_some() {
+                    let mut entry = current;
+                    entry.failure = None;
+                    entry.health = Some(Health::Healthy);
+                    self.set_entry(&uid, Some(entry));
+                    if let Some(state) = self.state_of(&uid) {
+                        self.emit(v1::watch_event::Kind::Updated, state, format!("revision {} runs", input.revision));
+                    }
+                }
+                return Ok((self.state_of(&uid).unwrap_or_default(), false));
+            }
+            plan::Decision::Repair(problems) => {
+                let Some(rec) = current.record.clone() else { unreachable!("a repair needs a record") };
+                let this = Arc::clone(&self);
+                let repaired = tokio::task::spawn_blocking(move || this.repair_blocking(&rec, &problems))
                     .await
                     .unwrap_or_else(|e| Some(Err(AgentError::internal(format!("repair task failed: {e}")))));
                 match repaired {
@@ -217,23 +233,7 @@ impl Manager {
                     None => {}
                 }
             }
-        }
-        if let Some(rec) = &current.record
-            && rec.revision == input.revision.as_str()
-            && self.check_health(rec).0 == Health::Healthy
-        {
-            // What runs is what is asked (also a revert to it after a newer revision
-            // failed): touch nothing, forget the newer revision's failure.
-            if current.failure.is_some() {
-                let mut entry = current;
-                entry.failure = None;
-                entry.health = Some(Health::Healthy);
-                self.set_entry(&uid, Some(entry));
-                if let Some(state) = self.state_of(&uid) {
-                    self.emit(v1::watch_event::Kind::Updated, state, format!("revision {} runs", input.revision));
-                }
-            }
-            return Ok((self.state_of(&uid).unwrap_or_default(), false));
+            plan::Decision::Load { .. } => {}
         }
         let started = Instant::now();
         let this = Arc::clone(&self);
@@ -309,17 +309,29 @@ impl Manager {
         let maps_dir = self.layout.maps_dir(&input.uid);
         std::fs::create_dir_all(&maps_dir)
             .map_err(|e| AgentError::new(Reason::PinFailed, format!("cannot create {}: {e}", maps_dir.display())))?;
+        let mut names = Vec::new();
+        for name in info.maps.keys() {
+            MapName::new(name).map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
+            names.push(name.clone());
+        }
+        let pin_of = |n: &str| self.layout.map(&input.uid, &MapName::new(n).expect("checked above"));
+        let pinned: std::collections::BTreeSet<String> = names.iter().filter(|n| pin_of(n).exists()).cloned().collect();
+        let map_plan = plan::maps(&names, &pinned, previous, pin_of);
         let mut map_pins = BTreeMap::new();
         let mut created_maps = Vec::new();
-        for (name, def) in &info.maps {
-            let map_name = MapName::new(name).map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
-            let path = self.layout.map(&input.uid, &map_name);
-            if path.exists() {
-                maps::check_pinned(&path, name, def)?;
-            } else {
-                created_maps.push(path.clone());
+        for step in &map_plan.steps {
+            match step {
+                plan::MapStep::Reuse { name, pin } => {
+                    // A reused map keeps its contents (a counter keeps counting) only if
+                    // the new object declares the same shape.
+                    maps::check_pinned(pin, name, &info.maps[name])?;
+                    map_pins.insert(name.clone(), pin.clone());
+                }
+                plan::MapStep::Create { name, pin } => {
+                    created_maps.push(pin.clone());
+                    map_pins.insert(name.clone(), pin.clone());
+                }
             }
-            map_pins.insert(name.clone(), path);
         }
 
         let mut undo: Vec<Undo> = Vec::new();
@@ -362,10 +374,8 @@ impl Manager {
                 if let Some(prev) = previous {
                     crate::fault::point("after-commit", input.uid.as_str());
                     self.remove_revision(prev);
-                    for m in &prev.maps {
-                        if !record.maps.iter().any(|n| n.pin_path == m.pin_path) {
-                            let _ = std::fs::remove_file(&m.pin_path);
-                        }
+                    for unused in &map_plan.unused_after_commit {
+                        let _ = std::fs::remove_file(unused);
                     }
                 }
                 Ok(record)

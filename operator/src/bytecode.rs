@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use crds::limits::MAX_BYTECODE_BYTES;
+use crds::reason::Reason;
 use crds::revision::{BytecodeIdentity, Revision, Sha256Digest};
 use crds::{BpfProgram, BpfProgramSpec};
 use futures::TryStreamExt;
@@ -58,14 +59,14 @@ impl Payload {
     }
 }
 
-fn problem(reason: &str, message: String) -> SpecProblem {
-    SpecProblem { reason: reason.into(), message }
+fn problem(reason: Reason, message: String) -> SpecProblem {
+    SpecProblem { reason, message }
 }
 
 fn check_size(bytes: Vec<u8>, what: &str) -> Result<bytes::Bytes, SpecProblem> {
     if bytes.len() > MAX_BYTECODE_BYTES {
         return Err(problem(
-            "BytecodeTooLarge",
+            Reason::BytecodeTooLarge,
             format!("{what} is {} bytes; the limit is {MAX_BYTECODE_BYTES}", bytes.len()),
         ));
     }
@@ -144,26 +145,29 @@ pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSp
     if let Some(b64) = &src.inline {
         let bytes = B64
             .decode(b64.trim())
-            .map_err(|e| problem("InvalidSpec", format!("bytecode.inline is not valid base64: {e}")))?;
+            .map_err(|e| problem(Reason::InvalidSpec, format!("bytecode.inline is not valid base64: {e}")))?;
         return check_size(bytes, "bytecode.inline").map(Payload::Elf);
     }
     if let Some(path) = &src.path {
         let digest = match src.digest.as_deref() {
             None => None,
             Some(d) => Some(Sha256Digest::parse(d).ok_or_else(|| {
-                problem("InvalidSpec", format!("bytecode.digest {d:?} must be sha256: followed by 64 lowercase hex"))
+                problem(
+                    Reason::InvalidSpec,
+                    format!("bytecode.digest {d:?} must be sha256: followed by 64 lowercase hex"),
+                )
             })?),
         };
         return Ok(Payload::Path(path.clone(), digest));
     }
     let Some(cm) = &src.config_map else {
-        return Err(problem("InvalidSpec", "bytecode must set exactly one of inline, configMap or path".into()));
+        return Err(problem(Reason::InvalidSpec, "bytecode must set exactly one of inline, configMap or path".into()));
     };
     let at = format!("ConfigMap {}/{}", cm.namespace, cm.name);
     let key: Key = (cm.namespace.clone(), cm.name.clone(), cm.key.clone());
     if let Some(store) = &cache.config_maps {
         let Some(meta) = store.get(&ObjectRef::new(&cm.name).within(&cm.namespace)) else {
-            return Err(problem("BytecodeUnavailable", format!("{at} does not exist")));
+            return Err(problem(Reason::BytecodeUnavailable, format!("{at} does not exist")));
         };
         if let Some(rv) = meta.resource_version()
             && let Some(hit) = cache.lookup(&key, &rv)
@@ -174,8 +178,8 @@ pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSp
     let found = Api::<ConfigMap>::namespaced(client.clone(), &cm.namespace)
         .get_opt(&cm.name)
         .await
-        .map_err(|e| problem("BytecodeUnavailable", format!("cannot read {at}: {e}")))?
-        .ok_or_else(|| problem("BytecodeUnavailable", format!("{at} does not exist")))?;
+        .map_err(|e| problem(Reason::BytecodeUnavailable, format!("cannot read {at}: {e}")))?
+        .ok_or_else(|| problem(Reason::BytecodeUnavailable, format!("{at} does not exist")))?;
     let result = from_config_map(&found, &cm.key, &at);
     if let Some(rv) = found.resource_version() {
         cache.store(key, rv, result.clone());
@@ -237,7 +241,7 @@ pub fn from_config_map(cm: &ConfigMap, key: &str, at: &str) -> Result<Payload, S
     if let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) {
         let bytes = B64.decode(text.trim()).map_err(|e| {
             problem(
-                "BytecodeUnavailable",
+                Reason::BytecodeUnavailable,
                 format!(
                     "{at} key {key} is in data but is not base64 ({e}); store objects with --from-file (binaryData)"
                 ),
@@ -249,7 +253,7 @@ pub fn from_config_map(cm: &ConfigMap, key: &str, at: &str) -> Result<Payload, S
     keys.extend(cm.data.iter().flatten().map(|(k, _)| k));
     let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
     Err(problem(
-        "BytecodeUnavailable",
+        Reason::BytecodeUnavailable,
         format!("{at} has no key {key}; it has: {}", if keys.is_empty() { "(none)".into() } else { keys.join(", ") }),
     ))
 }
@@ -282,7 +286,7 @@ mod tests {
             binary_data: Some(BTreeMap::from([("a.o".to_string(), ByteString(vec![0; MAX_BYTECODE_BYTES + 1]))])),
             ..Default::default()
         };
-        assert_eq!(from_config_map(&big, "a.o", "cm").unwrap_err().reason, "BytecodeTooLarge");
+        assert_eq!(from_config_map(&big, "a.o", "cm").unwrap_err().reason, Reason::BytecodeTooLarge);
     }
 
     fn key(n: &str) -> Key {

@@ -137,13 +137,13 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     // Everything that makes the spec unusable on every node, found before any dispatch.
     let mut problem: Option<SpecProblem> = None;
     let targets = target_nodes(&p.spec.node_selector, &nodes).unwrap_or_else(|e| {
-        problem = Some(SpecProblem { reason: "InvalidSpec".into(), message: e.to_string() });
+        problem = Some(SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() });
         BTreeSet::new()
     });
     if problem.is_none()
         && let Err(e) = crds::validate::validate_spec(&p.spec)
     {
-        problem = Some(SpecProblem { reason: "InvalidSpec".into(), message: e.to_string() });
+        problem = Some(SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() });
     }
     let payload = match problem {
         None => bytecode::resolve(&ctx.client, &ctx.bytecode, &p.spec).await.map_err(|e| problem = Some(e)).ok(),

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crds::BpfProgramStatus;
 use crds::limits::MAX_STATUS_FAILURES;
 use crds::program::NodeFailure;
+use crds::reason::Reason;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
@@ -33,7 +34,7 @@ pub enum NodeOutcome {
 /// A problem with the spec itself: no node can run it until it is fixed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecProblem {
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -107,7 +108,7 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
             NodeOutcome::Unreachable { message } => failures.push(NodeFailure {
                 node: node.clone(),
                 program: None,
-                reason: "AgentUnreachable".into(),
+                reason: Reason::AgentUnreachable.into(),
                 message: message.clone(),
                 attempts: None,
                 next_retry_time: None,
@@ -118,11 +119,11 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
     let rev = input.revision.unwrap_or("-");
     let conditions = if let Some(problem) = input.spec_problem {
         vec![
-            condition(READY, false, &problem.reason, problem.message.clone(), input),
-            condition(RECONCILING, false, &problem.reason, "waiting for the spec to be fixed".into(), input),
-            condition(STALLED, true, &problem.reason, problem.message.clone(), input),
-            condition(PROGRESSING, false, &problem.reason, "waiting for the spec to be fixed".into(), input),
-            condition(DEGRADED, true, &problem.reason, problem.message.clone(), input),
+            condition(READY, false, problem.reason.as_str(), problem.message.clone(), input),
+            condition(RECONCILING, false, problem.reason.as_str(), "waiting for the spec to be fixed".into(), input),
+            condition(STALLED, true, problem.reason.as_str(), problem.message.clone(), input),
+            condition(PROGRESSING, false, problem.reason.as_str(), "waiting for the spec to be fixed".into(), input),
+            condition(DEGRADED, true, problem.reason.as_str(), problem.message.clone(), input),
         ]
     } else {
         let summary = summarize(&failures, failed);
@@ -332,7 +333,7 @@ mod tests {
         assert!(cond(&s, STALLED).message.contains("b: VerifierRejected (count_packets): R0"));
         assert_eq!((s.failures[0].attempts, s.failures[0].next_retry_time.clone()), (Some(3), Some(t(50))));
         // A spec nobody can run is Failed too.
-        let problem = SpecProblem { reason: "InvalidSpec".into(), message: "x".into() };
+        let problem = SpecProblem { reason: Reason::InvalidSpec, message: "x".into() };
         let mut i = input(&tg, &half, None, 10);
         i.spec_problem = Some(&problem);
         assert_eq!(kstatus(&compute(&i), 4), "Failed");
@@ -415,7 +416,7 @@ mod tests {
     fn spec_problems_block_every_node() {
         let tg = targets(&["a"]);
         let problem = SpecProblem {
-            reason: "BytecodeUnavailable".into(),
+            reason: Reason::BytecodeUnavailable,
             message: "ConfigMap bpfleet-system/x has no key y.o".into(),
         };
         let none = BTreeMap::new();

@@ -1,0 +1,132 @@
+//! Why something failed, in one word: `BpfProgram.status.failures[].reason`, the
+//! `Ready`/`Stalled` condition reasons, the agent's gRPC error metadata
+//! (`bpfleet-reason`) and metric labels. Part of the status API: names never change.
+
+use std::fmt;
+
+/// A machine-readable failure reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The spec breaks a rule the API server could not check (or a request is malformed).
+    InvalidSpec,
+    /// The object is larger than the limit for its source.
+    BytecodeTooLarge,
+    /// The object file given by `bytecode.path` is missing on the node.
+    BytecodeNotFound,
+    /// The ConfigMap (or its key) holding the object cannot be read.
+    BytecodeUnavailable,
+    /// The `path` object on the node is not the one `bytecode.digest` pins.
+    BytecodeDigestMismatch,
+    /// The bytecode is not a BPF ELF object the agent can read.
+    MalformedElf,
+    /// A program named in the spec is not a function of the object.
+    ProgramNotFound,
+    /// A `globalData` entry names no variable of the object or has the wrong size.
+    GlobalDataInvalid,
+    /// A map pinned by an earlier revision has another shape than the object's.
+    MapMismatch,
+    /// The kernel verifier refused a program.
+    VerifierRejected,
+    /// The kernel does not support the program type.
+    KernelUnsupported,
+    /// An interface named in the spec does not exist on the node.
+    InterfaceNotFound,
+    /// A tracepoint or kernel function named in the spec does not exist.
+    HookNotFound,
+    /// A uprobe target or cgroup named in the spec does not exist.
+    TargetNotFound,
+    /// The kernel refused an attachment.
+    AttachFailed,
+    /// A pin in bpffs could not be created.
+    PinFailed,
+    /// A request from an operator that is no longer the leader (older leadership epoch).
+    StaleLeaderEpoch,
+    /// The agent's record of what runs could not be used; the programs stay as they are.
+    RecordSetAside,
+    /// The node's agent could not be reached.
+    AgentUnreachable,
+    /// The agent failed in a way the user cannot fix (see its log).
+    Internal,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::InvalidSpec,
+        Reason::BytecodeTooLarge,
+        Reason::BytecodeNotFound,
+        Reason::BytecodeUnavailable,
+        Reason::BytecodeDigestMismatch,
+        Reason::MalformedElf,
+        Reason::ProgramNotFound,
+        Reason::GlobalDataInvalid,
+        Reason::MapMismatch,
+        Reason::VerifierRejected,
+        Reason::KernelUnsupported,
+        Reason::InterfaceNotFound,
+        Reason::HookNotFound,
+        Reason::TargetNotFound,
+        Reason::AttachFailed,
+        Reason::PinFailed,
+        Reason::StaleLeaderEpoch,
+        Reason::RecordSetAside,
+        Reason::AgentUnreachable,
+        Reason::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::BytecodeTooLarge => "BytecodeTooLarge",
+            Reason::BytecodeNotFound => "BytecodeNotFound",
+            Reason::BytecodeUnavailable => "BytecodeUnavailable",
+            Reason::BytecodeDigestMismatch => "BytecodeDigestMismatch",
+            Reason::MalformedElf => "MalformedElf",
+            Reason::ProgramNotFound => "ProgramNotFound",
+            Reason::GlobalDataInvalid => "GlobalDataInvalid",
+            Reason::MapMismatch => "MapMismatch",
+            Reason::VerifierRejected => "VerifierRejected",
+            Reason::KernelUnsupported => "KernelUnsupported",
+            Reason::InterfaceNotFound => "InterfaceNotFound",
+            Reason::HookNotFound => "HookNotFound",
+            Reason::TargetNotFound => "TargetNotFound",
+            Reason::AttachFailed => "AttachFailed",
+            Reason::PinFailed => "PinFailed",
+            Reason::StaleLeaderEpoch => "StaleLeaderEpoch",
+            Reason::RecordSetAside => "RecordSetAside",
+            Reason::AgentUnreachable => "AgentUnreachable",
+            Reason::Internal => "Internal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Reason> for String {
+    fn from(r: Reason) -> String {
+        r.as_str().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_and_names_are_unique() {
+        let names: std::collections::BTreeSet<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert_eq!(format!("{r:?}"), r.as_str(), "the name is the variant's");
+        }
+        assert_eq!(Reason::parse("NoSuchReason"), None);
+    }
+}
