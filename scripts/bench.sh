@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 echo "== building (release) and the example objects" >&2
-cargo build --release -q -p node-agent
+cargo build --release -q -p node-agent -p agent-bench
 bash examples/build.sh >/dev/null
 echo "== bpfleet-bench $*" >&2
 exec target/release/bpfleet-bench \

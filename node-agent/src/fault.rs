@@ -5,57 +5,70 @@
 //! - `pause_at(point, owner)` (in-process tests) holds an apply of that owner at the
 //!   point until the returned guard is released, to observe what runs meanwhile.
 //!
-//! Both cost a lookup per apply, nothing next to a program load.
+//! Both cost a lookup per apply, nothing next to a program load. They exist only with
+//! the `test-support` feature (tests and benches); a release binary has empty points.
 
-use std::sync::{Arc, Condvar, Mutex};
+/// Reached by an apply of `owner` (a no-op without `test-support`).
+#[cfg(not(feature = "test-support"))]
+#[inline(always)]
+pub fn point(_name: &str, _owner: &str) {}
 
-type Gate = Arc<(Mutex<bool>, Condvar)>;
+#[cfg(feature = "test-support")]
+pub use enabled::*;
 
-static PAUSES: Mutex<Vec<(String, String, Gate)>> = Mutex::new(Vec::new());
+#[cfg(feature = "test-support")]
+mod enabled {
 
-/// Reached by an apply of `owner`.
-pub fn point(name: &str, owner: &str) {
-    let gate = PAUSES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(p, o, _)| p == name && o == owner)
-        .map(|(_, _, g)| g.clone());
-    if let Some(gate) = gate {
-        let (lock, cv) = &*gate;
-        let mut released = lock.lock().unwrap_or_else(|p| p.into_inner());
-        while !*released {
-            released = cv.wait(released).unwrap_or_else(|p| p.into_inner());
+    use std::sync::{Arc, Condvar, Mutex};
+
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+
+    static PAUSES: Mutex<Vec<(String, String, Gate)>> = Mutex::new(Vec::new());
+
+    /// Reached by an apply of `owner`.
+    pub fn point(name: &str, owner: &str) {
+        let gate = PAUSES
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(p, o, _)| p == name && o == owner)
+            .map(|(_, _, g)| g.clone());
+        if let Some(gate) = gate {
+            let (lock, cv) = &*gate;
+            let mut released = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while !*released {
+                released = cv.wait(released).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        if std::env::var("BPFLEET_FAULT").is_ok_and(|v| v == name) {
+            eprintln!("bpfleet-agent: BPFLEET_FAULT={name}: aborting");
+            std::process::abort();
         }
     }
-    if std::env::var("BPFLEET_FAULT").is_ok_and(|v| v == name) {
-        eprintln!("bpfleet-agent: BPFLEET_FAULT={name}: aborting");
-        std::process::abort();
+
+    /// Hold applies of `owner` at `point` until the guard is released or dropped.
+    pub fn pause_at(point: &str, owner: &str) -> PauseGuard {
+        let gate: Gate = Arc::default();
+        PAUSES.lock().unwrap_or_else(|p| p.into_inner()).push((point.into(), owner.into(), gate.clone()));
+        PauseGuard { gate }
     }
-}
 
-/// Hold applies of `owner` at `point` until the guard is released or dropped.
-pub fn pause_at(point: &str, owner: &str) -> PauseGuard {
-    let gate: Gate = Arc::default();
-    PAUSES.lock().unwrap_or_else(|p| p.into_inner()).push((point.into(), owner.into(), gate.clone()));
-    PauseGuard { gate }
-}
-
-pub struct PauseGuard {
-    gate: Gate,
-}
-
-impl PauseGuard {
-    pub fn release(&self) {
-        let (lock, cv) = &*self.gate;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
-        PAUSES.lock().unwrap_or_else(|p| p.into_inner()).retain(|(_, _, g)| !Arc::ptr_eq(g, &self.gate));
+    pub struct PauseGuard {
+        gate: Gate,
     }
-}
 
-impl Drop for PauseGuard {
-    fn drop(&mut self) {
-        self.release();
+    impl PauseGuard {
+        pub fn release(&self) {
+            let (lock, cv) = &*self.gate;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+            PAUSES.lock().unwrap_or_else(|p| p.into_inner()).retain(|(_, _, g)| !Arc::ptr_eq(g, &self.gate));
+        }
+    }
+
+    impl Drop for PauseGuard {
+        fn drop(&mut self) {
+            self.release();
+        }
     }
 }

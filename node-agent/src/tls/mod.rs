@@ -521,4 +521,5 @@ fn rejected(flag: &'static str, path: &Path, error: impl std::fmt::Display) -> T
     TlsError::Rejected { flag, path: path.to_owned(), detail: error.to_string() }
 }
 
+#[cfg(feature = "test-support")]
 pub mod testpki;

@@ -8,17 +8,11 @@
 //! agent method runs in a worker process exactly as `bpfleet-agent` does (kernel BTF
 //! hidden from aya, see `worker.rs`); the baselines run here, where it is not hidden.
 
-#[path = "../../benches/support/baselines.rs"]
 mod baselines;
-#[path = "../../benches/support/kernel.rs"]
 mod kernel;
-#[path = "../../benches/support/libbpf.rs"]
 mod libbpf;
-#[path = "../../benches/support/report.rs"]
 mod report;
-#[path = "../../benches/support/rss.rs"]
 mod rss;
-#[path = "../../benches/support/worker.rs"]
 mod worker;
 
 use std::collections::{BTreeMap, HashSet};
