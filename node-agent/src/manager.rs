@@ -10,10 +10,10 @@ use std::time::Instant;
 use crds::Health;
 use crds::ProgramSpec;
 use crds::names::{GlobalName, MapName, OwnerUid};
+use crds::node::{AttachedProgram, PinnedMap};
 use crds::pins::PinLayout;
 use crds::revision::Revision;
 use crds::validate::ValidProgram;
-use proto::v1;
 use tokio::sync::broadcast;
 
 use crate::attach::{self, AttachCtx, TcBackend, TcPeer, Undo};
@@ -32,6 +32,41 @@ pub struct AgentConfig {
     pub bpffs_root: PathBuf,
     pub state_dir: PathBuf,
     pub tc_backend: TcBackend,
+}
+
+/// What runs of one owner: the same shape as a BpfNode's program entry, so the core
+/// speaks the API's types and only `server.rs` knows the wire.
+pub type OwnerState = crds::NodeProgramStatus;
+
+/// An owner with nothing running.
+fn bare_state(uid: &str, name: String) -> OwnerState {
+    OwnerState {
+        owner: name,
+        owner_uid: uid.to_string(),
+        revision: String::new(),
+        health: Health::Failed,
+        attached: vec![],
+        maps: vec![],
+        last_error: None,
+        bytecode_digest: None,
+    }
+}
+
+/// A change seen on the node, for Watch.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub state: OwnerState,
+    /// Why, in words.
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The owner's state changed (applied, adopted, health changed).
+    Updated,
+    /// Everything of the owner is gone.
+    Removed,
 }
 
 /// A validated request to run one revision of an owner.
@@ -68,7 +103,7 @@ pub struct Manager {
     store: StateStore,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     entries: RwLock<BTreeMap<String, Entry>>,
-    events: broadcast::Sender<v1::WatchEvent>,
+    events: broadcast::Sender<Change>,
     pub metrics: Metrics,
 }
 
@@ -105,7 +140,7 @@ impl Manager {
         &self.store
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<v1::WatchEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.events.subscribe()
     }
 
@@ -162,14 +197,14 @@ impl Manager {
     /// when the caller goes away (the operator's call timeout on a slow verifier), the
     /// apply still finishes and records what it did, and a retry waits for it and then
     /// finds it done, instead of running beside it or tearing down what it committed.
-    pub async fn apply(self: &Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
+    pub async fn apply(self: &Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
         let this = Arc::clone(self);
         tokio::spawn(async move { this.apply_owned(input).await })
             .await
             .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))))
     }
 
-    async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
+    async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
         let uid = input.uid.to_string();
         let lock = self.lock_for(&uid);
         let result = {
@@ -180,7 +215,7 @@ impl Manager {
         result
     }
 
-    async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(v1::OwnerState, bool)> {
+    async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
         let uid = input.uid.to_string();
         let current = self.entry(&uid).unwrap_or_default();
         let problems = current.record.as_ref().map(crate::health::check).unwrap_or_default();
@@ -207,10 +242,10 @@ impl Manager {
                     entry.health = Some(Health::Healthy);
                     self.set_entry(&uid, Some(entry));
                     if let Some(state) = self.state_of(&uid) {
-                        self.emit(v1::watch_event::Kind::Updated, state, format!("revision {} runs", input.revision));
+                        self.emit(ChangeKind::Updated, state, format!("revision {} runs", input.revision));
                     }
                 }
-                return Ok((self.state_of(&uid).unwrap_or_default(), false));
+                return Ok((self.state_or_bare(&uid), false));
             }
             plan::Decision::Repair(problems) => {
                 let Some(rec) = current.record.clone() else { unreachable!("a repair needs a record") };
@@ -225,8 +260,8 @@ impl Manager {
                         entry.health = Some(Health::Healthy);
                         entry.failure = None;
                         self.set_entry(&uid, Some(entry));
-                        let state = self.state_of(&uid).unwrap_or_default();
-                        self.emit(v1::watch_event::Kind::Updated, state.clone(), "broken hooks re-attached".into());
+                        let state = self.state_or_bare(&uid);
+                        self.emit(ChangeKind::Updated, state.clone(), "broken hooks re-attached".into());
                         return Ok((state, true));
                     }
                     Some(Err(e)) => return Err(e),
@@ -256,12 +291,8 @@ impl Manager {
                         set_aside: None,
                     }),
                 );
-                let state = self.state_of(&uid).unwrap_or_default();
-                self.emit(
-                    v1::watch_event::Kind::Updated,
-                    state.clone(),
-                    format!("revision {} applied", input.revision),
-                );
+                let state = self.state_or_bare(&uid);
+                self.emit(ChangeKind::Updated, state.clone(), format!("revision {} applied", input.revision));
                 Ok((state, true))
             }
             Err(e) => {
@@ -275,7 +306,7 @@ impl Manager {
                 entry.failure = Some((input.revision.to_string(), e.clone()));
                 self.set_entry(&uid, Some(entry));
                 if let Some(state) = self.state_of(&uid) {
-                    self.emit(v1::watch_event::Kind::Updated, state, e.to_string());
+                    self.emit(ChangeKind::Updated, state, e.to_string());
                 }
                 Err(e)
             }
@@ -447,9 +478,8 @@ impl Manager {
             .unwrap_or_else(|e| Err(AgentError::internal(format!("remove task failed: {e}"))))?;
         self.set_entry(uid.as_str(), None);
         if existed {
-            let owner = v1::Owner { uid: uid.to_string(), name: entry.map(|e| e.name).unwrap_or_default() };
-            let state = v1::OwnerState { owner: Some(owner), ..Default::default() };
-            self.emit(v1::watch_event::Kind::Removed, state, "removed".into());
+            let state = bare_state(uid.as_str(), entry.map(|e| e.name).unwrap_or_default());
+            self.emit(ChangeKind::Removed, state, "removed".into());
             tracing::info!(uid = %uid, "removed");
         }
         Ok(existed)
@@ -598,64 +628,59 @@ impl Manager {
                     }
                 }
                 if let Some(state) = self.state_of(&uid) {
-                    self.emit(v1::watch_event::Kind::Updated, state, why.unwrap_or_else(|| "healthy again".into()));
+                    self.emit(ChangeKind::Updated, state, why.unwrap_or_else(|| "healthy again".into()));
                 }
             }
         }
     }
 
-    fn emit(&self, kind: v1::watch_event::Kind, state: v1::OwnerState, reason: String) {
-        let _ = self.events.send(v1::WatchEvent { kind: kind as i32, state: Some(state), reason });
+    fn emit(&self, kind: ChangeKind, state: OwnerState, reason: String) {
+        let _ = self.events.send(Change { kind, state, reason });
     }
 
-    /// The wire state of one owner.
-    pub fn state_of(&self, uid: &str) -> Option<v1::OwnerState> {
+    /// What runs of one owner, as the API reports it (BpfNode's per-program truth).
+    pub fn state_of(&self, uid: &str) -> Option<OwnerState> {
         let e = self.entry(uid)?;
-        let owner = v1::Owner { uid: uid.to_string(), name: e.name.clone() };
-        let digest = e.record.as_ref().and_then(|r| r.bytecode_digest.clone()).unwrap_or_default();
-        let (revision, mut health, mut last_error, attached, maps) = match &e.record {
-            Some(r) => {
-                let (h, why) = self.check_health(r);
-                let attached = r
-                    .programs
-                    .iter()
-                    .map(|p| v1::AttachedProgram {
-                        name: p.name.clone(),
-                        r#type: p.program_type.as_str().into(),
-                        program_id: p.program_id,
-                        link_ids: p.links.iter().map(|l| l.link_id).collect(),
-                    })
-                    .collect();
-                let maps = r
-                    .maps
-                    .iter()
-                    .map(|m| v1::PinnedMap { name: m.name.clone(), pin_path: m.pin_path.display().to_string() })
-                    .collect();
-                (r.revision.clone(), h, why.unwrap_or_default(), attached, maps)
-            }
-            None => (String::new(), Health::Failed, String::new(), vec![], vec![]),
-        };
+        let mut state = bare_state(uid, e.name.clone());
+        if let Some(r) = &e.record {
+            let (h, why) = self.check_health(r);
+            state.revision = r.revision.clone();
+            state.health = h;
+            state.last_error = why;
+            state.bytecode_digest = r.bytecode_digest.clone();
+            state.attached = r
+                .programs
+                .iter()
+                .map(|p| AttachedProgram {
+                    name: p.name.clone(),
+                    program_type: p.program_type,
+                    program_id: p.program_id,
+                    link_ids: p.links.iter().map(|l| l.link_id).collect(),
+                })
+                .collect();
+            state.maps = r
+                .maps
+                .iter()
+                .map(|m| PinnedMap { name: m.name.clone(), pin_path: m.pin_path.display().to_string() })
+                .collect();
+        }
         if let Some((rev, err)) = &e.failure {
-            health = Health::Failed;
-            last_error = format!("revision {rev}: {err}");
+            state.health = Health::Failed;
+            state.last_error = Some(format!("revision {rev}: {err}"));
         }
         if let Some(why) = &e.set_aside {
-            health = Health::Degraded;
-            last_error = why.clone();
+            state.health = Health::Degraded;
+            state.last_error = Some(why.clone());
         }
-        Some(v1::OwnerState {
-            owner: Some(owner),
-            revision,
-            health: proto::health_to_wire(health) as i32,
-            attached,
-            maps,
-            last_error,
-            bytecode_digest: digest,
-        })
+        Some(state)
+    }
+
+    fn state_or_bare(&self, uid: &str) -> OwnerState {
+        self.state_of(uid).unwrap_or_else(|| bare_state(uid, String::new()))
     }
 
     /// Every owner, ordered by uid.
-    pub fn list(&self) -> Vec<v1::OwnerState> {
+    pub fn list(&self) -> Vec<OwnerState> {
         let uids: Vec<String> = self.entries.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         uids.iter().filter_map(|u| self.state_of(u)).collect()
     }

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{AgentError, Reason};
 use crate::fence::EpochFence;
-use crate::manager::Manager;
+use crate::manager::{Change, ChangeKind, Manager};
 use crate::request::input_from_wire;
 use crate::tls::{self, ServerTls};
 
@@ -62,7 +62,7 @@ impl Agent for AgentService {
         .await;
         self.count("apply", result.as_ref().err());
         let (state, changed) = result?;
-        Ok(Response::new(v1::ApplyResponse { state: Some(state), changed }))
+        Ok(Response::new(v1::ApplyResponse { state: Some(proto::status_to_wire(&state)), changed }))
     }
 
     async fn remove(&self, req: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
@@ -84,8 +84,12 @@ impl Agent for AgentService {
             0 => crds::limits::DEFAULT_LIST_PAGE_SIZE,
             n => n,
         };
-        let (owners, next_page_token) =
-            page(self.manager.list(), &req.page_token, size, crds::limits::MAX_LIST_PAGE_BYTES);
+        let (owners, next_page_token) = page(
+            self.manager.list().iter().map(proto::status_to_wire).collect(),
+            &req.page_token,
+            size,
+            crds::limits::MAX_LIST_PAGE_BYTES,
+        );
         Ok(Response::new(v1::ListResponse {
             node_name: self.manager.config().node_name.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -107,18 +111,27 @@ impl Agent for AgentService {
             .map(|state| {
                 Ok(v1::WatchEvent {
                     kind: watch_event::Kind::Updated as i32,
-                    state: Some(state),
+                    state: Some(proto::status_to_wire(&state)),
                     reason: "current state".into(),
                 })
             })
             .collect();
         let live = BroadcastStream::new(rx).filter_map(|r| match r {
-            Ok(ev) => Some(Ok(ev)),
+            Ok(ev) => Some(Ok(change_to_wire(&ev))),
             // A slow reader missed events: tell it to List again rather than lie.
             Err(e) => Some(Err(Status::data_loss(format!("watch fell behind ({e}); call List and Watch again")))),
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(initial).chain(live))))
     }
+}
+
+/// A change as Watch sends it.
+fn change_to_wire(c: &Change) -> v1::WatchEvent {
+    let kind = match c.kind {
+        ChangeKind::Updated => watch_event::Kind::Updated,
+        ChangeKind::Removed => watch_event::Kind::Removed,
+    };
+    v1::WatchEvent { kind: kind as i32, state: Some(proto::status_to_wire(&c.state)), reason: c.reason.clone() }
 }
 
 fn uid_of(s: &v1::OwnerState) -> &str {

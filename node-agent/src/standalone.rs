@@ -164,15 +164,14 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Mem
     *reported = now;
     memory.retry.retain(|(uid, _), _| desired.contains(uid));
     for state in manager.list() {
-        let Some(owner) = state.owner else { continue };
-        if owner.uid.starts_with("standalone-")
-            && !desired.contains(&owner.uid)
-            && !keep.contains(&owner.uid)
-            && let Ok(uid) = crds::names::OwnerUid::new(&owner.uid)
+        if state.owner_uid.starts_with("standalone-")
+            && !desired.contains(&state.owner_uid)
+            && !keep.contains(&state.owner_uid)
+            && let Ok(uid) = crds::names::OwnerUid::new(&state.owner_uid)
         {
             match manager.remove(&uid).await {
-                Ok(_) => tracing::info!(program = %owner.name, "standalone: manifest gone, removed"),
-                Err(e) => tracing::error!(program = %owner.name, error = %e, "standalone: cannot remove"),
+                Ok(_) => tracing::info!(program = %state.owner, "standalone: manifest gone, removed"),
+                Err(e) => tracing::error!(program = %state.owner, error = %e, "standalone: cannot remove"),
             }
         }
     }

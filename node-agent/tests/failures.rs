@@ -32,8 +32,8 @@ fn fails_cleanly(spec: &str, bytecode: Vec<u8>, reason: Reason, words: &[&str]) 
     }
     // The owner is reported as failed, with the reason.
     let state = agent.manager.list().pop().expect("failed owner listed");
-    assert_eq!(state.health, proto::v1::Health::Failed as i32);
-    assert!(state.last_error.contains(reason.as_str()));
+    assert_eq!(state.health, crds::Health::Failed);
+    assert!(state.last_error.as_deref().unwrap_or_default().contains(reason.as_str()));
 }
 
 fn xdp(iface: &str, function: &str) -> String {

@@ -69,7 +69,7 @@ fn a_dropped_call_finishes_its_apply_and_a_retry_finds_it_done() {
     assert_eq!(revision_dirs(&agent, "cancel"), vec![format!("cancel/{}", state.revision)]);
     let listed = agent.manager.list();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].health, proto::v1::Health::Healthy as i32);
+    assert_eq!(listed[0].health, crds::Health::Healthy);
     assert_eq!(listed[0].attached[0].link_ids, attached.link_ids, "the entry records the committed link");
     let before = read_counter(&map_pin(&state, "packet_count"));
     veth.ping_from_ns(5);
@@ -95,7 +95,7 @@ fn reverting_to_the_running_revision_touches_nothing() {
     assert_eq!(err.reason, agent::error::Reason::VerifierRejected);
     assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(prog)), "a failed R2 leaves R1 on the hook");
     let failed = agent.manager.list();
-    assert_eq!(failed[0].health, proto::v1::Health::Failed as i32, "the failure is reported");
+    assert_eq!(failed[0].health, crds::Health::Failed, "the failure is reported");
 
     let (s3, changed) = rt.block_on(agent.manager.apply(r1)).unwrap();
     assert!(!changed, "reverting to what runs changes nothing");
@@ -103,8 +103,8 @@ fn reverting_to_the_running_revision_touches_nothing() {
     assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(prog)), "the same program stays attached");
     assert_eq!(link_prog(link), Some(u64::from(prog)), "the same link runs it");
     let now = agent.manager.list();
-    assert_eq!(now[0].health, proto::v1::Health::Healthy as i32);
-    assert!(now[0].last_error.is_empty(), "the failure of R2 is forgotten: {}", now[0].last_error);
+    assert_eq!(now[0].health, crds::Health::Healthy);
+    assert_eq!(now[0].last_error, None, "the failure of R2 is forgotten");
     assert_eq!(revision_dirs(&agent, "revert"), vec![format!("revert/{}", s1.revision)]);
 }
 
@@ -157,25 +157,25 @@ fn an_interface_that_comes_back_gets_its_program_back() {
     sh(&format!("ip link del {}", veth.host));
     agent.manager.refresh_health();
     let listed = agent.manager.list();
-    assert_eq!(listed[0].health, proto::v1::Health::Degraded as i32, "{listed:?}");
+    assert_eq!(listed[0].health, crds::Health::Degraded, "{listed:?}");
     assert!(
-        listed[0].last_error.contains(&veth.host) && listed[0].last_error.contains("gone"),
+        listed[0].last_error.as_deref().is_some_and(|e| e.contains(&veth.host) && e.contains("gone")),
         "{}",
-        listed[0].last_error
+        listed[0].last_error.as_deref().unwrap_or_default()
     );
     let ev = events.try_recv().expect("a Watch event for the change");
-    assert_eq!(ev.state.unwrap().health, proto::v1::Health::Degraded as i32);
+    assert_eq!(ev.state.health, crds::Health::Degraded);
 
     create_again(&veth);
     assert_eq!(xdp_prog_on(&veth.host), None, "a new interface starts without the program");
     agent.manager.refresh_health();
     assert_eq!(xdp_prog_on(&veth.host), Some(u64::from(prog)), "the same program is back on the new interface");
     let listed = agent.manager.list();
-    assert_eq!(listed[0].health, proto::v1::Health::Healthy as i32, "{}", listed[0].last_error);
+    assert_eq!(listed[0].health, crds::Health::Healthy, "{:?}", listed[0].last_error);
     let link = listed[0].attached[0].link_ids[0];
     assert_eq!(link_prog(link), Some(u64::from(prog)));
     let ev = events.try_recv().expect("a Watch event for the recovery");
-    assert_eq!(ev.state.unwrap().health, proto::v1::Health::Healthy as i32);
+    assert_eq!(ev.state.health, crds::Health::Healthy);
     let before = read_counter(&counter);
     veth.ping_from_ns(5);
     assert!(read_counter(&counter) >= before + 5, "the re-attached program counts");
@@ -199,7 +199,7 @@ fn repairing_a_degraded_owner_reattaches_only_what_is_missing() {
     std::fs::remove_file(&pin).unwrap();
     assert_eq!(xdp_prog_on(&b.host), None, "removing the pin detached the link");
     agent.manager.refresh_health();
-    assert_eq!(agent.manager.list()[0].health, proto::v1::Health::Degraded as i32);
+    assert_eq!(agent.manager.list()[0].health, crds::Health::Degraded);
 
     let (s2, changed) = rt.block_on(agent.manager.apply(req)).unwrap();
     assert!(changed);
@@ -208,7 +208,7 @@ fn repairing_a_degraded_owner_reattaches_only_what_is_missing() {
     assert_ne!(s2.attached[0].link_ids[1], links[1]);
     assert_eq!(link_prog(links[0]), Some(u64::from(prog)));
     assert_eq!(xdp_prog_on(&b.host), Some(u64::from(prog)));
-    assert_eq!(agent.manager.list()[0].health, proto::v1::Health::Healthy as i32);
+    assert_eq!(agent.manager.list()[0].health, crds::Health::Healthy);
 }
 
 /// BPF filters on `iface`'s clsact ingress, per `tc` (not our netlink code).
@@ -260,8 +260,8 @@ fn clsact_filters_are_rolled_back_checked_and_repaired() {
     sh(&format!("tc filter del dev {} ingress", veth.host));
     agent.manager.refresh_health();
     let listed = agent.manager.list();
-    assert_eq!(listed[0].health, proto::v1::Health::Degraded as i32);
-    assert!(listed[0].last_error.contains("clsact"), "{}", listed[0].last_error);
+    assert_eq!(listed[0].health, crds::Health::Degraded);
+    assert!(listed[0].last_error.as_deref().is_some_and(|e| e.contains("clsact")), "{:?}", listed[0].last_error);
     let (s3, changed) =
         rt.block_on(agent.manager.apply(input("clsact", &tc_spec(&[&veth.host]), "tc_counter.o"))).unwrap();
     assert!(changed);

@@ -191,6 +191,28 @@ pub fn state_to_status(s: &v1::OwnerState) -> NodeProgramStatus {
     }
 }
 
+/// The wire form of a node's per-program truth (the inverse of `state_to_status`).
+pub fn status_to_wire(s: &NodeProgramStatus) -> v1::OwnerState {
+    v1::OwnerState {
+        owner: Some(v1::Owner { uid: s.owner_uid.clone(), name: s.owner.clone() }),
+        revision: s.revision.clone(),
+        health: health_to_wire(s.health) as i32,
+        attached: s
+            .attached
+            .iter()
+            .map(|a| v1::AttachedProgram {
+                name: a.name.clone(),
+                r#type: a.program_type.as_str().into(),
+                program_id: a.program_id,
+                link_ids: a.link_ids.clone(),
+            })
+            .collect(),
+        maps: s.maps.iter().map(|m| v1::PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
+        last_error: s.last_error.clone().unwrap_or_default(),
+        bytecode_digest: s.bytecode_digest.clone().unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +252,27 @@ mod tests {
             attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec![], mode: "Fast".into() })),
         };
         assert!(program_from_wire(p).unwrap_err().0.contains("unknown XDP mode \"Fast\""));
+    }
+
+    #[test]
+    fn node_truth_round_trips_through_the_wire() {
+        use crds::Health;
+        use crds::node::{AttachedProgram, PinnedMap};
+        let s = NodeProgramStatus {
+            owner: "p".into(),
+            owner_uid: "u-1".into(),
+            revision: "0123456789abcdef".into(),
+            health: Health::Degraded,
+            attached: vec![AttachedProgram {
+                name: "f".into(),
+                program_type: ProgramType::Tc,
+                program_id: 7,
+                link_ids: vec![8, 9],
+            }],
+            maps: vec![PinnedMap { name: "m".into(), pin_path: "/sys/fs/bpf/x".into() }],
+            last_error: Some("link gone".into()),
+            bytecode_digest: Some("sha256:00".into()),
+        };
+        assert_eq!(state_to_status(&status_to_wire(&s)), s);
     }
 }

@@ -225,11 +225,27 @@ impl Drop for Veth {
     }
 }
 
+/// Map pins of an owner's state, whether from the core (in-process) or the wire (gRPC).
+pub trait MapPins {
+    fn map_pins(&self) -> Vec<(String, String)>;
+}
+
+impl MapPins for proto::v1::OwnerState {
+    fn map_pins(&self) -> Vec<(String, String)> {
+        self.maps.iter().map(|m| (m.name.clone(), m.pin_path.clone())).collect()
+    }
+}
+
+impl MapPins for crds::NodeProgramStatus {
+    fn map_pins(&self) -> Vec<(String, String)> {
+        self.maps.iter().map(|m| (m.name.clone(), m.pin_path.clone())).collect()
+    }
+}
+
 /// The map pin of an applied owner, by map name.
-pub fn map_pin(state: &proto::v1::OwnerState, name: &str) -> PathBuf {
-    PathBuf::from(
-        &state.maps.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no map {name} in {state:?}")).pin_path,
-    )
+pub fn map_pin(state: &impl MapPins, name: &str) -> PathBuf {
+    let pins = state.map_pins();
+    PathBuf::from(&pins.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no map {name} in {pins:?}")).1)
 }
 
 pub fn rt() -> tokio::runtime::Runtime {
