@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 echo "== building (release) and the example objects" >&2
-cargo build --release -q -p node-agent -p agent-bench
+# Two builds: the bench's test PKI must not reach the agent binary (feature unification).
+cargo build --release -q -p node-agent
+cargo build --release -q -p agent-bench
 bash examples/build.sh >/dev/null
 echo "== bpfleet-bench $*" >&2
 exec target/release/bpfleet-bench \

@@ -9,6 +9,7 @@
 //! hidden from aya, see `worker.rs`); the baselines run here, where it is not hidden.
 
 mod baselines;
+mod grpc;
 mod kernel;
 mod libbpf;
 mod report;
@@ -72,6 +73,19 @@ struct Args {
     rss_settle: u64,
     #[arg(long)]
     skip_latency: bool,
+    /// Skip the idle comparison (the agent binary over gRPC vs the bpftool/tc CLI).
+    #[arg(long)]
+    skip_idle: bool,
+    /// How long the agent and the kernel are left alone before each idle Apply.
+    #[arg(long, default_value_t = 250)]
+    idle_ms: u64,
+    /// Tries per program in the idle comparison (each: idle and busy, agent and CLI).
+    #[arg(long, default_value_t = 20)]
+    idle_iterations: usize,
+    /// In the idle comparison, open a new connection for every Apply (a one-shot client)
+    /// instead of keeping one (as the operator does).
+    #[arg(long)]
+    idle_fresh_connections: bool,
     #[arg(long)]
     skip_rss: bool,
 }
@@ -225,10 +239,21 @@ fn main() -> anyhow::Result<()> {
     if let Some(mut w) = bench.worker.take() {
         w.stop()?;
     }
+    let mut idle = Vec::new();
+    if !bench.args.skip_idle {
+        let only = bench.args.only.clone();
+        let idle_cases = ["xdp_counter", "tc_counter", "tracepoint_openat"];
+        for case in CASES.iter().filter(|c| idle_cases.contains(&c.name)) {
+            if only.is_empty() || only.iter().any(|o| o == case.name) {
+                idle.push((case, bench.run_idle(case)?));
+            }
+        }
+    }
     let rss = if bench.args.skip_rss { None } else { Some(bench.measure_rss()?) };
     bench.check_nothing_left()?;
 
     print_report(&bench, &env, (&btf, btf_kib), &results, rss.as_ref());
+    print_idle(&bench, &idle);
     Ok(())
 }
 
@@ -352,6 +377,58 @@ impl Bench {
         Ok((load, w.remove(case.name, i)?))
     }
 
+    /// The agent binary over gRPC against the CLI, each after `idle_ms` of quiet ("idle")
+    /// and right after the previous run settled ("busy"), interleaved.
+    fn run_idle(&mut self, case: &Case) -> anyhow::Result<IdleTimings> {
+        eprintln!("== {} idle vs busy, agent over gRPC vs CLI ({} tries)", case.name, self.args.idle_iterations);
+        let agent_bin = match &self.args.agent_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?.with_file_name("bpfleet-agent"),
+        };
+        // Like with like: the CLI baseline attaches TC as a clsact filter (bpftool 7.1 has
+        // no TCX), so here the agent does too.
+        let extra: &[&str] = if case.name == "tc_counter" { &["--tc-backend", "clsact"] } else { &[] };
+        let mut agent = grpc::GrpcAgent::spawn(
+            &agent_bin,
+            extra,
+            self.dirs.bpffs.join(format!("grpc-{}", case.name)),
+            self.dirs.state.join(format!("grpc-{}", case.name)),
+            &self.dirs.work.join(format!("grpc-{}", case.name)),
+        )?;
+        let idle = Duration::from_millis(self.args.idle_ms);
+        let mut t = IdleTimings::default();
+        for i in 0..self.args.warmup + self.args.idle_iterations {
+            let timed = i >= self.args.warmup;
+            for (pause, agent_times, cli_times) in [(idle, 0, 1), (Duration::ZERO, 2, 3)] {
+                let uid = format!("idle-{}-{i}-{}", case.name.replace('_', "-"), agent_times);
+                let req = grpc::request(&self.manifest(case, &uid), &uid)?;
+                std::thread::sleep(pause);
+                self.run_ids.clear();
+                let (took, ids) =
+                    if self.args.idle_fresh_connections { agent.apply_fresh(req) } else { agent.apply(req) }
+                        .with_context(|| format!("{}", agent.log.display()))?;
+                self.run_ids.extend(ids);
+                agent.remove(&uid)?;
+                if let Err(left) = kernel::wait_gone(&self.run_ids, Duration::from_secs(5)) {
+                    bail!("programs {left:?} are still loaded 5 s after their Remove");
+                }
+                self.program_ids.extend(self.run_ids.iter().copied());
+                std::thread::sleep(pause);
+                self.run_ids.clear();
+                let cli = self.cli_once(case, 10_000 + i)?;
+                if let Err(left) = kernel::wait_gone(&self.run_ids, Duration::from_secs(5)) {
+                    bail!("programs {left:?} are still loaded 5 s after their clean-up");
+                }
+                self.program_ids.extend(self.run_ids.iter().copied());
+                if timed {
+                    t.0[agent_times].push(took);
+                    t.0[cli_times].push(cli);
+                }
+            }
+        }
+        Ok(t)
+    }
+
     fn measure_rss(&mut self) -> anyhow::Result<rss::RssReport> {
         let agent_bin = match &self.args.agent_bin {
             Some(p) => p.clone(),
@@ -389,6 +466,45 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!("programs left in the kernel after the bench: {left:?}")
+    }
+}
+
+/// Idle comparison: [agent idle, CLI idle, agent busy, CLI busy].
+#[derive(Default)]
+struct IdleTimings([Vec<Duration>; 4]);
+
+fn p50(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn print_idle(bench: &Bench, rows: &[(&Case, IdleTimings)]) {
+    if rows.is_empty() {
+        return;
+    }
+    let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+    println!();
+    println!(
+        "### Idle and busy: the agent binary over mTLS gRPC vs the CLI ({} tries, p50; idle = {} ms of quiet first)",
+        bench.args.idle_iterations, bench.args.idle_ms
+    );
+    println!();
+    println!("| program | agent idle | CLI idle | ratio | agent busy | CLI busy | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (case, t) in rows {
+        let [ai, ci, ab, cb] = [p50(&t.0[0]), p50(&t.0[1]), p50(&t.0[2]), p50(&t.0[3])];
+        let r = |a: Duration, b: Duration| format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64().max(1e-9));
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            case.name,
+            ms(ai),
+            ms(ci),
+            r(ai, ci),
+            ms(ab),
+            ms(cb),
+            r(ab, cb)
+        );
     }
 }
 
