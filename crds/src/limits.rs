@@ -17,7 +17,9 @@ pub const MAX_STATUS_FAILURES: usize = 16;
 /// Largest Apply request on the wire: the largest object, every global variable at its
 /// largest, and room for the program list, names and framing. Both sides set their gRPC
 /// message limits from this, so a request within the documented limits always fits.
-pub const MAX_APPLY_MESSAGE_BYTES: usize = MAX_BYTECODE_BYTES + MAX_GLOBALS as usize * MAX_GLOBAL_BYTES + (256 << 10);
+/// The program list at its largest: 64 programs × 32 hooks of 128 characters, or 64
+/// uprobe targets of 4096 characters, with their framing, stays under 1 MiB.
+pub const MAX_APPLY_MESSAGE_BYTES: usize = MAX_BYTECODE_BYTES + MAX_GLOBALS as usize * MAX_GLOBAL_BYTES + (1 << 20);
 /// A List page stays under this, however many owners a node runs (the rest come in the
 /// next pages).
 pub const MAX_LIST_PAGE_BYTES: usize = 1 << 20;

@@ -137,6 +137,9 @@ fn build_binaries() -> anyhow::Result<Binaries> {
     cmd.current_dir(repo_root())
         .args(["build", "--quiet", "-p", "operator", "-p", "node-agent"])
         .args(["--bin", "bpfleet-operator", "--bin", "bpfleet-agent"])
+        // The features `cargo test --workspace` builds the agent with: the same binary, so
+        // this build does not replace the one the agent's own tests run.
+        .args(["--features", "node-agent/test-support"])
         .arg("--target-dir")
         .arg(&target_dir);
     if release {

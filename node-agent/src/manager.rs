@@ -419,7 +419,10 @@ impl Manager {
                 for m in &created_maps {
                     let _ = std::fs::remove_file(m);
                 }
-                if fresh_owner || previous.is_none() {
+                // Only a brand-new owner goes entirely. An owner that ran something before
+                // (also one whose revision was being rebuilt) keeps its maps and record:
+                // their state is not this attempt's to throw away.
+                if fresh_owner {
                     let _ = std::fs::remove_dir_all(&owner_dir);
                     let _ = self.store.delete(&input.uid);
                 }

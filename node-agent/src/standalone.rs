@@ -19,17 +19,20 @@ use crate::request::input_from_manifest;
 pub struct Scan {
     pub found: Vec<(PathBuf, ApplyInput)>,
     pub errors: Vec<(PathBuf, String)>,
+    /// Every manifest file present, whatever it holds.
+    pub present: BTreeSet<PathBuf>,
 }
 
 /// Read every manifest in `dir`.
 pub fn scan(dir: &Path) -> Scan {
     let mut found = Vec::new();
     let mut errors = Vec::new();
+    let mut present = BTreeSet::new();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
         Err(e) => {
             errors.push((dir.to_path_buf(), format!("cannot read directory: {e}")));
-            return Scan { found, errors };
+            return Scan { found, errors, present };
         }
     };
     files.sort();
@@ -38,6 +41,7 @@ pub fn scan(dir: &Path) -> Scan {
         if !is_yaml || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
             continue;
         }
+        present.insert(path.clone());
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
@@ -64,7 +68,7 @@ pub fn scan(dir: &Path) -> Scan {
             }
         }
     }
-    Scan { found, errors }
+    Scan { found, errors, present }
 }
 
 /// What one reconciliation pass remembers for the next.
@@ -78,26 +82,55 @@ pub struct Memory {
     /// Per manifest file, the owners it last described successfully: kept running while
     /// the file is unreadable or broken, dropped when the file is deleted.
     owners_by_file: BTreeMap<PathBuf, BTreeSet<String>>,
+    /// Files broken since the first pass, whose owners nobody knows.
+    unattributed: BTreeSet<PathBuf>,
+    passes: u64,
+}
+
+/// What to keep this pass.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// These owners (found, or described before by a file that is broken now).
+    Owners(BTreeSet<String>),
+    /// Everything: a file is broken and nothing says what it described (the agent
+    /// restarted since), so no owner may be taken for deleted.
+    All,
 }
 
 /// The owners to keep this pass: those found, plus, for every file that exists but
-/// failed to read or parse in part or whole, those it described before. Pure.
+/// failed to read or parse, or now describes nothing although it described owners before
+/// (truncated mid-save), those it described before. Files broken at the first pass after
+/// a start are `unattributed` (nothing says what they held) until they read again or go:
+/// meanwhile nothing is removed. Pure.
 pub fn owners_to_keep(
     found: &[(PathBuf, String)],
+    present: &BTreeSet<PathBuf>,
     failed_files: &BTreeSet<PathBuf>,
     last_good: &mut BTreeMap<PathBuf, BTreeSet<String>>,
-) -> BTreeSet<String> {
+    unattributed: &mut BTreeSet<PathBuf>,
+    first_pass: bool,
+) -> Keep {
+    if first_pass {
+        unattributed.extend(failed_files.iter().cloned());
+    }
+    unattributed.retain(|p| present.contains(p) && failed_files.contains(p));
+    let described: BTreeSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
     let mut now: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
     for (path, uid) in found {
         now.entry(path.clone()).or_default().insert(uid.clone());
     }
-    for path in failed_files {
-        let kept = last_good.get(path).cloned().unwrap_or_default();
-        now.entry(path.clone()).or_default().extend(kept);
+    for path in present {
+        let had = last_good.get(path).filter(|o| !o.is_empty());
+        if failed_files.contains(path) || (!described.contains(path) && had.is_some()) {
+            now.entry(path.clone()).or_default().extend(had.cloned().unwrap_or_default());
+        }
     }
-    // Files neither found nor failing are gone: their owners go with them.
+    // Files no longer present are gone: their owners go with them.
     *last_good = now;
-    last_good.values().flatten().cloned().collect()
+    if !unattributed.is_empty() {
+        return Keep::All;
+    }
+    Keep::Owners(last_good.values().flatten().cloned().collect())
 }
 
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
@@ -114,14 +147,28 @@ pub async fn run(manager: Arc<Manager>, dir: PathBuf, interval: Duration) -> any
 
 pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Memory, interval: Duration) {
     let reported = &mut memory.reported;
-    let Scan { found, errors } = scan(dir);
+    let Scan { found, errors, present } = scan(dir);
     let mut now: BTreeMap<String, String> = BTreeMap::new();
     let failed_files: BTreeSet<PathBuf> = errors.iter().map(|(p, _)| p.clone()).collect();
     for (path, e) in errors {
         now.insert(format!("{}", path.display()), format!("{e} (what it described before keeps running)"));
     }
     let found_uids: Vec<(PathBuf, String)> = found.iter().map(|(p, i)| (p.clone(), i.uid.to_string())).collect();
-    let keep = owners_to_keep(&found_uids, &failed_files, &mut memory.owners_by_file);
+    let first_pass = memory.passes == 0;
+    memory.passes += 1;
+    let keep = owners_to_keep(
+        &found_uids,
+        &present,
+        &failed_files,
+        &mut memory.owners_by_file,
+        &mut memory.unattributed,
+        first_pass,
+    );
+    if keep == Keep::All {
+        tracing::warn!(
+            "standalone: a manifest is unreadable and its programs are not known since start; removing nothing"
+        );
+    }
     let mut desired = BTreeSet::new();
     for (path, input) in found {
         let uid = input.uid.to_string();
@@ -166,7 +213,8 @@ pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Mem
     for state in manager.list() {
         if state.owner_uid.starts_with("standalone-")
             && !desired.contains(&state.owner_uid)
-            && !keep.contains(&state.owner_uid)
+            && !matches!(&keep, Keep::All)
+            && !matches!(&keep, Keep::Owners(k) if k.contains(&state.owner_uid))
             && let Ok(uid) = crds::names::OwnerUid::new(&state.owner_uid)
         {
             match manager.remove(&uid).await {
@@ -187,21 +235,39 @@ mod tests {
 
     #[test]
     fn broken_files_keep_their_owners_deleted_files_lose_them() {
-        let mut last = BTreeMap::new();
+        let owners = |v: &[&str]| Keep::Owners(v.iter().map(|s| s.to_string()).collect());
+        let (mut last, mut unknown) = (BTreeMap::new(), BTreeSet::new());
+        let both = BTreeSet::from([p("a.yaml"), p("b.yaml")]);
+        let none = BTreeSet::new();
         let found = vec![(p("a.yaml"), "standalone-a".to_string()), (p("b.yaml"), "standalone-b".to_string())];
-        let keep = owners_to_keep(&found, &BTreeSet::new(), &mut last);
-        assert_eq!(keep.len(), 2);
-        // a.yaml is mid-edit (does not parse): a keeps running.
-        let keep = owners_to_keep(&found[1..], &BTreeSet::from([p("a.yaml")]), &mut last);
-        assert_eq!(keep, BTreeSet::from(["standalone-a".to_string(), "standalone-b".to_string()]));
-        // Still broken on the next pass: still kept.
-        let keep = owners_to_keep(&found[1..], &BTreeSet::from([p("a.yaml")]), &mut last);
-        assert!(keep.contains("standalone-a"));
+        let ab = owners(&["standalone-a", "standalone-b"]);
+        assert_eq!(owners_to_keep(&found, &both, &none, &mut last, &mut unknown, true), ab);
+        // a.yaml is mid-edit (does not parse): a keeps running, pass after pass.
+        let broken_a = BTreeSet::from([p("a.yaml")]);
+        assert_eq!(owners_to_keep(&found[1..], &both, &broken_a, &mut last, &mut unknown, false), ab);
+        assert_eq!(owners_to_keep(&found[1..], &both, &broken_a, &mut last, &mut unknown, false), ab);
+        // Truncated to nothing (present, describes nothing, no error): kept too.
+        assert_eq!(owners_to_keep(&found[1..], &both, &none, &mut last, &mut unknown, false), ab);
         // Deleted: gone.
-        let keep = owners_to_keep(&found[1..], &BTreeSet::new(), &mut last);
-        assert_eq!(keep, BTreeSet::from(["standalone-b".to_string()]));
-        // A broken file never seen good keeps nothing.
-        let keep = owners_to_keep(&[], &BTreeSet::from([p("new.yaml")]), &mut last);
-        assert!(keep.is_empty());
+        let only_b = BTreeSet::from([p("b.yaml")]);
+        assert_eq!(
+            owners_to_keep(&found[1..], &only_b, &none, &mut last, &mut unknown, false),
+            owners(&["standalone-b"])
+        );
+        // A file that never described a program (another kind) keeps nothing and blocks nothing.
+        let with_other = BTreeSet::from([p("b.yaml"), p("other.yaml")]);
+        let keep = owners_to_keep(&found[1..], &with_other, &none, &mut last, &mut unknown, false);
+        assert_eq!(keep, owners(&["standalone-b"]));
+
+        // After a restart (nothing remembered), a broken file: nobody knows what it held,
+        // so nothing is removed until it reads again or is deleted.
+        let (mut last, mut unknown) = (BTreeMap::new(), BTreeSet::new());
+        assert_eq!(owners_to_keep(&found[1..], &both, &broken_a, &mut last, &mut unknown, true), Keep::All);
+        assert_eq!(owners_to_keep(&found[1..], &both, &broken_a, &mut last, &mut unknown, false), Keep::All);
+        assert_eq!(owners_to_keep(&found, &both, &none, &mut last, &mut unknown, false), ab, "fixed: known again");
+        let (mut last, mut unknown) = (BTreeMap::new(), BTreeSet::new());
+        assert_eq!(owners_to_keep(&found[1..], &both, &broken_a, &mut last, &mut unknown, true), Keep::All);
+        let keep = owners_to_keep(&found[1..], &only_b, &none, &mut last, &mut unknown, false);
+        assert_eq!(keep, owners(&["standalone-b"]), "deleted: decided");
     }
 }

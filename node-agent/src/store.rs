@@ -120,6 +120,7 @@ impl StateStore {
     }
 
     pub fn delete(&self, uid: &OwnerUid) -> std::io::Result<()> {
+        self.forget_set_aside(uid);
         match fs::remove_file(self.path(uid)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -153,7 +154,41 @@ impl StateStore {
                 Err(why) => out.set_aside.push(self.set_aside(uid, &path, why)),
             }
         }
+        // Owners set aside by an earlier start stay set aside (their pins are still not
+        // ours to remove) until a new record is written for them or they are removed.
+        for (uid, kept) in self.set_aside_files() {
+            if out.records.iter().any(|r| r.uid == uid.as_str()) || out.set_aside.iter().any(|s| s.uid == uid) {
+                continue;
+            }
+            let reason = format!(
+                "its owner record was set aside at an earlier start (kept at {}); its pins were left in place",
+                kept.display()
+            );
+            out.set_aside.push(SetAside { uid, reason });
+        }
         Ok(out)
+    }
+
+    /// Set-aside records: (owner, file).
+    fn set_aside_files(&self) -> Vec<(OwnerUid, PathBuf)> {
+        let Ok(rd) = fs::read_dir(self.dir.join("set-aside")) else { return Vec::new() };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let uid = OwnerUid::new(name.split(".json").next()?).ok()?;
+                Some((uid, e.path()))
+            })
+            .collect()
+    }
+
+    /// The owner was removed (or got a new record): its set-aside records are no longer a
+    /// claim on anything.
+    pub fn forget_set_aside(&self, uid: &OwnerUid) {
+        for (u, path) in self.set_aside_files() {
+            if &u == uid {
+                let _ = fs::remove_file(path);
+            }
+        }
     }
 
     /// Move an unusable record out of the way and say why.

@@ -356,7 +356,7 @@ async fn without_a_client_name_flag_only_the_operator_name_gets_in() {
 /// judged on its content); one beyond the limits is refused by size, in words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
-    use crds::limits::{MAX_BYTECODE_BYTES, MAX_GLOBAL_BYTES, MAX_GLOBALS};
+    use crds::limits::{MAX_BYTECODE_BYTES, MAX_GLOBAL_BYTES, MAX_GLOBALS, MAX_HOOKS, MAX_PROGRAMS};
     let dirs = Dirs::new("limits");
     let mut agent = AgentProc::spawn_tls(&dirs, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
@@ -364,6 +364,17 @@ async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
     let mut req = apply_request("limits", tp, "tracepoint_openat.o");
     req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; MAX_BYTECODE_BYTES].into()));
     req.global_data = (0..MAX_GLOBALS).map(|i| (format!("G{i}"), vec![0u8; MAX_GLOBAL_BYTES].into())).collect();
+    // The program list at its largest: 64 programs, each on 32 tracepoints of 128 characters.
+    let long_names: Vec<String> = (0..MAX_HOOKS).map(|h| format!("cat{h:02}/{}", "e".repeat(122))).collect();
+    req.programs = (0..MAX_PROGRAMS)
+        .map(|p| {
+            let spec: crds::ProgramSpec = serde_json::from_value(serde_json::json!({
+                "name": format!("f{p:02}"), "type": "Tracepoint", "tracepoint": {"names": long_names}
+            }))
+            .unwrap();
+            proto::program_to_wire(&spec)
+        })
+        .collect();
     let err = client.apply(req.clone()).await.expect_err("not an ELF");
     assert_eq!(
         err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()),

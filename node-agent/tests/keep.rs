@@ -275,3 +275,31 @@ fn clsact_filters_are_rolled_back_checked_and_repaired() {
     rt.block_on(agent.manager.remove(&crds::names::OwnerUid::new("clsact").unwrap())).unwrap();
     assert!(clsact_filters(&veth.host).is_empty());
 }
+
+/// A revision whose program pin vanished must be rebuilt; if that rebuild fails (here:
+/// its interface is gone meanwhile), the owner's maps and their contents stay, and the
+/// next successful apply carries on counting from where it was.
+#[test]
+fn a_failed_rebuild_keeps_the_owners_maps() {
+    let rt = rt();
+    let agent = TestAgent::new();
+    let veth = Veth::new();
+    let req = input("rebuild", &xdp_spec(&veth.host), "xdp_counter.o");
+    let (s1, _) = rt.block_on(agent.manager.apply(req.clone())).unwrap();
+    let counter = map_pin(&s1, "packet_count");
+    veth.ping_from_ns(5);
+    let counted = read_counter(&counter);
+    assert!(counted >= 5);
+    std::fs::remove_file(agent.root.join("rebuild").join(&s1.revision).join("progs/count_packets")).unwrap();
+    sh(&format!("ip link del {}", veth.host));
+    let e = rt.block_on(agent.manager.apply(req.clone())).unwrap_err();
+    assert_eq!(e.reason, agent::error::Reason::InterfaceNotFound, "{e}");
+    assert!(counter.exists(), "the failed rebuild removed the owner's maps: {:?}", agent.pins());
+    assert_eq!(read_counter(&counter), counted, "the map's contents are intact");
+    assert!(agent.state.join("rebuild.json").exists(), "the owner record is kept");
+    create_again(&veth);
+    let (s2, _) = rt.block_on(agent.manager.apply(req)).unwrap();
+    assert_eq!(map_pin(&s2, "packet_count"), counter);
+    veth.ping_from_ns(3);
+    assert!(read_counter(&counter) >= counted + 3, "it carries on counting");
+}

@@ -342,6 +342,18 @@ async fn unusable_records_are_set_aside_and_never_detach() {
         assert!(o.last_error.contains(why) && o.last_error.contains("set-aside"), "{}", o.last_error);
     }
     assert!(entries(&state.join("set-aside")).len() == 2, "records kept for a person to look at");
+    // Another restart (a DaemonSet rollout): still set aside, still attached.
+    drop(client);
+    agent.kill9();
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    assert!(kernel_has_link(xdp_link) && kernel_has_link(tp_link), "a second start detached set-aside owners");
+    let l = list(&mut client).await;
+    for uid in ["aside-xdp", "aside-tp"] {
+        let o = find(&l, uid).unwrap_or_else(|| panic!("{uid} is not reported after a second start: {l:?}"));
+        assert_eq!(o.health, v1::Health::Degraded as i32, "{o:?}");
+        assert!(o.last_error.contains("set aside"), "{}", o.last_error);
+    }
     // Apply does not guess: refused, nothing touched.
     let err = client.apply(apply_request("aside-xdp", &xdp_yaml(&veth.host), "xdp_counter.o")).await.unwrap_err();
     assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("RecordSetAside"));
@@ -355,6 +367,7 @@ async fn unusable_records_are_set_aside_and_never_detach() {
     }
     assert!(pins_under(&dirs.root).is_empty(), "{:?}", pins_under(&dirs.root));
     wait_for(5, "links gone after Remove", || !kernel_has_link(xdp_link) && !kernel_has_link(tp_link));
+    assert!(entries(&state.join("set-aside")).is_empty(), "a removed owner's set-aside records go with it");
 }
 
 /// clsact filters have no pin: an agent killed after attaching one, before committing,

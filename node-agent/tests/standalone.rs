@@ -336,6 +336,10 @@ fn broken_files_keep_the_last_good_version_running() {
     std::thread::sleep(Duration::from_secs(3));
     still_running(&agent, "manifest mid-edit");
     assert!(agent.log().contains("keeps running"), "the reason is logged:\n{}", agent.log());
+    // Truncated to nothing (an editor that empties the file before writing it).
+    agent.write("keep.yaml", "");
+    std::thread::sleep(Duration::from_secs(3));
+    still_running(&agent, "manifest emptied mid-save");
     agent.write("keep.yaml", &good);
 
     // The object mid-rebuild: truncated, then missing.

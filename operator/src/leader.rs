@@ -12,10 +12,14 @@
 //! - **One unit of work.** Everything a leader does runs inside one future
 //!   ([`run_while_leader`]); losing the Lease drops that future and with it every watch,
 //!   resync and dispatch it started. Nothing is spawned detached.
-//! - **Epochs.** Every acquisition increments the Lease's `leaseTransitions`; that
-//!   number is the leadership epoch carried by every Apply and Remove. Agents refuse a
-//!   request from an epoch older than the newest they have seen, so a deposed leader's
-//!   late request cannot undo its successor's work.
+//! - **Epochs.** Every acquisition takes a new leadership epoch, carried by every Apply
+//!   and Remove; agents refuse a request from an epoch older than the newest they have
+//!   seen, so a deposed leader's late request cannot undo its successor's work. The
+//!   epoch is kept in the Lease (annotation [`EPOCH_ANNOTATION`]) and a new one is
+//!   `max(previous + 1, now in milliseconds)`: it grows with every acquisition while the
+//!   Lease exists, and stays ahead of every epoch agents have seen when the Lease is
+//!   deleted and created again (a reinstall), as long as clocks do not run backwards by
+//!   more than the time since.
 //!
 //! On shutdown the leader stops its work and then releases the Lease (empty holder),
 //! so a standby takes over at its next poll instead of after the Lease expires.
@@ -72,11 +76,15 @@ impl LeaseTiming {
     }
 }
 
+/// Where the Lease keeps the leadership epoch of its holder.
+pub const EPOCH_ANNOTATION: &str = "bpfleet.dev/leader-epoch";
+
 /// The parts of a Lease the election reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRecord {
     pub holder: Option<String>,
     pub transitions: u64,
+    pub epoch: u64,
     pub renew_time: Option<String>,
     pub duration_seconds: Option<i32>,
 }
@@ -84,13 +92,27 @@ pub struct LeaseRecord {
 impl LeaseRecord {
     pub fn of(lease: &Lease) -> Self {
         let spec = lease.spec.clone().unwrap_or_default();
+        let epoch = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EPOCH_ANNOTATION))
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
         Self {
             holder: spec.holder_identity.filter(|h| !h.is_empty()),
             transitions: spec.lease_transitions.map(|t| t.max(0) as u64).unwrap_or(0),
+            epoch,
             renew_time: spec.renew_time.map(|t| t.0.to_string()),
             duration_seconds: spec.lease_duration_seconds,
         }
     }
+}
+
+/// The epoch of a new term: after the Lease's last one, and after every epoch an earlier
+/// Lease of the same name may have handed out (those were times in milliseconds too).
+pub fn next_epoch(previous: u64, now_ms: u64) -> u64 {
+    (previous + 1).max(now_ms)
 }
 
 /// What a standby does with the Lease it just read. Pure.
@@ -207,30 +229,41 @@ impl Elector {
     async fn acquire(&self, current: Option<Lease>) -> Result<(Lease, u64, Instant), String> {
         let sent = Instant::now();
         let now = now_micro();
-        let transitions = current.as_ref().map(|l| LeaseRecord::of(l).transitions).unwrap_or(0) + 1;
+        let record = current.as_ref().map(LeaseRecord::of);
+        let transitions = record.as_ref().map(|r| r.transitions).unwrap_or(0) + 1;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let epoch = next_epoch(record.as_ref().map(|r| r.epoch).unwrap_or(0), now_ms);
+        let annotate = |meta: &mut ObjectMeta| {
+            meta.annotations.get_or_insert_with(Default::default).insert(EPOCH_ANNOTATION.into(), epoch.to_string());
+        };
         let spec = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.timing.lease_duration.as_secs().max(1) as i32),
             acquire_time: Some(now.clone()),
             renew_time: Some(now),
-            lease_transitions: Some(transitions as i32),
+            lease_transitions: Some(transitions.min(i32::MAX as u64) as i32),
             ..Default::default()
         };
         let lease = match current {
             None => {
-                let lease = Lease {
+                let mut lease = Lease {
                     metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
                     spec: Some(spec),
                 };
+                annotate(&mut lease.metadata);
                 self.bounded(self.api.create(&PostParams::default(), &lease)).await?
             }
             Some(mut lease) => {
                 lease.spec = Some(spec);
                 lease.metadata.managed_fields = None;
+                annotate(&mut lease.metadata);
                 self.bounded(self.api.replace(&self.name, &PostParams::default(), &lease)).await?
             }
         };
-        Ok((lease, transitions, sent))
+        Ok((lease, epoch, sent))
     }
 
     /// Hold the Lease: publish the epoch, renew, and demote at the local deadline or
@@ -264,7 +297,7 @@ impl Elector {
                     match self.bounded(self.api.get_opt(&self.name)).await {
                         Ok(Some(l))
                             if LeaseRecord::of(&l).holder.as_deref() == Some(self.identity.as_str())
-                                && LeaseRecord::of(&l).transitions == epoch =>
+                                && LeaseRecord::of(&l).epoch == epoch =>
                         {
                             lease = l;
                         }
@@ -359,10 +392,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    #[test]
+    fn epochs_grow_with_each_term_and_outrun_a_recreated_lease() {
+        let now = 1_800_000_000_000;
+        assert_eq!(next_epoch(0, now), now, "a new Lease starts at the clock");
+        assert_eq!(next_epoch(now, now), now + 1, "a fast takeover still moves forward");
+        assert_eq!(next_epoch(now + 500, now), now + 501, "a standby whose clock is behind");
+        // Deleted and created again (annotation gone): still after every earlier epoch.
+        assert!(next_epoch(0, now + 60_000) > now + 501);
+    }
+
     fn record(holder: Option<&str>) -> LeaseRecord {
         LeaseRecord {
             holder: holder.map(str::to_string),
             transitions: 3,
+            epoch: 3,
             renew_time: Some("2026-11-30T00:00:00Z".into()),
             duration_seconds: Some(15),
         }

@@ -48,7 +48,12 @@ fn agent_bin() -> PathBuf {
     SETUP.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"]).current_dir(workspace());
+        // With the test-support feature, as `cargo test --workspace` builds the agent: the
+        // same binary, so neither build undoes the other (fault points stay available).
+        build
+            .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"])
+            .args(["--features", "node-agent/test-support"])
+            .current_dir(workspace());
         // What cargo set for this test binary only: build scripts (ring's) track some of
         // these, and a different value would rebuild the agent's dependencies every run.
         for (key, _) in std::env::vars_os() {
