@@ -133,21 +133,26 @@ fn build_binaries() -> anyhow::Result<Binaries> {
     let target_dir = profile_dir.parent().map(Path::to_path_buf).context("no target directory")?;
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root())
-        .args(["build", "--quiet", "-p", "operator", "-p", "node-agent"])
-        .args(["--bin", "bpfleet-operator", "--bin", "bpfleet-agent"])
-        // The features `cargo test --workspace` builds the agent with: the same binary, so
-        // this build does not replace the one the agent's own tests run.
-        .args(["--features", "node-agent/test-support"])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    if release {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().context("cannot run cargo")?;
-    if !out.status.success() {
-        bail!("cargo build of bpfleet-operator and bpfleet-agent failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    // Two builds: the agent with the test-support feature (fault points, as the agent's
+    // own tests build it, so neither undoes the other), the operator as released.
+    for (package, bin, features) in
+        [("node-agent", "bpfleet-agent", Some("test-support")), ("operator", "bpfleet-operator", None)]
+    {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(repo_root())
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if let Some(f) = features {
+            cmd.args(["--features", f]);
+        }
+        if release {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().context("cannot run cargo")?;
+        if !out.status.success() {
+            bail!("cargo build of {bin} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
     }
     let bins = Binaries { agent: profile_dir.join("bpfleet-agent"), operator: profile_dir.join("bpfleet-operator") };
     for b in [&bins.agent, &bins.operator] {

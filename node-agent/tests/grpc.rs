@@ -13,7 +13,6 @@ use proto::v1;
 use proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
 const SERVER_NAME: &str = "bpfleet-agent";
 
 fn owner(uid: &str) -> Option<v1::Owner> {
@@ -202,7 +201,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
 #[test]
 fn agent_refuses_to_start_without_tls() {
     let dirs = Dirs::new("grpc");
-    let out = Command::new(AGENT_BIN)
+    let out = Command::new(agent_bin())
         .arg("--node-name")
         .arg("no-tls")
         .arg("--listen")
@@ -231,7 +230,7 @@ fn agent_refusing_to_start_leaves_bpffs_alone() {
     let dirs = Dirs::new("grpc");
     let stray = dirs.root.join("someone-else/abc");
     std::fs::create_dir_all(&stray).unwrap();
-    let out = Command::new(AGENT_BIN)
+    let out = Command::new(agent_bin())
         .args(["--node-name", "no-tls", "--listen", &format!("127.0.0.1:{}", free_port())])
         .arg("--bpffs-root")
         .arg(&dirs.root)

@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
-
 struct MetricsAgent {
     child: Child,
     root: PathBuf,
@@ -30,7 +28,7 @@ impl MetricsAgent {
         std::fs::create_dir_all(tmp.path().join("manifests")).unwrap();
         let log = tmp.path().join("agent.log");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(AGENT_BIN)
+        let child = Command::new(agent_bin())
             .args(["--node-name", "metrics-node", "--standalone-interval", "1"])
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{port}"))

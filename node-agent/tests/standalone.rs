@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
-
 /// An agent in standalone mode with its own bpffs root, state and manifest directories.
 /// The process is SIGKILLed and the root removed on drop.
 struct Standalone {
@@ -34,10 +32,10 @@ impl Standalone {
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(AGENT_BIN);
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(agent_bin());
                 c
             }
-            None => Command::new(AGENT_BIN),
+            None => Command::new(agent_bin()),
         };
         cmd.args(["--node-name", "standalone-node", "--standalone-interval", "1"])
             .arg("--standalone")

@@ -52,7 +52,7 @@ fn agent_bin() -> PathBuf {
         // same binary, so neither build undoes the other (fault points stay available).
         build
             .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"])
-            .args(["--features", "node-agent/test-support"])
+            .args(["--features", "test-support"])
             .current_dir(workspace());
         // What cargo set for this test binary only: build scripts (ring's) track some of
         // these, and a different value would rebuild the agent's dependencies every run.

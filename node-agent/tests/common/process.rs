@@ -2,6 +2,7 @@
 //! state directory and PKI per test, the agent binary spawned with mTLS, and requests
 //! built as the operator builds them.
 
+use super::agent_bin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,8 +17,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::{object_bytes, setup, unique};
-
-const AGENT_BIN: &str = env!("CARGO_BIN_EXE_bpfleet-agent");
 
 /// A bpffs root, a state directory and a PKI for one test; removed on drop.
 pub struct Dirs {
@@ -65,7 +64,7 @@ impl AgentProc {
     pub fn spawn(dirs: &Dirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = dirs.tmp.path().join(format!("agent-{}.log", unique("l")));
-        let mut cmd = Command::new(AGENT_BIN);
+        let mut cmd = Command::new(agent_bin());
         cmd.arg("--node-name")
             .arg(format!("{}-node", dirs.prefix))
             .arg("--listen")
