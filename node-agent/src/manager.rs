@@ -271,12 +271,20 @@ impl Manager {
             plan::Decision::Load { .. } => {}
         }
         let started = Instant::now();
-        let this = Arc::clone(&self);
         let previous = current.record.clone();
-        let input2 = input.clone();
-        let result = tokio::task::spawn_blocking(move || this.apply_blocking(&input2, previous.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))));
+        // On this worker thread, which already runs (tokio moves its other tasks away):
+        // handing the load to a parked blocking thread would add a wake-up to every Apply.
+        let result = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.apply_blocking(&input, previous.as_ref()))
+            }
+            _ => {
+                let (this, input2) = (Arc::clone(&self), input.clone());
+                tokio::task::spawn_blocking(move || this.apply_blocking(&input2, previous.as_ref()))
+                    .await
+                    .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))))
+            }
+        };
         self.metrics.observe_apply(started.elapsed(), result.as_ref().err().map(|e| e.reason));
         match result {
             Ok(record) => {
