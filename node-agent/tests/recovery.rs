@@ -377,19 +377,8 @@ async fn unusable_records_are_set_aside_and_never_detach() {
 async fn crash_mid_apply_leaves_no_clsact_filter_after_recovery() {
     let dirs = Dirs::new("rec-clsact");
     let veth = Veth::new();
-    let p = &dirs.pki;
-    let (cert, key, ca) = (p.server_cert.clone(), p.server_key.clone(), p.ca_cert.clone());
-    let args = [
-        "--tls-cert",
-        path_str(&cert),
-        "--tls-key",
-        path_str(&key),
-        "--tls-client-ca",
-        path_str(&ca),
-        "--tc-backend",
-        "clsact",
-    ];
-    let mut agent = AgentProc::spawn(&dirs, &args, &[("BPFLEET_FAULT", "after-attach")]);
+    let args = ["--tc-backend", "clsact"];
+    let mut agent = AgentProc::spawn_tls_with(&dirs, &args, &[("BPFLEET_FAULT", "after-attach")]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
     let tc = format!("  - {{name: count_tc, type: TC, tc: {{interfaces: [{}], direction: Ingress}}}}\n", veth.host);
     client.apply(apply_request("crash-tc", &tc, "tc_counter.o")).await.expect_err("the agent aborts mid-apply");
@@ -397,7 +386,7 @@ async fn crash_mid_apply_leaves_no_clsact_filter_after_recovery() {
     let filters = || sh(&format!("tc filter show dev {} ingress", veth.host));
     assert!(filters().contains("count_tc"), "the crash left no filter to recover: {}", filters());
 
-    let mut agent = AgentProc::spawn(&dirs, &args, &[]);
+    let mut agent = AgentProc::spawn_tls_with(&dirs, &args, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
     assert!(!filters().contains("count_tc"), "recovery left the filter: {}", filters());
     assert!(pins_under(&dirs.root).is_empty(), "{:?}", pins_under(&dirs.root));

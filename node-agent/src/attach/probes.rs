@@ -99,15 +99,7 @@ pub(super) fn attach(
                     format!("uprobe target {} does not exist on this node", probe.target.display()),
                 ));
             }
-            let location = match (&probe.symbol, probe.offset) {
-                (Some(s), 0) => UProbeAttachLocation::Symbol(s),
-                (Some(s), off) => UProbeAttachLocation::SymbolOffset(s, off),
-                (None, off) => UProbeAttachLocation::AbsoluteOffset(off),
-            };
-            let scope = match probe.pid.and_then(|p| u32::try_from(p).ok()).and_then(std::num::NonZeroU32::new) {
-                Some(pid) => UProbeScope::OneProcess(pid),
-                None => UProbeScope::AllProcesses,
-            };
+            let (location, scope) = uprobe_place(probe);
             let lid = up.attach(location, &probe.target, scope).map_err(|e| match &e {
                 aya::programs::ProgramError::UProbeError(
                     UProbeError::SymbolError { .. } | UProbeError::InvalidTarget { .. },
@@ -152,6 +144,20 @@ pub(super) fn attach(
         _ => return Err(AgentError::internal(format!("{t} is not a tracing program type"))),
     };
     Ok((id, links))
+}
+
+/// Where in the target a uprobe goes, and for which processes.
+pub(super) fn uprobe_place(p: &UprobeTarget) -> (UProbeAttachLocation<'_>, UProbeScope) {
+    let location = match (&p.symbol, p.offset) {
+        (Some(s), 0) => UProbeAttachLocation::Symbol(s),
+        (Some(s), off) => UProbeAttachLocation::SymbolOffset(s, off),
+        (None, off) => UProbeAttachLocation::AbsoluteOffset(off),
+    };
+    let scope = match p.pid.and_then(|p| u32::try_from(p).ok()).and_then(std::num::NonZeroU32::new) {
+        Some(pid) => UProbeScope::OneProcess(pid),
+        None => UProbeScope::AllProcesses,
+    };
+    (location, scope)
 }
 
 /// `target:symbol+offset`, for records and messages.

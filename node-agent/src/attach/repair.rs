@@ -7,11 +7,8 @@ use std::path::Path;
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::CgroupAttachMode;
 use aya::programs::tc::{NlOptions, TcAttachOptions};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
-use aya::programs::{
-    CgroupSkb, ProbeKind, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp, XdpMode as AyaMode,
-};
-use crds::program::{Direction, XdpMode};
+use aya::programs::{CgroupSkb, ProbeKind, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp};
+use crds::program::Direction;
 use crds::validate::{Attach, ValidProgram};
 
 use super::{TcPeer, keep_link, record};
@@ -44,13 +41,8 @@ pub fn reattach(
             let ifindex = super::interface_index(&valid.name, iface)?;
             let mut xdp = Xdp::from_pin(&program.pin, aya_obj::programs::XdpAttachType::Interface)
                 .map_err(|e| fail(iface, &e))?;
-            let mode = match mode {
-                XdpMode::Auto => AyaMode::Default,
-                XdpMode::Native => AyaMode::Driver,
-                XdpMode::Generic => AyaMode::Skb,
-            };
             let path = pin_at(link_pin)?;
-            let lid = xdp.attach_to_if_index(ifindex, mode).map_err(|e| fail(iface, &e))?;
+            let lid = xdp.attach_to_if_index(ifindex, super::xdp::aya_mode(*mode)).map_err(|e| fail(iface, &e))?;
             let link = xdp.take_link(lid).map_err(|e| fail(iface, &e))?;
             let id = keep_link(name, link, &path)?;
             Ok(record(iface, id, LinkKind::Pinned { path }))
@@ -116,15 +108,7 @@ pub fn reattach(
             let hook = super::probes::uprobe_hook(probe);
             let kind = if *ret { ProbeKind::Return } else { ProbeKind::Entry };
             let mut up = UProbe::from_pin(&program.pin, kind).map_err(|e| fail(&hook, &e))?;
-            let location = match (&probe.symbol, probe.offset) {
-                (Some(s), 0) => UProbeAttachLocation::Symbol(s),
-                (Some(s), off) => UProbeAttachLocation::SymbolOffset(s, off),
-                (None, off) => UProbeAttachLocation::AbsoluteOffset(off),
-            };
-            let scope = match probe.pid.and_then(|p| u32::try_from(p).ok()).and_then(std::num::NonZeroU32::new) {
-                Some(pid) => UProbeScope::OneProcess(pid),
-                None => UProbeScope::AllProcesses,
-            };
+            let (location, scope) = super::probes::uprobe_place(probe);
             let path = pin_at(link_pin)?;
             let lid = up.attach(location, &probe.target, scope).map_err(|e| fail(&hook, &e))?;
             let id = keep_link(name, up.take_link(lid).map_err(|e| fail(&hook, &e))?, &path)?;

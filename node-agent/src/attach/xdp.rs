@@ -42,12 +42,7 @@ pub(super) fn attach(
                 keep_link(name.as_str(), link, &path)?
             }
             None => {
-                let aya_mode = match mode {
-                    XdpMode::Auto => AyaMode::Default,
-                    XdpMode::Native => AyaMode::Driver,
-                    XdpMode::Generic => AyaMode::Skb,
-                };
-                let lid = xdp.attach_to_if_index(ifindex, aya_mode).map_err(|e| match mode {
+                let lid = xdp.attach_to_if_index(ifindex, aya_mode(mode)).map_err(|e| match mode {
                     XdpMode::Native => AgentError::for_program(
                         Reason::AttachFailed,
                         name.as_str(),
@@ -62,6 +57,15 @@ pub(super) fn attach(
         links.push(record(iface.as_str(), link_id, LinkKind::Pinned { path }));
     }
     Ok((id, links))
+}
+
+/// aya's attach mode for a spec's XDP mode.
+pub(super) fn aya_mode(mode: XdpMode) -> AyaMode {
+    match mode {
+        XdpMode::Auto => AyaMode::Default,
+        XdpMode::Native => AyaMode::Driver,
+        XdpMode::Generic => AyaMode::Skb,
+    }
 }
 
 /// The previous revision's XDP link on `iface` and the program it ran.

@@ -89,22 +89,25 @@ impl AgentProc {
 
     /// With the test PKI's server certificate, requiring the operator's identity.
     pub fn spawn_tls(dirs: &Dirs, env: &[(&str, &str)]) -> Self {
+        Self::spawn_tls_with(dirs, &[], env)
+    }
+
+    /// `spawn_tls` with more flags (e.g. `--tc-backend clsact`).
+    pub fn spawn_tls_with(dirs: &Dirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let p = &dirs.pki;
         let (cert, key, ca) = (p.server_cert.clone(), p.server_key.clone(), p.ca_cert.clone());
-        Self::spawn(
-            dirs,
-            &[
-                "--tls-cert",
-                path_str(&cert),
-                "--tls-key",
-                path_str(&key),
-                "--tls-client-ca",
-                path_str(&ca),
-                "--tls-client-name",
-                CLIENT_NAME,
-            ],
-            env,
-        )
+        let mut args = vec![
+            "--tls-cert",
+            path_str(&cert),
+            "--tls-key",
+            path_str(&key),
+            "--tls-client-ca",
+            path_str(&ca),
+            "--tls-client-name",
+            CLIENT_NAME,
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(dirs, &args, env)
     }
 
     pub fn log(&self) -> String {
