@@ -10,6 +10,7 @@ pub mod pins;
 pub mod program;
 pub mod reason;
 pub mod revision;
+pub mod rollout;
 pub mod validate;
 
 pub use node::{BpfNode, BpfNodeSpec, BpfNodeStatus, Health, NodeProgramStatus};

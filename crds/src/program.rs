@@ -51,6 +51,25 @@ pub struct BpfProgramSpec {
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub programs: Vec<ProgramSpec>,
+
+    /// How a new revision reaches the target nodes: steps, pauses, how many nodes switch
+    /// at once, what a failure does. Omitted: one node at a time, stopping at the first
+    /// failure (like a DaemonSet's RollingUpdate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
+
+    /// Old revisions kept (as ControllerRevisions in the operator's namespace) for
+    /// rollbacks and `kubectl bpfleet rollout undo`, besides the stable and the current
+    /// one. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub revision_history_limit: Option<i32>,
+
+    /// Per-map policies across revisions; maps not named keep compatible contents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub maps: Vec<crate::rollout::MapPolicy>,
 }
 
 /// Where the ELF bytecode comes from. Exactly one of `inline`, `configMap`, `path`.
@@ -442,6 +461,9 @@ pub struct BpfProgramStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub failures: Vec<NodeFailure>,
+    /// The rollout of `revision`: phase, stable and update revisions, step, node counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// Why one node failed to run (part of) a BpfProgram.

@@ -81,6 +81,11 @@ impl Revision {
         h.update(&programs);
         let globals = serde_json::to_vec(&spec.global_data).unwrap_or_default();
         h.update(&globals);
+        // Only when set, so revisions of specs without map policies stay as they were.
+        if !spec.maps.is_empty() {
+            h.update(b"\0maps\0");
+            h.update(serde_json::to_vec(&spec.maps).unwrap_or_default());
+        }
         Revision(hex::encode(&h.finalize()[..Self::LEN / 2]))
     }
 
@@ -139,6 +144,20 @@ programs:
         let mut c = a.clone();
         c.global_data.insert("X".into(), "AQ==".into());
         assert_ne!(r1, Revision::compute(&c, BytecodeIdentity::Bytes(b"elf")));
+
+        // A map policy changes what runs: a new revision.
+        let mut m = a.clone();
+        m.maps.push(crate::rollout::MapPolicy {
+            name: "counts".into(),
+            on_upgrade: crate::rollout::MapUpgrade::Recreate,
+        });
+        assert_ne!(r1, Revision::compute(&m, BytecodeIdentity::Bytes(b"elf")));
+
+        // How it rolls out does not.
+        let mut r = a.clone();
+        r.rollout = Some(crate::rollout::RolloutSpec { paused: true, ..Default::default() });
+        r.revision_history_limit = Some(3);
+        assert_eq!(r1, Revision::compute(&r, BytecodeIdentity::Bytes(b"elf")));
 
         // The node selector decides where, not what: same revision.
         let mut d = a.clone();

@@ -136,6 +136,11 @@ pub fn validate_spec(spec: &BpfProgramSpec) -> Result<ValidSpec, SpecErrors> {
     let bytecode = validate_bytecode(&spec.bytecode, &mut errs);
     let globals = validate_globals(spec.global_data.iter(), &mut errs);
     let programs = validate_programs_into(&spec.programs, &mut errs);
+    if let Some(r) = &spec.rollout {
+        for (field, message) in crate::rollout::validate(r) {
+            errs.push(field, message);
+        }
+    }
     match (bytecode, errs.0.is_empty()) {
         (Some(bytecode), true) => Ok(ValidSpec { bytecode, globals, programs }),
         _ => Err(SpecErrors(errs.0)),
