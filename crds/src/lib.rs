@@ -3,6 +3,7 @@
 
 pub mod crdgen;
 pub mod error;
+pub mod history;
 pub mod limits;
 pub mod names;
 pub mod node;
