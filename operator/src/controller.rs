@@ -19,12 +19,14 @@ use kube::{Api, Client, Resource, ResourceExt};
 use proto::v1;
 use serde_json::json;
 
-use crate::bytecode::{self, BytecodeCache, Payload};
+use crate::bytecode::{self, BytecodeCache};
 use crate::dispatch::{AgentPool, DispatchError, NodeAddr};
 use crate::drift::Desired;
+use crate::history::{Content, History};
 use crate::index::NodeIndex;
 use crate::metrics::Metrics;
-use crate::plan::{Action as NodeAction, AllAtOnce, ProgramView, plan};
+use crate::plan::{Action as NodeAction, ProgramView, plan};
+use crate::rollout::{self, Ranked, Settings};
 use crate::status::{self, NodeOutcome, SpecProblem, StatusInput};
 use crate::targets::{NodeInfo, target_nodes};
 
@@ -51,6 +53,9 @@ pub struct Context {
     pub bytecode: BytecodeCache,
     /// What was last written to each BpfNode.
     pub bpfnodes: crate::bpfnode::Written,
+    /// Revision history (ControllerRevisions); `None`: none kept (tests), so only the
+    /// spec's revision can be sent.
+    pub history: Option<History>,
 }
 
 impl Context {
@@ -68,6 +73,7 @@ impl Context {
             epoch,
             bytecode: BytecodeCache::default(),
             bpfnodes: Default::default(),
+            history: None,
         }
     }
 }
@@ -149,23 +155,27 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         None => bytecode::resolve(&ctx.client, &ctx.bytecode, &p.spec).await.map_err(|e| problem = Some(e)).ok(),
         Some(_) => None,
     };
-    let revision = payload.as_ref().map(|pl| pl.revision(&p.spec).to_string());
-    ctx.desired
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(uid.clone(), Desired { name: name.clone(), revision: revision.clone(), targets: targets.clone() });
+    let content = payload.map(|pl| {
+        let rev = pl.revision(&p.spec).to_string();
+        Content::of_spec(&p.spec, pl, rev)
+    });
+    let revision = content.as_ref().map(|c| c.revision.clone());
+    let stable = p.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.stable_revision.clone());
+    ctx.desired.write().unwrap_or_else(|e| e.into_inner()).insert(
+        uid.clone(),
+        Desired { name: name.clone(), revision: revision.clone(), stable: stable.clone(), targets: targets.clone() },
+    );
 
     let now = k8s_openapi::jiff::Timestamp::now();
-    let holds = revision.as_ref().map(|r| ctx.index.retry_holds(&uid, r, now)).unwrap_or_default();
-    if let (Some(payload), Some(rev)) = (&payload, &revision) {
-        let observed = ctx.index.observed(&uid);
-        let held: BTreeSet<String> = holds.keys().cloned().collect();
-        let view = ProgramView { desired: rev, targets: &targets, observed: &observed, held: &held };
-        let actions = plan(&view, &AllAtOnce);
-        if !actions.is_empty() {
-            tracing::info!(program = %name, revision = %rev, nodes = actions.len(), "dispatching");
-            dispatch(ctx, &p, &uid, rev, payload, actions, &nodes).await;
+    let mut rollout_status = None;
+    let mut wake = None;
+    if let Some(content) = &content {
+        if let Some(history) = &ctx.history {
+            history.record(&p, content, stable.as_deref()).await?;
         }
+        let (status, w) = roll_out(ctx, &p, &uid, content, &targets, &nodes).await;
+        rollout_status = Some(status);
+        wake = w;
     }
 
     let outcomes: BTreeMap<String, NodeOutcome> = targets
@@ -193,11 +203,14 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         spec_problem: problem.as_ref(),
         retries: &retries,
         previous: p.status.as_ref(),
+        rollout: rollout_status.as_ref(),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
     ctx.metrics.program_counts(&name, &status);
     write_status(ctx, &p, &status).await?;
-    Ok(requeue_after(&status, problem.is_some(), &retries, now))
+    let after = requeue_after(&status, problem.is_some(), &retries, now);
+    // A pause or a step deadline ends on its own: look again then.
+    Ok(Action::requeue(wake.map_or(after, |w| after.min(w + Duration::from_millis(100)))))
 }
 
 /// When to look at a program again: soon while nodes are pending, at the next retry of
@@ -207,9 +220,9 @@ fn requeue_after(
     spec_problem: bool,
     retries: &BTreeMap<String, (u32, Time)>,
     now: k8s_openapi::jiff::Timestamp,
-) -> Action {
+) -> Duration {
     if spec_problem || (status.ready_nodes == status.target_nodes) {
-        return Action::requeue(STEADY);
+        return STEADY;
     }
     let pending = status.target_nodes - status.ready_nodes - status.failed_nodes;
     let next_retry = retries
@@ -218,32 +231,127 @@ fn requeue_after(
         .min()
         .map(|d: Duration| d + Duration::from_millis(100));
     match (pending > 0, next_retry) {
-        (true, Some(d)) => Action::requeue(d.min(RETRY)),
-        (true, None) => Action::requeue(RETRY),
-        (false, Some(d)) => Action::requeue(d.min(STEADY)),
-        (false, None) => Action::requeue(RETRY),
+        (true, Some(d)) => d.min(RETRY),
+        (true, None) => RETRY,
+        (false, Some(d)) => d.min(STEADY),
+        (false, None) => RETRY,
     }
 }
 
-/// Carry out per-node actions concurrently (bounded by the pool) and record results.
+/// Longest one reconcile keeps switching nodes before it lets others run (it comes
+/// back at once).
+const MAX_ROLLOUT_PASS: Duration = Duration::from_secs(60);
+
+/// Node label whose values a progressive rollout spreads its early nodes across.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Move the rollout on as far as it can go now: decide, send the nodes that may switch
+/// their revision, wait for their answers, decide again, until nothing is left to send
+/// (a step waits for a pause, a failure stopped it, or it is complete).
+async fn roll_out(
+    ctx: &Context,
+    p: &BpfProgram,
+    uid: &str,
+    content: &Content,
+    targets: &BTreeSet<String>,
+    nodes: &[NodeInfo],
+) -> (crds::rollout::RolloutStatus, Option<Duration>) {
+    let settings = Settings::resolve(p.spec.rollout.as_ref(), targets.len());
+    let ranked: Vec<Ranked<'_>> = nodes
+        .iter()
+        .filter(|n| targets.contains(&n.name))
+        .map(|n| Ranked { name: &n.name, zone: n.labels.get(ZONE_LABEL).map(String::as_str) })
+        .collect();
+    let order = rollout::order(uid, &ranked);
+    let rev = content.revision.as_str();
+    let mut previous = p.status.as_ref().and_then(|s| s.rollout.clone());
+    let started = Instant::now();
+    let mut last: Option<BTreeMap<String, NodeAction>> = None;
+    loop {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let observed = ctx.index.observed(uid);
+        let failed: BTreeMap<String, String> = targets
+            .iter()
+            .filter_map(|n| match ctx.index.outcome(n, uid, rev) {
+                NodeOutcome::Failed { program, reason, message } => Some((
+                    n.clone(),
+                    match program {
+                        Some(prog) => format!("{reason} ({prog}): {message}"),
+                        None => format!("{reason}: {message}"),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let decision = rollout::decide(&rollout::Input {
+            update: rev,
+            order: &order,
+            observed: &observed,
+            failed: &failed,
+            previous: previous.as_ref(),
+            settings: &settings,
+            now,
+        });
+        let held: BTreeSet<String> = ctx.index.retry_holds(uid, rev, now).into_keys().collect();
+        let view = ProgramView { desired: rev, targets, observed: &observed, held: &held };
+        let actions = plan(&view, &decision);
+        previous = Some(decision.status.clone());
+        if actions.is_empty() || last.as_ref() == Some(&actions) {
+            return (decision.status, decision.wake);
+        }
+        if started.elapsed() > MAX_ROLLOUT_PASS {
+            return (decision.status, Some(Duration::ZERO));
+        }
+        tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
+        // Group by the revision each node must run; other revisions come from history.
+        let mut by_revision: BTreeMap<String, BTreeMap<String, NodeAction>> = BTreeMap::new();
+        for (node, action) in &actions {
+            let key = match action {
+                NodeAction::Apply(r) => r.clone(),
+                _ => rev.to_string(),
+            };
+            by_revision.entry(key).or_default().insert(node.clone(), action.clone());
+        }
+        for (r, group) in by_revision {
+            if r == rev {
+                dispatch(ctx, p, uid, content, group, nodes).await;
+                continue;
+            }
+            let old = match &ctx.history {
+                Some(h) => h.content(p, &r).await,
+                None => Err("no revision history in this operator".to_string()),
+            };
+            match old {
+                Ok(old) => dispatch(ctx, p, uid, &old, group, nodes).await,
+                Err(why) => {
+                    tracing::warn!(program = %p.name_any(), revision = %r, nodes = ?group.keys().collect::<Vec<_>>(), %why, "cannot send an earlier revision");
+                }
+            }
+        }
+        last = Some(actions);
+    }
+}
+
+/// Carry out per-node actions for one revision concurrently (bounded by the pool) and
+/// record results.
 async fn dispatch(
     ctx: &Context,
     p: &BpfProgram,
     uid: &str,
-    revision: &str,
-    payload: &Payload,
+    content: &Content,
     actions: BTreeMap<String, NodeAction>,
     nodes: &[NodeInfo],
 ) {
+    let revision = content.revision.as_str();
     let owner = v1::Owner { uid: uid.to_string(), name: p.name_any() };
     let request = v1::ApplyRequest {
         owner: Some(owner.clone()),
         revision: revision.to_string(),
-        bytecode: Some(payload.to_wire()),
-        programs: p.spec.programs.iter().map(proto::program_to_wire).collect(),
-        global_data: decode_globals(&p.spec.global_data),
+        bytecode: Some(content.payload.to_wire()),
+        programs: content.programs.iter().map(proto::program_to_wire).collect(),
+        global_data: decode_globals(&content.global_data),
         epoch: ctx.epoch,
-        expected_digest: payload.expected_digest(),
+        expected_digest: content.payload.expected_digest(),
     };
     let epoch = ctx.epoch;
     let ips: BTreeMap<&str, Option<std::net::IpAddr>> =

@@ -11,6 +11,9 @@ pub struct Desired {
     pub name: String,
     /// The revision last computed for it (None until its first reconcile).
     pub revision: Option<String>,
+    /// The rollout's stable revision: nodes the rollout has not reached yet run it, and
+    /// that is not drift.
+    pub stable: Option<String>,
     pub targets: BTreeSet<String>,
 }
 
@@ -49,7 +52,8 @@ pub fn diff(
             }),
             Some(d) => {
                 let health = proto::health_from_wire(s.health);
-                if d.revision.as_deref().is_some_and(|r| r != s.revision) {
+                let expected = d.stable.as_deref() == Some(s.revision.as_str());
+                if !expected && d.revision.as_deref().is_some_and(|r| r != s.revision) {
                     out.push(Repair::Reconcile {
                         uid: owner.uid.clone(),
                         name: d.name.clone(),
@@ -96,7 +100,12 @@ mod tests {
     }
 
     fn want(rev: &str, nodes: &[&str]) -> Desired {
-        Desired { name: "p".into(), revision: Some(rev.into()), targets: nodes.iter().map(|s| s.to_string()).collect() }
+        Desired {
+            name: "p".into(),
+            revision: Some(rev.into()),
+            stable: None,
+            targets: nodes.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

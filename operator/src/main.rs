@@ -139,7 +139,11 @@ async fn run() -> anyhow::Result<()> {
     metrics.ready_flag.store(true, Ordering::Relaxed);
     tracing::info!(%identity, namespace = %args.namespace, "operator started; campaigning for the leader Lease");
 
-    let cfg = WorkConfig { resync_every: Duration::from_secs(args.resync_seconds.max(5)), ..WorkConfig::default() };
+    let cfg = WorkConfig {
+        resync_every: Duration::from_secs(args.resync_seconds.max(5)),
+        history_namespace: args.namespace.clone(),
+        ..WorkConfig::default()
+    };
     let work = |epoch| work::lead(client.clone(), pool.clone(), metrics.clone(), epoch, cfg.clone());
     let reload = tls::reload_on_change(
         files,

@@ -47,6 +47,8 @@ pub struct StatusInput<'a> {
     /// Per failed node: failed applies in a row and the time of the next try.
     pub retries: &'a BTreeMap<String, (u32, Time)>,
     pub previous: Option<&'a BpfProgramStatus>,
+    /// Where the rollout of `revision` stands (see `rollout`).
+    pub rollout: Option<&'a crds::rollout::RolloutStatus>,
     pub now: Time,
 }
 
@@ -180,6 +182,10 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
             degraded,
         ]
     };
+    let conditions = match (input.spec_problem, input.rollout) {
+        (None, Some(r)) => with_rollout(conditions, r, input),
+        _ => conditions,
+    };
     failures.sort_by(|a, b| a.node.cmp(&b.node));
     failures.truncate(MAX_STATUS_FAILURES);
     BpfProgramStatus {
@@ -190,7 +196,44 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         failed_nodes: failed as i32,
         conditions,
         failures,
+        rollout: input.rollout.cloned(),
     }
+}
+
+/// A stopped rollout is Stalled (kstatus: Failed) with its reason, whatever the node
+/// counts say; a paused one is still Reconciling, with why it waits.
+fn with_rollout(
+    mut conditions: Vec<Condition>,
+    r: &crds::rollout::RolloutStatus,
+    input: &StatusInput<'_>,
+) -> Vec<Condition> {
+    use crds::rollout::Phase;
+    let message = r.message.clone().unwrap_or_default();
+    let mut set = |type_: &str, ok: bool, reason: &str| {
+        let c = condition(type_, ok, reason, message.clone(), input);
+        match conditions.iter_mut().find(|x| x.type_ == type_) {
+            Some(x) => *x = c,
+            None => conditions.push(c),
+        }
+    };
+    match r.phase {
+        Phase::Halted => {
+            set(STALLED, true, "RolloutHalted");
+            set(RECONCILING, false, "RolloutHalted");
+            set(PROGRESSING, false, "RolloutHalted");
+        }
+        Phase::RolledBack => {
+            set(STALLED, true, "RolledBack");
+            set(RECONCILING, false, "RolledBack");
+            set(PROGRESSING, false, "RolledBack");
+        }
+        Phase::Paused => {
+            set(RECONCILING, true, "RolloutPaused");
+            set(PROGRESSING, true, "RolloutPaused");
+        }
+        Phase::Progressing | Phase::Complete => {}
+    }
+    conditions
 }
 
 /// Status while a deletion waits for nodes to remove the program.
@@ -216,6 +259,7 @@ pub fn deleting(
         spec_problem: None,
         retries: &BTreeMap::new(),
         previous,
+        rollout: None,
         now,
     };
     status.conditions = vec![
@@ -264,6 +308,7 @@ mod tests {
             spec_problem: None,
             retries: &NO_RETRIES,
             previous,
+            rollout: None,
             now: t(now),
         }
     }
@@ -435,5 +480,34 @@ mod tests {
         let ready = cond(&s, READY);
         assert_eq!(ready.reason, "Deleting");
         assert!(ready.message.contains("node-3 (agent unreachable: connection refused)"), "{}", ready.message);
+    }
+
+    #[test]
+    fn a_halted_rollout_is_stalled_with_its_message_and_a_paused_one_reconciling() {
+        use crds::rollout::{Phase, RolloutStatus};
+        let t = targets(&["a", "b"]);
+        let outcomes = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), NodeOutcome::Pending)]);
+        let halted = RolloutStatus {
+            phase: Phase::Halted,
+            message: Some("1 node(s) failed revision r1 at step 1/2 (threshold 0): a: VerifierRejected".into()),
+            ..Default::default()
+        };
+        let mut i = input(&t, &outcomes, None, 100);
+        i.rollout = Some(&halted);
+        let s = compute(&i);
+        assert_eq!(cond(&s, STALLED).status, "True");
+        assert_eq!(cond(&s, STALLED).reason, "RolloutHalted");
+        assert!(cond(&s, STALLED).message.contains("VerifierRejected"));
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        assert_eq!(s.rollout.as_ref(), Some(&halted));
+        let paused =
+            RolloutStatus { phase: Phase::Paused, message: Some("waiting to be resumed".into()), ..Default::default() };
+        i.rollout = Some(&paused);
+        let s = compute(&i);
+        assert_eq!(
+            (cond(&s, RECONCILING).status.as_str(), cond(&s, RECONCILING).reason.as_str()),
+            ("True", "RolloutPaused")
+        );
+        assert_eq!(cond(&s, STALLED).status, "False");
     }
 }

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::bytecode::{self, BytecodeCache};
 use crate::controller::{self, Context};
 use crate::dispatch::AgentPool;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::resync;
 
@@ -30,13 +31,19 @@ pub struct WorkConfig {
     pub resync_every: Duration,
     /// BpfPrograms reconciled at once.
     pub reconcile_concurrency: u16,
+    /// Where revision history (ControllerRevisions) is kept: the operator's namespace.
+    pub history_namespace: String,
 }
 
 impl Default for WorkConfig {
     fn default() -> Self {
         // Bounded: each reconcile holds its bytecode and one request per node while it
         // dispatches; unbounded, a thousand at start-up cost ~800 MiB (benchmarks.md).
-        Self { resync_every: Duration::from_secs(60), reconcile_concurrency: 16 }
+        Self {
+            resync_every: Duration::from_secs(60),
+            reconcile_concurrency: 16,
+            history_namespace: "bpfleet-system".into(),
+        }
     }
 }
 
@@ -62,6 +69,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     ctx.recorder =
         Some(Recorder::new(client.clone(), Reporter { controller: "bpfleet-operator".into(), instance: None }));
     ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()));
+    ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
     let ctx = Arc::new(ctx);
 
     let programs = Controller::new(Api::<BpfProgram>::all(client.clone()), watcher::Config::default())

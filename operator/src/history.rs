@@ -1,0 +1,320 @@
+//! Revision history in ControllerRevisions (the contract is `crds::history`): every
+//! revision rolled out is recorded with its bytes, so a rollback sends nodes exactly
+//! what they ran before, even after the ConfigMap it came from changed or went.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use crds::history::{ANNOTATION_PROGRAM, LABEL_PROGRAM_UID, LABEL_REVISION, RevisionData, object_name};
+use crds::revision::Sha256Digest;
+use crds::rollout::MapPolicy;
+use crds::{BpfProgram, BpfProgramSpec, ProgramSpec};
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::bytecode::Payload;
+
+pub const DEFAULT_HISTORY_LIMIT: usize = 10;
+/// Contents kept in memory per program (the update, the stable, one more).
+const CACHED_PER_PROGRAM: usize = 3;
+
+/// Everything an Apply of one revision carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Content {
+    pub revision: String,
+    pub payload: Payload,
+    pub programs: Vec<ProgramSpec>,
+    pub global_data: BTreeMap<String, String>,
+    pub maps: Vec<MapPolicy>,
+}
+
+impl Content {
+    pub fn of_spec(spec: &BpfProgramSpec, payload: Payload, revision: String) -> Content {
+        Content {
+            revision,
+            payload,
+            programs: spec.programs.clone(),
+            global_data: spec.global_data.clone(),
+            maps: spec.maps.clone(),
+        }
+    }
+
+    /// The record of this content, with the spec's bytecode source as it was.
+    pub fn to_data(&self, source: &crds::program::BytecodeSource) -> RevisionData {
+        let (elf, digest) = match &self.payload {
+            Payload::Elf(b) => (Some(B64.encode(b)), Some(Sha256Digest::of(b).to_string())),
+            Payload::Path(_, d) => (None, d.as_ref().map(ToString::to_string)),
+        };
+        RevisionData {
+            bytecode: source.clone(),
+            elf,
+            digest,
+            programs: self.programs.clone(),
+            global_data: self.global_data.clone(),
+            maps: self.maps.clone(),
+        }
+    }
+
+    /// A recorded revision, checked: its bytes match its digest and everything hashes
+    /// to the revision it is recorded as, so a hand-edited record is refused.
+    pub fn from_data(revision: &str, data: RevisionData) -> Result<Content, String> {
+        let payload = match (&data.elf, &data.bytecode.path) {
+            (Some(elf), _) => {
+                let bytes = B64.decode(elf).map_err(|e| format!("its ELF is not base64: {e}"))?;
+                if data.digest.as_deref() != Some(Sha256Digest::of(&bytes).as_str()) {
+                    return Err("its ELF does not match its recorded digest".into());
+                }
+                Payload::Elf(bytes.into())
+            }
+            (None, Some(path)) => Payload::Path(path.clone(), data.digest.as_deref().and_then(Sha256Digest::parse)),
+            (None, None) => return Err("it records neither ELF bytes nor a path".into()),
+        };
+        let spec = BpfProgramSpec {
+            node_selector: Default::default(),
+            bytecode: data.bytecode,
+            global_data: data.global_data,
+            programs: data.programs,
+            rollout: None,
+            revision_history_limit: None,
+            maps: data.maps,
+        };
+        let computed = payload.revision(&spec).to_string();
+        if computed != revision {
+            return Err(format!("its content hashes to {computed}, not {revision}"));
+        }
+        Ok(Content::of_spec(&spec, payload, revision.to_string()))
+    }
+}
+
+/// Which recorded revisions go: the oldest beyond `limit`, never `keep` ones.
+/// `records` are (sequence number, revision).
+pub fn to_prune(records: &[(i64, String)], keep: &[&str], limit: usize) -> Vec<String> {
+    let mut old: Vec<&(i64, String)> = records.iter().filter(|(_, r)| !keep.contains(&r.as_str())).collect();
+    old.sort_by(|a, b| b.0.cmp(&a.0));
+    old.into_iter().skip(limit).map(|(_, r)| r.clone()).collect()
+}
+
+/// The sequence number a revision being rolled out gets: the next after the newest,
+/// unless it already is the newest.
+pub fn next_number(records: &[(i64, String)], revision: &str) -> Option<i64> {
+    let newest = records.iter().max_by_key(|(n, _)| *n);
+    match newest {
+        Some((_, r)) if r == revision => None,
+        Some((n, _)) => Some(n + 1),
+        None => Some(1),
+    }
+}
+
+/// The history store of one leadership term.
+pub struct History {
+    client: Client,
+    namespace: String,
+    /// (uid, revision) known to be recorded as the newest entry.
+    newest: Mutex<HashMap<String, String>>,
+    contents: Mutex<HashMap<String, Vec<Arc<Content>>>>,
+    unreadable: Mutex<HashSet<(String, String)>>,
+}
+
+impl History {
+    pub fn new(client: Client, namespace: String) -> Self {
+        Self {
+            client,
+            namespace,
+            newest: Default::default(),
+            contents: Default::default(),
+            unreadable: Default::default(),
+        }
+    }
+
+    fn api(&self) -> Api<ControllerRevision> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn remember(&self, uid: &str, content: Arc<Content>) {
+        let mut m = self.contents.lock().unwrap_or_else(|p| p.into_inner());
+        let v = m.entry(uid.to_string()).or_default();
+        v.retain(|c| c.revision != content.revision);
+        v.insert(0, content);
+        v.truncate(CACHED_PER_PROGRAM);
+    }
+
+    /// Forget a deleted program.
+    pub fn forget(&self, uid: &str) {
+        self.contents.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.newest.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    /// Record `content` as the revision `p` rolls out now, and prune beyond the limit
+    /// (`stable` is always kept). One List per new revision; nothing when unchanged.
+    pub async fn record(&self, p: &BpfProgram, content: &Content, stable: Option<&str>) -> Result<(), kube::Error> {
+        let uid = p.uid().unwrap_or_default();
+        self.remember(&uid, Arc::new(content.clone()));
+        if self.newest.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) == Some(&content.revision) {
+            return Ok(());
+        }
+        let api = self.api();
+        let listed = api.list(&ListParams::default().labels(&format!("{LABEL_PROGRAM_UID}={uid}"))).await?;
+        let records: Vec<(i64, String)> = listed
+            .items
+            .iter()
+            .filter_map(|cr| Some((cr.revision, cr.labels().get(LABEL_REVISION)?.clone())))
+            .collect();
+        if let Some(number) = next_number(&records, &content.revision) {
+            let name = object_name(&p.name_any(), &content.revision);
+            if records.iter().any(|(_, r)| *r == content.revision) {
+                // A revert: the old record becomes the newest, as for Deployments.
+                let patch = serde_json::json!({"revision": number});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            } else {
+                let data = serde_json::to_value(content.to_data(&p.spec.bytecode)).unwrap_or_default();
+                let cr = ControllerRevision {
+                    metadata: ObjectMeta {
+                        name: Some(name),
+                        namespace: Some(self.namespace.clone()),
+                        labels: Some(BTreeMap::from([
+                            (LABEL_PROGRAM_UID.to_string(), uid.clone()),
+                            (LABEL_REVISION.to_string(), content.revision.clone()),
+                        ])),
+                        annotations: Some(BTreeMap::from([(ANNOTATION_PROGRAM.to_string(), p.name_any())])),
+                        owner_references: Some(vec![owner_reference(p)]),
+                        ..Default::default()
+                    },
+                    data: Some(RawExtension(data)),
+                    revision: number,
+                };
+                match api.create(&PostParams::default(), &cr).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let limit = p.spec.revision_history_limit.map_or(DEFAULT_HISTORY_LIMIT, |l| l.max(0) as usize);
+        let mut keep = vec![content.revision.as_str()];
+        keep.extend(stable);
+        for gone in to_prune(&records, &keep, limit) {
+            let name = object_name(&p.name_any(), &gone);
+            if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+                tracing::debug!(%name, error = %e, "cannot prune a history entry");
+            }
+        }
+        self.newest.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, content.revision.clone());
+        Ok(())
+    }
+
+    /// The content of a recorded revision of `p`: from memory, else its ControllerRevision.
+    pub async fn content(&self, p: &BpfProgram, revision: &str) -> Result<Arc<Content>, String> {
+        let uid = p.uid().unwrap_or_default();
+        let cached = self
+            .contents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .and_then(|v| v.iter().find(|c| c.revision == revision).cloned());
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let key = (uid.clone(), revision.to_string());
+        if self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+            return Err(format!("revision {revision} has no usable history entry"));
+        }
+        let name = object_name(&p.name_any(), revision);
+        let read = async {
+            let cr = self.api().get_opt(&name).await.map_err(|e| format!("cannot read {name}: {e}"))?;
+            let cr =
+                cr.ok_or_else(|| format!("revision {revision} is not in the history (no ControllerRevision {name})"))?;
+            if cr.labels().get(LABEL_PROGRAM_UID) != Some(&uid) {
+                return Err(format!("ControllerRevision {name} belongs to another program"));
+            }
+            let data: RevisionData = serde_json::from_value(cr.data.map(|d| d.0).unwrap_or_default())
+                .map_err(|e| format!("ControllerRevision {name} is unreadable: {e}"))?;
+            Content::from_data(revision, data).map_err(|e| format!("ControllerRevision {name} is refused: {e}"))
+        };
+        match read.await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                self.remember(&uid, c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                if !e.starts_with("cannot read") {
+                    self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn owner_reference(p: &BpfProgram) -> OwnerReference {
+    OwnerReference {
+        api_version: BpfProgram::api_version(&()).to_string(),
+        kind: BpfProgram::kind(&()).to_string(),
+        name: p.name_any(),
+        uid: p.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BpfProgramSpec {
+        serde_yaml::from_str(
+            "bytecode: {configMap: {name: cm, namespace: ns, key: o}}\nprograms: [{name: f, type: XDP, xdp: {interfaces: [eth0]}}]\nglobalData: {X: AQ==}",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_brings_back_exactly_what_ran() {
+        let spec = spec();
+        let payload = Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1"));
+        let rev = payload.revision(&spec).to_string();
+        let content = Content::of_spec(&spec, payload, rev.clone());
+        let data = content.to_data(&spec.bytecode);
+        assert_eq!(data.bytecode, spec.bytecode, "undo restores the source as it was");
+        let json = serde_json::to_value(&data).unwrap();
+        let back = Content::from_data(&rev, serde_json::from_value(json).unwrap()).unwrap();
+        assert_eq!(back, content);
+    }
+
+    #[test]
+    fn tampered_or_misfiled_records_are_refused() {
+        let spec = spec();
+        let payload = Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1"));
+        let rev = payload.revision(&spec).to_string();
+        let content = Content::of_spec(&spec, payload, rev.clone());
+        let mut data = content.to_data(&spec.bytecode);
+        data.elf = Some(B64.encode(b"\x7fELF v2"));
+        assert!(Content::from_data(&rev, data).unwrap_err().contains("digest"));
+        let mut data = content.to_data(&spec.bytecode);
+        data.global_data.insert("X".into(), "Ag==".into());
+        assert!(Content::from_data(&rev, data).unwrap_err().contains("hashes to"));
+        assert!(Content::from_data("0000000000000000", content.to_data(&spec.bytecode)).is_err());
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_the_stable() {
+        let recs: Vec<(i64, String)> = (1..=6).map(|i| (i, format!("r{i}"))).collect();
+        assert_eq!(to_prune(&recs, &["r6", "r1"], 2), vec!["r3".to_string(), "r2".to_string()]);
+        assert!(to_prune(&recs, &[], 10).is_empty());
+        assert_eq!(to_prune(&recs, &["r6"], 0).len(), 5);
+    }
+
+    #[test]
+    fn sequence_numbers_grow_and_a_revert_renumbers() {
+        let recs = vec![(1, "a".to_string()), (2, "b".to_string())];
+        assert_eq!(next_number(&[], "a"), Some(1));
+        assert_eq!(next_number(&recs, "b"), None, "already the newest");
+        assert_eq!(next_number(&recs, "a"), Some(3), "a revert makes it the newest");
+        assert_eq!(next_number(&recs, "c"), Some(3));
+    }
+}

@@ -1,0 +1,436 @@
+//! Progressive rollout: which revision each target node must run now, and where the
+//! rollout stands. Pure: the controller feeds it what the agents report and the previous
+//! `status.rollout`, carries out the assignment (`plan`) and writes the new status.
+//!
+//! The model, for `update` (the spec's revision) over `stable` (the last revision every
+//! target ran healthy):
+//! - Nodes are ranked once per program (a hash of program uid and node name, zones taken
+//!   in turn), so the canary is the same node after an operator restart. Nodes that
+//!   already run `update` rank first.
+//! - Step *i* wants its first `steps[i].nodes` ranked nodes on `update`; at most
+//!   `maxInFlight` of them are switching at once. A step is done when all of them run it
+//!   healthy; then its pause (if any) runs, then the next step starts.
+//! - More than `failureThreshold` failed nodes, or a step over its deadline, stop the
+//!   rollout: `Halt` sends `update` to no further node; `Rollback` sends every node back
+//!   to `stable`. Both stick for this `update` until the spec changes or a resume.
+//! - Nodes the rollout has not reached keep what they run, untouched. A node with nothing
+//!   (new, or repaired) gets `stable`.
+//! - A spec whose revision is `stable` (a revert) goes to every node at once, bounded by
+//!   `maxInFlight`; a new spec during a rollout starts a new rollout from step 1 over the
+//!   same `stable` (nodes already on the superseded revision keep it until reached).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crds::Health;
+use crds::rollout::{Amount, OnFailure, Phase, RolloutSpec, RolloutStatus, Strategy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use crate::plan::{Observed, ProgramView, Rollout};
+
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// What ends a step's pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PauseUntil {
+    Elapsed(Duration),
+    Resumed,
+}
+
+/// One step, resolved against the number of target nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub nodes: usize,
+    pub pause: Option<PauseUntil>,
+}
+
+/// `spec.rollout` with its defaults applied, for `targets` nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub strategy: Strategy,
+    pub steps: Vec<Step>,
+    pub max_in_flight: usize,
+    pub failure_threshold: usize,
+    pub on_failure: OnFailure,
+    pub deadline: Duration,
+    pub paused: bool,
+    /// (revision, 1-based step) the rollout may go past.
+    pub resume: Option<(String, usize)>,
+}
+
+impl Settings {
+    /// Invalid amounts were refused by validation before; here they fall back to the
+    /// defaults rather than fail.
+    pub fn resolve(spec: Option<&RolloutSpec>, targets: usize) -> Settings {
+        let default = RolloutSpec::default();
+        let spec = spec.unwrap_or(&default);
+        let mut steps: Vec<Step> = spec
+            .steps
+            .iter()
+            .filter_map(|s| {
+                let nodes = Amount::parse(&s.nodes).ok()?.of_up(targets);
+                let pause = s.pause.as_ref().map(|p| match &p.duration {
+                    Some(d) => PauseUntil::Elapsed(crds::rollout::parse_duration(d).unwrap_or_default()),
+                    None => PauseUntil::Resumed,
+                });
+                Some(Step { nodes, pause })
+            })
+            .collect();
+        if steps.last().is_none_or(|s| s.nodes < targets) {
+            steps.push(Step { nodes: targets, pause: None });
+        }
+        let max_in_flight = spec
+            .max_in_flight
+            .as_ref()
+            .and_then(|m| Amount::parse(m).ok())
+            .map_or(1, |a| a.of_down_at_least_one(targets));
+        Settings {
+            strategy: spec.strategy,
+            steps,
+            max_in_flight,
+            failure_threshold: spec.failure_threshold.max(0) as usize,
+            on_failure: spec.on_failure,
+            deadline: spec.progress_deadline_seconds.map_or(DEFAULT_DEADLINE, |s| Duration::from_secs(s.max(1) as u64)),
+            paused: spec.paused,
+            resume: spec.resume.as_ref().map(|r| (r.revision.clone(), r.step.max(0) as usize)),
+        }
+    }
+}
+
+/// A target node, for ranking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ranked<'a> {
+    pub name: &'a str,
+    pub zone: Option<&'a str>,
+}
+
+fn rank_key(seed: &str, name: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(seed.as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
+    h.finalize().into()
+}
+
+/// The order in which nodes get a new revision: the same for a program whatever the
+/// operator's restarts, zones taken in turn so the first nodes spread across zones.
+pub fn order(seed: &str, nodes: &[Ranked<'_>]) -> Vec<String> {
+    let mut zones: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for n in nodes {
+        zones.entry(n.zone.unwrap_or("")).or_default().push(n.name);
+    }
+    let mut queues: Vec<(_, Vec<&str>)> = zones
+        .into_iter()
+        .map(|(zone, mut members)| {
+            members.sort_by_key(|m| rank_key(seed, m));
+            (rank_key(seed, zone), members)
+        })
+        .collect();
+    queues.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out = Vec::with_capacity(nodes.len());
+    let mut i = 0;
+    while out.len() < nodes.len() {
+        for (_, q) in &queues {
+            if let Some(n) = q.get(i) {
+                out.push(n.to_string());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Everything a rollout decision looks at.
+pub struct Input<'a> {
+    /// The spec's revision.
+    pub update: &'a str,
+    /// Target nodes in rollout order (`order`).
+    pub order: &'a [String],
+    pub observed: &'a BTreeMap<String, Observed>,
+    /// Nodes whose last apply of `update` failed, with the error to show.
+    pub failed: &'a BTreeMap<String, String>,
+    /// `status.rollout` as last written.
+    pub previous: Option<&'a RolloutStatus>,
+    pub settings: &'a Settings,
+    pub now: Timestamp,
+}
+
+/// Which revision each target node must run now (`None`: nothing yet), and the status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub assign: BTreeMap<String, Option<String>>,
+    pub status: RolloutStatus,
+    /// Look again after this long (a pause or a deadline ends) even if nothing changes.
+    pub wake: Option<Duration>,
+}
+
+impl Rollout for Decision {
+    fn revision_for(&self, node: &str, _: &ProgramView<'_>) -> Option<String> {
+        self.assign.get(node).cloned().flatten()
+    }
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+fn since(then: Option<&Time>, now: Timestamp) -> Option<Duration> {
+    let then = then?.0;
+    now.duration_since(then).try_into().ok()
+}
+
+struct Eval<'a> {
+    input: &'a Input<'a>,
+}
+
+impl Eval<'_> {
+    fn runs(&self, node: &str, rev: &str) -> bool {
+        self.input.observed.get(node).is_some_and(|o| o.revision == rev)
+    }
+
+    fn updated(&self, node: &str) -> bool {
+        self.input.observed.get(node).is_some_and(|o| o.revision == self.input.update && o.health == Health::Healthy)
+    }
+
+    fn failed(&self, node: &str) -> bool {
+        self.input.failed.contains_key(node)
+            || self
+                .input
+                .observed
+                .get(node)
+                .is_some_and(|o| o.revision == self.input.update && o.health != Health::Healthy)
+    }
+
+    /// What a node the rollout does not move runs: what it runs now if healthy, else
+    /// `stable` (nothing when there is none yet).
+    fn hold(&self, node: &str, stable: Option<&str>) -> Option<String> {
+        match self.input.observed.get(node) {
+            Some(o) if o.revision == self.input.update => Some(o.revision.clone()),
+            Some(o) if o.health == Health::Healthy => Some(o.revision.clone()),
+            _ => stable.map(str::to_string),
+        }
+    }
+
+    /// Nodes that already run `update` first (any health), then the rest, in order.
+    fn effective_order(&self) -> Vec<&str> {
+        let (on, off): (Vec<&String>, Vec<&String>) =
+            self.input.order.iter().partition(|n| self.runs(n, self.input.update));
+        on.into_iter().chain(off).map(String::as_str).collect()
+    }
+
+    /// `want` for the first nodes of `cohort` that are not on it yet, at most
+    /// `max_in_flight` switching at once; everything else held.
+    fn switch(&self, cohort: &[&str], want: &str, stable: Option<&str>) -> BTreeMap<String, Option<String>> {
+        let mut assign: BTreeMap<String, Option<String>> =
+            self.input.order.iter().map(|n| (n.clone(), self.hold(n, stable))).collect();
+        let settled = |n: &str| {
+            self.input.observed.get(n).is_some_and(|o| o.revision == want && o.health == Health::Healthy)
+                || (want == self.input.update && self.failed(n))
+        };
+        let mut budget = self.input.settings.max_in_flight;
+        for n in cohort {
+            if settled(n) {
+                assign.insert(n.to_string(), Some(want.to_string()));
+                continue;
+            }
+            if budget == 0 {
+                continue;
+            }
+            budget -= 1;
+            assign.insert(n.to_string(), Some(want.to_string()));
+        }
+        assign
+    }
+}
+
+fn failed_summary(input: &Input<'_>, failed: &[&str]) -> String {
+    let mut parts: Vec<String> = failed
+        .iter()
+        .take(3)
+        .map(|n| match input.failed.get(*n) {
+            Some(why) => format!("{n}: {why}"),
+            None => format!("{n}: unhealthy after the apply"),
+        })
+        .collect();
+    if failed.len() > parts.len() {
+        parts.push(format!("and {} more", failed.len() - parts.len()));
+    }
+    parts.join("; ")
+}
+
+/// Decide one rollout step.
+pub fn decide(input: &Input<'_>) -> Decision {
+    let e = Eval { input };
+    let s = input.settings;
+    let update = input.update;
+    let prev = input.previous;
+    let same = prev.is_some_and(|p| p.update_revision.as_deref() == Some(update));
+    let stable_owned = prev.and_then(|p| p.stable_revision.clone());
+    let stable = stable_owned.as_deref();
+    let total_steps = s.steps.len();
+    let targets = input.order.len();
+    let failed: Vec<&str> = input.order.iter().map(String::as_str).filter(|n| e.failed(n)).collect();
+    let updated = input.order.iter().filter(|n| e.updated(n)).count();
+    let mut status = RolloutStatus {
+        phase: Phase::Progressing,
+        stable_revision: stable_owned.clone(),
+        update_revision: Some(update.to_string()),
+        step: 1,
+        total_steps: total_steps as i32,
+        updated_nodes: updated as i32,
+        failed_nodes: failed.len() as i32,
+        message: None,
+        step_start_time: None,
+        pause_start_time: None,
+    };
+    let all: Vec<&str> = input.order.iter().map(String::as_str).collect();
+    let complete = |mut status: RolloutStatus| {
+        status.phase = Phase::Complete;
+        status.stable_revision = Some(update.to_string());
+        status.step = total_steps as i32;
+        status.message = Some(format!("{updated}/{targets} nodes run revision {update}"));
+        status
+    };
+
+    // All at once, or a revert to the stable revision: no steps.
+    if s.strategy == Strategy::AllAtOnce || stable == Some(update) {
+        if updated == targets {
+            let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
+            return Decision { assign, status: complete(status), wake: None };
+        }
+        let assign = if s.paused {
+            status.phase = Phase::Paused;
+            status.message = Some("paused by spec.rollout.paused".into());
+            input.order.iter().map(|n| (n.clone(), e.hold(n, stable))).collect()
+        } else if s.strategy == Strategy::AllAtOnce {
+            status.message = Some(format!("{updated}/{targets} nodes run revision {update}"));
+            input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect()
+        } else {
+            status.message = Some(format!("returning to stable revision {update}: {updated}/{targets} nodes"));
+            e.switch(&e.effective_order(), update, stable)
+        };
+        status.step = total_steps as i32;
+        return Decision { assign, status, wake: None };
+    }
+
+    let mut step = if same { prev.map_or(1, |p| p.step.max(1) as usize).min(total_steps) } else { 1 };
+    let mut step_start = if same { prev.and_then(|p| p.step_start_time.clone()) } else { None };
+    let mut pause_start = if same { prev.and_then(|p| p.pause_start_time.clone()) } else { None };
+    let prev_phase = if same { prev.map(|p| p.phase) } else { None };
+    let resumed_at = |step: usize| s.resume.as_ref().is_some_and(|(r, n)| r == update && *n >= step);
+    let hold_all = |e: &Eval<'_>| -> BTreeMap<String, Option<String>> {
+        input.order.iter().map(|n| (n.clone(), e.hold(n, stable))).collect()
+    };
+    status.step = step as i32;
+
+    // Stopped rollouts stay stopped for this revision.
+    match prev_phase {
+        Some(Phase::RolledBack) => {
+            status.phase = Phase::RolledBack;
+            status.message = prev.and_then(|p| p.message.clone());
+            let assign = input.order.iter().map(|n| (n.clone(), stable.map(str::to_string))).collect();
+            return Decision { assign, status, wake: None };
+        }
+        Some(Phase::Halted) if !(resumed_at(step) && failed.len() <= s.failure_threshold) => {
+            status.phase = Phase::Halted;
+            status.message = prev.and_then(|p| p.message.clone());
+            return Decision { assign: hold_all(&e), status, wake: None };
+        }
+        Some(Phase::Halted) => step_start = None,
+        _ => {}
+    }
+    if s.paused {
+        status.phase = Phase::Paused;
+        status.message = Some(format!("paused by spec.rollout.paused at step {step}/{total_steps}"));
+        return Decision { assign: hold_all(&e), status, wake: None };
+    }
+
+    let order = e.effective_order();
+    let stop = |mut status: RolloutStatus, why: String| {
+        let (phase, assign) = match (s.on_failure, stable) {
+            (OnFailure::Rollback, _) => {
+                (Phase::RolledBack, all.iter().map(|n| (n.to_string(), stable.map(str::to_string))).collect())
+            }
+            (OnFailure::Halt, _) => (Phase::Halted, hold_all(&e)),
+        };
+        status.phase = phase;
+        status.message = Some(match phase {
+            Phase::RolledBack => match stable {
+                Some(st) => format!("{why}; rolling back to revision {st}"),
+                None => format!("{why}; removing it (no earlier revision ran everywhere)"),
+            },
+            _ => format!("{why}; halted: fix the spec, revert it, or resume once the nodes recover"),
+        });
+        Decision { assign, status, wake: None }
+    };
+    if failed.len() > s.failure_threshold {
+        let why = format!(
+            "{} node(s) failed revision {update} at step {step}/{total_steps} (threshold {}): {}",
+            failed.len(),
+            s.failure_threshold,
+            failed_summary(input, &failed)
+        );
+        return stop(status, why);
+    }
+    loop {
+        status.step = step as i32;
+        let want = s.steps[step - 1];
+        let cohort = &order[..want.nodes.min(order.len())];
+        let started = step_start.clone().unwrap_or_else(|| time(input.now));
+        status.step_start_time = Some(started.clone());
+        // Failed nodes within the threshold are tolerated (and retried with backoff).
+        if !cohort.iter().all(|n| e.updated(n) || e.failed(n)) {
+            let elapsed = since(Some(&started), input.now).unwrap_or_default();
+            if elapsed > s.deadline {
+                let late: Vec<&str> = cohort.iter().copied().filter(|n| !e.updated(n) && !e.failed(n)).collect();
+                let why = format!(
+                    "step {step}/{total_steps} did not finish within {}s: not ready: {}",
+                    s.deadline.as_secs(),
+                    late.join(", ")
+                );
+                return stop(status, why);
+            }
+            let done = cohort.iter().filter(|n| e.updated(n)).count();
+            status.message =
+                Some(format!("step {step}/{total_steps}: {done}/{} nodes run revision {update}", cohort.len()));
+            let assign = e.switch(cohort, update, stable);
+            return Decision { assign, status, wake: Some(s.deadline.saturating_sub(elapsed)) };
+        }
+        if step == total_steps {
+            let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
+            return Decision { assign, status: complete(status), wake: None };
+        }
+        match want.pause {
+            None => {}
+            Some(PauseUntil::Resumed) if resumed_at(step) => {}
+            Some(PauseUntil::Resumed) => {
+                status.phase = Phase::Paused;
+                status.message = Some(format!(
+                    "step {step}/{total_steps} done; waiting to be resumed (kubectl bpfleet rollout resume)"
+                ));
+                return Decision { assign: e.switch(cohort, update, stable), status, wake: None };
+            }
+            Some(PauseUntil::Elapsed(d)) => {
+                let began = pause_start.clone().unwrap_or_else(|| time(input.now));
+                let waited = since(Some(&began), input.now).unwrap_or_default();
+                if waited < d {
+                    status.phase = Phase::Paused;
+                    status.pause_start_time = Some(began);
+                    status.message = Some(format!(
+                        "step {step}/{total_steps} done; pausing {}s before the next step",
+                        (d - waited).as_secs()
+                    ));
+                    return Decision { assign: e.switch(cohort, update, stable), status, wake: Some(d - waited) };
+                }
+            }
+        }
+        step += 1;
+        step_start = None;
+        pause_start = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,408 @@
+use super::*;
+use crds::rollout::{Pause, ResumeStep, RolloutStep};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeSet;
+
+const OLD: &str = "r0";
+const NEW: &str = "r1";
+
+fn nodes(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("n{i}")).collect()
+}
+
+fn on(entries: &[(&str, &str, Health)]) -> BTreeMap<String, Observed> {
+    entries.iter().map(|(n, r, h)| (n.to_string(), Observed { revision: r.to_string(), health: *h })).collect()
+}
+
+fn all_on(order: &[String], rev: &str) -> BTreeMap<String, Observed> {
+    order.iter().map(|n| (n.clone(), Observed { revision: rev.into(), health: Health::Healthy })).collect()
+}
+
+fn step(nodes: IntOrString, pause: Option<Option<&str>>) -> RolloutStep {
+    RolloutStep { nodes, pause: pause.map(|d| Pause { duration: d.map(str::to_string) }) }
+}
+
+fn pct(p: &str) -> IntOrString {
+    IntOrString::String(p.into())
+}
+
+fn canary_spec() -> RolloutSpec {
+    RolloutSpec {
+        steps: vec![step(IntOrString::Int(1), None), step(pct("60%"), None), step(pct("100%"), None)],
+        max_in_flight: Some(IntOrString::Int(2)),
+        ..Default::default()
+    }
+}
+
+fn stable(rev: &str) -> RolloutStatus {
+    RolloutStatus {
+        phase: Phase::Complete,
+        stable_revision: Some(rev.into()),
+        update_revision: Some(rev.into()),
+        ..Default::default()
+    }
+}
+
+struct World {
+    order: Vec<String>,
+    observed: BTreeMap<String, Observed>,
+    failed: BTreeMap<String, String>,
+    status: Option<RolloutStatus>,
+    settings: Settings,
+    now: Timestamp,
+}
+
+impl World {
+    fn new(n: usize, spec: RolloutSpec) -> World {
+        let order = nodes(n);
+        World {
+            observed: all_on(&order, OLD),
+            settings: Settings::resolve(Some(&spec), n),
+            order,
+            failed: BTreeMap::new(),
+            status: Some(stable(OLD)),
+            now: Timestamp::from_second(1_800_000_000).unwrap(),
+        }
+    }
+
+    fn decide(&mut self, update: &str) -> Decision {
+        let d = decide(&Input {
+            update,
+            order: &self.order,
+            observed: &self.observed,
+            failed: &self.failed,
+            previous: self.status.as_ref(),
+            settings: &self.settings,
+            now: self.now,
+        });
+        self.status = Some(d.status.clone());
+        d
+    }
+
+    /// Carry the assignment out: every node sent a revision runs it, healthy, unless it
+    /// is in `bad` (its apply of `bad_rev` fails and it keeps what it ran).
+    fn apply(&mut self, d: &Decision, bad: &[&str], bad_rev: &str) {
+        for (n, want) in &d.assign {
+            match want {
+                Some(w) if bad.contains(&n.as_str()) && w == bad_rev => {
+                    self.failed.insert(n.clone(), "VerifierRejected: invalid mem access".into());
+                }
+                Some(w) => {
+                    self.failed.remove(n);
+                    self.observed.insert(n.clone(), Observed { revision: w.clone(), health: Health::Healthy });
+                }
+                None => {
+                    self.observed.remove(n);
+                }
+            }
+        }
+    }
+
+    fn count(&self, rev: &str) -> usize {
+        self.observed.values().filter(|o| o.revision == rev).count()
+    }
+
+    fn switching(&self, d: &Decision) -> usize {
+        d.assign.iter().filter(|(n, w)| w.as_deref() != self.observed.get(*n).map(|o| o.revision.as_str())).count()
+    }
+}
+
+#[test]
+fn settings_default_to_one_node_at_a_time_in_one_step() {
+    let s = Settings::resolve(None, 5);
+    assert_eq!(s.strategy, Strategy::Progressive);
+    assert_eq!(s.steps, vec![Step { nodes: 5, pause: None }]);
+    assert_eq!((s.max_in_flight, s.failure_threshold, s.on_failure), (1, 0, OnFailure::Halt));
+    assert_eq!(s.deadline, DEFAULT_DEADLINE);
+    // A last step short of 100% gets an implicit 100%.
+    let spec = RolloutSpec { steps: vec![step(IntOrString::Int(1), Some(Some("2m")))], ..Default::default() };
+    let s = Settings::resolve(Some(&spec), 5);
+    assert_eq!(
+        s.steps,
+        vec![
+            Step { nodes: 1, pause: Some(PauseUntil::Elapsed(Duration::from_secs(120))) },
+            Step { nodes: 5, pause: None }
+        ]
+    );
+}
+
+#[test]
+fn the_order_is_stable_spread_across_zones_and_per_program() {
+    let names: Vec<String> = (0..6).map(|i| format!("node-{i}")).collect();
+    let zone = |i: usize| if i < 3 { "a" } else { "b" };
+    let ranked: Vec<Ranked<'_>> =
+        names.iter().enumerate().map(|(i, n)| Ranked { name: n, zone: Some(zone(i)) }).collect();
+    let first = order("uid-1", &ranked);
+    let mut shuffled = ranked.clone();
+    shuffled.reverse();
+    assert_eq!(order("uid-1", &shuffled), first, "input order does not matter");
+    let zone_of = |n: &str| zone(n.trim_start_matches("node-").parse().unwrap());
+    assert_ne!(zone_of(&first[0]), zone_of(&first[1]), "the first two nodes are in different zones: {first:?}");
+    assert_ne!(order("uid-2", &ranked), first, "another program picks other canaries");
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(sorted, names);
+}
+
+#[test]
+fn a_good_revision_goes_out_step_by_step_within_max_in_flight() {
+    let mut w = World::new(5, canary_spec());
+    let mut history = Vec::new();
+    for _ in 0..20 {
+        let d = w.decide(NEW);
+        assert!(w.switching(&d) <= 2, "at most maxInFlight nodes switch at once: {d:?}");
+        history.push((d.status.step, w.count(NEW)));
+        if d.status.phase == Phase::Complete {
+            break;
+        }
+        // Nodes not yet reached keep the old revision: nothing sends them anything.
+        for (n, want) in &d.assign {
+            if want.as_deref() == Some(OLD) {
+                assert_eq!(w.observed[n].revision, OLD);
+            }
+        }
+        w.apply(&d, &[], "");
+    }
+    let st = w.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Complete);
+    assert_eq!(st.stable_revision.as_deref(), Some(NEW));
+    assert_eq!(st.updated_nodes, 5);
+    assert_eq!(w.count(NEW), 5);
+    // Step 1 stops at one node (the canary) before step 2 widens to 3 of 5 (60%).
+    assert_eq!(history[0], (1, 0));
+    assert_eq!(history[1], (2, 1), "{history:?}");
+    assert!(history.contains(&(3, 3)), "{history:?}");
+}
+
+#[test]
+fn a_bad_revision_halts_after_the_canary_and_nobody_else_gets_it() {
+    let mut w = World::new(5, canary_spec());
+    let d = w.decide(NEW);
+    let canary: Vec<String> =
+        d.assign.iter().filter(|(_, r)| r.as_deref() == Some(NEW)).map(|(n, _)| n.clone()).collect();
+    assert_eq!(canary.len(), 1);
+    let order = w.order.clone();
+    let bad: Vec<&str> = order.iter().map(String::as_str).collect();
+    w.apply(&d, &bad, NEW);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Halted);
+    assert_eq!(d.status.failed_nodes, 1);
+    let msg = d.status.message.clone().unwrap();
+    assert!(msg.contains(&canary[0]) && msg.contains("VerifierRejected"), "{msg}");
+    assert!(d.assign.values().all(|r| r.as_deref() == Some(OLD)), "nobody is sent {NEW}: {d:?}");
+    // It stays halted, also after the canary's retry would have succeeded.
+    w.failed.clear();
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Halted);
+    assert!(d.assign.values().all(|r| r.as_deref() == Some(OLD)));
+}
+
+#[test]
+fn a_node_unhealthy_after_the_apply_counts_as_failed() {
+    let mut w = World::new(5, canary_spec());
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    let canary = w.observed.iter().find(|(_, o)| o.revision == NEW).map(|(n, _)| n.clone()).unwrap();
+    w.observed.get_mut(&canary).unwrap().health = Health::Degraded;
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Halted);
+    assert!(d.status.message.unwrap().contains("unhealthy after the apply"));
+}
+
+#[test]
+fn rollback_returns_updated_nodes_to_stable_and_stays() {
+    let spec = RolloutSpec { on_failure: OnFailure::Rollback, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    // Step 1 and 2 succeed on 3 nodes, then one of the next fails.
+    let mut failed_one = false;
+    for _ in 0..10 {
+        let d = w.decide(NEW);
+        if d.status.phase != Phase::Progressing {
+            break;
+        }
+        let next: Vec<&str> = if w.count(NEW) >= 3 && !failed_one {
+            failed_one = true;
+            d.assign
+                .iter()
+                .filter(|(n, r)| r.as_deref() == Some(NEW) && w.observed[*n].revision == OLD)
+                .map(|(n, _)| n.as_str())
+                .collect()
+        } else {
+            vec![]
+        };
+        let next: Vec<String> = next.iter().map(|s| s.to_string()).collect();
+        let next: Vec<&str> = next.iter().map(String::as_str).collect();
+        w.apply(&d, &next, NEW);
+    }
+    let st = w.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::RolledBack, "{st:?}");
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(d.assign.values().all(|r| r.as_deref() == Some(OLD)), "{d:?}");
+    assert!(d.status.message.unwrap().contains("rolling back to revision r0"));
+}
+
+#[test]
+fn a_revert_to_stable_touches_nodes_still_on_it_and_switches_the_others_back() {
+    let mut w = World::new(5, canary_spec());
+    let d = w.decide(NEW);
+    let order = w.order.clone();
+    let all: Vec<&str> = order.iter().map(String::as_str).collect();
+    w.apply(&d, &all, NEW);
+    assert_eq!(w.decide(NEW).status.phase, Phase::Halted);
+    // The canary's apply failed, so it still runs r0; make it one that got r1 instead.
+    let canary = w.order[0].clone();
+    w.failed.clear();
+    w.observed.insert(canary.clone(), Observed { revision: NEW.into(), health: Health::Degraded });
+    let d = w.decide(OLD);
+    assert_eq!(d.assign[&canary].as_deref(), Some(OLD));
+    assert_eq!(w.switching(&d), 1, "only the canary switches back: {d:?}");
+    w.apply(&d, &[], "");
+    let d = w.decide(OLD);
+    assert_eq!(d.status.phase, Phase::Complete);
+    assert_eq!(d.status.stable_revision.as_deref(), Some(OLD));
+}
+
+#[test]
+fn pause_by_spec_and_by_a_step_without_duration() {
+    let spec = RolloutSpec {
+        steps: vec![step(IntOrString::Int(1), Some(None)), step(pct("100%"), None)],
+        max_in_flight: Some(pct("100%")),
+        ..Default::default()
+    };
+    let mut w = World::new(5, spec.clone());
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    assert_eq!(w.count(NEW), 1);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Paused);
+    assert!(d.status.message.clone().unwrap().contains("resume"));
+    assert_eq!(w.switching(&d), 0);
+    // A resume for another revision does not count.
+    let resume = |rev: &str| RolloutSpec { resume: Some(ResumeStep { revision: rev.into(), step: 1 }), ..spec.clone() };
+    w.settings = Settings::resolve(Some(&resume("ffffffffffffffff")), 5);
+    assert_eq!(w.decide(NEW).status.phase, Phase::Paused);
+    w.settings = Settings::resolve(Some(&resume(NEW)), 5);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.step, 2);
+    assert_eq!(w.switching(&d), 4);
+    // spec.rollout.paused holds everything, whatever the step.
+    w.settings.paused = true;
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Paused);
+    assert_eq!(w.switching(&d), 0);
+    w.settings.paused = false;
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    assert_eq!(w.decide(NEW).status.phase, Phase::Complete);
+}
+
+#[test]
+fn a_timed_pause_ends_by_itself() {
+    let spec = RolloutSpec {
+        steps: vec![step(IntOrString::Int(1), Some(Some("2m")))],
+        max_in_flight: Some(pct("100%")),
+        ..Default::default()
+    };
+    let mut w = World::new(3, spec);
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Paused);
+    assert_eq!(d.wake, Some(Duration::from_secs(120)));
+    w.now = w.now + Duration::from_secs(60);
+    let d = w.decide(NEW);
+    assert_eq!((d.status.phase, d.wake), (Phase::Paused, Some(Duration::from_secs(60))));
+    w.now = w.now + Duration::from_secs(61);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(w.switching(&d), 2);
+}
+
+#[test]
+fn a_step_over_its_deadline_counts_as_failed() {
+    let spec = RolloutSpec { progress_deadline_seconds: Some(60), ..canary_spec() };
+    let mut w = World::new(5, spec);
+    let d = w.decide(NEW);
+    // The canary never reports back.
+    assert_eq!(d.status.phase, Phase::Progressing);
+    w.now = w.now + Duration::from_secs(61);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Halted);
+    assert!(d.status.message.unwrap().contains("did not finish within 60s"));
+}
+
+#[test]
+fn failures_within_the_threshold_are_tolerated() {
+    let spec = RolloutSpec { failure_threshold: 1, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    let bad = w.order[0].clone();
+    for _ in 0..10 {
+        let d = w.decide(NEW);
+        if d.status.phase == Phase::Complete {
+            break;
+        }
+        w.apply(&d, &[bad.as_str()], NEW);
+    }
+    let st = w.status.clone().unwrap();
+    assert_eq!(st.phase, Phase::Complete, "{st:?}");
+    assert_eq!((st.updated_nodes, st.failed_nodes), (4, 1));
+}
+
+#[test]
+fn a_new_spec_supersedes_a_running_rollout_from_step_one_over_the_same_stable() {
+    let mut w = World::new(5, canary_spec());
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    let on_new: Vec<String> = w.observed.iter().filter(|(_, o)| o.revision == NEW).map(|(n, _)| n.clone()).collect();
+    let d = w.decide("r2");
+    assert_eq!(d.status.step, 1);
+    assert_eq!(d.status.stable_revision.as_deref(), Some(OLD));
+    assert_eq!(d.status.update_revision.as_deref(), Some("r2"));
+    // The node on the superseded revision keeps it (untouched) until it is reached.
+    for n in &on_new {
+        assert!(matches!(d.assign[n].as_deref(), Some(NEW) | Some("r2")), "{d:?}");
+    }
+    assert!(w.switching(&d) <= 2);
+}
+
+#[test]
+fn a_first_install_is_progressive_too_and_a_rollback_removes_it() {
+    let spec = RolloutSpec { on_failure: OnFailure::Rollback, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    w.observed.clear();
+    w.status = None;
+    let d = w.decide(NEW);
+    assert_eq!(d.assign.values().filter(|r| r.is_some()).count(), 1, "only the canary: {d:?}");
+    let order = w.order.clone();
+    let all: Vec<&str> = order.iter().map(String::as_str).collect();
+    w.apply(&d, &all, NEW);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert!(d.assign.values().all(Option::is_none));
+}
+
+#[test]
+fn all_at_once_sends_every_node_the_revision() {
+    let spec = RolloutSpec { strategy: Strategy::AllAtOnce, ..Default::default() };
+    let mut w = World::new(5, spec);
+    let d = w.decide(NEW);
+    assert_eq!(w.switching(&d), 5);
+    w.apply(&d, &[], "");
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Complete);
+    assert_eq!(d.status.stable_revision.as_deref(), Some(NEW));
+}
+
+#[test]
+fn the_decision_plugs_into_plan() {
+    let mut w = World::new(3, canary_spec());
+    let d = w.decide(NEW);
+    let targets: BTreeSet<String> = w.order.iter().cloned().collect();
+    let held = BTreeSet::new();
+    let view = ProgramView { desired: NEW, targets: &targets, observed: &w.observed, held: &held };
+    let actions = crate::plan::plan(&view, &d);
+    assert_eq!(actions.len(), 1, "only the canary is sent anything: {actions:?}");
+    assert!(actions.values().all(|a| *a == crate::plan::Action::Apply(NEW.into())));
+}
