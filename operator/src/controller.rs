@@ -352,6 +352,7 @@ async fn dispatch(
         global_data: decode_globals(&content.global_data),
         epoch: ctx.epoch,
         expected_digest: content.payload.expected_digest(),
+        ..Default::default()
     };
     let epoch = ctx.epoch;
     let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
