@@ -1,0 +1,22 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubectl_bpfleet::cli::Cli;
+use kubectl_bpfleet::{Exit, client, run};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = async {
+        let client = client(&cli).await?;
+        run(cli, client, &mut std::io::stdout().lock()).await
+    }
+    .await;
+    match result {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(Exit::Failed as u8)
+        }
+    }
+}
