@@ -92,7 +92,7 @@ pub enum Rollout {
     },
     /// Let the rollout go on: sets spec.rollout.paused=false (and spec.rollout.resume).
     ///
-    /// When the rollout waits on a pause step or is halted, also sets
+    /// When the rollout waits on a pause step without a duration or is halted, also sets
     /// spec.rollout.resume={revision: status.rollout.updateRevision, step:
     /// status.rollout.step}, which lets that revision go past that step only.
     #[command(after_help = GITOPS_NOTE)]

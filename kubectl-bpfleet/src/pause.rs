@@ -25,7 +25,8 @@ pub struct ResumePlan {
 }
 
 /// `paused: false`, and `resume: {revision, step}` when the rollout is held by something
-/// `paused: false` alone does not release: a pause step, or a halt.
+/// `paused: false` alone does not release: a pause step without a duration (a timed
+/// pause ends by itself and the operator does not cut it short), or a halt.
 pub fn resume_plan(p: &BpfProgram) -> ResumePlan {
     let rollout = p.status.as_ref().and_then(|s| s.rollout.as_ref());
     let resume = rollout.and_then(|r| {
@@ -36,7 +37,7 @@ pub fn resume_plan(p: &BpfProgram) -> ResumePlan {
                 .ok()
                 .and_then(|i| i.checked_sub(1))
                 .and_then(|i| steps.get(i))
-                .is_some_and(|s| s.pause.is_some())
+                .is_some_and(|s| s.pause.as_ref().is_some_and(|p| p.duration.is_none()))
         };
         (on_pause_step || r.phase == Phase::Halted)
             .then(|| ResumeStep { revision: revision.as_str().to_string(), step: r.step.max(1) })
@@ -125,6 +126,9 @@ mod tests {
             let plan = resume_plan(&program(steps(), phase, step));
             assert_eq!(plan.patch, json!({"spec": {"rollout": {"paused": false}}}), "{phase:?} {step}");
         }
+        // A timed pause ends by itself.
+        let timed = json!([{"nodes": 1, "pause": {"duration": "5m"}}, {"nodes": "100%"}]);
+        assert_eq!(resume_plan(&program(timed, Some("Paused"), 1)).resume, None);
         // The implicit last step (beyond the listed ones) has no pause either.
         assert_eq!(resume_plan(&program(json!([{"nodes": 1, "pause": {}}]), Some("Paused"), 2)).resume, None);
     }
