@@ -88,6 +88,11 @@ pub struct NodeProgramStatus {
     /// bytecode: the file as the agent read it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytecode_digest: Option<String>,
+    /// Maps this revision could not keep from the one it replaced, each with why, e.g.
+    /// `counts: value size 8 -> 16, recreated empty` (another shape, or `onUpgrade:
+    /// Recreate`). Compatible maps keep their contents and are not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps_recreated: Vec<String>,
 }
 
 /// One loaded function and its links.

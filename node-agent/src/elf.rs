@@ -18,6 +18,7 @@ pub struct MapDef {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    pub flags: u32,
 }
 
 /// What an ELF object contains.
@@ -81,6 +82,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
                 key_size: m.key_size(),
                 value_size: m.value_size(),
                 max_entries: m.max_entries(),
+                flags: m.map_flags(),
             };
             (name.clone(), def)
         })

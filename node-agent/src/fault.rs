@@ -4,6 +4,9 @@
 //!   when an apply reaches that point.
 //! - `pause_at(point, owner)` (in-process tests) holds an apply of that owner at the
 //!   point until the returned guard is released, to observe what runs meanwhile.
+//! - `BPFLEET_PAUSE=<point>:<dir>` in the environment (process tests) does the same for
+//!   an agent process: at the point it creates `<dir>/<point>.<owner>` and waits until
+//!   the test removes that file.
 //!
 //! Both cost a lookup per apply, nothing next to a program load. They exist only with
 //! the `test-support` feature (tests and benches); a release binary has empty points.
@@ -38,6 +41,17 @@ mod enabled {
             let mut released = lock.lock().unwrap_or_else(|p| p.into_inner());
             while !*released {
                 released = cv.wait(released).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        if let Ok(v) = std::env::var("BPFLEET_PAUSE")
+            && let Some((point, dir)) = v.split_once(':')
+            && point == name
+        {
+            let flag = std::path::Path::new(dir).join(format!("{name}.{owner}"));
+            if std::fs::write(&flag, b"").is_ok() {
+                while flag.exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
             }
         }
         if std::env::var("BPFLEET_FAULT").is_ok_and(|v| v == name) {

@@ -64,21 +64,55 @@ pub struct KernelLink {
 pub const BPF_LINK_TYPE_XDP: u32 = 6;
 pub const BPF_LINK_TYPE_TCX: u32 = 11;
 
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// BPF_LINK_UPDATE only if the link still runs `old_prog_fd`.
+const BPF_F_REPLACE: u32 = 1 << 2;
+
+/// A file descriptor of the BPF object (program, link, map) pinned at `path`.
+pub fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags, path_fd (zero-padded).
+    let get: [u64; 3] = [c.as_ptr() as u64, 0, 0];
+    // SAFETY: a zero-padded bpf_attr with the path pointer first; `c` outlives the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), std::mem::size_of_val(&get)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Make a link run another program, atomically (BPF_LINK_UPDATE): every event the hook
+/// sees runs either the old program or the new one. With `expected`, only if the link
+/// still runs that program (EPERM otherwise), so a swap never replaces someone else's.
+pub fn link_update(
+    link: std::os::fd::BorrowedFd<'_>,
+    program: std::os::fd::BorrowedFd<'_>,
+    expected: Option<std::os::fd::BorrowedFd<'_>>,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // struct { link_fd; new_prog_fd; flags; old_prog_fd; } of union bpf_attr.
+    let attr: [u32; 4] = [
+        link.as_raw_fd() as u32,
+        program.as_raw_fd() as u32,
+        if expected.is_some() { BPF_F_REPLACE } else { 0 },
+        expected.map(|e| e.as_raw_fd() as u32).unwrap_or(0),
+    ];
+    // SAFETY: a valid BPF_LINK_UPDATE attribute of the given size; the fds are borrowed.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_UPDATE, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What the kernel says of the link pinned at `path` (BPF_OBJ_GET, then
 /// BPF_OBJ_GET_INFO_BY_FD): read from the kernel, not from our records.
 pub fn pinned_link(path: &Path) -> std::io::Result<KernelLink> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    #[repr(C)]
-    #[derive(Default)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-        path_fd: i32,
-        _pad: u32,
-    }
     #[repr(C)]
     #[derive(Default)]
     struct InfoByFd {
@@ -97,16 +131,7 @@ pub fn pinned_link(path: &Path) -> std::io::Result<KernelLink> {
         _pad: u32,
         union: [u64; 8],
     }
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let attr = ObjGet { pathname: c.as_ptr() as u64, ..Default::default() };
-    // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET; `c` outlives the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr, std::mem::size_of::<ObjGet>()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new file descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let fd = obj_get(path)?;
     let mut info = LinkInfo::default();
     let attr = InfoByFd {
         bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
@@ -132,19 +157,8 @@ pub fn ifindex(name: &str) -> Option<u32> {
 
 /// The kernel id of the program pinned at `path`.
 pub fn pinned_program_id(path: &Path) -> std::io::Result<u32> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let get: [u64; 3] = [c.as_ptr() as u64, 0, 0];
-    // SAFETY: a zero-padded bpf_attr with the path pointer first (BPF_OBJ_GET).
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, get.as_ptr(), std::mem::size_of_val(&get)) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new file descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    use std::os::fd::AsRawFd;
+    let fd = obj_get(path)?;
     // struct bpf_prog_info starts with type and id; the kernel fills what fits.
     let mut info = [0u32; 64];
     let attr: [u64; 2] =

@@ -13,6 +13,7 @@ use crds::names::{GlobalName, MapName, OwnerUid};
 use crds::node::{AttachedProgram, PinnedMap};
 use crds::pins::PinLayout;
 use crds::revision::Revision;
+use crds::rollout::{MapPolicy, MapUpgrade};
 use crds::validate::ValidProgram;
 use tokio::sync::broadcast;
 
@@ -49,6 +50,7 @@ fn bare_state(uid: &str, name: String) -> OwnerState {
         maps: vec![],
         last_error: None,
         bytecode_digest: None,
+        maps_recreated: vec![],
     }
 }
 
@@ -80,6 +82,9 @@ pub struct ApplyInput {
     /// The programs as requested, kept in the record.
     pub spec: Vec<ProgramSpec>,
     pub globals: Vec<(GlobalName, Vec<u8>)>,
+    /// Per-map policies across revisions (`spec.maps`); maps not named keep compatible
+    /// contents.
+    pub maps: Vec<MapPolicy>,
 }
 
 /// What the agent knows of one owner.
@@ -331,7 +336,7 @@ impl Manager {
         // Repairing the revision that runs: tear it down first, then apply it afresh.
         let previous = match previous {
             Some(prev) if prev.revision == input.revision.as_str() => {
-                self.remove_revision(prev);
+                self.remove_revision(prev, None);
                 None
             }
             other => other,
@@ -348,30 +353,37 @@ impl Manager {
         let maps_dir = self.layout.maps_dir(&input.uid);
         std::fs::create_dir_all(&maps_dir)
             .map_err(|e| AgentError::new(Reason::PinFailed, format!("cannot create {}: {e}", maps_dir.display())))?;
-        let mut names = Vec::new();
         for name in info.maps.keys() {
             MapName::new(name).map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
-            names.push(name.clone());
         }
         let pin_of = |n: &str| self.layout.map(&input.uid, &MapName::new(n).expect("checked above"));
-        let pinned: std::collections::BTreeSet<String> = names.iter().filter(|n| pin_of(n).exists()).cloned().collect();
-        let map_plan = plan::maps(&names, &pinned, previous, pin_of);
-        let mut map_pins = BTreeMap::new();
-        let mut created_maps = Vec::new();
-        for step in &map_plan.steps {
-            match step {
-                plan::MapStep::Reuse { name, pin } => {
-                    // A reused map keeps its contents (a counter keeps counting) only if
-                    // the new object declares the same shape.
-                    maps::check_pinned(pin, name, &info.maps[name])?;
-                    map_pins.insert(name.clone(), pin.clone());
-                }
-                plan::MapStep::Create { name, pin } => {
-                    created_maps.push(pin.clone());
-                    map_pins.insert(name.clone(), pin.clone());
-                }
+        let staging = maps::staging_dir(&self.layout, &input.uid, &input.revision);
+        let mut pinned = BTreeMap::new();
+        for name in info.maps.keys() {
+            let pin = pin_of(name);
+            if pin.exists() {
+                pinned.insert(name.clone(), maps::pinned_def(&pin, name)?);
             }
         }
+        let recreate =
+            input.maps.iter().filter(|m| m.on_upgrade == MapUpgrade::Recreate).map(|m| m.name.clone()).collect();
+        let now = plan::MapsNow { object: &info.maps, pinned: &pinned, recreate: &recreate, previous };
+        let map_plan = plan::maps(&now, pin_of, |n| staging.join(n));
+        let map_pins: BTreeMap<String, PathBuf> =
+            map_plan.steps.iter().map(|s| (s.name().to_string(), s.load_pin().clone())).collect();
+        let created_maps: Vec<PathBuf> = map_plan
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                plan::MapStep::Create { pin, .. } => Some(pin.clone()),
+                _ => None,
+            })
+            .collect();
+        if map_plan.steps.iter().any(|s| matches!(s, plan::MapStep::Recreate { .. })) {
+            std::fs::create_dir_all(&staging)
+                .map_err(|e| AgentError::new(Reason::PinFailed, format!("cannot create {}: {e}", staging.display())))?;
+        }
+        let maps_recreated = map_plan.recreated();
 
         let mut undo: Vec<Undo> = Vec::new();
         let mut attempt = || -> Result<OwnerRecord> {
@@ -400,8 +412,13 @@ impl Manager {
                 revision: input.revision.to_string(),
                 spec: input.spec.clone(),
                 programs,
-                maps: map_pins.iter().map(|(n, p)| MapRecord { name: n.clone(), pin_path: p.clone() }).collect(),
+                maps: map_plan
+                    .steps
+                    .iter()
+                    .map(|s| MapRecord { name: s.name().to_string(), pin_path: s.pin().clone() })
+                    .collect(),
                 bytecode_digest: Some(crds::revision::Sha256Digest::of(&input.bytecode).to_string()),
+                maps_recreated: maps_recreated.clone(),
             };
             crate::fault::point("after-attach", input.uid.as_str());
             // The commit point: from here a restarted agent adopts the new revision.
@@ -410,9 +427,13 @@ impl Manager {
         };
         match attempt() {
             Ok(record) => {
+                // Recreated maps take their names over from the previous revision's.
+                if let Err(e) = maps::promote_staged(&self.layout, &input.uid, &input.revision) {
+                    tracing::error!(owner = %input.name, error = %e, "cannot move recreated maps into place");
+                }
                 if let Some(prev) = previous {
                     crate::fault::point("after-commit", input.uid.as_str());
-                    self.remove_revision(prev);
+                    self.remove_revision(prev, Some(&record));
                     for unused in &map_plan.unused_after_commit {
                         let _ = std::fs::remove_file(unused);
                     }
@@ -439,10 +460,17 @@ impl Manager {
         }
     }
 
-    /// Detach and unpin one revision of an owner (its maps stay).
-    fn remove_revision(&self, record: &OwnerRecord) {
+    /// Detach and unpin one revision of an owner (its maps stay). Clsact filters its
+    /// `successor` took over in place (same hook and handle) stay: they run the successor.
+    fn remove_revision(&self, record: &OwnerRecord, successor: Option<&OwnerRecord>) {
+        let taken_over = |kind: &LinkKind| {
+            successor.is_some_and(|s| s.programs.iter().flat_map(|p| &p.links).any(|l| &l.kind == kind))
+        };
         for p in &record.programs {
             for l in &p.links {
+                if taken_over(&l.kind) {
+                    continue;
+                }
                 if let LinkKind::TcNetlink { interface, direction, priority, handle } = &l.kind {
                     let _ = attach::detach_tc_netlink(interface, *direction, *priority, *handle);
                 }
@@ -498,7 +526,7 @@ impl Manager {
 
     pub(crate) fn remove_blocking(&self, uid: &OwnerUid, record: Option<&OwnerRecord>) -> Result<()> {
         if let Some(r) = record {
-            self.remove_revision(r);
+            self.remove_revision(r, None);
         }
         let dir = self.layout.owner_dir(uid);
         match std::fs::remove_dir_all(&dir) {
@@ -659,6 +687,7 @@ impl Manager {
             state.health = h;
             state.last_error = why;
             state.bytecode_digest = r.bytecode_digest.clone();
+            state.maps_recreated = r.maps_recreated.clone();
             state.attached = r
                 .programs
                 .iter()

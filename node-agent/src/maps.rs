@@ -1,44 +1,58 @@
-//! Pinned-map reuse. aya reopens a pinned map by path without comparing it to the ELF's
-//! definition; a program then runs against a map of the wrong shape. Refuse that.
+//! Pinned maps as the kernel shows them, and moving a recreated map into place. aya
+//! reopens a pinned map by path without comparing it to the ELF's definition, so
+//! `plan::maps` compares the two shapes before anything is loaded.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
+use crds::names::OwnerUid;
+use crds::pins::PinLayout;
+use crds::revision::Revision;
 
 use crate::elf::MapDef;
 use crate::error::{AgentError, Reason, Result};
 
-pub fn check_pinned(path: &Path, name: &str, want: &MapDef) -> Result<()> {
+/// The shape of the map pinned at `path`.
+pub fn pinned_def(path: &Path, name: &str) -> Result<MapDef> {
     let info = MapInfo::from_pin(path).map_err(|e| {
-        AgentError::new(Reason::MapMismatch, format!("cannot open pinned map {name} at {}: {e}", path.display()))
+        AgentError::new(
+            Reason::MapMismatch,
+            format!("cannot open pinned map {name} at {}: {e}; remove the pin or the BpfProgram", path.display()),
+        )
     })?;
-    // The raw kernel type number, so unknown types compare too.
-    let have_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
-    let have = MapDef {
-        map_type: have_type,
+    Ok(MapDef {
+        // The raw kernel type number, so unknown types compare too.
+        map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    })
+}
+
+/// Where a revision's recreated maps wait for its commit: inside the revision's
+/// directory, so a failed apply takes them away with the rest.
+pub fn staging_dir(layout: &PinLayout, owner: &OwnerUid, revision: &Revision) -> PathBuf {
+    layout.revision_dir(owner, revision).join("maps")
+}
+
+/// Move a revision's recreated maps over the owner's pins (at its commit, or at start-up
+/// when the agent died between the commit and the move). A rename in bpffs replaces the
+/// old pin atomically; the previous revision's programs keep their map by reference.
+pub fn promote_staged(layout: &PinLayout, owner: &OwnerUid, revision: &Revision) -> std::io::Result<Vec<String>> {
+    let staging = staging_dir(layout, owner, revision);
+    let entries = match std::fs::read_dir(&staging) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
     };
-    let mut diffs = Vec::new();
-    let mut cmp = |what: &str, pinned: u32, elf: u32| {
-        if pinned != elf {
-            diffs.push(format!("{what} {pinned} pinned vs {elf} in the object"));
-        }
-    };
-    cmp("type", have.map_type, want.map_type);
-    cmp("key size", have.key_size, want.key_size);
-    cmp("value size", have.value_size, want.value_size);
-    cmp("max entries", have.max_entries, want.max_entries);
-    if diffs.is_empty() {
-        return Ok(());
+    let mut moved = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        std::fs::rename(entry.path(), layout.maps_dir(owner).join(&name))?;
+        moved.push(name.to_string_lossy().to_string());
     }
-    Err(AgentError::new(
-        Reason::MapMismatch,
-        format!(
-            "map {name} is already pinned at {} with a different definition ({}); remove the BpfProgram first or rename the map",
-            path.display(),
-            diffs.join(", ")
-        ),
-    ))
+    std::fs::remove_dir(&staging)?;
+    Ok(moved)
 }

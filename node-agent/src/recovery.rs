@@ -4,11 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use aya::programs::links::{FdLink, PinnedLink};
 use crds::names::OwnerUid;
-use crds::program::ProgramType;
 
-use crate::attach::{self, Replaced};
+use crate::attach::{self, Replaced, SwappedHook};
 use crate::manager::Manager;
 use crate::store::{LinkKind, OwnerRecord};
 
@@ -98,7 +96,15 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
             };
             out.removed_revisions.push(format!("{uid}/{name}"));
         }
-        out.relinked += relink_xdp(&record);
+        out.relinked += relink(&record);
+        // Recreated maps of a revision committed just before the agent died.
+        if let Some(rev) = crds::revision::Revision::parse(&record.revision) {
+            match crate::maps::promote_staged(&layout, &uid, &rev) {
+                Ok(moved) if !moved.is_empty() => tracing::info!(uid = %uid, ?moved, "recreated maps moved into place"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(uid = %uid, error = %e, "cannot move recreated maps into place"),
+            }
+        }
         claimed.insert(uid.to_string());
         out.adopted.push(uid.to_string());
         manager.adopt(record);
@@ -129,20 +135,39 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
     Ok(out)
 }
 
-/// An XDP link swapped to a new revision's program whose apply never committed still
-/// runs the uncommitted program: point it back at the recorded one.
-fn relink_xdp(record: &OwnerRecord) -> usize {
+/// A hook taken over in place by a new revision whose apply never committed (an XDP,
+/// TCX or cgroup link, a clsact filter) still runs the uncommitted program: point it
+/// back at the recorded one.
+fn relink(record: &OwnerRecord) -> usize {
     let mut n = 0;
-    for p in record.programs.iter().filter(|p| p.program_type == ProgramType::Xdp) {
+    for p in &record.programs {
         for l in &p.links {
-            let LinkKind::Pinned { path } = &l.kind else { continue };
-            let running =
-                PinnedLink::from_pin(path).ok().map(FdLink::from).and_then(|fd| fd.info().ok()).map(|i| i.program_id());
+            let (running, hook) = match &l.kind {
+                LinkKind::Pinned { path } | LinkKind::Tcx { path, .. } => (
+                    crate::kernel::pinned_link(path).ok().map(|k| k.program_id),
+                    SwappedHook::Link { link_pin: path.clone() },
+                ),
+                LinkKind::TcNetlink { interface, direction, priority, handle } => {
+                    let running = crate::kernel::ifindex(interface)
+                        .and_then(|idx| crate::netlink::bpf_filters(idx, *direction).ok())
+                        .and_then(|fs| fs.into_iter().find(|f| f.priority == *priority && f.handle == *handle))
+                        .and_then(|f| f.program_id);
+                    let hook = SwappedHook::TcFilter {
+                        interface: interface.clone(),
+                        direction: *direction,
+                        priority: *priority,
+                        handle: *handle,
+                    };
+                    (running, hook)
+                }
+            };
             if running.is_some_and(|id| id != p.program_id) {
-                let r = Replaced { link_pin: path.clone(), old_program_pin: p.pin.clone() };
-                match attach::restore_xdp(&r) {
+                let r = Replaced { hook, old_program_pin: p.pin.clone() };
+                match attach::restore(&r) {
                     Ok(()) => n += 1,
-                    Err(e) => tracing::error!(link = %path.display(), error = %e, "cannot re-point XDP link"),
+                    Err(e) => {
+                        tracing::error!(hook = %l.hook, error = %e, "cannot re-point a hook at the recorded program")
+                    }
                 }
             }
         }

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use crds::BpfProgram;
 use crds::limits::MAX_BYTECODE_BYTES;
-use crds::names::OwnerUid;
+use crds::names::{MapName, OwnerUid};
 use crds::revision::{BytecodeIdentity, Revision, Sha256Digest};
+use crds::rollout::MapPolicy;
 use crds::validate::{Bytecode, validate_global_bytes, validate_programs, validate_spec};
 use proto::v1;
 use sha2::{Digest, Sha256};
@@ -92,7 +93,22 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput> {
         .map_err(|e| invalid(e.0))?;
     let programs = validate_programs(&spec).map_err(|e| invalid(e.to_string()))?;
     let globals = validate_global_bytes(req.global_data.iter()).map_err(|e| invalid(e.to_string()))?;
-    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals })
+    let maps = req
+        .maps
+        .into_iter()
+        .map(proto::map_policy_from_wire)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.0))?;
+    let maps = checked_map_policies(&maps)?;
+    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps })
+}
+
+/// Map policies name maps as the ELF does: refused here when no map could have the name.
+fn checked_map_policies(policies: &[MapPolicy]) -> Result<Vec<MapPolicy>> {
+    for p in policies {
+        MapName::new(&p.name).map_err(|e| invalid(format!("spec.maps: {e}")))?;
+    }
+    Ok(policies.to_vec())
 }
 
 /// The owner id of a standalone manifest: readable when the name allows, hashed otherwise.
@@ -137,5 +153,6 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
         programs: valid.programs,
         spec: obj.spec.programs.clone(),
         globals: valid.globals,
+        maps: checked_map_policies(&obj.spec.maps)?,
     })
 }

@@ -37,6 +37,10 @@ pub struct OwnerRecord {
     /// records written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytecode_digest: Option<String>,
+    /// Maps this revision could not take over from the one it replaced and started
+    /// empty, with why (e.g. "counts: value size 8 -> 16, recreated empty").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps_recreated: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,13 +1,12 @@
 //! Apply is idempotent per (owner, revision); a new revision replaces the old one
-//! without a gap and leaves nothing of it behind; removal leaves nothing at all; maps
-//! keep their state across revisions and are refused when their shape changes; owners
-//! proceed in parallel while one owner's applies are serialized.
+//! without a gap and leaves nothing of it behind; removal leaves nothing at all; owners
+//! proceed in parallel while one owner's applies are serialized. (Maps across revisions:
+//! `maps.rs`.)
 
 mod common;
 
 use std::time::Duration;
 
-use agent::error::Reason;
 use common::*;
 use crds::names::OwnerUid;
 
@@ -131,26 +130,6 @@ fn remove_leaves_nothing_in_bpffs_or_the_kernel() {
     // Idempotent.
     assert!(!rt.block_on(agent.manager.remove(&uid)).unwrap());
     assert!(agent.manager.list().is_empty());
-}
-
-#[test]
-fn a_pinned_map_of_another_shape_is_refused_and_the_old_revision_keeps_running() {
-    let agent = TestAgent::new();
-    let veth = Veth::new();
-    let rt = rt();
-    let (s1, _) = rt.block_on(agent.manager.apply(input("mismatch", &xdp_spec(&veth.host), "xdp_counter.o"))).unwrap();
-    let pins = agent.pins();
-    let e = rt.block_on(agent.manager.apply(input("mismatch", &xdp_spec(&veth.host), "map_mismatch.o"))).unwrap_err();
-    assert_eq!(e.reason, Reason::MapMismatch);
-    assert!(e.message.contains("packet_count") && e.message.contains("max entries 1 pinned vs 4 in the object"), "{e}");
-    assert_eq!(agent.pins(), pins, "a failed upgrade must not change bpffs");
-    let counter = map_pin(&s1, "packet_count");
-    let before = read_counter(&counter);
-    veth.ping_from_ns(2);
-    assert!(read_counter(&counter) >= before + 2, "the old revision must keep counting");
-    let state = agent.manager.list().pop().unwrap();
-    assert_eq!(state.revision, s1.revision);
-    assert!(state.last_error.as_deref().is_some_and(|e| e.contains("MapMismatch")), "{state:?}");
 }
 
 #[test]

@@ -7,6 +7,8 @@ use crds::program::{
     RawTracepointAttach, TcAttach, TracepointAttach, UprobeAttach, XdpAttach, XdpMode,
 };
 
+use crds::rollout::{MapPolicy, MapUpgrade};
+
 use crate::v1::{self, program::Attach};
 
 /// A wire message that cannot be an API value (an unknown enum string, a missing block).
@@ -188,6 +190,7 @@ pub fn state_to_status(s: &v1::OwnerState) -> NodeProgramStatus {
         maps: s.maps.iter().map(|m| PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
         last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
         bytecode_digest: (!s.bytecode_digest.is_empty()).then(|| s.bytecode_digest.clone()),
+        maps_recreated: s.maps_recreated.clone(),
     }
 }
 
@@ -210,7 +213,29 @@ pub fn status_to_wire(s: &NodeProgramStatus) -> v1::OwnerState {
         maps: s.maps.iter().map(|m| v1::PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
         last_error: s.last_error.clone().unwrap_or_default(),
         bytecode_digest: s.bytecode_digest.clone().unwrap_or_default(),
+        maps_recreated: s.maps_recreated.clone(),
     }
+}
+
+/// A BpfProgram's `spec.maps[]` entry as sent in `ApplyRequest.maps`.
+pub fn map_policy_to_wire(p: &MapPolicy) -> v1::MapPolicy {
+    let on_upgrade = match p.on_upgrade {
+        MapUpgrade::Keep => "Keep",
+        MapUpgrade::Recreate => "Recreate",
+    };
+    v1::MapPolicy { name: p.name.clone(), on_upgrade: on_upgrade.into() }
+}
+
+/// A received map policy as an API value.
+pub fn map_policy_from_wire(p: v1::MapPolicy) -> Result<MapPolicy, WireError> {
+    let on_upgrade = match p.on_upgrade.as_str() {
+        "" | "Keep" => MapUpgrade::Keep,
+        "Recreate" => MapUpgrade::Recreate,
+        other => {
+            return Err(WireError(format!("map {:?}: unknown onUpgrade {other:?}; use Keep or Recreate", p.name)));
+        }
+    };
+    Ok(MapPolicy { name: p.name, on_upgrade })
 }
 
 #[cfg(test)]
@@ -272,7 +297,20 @@ mod tests {
             maps: vec![PinnedMap { name: "m".into(), pin_path: "/sys/fs/bpf/x".into() }],
             last_error: Some("link gone".into()),
             bytecode_digest: Some("sha256:00".into()),
+            maps_recreated: vec!["m: value size 8 -> 16, recreated empty".into()],
         };
         assert_eq!(state_to_status(&status_to_wire(&s)), s);
+    }
+
+    #[test]
+    fn map_policies_round_trip_and_unknown_ones_are_named() {
+        for on_upgrade in [MapUpgrade::Keep, MapUpgrade::Recreate] {
+            let p = MapPolicy { name: "counts".into(), on_upgrade };
+            assert_eq!(map_policy_from_wire(map_policy_to_wire(&p)).unwrap(), p);
+        }
+        let empty = v1::MapPolicy { name: "c".into(), on_upgrade: String::new() };
+        assert_eq!(map_policy_from_wire(empty).unwrap().on_upgrade, MapUpgrade::Keep);
+        let bad = v1::MapPolicy { name: "c".into(), on_upgrade: "Reset".into() };
+        assert!(map_policy_from_wire(bad).unwrap_err().0.contains("unknown onUpgrade \"Reset\""));
     }
 }

@@ -9,7 +9,8 @@ pub mod v1 {
 mod convert;
 
 pub use convert::{
-    WireError, health_from_wire, health_to_wire, program_from_wire, program_to_wire, state_to_status, status_to_wire,
+    WireError, health_from_wire, health_to_wire, map_policy_from_wire, map_policy_to_wire, program_from_wire,
+    program_to_wire, state_to_status, status_to_wire,
 };
 
 /// gRPC metadata key carrying a machine-readable failure reason (e.g. `VerifierRejected`).

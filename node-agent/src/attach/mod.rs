@@ -5,6 +5,7 @@
 mod cgroup;
 mod probes;
 mod repair;
+mod swap;
 mod tc;
 mod xdp;
 
@@ -35,20 +36,15 @@ pub struct TcPeer {
     pub program_id: u32,
 }
 
-/// An XDP link of the previous revision that was switched to the new program in place
-/// (no gap). Rolling back switches it back to `old_program_pin`.
-#[derive(Clone, Debug)]
-pub struct Replaced {
-    pub link_pin: PathBuf,
-    pub old_program_pin: PathBuf,
-}
+pub use swap::{Replaced, SwappedHook, restore};
 
 /// What an apply changed outside its revision directory, so a failed apply can undo it
 /// (removing the directory undoes the rest: pinned links go with their pins).
 #[derive(Clone, Debug)]
 pub enum Undo {
-    /// Switch an XDP link back to the previous revision's program.
-    XdpSwap(Replaced),
+    /// Switch a hook the new revision took over in place (an XDP or TCX link, a clsact
+    /// filter) back to the previous revision's program.
+    Swap(Replaced),
     /// Remove a clsact filter (it has no pin, so nothing else would).
     TcFilter { interface: String, direction: Direction, priority: u16, handle: u32 },
 }
@@ -57,7 +53,7 @@ impl Undo {
     /// Carry the undo out; failures are logged (a rollback goes on with the rest).
     pub fn run(&self) {
         let r = match self {
-            Undo::XdpSwap(r) => xdp::restore(r),
+            Undo::Swap(r) => swap::restore(r),
             Undo::TcFilter { interface, direction, priority, handle } => {
                 tc::detach_netlink(interface, *direction, *priority, *handle)
             }
@@ -106,7 +102,9 @@ pub fn load_and_attach(
         Attach::Tc { interfaces, direction, priority } => {
             tc::attach(program, &p.name, interfaces, (*direction, *priority), ctx, &pin, undo)?
         }
-        Attach::CgroupSkb { cgroup, direction } => cgroup::attach(program, &p.name, cgroup, *direction, ctx, &pin)?,
+        Attach::CgroupSkb { cgroup, direction } => {
+            cgroup::attach(program, &p.name, cgroup, *direction, ctx, &pin, undo)?
+        }
         other => probes::attach(program, &p.name, other, ctx, &pin)?,
     };
     Ok(ProgramRecord { name: name.to_string(), program_type: p.attach.program_type(), program_id, pin, links })
@@ -187,4 +185,3 @@ fn interface_index(program: &ProgramName, iface: &str) -> Result<u32> {
 }
 
 pub use tc::detach_netlink as detach_tc_netlink;
-pub use xdp::restore as restore_xdp;

@@ -22,9 +22,14 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The agent binary with the `test-support` feature (fault points), built once per test
 /// binary: `cargo test --workspace` builds the package's binary without it.
+/// `BPFLEET_TEST_AGENT_BIN` runs the process tests against another build instead (e.g.
+/// an older commit's, to compare behaviour).
 pub fn agent_bin() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("BPFLEET_TEST_AGENT_BIN") {
+            return PathBuf::from(bin);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build
@@ -159,6 +164,7 @@ pub fn input_bytes(owner: &str, spec_yaml: &str, bytecode: Vec<u8>) -> ApplyInpu
         programs: valid.programs,
         spec: spec.programs.clone(),
         globals: valid.globals,
+        maps: spec.maps.clone(),
     }
 }
 

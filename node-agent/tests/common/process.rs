@@ -77,6 +77,7 @@ impl AgentProc {
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("BPFLEET_FAULT")
+            .env_remove("BPFLEET_PAUSE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
