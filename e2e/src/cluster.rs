@@ -245,6 +245,20 @@ impl Cluster {
             .with_context(|| format!("cannot patch BpfProgram {name}"))
     }
 
+    /// The revision history of a program: (sequence number, revision) of each of its
+    /// ControllerRevisions in the run's namespace.
+    pub fn controller_revisions(&self, program_uid: &str) -> anyhow::Result<Vec<(i64, String)>> {
+        use k8s_openapi::api::apps::v1::ControllerRevision;
+        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lp = ListParams::default().labels(&format!("{}={program_uid}", crds::history::LABEL_PROGRAM_UID));
+        let list = block_on(api.list(&lp)).context("cannot list ControllerRevisions")?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|c| Some((c.revision, c.labels().get(crds::history::LABEL_REVISION)?.clone())))
+            .collect())
+    }
+
     pub fn program(&self, name: &str) -> anyhow::Result<Option<BpfProgram>> {
         let api: Api<BpfProgram> = Api::all(self.client.clone());
         Ok(block_on(api.get_opt(name))?)

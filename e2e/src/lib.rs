@@ -7,10 +7,12 @@
 //! - [`cluster::Cluster`]: CRDs from `charts/bpfleet/crds/`, Nodes, ConfigMaps, BpfPrograms;
 //! - [`node::ProcessNode`]: netns + veth `eth0` + `bpfleet-agent` on its own bpffs root;
 //! - [`operator::Operator`]: `bpfleet-operator` against the cluster;
-//! - [`kernel`]: what bpftool, ip and bpffs say.
+//! - [`kernel`]: what bpftool, ip and bpffs say;
+//! - [`gate::ApplyGate`]: how many nodes are between revisions at once, from the agents.
 
 pub mod cluster;
 pub mod env;
+pub mod gate;
 pub mod kernel;
 pub mod node;
 pub mod operator;

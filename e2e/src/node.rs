@@ -164,6 +164,8 @@ impl ProcessNode {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("BPFLEET_FAULT")
+            // Inert until a test creates the directory (see `gate`).
+            .env("BPFLEET_PAUSE", format!("after-attach:{}", self.gate_dir().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -172,6 +174,11 @@ impl ProcessNode {
             cmd.spawn().with_context(|| format!("cannot start {} in {}", self.agent_bin.display(), self.netns))?;
         self.agent = Some(child);
         Ok(())
+    }
+
+    /// Where this node's apply gate lives (see [`crate::gate`]).
+    pub fn gate_dir(&self) -> PathBuf {
+        self.log.with_file_name("gate")
     }
 
     /// The agent's `/metrics` address (inside its namespace, reachable from the host).
