@@ -130,6 +130,9 @@ fn operator_rbac_is_least_privilege() {
     assert!(!text.contains("secrets"));
     let lease = named(&docs, "Role", "bpfleet-operator-lease");
     assert_eq!(lease["rules"][0]["resources"][0], "leases");
+    // Revision history, in the release namespace only; never cluster-wide.
+    assert_eq!(lease["rules"][1]["resources"][0], "controllerrevisions");
+    assert!(!text.contains("controllerrevisions"));
 }
 
 #[test]
