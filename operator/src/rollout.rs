@@ -15,6 +15,8 @@
 //!   to `stable`. Both stick for this `update` until the spec changes or a resume.
 //! - Nodes the rollout has not reached keep what they run, untouched. A node with nothing
 //!   (new, or repaired) gets `stable`.
+//! - A first install (no node runs another revision) goes everywhere at once, as a
+//!   DaemonSet's pods do on creation.
 //! - A spec whose revision is `stable` (a revert) goes to every node at once, bounded by
 //!   `maxInFlight`; a new spec during a rollout starts a new rollout from step 1 over the
 //!   same `stable` (nodes already on the superseded revision keep it until reached).
@@ -345,6 +347,25 @@ pub fn decide(input: &Input<'_>) -> Decision {
         status.phase = Phase::Paused;
         status.message = Some(format!("paused by spec.rollout.paused at step {step}/{total_steps}"));
         return Decision { assign: hold_all(&e), status, wake: None };
+    }
+
+    // A first install (nothing else of the program runs anywhere) goes to every node at
+    // once, as a DaemonSet's pods do on creation: there is nothing to protect yet, and
+    // failed nodes are retried with backoff. It settles (becomes stable) once no node is
+    // pending.
+    if input.order.iter().all(|n| input.observed.get(n).is_none_or(|o| o.revision == update)) {
+        let pending = targets - updated - failed.len();
+        let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
+        if updated == targets {
+            return Decision { assign, status: complete(status), wake: None };
+        }
+        status.step = total_steps as i32;
+        if pending == 0 && updated > 0 {
+            status.stable_revision = Some(update.to_string());
+        }
+        status.message =
+            Some(format!("first install: {updated}/{targets} nodes run revision {update}, {} failed", failed.len()));
+        return Decision { assign, status, wake: None };
     }
 
     let order = e.effective_order();

@@ -10,10 +10,6 @@ fn nodes(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("n{i}")).collect()
 }
 
-fn on(entries: &[(&str, &str, Health)]) -> BTreeMap<String, Observed> {
-    entries.iter().map(|(n, r, h)| (n.to_string(), Observed { revision: r.to_string(), health: *h })).collect()
-}
-
 fn all_on(order: &[String], rev: &str) -> BTreeMap<String, Observed> {
     order.iter().map(|n| (n.clone(), Observed { revision: rev.into(), health: Health::Healthy })).collect()
 }
@@ -368,19 +364,40 @@ fn a_new_spec_supersedes_a_running_rollout_from_step_one_over_the_same_stable() 
 }
 
 #[test]
-fn a_first_install_is_progressive_too_and_a_rollback_removes_it() {
-    let spec = RolloutSpec { on_failure: OnFailure::Rollback, ..canary_spec() };
-    let mut w = World::new(5, spec);
+fn a_first_install_goes_everywhere_at_once_like_a_daemonset() {
+    let mut w = World::new(5, canary_spec());
     w.observed.clear();
     w.status = None;
     let d = w.decide(NEW);
-    assert_eq!(d.assign.values().filter(|r| r.is_some()).count(), 1, "only the canary: {d:?}");
+    assert_eq!(w.switching(&d), 5, "{d:?}");
+    let bad = w.order[0].clone();
+    w.apply(&d, &[bad.as_str()], NEW);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Progressing, "failed nodes are retried, nothing stops");
+    assert_eq!(d.assign[&bad].as_deref(), Some(NEW));
+    assert_eq!(d.status.stable_revision.as_deref(), Some(NEW), "settled: no node pending");
+    // The next revision then rolls out over it, progressively.
+    w.failed.clear();
+    w.apply(&d, &[], "");
+    assert_eq!(w.decide(NEW).status.phase, Phase::Complete);
+    let d = w.decide("r2");
+    assert_eq!(w.switching(&d), 1, "a change is progressive: {d:?}");
+}
+
+#[test]
+fn a_rollback_without_a_stable_revision_removes_it() {
+    let spec = RolloutSpec { on_failure: OnFailure::Rollback, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    // r0 runs but never settled (no stable), and r1's canary fails.
+    w.status = None;
+    let d = w.decide(NEW);
     let order = w.order.clone();
     let all: Vec<&str> = order.iter().map(String::as_str).collect();
     w.apply(&d, &all, NEW);
     let d = w.decide(NEW);
     assert_eq!(d.status.phase, Phase::RolledBack);
-    assert!(d.assign.values().all(Option::is_none));
+    assert!(d.assign.values().all(Option::is_none), "{d:?}");
+    assert!(d.status.message.unwrap().contains("removing it"));
 }
 
 #[test]
