@@ -98,6 +98,11 @@ struct Args {
     skip_latency: bool,
     #[arg(long)]
     skip_rss: bool,
+    /// Real agents of the rollout part (a progressive rollout of a new revision).
+    #[arg(long, default_value_t = 50)]
+    rollout_agents: usize,
+    #[arg(long)]
+    skip_rollout: bool,
     /// Passed by `cargo bench`: without it (e.g. `cargo test --all-targets`) the bench does nothing.
     #[arg(long, hide = true, global = true)]
     bench: bool,
@@ -226,6 +231,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         let agent_bin = args.agent_bin.clone().unwrap_or_else(|| target_dir().join("release/bpfleet-agent"));
         let (rows, warm) = latency(args, &agent_bin, &elf).await?;
         print_latency(&rows, args.iterations, &warm);
+    }
+    if !args.skip_rollout {
+        let agent_bin = args.agent_bin.clone().unwrap_or_else(|| target_dir().join("release/bpfleet-agent"));
+        let v2 = object.with_file_name("xdp_counter_v2.o");
+        let elf_v2 = std::fs::read(&v2).with_context(|| format!("{} (run examples/build.sh)", v2.display()))?;
+        let steps = rollout_steps(args.rollout_agents, &agent_bin, &elf, &elf_v2).await?;
+        print_rollout(args.rollout_agents, &steps);
     }
     if !args.skip_rss {
         let mut reports = Vec::new();
@@ -687,6 +699,179 @@ async fn latency(args: &Args, agent_bin: &Path, elf: &[u8]) -> anyhow::Result<(V
     Ok((rows, LatencyRow { agents: most, samples: vec![warm] }))
 }
 
+// ---------------------------------------------------------------------------------------------
+// A progressive rollout over real agents
+
+/// The rollout the rollout part measures: a canary, 10%, 50%, everything; 10% in flight.
+/// Every step ends in a pause without a duration, so each reconcile carries out exactly one
+/// step and its time can be read; the bench resumes it as `kubectl bpfleet rollout resume`
+/// would.
+const ROLLOUT_STEPS: [&str; 4] = ["1", "10%", "50%", "100%"];
+const ROLLOUT_IN_FLIGHT: &str = "10%";
+
+/// One step of the measured rollout.
+struct StepTime {
+    step: usize,
+    /// Nodes that switched revision in this step.
+    switched: usize,
+    /// Groups of at most maxInFlight nodes sent at once.
+    batches: usize,
+    /// The reconcile that carried the step out, from its call to its return.
+    wall: Duration,
+    /// The agents' critical path: per batch the slowest agent's own apply, summed.
+    agents: Duration,
+}
+
+fn rollout_spec(step_pause: bool, resume: Option<(&str, usize)>) -> Value {
+    let steps: Vec<Value> = ROLLOUT_STEPS
+        .iter()
+        .map(|n| {
+            let nodes = n.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::from(*n));
+            if step_pause { json!({"nodes": nodes, "pause": {}}) } else { json!({"nodes": nodes}) }
+        })
+        .collect();
+    let mut r = json!({"steps": steps, "maxInFlight": ROLLOUT_IN_FLIGHT});
+    if let Some((rev, step)) = resume {
+        r["resume"] = json!({"revision": rev, "step": step});
+    }
+    r
+}
+
+async fn rollout_steps(count: usize, agent_bin: &Path, v1: &[u8], v2: &[u8]) -> anyhow::Result<Vec<StepTime>> {
+    ensure!(sh(&["id", "-u"])?.trim() == "0", "the rollout part loads XDP programs: run as root (or --skip-rollout)");
+    eprintln!("== rollout: starting {count} agents");
+    let mut fleet = Fleet::start(agent_bin, count)?;
+    fleet.wait_ready().await?;
+    let api = Arc::new(MockApi { record: true, ..Default::default() });
+    let client = mock_client(api.clone());
+    let pool = AgentPool::new(fleet.pool_config());
+    let all: Vec<&RealAgent> = fleet.agents.iter().collect();
+    let ctx = context(client, pool, all.iter().map(|a| node(&a.name, IpAddr::V4(a.ip))).collect());
+    let name = format!("opbench-rollout-{}", std::process::id());
+    let uid = format!("opbench-rollout-uid-{}", std::process::id());
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut raw = program_json(&name, &uid, &b64(v1), "lo");
+    raw["spec"]["rollout"] = rollout_spec(true, None);
+    let mut obj: BpfProgram = serde_json::from_value(raw.clone())?;
+    let rollout_of = |status: &Value| status["rollout"].clone();
+    // The first install goes everywhere at once; settle it.
+    for pass in 0.. {
+        reconcile(Arc::new(obj.clone()), ctx.clone()).await.map_err(|e| anyhow::anyhow!("reconcile: {e}"))?;
+        let (_, status) = api.take_status(&name).context("no status written")?;
+        let done = rollout_of(&status)["phase"] == "Complete";
+        obj.status = Some(serde_json::from_value(status)?);
+        if done {
+            break;
+        }
+        ensure!(pass < 10, "the first install did not complete: {:?}", obj.status);
+    }
+    // The new revision.
+    raw["spec"]["bytecode"]["inline"] = json!(b64(v2));
+    raw["metadata"]["generation"] = json!(2);
+    let order = {
+        let ranked: Vec<operator::rollout::Ranked<'_>> =
+            all.iter().map(|a| operator::rollout::Ranked { name: &a.name, zone: None }).collect();
+        operator::rollout::order(&uid, &ranked)
+    };
+    let in_flight = (count * 10 / 100).max(1);
+    let mut steps = Vec::new();
+    let mut status_obj = obj.status.clone();
+    for step in 1..=ROLLOUT_STEPS.len() {
+        let revision = status_obj.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.update_revision.clone());
+        // Step 1 starts with the spec change; each later one with a resume of the one before.
+        raw["spec"]["rollout"] = match (&revision, step) {
+            (Some(rev), s) if s > 1 => rollout_spec(true, Some((rev, s - 1))),
+            _ => rollout_spec(true, None),
+        };
+        raw["metadata"]["generation"] = json!(1 + step);
+        let mut next: BpfProgram = serde_json::from_value(raw.clone())?;
+        next.status = status_obj.clone();
+        let before = scrape_all(&all).await?;
+        let t = Instant::now();
+        reconcile(Arc::new(next), ctx.clone()).await.map_err(|e| anyhow::anyhow!("reconcile: {e}"))?;
+        let wall = t.elapsed();
+        let (_, status) = api.take_status(&name).context("no status written")?;
+        let after = scrape_all(&all).await?;
+        let r = rollout_of(&status);
+        ensure!(r["failedNodes"].as_u64() == Some(0), "the rollout failed: {r}");
+        ensure!(r["step"].as_u64() == Some(step as u64), "expected step {step}: {r}");
+        // Who switched, in rollout order, and each one's own apply time.
+        let applied: HashMap<&str, Duration> = all
+            .iter()
+            .zip(before.iter().zip(&after))
+            .filter(|(_, ((_, c0), (_, c1)))| c1 > c0)
+            .map(|(a, ((s0, _), (s1, _)))| (a.name.as_str(), Duration::from_secs_f64((s1 - s0).max(0.0))))
+            .collect();
+        let switched: Vec<Duration> = order.iter().filter_map(|n| applied.get(n.as_str()).copied()).collect();
+        let agents = switched.chunks(in_flight).map(|b| b.iter().copied().max().unwrap_or_default()).sum();
+        eprintln!(
+            "   step {step}: {} nodes in {:.1} ms (agents' critical path {:.1} ms)",
+            switched.len(),
+            ms(wall),
+            ms(agents)
+        );
+        steps.push(StepTime {
+            step,
+            switched: switched.len(),
+            batches: switched.len().div_ceil(in_flight),
+            wall,
+            agents,
+        });
+        status_obj = Some(serde_json::from_value(status)?);
+    }
+    let r = status_obj.as_ref().and_then(|s| s.rollout.as_ref()).context("no rollout status")?;
+    ensure!(r.phase == crds::rollout::Phase::Complete, "the rollout did not complete: {r:?}");
+    ensure!(r.updated_nodes as usize == count, "{} of {count} nodes updated", r.updated_nodes);
+    // Remove it everywhere before the fleet goes.
+    let mut deleting: BpfProgram = serde_json::from_value(raw)?;
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    reconcile(Arc::new(deleting), ctx.clone()).await.map_err(|e| anyhow::anyhow!("delete: {e}"))?;
+    drop(fleet);
+    Ok(steps)
+}
+
+fn print_rollout(count: usize, steps: &[StepTime]) {
+    println!(
+        "### A progressive rollout over {count} real agents
+"
+    );
+    println!(
+        "Steps {} of {count} nodes, maxInFlight {ROLLOUT_IN_FLIGHT}, one reconcile per step.\n",
+        ROLLOUT_STEPS.join(" → ")
+    );
+    println!(
+        "| step | nodes switched | batches | step time (ms) | agents' critical path (ms) | operator share (ms) | per node (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let (mut wall, mut agents, mut nodes) = (Duration::ZERO, Duration::ZERO, 0);
+    for s in steps {
+        let share = s.wall.saturating_sub(s.agents);
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            s.step,
+            s.switched,
+            s.batches,
+            ms(s.wall),
+            ms(s.agents),
+            ms(share),
+            ms(share) / s.switched.max(1) as f64
+        );
+        wall += s.wall;
+        agents += s.agents;
+        nodes += s.switched;
+    }
+    let share = wall.saturating_sub(agents);
+    println!(
+        "| all | {nodes} | {} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+        steps.iter().map(|s| s.batches).sum::<usize>(),
+        ms(wall),
+        ms(agents),
+        ms(share),
+        ms(share) / nodes.max(1) as f64
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -1127,6 +1312,7 @@ impl Agent for FakeAgent {
             attached,
             last_error: String::new(),
             bytecode_digest: String::new(),
+            maps_recreated: vec![],
         };
         let previous = self.owners.lock().unwrap().insert(owner.uid.clone(), state.clone());
         let changed = previous.is_none_or(|p| p.revision != state.revision);

@@ -127,6 +127,7 @@ mod tests {
                 maps: vec![],
                 last_error: None,
                 bytecode_digest: None,
+                maps_recreated: vec![],
             }],
             ..Default::default()
         }

@@ -352,7 +352,7 @@ async fn dispatch(
         global_data: decode_globals(&content.global_data),
         epoch: ctx.epoch,
         expected_digest: content.payload.expected_digest(),
-        ..Default::default()
+        maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
     };
     let epoch = ctx.epoch;
     let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
