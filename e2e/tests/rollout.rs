@@ -82,7 +82,9 @@ impl Fleet {
             .iter()
             .map(|i| {
                 let n = self.env.node(*i);
-                let text = e2e::util::http_get(n.metrics_addr(), "/metrics").unwrap_or_default();
+                let text = wait_for(Duration::from_secs(10), format!("{}: /metrics", n.name), || {
+                    e2e::util::http_get(n.metrics_addr(), "/metrics").map_err(|e| format!("{e:#}"))
+                });
                 text.lines()
                     .filter(|l| l.starts_with("bpfleet_agent_grpc_requests_total{") && l.contains("method=\"Apply\""))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -190,8 +192,12 @@ fn a_bad_revision_stops_after_the_canary() {
     let before = f.xdp_ids();
     let sent_before = f.apply_requests();
 
-    // The default rollout: one node at a time, halt at the first failure.
-    f.patch(json!({"bytecode": f.bytecode(BAD_OBJ)}));
+    // The default rollout: one node at a time, halt at the first failure. The object's
+    // function makes the verifier refuse it.
+    f.patch(json!({
+        "bytecode": f.bytecode(BAD_OBJ),
+        "programs": [{"name": "bad_access", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}],
+    }));
     let p = wait_phase(&f.env, &f.name, Phase::Halted, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!(r.failed_nodes, 1);
