@@ -351,10 +351,13 @@ fn a_gitops_revert_reuses_the_revision_and_pause_holds_every_node() {
         let n = &f.env.node(f.nodes[k]).name;
         if switched.contains(&k) {
             assert_ne!(end[k], mid[k], "{n} switched back");
-            assert!(sent_after[k] > sent_mid[k], "{n} was sent r1");
+            assert!(sent_after[k] > sent_mid[k], "{n} was sent r1: requests {sent_mid:?} -> {sent_after:?}");
         } else {
             assert_eq!(end[k], before[k], "{n} still runs the same r1 program");
-            assert_eq!(sent_after[k], sent_mid[k], "{n} was sent nothing by the revert");
+            assert_eq!(
+                sent_after[k], sent_mid[k],
+                "{n} was sent nothing by the revert: {sent_mid:?} -> {sent_after:?}"
+            );
         }
         f.env.wait_node_runs(f.nodes[k], &f.uid, &f.r1);
     }
