@@ -95,7 +95,7 @@ impl Content {
 /// `records` are (sequence number, revision).
 pub fn to_prune(records: &[(i64, String)], keep: &[&str], limit: usize) -> Vec<String> {
     let mut old: Vec<&(i64, String)> = records.iter().filter(|(_, r)| !keep.contains(&r.as_str())).collect();
-    old.sort_by(|a, b| b.0.cmp(&a.0));
+    old.sort_by_key(|r| std::cmp::Reverse(r.0));
     old.into_iter().skip(limit).map(|(_, r)| r.clone()).collect()
 }
 

@@ -130,7 +130,7 @@ pub fn order(seed: &str, nodes: &[Ranked<'_>]) -> Vec<String> {
             (rank_key(seed, zone), members)
         })
         .collect();
-    queues.sort_by(|a, b| a.0.cmp(&b.0));
+    queues.sort_by_key(|q| q.0);
     let mut out = Vec::with_capacity(nodes.len());
     let mut i = 0;
     while out.len() < nodes.len() {

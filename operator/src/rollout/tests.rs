@@ -307,10 +307,10 @@ fn a_timed_pause_ends_by_itself() {
     let d = w.decide(NEW);
     assert_eq!(d.status.phase, Phase::Paused);
     assert_eq!(d.wake, Some(Duration::from_secs(120)));
-    w.now = w.now + Duration::from_secs(60);
+    w.now += Duration::from_secs(60);
     let d = w.decide(NEW);
     assert_eq!((d.status.phase, d.wake), (Phase::Paused, Some(Duration::from_secs(60))));
-    w.now = w.now + Duration::from_secs(61);
+    w.now += Duration::from_secs(61);
     let d = w.decide(NEW);
     assert_eq!(d.status.phase, Phase::Progressing);
     assert_eq!(w.switching(&d), 2);
@@ -323,7 +323,7 @@ fn a_step_over_its_deadline_counts_as_failed() {
     let d = w.decide(NEW);
     // The canary never reports back.
     assert_eq!(d.status.phase, Phase::Progressing);
-    w.now = w.now + Duration::from_secs(61);
+    w.now += Duration::from_secs(61);
     let d = w.decide(NEW);
     assert_eq!(d.status.phase, Phase::Halted);
     assert!(d.status.message.unwrap().contains("did not finish within 60s"));
