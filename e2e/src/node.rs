@@ -192,7 +192,7 @@ impl ProcessNode {
         Ok(crate::operator::metric_sum(&text, name).unwrap_or(0.0))
     }
 
-    /// Apply or Remove requests (`method`) the agent served successfully.
+    /// `apply` or `remove` requests (`method`) the agent served successfully.
     pub fn served(&self, method: &str) -> f64 {
         let text = util::http_get(self.metrics_addr(), "/metrics").unwrap_or_default();
         text.lines()

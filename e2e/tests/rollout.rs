@@ -86,7 +86,7 @@ impl Fleet {
                     e2e::util::http_get(n.metrics_addr(), "/metrics").map_err(|e| format!("{e:#}"))
                 });
                 text.lines()
-                    .filter(|l| l.starts_with("bpfleet_agent_grpc_requests_total{") && l.contains("method=\"Apply\""))
+                    .filter(|l| l.starts_with("bpfleet_agent_grpc_requests_total{") && l.contains("method=\"apply\""))
                     .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                     .sum()
             })
