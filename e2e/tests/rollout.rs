@@ -369,3 +369,44 @@ fn a_gitops_revert_reuses_the_revision_and_pause_holds_every_node() {
     assert_eq!(newest.as_deref(), Some(f.r1.as_str()), "{history:?}");
     assert!(history.iter().any(|(_, r)| *r == r2));
 }
+
+#[test]
+fn a_node_unhealthy_after_the_attach_halts_the_rollout() {
+    const TEST: &str = "a_node_unhealthy_after_the_attach_halts_the_rollout";
+    let Some(f) = Fleet::start(TEST, &[XDP_OBJ, XDP_V2_OBJ], true) else { return };
+    let before = f.xdp_ids();
+    let sent_before = f.apply_requests();
+    f.patch(json!({
+        "bytecode": f.bytecode(XDP_V2_OBJ),
+        "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0", "dum0"]}}],
+        "rollout": {"steps": [{"nodes": 1, "pause": {"duration": "5m"}}, {"nodes": "100%"}]},
+    }));
+    f.env.wait_program(&f.name, "the canary runs it and the step pauses", APPLY_TIMEOUT, |p| {
+        let r = rollout(p)?;
+        if r.phase == Phase::Paused && r.updated_nodes == 1 { Ok(()) } else { Err(format!("{r:?}")) }
+    });
+    let canary = changed(&before, &f.xdp_ids());
+    assert_eq!(canary.len(), 1);
+    let cnode = f.env.node(f.nodes[canary[0]]);
+    assert_eq!(cnode.xdp("dum0").len(), 1, "r2 attached to dum0 too");
+
+    // The canary loses one of its hooks after the attach: the agent finds the link gone.
+    sh(&format!("ip -n {} link del dum0", cnode.netns)).unwrap();
+    let p = wait_phase(&f.env, &f.name, Phase::Halted, APPLY_TIMEOUT);
+    let msg = rollout(&p).unwrap().message.unwrap();
+    assert!(msg.contains(&cnode.name), "the unhealthy node is named: {msg}");
+    has_condition(&p, "Stalled", "True").unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let sent = f.apply_requests();
+    for (k, i) in f.nodes.iter().enumerate() {
+        if k != canary[0] {
+            assert_eq!(sent[k], sent_before[k], "{} was never sent r2", f.env.node(*i).name);
+        }
+    }
+    let now = f.xdp_ids();
+    for k in 0..NODES {
+        if k != canary[0] {
+            assert_eq!(now[k], before[k], "{} still runs r1", f.env.node(f.nodes[k]).name);
+        }
+    }
+}
