@@ -16,6 +16,10 @@ have gcc || need+=(gcc)
 have openssl || need+=(openssl)
 have lua5.4 || need+=(lua5.4)
 have npm || need+=(npm)
+# OCI image tests (oci/tests/registry.rs): a real registry, a second image tool, htpasswd.
+have docker-registry || need+=(docker-registry)
+have skopeo || need+=(skopeo)
+have htpasswd || need+=(apache2-utils)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

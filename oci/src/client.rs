@@ -1,0 +1,400 @@
+//! HTTP to registries: TLS (system roots plus an optional CA file) or plain HTTP when
+//! asked, redirects, size-bounded bodies, timeouts, and authentication (anonymous,
+//! Basic, and the Bearer token flow a `WWW-Authenticate` challenge starts).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, LOCATION, USER_AGENT, WWW_AUTHENTICATE,
+};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::auth::{Challenge, Credentials, TokenResponse};
+use crate::error::{Error, Result};
+
+/// How to reach registries.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Credentials by registry host; anonymous where there are none.
+    pub credentials: Credentials,
+    /// Talk plain HTTP instead of HTTPS (for loopback test registries only).
+    pub insecure_http: bool,
+    /// PEM certificates to trust in addition to the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Per request, including reading the answer.
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            credentials: Credentials::anonymous(),
+            insecure_http: false,
+            ca_pem: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Pull or push access to a repository (the token scope's action).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Pull,
+    Push,
+}
+
+/// A registry client. Cheap to clone; tokens are cached per registry and scope.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    options: ClientOptions,
+    /// (registry, scope) -> Authorization header value. Scope "*" for Basic.
+    auth: Mutex<HashMap<(String, String), String>>,
+}
+
+/// An answer, its body read (up to a limit).
+pub(crate) struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+const MAX_ERROR_BODY: u64 = 64 << 10;
+const MAX_REDIRECTS: usize = 5;
+
+impl Client {
+    pub fn new(options: ClientOptions) -> Result<Client> {
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable system certificates are not fatal: a private CA may be all we need.
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(pem) = &options.ca_pem {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::InvalidKey { reason: format!("the CA file is not PEM certificates: {e}") })?;
+            if certs.is_empty() {
+                return Err(Error::InvalidKey { reason: "the CA file holds no PEM certificate".into() });
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| Error::InvalidKey {
+                    reason: format!("a certificate in the CA file is unusable: {e}"),
+                })?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::InvalidKey { reason: format!("TLS setup: {e}") })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
+        Ok(Client { inner: Arc::new(Inner { http, options, auth: Mutex::new(HashMap::new()) }) })
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
+    }
+
+    /// `scheme://host` of a registry's API.
+    pub(crate) fn base(&self, host: &str) -> String {
+        let scheme = if self.inner.options.insecure_http { "http" } else { "https" };
+        format!("{scheme}://{host}")
+    }
+
+    /// A request to `registry` (`host[:port]` of the API) on behalf of `repository`,
+    /// authenticating when challenged. `target` is a path (`/v2/…`) or a full URL (an
+    /// upload location). Non-2xx answers are returned, bodies cut to a short prefix.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn request(
+        &self,
+        registry: &str,
+        repository: &str,
+        access: Access,
+        method: Method,
+        target: &str,
+        headers: &[(HeaderName, String)],
+        body: Bytes,
+        limit: u64,
+        what: &str,
+    ) -> Result<Response> {
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            target.to_string()
+        } else {
+            format!("{}{target}", self.base(registry))
+        };
+        let scope = match access {
+            Access::Pull => format!("repository:{repository}:pull"),
+            Access::Push => format!("repository:{repository}:pull,push"),
+        };
+        let cached = self.cached_auth(registry, &scope);
+        let resp = self.send(registry, &method, &url, headers, cached.as_deref(), &body, limit, what).await?;
+        if resp.status != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp.header(WWW_AUTHENTICATE.as_str()).unwrap_or("").to_string();
+        let authorization = self.authenticate(registry, &challenge, &scope).await?;
+        let resp = self.send(registry, &method, &url, headers, Some(&authorization), &body, limit, what).await?;
+        if resp.status == StatusCode::UNAUTHORIZED {
+            return Err(Error::Unauthorized {
+                registry: registry.to_string(),
+                detail: format!("credentials rejected for {what}: {}", error_detail(&resp)),
+            });
+        }
+        Ok(resp)
+    }
+
+    fn cached_auth(&self, registry: &str, scope: &str) -> Option<String> {
+        let cache = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(&(registry.to_string(), scope.to_string()))
+            .or_else(|| cache.get(&(registry.to_string(), "*".into())))
+            .cloned()
+    }
+
+    /// Answer a challenge: Basic with our credentials, or a token from the realm.
+    async fn authenticate(&self, registry: &str, challenge: &str, scope: &str) -> Result<String> {
+        let unauthorized = |detail: String| Error::Unauthorized { registry: registry.to_string(), detail };
+        let creds = self.inner.options.credentials.for_registry(registry);
+        let (key_scope, header) = match Challenge::parse(challenge) {
+            Some(Challenge::Basic) => {
+                let creds = creds.ok_or_else(|| {
+                    unauthorized("the registry requires a user name and password and none were given for it".into())
+                })?;
+                ("*".to_string(), creds.header())
+            }
+            Some(Challenge::Bearer { realm, service, scope: asked }) => {
+                let scope = asked.unwrap_or_else(|| scope.to_string());
+                let mut url = realm.clone();
+                let mut sep = if realm.contains('?') { '&' } else { '?' };
+                for (k, v) in [("service", service.as_deref()), ("scope", Some(scope.as_str()))] {
+                    if let Some(v) = v {
+                        url.push_str(&format!("{sep}{k}={}", percent_encode(v)));
+                        sep = '&';
+                    }
+                }
+                let auth = creds.map(|c| c.header());
+                let resp = self
+                    .send(registry, &Method::GET, &url, &[], auth.as_deref(), &Bytes::new(), 1 << 20, "a token")
+                    .await?;
+                if !resp.status.is_success() {
+                    return Err(unauthorized(format!(
+                        "the token service {realm} answered HTTP {} ({}){}",
+                        resp.status.as_u16(),
+                        error_detail(&resp),
+                        if creds.is_none() { "; no credentials were given for this registry" } else { "" }
+                    )));
+                }
+                let token: TokenResponse = serde_json::from_slice(&resp.body)
+                    .map_err(|e| unauthorized(format!("the token service {realm} answered no token: {e}")))?;
+                let token = token
+                    .token
+                    .or(token.access_token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| unauthorized(format!("the token service {realm} answered no token")))?;
+                (scope, format!("Bearer {token}"))
+            }
+            None => {
+                return Err(unauthorized(if challenge.is_empty() {
+                    "HTTP 401 without a WWW-Authenticate challenge".into()
+                } else {
+                    format!("unsupported authentication challenge {challenge:?}")
+                }));
+            }
+        };
+        let mut cache = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert((registry.to_string(), key_scope), header.clone());
+        Ok(header)
+    }
+
+    /// One request, following redirects (without our Authorization once the host
+    /// changes: blob storage behind a redirect must not see registry credentials).
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        registry: &str,
+        method: &Method,
+        url: &str,
+        headers: &[(HeaderName, String)],
+        authorization: Option<&str>,
+        body: &Bytes,
+        limit: u64,
+        what: &str,
+    ) -> Result<Response> {
+        let timeout = self.inner.options.timeout;
+        let unreachable = |detail: String| Error::RegistryUnreachable { registry: registry.to_string(), detail };
+        let work = async {
+            let mut url: Uri = url.parse().map_err(|e| unreachable(format!("bad URL {url}: {e}")))?;
+            let first_host = url.authority().map(|a| a.to_string());
+            for _ in 0..=MAX_REDIRECTS {
+                let mut req = Request::builder().method(method.clone()).uri(url.clone());
+                for (name, value) in headers {
+                    req = req.header(name, value);
+                }
+                req = req.header(USER_AGENT, concat!("bpfleet-oci/", env!("CARGO_PKG_VERSION")));
+                if let Some(a) = authorization
+                    && url.authority().map(|x| x.to_string()) == first_host
+                {
+                    req = req.header(AUTHORIZATION, a);
+                }
+                if !body.is_empty() || *method == Method::PUT || *method == Method::POST {
+                    req = req.header(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                }
+                let req = req.body(Full::new(body.clone())).map_err(|e| unreachable(format!("bad request: {e}")))?;
+                let resp = self.inner.http.request(req).await.map_err(|e| unreachable(error_chain(&e)))?;
+                let status = resp.status();
+                if status.is_redirection() && (*method == Method::GET || *method == Method::HEAD) {
+                    let location = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
+                    url = join_location(&url, location)
+                        .ok_or_else(|| unreachable(format!("redirect to an unusable location {location:?}")))?;
+                    continue;
+                }
+                let headers = resp.headers().clone();
+                let limit = if status.is_success() { limit } else { MAX_ERROR_BODY };
+                if status.is_success()
+                    && let Some(len) = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    && len > limit
+                    && *method != Method::HEAD
+                {
+                    return Err(Error::TooLarge { what: format!("{what} ({len} bytes)"), limit });
+                }
+                let mut body = resp.into_body();
+                let mut buf = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| unreachable(format!("reading the answer: {}", error_chain(&e))))?;
+                    if let Ok(data) = frame.into_data() {
+                        if (buf.len() + data.len()) as u64 > limit {
+                            if !status.is_success() {
+                                buf.extend_from_slice(&data[..(limit as usize).saturating_sub(buf.len())]);
+                                break;
+                            }
+                            return Err(Error::TooLarge { what: what.to_string(), limit });
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                return Ok(Response { status, headers, body: buf.into() });
+            }
+            Err(unreachable(format!("more than {MAX_REDIRECTS} redirects")))
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable(format!("no answer within {}s to {what}", timeout.as_secs()))),
+        }
+    }
+}
+
+/// A registry's error answer, short: its `errors[].message`s, else the status line.
+pub(crate) fn error_detail(resp: &Response) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorItem>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorItem {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errors>(&resp.body)
+        && !e.errors.is_empty()
+    {
+        return e.errors.iter().map(|i| format!("{}: {}", i.code, i.message)).collect::<Vec<_>>().join("; ");
+    }
+    let text = String::from_utf8_lossy(&resp.body);
+    let text = text.trim();
+    if text.is_empty() || text.len() > 200 {
+        resp.status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// The error and its sources on one line ("connection refused" sits several levels down).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// A `Location` header, absolute or relative to `base`.
+pub(crate) fn join_location(base: &Uri, location: &str) -> Option<Uri> {
+    if location.is_empty() {
+        return None;
+    }
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.parse().ok();
+    }
+    let path = if location.starts_with('/') {
+        location.to_string()
+    } else {
+        let dir = base.path().rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{dir}/{location}")
+    };
+    Uri::builder().scheme(base.scheme()?.clone()).authority(base.authority()?.clone()).path_and_query(path).build().ok()
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_and_encoding() {
+        let base: Uri = "http://127.0.0.1:5000/v2/x/blobs/uploads/".parse().unwrap();
+        assert_eq!(
+            join_location(&base, "/v2/x/blobs/uploads/abc?_state=1").unwrap().to_string(),
+            "http://127.0.0.1:5000/v2/x/blobs/uploads/abc?_state=1"
+        );
+        assert_eq!(
+            join_location(&base, "https://s3.example/b?sig=1").unwrap().to_string(),
+            "https://s3.example/b?sig=1"
+        );
+        assert!(join_location(&base, "").is_none());
+        assert_eq!(percent_encode("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
+    }
+
+    #[test]
+    fn bad_ca_file() {
+        let options = ClientOptions { ca_pem: Some(b"not pem".to_vec()), ..Default::default() };
+        assert!(Client::new(options).err().unwrap().to_string().contains("CA file"));
+    }
+}
