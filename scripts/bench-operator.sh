@@ -3,13 +3,15 @@
 # server (there is none on the bench machine):
 #   1. Create→Ready latency of one BpfProgram with 1, 10 and 50 real bpfleet-agent processes
 #      (one network namespace each, mTLS), split into the agents' own apply time and the rest;
-#   2. the operator's memory with 1,000 BpfPrograms over 50 nodes (fake agents, no kernel work).
-# Prints markdown on stdout (progress on stderr). Root only for part 1 (XDP programs, network
+#   2. the operator's memory with 1,000 BpfPrograms over 50 nodes (fake agents, no kernel work);
+#   3. a progressive rollout of a new revision over 50 real agents, step by step.
+# Prints markdown on stdout (progress on stderr). Root only for parts 1 and 3 (XDP programs, network
 # namespaces, a tmpfs); about one minute once built. Leaves no agent, pin, namespace or mount.
 #
 #   scripts/bench-operator.sh                         # what docs/benchmarks.md shows
 #   scripts/bench-operator.sh --iterations 30 --agents 1,10
-#   scripts/bench-operator.sh --skip-latency          # memory only (no root needed)
+#   scripts/bench-operator.sh --skip-latency --skip-rollout   # memory only (no root needed)
+#   scripts/bench-operator.sh --skip-latency --skip-rss       # the rollout only
 #   scripts/bench-operator.sh --memory 0:fan-out,4:streaming
 #   scripts/bench-operator.sh --help                  # every flag of operator-bench
 set -euo pipefail
@@ -17,9 +19,13 @@ cd "$(dirname "$0")/.."
 root="$(pwd)"
 
 skip_latency=0
-for a in "$@"; do [ "$a" = --skip-latency ] && skip_latency=1; done
-if [ "$(id -u)" != 0 ] && [ "$skip_latency" = 0 ]; then
-    echo "run as root (the latency part loads XDP programs and creates network namespaces), or pass --skip-latency" >&2
+skip_rollout=0
+for a in "$@"; do
+    [ "$a" = --skip-latency ] && skip_latency=1
+    [ "$a" = --skip-rollout ] && skip_rollout=1
+done
+if [ "$(id -u)" != 0 ] && { [ "$skip_latency" = 0 ] || [ "$skip_rollout" = 0 ]; }; then
+    echo "run as root (the latency and rollout parts load XDP programs and create network namespaces), or pass --skip-latency --skip-rollout" >&2
     exit 1
 fi
 
