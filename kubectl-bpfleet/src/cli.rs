@@ -1,4 +1,5 @@
-//! The command line: `kubectl bpfleet rollout …` and `kubectl bpfleet nodes …`.
+//! The command line: `kubectl bpfleet rollout …`, `kubectl bpfleet nodes …` and
+//! `kubectl bpfleet image …` (its arguments are in [`crate::image`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,11 @@ pub enum Command {
         #[arg(long)]
         wide: bool,
     },
+    /// Bytecode images: build from an ELF object, push, sign, verify, inspect.
+    ///
+    /// Talks to the registry only (never to the cluster): no Docker or cosign needed.
+    #[command(subcommand)]
+    Image(Box<crate::image::ImageCommand>),
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,5 +1,6 @@
 //! `kubectl bpfleet`: a kubectl plugin for bpfleet BpfPrograms: follow, list, undo, pause
-//! and resume rollouts, and show what each node runs.
+//! and resume rollouts, show what each node runs, and make bytecode images (`image`,
+//! which needs no cluster).
 //!
 //! Each command is a pure core (what to print, which revision, which patch, which exit
 //! status) unit-tested without a cluster, and a thin `run` that reads and patches
@@ -7,6 +8,7 @@
 
 pub mod cli;
 pub mod history;
+pub mod image;
 pub mod nodes;
 pub mod pause;
 pub mod status;
@@ -71,6 +73,7 @@ pub async fn run(cli: Cli, client: Client, out: &mut dyn Write) -> anyhow::Resul
         Command::Rollout(Rollout::Pause { name }) => pause::pause(programs, &name, FIELD_MANAGER, out).await?,
         Command::Rollout(Rollout::Resume { name }) => pause::resume(programs, &name, FIELD_MANAGER, out).await?,
         Command::Nodes { program, wide } => nodes::run(client, &program, wide, out).await?,
+        Command::Image(cmd) => return image::run(*cmd, out).await,
     }
     Ok(Exit::Ok)
 }

@@ -1,13 +1,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubectl_bpfleet::cli::Cli;
-use kubectl_bpfleet::{Exit, client, run};
+use kubectl_bpfleet::cli::{Cli, Command};
+use kubectl_bpfleet::{Exit, client, image, run};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = async {
+        // Image commands talk to a registry only: no kubeconfig needed.
+        if let Command::Image(cmd) = cli.command {
+            return image::run(*cmd, &mut std::io::stdout().lock()).await;
+        }
         let client = client(&cli).await?;
         run(cli, client, &mut std::io::stdout().lock()).await
     }

@@ -263,7 +263,7 @@ impl Client {
                     req = req.header(CONTENT_LENGTH, HeaderValue::from(body.len()));
                 }
                 let req = req.body(Full::new(body.clone())).map_err(|e| unreachable(format!("bad request: {e}")))?;
-                let resp = self.inner.http.request(req).await.map_err(|e| unreachable(error_chain(&e)))?;
+                let resp = self.inner.http.request(req).await.map_err(|e| unreachable(with_hint(error_chain(&e))))?;
                 let status = resp.status();
                 if status.is_redirection() && (*method == Method::GET || *method == Method::HEAD) {
                     let location = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
@@ -345,6 +345,21 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+/// Say what to do about the connection errors users meet most.
+fn with_hint(detail: String) -> String {
+    let lower = detail.to_ascii_lowercase();
+    let hint = if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        "; the registry seems to speak plain HTTP: allow that explicitly (insecure HTTP) for loopback registries only"
+    } else if lower.contains("certificate") || lower.contains("unknownissuer") {
+        "; the registry's certificate is not trusted: give its CA certificate (CA file)"
+    } else if lower.contains("connection refused") {
+        "; nothing listens there: is the registry running, and are host and port right?"
+    } else {
+        ""
+    };
+    format!("{detail}{hint}")
 }
 
 /// A `Location` header, absolute or relative to `base`.

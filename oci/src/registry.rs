@@ -147,7 +147,11 @@ impl Client {
             s if s.is_success() => Ok(resp),
             StatusCode::NOT_FOUND => Err(Error::ImageNotFound {
                 registry: reference.registry.clone(),
-                reference: format!("{}:{mref}", reference.repository).replace(":sha256:", "@sha256:"),
+                reference: if mref.starts_with("sha256:") {
+                    format!("{}@{mref}", reference.repository)
+                } else {
+                    format!("{}:{mref}", reference.repository)
+                },
             }),
             _ => Err(status_error(reference, &resp, &what)),
         }
