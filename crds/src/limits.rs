@@ -1,7 +1,9 @@
 //! Bounds on user input, shared by the schema, the operator and the agent.
 
-/// Largest ELF object accepted, decoded (1 MiB).
+/// Largest ELF object accepted inline or from a ConfigMap, decoded (1 MiB).
 pub const MAX_BYTECODE_BYTES: usize = 1 << 20;
+/// Largest ELF object accepted from an OCI image (16 MiB).
+pub const MAX_IMAGE_BYTECODE_BYTES: usize = 16 << 20;
 /// Most global variables one BpfProgram may set.
 pub const MAX_GLOBALS: u32 = 64;
 /// Largest value of one global variable, in bytes.
@@ -19,7 +21,8 @@ pub const MAX_STATUS_FAILURES: usize = 16;
 /// message limits from this, so a request within the documented limits always fits.
 /// The program list at its largest: 64 programs × 32 hooks of 128 characters, or 64
 /// uprobe targets of 4096 characters, with their framing, stays under 1 MiB.
-pub const MAX_APPLY_MESSAGE_BYTES: usize = MAX_BYTECODE_BYTES + MAX_GLOBALS as usize * MAX_GLOBAL_BYTES + (1 << 20);
+pub const MAX_APPLY_MESSAGE_BYTES: usize =
+    MAX_IMAGE_BYTECODE_BYTES + MAX_GLOBALS as usize * MAX_GLOBAL_BYTES + (1 << 20);
 /// A List page stays under this, however many owners a node runs (the rest come in the
 /// next pages).
 pub const MAX_LIST_PAGE_BYTES: usize = 1 << 20;

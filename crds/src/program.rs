@@ -72,10 +72,10 @@ pub struct BpfProgramSpec {
     pub maps: Vec<crate::rollout::MapPolicy>,
 }
 
-/// Where the ELF bytecode comes from. Exactly one of `inline`, `configMap`, `path`.
+/// Where the ELF bytecode comes from. Exactly one of `inline`, `configMap`, `path`, `image`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1").message("bytecode must set exactly one of inline, configMap or path"))]
+#[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.image) ? 1 : 0) == 1").message("bytecode must set exactly one of inline, configMap, path or image"))]
 #[x_kube(validation = Rule::new("!has(self.digest) || has(self.path)").message("digest applies to path bytecode only (inline and configMap bytes are hashed by the operator)"))]
 pub struct BytecodeSource {
     /// The ELF object itself, base64-encoded, at most 1 MiB decoded. For small objects.
@@ -103,6 +103,70 @@ pub struct BytecodeSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 71, max = 71), regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
     pub digest: Option<String>,
+
+    /// An OCI image holding the object (bpfman's format: one layer with the ELF at its
+    /// root, labels `io.ebpf.programs` / `io.ebpf.maps`). The operator pulls it, pins it
+    /// by digest and sends the bytes to the agents; agents never reach a registry.
+    /// Up to 16 MiB of bytecode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageBytecode>,
+}
+
+/// Bytecode from an OCI image.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBytecode {
+    /// `registry/repository:tag` or `registry/repository@sha256:…`, e.g.
+    /// `quay.io/bpfman-bytecode/xdp_pass:latest`.
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[a-z0-9][^\s]*$"))]
+    pub url: String,
+    /// The image (manifest or index) digest to run, `sha256:<64 hex>`. Without it, the
+    /// tag is resolved once per spec generation and the digest recorded in
+    /// `status.image`; every node runs exactly that digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 71, max = 71), regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
+    pub digest: Option<String>,
+    /// `IfNotPresent` (default): pull a digest once and keep it in the operator's cache.
+    /// `Always`: pull again whenever the spec changes. `Never`: use only what the
+    /// operator already holds.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// Name of a `kubernetes.io/dockerconfigjson` Secret in the operator's namespace
+    /// with credentials for the registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub pull_secret: Option<String>,
+}
+
+/// See `spec.bytecode.image.pullPolicy`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[schemars(extend("maxLength" = 16))]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+/// Which image the operator resolved and pulled for the current generation.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageStatus {
+    /// `spec.bytecode.image.url` as resolved.
+    pub url: String,
+    /// The image digest every node runs (`sha256:…`).
+    pub digest: String,
+    /// The `metadata.generation` the tag was resolved for; a new generation resolves
+    /// it again, an unchanged spec never does (a moved tag does not reach nodes one by
+    /// one). The annotation `bpfleet.dev/resolve-image` with a new value resolves again.
+    #[serde(default)]
+    pub resolved_generation: i64,
+    /// The `bpfleet.dev/resolve-image` annotation value the digest was resolved at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolve_token: Option<String>,
+    /// Which key verified the image's signature, when a signature policy is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
 }
 
 /// A ConfigMap key that holds an ELF object.
@@ -464,6 +528,9 @@ pub struct BpfProgramStatus {
     /// The rollout of `revision`: phase, stable and update revisions, step, node counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutStatus>,
+    /// For `bytecode.image`: the digest resolved and pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageStatus>,
 }
 
 /// Why one node failed to run (part of) a BpfProgram.

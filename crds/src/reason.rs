@@ -45,12 +45,22 @@ pub enum Reason {
     RecordSetAside,
     /// The node's agent could not be reached.
     AgentUnreachable,
+    /// The image cannot be fetched: not found, registry unreachable, or credentials refused (the message says which).
+    ImageUnavailable,
+    /// The image is not eBPF bytecode as expected: tampered blob, no ELF, too large, labels that do not match the spec, or no entry for the nodes' architecture.
+    ImageInvalid,
+    /// A signature policy is set and the image has no signature.
+    ImageUnsigned,
+    /// The image's signature does not verify for this digest.
+    ImageSignatureInvalid,
+    /// The image is signed, but by no key of the signature policy.
+    ImageUntrustedKey,
     /// The agent failed in a way the user cannot fix (see its log).
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidSpec,
         Reason::BytecodeTooLarge,
         Reason::BytecodeNotFound,
@@ -70,6 +80,11 @@ impl Reason {
         Reason::StaleLeaderEpoch,
         Reason::RecordSetAside,
         Reason::AgentUnreachable,
+        Reason::ImageUnavailable,
+        Reason::ImageInvalid,
+        Reason::ImageUnsigned,
+        Reason::ImageSignatureInvalid,
+        Reason::ImageUntrustedKey,
         Reason::Internal,
     ];
 
@@ -94,6 +109,11 @@ impl Reason {
             Reason::StaleLeaderEpoch => "StaleLeaderEpoch",
             Reason::RecordSetAside => "RecordSetAside",
             Reason::AgentUnreachable => "AgentUnreachable",
+            Reason::ImageUnavailable => "ImageUnavailable",
+            Reason::ImageInvalid => "ImageInvalid",
+            Reason::ImageUnsigned => "ImageUnsigned",
+            Reason::ImageSignatureInvalid => "ImageSignatureInvalid",
+            Reason::ImageUntrustedKey => "ImageUntrustedKey",
             Reason::Internal => "Internal",
         }
     }

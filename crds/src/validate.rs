@@ -49,6 +49,8 @@ pub enum Bytecode {
         path: PathBuf,
         digest: Option<Sha256Digest>,
     },
+    /// An OCI image (resolved and pulled by the operator).
+    Image(crate::program::ImageBytecode),
 }
 
 /// A program's hooks, typed by program type.
@@ -170,9 +172,9 @@ pub fn validate_global_bytes<'a, V: AsRef<[u8]> + 'a>(
 }
 
 fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode> {
-    let set = [src.inline.is_some(), src.config_map.is_some(), src.path.is_some()];
+    let set = [src.inline.is_some(), src.config_map.is_some(), src.path.is_some(), src.image.is_some()];
     if set.iter().filter(|x| **x).count() != 1 {
-        errs.push("bytecode", "bytecode must set exactly one of inline, configMap or path");
+        errs.push("bytecode", "bytecode must set exactly one of inline, configMap, path or image");
         return None;
     }
     if src.digest.is_some() && src.path.is_none() {
@@ -216,6 +218,19 @@ fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode
             errs.push("bytecode.configMap.key", "must be 1-253 characters of letters, digits, '-', '.', '_'");
         }
         return (errs.0.len() == before).then(|| Bytecode::ConfigMap(cm.clone()));
+    }
+    if let Some(image) = &src.image {
+        let before = errs.0.len();
+        if image.url.is_empty() || image.url.len() > 1024 || image.url.chars().any(|c| c.is_whitespace()) {
+            errs.push("bytecode.image.url", "must be an image reference such as registry.example/repo:tag");
+        }
+        if image.digest.as_deref().is_some_and(|d| Sha256Digest::parse(d).is_none()) {
+            errs.push("bytecode.image.digest", "must be sha256: followed by 64 lowercase hex characters");
+        }
+        if image.pull_secret.as_deref().is_some_and(|n| !is_dns_subdomain(n)) {
+            errs.push("bytecode.image.pullSecret", "must be the name of a Secret (a DNS subdomain)");
+        }
+        return (errs.0.len() == before).then(|| Bytecode::Image(image.clone()));
     }
     let path = src.path.as_deref().unwrap_or_default();
     let digest = match src.digest.as_deref().map(Sha256Digest::parse) {

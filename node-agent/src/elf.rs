@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use aya_obj::obj::{EbpfSectionKind, ProgramSection};
 use crds::ProgramType;
-use crds::limits::MAX_BYTECODE_BYTES;
+// The largest object any source may carry (images; the operator holds inline and
+// ConfigMap objects to 1 MiB).
+use crds::limits::MAX_IMAGE_BYTECODE_BYTES as MAX_BYTECODE_BYTES;
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use crate::error::{AgentError, Reason, Result};

@@ -79,10 +79,12 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput> {
         }
         None => return Err(invalid("bytecode is required (elf bytes or a node-local path)")),
     };
-    if bytecode.len() > MAX_BYTECODE_BYTES {
+    // Objects from images reach 16 MiB; the operator holds inline and ConfigMap ones to 1 MiB.
+    let limit = crds::limits::MAX_IMAGE_BYTECODE_BYTES;
+    if bytecode.len() > limit {
         return Err(AgentError::new(
             Reason::BytecodeTooLarge,
-            format!("the object is {} bytes; the limit is {MAX_BYTECODE_BYTES} bytes", bytecode.len()),
+            format!("the object is {} bytes; the limit is {limit} bytes", bytecode.len()),
         ));
     }
     let spec = req
@@ -141,6 +143,13 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
             return Err(invalid(format!(
                 "bytecode.configMap ({}/{}) needs a cluster; in standalone mode use bytecode.path or bytecode.inline",
                 cm.namespace, cm.name
+            )));
+        }
+        Bytecode::Image(image) => {
+            return Err(invalid(format!(
+                "bytecode.image ({}) is pulled by the operator; agents never reach a registry. In standalone \
+                 mode use bytecode.path (e.g. the ELF from `kubectl bpfleet image build`)",
+                image.url
             )));
         }
     };

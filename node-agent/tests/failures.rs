@@ -161,6 +161,7 @@ fn malformed_and_foreign_objects_are_refused() {
 #[test]
 fn oversized_bytecode_is_refused_before_parsing() {
     let mut big = object_bytes("xdp_counter.o");
-    big.resize(crds::limits::MAX_BYTECODE_BYTES + 1, 0);
-    fails_cleanly(&xdp("lo", "count_packets"), big, Reason::BytecodeTooLarge, &["limit is 1048576 bytes"]);
+    // The agent's limit is the largest any source may carry (16 MiB, from an image).
+    big.resize(crds::limits::MAX_IMAGE_BYTECODE_BYTES + 1, 0);
+    fails_cleanly(&xdp("lo", "count_packets"), big, Reason::BytecodeTooLarge, &["limit is 16777216 bytes"]);
 }

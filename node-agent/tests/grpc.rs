@@ -355,13 +355,14 @@ async fn without_a_client_name_flag_only_the_operator_name_gets_in() {
 /// judged on its content); one beyond the limits is refused by size, in words.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
-    use crds::limits::{MAX_BYTECODE_BYTES, MAX_GLOBAL_BYTES, MAX_GLOBALS, MAX_HOOKS, MAX_PROGRAMS};
+    use crds::limits::{MAX_GLOBAL_BYTES, MAX_GLOBALS, MAX_HOOKS, MAX_IMAGE_BYTECODE_BYTES, MAX_PROGRAMS};
     let dirs = Dirs::new("limits");
     let mut agent = AgentProc::spawn_tls(&dirs, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
     let tp = "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
     let mut req = apply_request("limits", tp, "tracepoint_openat.o");
-    req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; MAX_BYTECODE_BYTES].into()));
+    // The largest object: one from an OCI image (16 MiB).
+    req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; MAX_IMAGE_BYTECODE_BYTES].into()));
     req.global_data = (0..MAX_GLOBALS).map(|i| (format!("G{i}"), vec![0u8; MAX_GLOBAL_BYTES].into())).collect();
     // The program list at its largest: 64 programs, each on 32 tracepoints of 128 characters.
     let long_names: Vec<String> = (0..MAX_HOOKS).map(|h| format!("cat{h:02}/{}", "e".repeat(122))).collect();
@@ -380,7 +381,7 @@ async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
         Some("MalformedElf"),
         "a request at the limits must reach the agent: {err:?}"
     );
-    req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; 2 * MAX_BYTECODE_BYTES].into()));
+    req.bytecode = Some(v1::apply_request::Bytecode::Elf(vec![0x7f; 2 * MAX_IMAGE_BYTECODE_BYTES].into()));
     let err = client.apply(req).await.expect_err("too large");
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     assert!(

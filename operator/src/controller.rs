@@ -56,6 +56,8 @@ pub struct Context {
     /// Revision history (ControllerRevisions); `None`: none kept (tests), so only the
     /// spec's revision can be sent.
     pub history: Option<History>,
+    /// OCI images (`bytecode.image`); `None`: image bytecode is refused (tests).
+    pub images: Option<crate::image::Images>,
 }
 
 impl Context {
@@ -74,6 +76,7 @@ impl Context {
             bytecode: BytecodeCache::default(),
             bpfnodes: Default::default(),
             history: None,
+            images: None,
         }
     }
 }
@@ -151,9 +154,22 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     {
         problem = Some(SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() });
     }
-    let payload = match problem {
-        None => bytecode::resolve(&ctx.client, &ctx.bytecode, &p.spec).await.map_err(|e| problem = Some(e)).ok(),
-        Some(_) => None,
+    let mut image_status = None;
+    let payload = match (problem.is_some(), &p.spec.bytecode.image) {
+        (true, _) => None,
+        (false, Some(_)) => match resolve_image(ctx, &p, &nodes, &targets).await {
+            Ok(r) => {
+                image_status = Some(r.status);
+                Some(r.payload)
+            }
+            Err(e) => {
+                problem = Some(e);
+                None
+            }
+        },
+        (false, None) => {
+            bytecode::resolve(&ctx.client, &ctx.bytecode, &p.spec).await.map_err(|e| problem = Some(e)).ok()
+        }
     };
     let content = payload.map(|pl| {
         let rev = pl.revision(&p.spec).to_string();
@@ -171,7 +187,12 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let mut wake = None;
     if let Some(content) = &content {
         if let Some(history) = &ctx.history {
-            history.record(&p, content, stable.as_deref()).await?;
+            // An image is recorded pinned to the digest it resolved to.
+            let mut source = p.spec.bytecode.clone();
+            if let (Some(img), Some(st)) = (source.image.as_mut(), image_status.as_ref()) {
+                img.digest = Some(st.digest.clone());
+            }
+            history.record(&p, content, &source, stable.as_deref()).await?;
         }
         let (status, w) = roll_out(ctx, &p, &uid, content, &targets, &nodes).await;
         rollout_status = Some(status);
@@ -206,6 +227,10 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         rollout: rollout_status.as_ref(),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
     });
+    let mut status = status;
+    if image_status.is_some() || p.spec.bytecode.image.is_none() {
+        status.image = image_status;
+    }
     ctx.metrics.program_counts(&name, &status);
     write_status(ctx, &p, &status).await?;
     let after = requeue_after(&status, problem.is_some(), &retries, now);
@@ -236,6 +261,23 @@ fn requeue_after(
         (false, Some(d)) => d.min(STEADY),
         (false, None) => RETRY,
     }
+}
+
+/// The image of an image-sourced program, for the target nodes' architecture.
+async fn resolve_image(
+    ctx: &Context,
+    p: &BpfProgram,
+    nodes: &[NodeInfo],
+    targets: &BTreeSet<String>,
+) -> Result<crate::image::Resolved, SpecProblem> {
+    let Some(images) = &ctx.images else {
+        return Err(SpecProblem {
+            reason: crds::reason::Reason::InvalidSpec,
+            message: "this operator is not set up for image bytecode".into(),
+        });
+    };
+    let arch = crate::image::target_arch(crate::image::archs(nodes, targets))?;
+    images.resolve(p, &arch).await
 }
 
 /// Longest one reconcile keeps switching nodes before it lets others run (it comes
@@ -317,8 +359,10 @@ async fn roll_out(
                 dispatch(ctx, p, uid, content, group, nodes).await;
                 continue;
             }
+            let arch =
+                crate::image::target_arch(crate::image::archs(nodes, targets)).unwrap_or_else(|_| "amd64".into());
             let old = match &ctx.history {
-                Some(h) => h.content(p, &r).await,
+                Some(h) => h.content(p, &r, ctx.images.as_ref().map(|i| (i, arch.as_str()))).await,
                 None => Err("no revision history in this operator".to_string()),
             };
             match old {

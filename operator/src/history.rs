@@ -47,6 +47,11 @@ impl Content {
     /// The record of this content, with the spec's bytecode source as it was.
     pub fn to_data(&self, source: &crds::program::BytecodeSource) -> RevisionData {
         let (elf, digest) = match &self.payload {
+            // An ELF from an image may exceed what an object can hold (16 MiB against
+            // etcd's 1.5 MiB): such a revision is recorded by its pinned image reference.
+            Payload::Elf(b) if b.len() > crds::limits::MAX_BYTECODE_BYTES => {
+                (None, Some(Sha256Digest::of(b).to_string()))
+            }
             Payload::Elf(b) => (Some(B64.encode(b)), Some(Sha256Digest::of(b).to_string())),
             Payload::Path(_, d) => (None, d.as_ref().map(ToString::to_string)),
         };
@@ -63,15 +68,28 @@ impl Content {
     /// A recorded revision, checked: its bytes match its digest and everything hashes
     /// to the revision it is recorded as, so a hand-edited record is refused.
     pub fn from_data(revision: &str, data: RevisionData) -> Result<Content, String> {
-        let payload = match (&data.elf, &data.bytecode.path) {
-            (Some(elf), _) => {
-                let bytes = B64.decode(elf).map_err(|e| format!("its ELF is not base64: {e}"))?;
+        Self::from_data_with(revision, data, None)
+    }
+
+    /// As [`Content::from_data`], with the ELF of a revision recorded by image reference
+    /// (pulled by the caller).
+    pub fn from_data_with(revision: &str, data: RevisionData, pulled: Option<bytes::Bytes>) -> Result<Content, String> {
+        let elf = match (&data.elf, pulled) {
+            (Some(elf), _) => Some(B64.decode(elf).map_err(|e| format!("its ELF is not base64: {e}"))?),
+            (None, Some(b)) => Some(b.to_vec()),
+            (None, None) => None,
+        };
+        let payload = match (elf, &data.bytecode.path) {
+            (Some(bytes), _) => {
                 if data.digest.as_deref() != Some(Sha256Digest::of(&bytes).as_str()) {
                     return Err("its ELF does not match its recorded digest".into());
                 }
                 Payload::Elf(bytes.into())
             }
             (None, Some(path)) => Payload::Path(path.clone(), data.digest.as_deref().and_then(Sha256Digest::parse)),
+            (None, None) if data.bytecode.image.is_some() => {
+                return Err("it records its image by reference: pull it".into());
+            }
             (None, None) => return Err("it records neither ELF bytes nor a path".into()),
         };
         let spec = BpfProgramSpec {
@@ -151,7 +169,15 @@ impl History {
 
     /// Record `content` as the revision `p` rolls out now, and prune beyond the limit
     /// (`stable` is always kept). One List per new revision; nothing when unchanged.
-    pub async fn record(&self, p: &BpfProgram, content: &Content, stable: Option<&str>) -> Result<(), kube::Error> {
+    /// `source` is the spec's bytecode source as it must be restored (an image pinned to
+    /// the digest it resolved to).
+    pub async fn record(
+        &self,
+        p: &BpfProgram,
+        content: &Content,
+        source: &crds::program::BytecodeSource,
+        stable: Option<&str>,
+    ) -> Result<(), kube::Error> {
         let uid = p.uid().unwrap_or_default();
         self.remember(&uid, Arc::new(content.clone()));
         if self.newest.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) == Some(&content.revision) {
@@ -171,7 +197,7 @@ impl History {
                 let patch = serde_json::json!({"revision": number});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             } else {
-                let data = serde_json::to_value(content.to_data(&p.spec.bytecode)).unwrap_or_default();
+                let data = serde_json::to_value(content.to_data(source)).unwrap_or_default();
                 let cr = ControllerRevision {
                     metadata: ObjectMeta {
                         name: Some(name),
@@ -208,7 +234,13 @@ impl History {
     }
 
     /// The content of a recorded revision of `p`: from memory, else its ControllerRevision.
-    pub async fn content(&self, p: &BpfProgram, revision: &str) -> Result<Arc<Content>, String> {
+    /// A revision recorded by image reference is pulled through `images` (for `arch`).
+    pub async fn content(
+        &self,
+        p: &BpfProgram,
+        revision: &str,
+        images: Option<(&crate::image::Images, &str)>,
+    ) -> Result<Arc<Content>, String> {
         let uid = p.uid().unwrap_or_default();
         let cached = self
             .contents
@@ -233,7 +265,17 @@ impl History {
             }
             let data: RevisionData = serde_json::from_value(cr.data.map(|d| d.0).unwrap_or_default())
                 .map_err(|e| format!("ControllerRevision {name} is unreadable: {e}"))?;
-            Content::from_data(revision, data).map_err(|e| format!("ControllerRevision {name} is refused: {e}"))
+            let pulled = match (&data.elf, &data.bytecode.image, images) {
+                (None, Some(image), Some((images, arch))) => Some(
+                    images
+                        .pull_pinned(image, arch)
+                        .await
+                        .map_err(|e| format!("cannot pull revision {revision} ({}): {}", image.url, e.message))?,
+                ),
+                _ => None,
+            };
+            Content::from_data_with(revision, data, pulled)
+                .map_err(|e| format!("ControllerRevision {name} is refused: {e}"))
         };
         match read.await {
             Ok(c) => {

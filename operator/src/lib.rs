@@ -9,6 +9,7 @@ pub mod controller;
 pub mod dispatch;
 pub mod drift;
 pub mod history;
+pub mod image;
 pub mod index;
 pub mod leader;
 pub mod metrics;

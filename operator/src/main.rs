@@ -62,6 +62,17 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// A registry (`host[:port]`) to reach over plain HTTP instead of HTTPS, for
+    /// `bytecode.image`; repeatable. Only for registries on a trusted network.
+    #[arg(long = "insecure-registry", env = "BPFLEET_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// PEM file of CA certificates to trust for registries, besides the system's.
+    #[arg(long, env = "BPFLEET_REGISTRY_CA_FILE")]
+    registry_ca_file: Option<std::path::PathBuf>,
+    /// Signature policy for `bytecode.image`: a Secret in --namespace whose `*.pub` keys
+    /// (PEM, cosign format) must have signed every image; unsigned images are refused.
+    #[arg(long, env = "BPFLEET_IMAGE_SIGNATURE_KEYS_SECRET")]
+    image_signature_keys_secret: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -142,6 +153,15 @@ async fn run() -> anyhow::Result<()> {
     let cfg = WorkConfig {
         resync_every: Duration::from_secs(args.resync_seconds.max(5)),
         history_namespace: args.namespace.clone(),
+        images: operator::image::ImageConfig {
+            namespace: args.namespace.clone(),
+            insecure_registries: args.insecure_registries.clone(),
+            ca_pem: match &args.registry_ca_file {
+                Some(f) => Some(std::fs::read(f).with_context(|| format!("--registry-ca-file {}", f.display()))?),
+                None => None,
+            },
+            signature_keys_secret: args.image_signature_keys_secret.clone(),
+        },
         ..WorkConfig::default()
     };
     let work = |epoch| work::lead(client.clone(), pool.clone(), metrics.clone(), epoch, cfg.clone());

@@ -197,6 +197,7 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         conditions,
         failures,
         rollout: input.rollout.cloned(),
+        image: input.previous.and_then(|p| p.image.clone()),
     }
 }
 

@@ -33,6 +33,8 @@ pub struct WorkConfig {
     pub reconcile_concurrency: u16,
     /// Where revision history (ControllerRevisions) is kept: the operator's namespace.
     pub history_namespace: String,
+    /// Registries, pull secrets and the signature policy of `bytecode.image`.
+    pub images: crate::image::ImageConfig,
 }
 
 impl Default for WorkConfig {
@@ -43,6 +45,7 @@ impl Default for WorkConfig {
             resync_every: Duration::from_secs(60),
             reconcile_concurrency: 16,
             history_namespace: "bpfleet-system".into(),
+            images: crate::image::ImageConfig { namespace: "bpfleet-system".into(), ..Default::default() },
         }
     }
 }
@@ -70,6 +73,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
         Some(Recorder::new(client.clone(), Reporter { controller: "bpfleet-operator".into(), instance: None }));
     ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()));
     ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
+    ctx.images = Some(crate::image::Images::new(client.clone(), cfg.images.clone()));
     let ctx = Arc::new(ctx);
 
     let programs = Controller::new(Api::<BpfProgram>::all(client.clone()), watcher::Config::default())

@@ -133,6 +133,9 @@ fn operator_rbac_is_least_privilege() {
     // Revision history, in the release namespace only; never cluster-wide.
     assert_eq!(lease["rules"][1]["resources"][0], "controllerrevisions");
     assert!(!text.contains("controllerrevisions"));
+    // Pull secrets and the signature policy: get, in the release namespace only.
+    assert_eq!(lease["rules"][2]["resources"][0], "secrets");
+    assert_eq!(lease["rules"][2]["verbs"], serde_json::json!(["get"]));
 }
 
 #[test]
