@@ -28,6 +28,8 @@ pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod sign;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use auth::{BasicAuth, Credentials};
 pub use build::{BuiltImage, ImageBundle, build_image, build_index, read_layout, write_layout};
