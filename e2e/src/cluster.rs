@@ -245,6 +245,30 @@ impl Cluster {
             .with_context(|| format!("cannot patch BpfProgram {name}"))
     }
 
+    /// A Secret in the run's namespace (`type_`, e.g. `Opaque`), data as bytes.
+    pub fn create_secret(&self, name: &str, type_: &str, data: &[(&str, Vec<u8>)]) -> anyhow::Result<()> {
+        use k8s_openapi::api::core::v1::Secret;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let secret = Secret {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            type_: Some(type_.into()),
+            data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.clone()))).collect()),
+            ..Default::default()
+        };
+        block_on(api.create(&PostParams::default(), &secret))
+            .with_context(|| format!("cannot create Secret {name}"))?;
+        Ok(())
+    }
+
+    /// Set an annotation of BpfProgram `name`.
+    pub fn annotate_program(&self, name: &str, key: &str, value: &str) -> anyhow::Result<()> {
+        let api: Api<BpfProgram> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        block_on(api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)))
+            .with_context(|| format!("cannot annotate BpfProgram {name}"))?;
+        Ok(())
+    }
+
     /// The revision history of a program: (sequence number, revision) of each of its
     /// ControllerRevisions in the run's namespace.
     pub fn controller_revisions(&self, program_uid: &str) -> anyhow::Result<Vec<(i64, String)>> {

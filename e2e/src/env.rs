@@ -49,6 +49,12 @@ impl Env {
     /// Connect to the cluster of `kubeconfig`, install the CRDs, create the run's
     /// namespace and start the operator. Panics (after cleaning up) when any step fails.
     pub fn start(test: &str, kubeconfig: &Path) -> Env {
+        Self::start_with(test, kubeconfig, |_| Vec::new())
+    }
+
+    /// As [`Env::start`], the operator with more arguments, made once the run's namespace
+    /// exists (e.g. a Secret it names).
+    pub fn start_with(test: &str, kubeconfig: &Path, args: impl FnOnce(&Cluster) -> Vec<String>) -> Env {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         assert!(util::is_root(), "e2e {test}: needs root (network namespaces, bpffs, eBPF); run it with sudo -E");
         util::host_setup();
@@ -65,7 +71,9 @@ impl Env {
         env.cluster.check_no_foreign_programs().unwrap_or_else(|e| panic!("{e:#}"));
         env.cluster.install_crds().unwrap_or_else(|e| panic!("{e:#}"));
         env.cluster.create_namespace().unwrap_or_else(|e| panic!("{e:#}"));
-        let op = Operator::start(env.operator_config("a")).unwrap_or_else(|e| panic!("{e:#}"));
+        let mut cfg = env.operator_config("a");
+        cfg.extra_args = args(&env.cluster);
+        let op = Operator::start(cfg).unwrap_or_else(|e| panic!("{e:#}"));
         env.operator = Some(op);
         env
     }
@@ -82,6 +90,7 @@ impl Env {
             identity: format!("e2e-{}-{id}", self.cluster.run),
             log: self.workdir.join(format!("operator-{id}.log")),
             kubeconfig: None,
+            extra_args: Vec::new(),
         }
     }
 

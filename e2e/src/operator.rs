@@ -31,6 +31,8 @@ pub struct OperatorConfig<'a> {
     pub log: PathBuf,
     /// Another kubeconfig than the suite's (e.g. through a [`crate::proxy::Proxy`]).
     pub kubeconfig: Option<PathBuf>,
+    /// More command-line arguments (e.g. `--insecure-registry`).
+    pub extra_args: Vec<String>,
 }
 
 impl Operator {
@@ -79,6 +81,7 @@ impl Operator {
             .arg("15")
             .arg("--identity")
             .arg(&cfg.identity)
+            .args(&cfg.extra_args)
             .env("RUST_LOG", "info,operator=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
