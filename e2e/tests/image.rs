@@ -142,3 +142,60 @@ fn image_bytecode_is_pinned_by_digest_verified_and_shipped_by_the_operator() {
         env.wait_node_runs(i, &uid, &rev2);
     }
 }
+
+#[test]
+fn a_wrong_pull_secret_is_reported_and_the_right_one_pulls() {
+    const TEST: &str = "a_wrong_pull_secret_is_reported_and_the_right_one_pulls";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    if !have(REGISTRY, TEST) || !have("/usr/bin/htpasswd", TEST) {
+        return;
+    }
+    use base64::Engine;
+    // htpasswd (bcrypt) over TLS with a fresh CA the operator is told to trust.
+    let registry = Registry::start(Some(("ci", "s3cret")));
+    let ca = registry.ca_pem.clone().expect("a TLS registry has a CA");
+    let client = oci::Client::new(oci::ClientOptions {
+        credentials: oci::Credentials::basic(&registry.host, "ci", "s3cret"),
+        ca_pem: Some(ca.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let tag = registry.reference("private/xdp-counter:v1");
+    let image =
+        build_image(&e2e::util::object("xdp_counter.o"), "xdp_counter.o", &Platform::linux("amd64"), &BTreeMap::new());
+    let digest = block_on(client.push(&tag, &image.unwrap().bundle)).unwrap();
+
+    let docker_config = |user: &str, pass: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        json!({"auths": {registry.host.clone(): {"auth": auth}}}).to_string().into_bytes()
+    };
+    let ca_file = std::env::temp_dir().join(format!("bpfleet-e2e-registry-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &ca).unwrap();
+    let mut env = Env::start_with(TEST, &kubeconfig, |cluster| {
+        let t = "kubernetes.io/dockerconfigjson";
+        cluster.create_secret("wrong-creds", t, &[(".dockerconfigjson", docker_config("ci", "guess"))]).unwrap();
+        cluster.create_secret("right-creds", t, &[(".dockerconfigjson", docker_config("ci", "s3cret"))]).unwrap();
+        vec![format!("--registry-ca-file={}", ca_file.display())]
+    });
+    let a = env.add_node(&[]);
+    let url = format!("{}/private/xdp-counter:v1", registry.host);
+    let spec = env.xdp_spec(
+        env.selector(&[]),
+        json!({"image": {"url": url, "pullSecret": "wrong-creds"}}),
+        "count_packets",
+        &["eth0"],
+    );
+    let name = env.create_program("private", spec);
+    let p = env.wait_program(&name, "refused credentials", APPLY_TIMEOUT, |p| stalled_with(p, "ImageUnavailable"));
+    let msg = &condition(p.status.as_ref().unwrap(), "Stalled").unwrap().message;
+    assert!(msg.contains(&registry.host), "the registry is named: {msg}");
+    assert!(env.node(a).xdp("eth0").is_empty(), "nothing reached the node");
+
+    env.cluster
+        .patch_program_spec(&name, json!({"bytecode": {"image": {"url": url, "pullSecret": "right-creds"}}}))
+        .unwrap();
+    let p = env.wait_ready(&name, 1);
+    assert_eq!(image_status(&p).unwrap().digest, digest.to_string());
+    assert_eq!(env.node(a).xdp("eth0").len(), 1);
+    let _ = std::fs::remove_file(ca_file);
+}
