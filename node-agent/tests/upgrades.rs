@@ -19,7 +19,7 @@
 mod common;
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -34,20 +34,6 @@ const PORT: u16 = 9999;
 const UPGRADES: u32 = 20;
 /// Packets per second of the held stream.
 const RATE: u64 = 2000;
-
-/// The u64 at `key` of a pinned array map, read by bpftool.
-fn read_u64(pin: &Path, key: u32) -> u64 {
-    let k = key.to_le_bytes();
-    let out = sh(&format!("bpftool -j map lookup pinned {} key {} {} {} {}", pin.display(), k[0], k[1], k[2], k[3]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
-    let bytes: Vec<u8> = v["value"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no value in {out}"))
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect();
-    u64::from_le_bytes(bytes[..8].try_into().unwrap())
-}
 
 /// Revision number `rev` of an owner running `programs_yaml` of udp_counter.o, with
 /// REVISION = `rev` (the agent takes the revision string as given; the operator would

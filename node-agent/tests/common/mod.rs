@@ -170,7 +170,14 @@ pub fn input_bytes(owner: &str, spec_yaml: &str, bytecode: Vec<u8>) -> ApplyInpu
 
 /// The u64 at key 0 of a pinned array map, read by bpftool.
 pub fn read_counter(pin: &Path) -> u64 {
-    let out = sh(&format!("bpftool -j map lookup pinned {} key 0 0 0 0", pin.display()));
+    read_u64(pin, 0)
+}
+
+/// The u64 at `key` of a pinned array map, read by bpftool (a shorter value is
+/// zero-extended).
+pub fn read_u64(pin: &Path, key: u32) -> u64 {
+    let k = key.to_le_bytes();
+    let out = sh(&format!("bpftool -j map lookup pinned {} key {} {} {} {}", pin.display(), k[0], k[1], k[2], k[3]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
     let bytes: Vec<u8> = v["value"]
         .as_array()
