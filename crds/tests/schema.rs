@@ -203,8 +203,8 @@ fn two_bytecode_sources_are_rejected() {
     spec["bytecode"]["path"] = json!("/opt/bpf/x.o");
     rejected(
         spec,
-        "bytecode must set exactly one of inline, configMap or path",
-        "exactly one of inline, configMap or path",
+        "bytecode must set exactly one of inline, configMap, path or image",
+        "exactly one of inline, configMap, path or image",
     );
 }
 
@@ -214,8 +214,8 @@ fn no_bytecode_source_is_rejected() {
     spec["bytecode"] = json!({});
     rejected(
         spec,
-        "bytecode must set exactly one of inline, configMap or path",
-        "exactly one of inline, configMap or path",
+        "bytecode must set exactly one of inline, configMap, path or image",
+        "exactly one of inline, configMap, path or image",
     );
 }
 
