@@ -70,8 +70,32 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
             format!("the ELF object is for {:?}, not eBPF; build it with clang -target bpf", file.architecture()),
         ));
     }
-    let obj = aya_obj::Object::parse(bytes)
-        .map_err(|e| AgentError::new(Reason::MalformedElf, format!("cannot parse the eBPF object: {e}")))?;
+    // A 32-bit or foreign-endian header parses, but aya then finds no programs: say why.
+    if !file.is_64() {
+        return Err(AgentError::new(
+            Reason::MalformedElf,
+            "the ELF object is 32-bit (ELFCLASS32); eBPF objects are 64-bit: build it with clang -target bpf",
+        ));
+    }
+    if file.is_little_endian() != cfg!(target_endian = "little") {
+        let (theirs, ours, target) =
+            if file.is_little_endian() { ("little", "big", "bpfeb") } else { ("big", "little", "bpfel") };
+        return Err(AgentError::new(
+            Reason::MalformedElf,
+            format!(
+                "the ELF object is {theirs}-endian but this node is {ours}-endian: build it with clang -target {target} (or -target bpf on the node's architecture)"
+            ),
+        ));
+    }
+    let obj = aya_obj::Object::parse(bytes).map_err(|e| {
+        // aya's BTF errors ("no BTF parsed for object", "BTF error") do not say what to do.
+        let hint = if e.to_string().contains("BTF") {
+            "; maps in SEC(\".maps\") and global data need the object's BTF: build it with clang -g -target bpf"
+        } else {
+            "; build it with clang -g -O2 -target bpf"
+        };
+        AgentError::new(Reason::MalformedElf, format!("cannot parse the eBPF object: {e}{hint}"))
+    })?;
 
     let programs = obj.programs.iter().map(|(name, p)| (name.clone(), section_type(&p.section))).collect();
     let maps = obj
