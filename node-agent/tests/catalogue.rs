@@ -569,8 +569,15 @@ async fn call_with(url: &str, tls: tonic::transport::ClientTlsConfig) -> Result<
     tokio::time::timeout(Duration::from_secs(10), call).await.unwrap_or_else(|_| Err("timed out".into()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalogue_tls_clients_refused() {
+/// Serialized with the in-process cases: the tracepoint limit case loads the same
+/// function this case counts in the kernel.
+#[test]
+fn catalogue_tls_clients_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    rt().block_on(catalogue_tls_clients_refused_async());
+}
+
+async fn catalogue_tls_clients_refused_async() {
     let dirs = Dirs::new("cattls");
     let mut agent = AgentProc::spawn_tls(&dirs, &[]);
     let mut good = agent.ready_client(dirs.client_tls()).await;
@@ -619,8 +626,15 @@ async fn catalogue_tls_clients_refused() {
 
 /// Requests a client can build but the operator never sends: each is refused with
 /// InvalidSpec (or the reason given) and words, and nothing reaches bpffs or the kernel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalogue_garbage_requests_refused() {
+/// Serialized with the in-process cases: the tracepoint limit case loads the same
+/// function this case counts in the kernel.
+#[test]
+fn catalogue_garbage_requests_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    rt().block_on(catalogue_garbage_requests_refused_async());
+}
+
+async fn catalogue_garbage_requests_refused_async() {
     let dirs = Dirs::new("catwire");
     let mut agent = AgentProc::spawn_tls(&dirs, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
