@@ -121,8 +121,9 @@ pub struct ImageBytecode {
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[a-z0-9][^\s]*$"))]
     pub url: String,
     /// The image (manifest or index) digest to run, `sha256:<64 hex>`. Without it, the
-    /// tag is resolved once per spec generation and the digest recorded in
-    /// `status.image`; every node runs exactly that digest.
+    /// tag is resolved when this url first appears (or the `bpfleet.dev/resolve-image`
+    /// annotation changes) and the digest recorded in `status.image`; every node runs
+    /// exactly that digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 71, max = 71), regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
     pub digest: Option<String>,
@@ -156,9 +157,10 @@ pub struct ImageStatus {
     pub url: String,
     /// The image digest every node runs (`sha256:…`).
     pub digest: String,
-    /// The `metadata.generation` the tag was resolved for; a new generation resolves
-    /// it again, an unchanged spec never does (a moved tag does not reach nodes one by
-    /// one). The annotation `bpfleet.dev/resolve-image` with a new value resolves again.
+    /// The `metadata.generation` at which the tag was resolved. It is resolved again
+    /// only when the url changes or the annotation `bpfleet.dev/resolve-image` gets a
+    /// new value: other spec edits (a resume, a pause) never pick up a moved tag, and a
+    /// moved tag never reaches nodes one by one.
     #[serde(default)]
     pub resolved_generation: i64,
     /// The `bpfleet.dev/resolve-image` annotation value the digest was resolved at.

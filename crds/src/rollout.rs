@@ -131,8 +131,9 @@ pub enum Phase {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub phase: Phase,
-    /// The last revision every target node ran healthy; nodes the rollout has not
-    /// reached yet run it, and a rollback returns to it.
+    /// The revision the last completed rollout put on every target node (nodes within
+    /// `failureThreshold` aside); nodes the rollout has not reached yet run it, and a
+    /// rollback returns to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_revision: Option<String>,
     /// The revision being rolled out (`status.revision`).

@@ -161,7 +161,10 @@ pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSp
         return Ok(Payload::Path(path.clone(), digest));
     }
     let Some(cm) = &src.config_map else {
-        return Err(problem(Reason::InvalidSpec, "bytecode must set exactly one of inline, configMap, path or image".into()));
+        return Err(problem(
+            Reason::InvalidSpec,
+            "bytecode must set exactly one of inline, configMap, path or image".into(),
+        ));
     };
     let at = format!("ConfigMap {}/{}", cm.namespace, cm.name);
     let key: Key = (cm.namespace.clone(), cm.name.clone(), cm.key.clone());

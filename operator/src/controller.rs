@@ -192,7 +192,12 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
             if let (Some(img), Some(st)) = (source.image.as_mut(), image_status.as_ref()) {
                 img.digest = Some(st.digest.clone());
             }
-            history.record(&p, content, &source, stable.as_deref()).await?;
+            // Best effort: a history that cannot be written must not stop the rollout
+            // of what the spec asks (a rollback to this revision would then need its
+            // source again).
+            if let Err(e) = history.record(&p, content, &source, stable.as_deref()).await {
+                tracing::warn!(program = %name, revision = %content.revision, error = %e, "cannot record the revision history");
+            }
         }
         let (status, w) = roll_out(ctx, &p, &uid, content, &targets, &nodes).await;
         rollout_status = Some(status);
@@ -325,11 +330,17 @@ async fn roll_out(
                 _ => None,
             })
             .collect();
+        let unreachable: BTreeSet<String> = targets
+            .iter()
+            .filter(|n| matches!(ctx.index.outcome(n, uid, rev), NodeOutcome::Unreachable { .. }))
+            .cloned()
+            .collect();
         let decision = rollout::decide(&rollout::Input {
             update: rev,
             order: &order,
             observed: &observed,
             failed: &failed,
+            unreachable: &unreachable,
             previous: previous.as_ref(),
             settings: &settings,
             now,
@@ -585,6 +596,9 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     }
     if waiting.is_empty() {
         ctx.desired.write().unwrap_or_else(|e| e.into_inner()).remove(&uid);
+        if let Some(h) = &ctx.history {
+            h.forget(&uid);
+        }
         ctx.metrics.forget_program(&p.name_any());
         publish(ctx, &p, EventType::Normal, "Removed", "removed from every node".into()).await;
         return Ok(Action::await_change());

@@ -47,6 +47,8 @@ impl Content {
     /// The record of this content, with the spec's bytecode source as it was.
     pub fn to_data(&self, source: &crds::program::BytecodeSource) -> RevisionData {
         let (elf, digest) = match &self.payload {
+            // Inline bytes are in the source already: not twice.
+            Payload::Elf(b) if source.inline.is_some() => (None, Some(Sha256Digest::of(b).to_string())),
             // An ELF from an image may exceed what an object can hold (16 MiB against
             // etcd's 1.5 MiB): such a revision is recorded by its pinned image reference.
             Payload::Elf(b) if b.len() > crds::limits::MAX_BYTECODE_BYTES => {
@@ -74,10 +76,12 @@ impl Content {
     /// As [`Content::from_data`], with the ELF of a revision recorded by image reference
     /// (pulled by the caller).
     pub fn from_data_with(revision: &str, data: RevisionData, pulled: Option<bytes::Bytes>) -> Result<Content, String> {
-        let elf = match (&data.elf, pulled) {
-            (Some(elf), _) => Some(B64.decode(elf).map_err(|e| format!("its ELF is not base64: {e}"))?),
-            (None, Some(b)) => Some(b.to_vec()),
-            (None, None) => None,
+        let decode = |b64: &str| B64.decode(b64.trim()).map_err(|e| format!("its ELF is not base64: {e}"));
+        let elf = match (&data.elf, pulled, &data.bytecode.inline) {
+            (Some(elf), _, _) => Some(decode(elf)?),
+            (None, Some(b), _) => Some(b.to_vec()),
+            (None, None, Some(inline)) => Some(decode(inline)?),
+            (None, None, None) => None,
         };
         let payload = match (elf, &data.bytecode.path) {
             (Some(bytes), _) => {
@@ -284,7 +288,7 @@ impl History {
                 Ok(c)
             }
             Err(e) => {
-                if !e.starts_with("cannot read") {
+                if !e.starts_with("cannot read") && !e.starts_with("cannot pull") {
                     self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
                 }
                 Err(e)

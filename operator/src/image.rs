@@ -124,20 +124,19 @@ fn from_oci(e: oci::Error) -> SpecProblem {
 }
 
 /// Which digest the spec runs now, without a registry when it can: the spec's own
-/// digest, else the one recorded for this generation (and resolve token), else `None`
-/// (resolve the tag).
+/// digest, else the one recorded for this url (and resolve token), else `None` (resolve
+/// the tag).
 pub fn pinned_digest(
     image: &crds::program::ImageBytecode,
     previous: Option<&ImageStatus>,
-    generation: i64,
     token: Option<&str>,
 ) -> Option<String> {
     if let Some(d) = &image.digest {
         return Some(d.clone());
     }
-    previous
-        .filter(|s| s.url == image.url && s.resolved_generation == generation && s.resolve_token.as_deref() == token)
-        .map(|s| s.digest.clone())
+    // Only a change of the image itself (its url) or of the resolve annotation resolves
+    // again: a resume, a pause or a selector edit must not pick up a moved tag.
+    previous.filter(|s| s.url == image.url && s.resolve_token.as_deref() == token).map(|s| s.digest.clone())
 }
 
 /// The one architecture of the target nodes (`kubernetes.io/arch`, amd64 when unset).
@@ -259,7 +258,7 @@ impl Images {
         let generation = p.metadata.generation.unwrap_or(0);
         let token = p.annotations().get(RESOLVE_ANNOTATION).cloned();
         let previous = p.status.as_ref().and_then(|s| s.image.as_ref());
-        let pinned = pinned_digest(image, previous, generation, token.as_deref());
+        let pinned = pinned_digest(image, previous, token.as_deref());
         let fresh = pinned.is_none();
         let mut client: Option<oci::Client> = None;
         let digest = match pinned {
@@ -371,7 +370,11 @@ impl Images {
             Err(e) if e.is_transient() => return Err(from_oci(e)),
             Err(e) => Err(from_oci(e)),
         };
-        self.verified.lock().unwrap_or_else(|e| e.into_inner()).insert(key, result.clone());
+        // Only a success is kept: an image signed after it was refused is accepted at
+        // the next reconcile.
+        if result.is_ok() {
+            self.verified.lock().unwrap_or_else(|e| e.into_inner()).insert(key, result.clone());
+        }
         result
     }
 }
@@ -415,17 +418,20 @@ mod tests {
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
     #[test]
-    fn a_tag_is_resolved_once_per_generation_and_on_request() {
+    fn a_tag_is_resolved_once_per_url_and_on_request() {
         let i = img("r.example/x:v1", None);
-        assert_eq!(pinned_digest(&i, None, 1, None), None, "never resolved: resolve");
+        assert_eq!(pinned_digest(&i, None, None), None, "never resolved: resolve");
         let s = st("r.example/x:v1", D1, 1, None);
-        assert_eq!(pinned_digest(&i, Some(&s), 1, None).as_deref(), Some(D1), "same generation: keep the digest");
-        assert_eq!(pinned_digest(&i, Some(&s), 2, None), None, "a new spec resolves again");
-        assert_eq!(pinned_digest(&i, Some(&s), 1, Some("now")), None, "a new annotation value resolves again");
+        assert_eq!(
+            pinned_digest(&i, Some(&s), None).as_deref(),
+            Some(D1),
+            "the same url keeps its digest, whatever else of the spec changes (resume, pause, selector)"
+        );
+        assert_eq!(pinned_digest(&i, Some(&s), Some("now")), None, "a new annotation value resolves again");
         let other = st("r.example/x:v2", D1, 1, None);
-        assert_eq!(pinned_digest(&i, Some(&other), 1, None), None, "another url");
+        assert_eq!(pinned_digest(&i, Some(&other), None), None, "another url");
         let pinned = img("r.example/x:v1", Some(D2));
-        assert_eq!(pinned_digest(&pinned, Some(&s), 1, None).as_deref(), Some(D2), "the spec's digest wins");
+        assert_eq!(pinned_digest(&pinned, Some(&s), None).as_deref(), Some(D2), "the spec's digest wins");
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub struct Input<'a> {
     pub observed: &'a BTreeMap<String, Observed>,
     /// Nodes whose last apply of `update` failed, with the error to show.
     pub failed: &'a BTreeMap<String, String>,
+    /// Nodes whose agent cannot be reached: they hold no step up and take no slot of
+    /// `maxInFlight`; they get their revision when they answer again.
+    pub unreachable: &'a std::collections::BTreeSet<String>,
     /// `status.rollout` as last written.
     pub previous: Option<&'a RolloutStatus>,
     pub settings: &'a Settings,
@@ -215,11 +218,23 @@ impl Eval<'_> {
         }
     }
 
-    /// Nodes that already run `update` first (any health), then the rest, in order.
+    fn away(&self, node: &str) -> bool {
+        self.input.unreachable.contains(node)
+    }
+
+    /// Nodes that already run `update` first (any health), then the reachable rest in
+    /// order, unreachable ones last.
     fn effective_order(&self) -> Vec<&str> {
         let (on, off): (Vec<&String>, Vec<&String>) =
             self.input.order.iter().partition(|n| self.runs(n, self.input.update));
-        on.into_iter().chain(off).map(String::as_str).collect()
+        let (here, away): (Vec<&String>, Vec<&String>) = off.into_iter().partition(|n| !self.away(n));
+        on.into_iter().chain(here).chain(away).map(String::as_str).collect()
+    }
+
+    /// A step's node needs nothing more: it runs `update` healthy, failed it (within the
+    /// threshold, retried with backoff), or cannot be reached.
+    fn done(&self, node: &str) -> bool {
+        self.updated(node) || self.failed(node) || self.away(node)
     }
 
     /// `want` for the first nodes of `cohort` that are not on it yet, at most
@@ -237,7 +252,7 @@ impl Eval<'_> {
                 assign.insert(n.to_string(), Some(want.to_string()));
                 continue;
             }
-            if budget == 0 {
+            if budget == 0 || self.away(n) {
                 continue;
             }
             budget -= 1;
@@ -332,7 +347,15 @@ pub fn decide(input: &Input<'_>) -> Decision {
         Some(Phase::RolledBack) => {
             status.phase = Phase::RolledBack;
             status.message = prev.and_then(|p| p.message.clone());
-            let assign = input.order.iter().map(|n| (n.clone(), stable.map(str::to_string))).collect();
+            let assign = input
+                .order
+                .iter()
+                .map(|n| match stable {
+                    Some(st) => (n.clone(), Some(st.to_string())),
+                    None if e.runs(n, update) => (n.clone(), None),
+                    None => (n.clone(), e.hold(n, None)),
+                })
+                .collect();
             return Decision { assign, status, wake: None };
         }
         Some(Phase::Halted) if !(resumed_at(step) && failed.len() <= s.failure_threshold) => {
@@ -353,8 +376,11 @@ pub fn decide(input: &Input<'_>) -> Decision {
     // once, as a DaemonSet's pods do on creation: there is nothing to protect yet, and
     // failed nodes are retried with backoff. It settles (becomes stable) once no node is
     // pending.
-    if input.order.iter().all(|n| input.observed.get(n).is_none_or(|o| o.revision == update)) {
-        let pending = targets - updated - failed.len();
+    let first = stable.is_none()
+        && prev.is_none_or(|p| p.update_revision.as_deref() == Some(update))
+        && input.order.iter().all(|n| input.observed.get(n).is_none_or(|o| o.revision == update));
+    if first {
+        let pending = targets.saturating_sub(updated + failed.len());
         let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
         if updated == targets {
             return Decision { assign, status: complete(status), wake: None };
@@ -371,16 +397,22 @@ pub fn decide(input: &Input<'_>) -> Decision {
     let order = e.effective_order();
     let stop = |mut status: RolloutStatus, why: String| {
         let (phase, assign) = match (s.on_failure, stable) {
-            (OnFailure::Rollback, _) => {
-                (Phase::RolledBack, all.iter().map(|n| (n.to_string(), stable.map(str::to_string))).collect())
+            (OnFailure::Rollback, Some(st)) => {
+                (Phase::RolledBack, all.iter().map(|n| (n.to_string(), Some(st.to_string()))).collect())
             }
+            // No revision ran everywhere: take the new one off the nodes that got it and
+            // leave every other node with what it runs.
+            (OnFailure::Rollback, None) => (
+                Phase::RolledBack,
+                all.iter().map(|n| (n.to_string(), if e.runs(n, update) { None } else { e.hold(n, None) })).collect(),
+            ),
             (OnFailure::Halt, _) => (Phase::Halted, hold_all(&e)),
         };
         status.phase = phase;
         status.message = Some(match phase {
             Phase::RolledBack => match stable {
                 Some(st) => format!("{why}; rolling back to revision {st}"),
-                None => format!("{why}; removing it (no earlier revision ran everywhere)"),
+                None => format!("{why}; removing it from the nodes that got it (no earlier revision ran everywhere)"),
             },
             _ => format!("{why}; halted: fix the spec, revert it, or resume once the nodes recover"),
         });
@@ -402,10 +434,10 @@ pub fn decide(input: &Input<'_>) -> Decision {
         let started = step_start.clone().unwrap_or_else(|| time(input.now));
         status.step_start_time = Some(started.clone());
         // Failed nodes within the threshold are tolerated (and retried with backoff).
-        if !cohort.iter().all(|n| e.updated(n) || e.failed(n)) {
+        if !cohort.iter().all(|n| e.done(n)) {
             let elapsed = since(Some(&started), input.now).unwrap_or_default();
             if elapsed > s.deadline {
-                let late: Vec<&str> = cohort.iter().copied().filter(|n| !e.updated(n) && !e.failed(n)).collect();
+                let late: Vec<&str> = cohort.iter().copied().filter(|n| !e.done(n)).collect();
                 let why = format!(
                     "step {step}/{total_steps} did not finish within {}s: not ready: {}",
                     s.deadline.as_secs(),

@@ -196,7 +196,9 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         failed_nodes: failed as i32,
         conditions,
         failures,
-        rollout: input.rollout.cloned(),
+        // A spec problem computes no rollout: keep the last one (its stable revision,
+        // a halt) rather than forget it.
+        rollout: input.rollout.cloned().or_else(|| input.previous.and_then(|p| p.rollout.clone())),
         image: input.previous.and_then(|p| p.image.clone()),
     }
 }

@@ -43,6 +43,7 @@ struct World {
     order: Vec<String>,
     observed: BTreeMap<String, Observed>,
     failed: BTreeMap<String, String>,
+    unreachable: BTreeSet<String>,
     status: Option<RolloutStatus>,
     settings: Settings,
     now: Timestamp,
@@ -56,6 +57,7 @@ impl World {
             settings: Settings::resolve(Some(&spec), n),
             order,
             failed: BTreeMap::new(),
+            unreachable: BTreeSet::new(),
             status: Some(stable(OLD)),
             now: Timestamp::from_second(1_800_000_000).unwrap(),
         }
@@ -67,6 +69,7 @@ impl World {
             order: &self.order,
             observed: &self.observed,
             failed: &self.failed,
+            unreachable: &self.unreachable,
             previous: self.status.as_ref(),
             settings: &self.settings,
             now: self.now,
@@ -396,8 +399,58 @@ fn a_rollback_without_a_stable_revision_removes_it() {
     w.apply(&d, &all, NEW);
     let d = w.decide(NEW);
     assert_eq!(d.status.phase, Phase::RolledBack);
-    assert!(d.assign.values().all(Option::is_none), "{d:?}");
+    assert!(d.assign.values().all(|r| r.as_deref() == Some(OLD)), "nodes that never got r1 keep r0: {d:?}");
     assert!(d.status.message.unwrap().contains("removing it"));
+}
+
+#[test]
+fn without_a_stable_revision_a_rollback_takes_the_new_one_only_off_the_nodes_that_got_it() {
+    let spec = RolloutSpec { on_failure: OnFailure::Rollback, failure_threshold: 0, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    w.status = None;
+    // r1 reached two nodes (one of them unhealthy), r0 never settled anywhere.
+    let (n0, n1) = (w.order[0].clone(), w.order[1].clone());
+    w.observed.insert(n0.clone(), Observed { revision: NEW.into(), health: Health::Healthy });
+    w.observed.insert(n1.clone(), Observed { revision: NEW.into(), health: Health::Degraded });
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    assert_eq!((d.assign[&n0].clone(), d.assign[&n1].clone()), (None, None));
+    assert!(w.order[2..].iter().all(|n| d.assign[n].as_deref() == Some(OLD)), "{d:?}");
+    // And it stays so.
+    let d = w.decide(NEW);
+    assert_eq!(d.assign[&n0], None);
+    assert_eq!(d.assign[&w.order[4]].as_deref(), Some(OLD));
+}
+
+#[test]
+fn after_a_restart_with_nothing_listed_yet_a_rollout_does_not_turn_into_a_first_install() {
+    let mut w = World::new(5, canary_spec());
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    // A new leader whose agents have not answered yet: the index is empty.
+    w.observed.clear();
+    let d = w.decide(NEW);
+    assert!(d.assign.values().filter(|r| r.as_deref() == Some(NEW)).count() <= 2, "{d:?}");
+    assert_ne!(d.status.phase, Phase::Complete);
+}
+
+#[test]
+fn an_unreachable_node_holds_no_step_up_and_takes_no_slot() {
+    let spec = RolloutSpec { steps: vec![step(IntOrString::Int(2), None)], ..canary_spec() };
+    let mut w = World::new(5, spec);
+    // The first ranked node is unreachable: the canary slots go to reachable ones.
+    let away = w.order[0].clone();
+    w.unreachable.insert(away.clone());
+    for _ in 0..10 {
+        let d = w.decide(NEW);
+        assert_ne!(d.assign[&away].as_deref(), Some(NEW), "never sent while away... until complete: {d:?}");
+        if d.status.step == 2 {
+            break;
+        }
+        assert!(w.switching(&d) <= 2);
+        w.apply(&d, &[], "");
+    }
+    assert_eq!(w.count(NEW), 2, "step 1 done with two reachable nodes");
 }
 
 #[test]
