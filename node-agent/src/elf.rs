@@ -87,7 +87,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
             ),
         ));
     }
-    let obj = aya_obj::Object::parse(bytes).map_err(|e| {
+    let obj = parse_object(bytes).map_err(|e| {
         // aya's BTF errors ("no BTF parsed for object", "BTF error") do not say what to do.
         let hint = if e.to_string().contains("BTF") {
             "; maps in SEC(\".maps\") and global data need the object's BTF: build it with clang -g -target bpf"
@@ -126,6 +126,20 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
         }
     }
     Ok(ElfInfo { programs, globals, maps })
+}
+
+/// aya-obj 0.3 panics on some malformed BTF (a `.BTF.ext` record naming a string offset
+/// outside `.BTF`, found by fuzzing): such an object is refused like any other bad one
+/// instead of taking the request down.
+fn parse_object(bytes: &[u8]) -> std::result::Result<aya_obj::Object, String> {
+    match std::panic::catch_unwind(|| aya_obj::Object::parse(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(panic) => {
+            let why =
+                panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            Err(format!("the parser failed on malformed input ({})", why.unwrap_or_default()))
+        }
+    }
 }
 
 impl ElfInfo {

@@ -229,7 +229,12 @@ pub struct SetAside {
 /// rather than misread.
 fn parse_record(path: &Path) -> Result<OwnerRecord, String> {
     let bytes = fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| format!("corrupt: {e}"))?;
+    parse_record_bytes(&bytes)
+}
+
+/// A record file's contents as a record, or why it cannot be used.
+pub fn parse_record_bytes(bytes: &[u8]) -> Result<OwnerRecord, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("corrupt: {e}"))?;
     let schema = value.get("schema").and_then(|v| v.as_u64()).unwrap_or(1);
     if schema > u64::from(SCHEMA_VERSION) {
         return Err(format!("format {schema} is newer than this agent's {SCHEMA_VERSION}"));
