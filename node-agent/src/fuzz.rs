@@ -57,13 +57,22 @@ pub fn manifest(data: &[u8]) {
         bpf_program(obj);
     }
     let Ok(text) = std::str::from_utf8(data) else { return };
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let Ok(value) = <serde_yaml::Value as serde::Deserialize>::deserialize(doc) else { continue };
-        if let Ok(spec) = serde_yaml::from_value::<BpfProgramSpec>(value.clone()) {
-            spec_checks(&spec);
-        }
-        if let Ok(obj) = serde_yaml::from_value::<BpfProgram>(value) {
+    // As a standalone agent reads a manifest file.
+    for (_, doc) in crate::standalone::documents(text) {
+        if let Ok(obj) = doc {
             bpf_program(obj);
+        }
+    }
+    // Every document as a bare spec (the operator validates specs of any origin).
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
+            Ok(value) => {
+                if let Ok(spec) = serde_yaml::from_value::<BpfProgramSpec>(value) {
+                    spec_checks(&spec);
+                }
+            }
+            // serde_yaml repeats a syntax error forever (see `standalone::documents`).
+            Err(_) => break,
         }
     }
 }

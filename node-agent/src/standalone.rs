@@ -49,26 +49,36 @@ pub fn scan(dir: &Path) -> Scan {
                 continue;
             }
         };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
-                Ok(v) => v,
-                Err(e) => {
-                    errors.push((path.clone(), format!("document {}: not YAML: {e}", i + 1)));
-                    continue;
-                }
-            };
-            if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("BpfProgram") {
-                continue;
-            }
-            let parsed: Result<BpfProgram, _> = serde_yaml::from_value(value);
-            match parsed.map_err(|e| e.to_string()).and_then(|obj| input_from_manifest(&obj).map_err(|e| e.to_string()))
-            {
+        for (i, doc) in documents(&text) {
+            match doc.and_then(|obj| input_from_manifest(&obj).map_err(|e| e.to_string())) {
                 Ok(input) => found.push((path.clone(), input)),
-                Err(e) => errors.push((path.clone(), format!("document {}: {e}", i + 1))),
+                Err(e) => errors.push((path.clone(), format!("document {i}: {e}"))),
             }
         }
     }
     Scan { found, errors, present }
+}
+
+/// The BpfPrograms of one manifest file, by document number (from 1); documents of other
+/// kinds are skipped. The first document that is not YAML ends the file: serde_yaml
+/// cannot resume after a syntax error and would yield the same error forever (found by
+/// fuzzing: the scan never returned and its error list grew without bound).
+pub fn documents(text: &str) -> Vec<(usize, Result<BpfProgram, String>)> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                out.push((i + 1, Err(format!("not YAML: {e}"))));
+                break;
+            }
+        };
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("BpfProgram") {
+            continue;
+        }
+        out.push((i + 1, serde_yaml::from_value(value).map_err(|e| e.to_string())));
+    }
+    out
 }
 
 /// What one reconciliation pass remembers for the next.
@@ -269,5 +279,17 @@ mod tests {
         assert_eq!(owners_to_keep(&found[1..], &both, &broken_a, &mut last, &mut unknown, true), Keep::All);
         let keep = owners_to_keep(&found[1..], &only_b, &none, &mut last, &mut unknown, false);
         assert_eq!(keep, owners(&["standalone-b"]), "deleted: decided");
+    }
+
+    /// Found by fuzzing: after a syntax error serde_yaml yields the same error again and
+    /// again, so reading a file mid-edit never finished.
+    #[test]
+    fn a_syntax_error_ends_the_file() {
+        let text = "kind: BpfProgram\nspec: {programs: [a\n---\nkind: BpfProgram\n";
+        let docs = documents(text);
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        let (n, doc) = &docs[0];
+        assert_eq!(*n, 1);
+        assert!(doc.as_ref().is_err_and(|e| e.starts_with("not YAML")), "{doc:?}");
     }
 }
