@@ -1,0 +1,110 @@
+//! bpfleet-reliability: agent crash trials (default) or a soak (`--soak N`), as root on
+//! a kernel with BPF. Needs the agent built with fault points:
+//! `cargo build -p node-agent --bin bpfleet-agent --features test-support`.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Parser;
+use reliability::{crash, owners, process, soak};
+
+#[derive(Parser, Debug)]
+#[command(name = "bpfleet-reliability", about = "Crash trials and soak of bpfleet-agent, checked from the kernel")]
+struct Args {
+    /// Seed of the trials (printed; the same seed replays the same plans). Default: from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of crash trials.
+    #[arg(long, default_value_t = 100)]
+    trials: u64,
+    /// Run only trial N of the seed.
+    #[arg(long)]
+    only_trial: Option<u64>,
+    /// Longest random delay (ms) between sending a call and the kill, for delay kills.
+    #[arg(long, default_value_t = 30)]
+    max_kill_delay_ms: u64,
+    /// Longest random delay (ms) between starting an agent and killing it during recovery.
+    #[arg(long, default_value_t = 250)]
+    max_recovery_kill_ms: u64,
+    /// Soak instead of crash trials: this many apply → upgrade → remove cycles on one agent.
+    #[arg(long)]
+    soak: Option<u64>,
+    /// Soak: sample every N cycles (and at 1, 10, 100 and the end).
+    #[arg(long, default_value_t = 1000)]
+    sample_every: u64,
+    /// The agent binary (built with --features test-support). Default: next to this one.
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
+    /// Directory of the example objects (examples/build.sh).
+    #[arg(long)]
+    objects: Option<PathBuf>,
+    /// Where logs and state go (kept for failed trials). Default: a temporary directory.
+    #[arg(long)]
+    work: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let agent_bin = args.agent_bin.unwrap_or_else(process::default_bin);
+    if !agent_bin.exists() {
+        bail!(
+            "no agent binary at {}: build it with `cargo build -p node-agent --bin bpfleet-agent --features test-support` or pass --agent-bin",
+            agent_bin.display()
+        );
+    }
+    let objects = args.objects.unwrap_or_else(owners::objects_dir);
+    let tmp = tempfile::Builder::new().prefix("bpfleet-reliability-").tempdir()?;
+    let work = match args.work {
+        Some(w) => {
+            std::fs::create_dir_all(&w)?;
+            w
+        }
+        None => tmp.path().to_path_buf(),
+    };
+    if let Some(cycles) = args.soak {
+        let cfg = soak::Config { cycles, sample_every: args.sample_every, agent_bin, objects };
+        let r = soak::run(&cfg, &work)?;
+        let (first, last) = (r.samples.first(), r.samples.last());
+        if let (Some(a), Some(b)) = (first, last) {
+            println!(
+                "soak: {} cycles in {:.0} s; RSS {} → {} KiB, fds {} → {}, bpffs entries {} → {}, kernel programs {} → {}, links {} → {}, soak programs still loaded {}",
+                b.cycle,
+                b.seconds,
+                a.rss_kib,
+                b.rss_kib,
+                a.fds,
+                b.fds,
+                a.bpffs_entries,
+                b.bpffs_entries,
+                a.kernel_programs,
+                b.kernel_programs,
+                a.kernel_links,
+                b.kernel_links,
+                b.ours_loaded
+            );
+        }
+        if !r.errors.is_empty() || !r.final_findings.is_empty() {
+            bail!("soak failed: errors {:?}, final check {:?}", r.errors, r.final_findings);
+        }
+        return Ok(());
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    let cfg = crash::Config {
+        seed,
+        trials: args.trials,
+        only_trial: args.only_trial,
+        agent_bin,
+        objects,
+        max_kill_delay_ms: args.max_kill_delay_ms,
+        max_recovery_kill_ms: args.max_recovery_kill_ms,
+    };
+    let report = crash::run(&cfg, &work)?;
+    if report.converged() != report.trials.len() || report.leaks() > 0 {
+        // Keep the failed trials' logs.
+        let kept = tmp.keep();
+        bail!("{} (logs of failed trials under {})", report.summary(), kept.display());
+    }
+    Ok(())
+}
