@@ -234,7 +234,10 @@ impl Amount {
 /// A pause duration: `30s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let bad = || format!("{s:?} is not a duration such as 30s, 2m or 1h");
-    let (n, unit) = s.split_at(s.len().checked_sub(1).ok_or_else(bad)?);
+    // The unit is one ASCII byte; a multi-byte last character is no unit (and no place
+    // to split: found by fuzzing, `split_at` panicked on "Λ").
+    let at = s.len().checked_sub(1).filter(|&i| s.is_char_boundary(i)).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(at);
     let n: u64 = n.parse().map_err(|_| bad())?;
     let secs = match unit {
         "s" => n,
@@ -319,7 +322,7 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap().as_secs(), 30);
         assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
         assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
-        for bad in ["", "s", "1d", "m2", "1.5m"] {
+        for bad in ["", "s", "1d", "m2", "1.5m", "Λ", "1Λ", "é"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
