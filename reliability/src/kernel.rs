@@ -17,7 +17,20 @@ pub fn sh(cmd: &str) -> anyhow::Result<String> {
 }
 
 fn json(cmd: &str) -> anyhow::Result<Value> {
-    let out = sh(cmd)?;
+    // bpftool walks ids and opens each object: one freed by another process meanwhile
+    // answers EAGAIN ("Resource temporarily unavailable") and fails the whole listing.
+    // A listing is a snapshot anyway: take it again.
+    let mut tries = 0;
+    let out = loop {
+        match sh(cmd) {
+            Ok(out) => break out,
+            Err(e) if tries < 5 && e.to_string().contains("temporarily unavailable") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     serde_json::from_str(&out).with_context(|| format!("`{cmd}` did not print JSON: {out}"))
 }
 
