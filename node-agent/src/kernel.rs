@@ -20,6 +20,22 @@ pub fn raise_memlock() {
     }
 }
 
+/// Raise the soft limit of open files to the hard one: every connection, program, map
+/// and link is a descriptor, and a node's default soft limit (often 1024) is below what
+/// the connection bounds of `tls` allow.
+pub fn raise_nofile() {
+    let mut rlim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) == 0 && rlim.rlim_cur < rlim.rlim_max {
+            rlim.rlim_cur = rlim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
+            }
+        }
+    }
+}
+
 /// The bpffs root must be on a bpf filesystem (or below a directory that is), or pins
 /// would silently fail.
 pub fn check_bpffs(root: &Path) -> anyhow::Result<()> {

@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     agent::kernel::raise_memlock();
+    agent::kernel::raise_nofile();
     agent::kernel::check_bpffs(&args.bpffs_root)?;
     // Refuse a bad configuration before recovery touches anything in bpffs.
     let tls = match &args.standalone {

@@ -163,7 +163,14 @@ pub fn page(mut all: Vec<v1::OwnerState>, token: &str, size: usize, max_bytes: u
     (out, next)
 }
 
-/// Serve the agent API on `listener` with mTLS until `shutdown` resolves.
+/// HTTP/2 pings on an idle connection, and how long an answer may take before it is closed.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Calls in flight on one connection (the operator needs a handful: Apply, Watch, List).
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// Serve the agent API on `listener` with mTLS until `shutdown` resolves. Connections are
+/// bounded as `tls::incoming` describes; each carries at most 64 calls at once.
 pub async fn serve(
     manager: Arc<Manager>,
     listener: TcpListener,
@@ -173,6 +180,10 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentService>>().await;
     tonic::transport::Server::builder()
+        // A peer that stops answering (gone without a FIN) is noticed and its connection freed.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health)
         .add_service(
             AgentServer::new(AgentService::new(manager))

@@ -35,11 +35,15 @@ struct TestServer {
 }
 
 async fn serve(tls: Arc<ServerTls>, handshake_timeout: Duration) -> TestServer {
+    serve_limited(tls, tls::Limits { handshake_timeout, ..Default::default() }).await
+}
+
+async fn serve_limited(tls: Arc<ServerTls>, limits: tls::Limits) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (_reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopped) = oneshot::channel::<()>();
-    let incoming = tls::incoming_with_timeout(listener, tls, handshake_timeout);
+    let incoming = tls::incoming_with(listener, tls, limits);
     tokio::spawn(async move {
         Server::builder()
             .add_service(health)
@@ -224,6 +228,110 @@ async fn stalled_handshake_neither_blocks_others_nor_lingers() {
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent connection was not closed: {read:?}");
+}
+
+/// A TCP connection from `source` (a loopback address) that says nothing.
+async fn silent_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from((source, 0))).expect("bind a loopback source address");
+    socket.connect(addr).await.expect("connect")
+}
+
+/// Whether the server closed `conn` within `within`.
+async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(tokio::time::timeout(within, conn.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+fn strict_limits() -> tls::Limits {
+    tls::Limits {
+        handshake_timeout: Duration::from_secs(60),
+        max_pending: 4,
+        handshake_grace: Duration::from_secs(60),
+        max_pending_per_peer: 2,
+        max_connections: 2,
+    }
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_share_of_handshakes() {
+    let f = fixture();
+    let tls = Arc::new(ServerTls::load(f.pki.server_files(), CLIENT_NAME).expect("load"));
+    let server = serve_limited(tls, strict_limits()).await;
+    let mut held = vec![silent_from([127, 0, 0, 2], server.addr).await, silent_from([127, 0, 0, 2], server.addr).await];
+    // Let the accept loop register both before the third arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = silent_from([127, 0, 0, 2], server.addr).await;
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await, "a third handshake from one address was admitted");
+    for conn in &mut held {
+        assert!(!closed_within(conn, Duration::from_millis(100)).await, "a handshake within the share was dropped");
+    }
+    health_check(server.addr, Some(f.pki.client_config())).await.expect("the operator beside them");
+}
+
+#[tokio::test]
+async fn a_quiet_address_gets_a_slot_when_silent_peers_hold_them_all() {
+    let f = fixture();
+    let tls = Arc::new(ServerTls::load(f.pki.server_files(), CLIENT_NAME).expect("load"));
+    let server = serve_limited(tls, strict_limits()).await;
+    // Every slot held by two silent addresses, well within the handshake timeout and grace.
+    let mut silent = Vec::new();
+    for source in [[127, 0, 0, 2], [127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 3]] {
+        silent.push(silent_from(source, server.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A newcomer from a held address does not take a slot from an equal share...
+    let mut newcomer = silent_from([127, 0, 0, 3], server.addr).await;
+    assert!(closed_within(&mut newcomer, Duration::from_secs(2)).await, "the newcomer pushed out an equal share");
+    // ...but the operator, from an address with none, gets one at once.
+    health_check(server.addr, Some(f.pki.client_config())).await.expect("the operator was kept out");
+    let mut dropped = 0;
+    for conn in &mut silent {
+        dropped += usize::from(closed_within(conn, Duration::from_millis(200)).await);
+    }
+    assert_eq!(dropped, 1, "exactly one silent handshake made room");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_bound_are_closed_and_a_freed_slot_is_reused() {
+    let f = fixture();
+    let tls = Arc::new(ServerTls::load(f.pki.server_files(), CLIENT_NAME).expect("load"));
+    let server = serve_limited(tls, strict_limits()).await;
+    let channel = || async {
+        Endpoint::from_shared(format!("https://{}", server.addr))
+            .expect("endpoint")
+            .tls_config(f.pki.client_config())
+            .expect("tls")
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await
+    };
+    let check =
+        |ch: Channel| async move { HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await };
+    let first = channel().await.expect("first connection");
+    check(first.clone()).await.expect("first");
+    let second = channel().await.expect("second connection");
+    check(second.clone()).await.expect("second");
+    // The third completes its handshake and is closed: the server holds two.
+    let third = match channel().await {
+        Ok(ch) => check(ch).await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(third.is_err(), "a third connection was served beyond the bound of two");
+    drop(first);
+    let mut again = Err("not tried".to_string());
+    for _ in 0..40 {
+        again = match channel().await {
+            Ok(ch) => check(ch).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if again.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    again.expect("the slot of the closed connection was not given back");
+    check(second).await.expect("the second connection kept working throughout");
 }
 
 #[test]

@@ -29,7 +29,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
@@ -43,9 +44,40 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`ServerTls::spawn_reloader`] is expected to look at the files in production.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Handshakes in flight at once; beyond this the accept loop waits, so a flood of silent
-/// connections costs bounded memory and cannot starve the runtime.
-const MAX_PENDING_HANDSHAKES: usize = 256;
+/// How much the accept loop ([`incoming_with`]) lets clients hold. A flood of silent or
+/// slow peers costs bounded memory and little CPU, and cannot keep the operator out.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a client may take to complete the TLS handshake before it is dropped.
+    pub handshake_timeout: Duration,
+    /// Handshakes in flight at once. A connection that arrives with every slot taken takes
+    /// the slot of the oldest handshake of the address holding the most, when that address
+    /// holds more than the newcomer's would (fair shares: a client from a quiet address, such
+    /// as the operator, gets in however many silent peers others send); failing that, the
+    /// slot of the oldest handshake if it has had `handshake_grace`; failing that, the
+    /// newcomer is closed at once (the operator's dialer retries).
+    pub max_pending: usize,
+    /// How long a handshake keeps its slot against newcomers once all slots are taken.
+    pub handshake_grace: Duration,
+    /// Handshakes in flight from one address; beyond this its new connections are closed at
+    /// once, so one host cannot take every slot.
+    pub max_pending_per_peer: usize,
+    /// Connections past the handshake (only the operator's identity gets that far); beyond
+    /// this new ones are closed, so memory stays bounded whatever an authenticated client does.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_pending: 256,
+            handshake_grace: Duration::from_secs(1),
+            max_pending_per_peer: 32,
+            max_connections: 512,
+        }
+    }
+}
 const ALPN_H2: &[u8] = b"h2";
 
 const FLAG_CERT: &str = "--tls-cert";
@@ -336,18 +368,22 @@ impl ClientCertVerifier for RequireClientName {
 
 /// One accepted, handshaken connection. tonic sees the same connect info as with its own
 /// TLS server, so `Request::remote_addr()` and `Request::peer_certs()` work in handlers.
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+/// It holds one of the [`Limits::max_connections`] slots until dropped.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    _slot: OwnedSemaphorePermit,
+}
 
 impl TlsConn {
     /// The client's certificate chain, leaf first.
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.0.get_ref().1.peer_certificates()
+        self.stream.get_ref().1.peer_certificates()
     }
 }
 
 impl std::fmt::Debug for TlsConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("TlsConn").field(&self.0.get_ref().0.peer_addr().ok()).finish()
+        f.debug_tuple("TlsConn").field(&self.stream.get_ref().0.peer_addr().ok()).finish()
     }
 }
 
@@ -355,19 +391,19 @@ impl Connected for TlsConn {
     type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.connect_info()
+        self.stream.connect_info()
     }
 }
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -375,49 +411,51 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
 /// Accepts on `listener` and yields handshaken connections, for
-/// `Server::builder()...serve_with_incoming_shutdown(incoming(listener, tls), signal)`.
-/// Equivalent to [`incoming_with_timeout`] with [`HANDSHAKE_TIMEOUT`].
+/// `Server::builder()...serve_with_incoming_shutdown(incoming(listener, tls), signal)`,
+/// with the default [`Limits`].
 pub fn incoming(listener: TcpListener, tls: Arc<ServerTls>) -> impl Stream<Item = Result<TlsConn, io::Error>> {
-    incoming_with_timeout(listener, tls, HANDSHAKE_TIMEOUT)
+    incoming_with(listener, tls, Limits::default())
 }
 
-/// Each handshake runs in its own task with `handshake_timeout`, so a slow or hostile client
-/// never holds up others; failed handshakes are logged and dropped, never ending the stream.
+/// Each handshake runs in its own task with a timeout, so a slow or hostile client never
+/// holds up others; failed handshakes are logged and dropped, never ending the stream.
 /// The listener closes when the stream is dropped. Must be called within a Tokio runtime.
-pub fn incoming_with_timeout(
+pub fn incoming_with(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-    handshake_timeout: Duration,
+    limits: Limits,
 ) -> impl Stream<Item = Result<TlsConn, io::Error>> {
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(accept_loop(listener, tls, handshake_timeout, tx));
+    tokio::spawn(accept_loop(listener, tls, limits, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
-    handshake_timeout: Duration,
+    limits: Limits,
     tx: mpsc::Sender<Result<TlsConn, io::Error>>,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let pending = Arc::new(Mutex::new(Pending::new(limits)));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshake_timeout = limits.handshake_timeout;
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -436,28 +474,95 @@ async fn accept_loop(
                 continue;
             }
         };
-        let permit = tokio::select! {
-            () = tx.closed() => return,
-            permit = pending.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => return,
-            },
-        };
         let _ = tcp.set_nodelay(true);
         let acceptor = tls.acceptor();
-        let tx = tx.clone();
-        tokio::spawn(async move {
+        let (tx, slots, registry) = (tx.clone(), slots.clone(), pending.clone());
+        let mut inflight = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(id) = inflight.admit(peer.ip(), std::time::Instant::now()) else {
+            debug!(%peer, "too many handshakes in flight (from this address, or young ones everywhere); connection closed");
+            continue;
+        };
+        // Registered under the lock, so the task cannot finish before it is known.
+        let task = tokio::spawn(async move {
             let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
-            drop(permit);
-            match handshake {
-                Ok(Ok(stream)) => {
-                    // Fails only when the server has stopped; the connection is just dropped.
-                    let _ = tx.send(Ok(TlsConn(stream))).await;
-                }
-                Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
-                Err(_elapsed) => debug!(%peer, ?handshake_timeout, "TLS handshake timed out"),
-            }
+            registry.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
+                Err(_elapsed) => return debug!(%peer, ?handshake_timeout, "TLS handshake timed out"),
+            };
+            let Ok(slot) = slots.try_acquire_owned() else {
+                return warn!(%peer, limits.max_connections, "too many connections; closing the new one");
+            };
+            // Fails only when the server has stopped; the connection is just dropped.
+            let _ = tx.send(Ok(TlsConn { stream, _slot: slot })).await;
         });
+        inflight.track(id, task.abort_handle());
+    }
+}
+
+/// The handshakes in flight, oldest first, and how many each address has.
+struct Pending {
+    limits: Limits,
+    next: u64,
+    order: std::collections::VecDeque<InFlight>,
+    per_peer: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+struct InFlight {
+    id: u64,
+    ip: std::net::IpAddr,
+    since: std::time::Instant,
+    task: Option<AbortHandle>,
+}
+
+impl Pending {
+    fn new(limits: Limits) -> Self {
+        Pending { limits, next: 0, order: Default::default(), per_peer: Default::default() }
+    }
+
+    /// A slot for a new handshake from `ip`, taken from the oldest handshake when all are
+    /// taken and it has had its grace; `None` when `ip` already has its share or no slot
+    /// can be had.
+    fn admit(&mut self, ip: std::net::IpAddr, now: std::time::Instant) -> Option<u64> {
+        if self.per_peer.get(&ip).copied().unwrap_or(0) >= self.limits.max_pending_per_peer {
+            return None;
+        }
+        if self.order.len() >= self.limits.max_pending {
+            let mine = self.per_peer.get(&ip).copied().unwrap_or(0);
+            let heaviest =
+                self.per_peer.iter().max_by_key(|(_, n)| **n).filter(|(_, n)| **n > mine + 1).map(|(ip, _)| *ip);
+            let victim = match heaviest {
+                Some(heavy) => self.order.iter().find(|o| o.ip == heavy),
+                None => self.order.front().filter(|o| now.duration_since(o.since) >= self.limits.handshake_grace),
+            }?;
+            if let Some(InFlight { ip, task: Some(task), .. }) = self.remove(victim.id) {
+                task.abort();
+                debug!(%ip, "handshake slots full; a handshake in flight was dropped for a newcomer");
+            }
+        }
+        self.next += 1;
+        *self.per_peer.entry(ip).or_default() += 1;
+        self.order.push_back(InFlight { id: self.next, ip, since: now, task: None });
+        Some(self.next)
+    }
+
+    fn track(&mut self, id: u64, task: AbortHandle) {
+        if let Some(entry) = self.order.iter_mut().find(|o| o.id == id) {
+            entry.task = Some(task);
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<InFlight> {
+        let at = self.order.iter().position(|o| o.id == id)?;
+        let entry = self.order.remove(at)?;
+        if let Some(n) = self.per_peer.get_mut(&entry.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&entry.ip);
+            }
+        }
+        Some(entry)
     }
 }
 
