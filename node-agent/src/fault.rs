@@ -1,5 +1,12 @@
 //! Fault points for recovery and concurrency tests.
 //!
+//! The points: `after-attach` and `after-commit` (an apply: new revision attached but not
+//! recorded; recorded but the old one not yet removed), `remove-after-detach` and
+//! `remove-after-unpin` (a removal: hooks gone, pins and record not; pins gone, record
+//! not), `recovery-after-relink` (an owner's hooks pointed back at its recorded revision,
+//! the owner not yet adopted) and `recovery-before-sweep` (owners adopted, unclaimed pins
+//! and filters not yet removed).
+//!
 //! - `BPFLEET_FAULT=<point>` in the environment makes the agent abort (like `kill -9`)
 //!   when an apply reaches that point.
 //! - `pause_at(point, owner)` (in-process tests) holds an apply of that owner at the
@@ -11,7 +18,7 @@
 //! Both cost a lookup per apply, nothing next to a program load. They exist only with
 //! the `test-support` feature (tests and benches); a release binary has empty points.
 
-/// Reached by an apply of `owner` (a no-op without `test-support`).
+/// Reached by the work on `owner` (a no-op without `test-support`).
 #[cfg(not(feature = "test-support"))]
 #[inline(always)]
 pub fn point(_name: &str, _owner: &str) {}
@@ -28,7 +35,7 @@ mod enabled {
 
     static PAUSES: Mutex<Vec<(String, String, Gate)>> = Mutex::new(Vec::new());
 
-    /// Reached by an apply of `owner`.
+    /// Reached by the work on `owner`.
     pub fn point(name: &str, owner: &str) {
         let gate = PAUSES
             .lock()

@@ -528,6 +528,7 @@ impl Manager {
         if let Some(r) = record {
             self.remove_revision(r, None);
         }
+        crate::fault::point("remove-after-detach", uid.as_str());
         let dir = self.layout.owner_dir(uid);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -535,6 +536,7 @@ impl Manager {
             }
             _ => {}
         }
+        crate::fault::point("remove-after-unpin", uid.as_str());
         self.store.delete(uid).map_err(|e| AgentError::internal(format!("cannot delete owner record: {e}")))
     }
 

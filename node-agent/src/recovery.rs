@@ -105,10 +105,12 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
                 Err(e) => tracing::error!(uid = %uid, error = %e, "cannot move recreated maps into place"),
             }
         }
+        crate::fault::point("recovery-after-relink", uid.as_str());
         claimed.insert(uid.to_string());
         out.adopted.push(uid.to_string());
         manager.adopt(record);
     }
+    crate::fault::point("recovery-before-sweep", "all");
     // Whatever nobody claims.
     if let Ok(dir) = std::fs::read_dir(layout.root()) {
         for entry in dir.flatten() {

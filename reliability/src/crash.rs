@@ -17,8 +17,10 @@ use crate::owners::{self, Owner, TcBackend};
 use crate::process::{self, AgentProc, Launch};
 use crate::rng::Rng;
 
-/// The fault points of an apply (node-agent/src/fault.rs).
-pub const FAULT_POINTS: &[&str] = &["after-attach", "after-commit"];
+/// The fault points of an apply, then of a removal (node-agent/src/fault.rs).
+pub const FAULT_POINTS: &[&str] = &["after-attach", "after-commit", "remove-after-detach", "remove-after-unpin"];
+/// The fault points of recovery (node-agent/src/fault.rs).
+pub const RECOVERY_POINTS: &[&str] = &["recovery-after-relink", "recovery-before-sweep"];
 
 pub struct Config {
     pub seed: u64,
@@ -61,6 +63,9 @@ pub enum RecoveryKill {
     /// At this percentage of the time agents of this run took to serve (recovery runs
     /// just before serving: most of a start is loading the binary and kernel BTF).
     Aimed(u64),
+    /// The agent aborts by itself (BPFLEET_FAULT) when recovery reaches `point`; an
+    /// agent whose recovery never gets there (nothing to adopt) is killed once serving.
+    AtPoint(&'static str),
 }
 
 #[derive(Clone, Debug)]
@@ -100,18 +105,27 @@ impl Plan {
             }
             steps.push(step);
         }
+        // A removal's points only where a removal follows, so the kill has a call to land in.
+        let points = |from: usize| -> &'static [&'static str] {
+            if steps[from..].iter().any(|s| matches!(s, Step::Remove { .. })) {
+                FAULT_POINTS
+            } else {
+                &FAULT_POINTS[..2]
+            }
+        };
         let kill = match rng.below(4) {
             0 => Kill::Delay { step: rng.below(n as u64) as usize, delay_ms: rng.range(0, cfg.max_kill_delay_ms) },
-            1 => Kill::AtPoint { point: rng.pick(FAULT_POINTS), from_step: rng.below(n as u64) as usize },
-            2 => Kill::Abort { point: rng.pick(FAULT_POINTS) },
+            1 => {
+                let from_step = rng.below(n as u64) as usize;
+                Kill::AtPoint { point: rng.pick(points(from_step)), from_step }
+            }
+            2 => Kill::Abort { point: rng.pick(points(0)) },
             _ => Kill::Idle { after_step: rng.below(n as u64) as usize },
         };
-        let recovery_kill = |rng: &mut Rng| {
-            if rng.chance(50) {
-                RecoveryKill::AfterMs(rng.range(0, cfg.max_recovery_kill_ms))
-            } else {
-                RecoveryKill::Aimed(rng.range(30, 100))
-            }
+        let recovery_kill = |rng: &mut Rng| match rng.below(3) {
+            0 => RecoveryKill::AfterMs(rng.range(0, cfg.max_recovery_kill_ms)),
+            1 => RecoveryKill::Aimed(rng.range(30, 100)),
+            _ => RecoveryKill::AtPoint(rng.pick(RECOVERY_POINTS)),
         };
         let recovery_kills = match rng.below(10) {
             0..=3 => vec![],
@@ -162,6 +176,8 @@ pub struct RecoveryKills {
     pub inside: usize,
     /// After recovery finished (serving, or about to).
     pub after: usize,
+    /// Of `inside`: the agent aborted at a recovery fault point.
+    pub at_point: usize,
 }
 
 /// One trial's outcome.
@@ -201,7 +217,7 @@ impl RunReport {
             *landed.entry(key).or_default() += 1;
         }
         format!(
-            "seed {}: {} trials run, {} converged, {} leaks found; kills landed: {:?}; recovery kills before/inside/after recovery: {}/{}/{}",
+            "seed {}: {} trials run, {} converged, {} leaks found; kills landed: {:?}; recovery kills before/inside/after recovery: {}/{}/{} ({} of them inside at a fault point)",
             self.seed,
             self.trials.len(),
             self.converged(),
@@ -210,6 +226,7 @@ impl RunReport {
             self.trials.iter().map(|t| t.recovery.before).sum::<usize>(),
             self.trials.iter().map(|t| t.recovery.inside).sum::<usize>(),
             self.trials.iter().map(|t| t.recovery.after).sum::<usize>(),
+            self.trials.iter().map(|t| t.recovery.at_point).sum::<usize>(),
         )
     }
 }
@@ -492,15 +509,29 @@ async fn trial(
     // 2. Kills while the next agent starts and recovers.
     let mut recovery = RecoveryKills::default();
     for kill in &plan.recovery_kills {
-        let delay = match *kill {
-            RecoveryKill::AfterMs(ms) => ms,
-            RecoveryKill::Aimed(percent) => median(ready_ms) * percent / 100,
-        };
         let before = kernel::tree(&dirs.root);
-        let mut a = t.spawn(vec![])?;
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let mut a = match *kill {
+            RecoveryKill::AtPoint(point) => {
+                let mut a = t.spawn(vec![("BPFLEET_FAULT".to_string(), point.to_string())])?;
+                kernel::settle(30, || a.exited() || a.log_text().contains("recovered state from bpffs"));
+                a
+            }
+            RecoveryKill::AfterMs(ms) => {
+                let a = t.spawn(vec![])?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                a
+            }
+            RecoveryKill::Aimed(percent) => {
+                let a = t.spawn(vec![])?;
+                tokio::time::sleep(Duration::from_millis(median(ready_ms) * percent / 100)).await;
+                a
+            }
+        };
         a.kill9();
-        if a.log_text().contains("recovered state from bpffs") {
+        if a.log_text().contains("BPFLEET_FAULT=") {
+            recovery.inside += 1;
+            recovery.at_point += 1;
+        } else if a.log_text().contains("recovered state from bpffs") {
             recovery.after += 1;
         } else if kernel::tree(&dirs.root) != before {
             recovery.inside += 1;
