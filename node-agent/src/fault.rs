@@ -4,8 +4,9 @@
 //! recorded; recorded but the old one not yet removed), `remove-after-detach` and
 //! `remove-after-unpin` (a removal: hooks gone, pins and record not; pins gone, record
 //! not), `recovery-after-relink` (an owner's hooks pointed back at its recorded revision,
-//! the owner not yet adopted) and `recovery-before-sweep` (owners adopted, unclaimed pins
-//! and filters not yet removed).
+//! the owner not yet adopted), `recovery-before-sweep` (owners adopted, unclaimed pins
+//! and filters not yet removed) and `recovery-before-unpin` (the filters of what goes
+//! removed, its pins not yet).
 //!
 //! - `BPFLEET_FAULT=<point>` in the environment makes the agent abort (like `kill -9`)
 //!   when an apply reaches that point.

@@ -61,7 +61,13 @@ fn remove_filters_of(programs: &BTreeSet<u32>) -> usize {
 pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
     let layout = manager.layout().clone();
     let mut out = Recovered::default();
+    // What goes, and the programs pinned in it: nothing is unpinned before the clsact
+    // filters running those programs are gone, since a filter has no pin of its own and
+    // the pins are how a later start (after a crash here) still finds it.
     let mut stray_programs = BTreeSet::new();
+    let mut doomed = Vec::new();
+    let mut forgotten = Vec::new();
+    let mut unrecorded = Vec::new();
     let loaded = manager.store().load_all()?;
     let records = loaded.records;
     let mut claimed = BTreeSet::new();
@@ -77,8 +83,9 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
             // The pins are gone (bpffs remounted, someone removed them): nothing to adopt.
             tracing::warn!(uid = %uid, "owner record without its pins; forgetting it");
             pinned_program_ids(&layout.owner_dir(&uid), &mut stray_programs);
-            manager.remove_blocking(&uid, Some(&record)).ok();
+            claimed.insert(uid.to_string());
             out.removed_owners.push(uid.to_string());
+            forgotten.push((uid, record));
             continue;
         }
         // Revision directories other than the recorded one are unfinished applies.
@@ -89,11 +96,7 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
             }
             // A directory is an unfinished revision; anything else is a stray pin.
             pinned_program_ids(&entry.path(), &mut stray_programs);
-            let _ = if entry.path().is_dir() {
-                std::fs::remove_dir_all(entry.path())
-            } else {
-                std::fs::remove_file(entry.path())
-            };
+            doomed.push(entry.path());
             out.removed_revisions.push(format!("{uid}/{name}"));
         }
         out.relinked += relink(&record);
@@ -111,28 +114,32 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
         manager.adopt(record);
     }
     crate::fault::point("recovery-before-sweep", "all");
-    // Whatever nobody claims.
+    // Whatever nobody claims: an owner directory, or a pin left directly under the root.
     if let Ok(dir) = std::fs::read_dir(layout.root()) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if claimed.contains(&name) {
                 continue;
             }
-            // Unclaimed: an owner directory, or a pin left directly under the root.
             pinned_program_ids(&entry.path(), &mut stray_programs);
-            let _ = if entry.path().is_dir() {
-                std::fs::remove_dir_all(entry.path())
-            } else {
-                std::fs::remove_file(entry.path())
-            };
+            doomed.push(entry.path());
             if let Ok(uid) = OwnerUid::new(&name) {
-                let _ = manager.store().delete(&uid);
+                unrecorded.push(uid);
             }
             out.removed_owners.push(name);
         }
     }
-    // Filters have no pin: find them by the programs of what was just removed.
     out.removed_filters = remove_filters_of(&stray_programs);
+    crate::fault::point("recovery-before-unpin", "all");
+    for path in doomed {
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+    for (uid, record) in forgotten {
+        manager.remove_blocking(&uid, Some(&record)).ok();
+    }
+    for uid in unrecorded {
+        let _ = manager.store().delete(&uid);
+    }
     tracing::info!(?out, "recovered state from bpffs");
     Ok(out)
 }

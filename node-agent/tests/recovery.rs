@@ -393,3 +393,40 @@ async fn crash_mid_apply_leaves_no_clsact_filter_after_recovery() {
     assert!(find(&list(&mut client).await, "crash-tc").is_none());
     assert!(agent.log().contains("clsact filter no record claims"), "{}", agent.log());
 }
+
+/// An upgrade killed after its commit leaves the old revision pinned, its clsact filter
+/// still attached. A recovery that then died after removing the old revision's pins, but
+/// before its filter, left that filter with nothing to find it by (crash trials, seed
+/// 424242, trial 177). Pins now go only after the filters: killed anywhere in recovery,
+/// the next start still removes the filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_killed_midway_still_leaves_no_clsact_filter() {
+    let dirs = Dirs::new("rec-clsact-twice");
+    let veth = Veth::new();
+    let args = ["--tc-backend", "clsact"];
+    let egress = || sh(&format!("tc filter show dev {} egress", veth.host));
+    let tc = |direction: &str| {
+        format!("  - {{name: count_tc, type: TC, tc: {{interfaces: [{}], direction: {direction}}}}}\n", veth.host)
+    };
+    let mut agent = AgentProc::spawn_tls_with(&dirs, &args, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    client.apply(apply_request("crash-tc2", &tc("Egress"), "tc_counter.o")).await.expect("first revision");
+    agent.kill9();
+    let mut agent = AgentProc::spawn_tls_with(&dirs, &args, &[("BPFLEET_FAULT", "after-commit")]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    client.apply(apply_request("crash-tc2", &tc("Ingress"), "tc_counter.o")).await.expect_err("aborts after commit");
+    agent.wait_exit(10);
+    assert!(egress().contains("count_tc"), "the old revision's filter should still be there: {}", egress());
+
+    // Each dies at its point (wait_exit fails the test otherwise).
+    for point in ["recovery-before-sweep", "recovery-before-unpin"] {
+        AgentProc::spawn_tls_with(&dirs, &args, &[("BPFLEET_FAULT", point)]).wait_exit(30);
+    }
+    let mut agent = AgentProc::spawn_tls_with(&dirs, &args, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    assert!(!egress().contains("count_tc"), "the old revision's filter outlived two recoveries: {}", egress());
+    let listed = list(&mut client).await;
+    let owner = find(&listed, "crash-tc2").expect("the committed revision is adopted");
+    assert_eq!(owner.health, v1::Health::Healthy as i32, "{owner:?}");
+    assert!(sh(&format!("tc filter show dev {} ingress", veth.host)).contains("count_tc"));
+}

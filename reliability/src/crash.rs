@@ -20,7 +20,7 @@ use crate::rng::Rng;
 /// The fault points of an apply, then of a removal (node-agent/src/fault.rs).
 pub const FAULT_POINTS: &[&str] = &["after-attach", "after-commit", "remove-after-detach", "remove-after-unpin"];
 /// The fault points of recovery (node-agent/src/fault.rs).
-pub const RECOVERY_POINTS: &[&str] = &["recovery-after-relink", "recovery-before-sweep"];
+pub const RECOVERY_POINTS: &[&str] = &["recovery-after-relink", "recovery-before-sweep", "recovery-before-unpin"];
 
 pub struct Config {
     pub seed: u64,
