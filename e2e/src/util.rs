@@ -199,24 +199,9 @@ pub fn free_local_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18080)
 }
 
-/// The body of `GET path` on a plain-HTTP server (the operator's metrics endpoint), or an
-/// error unless it answers 200.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    match text.split_once("\r\n\r\n") {
-        Some((head, body))
-            if head.starts_with("HTTP/1.") && head.lines().next().is_some_and(|l| l.contains(" 200 ")) =>
-        {
-            Ok(body.to_string())
-        }
-        _ => bail!("GET {path} on {addr}: {}", text.lines().next().unwrap_or("no answer")),
-    }
-}
+/// The body of `GET path` on a plain-HTTP server (a metrics endpoint), or an error unless
+/// it answers 200.
+pub use agent::testing::http_get;
 
 #[cfg(test)]
 mod tests {

@@ -20,4 +20,6 @@ pub mod request;
 pub mod server;
 pub mod standalone;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tls;

@@ -47,6 +47,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     run_count: Family<ProgramLabels, Gauge<u64, AtomicU64>>,
     run_time: Family<ProgramLabels, Gauge<f64, AtomicU64>>,
+    heap_in_use: Gauge,
+    heap_retained_free: Gauge,
 }
 
 impl Default for Metrics {
@@ -88,11 +90,35 @@ impl Metrics {
             "Total time the kernel spent in each program (BPF stats)",
             run_time.clone(),
         );
+        let heap_in_use = Gauge::default();
+        let heap_retained_free = Gauge::default();
+        registry.register(
+            "heap_in_use_bytes",
+            "Bytes the agent has allocated and not freed (malloc's own count; RSS minus this is code, stacks and what malloc keeps)",
+            heap_in_use.clone(),
+        );
+        registry.register(
+            "heap_free_retained_bytes",
+            "Bytes freed by the agent that malloc keeps for reuse instead of returning them to the kernel",
+            heap_retained_free.clone(),
+        );
         // Every reason is present from the start, so dashboards show zeros, not gaps.
         for r in Reason::ALL {
             let _ = apply_errors.get_or_create(&ReasonLabel { reason: r.as_str().into() });
         }
-        Self { registry, owners, programs, links, apply_seconds, apply_errors, requests, run_count, run_time }
+        Self {
+            registry,
+            owners,
+            programs,
+            links,
+            apply_seconds,
+            apply_errors,
+            requests,
+            run_count,
+            run_time,
+            heap_in_use,
+            heap_retained_free,
+        }
     }
 
     /// One Apply or Remove answered: `ok`, `refused` (stale leadership epoch) or `failed`.
@@ -129,10 +155,27 @@ impl Metrics {
                 self.run_time.get_or_create(&labels).set(info.run_time().as_secs_f64());
             }
         }
+        if let Some((in_use, free)) = heap() {
+            self.heap_in_use.set(in_use as i64);
+            self.heap_retained_free.set(free as i64);
+        }
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// glibc malloc's bytes in use (small and mmapped chunks) and free bytes it keeps.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Option<(u64, u64)> {
+    // SAFETY: mallinfo2 only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    Some(((info.uordblks + info.hblkhd) as u64, info.fordblks as u64))
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> Option<(u64, u64)> {
+    None
 }
 
 /// Turn on the kernel's per-program run statistics for as long as the returned handle

@@ -2,6 +2,7 @@
 //! (`crash`) and the soak (`soak`). Every verdict is read from the kernel and bpffs
 //! (`kernel`, `converge`), never from the agent's own answers. See docs/reliability.md.
 
+pub mod abuse;
 pub mod converge;
 pub mod crash;
 pub mod kernel;

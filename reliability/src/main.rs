@@ -1,4 +1,5 @@
-//! bpfleet-reliability: agent crash trials (default) or a soak (`--soak N`), as root on
+//! bpfleet-reliability: agent crash trials (default), a soak (`--soak N`) or abuse
+//! (`--abuse`), as root on
 //! a kernel with BPF. Needs the agent built with fault points:
 //! `cargo build -p node-agent --bin bpfleet-agent --features test-support`.
 
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Parser;
-use reliability::{crash, owners, process, soak};
+use reliability::{abuse, crash, owners, process, soak};
 
 #[derive(Parser, Debug)]
 #[command(name = "bpfleet-reliability", about = "Crash trials and soak of bpfleet-agent, checked from the kernel")]
@@ -29,6 +30,14 @@ struct Args {
     /// Soak instead of crash trials: this many apply → upgrade → remove cycles on one agent.
     #[arg(long)]
     soak: Option<u64>,
+    /// Abuse instead of crash trials: hostile clients against the agent's port while an
+    /// operator applies; fails when an Apply under abuse takes over 2× its time without.
+    #[arg(long)]
+    abuse: bool,
+    /// Abuse: only these abusers (comma-separated: silent, flood, slow, garbage, anonymous,
+    /// oversized, authenticated).
+    #[arg(long, value_delimiter = ',')]
+    abuse_only: Vec<String>,
     /// Soak: sample every N cycles (and at 1, 10, 100 and the end).
     #[arg(long, default_value_t = 1000)]
     sample_every: u64,
@@ -61,17 +70,33 @@ fn main() -> anyhow::Result<()> {
         }
         None => tmp.path().to_path_buf(),
     };
+    if args.abuse {
+        let mut cfg = abuse::Config::full(agent_bin, objects);
+        if !args.abuse_only.is_empty() {
+            cfg = cfg.only(&args.abuse_only.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let r = abuse::run(&cfg, &work)?;
+        println!("abuse: {}", r.summary());
+        if !r.errors.is_empty() || !r.agent_alive || r.ratio() > 2.0 {
+            bail!("abuse failed: ratio {:.2}, errors {:?}", r.ratio(), r.errors);
+        }
+        return Ok(());
+    }
     if let Some(cycles) = args.soak {
         let cfg = soak::Config { cycles, sample_every: args.sample_every, agent_bin, objects };
         let r = soak::run(&cfg, &work)?;
         let (first, last) = (r.samples.first(), r.samples.last());
         if let (Some(a), Some(b)) = (first, last) {
             println!(
-                "soak: {} cycles in {:.0} s; RSS {} → {} KiB, fds {} → {}, bpffs entries {} → {}, kernel programs {} → {}, links {} → {}, soak programs still loaded {}",
+                "soak: {} cycles in {:.0} s; RSS {} → {} KiB (heap in use {} → {} KiB, kept free by malloc {} → {} KiB), fds {} → {}, bpffs entries {} → {}, kernel programs {} → {}, links {} → {}, soak programs still loaded {}",
                 b.cycle,
                 b.seconds,
                 a.rss_kib,
                 b.rss_kib,
+                a.heap_in_use_kib,
+                b.heap_in_use_kib,
+                a.heap_free_kib,
+                b.heap_free_kib,
                 a.fds,
                 b.fds,
                 a.bpffs_entries,

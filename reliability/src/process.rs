@@ -31,6 +31,8 @@ pub fn default_bin() -> PathBuf {
 pub struct AgentProc {
     pub child: Child,
     pub log: PathBuf,
+    /// Where it serves gRPC (mTLS).
+    pub addr: std::net::SocketAddr,
     url: String,
     pub started: Instant,
 }
@@ -72,7 +74,13 @@ impl AgentProc {
             cmd.env(k, v);
         }
         let child = cmd.spawn().with_context(|| format!("cannot start {}", l.bin.display()))?;
-        Ok(Self { child, log: l.log.clone(), url: format!("https://127.0.0.1:{port}"), started: Instant::now() })
+        Ok(Self {
+            child,
+            log: l.log.clone(),
+            addr: ([127, 0, 0, 1], port).into(),
+            url: format!("https://127.0.0.1:{port}"),
+            started: Instant::now(),
+        })
     }
 
     pub fn pid(&self) -> u32 {

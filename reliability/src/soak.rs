@@ -3,6 +3,7 @@
 //! the kernel's program and link counts are sampled along the way and must stay flat.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -35,19 +36,24 @@ pub struct Sample {
     pub kernel_links: usize,
     /// Programs this soak loaded that are still loaded.
     pub ours_loaded: usize,
+    /// What malloc says the agent has allocated, and keeps freed for reuse (its /metrics).
+    pub heap_in_use_kib: u64,
+    pub heap_free_kib: u64,
 }
 
 impl Sample {
     pub fn header() -> &'static str {
-        "cycle     secs   rss_kib  fds  bpf_fds  bpffs  kernel_progs  kernel_links  soak_progs_loaded"
+        "cycle     secs   rss_kib  heap_kib  free_kib  fds  bpf_fds  bpffs  kernel_progs  kernel_links  soak_progs_loaded"
     }
 
     pub fn line(&self) -> String {
         format!(
-            "{:>6} {:>8.0} {:>9} {:>4} {:>8} {:>6} {:>13} {:>13} {:>18}",
+            "{:>6} {:>8.0} {:>9} {:>9} {:>9} {:>4} {:>8} {:>6} {:>13} {:>13} {:>18}",
             self.cycle,
             self.seconds,
             self.rss_kib,
+            self.heap_in_use_kib,
+            self.heap_free_kib,
             self.fds,
             self.bpf_fds,
             self.bpffs_entries,
@@ -66,7 +72,16 @@ pub struct SoakReport {
     pub final_findings: Vec<String>,
 }
 
-fn sample(cycle: u64, started: Instant, pid: u32, root: &Path, seen: &BTreeSet<u32>) -> anyhow::Result<Sample> {
+fn sample(
+    cycle: u64,
+    started: Instant,
+    pid: u32,
+    root: &Path,
+    seen: &BTreeSet<u32>,
+    metrics: SocketAddr,
+) -> anyhow::Result<Sample> {
+    let text = agent::testing::http_get(metrics, "/metrics").unwrap_or_default();
+    let kib = |name: &str| agent::testing::metric(&text, name).map(|b| b as u64 / 1024).unwrap_or(0);
     let view = kernel::process(pid)?;
     let progs = kernel::programs()?;
     // Give the kernel its grace period for what the last Remove released.
@@ -85,6 +100,8 @@ fn sample(cycle: u64, started: Instant, pid: u32, root: &Path, seen: &BTreeSet<u
         kernel_programs: progs.len(),
         kernel_links: kernel::links()?.len(),
         ours_loaded: ours,
+        heap_in_use_kib: kib("bpfleet_agent_heap_in_use_bytes"),
+        heap_free_kib: kib("bpfleet_agent_heap_free_retained_bytes"),
     })
 }
 
@@ -98,12 +115,13 @@ pub fn run(cfg: &Config, work: &Path) -> anyhow::Result<SoakReport> {
     let dirs = Dirs::new(&tag, work);
     let _ = std::fs::remove_dir_all(&dirs.root);
     let pool = owners::pool(&cfg.objects, &veth.host, TcBackend::Tcx)?;
+    let metrics: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let launch = Launch {
         bin: &cfg.agent_bin,
         pki: &pki,
         dirs: &dirs,
         tc_backend: TcBackend::Tcx.flag(),
-        env: vec![],
+        env: vec![("BPFLEET_METRICS_LISTEN".into(), metrics.to_string())],
         log: work.join("soak-agent.log"),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -115,7 +133,7 @@ pub fn run(cfg: &Config, work: &Path) -> anyhow::Result<SoakReport> {
     let mut seen = BTreeSet::new();
     println!("soak: {} cycles of apply → upgrade → remove (XDP, TC, tracepoint in turn), agent pid {pid}", cfg.cycles);
     println!("{}", Sample::header());
-    let first = sample(0, started, pid, &dirs.root, &seen)?;
+    let first = sample(0, started, pid, &dirs.root, &seen, metrics)?;
     println!("{}", first.line());
     report.samples.push(first);
     for cycle in 1..=cfg.cycles {
@@ -135,7 +153,7 @@ pub fn run(cfg: &Config, work: &Path) -> anyhow::Result<SoakReport> {
         }
         let milestone = matches!(cycle, 1 | 10 | 100) || cycle % cfg.sample_every == 0 || cycle == cfg.cycles;
         if milestone {
-            let s = sample(cycle, started, pid, &dirs.root, &seen)?;
+            let s = sample(cycle, started, pid, &dirs.root, &seen, metrics)?;
             println!("{}", s.line());
             report.samples.push(s);
         }

@@ -1,10 +1,10 @@
 //! The short runs CI does (root, a kernel with BPF): 10 crash trials with a fixed seed,
-//! and a 30-cycle soak. The full runs and their figures are in docs/reliability.md.
+//! a 30-cycle soak, and a short abuse run. The full runs and their figures are in docs/reliability.md.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-use reliability::{crash, owners, soak};
+use reliability::{abuse, crash, owners, soak};
 
 /// The agent with fault points, built as the node-agent tests build it.
 fn agent_bin() -> PathBuf {
@@ -57,6 +57,28 @@ fn short_soak_leaves_nothing_behind() {
     let last = r.samples.last().unwrap();
     assert_eq!(last.cycle, 30);
     assert_eq!((last.bpffs_entries, last.bpf_fds, last.ours_loaded), (0, 0, 0), "{last:?}");
+}
+
+#[test]
+fn the_operator_is_served_beside_hostile_clients() {
+    let work = tempfile::tempdir().unwrap();
+    let r = abuse::run(&abuse::Config::short(agent_bin(), owners::objects_dir()), work.path()).expect("abuse ran");
+    let summary = r.summary();
+    eprintln!("{summary}");
+    assert!(r.agent_alive && r.errors.is_empty(), "{summary}");
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let c = &r.counters;
+    // The abuse happened, and was refused as it should be.
+    assert!(n(&c.closed_by_agent) > 100, "{summary}");
+    assert!(n(&c.oversized_refused) > 0 && n(&c.oversized_other) == 0, "{summary}");
+    assert!(n(&c.anonymous_refused) > 0 && n(&c.anonymous_admitted) == 0, "{summary}");
+    assert_eq!(n(&c.authenticated_open), 50, "{summary}");
+    // The operator was served: within 2× on its kept connection, and on a new one.
+    assert!(r.ratio() <= 2.0, "{summary}");
+    assert_eq!(r.fresh_during.len(), 5, "{summary}");
+    // Bounded: the descriptors went back, the memory stayed within 64 MiB of its start.
+    assert!(r.usage_after.fds <= r.usage_before.fds, "{summary}");
+    assert!(r.usage_peak.rss_kib < r.usage_before.rss_kib + 64 * 1024, "{summary}");
 }
 
 /// The checker is not vacuous: a pin, a clsact filter and a program nobody desires, put
