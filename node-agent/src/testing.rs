@@ -26,3 +26,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// Every path under `root` (a bpffs root, say), relative to it, sorted; empty when `root`
+/// does not exist.
+pub fn tree(root: &std::path::Path) -> Vec<String> {
+    fn walk(base: &std::path::Path, dir: &std::path::Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            if let Ok(rel) = p.strip_prefix(base) {
+                out.push(rel.display().to_string());
+            }
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}

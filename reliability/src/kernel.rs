@@ -198,22 +198,7 @@ pub fn ifindex(dev: &str) -> anyhow::Result<u32> {
 }
 
 /// Every path under `root` (relative), sorted.
-pub fn tree(root: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(base).unwrap_or(&p).display().to_string());
-            if p.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
+pub use agent::testing::tree;
 
 /// Program ids held by pins under `root`: pinned programs and the programs of pinned links.
 pub fn pinned_programs_under(root: &Path) -> BTreeSet<u32> {

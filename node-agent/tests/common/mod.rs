@@ -131,22 +131,7 @@ impl Drop for TestAgent {
     }
 }
 
-pub fn pins_under(root: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            out.push(p.strip_prefix(base).unwrap().display().to_string());
-            if p.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
+pub use agent::testing::tree as pins_under;
 
 /// Build an ApplyInput from manifest YAML (the spec part) and an object file.
 pub fn input(owner: &str, spec_yaml: &str, object_name: &str) -> ApplyInput {
