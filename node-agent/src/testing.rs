@@ -47,3 +47,29 @@ pub fn tree(root: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Build `bpfleet-agent` with `test-support` (fault points) in `workspace`, as
+/// `cargo test --workspace` builds it, so neither build undoes the other; returns where it
+/// is (`$CARGO_TARGET_DIR` or the workspace's `target/`, debug profile). Panics when the
+/// build fails.
+pub fn build_agent(workspace: &std::path::Path) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent", "--features", "test-support"])
+        .current_dir(workspace);
+    // What cargo set for the calling test binary only: build scripts (ring's) track some of
+    // these, and a different value would rebuild the agent's dependencies every run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"];
+        if per_package.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
+            build.env_remove(&*key);
+        }
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p node-agent --bin bpfleet-agent --features test-support failed");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    target.join("debug/bpfleet-agent")
+}

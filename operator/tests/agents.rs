@@ -7,7 +7,6 @@ use std::net::{IpAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,8 +29,6 @@ const BLACK_HOLE_IP: &str = "127.0.0.6";
 const TRACEPOINT: &str =
     "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
 
-static SETUP: Once = Once::new();
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
@@ -45,32 +42,15 @@ fn sh(cmd: &str) -> String {
 /// The agent binary, built once per test binary (another package's binary has no
 /// CARGO_BIN_EXE here), plus the mounts and the example objects.
 fn agent_bin() -> PathBuf {
-    SETUP.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // With the test-support feature, as `cargo test --workspace` builds the agent: the
-        // same binary, so neither build undoes the other (fault points stay available).
-        build
-            .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent"])
-            .args(["--features", "test-support"])
-            .current_dir(workspace());
-        // What cargo set for this test binary only: build scripts (ring's) track some of
-        // these, and a different value would rebuild the agent's dependencies every run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"];
-            if per_package.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
-                build.env_remove(&*key);
-            }
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p node-agent --bin bpfleet-agent failed");
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = agent::testing::build_agent(&workspace());
         sh("mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf");
         sh("mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing || true");
         sh(&format!("bash {}/examples/build.sh >/dev/null", workspace().display()));
-    });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"));
-    target.join("debug/bpfleet-agent")
+        bin
+    })
+    .clone()
 }
 
 /// A port free on every address the test uses, so all agents share it as on a fleet.

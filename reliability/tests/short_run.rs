@@ -9,21 +9,7 @@ use reliability::{abuse, crash, owners, soak};
 /// The agent with fault points, built as the node-agent tests build it.
 fn agent_bin() -> PathBuf {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent", "--features", "test-support"])
-        .current_dir(&repo);
-    // What cargo set for this test binary only: a different value would rebuild the
-    // agent's dependencies (build scripts track some of these).
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"];
-        if per_package.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
-            build.env_remove(&*key);
-        }
-    }
-    assert!(build.status().expect("run cargo build").success(), "building the agent with test-support failed");
+    agent::testing::build_agent(&repo);
     let status = Command::new(repo.join("examples/build.sh")).stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success(), "examples/build.sh failed");
     reliability::process::default_bin()

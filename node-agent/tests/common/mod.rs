@@ -30,22 +30,7 @@ pub fn agent_bin() -> &'static Path {
         if let Some(bin) = std::env::var_os("BPFLEET_TEST_AGENT_BIN") {
             return PathBuf::from(bin);
         }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent", "--features", "test-support"])
-            .current_dir(repo());
-        // What cargo set for this test binary only: build scripts (ring's) track some of
-        // these, and a different value would rebuild the agent's dependencies every run.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let per_package = ["CARGO_MANIFEST_", "CARGO_PKG_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"];
-            if per_package.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" || key == "OUT_DIR" {
-                build.env_remove(&*key);
-            }
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p node-agent --bin bpfleet-agent --features test-support failed");
+        agent::testing::build_agent(&repo());
         PathBuf::from(env!("CARGO_BIN_EXE_bpfleet-agent"))
     })
 }
