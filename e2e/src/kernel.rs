@@ -58,6 +58,84 @@ pub fn link_exists(id: u64) -> bool {
     sh(&format!("bpftool link show id {id} >/dev/null 2>&1")).is_ok()
 }
 
+/// Run a bpftool (or tc, ip) command printing JSON. A listing that meets an object
+/// being freed meanwhile fails with EAGAIN: it is a snapshot anyway, so take it again.
+fn json(cmd: &str) -> anyhow::Result<serde_json::Value> {
+    let mut tries = 0;
+    let out = loop {
+        match sh(cmd) {
+            Ok(out) => break out,
+            Err(e) if tries < 5 && e.to_string().contains("temporarily unavailable") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    serde_json::from_str(&out).with_context(|| format!("`{cmd}` printed no JSON: {out}"))
+}
+
+/// The program pinned at `pin`, per bpftool (None: no program pinned there).
+pub fn pinned_program(pin: &Path) -> Option<u64> {
+    json(&format!("bpftool -j prog show pinned {} 2>/dev/null", pin.display())).ok()?["id"].as_u64()
+}
+
+/// The program the link pinned at `pin` runs, per bpftool (None: no link pinned there).
+pub fn pinned_link_program(pin: &Path) -> Option<u64> {
+    json(&format!("bpftool -j link show pinned {} 2>/dev/null", pin.display())).ok()?["prog_id"].as_u64()
+}
+
+/// Every link in the kernel: (link id, program id).
+pub fn links() -> anyhow::Result<Vec<(u64, u64)>> {
+    let v = json("bpftool -j link show")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some((l["id"].as_u64()?, l["prog_id"].as_u64().unwrap_or(0))))
+        .collect())
+}
+
+/// Every program id loaded in the kernel.
+pub fn programs() -> anyhow::Result<std::collections::BTreeSet<u64>> {
+    let v = json("bpftool -j prog show")?;
+    Ok(v.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect())
+}
+
+/// Programs of the clsact (tc) filters on `ifname` in `netns`, both directions.
+pub fn tc_filter_programs(netns: &str, ifname: &str) -> anyhow::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for direction in ["ingress", "egress"] {
+        // Without a clsact qdisc tc prints an error and no filter: nothing attached.
+        let Ok(v) =
+            json(&format!("nsenter --net=/run/netns/{netns} tc -j filter show dev {ifname} {direction} 2>/dev/null"))
+        else {
+            continue;
+        };
+        out.extend(v.as_array().into_iter().flatten().filter_map(|f| f["options"]["prog"]["id"].as_u64()));
+    }
+    Ok(out)
+}
+
+/// Program and link ids process `pid` holds descriptors of (`/proc/PID/fdinfo`).
+pub fn held_by(pid: u32) -> (std::collections::BTreeSet<u64>, std::collections::BTreeSet<u64>) {
+    let (mut progs, mut links) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+        let is_bpf = std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("anon_inode:bpf"));
+        if !is_bpf {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+            .unwrap_or_default();
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok());
+        if let Some(id) = field("link_id:") {
+            links.insert(id);
+        } else if let Some(id) = field("prog_id:") {
+            progs.insert(id);
+        }
+    }
+    (progs, links)
+}
+
 /// The u64 at key 0 of a pinned array map (little-endian), read by bpftool.
 pub fn read_counter(pin: &Path) -> anyhow::Result<u64> {
     let out = sh(&format!("bpftool -j map lookup pinned {} key 0 0 0 0", pin.display()))?;

@@ -8,15 +8,19 @@
 //! - [`node::ProcessNode`]: netns + veth `eth0` + `bpfleet-agent` on its own bpffs root;
 //! - [`operator::Operator`]: `bpfleet-operator` against the cluster;
 //! - [`kernel`]: what bpftool, ip and bpffs say;
-//! - [`gate::ApplyGate`]: how many nodes are between revisions at once, from the agents.
+//! - [`gate::ApplyGate`]: how many nodes are between revisions at once, from the agents;
+//! - [`convergence`]: does every node run exactly what is desired, leaking nothing;
+//! - [`rng::Rng`]: seeded choices, so a trial replays from its printed seed.
 
 pub mod cluster;
+pub mod convergence;
 pub mod env;
 pub mod gate;
 pub mod kernel;
 pub mod node;
 pub mod operator;
 pub mod proxy;
+pub mod rng;
 pub mod util;
 
 /// The kubeconfig to use, or `None` (and one printed line) when there is none.

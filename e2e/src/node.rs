@@ -82,6 +82,8 @@ pub struct ProcessNode {
     client_tls: ClientTlsConfig,
     agent_bin: PathBuf,
     agent: Option<Child>,
+    /// The agent's `BPFLEET_PAUSE` point (see [`crate::gate`]).
+    pause_point: &'static str,
 }
 
 impl ProcessNode {
@@ -116,6 +118,7 @@ impl ProcessNode {
             client_tls,
             agent_bin: agent_bin.to_path_buf(),
             agent: None,
+            pause_point: "after-attach",
         };
         // From here on, Drop undoes whatever part of this exists.
         sh(&format!(
@@ -165,7 +168,7 @@ impl ProcessNode {
             .env("NO_COLOR", "1")
             .env_remove("BPFLEET_FAULT")
             // Inert until a test creates the directory (see `gate`).
-            .env("BPFLEET_PAUSE", format!("after-attach:{}", self.gate_dir().display()))
+            .env("BPFLEET_PAUSE", format!("{}:{}", self.pause_point, self.gate_dir().display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -174,6 +177,17 @@ impl ProcessNode {
             cmd.spawn().with_context(|| format!("cannot start {} in {}", self.agent_bin.display(), self.netns))?;
         self.agent = Some(child);
         Ok(())
+    }
+
+    /// Hold applies at fault point `point` (`after-attach` or `after-commit`) instead of
+    /// `after-attach` while the gate directory exists; from the agent's next start on.
+    pub fn set_pause_point(&mut self, point: &'static str) {
+        self.pause_point = point;
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
     }
 
     /// Where this node's apply gate lives (see [`crate::gate`]).
