@@ -323,3 +323,38 @@ fn a_partitioned_leader_demotes_itself_and_touches_nothing_after() {
     old.stop();
     env.operator = Some(standby);
 }
+
+/// A BpfProgram deleted and created again under the same name gets a history entry of
+/// its own (ControllerRevision `<name>-<revision>`) even while the deleted one's entry is
+/// still there (a garbage collector removes it only eventually; the e2e API server may
+/// run none): after an operator restart a rollback reads the stable revision from it.
+#[test]
+fn a_program_created_again_under_its_name_owns_its_history() {
+    const TEST: &str = "a_program_created_again_under_its_name_owns_its_history";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    let mut env = Env::start(TEST, &kubeconfig);
+    env.add_node(&[]);
+    let cm = env.bytecode_configmap("bytecode", &[XDP_OBJ]);
+    let spec = env.xdp_spec(env.selector(&[]), env.configmap_bytecode(&cm, XDP_OBJ), "count_packets", &["eth0"]);
+    let name = env.create_program("again", spec.clone());
+    let (rev, first) = rev_uid(&env.wait_ready(&name, 1));
+    let history = |uid: &str| {
+        let entries = env.cluster.controller_revisions(uid).unwrap_or_else(|e| panic!("{e:#}"));
+        entries.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
+    };
+    wait_for(Duration::from_secs(10), "the first program's history entry", || {
+        let h = history(&first);
+        if h == vec![rev.clone()] { Ok(()) } else { Err(format!("{h:?}")) }
+    });
+
+    env.cluster.delete_program(&name).unwrap_or_else(|e| panic!("{e:#}"));
+    env.wait_program_gone(&name);
+    env.cluster.create_program(&name, spec).unwrap_or_else(|e| panic!("{e:#}"));
+    let (again, second) = rev_uid(&env.wait_ready(&name, 1));
+    assert_eq!(again, rev, "the same spec and bytes: the same revision");
+    assert_ne!(second, first);
+    wait_for(Duration::from_secs(10), "the second program's own history entry", || {
+        let h = history(&second);
+        if h == vec![rev.clone()] { Ok(()) } else { Err(format!("history of the new uid: {h:?}")) }
+    });
+}

@@ -132,6 +132,16 @@ pub fn next_number(records: &[(i64, String)], revision: &str) -> Option<i64> {
     }
 }
 
+/// Whether an entry found under the name of a new record is a leftover of an earlier
+/// BpfProgram of the same name (deleted; the garbage collector has not removed its
+/// history yet, or never will after an orphaning delete), which the new record replaces.
+/// An entry of this very program is kept, and so is one of another program whose long
+/// name was cut to the same object name.
+pub fn is_leftover(existing: &ControllerRevision, uid: &str, program: &str) -> bool {
+    existing.labels().get(LABEL_PROGRAM_UID).is_some_and(|u| u != uid)
+        && existing.annotations().get(ANNOTATION_PROGRAM).is_some_and(|n| n == program)
+}
+
 /// The history store of one leadership term.
 pub struct History {
     client: Client,
@@ -219,7 +229,7 @@ impl History {
                 };
                 match api.create(&PostParams::default(), &cr).await {
                     Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => self.replace_leftover(&api, &cr, &uid, p).await?,
                     Err(e) => return Err(e),
                 }
             }
@@ -234,6 +244,32 @@ impl History {
             }
         }
         self.newest.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, content.revision.clone());
+        Ok(())
+    }
+
+    /// `cr` exists already: nothing to do when it is this program's own (written before a
+    /// restart), but one left by a deleted program of the same name would make this
+    /// revision unusable for a rollback after the next restart: replace it.
+    async fn replace_leftover(
+        &self,
+        api: &Api<ControllerRevision>,
+        cr: &ControllerRevision,
+        uid: &str,
+        p: &BpfProgram,
+    ) -> Result<(), kube::Error> {
+        let name = cr.name_any();
+        let Some(existing) = api.get_opt(&name).await? else { return Ok(()) };
+        if !is_leftover(&existing, uid, &p.name_any()) {
+            return Ok(());
+        }
+        tracing::info!(%name, "replacing a history entry left by a deleted program of the same name");
+        // Only that object: if it changed meanwhile, the next reconcile looks again.
+        let dp = DeleteParams {
+            preconditions: existing.uid().map(|u| kube::api::Preconditions { uid: Some(u), resource_version: None }),
+            ..Default::default()
+        };
+        api.delete(&name, &dp).await?;
+        api.create(&PostParams::default(), cr).await?;
         Ok(())
     }
 
@@ -345,6 +381,24 @@ mod tests {
         data.global_data.insert("X".into(), "Ag==".into());
         assert!(Content::from_data(&rev, data).unwrap_err().contains("hashes to"));
         assert!(Content::from_data("0000000000000000", content.to_data(&spec.bytecode)).is_err());
+    }
+
+    #[test]
+    fn only_a_deleted_namesakes_entry_is_a_leftover() {
+        let entry = |uid: Option<&str>, program: Option<&str>| ControllerRevision {
+            metadata: ObjectMeta {
+                labels: uid.map(|u| BTreeMap::from([(LABEL_PROGRAM_UID.to_string(), u.to_string())])),
+                annotations: program.map(|n| BTreeMap::from([(ANNOTATION_PROGRAM.to_string(), n.to_string())])),
+                ..Default::default()
+            },
+            revision: 1,
+            data: None,
+        };
+        assert!(is_leftover(&entry(Some("old"), Some("p")), "new", "p"), "the same name, an earlier uid");
+        assert!(!is_leftover(&entry(Some("new"), Some("p")), "new", "p"), "our own entry");
+        assert!(!is_leftover(&entry(Some("other"), Some("p-long-name")), "new", "p"), "a name cut to the same");
+        assert!(!is_leftover(&entry(None, Some("p")), "new", "p"), "not a bpfleet record");
+        assert!(!is_leftover(&entry(Some("old"), None), "new", "p"));
     }
 
     #[test]
