@@ -154,25 +154,8 @@ pub fn parse_counter(json: &str) -> anyhow::Result<u64> {
     Ok(u64::from_le_bytes(buf))
 }
 
-/// Every file and directory under `root`, as sorted relative paths ("" when missing).
-pub fn pins_under(root: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
-        for e in rd.flatten() {
-            let p = e.path();
-            if let Ok(rel) = p.strip_prefix(base) {
-                out.push(rel.display().to_string());
-            }
-            if p.is_dir() {
-                walk(base, &p, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(root, root, &mut out);
-    out.sort();
-    out
-}
+/// Every file and directory under `root`, as sorted relative paths (none when missing).
+pub use agent::testing::tree as pins_under;
 
 /// Revision directories (16 hex characters) of one owner under a bpffs root.
 pub fn revision_dirs(root: &Path, owner_uid: &str) -> Vec<String> {
