@@ -58,22 +58,7 @@ pub fn link_exists(id: u64) -> bool {
     sh(&format!("bpftool link show id {id} >/dev/null 2>&1")).is_ok()
 }
 
-/// Run a bpftool (or tc, ip) command printing JSON. A listing that meets an object
-/// being freed meanwhile fails with EAGAIN: it is a snapshot anyway, so take it again.
-fn json(cmd: &str) -> anyhow::Result<serde_json::Value> {
-    let mut tries = 0;
-    let out = loop {
-        match sh(cmd) {
-            Ok(out) => break out,
-            Err(e) if tries < 5 && e.to_string().contains("temporarily unavailable") => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    serde_json::from_str(&out).with_context(|| format!("`{cmd}` printed no JSON: {out}"))
-}
+use agent::testing::listing_json as json;
 
 /// The program pinned at `pin`, per bpftool (None: no program pinned there).
 pub fn pinned_program(pin: &Path) -> Option<u64> {

@@ -46,19 +46,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Run `cmd` with bash; its stdout, or an error with both outputs.
-pub fn sh(cmd: &str) -> anyhow::Result<String> {
-    let out =
-        Command::new("bash").arg("-c").arg(cmd).output().with_context(|| format!("cannot run bash for `{cmd}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{cmd}` failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub use agent::testing::sh;
 
 /// Run `cmd` with bash, ignoring failure (clean-up).
 pub fn sh_quiet(cmd: &str) {

@@ -73,3 +73,41 @@ pub fn build_agent(workspace: &std::path::Path) -> std::path::PathBuf {
         std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| workspace.join("target"));
     target.join("debug/bpfleet-agent")
 }
+
+/// Run `cmd` with bash; its standard output, or an error with its status and output.
+pub fn sh(cmd: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .with_context(|| format!("cannot run bash for `{cmd}`"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{cmd}` failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run a bpftool (or tc, ip) command printing JSON. bpftool walks ids and opens each
+/// object: one freed by another process meanwhile answers EAGAIN ("Resource temporarily
+/// unavailable") and fails the whole listing. A listing is a snapshot anyway: take it again.
+pub fn listing_json(cmd: &str) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    let mut tries = 0;
+    let out = loop {
+        match sh(cmd) {
+            Ok(out) => break out,
+            Err(e) if tries < 5 && e.to_string().contains("temporarily unavailable") => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    serde_json::from_str(&out).with_context(|| format!("`{cmd}` printed no JSON: {out}"))
+}

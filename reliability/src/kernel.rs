@@ -3,36 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail};
-use serde_json::Value;
 
-pub fn sh(cmd: &str) -> anyhow::Result<String> {
-    let out = Command::new("bash").arg("-c").arg(cmd).output().with_context(|| format!("cannot run `{cmd}`"))?;
-    if !out.status.success() {
-        bail!("`{cmd}` failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn json(cmd: &str) -> anyhow::Result<Value> {
-    // bpftool walks ids and opens each object: one freed by another process meanwhile
-    // answers EAGAIN ("Resource temporarily unavailable") and fails the whole listing.
-    // A listing is a snapshot anyway: take it again.
-    let mut tries = 0;
-    let out = loop {
-        match sh(cmd) {
-            Ok(out) => break out,
-            Err(e) if tries < 5 && e.to_string().contains("temporarily unavailable") => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    serde_json::from_str(&out).with_context(|| format!("`{cmd}` did not print JSON: {out}"))
-}
+use agent::testing::listing_json as json;
+pub use agent::testing::sh;
 
 /// bpffs and tracefs mounted.
 pub fn mounts() -> anyhow::Result<()> {
