@@ -84,18 +84,31 @@ impl Agent for AgentService {
             0 => crds::limits::DEFAULT_LIST_PAGE_SIZE,
             n => n,
         };
-        let (owners, next_page_token) = page(
-            self.manager.list().iter().map(proto::status_to_wire).collect(),
-            &req.page_token,
-            size,
-            crds::limits::MAX_LIST_PAGE_BYTES,
-        );
+        let states = self.manager.list();
+        let mut digest = proto::NodeDigest::default();
+        for s in &states {
+            digest.add(&s.owner_uid, &s.owner, &s.revision, s.health);
+        }
+        let digest = digest.value();
+        let unchanged = req.known_digest != 0 && req.known_digest == digest && req.page_token.is_empty();
+        let (owners, next_page_token) = if unchanged {
+            (Vec::new(), String::new())
+        } else {
+            page(
+                states.iter().map(proto::status_to_wire).collect(),
+                &req.page_token,
+                size,
+                crds::limits::MAX_LIST_PAGE_BYTES,
+            )
+        };
         Ok(Response::new(v1::ListResponse {
             node_name: self.manager.config().node_name.clone(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: kernel_release(),
             owners,
             next_page_token,
+            digest,
+            unchanged,
         }))
     }
 

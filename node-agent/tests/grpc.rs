@@ -96,6 +96,14 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     assert_eq!(listed.owner.as_ref().unwrap().uid, uid);
     assert_eq!(listed.revision, req.revision);
     assert_eq!(health(listed), v1::Health::Healthy);
+    // The digest covers what was listed, and asking with it answers "unchanged", empty.
+    assert_ne!(list.digest, 0);
+    assert_eq!(list.digest, proto::NodeDigest::of_states(&list.owners));
+    assert!(!list.unchanged, "a List without a known digest is always full");
+    let known = list.digest;
+    let same = client.list(v1::ListRequest { known_digest: known, ..Default::default() }).await.unwrap().into_inner();
+    assert!(same.unchanged && same.owners.is_empty() && same.digest == known, "{same:?}");
+    assert_eq!(same.node_name, "grpc-node");
 
     // (d) Watch: initial state, then drift (a link pin removed by hand) reported, then repaired.
     let mut stream = client.watch(v1::WatchRequest {}).await.expect("watch").into_inner();
@@ -117,7 +125,9 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
         }
         assert!(started.elapsed() < Duration::from_secs(6), "no DEGRADED event");
     }
-    let listed = client.list(v1::ListRequest::default()).await.unwrap().into_inner();
+    // The link the kernel lost changed the node's digest: the old one gets everything.
+    let listed = client.list(v1::ListRequest { known_digest: known, ..Default::default() }).await.unwrap().into_inner();
+    assert!(!listed.unchanged && listed.digest != known, "{listed:?}");
     assert_eq!(health(&listed.owners[0]), v1::Health::Degraded);
     let repaired = client.apply(req.clone()).await.expect("repair").into_inner();
     assert!(repaired.changed, "a degraded owner must be repaired by the same revision");

@@ -46,7 +46,7 @@ pub struct Context {
     pub recorder: Option<Recorder>,
     pub metrics: Arc<Metrics>,
     /// uid -> what the cluster wants, for drift detection.
-    pub desired: RwLock<BTreeMap<String, Desired>>,
+    pub desired: RwLock<BTreeMap<String, Arc<Desired>>>,
     /// This leadership term's epoch, carried by every Apply and Remove (see `leader`).
     pub epoch: u64,
     /// ConfigMap bytecode by resourceVersion.
@@ -179,7 +179,12 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let stable = p.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.stable_revision.clone());
     ctx.desired.write().unwrap_or_else(|e| e.into_inner()).insert(
         uid.clone(),
-        Desired { name: name.clone(), revision: revision.clone(), stable: stable.clone(), targets: targets.clone() },
+        Arc::new(Desired {
+            name: name.clone(),
+            revision: revision.clone(),
+            stable: stable.clone(),
+            targets: targets.clone(),
+        }),
     );
 
     let now = k8s_openapi::jiff::Timestamp::now();

@@ -83,6 +83,15 @@ impl PoolConfig {
     }
 }
 
+/// A List answer.
+#[derive(Debug)]
+pub enum Listed {
+    /// Every owner (all pages), with the agent's digest of them.
+    Full(v1::ListResponse),
+    /// The agent's digest is the one asked with: no owners, only the agent's identity.
+    Unchanged(v1::ListResponse),
+}
+
 /// A node as dialled: its name (the key of cached state) and its InternalIP.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeAddr {
@@ -210,17 +219,33 @@ impl AgentPool {
 
     /// Every owner the agent of `node` manages (all pages, in one answer).
     pub async fn list(&self, node: &NodeAddr) -> Result<v1::ListResponse, DispatchError> {
+        match self.list_since(node, 0).await? {
+            Listed::Full(list) => Ok(list),
+            // Only a known digest other than 0 can be answered "unchanged".
+            Listed::Unchanged(meta) => Ok(meta),
+        }
+    }
+
+    /// What the agent of `node` manages, unless its digest is still `known` (the digest of
+    /// a List read in full earlier; 0 for none): then one small answer, whatever the number
+    /// of owners.
+    pub async fn list_since(&self, node: &NodeAddr, known: u64) -> Result<Listed, DispatchError> {
         let mut all = v1::ListResponse::default();
         let mut token = String::new();
         loop {
-            let req = v1::ListRequest { page_size: 0, page_token: token };
+            let first = token.is_empty();
+            let req = v1::ListRequest { page_size: 0, page_token: token, known_digest: if first { known } else { 0 } };
             let page = self.call(node, |mut c| async move { c.list(req).await }).await?;
+            if first && page.unchanged && known != 0 && page.digest == known {
+                return Ok(Listed::Unchanged(page));
+            }
             all.node_name = page.node_name;
             all.agent_version = page.agent_version;
             all.kernel_release = page.kernel_release;
+            all.digest = page.digest;
             all.owners.extend(page.owners);
             if page.next_page_token.is_empty() {
-                return Ok(all);
+                return Ok(Listed::Full(all));
             }
             token = page.next_page_token;
         }
@@ -233,8 +258,8 @@ impl AgentPool {
         self.call(node, |mut c| async move { c.watch(v1::WatchRequest {}).await }).await
     }
 
-    /// Runs `f(pool, node)` for every node concurrently and returns every node's result, in
-    /// the order of `nodes`. The pool's calls inside `f` are bounded by the pool-wide
+    /// Runs `f(pool, node)` for every node, up to `max_concurrency` at once, and returns
+    /// every node's result, in the order of `nodes`. The pool's calls inside `f` are bounded by the pool-wide
     /// `max_concurrency` and each by `call_timeout`, so a slow node holds at most one permit
     /// for at most one timeout while the others proceed. The futures run on the caller's
     /// task: dropping the returned future cancels them all.
@@ -252,11 +277,18 @@ impl AgentPool {
         F: Fn(AgentPool, NodeAddr) -> Fut,
         Fut: Future<Output = Result<T, DispatchError>>,
     {
-        let calls = nodes.into_iter().map(|node| {
+        use futures::StreamExt;
+        // No more calls started than may run: a fan-out to 5,000 nodes holds 64 futures
+        // (and their requests), not 5,000. Unordered, so one slow node does not keep the
+        // next ones from starting; the results are put back in order at the end.
+        let calls = nodes.into_iter().enumerate().map(|(i, node)| {
             let call = f(self.clone(), node.clone());
-            async move { (node, call.await) }
+            async move { (i, node, call.await) }
         });
-        futures::future::join_all(calls).await
+        let mut done: Vec<(usize, NodeAddr, Result<T, DispatchError>)> =
+            futures::stream::iter(calls).buffer_unordered(self.inner.cfg.max_concurrency).collect().await;
+        done.sort_unstable_by_key(|(i, ..)| *i);
+        done.into_iter().map(|(_, node, r)| (node, r)).collect()
     }
 
     /// Drops the cached channel and backoff state of `node` (Node deleted, or IP changed).

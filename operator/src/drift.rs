@@ -1,9 +1,11 @@
 //! Drift between what the cluster wants and what a node's agent reports. Pure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crds::Health;
-use proto::v1;
+
+pub use crate::index::Reported;
 
 /// What the cluster wants of one BpfProgram.
 #[derive(Clone, Debug)]
@@ -25,37 +27,36 @@ pub enum Repair {
     Reconcile { uid: String, name: String, why: String },
 }
 
-/// Compare one node's List with the desired state. `known` holds the uid of every
-/// BpfProgram that exists (reconciled or not yet); only owners outside it are removed.
-pub fn diff(
+/// Compare what one node reports (a List, or the index when the node's digest says
+/// nothing changed since its last List) with the desired state. `known` holds the uid of
+/// every BpfProgram that exists (reconciled or not yet); only owners outside it are removed.
+pub fn diff<'a>(
     node: &str,
     known: &BTreeSet<String>,
-    desired: &BTreeMap<String, Desired>,
-    list: &v1::ListResponse,
+    desired: &BTreeMap<String, Arc<Desired>>,
+    reported: impl IntoIterator<Item = Reported<'a>>,
 ) -> Vec<Repair> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
-    for s in &list.owners {
-        let Some(owner) = &s.owner else { continue };
-        seen.insert(owner.uid.clone());
-        if !known.contains(&owner.uid) {
-            out.push(Repair::RemoveUnknown { uid: owner.uid.clone(), name: owner.name.clone() });
+    for s in reported {
+        seen.insert(s.uid);
+        if !known.contains(s.uid) {
+            out.push(Repair::RemoveUnknown { uid: s.uid.to_string(), name: s.name.to_string() });
             continue;
         }
-        match desired.get(&owner.uid) {
+        match desired.get(s.uid) {
             // Exists but not reconciled yet: its first reconcile decides.
             None => {}
             Some(d) if !d.targets.contains(node) => out.push(Repair::Reconcile {
-                uid: owner.uid.clone(),
+                uid: s.uid.to_string(),
                 name: d.name.clone(),
                 why: format!("{node} runs it but is no longer selected"),
             }),
             Some(d) => {
-                let health = proto::health_from_wire(s.health);
-                let expected = d.stable.as_deref() == Some(s.revision.as_str());
+                let expected = d.stable.as_deref() == Some(s.revision);
                 if !expected && d.revision.as_deref().is_some_and(|r| r != s.revision) {
                     out.push(Repair::Reconcile {
-                        uid: owner.uid.clone(),
+                        uid: s.uid.to_string(),
                         name: d.name.clone(),
                         why: format!(
                             "{node} runs revision {} instead of {}",
@@ -63,18 +64,18 @@ pub fn diff(
                             d.revision.as_deref().unwrap_or("-")
                         ),
                     });
-                } else if health != Health::Healthy {
+                } else if s.health != Health::Healthy {
                     out.push(Repair::Reconcile {
-                        uid: owner.uid.clone(),
+                        uid: s.uid.to_string(),
                         name: d.name.clone(),
-                        why: format!("{node} reports it {health:?}: {}", s.last_error),
+                        why: format!("{node} reports it {:?}: {}", s.health, s.last_error),
                     });
                 }
             }
         }
     }
     for (uid, d) in desired {
-        if d.targets.contains(node) && !seen.contains(uid) {
+        if d.targets.contains(node) && !seen.contains(uid.as_str()) {
             out.push(Repair::Reconcile {
                 uid: uid.clone(),
                 name: d.name.clone(),
@@ -88,6 +89,17 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::v1;
+
+    fn diff(
+        node: &str,
+        known: &BTreeSet<String>,
+        desired: &BTreeMap<String, Desired>,
+        list: &v1::ListResponse,
+    ) -> Vec<Repair> {
+        let desired = desired.iter().map(|(k, v)| (k.clone(), Arc::new(v.clone()))).collect();
+        super::diff(node, known, &desired, list.owners.iter().filter_map(Reported::of_state))
+    }
 
     fn st(uid: &str, rev: &str, h: v1::Health) -> v1::OwnerState {
         v1::OwnerState {

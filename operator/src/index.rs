@@ -1,8 +1,8 @@
 //! What every node's agent runs, as last reported (Apply answers, List, Watch). Plain
 //! data behind one lock, held only for map updates; decisions read snapshots of it.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::RwLock;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, RwLock};
 
 use crds::Health;
 use crds::node::{BpfNodeStatus, NodeProgramStatus};
@@ -14,30 +14,57 @@ use crate::status::NodeOutcome;
 
 /// What one node runs of one owner: only what decisions need. The full detail (ids,
 /// pins) goes from each List straight into the node's BpfNode and is not kept, so the
-/// index stays small at thousands of programs times hundreds of nodes.
+/// index stays small at thousands of programs times thousands of nodes: the strings are
+/// shared (one copy of a uid, name or revision for every node that runs it), so an entry
+/// costs its map slot and three pointers (~80 bytes), not three strings per node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnerSummary {
-    pub name: String,
-    pub revision: String,
+    pub name: Arc<str>,
+    pub revision: Arc<str>,
     pub health: Health,
-    pub last_error: Option<String>,
+    pub last_error: Option<Box<str>>,
 }
 
 impl OwnerSummary {
-    fn of(s: &v1::OwnerState) -> Option<(String, OwnerSummary)> {
+    fn of(s: &v1::OwnerState, strings: &mut Interner) -> Option<(Arc<str>, OwnerSummary)> {
         let owner = s.owner.as_ref()?;
         if s.revision.is_empty() {
             return None;
         }
         Some((
-            owner.uid.clone(),
+            strings.get(&owner.uid),
             OwnerSummary {
-                name: owner.name.clone(),
-                revision: s.revision.clone(),
+                name: strings.get(&owner.name),
+                revision: strings.get(&s.revision),
                 health: proto::health_from_wire(s.health),
-                last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
+                last_error: (!s.last_error.is_empty()).then(|| s.last_error.as_str().into()),
             },
         ))
+    }
+}
+
+/// One shared copy of each uid, name and revision the index holds. Copies nobody else
+/// holds any more are dropped once the set has doubled since the last sweep, so the cost
+/// of sweeping is spread over the insertions that made it necessary.
+#[derive(Debug, Default)]
+struct Interner {
+    set: HashSet<Arc<str>>,
+    /// Size of the set after the last sweep.
+    swept: usize,
+}
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.set.insert(a.clone());
+        if self.set.len() > 2 * self.swept.max(512) {
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.swept = self.set.len();
+        }
+        a
     }
 }
 
@@ -56,19 +83,68 @@ pub struct Failure {
 #[derive(Clone, Debug, Default)]
 pub struct NodeEntry {
     /// Owner uid -> what runs.
-    pub owners: BTreeMap<String, OwnerSummary>,
+    pub owners: BTreeMap<Arc<str>, OwnerSummary>,
     /// Owner uid -> why the last apply of it failed.
     pub failures: BTreeMap<String, Failure>,
     pub agent_version: Option<String>,
     pub kernel_release: Option<String>,
-    /// A List succeeded at least once: `owners` is complete, not partial.
-    pub listed: bool,
+    /// The digest ([`proto::NodeDigest`]) of the last List read in full, once one was:
+    /// `owners` is then complete, not partial.
+    pub listed_digest: Option<u64>,
+    /// The BpfNode could not be written from the last full List: the next resync reads
+    /// the node in full again, whatever its digest.
+    pub relist: bool,
     pub last_report_time: Option<String>,
+}
+
+impl NodeEntry {
+    /// The digest of what the index says this node runs.
+    fn digest(&self) -> u64 {
+        let mut d = proto::NodeDigest::default();
+        for (uid, s) in &self.owners {
+            d.add(uid, &s.name, &s.revision, s.health);
+        }
+        d.value()
+    }
+
+    fn listed(&self) -> bool {
+        self.listed_digest.is_some()
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct NodeIndex {
-    nodes: RwLock<BTreeMap<String, NodeEntry>>,
+    nodes: RwLock<Nodes>,
+}
+
+#[derive(Debug, Default)]
+struct Nodes {
+    map: BTreeMap<String, NodeEntry>,
+    strings: Interner,
+}
+
+/// One owner as a node reported it, for the drift check ([`crate::drift::diff`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Reported<'a> {
+    pub uid: &'a str,
+    pub name: &'a str,
+    pub revision: &'a str,
+    pub health: Health,
+    pub last_error: &'a str,
+}
+
+impl<'a> Reported<'a> {
+    /// From a List answer; `None` for an owner without owner or revision (not running).
+    pub fn of_state(s: &'a v1::OwnerState) -> Option<Self> {
+        let owner = s.owner.as_ref()?;
+        Some(Reported {
+            uid: &owner.uid,
+            name: &owner.name,
+            revision: &s.revision,
+            health: proto::health_from_wire(s.health),
+            last_error: &s.last_error,
+        })
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -76,34 +152,34 @@ fn now_rfc3339() -> String {
 }
 
 impl NodeIndex {
-    fn write<R>(&self, f: impl FnOnce(&mut BTreeMap<String, NodeEntry>) -> R) -> R {
+    fn write<R>(&self, f: impl FnOnce(&mut Nodes) -> R) -> R {
         f(&mut self.nodes.write().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, NodeEntry>) -> R) -> R {
-        f(&self.nodes.read().unwrap_or_else(|p| p.into_inner()))
+        f(&self.nodes.read().unwrap_or_else(|p| p.into_inner()).map)
     }
 
     /// An Apply answered: the owner's state on that node.
     /// Returns whether this changes what is known (status must be recomputed).
     pub fn record_state(&self, node: &str, state: &v1::OwnerState) -> bool {
         let Some(uid) = state.owner.as_ref().map(|o| o.uid.clone()) else { return false };
-        self.write(|m| {
-            let e = m.entry(node.to_string()).or_default();
-            let new = OwnerSummary::of(state).map(|(_, s)| s);
+        self.write(|Nodes { map, strings }| {
+            let new = OwnerSummary::of(state, strings);
+            let e = map.entry(node.to_string()).or_default();
             // Any report means the agent is reachable; a failed revision stays failed (with
             // its backoff) until the node reports it running healthy.
             let clears = |f: &Failure| match &f.outcome {
                 NodeOutcome::Unreachable { .. } => true,
-                _ => new.as_ref().is_some_and(|s| s.revision == f.revision && s.health == Health::Healthy),
+                _ => new.as_ref().is_some_and(|(_, s)| *s.revision == *f.revision && s.health == Health::Healthy),
             };
             let cleared = e.failures.get(&uid).is_some_and(clears) && e.failures.remove(&uid).is_some();
             e.last_report_time = Some(now_rfc3339());
             let old = match &new {
-                Some(s) => e.owners.insert(uid, s.clone()),
-                None => e.owners.remove(&uid),
+                Some((key, s)) => e.owners.insert(key.clone(), s.clone()),
+                None => e.owners.remove(uid.as_str()),
             };
-            cleared || old != new
+            cleared || old != new.map(|(_, s)| s)
         })
     }
 
@@ -132,8 +208,8 @@ impl NodeIndex {
     /// each further failure of the same revision doubles the wait (see
     /// [`crate::plan::retry_delay`]); a new revision starts again at once.
     pub fn record_failure(&self, node: &str, uid: &str, revision: &str, outcome: NodeOutcome, now: Timestamp) {
-        self.write(|m| {
-            let failures = &mut m.entry(node.to_string()).or_default().failures;
+        self.write(|n| {
+            let failures = &mut n.map.entry(node.to_string()).or_default().failures;
             let prev = failures.get(uid).filter(|f| f.revision == revision).map(|f| f.attempts).unwrap_or(0);
             let (attempts, next_try) = match outcome {
                 NodeOutcome::Failed { .. } => {
@@ -169,8 +245,8 @@ impl NodeIndex {
 
     /// A Remove succeeded.
     pub fn record_removed(&self, node: &str, uid: &str) {
-        self.write(|m| {
-            if let Some(e) = m.get_mut(node) {
+        self.write(|n| {
+            if let Some(e) = n.map.get_mut(node) {
                 e.owners.remove(uid);
                 e.failures.remove(uid);
             }
@@ -180,29 +256,77 @@ impl NodeIndex {
     /// A full List: replaces what is known of the node. Returns the owners whose
     /// "agent unreachable" outcome this clears (their status must be recomputed).
     pub fn record_list(&self, node: &str, list: &v1::ListResponse) -> Vec<String> {
-        self.write(|m| {
-            let e = m.entry(node.to_string()).or_default();
-            let cleared: Vec<String> = e
-                .failures
-                .iter()
-                .filter(|(_, f)| matches!(f.outcome, NodeOutcome::Unreachable { .. }))
-                .map(|(uid, _)| uid.clone())
-                .collect();
-            for uid in &cleared {
-                e.failures.remove(uid);
+        self.write(|Nodes { map, strings }| {
+            let owners = list.owners.iter().filter_map(|s| OwnerSummary::of(s, strings)).collect();
+            let e = map.entry(node.to_string()).or_default();
+            e.owners = owners;
+            e.listed_digest = Some(proto::NodeDigest::of_states(&list.owners));
+            e.relist = false;
+            Self::answered(e, list)
+        })
+    }
+
+    /// The agent answered a List with "unchanged" since `listed_digest`: what the index
+    /// holds of it is still true. Returns the owners whose "agent unreachable" outcome this
+    /// clears.
+    pub fn record_unchanged(&self, node: &str, answer: &v1::ListResponse) -> Vec<String> {
+        self.write(|n| n.map.get_mut(node).map(|e| Self::answered(e, answer)).unwrap_or_default())
+    }
+
+    fn answered(e: &mut NodeEntry, answer: &v1::ListResponse) -> Vec<String> {
+        let cleared: Vec<String> = e
+            .failures
+            .iter()
+            .filter(|(_, f)| matches!(f.outcome, NodeOutcome::Unreachable { .. }))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &cleared {
+            e.failures.remove(uid);
+        }
+        e.agent_version = Some(answer.agent_version.clone());
+        e.kernel_release = Some(answer.kernel_release.clone());
+        e.last_report_time = Some(now_rfc3339());
+        cleared
+    }
+
+    /// The digest to ask the node's agent with at a resync: that of its last full List,
+    /// when what the index holds of the node is still exactly that List (no Apply answer
+    /// or Watch event changed it since). `None`: a full List is needed.
+    pub fn in_sync_digest(&self, node: &str) -> Option<u64> {
+        self.read(|m| {
+            let e = m.get(node)?;
+            let listed = e.listed_digest?;
+            (!e.relist && e.digest() == listed).then_some(listed)
+        })
+    }
+
+    /// What was read of `node` could not be passed on (its BpfNode write failed): read it
+    /// in full at the next resync.
+    pub fn relist(&self, node: &str) {
+        self.write(|n| {
+            if let Some(e) = n.map.get_mut(node) {
+                e.relist = true;
             }
-            e.owners = list.owners.iter().filter_map(OwnerSummary::of).collect();
-            e.agent_version = Some(list.agent_version.clone());
-            e.kernel_release = Some(list.kernel_release.clone());
-            e.listed = true;
-            e.last_report_time = Some(now_rfc3339());
-            cleared
+        })
+    }
+
+    /// Runs `f` over what the index holds of `node`, as the node reported it.
+    pub fn with_reported<R>(&self, node: &str, f: impl FnOnce(&mut dyn Iterator<Item = Reported<'_>>) -> R) -> R {
+        self.read(|m| {
+            let mut owners = m.get(node).into_iter().flat_map(|e| e.owners.iter()).map(|(uid, s)| Reported {
+                uid,
+                name: &s.name,
+                revision: &s.revision,
+                health: s.health,
+                last_error: s.last_error.as_deref().unwrap_or(""),
+            });
+            f(&mut owners)
         })
     }
 
     /// The node's Node object is gone.
     pub fn forget(&self, node: &str) {
-        self.write(|m| m.remove(node));
+        self.write(|n| n.map.remove(node));
     }
 
     /// Per node, what runs of `uid`.
@@ -210,7 +334,9 @@ impl NodeIndex {
         self.read(|m| {
             m.iter()
                 .filter_map(|(n, e)| {
-                    e.owners.get(uid).map(|s| (n.clone(), Observed { revision: s.revision.clone(), health: s.health }))
+                    e.owners
+                        .get(uid)
+                        .map(|s| (n.clone(), Observed { revision: s.revision.to_string(), health: s.health }))
                 })
                 .collect()
         })
@@ -220,13 +346,13 @@ impl NodeIndex {
     /// it only in an Apply answer; the caller decides what to do with those.)
     pub fn listed_runners(&self, uid: &str) -> BTreeSet<String> {
         self.read(|m| {
-            m.iter().filter(|(_, e)| e.listed && e.owners.contains_key(uid)).map(|(n, _)| n.clone()).collect()
+            m.iter().filter(|(_, e)| e.listed() && e.owners.contains_key(uid)).map(|(n, _)| n.clone()).collect()
         })
     }
 
     /// Those of `nodes` whose agent never answered a full List (their state is unknown).
     pub fn never_listed<'a>(&self, nodes: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
-        self.read(|m| nodes.filter(|n| !m.get(*n).is_some_and(|e| e.listed)).map(str::to_string).collect())
+        self.read(|m| nodes.filter(|n| !m.get(*n).is_some_and(|e| e.listed())).map(str::to_string).collect())
     }
 
     /// How `node` stands with revision `want` of `uid`, for status.
@@ -239,11 +365,11 @@ impl NodeIndex {
                 return f.outcome.clone();
             }
             match e.owners.get(uid) {
-                Some(s) if s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
-                Some(s) if s.revision == want => NodeOutcome::Failed {
+                Some(s) if &*s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
+                Some(s) if &*s.revision == want => NodeOutcome::Failed {
                     program: None,
                     reason: format!("{:?}", s.health),
-                    message: s.last_error.clone().unwrap_or_else(|| "the agent reports a problem".into()),
+                    message: s.last_error.as_deref().unwrap_or("the agent reports a problem").to_string(),
                 },
                 _ => NodeOutcome::Pending,
             }
@@ -254,9 +380,14 @@ impl NodeIndex {
     pub fn all_owners(&self, node: &str) -> BTreeMap<String, String> {
         self.read(|m| {
             m.get(node)
-                .map(|e| e.owners.iter().map(|(uid, s)| (uid.clone(), s.name.clone())).collect())
+                .map(|e| e.owners.iter().map(|(uid, s)| (uid.to_string(), s.name.to_string())).collect())
                 .unwrap_or_default()
         })
+    }
+
+    /// (node, owner) pairs held, for benchmarks and metrics.
+    pub fn entries(&self) -> usize {
+        self.read(|m| m.values().map(|e| e.owners.len()).sum())
     }
 }
 
@@ -373,5 +504,65 @@ mod tests {
         assert!(idx.observed("b").is_empty());
         idx.forget("n1");
         assert!(idx.all_owners("n1").is_empty());
+    }
+
+    #[test]
+    fn a_node_is_in_sync_while_the_index_holds_its_last_list_unchanged() {
+        let idx = NodeIndex::default();
+        assert_eq!(idx.in_sync_digest("n"), None, "never listed");
+        let list = v1::ListResponse {
+            owners: vec![state("a", "r1", v1::Health::Healthy), state("b", "r1", v1::Health::Healthy)],
+            ..Default::default()
+        };
+        idx.record_list("n", &list);
+        let digest = proto::NodeDigest::of_states(&list.owners);
+        assert_eq!(idx.in_sync_digest("n"), Some(digest));
+        // An Apply answer changes what the node runs: read it in full next time.
+        assert!(idx.record_state("n", &state("a", "r2", v1::Health::Healthy)));
+        assert_eq!(idx.in_sync_digest("n"), None);
+        // Back to what was listed (a revert answered): in sync again.
+        idx.record_state("n", &state("a", "r1", v1::Health::Healthy));
+        assert_eq!(idx.in_sync_digest("n"), Some(digest));
+        idx.record_state("n", &state("b", "r1", v1::Health::Degraded));
+        assert_eq!(idx.in_sync_digest("n"), None, "health counts");
+        idx.record_list("n", &list);
+        assert_eq!(idx.in_sync_digest("n"), Some(digest));
+        // A BpfNode that could not be written from that List: read it again.
+        idx.relist("n");
+        assert_eq!(idx.in_sync_digest("n"), None);
+        idx.record_list("n", &list);
+        // What the drift check sees of the node without a List.
+        let seen = idx.with_reported("n", |owners| owners.map(|r| (r.uid.to_string(), r.revision.to_string())).count());
+        assert_eq!(seen, 2);
+        assert_eq!(idx.entries(), 2);
+    }
+
+    #[test]
+    fn an_unchanged_answer_clears_unreachable_and_keeps_what_runs() {
+        let idx = NodeIndex::default();
+        let list = v1::ListResponse { owners: vec![state("a", "r1", v1::Health::Healthy)], ..Default::default() };
+        idx.record_list("n", &list);
+        idx.record_unreachable("n", [("a", "r1")].into_iter(), "refused");
+        assert!(matches!(idx.outcome("n", "a", "r1"), NodeOutcome::Unreachable { .. }));
+        assert_eq!(idx.record_unchanged("n", &v1::ListResponse { unchanged: true, ..Default::default() }), ["a"]);
+        assert_eq!(idx.outcome("n", "a", "r1"), NodeOutcome::Ready);
+        assert!(idx.record_unchanged("unknown-node", &v1::ListResponse::default()).is_empty());
+    }
+
+    #[test]
+    fn nodes_share_one_copy_of_each_string() {
+        let idx = NodeIndex::default();
+        for n in 0..3 {
+            idx.record_state(&format!("n{n}"), &state("a", "r1", v1::Health::Healthy));
+        }
+        let revisions: Vec<Arc<str>> =
+            idx.read(|m| m.values().map(|e| e.owners.values().next().unwrap().revision.clone()).collect());
+        assert!(revisions.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
+        // Strings nobody holds any more are swept as the set grows.
+        for i in 0..2000 {
+            idx.record_state("n0", &state("a", &format!("rev-{i}"), v1::Health::Healthy));
+        }
+        let held = idx.nodes.read().unwrap().strings.set.len();
+        assert!(held < 1100, "{held} strings held for 3 nodes");
     }
 }

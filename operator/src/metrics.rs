@@ -39,6 +39,7 @@ pub struct Metrics {
     failed: Family<ProgramLabel, Gauge>,
     repairs: Family<Label1, Counter>,
     resyncs: Counter,
+    resync_lists: Family<Label1, Counter>,
     bpfnode_writes: Counter,
     /// Caches synced: the process can serve (leader or standby).
     pub ready_flag: AtomicBool,
@@ -72,6 +73,7 @@ impl Metrics {
         let failed = Family::<ProgramLabel, Gauge>::default();
         let repairs = Family::<Label1, Counter>::default();
         let resyncs = Counter::default();
+        let resync_lists = Family::<Label1, Counter>::default();
         let bpfnode_writes = Counter::default();
         let leader = Gauge::default();
         let epoch = Gauge::default();
@@ -85,6 +87,11 @@ impl Metrics {
         registry.register("failed_nodes", "Nodes failing each BpfProgram", failed.clone());
         registry.register("drift_repairs", "Drift repairs by kind", repairs.clone());
         registry.register("resync_passes", "Completed resyncs (a List of every agent)", resyncs.clone());
+        registry.register(
+            "resync_lists",
+            "Agent Lists of resyncs, by answer: full (every owner) or unchanged (digest matched)",
+            resync_lists.clone(),
+        );
         registry.register("bpfnode_writes", "BpfNode status writes (only changes are written)", bpfnode_writes.clone());
         registry.register("leader", "1 while this process holds the leader Lease", leader.clone());
         registry.register("leader_epoch", "Leadership epoch of the current or last term", epoch.clone());
@@ -104,6 +111,7 @@ impl Metrics {
             failed,
             repairs,
             resyncs,
+            resync_lists,
             bpfnode_writes,
             ready_flag: AtomicBool::new(false),
             leader,
@@ -123,6 +131,12 @@ impl Metrics {
 
     pub fn resynced(&self) {
         self.resyncs.inc();
+    }
+
+    /// One agent answered a resync's List, in full or "unchanged".
+    pub fn resync_listed(&self, unchanged: bool) {
+        let label = if unchanged { "unchanged" } else { "full" };
+        self.resync_lists.get_or_create(&Label1 { label: label.into() }).inc();
     }
 
     pub fn bpfnode_written(&self) {

@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use crate::bpfnode;
 use crate::controller::Context;
-use crate::dispatch::NodeAddr;
-use crate::drift::{self, Desired, Repair};
+use crate::dispatch::{Listed, NodeAddr};
+use crate::drift::{self, Desired, Repair, Reported};
 use crate::targets::NodeInfo;
 
 /// Agent Lists in flight during a resync.
@@ -100,16 +100,19 @@ fn reachable_addrs(nodes: &BTreeMap<String, Arc<Node>>) -> Vec<NodeAddr> {
 }
 
 /// Every agent's List, a few at a time, each handled and dropped before the next: a
-/// List answer holds every owner of a node, and 50 of them at once cost tens of MiB.
+/// List answer holds every owner of a node, and 50 of them at once cost tens of MiB. An
+/// agent whose state still has the digest of its last full List (and which the index
+/// holds unchanged since) answers "unchanged" instead, in one small message.
 fn lists(
     ctx: &Context,
     addrs: Vec<NodeAddr>,
-) -> impl futures::Stream<Item = (NodeAddr, Result<v1::ListResponse, crate::dispatch::DispatchError>)> + '_ {
+) -> impl futures::Stream<Item = (NodeAddr, Result<Listed, crate::dispatch::DispatchError>)> + '_ {
     futures::stream::iter(addrs)
         .map(move |n| {
             let pool = ctx.pool.clone();
+            let known = ctx.index.in_sync_digest(&n.name).unwrap_or(0);
             async move {
-                let r = pool.list(&n).await;
+                let r = pool.list_since(&n, known).await;
                 (n, r)
             }
         })
@@ -131,10 +134,14 @@ pub async fn initial_sync(ctx: &Context) {
     let mut stream = std::pin::pin!(lists(ctx, addrs));
     while let Some((addr, result)) = stream.next().await {
         match result {
-            Ok(list) => {
+            Ok(Listed::Full(list)) => {
                 listed += 1;
                 ctx.index.record_list(&addr.name, &list);
                 write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
+            }
+            Ok(Listed::Unchanged(answer)) => {
+                listed += 1;
+                ctx.index.record_unchanged(&addr.name, &answer);
             }
             Err(e) => tracing::warn!(node = %addr.name, error = %e, "initial sync: cannot list agent"),
         }
@@ -148,7 +155,10 @@ async fn write_bpfnode(ctx: &Context, node: Option<&Node>, list: &v1::ListRespon
     match bpfnode::write_if_changed(&ctx.client, &ctx.bpfnodes, node, &status).await {
         Ok(true) => ctx.metrics.bpfnode_written(),
         Ok(false) => {}
-        Err(e) => tracing::warn!(node = %node.name_any(), error = %e, "cannot write BpfNode"),
+        Err(e) => {
+            tracing::warn!(node = %node.name_any(), error = %e, "cannot write BpfNode");
+            ctx.index.relist(&node.name_any());
+        }
     }
 }
 
@@ -183,21 +193,34 @@ pub async fn resync_once(
     let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut lists = std::pin::pin!(lists(ctx, addrs));
     while let Some((addr, result)) = lists.next().await {
-        let list = match result {
-            Ok(l) => l,
+        let (list, cleared) = match result {
+            Ok(Listed::Full(list)) => {
+                ctx.metrics.resync_listed(false);
+                let cleared = ctx.index.record_list(&addr.name, &list);
+                (Some(list), cleared)
+            }
+            Ok(Listed::Unchanged(answer)) => {
+                ctx.metrics.resync_listed(true);
+                (None, ctx.index.record_unchanged(&addr.name, &answer))
+            }
             Err(e) => {
                 tracing::warn!(node = %addr.name, error = %e, "resync: cannot list agent");
                 mark_unreachable(ctx, &desired, &addr.name, &e.to_string(), targeted);
                 continue;
             }
         };
-        for uid in ctx.index.record_list(&addr.name, &list) {
+        for uid in cleared {
             // Reachable again: recompute the status of what it runs.
             if let Some(d) = desired.get(&uid) {
                 let _ = targeted.try_send(ObjectRef::new(&d.name));
             }
         }
-        for repair in drift::diff(&addr.name, &known, &desired, &list) {
+        // Unchanged: the index holds exactly what the agent runs; compare with that.
+        let repairs = match &list {
+            Some(list) => drift::diff(&addr.name, &known, &desired, list.owners.iter().filter_map(Reported::of_state)),
+            None => ctx.index.with_reported(&addr.name, |owners| drift::diff(&addr.name, &known, &desired, owners)),
+        };
+        for repair in repairs {
             match repair {
                 Repair::RemoveUnknown { uid, name } => {
                     if !truly_unknown(ctx, programs, &uid, &name).await {
@@ -234,7 +257,10 @@ pub async fn resync_once(
                 }
             }
         }
-        write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
+        // Unchanged: the BpfNode written from the last full List still says what runs.
+        if let Some(list) = &list {
+            write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), list).await;
+        }
     }
     ctx.metrics.resynced();
 }
@@ -260,7 +286,7 @@ async fn publish_on_bpfnode(ctx: &Context, node: &Node, reason: &str, note: Stri
 /// Every program `node` should run is in doubt: say so in their status.
 fn mark_unreachable(
     ctx: &Context,
-    desired: &BTreeMap<String, Desired>,
+    desired: &BTreeMap<String, Arc<Desired>>,
     node: &str,
     message: &str,
     targeted: &mpsc::Sender<ObjectRef<BpfProgram>>,

@@ -7,11 +7,13 @@ pub mod v1 {
 }
 
 mod convert;
+mod digest;
 
 pub use convert::{
     WireError, health_from_wire, health_to_wire, map_policy_from_wire, map_policy_to_wire, program_from_wire,
     program_to_wire, state_to_status, status_to_wire,
 };
+pub use digest::NodeDigest;
 
 /// gRPC metadata key carrying a machine-readable failure reason (e.g. `VerifierRejected`).
 pub const REASON_KEY: &str = "bpfleet-reason";
