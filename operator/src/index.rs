@@ -532,8 +532,9 @@ mod tests {
         assert_eq!(idx.in_sync_digest("n"), None);
         idx.record_list("n", &list);
         // What the drift check sees of the node without a List.
-        let seen = idx.with_reported("n", |owners| owners.map(|r| (r.uid.to_string(), r.revision.to_string())).count());
-        assert_eq!(seen, 2);
+        let seen: Vec<(String, String)> =
+            idx.with_reported("n", |owners| owners.map(|r| (r.uid.to_string(), r.revision.to_string())).collect());
+        assert_eq!(seen, [("a".to_string(), "r1".to_string()), ("b".to_string(), "r1".to_string())]);
         assert_eq!(idx.entries(), 2);
     }
 
