@@ -113,12 +113,21 @@ def thousands(value, _pos=None):
     return f"{value:g}"
 
 
-def label_target(ax, y, text):
-    """Draw a dashed horizontal target line with its label just above, at the left."""
+# Half-transparent white box behind text so that it stays readable over lines.
+TEXT_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.75}
+
+
+def label_target(ax, y, text, side):
+    """Draw a dashed horizontal target line with its label just above it.
+
+    side is "left" or "right": which end of the line carries the label.
+    """
     ax.axhline(y, color="0.35", linestyle="--", linewidth=1.2, zorder=1)
+    x = 0.01 if side == "left" else 0.99
     # x in axes coordinates (0..1), y in data coordinates.
-    ax.text(0.01, y, text, transform=ax.get_yaxis_transform(),
-            va="bottom", ha="left", fontsize=11, color="0.25")
+    # zorder 2: above the grid and the dashed line, below the data (zorder 3).
+    ax.text(x, y, text, transform=ax.get_yaxis_transform(), va="bottom", ha=side,
+            fontsize=11, color="0.25", bbox=TEXT_BOX, zorder=2)
 
 
 def plot(points, machines, output, plt, ticker, Line2D):
@@ -142,9 +151,11 @@ def plot(points, machines, output, plt, ticker, Line2D):
         dy = 8 if i % 2 == 0 else -16
         for x, y, k in zip(xs, ys, nodes):
             left.annotate(f"{k:,} nodes", (x, y), textcoords="offset points",
-                          xytext=(6, dy), fontsize=10, color=colours[n])
+                          xytext=(6, dy), fontsize=10, color=colours[n],
+                          bbox=TEXT_BOX, zorder=4)
+    # Labels on the right: RSS grows with x, so the lower right is usually empty.
     for value, text in RSS_TARGETS_MIB:
-        label_target(left, value, text)
+        label_target(left, value, text, "right")
     left.set_xscale("log")
     left.set_ylim(bottom=0)
     left.set_xlabel("nodes \u00d7 programs (pairs)")
@@ -153,7 +164,7 @@ def plot(points, machines, output, plt, ticker, Line2D):
     left.xaxis.set_major_formatter(ticker.FuncFormatter(thousands))
     left.grid(True, which="major", alpha=0.4)
     left.grid(True, which="minor", axis="x", alpha=0.15)
-    left.legend(loc="upper left", bbox_to_anchor=(0, 0.93))
+    left.legend(loc="upper left")
 
     # ---- Right: convergence times ----
     for n in program_counts:
@@ -163,7 +174,7 @@ def plot(points, machines, output, plt, ticker, Line2D):
             if xs:
                 right.plot(xs, ys, marker=marker, markersize=7, linewidth=1.6,
                            color=colours[n], zorder=3)
-    label_target(right, TIME_TARGET_S[0], TIME_TARGET_S[1])
+    label_target(right, TIME_TARGET_S[0], TIME_TARGET_S[1], "left")
     right.set_xscale("log")
     right.set_yscale("log")
     right.set_xlabel("nodes \u00d7 programs (pairs)")
@@ -187,11 +198,11 @@ def plot(points, machines, output, plt, ticker, Line2D):
 
     # ---- Title ----
     fig.suptitle(TITLE, fontsize=16, y=0.985)
-    top = 0.94
+    top = 0.95
     if machines:
-        fig.text(0.5, 0.925, "; ".join(machines), ha="center", va="center",
+        fig.text(0.5, 0.93, "; ".join(machines), ha="center", va="center",
                  fontsize=11, color="0.3")
-        top = 0.91
+        top = 0.945
     fig.tight_layout(rect=(0, 0, 1, top))
 
     out_dir = os.path.dirname(output)

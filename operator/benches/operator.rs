@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,8 @@ use kube::runtime::watcher;
 use operator::controller::{Context, FINALIZER, reconcile};
 use operator::dispatch::{AgentPool, NodeAddr, PoolConfig};
 use operator::metrics::Metrics;
+
+mod scale;
 use proto::v1;
 use proto::v1::agent_server::{Agent, AgentServer};
 use serde::{Deserialize, Serialize};
@@ -118,6 +120,20 @@ enum Cmd {
         port: u16,
         #[arg(long)]
         count: usize,
+    },
+    /// The operator at fleet scale (docs/benchmarks.md; scripts/bench-scale.sh): N fake
+    /// agents × P BpfPrograms; cold start, a resync, at rest, two spec changes. Prints one
+    /// JSON line.
+    Scale {
+        #[arg(long)]
+        object: Option<PathBuf>,
+        #[arg(long)]
+        programs: usize,
+        #[arg(long)]
+        nodes: usize,
+        /// Reconciles in flight (the operator's default).
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
     /// Internal: the operator side of the memory part; prints one JSON line.
     Rss {
@@ -204,6 +220,12 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Some(Cmd::FakeAgents { pki_dir, port, count }) => runtime.block_on(fake_agents(&pki_dir, port, count)),
+        Some(Cmd::Scale { ref object, programs, nodes, concurrency }) => {
+            let object = object.clone().unwrap_or_else(|| workspace().join("examples/bpf/build/xdp_counter.o"));
+            let report = runtime.block_on(scale::scale(&object, programs, nodes, concurrency))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
         Some(Cmd::Rss { ref object, programs, nodes, concurrency, resync }) => {
             let report = runtime.block_on(rss(object, programs, nodes, concurrency, resync))?;
             println!("{}", serde_json::to_string(&report)?);
@@ -280,6 +302,18 @@ struct MockApi {
     record: bool,
     ready_patches: AtomicUsize,
     requests: AtomicUsize,
+    /// Requests other than GET (patches, creates, deletes).
+    writes: AtomicUsize,
+    /// "METHOD kind" -> requests, for the at-rest figures.
+    by_kind: Mutex<BTreeMap<String, usize>>,
+    /// When set, a status patch updates the BpfProgram in this cache, as the watch of a
+    /// real API server would: the next reconcile sees what the last one wrote.
+    feedback: Option<Feedback>,
+}
+
+struct Feedback {
+    store: Store<BpfProgram>,
+    writer: Mutex<reflector::store::Writer<BpfProgram>>,
 }
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -316,12 +350,30 @@ impl MockApi {
         let body = req.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if method != "GET" {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        let kind = match parts.as_slice() {
+            [.., "status"] => "status",
+            ["apis", _, _, "namespaces", _, kind, ..] | ["apis", _, _, kind, ..] => kind,
+            _ => "other",
+        };
+        *self.by_kind.lock().unwrap().entry(format!("{method} {kind}")).or_default() += 1;
         match parts.as_slice() {
             ["apis", "bpfleet.dev", "v1alpha1", "bpfprograms", name, rest @ ..] => {
                 if rest == ["status"] {
                     let status = body["status"].clone();
                     if ready_true(&status) {
                         self.ready_patches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(fb) = &self.feedback
+                        && let Some(p) = fb.store.get(&reflector::ObjectRef::new(name))
+                    {
+                        let mut obj = (*p).clone();
+                        obj.status = serde_json::from_value(status.clone()).ok();
+                        let rv = obj.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+                        obj.metadata.resource_version = Some((rv.unwrap_or(1) + 1).to_string());
+                        fb.writer.lock().unwrap().apply_watcher_event(&watcher::Event::Apply(obj));
                     }
                     if self.record {
                         self.statuses.lock().unwrap().insert(name.to_string(), (arrived, status));
@@ -1012,9 +1064,9 @@ fn rss_in_child(
     serde_json::from_str(line.trim()).with_context(|| format!("rss output: {line}"))
 }
 
-/// A port free on 127.0.0.2 .. 127.0.0.(count+1).
+/// A port free on every fake agent's address.
 fn shared_free_port(count: usize) -> anyhow::Result<u16> {
-    let ip = |i: usize| Ipv4Addr::new(127, 0, 0, (i + 2) as u8);
+    let ip = fake_ip;
     for _ in 0..50 {
         let first = TcpListener::bind((ip(0), 0))?;
         let port = first.local_addr()?.port();
@@ -1022,64 +1074,87 @@ fn shared_free_port(count: usize) -> anyhow::Result<u16> {
             return Ok(port);
         }
     }
-    bail!("no port free on all of 127.0.0.2..{}", count + 1)
+    bail!("no port free on all of {}..{}", fake_ip(0), fake_ip(count - 1))
 }
 
-/// Stops the fake agents (their stdin closes) when dropped.
-struct FakeFleet(Child);
+/// Fake agents in a child process (`operator-bench fake-agents`), stopped (their stdin
+/// closes) when dropped.
+struct FakeFleet {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: BufReader<std::process::ChildStdout>,
+    port: u16,
+    pki: TestPki,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeFleet {
+    fn start(count: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let pki = TestPki::generate(dir.path());
+        let port = shared_free_port(count)?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("fake-agents")
+            .arg("--pki-dir")
+            .arg(dir.path())
+            .args(["--port", &port.to_string(), "--count", &count.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut fleet = FakeFleet { child, stdin, stdout, port, pki, _dir: dir };
+        let line = fleet.line()?;
+        ensure!(line.trim() == "ready", "fake agents did not start: {line:?}");
+        Ok(fleet)
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// What the fake agents were asked so far.
+    fn stats(&mut self) -> anyhow::Result<AgentStats> {
+        let stdin = self.stdin.as_mut().context("fake agents stopped")?;
+        writeln!(stdin, "stats")?;
+        stdin.flush()?;
+        let line = self.line()?;
+        serde_json::from_str(line.trim()).with_context(|| format!("fake agents' stats: {line:?}"))
+    }
+}
 
 impl Drop for FakeFleet {
     fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-async fn rss(
-    object: &Path,
-    programs: usize,
-    nodes: usize,
-    concurrency: usize,
-    resync: ResyncMode,
-) -> anyhow::Result<RssReport> {
-    ensure!((1..=250).contains(&nodes), "1..=250 nodes (127.0.0.2..)");
-    let start = mem();
-    let elf = std::fs::read(object)?;
-    let elf_b64 = base64::engine::general_purpose::STANDARD.encode(&elf);
-    let tmp = tempfile::tempdir()?;
-    let pki = TestPki::generate(tmp.path());
-    let port = shared_free_port(nodes)?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("fake-agents")
-        .arg("--pki-dir")
-        .arg(tmp.path())
-        .args(["--port", &port.to_string(), "--count", &nodes.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let fakes = FakeFleet(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    ensure!(line.trim() == "ready", "fake agents did not start: {line:?}");
-
-    // The operator's caches: Nodes, and BpfPrograms arriving as the watcher's initial list
-    // does (pages of 500 objects, JSON decoded), kept in a reflector store.
-    let (node_store, mut node_writer) = reflector::store::<Node>();
-    for i in 0..nodes {
-        node_writer.apply_watcher_event(&watcher::Event::Apply(node(
-            &format!("node-{i:02}"),
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, (i + 2) as u8)),
-        )));
+/// The operator's Node cache: `count` Nodes with the fake agents' addresses.
+fn fake_node_store(count: usize) -> Store<Node> {
+    let (store, mut writer) = reflector::store::<Node>();
+    for i in 0..count {
+        writer.apply_watcher_event(&watcher::Event::Apply(node(&fake_node(i), IpAddr::V4(fake_ip(i)))));
     }
-    let (programs_store, mut writer): (Store<BpfProgram>, _) = reflector::store();
+    store
+}
+
+/// The operator's BpfProgram cache: `count` BpfPrograms (`rss-0000`, ...) carrying `elf_b64`
+/// inline, arriving as the watcher's initial list does (pages of 500 objects, JSON decoded).
+fn program_store(
+    count: usize,
+    elf_b64: &str,
+) -> anyhow::Result<(Store<BpfProgram>, reflector::store::Writer<BpfProgram>)> {
+    let (store, mut writer): (Store<BpfProgram>, _) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);
-    for page in (0..programs).collect::<Vec<_>>().chunks(500) {
+    for page in (0..count).collect::<Vec<_>>().chunks(500) {
         let items: Vec<Value> = page
             .iter()
-            .map(|i| program_json(&format!("rss-{i:04}"), &format!("rss-uid-{i:04}"), &elf_b64, &format!("veth{i:04}")))
+            .map(|i| program_json(&format!("rss-{i:04}"), &format!("rss-uid-{i:04}"), elf_b64, &format!("veth{i:04}")))
             .collect();
         let bytes = serde_json::to_vec(&json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgramList",
                                                "metadata": {"resourceVersion": "1"}, "items": items}))?;
@@ -1090,6 +1165,25 @@ async fn rss(
         }
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
+    Ok((store, writer))
+}
+
+async fn rss(
+    object: &Path,
+    programs: usize,
+    nodes: usize,
+    concurrency: usize,
+    resync: ResyncMode,
+) -> anyhow::Result<RssReport> {
+    ensure!((1..=60_000).contains(&nodes), "1..=60000 nodes (127.1.0.2..)");
+    let start = mem();
+    let elf = std::fs::read(object)?;
+    let elf_b64 = base64::engine::general_purpose::STANDARD.encode(&elf);
+    let fakes = FakeFleet::start(nodes)?;
+    let (port, pki) = (fakes.port, &fakes.pki);
+
+    let node_store = fake_node_store(nodes);
+    let (programs_store, mut writer) = program_store(programs, &elf_b64)?;
 
     let api = Arc::new(MockApi::default());
     let client = mock_client(api.clone());
@@ -1134,7 +1228,7 @@ async fn rss(
     while rx.try_recv().is_ok() {
         drift_repairs += 1;
     }
-    let index_entries = (0..nodes).map(|i| ctx.index.all_owners(&format!("node-{i:02}")).len()).sum();
+    let index_entries = (0..nodes).map(|i| ctx.index.all_owners(&fake_node(i)).len()).sum();
     let resynced = mem();
 
     // Steady state: every program reconciled again (the periodic requeue); nothing to dispatch.
@@ -1148,7 +1242,7 @@ async fn rss(
     let live = || (LIVE.load(Ordering::Relaxed) / 1024) as u64;
     let before = live();
     for i in 0..nodes {
-        ctx.index.forget(&format!("node-{i:02}"));
+        ctx.index.forget(&fake_node(i));
     }
     let held_index_kib = before.saturating_sub(live());
     let before = live();
@@ -1275,85 +1369,196 @@ fn print_rss(reports: &[RssReport]) {
 // ---------------------------------------------------------------------------------------------
 // Fake agents
 
+/// The address of fake agent `i`: 127.1.0.2, 127.1.0.3, ... 250 per /24 (loopback answers on
+/// all of 127/8), so 5,000 "nodes" are 5,000 addresses with the same port, as on a fleet.
+fn fake_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 1 + (i / 62_500) as u8, ((i / 250) % 250) as u8, (i % 250 + 2) as u8)
+}
+
+fn fake_node(i: usize) -> String {
+    format!("node-{i:05}")
+}
+
+/// What every fake agent of the child process was asked, for the at-rest traffic figures.
+#[derive(Default, Serialize, Deserialize, Debug, Clone, Copy)]
+struct AgentStats {
+    applies: u64,
+    removes: u64,
+    lists_full: u64,
+    lists_unchanged: u64,
+    /// Encoded bytes of every List answer.
+    list_bytes: u64,
+    watches_open: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    applies: AtomicU64,
+    removes: AtomicU64,
+    lists_full: AtomicU64,
+    lists_unchanged: AtomicU64,
+    list_bytes: AtomicU64,
+    watches_open: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> AgentStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AgentStats {
+            applies: get(&self.applies),
+            removes: get(&self.removes),
+            lists_full: get(&self.lists_full),
+            lists_unchanged: get(&self.lists_unchanged),
+            list_bytes: get(&self.list_bytes),
+            watches_open: get(&self.watches_open),
+        }
+    }
+}
+
+/// One node's agent without a kernel: what it runs is (owner uid -> name, revision), all
+/// healthy, kept with the node's digest as the real agent computes it.
 struct FakeAgent {
     node: String,
-    owners: Mutex<BTreeMap<String, v1::OwnerState>>,
+    state: Mutex<FakeState>,
     next_id: AtomicU32,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    owners: HashMap<String, (String, String)>,
+    digest: proto::NodeDigest,
+}
+
+impl FakeAgent {
+    fn owner_state(&self, uid: &str, name: &str, revision: &str) -> v1::OwnerState {
+        let id = self.next_id.fetch_add(2, Ordering::Relaxed);
+        v1::OwnerState {
+            maps: vec![v1::PinnedMap {
+                name: "packet_count".into(),
+                pin_path: format!("/sys/fs/bpf/bpfleet/{uid}/maps/packet_count"),
+            }],
+            owner: Some(v1::Owner { uid: uid.into(), name: name.into() }),
+            revision: revision.into(),
+            health: v1::Health::Healthy as i32,
+            attached: vec![v1::AttachedProgram {
+                name: "count_packets".into(),
+                r#type: "XDP".into(),
+                program_id: id,
+                link_ids: vec![id + 1],
+            }],
+            ..Default::default()
+        }
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
 
+/// Counts an open Watch stream until it is dropped.
+struct OpenWatch(Arc<Counters>);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.watches_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[tonic::async_trait]
 impl Agent for FakeAgent {
     async fn apply(&self, req: GrpcRequest<v1::ApplyRequest>) -> Result<GrpcResponse<v1::ApplyResponse>, Status> {
+        self.counters.applies.fetch_add(1, Ordering::Relaxed);
         let req = req.into_inner();
         let owner = req.owner.ok_or_else(|| Status::invalid_argument("owner is required"))?;
-        let attached = req
-            .programs
-            .iter()
-            .map(|p| {
-                let id = self.next_id.fetch_add(2, Ordering::Relaxed);
-                v1::AttachedProgram {
-                    name: p.name.clone(),
-                    r#type: p.r#type.clone(),
-                    program_id: id,
-                    link_ids: vec![id + 1],
-                }
-            })
-            .collect();
-        let state = v1::OwnerState {
-            maps: vec![v1::PinnedMap {
-                name: "packet_count".into(),
-                pin_path: format!("/sys/fs/bpf/bpfleet/{}/maps/packet_count", owner.uid),
-            }],
-            owner: Some(owner.clone()),
-            revision: req.revision,
-            health: v1::Health::Healthy as i32,
-            attached,
-            last_error: String::new(),
-            bytecode_digest: String::new(),
-            maps_recreated: vec![],
+        let healthy = crds::Health::Healthy;
+        let changed = {
+            let mut st = self.state.lock().unwrap();
+            let FakeState { owners, digest } = &mut *st;
+            let previous = owners.insert(owner.uid.clone(), (owner.name.clone(), req.revision.clone()));
+            if let Some((name, revision)) = &previous {
+                digest.remove(&owner.uid, name, revision, healthy);
+            }
+            digest.add(&owner.uid, &owner.name, &req.revision, healthy);
+            previous.is_none_or(|(_, r)| r != req.revision)
         };
-        let previous = self.owners.lock().unwrap().insert(owner.uid.clone(), state.clone());
-        let changed = previous.is_none_or(|p| p.revision != state.revision);
+        let state = self.owner_state(&owner.uid, &owner.name, &req.revision);
         Ok(GrpcResponse::new(v1::ApplyResponse { state: Some(state), changed }))
     }
 
     async fn remove(&self, req: GrpcRequest<v1::RemoveRequest>) -> Result<GrpcResponse<v1::RemoveResponse>, Status> {
+        self.counters.removes.fetch_add(1, Ordering::Relaxed);
         let uid = req.into_inner().owner.map(|o| o.uid).unwrap_or_default();
-        let removed = self.owners.lock().unwrap().remove(&uid).is_some();
-        Ok(GrpcResponse::new(v1::RemoveResponse { removed }))
+        let mut st = self.state.lock().unwrap();
+        let removed = st.owners.remove(&uid);
+        if let Some((name, revision)) = &removed {
+            st.digest.remove(&uid, name, revision, crds::Health::Healthy);
+        }
+        Ok(GrpcResponse::new(v1::RemoveResponse { removed: removed.is_some() }))
     }
 
-    async fn list(&self, _req: GrpcRequest<v1::ListRequest>) -> Result<GrpcResponse<v1::ListResponse>, Status> {
-        Ok(GrpcResponse::new(v1::ListResponse {
+    async fn list(&self, req: GrpcRequest<v1::ListRequest>) -> Result<GrpcResponse<v1::ListResponse>, Status> {
+        use prost::Message;
+        let req = req.into_inner();
+        let (digest, owners) = {
+            let st = self.state.lock().unwrap();
+            let digest = st.digest.value();
+            let unchanged = req.known_digest != 0 && req.known_digest == digest;
+            let owners: Vec<(String, String, String)> = if unchanged {
+                Vec::new()
+            } else {
+                st.owners.iter().map(|(u, (n, r))| (u.clone(), n.clone(), r.clone())).collect()
+            };
+            (digest, (!unchanged).then_some(owners))
+        };
+        let unchanged = owners.is_none();
+        let answer = v1::ListResponse {
             node_name: self.node.clone(),
             agent_version: "fake".into(),
             kernel_release: "fake".into(),
-            owners: self.owners.lock().unwrap().values().cloned().collect(),
+            owners: owners.unwrap_or_default().iter().map(|(u, n, r)| self.owner_state(u, n, r)).collect(),
+            digest,
+            unchanged,
             ..Default::default()
-        }))
+        };
+        let counter = if unchanged { &self.counters.lists_unchanged } else { &self.counters.lists_full };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.counters.list_bytes.fetch_add(answer.encoded_len() as u64, Ordering::Relaxed);
+        Ok(GrpcResponse::new(answer))
     }
 
     type WatchStream = WatchStream;
 
     async fn watch(&self, _req: GrpcRequest<v1::WatchRequest>) -> Result<GrpcResponse<WatchStream>, Status> {
-        Ok(GrpcResponse::new(Box::pin(futures::stream::pending())))
+        self.counters.watches_open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenWatch(self.counters.clone());
+        // Open until the operator drops it: nothing ever changes on a fake node.
+        let stream = futures::stream::pending::<Result<v1::WatchEvent, Status>>().map(move |e| {
+            let _held = &open;
+            e
+        });
+        Ok(GrpcResponse::new(Box::pin(stream)))
     }
 }
 
+/// Serves `count` fake agents on fake_ip(0..count):port until stdin closes. Prints "ready",
+/// then answers each "stats" line on stdin with the counters as one JSON line.
 async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyhow::Result<()> {
+    raise_nofile();
     let files = TlsFiles {
         cert: pki_dir.join("server.pem"),
         key: pki_dir.join("server.key"),
         client_ca: pki_dir.join("ca.pem"),
     };
     let tls = Arc::new(ServerTls::load(files, CLIENT_NAME)?);
+    let counters = Arc::new(Counters::default());
     for i in 0..count {
-        let addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, (i + 2) as u8), port));
+        let addr = SocketAddr::from((fake_ip(i), port));
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
-        let service =
-            FakeAgent { node: format!("node-{i:02}"), owners: Default::default(), next_id: AtomicU32::new(1) };
+        let service = FakeAgent {
+            node: fake_node(i),
+            state: Default::default(),
+            next_id: AtomicU32::new(1),
+            counters: counters.clone(),
+        };
         let incoming = agent::tls::incoming(listener, tls.clone());
         tokio::spawn(async move {
             let server = tonic::transport::Server::builder().add_service(
@@ -1367,10 +1572,29 @@ async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyhow::Result<
     println!("ready");
     std::io::stdout().flush()?;
     // Until the parent closes our stdin (or dies).
-    tokio::task::spawn_blocking(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::stdin().read_to_end(&mut sink);
+    tokio::task::spawn_blocking(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if line.trim() == "stats" {
+                let json = serde_json::to_string(&counters.snapshot()).unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{json}");
+                let _ = out.flush();
+            }
+        }
     })
     .await?;
     Ok(())
+}
+
+/// Thousands of connections need more descriptors than the usual soft limit of 1024.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a plain struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -26,6 +26,11 @@ impl NodeDigest {
         self.0 = self.0.wrapping_add(owner_hash(uid, name, revision, health));
     }
 
+    /// Takes out one owner added before (an agent keeping its digest as owners change).
+    pub fn remove(&mut self, uid: &str, name: &str, revision: &str, health: Health) {
+        self.0 = self.0.wrapping_sub(owner_hash(uid, name, revision, health));
+    }
+
     /// Adds one owner as the wire carries it.
     pub fn add_state(&mut self, state: &v1::OwnerState) {
         if let Some(owner) = &state.owner {
@@ -83,6 +88,11 @@ mod tests {
         let a = ("u1", "a", "r1", Health::Healthy);
         let b = ("u2", "b", "r2", Health::Degraded);
         assert_eq!(digest(&[a, b]), digest(&[b, a]));
+        let mut d = NodeDigest::default();
+        d.add(a.0, a.1, a.2, a.3);
+        d.add(b.0, b.1, b.2, b.3);
+        d.remove(a.0, a.1, a.2, a.3);
+        assert_eq!(d.value(), digest(&[b]), "removing an owner undoes its add");
         assert_eq!(digest(&[]), 0);
         assert_ne!(digest(&[("u", "n", "", Health::Healthy)]), 0, "an owner without a revision counts too");
     }
