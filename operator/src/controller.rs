@@ -58,6 +58,49 @@ pub struct Context {
     pub history: Option<History>,
     /// OCI images (`bytecode.image`); `None`: image bytecode is refused (tests).
     pub images: Option<crate::image::Images>,
+    /// Bounds what reconciles hold at once: each takes one slot per node of the fleet
+    /// (at most all of them) while it decides and dispatches, so 16 reconciles run
+    /// together on a fleet of 1,250 nodes and 4 on one of 5,000 (docs/architecture.md).
+    pub fleet_slots: tokio::sync::Semaphore,
+    /// One copy of each set of target nodes, shared by every program that selects it.
+    target_sets: std::sync::Mutex<TargetSets>,
+}
+
+/// Node slots of [`Context::fleet_slots`]: 16 reconciles of 1,250 nodes each.
+pub const FLEET_SLOTS: usize = 20_000;
+
+#[derive(Default)]
+struct TargetSets {
+    sets: std::collections::HashMap<u64, Vec<std::sync::Weak<BTreeSet<String>>>>,
+    /// Sets held after the last sweep of dropped ones.
+    swept: usize,
+}
+
+impl Context {
+    /// `targets`, as the copy every program selecting the same nodes shares (thousands of
+    /// programs over thousands of nodes would otherwise hold a set each).
+    pub fn shared_targets(&self, targets: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        targets.hash(&mut h);
+        let key = h.finish();
+        let mut ts = self.target_sets.lock().unwrap_or_else(|e| e.into_inner());
+        let same =
+            ts.sets.get(&key).into_iter().flatten().filter_map(std::sync::Weak::upgrade).find(|s| **s == targets);
+        if let Some(shared) = same {
+            return shared;
+        }
+        let shared = Arc::new(targets);
+        ts.sets.entry(key).or_default().push(Arc::downgrade(&shared));
+        if ts.sets.len() > 2 * ts.swept.max(64) {
+            ts.sets.retain(|_, v| {
+                v.retain(|w| w.strong_count() > 0);
+                !v.is_empty()
+            });
+            ts.swept = ts.sets.len();
+        }
+        shared
+    }
 }
 
 impl Context {
@@ -77,6 +120,8 @@ impl Context {
             bpfnodes: Default::default(),
             history: None,
             images: None,
+            fleet_slots: tokio::sync::Semaphore::new(FLEET_SLOTS),
+            target_sets: Default::default(),
         }
     }
 }
@@ -134,6 +179,12 @@ fn uid_of(p: &BpfProgram) -> Result<String, Error> {
     p.uid().ok_or(Error::MissingMetadata("metadata.uid"))
 }
 
+/// This reconcile's share of [`Context::fleet_slots`]: one per node of the fleet.
+async fn fleet_slots(ctx: &Context) -> tokio::sync::SemaphorePermit<'_> {
+    let weight = ctx.nodes.state().len().clamp(1, FLEET_SLOTS) as u32;
+    ctx.fleet_slots.acquire_many(weight).await.expect("the fleet slots are never closed")
+}
+
 fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
     store.state().iter().filter_map(|n| NodeInfo::from_node(n)).collect()
 }
@@ -141,6 +192,7 @@ fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
 async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
     let name = p.name_any();
+    let _slots = fleet_slots(ctx).await;
     let nodes = node_infos(&ctx.nodes);
 
     // Everything that makes the spec unusable on every node, found before any dispatch.
@@ -183,7 +235,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
             name: name.clone(),
             revision: revision.clone(),
             stable: stable.clone(),
-            targets: targets.clone(),
+            targets: ctx.shared_targets(targets.clone()),
         }),
     );
 
@@ -432,6 +484,8 @@ async fn dispatch(
     }
     let actions: BTreeMap<String, NodeAction> = addrs.iter().map(|(a, act)| (a.name.clone(), act.clone())).collect();
     let targets: Vec<NodeAddr> = addrs.into_iter().map(|(a, _)| a).collect();
+    // Each answer goes into the index as it arrives: a fan-out to thousands of nodes does
+    // not hold thousands of answers until the last one.
     let results = ctx
         .pool
         .fan_out(targets, |pool, node| {
@@ -439,12 +493,19 @@ async fn dispatch(
             let request = request.clone();
             let owner = owner.clone();
             let metrics = ctx.metrics.clone();
+            let index = ctx.index.clone();
             async move {
                 let started = Instant::now();
                 let r = match action {
-                    Some(NodeAction::Apply(_)) => pool.apply(&node, request).await.map(|resp| resp.state),
-                    Some(NodeAction::Remove) => pool.remove(&node, owner, epoch).await.map(|_| None),
-                    _ => Ok(None),
+                    Some(NodeAction::Apply(_)) => pool.apply(&node, request).await.map(|resp| {
+                        if let Some(state) = resp.state {
+                            index.record_state(&node.name, &state);
+                        }
+                    }),
+                    Some(NodeAction::Remove) => {
+                        pool.remove(&node, owner, epoch).await.map(|_| index.record_removed(&node.name, uid))
+                    }
+                    _ => Ok(()),
                 };
                 metrics.dispatched(&node.name, started.elapsed());
                 r
@@ -454,11 +515,7 @@ async fn dispatch(
     for (node, result) in results {
         let action = actions.get(&node.name);
         match (action, result) {
-            (Some(NodeAction::Remove), Ok(_)) => ctx.index.record_removed(&node.name, uid),
-            (_, Ok(Some(state))) => {
-                ctx.index.record_state(&node.name, &state);
-            }
-            (_, Ok(None)) => {}
+            (_, Ok(())) => {}
             (Some(NodeAction::Apply(_)), Err(e)) => {
                 tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "apply failed");
                 let now = k8s_openapi::jiff::Timestamp::now();
@@ -541,8 +598,13 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     // Remove is idempotent: ask every node that runs it (as reported) or that it
     // targets (now, or at its last reconcile). A node never listed and never targeted
     // cannot hold it; if it somehow does, drift repair removes the then-unknown owner.
-    let mut targets =
-        ctx.desired.read().unwrap_or_else(|e| e.into_inner()).get(&uid).map(|d| d.targets.clone()).unwrap_or_default();
+    let mut targets: BTreeSet<String> = ctx
+        .desired
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&uid)
+        .map(|d| (*d.targets).clone())
+        .unwrap_or_default();
     targets.extend(target_nodes(&p.spec.node_selector, &nodes).unwrap_or_default());
     let listed_runners = ctx.index.listed_runners(&uid);
     let never_listed = ctx.index.never_listed(nodes.iter().map(|n| n.name.as_str()));

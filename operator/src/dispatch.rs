@@ -41,6 +41,10 @@ pub const MAX_MESSAGE_BYTES: usize = crds::limits::MAX_APPLY_MESSAGE_BYTES;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
+/// Default for [`PoolConfig::max_connections`]. One open connection to an agent (mTLS,
+/// HTTP/2, its buffers) costs the operator ~90 KiB of heap, ~65 KiB resident
+/// (docs/benchmarks.md, "The operator at fleet scale").
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// TCP and HTTP/2 keep-alive: a peer that vanished is noticed on an idle connection too.
@@ -62,6 +66,10 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     /// Calls in flight at once across the pool (at least 1).
     pub max_concurrency: usize,
+    /// Agent connections kept open (at least `max_concurrency`). Past it, the connections
+    /// used least recently are closed and made again on their next call; and the fleet is
+    /// too large for a Watch stream to every agent (see `resync::watch_agents`).
+    pub max_connections: usize,
     /// Backoff after the first failure; doubles with each further failure.
     pub backoff_base: Duration,
     /// Longest backoff.
@@ -77,6 +85,7 @@ impl PoolConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
         }
@@ -147,6 +156,8 @@ struct Inner {
 
 struct State {
     nodes: HashMap<String, NodeState>,
+    /// Nodes whose `channel` is set.
+    open: usize,
     rng: XorShift,
     /// The client identity in use, with the handshake bounded by `connect_timeout`;
     /// replaced by [`AgentPool::set_tls`] when the certificate files change.
@@ -155,8 +166,10 @@ struct State {
 
 struct NodeState {
     ip: IpAddr,
-    /// None until first use and after a transport failure.
+    /// None until first use, after a transport failure and once closed for the budget.
     channel: Option<Channel>,
+    /// The last call that took the channel.
+    last_used: Instant,
     /// Consecutive transport failures.
     failures: u32,
     retry_at: Option<Instant>,
@@ -165,7 +178,7 @@ struct NodeState {
 
 impl NodeState {
     fn new(ip: IpAddr) -> Self {
-        Self { ip, channel: None, failures: 0, retry_at: None, last_error: String::new() }
+        Self { ip, channel: None, last_used: Instant::now(), failures: 0, retry_at: None, last_error: String::new() }
     }
 }
 
@@ -182,9 +195,10 @@ impl AgentPool {
     /// Builds no connection: channels are created lazily on each node's first call.
     pub fn new(mut cfg: PoolConfig) -> Self {
         cfg.max_concurrency = cfg.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
+        cfg.max_connections = cfg.max_connections.max(cfg.max_concurrency);
         let tls = cfg.tls.clone().timeout(cfg.connect_timeout);
         let permits = Semaphore::new(cfg.max_concurrency);
-        let state = Mutex::new(State { nodes: HashMap::new(), rng: XorShift::from_time(), tls });
+        let state = Mutex::new(State { nodes: HashMap::new(), open: 0, rng: XorShift::from_time(), tls });
         Self { inner: Arc::new(Inner { cfg, permits, state }) }
     }
 
@@ -198,6 +212,7 @@ impl AgentPool {
         for node in state.nodes.values_mut() {
             *node = NodeState::new(node.ip);
         }
+        state.open = 0;
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -293,7 +308,15 @@ impl AgentPool {
 
     /// Drops the cached channel and backoff state of `node` (Node deleted, or IP changed).
     pub fn forget(&self, node: &str) {
-        self.lock().nodes.remove(node);
+        let mut state = self.lock();
+        if state.nodes.remove(node).is_some_and(|n| n.channel.is_some()) {
+            state.open -= 1;
+        }
+    }
+
+    /// Agent connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.lock().open
     }
 
     /// How long `node` still backs off, if it does: for status messages and requeue delays.
@@ -361,12 +384,18 @@ impl AgentPool {
         self.check_backoff(node)?;
         let mut state = self.lock();
         let entry = state.nodes.entry(node.name.clone()).or_insert_with(|| NodeState::new(node.ip));
+        entry.last_used = Instant::now();
+        let mut closed = false;
         if entry.ip != node.ip {
             debug!(node = %node.name, old = %entry.ip, new = %node.ip, "node address changed; new channel");
+            closed = entry.channel.is_some();
             *entry = NodeState::new(node.ip);
         }
         if let Some(channel) = &entry.channel {
             return Ok(channel.clone());
+        }
+        if closed {
+            state.open -= 1;
         }
         let cfg = &self.inner.cfg;
         let tls = state.tls.clone();
@@ -385,6 +414,10 @@ impl AgentPool {
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         entry.channel = Some(channel.clone());
+        state.open += 1;
+        if state.open > cfg.max_connections {
+            close_least_recent(&mut state, cfg.max_connections);
+        }
         Ok(channel)
     }
 
@@ -393,7 +426,7 @@ impl AgentPool {
     fn record(&self, node: &NodeAddr, error: Option<&DispatchError>) {
         let cfg = &self.inner.cfg;
         let mut state = self.lock();
-        let State { nodes, rng, .. } = &mut *state;
+        let State { nodes, rng, open, .. } = &mut *state;
         let Some(entry) = nodes.get_mut(&node.name).filter(|e| e.ip == node.ip) else { return };
         match error {
             Some(DispatchError::Unreachable(message)) => {
@@ -402,7 +435,9 @@ impl AgentPool {
                 debug!(node = %node.name, failures = entry.failures, ?window, %message, "agent unreachable; backing off");
                 entry.retry_at = Some(Instant::now() + window);
                 entry.last_error = message.clone();
-                entry.channel = None;
+                if entry.channel.take().is_some() {
+                    *open -= 1;
+                }
             }
             Some(DispatchError::BackingOff(..)) => {}
             None | Some(DispatchError::Agent { .. }) => {
@@ -412,6 +447,28 @@ impl AgentPool {
             }
         }
     }
+}
+
+/// Over the budget: close the connections used least recently, down to three quarters of
+/// `max` at once, so the cost of finding them is paid once per `max / 4` new connections.
+/// A connection closes once the calls that hold it end.
+fn close_least_recent(state: &mut State, max: usize) {
+    let keep = max - max / 4;
+    let mut open: Vec<(Instant, &String)> =
+        state.nodes.iter().filter(|(_, n)| n.channel.is_some()).map(|(k, n)| (n.last_used, k)).collect();
+    if open.len() <= keep {
+        return;
+    }
+    let close = open.len() - keep;
+    open.select_nth_unstable_by_key(close - 1, |(t, _)| *t);
+    let names: Vec<String> = open[..close].iter().map(|(_, k)| (*k).clone()).collect();
+    for name in names {
+        if let Some(n) = state.nodes.get_mut(&name) {
+            n.channel = None;
+        }
+    }
+    state.open = keep;
+    debug!(closed = close, open = keep, "agent connections over the budget: closed the least recently used");
 }
 
 /// A status the agent sent is an agent error; one tonic made up from a local failure
@@ -586,6 +643,40 @@ mod tests {
         assert!(pool.backoff_of("n1").is_some());
         pool.forget("n1");
         assert_eq!(pool.backoff_of("n1"), None);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_budget_close_least_recent_first() {
+        let mut cfg = PoolConfig::new(1, ClientTlsConfig::new());
+        cfg.max_concurrency = 1;
+        cfg.max_connections = 8;
+        let pool = AgentPool::new(cfg);
+        let at = |i: u8| NodeAddr { name: format!("n{i}"), ip: format!("10.0.0.{i}").parse().unwrap() };
+        for i in 0..8 {
+            pool.channel(&at(i)).unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(pool.open_connections(), 8);
+        // n0 used again: n1 is now the least recent.
+        pool.channel(&at(0)).unwrap();
+        pool.channel(&at(8)).unwrap();
+        // Over the budget: closed down to 6, the least recent (n1, n2, n3) first.
+        assert_eq!(pool.open_connections(), 6);
+        let open: Vec<String> = {
+            let state = pool.lock();
+            let mut v: Vec<String> =
+                state.nodes.iter().filter(|(_, n)| n.channel.is_some()).map(|(k, _)| k.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(open, ["n0", "n4", "n5", "n6", "n7", "n8"]);
+        // Failures, forgetting and new identities keep the count true.
+        pool.record(&at(4), Some(&DispatchError::Unreachable("refused".into())));
+        pool.forget("n5");
+        pool.forget("n1");
+        assert_eq!(pool.open_connections(), 4);
+        pool.set_tls(ClientTlsConfig::new());
+        assert_eq!(pool.open_connections(), 0);
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub struct Desired {
     /// The rollout's stable revision: nodes the rollout has not reached yet run it, and
     /// that is not drift.
     pub stable: Option<String>,
-    pub targets: BTreeSet<String>,
+    /// Shared with every program that selects the same nodes ([`crate::controller::Context::shared_targets`]).
+    pub targets: Arc<BTreeSet<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,7 +117,7 @@ mod tests {
             name: "p".into(),
             revision: Some(rev.into()),
             stable: None,
-            targets: nodes.iter().map(|s| s.to_string()).collect(),
+            targets: Arc::new(nodes.iter().map(|s| s.to_string()).collect()),
         }
     }
 

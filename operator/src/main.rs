@@ -47,6 +47,11 @@ struct Args {
     /// Agent calls in flight at once, across all nodes.
     #[arg(long, default_value_t = 64)]
     max_concurrency: usize,
+    /// Agent connections kept open (~65 KiB each). A fleet with more nodes than this gets
+    /// no Watch streams (changes on nodes show at each resync) and its least recently used
+    /// connections are closed.
+    #[arg(long, default_value_t = operator::dispatch::DEFAULT_MAX_CONNECTIONS)]
+    max_agent_connections: usize,
     /// Timeout of one agent call, in seconds (a load can take seconds on a busy node).
     #[arg(long, default_value_t = 30)]
     call_timeout_seconds: u64,
@@ -126,6 +131,7 @@ async fn run() -> anyhow::Result<()> {
     let mut pool_cfg = PoolConfig::new(args.agent_port, loaded.config);
     pool_cfg.call_timeout = Duration::from_secs(args.call_timeout_seconds.max(1));
     pool_cfg.max_concurrency = args.max_concurrency.max(1);
+    pool_cfg.max_connections = args.max_agent_connections;
     let pool = AgentPool::new(pool_cfg);
     let client = Client::try_default().await.context("cannot build a Kubernetes client (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::new());

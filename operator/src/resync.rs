@@ -317,8 +317,15 @@ impl Drop for AbortOnDrop {
 
 /// Keep one Watch stream open to every agent, so a link removed by hand, a program
 /// gone or an agent dying shows in status at once instead of at the next resync.
+///
+/// A stream holds its agent's connection open, and each costs the operator ~65 KiB: a
+/// fleet with more nodes than the pool's connection budget (`--max-agent-connections`)
+/// gets no streams, and what changes on its nodes shows at the next resync instead (whose
+/// digest makes that one small call per node).
 pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<BpfProgram>>) {
     let mut streams: HashMap<String, (NodeAddr, AbortOnDrop)> = HashMap::new();
+    let budget = ctx.pool.config().max_connections;
+    let mut over = false;
     loop {
         let wanted: HashMap<String, NodeAddr> = ctx
             .nodes
@@ -328,6 +335,23 @@ pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<Bp
             .filter(|i| !i.deleting)
             .filter_map(|i| i.internal_ip.map(|ip| (i.name.clone(), NodeAddr { name: i.name, ip })))
             .collect();
+        if wanted.len() > budget {
+            if !over {
+                tracing::warn!(
+                    nodes = wanted.len(),
+                    max_agent_connections = budget,
+                    "more nodes than agent connections: no Watch streams; changes on nodes show at each resync"
+                );
+            }
+            over = true;
+            streams.clear();
+            tokio::time::sleep(WATCH_SUPERVISE_EVERY).await;
+            continue;
+        }
+        if over {
+            tracing::info!(nodes = wanted.len(), "the fleet fits the agent connection budget again: Watch streams");
+            over = false;
+        }
         // Dropping an entry aborts its stream.
         streams.retain(|name, (addr, task)| wanted.get(name) == Some(addr) && !task.0.is_finished());
         for (name, addr) in wanted {

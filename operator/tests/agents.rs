@@ -135,6 +135,7 @@ impl Fleet {
             call_timeout: CALL_TIMEOUT,
             connect_timeout: CONNECT_TIMEOUT,
             max_concurrency: 8,
+            max_connections: operator::dispatch::DEFAULT_MAX_CONNECTIONS,
             backoff_base: BACKOFF_BASE,
             backoff_max: Duration::from_secs(4),
         }

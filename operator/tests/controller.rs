@@ -329,3 +329,25 @@ async fn config_map_bytecode_is_read_once_per_resource_version() {
     assert_eq!(gone.message, "ConfigMap bpfleet-system/xdp-counter-bytecode does not exist");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn programs_selecting_the_same_nodes_share_one_set() {
+    let (ctx, _handle) = context(vec![]);
+    let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<std::collections::BTreeSet<String>>();
+    let a = ctx.shared_targets(set(&["n1", "n2"]));
+    let b = ctx.shared_targets(set(&["n1", "n2"]));
+    let c = ctx.shared_targets(set(&["n1"]));
+    assert!(Arc::ptr_eq(&a, &b), "equal sets are one copy");
+    assert!(!Arc::ptr_eq(&a, &c));
+    assert_eq!(*c, set(&["n1"]));
+    // A set nobody holds any more is not handed out again (its copy was dropped).
+    drop((a, b));
+    let again = ctx.shared_targets(set(&["n1", "n2"]));
+    assert_eq!(Arc::strong_count(&again), 1);
+    // Many sets made and dropped do not pile up.
+    for i in 0..1000 {
+        drop(ctx.shared_targets(set(&[&format!("n{i}")])));
+    }
+    let kept = ctx.shared_targets(set(&["n1"]));
+    assert!(Arc::ptr_eq(&kept, &c));
+}

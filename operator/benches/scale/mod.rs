@@ -17,8 +17,8 @@
 //! 4. at rest: one resync pass and one requeue of every BpfProgram, with the API requests
 //!    and the agent traffic they cause — the operator does one of the first a minute and one
 //!    of the second every five;
-//! 5. one spec change of one BpfProgram, AllAtOnce: from the reconcile's start until every
-//!    node answered and the status was written;
+//! 5. one spec change of one BpfProgram with `strategy: AllAtOnce`: from the reconcile's
+//!    start until every node answered and the status was written;
 //! 6. one spec change of another, Progressive (steps 1, 10 %, 50 %, 100 %, maxInFlight
 //!    10 %, no pauses), reconciled until complete.
 
@@ -61,6 +61,9 @@ pub struct ScaleReport {
     pub change_progressive_reconciles: usize,
     pub index_entries: usize,
     pub watches_open: u64,
+    /// The pool's connection budget, and the connections open at rest.
+    pub max_connections: usize,
+    pub connections_at_rest: usize,
     pub heap_at_rest_kib: u64,
 }
 
@@ -146,18 +149,23 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         ensure!(cold_passes < 5, "not every BpfProgram Ready after {cold_passes} passes");
     }
     let cold_ready_s = t.elapsed().as_secs_f64();
+    eprintln!("   every BpfProgram Ready after {cold_ready_s:.1} s ({cold_passes} passes)");
     stages.push(("every BpfProgram Ready on every node".into(), mem()));
 
     // 2. A Watch stream to every agent.
     let (tx, mut rx) = tokio::sync::mpsc::channel(programs.max(1) * 4);
     let watches = tokio::spawn(operator::resync::watch_agents(ctx.clone(), tx.clone()));
+    // A fleet larger than the connection budget gets none (resync::watch_agents).
+    let expected = if nodes <= ctx.pool.config().max_connections { nodes as u64 } else { 0 };
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut watches_open = 0;
-    while watches_open < nodes as u64 {
-        ensure!(Instant::now() < deadline, "only {watches_open} of {nodes} Watch streams opened");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    while watches_open < expected {
+        ensure!(Instant::now() < deadline, "only {watches_open} of {expected} Watch streams opened");
         tokio::time::sleep(Duration::from_millis(500)).await;
         watches_open = fakes.stats()?.watches_open;
     }
+    ensure!(fakes.stats()?.watches_open == expected, "Watch streams: {watches_open}, expected {expected}");
     stages.push(("a Watch stream open to every agent".into(), mem()));
 
     // 3. The first resync reads every agent in full.
@@ -166,6 +174,7 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
     let t = Instant::now();
     operator::resync::resync_once(&ctx, &store, &tx).await;
     let first_resync_ms = ms(t.elapsed());
+    eprintln!("   first resync: {first_resync_ms:.0} ms");
     let after = fakes.stats()?;
     ensure!(after.lists_full - before.lists_full == nodes as u64, "the first resync must read every agent");
     let agent_bytes_per_node_full_list = (after.list_bytes - before.list_bytes) as f64 / nodes as f64;
@@ -202,17 +211,24 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
     let agent_full_lists_at_rest = agents_after.lists_full - agents_before.lists_full;
     stages.push(("at rest: a resync and a requeue of everything".into(), mem()));
     let heap_at_rest_kib = (LIVE.load(Ordering::Relaxed) / 1024) as u64;
+    let connections_at_rest = ctx.pool.open_connections();
 
     // 5. One spec change, AllAtOnce.
     eprintln!("   a spec change, AllAtOnce");
     let first = store.get(&reflector::ObjectRef::new("rss-0000")).context("rss-0000")?;
-    let next = changed(&first, None)?;
+    let next = changed(&first, Some(json!({"strategy": "AllAtOnce"})))?;
     let applies_before = fakes.stats()?.applies;
     let t = Instant::now();
     reconcile(Arc::new(next.clone()), ctx.clone()).await.map_err(|e| anyhow::anyhow!("reconcile: {e}"))?;
     let change_all_at_once_s = t.elapsed().as_secs_f64();
+    eprintln!("   AllAtOnce: {change_all_at_once_s:.2} s");
     let change_all_at_once_applies = fakes.stats()?.applies - applies_before;
-    ensure!(change_all_at_once_applies == nodes as u64, "{change_all_at_once_applies} applies for {nodes} nodes");
+    let status = store.get(&reflector::ObjectRef::new("rss-0000")).and_then(|p| p.status.clone());
+    ensure!(
+        change_all_at_once_applies == nodes as u64,
+        "{change_all_at_once_applies} applies for {nodes} nodes; status: {}",
+        serde_json::to_string(&status)?
+    );
 
     // 6. One spec change, Progressive.
     eprintln!("   a spec change, Progressive");
@@ -229,13 +245,14 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         // What the status patch left in the cache, with this spec.
         let written = store.get(&reflector::ObjectRef::new("rss-0001")).context("rss-0001")?;
         next.status = written.status.clone();
-        let phase = next.status.as_ref().and_then(|s| s.rollout.as_ref()).map(|r| r.phase.clone());
+        let phase = next.status.as_ref().and_then(|s| s.rollout.as_ref()).map(|r| r.phase);
         if phase == Some(crds::rollout::Phase::Complete) {
             break;
         }
         ensure!(change_progressive_reconciles < 50, "the rollout did not complete: {:?}", next.status);
     }
     let change_progressive_s = t.elapsed().as_secs_f64();
+    eprintln!("   Progressive: {change_progressive_s:.2} s in {change_progressive_reconciles} reconciles");
     let change_progressive_applies = fakes.stats()?.applies - applies_before;
     ensure!(change_progressive_applies == nodes as u64, "{change_progressive_applies} applies for {nodes} nodes");
     stages.push(("after both spec changes".into(), mem()));
@@ -270,6 +287,8 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         change_progressive_reconciles,
         index_entries,
         watches_open,
+        max_connections: ctx.pool.config().max_connections,
+        connections_at_rest,
         heap_at_rest_kib,
     })
 }
