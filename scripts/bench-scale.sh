@@ -20,7 +20,7 @@ echo "== building (release) the bench and the example objects" >&2
 bash examples/build.sh >/dev/null
 cargo build --release -q -p operator --bench operator-bench
 bench=$(cargo bench -p operator --bench operator-bench --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+    sed -n 's/.*"executable":"\([^"]*operator_bench[^"]*\)".*/\1/p' | tail -1)
 [ -x "$bench" ] || { echo "cannot find the operator-bench executable" >&2; exit 1; }
 
 : > "$out"

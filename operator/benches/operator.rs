@@ -41,7 +41,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::client::Body;
 use kube::core::ObjectList;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use operator::controller::{Context, FINALIZER, reconcile};
@@ -309,6 +308,8 @@ struct MockApi {
     /// When set, a status patch updates the BpfProgram in this cache, as the watch of a
     /// real API server would: the next reconcile sees what the last one wrote.
     feedback: Option<Feedback>,
+    /// ControllerRevisions (the revision history) by name, without their data.
+    revisions: Mutex<BTreeMap<String, Value>>,
 }
 
 struct Feedback {
@@ -347,6 +348,7 @@ impl MockApi {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
+        let req_query = req.uri().query().map(str::to_string);
         let body = req.into_body().collect_bytes().await.unwrap_or_default();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -386,20 +388,76 @@ impl MockApi {
                 200,
                 &json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "metadata": {"name": name}, "spec": {}}),
             ),
+            ["apis", "apps", "v1", "namespaces", _, "controllerrevisions", rest @ ..] => {
+                self.revision_history(&method, req_query.as_deref(), rest.first().copied(), body)
+            }
             ["apis", "events.k8s.io", "v1", "namespaces", _, "events", ..] => {
                 json_response(if method == "POST" { 201 } else { 200 }, &body)
             }
-            _ => json_response(
-                404,
-                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-                        "message": format!("the mock API server has no {method} {path}")}),
-            ),
+            _ => not_found(&method, &path),
+        }
+    }
+
+    /// The revision history as an API server keeps it: List by label, create, merge-patch
+    /// of the revision number, delete.
+    fn revision_history(&self, method: &str, query: Option<&str>, name: Option<&str>, body: Value) -> Response<Body> {
+        let mut revisions = self.revisions.lock().unwrap();
+        match (method, name) {
+            ("GET", None) => {
+                // labelSelector=key%3Dvalue (one term, as operator::history asks).
+                let selector = query
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("labelSelector=")))
+                    .map(|s| s.replace("%3D", "=").replace("%2F", "/"))
+                    .unwrap_or_default();
+                let (key, value) = selector.split_once('=').unwrap_or(("", ""));
+                let items: Vec<&Value> =
+                    revisions.values().filter(|cr| key.is_empty() || cr["metadata"]["labels"][key] == value).collect();
+                json_response(
+                    200,
+                    &json!({"apiVersion": "apps/v1", "kind": "ControllerRevisionList", "metadata": {}, "items": items}),
+                )
+            }
+            ("GET", Some(n)) => match revisions.get(n) {
+                Some(cr) => json_response(200, cr),
+                None => not_found(method, n),
+            },
+            ("POST", _) => {
+                let n = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                // Kept as name, labels and number only: what the mock holds is not the
+                // operator's memory, and the bench never reads an entry back.
+                let kept = json!({"metadata": {"name": n, "labels": body["metadata"]["labels"]},
+                                  "revision": body["revision"]});
+                revisions.insert(n, kept);
+                json_response(201, &body)
+            }
+            ("PATCH", Some(n)) => match revisions.get_mut(n) {
+                Some(cr) => {
+                    if let Some(r) = body.get("revision") {
+                        cr["revision"] = r.clone();
+                    }
+                    json_response(200, cr)
+                }
+                None => not_found(method, n),
+            },
+            ("DELETE", Some(n)) => {
+                revisions.remove(n);
+                json_response(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+            }
+            _ => not_found(method, name.unwrap_or("controllerrevisions")),
         }
     }
 
     fn take_status(&self, name: &str) -> Option<(Instant, Value)> {
         self.statuses.lock().unwrap().remove(name)
     }
+}
+
+fn not_found(method: &str, what: &str) -> Response<Body> {
+    json_response(
+        404,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                "message": format!("the mock API server has no {method} {what}")}),
+    )
 }
 
 fn program_stub(name: &str) -> Value {
@@ -438,9 +496,8 @@ fn context(client: Client, pool: AgentPool, nodes: Vec<Node>) -> Arc<Context> {
     for n in nodes {
         writer.apply_watcher_event(&watcher::Event::Apply(n));
     }
-    let reporter = Reporter { controller: "bpfleet-operator".into(), instance: None };
     let mut ctx = Context::new(client.clone(), pool, store, Arc::new(Metrics::new()), 1);
-    ctx.recorder = Some(Recorder::new(client, reporter));
+    ctx.recorder = Some(operator::events::Recorder::new(client, "bpfleet-operator"));
     Arc::new(ctx)
 }
 
@@ -1144,14 +1201,15 @@ fn fake_node_store(count: usize) -> Store<Node> {
 }
 
 /// The operator's BpfProgram cache: `count` BpfPrograms (`rss-0000`, ...) carrying `elf_b64`
-/// inline, arriving as the watcher's initial list does (pages of 500 objects, JSON decoded).
+/// inline, arriving as the watcher's initial list does (pages of
+/// `operator::work::PROGRAM_PAGE_SIZE` objects, JSON decoded).
 fn program_store(
     count: usize,
     elf_b64: &str,
 ) -> anyhow::Result<(Store<BpfProgram>, reflector::store::Writer<BpfProgram>)> {
     let (store, mut writer): (Store<BpfProgram>, _) = reflector::store();
     writer.apply_watcher_event(&watcher::Event::Init);
-    for page in (0..count).collect::<Vec<_>>().chunks(500) {
+    for page in (0..count).collect::<Vec<_>>().chunks(operator::work::PROGRAM_PAGE_SIZE as usize) {
         let items: Vec<Value> = page
             .iter()
             .map(|i| program_json(&format!("rss-{i:04}"), &format!("rss-uid-{i:04}"), elf_b64, &format!("veth{i:04}")))
@@ -1190,9 +1248,8 @@ async fn rss(
     let mut cfg = PoolConfig::new(port, pki.client_config());
     cfg.call_timeout = Duration::from_secs(60);
     let ctx = {
-        let reporter = Reporter { controller: "bpfleet-operator".into(), instance: None };
         let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);
-        ctx.recorder = Some(Recorder::new(client, reporter));
+        ctx.recorder = Some(operator::events::Recorder::new(client, "bpfleet-operator"));
         Arc::new(ctx)
     };
     let caches = mem();

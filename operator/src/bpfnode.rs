@@ -12,14 +12,24 @@ use serde_json::json;
 pub struct Written(std::sync::Mutex<std::collections::HashMap<String, u64>>);
 
 impl Written {
-    /// A fingerprint of everything but the report time (which moves on every List).
+    /// A fingerprint of everything but the report time (which moves on every List),
+    /// hashed as it is serialized: a node with a thousand programs is not copied for it.
     fn fingerprint(status: &BpfNodeStatus) -> u64 {
         use std::hash::{Hash, Hasher};
-        let mut s = status.clone();
-        s.last_report_time = None;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
-        h.finish()
+        struct HashWriter(std::collections::hash_map::DefaultHasher);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.write(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = HashWriter(Default::default());
+        (status.managed, status.healthy, &status.agent_version, &status.kernel_release).hash(&mut w.0);
+        let _ = serde_json::to_writer(&mut w, &status.programs);
+        w.0.finish()
     }
 
     /// Whether `status` differs from what was last written for `node`.

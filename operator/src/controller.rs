@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -43,7 +43,7 @@ pub struct Context {
     pub pool: AgentPool,
     pub nodes: Store<Node>,
     pub index: Arc<NodeIndex>,
-    pub recorder: Option<Recorder>,
+    pub recorder: Option<crate::events::Recorder>,
     pub metrics: Arc<Metrics>,
     /// uid -> what the cluster wants, for drift detection.
     pub desired: RwLock<BTreeMap<String, Arc<Desired>>>,

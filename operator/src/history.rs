@@ -20,7 +20,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::bytecode::Payload;
 
 pub const DEFAULT_HISTORY_LIMIT: usize = 10;
-/// Contents kept in memory per program (the update, the stable, one more).
+/// Contents kept in memory per program: earlier revisions read back for a rollback, and
+/// revisions whose entry could not be written.
 const CACHED_PER_PROGRAM: usize = 3;
 
 /// Everything an Apply of one revision carries.
@@ -185,6 +186,10 @@ impl History {
     /// (`stable` is always kept). One List per new revision; nothing when unchanged.
     /// `source` is the spec's bytecode source as it must be restored (an image pinned to
     /// the digest it resolved to).
+    ///
+    /// The content is kept in memory only when its entry could not be written: a rollback
+    /// to it then still has it. Otherwise a rollback reads the entry back (one GET), so at
+    /// rest the operator holds no second copy of every program's bytecode.
     pub async fn record(
         &self,
         p: &BpfProgram,
@@ -192,8 +197,21 @@ impl History {
         source: &crds::program::BytecodeSource,
         stable: Option<&str>,
     ) -> Result<(), kube::Error> {
+        let result = self.write_entry(p, content, source, stable).await;
+        if result.is_err() {
+            self.remember(&p.uid().unwrap_or_default(), Arc::new(content.clone()));
+        }
+        result
+    }
+
+    async fn write_entry(
+        &self,
+        p: &BpfProgram,
+        content: &Content,
+        source: &crds::program::BytecodeSource,
+        stable: Option<&str>,
+    ) -> Result<(), kube::Error> {
         let uid = p.uid().unwrap_or_default();
-        self.remember(&uid, Arc::new(content.clone()));
         if self.newest.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) == Some(&content.revision) {
             return Ok(());
         }

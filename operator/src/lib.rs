@@ -8,6 +8,7 @@ pub mod bytecode;
 pub mod controller;
 pub mod dispatch;
 pub mod drift;
+pub mod events;
 pub mod history;
 pub mod image;
 pub mod index;

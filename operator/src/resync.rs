@@ -24,8 +24,9 @@ use crate::dispatch::{Listed, NodeAddr};
 use crate::drift::{self, Desired, Repair, Reported};
 use crate::targets::NodeInfo;
 
-/// Agent Lists in flight during a resync.
-const RESYNC_LISTS_IN_FLIGHT: usize = 4;
+/// Agent Lists in flight during a resync. Most answers are "unchanged" (one small
+/// message); a full one holds every owner of its node until it is handled.
+const RESYNC_LISTS_IN_FLIGHT: usize = 2;
 
 /// Keep `writer` filled with Nodes until the stream ends. Sends `()` on `trigger`
 /// when the set of nodes or their labels/addresses change.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crds::BpfProgram;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
@@ -23,6 +22,10 @@ use crate::dispatch::AgentPool;
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::resync;
+
+/// BpfPrograms per page of the watcher's initial List: each carries its inline bytecode
+/// (up to ~1 MiB), and a page is decoded whole, so pages of 100 rather than kube's 500.
+pub const PROGRAM_PAGE_SIZE: u32 = 100;
 
 /// How the leader works.
 #[derive(Clone, Debug)]
@@ -69,15 +72,17 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     let (nodes, node_writer) = reflector::store();
     let (config_maps, cm_writer) = reflector::store();
     let mut ctx = Context::new(client.clone(), pool, nodes, metrics.clone(), epoch);
-    ctx.recorder =
-        Some(Recorder::new(client.clone(), Reporter { controller: "bpfleet-operator".into(), instance: None }));
+    ctx.recorder = Some(crate::events::Recorder::new(client.clone(), "bpfleet-operator"));
     ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()));
     ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
     ctx.images = Some(crate::image::Images::new(client.clone(), cfg.images.clone()));
     let ctx = Arc::new(ctx);
 
-    let programs = Controller::new(Api::<BpfProgram>::all(client.clone()), watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(cfg.reconcile_concurrency));
+    let programs = Controller::new(
+        Api::<BpfProgram>::all(client.clone()),
+        watcher::Config::default().page_size(PROGRAM_PAGE_SIZE),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(cfg.reconcile_concurrency));
     let program_store = programs.store();
     let (trigger_tx, trigger_rx) = mpsc::channel(1);
     let (targeted_tx, targeted_rx) = mpsc::channel(1024);

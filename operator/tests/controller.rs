@@ -351,3 +351,55 @@ async fn programs_selecting_the_same_nodes_share_one_set() {
     let kept = ctx.shared_targets(set(&["n1"]));
     assert!(Arc::ptr_eq(&kept, &c));
 }
+
+#[tokio::test]
+async fn an_event_again_counts_in_its_series_and_keeps_no_copy_of_the_event() {
+    use kube::runtime::events::{Event, EventType};
+    use operator::events::Recorder;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let recorder = Arc::new(Recorder::new(Client::new(service, "default"), "bpfleet-operator"));
+    let regarding = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("bpfleet.dev/v1alpha1".into()),
+        kind: Some("BpfProgram".into()),
+        name: Some("p".into()),
+        uid: Some("u-1".into()),
+        ..Default::default()
+    };
+    let ev = |reason: &str, note: &str| Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Resync".into(),
+        secondary: None,
+    };
+    let publish = |e: Event| {
+        let (recorder, regarding) = (recorder.clone(), regarding.clone());
+        tokio::spawn(async move { recorder.publish(&e, &regarding).await })
+    };
+    // First: a new Event in "default" (BpfPrograms are cluster-scoped), as events.k8s.io/v1 wants it.
+    let first = publish(ev("DriftDetected", "missing on n1"));
+    let body = expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", 201, json!({})).await;
+    first.await.unwrap().unwrap();
+    let name = body["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with("p."), "{name}");
+    assert_eq!(body["reason"], "DriftDetected");
+    assert_eq!(body["note"], "missing on n1");
+    assert_eq!(body["type"], "Warning");
+    assert_eq!(body["regarding"]["uid"], "u-1");
+    assert_eq!(body["reportingController"], "bpfleet-operator");
+    assert_eq!(body["reportingInstance"], "bpfleet-operator");
+    assert!(body["eventTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+    // The same again: its series, on the same Event.
+    let again = publish(ev("DriftDetected", "missing on n2"));
+    let path = format!("/apis/events.k8s.io/v1/namespaces/default/events/{name}");
+    let patch = expect(&mut handle, "PATCH", &path, 200, json!({})).await;
+    again.await.unwrap().unwrap();
+    assert_eq!(patch["series"]["count"], 2, "{patch}");
+    assert!(patch["series"]["lastObservedTime"].is_string());
+    // Another reason: another Event.
+    let other = publish(ev("UnknownProgramRemoved", "removed x"));
+    expect(&mut handle, "POST", "/apis/events.k8s.io/v1/namespaces/default/events", 201, json!({})).await;
+    other.await.unwrap().unwrap();
+    assert_eq!(recorder.remembered(), 2);
+    assert_no_more_calls(&mut handle, 100).await;
+}

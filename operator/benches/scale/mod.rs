@@ -2,8 +2,9 @@
 //! operator at fleet scale"; `scripts/bench-scale.sh` runs the matrix and plots it).
 //!
 //! One process holds what the operator holds, for N nodes × P BpfPrograms: the Node and
-//! BpfProgram caches, the agent pool (one mTLS channel per node), the node index, the
-//! desired-state map, an open Watch stream to every agent. The agents are fake (a child
+//! BpfProgram caches, the agent pool (mTLS channels within its connection budget), the node
+//! index, the desired-state map, the revision history (ControllerRevisions in the mock), a
+//! Watch stream to every agent while the fleet fits the budget. The agents are fake (a child
 //! process, the real gRPC service over the same mTLS, no kernel work) and listen on N
 //! loopback addresses; the API server is mocked, statefully: a status patch updates the
 //! cached BpfProgram as the watch of a real API server would, so a reconcile sees what the
@@ -127,9 +128,9 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
     let mut cfg = PoolConfig::new(fakes.port, fakes.pki.client_config());
     cfg.call_timeout = Duration::from_secs(60);
     let ctx = {
-        let reporter = Reporter { controller: "bpfleet-operator".into(), instance: None };
         let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);
-        ctx.recorder = Some(Recorder::new(client, reporter));
+        ctx.recorder = Some(operator::events::Recorder::new(client.clone(), "bpfleet-operator"));
+        ctx.history = Some(operator::history::History::new(client, "bpfleet-system".into()));
         Arc::new(ctx)
     };
     stages.push(("caches filled".into(), mem()));
