@@ -157,7 +157,11 @@ def plot(points, machines, output, plt, ticker, Line2D):
     for value, text in RSS_TARGETS_MIB:
         label_target(left, value, text, "right")
     left.set_xscale("log")
-    left.set_ylim(bottom=0)
+    # Log too: the targets (48 and 256 MiB) and the largest runs are an order apart.
+    left.set_yscale("log")
+    left.yaxis.set_major_locator(ticker.FixedLocator([16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096]))
+    left.yaxis.set_major_formatter(ticker.FuncFormatter(thousands))
+    left.yaxis.set_minor_formatter(ticker.NullFormatter())
     left.set_xlabel("nodes \u00d7 programs (pairs)")
     left.set_ylabel("operator peak RSS (MiB)")
     left.set_title("Memory")
