@@ -1599,7 +1599,7 @@ impl Agent for FakeAgent {
 /// Serves `count` fake agents on fake_ip(0..count):port until stdin closes. Prints "ready",
 /// then answers each "stats" line on stdin with the counters as one JSON line.
 async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyhow::Result<()> {
-    raise_nofile();
+    agent::kernel::raise_nofile();
     let files = TlsFiles {
         cert: pki_dir.join("server.pem"),
         key: pki_dir.join("server.key"),
@@ -1642,16 +1642,4 @@ async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyhow::Result<
     })
     .await?;
     Ok(())
-}
-
-/// Thousands of connections need more descriptors than the usual soft limit of 1024.
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a plain struct.
-    unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }

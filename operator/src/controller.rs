@@ -101,9 +101,7 @@ impl Context {
         }
         shared
     }
-}
 
-impl Context {
     /// A context for one leadership term; no recorder, no ConfigMap watch (every
     /// resolve reads the ConfigMap) until the caller sets them.
     pub fn new(client: Client, pool: AgentPool, nodes: Store<Node>, metrics: Arc<Metrics>, epoch: u64) -> Self {

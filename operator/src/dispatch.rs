@@ -234,10 +234,9 @@ impl AgentPool {
 
     /// Every owner the agent of `node` manages (all pages, in one answer).
     pub async fn list(&self, node: &NodeAddr) -> Result<v1::ListResponse, DispatchError> {
+        // With no known digest the answer is always in full.
         match self.list_since(node, 0).await? {
-            Listed::Full(list) => Ok(list),
-            // Only a known digest other than 0 can be answered "unchanged".
-            Listed::Unchanged(meta) => Ok(meta),
+            Listed::Full(list) | Listed::Unchanged(list) => Ok(list),
         }
     }
 
@@ -274,9 +273,9 @@ impl AgentPool {
     }
 
     /// Runs `f(pool, node)` for every node, up to `max_concurrency` at once, and returns
-    /// every node's result, in the order of `nodes`. The pool's calls inside `f` are bounded by the pool-wide
-    /// `max_concurrency` and each by `call_timeout`, so a slow node holds at most one permit
-    /// for at most one timeout while the others proceed. The futures run on the caller's
+    /// every node's result, in the order of `nodes`. The pool's calls inside `f` are bounded
+    /// by the pool-wide `max_concurrency` and each by `call_timeout`, so a slow node holds
+    /// at most one permit for at most one timeout while the others proceed. The futures run on the caller's
     /// task: dropping the returned future cancels them all.
     ///
     /// ```ignore

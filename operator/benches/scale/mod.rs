@@ -112,7 +112,7 @@ fn changed(p: &BpfProgram, rollout: Option<Value>) -> anyhow::Result<BpfProgram>
 
 pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: usize) -> anyhow::Result<ScaleReport> {
     ensure!(programs >= 2, "at least 2 BpfPrograms (one is changed AllAtOnce, one Progressive)");
-    raise_nofile();
+    agent::kernel::raise_nofile();
     let mut stages = vec![("process started".to_string(), mem())];
     let elf_b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(object)?);
     eprintln!("== scale {nodes} nodes × {programs} BpfPrograms: starting the fake agents");
