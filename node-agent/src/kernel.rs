@@ -24,15 +24,8 @@ pub fn raise_memlock() {
 /// and link is a descriptor, and a node's default soft limit (often 1024) is below what
 /// the connection bounds of `tls` allow.
 pub fn raise_nofile() {
-    let mut rlim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) == 0 && rlim.rlim_cur < rlim.rlim_max {
-            rlim.rlim_cur = rlim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
-                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
-            }
-        }
+    if let Err(error) = proto::limits::raise_nofile() {
+        tracing::warn!(%error, "cannot raise RLIMIT_NOFILE");
     }
 }
 

@@ -45,6 +45,9 @@ pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
 /// HTTP/2, its buffers) costs the operator ~90 KiB of heap, ~65 KiB resident
 /// (docs/benchmarks.md, "The operator at fleet scale").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Descriptors kept for everything that is not an agent connection: API server
+/// connections and watches, the metrics and health listeners, logs, a rollback's read-back.
+pub const RESERVED_FILES: u64 = 256;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// TCP and HTTP/2 keep-alive: a peer that vanished is noticed on an idle connection too.
@@ -90,6 +93,15 @@ impl PoolConfig {
             backoff_max: DEFAULT_BACKOFF_MAX,
         }
     }
+}
+
+/// The connection budget that fits under the process's open-file limit `nofile`: the
+/// one asked for, or fewer when the limit leaves less than that beside [`RESERVED_FILES`].
+/// Without it, a fleet past the limit would fail calls with "too many open files" instead
+/// of closing idle connections.
+pub fn fit_connections(requested: usize, nofile: u64) -> usize {
+    let room = nofile.saturating_sub(RESERVED_FILES).max(1);
+    requested.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
 /// A List answer.
@@ -676,6 +688,18 @@ mod tests {
         assert_eq!(pool.open_connections(), 4);
         pool.set_tls(ClientTlsConfig::new());
         assert_eq!(pool.open_connections(), 0);
+    }
+
+    #[test]
+    fn connection_budget_fits_under_the_open_file_limit() {
+        // A raised limit leaves the budget asked for.
+        assert_eq!(fit_connections(1000, 1_048_576), 1000);
+        assert_eq!(fit_connections(1000, 1000 + RESERVED_FILES), 1000);
+        // A container left at 1024: what the reserve leaves.
+        assert_eq!(fit_connections(1000, 1024), 1024 - RESERVED_FILES as usize);
+        // Absurdly low limits still leave one connection.
+        assert_eq!(fit_connections(1000, 100), 1);
+        assert_eq!(fit_connections(50, u64::MAX), 50);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod v1 {
 
 mod convert;
 mod digest;
+pub mod limits;
 
 pub use convert::{
     WireError, health_from_wire, health_to_wire, map_policy_from_wire, map_policy_to_wire, program_from_wire,
