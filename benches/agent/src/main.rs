@@ -642,6 +642,7 @@ fn print_report(
             })
             .collect();
         println!("{}", report::latency_table(bench.args.iterations, &rows));
+        println!("{}", report::mode_table(&rows));
     }
     if !btf.is_empty() {
         println!(

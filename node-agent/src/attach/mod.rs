@@ -171,17 +171,13 @@ fn record(hook: impl Into<String>, link_id: u32, kind: crate::store::LinkKind) -
 
 /// The interface must exist before anything is attached: a clear error, not ENODEV.
 fn interface_index(program: &ProgramName, iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface).map_err(|_| AgentError::internal("interface name with NUL"))?;
-    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(AgentError::for_program(
+    crate::kernel::ifindex(iface).ok_or_else(|| {
+        AgentError::for_program(
             Reason::InterfaceNotFound,
             program.as_str(),
             format!("interface {iface:?} does not exist on this node"),
-        ));
-    }
-    Ok(idx)
+        )
+    })
 }
 
 pub use tc::detach_netlink as detach_tc_netlink;
