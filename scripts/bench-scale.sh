@@ -3,7 +3,7 @@
 # NODESxPROGRAMS point, a fresh `operator-bench scale` process (fake agents over mTLS in a
 # child process on 127.1.x.y, mocked API server that feeds status back) prints one JSON
 # line; they are collected in docs/scale.jsonl and plotted into docs/scale.png by
-# scripts/plot-scale.py. No root needed. The 5000x1000 point alone takes ~20 minutes on
+# scripts/plot-scale.py. No root needed. The 5000x1000 point alone takes ~25 minutes on
 # 2 cores; the whole matrix ~40.
 #
 #   scripts/bench-scale.sh                                # the matrix docs/benchmarks.md shows

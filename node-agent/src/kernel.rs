@@ -157,39 +157,11 @@ pub fn pinned_link(path: &Path) -> std::io::Result<KernelLink> {
 }
 
 /// The current index of interface `name`, if it exists.
-///
-/// Asked with one `SIOCGIFINDEX` socket kept for the life of the process rather than
-/// glibc's `if_nametoindex`, which opens and closes a socket per call: attach, the health
-/// pass (every XDP and TC attachment, every pass) and recovery all ask. The socket stays
-/// in the network namespace the agent started in, the one it attaches in.
 pub fn ifindex(name: &str) -> Option<u32> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    static SOCKET: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
-    let bytes = name.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return None;
-    }
-    let sock = SOCKET.get_or_init(|| {
-        // SAFETY: socket(2) with constant arguments; a non-negative result is a new fd we own.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-    });
-    let Some(sock) = sock else {
-        let c = std::ffi::CString::new(name).ok()?;
-        // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
-        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        return (idx != 0).then_some(idx);
-    };
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFINDEX reads ifr_name and writes ifr_ifindex of the valid `req`.
-    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) };
-    // SAFETY: on success the kernel set the ifindex member of the union.
-    (r == 0).then_some(unsafe { req.ifr_ifru.ifru_ifindex } as u32)
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
 }
 
 /// The kernel id of the program pinned at `path`.
@@ -228,8 +200,6 @@ mod tests {
     #[test]
     fn ifindex_names_the_kernels_interfaces_and_nothing_else() {
         // Loopback is index 1 in every network namespace.
-        assert_eq!(ifindex("lo"), Some(1));
-        // Asked twice through the same socket.
         assert_eq!(ifindex("lo"), Some(1));
         assert_eq!(ifindex("bpfleet-none0"), None);
         assert_eq!(ifindex(""), None);
