@@ -287,8 +287,8 @@ impl AgentPool {
     /// Runs `f(pool, node)` for every node, up to `max_concurrency` at once, and returns
     /// every node's result, in the order of `nodes`. The pool's calls inside `f` are bounded
     /// by the pool-wide `max_concurrency` and each by `call_timeout`, so a slow node holds
-    /// at most one permit for at most one timeout while the others proceed. The futures run on the caller's
-    /// task: dropping the returned future cancels them all.
+    /// at most one permit for at most one timeout while the others proceed. The futures run
+    /// on the caller's task: dropping the returned future cancels them all.
     ///
     /// ```ignore
     /// let results = pool

@@ -131,25 +131,25 @@ async fn run() -> anyhow::Result<()> {
     let mut pool_cfg = PoolConfig::new(args.agent_port, loaded.config);
     pool_cfg.call_timeout = Duration::from_secs(args.call_timeout_seconds.max(1));
     pool_cfg.max_concurrency = args.max_concurrency.max(1);
-    pool_cfg.max_connections = match proto::limits::raise_nofile() {
-        Ok(nofile) => {
-            let fitted = operator::dispatch::fit_connections(args.max_agent_connections, nofile);
-            if fitted < args.max_agent_connections {
-                tracing::warn!(
-                    requested = args.max_agent_connections,
-                    open_file_limit = nofile,
-                    budget = fitted,
-                    "--max-agent-connections lowered to fit the open-file limit; raise the container's nofile limit"
-                );
-            }
-            fitted
-        }
+    let nofile = proto::limits::raise_nofile();
+    pool_cfg.max_connections = match &nofile {
+        Ok(limit) => operator::dispatch::fit_connections(args.max_agent_connections, *limit),
         Err(error) => {
             tracing::warn!(%error, "cannot read or raise RLIMIT_NOFILE; keeping --max-agent-connections as given");
             args.max_agent_connections
         }
     };
     let pool = AgentPool::new(pool_cfg);
+    // The pool keeps at least --max-concurrency connections: say the budget it really has.
+    let budget = pool.config().max_connections;
+    if let (Ok(limit), true) = (&nofile, budget < args.max_agent_connections) {
+        tracing::warn!(
+            requested = args.max_agent_connections,
+            open_file_limit = limit,
+            budget,
+            "--max-agent-connections lowered to fit the open-file limit; raise the container's nofile limit"
+        );
+    }
     let client = Client::try_default().await.context("cannot build a Kubernetes client (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::new());
     tokio::spawn({

@@ -84,10 +84,10 @@ pub fn latency_table(iterations: usize, rows: &[Row<'_>]) -> String {
 }
 
 /// How far above a program's usual fastest attach (any method) a sample must be to count as
-/// having waited for one more RCU grace period. XDP and TC attaches wait for a grace period
-/// inside the kernel (`bpf_dispatcher_change_prog`, `tcx`); one that starts while another
-/// grace period is still running waits for that one to end too, one or two 4 ms ticks
-/// more (HZ=250). Half a tick separates the two modes.
+/// having waited for one more RCU grace period. An XDP attach waits for a grace period inside
+/// the kernel (`synchronize_rcu` in `bpf_dispatcher_change_prog`), which ends on a 4 ms tick
+/// (HZ=250); TC and uprobe attaches show the same two modes. The slow ones take one or two
+/// ticks more, so half a tick separates the modes (docs/benchmarks.md, "Two modes").
 pub const GRACE_PERIOD_SPLIT: Duration = Duration::from_millis(2);
 
 /// Where the fast mode starts: the 10th percentile of every method's samples together, so
@@ -112,8 +112,7 @@ pub fn fast_mode(samples: &[Duration], fastest: Duration, split: Duration) -> Op
 pub fn mode_table(rows: &[Row<'_>]) -> String {
     let mut out = format!(
         "Split by mode: p50 of the attaches within {} ms of the usual fastest (10th percentile of both \
-         methods together), and the share \
-         that waited for one more RCU grace period.\n\n\
+         methods together), and the share that waited for one more RCU grace period.\n\n\
          | Program | agent, fast mode | libbpf, fast mode | agent ÷ libbpf | agent slower by a grace period | \
          libbpf slower by a grace period |\n|---|---:|---:|---:|---:|---:|\n",
         GRACE_PERIOD_SPLIT.as_millis()

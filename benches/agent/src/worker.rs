@@ -67,10 +67,7 @@ pub fn main() -> anyhow::Result<()> {
         tc_backend: TcBackend::Auto,
     })?;
     // Requests arrive through the runtime's I/O driver and are served by a task on a worker
-    // thread, as the agent's gRPC server serves them. (Served from this thread with
-    // `block_on`, every Apply paid ~4 ms more on XDP and TC: `Manager::apply`'s
-    // `block_in_place` woke a second worker that ran beside the kernel's RCU grace-period
-    // wait in the attach; docs/benchmarks.md.)
+    // thread, as the agent's gRPC server serves them, not by `block_on` from this thread.
     let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
     rt.block_on(async move {
         let requests = tokio::net::unix::pipe::Receiver::from_owned_fd(stdin)?;
