@@ -14,6 +14,7 @@ mod kernel;
 mod libbpf;
 mod report;
 mod rss;
+mod spread;
 mod worker;
 
 use std::collections::{BTreeMap, HashSet};
@@ -59,6 +60,12 @@ struct Args {
     /// previous one at the same place is still being freed waits for it (up to ~200 ms).
     #[arg(long, default_value_t = 250)]
     uprobe_pause_ms: u64,
+    /// Each pause is lengthened by a different fraction of this span in each iteration
+    /// (the same for every method), so that every method starts its runs at every point
+    /// of the scheduler tick, and grace periods (which end on ticks) favour none of them.
+    /// 0: fixed pauses, which lock each method to one phase of the tick.
+    #[arg(long, default_value_t = 20)]
+    tick_spread_ms: u64,
     /// Parent of the agent's state directories: tmpfs, as /run/bpfleet is on a node.
     #[arg(long, default_value = "/dev/shm")]
     state_base: PathBuf,
@@ -351,6 +358,7 @@ impl Bench {
     /// released its programs. Returns the load+attach time and, for the agent, the time
     /// of its Remove.
     fn once(&mut self, case: &Case, m: Method, i: usize) -> anyhow::Result<(Duration, Option<Duration>)> {
+        std::thread::sleep(self.tick_offset(i, self.args.iterations));
         self.run_ids.clear();
         let timing = match m {
             Method::Agent => self.agent_once(case, i).map(|(l, r)| (l, Some(r))),
@@ -375,6 +383,13 @@ impl Bench {
         let (load, ids) = w.apply(case.name, i)?;
         self.run_ids.extend(ids);
         Ok((load, w.remove(case.name, i)?))
+    }
+
+    /// Where in the scheduler tick iteration `i` (warm-ups first) of `n` timed ones starts:
+    /// see spread.rs.
+    fn tick_offset(&self, i: usize, n: usize) -> Duration {
+        let span = Duration::from_millis(self.args.tick_spread_ms);
+        i.checked_sub(self.args.warmup).map_or(Duration::ZERO, |timed| spread::offset(timed, n, span))
     }
 
     /// The agent binary over gRPC against the CLI, each after `idle_ms` of quiet ("idle")
@@ -402,6 +417,7 @@ impl Bench {
             for (pause, agent_times, cli_times) in [(idle, 0, 1), (Duration::ZERO, 2, 3)] {
                 let uid = format!("idle-{}-{i}-{}", case.name.replace('_', "-"), agent_times);
                 let req = grpc::request(&self.manifest(case, &uid), &uid)?;
+                let pause = pause + self.tick_offset(i, self.args.idle_iterations);
                 std::thread::sleep(pause);
                 self.run_ids.clear();
                 let (took, ids) =

@@ -197,7 +197,8 @@ impl AgentWorker {
 
     fn request(&mut self, req: &str) -> anyhow::Result<String> {
         let stdin = self.stdin.as_mut().context("agent worker stopped")?;
-        writeln!(stdin, "{req}")?;
+        // One write, so the worker wakes once (writeln! on a pipe writes twice).
+        stdin.write_all(format!("{req}\n").as_bytes())?;
         stdin.flush()?;
         let reply = self.read_line()?;
         match reply.split_once(' ').unwrap_or((&reply, "")) {
