@@ -57,7 +57,8 @@ fn ratio(agent: &[Duration], base: &[Duration]) -> String {
 
 pub fn latency_table(iterations: usize, rows: &[Row<'_>]) -> String {
     let mut out = format!(
-        "Load + attach, milliseconds, p50 / p90 of {iterations} interleaved iterations. Ratios: agent p50 ÷ \
+        "Load + attach, milliseconds, p50 / p90 of {iterations} interleaved iterations (their starts \
+         spread over the scheduler tick). Ratios: agent p50 ÷ \
          baseline p50 (✓ when ≤ 1.5×), then in parentheses the median of the per-iteration ratios. \
          The agent runs in a worker process set up as bpfleet-agent is (kernel BTF parsed once, hidden from aya); \
          the baselines run in the bench process, which still sees it.\n\n\
@@ -87,7 +88,8 @@ pub fn latency_table(iterations: usize, rows: &[Row<'_>]) -> String {
 /// having waited for one more RCU grace period. An XDP attach waits for a grace period inside
 /// the kernel (`synchronize_rcu` in `bpf_dispatcher_change_prog`), which ends on a 4 ms tick
 /// (HZ=250); TC and uprobe attaches show the same two modes. The slow ones take one or two
-/// ticks more, so half a tick separates the modes (docs/benchmarks.md, "Two modes").
+/// ticks more, so half a tick separates the modes (docs/benchmarks.md, "Where in the tick an
+/// attach starts").
 pub const GRACE_PERIOD_SPLIT: Duration = Duration::from_millis(2);
 
 /// Where the fast mode starts: the 10th percentile of every method's samples together, so

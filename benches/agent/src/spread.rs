@@ -6,7 +6,8 @@
 //! settled, and that settling is itself tick-aligned, so without help each method lands
 //! at its own, nearly constant, phase: in one traced run libbpf's attaches all started
 //! 0.5–1.5 ms into a tick and the agent's 1.7–3.9 ms in, and the timings compared those
-//! phases rather than the methods (docs/benchmarks.md, "Two modes").
+//! phases rather than the methods (docs/benchmarks.md, "Where in the tick an attach
+//! starts").
 //!
 //! The bench adds [`offset`] to every pause. Over `n` iterations the offsets are `n`
 //! evenly spaced points of `span`, visited in a scattered order; every method gets the
