@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-/// Offset of iteration `i` of `n` (0 for warm-ups beyond `n`, which are not timed).
+/// Offset of timed iteration `i` of `n` (0 past `n`).
 /// `span` should be a whole number of ticks for every common HZ: 20 ms is 2 ticks at
 /// HZ=100, 5 at 250, 6 at 300 and 20 at 1000.
 pub fn offset(i: usize, n: usize, span: Duration) -> Duration {
