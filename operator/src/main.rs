@@ -142,7 +142,9 @@ async fn run() -> anyhow::Result<()> {
     let pool = AgentPool::new(pool_cfg);
     // The pool keeps at least --max-concurrency connections: say the budget it really has.
     let budget = pool.config().max_connections;
-    if let (Ok(limit), true) = (&nofile, budget < args.max_agent_connections) {
+    if budget < args.max_agent_connections
+        && let Ok(limit) = &nofile
+    {
         tracing::warn!(
             requested = args.max_agent_connections,
             open_file_limit = limit,

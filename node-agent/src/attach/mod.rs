@@ -98,10 +98,11 @@ pub fn load_and_attach(
         std::fs::create_dir_all(dir).map_err(|e| pin_error(name, dir, e))?;
     }
     // XDP, TC and uprobe attaches wait in the kernel for an RCU grace period, the first
-    // time this thread sleeps since the Apply arrived. Tasks woken on this CPU meanwhile
-    // (the runtime worker that took over this thread's tasks, a local client going back to
-    // wait for the answer) would run just then, as the grace period starts, and cost it a
-    // scheduler tick (4 ms at HZ=250) in a quarter to a third of the attaches. They run now.
+    // time this thread sleeps since the Apply arrived (or since the previous program's
+    // attach). Tasks woken on this CPU meanwhile (the runtime worker that took over this
+    // thread's tasks, a local client going back to wait for the answer) would run just
+    // then, as the grace period starts, and cost it a scheduler tick (4 ms at HZ=250) in a
+    // quarter to a third of the attaches. They run now.
     std::thread::yield_now();
     let (program_id, links) = match &p.attach {
         Attach::Xdp { interfaces, mode } => xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, undo)?,
