@@ -1,15 +1,11 @@
-# bpfleet-operator: build with `docker build -f docker/operator.Dockerfile .` from the
-# repository root. Runtime: distroless (glibc, CA roots, no shell, no package manager),
-# non-root uid 65532. Expected size: ~35 MB (distroless/cc ~23 MB + a ~12 MB stripped binary).
-FROM docker.io/library/rust:1.95-bookworm AS build
-WORKDIR /src
-COPY . .
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p operator --bin bpfleet-operator \
-    && install -D -s target/release/bpfleet-operator /out/bpfleet-operator
-
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/bpfleet-operator /usr/local/bin/bpfleet-operator
+# bpfleet-operator: one static binary FROM scratch; nothing is pulled. Built by
+# scripts/images.sh, which stages the context (the binary linked with crt-static on the gnu
+# target, the host's CA roots, passwd/group naming the non-root user 65532) and runs
+# buildah (or docker). Registry names resolve in Rust from /etc/hosts and /etc/resolv.conf
+# (both given by the kubelet), so no NSS modules are needed. Size: see docs/install.md.
+FROM scratch
+COPY bpfleet-operator /usr/local/bin/bpfleet-operator
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY passwd group /etc/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/bpfleet-operator"]

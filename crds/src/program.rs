@@ -23,6 +23,7 @@ use crate::limits;
     printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targetNodes"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedNodes"}"#,
+    printcolumn = r#"{"name":"Waiting","type":"integer","jsonPath":".status.waitingNodes"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","priority":1,"jsonPath":".status.revision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -516,6 +517,13 @@ pub struct BpfProgramStatus {
     /// Number of target nodes where applying the current revision failed.
     #[serde(default)]
     pub failed_nodes: i32,
+    /// Number of target nodes without a Ready agent: its pod is starting, it was Ready and
+    /// stopped answering less than the operator's grace period ago, or the node runs no
+    /// agent at all (the agent DaemonSet's nodeSelector or tolerations leave it out). They
+    /// are waiting, not failed; each gets the program within seconds of its agent
+    /// turning Ready.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiting_nodes: i32,
     /// `Ready` (for `kubectl wait`), kstatus's abnormal-true `Reconciling` (converging)
     /// and `Stalled` (failing: Flux reports it as Failed), plus `Progressing` and
     /// `Degraded`. Every condition carries the `observedGeneration` it describes.
@@ -555,4 +563,8 @@ pub struct NodeFailure {
     /// to 5 minutes; a new revision is tried at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 /// bpffs magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -52,6 +52,38 @@ pub fn check_bpffs(root: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `path` is on a bpf filesystem.
+fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        bail!("cannot stat {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Mount a bpf filesystem at `path` (created if missing) unless one is there already.
+/// Returns whether it mounted one.
+pub fn mount_bpffs(path: &Path) -> anyhow::Result<bool> {
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    if is_bpffs(path)? {
+        return Ok(false);
+    }
+    let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let (source, fstype, data) = (c"bpf", c"bpf", c"mode=0700");
+    // SAFETY: every argument is a NUL-terminated string that outlives the call.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast()) };
+    if rc != 0 {
+        bail!(
+            "cannot mount bpffs at {}: {} (the container needs CAP_SYS_ADMIN and a Bidirectional mount)",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(true)
 }
 
 pub fn hostname() -> anyhow::Result<String> {

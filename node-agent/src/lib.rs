@@ -8,6 +8,7 @@ pub mod fault;
 pub mod fence;
 pub mod fuzz;
 pub mod health;
+pub mod hostfs;
 pub mod kernel;
 pub mod loader;
 pub mod manager;

@@ -15,6 +15,12 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "bpfleet-agent", version, about = "Loads, attaches and pins eBPF programs on this node for bpfleet")]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Where the node's root filesystem is seen (the chart mounts it read-only at /host):
+    /// `bytecode.path` and uprobe targets name files of the node and are resolved inside it.
+    #[arg(long, env = "BPFLEET_HOST_ROOT", default_value = "/")]
+    host_root: PathBuf,
     /// This node's name, as in its Node object.
     #[arg(long, env = "BPFLEET_NODE_NAME")]
     node_name: Option<String>,
@@ -60,9 +66,25 @@ struct Args {
     log_json: bool,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Mount bpffs at PATH unless a bpf filesystem is already mounted there, then exit
+    /// (the chart's init container: the image has no shell and no mount tools).
+    MountBpffs {
+        #[arg(default_value = "/sys/fs/bpf")]
+        path: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_json);
+    if let Some(Command::MountBpffs { path }) = &args.command {
+        let mounted = agent::kernel::mount_bpffs(path)?;
+        tracing::info!(path = %path.display(), mounted, "bpffs {}", if mounted { "mounted" } else { "already mounted" });
+        return Ok(());
+    }
+    agent::hostfs::set_host_root(&args.host_root)?;
     // Before any thread exists: see `hide_kernel_btf_from_aya`.
     if let Err(e) = agent::loader::hide_kernel_btf_from_aya() {
         tracing::warn!(error = %e, "cannot share the parsed kernel BTF with aya; every load parses it again (slower)");

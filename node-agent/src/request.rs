@@ -1,7 +1,6 @@
 //! Turning what arrives (a gRPC ApplyRequest, a standalone manifest) into a validated
 //! `ApplyInput`. Both go through the same `crds::validate` rules an API server enforces.
 
-use std::io::Read;
 use std::path::Path;
 
 use crds::BpfProgram;
@@ -16,18 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::error::{AgentError, Reason, Result};
 use crate::manager::ApplyInput;
 
-/// Read a node-local object, refusing oversized files before reading them.
+/// Read a node-local object (a regular file of the node, resolved inside the host root;
+/// see `hostfs`), refusing oversized files without holding more than the limit.
 pub fn read_bytecode_file(path: &Path) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(path).map_err(|e| {
-        AgentError::new(
-            Reason::BytecodeNotFound,
-            format!("cannot open bytecode path {} on this node: {e}", path.display()),
-        )
-    })?;
-    let mut buf = Vec::new();
-    f.take(MAX_BYTECODE_BYTES as u64 + 1).read_to_end(&mut buf).map_err(|e| {
-        AgentError::new(Reason::BytecodeNotFound, format!("cannot read bytecode path {}: {e}", path.display()))
-    })?;
+    let buf = crate::hostfs::host_root().read(path, crate::hostfs::Use::Bytecode, MAX_BYTECODE_BYTES)?;
     if buf.len() > MAX_BYTECODE_BYTES {
         return Err(AgentError::new(
             Reason::BytecodeTooLarge,

@@ -704,7 +704,7 @@ async fn catalogue_garbage_requests_refused_async() {
             Box::new(move |r| r.bytecode = Some(v1::apply_request::Bytecode::Path(dir.clone()))),
             tonic::Code::FailedPrecondition,
             "BytecodeNotFound",
-            &["directory"],
+            &["not a regular file"],
         ),
         (
             "wire/unknown-program-type",

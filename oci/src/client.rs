@@ -60,7 +60,7 @@ pub struct Client {
 }
 
 struct Inner {
-    http: HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HyperClient<HttpsConnector<HttpConnector<crate::dns::Resolver>>, Full<Bytes>>,
     options: ClientOptions,
     /// (registry, scope) -> Authorization header value. Scope "*" for Basic.
     auth: Mutex<HashMap<(String, String), String>>,
@@ -108,8 +108,13 @@ impl Client {
             .map_err(|e| Error::InvalidKey { reason: format!("TLS setup: {e}") })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let mut tcp = HttpConnector::new_with_resolver(crate::dns::Resolver::from_system());
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
         let http = HyperClient::builder(TokioExecutor::new()).build(connector);
         Ok(Client { inner: Arc::new(Inner { http, options, auth: Mutex::new(HashMap::new()) }) })
     }

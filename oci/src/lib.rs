@@ -18,6 +18,7 @@ pub mod auth;
 pub mod build;
 pub mod client;
 pub mod digest;
+pub mod dns;
 pub mod elf;
 pub mod error;
 pub mod labels;

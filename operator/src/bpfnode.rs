@@ -47,6 +47,36 @@ impl Written {
     }
 }
 
+/// Nodes whose BpfNode may no longer say what their agent runs: marked after every
+/// Apply and Remove, agent change and agent turning Ready; `resync::follow_bpfnodes`
+/// reads each such node's agent once per batch and writes what changed.
+#[derive(Debug, Default)]
+pub struct Stale {
+    nodes: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Stale {
+    pub fn mark(&self, node: &str) {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string());
+        self.wake.notify_one();
+    }
+
+    /// The next batch: waits for a first mark, then `debounce` longer so that a burst
+    /// (an Apply to every program of a node) costs one read of the node, then takes
+    /// every node marked so far.
+    pub async fn next_batch(&self, debounce: std::time::Duration) -> std::collections::BTreeSet<String> {
+        loop {
+            self.wake.notified().await;
+            tokio::time::sleep(debounce).await;
+            let batch = std::mem::take(&mut *self.nodes.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                return batch;
+            }
+        }
+    }
+}
+
 /// Learn what every BpfNode already says (a List, 500 at a time), so a new leader
 /// writes only the BpfNodes whose truth differs from what is stored.
 pub async fn seed(client: &Client, written: &Written) -> kube::Result<usize> {
@@ -141,6 +171,19 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn marks_in_a_burst_are_one_batch() {
+        let stale = std::sync::Arc::new(Stale::default());
+        stale.mark("n1");
+        stale.mark("n2");
+        stale.mark("n1");
+        let batch = stale.next_batch(std::time::Duration::from_secs(1)).await;
+        assert_eq!(batch.into_iter().collect::<Vec<_>>(), ["n1", "n2"]);
+        // Marked while the last batch is handled: the next batch has it.
+        stale.mark("n3");
+        assert_eq!(stale.next_batch(std::time::Duration::from_secs(1)).await.len(), 1);
     }
 
     #[test]

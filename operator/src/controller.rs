@@ -64,7 +64,16 @@ pub struct Context {
     pub fleet_slots: tokio::sync::Semaphore,
     /// One copy of each set of target nodes, shared by every program that selects it.
     target_sets: std::sync::Mutex<TargetSets>,
+    /// Which nodes run a Ready agent (see `agents`).
+    pub agents: Arc<crate::agents::Agents>,
+    /// How long a Ready agent may go unanswered before its node counts as failed.
+    pub unreachable_grace: Duration,
+    /// Nodes whose BpfNode must be brought up to date (see `bpfnode::follow`).
+    pub stale_bpfnodes: Arc<crate::bpfnode::Stale>,
 }
+
+/// Default of `--agent-unreachable-grace-seconds`.
+pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
 /// Node slots of [`Context::fleet_slots`]: 16 reconciles of 1,250 nodes each.
 pub const FLEET_SLOTS: usize = 20_000;
@@ -120,6 +129,9 @@ impl Context {
             images: None,
             fleet_slots: tokio::sync::Semaphore::new(FLEET_SLOTS),
             target_sets: Default::default(),
+            agents: Arc::new(crate::agents::Agents::untracked()),
+            unreachable_grace: DEFAULT_UNREACHABLE_GRACE,
+            stale_bpfnodes: Default::default(),
         }
     }
 }
@@ -259,11 +271,12 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         wake = w;
     }
 
+    let mut grace_ends: Option<Duration> = None;
     let outcomes: BTreeMap<String, NodeOutcome> = targets
         .iter()
         .map(|n| {
             let o = match &revision {
-                Some(r) => ctx.index.outcome(n, &uid, r),
+                Some(r) => node_outcome(ctx, n, &uid, r, now, &mut grace_ends),
                 None => NodeOutcome::Pending,
             };
             (n.clone(), o)
@@ -294,8 +307,47 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.program_counts(&name, &status);
     write_status(ctx, &p, &status).await?;
     let after = requeue_after(&status, problem.is_some(), &retries, now);
-    // A pause or a step deadline ends on its own: look again then.
+    // A pause, a step deadline or an agent's grace period ends on its own: look again then.
+    let wake = [wake, grace_ends].into_iter().flatten().min();
     Ok(Action::requeue(wake.map_or(after, |w| after.min(w + Duration::from_millis(100)))))
+}
+
+/// How `node` stands with revision `rev` of `uid`, for status: the index's word, except
+/// that a node without a Ready agent waits for it, and one whose agent stopped answering
+/// less than the grace period ago waits too (`grace_ends`: the soonest such period ends).
+fn node_outcome(
+    ctx: &Context,
+    node: &str,
+    uid: &str,
+    rev: &str,
+    now: k8s_openapi::jiff::Timestamp,
+    grace_ends: &mut Option<Duration>,
+) -> NodeOutcome {
+    use crate::agents::AgentState;
+    match ctx.agents.state(node) {
+        AgentState::Absent => return NodeOutcome::NoAgent,
+        AgentState::Starting => {
+            return NodeOutcome::WaitingForAgent { message: "its agent pod is not Ready".into() };
+        }
+        AgentState::Ready => {}
+    }
+    let outcome = ctx.index.outcome(node, uid, rev);
+    let NodeOutcome::Unreachable { message } = &outcome else { return outcome };
+    let Some(since) = ctx.index.unreachable_since(node, uid, rev) else { return outcome };
+    let gone: Duration = now.duration_since(since).try_into().unwrap_or_default();
+    match ctx.unreachable_grace.checked_sub(gone) {
+        Some(left) if !left.is_zero() => {
+            *grace_ends = Some(grace_ends.map_or(left, |g| g.min(left)));
+            NodeOutcome::WaitingForAgent {
+                message: format!(
+                    "its agent stopped answering {}s ago, failed after {}s: {message}",
+                    gone.as_secs(),
+                    ctx.unreachable_grace.as_secs()
+                ),
+            }
+        }
+        _ => outcome,
+    }
 }
 
 /// When to look at a program again: soon while nodes are pending, at the next retry of
@@ -306,10 +358,13 @@ fn requeue_after(
     retries: &BTreeMap<String, (u32, Time)>,
     now: k8s_openapi::jiff::Timestamp,
 ) -> Duration {
-    if spec_problem || (status.ready_nodes == status.target_nodes) {
+    // Nodes waiting for their agent are looked at again when it turns Ready (or their
+    // grace period ends): they keep nothing polling.
+    let settled = status.ready_nodes + status.waiting_nodes;
+    if spec_problem || settled == status.target_nodes {
         return STEADY;
     }
-    let pending = status.target_nodes - status.ready_nodes - status.failed_nodes;
+    let pending = status.target_nodes - settled - status.failed_nodes;
     let next_retry = retries
         .values()
         .filter_map(|(_, t)| t.0.duration_since(now).try_into().ok())
@@ -385,9 +440,12 @@ async fn roll_out(
                 _ => None,
             })
             .collect();
+        // Nodes without a Ready agent hold no step up either.
         let unreachable: BTreeSet<String> = targets
             .iter()
-            .filter(|n| matches!(ctx.index.outcome(n, uid, rev), NodeOutcome::Unreachable { .. }))
+            .filter(|n| {
+                !ctx.agents.is_ready(n) || matches!(ctx.index.outcome(n, uid, rev), NodeOutcome::Unreachable { .. })
+            })
             .cloned()
             .collect();
         let decision = rollout::decide(&rollout::Input {
@@ -402,7 +460,10 @@ async fn roll_out(
         });
         let held: BTreeSet<String> = ctx.index.retry_holds(uid, rev, now).into_keys().collect();
         let view = ProgramView { desired: rev, targets, observed: &observed, held: &held };
-        let actions = plan(&view, &decision);
+        let mut actions = plan(&view, &decision);
+        // A node whose agent is not Ready is left as it is — nothing sent, nothing
+        // removed — until its agent is Ready again (which reconciles every program).
+        actions.retain(|node, _| ctx.agents.is_ready(node));
         previous = Some(decision.status.clone());
         if actions.is_empty() || last.as_ref() == Some(&actions) {
             return (decision.status, decision.wake);
@@ -511,6 +572,7 @@ async fn dispatch(
         })
         .await;
     for (node, result) in results {
+        ctx.stale_bpfnodes.mark(&node.name);
         let action = actions.get(&node.name);
         match (action, result) {
             (_, Ok(())) => {}
@@ -626,6 +688,14 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         if n.deleting {
             continue;
         }
+        // A node that runs no agent cannot be asked, and no agent will come to answer:
+        // ask in case one does, but it does not hold the deletion up.
+        if ctx.agents.state(&n.name) == crate::agents::AgentState::Absent {
+            if let Some(ip) = n.internal_ip {
+                best_effort.push(NodeAddr { name: n.name.clone(), ip });
+            }
+            continue;
+        }
         match n.internal_ip {
             Some(ip) => addrs.push(NodeAddr { name: n.name.clone(), ip }),
             None => {
@@ -645,6 +715,7 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         })
         .await;
     for (node, r) in results {
+        ctx.stale_bpfnodes.mark(&node.name);
         match r {
             Ok(_) => ctx.index.record_removed(&node.name, &uid),
             Err(e) if !blocking.contains(&node.name) => {

@@ -78,6 +78,9 @@ pub struct Failure {
     pub attempts: u32,
     /// No new apply of this revision before this time.
     pub next_try: Option<Timestamp>,
+    /// When this outcome began: for an unreachable agent, the first failed call of the
+    /// current outage (the grace period before it counts as failed runs from here).
+    pub since: Timestamp,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -211,6 +214,13 @@ impl NodeIndex {
         self.write(|n| {
             let failures = &mut n.map.entry(node.to_string()).or_default().failures;
             let prev = failures.get(uid).filter(|f| f.revision == revision).map(|f| f.attempts).unwrap_or(0);
+            // An outage goes on across revisions: it began at its first failed call.
+            let since = match (&outcome, failures.get(uid)) {
+                (NodeOutcome::Unreachable { .. }, Some(f)) if matches!(f.outcome, NodeOutcome::Unreachable { .. }) => {
+                    f.since
+                }
+                _ => now,
+            };
             let (attempts, next_try) = match outcome {
                 NodeOutcome::Failed { .. } => {
                     let n = prev + 1;
@@ -219,7 +229,10 @@ impl NodeIndex {
                 }
                 _ => (prev, None),
             };
-            failures.insert(uid.to_string(), Failure { revision: revision.to_string(), outcome, attempts, next_try });
+            failures.insert(
+                uid.to_string(),
+                Failure { revision: revision.to_string(), outcome, attempts, next_try, since },
+            );
         })
     }
 
@@ -240,6 +253,15 @@ impl NodeIndex {
         self.read(|m| {
             let f = m.get(node)?.failures.get(uid).filter(|f| f.revision == revision)?;
             Some((f.attempts, f.next_try?))
+        })
+    }
+
+    /// Since when `node`'s agent has not answered, as far as revision `want` of `uid`
+    /// knows (`None`: it answers, or was never asked).
+    pub fn unreachable_since(&self, node: &str, uid: &str, want: &str) -> Option<Timestamp> {
+        self.read(|m| {
+            let f = m.get(node)?.failures.get(uid).filter(|f| f.revision == want)?;
+            matches!(f.outcome, NodeOutcome::Unreachable { .. }).then_some(f.since)
         })
     }
 

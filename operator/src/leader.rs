@@ -154,6 +154,8 @@ pub struct Elector {
     identity: String,
     timing: LeaseTiming,
     state: watch::Sender<Option<u64>>,
+    /// Whether the Lease has been read once (this process reaches the API server).
+    lease_seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn now_micro() -> MicroTime {
@@ -169,12 +171,18 @@ impl Elector {
             identity: identity.to_string(),
             timing,
             state,
+            lease_seen: Default::default(),
         }
     }
 
     /// Follow leadership: `Some(epoch)` while this process leads.
     pub fn subscribe(&self) -> Leadership {
         self.state.subscribe()
+    }
+
+    /// Turns true once the Lease has been read (or found missing) for the first time.
+    pub fn lease_seen(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.lease_seen.clone()
     }
 
     /// One API call, bounded so a hung connection cannot outlive the renew deadline.
@@ -193,6 +201,7 @@ impl Elector {
             match self.bounded(self.api.get_opt(&self.name)).await {
                 Err(e) => tracing::warn!(error = %e, lease = %self.name, "cannot read the leader Lease"),
                 Ok(current) => {
+                    self.lease_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                     let record = current.as_ref().map(LeaseRecord::of);
                     let unchanged_for = match (&seen, &record) {
                         (Some((old, since)), Some(new)) if old == new => since.elapsed(),

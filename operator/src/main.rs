@@ -55,6 +55,15 @@ struct Args {
     /// Timeout of one agent call, in seconds (a load can take seconds on a busy node).
     #[arg(long, default_value_t = 30)]
     call_timeout_seconds: u64,
+    /// Label selector of the agent pods in --namespace (the chart sets the agent
+    /// DaemonSet's): a selected node without a Ready agent waits for it, and gets its
+    /// programs as soon as it is Ready. Unset: every node is taken to run an agent.
+    #[arg(long, env = "BPFLEET_AGENT_POD_SELECTOR")]
+    agent_pod_selector: Option<String>,
+    /// A node whose agent was Ready and stops answering counts as failed only after this
+    /// many seconds (until then its programs wait for it).
+    #[arg(long, default_value_t = 60)]
+    agent_unreachable_grace_seconds: u64,
     /// How often every agent is listed to repair drift, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
@@ -171,8 +180,18 @@ async fn run() -> anyhow::Result<()> {
     let timing = LeaseTiming::default();
     timing.check().map_err(anyhow::Error::msg)?;
     let elector = Elector::new(client.clone(), &args.namespace, LEASE_NAME, &identity, timing);
-    // A standby is ready too: it can take over at once.
-    metrics.ready_flag.store(true, Ordering::Relaxed);
+    // Ready: the leader once its caches have synced and every agent was listed; a standby
+    // once it has read the Lease (it reaches the API and can take over).
+    tokio::spawn({
+        let (m, seen) = (metrics.clone(), elector.lease_seen());
+        async move {
+            loop {
+                let ready = if m.leader.get() == 1 { m.caches_synced.get() == 1 } else { seen.load(Ordering::Relaxed) };
+                m.ready_flag.store(ready, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
     tracing::info!(%identity, namespace = %args.namespace, "operator started; campaigning for the leader Lease");
 
     let cfg = WorkConfig {
@@ -187,6 +206,8 @@ async fn run() -> anyhow::Result<()> {
             },
             signature_keys_secret: args.image_signature_keys_secret.clone(),
         },
+        agent_pod_selector: args.agent_pod_selector.clone().filter(|s| !s.is_empty()),
+        unreachable_grace: Duration::from_secs(args.agent_unreachable_grace_seconds),
         ..WorkConfig::default()
     };
     let work = |epoch| work::lead(client.clone(), pool.clone(), metrics.clone(), epoch, cfg.clone());

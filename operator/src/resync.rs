@@ -37,10 +37,16 @@ pub async fn watch_nodes(ctx: Arc<Context>, writer: Writer<Node>, trigger: mpsc:
     futures::pin_mut!(stream);
     loop {
         match stream.try_next().await {
-            Ok(Some(watcher::Event::Apply(node))) | Ok(Some(watcher::Event::InitApply(node))) => {
-                if let Some(info) = NodeInfo::from_node(&node)
+            Ok(Some(ev @ watcher::Event::Apply(_))) | Ok(Some(ev @ watcher::Event::InitApply(_))) => {
+                let (watcher::Event::Apply(node) | watcher::Event::InitApply(node)) = &ev else { continue };
+                if let Some(info) = NodeInfo::from_node(node)
                     && seen.get(&info.name) != Some(&info)
                 {
+                    // A node joining (not the start-up List: the initial sync reads those)
+                    // gets its BpfNode once its agent answers.
+                    if matches!(ev, watcher::Event::Apply(_)) && !seen.contains_key(&info.name) {
+                        ctx.stale_bpfnodes.mark(&info.name);
+                    }
                     seen.insert(info.name.clone(), info);
                     let _ = trigger.try_send(());
                 }
@@ -90,14 +96,56 @@ pub async fn resync_loop(
     }
 }
 
-/// Nodes whose agents can be dialled.
-fn reachable_addrs(nodes: &BTreeMap<String, Arc<Node>>) -> Vec<NodeAddr> {
+/// Nodes whose agents can be dialled: an address, not being deleted, a Ready agent.
+fn reachable_addrs(ctx: &Context, nodes: &BTreeMap<String, Arc<Node>>) -> Vec<NodeAddr> {
     nodes
         .values()
         .filter_map(|n| NodeInfo::from_node(n))
-        .filter(|i| !i.deleting)
+        .filter(|i| !i.deleting && ctx.agents.is_ready(&i.name))
         .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
         .collect()
+}
+
+/// How long marks gather before the marked nodes are read: an Apply to every program of
+/// a node costs one List of it.
+pub const BPFNODE_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Keep every BpfNode following its agent: after each batch of marks (see
+/// [`bpfnode::Stale`]), List each marked node in full and write its BpfNode if it changed.
+/// The periodic resync stays the safety net for what this misses (a failed List).
+pub async fn follow_bpfnodes(ctx: Arc<Context>) {
+    loop {
+        let marked = ctx.stale_bpfnodes.next_batch(BPFNODE_DEBOUNCE).await;
+        let nodes: BTreeMap<String, Arc<Node>> = ctx
+            .nodes
+            .state()
+            .into_iter()
+            .filter(|n| marked.contains(&n.name_any()))
+            .map(|n| (n.name_any(), n))
+            .collect();
+        let addrs = reachable_addrs(&ctx, &nodes);
+        let mut answers = std::pin::pin!(
+            futures::stream::iter(addrs)
+                .map(|n| {
+                    let pool = ctx.pool.clone();
+                    async move {
+                        let r = pool.list_since(&n, 0).await;
+                        (n, r)
+                    }
+                })
+                .buffer_unordered(RESYNC_LISTS_IN_FLIGHT)
+        );
+        while let Some((addr, result)) = answers.next().await {
+            match result {
+                Ok(Listed::Full(list)) => {
+                    ctx.index.record_list(&addr.name, &list);
+                    write_bpfnode(&ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
+                }
+                Ok(Listed::Unchanged(_)) => {}
+                Err(e) => tracing::debug!(node = %addr.name, error = %e, "BpfNode follow: cannot list agent"),
+            }
+        }
+    }
 }
 
 /// Every agent's List, a few at a time, each handled and dropped before the next: a
@@ -129,7 +177,7 @@ pub async fn initial_sync(ctx: &Context) {
         tracing::warn!(error = %e, "cannot list BpfNodes; each is written once");
     }
     let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
-    let addrs = reachable_addrs(&nodes);
+    let addrs = reachable_addrs(ctx, &nodes);
     let total = addrs.len();
     let mut listed = 0;
     let mut stream = std::pin::pin!(lists(ctx, addrs));
@@ -189,7 +237,7 @@ pub async fn resync_once(
     targeted: &mpsc::Sender<ObjectRef<BpfProgram>>,
 ) {
     let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
-    let addrs = reachable_addrs(&nodes);
+    let addrs = reachable_addrs(ctx, &nodes);
     let known: BTreeSet<String> = programs.state().iter().filter_map(|p| p.uid()).collect();
     let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut lists = std::pin::pin!(lists(ctx, addrs));
@@ -230,6 +278,7 @@ pub async fn resync_once(
                     tracing::warn!(node = %addr.name, owner = %name, %uid, "drift: removing a program no BpfProgram claims");
                     ctx.metrics.repaired("remove_unknown");
                     let owner = v1::Owner { uid: uid.clone(), name: name.clone() };
+                    ctx.stale_bpfnodes.mark(&addr.name);
                     match ctx.pool.remove(&addr, owner, ctx.epoch).await {
                         Ok(_) => ctx.index.record_removed(&addr.name, &uid),
                         Err(e) => tracing::warn!(node = %addr.name, error = %e, "drift: remove failed"),
@@ -333,7 +382,7 @@ pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<Bp
             .state()
             .iter()
             .filter_map(|n| NodeInfo::from_node(n))
-            .filter(|i| !i.deleting)
+            .filter(|i| !i.deleting && ctx.agents.is_ready(&i.name))
             .filter_map(|i| i.internal_ip.map(|ip| (i.name.clone(), NodeAddr { name: i.name, ip })))
             .collect();
         if wanted.len() > budget {
@@ -393,6 +442,7 @@ fn apply_event(ctx: &Context, node: &str, ev: &v1::WatchEvent, targeted: &mpsc::
         ctx.index.record_state(node, state)
     };
     if changed {
+        ctx.stale_bpfnodes.mark(node);
         tracing::debug!(node, owner = %owner.name, reason = %ev.reason, "agent reported a change");
         let _ = targeted.try_send(ObjectRef::new(&owner.name));
     }

@@ -27,8 +27,14 @@ pub enum NodeOutcome {
     Pending,
     /// The agent refused or failed the apply.
     Failed { program: Option<String>, reason: String, message: String },
-    /// The agent could not be reached.
+    /// The agent could not be reached (for longer than the grace period).
     Unreachable { message: String },
+    /// The node's agent is not Ready yet, or stopped answering less than the grace
+    /// period ago: the node waits for it (Reconciling), it has not failed.
+    WaitingForAgent { message: String },
+    /// The node runs no agent at all (the agent DaemonSet leaves it out). Counted as
+    /// waiting; it holds nothing up.
+    NoAgent,
 }
 
 /// A problem with the spec itself: no node can run it until it is fixed.
@@ -91,11 +97,15 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
     let total = input.targets.len();
     let mut ready = 0usize;
     let mut pending = 0usize;
+    let mut no_agent = 0usize;
+    let mut waits: Vec<String> = Vec::new();
     let mut failures = Vec::new();
     for node in input.targets {
         match input.outcomes.get(node).unwrap_or(&NodeOutcome::Pending) {
             NodeOutcome::Ready => ready += 1,
             NodeOutcome::Pending => pending += 1,
+            NodeOutcome::NoAgent => no_agent += 1,
+            NodeOutcome::WaitingForAgent { message } => waits.push(format!("{node} ({message})")),
             NodeOutcome::Failed { program, reason, message } => {
                 let retry = input.retries.get(node);
                 failures.push(NodeFailure {
@@ -118,6 +128,21 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         }
     }
     let failed = failures.len();
+    let starting = waits.len();
+    let waiting = starting + no_agent;
+    // Nodes that run (or are about to run) an agent: the ones the program can be on.
+    let active = total - no_agent;
+    let wait_summary = {
+        let mut parts: Vec<String> = waits.iter().take(3).cloned().collect();
+        if starting > parts.len() {
+            parts.push(format!("and {} more", starting - parts.len()));
+        }
+        format!("{starting} node(s) wait for their agent: {}", parts.join("; "))
+    };
+    let no_agent_note = match no_agent {
+        0 => String::new(),
+        n => format!("; {n} selected node(s) run no bpfleet agent"),
+    };
     let rev = input.revision.unwrap_or("-");
     let conditions = if let Some(problem) = input.spec_problem {
         vec![
@@ -131,15 +156,28 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         let summary = summarize(&failures, failed);
         let (ready_ok, ready_reason, ready_msg) = if total == 0 {
             (true, "NoTargetNodes", "no node matches nodeSelector".to_string())
-        } else if ready == total {
-            (true, "AllNodesReady", format!("{ready}/{total} nodes run revision {rev}"))
+        } else if active == 0 {
+            (
+                true,
+                "NoAgents",
+                format!(
+                    "none of the {total} selected node(s) runs a bpfleet agent (see the agent DaemonSet's \
+                     nodeSelector and tolerations)"
+                ),
+            )
+        } else if ready == active {
+            (true, "AllNodesReady", format!("{ready}/{active} nodes run revision {rev}{no_agent_note}"))
         } else if failed > 0 {
             (false, "NodeFailures", format!("{failed}/{total} nodes failed: {summary}"))
+        } else if pending == 0 && starting > 0 {
+            (false, "WaitingForAgents", format!("{ready}/{active} nodes run revision {rev}; {wait_summary}"))
         } else {
-            (false, "Progressing", format!("{ready}/{total} nodes run revision {rev}"))
+            (false, "Progressing", format!("{ready}/{active} nodes run revision {rev}{no_agent_note}"))
         };
         let (prog_ok, prog_reason, prog_msg) = if pending > 0 {
             (true, "Applying", format!("applying revision {rev}: {pending}/{total} nodes pending"))
+        } else if starting > 0 && failed == 0 {
+            (true, "WaitingForAgents", wait_summary.clone())
         } else if failed > 0 {
             (false, "Stalled", format!("revision {rev} settled with {failed} failed nodes"))
         } else {
@@ -168,6 +206,11 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
                 ),
                 condition(STALLED, false, "NoFailures", "no node reports a failure".into(), input),
             )
+        } else if starting > 0 {
+            (
+                condition(RECONCILING, true, "WaitingForAgents", wait_summary.clone(), input),
+                condition(STALLED, false, "NoFailures", "no node reports a failure".into(), input),
+            )
         } else {
             (
                 condition(RECONCILING, false, ready_reason, format!("revision {rev} applied"), input),
@@ -194,6 +237,7 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         target_nodes: total as i32,
         ready_nodes: ready as i32,
         failed_nodes: failed as i32,
+        waiting_nodes: waiting as i32,
         conditions,
         failures,
         // A spec problem computes no rollout: keep the last one (its stable revision,
@@ -512,5 +556,66 @@ mod tests {
             ("True", "RolloutPaused")
         );
         assert_eq!(cond(&s, STALLED).status, "False");
+    }
+
+    #[test]
+    fn nodes_waiting_for_their_agent_reconcile_and_never_stall() {
+        let tg = targets(&["n1", "n2", "n3"]);
+        let waiting = NodeOutcome::WaitingForAgent { message: "agent pod not Ready".into() };
+        let outcomes: BTreeMap<String, NodeOutcome> = [
+            ("n1".to_string(), NodeOutcome::Ready),
+            ("n2".to_string(), waiting),
+            ("n3".to_string(), NodeOutcome::NoAgent),
+        ]
+        .into();
+        let s = compute(&input(&tg, &outcomes, None, 1));
+        assert_eq!((s.target_nodes, s.ready_nodes, s.failed_nodes, s.waiting_nodes), (3, 1, 0, 2));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "WaitingForAgents"));
+        assert!(cond(&s, READY).message.contains("n2 (agent pod not Ready)"), "{}", cond(&s, READY).message);
+        assert_eq!(cond(&s, RECONCILING).status, "True");
+        assert_eq!(cond(&s, STALLED).status, "False", "waiting is not a failure");
+        assert_eq!(cond(&s, DEGRADED).status, "False");
+        assert!(s.failures.is_empty());
+
+        // n2's agent is Ready and runs it; n3 still runs no agent: Ready, with a note.
+        let outcomes: BTreeMap<String, NodeOutcome> = [
+            ("n1".to_string(), NodeOutcome::Ready),
+            ("n2".to_string(), NodeOutcome::Ready),
+            ("n3".to_string(), NodeOutcome::NoAgent),
+        ]
+        .into();
+        let s = compute(&input(&tg, &outcomes, None, 2));
+        assert_eq!((s.ready_nodes, s.waiting_nodes), (2, 1));
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(
+            cond(&s, READY).message,
+            "2/2 nodes run revision 5f1c2a0000000000; 1 selected node(s) run no bpfleet agent"
+        );
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        assert_eq!(cond(&s, STALLED).status, "False");
+    }
+
+    #[test]
+    fn selected_nodes_without_any_agent_hold_nothing_up() {
+        let tg = targets(&["n1"]);
+        let outcomes: BTreeMap<String, NodeOutcome> = [("n1".to_string(), NodeOutcome::NoAgent)].into();
+        let s = compute(&input(&tg, &outcomes, None, 1));
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("True", "NoAgents"));
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        assert_eq!(s.waiting_nodes, 1);
+    }
+
+    #[test]
+    fn a_failure_beside_a_waiting_node_is_still_stalled() {
+        let tg = targets(&["n1", "n2"]);
+        let outcomes: BTreeMap<String, NodeOutcome> = [
+            ("n1".to_string(), failed("VerifierRejected", "R1 invalid mem access")),
+            ("n2".to_string(), NodeOutcome::WaitingForAgent { message: "starting".into() }),
+        ]
+        .into();
+        let s = compute(&input(&tg, &outcomes, None, 1));
+        assert_eq!(cond(&s, STALLED).status, "True");
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        assert_eq!((s.failed_nodes, s.waiting_nodes), (1, 1));
     }
 }

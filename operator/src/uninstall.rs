@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use crds::BpfProgram;
+use crds::{BpfNode, BpfProgram};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::controller::FINALIZER;
 
 pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Result<()> {
-    let api: Api<BpfProgram> = Api::all(client);
+    let api: Api<BpfProgram> = Api::all(client.clone());
     let all = api.list(&ListParams::default()).await?;
     tracing::info!(count = all.items.len(), "deleting every BpfProgram");
     for p in &all.items {
@@ -29,7 +29,7 @@ pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Resu
         let left = api.list(&ListParams::default()).await?.items;
         if left.is_empty() {
             tracing::info!("every BpfProgram is gone: all nodes unloaded them");
-            return Ok(());
+            return delete_bpfnodes(&client).await;
         }
         if Instant::now() >= deadline {
             let why: Vec<String> = left
@@ -60,8 +60,24 @@ pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Resu
                 tracing::warn!(program = %p.name_any(), "finalizer released by --force");
             }
             tracing::warn!(blocked = ?why, "forced: these nodes may still run programs; see docs/install.md");
-            return Ok(());
+            return delete_bpfnodes(&client).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Every BpfNode goes with the operator that writes them: none is left claiming
+/// programs that are gone (the Node owns each, but a Node outlives an uninstall).
+async fn delete_bpfnodes(client: &Client) -> anyhow::Result<()> {
+    let api: Api<BpfNode> = Api::all(client.clone());
+    let all = api.list(&ListParams::default()).await?;
+    for b in &all.items {
+        match api.delete(&b.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(count = all.items.len(), "BpfNodes deleted");
+    Ok(())
 }

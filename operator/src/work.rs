@@ -11,11 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crds::BpfProgram;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::agents::{self, Agents};
 use crate::bytecode::{self, BytecodeCache};
 use crate::controller::{self, Context};
 use crate::dispatch::AgentPool;
@@ -38,6 +42,11 @@ pub struct WorkConfig {
     pub history_namespace: String,
     /// Registries, pull secrets and the signature policy of `bytecode.image`.
     pub images: crate::image::ImageConfig,
+    /// Label selector of the agent pods in `history_namespace` (the operator's own):
+    /// where agents run. `None`: every node is taken to run one (agents started by hand).
+    pub agent_pod_selector: Option<String>,
+    /// How long a Ready agent may go unanswered before its node counts as failed.
+    pub unreachable_grace: Duration,
 }
 
 impl Default for WorkConfig {
@@ -49,6 +58,8 @@ impl Default for WorkConfig {
             reconcile_concurrency: 16,
             history_namespace: "bpfleet-system".into(),
             images: crate::image::ImageConfig { namespace: "bpfleet-system".into(), ..Default::default() },
+            agent_pod_selector: None,
+            unreachable_grace: crate::controller::DEFAULT_UNREACHABLE_GRACE,
         }
     }
 }
@@ -76,6 +87,10 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()));
     ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
     ctx.images = Some(crate::image::Images::new(client.clone(), cfg.images.clone()));
+    ctx.unreachable_grace = cfg.unreachable_grace;
+    if cfg.agent_pod_selector.is_some() {
+        ctx.agents = Arc::new(Agents::tracked());
+    }
     let ctx = Arc::new(ctx);
 
     let programs = Controller::new(
@@ -87,10 +102,42 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     let (trigger_tx, trigger_rx) = mpsc::channel(1);
     let (targeted_tx, targeted_rx) = mpsc::channel(1024);
 
+    // Agent pods: a node whose agent turns Ready is read and sent its programs at once
+    // (a fresh connection: no backoff left from before it listened); one whose agent
+    // stops being Ready waits for it.
+    let (agent_pods, watch_agent_pods): (Option<Store<Pod>>, BoxFuture<'static, ()>) = match &cfg.agent_pod_selector {
+        Some(selector) => {
+            let c = ctx.clone();
+            let trigger = trigger_tx.clone();
+            let (store, run) = agents::watch(
+                client.clone(),
+                &cfg.history_namespace,
+                selector,
+                ctx.agents.clone(),
+                move |became_ready, lost| {
+                    for node in &became_ready {
+                        c.pool.forget(node);
+                        c.stale_bpfnodes.mark(node);
+                    }
+                    if !became_ready.is_empty() || !lost.is_empty() {
+                        let _ = trigger.try_send(());
+                    }
+                },
+            );
+            (Some(store), Box::pin(run))
+        }
+        None => (None, Box::pin(std::future::pending())),
+    };
+
     let decide = {
         let (ctx, targeted_tx, program_store) = (ctx.clone(), targeted_tx.clone(), program_store.clone());
         async move {
             if ctx.nodes.wait_until_ready().await.is_err() || config_maps.wait_until_ready().await.is_err() {
+                return;
+            }
+            if let Some(pods) = &agent_pods
+                && pods.wait_until_ready().await.is_err()
+            {
                 return;
             }
             resync::initial_sync(&ctx).await;
@@ -105,6 +152,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
                     std::future::pending(),
                 ),
                 resync::watch_agents(ctx.clone(), targeted_tx.clone()),
+                resync::follow_bpfnodes(ctx.clone()),
                 resync::resync_loop(ctx.clone(), program_store, cfg.resync_every, targeted_tx),
             );
         }
@@ -112,6 +160,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     futures::join!(
         resync::watch_nodes(ctx.clone(), node_writer, trigger_tx),
         bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx),
+        watch_agent_pods,
         decide,
     );
 }

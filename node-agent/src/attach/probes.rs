@@ -92,15 +92,11 @@ pub(super) fn attach(
             up.load().map_err(load_error(name, t))?;
             let id = pin_loaded!(up, name, pin);
             let hook = uprobe_hook(probe);
-            if !probe.target.exists() {
-                return Err(AgentError::for_program(
-                    Reason::TargetNotFound,
-                    name.as_str(),
-                    format!("uprobe target {} does not exist on this node", probe.target.display()),
-                ));
-            }
+            // The node's file, resolved inside the host root; aya and the kernel get
+            // the open file itself, so nothing can swap it between check and attach.
+            let target = open_target(probe).map_err(|e| AgentError { program: Some(name.to_string()), ..e })?;
             let (location, scope) = uprobe_place(probe);
-            let lid = up.attach(location, &probe.target, scope).map_err(|e| match &e {
+            let lid = up.attach(location, target.fd_path(), scope).map_err(|e| match &e {
                 aya::programs::ProgramError::UProbeError(
                     UProbeError::SymbolError { .. } | UProbeError::InvalidTarget { .. },
                 ) => AgentError::for_program(
@@ -158,6 +154,12 @@ pub(super) fn uprobe_place(p: &UprobeTarget) -> (UProbeAttachLocation<'_>, UProb
         None => UProbeScope::AllProcesses,
     };
     (location, scope)
+}
+
+/// The uprobe's target file on the node (see `hostfs`), open for as long as the caller
+/// attaches through [`crate::hostfs::NodeFile::fd_path`].
+pub(super) fn open_target(p: &UprobeTarget) -> Result<crate::hostfs::NodeFile> {
+    crate::hostfs::host_root().open(&p.target, crate::hostfs::Use::UprobeTarget)
 }
 
 /// `target:symbol+offset`, for records and messages.

@@ -110,7 +110,8 @@ pub fn reattach(
             let mut up = UProbe::from_pin(&program.pin, kind).map_err(|e| fail(&hook, &e))?;
             let (location, scope) = super::probes::uprobe_place(probe);
             let path = pin_at(link_pin)?;
-            let lid = up.attach(location, &probe.target, scope).map_err(|e| fail(&hook, &e))?;
+            let target = super::probes::open_target(probe).map_err(|e| fail(&hook, &e))?;
+            let lid = up.attach(location, target.fd_path(), scope).map_err(|e| fail(&hook, &e))?;
             let id = keep_link(name, up.take_link(lid).map_err(|e| fail(&hook, &e))?, &path)?;
             Ok(record(hook, id, LinkKind::Pinned { path }))
         }

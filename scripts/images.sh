@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Build the two images the chart names, from docker/*.Dockerfile, pulling nothing:
+# bpfleet-operator and bpfleet-agent are each one static binary (crt-static on the gnu
+# target) FROM scratch, with the host's CA roots and a passwd naming uid 65532.
+#
+#   scripts/images.sh [--version V] [--repo PREFIX] [--load] [--push] [--out DIR]
+#
+#   --version V     image tag (default: the chart's appVersion)
+#   --repo PREFIX   image names are PREFIX/bpfleet-operator and PREFIX/bpfleet-agent
+#                   (default: ghcr.io/bpfleet, as the chart's values)
+#   --load          import both into containerd's k8s.io namespace (`ctr images import`),
+#                   for a cluster on this machine (imagePullPolicy Never or IfNotPresent)
+#   --push          push both to PREFIX (log in first: `buildah login` / `docker login`);
+#                   the release workflow does this, nobody else
+#   --out DIR       where the docker-archive tarballs go (default: target/images)
+#
+# Builds with buildah (Debian's `buildah`, vfs storage, no daemon) or with docker when a
+# docker daemon answers. Prints each image's size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/bpfleet/Chart.yaml)
+repo=ghcr.io/bpfleet
+load=0
+push=0
+out=target/images
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --version) version=$2; shift 2 ;;
+        --repo) repo=$2; shift 2 ;;
+        --load) load=1; shift ;;
+        --push) push=1; shift ;;
+        --out) out=$2; shift 2 ;;
+        *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+[ -n "$version" ] || { echo "no version: pass --version" >&2; exit 2; }
+
+have() { command -v "$1" >/dev/null 2>&1; }
+if have docker && docker info >/dev/null 2>&1; then
+    tool=docker
+else
+    if ! have buildah; then
+        echo "installing buildah"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null
+    fi
+    tool=buildah
+fi
+
+# Static binaries: crt-static applies to the target only with an explicit --target (build
+# scripts and proc macros stay dynamic host programs).
+host=$(rustc -vV | sed -n 's/^host: //p')
+echo "== static release binaries ($host, crt-static)"
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$host" \
+    -p operator --bin bpfleet-operator -p node-agent --bin bpfleet-agent
+bin=target/$host/release
+
+mkdir -p "$out"
+for name in operator agent; do
+    exe=$bin/bpfleet-$name
+    if ldd "$exe" >/dev/null 2>&1; then
+        echo "$exe is dynamically linked; the image FROM scratch needs a static binary" >&2
+        exit 1
+    fi
+    ctx=$out/context-$name
+    rm -rf "$ctx"
+    mkdir -p "$ctx"
+    strip -o "$ctx/bpfleet-$name" "$exe"
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
+    printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$ctx/passwd"
+    printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/group"
+    image=$repo/bpfleet-$name:$version
+    archive=$out/bpfleet-$name-$version.tar
+    echo "== $image ($tool)"
+    rm -f "$archive"
+    if [ $tool = docker ]; then
+        docker build -q -f docker/$name.Dockerfile -t "$image" "$ctx" >/dev/null
+        docker save -o "$archive" "$image"
+        [ $push = 1 ] && docker push "$image"
+    else
+        buildah --storage-driver vfs bud --quiet --layers=false -f docker/$name.Dockerfile -t "$image" "$ctx" >/dev/null
+        buildah --storage-driver vfs push --quiet "$image" "docker-archive:$archive:$image"
+        [ $push = 1 ] && buildah --storage-driver vfs push "$image" "docker://$image"
+        buildah --storage-driver vfs rmi "$image" >/dev/null
+    fi
+    mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
+    echo "   binary $(mb "$ctx/bpfleet-$name"), image $(mb "$archive") uncompressed: $archive"
+    if [ $load = 1 ]; then
+        ctr -n k8s.io images import "$archive" >/dev/null
+        echo "   imported into containerd (k8s.io)"
+    fi
+done
