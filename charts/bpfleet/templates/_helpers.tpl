@@ -33,6 +33,22 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq .Values.tls.mode "secret" -}}{{ .Values.tls.existingSecrets.operator }}{{- else -}}{{ .Release.Name }}-operator-tls{{- end -}}
 {{- end -}}
 
+{{- /*
+  The Certificates' issuerRef, as the user gave it: any kind and group, so external
+  issuers (AWSPCAClusterIssuer, OriginIssuer, ...) work. An empty kind or group is left
+  out and cert-manager's default applies (Issuer, cert-manager.io).
+*/}}
+{{- define "bpfleet.certManager.issuerRef" -}}
+{{- $ref := .Values.tls.certManager.issuerRef -}}
+name: {{ required "tls.certManager.issuerRef.name is required with tls.mode=certManager" $ref.name | quote }}
+{{- with $ref.kind }}
+kind: {{ . | quote }}
+{{- end }}
+{{- with $ref.group }}
+group: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "bpfleet.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:

@@ -129,13 +129,21 @@ fn operator_rbac_is_least_privilege() {
     // Secrets are never readable by the operator.
     assert!(!text.contains("secrets"));
     let lease = named(&docs, "Role", "bpfleet-operator-lease");
-    assert_eq!(lease["rules"][0]["resources"][0], "leases");
+    // Rules found by resource, so a new rule does not shift what is checked.
+    let rule = |resource: &str| -> &Value {
+        lease["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"][0] == resource)
+            .unwrap_or_else(|| panic!("the operator's namespaced Role has no rule for {resource}"))
+    };
+    rule("leases");
     // Revision history, in the release namespace only; never cluster-wide.
-    assert_eq!(lease["rules"][1]["resources"][0], "controllerrevisions");
+    rule("controllerrevisions");
     assert!(!text.contains("controllerrevisions"));
     // Pull secrets and the signature policy: get, in the release namespace only.
-    assert_eq!(lease["rules"][2]["resources"][0], "secrets");
-    assert_eq!(lease["rules"][2]["verbs"], serde_json::json!(["get"]));
+    assert_eq!(rule("secrets")["verbs"], serde_json::json!(["get"]));
 }
 
 #[test]
