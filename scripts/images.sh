@@ -59,8 +59,8 @@ bin=target/$host/release
 mkdir -p "$out"
 for name in operator agent; do
     exe=$bin/bpfleet-$name
-    if ldd "$exe" >/dev/null 2>&1; then
-        echo "$exe is dynamically linked; the image FROM scratch needs a static binary" >&2
+    if readelf -d "$exe" | grep -q NEEDED; then
+        echo "$exe needs shared libraries; the image FROM scratch needs a static binary" >&2
         exit 1
     fi
     ctx=$out/context-$name

@@ -10,12 +10,14 @@
 //! - [`kernel`]: what bpftool, ip and bpffs say;
 //! - [`gate::ApplyGate`]: how many nodes are between revisions at once, from the agents;
 //! - [`convergence`]: does every node run exactly what is desired, leaking nothing;
+//! - [`installed`]: a whole cluster with the chart installed by Helm (cluster mode);
 //! - [`rng::Rng`]: seeded choices, so a trial replays from its printed seed.
 
 pub mod cluster;
 pub mod convergence;
 pub mod env;
 pub mod gate;
+pub mod installed;
 pub mod kernel;
 pub mod node;
 pub mod operator;

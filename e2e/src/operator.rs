@@ -11,6 +11,9 @@ use anyhow::{Context as _, bail};
 
 use crate::util;
 
+/// `--agent-unreachable-grace-seconds` of the operators the scenarios start.
+pub const UNREACHABLE_GRACE_SECONDS: u64 = 8;
+
 pub struct Operator {
     child: Option<Child>,
     pub log: PathBuf,
@@ -79,6 +82,9 @@ impl Operator {
             .arg(cfg.resync_seconds.to_string())
             .arg("--call-timeout-seconds")
             .arg("15")
+            // Short, so scenarios see an agent that stops answering wait, then fail.
+            .arg("--agent-unreachable-grace-seconds")
+            .arg(UNREACHABLE_GRACE_SECONDS.to_string())
             .arg("--identity")
             .arg(&cfg.identity)
             .args(&cfg.extra_args)

@@ -219,7 +219,20 @@ fn agent_killed_and_restarted_degrades_then_recovers_without_duplicates() {
     assert_xdp_is(env.node(a), "eth0", id);
     counter_grows(env.node(a), &pin, 5, 1);
 
-    // Status degrades: node a unreachable, node b unaffected.
+    // First node a waits for its agent (within the operator's grace period): not a
+    // failure, nothing Stalled.
+    env.wait_program(&xdp, "node a waiting for its agent", DEGRADE_TIMEOUT, |p| {
+        let s = current_status(p)?;
+        if (s.target_nodes, s.ready_nodes, s.failed_nodes, s.waiting_nodes) != (2, 1, 0, 1) {
+            return Err(format!(
+                "want targets/ready/failed/waiting 2/1/0/1, have {}/{}/{}/{}",
+                s.target_nodes, s.ready_nodes, s.failed_nodes, s.waiting_nodes
+            ));
+        }
+        has_condition(p, "Reconciling", "True")?;
+        has_condition(p, "Stalled", "False")
+    });
+    // After the grace period: node a unreachable (a failure), node b unaffected.
     let p = env.wait_program(&xdp, "node a reported unreachable", DEGRADE_TIMEOUT, |p| {
         let s = current_status(p)?;
         let f = s.failures.iter().find(|f| f.node == a_name).ok_or("node a is not among the failures")?;

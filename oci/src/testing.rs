@@ -43,11 +43,21 @@ impl Registry {
     /// Start a registry; with `user` it serves TLS (a fresh self-signed certificate) and
     /// requires htpasswd (bcrypt) Basic auth.
     pub fn start(user: Option<(&str, &str)>) -> Registry {
+        Self::start_at("127.0.0.1", &[], user)
+    }
+
+    /// A TLS registry listening on `ip` whose certificate also names `names` (a host name
+    /// a pod is given through /etc/hosts, say), without auth.
+    pub fn start_tls_at(ip: &str, names: &[&str]) -> Registry {
+        Self::start_at(ip, names, Some(("", "")))
+    }
+
+    fn start_at(ip: &str, names: &[&str], user: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("storage");
         std::fs::create_dir_all(&root).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let host = format!("127.0.0.1:{port}");
+        let port = TcpListener::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port();
+        let host = format!("{ip}:{port}");
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
@@ -55,22 +65,23 @@ impl Registry {
             root.display()
         );
         let mut ca_pem = None;
-        if let Some((u, p)) = user {
-            let cert =
-                rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        if user.is_some() {
+            let mut sans = vec![ip.to_string(), "127.0.0.1".to_string(), "localhost".to_string()];
+            sans.extend(names.iter().map(|n| n.to_string()));
+            sans.dedup();
+            let cert = rcgen::generate_simple_self_signed(sans).unwrap();
             let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
             std::fs::write(&crt, cert.cert.pem()).unwrap();
             std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
             ca_pem = Some(cert.cert.pem().into_bytes());
+            config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", crt.display(), key.display()));
+        }
+        if let Some((u, p)) = user.filter(|(u, _)| !u.is_empty()) {
             let htpasswd = dir.path().join("htpasswd");
             let out = Command::new("htpasswd").args(["-B", "-b", "-c"]).arg(&htpasswd).args([u, p]).output().unwrap();
             assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
-            config.push_str(&format!(
-                "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: bpfleet-test\n    path: {}\n",
-                crt.display(),
-                key.display(),
-                htpasswd.display()
-            ));
+            config
+                .push_str(&format!("auth:\n  htpasswd:\n    realm: bpfleet-test\n    path: {}\n", htpasswd.display()));
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
