@@ -144,6 +144,37 @@ fn operator_rbac_is_least_privilege() {
     assert!(!text.contains("controllerrevisions"));
     // Pull secrets and the signature policy: get, in the release namespace only.
     assert_eq!(rule("secrets")["verbs"], serde_json::json!(["get"]));
+    // Where agents run: their pods, read only, in the release namespace only.
+    assert_eq!(rule("pods")["verbs"], serde_json::json!(["get", "list", "watch"]));
+    assert!(!text.contains("\"pods\""), "pods are never readable cluster-wide");
+}
+
+#[test]
+fn the_operator_is_told_where_agents_run_and_the_agent_sees_the_node_root() {
+    let docs = render(&[], &[]);
+    let deploy = named(&docs, "Deployment", "bpfleet-operator");
+    let args = deploy["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--agent-pod-selector=app.kubernetes.io/name=bpfleet-agent,app.kubernetes.io/instance=bpfleet"),
+        "{args}"
+    );
+    assert!(args.contains("--agent-unreachable-grace-seconds=60"), "{args}");
+    let ds = named(&docs, "DaemonSet", "bpfleet-agent");
+    let spec = &ds["spec"]["template"]["spec"];
+    // The selector the operator uses matches the agent pods' labels.
+    let labels = &ds["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["app.kubernetes.io/name"], "bpfleet-agent");
+    assert_eq!(labels["app.kubernetes.io/instance"], "bpfleet");
+    let agent = &spec["containers"][0];
+    assert!(agent["args"].to_string().contains("--host-root=/host"));
+    let mount = agent["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "host-root").unwrap();
+    assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some("/host"), Some(true)));
+    let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "host-root").unwrap();
+    assert_eq!(vol["hostPath"]["path"], "/");
+    // No shell in the image: the init container is the agent's own subcommand.
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["args"], serde_json::json!(["mount-bpffs", "/sys/fs/bpf"]));
+    assert!(init["command"].is_null());
 }
 
 #[test]
