@@ -42,7 +42,8 @@ if have docker && docker info >/dev/null 2>&1; then
 else
     if ! have buildah; then
         echo "installing buildah"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah >/dev/null
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends buildah >/dev/null
     fi
     tool=buildah
 fi

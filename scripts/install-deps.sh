@@ -20,6 +20,8 @@ have npm || need+=(npm)
 have docker-registry || need+=(docker-registry)
 have skopeo || need+=(skopeo)
 have htpasswd || need+=(apache2-utils)
+# The images (scripts/images.sh): buildah builds them without a daemon.
+have buildah || need+=(buildah)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the examples, and every test (unit, schema,
 # gRPC + mTLS, and the agent's kernel tests, which need root), and the Helm chart
-# (linted and rendered; helm comes from the npm registry). Tests that need a
+# (linted and rendered; helm comes from the npm registry), and the two images. Tests that need a
 # Kubernetes API server (e2e/) skip with one line unless KUBECONFIG is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +22,7 @@ echo "== examples"
 bash examples/build.sh
 echo "== cargo test"
 cargo test --workspace --locked
+# The images the chart names: static binaries FROM scratch, built with buildah, nothing
+# pulled (the cluster e2e also loads and runs them; here they are built and checked).
+echo "== images"
+bash scripts/images.sh --version ci --repo bpfleet.local --out target/images-ci

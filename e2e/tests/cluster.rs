@@ -13,7 +13,10 @@
 //!    link ids, every packet counted;
 //! 4. `helm upgrade` to newly built images: nothing re-attached, no revision changed;
 //! 5. `helm uninstall`: nothing left in the kernel, bpffs or the API (the CRDs and the
-//!    namespace's kept CA Secret aside, as docs/install.md says).
+//!    namespace's kept CA Secret aside, as docs/install.md says);
+//! 6. the uninstall order under Argo CD (no Helm hooks): bpfleet removed first leaves a
+//!    BpfProgram held by its finalizer until a reinstall releases it; the documented
+//!    order leaves nothing.
 //!
 //! Needs `KUBECONFIG` of a cluster whose node is this machine (`../shared/cluster-kit`
 //! starts one); skips with one line otherwise.
@@ -289,6 +292,60 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     );
     eprintln!("step 2: every example counts (XDP, TC, global data, image, tracepoint, uprobe on the host's bash)");
 
+    // 2b. Selected nodes without a Ready agent wait for it; they never fail the program.
+    //    `windows`: the agent DaemonSet (nodeSelector kubernetes.io/os=linux) puts no pod
+    //    there. `joining`: it does, but no kubelet ever starts it. Their addresses are
+    //    loopback ones nothing listens on.
+    c.kubectl(&["label", "--overwrite", "node", &node, "bpfe2e/role=agents"]).unwrap();
+    let fake_node = |name: &str, os: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/os: {os}, bpfe2e/role: agents}}\n\
+             status:\n  addresses: [{{type: InternalIP, address: \"{ip}\"}}]\n"
+        )
+    };
+    let waiting_program = "apiVersion: bpfleet.dev/v1alpha1\nkind: BpfProgram\nmetadata: {name: waits}\nspec:\n  \
+         nodeSelector: {matchLabels: {bpfe2e/role: agents}}\n  bytecode:\n    configMap: {name: tracepoint-openat-bytecode, \
+         namespace: bpfleet-system, key: tracepoint_openat.o}\n  programs:\n    - name: count_openat\n      \
+         type: Tracepoint\n      tracepoint: {names: [syscalls/sys_enter_openat]}\n";
+    c.apply(&fake_node("bpfe2e-windows", "windows", "127.0.9.1")).unwrap();
+    c.apply(waiting_program).unwrap();
+    let conditions = |p: &Value| -> BTreeMap<String, String> {
+        p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| (c["type"].as_str().unwrap_or("").to_string(), c["status"].as_str().unwrap_or("").to_string()))
+            .collect()
+    };
+    let counts = |p: &Value| {
+        let st = &p["status"];
+        [&st["targetNodes"], &st["readyNodes"], &st["failedNodes"], &st["waitingNodes"]]
+            .map(|v| v.as_i64().unwrap_or(0))
+    };
+    wait_for(Duration::from_secs(30), "waits: Ready on the node with an agent, the one without counted apart", || {
+        let p = c.program("waits").map_err(|e| e.to_string())?.ok_or("absent")?;
+        let (cs, n) = (conditions(&p), counts(&p));
+        (n == [2, 1, 0, 1] && cs["Ready"] == "True" && cs["Stalled"] == "False")
+            .then_some(())
+            .ok_or(format!("targets/ready/failed/waiting {n:?}, conditions {cs:?}"))
+    });
+    c.apply(&fake_node("bpfe2e-joining", "linux", "127.0.9.2")).unwrap();
+    wait_for(Duration::from_secs(60), "waits: Reconciling for the joining node, never Stalled", || {
+        let p = c.program("waits").map_err(|e| e.to_string())?.ok_or("absent")?;
+        let (cs, n) = (conditions(&p), counts(&p));
+        (n == [3, 1, 0, 2] && cs["Reconciling"] == "True" && cs["Stalled"] == "False" && cs["Ready"] == "False")
+            .then_some(())
+            .ok_or(format!("targets/ready/failed/waiting {n:?}, conditions {cs:?}"))
+    });
+    c.kubectl(&["delete", "node", "bpfe2e-joining", "bpfe2e-windows"]).unwrap();
+    wait_for(Duration::from_secs(30), "waits: Ready once the nodes without agents are gone", || {
+        let p = c.program("waits").map_err(|e| e.to_string())?.ok_or("absent")?;
+        (counts(&p) == [1, 1, 0, 0]).then_some(()).ok_or(format!("{:?}", counts(&p)))
+    });
+    c.kubectl(&["delete", "bpfprogram", "waits", "--wait=true", "--timeout=60s"]).unwrap();
+    c.kubectl(&["label", "node", &node, "bpfe2e/role-"]).unwrap();
+    eprintln!("step 2b: a node without an agent and a joining node wait (counted apart), nothing Stalled");
+
     // 3. Agent and operator pods restarted while packets flow.
     let ids: BTreeMap<&str, BTreeMap<u64, Vec<u64>>> = names.iter().map(|n| (*n, attachments(&c, &node, n))).collect();
     let revisions: BTreeMap<&str, String> = names.iter().map(|n| (*n, status_revision(&c, n))).collect();
@@ -316,8 +373,14 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     let t = Instant::now();
     c.kubectl(&["-n", NAMESPACE, "delete", "pod", "-l", "app.kubernetes.io/name=bpfleet-agent", "--wait=true"])
         .unwrap();
+    // Created while the node has no Ready agent: it waits, and runs as soon as the new
+    // agent is Ready (not at the next resync, 300 s away here).
+    c.apply(&manifest(&EXAMPLES[2], &links).replace("name: tracepoint-openat\n", "name: late\n")).unwrap();
     c.wait_workloads().unwrap();
     let agent_back = t.elapsed();
+    let late = wait_ready(&c, "late");
+    assert!(late < Duration::from_secs(10), "a program waiting for its agent ran {late:?} after the agent was Ready");
+    c.kubectl(&["delete", "bpfprogram", "late", "--wait=true", "--timeout=60s"]).unwrap();
     let t = Instant::now();
     c.kubectl(&["-n", NAMESPACE, "delete", "pod", "-l", "app.kubernetes.io/name=bpfleet-operator", "--wait=true"])
         .unwrap();
@@ -336,7 +399,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
         assert_eq!(status_revision(&c, name), revisions[name]);
     }
     eprintln!(
-        "step 3: agent pod back in {agent_back:.0?}, operator pods in {operator_back:.0?}; {sent} frames sent, {sent} counted; ids unchanged"
+        "step 3: agent pod back in {agent_back:.0?} (a program created meanwhile Ready {late:.1?} after it), operator pods in {operator_back:.0?}; {sent} frames sent, {sent} counted; ids unchanged"
     );
 
     // 4. helm upgrade to newly built images: nothing re-attached.
@@ -389,6 +452,52 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     assert_eq!(c.kubectl(&["get", "bpfnodes", "-o", "name"]).unwrap().trim(), "", "BpfNodes left claiming programs");
     let pods = c.pods("").unwrap();
     assert!(pods.is_empty(), "pods left: {pods:?}");
+
+    // 6. Argo CD deletes without Helm's pre-delete hook (docs/install.md, "Uninstalling
+    //    under Argo CD"). In the wrong order — bpfleet first — a BpfProgram keeps its
+    //    finalizer and its program keeps running; reinstalling releases it and unloads
+    //    the program. In the documented order nothing is left.
+    let xdp = &EXAMPLES[0];
+    let xdp_id = |c: &Installed| *attachments(c, &node, xdp.name).keys().next().unwrap();
+    c.install(&v2, &sets).unwrap();
+    c.apply(&manifest(xdp, &links)).unwrap();
+    wait_ready(&c, xdp.name);
+    wait_for(Duration::from_secs(5), "BpfNode lists xdp-counter", || {
+        c.node_program(&node, xdp.name).map_err(|e| e.to_string())?.map(|_| ()).ok_or("not yet".to_string())
+    });
+    let id = xdp_id(&c);
+    c.helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks", "--wait", "--timeout", "2m"]).unwrap();
+    c.kubectl(&["delete", "bpfprogram", xdp.name, "--wait=false"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let stuck = c.program(xdp.name).unwrap().expect("held by its finalizer with no operator to release it");
+    assert!(!stuck["metadata"]["deletionTimestamp"].is_null());
+    assert!(e2e::kernel::program_exists(id), "pinned, the program outlives its agent");
+    c.install(&v2, &sets).unwrap();
+    wait_for(Duration::from_secs(60), "the reinstalled operator releases xdp-counter", || {
+        match c.program(xdp.name).map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(p) => Err(format!("still there: {}", p["status"]["conditions"])),
+        }
+    });
+    assert!(!e2e::kernel::program_exists(id), "program {id} still loaded after the operator released it");
+    eprintln!(
+        "step 6: bpfleet removed before its programs: xdp-counter held by its finalizer, released by a reinstall"
+    );
+
+    c.apply(&manifest(xdp, &links)).unwrap();
+    wait_ready(&c, xdp.name);
+    wait_for(Duration::from_secs(5), "BpfNode lists xdp-counter", || {
+        c.node_program(&node, xdp.name).map_err(|e| e.to_string())?.map(|_| ()).ok_or("not yet".to_string())
+    });
+    let id = xdp_id(&c);
+    c.kubectl(&["delete", "bpfprograms", "--all", "--wait", "--timeout=2m"]).unwrap();
+    assert!(!e2e::kernel::program_exists(id));
+    c.helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks", "--wait", "--timeout", "2m"]).unwrap();
+    c.kubectl(&["delete", "bpfnodes", "--all"]).unwrap();
+    assert!(e2e::kernel::pins_under(std::path::Path::new("/sys/fs/bpf/bpfleet")).is_empty());
+    assert_eq!(c.kubectl(&["get", "bpfnodes,bpfprograms", "-o", "name"]).unwrap().trim(), "");
+    eprintln!("step 6: in the documented order (programs, then bpfleet, then BpfNodes) nothing is left");
+
     sh_quiet(&format!("rm -f {}", ca_file.display()));
     eprintln!("{TEST}: passed in {:.0?}", started.elapsed());
 }

@@ -67,7 +67,7 @@ impl Agents {
         let Some(nodes) = &self.nodes else { return Default::default() };
         let mut now: BTreeMap<String, bool> = BTreeMap::new();
         for pod in pods {
-            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+            let Some(node) = pod_node(pod) else { continue };
             if pod.metadata.deletion_timestamp.is_some() {
                 // A terminating agent still holds the node (not Absent), but takes no work.
                 now.entry(node).or_insert(false);
@@ -85,6 +85,28 @@ impl Agents {
         *map = now;
         (became, lost)
     }
+}
+
+/// The node an agent pod runs on, or is meant for: a DaemonSet pod names its node in a
+/// node affinity on `metadata.name` and gets `spec.nodeName` only once scheduled (a
+/// node that cannot take it yet still has an agent coming).
+pub fn pod_node(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(n) = &spec.node_name {
+        return Some(n.clone());
+    }
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms.iter().flat_map(|t| t.match_fields.iter().flatten()).find_map(|f| {
+        let one = f.values.as_deref().filter(|v| v.len() == 1)?;
+        (f.key == "metadata.name" && f.operator == "In").then(|| one[0].clone())
+    })
 }
 
 /// A pod is Ready when its `Ready` condition is True (kubelet: every readiness probe
@@ -184,6 +206,37 @@ mod tests {
         let (_, lost) = a.update([pod("n1", true)].iter());
         assert_eq!(lost, set(&["n2"]));
         assert_eq!(a.state("n2"), AgentState::Absent);
+    }
+
+    #[test]
+    fn an_unscheduled_daemonset_pod_names_its_node_by_affinity() {
+        use k8s_openapi::api::core::v1::{
+            Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+        };
+        let mut p = pod("x", false);
+        p.spec = Some(PodSpec {
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_fields: Some(vec![NodeSelectorRequirement {
+                                key: "metadata.name".into(),
+                                operator: "In".into(),
+                                values: Some(vec!["joining".into()]),
+                            }]),
+                            ..Default::default()
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(pod_node(&p).as_deref(), Some("joining"));
+        let a = Agents::tracked();
+        a.update([p].iter());
+        assert_eq!(a.state("joining"), AgentState::Starting, "its agent is coming: the node waits for it");
     }
 
     #[test]
