@@ -21,6 +21,11 @@ struct Args {
     /// `bytecode.path` and uprobe targets name files of the node and are resolved inside it.
     #[arg(long, env = "BPFLEET_HOST_ROOT", default_value = "/")]
     host_root: PathBuf,
+    /// Admit a node path (`bytecode.path`, uprobe target) only when the file it resolves
+    /// to (symlinks followed, inside the host root) lies under this node directory.
+    /// Repeatable; unset admits any regular file. E.g. `--allowed-path-prefix /opt/bpf`.
+    #[arg(long = "allowed-path-prefix", env = "BPFLEET_ALLOWED_PATH_PREFIXES", value_delimiter = ',')]
+    allowed_path_prefixes: Vec<PathBuf>,
     /// This node's name, as in its Node object.
     #[arg(long, env = "BPFLEET_NODE_NAME")]
     node_name: Option<String>,
@@ -84,7 +89,11 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), mounted, "bpffs {}", if mounted { "mounted" } else { "already mounted" });
         return Ok(());
     }
-    agent::hostfs::set_host_root(&args.host_root)?;
+    agent::hostfs::configure(&args.host_root, &args.allowed_path_prefixes)?;
+    if !args.allowed_path_prefixes.is_empty() {
+        let allowed = agent::hostfs::host_root().allowed();
+        tracing::info!(?allowed, "bytecode paths and uprobe targets only under these node directories");
+    }
     // Before any thread exists: see `hide_kernel_btf_from_aya`.
     if let Err(e) = agent::loader::hide_kernel_btf_from_aya() {
         tracing::warn!(error = %e, "cannot share the parsed kernel BTF with aya; every load parses it again (slower)");

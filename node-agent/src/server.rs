@@ -56,7 +56,16 @@ impl Agent for AgentService {
         let what = format!("Apply of {}", req.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("?"));
         let result = async {
             self.fence.admit(req.epoch, &what)?;
-            let input = input_from_wire(req)?;
+            // A node path is read off the runtime (see `hostfs`): a file system that hangs
+            // holds a blocking thread for at most `hostfs::DEADLINE`, never a worker that
+            // gRPC, /healthz or other Applies need.
+            let input = if matches!(req.bytecode, Some(v1::apply_request::Bytecode::Path(_))) {
+                tokio::task::spawn_blocking(move || input_from_wire(req))
+                    .await
+                    .map_err(|e| AgentError::internal(format!("reading the request's bytecode path: {e}")))??
+            } else {
+                input_from_wire(req)?
+            };
             self.manager.apply(input).await
         }
         .await;

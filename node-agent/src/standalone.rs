@@ -157,7 +157,15 @@ pub async fn run(manager: Arc<Manager>, dir: PathBuf, interval: Duration) -> any
 
 pub async fn reconcile_once(manager: &Arc<Manager>, dir: &Path, memory: &mut Memory, interval: Duration) {
     let reported = &mut memory.reported;
-    let Scan { found, errors, present } = scan(dir);
+    // Off the runtime: manifests name node paths, read with a deadline (see `hostfs`).
+    let owned = dir.to_path_buf();
+    let Scan { found, errors, present } = match tokio::task::spawn_blocking(move || scan(&owned)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "standalone: reading the manifests failed; nothing changes this pass");
+            return;
+        }
+    };
     let mut now: BTreeMap<String, String> = BTreeMap::new();
     let failed_files: BTreeSet<PathBuf> = errors.iter().map(|(p, _)| p.clone()).collect();
     for (path, e) in errors {

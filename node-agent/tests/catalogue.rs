@@ -697,14 +697,14 @@ async fn catalogue_garbage_requests_refused_async() {
             Box::new(|r| r.bytecode = Some(v1::apply_request::Bytecode::Path("/nonexistent/prog.o".into()))),
             tonic::Code::FailedPrecondition,
             "BytecodeNotFound",
-            &["/nonexistent/prog.o"],
+            &["bytecode path /nonexistent/prog.o on this node is missing, not a regular file, unreadable, or outside"],
         ),
         (
             "wire/bytecode-path-is-a-directory",
             Box::new(move |r| r.bytecode = Some(v1::apply_request::Bytecode::Path(dir.clone()))),
             tonic::Code::FailedPrecondition,
             "BytecodeNotFound",
-            &["not a regular file"],
+            &["on this node is missing, not a regular file, unreadable, or outside the allowed paths"],
         ),
         (
             "wire/unknown-program-type",

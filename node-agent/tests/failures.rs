@@ -120,7 +120,9 @@ fn missing_uprobe_target_symbol_and_cgroup_are_named() {
         "bytecode: {path: /x.o}\nprograms:\n  - {name: count_calls, type: Uprobe, uprobe: {target: /nonexistent/bin, symbol: main}}\n",
         object_bytes("uprobe_counter.o"),
         Reason::TargetNotFound,
-        &["/nonexistent/bin does not exist"],
+        &[
+            "uprobe target /nonexistent/bin on this node is missing, not a regular file, unreadable, or outside the allowed paths",
+        ],
     );
     fails_cleanly(
         &format!(

@@ -177,6 +177,36 @@ fn the_operator_is_told_where_agents_run_and_the_agent_sees_the_node_root() {
     assert!(init["command"].is_null());
 }
 
+/// Issue 21: node paths limited to the allowed prefixes when set, tracefs read-only.
+#[test]
+fn node_paths_are_limited_to_the_allowed_prefixes_and_tracefs_is_read_only() {
+    let agent_of =
+        |docs: &[Value]| named(docs, "DaemonSet", "bpfleet-agent")["spec"]["template"]["spec"]["containers"][0].clone();
+    let prefixes = |agent: &Value| -> Vec<String> {
+        agent["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str()?.strip_prefix("--allowed-path-prefix=").map(str::to_string))
+            .collect()
+    };
+    let agent = agent_of(&render(&[], &[]));
+    assert!(prefixes(&agent).is_empty(), "no prefix by default: {}", agent["args"]);
+    let tracefs = agent["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "tracefs").unwrap().clone();
+    assert_eq!(tracefs["mountPath"], "/sys/kernel/tracing");
+    assert_eq!(tracefs["readOnly"], true, "the agent only reads tracefs");
+    let docs = render(&[], &["--set", "agent.allowedPathPrefixes={/opt/bpf,/usr/lib/x86_64-linux-gnu}"]);
+    assert_eq!(prefixes(&agent_of(&docs)), ["/opt/bpf", "/usr/lib/x86_64-linux-gnu"]);
+    // Privileged mode changes neither.
+    let agent = agent_of(&render(&[&custom()], &["--set", "agent.allowedPathPrefixes={/opt/bpf}"]));
+    assert_eq!(prefixes(&agent), ["/opt/bpf"]);
+    assert!(
+        agent["volumeMounts"]
+            .to_string()
+            .contains(r#""mountPath":"/sys/kernel/tracing","name":"tracefs","readOnly":true"#)
+    );
+}
+
 #[test]
 fn the_agent_has_no_rbac_and_no_token() {
     let docs = render(&[], &[]);
@@ -347,6 +377,8 @@ fn bad_values_are_rejected_with_a_message_naming_them() {
         (&["--set", "tls.mode=plaintext"], "/tls/mode"),
         (&["--set", "agent.tcBackend=fast"], "/agent/tcBackend"),
         (&["--set", "agent.bpffsRoot=/tmp/x"], "/agent/bpffsRoot"),
+        (&["--set", "agent.allowedPathPrefixes={opt/bpf}"], "/agent/allowedPathPrefixes/0"),
+        (&["--set", "agent.allowedPathPrefixes={/opt/bpf,/opt/../etc}"], "/agent/allowedPathPrefixes/1"),
         (&["--set", "operator.replicas=0"], "/operator/replicas"),
         (&["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
         (&["--set", "tls.mode=secret"], "tls.existingSecrets.agent is required"),
