@@ -62,6 +62,24 @@ impl Stale {
         self.wake.notify_one();
     }
 
+    /// Those of `nodes` that are marked, unmarked, when there are at most `max` of them
+    /// (`None` otherwise: more than a reconcile should read itself).
+    pub fn take_among(
+        &self,
+        nodes: &std::collections::BTreeSet<String>,
+        max: usize,
+    ) -> Option<std::collections::BTreeSet<String>> {
+        let mut marked = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let among: std::collections::BTreeSet<String> = marked.intersection(nodes).cloned().collect();
+        if among.len() > max {
+            return None;
+        }
+        for n in &among {
+            marked.remove(n);
+        }
+        Some(among)
+    }
+
     /// The next batch: waits for a first mark, then `debounce` longer so that a burst
     /// (an Apply to every program of a node) costs one read of the node, then takes
     /// every node marked so far.

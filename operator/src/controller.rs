@@ -305,6 +305,14 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         status.image = image_status;
     }
     ctx.metrics.program_counts(&name, &status);
+    // Whoever waits for Ready reads pin paths from the BpfNodes next: on a small set of
+    // nodes they are written first, not a second later by `resync::follow_bpfnodes`.
+    if becomes_ready(p.status.as_ref(), &status)
+        && let Some(nodes) = ctx.stale_bpfnodes.take_among(&targets, BPFNODES_BEFORE_READY)
+        && !nodes.is_empty()
+    {
+        crate::resync::refresh_bpfnodes(ctx, &nodes).await;
+    }
     write_status(ctx, &p, &status).await?;
     let after = requeue_after(&status, problem.is_some(), &retries, now);
     // A pause, a step deadline or an agent's grace period ends on its own: look again then.
@@ -348,6 +356,16 @@ fn node_outcome(
         }
         _ => outcome,
     }
+}
+
+/// Nodes whose BpfNode a reconcile writes itself before it reports Ready (beyond that,
+/// the follower writes them within a second or two).
+const BPFNODES_BEFORE_READY: usize = 16;
+
+/// Ready now, and not Ready at this revision before.
+fn becomes_ready(before: Option<&BpfProgramStatus>, after: &BpfProgramStatus) -> bool {
+    let ready = |s: &BpfProgramStatus| s.conditions.iter().any(|c| c.type_ == status::READY && c.status == "True");
+    ready(after) && !before.is_some_and(|b| ready(b) && b.revision == after.revision)
 }
 
 /// When to look at a program again: soon while nodes are pending, at the next retry of

@@ -116,34 +116,34 @@ pub const BPFNODE_DEBOUNCE: Duration = Duration::from_secs(1);
 pub async fn follow_bpfnodes(ctx: Arc<Context>) {
     loop {
         let marked = ctx.stale_bpfnodes.next_batch(BPFNODE_DEBOUNCE).await;
-        let nodes: BTreeMap<String, Arc<Node>> = ctx
-            .nodes
-            .state()
-            .into_iter()
-            .filter(|n| marked.contains(&n.name_any()))
-            .map(|n| (n.name_any(), n))
-            .collect();
-        let addrs = reachable_addrs(&ctx, &nodes);
-        let mut answers = std::pin::pin!(
-            futures::stream::iter(addrs)
-                .map(|n| {
-                    let pool = ctx.pool.clone();
-                    async move {
-                        let r = pool.list_since(&n, 0).await;
-                        (n, r)
-                    }
-                })
-                .buffer_unordered(RESYNC_LISTS_IN_FLIGHT)
-        );
-        while let Some((addr, result)) = answers.next().await {
-            match result {
-                Ok(Listed::Full(list)) => {
-                    ctx.index.record_list(&addr.name, &list);
-                    write_bpfnode(&ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
+        refresh_bpfnodes(&ctx, &marked).await;
+    }
+}
+
+/// List each of `marked` in full and write its BpfNode if it changed.
+pub async fn refresh_bpfnodes(ctx: &Context, marked: &BTreeSet<String>) {
+    let nodes: BTreeMap<String, Arc<Node>> =
+        ctx.nodes.state().into_iter().filter(|n| marked.contains(&n.name_any())).map(|n| (n.name_any(), n)).collect();
+    let addrs = reachable_addrs(ctx, &nodes);
+    let mut answers = std::pin::pin!(
+        futures::stream::iter(addrs)
+            .map(|n| {
+                let pool = ctx.pool.clone();
+                async move {
+                    let r = pool.list_since(&n, 0).await;
+                    (n, r)
                 }
-                Ok(Listed::Unchanged(_)) => {}
-                Err(e) => tracing::debug!(node = %addr.name, error = %e, "BpfNode follow: cannot list agent"),
+            })
+            .buffer_unordered(RESYNC_LISTS_IN_FLIGHT)
+    );
+    while let Some((addr, result)) = answers.next().await {
+        match result {
+            Ok(Listed::Full(list)) => {
+                ctx.index.record_list(&addr.name, &list);
+                write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
             }
+            Ok(Listed::Unchanged(_)) => {}
+            Err(e) => tracing::debug!(node = %addr.name, error = %e, "BpfNode follow: cannot list agent"),
         }
     }
 }
