@@ -77,7 +77,7 @@ pub struct BpfProgramSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.inline) ? 1 : 0) + (has(self.configMap) ? 1 : 0) + (has(self.path) ? 1 : 0) + (has(self.image) ? 1 : 0) == 1").message("bytecode must set exactly one of inline, configMap, path or image"))]
-#[x_kube(validation = Rule::new("!has(self.digest) || has(self.path)").message("digest applies to path bytecode only (inline and configMap bytes are hashed by the operator)"))]
+#[x_kube(validation = Rule::new("!has(self.digest) || !has(self.image)").message("digest does not apply to image bytecode: pin the image with image.digest"))]
 pub struct BytecodeSource {
     /// The ELF object itself, base64-encoded, at most 1 MiB decoded. For small objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,11 +96,14 @@ pub struct BytecodeSource {
     #[x_kube(validation = Rule::new("!self.contains('/../') && !self.endsWith('/..') && !self.contains('/./')").message("path must be absolute and must not contain '.' or '..' segments"))]
     pub path: Option<String>,
 
-    /// With `path`: the SHA-256 of the file, as `sha256:<64 lowercase hex>`
-    /// (`sha256sum FILE`). Agents refuse to load a file with another digest, and the
-    /// digest is part of the revision, so a new file with its new digest rolls out like
-    /// any other change. Without it the operator cannot see a replaced file: the
-    /// revision hashes only the path string.
+    /// The SHA-256 of the object, as `sha256:<64 lowercase hex>` (`sha256sum FILE`), for
+    /// `path`, `inline` or `configMap` bytecode (an image is pinned by `image.digest`).
+    /// With `path`, agents refuse to load a file with another digest, and the digest is
+    /// part of the revision, so a new file with its new digest rolls out like any other
+    /// change; without it the operator cannot see a replaced file (the revision hashes
+    /// only the path string). With `inline` or `configMap`, the operator refuses bytes
+    /// with another digest before it sends anything: whoever can edit the ConfigMap
+    /// cannot change what the nodes run without also changing this BpfProgram.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 71, max = 71), regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
     pub digest: Option<String>,
@@ -172,6 +175,14 @@ pub struct ImageStatus {
     pub verified_by: Option<String>,
 }
 
+/// The label a cluster admin puts on a namespace, with the value
+/// [`BYTECODE_SOURCE_ALLOWED`], to let BpfPrograms take bytecode from its ConfigMaps:
+/// `kubectl label namespace NS bpfleet.dev/bytecode-source=allowed`. Without it, only
+/// the operator's own namespace (`--namespace`) is a ConfigMap source.
+pub const LABEL_BYTECODE_SOURCE: &str = "bpfleet.dev/bytecode-source";
+/// The value of [`LABEL_BYTECODE_SOURCE`] that opts a namespace in (any other does not).
+pub const BYTECODE_SOURCE_ALLOWED: &str = "allowed";
+
 /// A ConfigMap key that holds an ELF object.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -182,7 +193,9 @@ pub struct ConfigMapBytecode {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub name: String,
-    /// Namespace of the ConfigMap.
+    /// Namespace of the ConfigMap: the operator's own namespace, or one a cluster admin
+    /// labelled `bpfleet.dev/bytecode-source=allowed`. Any other is refused, and nothing
+    /// is read from it.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: String,
     /// Key inside the ConfigMap (in `binaryData`, or `data` holding base64).

@@ -15,8 +15,12 @@ pub enum Reason {
     BytecodeNotFound,
     /// The ConfigMap (or its key) holding the object cannot be read.
     BytecodeUnavailable,
-    /// The `path` object on the node is not the one `bytecode.digest` pins.
+    /// The object is not the one `bytecode.digest` pins: a `path` file on the node
+    /// (checked by the agent), or inline or ConfigMap bytes (checked by the operator).
     BytecodeDigestMismatch,
+    /// The bytecode source is not one this cluster allows: a ConfigMap outside the
+    /// operator's namespace and the namespaces labelled `bpfleet.dev/bytecode-source=allowed`.
+    BytecodeSourceNotAllowed,
     /// The bytecode is not a BPF ELF object the agent can read.
     MalformedElf,
     /// A program named in the spec is not a function of the object.
@@ -60,12 +64,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InvalidSpec,
         Reason::BytecodeTooLarge,
         Reason::BytecodeNotFound,
         Reason::BytecodeUnavailable,
         Reason::BytecodeDigestMismatch,
+        Reason::BytecodeSourceNotAllowed,
         Reason::MalformedElf,
         Reason::ProgramNotFound,
         Reason::GlobalDataInvalid,
@@ -95,6 +100,7 @@ impl Reason {
             Reason::BytecodeNotFound => "BytecodeNotFound",
             Reason::BytecodeUnavailable => "BytecodeUnavailable",
             Reason::BytecodeDigestMismatch => "BytecodeDigestMismatch",
+            Reason::BytecodeSourceNotAllowed => "BytecodeSourceNotAllowed",
             Reason::MalformedElf => "MalformedElf",
             Reason::ProgramNotFound => "ProgramNotFound",
             Reason::GlobalDataInvalid => "GlobalDataInvalid",

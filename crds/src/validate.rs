@@ -177,13 +177,21 @@ fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode
         errs.push("bytecode", "bytecode must set exactly one of inline, configMap, path or image");
         return None;
     }
-    if src.digest.is_some() && src.path.is_none() {
+    if src.digest.is_some() && src.image.is_some() {
         errs.push(
             "bytecode.digest",
-            "digest applies to path bytecode only (inline and configMap bytes are hashed by the operator)",
+            "digest does not apply to image bytecode: pin the image with bytecode.image.digest",
         );
         return None;
     }
+    let digest = match src.digest.as_deref().map(Sha256Digest::parse) {
+        None => None,
+        Some(Some(d)) => Some(d),
+        Some(None) => {
+            errs.push("bytecode.digest", "must be sha256: followed by 64 lowercase hex characters (sha256sum FILE)");
+            return None;
+        }
+    };
     if let Some(b64) = &src.inline {
         return match B64.decode(b64.trim()) {
             Ok(bytes) if bytes.len() > MAX_BYTECODE_BYTES => {
@@ -196,7 +204,15 @@ fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode
                 );
                 None
             }
-            Ok(bytes) => Some(Bytecode::Inline(bytes)),
+            // Checked here, where the bytes are decoded, so every reader of a ValidSpec
+            // (the operator, the standalone agent) holds bytes the digest pins.
+            Ok(bytes) => match digest.filter(|pinned| *pinned != Sha256Digest::of(&bytes)) {
+                Some(pinned) => {
+                    errs.push("bytecode.digest", inline_digest_mismatch(&Sha256Digest::of(&bytes), &pinned));
+                    None
+                }
+                None => Some(Bytecode::Inline(bytes)),
+            },
             Err(e) => {
                 errs.push("bytecode.inline", format!("not valid base64: {e}"));
                 None
@@ -233,15 +249,14 @@ fn validate_bytecode(src: &BytecodeSource, errs: &mut Errors) -> Option<Bytecode
         return (errs.0.len() == before).then(|| Bytecode::Image(image.clone()));
     }
     let path = src.path.as_deref().unwrap_or_default();
-    let digest = match src.digest.as_deref().map(Sha256Digest::parse) {
-        None => None,
-        Some(Some(d)) => Some(d),
-        Some(None) => {
-            errs.push("bytecode.digest", "must be sha256: followed by 64 lowercase hex characters (sha256sum FILE)");
-            return None;
-        }
-    };
     check_abs_path(path, "bytecode.path", errs).map(|path| Bytecode::Path { path, digest })
+}
+
+/// What a user reads when `bytecode.inline` is not the object `bytecode.digest` pins.
+pub fn inline_digest_mismatch(found: &Sha256Digest, pinned: &Sha256Digest) -> String {
+    format!(
+        "bytecode.inline has digest {found}, but bytecode.digest pins {pinned}; correct whichever of the two is wrong"
+    )
 }
 
 fn validate_globals<'a>(

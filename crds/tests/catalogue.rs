@@ -124,6 +124,33 @@ fn cases() -> Vec<(&'static str, Value, Vec<String>)> {
             words(&["bytecode.digest", "sha256sum FILE"]),
         ),
         (
+            "spec/inline-digest-mismatch",
+            with(
+                spec(json!([xdp(json!(["eth0"]))])),
+                "bytecode",
+                json!({"inline": "f0VMRg==", "digest": format!("sha256:{}", "0".repeat(64))}),
+            ),
+            words(&["bytecode.digest", "bytecode.inline has digest sha256:", "correct whichever"]),
+        ),
+        (
+            "spec/configmap-digest-invalid",
+            with(
+                spec(json!([xdp(json!(["eth0"]))])),
+                "bytecode",
+                json!({"configMap": {"name": "cm", "namespace": "ns", "key": "x.o"}, "digest": "sha256:xyz"}),
+            ),
+            words(&["bytecode.digest", "sha256: followed by 64"]),
+        ),
+        (
+            "spec/image-with-bytecode-digest",
+            with(
+                spec(json!([xdp(json!(["eth0"]))])),
+                "bytecode",
+                json!({"image": {"url": "registry.example/repo:v1"}, "digest": format!("sha256:{}", "0".repeat(64))}),
+            ),
+            words(&["bytecode.digest", "does not apply to image bytecode", "bytecode.image.digest"]),
+        ),
+        (
             "spec/tc-priority-zero",
             spec(
                 json!([{"name": "count_tc", "type": "TC", "tc": {"interfaces": ["eth0"], "direction": "Ingress", "priority": 0}}]),

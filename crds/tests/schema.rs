@@ -327,6 +327,55 @@ fn oversized_inline_bytecode_is_rejected() {
     rejected(spec, "spec.bytecode.inline: Too long", "the limit is 1048576; use configMap or path");
 }
 
+/// `bytecode.digest` pins inline and ConfigMap bytes as it pins a `path` file (the
+/// operator checks the bytes before it sends anything); an image is pinned by
+/// `image.digest` instead, so `bytecode.digest` next to an image is refused.
+#[test]
+fn a_digest_pins_inline_and_config_map_bytecode_but_not_an_image() {
+    use base64::Engine;
+    use crds::revision::Sha256Digest;
+    let elf = b"\x7fELF object";
+    let digest = Sha256Digest::of(elf).to_string();
+    let accepted = |bytecode: Value| {
+        let mut spec = xdp_spec();
+        spec["bytecode"] = bytecode;
+        apiserver::admit(&BpfProgram::crd(), &manifest(spec.clone())).unwrap_or_else(|e| panic!("{e:#?}"));
+        validate_spec(&serde_json::from_value(spec).unwrap()).unwrap()
+    };
+    let inline = base64::engine::general_purpose::STANDARD.encode(elf);
+    let valid = accepted(json!({"inline": inline, "digest": digest}));
+    assert_eq!(valid.bytecode, crds::validate::Bytecode::Inline(elf.to_vec()));
+    accepted(json!({"configMap": {"name": "cm", "namespace": "bpfleet-system", "key": "x.o"}, "digest": digest}));
+    accepted(json!({"path": "/opt/x.o", "digest": digest}));
+
+    let mut spec = xdp_spec();
+    spec["bytecode"] = json!({"image": {"url": "registry.example/repo:v1"}, "digest": digest});
+    rejected(
+        spec,
+        "digest does not apply to image bytecode: pin the image with image.digest",
+        "spec.bytecode.digest: digest does not apply to image bytecode: pin the image with bytecode.image.digest",
+    );
+
+    // The schema cannot hash: inline bytes that are not the pinned object pass it, and
+    // the Rust validation (operator and standalone agent) refuses them, naming both.
+    let other = Sha256Digest::of(b"another object").to_string();
+    let mut spec = xdp_spec();
+    spec["bytecode"] = json!({"inline": inline, "digest": other});
+    apiserver::admit(&BpfProgram::crd(), &manifest(spec.clone())).unwrap();
+    let e = validate_spec(&serde_json::from_value(spec).unwrap()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "spec.bytecode.digest: bytecode.inline has digest {digest}, but bytecode.digest pins {other}; \
+             correct whichever of the two is wrong"
+        )
+    );
+
+    let mut spec = xdp_spec();
+    spec["bytecode"]["digest"] = json!("sha256:ABC");
+    rejected(spec, "spec.bytecode.digest", "must be sha256: followed by 64 lowercase hex characters");
+}
+
 #[test]
 fn bad_global_data_is_rejected() {
     let mut spec = xdp_spec();

@@ -139,10 +139,19 @@ pub fn render_table(entries: &[Entry], marks: &Marks) -> String {
 /// Size and digest of the recorded ELF, and whether the digest matches the bytes.
 pub fn elf_summary(data: &RevisionData) -> String {
     match &data.elf {
-        None => match &data.digest {
-            Some(d) => format!("not recorded (node-local file, digest {d})"),
-            None => "not recorded (node-local file)".to_string(),
-        },
+        None => {
+            let b = &data.bytecode;
+            let source = match (&b.config_map, &b.inline, &b.image) {
+                (Some(cm), _, _) => format!("kept in ConfigMap {}/{}, another namespace", cm.namespace, cm.name),
+                (_, Some(_), _) => "in spec.bytecode.inline".to_string(),
+                (_, _, Some(image)) => format!("pulled again from {}", image.url),
+                _ => "node-local file".to_string(),
+            };
+            match &data.digest {
+                Some(d) => format!("not recorded ({source}, digest {d})"),
+                None => format!("not recorded ({source})"),
+            }
+        }
         Some(b64) => match B64.decode(b64.trim()) {
             Err(e) => format!("recorded but not valid base64 ({e})"),
             Ok(bytes) => {
@@ -314,5 +323,17 @@ pub(crate) mod tests {
         assert!(elf_summary(&data).contains("does NOT match"), "{}", elf_summary(&data));
         let path: RevisionData = serde_json::from_value(json!({"bytecode": {"path": "/x.o"}, "programs": []})).unwrap();
         assert_eq!(elf_summary(&path), "not recorded (node-local file)");
+        // A ConfigMap of another namespace than the operator's is recorded by reference.
+        let mut d = data_cm(b"one");
+        d["bytecode"]["configMap"]["namespace"] = json!("team-a");
+        d.as_object_mut().unwrap().remove("elf");
+        let by_reference: RevisionData = serde_json::from_value(d).unwrap();
+        assert_eq!(
+            elf_summary(&by_reference),
+            format!(
+                "not recorded (kept in ConfigMap team-a/xdp-counter-bytecode, another namespace, digest {})",
+                Sha256Digest::of(b"one")
+            )
+        );
     }
 }

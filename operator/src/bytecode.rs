@@ -1,18 +1,23 @@
 //! Where a BpfProgram's bytes come from. `inline` and `configMap` are resolved here and
 //! sent to the agents; `path` is passed through (the operator never reads node files),
-//! with the digest the agents must check when the spec pins one.
+//! with the digest the agents must check when the spec pins one. When `bytecode.digest`
+//! pins inline or ConfigMap bytes, bytes with another digest are refused here, before
+//! anything is sent.
 //!
+//! A ConfigMap is read only from a namespace [`Sources`] allows (the operator's own, or
+//! one labelled to opt in), checked before anything else about it is looked at.
 //! ConfigMaps are watched (metadata only, annotations and labels dropped, so the cache
 //! stays small however many ConfigMaps the cluster has): an edit of a ConfigMap that a
 //! BpfProgram names reconciles that program at once, and the bytes are read with one GET
 //! per ConfigMap resourceVersion, then served from [`BytecodeCache`].
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use crds::limits::MAX_BYTECODE_BYTES;
+use crds::program::ConfigMapBytecode;
 use crds::reason::Reason;
 use crds::revision::{BytecodeIdentity, Revision, Sha256Digest};
 use crds::{BpfProgram, BpfProgramSpec};
@@ -24,6 +29,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 
+pub use crate::sources::Sources;
 use crate::status::SpecProblem;
 
 /// The bytecode as the Apply carries it.
@@ -80,34 +86,48 @@ type Key = (String, String, String);
 
 struct Cached {
     resource_version: String,
-    result: Result<Payload, SpecProblem>,
+    result: Result<bytes::Bytes, SpecProblem>,
     last_used: u64,
 }
 
 impl Cached {
     fn size(&self) -> usize {
         match &self.result {
-            Ok(Payload::Elf(b)) => b.len(),
-            _ => 64,
+            Ok(b) => b.len(),
+            Err(_) => 64,
         }
     }
 }
 
-/// ConfigMap bytecode by (namespace, name, key) at a resourceVersion.
+/// ConfigMap bytecode by (namespace, name, key) at a resourceVersion, and the namespaces
+/// it may come from.
 #[derive(Default)]
 pub struct BytecodeCache {
     /// Metadata of every ConfigMap, from the watch. `None`: not watched (tests): every
     /// resolve reads the ConfigMap.
     config_maps: Option<Store<PartialObjectMeta<ConfigMap>>>,
+    /// Shared with the watch of opted-in namespaces ([`watch_config_maps`]).
+    sources: Arc<Sources>,
     entries: Mutex<(HashMap<Key, Cached>, u64)>,
 }
 
 impl BytecodeCache {
+    /// A cache whose operator namespace is the `--namespace` default; see [`Self::allowing`].
     pub fn new(config_maps: Option<Store<PartialObjectMeta<ConfigMap>>>) -> Self {
-        Self { config_maps, entries: Default::default() }
+        Self { config_maps, sources: Default::default(), entries: Default::default() }
     }
 
-    fn lookup(&self, key: &Key, resource_version: &str) -> Option<Result<Payload, SpecProblem>> {
+    /// ConfigMaps come from `operator_namespace` and the namespaces labelled to opt in.
+    pub fn allowing(self, operator_namespace: &str) -> Self {
+        Self { sources: Arc::new(Sources::new(operator_namespace)), ..self }
+    }
+
+    /// The allowed namespaces, for the watch that keeps them current.
+    pub fn sources(&self) -> Arc<Sources> {
+        self.sources.clone()
+    }
+
+    fn lookup(&self, key: &Key, resource_version: &str) -> Option<Result<bytes::Bytes, SpecProblem>> {
         let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (map, clock) = &mut *guard;
         *clock += 1;
@@ -116,7 +136,7 @@ impl BytecodeCache {
         Some(e.result.clone())
     }
 
-    fn store(&self, key: Key, resource_version: String, result: Result<Payload, SpecProblem>) {
+    fn store(&self, key: Key, resource_version: String, result: Result<bytes::Bytes, SpecProblem>) {
         let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (map, clock) = &mut *guard;
         *clock += 1;
@@ -142,23 +162,28 @@ impl BytecodeCache {
 
 pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSpec) -> Result<Payload, SpecProblem> {
     let src = &spec.bytecode;
+    let pinned = match src.digest.as_deref() {
+        None => None,
+        Some(d) => Some(Sha256Digest::parse(d).ok_or_else(|| {
+            problem(Reason::InvalidSpec, format!("bytecode.digest {d:?} must be sha256: followed by 64 lowercase hex"))
+        })?),
+    };
     if let Some(b64) = &src.inline {
         let bytes = B64
             .decode(b64.trim())
             .map_err(|e| problem(Reason::InvalidSpec, format!("bytecode.inline is not valid base64: {e}")))?;
-        return check_size(bytes, "bytecode.inline").map(Payload::Elf);
+        let elf = check_size(bytes, "bytecode.inline")?;
+        if let Some(pinned) = &pinned {
+            let found = Sha256Digest::of(&elf);
+            if found != *pinned {
+                let message = crds::validate::inline_digest_mismatch(&found, pinned);
+                return Err(problem(Reason::BytecodeDigestMismatch, message));
+            }
+        }
+        return Ok(Payload::Elf(elf));
     }
     if let Some(path) = &src.path {
-        let digest = match src.digest.as_deref() {
-            None => None,
-            Some(d) => Some(Sha256Digest::parse(d).ok_or_else(|| {
-                problem(
-                    Reason::InvalidSpec,
-                    format!("bytecode.digest {d:?} must be sha256: followed by 64 lowercase hex"),
-                )
-            })?),
-        };
-        return Ok(Payload::Path(path.clone(), digest));
+        return Ok(Payload::Path(path.clone(), pinned));
     }
     let Some(cm) = &src.config_map else {
         return Err(problem(
@@ -166,7 +191,23 @@ pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSp
             "bytecode must set exactly one of inline, configMap, path or image".into(),
         ));
     };
-    let at = format!("ConfigMap {}/{}", cm.namespace, cm.name);
+    // Before anything about the ConfigMap is looked at, even whether it exists.
+    cache.sources.check(client, &cm.namespace).await?;
+    let elf = config_map_bytes(client, cache, cm).await?;
+    if let Some(pinned) = &pinned {
+        check_pinned(&elf, pinned, cm)?;
+    }
+    Ok(Payload::Elf(elf))
+}
+
+/// The object under a ConfigMap's key: from the cache while the ConfigMap's
+/// resourceVersion is unchanged, else one GET. The namespace is checked already.
+async fn config_map_bytes(
+    client: &Client,
+    cache: &BytecodeCache,
+    cm: &ConfigMapBytecode,
+) -> Result<bytes::Bytes, SpecProblem> {
+    let at = config_map_at(cm);
     let key: Key = (cm.namespace.clone(), cm.name.clone(), cm.key.clone());
     if let Some(store) = &cache.config_maps {
         let Some(meta) = store.get(&ObjectRef::new(&cm.name).within(&cm.namespace)) else {
@@ -178,16 +219,55 @@ pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSp
             return hit;
         }
     }
-    let found = Api::<ConfigMap>::namespaced(client.clone(), &cm.namespace)
-        .get_opt(&cm.name)
-        .await
-        .map_err(|e| problem(Reason::BytecodeUnavailable, format!("cannot read {at}: {e}")))?
-        .ok_or_else(|| problem(Reason::BytecodeUnavailable, format!("{at} does not exist")))?;
+    let found = get_config_map(client, cm).await?;
     let result = from_config_map(&found, &cm.key, &at);
     if let Some(rv) = found.resource_version() {
         cache.store(key, rv, result.clone());
     }
     result
+}
+
+/// The object under a ConfigMap's key, read now (one GET) if its namespace is allowed:
+/// how a revision recorded by reference is read again.
+pub async fn read_config_map(
+    client: &Client,
+    sources: &Sources,
+    cm: &ConfigMapBytecode,
+) -> Result<bytes::Bytes, SpecProblem> {
+    sources.check(client, &cm.namespace).await?;
+    let found = get_config_map(client, cm).await?;
+    from_config_map(&found, &cm.key, &config_map_at(cm))
+}
+
+async fn get_config_map(client: &Client, cm: &ConfigMapBytecode) -> Result<ConfigMap, SpecProblem> {
+    let at = config_map_at(cm);
+    Api::<ConfigMap>::namespaced(client.clone(), &cm.namespace)
+        .get_opt(&cm.name)
+        .await
+        .map_err(|e| problem(Reason::BytecodeUnavailable, format!("cannot read {at}: {e}")))?
+        .ok_or_else(|| problem(Reason::BytecodeUnavailable, format!("{at} does not exist")))
+}
+
+fn config_map_at(cm: &ConfigMapBytecode) -> String {
+    format!("ConfigMap {}/{}", cm.namespace, cm.name)
+}
+
+/// `elf`, read from `cm`, is the object `bytecode.digest` pins.
+fn check_pinned(elf: &[u8], pinned: &Sha256Digest, cm: &ConfigMapBytecode) -> Result<(), SpecProblem> {
+    let found = Sha256Digest::of(elf);
+    if found == *pinned {
+        return Ok(());
+    }
+    Err(problem(
+        Reason::BytecodeDigestMismatch,
+        format!(
+            "{} key {} holds an object with digest {found}, but bytecode.digest pins {pinned}, so nothing was \
+             sent to the nodes. If the ConfigMap's new object is intended, set bytecode.digest to {found}; if not, \
+             put the pinned object back under that key",
+            config_map_at(cm),
+            cm.key
+        ),
+    ))
 }
 
 /// Whether `p` reads its bytecode from ConfigMap `namespace/name`.
@@ -197,13 +277,30 @@ pub fn names_config_map(p: &BpfProgram, namespace: &str, name: &str) -> bool {
 
 /// Keep `writer` filled with ConfigMap metadata and reconcile the BpfPrograms that name
 /// a ConfigMap when it changes or goes. Runs until the watch ends.
+///
+/// Also follows the namespaces labelled to opt in (into `sources`, see
+/// [`crate::sources::watch_namespaces`]); a ConfigMap of a namespace that is not allowed
+/// reconciles nothing.
 pub async fn watch_config_maps(
     client: Client,
     writer: Writer<PartialObjectMeta<ConfigMap>>,
     programs: Store<BpfProgram>,
     targeted: mpsc::Sender<ObjectRef<BpfProgram>>,
+    sources: Arc<Sources>,
 ) {
-    let api: Api<PartialObjectMeta<ConfigMap>> = Api::all(client);
+    let namespaces =
+        crate::sources::watch_namespaces(client.clone(), sources.clone(), programs.clone(), targeted.clone());
+    futures::join!(namespaces, follow_config_maps(client, writer, programs, targeted, sources));
+}
+
+async fn follow_config_maps(
+    client: Client,
+    writer: Writer<PartialObjectMeta<ConfigMap>>,
+    programs: Store<BpfProgram>,
+    targeted: mpsc::Sender<ObjectRef<BpfProgram>>,
+    sources: Arc<Sources>,
+) {
+    let api: Api<PartialObjectMeta<ConfigMap>> = Api::all(client.clone());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(|cm| {
@@ -227,7 +324,13 @@ pub async fn watch_config_maps(
             }
         };
         let (ns, name) = (changed.namespace().unwrap_or_default(), changed.name_any());
-        for p in programs.state().iter().filter(|p| names_config_map(p, &ns, &name)) {
+        let naming: Vec<_> = programs.state().into_iter().filter(|p| names_config_map(p, &ns, &name)).collect();
+        // A ConfigMap of a namespace that did not opt in is none of a program's business:
+        // its changes reconcile nothing (the program is refused without reading it).
+        if naming.is_empty() || sources.check(&client, &ns).await.is_err() {
+            continue;
+        }
+        for p in naming {
             tracing::info!(program = %p.name_any(), configmap = %format!("{ns}/{name}"), "bytecode ConfigMap changed");
             if targeted.send(ObjectRef::from_obj(p.as_ref())).await.is_err() {
                 return;
@@ -236,28 +339,32 @@ pub async fn watch_config_maps(
     }
 }
 
-/// The object stored under `key`: `binaryData` (raw) or `data` (base64 text).
-pub fn from_config_map(cm: &ConfigMap, key: &str, at: &str) -> Result<Payload, SpecProblem> {
+/// The object stored under `key`: `binaryData` (raw) or `data` (base64 text). A missing
+/// key is reported without the keys the ConfigMap does have: they are none of the
+/// program writer's business.
+pub fn from_config_map(cm: &ConfigMap, key: &str, at: &str) -> Result<bytes::Bytes, SpecProblem> {
     if let Some(b) = cm.binary_data.as_ref().and_then(|d| d.get(key)) {
-        return check_size(b.0.clone(), &format!("{at} key {key}")).map(Payload::Elf);
+        return check_size(b.0.clone(), &format!("{at} key {key}"));
     }
     if let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) {
-        let bytes = B64.decode(text.trim()).map_err(|e| {
+        // Not the decoder's error: it quotes a byte of the value.
+        let bytes = B64.decode(text.trim()).map_err(|_| {
             problem(
                 Reason::BytecodeUnavailable,
                 format!(
-                    "{at} key {key} is in data but is not base64 ({e}); store objects with --from-file (binaryData)"
+                    "{at} key {key} is in data but is not base64 text; store objects as binaryData \
+                     (kubectl create configmap --from-file)"
                 ),
             )
         })?;
-        return check_size(bytes, &format!("{at} key {key}")).map(Payload::Elf);
+        return check_size(bytes, &format!("{at} key {key}"));
     }
-    let mut keys: Vec<&String> = cm.binary_data.iter().flatten().map(|(k, _)| k).collect();
-    keys.extend(cm.data.iter().flatten().map(|(k, _)| k));
-    let keys: Vec<&str> = keys.into_iter().map(String::as_str).collect();
     Err(problem(
         Reason::BytecodeUnavailable,
-        format!("{at} has no key {key}; it has: {}", if keys.is_empty() { "(none)".into() } else { keys.join(", ") }),
+        format!(
+            "{at} has no key {key}: add the object under that key (kubectl create configmap --from-file={key}=FILE), \
+             or set bytecode.configMap.key to the key that holds it"
+        ),
     ))
 }
 
@@ -279,17 +386,67 @@ mod tests {
             ])),
             ..Default::default()
         };
-        assert_eq!(from_config_map(&cm, "a.o", "cm").unwrap(), Payload::Elf(vec![1, 2, 3].into()));
-        assert_eq!(from_config_map(&cm, "b.o", "cm").unwrap(), Payload::Elf(vec![4, 5, 6].into()));
+        assert_eq!(from_config_map(&cm, "a.o", "cm").unwrap(), bytes::Bytes::from(vec![1, 2, 3]));
+        assert_eq!(from_config_map(&cm, "b.o", "cm").unwrap(), bytes::Bytes::from(vec![4, 5, 6]));
         let e = from_config_map(&cm, "c.o", "cm").unwrap_err();
         assert!(e.message.contains("not base64"), "{}", e.message);
+        assert!(!e.message.contains("37"), "no byte of the value is quoted: {}", e.message);
+        // A missing key says how to fix it, and never which keys the ConfigMap has.
         let e = from_config_map(&cm, "x.o", "ConfigMap ns/cm").unwrap_err();
-        assert_eq!(e.message, "ConfigMap ns/cm has no key x.o; it has: a.o, b.o, c.o");
+        assert_eq!(e.reason, Reason::BytecodeUnavailable);
+        assert_eq!(
+            e.message,
+            "ConfigMap ns/cm has no key x.o: add the object under that key (kubectl create configmap \
+             --from-file=x.o=FILE), or set bytecode.configMap.key to the key that holds it"
+        );
+        for other in ["a.o", "b.o", "c.o"] {
+            assert!(!e.message.contains(other), "{}", e.message);
+        }
         let big = ConfigMap {
             binary_data: Some(BTreeMap::from([("a.o".to_string(), ByteString(vec![0; MAX_BYTECODE_BYTES + 1]))])),
             ..Default::default()
         };
         assert_eq!(from_config_map(&big, "a.o", "cm").unwrap_err().reason, Reason::BytecodeTooLarge);
+    }
+
+    #[test]
+    fn a_pinned_config_map_object_must_have_its_digest() {
+        let cm: ConfigMapBytecode =
+            serde_json::from_value(serde_json::json!({"name": "cm", "namespace": "team-a", "key": "x.o"})).unwrap();
+        let (v1, v2) = (Sha256Digest::of(b"v1"), Sha256Digest::of(b"v2"));
+        assert!(check_pinned(b"v1", &v1, &cm).is_ok());
+        let e = check_pinned(b"v2", &v1, &cm).unwrap_err();
+        assert_eq!(e.reason, Reason::BytecodeDigestMismatch);
+        assert!(e.message.starts_with(&format!("ConfigMap team-a/cm key x.o holds an object with digest {v2}")));
+        assert!(e.message.contains(&format!("bytecode.digest pins {v1}, so nothing was sent")), "{}", e.message);
+        assert!(e.message.contains(&format!("set bytecode.digest to {v2}")), "{}", e.message);
+    }
+
+    /// Inline bytes are checked without any API call (the mocked API server never answers).
+    #[tokio::test]
+    async fn pinned_inline_bytes_are_checked_before_anything_is_sent() {
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "default");
+        let cache = BytecodeCache::default();
+        let spec = |digest: &Sha256Digest| -> BpfProgramSpec {
+            serde_json::from_value(serde_json::json!({
+                "bytecode": {"inline": B64.encode(b"\x7fELF v1"), "digest": digest.as_str()},
+                "programs": [{"name": "f", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]
+            }))
+            .unwrap()
+        };
+        let (v1, v2) = (Sha256Digest::of(b"\x7fELF v1"), Sha256Digest::of(b"\x7fELF v2"));
+        let ok = resolve(&client, &cache, &spec(&v1)).await.unwrap();
+        assert_eq!(ok, Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1")));
+        assert_eq!(
+            ok.revision(&spec(&v1)),
+            Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1")).revision(&spec(&v2)),
+            "the digest pins the bytes; it does not change the revision"
+        );
+        let e = resolve(&client, &cache, &spec(&v2)).await.unwrap_err();
+        assert_eq!(e.reason, Reason::BytecodeDigestMismatch);
+        assert!(e.message.contains(&format!("has digest {v1}, but bytecode.digest pins {v2}")), "{}", e.message);
     }
 
     fn key(n: &str) -> Key {
@@ -299,7 +456,7 @@ mod tests {
     #[test]
     fn cache_hits_only_at_the_same_resource_version_and_stays_bounded() {
         let cache = BytecodeCache::new(None);
-        let elf = |n: usize| Ok(Payload::Elf(vec![0u8; n].into()));
+        let elf = |n: usize| Ok(bytes::Bytes::from(vec![0u8; n]));
         cache.store(key("a"), "1".into(), elf(10));
         assert_eq!(cache.lookup(&key("a"), "1"), Some(elf(10)));
         assert_eq!(cache.lookup(&key("a"), "2"), None, "an edited ConfigMap is read again");

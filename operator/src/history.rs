@@ -1,6 +1,12 @@
 //! Revision history in ControllerRevisions (the contract is `crds::history`): every
 //! revision rolled out is recorded with its bytes, so a rollback sends nodes exactly
 //! what they ran before, even after the ConfigMap it came from changed or went.
+//!
+//! Except bytes that whoever reads the operator's namespace must not read: those of a
+//! ConfigMap in another namespace are recorded by reference and digest. A rollback reads
+//! that ConfigMap again (if its namespace is still allowed) and sends it only if it
+//! still holds the recorded object; an image over the size limit is recorded by its
+//! pinned reference and pulled again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,7 +23,7 @@ use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::bytecode::Payload;
+use crate::bytecode::{Payload, Sources};
 
 pub const DEFAULT_HISTORY_LIMIT: usize = 10;
 /// Contents kept in memory per program: earlier revisions read back for a rollback, and
@@ -45,11 +51,17 @@ impl Content {
         }
     }
 
-    /// The record of this content, with the spec's bytecode source as it was.
-    pub fn to_data(&self, source: &crds::program::BytecodeSource) -> RevisionData {
+    /// The record of this content, with the spec's bytecode source as it was, to be kept
+    /// in `operator_namespace`.
+    pub fn to_data(&self, source: &crds::program::BytecodeSource, operator_namespace: &str) -> RevisionData {
         let (elf, digest) = match &self.payload {
             // Inline bytes are in the source already: not twice.
             Payload::Elf(b) if source.inline.is_some() => (None, Some(Sha256Digest::of(b).to_string())),
+            // A ConfigMap of another namespace is not copied where the readers of the
+            // operator's namespace would read it: by reference and digest.
+            Payload::Elf(b) if source.config_map.as_ref().is_some_and(|c| c.namespace != operator_namespace) => {
+                (None, Some(Sha256Digest::of(b).to_string()))
+            }
             // An ELF from an image may exceed what an object can hold (16 MiB against
             // etcd's 1.5 MiB): such a revision is recorded by its pinned image reference.
             Payload::Elf(b) if b.len() > crds::limits::MAX_BYTECODE_BYTES => {
@@ -74,11 +86,15 @@ impl Content {
         Self::from_data_with(revision, data, None)
     }
 
-    /// As [`Content::from_data`], with the ELF of a revision recorded by image reference
-    /// (pulled by the caller).
-    pub fn from_data_with(revision: &str, data: RevisionData, pulled: Option<bytes::Bytes>) -> Result<Content, String> {
+    /// As [`Content::from_data`], with the ELF of a revision recorded by reference (an
+    /// image pulled, a ConfigMap read again, by the caller).
+    pub fn from_data_with(
+        revision: &str,
+        data: RevisionData,
+        fetched: Option<bytes::Bytes>,
+    ) -> Result<Content, String> {
         let decode = |b64: &str| B64.decode(b64.trim()).map_err(|e| format!("its ELF is not base64: {e}"));
-        let elf = match (&data.elf, pulled, &data.bytecode.inline) {
+        let elf = match (&data.elf, fetched, &data.bytecode.inline) {
             (Some(elf), _, _) => Some(decode(elf)?),
             (None, Some(b), _) => Some(b.to_vec()),
             (None, None, Some(inline)) => Some(decode(inline)?),
@@ -94,6 +110,9 @@ impl Content {
             (None, Some(path)) => Payload::Path(path.clone(), data.digest.as_deref().and_then(Sha256Digest::parse)),
             (None, None) if data.bytecode.image.is_some() => {
                 return Err("it records its image by reference: pull it".into());
+            }
+            (None, None) if data.bytecode.config_map.is_some() => {
+                return Err("it records its ConfigMap by reference: read it again".into());
             }
             (None, None) => return Err("it records neither ELF bytes nor a path".into()),
         };
@@ -143,10 +162,22 @@ pub fn is_leftover(existing: &ControllerRevision, uid: &str, program: &str) -> b
         && existing.annotations().get(ANNOTATION_PROGRAM).is_some_and(|n| n == program)
 }
 
+/// Why a recorded revision cannot be used.
+enum Unusable {
+    /// Perhaps later: the API server or a registry did not answer, or a ConfigMap the
+    /// entry refers to is not (or no longer) what it recorded.
+    ForNow(String),
+    /// Never: the entry is missing, misfiled or tampered with.
+    Ever(String),
+}
+
 /// The history store of one leadership term.
 pub struct History {
     client: Client,
     namespace: String,
+    /// Where a revision recorded by ConfigMap reference may be read again: the same
+    /// rule as for the spec's bytecode (no watch here: a rollback asks the API server).
+    sources: Sources,
     /// (uid, revision) known to be recorded as the newest entry.
     newest: Mutex<HashMap<String, String>>,
     contents: Mutex<HashMap<String, Vec<Arc<Content>>>>,
@@ -157,6 +188,7 @@ impl History {
     pub fn new(client: Client, namespace: String) -> Self {
         Self {
             client,
+            sources: Sources::new(namespace.clone()),
             namespace,
             newest: Default::default(),
             contents: Default::default(),
@@ -229,7 +261,7 @@ impl History {
                 let patch = serde_json::json!({"revision": number});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             } else {
-                let data = serde_json::to_value(content.to_data(source)).unwrap_or_default();
+                let data = serde_json::to_value(content.to_data(source, &self.namespace)).unwrap_or_default();
                 let cr = ControllerRevision {
                     metadata: ObjectMeta {
                         name: Some(name),
@@ -315,25 +347,29 @@ impl History {
         }
         let name = object_name(&p.name_any(), revision);
         let read = async {
-            let cr = self.api().get_opt(&name).await.map_err(|e| format!("cannot read {name}: {e}"))?;
-            let cr =
-                cr.ok_or_else(|| format!("revision {revision} is not in the history (no ControllerRevision {name})"))?;
+            use Unusable::{Ever, ForNow};
+            let cr = self.api().get_opt(&name).await.map_err(|e| ForNow(format!("cannot read {name}: {e}")))?;
+            let cr = cr.ok_or_else(|| {
+                Ever(format!("revision {revision} is not in the history (no ControllerRevision {name})"))
+            })?;
             if cr.labels().get(LABEL_PROGRAM_UID) != Some(&uid) {
-                return Err(format!("ControllerRevision {name} belongs to another program"));
+                return Err(Ever(format!("ControllerRevision {name} belongs to another program")));
             }
             let data: RevisionData = serde_json::from_value(cr.data.map(|d| d.0).unwrap_or_default())
-                .map_err(|e| format!("ControllerRevision {name} is unreadable: {e}"))?;
-            let pulled = match (&data.elf, &data.bytecode.image, images) {
-                (None, Some(image), Some((images, arch))) => Some(
-                    images
-                        .pull_pinned(image, arch)
-                        .await
-                        .map_err(|e| format!("cannot pull revision {revision} ({}): {}", image.url, e.message))?,
-                ),
+                .map_err(|e| Ever(format!("ControllerRevision {name} is unreadable: {e}")))?;
+            let fetched = match (&data.elf, &data.bytecode.image, &data.bytecode.config_map, images) {
+                (None, Some(image), _, Some((images, arch))) => {
+                    Some(images.pull_pinned(image, arch).await.map_err(|e| {
+                        ForNow(format!("cannot pull revision {revision} ({}): {}", image.url, e.message))
+                    })?)
+                }
+                (None, None, Some(cm), _) => {
+                    Some(self.read_again(revision, cm, data.digest.as_deref()).await.map_err(ForNow)?)
+                }
                 _ => None,
             };
-            Content::from_data_with(revision, data, pulled)
-                .map_err(|e| format!("ControllerRevision {name} is refused: {e}"))
+            Content::from_data_with(revision, data, fetched)
+                .map_err(|e| Ever(format!("ControllerRevision {name} is refused: {e}")))
         };
         match read.await {
             Ok(c) => {
@@ -341,13 +377,40 @@ impl History {
                 self.remember(&uid, c.clone());
                 Ok(c)
             }
-            Err(e) => {
-                if !e.starts_with("cannot read") && !e.starts_with("cannot pull") {
-                    self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
-                }
+            Err(Unusable::ForNow(e)) => Err(e),
+            Err(Unusable::Ever(e)) => {
+                self.unreadable.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
                 Err(e)
             }
         }
+    }
+
+    /// The object of a revision recorded by reference to ConfigMap `cm`, read again
+    /// through the same namespace rule as the spec's, and only if it is still the one
+    /// recorded (`recorded`: its digest).
+    async fn read_again(
+        &self,
+        revision: &str,
+        cm: &crds::program::ConfigMapBytecode,
+        recorded: Option<&str>,
+    ) -> Result<bytes::Bytes, String> {
+        let at = format!("ConfigMap {}/{} key {}", cm.namespace, cm.name, cm.key);
+        let recorded = recorded.unwrap_or("no digest");
+        let bytes = crate::bytecode::read_config_map(&self.client, &self.sources, cm).await.map_err(|e| {
+            format!(
+                "revision {revision} was recorded by reference to {at} ({recorded}), which cannot be read again: {}",
+                e.message
+            )
+        })?;
+        let now = Sha256Digest::of(&bytes);
+        if now.as_str() != recorded {
+            return Err(format!(
+                "the bytes of revision {revision} are gone: it was recorded by reference to {at} ({recorded}), \
+                 which now holds another object ({now}). Put that object back under the key to return to revision \
+                 {revision}, or roll forward to a new revision"
+            ));
+        }
+        Ok(bytes)
     }
 }
 
@@ -379,7 +442,8 @@ mod tests {
         let payload = Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1"));
         let rev = payload.revision(&spec).to_string();
         let content = Content::of_spec(&spec, payload, rev.clone());
-        let data = content.to_data(&spec.bytecode);
+        let data = content.to_data(&spec.bytecode, "ns");
+        assert!(data.elf.is_some(), "bytes of the operator's own namespace are recorded");
         assert_eq!(data.bytecode, spec.bytecode, "undo restores the source as it was");
         let json = serde_json::to_value(&data).unwrap();
         let back = Content::from_data(&rev, serde_json::from_value(json).unwrap()).unwrap();
@@ -392,13 +456,160 @@ mod tests {
         let payload = Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1"));
         let rev = payload.revision(&spec).to_string();
         let content = Content::of_spec(&spec, payload, rev.clone());
-        let mut data = content.to_data(&spec.bytecode);
+        let mut data = content.to_data(&spec.bytecode, "ns");
         data.elf = Some(B64.encode(b"\x7fELF v2"));
         assert!(Content::from_data(&rev, data).unwrap_err().contains("digest"));
-        let mut data = content.to_data(&spec.bytecode);
+        let mut data = content.to_data(&spec.bytecode, "ns");
         data.global_data.insert("X".into(), "Ag==".into());
         assert!(Content::from_data(&rev, data).unwrap_err().contains("hashes to"));
-        assert!(Content::from_data("0000000000000000", content.to_data(&spec.bytecode)).is_err());
+        assert!(Content::from_data("0000000000000000", content.to_data(&spec.bytecode, "ns")).is_err());
+    }
+
+    #[test]
+    fn a_config_map_of_another_namespace_is_recorded_by_reference_and_digest() {
+        let spec = spec();
+        let elf = bytes::Bytes::from_static(b"\x7fELF v1");
+        let payload = Payload::Elf(elf.clone());
+        let rev = payload.revision(&spec).to_string();
+        let content = Content::of_spec(&spec, payload, rev.clone());
+        let data = content.to_data(&spec.bytecode, "bpfleet-system");
+        assert_eq!(data.elf, None, "the bytes of ConfigMap ns/cm are not copied into bpfleet-system");
+        assert_eq!(data.digest.as_deref(), Some(Sha256Digest::of(&elf).as_str()));
+        assert_eq!(data.bytecode, spec.bytecode);
+        assert!(Content::from_data(&rev, data.clone()).unwrap_err().contains("by reference"));
+        assert_eq!(Content::from_data_with(&rev, data.clone(), Some(elf)).unwrap(), content);
+        let other = bytes::Bytes::from_static(b"\x7fELF v2");
+        assert!(Content::from_data_with(&rev, data, Some(other)).unwrap_err().contains("digest"));
+    }
+
+    mod read_again {
+        use http::{Request, Response};
+        use kube::client::Body;
+        use serde_json::{Value, json};
+
+        use super::*;
+
+        type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+        const UID: &str = "uid-1";
+
+        fn program(namespace: &str) -> (BpfProgram, Content, Value) {
+            let mut p: BpfProgram = serde_json::from_value(json!({
+                "apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram",
+                "metadata": {"name": "p", "uid": UID},
+                "spec": {"bytecode": {"configMap": {"name": "cm", "namespace": namespace, "key": "o"}},
+                         "programs": [{"name": "f", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]}
+            }))
+            .unwrap();
+            let payload = Payload::Elf(bytes::Bytes::from_static(b"\x7fELF v1"));
+            let rev = payload.revision(&p.spec).to_string();
+            let content = Content::of_spec(&p.spec, payload, rev.clone());
+            let cr = json!({
+                "apiVersion": "apps/v1", "kind": "ControllerRevision",
+                "metadata": {"name": object_name("p", &rev), "namespace": "bpfleet-system",
+                             "labels": {LABEL_PROGRAM_UID: UID, LABEL_REVISION: rev}},
+                "revision": 1,
+                "data": serde_json::to_value(content.to_data(&p.spec.bytecode, "bpfleet-system")).unwrap()
+            });
+            p.metadata.uid = Some(UID.into());
+            (p, content, cr)
+        }
+
+        fn namespace(name: &str, opted_in: bool) -> Value {
+            let labels = if opted_in { json!({"bpfleet.dev/bytecode-source": "allowed"}) } else { json!({}) };
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": {"name": name, "labels": labels}})
+        }
+
+        fn config_map(namespace: &str, elf: &[u8]) -> Value {
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": namespace},
+                   "binaryData": {"o": B64.encode(elf)}})
+        }
+
+        async fn expect(handle: &mut Handle, path: &str, reply: Value) {
+            let (req, send) = tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("no request came; expected GET {path}"))
+                .expect("service dropped");
+            assert_eq!((req.method().as_str(), req.uri().path()), ("GET", path));
+            send.send_response(Response::builder().body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap());
+        }
+
+        async fn no_more(handle: &mut Handle) {
+            if let Ok(Some((req, _))) =
+                tokio::time::timeout(std::time::Duration::from_millis(100), handle.next_request()).await
+            {
+                panic!("unexpected call {} {}", req.method(), req.uri());
+            }
+        }
+
+        fn history() -> (History, Handle) {
+            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            (History::new(Client::new(service, "default"), "bpfleet-system".into()), handle)
+        }
+
+        fn cr_path(rev: &str) -> String {
+            format!("/apis/apps/v1/namespaces/bpfleet-system/controllerrevisions/{}", object_name("p", rev))
+        }
+
+        #[tokio::test]
+        async fn a_rollback_reads_the_config_map_again_and_uses_it_if_unchanged() {
+            let (h, mut handle) = history();
+            let (p, content, cr) = program("team-a");
+            let rev = content.revision.clone();
+            let server = tokio::spawn(async move {
+                expect(&mut handle, &cr_path(&rev), cr).await;
+                expect(&mut handle, "/api/v1/namespaces/team-a", namespace("team-a", true)).await;
+                expect(&mut handle, "/api/v1/namespaces/team-a/configmaps/cm", config_map("team-a", b"\x7fELF v1"))
+                    .await;
+                no_more(&mut handle).await;
+            });
+            let got = h.content(&p, &content.revision, None).await.unwrap();
+            assert_eq!(*got, content);
+            server.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_changed_config_map_means_the_earlier_bytes_are_gone() {
+            let (h, mut handle) = history();
+            let (p, content, cr) = program("team-a");
+            let rev = content.revision.clone();
+            let server = tokio::spawn(async move {
+                // Twice: a ConfigMap put back later makes the revision usable again.
+                for _ in 0..2 {
+                    expect(&mut handle, &cr_path(&rev), cr.clone()).await;
+                    expect(&mut handle, "/api/v1/namespaces/team-a", namespace("team-a", true)).await;
+                    let edited = config_map("team-a", b"\x7fELF v2");
+                    expect(&mut handle, "/api/v1/namespaces/team-a/configmaps/cm", edited).await;
+                }
+                no_more(&mut handle).await;
+            });
+            for _ in 0..2 {
+                let e = h.content(&p, &content.revision, None).await.unwrap_err();
+                let (v1, v2) = (Sha256Digest::of(b"\x7fELF v1"), Sha256Digest::of(b"\x7fELF v2"));
+                assert!(e.starts_with(&format!("the bytes of revision {} are gone", content.revision)), "{e}");
+                assert!(
+                    e.contains(&format!("ConfigMap team-a/cm key o ({v1}), which now holds another object ({v2})"))
+                );
+            }
+            server.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_namespace_no_longer_allowed_is_not_read() {
+            let (h, mut handle) = history();
+            let (p, content, cr) = program("kube-system");
+            let rev = content.revision.clone();
+            let server = tokio::spawn(async move {
+                expect(&mut handle, &cr_path(&rev), cr).await;
+                expect(&mut handle, "/api/v1/namespaces/kube-system", namespace("kube-system", false)).await;
+                // No GET of the ConfigMap.
+                no_more(&mut handle).await;
+            });
+            let e = h.content(&p, &content.revision, None).await.unwrap_err();
+            assert!(e.contains("cannot be read again: ConfigMap bytecode is read only from"), "{e}");
+            assert!(e.contains("kubectl label namespace kube-system bpfleet.dev/bytecode-source=allowed"), "{e}");
+            server.await.unwrap();
+        }
     }
 
     #[test]

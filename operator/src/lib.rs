@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod plan;
 pub mod resync;
 pub mod rollout;
+pub mod sources;
 pub mod status;
 pub mod targets;
 pub mod tls;

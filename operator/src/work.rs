@@ -84,7 +84,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     let (config_maps, cm_writer) = reflector::store();
     let mut ctx = Context::new(client.clone(), pool, nodes, metrics.clone(), epoch);
     ctx.recorder = Some(crate::events::Recorder::new(client.clone(), "bpfleet-operator"));
-    ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()));
+    ctx.bytecode = BytecodeCache::new(Some(config_maps.clone())).allowing(&cfg.history_namespace);
     ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
     ctx.images = Some(crate::image::Images::new(client.clone(), cfg.images.clone()));
     ctx.unreachable_grace = cfg.unreachable_grace;
@@ -159,7 +159,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     };
     futures::join!(
         resync::watch_nodes(ctx.clone(), node_writer, trigger_tx),
-        bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx),
+        bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx, ctx.bytecode.sources()),
         watch_agent_pods,
         decide,
     );

@@ -128,6 +128,14 @@ fn operator_rbac_is_least_privilege() {
     }
     // Secrets are never readable by the operator.
     assert!(!text.contains("secrets"));
+    // Which namespaces opted in as bytecode sources: read only, nothing else.
+    let namespaces = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"] == serde_json::json!(["namespaces"]))
+        .expect("the operator reads namespace labels (bytecode sources)");
+    assert_eq!(namespaces["verbs"], serde_json::json!(["get", "list", "watch"]));
     let lease = named(&docs, "Role", "bpfleet-operator-lease");
     // Rules found by resource, so a new rule does not shift what is checked.
     let rule = |resource: &str| -> &Value {
