@@ -147,16 +147,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || m.refresh_health()).await;
         }
     });
-    if let Some(addr) = args.metrics_listen {
-        let m = Arc::clone(&manager);
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m).await {
-                tracing::error!(error = %e, "metrics server stopped");
-            }
-        });
-    }
+    // /healthz (the pod's readiness) answers only once the gRPC port listens: an operator
+    // that sees the agent Ready dials it at once.
+    let serve_metrics = |manager: &Arc<Manager>| {
+        if let Some(addr) = args.metrics_listen {
+            let m = Arc::clone(manager);
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, m).await {
+                    tracing::error!(error = %e, "metrics server stopped");
+                }
+            });
+        }
+    };
 
     if let Some(dir) = args.standalone {
+        serve_metrics(&manager);
         tokio::select! {
             r = standalone::run(manager, dir, Duration::from_secs(args.standalone_interval.max(1))) => r?,
             _ = shutdown_signal() => tracing::info!("stopping; programs stay attached (pinned)"),
@@ -169,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
+    serve_metrics(&manager);
     tracing::info!(listen = %args.listen, "serving bpfleet.agent.v1 over mTLS");
     server::serve(manager, listener, tls, async {
         shutdown_signal().await;

@@ -341,6 +341,11 @@ fn node_outcome(
     }
     let outcome = ctx.index.outcome(node, uid, rev);
     let NodeOutcome::Unreachable { message } = &outcome else { return outcome };
+    // The grace is for an agent that ran and stopped answering; one never reached (no
+    // address, nothing listening) fails at once.
+    if !ctx.index.has_answered(node) {
+        return outcome;
+    }
     let Some(since) = ctx.index.unreachable_since(node, uid, rev) else { return outcome };
     let gone: Duration = now.duration_since(since).try_into().unwrap_or_default();
     match ctx.unreachable_grace.checked_sub(gone) {

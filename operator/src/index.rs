@@ -265,6 +265,11 @@ impl NodeIndex {
         })
     }
 
+    /// Whether `node`'s agent has ever answered this operator (an Apply, a List).
+    pub fn has_answered(&self, node: &str) -> bool {
+        self.read(|m| m.get(node).is_some_and(|e| e.last_report_time.is_some()))
+    }
+
     /// A Remove succeeded.
     pub fn record_removed(&self, node: &str, uid: &str) {
         self.write(|n| {
