@@ -12,6 +12,7 @@ pub mod program;
 pub mod reason;
 pub mod revision;
 pub mod rollout;
+pub mod sanitize;
 pub mod validate;
 
 pub use node::{BpfNode, BpfNodeSpec, BpfNodeStatus, Health, NodeProgramStatus};

@@ -1,6 +1,12 @@
 //! HTTP to registries: TLS (system roots plus an optional CA file) or plain HTTP when
 //! asked, redirects, size-bounded bodies, timeouts, and authentication (anonymous,
 //! Basic, and the Bearer token flow a `WWW-Authenticate` challenge starts).
+//!
+//! Against a hostile registry: redirects and token realms go only where
+//! [`crate::policy`] allows (HTTPS, public addresses, unless it is the registry
+//! itself); answers are read within a [`PullBudget`] shared by every client of the
+//! process; an error answer's body never reaches a message, only its status and the
+//! registry's error codes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,7 +26,9 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::auth::{Challenge, Credentials, TokenResponse};
+use crate::budget::PullBudget;
 use crate::error::{Error, Result};
+use crate::policy::{self, Cidr};
 
 /// How to reach registries.
 #[derive(Clone, Debug)]
@@ -33,7 +41,18 @@ pub struct ClientOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// Per request, including reading the answer.
     pub timeout: Duration,
+    /// Per image: resolving, pulling or verifying one image as a whole.
+    pub image_deadline: Duration,
+    /// Special address ranges (private, loopback, link-local…) that redirects and token
+    /// realms may lead to anyway. The registry's own host needs no entry.
+    pub allow_private_ranges: Vec<Cidr>,
+    /// Pulls and bytes in flight; share one among every client of a process.
+    pub budget: Arc<PullBudget>,
 }
+
+/// Pulls at once and bytes in flight of a client made with `ClientOptions::default()`.
+pub const DEFAULT_MAX_PULLS: usize = 4;
+pub const DEFAULT_MAX_BYTES_IN_FLIGHT: u64 = 64 << 20;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -42,6 +61,9 @@ impl Default for ClientOptions {
             insecure_http: false,
             ca_pem: None,
             timeout: Duration::from_secs(30),
+            image_deadline: Duration::from_secs(120),
+            allow_private_ranges: Vec::new(),
+            budget: PullBudget::new(DEFAULT_MAX_PULLS, DEFAULT_MAX_BYTES_IN_FLIGHT),
         }
     }
 }
@@ -59,8 +81,13 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+type Http = HyperClient<HttpsConnector<HttpConnector<crate::dns::Resolver>>, Full<Bytes>>;
+
 struct Inner {
-    http: HyperClient<HttpsConnector<HttpConnector<crate::dns::Resolver>>, Full<Bytes>>,
+    /// To the registry itself, wherever it is.
+    http: Http,
+    /// To anywhere else a registry points (redirects, token realms): public addresses only.
+    elsewhere: Http,
     options: ClientOptions,
     /// (registry, scope) -> Authorization header value. Scope "*" for Basic.
     auth: Mutex<HashMap<(String, String), String>>,
@@ -108,15 +135,40 @@ impl Client {
             .map_err(|e| Error::InvalidKey { reason: format!("TLS setup: {e}") })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut tcp = HttpConnector::new_with_resolver(crate::dns::Resolver::from_system());
-        tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = HyperClient::builder(TokioExecutor::new()).build(connector);
-        Ok(Client { inner: Arc::new(Inner { http, options, auth: Mutex::new(HashMap::new()) }) })
+        let resolver = crate::dns::Resolver::from_system();
+        let build = |resolver: crate::dns::Resolver| -> Http {
+            let mut tcp = HttpConnector::new_with_resolver(resolver);
+            tcp.enforce_http(false);
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(tcp);
+            HyperClient::builder(TokioExecutor::new()).build(connector)
+        };
+        let elsewhere = build(resolver.restricted(&options.allow_private_ranges));
+        let http = build(resolver);
+        Ok(Client { inner: Arc::new(Inner { http, elsewhere, options, auth: Mutex::new(HashMap::new()) }) })
+    }
+
+    /// Run `work` (one image's resolve, pull or verification) holding one of the
+    /// budget's pulls, within the image deadline.
+    pub(crate) async fn image_work<T>(
+        &self,
+        registry: &str,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let deadline = self.inner.options.image_deadline;
+        let budget = self.inner.options.budget.clone();
+        let _permit = budget.pull().await;
+        match tokio::time::timeout(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::RegistryUnreachable {
+                registry: registry.to_string(),
+                detail: format!("{what} did not complete within the deadline of {}s per image", deadline.as_secs()),
+            }),
+        }
     }
 
     pub fn options(&self) -> &ClientOptions {
@@ -204,21 +256,27 @@ impl Client {
                 let resp = self
                     .send(registry, &Method::GET, &url, &[], auth.as_deref(), &Bytes::new(), 1 << 20, "a token")
                     .await?;
+                // Messages name the realm's host only: the rest of the URL is the registry's text.
+                let at = policy::host_of(&realm);
                 if !resp.status.is_success() {
                     return Err(unauthorized(format!(
-                        "the token service {realm} answered HTTP {} ({}){}",
+                        "the token service at {at} answered HTTP {} ({}){}",
                         resp.status.as_u16(),
                         error_detail(&resp),
                         if creds.is_none() { "; no credentials were given for this registry" } else { "" }
                     )));
                 }
-                let token: TokenResponse = serde_json::from_slice(&resp.body)
-                    .map_err(|e| unauthorized(format!("the token service {realm} answered no token: {e}")))?;
+                let token: TokenResponse = serde_json::from_slice(&resp.body).map_err(|e| {
+                    unauthorized(format!(
+                        "the token service at {at} answered no token (JSON error at column {})",
+                        e.column()
+                    ))
+                })?;
                 let token = token
                     .token
                     .or(token.access_token)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| unauthorized(format!("the token service {realm} answered no token")))?;
+                    .ok_or_else(|| unauthorized(format!("the token service at {at} answered no token")))?;
                 (scope, format!("Bearer {token}"))
             }
             None => {
@@ -235,7 +293,9 @@ impl Client {
     }
 
     /// One request, following redirects (without our Authorization once the host
-    /// changes: blob storage behind a redirect must not see registry credentials).
+    /// changes: blob storage behind a redirect must not see registry credentials). Every
+    /// hop, the first included (a token realm), is checked by [`policy::check_target`]
+    /// against `registry`, the registry's own `host[:port]`.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -250,10 +310,16 @@ impl Client {
     ) -> Result<Response> {
         let timeout = self.inner.options.timeout;
         let unreachable = |detail: String| Error::RegistryUnreachable { registry: registry.to_string(), detail };
+        let options = &self.inner.options;
         let work = async {
-            let mut url: Uri = url.parse().map_err(|e| unreachable(format!("bad URL {url}: {e}")))?;
+            let mut url: Uri = url
+                .parse()
+                .map_err(|_| unreachable(format!("unusable URL for {what} (host {})", policy::host_of(url))))?;
             let first_host = url.authority().map(|a| a.to_string());
             for _ in 0..=MAX_REDIRECTS {
+                policy::check_target(&url, registry, options.insecure_http, &options.allow_private_ranges)
+                    .map_err(|reason| Error::RedirectRefused { registry: registry.to_string(), reason })?;
+                let http = if policy::is_own(&url, registry) { &self.inner.http } else { &self.inner.elsewhere };
                 let mut req = Request::builder().method(method.clone()).uri(url.clone());
                 for (name, value) in headers {
                     req = req.header(name, value);
@@ -268,12 +334,13 @@ impl Client {
                     req = req.header(CONTENT_LENGTH, HeaderValue::from(body.len()));
                 }
                 let req = req.body(Full::new(body.clone())).map_err(|e| unreachable(format!("bad request: {e}")))?;
-                let resp = self.inner.http.request(req).await.map_err(|e| unreachable(with_hint(error_chain(&e))))?;
+                let resp = http.request(req).await.map_err(|e| refused_or_unreachable(registry, &e))?;
                 let status = resp.status();
                 if status.is_redirection() && (*method == Method::GET || *method == Method::HEAD) {
                     let location = resp.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("");
-                    url = join_location(&url, location)
-                        .ok_or_else(|| unreachable(format!("redirect to an unusable location {location:?}")))?;
+                    url = join_location(&url, location).ok_or_else(|| {
+                        unreachable(format!("HTTP {} to {what} redirects to an unusable location", status.as_u16()))
+                    })?;
                     continue;
                 }
                 let headers = resp.headers().clone();
@@ -285,6 +352,10 @@ impl Client {
                 {
                     return Err(Error::TooLarge { what: format!("{what} ({len} bytes)"), limit });
                 }
+                // Reserve what this answer may bring before reading it: the declared
+                // length when it is within the limit, else the limit.
+                let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let _in_flight = options.budget.bytes(declared.map_or(limit, |n| n.min(limit))).await;
                 let mut body = resp.into_body();
                 let mut buf = Vec::new();
                 while let Some(frame) = body.frame().await {
@@ -311,7 +382,11 @@ impl Client {
     }
 }
 
-/// A registry's error answer, short: its `errors[].message`s, else the status line.
+/// A registry's error answer, short and never its text: the distribution API's error
+/// codes (`MANIFEST_UNKNOWN`, `DENIED`, …: upper-case words, at most 4) when it gave
+/// some, else the status's reason phrase. A body (or an error message in it) is the
+/// registry's text, and through a redirect possibly another service's: echoed into
+/// status, it would make the operator a reader of whatever it can reach.
 pub(crate) fn error_detail(resp: &Response) -> String {
     #[derive(serde::Deserialize)]
     struct Errors {
@@ -321,21 +396,33 @@ pub(crate) fn error_detail(resp: &Response) -> String {
     struct ErrorItem {
         #[serde(default)]
         code: String,
-        #[serde(default)]
-        message: String,
     }
-    if let Ok(e) = serde_json::from_slice::<Errors>(&resp.body)
-        && !e.errors.is_empty()
-    {
-        return e.errors.iter().map(|i| format!("{}: {}", i.code, i.message)).collect::<Vec<_>>().join("; ");
+    let is_code = |c: &str| (1..=32).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+    let reason = resp.status.canonical_reason().unwrap_or("error").to_string();
+    match serde_json::from_slice::<Errors>(&resp.body) {
+        Ok(e) => {
+            let mut codes: Vec<&str> = e.errors.iter().map(|i| i.code.as_str()).filter(|c| is_code(c)).collect();
+            codes.dedup();
+            codes.truncate(4);
+            if codes.is_empty() { reason } else { format!("{reason}, error code {}", codes.join(", ")) }
+        }
+        Err(_) => reason,
     }
-    let text = String::from_utf8_lossy(&resp.body);
-    let text = text.trim();
-    if text.is_empty() || text.len() > 200 {
-        resp.status.canonical_reason().unwrap_or("error").to_string()
-    } else {
-        text.to_string()
+}
+
+/// A connection error: refused by the address policy (a name of private addresses
+/// only), or unreachable.
+fn refused_or_unreachable(registry: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return Error::RedirectRefused { registry: registry.to_string(), reason: io.to_string() };
+        }
+        source = s.source();
     }
+    Error::RegistryUnreachable { registry: registry.to_string(), detail: with_hint(error_chain(e)) }
 }
 
 /// The error and its sources on one line ("connection refused" sits several levels down).

@@ -4,7 +4,7 @@
 //! getaddrinfo has no NSS modules to load and every name would fail to resolve.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,10 +14,17 @@ use hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hyper_util::client::legacy::connect::dns::Name;
 
+use crate::policy::{Cidr, address_allowed};
+
 /// A resolver for hyper's `HttpConnector`. IP literals never reach it (the connector
 /// parses them first).
 #[derive(Clone)]
-pub struct Resolver(Arc<TokioResolver>);
+pub struct Resolver {
+    inner: Arc<TokioResolver>,
+    /// Restricted ([`Resolver::restricted`]): special addresses are dropped from every
+    /// answer unless in these ranges; a name left without an address is refused.
+    restrict: Option<Arc<[Cidr]>>,
+}
 
 impl Resolver {
     /// From the system's configuration; without a readable `/etc/resolv.conf`, only
@@ -33,8 +40,32 @@ impl Resolver {
                 b.build()
             }
         };
-        Resolver(Arc::new(resolver))
+        Resolver { inner: Arc::new(resolver), restrict: None }
     }
+
+    /// The same resolver, answering only public addresses and those in `allowed`: for
+    /// the hosts a registry points to that are not the registry itself (see
+    /// [`crate::policy`]). The addresses returned are the ones connected to, so a name
+    /// that changes its answer between a check and a connection gains nothing.
+    pub fn restricted(&self, allowed: &[Cidr]) -> Resolver {
+        Resolver { inner: self.inner.clone(), restrict: Some(allowed.into()) }
+    }
+}
+
+/// The addresses of `name` a restricted resolver may return, or why none.
+pub fn keep_allowed(name: &str, addrs: Vec<IpAddr>, allowed: &[Cidr]) -> Result<Vec<IpAddr>, std::io::Error> {
+    let kept: Vec<IpAddr> = addrs.iter().copied().filter(|ip| address_allowed(*ip, allowed)).collect();
+    if kept.is_empty() && !addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "refused to follow the registry to {name}: it resolves to private, loopback or link-local \
+                 addresses only and is not the registry itself (allow the range with \
+                 --registry-allow-private-ranges if it is meant)"
+            ),
+        ));
+    }
+    Ok(kept)
 }
 
 type Addrs = std::vec::IntoIter<SocketAddr>;
@@ -49,12 +80,16 @@ impl tower_service::Service<Name> for Resolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = self.0.clone();
+        let (resolver, restrict) = (self.inner.clone(), self.restrict.clone());
         Box::pin(async move {
             let ips = resolver.lookup_ip(name.as_str()).await.map_err(|e| {
                 std::io::Error::new(std::io::ErrorKind::NotFound, format!("cannot resolve {}: {e}", name.as_str()))
             })?;
-            let addrs: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            let mut ips: Vec<IpAddr> = ips.iter().collect();
+            if let Some(allowed) = &restrict {
+                ips = keep_allowed(name.as_str(), ips, allowed)?;
+            }
+            let addrs: Vec<SocketAddr> = ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
             Ok(addrs.into_iter())
         })
     }
@@ -74,5 +109,17 @@ mod tests {
         let mut r = Resolver::from_system();
         let addrs: Vec<SocketAddr> = r.call(Name::from_str("localhost").unwrap()).await.unwrap().collect();
         assert!(addrs.iter().any(|a| a.ip().is_loopback()), "{addrs:?}");
+    }
+
+    #[tokio::test]
+    async fn a_restricted_resolver_refuses_names_of_private_addresses() {
+        let mut r = Resolver::from_system().restricted(&[]);
+        let e = r.call(Name::from_str("localhost").unwrap()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("refused to follow the registry to localhost"), "{e}");
+        let mut allowed = Resolver::from_system().restricted(&["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]);
+        assert!(allowed.call(Name::from_str("localhost").unwrap()).await.is_ok());
+        let mixed = vec!["10.0.0.1".parse().unwrap(), "1.1.1.1".parse().unwrap()];
+        assert_eq!(keep_allowed("x", mixed, &[]).unwrap(), vec!["1.1.1.1".parse::<IpAddr>().unwrap()]);
     }
 }

@@ -25,6 +25,9 @@ pub enum Error {
     #[error("registry {registry} is unreachable: {detail}")]
     RegistryUnreachable { registry: String, detail: String },
 
+    #[error("registry {registry} {reason}")]
+    RedirectRefused { registry: String, reason: String },
+
     #[error("registry {registry} answered HTTP {status} to {what}: {detail}")]
     Registry { registry: String, status: u16, what: String, detail: String },
 
@@ -87,6 +90,7 @@ pub enum ErrorKind {
     ImageNotFound,
     Unauthorized,
     RegistryUnreachable,
+    RedirectRefused,
     RegistryError,
     Tampered,
     TooLarge,
@@ -109,6 +113,7 @@ impl ErrorKind {
             ErrorKind::ImageNotFound => "ImageNotFound",
             ErrorKind::Unauthorized => "Unauthorized",
             ErrorKind::RegistryUnreachable => "RegistryUnreachable",
+            ErrorKind::RedirectRefused => "RedirectRefused",
             ErrorKind::RegistryError => "RegistryError",
             ErrorKind::Tampered => "Tampered",
             ErrorKind::TooLarge => "TooLarge",
@@ -139,6 +144,7 @@ impl Error {
             Error::ImageNotFound { .. } => ErrorKind::ImageNotFound,
             Error::Unauthorized { .. } => ErrorKind::Unauthorized,
             Error::RegistryUnreachable { .. } => ErrorKind::RegistryUnreachable,
+            Error::RedirectRefused { .. } => ErrorKind::RedirectRefused,
             Error::Registry { .. } => ErrorKind::RegistryError,
             Error::Tampered { .. } => ErrorKind::Tampered,
             Error::TooLarge { .. } => ErrorKind::TooLarge,

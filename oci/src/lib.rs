@@ -11,10 +11,15 @@
 //! - [`build_image`], [`write_layout`]/[`read_layout`], [`Client::push`] and
 //!   [`Client::sign`] for tools that make images.
 //!
+//! Against hostile registries: [`policy`] (where redirects and token realms may lead),
+//! [`PullBudget`] (pulls and bytes in flight, process-wide), a deadline per image, and
+//! a cap on signature layers ([`limits`]).
+//!
 //! Errors are one [`Error`] enum; [`Error::kind`] names what went wrong for status
 //! reasons, and the message says what to fix.
 
 pub mod auth;
+pub mod budget;
 pub mod build;
 pub mod client;
 pub mod digest;
@@ -26,6 +31,7 @@ pub mod layer;
 pub mod limits;
 pub mod manifest;
 pub mod platform;
+pub mod policy;
 pub mod reference;
 pub mod registry;
 pub mod sign;
@@ -33,6 +39,7 @@ pub mod sign;
 pub mod testing;
 
 pub use auth::{BasicAuth, Credentials};
+pub use budget::PullBudget;
 pub use build::{BuiltImage, ImageBundle, build_image, build_index, read_layout, write_layout};
 pub use client::{Client, ClientOptions};
 pub use digest::Digest;
@@ -40,6 +47,7 @@ pub use elf::{ElfContents, describe};
 pub use error::{Error, ErrorKind, Result};
 pub use labels::{LabelsMismatch, check_programs};
 pub use platform::Platform;
+pub use policy::Cidr;
 pub use reference::Reference;
 pub use registry::Image;
 pub use sign::{PublicKey, SigningKey, Verified, generate_key_pair};

@@ -59,6 +59,11 @@ impl Client {
     /// The digest `reference` names now: its digest if it has one (not checked here:
     /// [`Client::pull`] verifies it), else the tag's current manifest (or index) digest.
     pub async fn resolve(&self, reference: &Reference) -> Result<Digest> {
+        let what = format!("resolving {reference}");
+        self.image_work(reference.api_host(), &what, self.resolve_inner(reference)).await
+    }
+
+    async fn resolve_inner(&self, reference: &Reference) -> Result<Digest> {
         if let Some(d) = &reference.digest {
             return Ok(d.clone());
         }
@@ -74,8 +79,14 @@ impl Client {
     /// Pull `reference` (resolved first if it has no digest) for `platform`: the
     /// manifest (the platform's entry of an index), the config's labels and the ELF
     /// object of its single tar layer, every piece checked against its digest.
+    /// One pull of the shared budget and the image deadline apply.
     pub async fn pull(&self, reference: &Reference, platform: &Platform) -> Result<Image> {
-        let digest = self.resolve(reference).await?;
+        let what = format!("pulling {reference}");
+        self.image_work(reference.api_host(), &what, self.pull_inner(reference, platform)).await
+    }
+
+    async fn pull_inner(&self, reference: &Reference, platform: &Platform) -> Result<Image> {
+        let digest = self.resolve_inner(reference).await?;
         let pinned = reference.with_digest(digest.clone());
         let (bytes, content_type) = self.fetch_manifest(&pinned, digest.as_str()).await?;
         check_digest("manifest", &digest, &bytes)?;

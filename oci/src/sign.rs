@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::Client;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::limits::MAX_SIGNATURE_PAYLOAD_BYTES;
+use crate::limits::{MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_PAYLOAD_BYTES};
 use crate::manifest::{Descriptor, Manifest, ManifestDoc, OCI_CONFIG, OCI_MANIFEST};
 use crate::reference::Reference;
 
@@ -243,7 +243,14 @@ pub fn verify_signatures(
 impl Client {
     /// Verify that one of `keys` signed `digest` in `reference`'s repository (cosign
     /// format, offline). `Unsigned` when there is no signature tag.
+    /// At most [`MAX_SIGNATURE_LAYERS`] signatures are read, one pull of the shared
+    /// budget and the image deadline apply.
     pub async fn verify(&self, reference: &Reference, digest: &Digest, keys: &[PublicKey]) -> Result<Verified> {
+        let what = format!("verifying the signature of {}@{digest}", reference.repository);
+        self.image_work(reference.api_host(), &what, self.verify_inner(reference, digest, keys)).await
+    }
+
+    async fn verify_inner(&self, reference: &Reference, digest: &Digest, keys: &[PublicKey]) -> Result<Verified> {
         let pinned = reference.with_digest(digest.clone()).to_string();
         if keys.is_empty() {
             return Err(Error::InvalidKey { reason: "the signature policy has no public key".into() });
@@ -259,8 +266,17 @@ impl Client {
             Ok(ManifestDoc::Index(_)) => return Err(invalid(format!("{tag} is an index, not a signature manifest"))),
             Err(e) => return Err(invalid(format!("{tag}: {e}"))),
         };
+        let layers: Vec<&Descriptor> =
+            manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE).collect();
+        if layers.len() > MAX_SIGNATURE_LAYERS {
+            return Err(invalid(format!(
+                "{tag} holds {} signatures; at most {MAX_SIGNATURE_LAYERS} are read (none was fetched): \
+                 prune old signatures of this image",
+                layers.len()
+            )));
+        }
         let mut signatures = Vec::new();
-        for layer in manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE) {
+        for layer in layers {
             let payload =
                 match self.fetch_blob(reference, layer, MAX_SIGNATURE_PAYLOAD_BYTES, "signature payload").await {
                     Ok(p) => p,

@@ -98,6 +98,8 @@ async fn bearer_tokens_are_fetched_with_basic_credentials_and_cached() {
         let e = c.resolve(&reference).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unauthorized, "{name}: {e}");
         assert!(e.to_string().contains(&format!("registry {host} refused access")), "{name}: {e}");
-        assert!(e.to_string().contains("bad user"), "{name}: {e}");
+        // The registry's error code, never its message (issue 21, point 5).
+        assert!(e.to_string().contains("error code UNAUTHORIZED"), "{name}: {e}");
+        assert!(!e.to_string().contains("bad user"), "{name}: {e}");
     }
 }

@@ -79,7 +79,8 @@ fn check_size(bytes: Vec<u8>, what: &str) -> Result<bytes::Bytes, SpecProblem> {
     Ok(bytes::Bytes::from(bytes))
 }
 
-/// Bytes cached at most (least recently used entries go first).
+/// Bytes cached at most without a memory limit (least recently used entries go first);
+/// [`crate::memory::MemoryBudget`] sizes it from the limit ([`BytecodeCache::with_capacity`]).
 pub const MAX_CACHE_BYTES: usize = 64 << 20;
 
 type Key = (String, String, String);
@@ -101,7 +102,6 @@ impl Cached {
 
 /// ConfigMap bytecode by (namespace, name, key) at a resourceVersion, and the namespaces
 /// it may come from.
-#[derive(Default)]
 pub struct BytecodeCache {
     /// Metadata of every ConfigMap, from the watch. `None`: not watched (tests): every
     /// resolve reads the ConfigMap.
@@ -109,12 +109,25 @@ pub struct BytecodeCache {
     /// Shared with the watch of opted-in namespaces ([`watch_config_maps`]).
     sources: Arc<Sources>,
     entries: Mutex<(HashMap<Key, Cached>, u64)>,
+    /// Bytes cached at most.
+    capacity: usize,
+}
+
+impl Default for BytecodeCache {
+    fn default() -> Self {
+        BytecodeCache::new(None)
+    }
 }
 
 impl BytecodeCache {
     /// A cache whose operator namespace is the `--namespace` default; see [`Self::allowing`].
     pub fn new(config_maps: Option<Store<PartialObjectMeta<ConfigMap>>>) -> Self {
-        Self { config_maps, sources: Default::default(), entries: Default::default() }
+        Self { config_maps, sources: Default::default(), entries: Default::default(), capacity: MAX_CACHE_BYTES }
+    }
+
+    /// Hold at most `bytes` (from the memory limit).
+    pub fn with_capacity(self, bytes: usize) -> Self {
+        Self { capacity: bytes, ..self }
     }
 
     /// ConfigMaps come from `operator_namespace` and the namespaces labelled to opt in.
@@ -142,7 +155,7 @@ impl BytecodeCache {
         *clock += 1;
         map.insert(key, Cached { resource_version, result, last_used: *clock });
         let mut total: usize = map.values().map(Cached::size).sum();
-        while total > MAX_CACHE_BYTES && map.len() > 1 {
+        while total > self.capacity && map.len() > 1 {
             let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else { break };
             if let Some(e) = map.remove(&oldest) {
                 total -= e.size();
@@ -465,6 +478,10 @@ mod tests {
         let _ = cache.lookup(&key("a"), "1");
         cache.store(key("c"), "1".into(), elf(MAX_CACHE_BYTES / 2));
         assert!(cache.lookup(&key("b"), "1").is_none(), "b was least recently used");
+        let small = BytecodeCache::new(None).with_capacity(100);
+        small.store(key("a"), "1".into(), elf(60));
+        small.store(key("b"), "1".into(), elf(60));
+        assert!(small.lookup(&key("a"), "1").is_none(), "the capacity given, from the memory limit");
         assert!(cache.lookup(&key("a"), "1").is_some() && cache.lookup(&key("c"), "1").is_some());
         assert_eq!(cache.len(), 2);
     }

@@ -3,6 +3,14 @@
 //! spec, the signature policy), and hand the ELF to the controller like any other
 //! bytecode. Agents never reach a registry.
 //!
+//! Against a hostile registry (issue 21, point 5): one [`oci::PullBudget`] per
+//! leadership term bounds pulls and bytes in flight across every program and pull
+//! secret; the image cache is sized from the memory limit ([`crate::memory`]); each
+//! image has a deadline; redirects and token realms follow [`oci::policy`] (private
+//! ranges only when `--registry-allow-private-ranges` lists them); what reaches the
+//! status is the oci crate's message (never a registry's body), stripped of control
+//! characters.
+//!
 //! What is recorded in `status.image` makes the digest stick: an unchanged spec is
 //! never re-resolved, so a tag moved in the registry reaches no node until the spec
 //! changes or the `bpfleet.dev/resolve-image` annotation gets a new value.
@@ -23,13 +31,14 @@ use crate::status::SpecProblem;
 
 /// Annotation whose new value makes the operator resolve the image's tag again.
 pub const RESOLVE_ANNOTATION: &str = "bpfleet.dev/resolve-image";
-/// Pulled images kept, in ELF bytes (least recently used go first).
+/// Pulled images kept, in ELF bytes (least recently used go first), without a memory
+/// limit; [`crate::memory::MemoryBudget`] sizes it from the limit.
 pub const MAX_CACHE_BYTES: usize = 128 << 20;
 /// How long the signature policy's Secret is trusted before it is read again.
 const POLICY_TTL: Duration = Duration::from_secs(30);
 
 /// How the operator reaches registries and what it trusts.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ImageConfig {
     /// Where pull secrets and the signature policy's Secret live.
     pub namespace: String,
@@ -40,7 +49,38 @@ pub struct ImageConfig {
     /// A Secret whose `*.pub` keys are the signature policy: with it, only images signed
     /// by one of them run.
     pub signature_keys_secret: Option<String>,
+    /// Special address ranges redirects and token realms may lead to (the registry's
+    /// own host needs none).
+    pub allow_private_ranges: Vec<oci::Cidr>,
+    /// Pulled images kept, in ELF bytes.
+    pub cache_bytes: usize,
+    /// Pulls (and signature checks) at once, across every program.
+    pub max_pulls: usize,
+    /// Registry answers being read at once, in bytes.
+    pub max_bytes_in_flight: u64,
+    /// Resolving, pulling or verifying one image, as a whole.
+    pub image_deadline: Duration,
 }
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        let memory = crate::memory::MemoryBudget::default();
+        ImageConfig {
+            namespace: String::new(),
+            insecure_registries: Vec::new(),
+            ca_pem: None,
+            signature_keys_secret: None,
+            allow_private_ranges: Vec::new(),
+            cache_bytes: memory.image_cache_bytes,
+            max_pulls: memory.max_pulls,
+            max_bytes_in_flight: memory.registry_bytes_in_flight,
+            image_deadline: DEFAULT_IMAGE_DEADLINE,
+        }
+    }
+}
+
+/// Resolving, pulling or verifying one image, as a whole, unless configured.
+pub const DEFAULT_IMAGE_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A resolved, pulled and checked image.
 #[derive(Clone, Debug)]
@@ -61,19 +101,24 @@ pub struct Images {
     client: Client,
     cfg: ImageConfig,
     pulled: Mutex<Lru>,
+    budget: Arc<oci::PullBudget>,
     /// (image digest, policy fingerprint) -> the key name that verified it, or why not.
     verified: Mutex<HashMap<(String, String), Result<String, SpecProblem>>>,
     policy: Mutex<Option<Arc<Policy>>>,
 }
 
-#[derive(Default)]
 struct Lru {
     order: VecDeque<String>,
     images: HashMap<String, Arc<oci::Image>>,
     bytes: usize,
+    capacity: usize,
 }
 
 impl Lru {
+    fn new(capacity: usize) -> Lru {
+        Lru { order: VecDeque::new(), images: HashMap::new(), bytes: 0, capacity }
+    }
+
     fn get(&mut self, key: &str) -> Option<Arc<oci::Image>> {
         let hit = self.images.get(key).cloned()?;
         self.order.retain(|k| k != key);
@@ -88,7 +133,7 @@ impl Lru {
         }
         self.bytes += image.elf.len();
         self.order.push_back(key);
-        while self.bytes > MAX_CACHE_BYTES && self.order.len() > 1 {
+        while self.bytes > self.capacity && self.order.len() > 1 {
             if let Some(k) = self.order.pop_front()
                 && let Some(gone) = self.images.remove(&k)
             {
@@ -107,7 +152,7 @@ pub fn reason_of(e: &oci::Error) -> Reason {
     use oci::ErrorKind as K;
     match e.kind() {
         K::InvalidReference | K::InvalidKey | K::InvalidCredentials => Reason::InvalidSpec,
-        K::ImageNotFound | K::Unauthorized | K::RegistryUnreachable | K::RegistryError | K::Io => {
+        K::ImageNotFound | K::Unauthorized | K::RegistryUnreachable | K::RedirectRefused | K::RegistryError | K::Io => {
             Reason::ImageUnavailable
         }
         K::Tampered | K::TooLarge | K::NotBytecode | K::InvalidImage | K::LabelsMismatch | K::PlatformNotFound => {
@@ -119,8 +164,11 @@ pub fn reason_of(e: &oci::Error) -> Reason {
     }
 }
 
+/// The oci crate's message, which names hosts and digests but quotes no registry
+/// body; what a registry may still put in it (a tag, a media type) is stripped of
+/// control characters and bounded.
 fn from_oci(e: oci::Error) -> SpecProblem {
-    problem(reason_of(&e), e.to_string())
+    problem(reason_of(&e), crds::sanitize::for_status(&e.to_string()))
 }
 
 /// Which digest the spec runs now, without a registry when it can: the spec's own
@@ -168,7 +216,15 @@ fn spec_programs(programs: &[ProgramSpec]) -> Vec<(String, String)> {
 
 impl Images {
     pub fn new(client: Client, cfg: ImageConfig) -> Self {
-        Self { client, cfg, pulled: Default::default(), verified: Default::default(), policy: Default::default() }
+        let budget = oci::PullBudget::new(cfg.max_pulls, cfg.max_bytes_in_flight);
+        Self {
+            client,
+            pulled: Mutex::new(Lru::new(cfg.cache_bytes)),
+            budget,
+            cfg,
+            verified: Default::default(),
+            policy: Default::default(),
+        }
     }
 
     async fn secret(&self, name: &str) -> Result<Secret, SpecProblem> {
@@ -206,6 +262,9 @@ impl Images {
             insecure_http: false,
             ca_pem: self.cfg.ca_pem.clone(),
             timeout: Duration::from_secs(30),
+            image_deadline: self.cfg.image_deadline,
+            allow_private_ranges: self.cfg.allow_private_ranges.clone(),
+            budget: self.budget.clone(),
         };
         oci::Client::new(opts).map_err(from_oci)
     }
@@ -453,7 +512,7 @@ mod tests {
 
     #[test]
     fn the_cache_is_bounded_in_bytes() {
-        let mut lru = Lru::default();
+        let mut lru = Lru::new(MAX_CACHE_BYTES);
         let image = |n: usize| {
             Arc::new(oci::Image {
                 reference: oci::Reference::parse("r.example/x:v1").unwrap(),
@@ -473,5 +532,18 @@ mod tests {
         }
         assert!(lru.bytes <= MAX_CACHE_BYTES);
         assert!(lru.get("k19").is_some() && lru.get("k0").is_none());
+        let mut small = Lru::new(32 << 20);
+        for k in 0..4 {
+            small.put(format!("k{k}"), image(16 << 20));
+        }
+        assert_eq!((small.bytes, small.images.len()), (32 << 20, 2), "the capacity given, from the memory limit");
+    }
+
+    #[test]
+    fn a_refused_redirect_is_an_unavailable_image_and_its_message_is_clean() {
+        let e = oci::Error::RedirectRefused { registry: "r".into(), reason: "refused \x1b[31mred\u{7}".into() };
+        assert_eq!(reason_of(&e), Reason::ImageUnavailable);
+        let p = from_oci(e);
+        assert!(!p.message.chars().any(char::is_control), "{:?}", p.message);
     }
 }

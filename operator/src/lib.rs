@@ -14,6 +14,7 @@ pub mod history;
 pub mod image;
 pub mod index;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod plan;
 pub mod resync;

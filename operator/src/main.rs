@@ -87,6 +87,15 @@ struct Args {
     /// (PEM, cosign format) must have signed every image; unsigned images are refused.
     #[arg(long, env = "BPFLEET_IMAGE_SIGNATURE_KEYS_SECRET")]
     image_signature_keys_secret: Option<String>,
+    /// Address ranges (CIDR, comma-separated or repeated) that registries' redirects and
+    /// token realms may lead to although private, loopback or link-local. The registry an
+    /// image names is reached wherever it is; this is for where it sends the operator
+    /// besides itself (e.g. blob storage on a private network).
+    #[arg(long, env = "BPFLEET_REGISTRY_ALLOW_PRIVATE_RANGES", value_delimiter = ',')]
+    registry_allow_private_ranges: Vec<oci::Cidr>,
+    /// Seconds to resolve, pull or verify one image, as a whole.
+    #[arg(long, default_value_t = operator::image::DEFAULT_IMAGE_DEADLINE.as_secs())]
+    image_deadline_seconds: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -194,6 +203,16 @@ async fn run() -> anyhow::Result<()> {
     });
     tracing::info!(%identity, namespace = %args.namespace, "operator started; campaigning for the leader Lease");
 
+    // Caches and registry bounds sized from the container's memory limit.
+    let memory = operator::memory::MemoryBudget::from_cgroup();
+    tracing::info!(
+        limit = ?memory.limit,
+        image_cache_bytes = memory.image_cache_bytes,
+        config_map_cache_bytes = memory.config_map_cache_bytes,
+        registry_bytes_in_flight = memory.registry_bytes_in_flight,
+        max_pulls = memory.max_pulls,
+        "memory budget"
+    );
     let cfg = WorkConfig {
         resync_every: Duration::from_secs(args.resync_seconds.max(5)),
         history_namespace: args.namespace.clone(),
@@ -205,7 +224,13 @@ async fn run() -> anyhow::Result<()> {
                 None => None,
             },
             signature_keys_secret: args.image_signature_keys_secret.clone(),
+            allow_private_ranges: args.registry_allow_private_ranges.clone(),
+            cache_bytes: memory.image_cache_bytes,
+            max_pulls: memory.max_pulls,
+            max_bytes_in_flight: memory.registry_bytes_in_flight,
+            image_deadline: Duration::from_secs(args.image_deadline_seconds.max(1)),
         },
+        config_map_cache_bytes: memory.config_map_cache_bytes,
         agent_pod_selector: args.agent_pod_selector.clone().filter(|s| !s.is_empty()),
         unreachable_grace: Duration::from_secs(args.agent_unreachable_grace_seconds),
         ..WorkConfig::default()

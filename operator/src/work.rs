@@ -47,6 +47,8 @@ pub struct WorkConfig {
     pub agent_pod_selector: Option<String>,
     /// How long a Ready agent may go unanswered before its node counts as failed.
     pub unreachable_grace: Duration,
+    /// ConfigMap bytecode cached, in bytes (from the memory limit, `crate::memory`).
+    pub config_map_cache_bytes: usize,
 }
 
 impl Default for WorkConfig {
@@ -60,6 +62,7 @@ impl Default for WorkConfig {
             images: crate::image::ImageConfig { namespace: "bpfleet-system".into(), ..Default::default() },
             agent_pod_selector: None,
             unreachable_grace: crate::controller::DEFAULT_UNREACHABLE_GRACE,
+            config_map_cache_bytes: crate::bytecode::MAX_CACHE_BYTES,
         }
     }
 }
@@ -84,7 +87,9 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     let (config_maps, cm_writer) = reflector::store();
     let mut ctx = Context::new(client.clone(), pool, nodes, metrics.clone(), epoch);
     ctx.recorder = Some(crate::events::Recorder::new(client.clone(), "bpfleet-operator"));
-    ctx.bytecode = BytecodeCache::new(Some(config_maps.clone())).allowing(&cfg.history_namespace);
+    ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()))
+        .allowing(&cfg.history_namespace)
+        .with_capacity(cfg.config_map_cache_bytes);
     ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
     ctx.images = Some(crate::image::Images::new(client.clone(), cfg.images.clone()));
     ctx.unreachable_grace = cfg.unreachable_grace;
