@@ -26,9 +26,55 @@ pub fn one_line(s: &str) -> String {
     for_status(s).chars().map(|c| if c == '\n' || c == '\t' || c == '\r' { ' ' } else { c }).collect()
 }
 
+/// A BpfProgram status with every text field that may carry agent or registry text
+/// (condition messages and reasons, node failures, the rollout message) cleaned by
+/// [`for_status`]: the operator's one call before a status is written.
+pub fn program_status(mut s: crate::program::BpfProgramStatus) -> crate::program::BpfProgramStatus {
+    let clean = |t: &mut String| {
+        if t.chars().any(unsafe_char) {
+            *t = for_status(t);
+        }
+    };
+    for c in &mut s.conditions {
+        clean(&mut c.message);
+        clean(&mut c.reason);
+    }
+    for f in &mut s.failures {
+        clean(&mut f.message);
+        clean(&mut f.reason);
+        clean(&mut f.node);
+        if let Some(p) = &mut f.program {
+            clean(p);
+        }
+    }
+    if let Some(m) = s.rollout.as_mut().and_then(|r| r.message.as_mut()) {
+        clean(m);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_carries_no_control_characters() {
+        let hostile = "agent says \x1b[2Jgone\r\u{7}";
+        let s = crate::program::BpfProgramStatus {
+            failures: vec![crate::program::NodeFailure {
+                node: "n".into(),
+                program: Some("p\x1b".into()),
+                reason: "VerifierRejected".into(),
+                message: hostile.into(),
+                attempts: None,
+                next_retry_time: None,
+            }],
+            ..Default::default()
+        };
+        let s = program_status(s);
+        assert_eq!(s.failures[0].message, "agent says [2Jgone");
+        assert_eq!(s.failures[0].program.as_deref(), Some("p"));
+    }
 
     #[test]
     fn escapes_bells_and_overrides_are_removed() {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod history;
 pub mod image;
 pub mod nodes;
+pub mod output;
 pub mod pause;
 pub mod status;
 pub mod table;

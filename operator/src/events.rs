@@ -77,7 +77,8 @@ impl Recorder {
             metadata: ObjectMeta { name: Some(name), namespace: Some(namespace), ..Default::default() },
             action: Some(ev.action.clone()),
             reason: Some(ev.reason.clone()),
-            note: ev.note.clone(),
+            // Notes carry agent and registry text: no control characters (issue 21).
+            note: ev.note.as_deref().map(crds::sanitize::for_status),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
             related: ev.secondary.clone(),
@@ -145,5 +146,17 @@ mod tests {
         let mut warning = ev("Ready", "a");
         warning.type_ = EventType::Warning;
         assert_ne!(key(&warning, &obj("p")), key(&ev("Ready", "a"), &obj("p")));
+    }
+
+    #[tokio::test]
+    async fn a_hostile_agent_message_reaches_the_event_without_control_characters() {
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let recorder = Recorder::new(Client::new(service, "default"), "bpfleet-operator");
+        let note = "node-7: verifier: \x1b[2J\x1b]0;owned\x07\r\u{202E}R0 invalid";
+        let e = recorder.event(&ev("Failed", note), &obj("p"), Timestamp::now());
+        let clean = e.note.unwrap();
+        assert!(!clean.chars().any(char::is_control) && !clean.contains('\u{202E}'), "{clean:?}");
+        assert!(clean.contains("R0 invalid"));
     }
 }

@@ -231,7 +231,8 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
     };
     failures.sort_by(|a, b| a.node.cmp(&b.node));
     failures.truncate(MAX_STATUS_FAILURES);
-    BpfProgramStatus {
+    // Agent and registry text enters the status here: control characters go (issue 21).
+    crds::sanitize::program_status(BpfProgramStatus {
         observed_generation: input.generation,
         revision: input.revision.map(str::to_string),
         target_nodes: total as i32,
@@ -244,7 +245,7 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         // a halt) rather than forget it.
         rollout: input.rollout.cloned().or_else(|| input.previous.and_then(|p| p.rollout.clone())),
         image: input.previous.and_then(|p| p.image.clone()),
-    }
+    })
 }
 
 /// A stopped rollout is Stalled (kstatus: Failed) with its reason, whatever the node
