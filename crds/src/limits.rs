@@ -28,3 +28,9 @@ pub const MAX_APPLY_MESSAGE_BYTES: usize =
 pub const MAX_LIST_PAGE_BYTES: usize = 1 << 20;
 /// Owners per List page when the caller does not say.
 pub const DEFAULT_LIST_PAGE_SIZE: usize = 500;
+/// Largest answer an agent sends (a List page, a Watch event, an Apply's state): the
+/// agent encodes under it and the operator refuses to decode more.
+pub const MAX_ANSWER_BYTES: usize = MAX_LIST_PAGE_BYTES + (64 << 10);
+/// Owners one agent may report. Far above any real cluster's BpfPrograms; an agent
+/// reporting more is refused before anything enters the operator's index.
+pub const MAX_OWNERS_PER_NODE: usize = 10_000;

@@ -49,6 +49,9 @@ pub enum Reason {
     RecordSetAside,
     /// The node's agent could not be reached.
     AgentUnreachable,
+    /// The agent that answered runs on another node than the one the request is for: the
+    /// node's address leads to another node's agent. Nothing was changed.
+    WrongNode,
     /// The image cannot be fetched: not found, registry unreachable, or credentials refused (the message says which).
     ImageUnavailable,
     /// The image is not eBPF bytecode as expected: tampered blob, no ELF, too large, labels that do not match the spec, or no entry for the nodes' architecture.
@@ -64,7 +67,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::InvalidSpec,
         Reason::BytecodeTooLarge,
         Reason::BytecodeNotFound,
@@ -85,6 +88,7 @@ impl Reason {
         Reason::StaleLeaderEpoch,
         Reason::RecordSetAside,
         Reason::AgentUnreachable,
+        Reason::WrongNode,
         Reason::ImageUnavailable,
         Reason::ImageInvalid,
         Reason::ImageUnsigned,
@@ -115,6 +119,7 @@ impl Reason {
             Reason::StaleLeaderEpoch => "StaleLeaderEpoch",
             Reason::RecordSetAside => "RecordSetAside",
             Reason::AgentUnreachable => "AgentUnreachable",
+            Reason::WrongNode => "WrongNode",
             Reason::ImageUnavailable => "ImageUnavailable",
             Reason::ImageInvalid => "ImageInvalid",
             Reason::ImageUnsigned => "ImageUnsigned",

@@ -286,7 +286,7 @@ impl ProcessNode {
     /// `Remove` from the host.
     pub fn remove(&self, owner: v1::Owner) -> anyhow::Result<bool> {
         let (url, tls) = (self.url(), self.client_tls.clone());
-        let req = v1::RemoveRequest { owner: Some(owner), epoch: 0 };
+        let req = v1::RemoveRequest { owner: Some(owner), epoch: 0, node_name: String::new() };
         block_on(async move { Ok(Self::client(url, tls).await?.remove(req).await?.into_inner().removed) })
     }
 

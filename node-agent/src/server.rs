@@ -32,10 +32,31 @@ impl AgentService {
 }
 
 impl AgentService {
+    fn node_name(&self) -> &str {
+        &self.manager.config().node_name
+    }
+
+    /// Refuses a request for another node: the operator dialled the address of node
+    /// `wanted` and reached this agent (a re-pointed InternalIP, or addresses reused).
+    /// An empty name is not checked (tools and operators older than the field).
+    fn check_node(&self, wanted: &str, what: &str) -> Result<(), AgentError> {
+        let mine = self.node_name();
+        if wanted.is_empty() || wanted == mine {
+            return Ok(());
+        }
+        Err(AgentError::new(
+            Reason::WrongNode,
+            format!(
+                "{what} is for node {wanted:?}, but this agent runs on node {mine:?}: node {wanted:?}'s address \
+                 leads to another node's agent (check its InternalIP); nothing was changed"
+            ),
+        ))
+    }
+
     fn count(&self, method: &str, error: Option<&AgentError>) {
         let outcome = match error {
             None => "ok",
-            Some(e) if e.reason == Reason::StaleLeaderEpoch => "refused",
+            Some(e) if matches!(e.reason, Reason::StaleLeaderEpoch | Reason::WrongNode) => "refused",
             Some(_) => "failed",
         };
         self.manager.metrics.request(method, outcome);
@@ -55,6 +76,7 @@ impl Agent for AgentService {
         let req = req.into_inner();
         let what = format!("Apply of {}", req.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("?"));
         let result = async {
+            self.check_node(&req.node_name, &what)?;
             self.fence.admit(req.epoch, &what)?;
             // A node path is read off the runtime (see `hostfs`): a file system that hangs
             // holds a blocking thread for at most `hostfs::DEADLINE`, never a worker that
@@ -71,7 +93,11 @@ impl Agent for AgentService {
         .await;
         self.count("apply", result.as_ref().err());
         let (state, changed) = result?;
-        Ok(Response::new(v1::ApplyResponse { state: Some(proto::status_to_wire(&state)), changed }))
+        Ok(Response::new(v1::ApplyResponse {
+            state: Some(proto::status_to_wire(&state)),
+            changed,
+            node_name: self.node_name().to_owned(),
+        }))
     }
 
     async fn remove(&self, req: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
@@ -79,16 +105,19 @@ impl Agent for AgentService {
         let owner = req.owner.ok_or_else(|| Status::invalid_argument("owner is required"))?;
         let uid = OwnerUid::new(&owner.uid).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let result = async {
-            self.fence.admit(req.epoch, &format!("Remove of {}", owner.name))?;
+            let what = format!("Remove of {}", owner.name);
+            self.check_node(&req.node_name, &what)?;
+            self.fence.admit(req.epoch, &what)?;
             self.manager.remove(&uid).await
         }
         .await;
         self.count("remove", result.as_ref().err());
-        Ok(Response::new(v1::RemoveResponse { removed: result? }))
+        Ok(Response::new(v1::RemoveResponse { removed: result?, node_name: self.node_name().to_owned() }))
     }
 
     async fn list(&self, req: Request<v1::ListRequest>) -> Result<Response<v1::ListResponse>, Status> {
         let req = req.into_inner();
+        self.check_node(&req.node_name, "List")?;
         let size = match req.page_size as usize {
             0 => crds::limits::DEFAULT_LIST_PAGE_SIZE,
             n => n,
@@ -123,7 +152,9 @@ impl Agent for AgentService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, _req: Request<v1::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        self.check_node(&req.get_ref().node_name, "Watch")?;
+        let node_name = self.node_name().to_owned();
         // Subscribe before the snapshot so nothing falls between the two.
         let rx = self.manager.subscribe();
         let initial: Vec<Result<v1::WatchEvent, Status>> = self
@@ -135,11 +166,12 @@ impl Agent for AgentService {
                     kind: watch_event::Kind::Updated as i32,
                     state: Some(proto::status_to_wire(&state)),
                     reason: "current state".into(),
+                    node_name: node_name.clone(),
                 })
             })
             .collect();
-        let live = BroadcastStream::new(rx).filter_map(|r| match r {
-            Ok(ev) => Some(Ok(change_to_wire(&ev))),
+        let live = BroadcastStream::new(rx).filter_map(move |r| match r {
+            Ok(ev) => Some(Ok(change_to_wire(&ev, &node_name))),
             // A slow reader missed events: tell it to List again rather than lie.
             Err(e) => Some(Err(Status::data_loss(format!("watch fell behind ({e}); call List and Watch again")))),
         });
@@ -148,12 +180,17 @@ impl Agent for AgentService {
 }
 
 /// A change as Watch sends it.
-fn change_to_wire(c: &Change) -> v1::WatchEvent {
+fn change_to_wire(c: &Change, node_name: &str) -> v1::WatchEvent {
     let kind = match c.kind {
         ChangeKind::Updated => watch_event::Kind::Updated,
         ChangeKind::Removed => watch_event::Kind::Removed,
     };
-    v1::WatchEvent { kind: kind as i32, state: Some(proto::status_to_wire(&c.state)), reason: c.reason.clone() }
+    v1::WatchEvent {
+        kind: kind as i32,
+        state: Some(proto::status_to_wire(&c.state)),
+        reason: c.reason.clone(),
+        node_name: node_name.to_owned(),
+    }
 }
 
 fn uid_of(s: &v1::OwnerState) -> &str {
@@ -210,7 +247,7 @@ pub async fn serve(
         .add_service(
             AgentServer::new(AgentService::new(manager))
                 .max_decoding_message_size(crds::limits::MAX_APPLY_MESSAGE_BYTES)
-                .max_encoding_message_size(crds::limits::MAX_LIST_PAGE_BYTES + (64 << 10)),
+                .max_encoding_message_size(crds::limits::MAX_ANSWER_BYTES),
         )
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await?;

@@ -106,7 +106,7 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     assert_eq!(same.node_name, "grpc-node");
 
     // (d) Watch: initial state, then drift (a link pin removed by hand) reported, then repaired.
-    let mut stream = client.watch(v1::WatchRequest {}).await.expect("watch").into_inner();
+    let mut stream = client.watch(v1::WatchRequest::default()).await.expect("watch").into_inner();
     let first = next_event(&mut stream, 5).await;
     let first_state = first.state.expect("initial state");
     assert_eq!(first_state.owner.as_ref().unwrap().uid, uid);
@@ -147,15 +147,22 @@ async fn grpc_apply_list_watch_remove_errors_and_mtls() {
     }
 
     // (e) Remove, and Remove again.
-    let removed = client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 0 }).await.expect("remove").into_inner();
+    let removed = client
+        .remove(v1::RemoveRequest { owner: owner(uid), epoch: 0, node_name: String::new() })
+        .await
+        .expect("remove")
+        .into_inner();
     assert!(removed.removed);
     assert!(!dirs.root.join(uid).exists(), "owner dir left: {:?}", pins_under(&dirs.root));
     for id in &repaired_ids {
         wait_for(5, "program unloaded after Remove", || !kernel_has_program(*id));
     }
     wait_for(5, "link gone after Remove", || !kernel_has_link(new_link));
-    let removed =
-        client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 0 }).await.expect("remove again").into_inner();
+    let removed = client
+        .remove(v1::RemoveRequest { owner: owner(uid), epoch: 0, node_name: String::new() })
+        .await
+        .expect("remove again")
+        .into_inner();
     assert!(!removed.removed);
     let list = client.list(v1::ListRequest::default()).await.unwrap().into_inner();
     assert!(list.owners.is_empty(), "{list:?}");
@@ -278,7 +285,10 @@ async fn stale_epochs_are_refused_and_path_digests_checked() {
     assert_eq!(state.bytecode_digest, crds::revision::Sha256Digest::of(&elf).to_string());
 
     // A deposed leader (epoch 4) can neither remove it nor apply anything.
-    let err = client.remove(v1::RemoveRequest { owner: owner("fence-a"), epoch: 4 }).await.expect_err("stale remove");
+    let err = client
+        .remove(v1::RemoveRequest { owner: owner("fence-a"), epoch: 4, node_name: String::new() })
+        .await
+        .expect_err("stale remove");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("StaleLeaderEpoch"));
     assert!(err.message().contains("epoch 4") && err.message().contains("epoch 5"), "{}", err.message());
@@ -293,7 +303,10 @@ async fn stale_epochs_are_refused_and_path_digests_checked() {
     agent.kill9();
     let mut agent = AgentProc::spawn_tls(&dirs, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
-    let err = client.remove(v1::RemoveRequest { owner: owner("fence-a"), epoch: 4 }).await.expect_err("after restart");
+    let err = client
+        .remove(v1::RemoveRequest { owner: owner("fence-a"), epoch: 4, node_name: String::new() })
+        .await
+        .expect_err("after restart");
     assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("StaleLeaderEpoch"));
     assert!(kernel_has_link(link_id));
 
@@ -319,7 +332,10 @@ async fn stale_epochs_are_refused_and_path_digests_checked() {
     let entry = listed.owners.iter().find(|o| o.owner.as_ref().unwrap().uid == "fence-path").unwrap();
     assert_eq!(entry.bytecode_digest, by_path.expected_digest);
     for uid in ["fence-a", "fence-path"] {
-        client.remove(v1::RemoveRequest { owner: owner(uid), epoch: 6 }).await.expect("remove");
+        client
+            .remove(v1::RemoveRequest { owner: owner(uid), epoch: 6, node_name: String::new() })
+            .await
+            .expect("remove");
     }
     let _ = std::fs::remove_file(&file);
 }
@@ -400,4 +416,51 @@ async fn requests_at_the_input_limits_fit_and_larger_ones_are_refused() {
         err.message()
     );
     assert!(!dirs.root.join("limits").exists());
+}
+
+/// The attacker: node "other-node" sets its InternalIP to this node's address, so the
+/// operator, reconciling "other-node", reaches this agent. Every call for another node is
+/// refused with a reason and both names, and changes nothing; calls for this node (or
+/// naming none, as tools do) are served and their answers name the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_another_node_are_refused_and_change_nothing() {
+    let dirs = Dirs::new("victim");
+    let mut agent = AgentProc::spawn_tls(&dirs, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let tp_yaml = "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+    let mut mine = apply_request("victim-a", tp_yaml, "tracepoint_openat.o");
+    mine.node_name = "victim-node".into();
+    let resp = client.apply(mine).await.expect("apply for this node").into_inner();
+    assert_eq!(resp.node_name, "victim-node");
+    let prog_id = resp.state.unwrap().attached[0].program_id;
+
+    let refused = |what: &str, err: tonic::Status| {
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{what}: {err:?}");
+        assert_eq!(err.metadata().get("bpfleet-reason").and_then(|v| v.to_str().ok()), Some("WrongNode"), "{what}");
+        assert!(
+            err.message().contains("\"other-node\"") && err.message().contains("\"victim-node\""),
+            "{what}: {}",
+            err.message()
+        );
+    };
+    let mut intruder = apply_request("intruder-b", tp_yaml, "tracepoint_openat.o");
+    intruder.node_name = "other-node".into();
+    refused("Apply", client.apply(intruder).await.expect_err("Apply for another node"));
+    let remove = |node: &str| v1::RemoveRequest { owner: owner("victim-a"), epoch: 0, node_name: node.into() };
+    refused("Remove", client.remove(remove("other-node")).await.expect_err("Remove for another node"));
+    let list = |node: &str| v1::ListRequest { node_name: node.into(), ..Default::default() };
+    refused("List", client.list(list("other-node")).await.expect_err("List for another node"));
+    let watch = v1::WatchRequest { node_name: "other-node".into() };
+    refused("Watch", client.watch(watch).await.expect_err("Watch for another node"));
+    assert!(kernel_has_program(prog_id), "the refused Remove detached nothing");
+    assert!(!dirs.root.join("intruder-b").exists(), "the refused Apply pinned nothing: {:?}", pins_under(&dirs.root));
+
+    // This node's own name, or none, is served.
+    let listed = client.list(list("victim-node")).await.expect("List for this node").into_inner();
+    assert_eq!(listed.node_name, "victim-node");
+    assert_eq!(listed.owners.len(), 1);
+    let mut stream = client.watch(v1::WatchRequest { node_name: "victim-node".into() }).await.unwrap().into_inner();
+    assert_eq!(next_event(&mut stream, 5).await.node_name, "victim-node");
+    let removed = client.remove(remove("victim-node")).await.expect("Remove for this node").into_inner();
+    assert_eq!((removed.removed, removed.node_name.as_str()), (true, "victim-node"));
 }

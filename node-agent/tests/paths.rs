@@ -207,7 +207,11 @@ async fn trace_pipe_and_fifos_are_refused_without_stalling_healthz() {
     assert!(log.contains("tracefs pseudo file system"), "the agent's log says why: {log}");
     for uid in ["fine", "fine-path"] {
         client
-            .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }), epoch: 0 })
+            .remove(v1::RemoveRequest {
+                owner: Some(v1::Owner { uid: uid.into(), name: String::new() }),
+                epoch: 0,
+                node_name: String::new(),
+            })
             .await
             .expect("remove");
     }
@@ -249,7 +253,11 @@ async fn paths_outside_the_allowed_prefixes_read_as_missing() {
     let target = object("uprobe_target").display().to_string();
     refused(&mut client, uprobe_on("probe-outside", &target), "TargetNotFound", "uprobe target", &target).await;
     client
-        .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: "inside".into(), name: String::new() }), epoch: 0 })
+        .remove(v1::RemoveRequest {
+            owner: Some(v1::Owner { uid: "inside".into(), name: String::new() }),
+            epoch: 0,
+            node_name: String::new(),
+        })
         .await
         .expect("remove");
 }
@@ -326,7 +334,11 @@ async fn a_hung_file_system_costs_the_deadline_not_the_agent() {
     unpauser.join().unwrap();
     for uid in ["by-bytes", "recovered"] {
         client
-            .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }), epoch: 0 })
+            .remove(v1::RemoveRequest {
+                owner: Some(v1::Owner { uid: uid.into(), name: String::new() }),
+                epoch: 0,
+                node_name: String::new(),
+            })
             .await
             .expect("remove");
     }

@@ -124,8 +124,11 @@ async fn programs_survive_kill_and_are_adopted() {
 
     // Remove through the new process: nothing left in bpffs or in the kernel.
     for uid in ["rec-xdp", "rec-tp"] {
-        let r = client
-            .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }), epoch: 0 });
+        let r = client.remove(v1::RemoveRequest {
+            owner: Some(v1::Owner { uid: uid.into(), name: String::new() }),
+            epoch: 0,
+            node_name: String::new(),
+        });
         assert!(r.await.unwrap().into_inner().removed);
     }
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
@@ -361,8 +364,11 @@ async fn unusable_records_are_set_aside_and_never_detach() {
     assert!(kernel_has_link(xdp_link));
     // An explicit Remove detaches and unpins.
     for uid in ["aside-xdp", "aside-tp"] {
-        let r = client
-            .remove(v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: String::new() }), epoch: 0 });
+        let r = client.remove(v1::RemoveRequest {
+            owner: Some(v1::Owner { uid: uid.into(), name: String::new() }),
+            epoch: 0,
+            node_name: String::new(),
+        });
         r.await.unwrap();
     }
     assert!(pins_under(&dirs.root).is_empty(), "{:?}", pins_under(&dirs.root));

@@ -1538,7 +1538,7 @@ impl Agent for FakeAgent {
             previous.is_none_or(|(_, r)| r != req.revision)
         };
         let state = self.owner_state(&owner.uid, &owner.name, &req.revision);
-        Ok(GrpcResponse::new(v1::ApplyResponse { state: Some(state), changed }))
+        Ok(GrpcResponse::new(v1::ApplyResponse { state: Some(state), changed, node_name: self.node.clone() }))
     }
 
     async fn remove(&self, req: GrpcRequest<v1::RemoveRequest>) -> Result<GrpcResponse<v1::RemoveResponse>, Status> {
@@ -1549,7 +1549,7 @@ impl Agent for FakeAgent {
         if let Some((name, revision)) = &removed {
             st.digest.remove(&uid, name, revision, crds::Health::Healthy);
         }
-        Ok(GrpcResponse::new(v1::RemoveResponse { removed: removed.is_some() }))
+        Ok(GrpcResponse::new(v1::RemoveResponse { removed: removed.is_some(), node_name: self.node.clone() }))
     }
 
     async fn list(&self, req: GrpcRequest<v1::ListRequest>) -> Result<GrpcResponse<v1::ListResponse>, Status> {

@@ -547,6 +547,7 @@ async fn dispatch(
         epoch: ctx.epoch,
         expected_digest: content.payload.expected_digest(),
         maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
+        node_name: String::new(), // set per node by AgentPool::apply
     };
     let epoch = ctx.epoch;
     let ips: BTreeMap<&str, Option<std::net::IpAddr>> =

@@ -15,6 +15,13 @@
 //!   without dialling until its backoff window passes (see [`backoff_window`]); any answer
 //!   from the agent resets it.
 //!
+//! Every request names the node it is for, and every answer must come from that node
+//! ([`crate::answers`]): a node whose InternalIP leads to another node's agent is
+//! unreachable, never a place programs are sent to or removed from. With
+//! [`PoolConfig::per_node_name`], the TLS handshake checks it too: the agent's certificate
+//! must carry the node's own name. Answers are bounded (decoded size, List pages and
+//! owners, Watch rate, uid format) before anything in them reaches the index.
+//!
 //! The agent is not told the deadline (no `grpc-timeout` header): an Apply it has started
 //! runs to completion on the node, and the next Apply of the same revision is a no-op.
 
@@ -29,14 +36,16 @@ use proto::v1;
 use proto::v1::agent_client::AgentClient;
 use tokio::sync::Semaphore;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tracing::debug;
+use tracing::{debug, warn};
 
+use crate::answers;
 use crate::status::NodeOutcome;
 use crds::error::chain;
 
-/// Largest message either side may send: an Apply at the documented input limits (a
-/// List page is smaller, see `crds::limits`).
+/// Largest message the operator sends: an Apply at the documented input limits.
 pub const MAX_MESSAGE_BYTES: usize = crds::limits::MAX_APPLY_MESSAGE_BYTES;
+/// Largest answer the operator decodes: a List page, a Watch event, an Apply's state.
+pub const MAX_ANSWER_BYTES: usize = crds::limits::MAX_ANSWER_BYTES;
 /// Default for [`PoolConfig::call_timeout`]: generous, since the verifier may take seconds.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,6 +86,10 @@ pub struct PoolConfig {
     pub backoff_base: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
+    /// When set, each agent's certificate must carry this name with `{node}` replaced by
+    /// the node's name (e.g. `{node}.node.bpfleet.dev`) instead of the shared name in
+    /// `tls`: the handshake proves the agent is that node's (`--agent-server-name`).
+    pub per_node_name: Option<String>,
 }
 
 impl PoolConfig {
@@ -91,6 +104,7 @@ impl PoolConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            per_node_name: None,
         }
     }
 }
@@ -164,6 +178,9 @@ struct Inner {
     cfg: PoolConfig,
     permits: Semaphore,
     state: Mutex<State>,
+    /// Counts identity changes: open Watch streams end when it moves, so no connection
+    /// made with a rotated identity outlives the rotation by more than one call.
+    rotations: tokio::sync::watch::Sender<u64>,
 }
 
 struct State {
@@ -211,12 +228,14 @@ impl AgentPool {
         let tls = cfg.tls.clone().timeout(cfg.connect_timeout);
         let permits = Semaphore::new(cfg.max_concurrency);
         let state = Mutex::new(State { nodes: HashMap::new(), open: 0, rng: XorShift::from_time(), tls });
-        Self { inner: Arc::new(Inner { cfg, permits, state }) }
+        let rotations = tokio::sync::watch::Sender::new(0);
+        Self { inner: Arc::new(Inner { cfg, permits, state, rotations }) }
     }
 
     /// Use a new client identity and CA (rotated certificates) for every connection
     /// from now on. Cached channels are dropped, so the next call to each node makes a
-    /// new connection with the new files; calls and streams in flight finish on theirs.
+    /// new connection with the new files; calls in flight finish on theirs (within
+    /// `call_timeout`) and Watch streams end ([`AgentWatch::message`]) to be opened again.
     pub fn set_tls(&self, tls: ClientTlsConfig) {
         let mut state = self.lock();
         state.tls = tls.timeout(self.inner.cfg.connect_timeout);
@@ -225,6 +244,8 @@ impl AgentPool {
             *node = NodeState::new(node.ip);
         }
         state.open = 0;
+        drop(state);
+        self.inner.rotations.send_modify(|n| *n += 1);
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -232,15 +253,25 @@ impl AgentPool {
     }
 
     /// Makes `node` run the request's revision (idempotent on the agent).
-    pub async fn apply(&self, node: &NodeAddr, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, DispatchError> {
-        self.call(node, move |mut c| async move { c.apply(req).await }).await
+    pub async fn apply(&self, node: &NodeAddr, mut req: v1::ApplyRequest) -> Result<v1::ApplyResponse, DispatchError> {
+        req.node_name.clone_from(&node.name);
+        let uid = req.owner.as_ref().map(|o| o.uid.clone()).unwrap_or_default();
+        let resp = self.call(node, move |mut c| async move { c.apply(req).await }).await?;
+        let answered = resp.state.as_ref().and_then(|s| s.owner.as_ref()).map(|o| o.uid.as_str());
+        let check = answers::same_node(&node.name, &resp.node_name, false).and_then(|()| match answered {
+            Some(a) if a == uid => Ok(()),
+            other => Err(format!("Apply of owner {uid:?} answered for owner {other:?}")),
+        });
+        self.refuse_answer(node, check)?;
+        Ok(resp)
     }
 
     /// Removes everything of `owner` from `node`; `Ok(false)` when the agent had nothing of it.
     /// `epoch`: the sender's leadership epoch (see `leader`).
     pub async fn remove(&self, node: &NodeAddr, owner: v1::Owner, epoch: u64) -> Result<bool, DispatchError> {
-        let req = v1::RemoveRequest { owner: Some(owner), epoch };
+        let req = v1::RemoveRequest { owner: Some(owner), epoch, node_name: node.name.clone() };
         let resp = self.call(node, move |mut c| async move { c.remove(req).await }).await?;
+        self.refuse_answer(node, answers::same_node(&node.name, &resp.node_name, false))?;
         Ok(resp.removed)
     }
 
@@ -258,10 +289,17 @@ impl AgentPool {
     pub async fn list_since(&self, node: &NodeAddr, known: u64) -> Result<Listed, DispatchError> {
         let mut all = v1::ListResponse::default();
         let mut token = String::new();
+        let mut check = answers::ListCheck::default();
         loop {
             let first = token.is_empty();
-            let req = v1::ListRequest { page_size: 0, page_token: token, known_digest: if first { known } else { 0 } };
+            let req = v1::ListRequest {
+                page_size: 0,
+                page_token: token,
+                known_digest: if first { known } else { 0 },
+                node_name: node.name.clone(),
+            };
             let page = self.call(node, |mut c| async move { c.list(req).await }).await?;
+            self.refuse_answer(node, check.page(&node.name, &page))?;
             if first && page.unchanged && known != 0 && page.digest == known {
                 return Ok(Listed::Unchanged(page));
             }
@@ -280,8 +318,27 @@ impl AgentPool {
     /// Opens the agent's change stream: the current state of every owner first, then
     /// each change as it happens. Only opening it counts against the concurrency bound
     /// and the call timeout; the stream stays open until the agent or the caller ends it.
-    pub async fn watch(&self, node: &NodeAddr) -> Result<tonic::Streaming<v1::WatchEvent>, DispatchError> {
-        self.call(node, |mut c| async move { c.watch(v1::WatchRequest {}).await }).await
+    pub async fn watch(&self, node: &NodeAddr) -> Result<AgentWatch, DispatchError> {
+        let rotated = self.inner.rotations.subscribe();
+        let req = v1::WatchRequest { node_name: node.name.clone() };
+        let stream = self.call(node, |mut c| async move { c.watch(req).await }).await?;
+        Ok(AgentWatch {
+            stream,
+            check: answers::WatchCheck::new(Instant::now()),
+            pool: self.clone(),
+            node: node.clone(),
+            rotated,
+        })
+    }
+
+    /// An answer that breaks [`crate::answers`]' rules makes the node unreachable (with
+    /// backoff, so a hostile agent is not asked again at once), and is logged.
+    fn refuse_answer(&self, node: &NodeAddr, check: Result<(), String>) -> Result<(), DispatchError> {
+        let Err(why) = check else { return Ok(()) };
+        warn!(node = %node.name, ip = %node.ip, %why, "agent answer refused");
+        let e = DispatchError::Unreachable(format!("{} at {}: {why}", node.name, self.address(node.ip)));
+        self.record(node, Some(&e));
+        Err(e)
     }
 
     /// Runs `f(pool, node)` for every node, up to `max_concurrency` at once, and returns
@@ -354,7 +411,7 @@ impl AgentPool {
         let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
         let channel = self.channel(node)?;
         let client = AgentClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(MAX_ANSWER_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let timeout = self.inner.cfg.call_timeout;
         let result = match tokio::time::timeout(timeout, f(client)).await {
@@ -409,7 +466,10 @@ impl AgentPool {
             state.open -= 1;
         }
         let cfg = &self.inner.cfg;
-        let tls = state.tls.clone();
+        let tls = match &cfg.per_node_name {
+            Some(template) => state.tls.clone().domain_name(template.replace("{node}", &node.name)),
+            None => state.tls.clone(),
+        };
         let entry = state.nodes.get_mut(&node.name).expect("inserted above");
         let endpoint = Endpoint::from_shared(format!("https://{}", self.address(node.ip)))
             .and_then(|e| e.tls_config(tls))
@@ -460,6 +520,35 @@ impl AgentPool {
     }
 }
 
+/// An agent's change stream, checked event by event ([`answers::WatchCheck`]).
+pub struct AgentWatch {
+    stream: tonic::Streaming<v1::WatchEvent>,
+    check: answers::WatchCheck,
+    pool: AgentPool,
+    node: NodeAddr,
+    rotated: tokio::sync::watch::Receiver<u64>,
+}
+
+impl AgentWatch {
+    /// The next event; `Ok(None)` when the agent ended the stream. An event that breaks
+    /// the rules ends the stream with an error (and the node backs off), as does a rotation
+    /// of the operator's identity (the stream is then opened again with the new one).
+    pub async fn message(&mut self) -> Result<Option<v1::WatchEvent>, tonic::Status> {
+        let next = tokio::select! {
+            next = self.stream.message() => next?,
+            _ = self.rotated.changed() => {
+                return Err(tonic::Status::unavailable("the operator's client certificate changed; reconnecting"));
+            }
+        };
+        let Some(ev) = next else { return Ok(None) };
+        if let Err(why) = self.check.event(&self.node.name, &ev, Instant::now()) {
+            let _ = self.pool.refuse_answer(&self.node, Err(why.clone()));
+            return Err(tonic::Status::aborted(why));
+        }
+        Ok(Some(ev))
+    }
+}
+
 /// Over the budget: close the connections used least recently, down to three quarters of
 /// `max` at once, so the cost of finding them is paid once per `max / 4` new connections.
 /// A connection closes once the calls that hold it end.
@@ -491,6 +580,13 @@ fn classify(status: &tonic::Status) -> DispatchError {
     let reason = meta(proto::REASON_KEY);
     if status.source().is_some() || (status.code() == tonic::Code::Unavailable && reason.is_none()) {
         return DispatchError::Unreachable(describe(status));
+    }
+    // The agent at this address is another node's: the node is not reached. An answer
+    // over the decoding limit (tonic's OutOfRange, which agents never send) is refused too.
+    if reason.as_deref() == Some(crds::reason::Reason::WrongNode.as_str())
+        || (status.code() == tonic::Code::OutOfRange && reason.is_none())
+    {
+        return DispatchError::Unreachable(status.message().to_owned());
     }
     DispatchError::Agent {
         code: status.code(),

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod alloc;
+pub mod answers;
 pub mod bpfnode;
 pub mod bytecode;
 pub mod controller;

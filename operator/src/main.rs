@@ -35,7 +35,8 @@ struct Args {
     /// PEM CA that signs the agents' certificates.
     #[arg(long, env = "BPFLEET_TLS_CA")]
     tls_ca: Option<PathBuf>,
-    /// Name expected on agent certificates.
+    /// Name expected on agent certificates; with `{node}` (e.g. `{node}.node.bpfleet.dev`),
+    /// each agent's certificate must carry its own node's name (per-node identities).
     #[arg(long, env = "BPFLEET_AGENT_SERVER_NAME", default_value = proto::DEFAULT_AGENT_SERVER_NAME)]
     agent_server_name: String,
     /// Namespace of the operator's Lease and Events.
@@ -147,6 +148,7 @@ async fn run() -> anyhow::Result<()> {
     let files = tls_files(&args)?;
     let loaded = files.load()?;
     let mut pool_cfg = PoolConfig::new(args.agent_port, loaded.config);
+    pool_cfg.per_node_name = args.agent_server_name.contains("{node}").then(|| args.agent_server_name.clone());
     pool_cfg.call_timeout = Duration::from_secs(args.call_timeout_seconds.max(1));
     pool_cfg.max_concurrency = args.max_concurrency.max(1);
     let nofile = proto::limits::raise_nofile();

@@ -138,6 +138,7 @@ impl Fleet {
             max_connections: operator::dispatch::DEFAULT_MAX_CONNECTIONS,
             backoff_base: BACKOFF_BASE,
             backoff_max: Duration::from_secs(4),
+            per_node_name: None,
         }
     }
 
@@ -457,7 +458,7 @@ async fn fan_out_to_real_agents() {
 }
 
 /// The next event of a Watch stream about `uid`, within 10 s.
-async fn next_event_for(stream: &mut tonic::Streaming<v1::WatchEvent>, uid: &str) -> v1::WatchEvent {
+async fn next_event_for(stream: &mut operator::dispatch::AgentWatch, uid: &str) -> v1::WatchEvent {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -563,4 +564,33 @@ async fn rotated_client_certificates_are_used_without_a_restart() {
     };
     assert_eq!(list.node_name, node.name);
     reload.abort();
+}
+
+/// The attacker: node "node-x" sets its InternalIP to node-a's. Every call the operator
+/// makes for node-x reaches node-a's agent, which refuses it (`WrongNode`): node-x is
+/// unreachable, naming both nodes, and node-a runs exactly what it ran before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_address_leading_to_another_nodes_agent_changes_nothing_there() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    // A pool per call, so the impostor's backoff does not hide the agent's refusal.
+    let pool = || AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
+    let victim = fleet.nodes()[0].clone();
+    let uid = format!("victim-{}", std::process::id());
+    pool().apply(&victim, apply_request(&uid, TRACEPOINT)).await.expect("apply on the victim");
+    let impostor = NodeAddr { name: "node-x".into(), ip: victim.ip };
+    let refused = |e: DispatchError| {
+        let text = e.to_string();
+        assert!(e.is_unreachable() && text.contains("\"node-x\"") && text.contains("\"node-a\""), "{text}");
+    };
+    let intruder = format!("intruder-{}", std::process::id());
+    refused(pool().apply(&impostor, apply_request(&intruder, TRACEPOINT)).await.expect_err("Apply for node-x"));
+    refused(pool().remove(&impostor, owner(&uid), 0).await.expect_err("Remove for node-x"));
+    refused(pool().list(&impostor).await.expect_err("List for node-x"));
+    refused(pool().watch(&impostor).await.map(|_| ()).expect_err("Watch for node-x"));
+    let listed = pool().list(&victim).await.expect("the victim's own List");
+    let uids: Vec<&str> = listed.owners.iter().filter_map(|s| s.owner.as_ref()).map(|o| o.uid.as_str()).collect();
+    assert_eq!(uids, [uid.as_str()], "the victim runs what it ran, and nothing of node-x");
+    assert!(pool().remove(&victim, owner(&uid), 0).await.expect("cleanup"));
 }

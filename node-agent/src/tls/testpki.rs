@@ -95,6 +95,15 @@ impl TestPki {
         )
     }
 
+    /// Issues a server certificate for the DNS names `names` (e.g. one node's own name),
+    /// signed by the right CA, into `<first name>.pem`/`.key`; returns (cert, key).
+    pub fn issue_server(&self, names: &[&str]) -> (PathBuf, PathBuf) {
+        let first = names.first().expect("at least one name");
+        let (cert, key) = (self.dir.join(format!("{first}.pem")), self.dir.join(format!("{first}.key")));
+        issue_leaf_names(&self.ca, names, ExtendedKeyUsagePurpose::ServerAuth, &cert, &key);
+        (cert, key)
+    }
+
     /// Issues a client certificate for DNS `name`, signed by the right CA, into
     /// `<name>.pem`/`<name>.key`; returns (cert, key).
     pub fn issue_client(&self, name: &str) -> (PathBuf, PathBuf) {
@@ -123,10 +132,22 @@ fn issue_leaf(
     cert_path: &Path,
     key_path: &Path,
 ) -> CertificateDer<'static> {
-    let mut names = vec![name.to_owned()];
+    let mut names = vec![name];
     if usage == ExtendedKeyUsagePurpose::ServerAuth {
-        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        names.extend(["localhost", "127.0.0.1"]);
     }
+    issue_leaf_names(ca, &names, usage, cert_path, key_path)
+}
+
+fn issue_leaf_names(
+    ca: &Issuer<'static, KeyPair>,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    cert_path: &Path,
+    key_path: &Path,
+) -> CertificateDer<'static> {
+    let name = names[0];
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let mut params = CertificateParams::new(names).expect("valid test names");
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
