@@ -19,7 +19,10 @@
 //!   `max(previous + 1, now in milliseconds)`: it grows with every acquisition while the
 //!   Lease exists, and stays ahead of every epoch agents have seen when the Lease is
 //!   deleted and created again (a reinstall), as long as clocks do not run backwards by
-//!   more than the time since.
+//!   more than the time since. Whoever may edit the Lease could write any epoch there:
+//!   one more than [`MAX_EPOCH_AHEAD_MS`] ahead of the clock (`u64::MAX`, years ahead)
+//!   is not believed, so it can neither overflow nor push every later epoch to the end
+//!   of the range, where agents would be stuck refusing or accepting everything.
 //!
 //! On shutdown the leader stops its work and then releases the Lease (empty holder),
 //! so a standby takes over at its next poll instead of after the Lease expires.
@@ -112,7 +115,19 @@ impl LeaseRecord {
 /// The epoch of a new term: after the Lease's last one, and after every epoch an earlier
 /// Lease of the same name may have handed out (those were times in milliseconds too).
 pub fn next_epoch(previous: u64, now_ms: u64) -> u64 {
-    (previous + 1).max(now_ms)
+    if !epoch_believable(previous, now_ms) {
+        return now_ms;
+    }
+    previous.saturating_add(1).max(now_ms)
+}
+
+/// How far ahead of this replica's clock a Lease's epoch may be and still be taken as
+/// an earlier term's (clock skew between replicas, plus one per fast takeover).
+pub const MAX_EPOCH_AHEAD_MS: u64 = 60 * 60 * 1000;
+
+/// Whether the Lease's epoch can be an earlier term's rather than a hostile edit.
+pub fn epoch_believable(previous: u64, now_ms: u64) -> bool {
+    previous <= now_ms.saturating_add(MAX_EPOCH_AHEAD_MS)
 }
 
 /// What a standby does with the Lease it just read. Pure.
@@ -244,7 +259,16 @@ impl Elector {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let epoch = next_epoch(record.as_ref().map(|r| r.epoch).unwrap_or(0), now_ms);
+        let previous = record.as_ref().map(|r| r.epoch).unwrap_or(0);
+        if !epoch_believable(previous, now_ms) {
+            tracing::warn!(
+                lease_epoch = previous,
+                now_ms,
+                "the Lease's epoch is far ahead of the clock (edited by hand or by someone hostile); \
+                 starting again from the clock"
+            );
+        }
+        let epoch = next_epoch(previous, now_ms);
         let annotate = |meta: &mut ObjectMeta| {
             meta.annotations.get_or_insert_with(Default::default).insert(EPOCH_ANNOTATION.into(), epoch.to_string());
         };
@@ -409,6 +433,19 @@ mod tests {
         assert_eq!(next_epoch(now + 500, now), now + 501, "a standby whose clock is behind");
         // Deleted and created again (annotation gone): still after every earlier epoch.
         assert!(next_epoch(0, now + 60_000) > now + 501);
+    }
+
+    #[test]
+    fn a_hostile_lease_epoch_neither_overflows_nor_jumps() {
+        let now = 1_800_000_000_000;
+        assert_eq!(next_epoch(u64::MAX, now), now, "u64::MAX: no overflow, not believed");
+        assert_eq!(next_epoch(u64::MAX - 1, now), now);
+        assert_eq!(next_epoch(now + 10 * 365 * 24 * 3_600_000, now), now, "years ahead: not believed");
+        assert_eq!(next_epoch(now + MAX_EPOCH_AHEAD_MS, now), now + MAX_EPOCH_AHEAD_MS + 1, "skew is tolerated");
+        assert_eq!(next_epoch(now + MAX_EPOCH_AHEAD_MS + 1, now), now);
+        assert_eq!(next_epoch(5, u64::MAX), u64::MAX, "a clock at the end does not overflow either");
+        // The epoch fits the i64 gauge whatever the Lease says.
+        assert!(i64::try_from(next_epoch(u64::MAX, now)).is_ok());
     }
 
     fn record(holder: Option<&str>) -> LeaseRecord {
