@@ -381,6 +381,14 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     let late = wait_ready(&c, "late");
     assert!(late < Duration::from_secs(10), "a program waiting for its agent ran {late:?} after the agent was Ready");
     c.kubectl(&["delete", "bpfprogram", "late", "--wait=true", "--timeout=60s"]).unwrap();
+    // The BpfNode drops a deleted program within 5 s (it used to list it, with its old
+    // pin paths, until the next resync).
+    wait_for(Duration::from_secs(5), format!("BpfNode {node} drops late"), || {
+        match c.node_program(&node, "late").map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(p) => Err(format!("still lists late at {}", p["revision"])),
+        }
+    });
     let t = Instant::now();
     c.kubectl(&["-n", NAMESPACE, "delete", "pod", "-l", "app.kubernetes.io/name=bpfleet-operator", "--wait=true"])
         .unwrap();

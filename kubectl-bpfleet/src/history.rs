@@ -201,13 +201,27 @@ pub async fn list(revisions: &Api<ControllerRevision>, program: &BpfProgram) -> 
         .await
         .with_context(|| format!("cannot list the ControllerRevisions of BpfProgram {name}"))?;
     // The label is what the operator selects by; the annotation guards against a uid
-    // label copied onto something else.
+    // label copied onto something else; only entries the operator wrote for this very
+    // program (its controller owner reference) are history at all.
     let owned: Vec<ControllerRevision> = objects
         .items
         .into_iter()
         .filter(|cr| cr.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_PROGRAM)).is_none_or(|n| n == name))
+        .filter(|cr| owned_by(cr, uid))
         .collect();
     Ok(entries(&owned))
+}
+
+/// Whether `cr` is a history entry the operator wrote for the BpfProgram `uid`: its
+/// controller is that BpfProgram. A ControllerRevision someone else put beside them,
+/// carrying the labels but not the owner, is never offered to `rollout undo`.
+pub fn owned_by(cr: &ControllerRevision, uid: &str) -> bool {
+    cr.metadata.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "BpfProgram"
+            && o.api_version.starts_with("bpfleet.dev/")
+            && o.uid == uid
+    })
 }
 
 pub async fn run(
@@ -257,7 +271,9 @@ pub(crate) mod tests {
             "metadata": {"name": format!("xdp-counter-{hash}"), "namespace": "bpfleet-system",
                          "creationTimestamp": format!("2026-01-0{number}T10:00:00Z"),
                          "labels": {LABEL_PROGRAM_UID: "uid-1", LABEL_REVISION: hash},
-                         "annotations": {ANNOTATION_PROGRAM: "xdp-counter"}},
+                         "annotations": {ANNOTATION_PROGRAM: "xdp-counter"},
+                         "ownerReferences": [{"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram",
+                                              "name": "xdp-counter", "uid": "uid-1", "controller": true}]},
             "revision": number,
             "data": data,
         }))
@@ -271,6 +287,21 @@ pub(crate) mod tests {
             "digest": Sha256Digest::of(elf).as_str(),
             "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"], "mode": "Auto"}}],
         })
+    }
+
+    #[test]
+    fn only_entries_the_operator_owns_are_history() {
+        let mine = revision_object(1, "aaaaaaaaaaaaaaaa", data_cm(b"\x7fELF"));
+        assert!(owned_by(&mine, "uid-1"));
+        assert!(!owned_by(&mine, "uid-2"), "another program's entry");
+        let mut planted = mine.clone();
+        planted.metadata.owner_references = None;
+        assert!(!owned_by(&planted, "uid-1"), "labels alone do not make an entry");
+        let mut not_controller = mine.clone();
+        if let Some(o) = not_controller.metadata.owner_references.as_mut().and_then(|v| v.first_mut()) {
+            o.controller = None;
+        }
+        assert!(!owned_by(&not_controller, "uid-1"));
     }
 
     fn marks() -> Marks {

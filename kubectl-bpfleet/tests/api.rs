@@ -57,7 +57,9 @@ fn revision(number: i64, hash: &str, elf: &[u8], global: &str) -> Value {
         "metadata": {"name": format!("xdp-counter-{hash}"), "namespace": "bpfleet-system",
                      "creationTimestamp": "2026-01-01T10:00:00Z",
                      "labels": {"bpfleet.dev/program-uid": UID, "bpfleet.dev/revision": hash},
-                     "annotations": {"bpfleet.dev/program": "xdp-counter"}},
+                     "annotations": {"bpfleet.dev/program": "xdp-counter"},
+                     "ownerReferences": [{"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram",
+                                          "name": "xdp-counter", "uid": UID, "controller": true}]},
         "revision": number,
         "data": {
             "bytecode": {"configMap": {"name": "xdp-counter-bytecode", "namespace": "bpfleet-system", "key": "xdp_counter.o"}},

@@ -355,6 +355,20 @@ impl History {
             if cr.labels().get(LABEL_PROGRAM_UID) != Some(&uid) {
                 return Err(Ever(format!("ControllerRevision {name} belongs to another program")));
             }
+            // Written by this operator for this program: its controller is the program.
+            let owned = cr
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.controller == Some(true) && o.kind == BpfProgram::kind(&()) && o.uid == uid);
+            if !owned {
+                return Err(Ever(format!(
+                    "ControllerRevision {name} is not owned by BpfProgram {} (uid {uid}): not history this \
+                     operator wrote",
+                    p.name_any()
+                )));
+            }
             let data: RevisionData = serde_json::from_value(cr.data.map(|d| d.0).unwrap_or_default())
                 .map_err(|e| Ever(format!("ControllerRevision {name} is unreadable: {e}")))?;
             let fetched = match (&data.elf, &data.bytecode.image, &data.bytecode.config_map, images) {
@@ -507,7 +521,9 @@ mod tests {
             let cr = json!({
                 "apiVersion": "apps/v1", "kind": "ControllerRevision",
                 "metadata": {"name": object_name("p", &rev), "namespace": "bpfleet-system",
-                             "labels": {LABEL_PROGRAM_UID: UID, LABEL_REVISION: rev}},
+                             "labels": {LABEL_PROGRAM_UID: UID, LABEL_REVISION: rev},
+                             "ownerReferences": [{"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram",
+                                                  "name": "p", "uid": UID, "controller": true}]},
                 "revision": 1,
                 "data": serde_json::to_value(content.to_data(&p.spec.bytecode, "bpfleet-system")).unwrap()
             });
@@ -565,6 +581,22 @@ mod tests {
             });
             let got = h.content(&p, &content.revision, None).await.unwrap();
             assert_eq!(*got, content);
+            server.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn an_entry_the_program_does_not_own_is_never_rolled_back_to() {
+            let (h, mut handle) = history();
+            let (p, content, mut cr) = program("team-a");
+            // Planted beside the real entries: the labels, but not the owner.
+            cr["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+            let rev = content.revision.clone();
+            let server = tokio::spawn(async move {
+                expect(&mut handle, &cr_path(&rev), cr).await;
+                no_more(&mut handle).await;
+            });
+            let e = h.content(&p, &content.revision, None).await.unwrap_err();
+            assert!(e.contains("is not owned by BpfProgram p"), "{e}");
             server.await.unwrap();
         }
 
