@@ -150,8 +150,8 @@ fn operator_rbac_is_least_privilege() {
     // Revision history, in the release namespace only; never cluster-wide.
     rule("controllerrevisions");
     assert!(!text.contains("controllerrevisions"));
-    // Pull secrets and the signature policy: get, in the release namespace only.
-    assert_eq!(rule("secrets")["verbs"], serde_json::json!(["get"]));
+    // No Secret is readable unless named in the values (tests/trust.rs).
+    assert!(!lease.to_string().contains("secrets"), "the operator reads no Secret by default");
     // Where agents run: their pods, read only, in the release namespace only.
     assert_eq!(rule("pods")["verbs"], serde_json::json!(["get", "list", "watch"]));
     assert!(!text.contains("\"pods\""), "pods are never readable cluster-wide");
@@ -333,7 +333,8 @@ fn generated_certificates_chain_to_the_ca_and_name_each_side() {
         std::fs::write(&path, bytes).unwrap();
         path
     };
-    let ca = decode("bpfleet-ca", "tls.crt");
+    // No CA Secret: the CA's key is dropped once it has signed (tests/trust.rs).
+    let ca = decode("bpfleet-agent-tls", "ca.crt");
     for (secret, name) in [("bpfleet-agent-tls", "bpfleet-agent"), ("bpfleet-operator-tls", "bpfleet-operator")] {
         let crt = decode(secret, "tls.crt");
         assert_eq!(std::fs::read(decode(secret, "ca.crt")).unwrap(), std::fs::read(&ca).unwrap());
@@ -350,8 +351,6 @@ fn generated_certificates_chain_to_the_ca_and_name_each_side() {
         assert!(text.contains(&format!("DNS:{name}")), "{secret} lacks DNS:{name}");
     }
     let _ = std::fs::remove_dir_all(&dir);
-    // Kept on uninstall so a reinstall keeps trusting running agents' material.
-    assert_eq!(named(&docs, "Secret", "bpfleet-ca")["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
 }
 
 #[test]
