@@ -12,8 +12,8 @@
 //! 3. the agent and operator pods restarted while packets flow: the same program and
 //!    link ids, every packet counted;
 //! 4. `helm upgrade` to newly built images: nothing re-attached, no revision changed;
-//! 5. `helm uninstall`: nothing left in the kernel, bpffs or the API (the CRDs and the
-//!    namespace's kept CA Secret aside, as docs/install.md says);
+//! 5. `helm uninstall`: nothing left in the kernel, bpffs or the API (the
+//!    CRDs aside, as docs/install.md says);
 //! 6. the uninstall order under Argo CD (no Helm hooks): bpfleet removed first leaves a
 //!    BpfProgram held by its finalizer until a reinstall releases it; the documented
 //!    order leaves nothing.
@@ -291,6 +291,19 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
         "host bash's readline: {calls}->{calls2}, {returns}->{returns2}"
     );
     eprintln!("step 2: every example counts (XDP, TC, global data, image, tracepoint, uprobe on the host's bash)");
+
+    // Without agent.hostPID (the default) a uprobe scoped to one host process is refused
+    // with what to set; the unscoped uprobe above counts the host's bash all the same.
+    let scoped = manifest(&EXAMPLES[3], &links)
+        .replace("name: uprobe-counter\n", "name: uprobe-pid\n")
+        .replace("symbol: readline}", &format!("symbol: readline, pid: {}}}", std::process::id()));
+    c.apply(&scoped).unwrap();
+    wait_for(Duration::from_secs(60), "uprobe-pid refused for want of the host's PID namespace", || {
+        let p = c.program("uprobe-pid").map_err(|e| e.to_string())?.ok_or("absent")?;
+        let f = p["status"]["failures"].as_array().and_then(|f| f.first().cloned()).ok_or("no failure yet")?;
+        f["message"].as_str().filter(|m| m.contains("agent.hostPID=true")).map(|_| ()).ok_or(f.to_string())
+    });
+    c.kubectl(&["delete", "bpfprogram", "uprobe-pid", "--wait=true", "--timeout=60s"]).unwrap();
 
     // 2b. Selected nodes without a Ready agent wait for it; they never fail the program.
     //    `windows`: the agent DaemonSet (nodeSelector kubernetes.io/os=linux) puts no pod

@@ -86,6 +86,39 @@ pub fn mount_bpffs(path: &Path) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+static HOST_PID: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Say whether this agent runs in the host's PID namespace (the chart's `--host-pid`).
+/// Unset, it is read from `/proc/self/status` (see [`in_host_pid_namespace`]).
+pub fn set_host_pid(host: bool) {
+    let _ = HOST_PID.set(host);
+}
+
+/// Whether process ids this agent sees are the host's: as set by `--host-pid`, else
+/// whether this process is in its first PID namespace (its `NSpid` has one entry; in a
+/// container without hostPID it has two).
+pub fn in_host_pid_namespace() -> bool {
+    *HOST_PID.get_or_init(|| std::fs::read_to_string("/proc/self/status").map_or(true, |s| first_pid_namespace(&s)))
+}
+
+/// From `/proc/PID/status`: the process has one pid (`NSpid: 4242`), not one per nested
+/// namespace (`NSpid: 4242 1`). A kernel without the line (before 4.1) says nothing: yes.
+fn first_pid_namespace(status: &str) -> bool {
+    status.lines().find(|l| l.starts_with("NSpid:")).is_none_or(|l| l.split_whitespace().count() == 2)
+}
+
+#[cfg(test)]
+mod pid_namespace_tests {
+    #[test]
+    fn nested_pid_namespaces_show_in_nspid() {
+        assert!(super::first_pid_namespace("Name:\tbpfleet-agent\nNSpid:\t4242\n"));
+        assert!(!super::first_pid_namespace("Name:\tbpfleet-agent\nNSpid:\t4242\t1\n"));
+        assert!(super::first_pid_namespace("Name:\tx\n"));
+        // This test process runs on the host.
+        assert!(super::in_host_pid_namespace());
+    }
+}
+
 pub fn hostname() -> anyhow::Result<String> {
     let s = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     Ok(s.trim().to_lowercase())

@@ -26,6 +26,11 @@ struct Args {
     /// Repeatable; unset admits any regular file. E.g. `--allowed-path-prefix /opt/bpf`.
     #[arg(long = "allowed-path-prefix", env = "BPFLEET_ALLOWED_PATH_PREFIXES", value_delimiter = ',')]
     allowed_path_prefixes: Vec<PathBuf>,
+    /// Whether the agent runs in the host's PID namespace (the chart sets it from
+    /// `agent.hostPID`); unset, it is read from /proc/self/status. Without it a uprobe
+    /// scoped to one process (`uprobe.pid`) is refused.
+    #[arg(long, env = "BPFLEET_HOST_PID")]
+    host_pid: Option<bool>,
     /// This node's name, as in its Node object.
     #[arg(long, env = "BPFLEET_NODE_NAME")]
     node_name: Option<String>,
@@ -90,6 +95,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     agent::hostfs::configure(&args.host_root, &args.allowed_path_prefixes)?;
+    if let Some(host) = args.host_pid {
+        agent::kernel::set_host_pid(host);
+    }
     if !args.allowed_path_prefixes.is_empty() {
         let allowed = agent::hostfs::host_root().allowed();
         tracing::info!(?allowed, "bytecode paths and uprobe targets only under these node directories");

@@ -179,6 +179,13 @@ fn the_operator_is_told_where_agents_run_and_the_agent_sees_the_node_root() {
     assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some("/host"), Some(true)));
     let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "host-root").unwrap();
     assert_eq!(vol["hostPath"]["path"], "/");
+    // The host's PID namespace only when asked (uprobe.pid needs it).
+    assert_eq!(spec["hostPID"], false);
+    assert!(agent["args"].to_string().contains("--host-pid=false"));
+    let docs = render(&[], &["--set", "agent.hostPID=true"]);
+    let ds = named(&docs, "DaemonSet", "bpfleet-agent");
+    assert_eq!(ds["spec"]["template"]["spec"]["hostPID"], true);
+    assert!(ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string().contains("--host-pid=true"));
     // No shell in the image: the init container is the agent's own subcommand.
     let init = &spec["initContainers"][0];
     assert_eq!(init["args"], serde_json::json!(["mount-bpffs", "/sys/fs/bpf"]));

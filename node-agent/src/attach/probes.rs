@@ -88,6 +88,18 @@ pub(super) fn attach(
             id
         }
         Attach::Uprobe { probe, .. } => {
+            if let Some(pid) = probe.pid
+                && !crate::kernel::in_host_pid_namespace()
+            {
+                return Err(AgentError::for_program(
+                    Reason::InvalidSpec,
+                    name.as_str(),
+                    format!(
+                        "uprobe.pid {pid} names a host process, but this agent does not run in the host's PID \
+                         namespace: install bpfleet with agent.hostPID=true, or drop uprobe.pid to probe every process"
+                    ),
+                ));
+            }
             let up: &mut UProbe = program.try_into().map_err(wrong)?;
             up.load().map_err(load_error(name, t))?;
             let id = pin_loaded!(up, name, pin);
