@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -29,30 +30,51 @@ pub enum AgentState {
 #[derive(Debug)]
 pub struct Agents {
     /// `None`: not tracked, every node runs an agent.
-    nodes: Option<RwLock<BTreeMap<String, bool>>>,
+    nodes: Option<RwLock<BTreeMap<String, Seen>>>,
+    /// Turns true once the first List of agent pods is in.
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+/// One node's agent pods, as last seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    ready: bool,
+    /// Not Ready: since when (the Ready condition's last transition), when known.
+    since: Option<Timestamp>,
 }
 
 impl Agents {
     /// Every node is taken to run an agent.
     pub fn untracked() -> Agents {
-        Agents { nodes: None }
+        Agents { nodes: None, synced: tokio::sync::watch::Sender::new(true) }
     }
 
     /// Agents are known from their pods (none known yet).
     pub fn tracked() -> Agents {
-        Agents { nodes: Some(RwLock::new(BTreeMap::new())) }
+        Agents { nodes: Some(RwLock::new(BTreeMap::new())), synced: tokio::sync::watch::Sender::new(false) }
     }
 
     pub fn is_tracked(&self) -> bool {
         self.nodes.is_some()
     }
 
+    /// Resolves once what agents run where is known (at once when not tracked).
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
     pub fn state(&self, node: &str) -> AgentState {
-        let Some(nodes) = &self.nodes else { return AgentState::Ready };
+        self.state_since(node).0
+    }
+
+    /// The node's agent and, for one not Ready, since when it has not been.
+    pub fn state_since(&self, node: &str) -> (AgentState, Option<Timestamp>) {
+        let Some(nodes) = &self.nodes else { return (AgentState::Ready, None) };
         match nodes.read().unwrap_or_else(|e| e.into_inner()).get(node) {
-            Some(true) => AgentState::Ready,
-            Some(false) => AgentState::Starting,
-            None => AgentState::Absent,
+            Some(Seen { ready: true, .. }) => (AgentState::Ready, None),
+            Some(Seen { ready: false, since }) => (AgentState::Starting, *since),
+            None => (AgentState::Absent, None),
         }
     }
 
@@ -65,26 +87,37 @@ impl Agents {
     /// stopped being Ready.
     pub fn update<'a>(&self, pods: impl Iterator<Item = &'a Pod>) -> (BTreeSet<String>, BTreeSet<String>) {
         let Some(nodes) = &self.nodes else { return Default::default() };
-        let mut now: BTreeMap<String, bool> = BTreeMap::new();
+        let mut now: BTreeMap<String, Seen> = BTreeMap::new();
         for pod in pods {
             let Some(node) = pod_node(pod) else { continue };
-            if pod.metadata.deletion_timestamp.is_some() {
-                // A terminating agent still holds the node (not Absent), but takes no work.
-                now.entry(node).or_insert(false);
-                continue;
+            // A terminating agent still holds the node (not Absent), but takes no work.
+            let ready = pod.metadata.deletion_timestamp.is_none() && pod_ready(pod);
+            let since = if ready { None } else { not_ready_since(pod) };
+            let e = now.entry(node).or_insert(Seen { ready: false, since });
+            if ready {
+                *e = Seen { ready: true, since: None };
+            } else if !e.ready {
+                // Of several pods on a node (a replacement beside the old one), the
+                // outage began at the latest transition.
+                e.since = e.since.max(since);
             }
-            let ready = pod_ready(pod);
-            let e = now.entry(node).or_insert(false);
-            *e |= ready;
         }
         let mut map = nodes.write().unwrap_or_else(|e| e.into_inner());
+        let was_ready = |m: &BTreeMap<String, Seen>, n: &str| m.get(n).is_some_and(|s| s.ready);
         let became: BTreeSet<String> =
-            now.iter().filter(|(n, r)| **r && map.get(*n) != Some(&true)).map(|(n, _)| n.clone()).collect();
+            now.iter().filter(|(n, s)| s.ready && !was_ready(&map, n)).map(|(n, _)| n.clone()).collect();
         let lost: BTreeSet<String> =
-            map.iter().filter(|(n, r)| **r && now.get(*n) != Some(&true)).map(|(n, _)| n.clone()).collect();
+            map.iter().filter(|(n, s)| s.ready && !was_ready(&now, n)).map(|(n, _)| n.clone()).collect();
         *map = now;
         (became, lost)
     }
+}
+
+/// When the pod's Ready condition last turned (False), from the kubelet's record, so an
+/// outage's age survives an operator restart.
+fn not_ready_since(pod: &Pod) -> Option<Timestamp> {
+    let cs = pod.status.as_ref()?.conditions.as_ref()?;
+    cs.iter().find(|c| c.type_ == "Ready").and_then(|c| c.last_transition_time.as_ref()).map(|t| t.0)
 }
 
 /// The node an agent pod runs on, or is meant for: a DaemonSet pod names its node in a
@@ -138,13 +171,19 @@ pub fn watch(
         loop {
             match stream.try_next().await {
                 Ok(Some(watcher::Event::Init)) | Ok(Some(watcher::Event::InitApply(_))) => {}
-                Ok(Some(_)) => {
+                Ok(Some(ev)) => {
                     let pods = reader.state();
                     let (became, lost) = agents.update(pods.iter().map(|p| p.as_ref()));
+                    // The first List only says where agents run: the initial sync reads
+                    // them all; nothing turned Ready.
+                    if matches!(ev, watcher::Event::InitDone) && !*agents.synced.borrow() {
+                        agents.synced.send_replace(true);
+                        continue;
+                    }
                     if !became.is_empty() || !lost.is_empty() {
                         tracing::info!(ready = ?became, not_ready = ?lost, "agents changed");
+                        on_change(became, lost);
                     }
-                    on_change(became, lost);
                 }
                 Ok(None) => break,
                 Err(e) => tracing::warn!(error = %e, "agent pod watch"),

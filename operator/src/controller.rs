@@ -68,7 +68,7 @@ pub struct Context {
     pub agents: Arc<crate::agents::Agents>,
     /// How long a Ready agent may go unanswered before its node counts as failed.
     pub unreachable_grace: Duration,
-    /// Nodes whose BpfNode must be brought up to date (see `bpfnode::follow`).
+    /// Nodes whose BpfNode must be brought up to date (see `resync::follow_bpfnodes`).
     pub stale_bpfnodes: Arc<crate::bpfnode::Stale>,
 }
 
@@ -311,7 +311,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         && let Some(nodes) = ctx.stale_bpfnodes.take_among(&targets, BPFNODES_BEFORE_READY)
         && !nodes.is_empty()
     {
-        crate::resync::refresh_bpfnodes(ctx, &nodes).await;
+        crate::resync::refresh_bpfnodes(ctx, &nodes, None).await;
     }
     write_status(ctx, &p, &status).await?;
     let after = requeue_after(&status, problem.is_some(), &retries, now);
@@ -320,9 +320,8 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(wake.map_or(after, |w| after.min(w + Duration::from_millis(100)))))
 }
 
-/// How `node` stands with revision `rev` of `uid`, for status: the index's word, except
-/// that a node without a Ready agent waits for it, and one whose agent stopped answering
-/// less than the grace period ago waits too (`grace_ends`: the soonest such period ends).
+/// How `node` stands with revision `rev` of `uid`, for status: the index's word, seen
+/// through where its agent stands (`status::agent_outcome`).
 fn node_outcome(
     ctx: &Context,
     node: &str,
@@ -331,36 +330,18 @@ fn node_outcome(
     now: k8s_openapi::jiff::Timestamp,
     grace_ends: &mut Option<Duration>,
 ) -> NodeOutcome {
-    use crate::agents::AgentState;
-    match ctx.agents.state(node) {
-        AgentState::Absent => return NodeOutcome::NoAgent,
-        AgentState::Starting => {
-            return NodeOutcome::WaitingForAgent { message: "its agent pod is not Ready".into() };
-        }
-        AgentState::Ready => {}
+    let (agent, not_ready_since) = ctx.agents.state_since(node);
+    let view = status::AgentView {
+        agent,
+        not_ready_since,
+        answered: ctx.index.has_answered(node),
+        unreachable_since: ctx.index.unreachable_since(node, uid, rev),
+    };
+    let (outcome, left) = status::agent_outcome(ctx.index.outcome(node, uid, rev), &view, ctx.unreachable_grace, now);
+    if let Some(left) = left {
+        *grace_ends = Some(grace_ends.map_or(left, |g| g.min(left)));
     }
-    let outcome = ctx.index.outcome(node, uid, rev);
-    let NodeOutcome::Unreachable { message } = &outcome else { return outcome };
-    // The grace is for an agent that ran and stopped answering; one never reached (no
-    // address, nothing listening) fails at once.
-    if !ctx.index.has_answered(node) {
-        return outcome;
-    }
-    let Some(since) = ctx.index.unreachable_since(node, uid, rev) else { return outcome };
-    let gone: Duration = now.duration_since(since).try_into().unwrap_or_default();
-    match ctx.unreachable_grace.checked_sub(gone) {
-        Some(left) if !left.is_zero() => {
-            *grace_ends = Some(grace_ends.map_or(left, |g| g.min(left)));
-            NodeOutcome::WaitingForAgent {
-                message: format!(
-                    "its agent stopped answering {}s ago, failed after {}s: {message}",
-                    gone.as_secs(),
-                    ctx.unreachable_grace.as_secs()
-                ),
-            }
-        }
-        _ => outcome,
-    }
+    outcome
 }
 
 /// Nodes whose BpfNode a reconcile writes itself before it reports Ready (beyond that,
@@ -715,7 +696,9 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         // A node that runs no agent cannot be asked, and no agent will come to answer:
         // ask in case one does, but it does not hold the deletion up.
         if ctx.agents.state(&n.name) == crate::agents::AgentState::Absent {
-            if let Some(ip) = n.internal_ip {
+            if listed_runners.contains(&n.name)
+                && let Some(ip) = n.internal_ip
+            {
                 best_effort.push(NodeAddr { name: n.name.clone(), ip });
             }
             continue;

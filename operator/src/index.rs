@@ -265,6 +265,16 @@ impl NodeIndex {
         })
     }
 
+    /// `node`'s agent is Ready again: an earlier "unreachable" is over (it is asked again
+    /// rather than counted failed until it answers).
+    pub fn clear_unreachable(&self, node: &str) {
+        self.write(|n| {
+            if let Some(e) = n.map.get_mut(node) {
+                e.failures.retain(|_, f| !matches!(f.outcome, NodeOutcome::Unreachable { .. }));
+            }
+        })
+    }
+
     /// Whether `node`'s agent has ever answered this operator (an Apply, a List).
     pub fn has_answered(&self, node: &str) -> bool {
         self.read(|m| m.get(node).is_some_and(|e| e.last_report_time.is_some()))
@@ -281,15 +291,28 @@ impl NodeIndex {
     }
 
     /// A full List: replaces what is known of the node. Returns the owners whose
-    /// "agent unreachable" outcome this clears (their status must be recomputed).
+    /// "agent unreachable" outcome this clears, and those whose state on the node it
+    /// changes (their status must be recomputed).
     pub fn record_list(&self, node: &str, list: &v1::ListResponse) -> Vec<String> {
         self.write(|Nodes { map, strings }| {
-            let owners = list.owners.iter().filter_map(|s| OwnerSummary::of(s, strings)).collect();
+            let owners: BTreeMap<Arc<str>, OwnerSummary> =
+                list.owners.iter().filter_map(|s| OwnerSummary::of(s, strings)).collect();
             let e = map.entry(node.to_string()).or_default();
+            let mut changed: Vec<String> = owners
+                .iter()
+                .filter(|(uid, s)| e.owners.get(*uid) != Some(*s))
+                .map(|(uid, _)| uid.to_string())
+                .chain(e.owners.keys().filter(|uid| !owners.contains_key(*uid)).map(|uid| uid.to_string()))
+                .collect();
             e.owners = owners;
             e.listed_digest = Some(proto::NodeDigest::of_states(&list.owners));
             e.relist = false;
-            Self::answered(e, list)
+            for uid in Self::answered(e, list) {
+                if !changed.contains(&uid) {
+                    changed.push(uid);
+                }
+            }
+            changed
         })
     }
 
@@ -521,7 +544,18 @@ mod tests {
             "n1",
             &v1::ListResponse { owners: vec![state("b", "r9", v1::Health::Healthy)], ..Default::default() },
         );
-        assert_eq!(cleared, ["b"], "a successful List clears 'unreachable'");
+        let mut cleared = cleared;
+        cleared.sort();
+        // b: now running (and no longer unreachable); a: gone from the node.
+        assert_eq!(cleared, ["a", "b"], "a List reports every owner whose state it changed");
+        assert!(
+            idx.record_list(
+                "n1",
+                &v1::ListResponse { owners: vec![state("b", "r9", v1::Health::Healthy)], ..Default::default() },
+            )
+            .is_empty(),
+            "the same List again changes nothing"
+        );
         assert_eq!(idx.outcome("n1", "b", "r9"), NodeOutcome::Ready);
         assert!(idx.listed_runners("a").is_empty());
         assert_eq!(idx.listed_runners("b"), BTreeSet::from(["n1".to_string()]));

@@ -113,15 +113,21 @@ pub const BPFNODE_DEBOUNCE: Duration = Duration::from_secs(1);
 /// Keep every BpfNode following its agent: after each batch of marks (see
 /// [`bpfnode::Stale`]), List each marked node in full and write its BpfNode if it changed.
 /// The periodic resync stays the safety net for what this misses (a failed List).
-pub async fn follow_bpfnodes(ctx: Arc<Context>) {
+pub async fn follow_bpfnodes(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<BpfProgram>>) {
     loop {
         let marked = ctx.stale_bpfnodes.next_batch(BPFNODE_DEBOUNCE).await;
-        refresh_bpfnodes(&ctx, &marked).await;
+        refresh_bpfnodes(&ctx, &marked, Some(&targeted)).await;
     }
 }
 
-/// List each of `marked` in full and write its BpfNode if it changed.
-pub async fn refresh_bpfnodes(ctx: &Context, marked: &BTreeSet<String>) {
+/// List each of `marked` in full and write its BpfNode if it changed. With `targeted`,
+/// the programs whose state on a node the List changed (a node rebooted and lost its
+/// pins, an outage over) are reconciled at once.
+pub async fn refresh_bpfnodes(
+    ctx: &Context,
+    marked: &BTreeSet<String>,
+    targeted: Option<&mpsc::Sender<ObjectRef<BpfProgram>>>,
+) {
     let nodes: BTreeMap<String, Arc<Node>> =
         ctx.nodes.state().into_iter().filter(|n| marked.contains(&n.name_any())).map(|n| (n.name_any(), n)).collect();
     let addrs = reachable_addrs(ctx, &nodes);
@@ -139,7 +145,15 @@ pub async fn refresh_bpfnodes(ctx: &Context, marked: &BTreeSet<String>) {
     while let Some((addr, result)) = answers.next().await {
         match result {
             Ok(Listed::Full(list)) => {
-                ctx.index.record_list(&addr.name, &list);
+                let changed = ctx.index.record_list(&addr.name, &list);
+                if let Some(targeted) = targeted {
+                    let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner());
+                    for uid in &changed {
+                        if let Some(d) = desired.get(uid) {
+                            let _ = targeted.try_send(ObjectRef::new(&d.name));
+                        }
+                    }
+                }
                 write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), &list).await;
             }
             Ok(Listed::Unchanged(_)) => {}

@@ -3,12 +3,14 @@
 //! `observedGeneration`, and a `lastTransitionTime` that only moves when its status does.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crds::BpfProgramStatus;
 use crds::limits::MAX_STATUS_FAILURES;
 use crds::program::NodeFailure;
 use crds::reason::Reason;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 
 pub const READY: &str = "Ready";
 /// kstatus: True while the operator works towards the spec (InProgress).
@@ -35,6 +37,72 @@ pub enum NodeOutcome {
     /// The node runs no agent at all (the agent DaemonSet leaves it out). Counted as
     /// waiting; it holds nothing up.
     NoAgent,
+}
+
+/// Where a node's agent stands, for [`agent_outcome`].
+#[derive(Clone, Copy, Debug)]
+pub struct AgentView {
+    pub agent: crate::agents::AgentState,
+    /// An agent pod that is not Ready: since when (its Ready condition's last transition).
+    pub not_ready_since: Option<Timestamp>,
+    /// The agent has answered this operator before (it ran; it did not just never start).
+    pub answered: bool,
+    /// Since when calls to it fail, as the index recorded.
+    pub unreachable_since: Option<Timestamp>,
+}
+
+/// A node's outcome as status shows it: what its agent last reported (`reported`),
+/// except where its agent is not there to say.
+///
+/// - no agent pod: `NoAgent`, unless the node reported running it (or failing it): a
+///   rolling update of the agents removes a pod before its replacement comes;
+/// - an agent pod not Ready: what it reported, when that was running or failing;
+///   otherwise `WaitingForAgent`, and `Unreachable` (a failure) once an agent that ran has
+///   been away longer than `grace`;
+/// - a Ready agent that stopped answering: `WaitingForAgent` for `grace` from its first
+///   failed call (an agent never reached fails at once).
+///
+/// Also returns how long until a grace period ends, when one runs.
+pub fn agent_outcome(
+    reported: NodeOutcome,
+    a: &AgentView,
+    grace: Duration,
+    now: Timestamp,
+) -> (NodeOutcome, Option<Duration>) {
+    use crate::agents::AgentState;
+    let settled = matches!(reported, NodeOutcome::Ready | NodeOutcome::Failed { .. });
+    let left_since = |since: Timestamp| -> Option<Duration> {
+        let gone: Duration = now.duration_since(since).try_into().unwrap_or_default();
+        grace.checked_sub(gone).filter(|l| !l.is_zero())
+    };
+    match a.agent {
+        AgentState::Absent if settled => (reported, None),
+        AgentState::Absent => (NodeOutcome::NoAgent, None),
+        AgentState::Starting if settled => (reported, None),
+        AgentState::Starting => match a.not_ready_since.filter(|_| a.answered) {
+            Some(since) => match left_since(since) {
+                Some(left) => (waiting_since(since, grace, "its agent pod is not Ready"), Some(left)),
+                None => (
+                    NodeOutcome::Unreachable { message: format!("its agent pod has not been Ready since {since}") },
+                    None,
+                ),
+            },
+            None => (NodeOutcome::WaitingForAgent { message: "its agent pod is not Ready".into() }, None),
+        },
+        AgentState::Ready => {
+            let NodeOutcome::Unreachable { message } = &reported else { return (reported, None) };
+            match a.unreachable_since.filter(|_| a.answered).and_then(|s| left_since(s).map(|l| (s, l))) {
+                Some((since, left)) => (waiting_since(since, grace, message), Some(left)),
+                None => (reported, None),
+            }
+        }
+    }
+}
+
+fn waiting_since(since: Timestamp, grace: Duration, why: &str) -> NodeOutcome {
+    NodeOutcome::WaitingForAgent {
+        message: format!("its agent is away since {since} ({why}); counted failed after {}s", grace.as_secs()),
+    }
 }
 
 /// A problem with the spec itself: no node can run it until it is fixed.
@@ -158,7 +226,7 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
             (true, "NoTargetNodes", "no node matches nodeSelector".to_string())
         } else if active == 0 {
             (
-                true,
+                false,
                 "NoAgents",
                 format!(
                     "none of the {total} selected node(s) runs a bpfleet agent (see the agent DaemonSet's \
@@ -601,8 +669,11 @@ mod tests {
         let tg = targets(&["n1"]);
         let outcomes: BTreeMap<String, NodeOutcome> = [("n1".to_string(), NodeOutcome::NoAgent)].into();
         let s = compute(&input(&tg, &outcomes, None, 1));
-        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("True", "NoAgents"));
+        // Nothing runs it: not Ready (kubectl wait keeps waiting), yet nothing to do or
+        // fix here either (kstatus: Current).
+        assert_eq!((cond(&s, READY).status.as_str(), cond(&s, READY).reason.as_str()), ("False", "NoAgents"));
         assert_eq!(cond(&s, RECONCILING).status, "False");
+        assert_eq!(cond(&s, STALLED).status, "False");
         assert_eq!(s.waiting_nodes, 1);
     }
 
@@ -618,5 +689,100 @@ mod tests {
         assert_eq!(cond(&s, STALLED).status, "True");
         assert_eq!(cond(&s, RECONCILING).status, "False");
         assert_eq!((s.failed_nodes, s.waiting_nodes), (1, 1));
+    }
+
+    mod agents {
+        use std::time::Duration;
+
+        use super::super::*;
+        use crate::agents::AgentState::{self, Absent, Ready as Up, Starting};
+
+        const GRACE: Duration = Duration::from_secs(60);
+
+        fn at(secs: i64) -> Timestamp {
+            Timestamp::from_second(1_000_000 + secs).unwrap()
+        }
+
+        fn view(agent: AgentState, not_ready: Option<i64>, answered: bool, unreachable: Option<i64>) -> AgentView {
+            AgentView { agent, not_ready_since: not_ready.map(at), answered, unreachable_since: unreachable.map(at) }
+        }
+
+        fn unreachable() -> NodeOutcome {
+            NodeOutcome::Unreachable { message: "connection refused".into() }
+        }
+
+        fn failed() -> NodeOutcome {
+            NodeOutcome::Failed { program: None, reason: "VerifierRejected".into(), message: "R1".into() }
+        }
+
+        /// (what the node reported, where its agent stands, now) -> the kind of outcome
+        /// shown and whether a grace period runs.
+        #[test]
+        fn what_status_shows_of_a_node_by_where_its_agent_stands() {
+            let kind = |o: &NodeOutcome| match o {
+                NodeOutcome::Ready => "Ready",
+                NodeOutcome::Pending => "Pending",
+                NodeOutcome::Failed { .. } => "Failed",
+                NodeOutcome::Unreachable { .. } => "Unreachable",
+                NodeOutcome::WaitingForAgent { .. } => "Waiting",
+                NodeOutcome::NoAgent => "NoAgent",
+            };
+            let cases: Vec<(&str, NodeOutcome, AgentView, i64, &str, bool)> = vec![
+                ("ready agent, running", NodeOutcome::Ready, view(Up, None, true, None), 0, "Ready", false),
+                ("ready agent, pending", NodeOutcome::Pending, view(Up, None, true, None), 0, "Pending", false),
+                ("stopped answering 10 s ago", unreachable(), view(Up, None, true, Some(-10)), 0, "Waiting", true),
+                ("stopped answering 61 s ago", unreachable(), view(Up, None, true, Some(-61)), 0, "Unreachable", false),
+                ("never answered", unreachable(), view(Up, None, false, Some(-1)), 0, "Unreachable", false),
+                (
+                    "restarting, still runs it",
+                    NodeOutcome::Ready,
+                    view(Starting, Some(-5), true, None),
+                    0,
+                    "Ready",
+                    false,
+                ),
+                ("restarting, failed before", failed(), view(Starting, Some(-5), true, None), 0, "Failed", false),
+                ("restarting, pending", NodeOutcome::Pending, view(Starting, Some(-5), true, None), 0, "Waiting", true),
+                (
+                    "away 2 min, pending",
+                    NodeOutcome::Pending,
+                    view(Starting, Some(-120), true, None),
+                    0,
+                    "Unreachable",
+                    false,
+                ),
+                (
+                    "away 2 min, unreachable",
+                    unreachable(),
+                    view(Starting, Some(-120), true, Some(-120)),
+                    0,
+                    "Unreachable",
+                    false,
+                ),
+                (
+                    "joining, never ran",
+                    NodeOutcome::Pending,
+                    view(Starting, Some(-600), false, None),
+                    0,
+                    "Waiting",
+                    false,
+                ),
+                ("no pod, never ran", NodeOutcome::Pending, view(Absent, None, false, None), 0, "NoAgent", false),
+                ("pod replaced, still runs it", NodeOutcome::Ready, view(Absent, None, true, None), 0, "Ready", false),
+            ];
+            for (what, reported, v, now, want, grace_runs) in cases {
+                let (got, left) = agent_outcome(reported, &v, GRACE, at(now));
+                assert_eq!((kind(&got), left.is_some()), (want, grace_runs), "{what}: {got:?}");
+            }
+        }
+
+        #[test]
+        fn the_waiting_message_does_not_change_while_the_outage_lasts() {
+            let v = view(Up, None, true, Some(0));
+            let (a, left_a) = agent_outcome(unreachable(), &v, GRACE, at(5));
+            let (b, left_b) = agent_outcome(unreachable(), &v, GRACE, at(30));
+            assert_eq!(a, b, "a message that moved with the clock would rewrite status on every reconcile");
+            assert_eq!((left_a, left_b), (Some(Duration::from_secs(55)), Some(Duration::from_secs(30))));
+        }
     }
 }

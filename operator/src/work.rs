@@ -7,13 +7,13 @@
 //! new leader neither re-applies what runs nor writes `NoTargetNodes` for a program
 //! that runs on nodes, nor drops a finalizer having asked no node.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crds::BpfProgram;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, reflector, watcher};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
@@ -110,28 +110,37 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     // Agent pods: a node whose agent turns Ready is read and sent its programs at once
     // (a fresh connection: no backoff left from before it listened); one whose agent
     // stops being Ready waits for it.
-    let (agent_pods, watch_agent_pods): (Option<Store<Pod>>, BoxFuture<'static, ()>) = match &cfg.agent_pod_selector {
+    let watch_agent_pods: BoxFuture<'static, ()> = match &cfg.agent_pod_selector {
         Some(selector) => {
             let c = ctx.clone();
-            let trigger = trigger_tx.clone();
-            let (store, run) = agents::watch(
+            let (trigger, targeted) = (trigger_tx.clone(), targeted_tx.clone());
+            let (_store, run) = agents::watch(
                 client.clone(),
                 &cfg.history_namespace,
                 selector,
                 ctx.agents.clone(),
                 move |became_ready, lost| {
                     for node in &became_ready {
+                        // Dial afresh (no backoff left from before it listened); an old
+                        // outage is over: the node is asked again, not counted failed.
                         c.pool.forget(node);
+                        c.index.clear_unreachable(node);
                         c.stale_bpfnodes.mark(node);
                     }
-                    if !became_ready.is_empty() || !lost.is_empty() {
-                        let _ = trigger.try_send(());
+                    // Only the programs that target these nodes are looked at again.
+                    let changed: BTreeSet<&String> = became_ready.iter().chain(&lost).collect();
+                    let desired = c.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    for d in desired.values().filter(|d| d.targets.iter().any(|n| changed.contains(n))) {
+                        if targeted.try_send(ObjectRef::new(&d.name)).is_err() {
+                            let _ = trigger.try_send(());
+                            break;
+                        }
                     }
                 },
             );
-            (Some(store), Box::pin(run))
+            Box::pin(run)
         }
-        None => (None, Box::pin(std::future::pending())),
+        None => Box::pin(std::future::pending()),
     };
 
     let decide = {
@@ -140,11 +149,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
             if ctx.nodes.wait_until_ready().await.is_err() || config_maps.wait_until_ready().await.is_err() {
                 return;
             }
-            if let Some(pods) = &agent_pods
-                && pods.wait_until_ready().await.is_err()
-            {
-                return;
-            }
+            ctx.agents.wait_synced().await;
             resync::initial_sync(&ctx).await;
             metrics.caches_synced.set(1);
             tracing::info!(epoch, "caches synced and agents listed: reconciling");
@@ -157,7 +162,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
                     std::future::pending(),
                 ),
                 resync::watch_agents(ctx.clone(), targeted_tx.clone()),
-                resync::follow_bpfnodes(ctx.clone()),
+                resync::follow_bpfnodes(ctx.clone(), targeted_tx.clone()),
                 resync::resync_loop(ctx.clone(), program_store, cfg.resync_every, targeted_tx),
             );
         }
