@@ -201,6 +201,16 @@ impl Installed {
             args.push("--set".into());
             args.push(format!("{k}={v}"));
         }
+        // A node without systemd has a private /: the node's root can then be mounted
+        // into the agent only without propagation (the chart's default needs it shared).
+        let root_shared = Command::new("findmnt")
+            .args(["-no", "PROPAGATION", "/"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("shared"));
+        if !root_shared {
+            args.push("--set".into());
+            args.push("agent.hostRootPropagation=None".into());
+        }
         for s in sets {
             args.push("--set".into());
             args.push(s.clone());

@@ -70,6 +70,18 @@ pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Resu
 /// programs that are gone (the Node owns each, but a Node outlives an uninstall).
 async fn delete_bpfnodes(client: &Client) -> anyhow::Result<()> {
     let api: Api<BpfNode> = Api::all(client.clone());
+    // The operator still runs and writes each node's last Removes into its BpfNode about
+    // a second after them: let those writes land first, or one could create a BpfNode
+    // again after the delete.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let nodes = api.list(&ListParams::default()).await?;
+        if nodes.items.iter().all(|b| b.status.as_ref().is_none_or(|s| s.programs.is_empty())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(crate::resync::BPFNODE_DEBOUNCE * 2).await;
     let all = api.list(&ListParams::default()).await?;
     for b in &all.items {
         match api.delete(&b.name_any(), &DeleteParams::background()).await {

@@ -177,6 +177,7 @@ fn the_operator_is_told_where_agents_run_and_the_agent_sees_the_node_root() {
     assert!(agent["args"].to_string().contains("--host-root=/host"));
     let mount = agent["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "host-root").unwrap();
     assert_eq!((mount["mountPath"].as_str(), mount["readOnly"].as_bool()), (Some("/host"), Some(true)));
+    assert_eq!(mount["mountPropagation"], "HostToContainer", "the node's later mounts are seen, unmounts let go");
     let vol = spec["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "host-root").unwrap();
     assert_eq!(vol["hostPath"]["path"], "/");
     // The host's PID namespace only when asked (uprobe.pid needs it).
