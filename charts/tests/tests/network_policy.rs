@@ -1,0 +1,48 @@
+//! The operator's NetworkPolicy (opt-in): who may reach it and where it may go.
+
+use chart_tests::{named, of_kind, render};
+use serde_json::{Value, json};
+
+#[test]
+fn off_by_default() {
+    assert!(of_kind(&render(&[], &[]), "NetworkPolicy").is_empty());
+}
+
+#[test]
+fn the_operator_reaches_dns_agents_the_api_and_registries_only() {
+    let docs = render(
+        &[],
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.apiServerPort=6443",
+            "--set",
+            "networkPolicy.registryPorts={443,5000}",
+            "--set",
+            "networkPolicy.metricsFrom[0].matchLabels.team=monitoring",
+        ],
+    );
+    let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "bpfleet-operator");
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    let ports: Vec<Value> = np["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].clone()))
+        .collect();
+    assert_eq!(ports, [json!(53), json!(53), json!(50051), json!(6443), json!(443), json!(5000)]);
+    // Every egress rule is by port: no rule opens everything.
+    assert!(np["spec"]["egress"].as_array().unwrap().iter().all(|r| r["ports"].is_array()));
+    let ingress = &np["spec"]["ingress"][0];
+    assert_eq!(ingress["from"][0]["namespaceSelector"]["matchLabels"]["team"], "monitoring");
+    assert_eq!(ingress["ports"][0]["port"], 8080);
+}
+
+#[test]
+fn without_scrapers_nothing_may_connect_to_the_operator() {
+    let docs = render(&[], &["--set", "networkPolicy.enabled=true"]);
+    let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
+    assert!(np["spec"]["ingress"].is_null() || np["spec"]["ingress"].as_array().unwrap().is_empty());
+}
