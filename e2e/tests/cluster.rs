@@ -393,6 +393,10 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     let agent_back = t.elapsed();
     let late = wait_ready(&c, "late");
     assert!(late < Duration::from_secs(10), "a program waiting for its agent ran {late:?} after the agent was Ready");
+    // Ready because it runs: the node reports it, and the kernel has it.
+    for (id, _) in attachments(&c, &node, "late") {
+        assert!(e2e::kernel::program_exists(id), "late: program {id} is not in the kernel");
+    }
     c.kubectl(&["delete", "bpfprogram", "late", "--wait=true", "--timeout=60s"]).unwrap();
     // The BpfNode drops a deleted program within 5 s (it used to list it, with its old
     // pin paths, until the next resync).
