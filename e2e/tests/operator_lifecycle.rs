@@ -147,6 +147,12 @@ fn sigterm_hands_leadership_over_in_seconds() {
     // Let the standby see the Lease held (it must not just find a free one).
     std::thread::sleep(Duration::from_secs(3));
     assert!(!standby.is_leader());
+    // A standby that read the Lease is ready (it can take over); the leader is, with its
+    // caches synced.
+    assert!(e2e::util::http_get(standby.metrics, "/readyz").is_ok(), "the standby read the Lease: ready");
+    let leader = env.operator.as_ref().unwrap();
+    assert!(e2e::util::http_get(leader.metrics, "/readyz").is_ok());
+    assert_eq!(leader.metric("bpfleet_operator_caches_synced"), Some(1.0), "ready means synced");
 
     let t = Instant::now();
     env.operator.as_mut().unwrap().sigterm();

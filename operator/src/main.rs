@@ -197,7 +197,8 @@ async fn run() -> anyhow::Result<()> {
         let (m, seen) = (metrics.clone(), elector.lease_seen());
         async move {
             loop {
-                let ready = if m.leader.get() == 1 { m.caches_synced.get() == 1 } else { seen.load(Ordering::Relaxed) };
+                let ready =
+                    metrics::readiness(m.leader.get() == 1, m.caches_synced.get() == 1, seen.load(Ordering::Relaxed));
                 m.ready_flag.store(ready, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

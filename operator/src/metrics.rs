@@ -176,7 +176,14 @@ impl Metrics {
     }
 }
 
-/// Serve `/metrics`, `/healthz` (the process runs) and `/readyz` (caches synced).
+/// What `/readyz` says: a leader is ready once its caches have synced and it has listed
+/// every agent (before that it decides nothing); a standby once it has read the Lease (it
+/// reaches the API server and can take over).
+pub fn readiness(leader: bool, caches_synced: bool, lease_seen: bool) -> bool {
+    if leader { caches_synced } else { lease_seen }
+}
+
+/// Serve `/metrics`, `/healthz` (the process runs) and `/readyz` (see [`readiness`]).
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -199,4 +206,20 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    #[test]
+    fn ready_only_once_there_is_something_true_to_say() {
+        // (leader, caches synced, lease seen) -> ready
+        for (leader, synced, seen, want) in [
+            (false, false, false, false), // has not reached the API server yet
+            (false, false, true, true),   // a standby that read the Lease
+            (true, false, true, false),   // a new leader whose caches are not in yet
+            (true, true, true, true),
+        ] {
+            assert_eq!(super::readiness(leader, synced, seen), want, "leader {leader}, synced {synced}, seen {seen}");
+        }
+    }
 }
