@@ -133,7 +133,11 @@ impl Drop for AgentProc {
 }
 
 pub fn remove_request(uid: &str) -> v1::RemoveRequest {
-    v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }), epoch: 0 }
+    v1::RemoveRequest {
+        owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
+        epoch: 0,
+        node_name: String::new(),
+    }
 }
 
 /// Every owner the agent reports: (uid, revision, healthy).

@@ -99,7 +99,11 @@ impl GrpcAgent {
     }
 
     pub fn remove(&mut self, uid: &str) -> anyhow::Result<()> {
-        let req = v1::RemoveRequest { owner: Some(v1::Owner { uid: uid.into(), name: uid.into() }), epoch: 0 };
+        let req = v1::RemoveRequest {
+            owner: Some(v1::Owner { uid: uid.into(), name: uid.into() }),
+            epoch: 0,
+            node_name: String::new(),
+        };
         self.rt.block_on(self.client.remove(req)).map_err(|s| anyhow::anyhow!("Remove: {}", s.message()))?;
         Ok(())
     }
