@@ -44,6 +44,18 @@ pub struct RevisionData {
 
 /// The ControllerRevision's name: `<program>-<revision>`, the program name cut so the
 /// whole stays a valid object name (253 characters).
+/// Whether an object (a ControllerRevision) is a history entry the operator wrote for the
+/// BpfProgram `uid`: its controller is that BpfProgram. The labels alone can be copied
+/// onto anything, so neither `rollout undo` nor a rollback trusts an entry without this.
+pub fn owned_by_program(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "BpfProgram"
+            && o.api_version.starts_with("bpfleet.dev/")
+            && o.uid == uid
+    })
+}
+
 pub fn object_name(program: &str, revision: &str) -> String {
     let keep = 253 - 1 - revision.len();
     let mut cut = program.len().min(keep);

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use crds::BpfProgram;
-use crds::history::{ANNOTATION_PROGRAM, LABEL_PROGRAM_UID, LABEL_REVISION, RevisionData};
+use crds::history::{ANNOTATION_PROGRAM, LABEL_PROGRAM_UID, LABEL_REVISION, RevisionData, owned_by_program};
 use crds::program::BytecodeSource;
 use crds::revision::Sha256Digest;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -207,21 +207,9 @@ pub async fn list(revisions: &Api<ControllerRevision>, program: &BpfProgram) -> 
         .items
         .into_iter()
         .filter(|cr| cr.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_PROGRAM)).is_none_or(|n| n == name))
-        .filter(|cr| owned_by(cr, uid))
+        .filter(|cr| owned_by_program(&cr.metadata, uid))
         .collect();
     Ok(entries(&owned))
-}
-
-/// Whether `cr` is a history entry the operator wrote for the BpfProgram `uid`: its
-/// controller is that BpfProgram. A ControllerRevision someone else put beside them,
-/// carrying the labels but not the owner, is never offered to `rollout undo`.
-pub fn owned_by(cr: &ControllerRevision, uid: &str) -> bool {
-    cr.metadata.owner_references.iter().flatten().any(|o| {
-        o.controller == Some(true)
-            && o.kind == "BpfProgram"
-            && o.api_version.starts_with("bpfleet.dev/")
-            && o.uid == uid
-    })
 }
 
 pub async fn run(
@@ -292,6 +280,7 @@ pub(crate) mod tests {
     #[test]
     fn only_entries_the_operator_owns_are_history() {
         let mine = revision_object(1, "aaaaaaaaaaaaaaaa", data_cm(b"\x7fELF"));
+        let owned_by = |cr: &ControllerRevision, uid: &str| owned_by_program(&cr.metadata, uid);
         assert!(owned_by(&mine, "uid-1"));
         assert!(!owned_by(&mine, "uid-2"), "another program's entry");
         let mut planted = mine.clone();

@@ -39,13 +39,7 @@ pub fn check_bpffs(root: &Path) -> anyhow::Result<()> {
             None => break,
         }
     }
-    let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())?;
-    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        bail!("cannot stat {}: {}", probe.display(), std::io::Error::last_os_error());
-    }
-    if st.f_type as i64 != BPF_FS_MAGIC {
+    if !is_bpffs(probe)? {
         bail!(
             "{} is not on a bpf filesystem: mount one (mount -t bpf bpf /sys/fs/bpf) or pass --bpffs-root below a bpffs mount",
             probe.display()

@@ -355,14 +355,7 @@ impl History {
             if cr.labels().get(LABEL_PROGRAM_UID) != Some(&uid) {
                 return Err(Ever(format!("ControllerRevision {name} belongs to another program")));
             }
-            // Written by this operator for this program: its controller is the program.
-            let owned = cr
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|o| o.controller == Some(true) && o.kind == BpfProgram::kind(&()) && o.uid == uid);
-            if !owned {
+            if !crds::history::owned_by_program(&cr.metadata, &uid) {
                 return Err(Ever(format!(
                     "ControllerRevision {name} is not owned by BpfProgram {} (uid {uid}): not history this \
                      operator wrote",

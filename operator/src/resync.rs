@@ -98,12 +98,15 @@ pub async fn resync_loop(
 
 /// Nodes whose agents can be dialled: an address, not being deleted, a Ready agent.
 fn reachable_addrs(ctx: &Context, nodes: &BTreeMap<String, Arc<Node>>) -> Vec<NodeAddr> {
+    dialable(ctx, nodes.values().map(Arc::as_ref)).collect()
+}
+
+/// Those of `nodes` whose agent can be dialled, with where.
+fn dialable<'a>(ctx: &'a Context, nodes: impl Iterator<Item = &'a Node> + 'a) -> impl Iterator<Item = NodeAddr> + 'a {
     nodes
-        .values()
-        .filter_map(|n| NodeInfo::from_node(n))
+        .filter_map(NodeInfo::from_node)
         .filter(|i| !i.deleting && ctx.agents.is_ready(&i.name))
         .filter_map(|i| i.internal_ip.map(|ip| NodeAddr { name: i.name, ip }))
-        .collect()
 }
 
 /// How long marks gather before the marked nodes are read: an Apply to every program of
@@ -391,14 +394,9 @@ pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<Bp
     let budget = ctx.pool.config().max_connections;
     let mut over = false;
     loop {
-        let wanted: HashMap<String, NodeAddr> = ctx
-            .nodes
-            .state()
-            .iter()
-            .filter_map(|n| NodeInfo::from_node(n))
-            .filter(|i| !i.deleting && ctx.agents.is_ready(&i.name))
-            .filter_map(|i| i.internal_ip.map(|ip| (i.name.clone(), NodeAddr { name: i.name, ip })))
-            .collect();
+        let nodes = ctx.nodes.state();
+        let wanted: HashMap<String, NodeAddr> =
+            dialable(&ctx, nodes.iter().map(Arc::as_ref)).map(|a| (a.name.clone(), a)).collect();
         if wanted.len() > budget {
             if !over {
                 tracing::warn!(

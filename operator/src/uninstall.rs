@@ -15,15 +15,8 @@ use crate::controller::FINALIZER;
 
 pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Result<()> {
     let api: Api<BpfProgram> = Api::all(client.clone());
-    let all = api.list(&ListParams::default()).await?;
-    tracing::info!(count = all.items.len(), "deleting every BpfProgram");
-    for p in &all.items {
-        match api.delete(&p.name_any(), &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let count = delete_all(&api).await?;
+    tracing::info!(count, "deleting every BpfProgram");
     let deadline = Instant::now() + timeout;
     loop {
         let left = api.list(&ListParams::default()).await?.items;
@@ -82,14 +75,24 @@ async fn delete_bpfnodes(client: &Client) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(crate::resync::BPFNODE_DEBOUNCE * 2).await;
+    let count = delete_all(&api).await?;
+    tracing::info!(count, "BpfNodes deleted");
+    Ok(())
+}
+
+/// Ask for the deletion of every object `api` lists (one already gone is fine); returns
+/// how many there were.
+async fn delete_all<K>(api: &Api<K>) -> anyhow::Result<usize>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let all = api.list(&ListParams::default()).await?;
-    for b in &all.items {
-        match api.delete(&b.name_any(), &DeleteParams::background()).await {
+    for o in &all.items {
+        match api.delete(&o.name_any(), &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    tracing::info!(count = all.items.len(), "BpfNodes deleted");
-    Ok(())
+    Ok(all.items.len())
 }

@@ -129,7 +129,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
                     }
                     // Only the programs that target these nodes are looked at again.
                     let changed: BTreeSet<&String> = became_ready.iter().chain(&lost).collect();
-                    let desired = c.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    let desired = c.desired.read().unwrap_or_else(|e| e.into_inner());
                     for d in desired.values().filter(|d| d.targets.iter().any(|n| changed.contains(n))) {
                         if targeted.try_send(ObjectRef::new(&d.name)).is_err() {
                             let _ = trigger.try_send(());
