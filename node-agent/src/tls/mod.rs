@@ -7,16 +7,20 @@
 //! tonic's built-in `ServerTlsConfig` is fixed at start-up, so the agent serves a custom
 //! incoming stream instead ([`incoming`]): every accepted TCP connection is handshaken with
 //! the *current* [`ServerConfig`], which [`ServerTls`] rebuilds when the PEM files change
-//! (certificate rotation by cert-manager or a Secret update, without a restart).
+//! (certificate rotation by cert-manager or a Secret update, without a restart). A rebuild
+//! also closes every connection handshaken with an older configuration: gRPC connections
+//! and Watch streams are long-lived, and rotating away a compromised or expired identity (or
+//! a CA) must end the sessions it authenticated. The operator redials; Apply and Remove are
+//! idempotent. Files that are rejected close nothing.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use rustls::client::verify_server_name;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -29,10 +33,10 @@ use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::{debug, info, warn};
@@ -132,7 +136,9 @@ pub struct ServerTls {
     files: TlsFiles,
     required_client_name: ServerName<'static>,
     provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<ServerConfig>>,
+    /// The configuration new connections are handshaken with. Each connection holds a
+    /// receiver from its handshake on, so replacing the value tells it to close.
+    current: watch::Sender<Arc<ServerConfig>>,
     /// What the poller last looked at, whether it loaded or not: a broken file is reported
     /// once, not on every tick.
     seen: Mutex<Option<Snapshot>>,
@@ -163,7 +169,7 @@ impl ServerTls {
             files,
             required_client_name,
             provider,
-            current: RwLock::new(Arc::new(config)),
+            current: watch::Sender::new(Arc::new(config)),
             seen: Mutex::new(Some(snapshot)),
         })
     }
@@ -174,15 +180,25 @@ impl ServerTls {
 
     /// The configuration new connections are handshaken with.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.current.borrow().clone()
     }
 
-    /// An acceptor over the current configuration; connections already open keep theirs.
+    /// An acceptor over the current configuration. Connections it handshakes stay open
+    /// after a rotation; those [`incoming_with`] yields are closed.
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.config())
     }
 
-    /// Re-reads the files now and switches to them. On error the previous material stays.
+    /// An acceptor over the current configuration and the [`Rotation`] that ends it, taken
+    /// together so that no replacement can fall between them.
+    fn acceptor_and_rotation(&self) -> (TlsAcceptor, Rotation) {
+        let mut receiver = self.current.subscribe();
+        let config = receiver.borrow_and_update().clone();
+        (TlsAcceptor::from(config), Rotation::Awaited(WatchStream::from_changes(receiver)))
+    }
+
+    /// Re-reads the files now and switches to them, closing the connections handshaken with
+    /// the previous material. On error the previous material stays and nothing is closed.
     pub fn reload_now(&self) -> Result<(), TlsError> {
         let snapshot = read_snapshot(&self.files)?;
         let result = self.install(&snapshot);
@@ -228,17 +244,24 @@ impl ServerTls {
         if seen.as_ref().is_some_and(|s| *s == snapshot) {
             return Ok(());
         }
-        match self.install(&snapshot) {
-            Ok(()) => info!(cert = %self.files.cert.display(), "reloaded TLS certificate, key and client CA"),
-            Err(error) => warn!(%error, "new TLS material rejected; keeping the previous certificate"),
+        if let Err(error) = self.install(&snapshot) {
+            warn!(%error, "new TLS material rejected; keeping the previous certificate");
         }
         *seen = Some(snapshot);
         Ok(())
     }
 
+    /// Switches to `snapshot` if it builds, which closes every connection handshaken (or
+    /// handshaking) with an older configuration: each holds one receiver.
     fn install(&self, snapshot: &Snapshot) -> Result<(), TlsError> {
         let config = build_server_config(&self.files, snapshot, &self.required_client_name, &self.provider)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        let closing = self.current.receiver_count();
+        self.current.send_replace(Arc::new(config));
+        info!(
+            cert = %self.files.cert.display(),
+            closing,
+            "reloaded TLS certificate, key and client CA; closing the connections handshaken with the previous ones"
+        );
         Ok(())
     }
 }
@@ -368,9 +391,11 @@ impl ClientCertVerifier for RequireClientName {
 
 /// One accepted, handshaken connection. tonic sees the same connect info as with its own
 /// TLS server, so `Request::remote_addr()` and `Request::peer_certs()` work in handlers.
-/// It holds one of the [`Limits::max_connections`] slots until dropped.
+/// It holds one of the [`Limits::max_connections`] slots until dropped. Once the
+/// configuration it was handshaken with is replaced, reads end (EOF) and writes fail.
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
+    rotation: Rotation,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -387,6 +412,36 @@ impl std::fmt::Debug for TlsConn {
     }
 }
 
+/// Whether the configuration a connection was handshaken with has been replaced.
+enum Rotation {
+    /// Not yet; the stream yields when it is.
+    Awaited(WatchStream<Arc<ServerConfig>>),
+    /// Replaced: the connection must end.
+    Happened,
+    /// The [`ServerTls`] is gone, so nothing can replace it any more.
+    Never,
+}
+
+impl Rotation {
+    /// Whether the configuration has been replaced; if not, `cx` is woken when it is, so an
+    /// idle connection is closed at once rather than at its next byte. Reads and writes of
+    /// one connection are driven by one task (hyper's), so the last waker is the right one.
+    fn poll_happened(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Rotation::Awaited(changes) = self {
+            *self = match changes.poll_next_unpin(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(Some(_)) => Rotation::Happened,
+                Poll::Ready(None) => Rotation::Never,
+            };
+        }
+        matches!(self, Rotation::Happened)
+    }
+}
+
+fn rotated_away() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "the agent's TLS configuration was replaced; reconnect")
+}
+
 impl Connected for TlsConn {
     type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
 
@@ -397,12 +452,18 @@ impl Connected for TlsConn {
 
 impl AsyncRead for TlsConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.rotation.poll_happened(cx) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.rotation.poll_happened(cx) {
+            return Poll::Ready(Err(rotated_away()));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -411,6 +472,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.rotation.poll_happened(cx) {
+            return Poll::Ready(Err(rotated_away()));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -475,7 +539,7 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = tls.acceptor();
+        let (acceptor, rotation) = tls.acceptor_and_rotation();
         let (tx, slots, registry) = (tx.clone(), slots.clone(), pending.clone());
         let mut inflight = pending.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(id) = inflight.admit(peer.ip(), std::time::Instant::now()) else {
@@ -495,7 +559,7 @@ async fn accept_loop(
                 return warn!(%peer, limits.max_connections, "too many connections; closing the new one");
             };
             // Fails only when the server has stopped; the connection is just dropped.
-            let _ = tx.send(Ok(TlsConn { stream, _slot: slot })).await;
+            let _ = tx.send(Ok(TlsConn { stream, rotation, _slot: slot })).await;
         });
         inflight.track(id, task.abort_handle());
     }
@@ -628,3 +692,147 @@ fn rejected(flag: &'static str, path: &Path, error: impl std::fmt::Display) -> T
 
 #[cfg(feature = "test-support")]
 pub mod testpki;
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::client::TlsStream;
+    use tonic::transport::{Endpoint, Server};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::testpki::{CLIENT_NAME, TestPki};
+    use super::*;
+
+    /// Far beyond what closing takes: only keeps a broken test from hanging.
+    const GUARD: Duration = Duration::from_secs(5);
+
+    /// The agent's TLS over a fresh test PKI.
+    struct Fixture {
+        tls: Arc<ServerTls>,
+        pki: TestPki,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::generate(dir.path());
+        let tls = Arc::new(ServerTls::load(pki.server_files(), CLIENT_NAME).expect("load server TLS"));
+        Fixture { tls, pki, _dir: dir }
+    }
+
+    /// Echoes bytes on every connection to the returned address. The receiver gets, for each
+    /// connection whose reads ended, what one more write by the server did.
+    async fn serve_echo(tls: Arc<ServerTls>) -> (SocketAddr, mpsc::UnboundedReceiver<io::Result<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (ended, write_after_end) = mpsc::unbounded_channel();
+        let mut conns = Box::pin(incoming(listener, tls));
+        tokio::spawn(async move {
+            while let Some(Ok(conn)) = conns.next().await {
+                tokio::spawn(echo(conn, ended.clone()));
+            }
+        });
+        (addr, write_after_end)
+    }
+
+    async fn echo(mut conn: TlsConn, ended: mpsc::UnboundedSender<io::Result<usize>>) {
+        let mut buf = [0u8; 64];
+        while let Ok(n @ 1..) = conn.read(&mut buf).await {
+            if conn.write_all(&buf[..n]).await.is_err() || conn.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = ended.send(conn.write(b"late").await);
+    }
+
+    async fn connect(addr: SocketAddr, pki: &TestPki) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from(DEFAULT_SERVER_NAME).expect("server name");
+        pki.client_connector().connect(name, tcp).await.expect("handshake")
+    }
+
+    fn served_leaf(conn: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+        conn.get_ref().1.peer_certificates().expect("the server presented a certificate")[0].clone()
+    }
+
+    async fn round_trip(conn: &mut TlsStream<TcpStream>) -> io::Result<()> {
+        conn.write_all(b"ping").await?;
+        conn.flush().await?;
+        let mut echoed = [0u8; 4];
+        conn.read_exact(&mut echoed).await?;
+        assert_eq!(&echoed, b"ping");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_rotation_closes_connections_handshaken_before_it() {
+        let f = fixture();
+        let (addr, mut write_after_end) = serve_echo(f.tls.clone()).await;
+        let mut old = connect(addr, &f.pki).await;
+        // The server holds the connection, idle in a read, before the rotation.
+        round_trip(&mut old).await.expect("round trip before the rotation");
+        let old_leaf = served_leaf(&old);
+
+        let new_leaf = f.pki.reissue_server_cert();
+        f.tls.reload_now().expect("reload");
+
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(GUARD, old.read(&mut buf)).await.expect("the old connection was left open");
+        assert!(matches!(read, Ok(0) | Err(_)), "the old connection still reads: {read:?}");
+        let write = tokio::time::timeout(GUARD, write_after_end.recv()).await.expect("the server's reads ended");
+        assert!(write.expect("one connection ended").is_err(), "the server still writes to the old connection");
+
+        let mut new = connect(addr, &f.pki).await;
+        assert_ne!(old_leaf, new_leaf);
+        assert_eq!(served_leaf(&new), new_leaf);
+        round_trip(&mut new).await.expect("a connection after the rotation is served");
+    }
+
+    #[tokio::test]
+    async fn a_rotation_ends_grpc_connections() {
+        let f = fixture();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(Server::builder().add_service(health).serve_with_incoming(incoming(listener, f.tls.clone())));
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .expect("endpoint")
+            .tls_config(f.pki.client_config())
+            .expect("client TLS");
+        let check = HealthCheckRequest { service: String::new() };
+        let mut old = HealthClient::new(endpoint.connect().await.expect("connect"));
+        old.check(check.clone()).await.expect("health check before the rotation");
+        assert_eq!(f.tls.current.receiver_count(), 1, "one connection");
+
+        f.pki.reissue_server_cert();
+        f.tls.reload_now().expect("reload");
+        // hyper drops the connection, and its receiver with it.
+        tokio::time::timeout(GUARD, async {
+            while f.tls.current.receiver_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the gRPC connection was left open");
+        let mut new = HealthClient::new(endpoint.connect().await.expect("connect again"));
+        new.check(check).await.expect("a connection after the rotation is served");
+    }
+
+    #[tokio::test]
+    async fn a_rejected_file_closes_nothing() {
+        let f = fixture();
+        let (addr, mut write_after_end) = serve_echo(f.tls.clone()).await;
+        let mut conn = connect(addr, &f.pki).await;
+        round_trip(&mut conn).await.expect("round trip before the reload");
+
+        std::fs::write(&f.pki.server_cert, "not a certificate\n").expect("write");
+        f.tls.reload_now().expect_err("a broken certificate must be rejected");
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(write_after_end.try_recv().is_err(), "the server ended a connection");
+        round_trip(&mut conn).await.expect("the connection survives a rejected file");
+    }
+}

@@ -3,11 +3,15 @@
 //! own. Always compiled because cfg(test) does not cross crates; it is small.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
 use tonic::transport::ClientTlsConfig;
 
 use super::{DEFAULT_SERVER_NAME, TlsFiles};
@@ -81,6 +85,27 @@ impl TestPki {
     pub fn client_config(&self) -> ClientTlsConfig {
         super::client_config(&self.client_cert, &self.client_key, &self.ca_cert, DEFAULT_SERVER_NAME)
             .expect("test PKI client config")
+    }
+
+    /// A tokio-rustls connector presenting client.pem and trusting the CA, for tests that
+    /// talk TLS below gRPC.
+    ///
+    /// # Panics
+    /// If the files are unusable.
+    pub fn client_connector(&self) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(&self.ca_cert).expect("test CA")).expect("add test CA");
+        let chain = CertificateDer::pem_file_iter(&self.client_cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .expect("test client certificate");
+        let key = PrivateKeyDer::from_pem_file(&self.client_key).expect("test client key");
+        let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("test client identity");
+        TlsConnector::from(Arc::new(config))
     }
 
     /// Issues a new server certificate with a new key (so a new serial) over server.pem and
