@@ -1,6 +1,7 @@
 //! The bpfleet API: custom resource types, the names and limits both the operator and
 //! the agent rely on, and the validation they share.
 
+pub mod admission;
 pub mod crdgen;
 pub mod error;
 pub mod history;
@@ -15,6 +16,7 @@ pub mod rollout;
 pub mod sanitize;
 pub mod validate;
 
+pub use admission::{BpfAdmissionPolicy, BpfAdmissionPolicySpec};
 pub use node::{BpfNode, BpfNodeSpec, BpfNodeStatus, Health, NodeProgramStatus};
 pub use program::{BpfProgram, BpfProgramSpec, BpfProgramStatus, ProgramSpec, ProgramType};
 

@@ -427,6 +427,6 @@ mod tests {
             names.push(crd.name_any());
         }
         names.sort();
-        assert_eq!(names, ["bpfnodes.bpfleet.dev", "bpfprograms.bpfleet.dev"]);
+        assert_eq!(names, ["bpfadmissionpolicies.bpfleet.dev", "bpfnodes.bpfleet.dev", "bpfprograms.bpfleet.dev"]);
     }
 }

@@ -2,6 +2,7 @@
 //! The pure core (`targets`, `plan`, `status`, `drift`) decides; the edges (kube, gRPC)
 //! only carry out and observe.
 
+pub mod admission;
 pub mod agents;
 pub mod alloc;
 pub mod answers;

@@ -97,6 +97,17 @@ struct Args {
     /// Seconds to resolve, pull or verify one image, as a whole.
     #[arg(long, default_value_t = operator::image::DEFAULT_IMAGE_DEADLINE.as_secs())]
     image_deadline_seconds: u64,
+    /// Serve the BpfProgram validating webhook (HTTPS, path /validate-bpfprogram) here,
+    /// enforcing the BpfAdmissionPolicy `default`; for clusters without
+    /// ValidatingAdmissionPolicy. Needs --webhook-tls-cert and --webhook-tls-key.
+    #[arg(long, env = "BPFLEET_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// PEM certificate chain the webhook serves (re-read when it changes).
+    #[arg(long, env = "BPFLEET_WEBHOOK_TLS_CERT")]
+    webhook_tls_cert: Option<PathBuf>,
+    /// PEM private key of --webhook-tls-cert.
+    #[arg(long, env = "BPFLEET_WEBHOOK_TLS_KEY")]
+    webhook_tls_key: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -183,6 +194,25 @@ async fn run() -> anyhow::Result<()> {
             }
         }
     });
+
+    if let Some(addr) = args.webhook_listen {
+        let (Some(cert), Some(key)) = (args.webhook_tls_cert.clone(), args.webhook_tls_key.clone()) else {
+            anyhow::bail!(
+                "--webhook-listen needs --webhook-tls-cert and --webhook-tls-key: the API server calls webhooks over HTTPS only"
+            );
+        };
+        let view = operator::admission::PolicyView::default();
+        tokio::spawn(operator::admission::follow_policy(client.clone(), view.clone()));
+        let tls = operator::admission::WebhookTls { cert, key };
+        // Bind now so a bad address or certificate stops the start, not a later request.
+        let server = operator::admission::serve(addr, tls, view);
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(error = %format!("{error:#}"), "admission webhook stopped");
+                std::process::exit(1);
+            }
+        });
+    }
 
     let identity = match args.identity.clone() {
         Some(i) => i,

@@ -57,3 +57,24 @@ imagePullSecrets:
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{- /*
+  How BpfProgram writes are judged: "policy" (ValidatingAdmissionPolicy,
+  admissionregistration.k8s.io/v1, Kubernetes >= 1.30), "policy-v1beta1" (1.28 and 1.29
+  with the beta API enabled), "webhook" (the operator's webhook, older clusters) or ""
+  (admission.enabled=false). admission.mode=auto picks the first the cluster serves.
+*/}}
+{{- define "bpfleet.admission.mode" -}}
+{{- if .Values.admission.enabled -}}
+{{- $mode := .Values.admission.mode -}}
+{{- if eq $mode "auto" -}}
+{{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" -}}policy
+{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicy" -}}policy-v1beta1
+{{- else -}}webhook
+{{- end -}}
+{{- else -}}{{ $mode }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bpfleet.webhook.service" -}}{{ .Release.Name }}-webhook{{- end -}}

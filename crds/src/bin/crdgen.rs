@@ -14,5 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(&path, yaml)?;
         println!("wrote {}", path.display());
     }
+    let files = dir.join("../files");
+    std::fs::create_dir_all(&files)?;
+    let policy = files.join("admission-policy.yaml");
+    std::fs::write(&policy, crds::crdgen::render_admission_policy()?)?;
+    println!("wrote {}", policy.display());
     Ok(())
 }
