@@ -4,6 +4,9 @@
 use std::path::Path;
 
 use chart_tests::*;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
@@ -69,6 +72,10 @@ fn check_typed(doc: &Value) {
         "PodDisruptionBudget" => serde_json::from_value::<PodDisruptionBudget>(v).map(|_| ()),
         "Job" => serde_json::from_value::<Job>(v).map(|_| ()),
         "CustomResourceDefinition" => serde_json::from_value::<CustomResourceDefinition>(v).map(|_| ()),
+        "ValidatingWebhookConfiguration" => serde_json::from_value::<ValidatingWebhookConfiguration>(v).map(|_| ()),
+        "ValidatingAdmissionPolicy" => serde_json::from_value::<ValidatingAdmissionPolicy>(v).map(|_| ()),
+        "ValidatingAdmissionPolicyBinding" => serde_json::from_value::<ValidatingAdmissionPolicyBinding>(v).map(|_| ()),
+        "BpfAdmissionPolicy" => serde_json::from_value::<crds::BpfAdmissionPolicy>(v).map(|_| ()),
         // Third-party kinds: structure only.
         "ServiceMonitor" | "Certificate" => {
             assert!(doc["spec"].is_object(), "{kind} without spec");
@@ -364,7 +371,8 @@ fn generated_certificates_chain_to_the_ca_and_name_each_side() {
 #[test]
 fn cert_manager_and_own_secrets_replace_generated_material() {
     let docs = render(&[&custom()], &[]);
-    assert_eq!(of_kind(&docs, "Certificate").len(), 2);
+    // The agent's, the operator's and the admission webhook's serving certificate.
+    assert_eq!(of_kind(&docs, "Certificate").len(), 3);
     assert!(of_kind(&docs, "Secret").is_empty());
     assert_eq!(of_kind(&docs, "ServiceMonitor").len(), 2);
     let docs = render(
@@ -376,6 +384,10 @@ fn cert_manager_and_own_secrets_replace_generated_material() {
             "tls.existingSecrets.agent=a",
             "--set",
             "tls.existingSecrets.operator=o",
+            "--set",
+            "tls.existingSecrets.webhook=w",
+            "--set",
+            "admission.webhook.caBundle=Q0E=",
         ],
     );
     assert!(of_kind(&docs, "Secret").is_empty());

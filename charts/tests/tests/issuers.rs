@@ -1,11 +1,11 @@
-//! cert-manager issuers of any kind: `tls.certManager.issuerRef` reaches both
-//! Certificates exactly as given, so ClusterIssuers and external issuers (their own
+//! cert-manager issuers of any kind: `tls.certManager.issuerRef` reaches every
+//! Certificate exactly as given, so ClusterIssuers and external issuers (their own
 //! kinds and API groups) work, and neither the schema nor the template narrows them.
 
 use chart_tests::*;
 use serde_json::{Value, json};
 
-/// Both Certificates' issuerRef, rendered with the given issuerRef fields.
+/// Every Certificate's issuerRef, rendered with the given issuerRef fields.
 fn issuer_refs(fields: &[(&str, &str)]) -> Vec<Value> {
     let mut args = vec!["--set".to_string(), "tls.mode=certManager".to_string()];
     for (k, v) in fields {
@@ -15,7 +15,7 @@ fn issuer_refs(fields: &[(&str, &str)]) -> Vec<Value> {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let docs = render(&[], &refs);
     let certs = of_kind(&docs, "Certificate");
-    assert_eq!(certs.len(), 2, "the agent's and the operator's Certificate");
+    assert_eq!(certs.len(), 3, "the agent's, the operator's and the admission webhook's Certificate");
     certs.iter().map(|c| c["spec"]["issuerRef"].clone()).collect()
 }
 

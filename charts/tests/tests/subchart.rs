@@ -101,7 +101,7 @@ fn a_parent_chart_installs_bpfleet_when_enabled_and_nothing_of_it_when_not() {
     assert_eq!(operator["metadata"]["namespace"], "platform");
     named(&docs, "DaemonSet", "platform-agent");
     let certs = of_kind(&docs, "Certificate");
-    assert_eq!(certs.len(), 2);
+    assert_eq!(certs.len(), 3, "agent, operator, admission webhook");
     assert!(certs.iter().all(|c| c["spec"]["issuerRef"]["kind"] == "ClusterIssuer"));
 
     let docs = template(&parent, &["--set", "bpfleet.enabled=false"]);

@@ -10,6 +10,8 @@ use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
 
 const LEAVES: [&str; 2] = ["bpfleet-agent-tls", "bpfleet-operator-tls"];
+/// The admission webhook's serving certificate (helm mode, clusters without the policy API).
+const WEBHOOK_LEAF: &str = "bpfleet-webhook-tls";
 
 /// A directory of its own per test (tests run in parallel), removed on drop.
 struct Scratch(PathBuf);
@@ -92,9 +94,14 @@ fn helm_mode_issues_ecdsa_p256_leaves_that_live_the_configured_days() {
 fn no_ca_private_key_is_rendered() {
     let docs = render(&[], &[]);
     let dir = Scratch::new("no-ca-key");
-    let secrets: Vec<String> =
+    let mut secrets: Vec<String> =
         of_kind(&docs, "Secret").iter().map(|s| s["metadata"]["name"].as_str().unwrap().to_string()).collect();
-    assert_eq!(secrets, LEAVES.map(String::from).to_vec(), "helm mode renders the two leaf Secrets only");
+    secrets.sort();
+    let mut want = LEAVES.map(String::from).to_vec();
+    want.push(WEBHOOK_LEAF.into());
+    assert_eq!(secrets, want, "helm mode renders the leaf Secrets only (mTLS, and the admission webhook's)");
+    // The webhook's CA is another, also dropped: it can sign no agent or operator certificate.
+    assert_ne!(secret_data(&docs, WEBHOOK_LEAF)["ca.crt"], secret_data(&docs, LEAVES[0])["ca.crt"]);
     let mut keys = 0;
     for doc in &docs {
         let name = &doc["metadata"]["name"];
@@ -113,7 +120,7 @@ fn no_ca_private_key_is_rendered() {
             }
         }
     }
-    assert_eq!(keys, 2);
+    assert_eq!(keys, 3);
     let pubkey = |args: &[&str], file: &Path| {
         let (ok, out) = openssl(args, file);
         assert!(ok, "{}", file.display());
@@ -155,7 +162,7 @@ fn renewal_must_start_before_the_certificates_end() {
 fn cert_manager_issues_ecdsa_p256_keys_renewed_with_each_certificate() {
     let docs = render(&[], &["--set", "tls.mode=certManager", "--set", "tls.certManager.issuerRef.name=ca"]);
     let certs = of_kind(&docs, "Certificate");
-    assert_eq!(certs.len(), 2);
+    assert_eq!(certs.len(), 3, "agent, operator, admission webhook");
     for c in certs {
         assert_eq!(c["spec"]["privateKey"], json!({"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}));
         // 90 days, renewed 15 days before the end.
