@@ -62,6 +62,11 @@ struct Args {
     /// Address of /metrics and /healthz (off when unset).
     #[arg(long, env = "BPFLEET_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Address of /healthz alone, without /metrics: lets --metrics-listen stay on loopback
+    /// (with the host network, an open port is open on the node's address) while the
+    /// kubelet probes here. Unset: only --metrics-listen serves it.
+    #[arg(long, env = "BPFLEET_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// No cluster, no gRPC: reconcile the BpfProgram manifests in this directory.
     #[arg(long)]
     standalone: Option<PathBuf>,
@@ -155,21 +160,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || m.refresh_health()).await;
         }
     });
-    // /healthz (the pod's readiness) answers only once the gRPC port listens: an operator
-    // that sees the agent Ready dials it at once.
-    let serve_metrics = |manager: &Arc<Manager>| {
-        if let Some(addr) = args.metrics_listen {
-            let m = Arc::clone(manager);
-            tokio::spawn(async move {
-                if let Err(e) = metrics::serve(addr, m).await {
-                    tracing::error!(error = %e, "metrics server stopped");
-                }
-            });
-        }
-    };
-
     if let Some(dir) = args.standalone {
-        serve_metrics(&manager);
+        serve_http(args.metrics_listen, args.health_listen, &manager).await?;
         tokio::select! {
             r = standalone::run(manager, dir, Duration::from_secs(args.standalone_interval.max(1))) => r?,
             _ = shutdown_signal() => tracing::info!("stopping; programs stay attached (pinned)"),
@@ -182,13 +174,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
-    serve_metrics(&manager);
+    // /healthz (the pod's readiness) answers only once the gRPC port listens: an operator
+    // that sees the agent Ready dials it at once.
+    serve_http(args.metrics_listen, args.health_listen, &manager).await?;
     tracing::info!(listen = %args.listen, "serving bpfleet.agent.v1 over mTLS");
     server::serve(manager, listener, tls, async {
         shutdown_signal().await;
         tracing::info!("stopping; programs stay attached (pinned)");
     })
     .await
+}
+
+/// Bind --metrics-listen and --health-listen (an address in use stops the start, naming
+/// its flag) and serve them in the background.
+async fn serve_http(
+    metrics_listen: Option<SocketAddr>,
+    health_listen: Option<SocketAddr>,
+    manager: &Arc<Manager>,
+) -> anyhow::Result<()> {
+    let mut http = Vec::new();
+    if let Some(addr) = metrics_listen {
+        http.push((metrics::bind("--metrics-listen", addr).await?, metrics::metrics_routes(Arc::clone(manager))));
+    }
+    if let Some(addr) = health_listen {
+        http.push((metrics::bind("--health-listen", addr).await?, metrics::probe_routes(Arc::clone(manager))));
+    }
+    for (listener, app) in http {
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics/health server stopped");
+            }
+        });
+    }
+    Ok(())
 }
 
 fn init_tracing(json: bool) {

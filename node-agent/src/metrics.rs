@@ -1,6 +1,7 @@
-//! Prometheus metrics and the `/metrics` + `/healthz` endpoint. Per-program kernel run
-//! statistics are read from the kernel at scrape time (they need
-//! `kernel.bpf_stats_enabled`, which the agent turns on while it runs).
+//! Prometheus metrics and the `/metrics` + `/healthz` endpoints (the probe also on a
+//! listener of its own, see [`probe_routes`]). Per-program kernel run statistics are read
+//! from the kernel at scrape time (they need `kernel.bpf_stats_enabled`, which the agent
+//! turns on while it runs).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -190,38 +191,43 @@ pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
     }
 }
 
-/// Serve `/metrics` and `/healthz` until the process ends.
-pub async fn serve(addr: SocketAddr, manager: Arc<Manager>) -> anyhow::Result<()> {
-    use axum::routing::get;
+/// The probe: `/healthz`, which fails while the bpffs root is missing. Served on
+/// --metrics-listen with `/metrics`, and alone on --health-listen, so that /metrics can stay
+/// on loopback (the agent uses the node's network) while the kubelet still probes.
+pub fn probe_routes(manager: Arc<Manager>) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new().route(
+        "/healthz",
+        axum::routing::get(move || {
+            let ok = manager.config().bpffs_root.is_dir();
+            async move { if ok { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "bpffs root missing") } }
+        }),
+    )
+}
+
+/// What --metrics-listen serves: `/metrics` and the [`probe_routes`].
+pub fn metrics_routes(manager: Arc<Manager>) -> axum::Router {
     let m = Arc::clone(&manager);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = Arc::clone(&m);
-                async move {
-                    let body =
-                        tokio::task::spawn_blocking(move || m.metrics.render(&m.records())).await.unwrap_or_default();
-                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(move || {
-                let ok = manager.config().bpffs_root.is_dir();
-                async move {
-                    if ok {
-                        (axum::http::StatusCode::OK, "ok")
-                    } else {
-                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "bpffs root missing")
-                    }
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
+    probe_routes(manager).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = Arc::clone(&m);
+            async move {
+                let body =
+                    tokio::task::spawn_blocking(move || m.metrics.render(&m.records())).await.unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+            }
+        }),
+    )
+}
+
+/// Bind the address of `flag` (e.g. `--health-listen`), saying which flag failed.
+pub async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
+}
+
+/// Serve `app` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> anyhow::Result<()> {
     axum::serve(listener, app).await?;
     Ok(())
 }

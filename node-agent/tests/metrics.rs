@@ -1,6 +1,7 @@
 //! `/healthz` and `/metrics` of the agent binary, read over plain HTTP/1.1: managed
 //! programs, apply durations and errors by reason, and kernel run counts of a running
-//! program (BPF stats, which the agent turns on while it runs).
+//! program (BPF stats, which the agent turns on while it runs). With `--health-listen`,
+//! `/healthz` alone on a second port and `/metrics` only on `--metrics-listen`.
 
 mod common;
 
@@ -18,16 +19,30 @@ struct MetricsAgent {
     tmp: tempfile::TempDir,
     log: PathBuf,
     port: u16,
+    /// Port of --health-listen, when given.
+    health_port: Option<u16>,
 }
 
 impl MetricsAgent {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Also with `--health-listen` on a port of its own.
+    fn start_with_health() -> Self {
+        let port = free_port();
+        let mut agent = Self::start_with(&["--health-listen".into(), format!("127.0.0.1:{port}")]);
+        agent.health_port = Some(port);
+        agent
+    }
+
+    fn start_with(extra: &[String]) -> Self {
         setup();
         let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-metrics-{}", unique("m")));
         let tmp = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(tmp.path().join("manifests")).unwrap();
         let log = tmp.path().join("agent.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Command::new(agent_bin())
             .args(["--node-name", "metrics-node", "--standalone-interval", "1"])
             .arg("--metrics-listen")
@@ -38,6 +53,7 @@ impl MetricsAgent {
             .arg(&root)
             .arg("--state-dir")
             .arg(tmp.path().join("state"))
+            .args(extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("BPFLEET_FAULT")
@@ -46,7 +62,7 @@ impl MetricsAgent {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn bpfleet-agent");
-        Self { child, root, tmp, log, port }
+        Self { child, root, tmp, log, port, health_port: None }
     }
 
     fn write(&self, file: &str, yaml: &str) {
@@ -56,17 +72,28 @@ impl MetricsAgent {
         std::fs::rename(&tmp, dir.join(file)).unwrap();
     }
 
-    /// GET `path`: (status code, body), or None while nothing listens.
+    /// GET `path` on --metrics-listen: (status code, body), or None while nothing listens.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-        Some((code, if chunked { dechunk(body) } else { body.to_string() }))
+        get_on(self.port, path)
+    }
+
+    /// GET `path` on `port`, polled until it answers (15 s); fails with the agent log.
+    fn wait_get(&mut self, port: u16, path: &str) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(r) = get_on(port, path) {
+                return r;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("agent exited ({st}):\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing answered {path} on port {port}; agent log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Poll /metrics until `f` holds for it; fails with the last scrape and the agent log.
@@ -96,6 +123,23 @@ impl Drop for MetricsAgent {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET `path` on 127.0.0.1:`port`: (status code, body), or None while nothing listens.
+fn get_on(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    Some((code, if chunked { dechunk(body) } else { body.to_string() }))
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -184,4 +228,40 @@ fn healthz_and_metrics_report_kernel_truth() {
     // The bad manifest loads nothing; the good one keeps running.
     assert_eq!(sample(&body, "bpfleet_agent_programs_managed", &[]), Some(1.0), "{body}");
     assert!(!agent.root.join("standalone-metrics-bad").exists(), "{:?}", pins_under(&agent.root));
+}
+
+/// --health-listen serves /healthz and nothing else; --metrics-listen keeps serving
+/// /metrics and /healthz (the chart binds it to loopback and probes the health port).
+#[test]
+fn health_listener_serves_healthz_but_not_metrics() {
+    let mut agent = MetricsAgent::start_with_health();
+    let health = agent.health_port.unwrap();
+    assert_eq!(agent.wait_get(health, "/healthz"), (200, "ok".into()));
+    let (code, body) = agent.wait_get(health, "/metrics");
+    assert_eq!(code, 404, "/metrics must not be served on --health-listen: {body}");
+
+    let (code, body) = agent.wait_get(agent.port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(sample(&body, "bpfleet_agent_programs_managed", &[]).is_some(), "{body}");
+    assert_eq!(agent.wait_get(agent.port, "/healthz"), (200, "ok".into()), "/healthz stays on --metrics-listen");
+}
+
+/// A --health-listen address in use stops the start with words naming the flag, instead
+/// of an agent whose probes never answer.
+#[test]
+fn a_health_listen_address_in_use_stops_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut agent = MetricsAgent::start_with(&["--health-listen".into(), addr.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = agent.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the agent kept running with --health-listen {addr} in use");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+    assert!(log.contains(&format!("cannot listen on --health-listen {addr}")), "{log}");
 }

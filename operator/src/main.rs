@@ -45,6 +45,10 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "BPFLEET_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     metrics_listen: SocketAddr,
+    /// Address of /healthz and /readyz alone, without /metrics: lets --metrics-listen stay
+    /// on loopback while the kubelet probes here. Unset: only --metrics-listen serves them.
+    #[arg(long, env = "BPFLEET_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// Agent calls in flight at once, across all nodes.
     #[arg(long, default_value_t = 64)]
     max_concurrency: usize,
@@ -185,15 +189,20 @@ async fn run() -> anyhow::Result<()> {
     }
     let client = Client::try_default().await.context("cannot build a Kubernetes client (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::new());
-    tokio::spawn({
-        let m = metrics.clone();
-        let addr = args.metrics_listen;
-        async move {
-            if let Err(e) = metrics::serve(addr, m).await {
-                tracing::error!(error = %e, "metrics server stopped");
+    // Bound before anything else starts: an address in use stops the start with the flag's
+    // name instead of leaving probes that never answer.
+    let mut http =
+        vec![(metrics::bind("--metrics-listen", args.metrics_listen).await?, metrics::metrics_routes(metrics.clone()))];
+    if let Some(addr) = args.health_listen {
+        http.push((metrics::bind("--health-listen", addr).await?, metrics::probe_routes(metrics.clone())));
+    }
+    for (listener, app) in http {
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics/health server stopped");
             }
-        }
-    });
+        });
+    }
 
     if let Some(addr) = args.webhook_listen {
         let (Some(cert), Some(key)) = (args.webhook_tls_cert.clone(), args.webhook_tls_key.clone()) else {

@@ -1,4 +1,5 @@
-//! Operator metrics and the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! Operator metrics and the `/metrics`, `/healthz`, `/readyz` endpoints (the probes also
+//! on a listener of their own, see [`probe_routes`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,29 +184,107 @@ pub fn readiness(leader: bool, caches_synced: bool, lease_seen: bool) -> bool {
     if leader { caches_synced } else { lease_seen }
 }
 
-/// Serve `/metrics`, `/healthz` (the process runs) and `/readyz` (see [`readiness`]).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+/// The probes: `/healthz` (the process runs) and `/readyz` (see [`readiness`]). Served
+/// on --metrics-listen with `/metrics`, and alone on --health-listen, so that /metrics can
+/// stay on loopback while the kubelet still probes.
+pub fn probe_routes(metrics: Arc<Metrics>) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
-    let (m1, m2) = (metrics.clone(), metrics);
-    let app = axum::Router::new()
-        .route("/metrics", get(move || async move { m1.render() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                if m2.ready_flag.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
+    axum::Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || async move {
+            if metrics.ready_flag.load(Ordering::Relaxed) {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+            }
+        }),
+    )
+}
+
+/// What --metrics-listen serves: `/metrics` and the [`probe_routes`].
+pub fn metrics_routes(metrics: Arc<Metrics>) -> axum::Router {
+    let m = metrics.clone();
+    probe_routes(metrics).route("/metrics", axum::routing::get(move || async move { m.render() }))
+}
+
+/// Bind the address of `flag` (e.g. `--health-listen`), saying which flag failed.
+pub async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {flag} {addr}: {e}"))
+}
+
+/// Serve `app` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> anyhow::Result<()> {
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    /// Status and body of GET `path` on `addr`, over plain HTTP/1.1.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).unwrap();
+            let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+            (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn start(app: axum::Router) -> SocketAddr {
+        let listener = bind("--test-listen", "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, app));
+        addr
+    }
+
+    #[tokio::test]
+    async fn health_listener_serves_probes_but_not_metrics() {
+        let m = Arc::new(Metrics::new());
+        m.ready_flag.store(true, Ordering::Relaxed);
+        let health = start(probe_routes(m.clone())).await;
+        let metrics = start(metrics_routes(m)).await;
+
+        assert_eq!(get(health, "/metrics").await.0, 404, "/metrics must not be served on --health-listen");
+        assert_eq!(get(health, "/healthz").await, (200, "ok".into()));
+        assert_eq!(get(health, "/readyz").await, (200, "ready".into()));
+
+        let (code, body) = get(metrics, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(body.contains("# TYPE"), "no metrics in {body:?}");
+        assert_eq!(get(metrics, "/healthz").await, (200, "ok".into()), "/healthz stays on --metrics-listen");
+        assert_eq!(get(metrics, "/readyz").await, (200, "ready".into()));
+    }
+
+    #[tokio::test]
+    async fn both_listeners_report_the_same_readiness() {
+        let m = Arc::new(Metrics::new());
+        let health = start(probe_routes(m.clone())).await;
+        let metrics = start(metrics_routes(m.clone())).await;
+        assert_eq!(get(health, "/readyz").await.0, 503);
+        assert_eq!(get(metrics, "/readyz").await.0, 503);
+        m.ready_flag.store(true, Ordering::Relaxed);
+        assert_eq!(get(health, "/readyz").await.0, 200);
+        assert_eq!(get(metrics, "/readyz").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn a_bad_address_names_its_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind("--health-listen", taken.local_addr().unwrap()).await.unwrap_err();
+        assert!(err.to_string().starts_with("cannot listen on --health-listen 127.0.0.1:"), "{err}");
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ fn the_operator_reaches_dns_agents_the_api_and_registries_only() {
             "networkPolicy.registryPorts={443,5000}",
             "--set",
             "networkPolicy.metricsFrom[0].matchLabels.team=monitoring",
+            "--set",
+            "operator.metrics.expose=true",
         ],
     );
     let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
