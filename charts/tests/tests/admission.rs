@@ -92,3 +92,19 @@ fn grants_reach_the_policy_object_and_only_admins_are_granted_by_default() {
     assert!(of_kind(&off, "BpfAdmissionPolicy").is_empty());
     assert!(of_kind(&off, "ValidatingWebhookConfiguration").is_empty());
 }
+
+#[test]
+fn the_network_policy_lets_the_api_server_reach_the_webhook() {
+    let docs = render(&[], &["--set", "networkPolicy.enabled=true"]);
+    let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
+    let ports: Vec<serde_json::Value> = np["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].clone()))
+        .collect();
+    assert_eq!(ports, [json!(9443)]);
+    let with_policy = render(&[], &["--set", "networkPolicy.enabled=true", "--api-versions", VAP_V1]);
+    let np = named(&with_policy, "NetworkPolicy", "bpfleet-operator");
+    assert!(np["spec"]["ingress"].as_array().is_none_or(|r| r.is_empty()), "no webhook, no port: {np}");
+}

@@ -44,7 +44,16 @@ fn the_operator_reaches_dns_agents_the_api_and_registries_only() {
 
 #[test]
 fn without_scrapers_nothing_may_connect_to_the_operator() {
-    let docs = render(&[], &["--set", "networkPolicy.enabled=true"]);
+    // Where the API server enforces admission itself (no webhook to call).
+    let docs = render(
+        &[],
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+        ],
+    );
     let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
     assert!(np["spec"]["ingress"].is_null() || np["spec"]["ingress"].as_array().unwrap().is_empty());
 }
