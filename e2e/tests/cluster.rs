@@ -145,6 +145,45 @@ fn bash_lines(n: usize) {
     assert!(out.success());
 }
 
+/// Step 1b: writes go through the chart's admission (the operator's webhook behind its
+/// Service on clusters without ValidatingAdmissionPolicy): a requester with RBAC write
+/// but no grant is refused, a cluster admin is not (both as server-side dry runs).
+fn admission_is_enforced_in_the_cluster(c: &Installed) {
+    let rbac = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: e2e-bpfprogram-writer}
+rules: [{apiGroups: [bpfleet.dev], resources: [bpfprograms], verbs: ["*"]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: e2e-bpfprogram-writer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-bpfprogram-writer}
+subjects: [{kind: User, name: e2e-stranger, apiGroup: rbac.authorization.k8s.io}]
+"#;
+    c.apply(rbac).unwrap();
+    let program = std::env::temp_dir().join("bpfleet-e2e-admission-program.yaml");
+    std::fs::write(
+        &program,
+        r#"{"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "metadata": {"name": "e2e-admission"},
+"spec": {"bytecode": {"path": "/opt/x.o"}, "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]}}"#,
+    )
+    .unwrap();
+    let file = program.display().to_string();
+    let modes = c.kubectl(&["get", "validatingwebhookconfigurations", "-o", "name"]);
+    let t = Instant::now();
+    let refused = c.kubectl(&["create", "--dry-run=server", "-f", &file, "--as=e2e-stranger"]).unwrap_err();
+    let msg = format!("{refused:#}");
+    assert!(msg.contains("e2e-stranger is named by no grant of BpfAdmissionPolicy default"), "{msg}");
+    c.kubectl(&["create", "--dry-run=server", "-f", &file]).unwrap();
+    let _ = c.kubectl(&["delete", "clusterrolebinding,clusterrole", "e2e-bpfprogram-writer", "--ignore-not-found"]);
+    eprintln!(
+        "step 1b: admission enforced ({}): a stranger with RBAC write refused, an admin admitted, in {:.1?}",
+        modes.unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(", "),
+        t.elapsed()
+    );
+}
+
 #[test]
 fn cluster_install_examples_restarts_upgrade_uninstall() {
     let Some(kubeconfig) = cluster_or_skip(TEST) else { return };
@@ -213,6 +252,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     eprintln!("step 1: installed, {} pods Ready in {:.0?}: {:?}", pods.len(), t.elapsed(), pods.keys());
     assert!(pods.keys().any(|p| p.starts_with(&format!("{RELEASE}-agent"))), "{pods:?}");
     assert!(pods.keys().filter(|p| p.starts_with(&format!("{RELEASE}-operator"))).count() >= 1, "{pods:?}");
+    admission_is_enforced_in_the_cluster(&c);
     // A BpfNode for the node exists within 5 s of its agent being Ready (it was Ready
     // when `rollout status` returned).
     wait_for(Duration::from_secs(5), format!("BpfNode {node}"), || {
