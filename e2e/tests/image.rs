@@ -197,5 +197,24 @@ fn a_wrong_pull_secret_is_reported_and_the_right_one_pulls() {
     let p = env.wait_ready(&name, 1);
     assert_eq!(image_status(&p).unwrap().digest, digest.to_string());
     assert_eq!(env.node(a).xdp("eth0").len(), 1);
+
+    // The operator now holds the image, pulled with right-creds. A program that pins the
+    // same digest without credentials must still be refused by the registry, not served
+    // from the operator's cache.
+    let pinned = |secret: Option<&str>| {
+        let mut image = json!({"url": url, "digest": digest.to_string()});
+        if let Some(s) = secret {
+            image["pullSecret"] = json!(s);
+        }
+        env.xdp_spec(env.selector(&[]), json!({"image": image}), "count_packets", &["eth1"])
+    };
+    env.node(a).add_interface("eth1").unwrap();
+    let freeloader = env.create_program("freeloader", pinned(None));
+    env.wait_program(&freeloader, "refused without credentials", APPLY_TIMEOUT, |p| {
+        stalled_with(p, "ImageUnavailable")
+    });
+    assert!(env.node(a).xdp("eth1").is_empty(), "cached bytes reached a program without credentials");
+    env.cluster.patch_program_spec(&freeloader, json!({"bytecode": {"image": {"pullSecret": "right-creds"}}})).unwrap();
+    env.wait_ready(&freeloader, 1);
     let _ = std::fs::remove_file(ca_file);
 }

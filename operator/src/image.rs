@@ -336,7 +336,7 @@ impl Images {
             }
         };
         let pinned_ref = reference.with_digest(digest.clone());
-        let key = format!("{}@{}#{arch}", reference.repository_name(), digest.as_str());
+        let key = cache_key(&reference, &digest, arch, image.pull_secret.as_deref());
         let cached = self.pulled.lock().unwrap_or_else(|e| e.into_inner()).get(&key);
         let pulled = match cached {
             Some(img) if !(fresh && image.pull_policy == PullPolicy::Always) => img,
@@ -392,7 +392,7 @@ impl Images {
         };
         let reference = oci::Reference::parse(&image.url).map_err(from_oci)?;
         let digest = oci::Digest::parse(d).map_err(|e| problem(Reason::InvalidSpec, e))?;
-        let key = format!("{}@{}#{arch}", reference.repository_name(), digest.as_str());
+        let key = cache_key(&reference, &digest, arch, image.pull_secret.as_deref());
         if let Some(img) = self.pulled.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(img.elf.clone());
         }
@@ -447,6 +447,13 @@ pub fn archs<'a>(
     targets: &'a std::collections::BTreeSet<String>,
 ) -> impl Iterator<Item = Option<&'a str>> + 'a {
     nodes.iter().filter(|n| targets.contains(&n.name)).map(|n| n.labels.get(ARCH_LABEL).map(String::as_str))
+}
+
+/// The pull cache's key. The credentials are part of it: bytes pulled with one program's
+/// pull secret are never served to a program that names another (or none), which the
+/// registry may refuse; a digest pinned in the spec skips resolution, so this is the check.
+fn cache_key(reference: &oci::Reference, digest: &oci::Digest, arch: &str, pull_secret: Option<&str>) -> String {
+    format!("{}@{}#{arch}#{}", reference.repository_name(), digest.as_str(), pull_secret.unwrap_or(""))
 }
 
 #[cfg(test)]
