@@ -49,13 +49,6 @@ impl Payload {
         }
     }
 
-    pub fn to_wire(&self) -> proto::v1::apply_request::Bytecode {
-        match self {
-            Payload::Elf(b) => proto::v1::apply_request::Bytecode::Elf(b.clone()),
-            Payload::Path(p, _) => proto::v1::apply_request::Bytecode::Path(p.clone()),
-        }
-    }
-
     /// The digest the agent must check, or "" (ApplyRequest.expected_digest).
     pub fn expected_digest(&self) -> String {
         match self {

@@ -16,11 +16,10 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
-use proto::v1;
 use serde_json::json;
 
 use crate::bytecode::{self, BytecodeCache};
-use crate::dispatch::{AgentPool, DispatchError, NodeAddr};
+use crate::dispatch::{AgentPool, ApplyOrder, DispatchError, NodeAddr};
 use crate::drift::Desired;
 use crate::history::{Content, History};
 use crate::index::NodeIndex;
@@ -518,18 +517,8 @@ async fn dispatch(
     nodes: &[NodeInfo],
 ) {
     let revision = content.revision.as_str();
-    let owner = v1::Owner { uid: uid.to_string(), name: p.name_any() };
-    let request = v1::ApplyRequest {
-        owner: Some(owner.clone()),
-        revision: revision.to_string(),
-        bytecode: Some(content.payload.to_wire()),
-        programs: content.programs.iter().map(proto::program_to_wire).collect(),
-        global_data: decode_globals(&content.global_data),
-        epoch: ctx.epoch,
-        expected_digest: content.payload.expected_digest(),
-        maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
-        node_name: String::new(), // set per node by AgentPool::apply
-    };
+    let order = ApplyOrder::new(uid, &p.name_any(), content, ctx.epoch);
+    let name = p.name_any();
     let epoch = ctx.epoch;
     let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
         nodes.iter().map(|n| (n.name.as_str(), n.internal_ip)).collect();
@@ -554,20 +543,17 @@ async fn dispatch(
         .pool
         .fan_out(targets, |pool, node| {
             let action = actions.get(&node.name).cloned();
-            let request = request.clone();
-            let owner = owner.clone();
+            let (order, name) = (&order, &name);
             let metrics = ctx.metrics.clone();
             let index = ctx.index.clone();
             async move {
                 let started = Instant::now();
                 let r = match action {
-                    Some(NodeAction::Apply(_)) => pool.apply(&node, request).await.map(|resp| {
-                        if let Some(state) = resp.state {
-                            index.record_state(&node.name, &state);
-                        }
+                    Some(NodeAction::Apply(_)) => pool.apply(&node, order).await.map(|state| {
+                        index.record_state(&node.name, &state);
                     }),
                     Some(NodeAction::Remove) => {
-                        pool.remove(&node, owner, epoch).await.map(|_| index.record_removed(&node.name, uid))
+                        pool.remove(&node, uid, name, epoch).await.map(|_| index.record_removed(&node.name, uid))
                     }
                     _ => Ok(()),
                 };
@@ -589,16 +575,6 @@ async fn dispatch(
             (_, Err(e)) => tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "remove failed"),
         }
     }
-}
-
-fn decode_globals(globals: &BTreeMap<String, String>) -> std::collections::HashMap<String, bytes::Bytes> {
-    use base64::Engine;
-    globals
-        .iter()
-        .filter_map(|(k, v)| {
-            base64::engine::general_purpose::STANDARD.decode(v.trim()).ok().map(|b| (k.clone(), b.into()))
-        })
-        .collect()
 }
 
 /// Server-side apply of the status, only when it changed; events for transitions.
@@ -710,15 +686,15 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-    let owner = v1::Owner { uid: uid.clone(), name: p.name_any() };
+    let name = p.name_any();
     let blocking: BTreeSet<String> = addrs.iter().map(|a| a.name.clone()).collect();
     addrs.extend(best_effort);
     let epoch = ctx.epoch;
     let results = ctx
         .pool
         .fan_out(addrs, |pool, node| {
-            let owner = owner.clone();
-            async move { pool.remove(&node, owner, epoch).await }
+            let (uid, name) = (&uid, &name);
+            async move { pool.remove(&node, uid, name, epoch).await }
         })
         .await;
     for (node, r) in results {

@@ -25,7 +25,7 @@
 //! The agent is not told the deadline (no `grpc-timeout` header): an Apply it has started
 //! runs to completion on the node, and the next Apply of the same revision is a no-op.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::error::Error as _;
 use std::future::Future;
 use std::net::IpAddr;
@@ -39,8 +39,13 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, warn};
 
 use crate::answers;
+use crate::bytecode::Payload;
+use crate::history::Content;
+pub use crate::reports::Listed;
+use crate::reports::{AgentChange, AgentList, ChangeKind};
 use crate::status::NodeOutcome;
 use crds::error::chain;
+use crds::node::NodeProgramStatus;
 
 /// Largest message the operator sends: an Apply at the documented input limits.
 pub const MAX_MESSAGE_BYTES: usize = crds::limits::MAX_APPLY_MESSAGE_BYTES;
@@ -118,20 +123,55 @@ pub fn fit_connections(requested: usize, nofile: u64) -> usize {
     requested.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
-/// A List answer.
-#[derive(Debug)]
-pub enum Listed {
-    /// Every owner (all pages), with the agent's digest of them.
-    Full(v1::ListResponse),
-    /// The agent's digest is the one asked with: no owners, only the agent's identity.
-    Unchanged(v1::ListResponse),
-}
-
 /// A node as dialled: its name (the key of cached state) and its InternalIP.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeAddr {
     pub name: String,
     pub ip: IpAddr,
+}
+
+/// One revision of one BpfProgram to run, as every node is sent it: encoded once, then
+/// shared by the per-node requests (each names its own node).
+#[derive(Clone, Debug)]
+pub struct ApplyOrder {
+    request: v1::ApplyRequest,
+}
+
+impl ApplyOrder {
+    /// Revision `content.revision` of owner `uid` (BpfProgram `name`), sent in leadership
+    /// `epoch` (see `leader`).
+    pub fn new(uid: &str, name: &str, content: &Content, epoch: u64) -> Self {
+        let request = v1::ApplyRequest {
+            owner: Some(v1::Owner { uid: uid.to_string(), name: name.to_string() }),
+            revision: content.revision.clone(),
+            bytecode: Some(bytecode_to_wire(&content.payload)),
+            programs: content.programs.iter().map(proto::program_to_wire).collect(),
+            global_data: decode_globals(&content.global_data),
+            epoch,
+            expected_digest: content.payload.expected_digest(),
+            maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
+            node_name: String::new(), // set per node by AgentPool::apply_wire
+        };
+        Self { request }
+    }
+}
+
+fn bytecode_to_wire(payload: &Payload) -> v1::apply_request::Bytecode {
+    match payload {
+        Payload::Elf(b) => v1::apply_request::Bytecode::Elf(b.clone()),
+        Payload::Path(p, _) => v1::apply_request::Bytecode::Path(p.clone()),
+    }
+}
+
+/// `globalData` values as bytes; a value that is not base64 is left out.
+fn decode_globals(globals: &BTreeMap<String, String>) -> HashMap<String, bytes::Bytes> {
+    use base64::Engine;
+    globals
+        .iter()
+        .filter_map(|(k, v)| {
+            base64::engine::general_purpose::STANDARD.decode(v.trim()).ok().map(|b| (k.clone(), b.into()))
+        })
+        .collect()
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -252,8 +292,22 @@ impl AgentPool {
         &self.inner.cfg
     }
 
-    /// Makes `node` run the request's revision (idempotent on the agent).
-    pub async fn apply(&self, node: &NodeAddr, mut req: v1::ApplyRequest) -> Result<v1::ApplyResponse, DispatchError> {
+    /// Makes `node` run `order`'s revision (idempotent on the agent): what the node runs
+    /// of the owner now, as its agent answered.
+    pub async fn apply(&self, node: &NodeAddr, order: &ApplyOrder) -> Result<NodeProgramStatus, DispatchError> {
+        let resp = self.apply_wire(node, order.request.clone()).await?;
+        // `apply_wire` refused an answer without the owner's state already.
+        let state = resp.state.as_ref().ok_or_else(|| DispatchError::Unreachable("Apply answered no state".into()))?;
+        Ok(proto::state_to_status(state))
+    }
+
+    /// [`AgentPool::apply`] of a request as the wire carries it (the agent tests send
+    /// requests of their own).
+    pub async fn apply_wire(
+        &self,
+        node: &NodeAddr,
+        mut req: v1::ApplyRequest,
+    ) -> Result<v1::ApplyResponse, DispatchError> {
         req.node_name.clone_from(&node.name);
         let uid = req.owner.as_ref().map(|o| o.uid.clone()).unwrap_or_default();
         let resp = self.call(node, move |mut c| async move { c.apply(req).await }).await?;
@@ -266,9 +320,14 @@ impl AgentPool {
         Ok(resp)
     }
 
-    /// Removes everything of `owner` from `node`; `Ok(false)` when the agent had nothing of it.
-    /// `epoch`: the sender's leadership epoch (see `leader`).
-    pub async fn remove(&self, node: &NodeAddr, owner: v1::Owner, epoch: u64) -> Result<bool, DispatchError> {
+    /// Removes everything of owner `uid` (BpfProgram `name`) from `node`; `Ok(false)` when
+    /// the agent had nothing of it. `epoch`: the sender's leadership epoch (see `leader`).
+    pub async fn remove(&self, node: &NodeAddr, uid: &str, name: &str, epoch: u64) -> Result<bool, DispatchError> {
+        self.remove_wire(node, v1::Owner { uid: uid.to_string(), name: name.to_string() }, epoch).await
+    }
+
+    /// [`AgentPool::remove`] of an owner as the wire carries it.
+    pub async fn remove_wire(&self, node: &NodeAddr, owner: v1::Owner, epoch: u64) -> Result<bool, DispatchError> {
         let req = v1::RemoveRequest { owner: Some(owner), epoch, node_name: node.name.clone() };
         let resp = self.call(node, move |mut c| async move { c.remove(req).await }).await?;
         self.refuse_answer(node, answers::same_node(&node.name, &resp.node_name, false))?;
@@ -276,7 +335,7 @@ impl AgentPool {
     }
 
     /// Every owner the agent of `node` manages (all pages, in one answer).
-    pub async fn list(&self, node: &NodeAddr) -> Result<v1::ListResponse, DispatchError> {
+    pub async fn list(&self, node: &NodeAddr) -> Result<AgentList, DispatchError> {
         // With no known digest the answer is always in full.
         match self.list_since(node, 0).await? {
             Listed::Full(list) | Listed::Unchanged(list) => Ok(list),
@@ -301,15 +360,13 @@ impl AgentPool {
             let page = self.call(node, |mut c| async move { c.list(req).await }).await?;
             self.refuse_answer(node, check.page(&node.name, &page))?;
             if first && page.unchanged && known != 0 && page.digest == known {
-                return Ok(Listed::Unchanged(page));
+                return Ok(Listed::Unchanged(agent_list(page, false)));
             }
-            all.node_name = page.node_name;
             all.agent_version = page.agent_version;
             all.kernel_release = page.kernel_release;
-            all.digest = page.digest;
             all.owners.extend(page.owners);
             if page.next_page_token.is_empty() {
-                return Ok(Listed::Full(all));
+                return Ok(Listed::Full(agent_list(all, true)));
             }
             token = page.next_page_token;
         }
@@ -350,8 +407,7 @@ impl AgentPool {
     /// ```ignore
     /// let results = pool
     ///     .fan_out(nodes, move |pool, node| {
-    ///         let req = req.clone();
-    ///         async move { pool.apply(&node, req).await }
+    ///         async move { pool.apply(&node, &order).await }
     ///     })
     ///     .await;
     /// ```
@@ -533,7 +589,7 @@ impl AgentWatch {
     /// The next event; `Ok(None)` when the agent ended the stream. An event that breaks
     /// the rules ends the stream with an error (and the node backs off), as does a rotation
     /// of the operator's identity (the stream is then opened again with the new one).
-    pub async fn message(&mut self) -> Result<Option<v1::WatchEvent>, tonic::Status> {
+    pub async fn message(&mut self) -> Result<Option<AgentChange>, tonic::Status> {
         let next = tokio::select! {
             next = self.stream.message() => next?,
             _ = self.rotated.changed() => {
@@ -545,7 +601,23 @@ impl AgentWatch {
             let _ = self.pool.refuse_answer(&self.node, Err(why.clone()));
             return Err(tonic::Status::aborted(why));
         }
-        Ok(Some(ev))
+        let kind =
+            if ev.kind == v1::watch_event::Kind::Removed as i32 { ChangeKind::Removed } else { ChangeKind::Updated };
+        // The check refused an event without a state already.
+        let Some(state) = &ev.state else { return Err(tonic::Status::aborted("an event without a state")) };
+        Ok(Some(AgentChange { kind, program: proto::state_to_status(state), reason: ev.reason }))
+    }
+}
+
+/// A List read (all pages) as the index takes it. `full`: the digest is the operator's of
+/// the owners read; otherwise the agent's, of the owners it did not send.
+fn agent_list(list: v1::ListResponse, full: bool) -> AgentList {
+    let digest = if full { proto::NodeDigest::of_states(&list.owners) } else { list.digest };
+    AgentList {
+        agent_version: list.agent_version,
+        kernel_release: list.kernel_release,
+        digest,
+        programs: list.owners.iter().map(proto::state_to_status).collect(),
     }
 }
 

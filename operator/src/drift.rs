@@ -90,25 +90,29 @@ pub fn diff<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::v1;
+    use crds::node::NodeProgramStatus;
 
     fn diff(
         node: &str,
         known: &BTreeSet<String>,
         desired: &BTreeMap<String, Desired>,
-        list: &v1::ListResponse,
+        list: &[NodeProgramStatus],
     ) -> Vec<Repair> {
         let desired = desired.iter().map(|(k, v)| (k.clone(), Arc::new(v.clone()))).collect();
-        super::diff(node, known, &desired, list.owners.iter().filter_map(Reported::of_state))
+        super::diff(node, known, &desired, list.iter().map(Reported::of_status))
     }
 
-    fn st(uid: &str, rev: &str, h: v1::Health) -> v1::OwnerState {
-        v1::OwnerState {
-            owner: Some(v1::Owner { uid: uid.into(), name: uid.into() }),
+    fn st(uid: &str, rev: &str, h: Health) -> NodeProgramStatus {
+        NodeProgramStatus {
+            owner: uid.into(),
+            owner_uid: uid.into(),
             revision: rev.into(),
-            health: h as i32,
-            last_error: if h == v1::Health::Healthy { String::new() } else { "link gone".into() },
-            ..Default::default()
+            health: h,
+            attached: vec![],
+            maps: vec![],
+            last_error: (h != Health::Healthy).then(|| "link gone".into()),
+            bytecode_digest: None,
+            maps_recreated: vec![],
         }
     }
 
@@ -131,19 +135,16 @@ mod tests {
             ("moved".to_string(), want("r1", &["other"])),
             ("elsewhere".to_string(), want("r1", &["other"])),
         ]);
-        let list = v1::ListResponse {
-            owners: vec![
-                st("ok", "r1", v1::Health::Healthy),
-                st("stale", "r1", v1::Health::Healthy),
-                st("sick", "r1", v1::Health::Degraded),
-                st("moved", "r1", v1::Health::Healthy),
-                st("ghost", "r1", v1::Health::Healthy),
-            ],
-            ..Default::default()
-        };
+        let list = vec![
+            st("ok", "r1", Health::Healthy),
+            st("stale", "r1", Health::Healthy),
+            st("sick", "r1", Health::Degraded),
+            st("moved", "r1", Health::Healthy),
+            st("ghost", "r1", Health::Healthy),
+        ];
         let known: BTreeSet<String> = desired.keys().cloned().chain(["pending".to_string()]).collect();
         let mut list = list;
-        list.owners.push(st("pending", "r0", v1::Health::Healthy));
+        list.push(st("pending", "r0", Health::Healthy));
         let repairs = diff("n", &known, &desired, &list);
         let kinds: Vec<(String, bool)> = repairs
             .iter()
@@ -168,7 +169,7 @@ mod tests {
     #[test]
     fn in_sync_means_no_repairs() {
         let desired = BTreeMap::from([("a".to_string(), want("r1", &["n"]))]);
-        let list = v1::ListResponse { owners: vec![st("a", "r1", v1::Health::Healthy)], ..Default::default() };
+        let list = vec![st("a", "r1", Health::Healthy)];
         let known = desired.keys().cloned().collect();
         assert!(diff("n", &known, &desired, &list).is_empty());
     }

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, RwLock};
 
 use crds::Health;
-use crds::node::{BpfNodeStatus, NodeProgramStatus};
+use crds::node::NodeProgramStatus;
 use k8s_openapi::jiff::Timestamp;
-use proto::v1;
 
 use crate::plan::Observed;
+use crate::reports::AgentList;
 use crate::status::NodeOutcome;
 
 /// What one node runs of one owner: only what decisions need. The full detail (ids,
@@ -26,18 +26,18 @@ pub struct OwnerSummary {
 }
 
 impl OwnerSummary {
-    fn of(s: &v1::OwnerState, strings: &mut Interner) -> Option<(Arc<str>, OwnerSummary)> {
-        let owner = s.owner.as_ref()?;
+    /// `None` for an owner that runs no revision.
+    fn of(s: &NodeProgramStatus, strings: &mut Interner) -> Option<(Arc<str>, OwnerSummary)> {
         if s.revision.is_empty() {
             return None;
         }
         Some((
-            strings.get(&owner.uid),
+            strings.get(&s.owner_uid),
             OwnerSummary {
-                name: strings.get(&owner.name),
+                name: strings.get(&s.owner),
                 revision: strings.get(&s.revision),
-                health: proto::health_from_wire(s.health),
-                last_error: (!s.last_error.is_empty()).then(|| s.last_error.as_str().into()),
+                health: s.health,
+                last_error: s.last_error.as_deref().map(Into::into),
             },
         ))
     }
@@ -137,16 +137,15 @@ pub struct Reported<'a> {
 }
 
 impl<'a> Reported<'a> {
-    /// From a List answer; `None` for an owner without owner or revision (not running).
-    pub fn of_state(s: &'a v1::OwnerState) -> Option<Self> {
-        let owner = s.owner.as_ref()?;
-        Some(Reported {
-            uid: &owner.uid,
-            name: &owner.name,
+    /// From a List answer.
+    pub fn of_status(s: &'a NodeProgramStatus) -> Self {
+        Reported {
+            uid: &s.owner_uid,
+            name: &s.owner,
             revision: &s.revision,
-            health: proto::health_from_wire(s.health),
-            last_error: &s.last_error,
-        })
+            health: s.health,
+            last_error: s.last_error.as_deref().unwrap_or(""),
+        }
     }
 }
 
@@ -163,10 +162,10 @@ impl NodeIndex {
         f(&self.nodes.read().unwrap_or_else(|p| p.into_inner()).map)
     }
 
-    /// An Apply answered: the owner's state on that node.
+    /// An Apply answered, or a Watch event came: the owner's state on that node.
     /// Returns whether this changes what is known (status must be recomputed).
-    pub fn record_state(&self, node: &str, state: &v1::OwnerState) -> bool {
-        let Some(uid) = state.owner.as_ref().map(|o| o.uid.clone()) else { return false };
+    pub fn record_state(&self, node: &str, state: &NodeProgramStatus) -> bool {
+        let uid = &state.owner_uid;
         self.write(|Nodes { map, strings }| {
             let new = OwnerSummary::of(state, strings);
             let e = map.entry(node.to_string()).or_default();
@@ -176,7 +175,7 @@ impl NodeIndex {
                 NodeOutcome::Unreachable { .. } => true,
                 _ => new.as_ref().is_some_and(|(_, s)| *s.revision == *f.revision && s.health == Health::Healthy),
             };
-            let cleared = e.failures.get(&uid).is_some_and(clears) && e.failures.remove(&uid).is_some();
+            let cleared = e.failures.get(uid).is_some_and(clears) && e.failures.remove(uid).is_some();
             e.last_report_time = Some(now_rfc3339());
             let old = match &new {
                 Some((key, s)) => e.owners.insert(key.clone(), s.clone()),
@@ -293,10 +292,10 @@ impl NodeIndex {
     /// A full List: replaces what is known of the node. Returns the owners whose
     /// "agent unreachable" outcome this clears, and those whose state on the node it
     /// changes (their status must be recomputed).
-    pub fn record_list(&self, node: &str, list: &v1::ListResponse) -> Vec<String> {
+    pub fn record_list(&self, node: &str, list: &AgentList) -> Vec<String> {
         self.write(|Nodes { map, strings }| {
             let owners: BTreeMap<Arc<str>, OwnerSummary> =
-                list.owners.iter().filter_map(|s| OwnerSummary::of(s, strings)).collect();
+                list.programs.iter().filter_map(|s| OwnerSummary::of(s, strings)).collect();
             let e = map.entry(node.to_string()).or_default();
             let mut changed: Vec<String> = owners
                 .iter()
@@ -305,7 +304,7 @@ impl NodeIndex {
                 .chain(e.owners.keys().filter(|uid| !owners.contains_key(*uid)).map(|uid| uid.to_string()))
                 .collect();
             e.owners = owners;
-            e.listed_digest = Some(proto::NodeDigest::of_states(&list.owners));
+            e.listed_digest = Some(list.digest);
             e.relist = false;
             for uid in Self::answered(e, list) {
                 if !changed.contains(&uid) {
@@ -319,11 +318,11 @@ impl NodeIndex {
     /// The agent answered a List with "unchanged" since `listed_digest`: what the index
     /// holds of it is still true. Returns the owners whose "agent unreachable" outcome this
     /// clears.
-    pub fn record_unchanged(&self, node: &str, answer: &v1::ListResponse) -> Vec<String> {
+    pub fn record_unchanged(&self, node: &str, answer: &AgentList) -> Vec<String> {
         self.write(|n| n.map.get_mut(node).map(|e| Self::answered(e, answer)).unwrap_or_default())
     }
 
-    fn answered(e: &mut NodeEntry, answer: &v1::ListResponse) -> Vec<String> {
+    fn answered(e: &mut NodeEntry, answer: &AgentList) -> Vec<String> {
         let cleared: Vec<String> = e
             .failures
             .iter()
@@ -445,62 +444,62 @@ fn jiff_span(d: std::time::Duration) -> k8s_openapi::jiff::SignedDuration {
     k8s_openapi::jiff::SignedDuration::try_from(d).unwrap_or(k8s_openapi::jiff::SignedDuration::MAX)
 }
 
-/// The BpfNode status of a node, from its agent's List.
-pub fn node_status(list: &v1::ListResponse) -> BpfNodeStatus {
-    let programs: Vec<NodeProgramStatus> =
-        list.owners.iter().map(proto::state_to_status).filter(|s| !s.revision.is_empty()).collect();
-    BpfNodeStatus {
-        managed: programs.len() as i32,
-        healthy: programs.iter().filter(|p| p.health == Health::Healthy).count() as i32,
-        agent_version: Some(list.agent_version.clone()),
-        kernel_release: Some(list.kernel_release.clone()),
-        last_report_time: Some(now_rfc3339()),
-        programs,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn state(uid: &str, rev: &str, health: v1::Health) -> v1::OwnerState {
-        v1::OwnerState {
-            owner: Some(v1::Owner { uid: uid.into(), name: format!("{uid}-name") }),
+    fn state(uid: &str, rev: &str, health: Health) -> NodeProgramStatus {
+        NodeProgramStatus {
+            owner: format!("{uid}-name"),
+            owner_uid: uid.into(),
             revision: rev.into(),
-            health: health as i32,
-            ..Default::default()
+            health,
+            attached: vec![],
+            maps: vec![],
+            last_error: None,
+            bytecode_digest: None,
+            maps_recreated: vec![],
         }
+    }
+
+    /// A List read in full of `programs`, with its digest as the pool computes it.
+    fn list(programs: Vec<NodeProgramStatus>) -> AgentList {
+        let mut d = proto::NodeDigest::default();
+        for p in &programs {
+            d.add(&p.owner_uid, &p.owner, &p.revision, p.health);
+        }
+        AgentList { digest: d.value(), programs, ..Default::default() }
     }
 
     #[test]
     fn reports_drive_outcomes() {
         let idx = NodeIndex::default();
         assert_eq!(idx.outcome("n1", "u", "r1"), NodeOutcome::Pending);
-        idx.record_state("n1", &state("u", "r1", v1::Health::Healthy));
+        idx.record_state("n1", &state("u", "r1", Health::Healthy));
         assert_eq!(idx.outcome("n1", "u", "r1"), NodeOutcome::Ready);
         assert_eq!(idx.outcome("n1", "u", "r2"), NodeOutcome::Pending);
         let failed = NodeOutcome::Failed { program: None, reason: "VerifierRejected".into(), message: "x".into() };
         idx.record_failure("n1", "u", "r2", failed.clone(), Timestamp::now());
         assert_eq!(idx.outcome("n1", "u", "r2"), failed);
         // A success clears the failure.
-        idx.record_state("n1", &state("u", "r2", v1::Health::Healthy));
+        idx.record_state("n1", &state("u", "r2", Health::Healthy));
         assert_eq!(idx.outcome("n1", "u", "r2"), NodeOutcome::Ready);
-        idx.record_state("n1", &state("u", "r2", v1::Health::Degraded));
+        idx.record_state("n1", &state("u", "r2", Health::Degraded));
         assert!(matches!(idx.outcome("n1", "u", "r2"), NodeOutcome::Failed { .. }));
     }
 
     #[test]
     fn only_real_changes_ask_for_a_new_status() {
         let idx = NodeIndex::default();
-        assert!(idx.record_state("n", &state("u", "r1", v1::Health::Healthy)));
-        assert!(!idx.record_state("n", &state("u", "r1", v1::Health::Healthy)), "same report again");
-        assert!(idx.record_state("n", &state("u", "r1", v1::Health::Degraded)));
+        assert!(idx.record_state("n", &state("u", "r1", Health::Healthy)));
+        assert!(!idx.record_state("n", &state("u", "r1", Health::Healthy)), "same report again");
+        assert!(idx.record_state("n", &state("u", "r1", Health::Degraded)));
         let changed = idx.record_unreachable("n", [("u", "r1"), ("v", "r2")].into_iter(), "connection refused");
         assert_eq!(changed, ["u", "v"]);
         assert!(idx.record_unreachable("n", [("u", "r1")].into_iter(), "connection refused").is_empty());
         assert!(matches!(idx.outcome("n", "v", "r2"), NodeOutcome::Unreachable { .. }));
         // The agent answers again: its report clears "unreachable".
-        assert!(idx.record_state("n", &state("u", "r1", v1::Health::Healthy)));
+        assert!(idx.record_state("n", &state("u", "r1", Health::Healthy)));
         assert_eq!(idx.outcome("n", "u", "r1"), NodeOutcome::Ready);
     }
 
@@ -524,36 +523,29 @@ mod tests {
         idx.record_failure("m", "u", "r3", NodeOutcome::Unreachable { message: "refused".into() }, at(16));
         assert_eq!(idx.retry_of("m", "u", "r3"), None);
         // A report of the old revision, or of the failure itself, keeps the backoff.
-        idx.record_state("n", &state("u", "r1", v1::Health::Healthy));
-        idx.record_state("n", &state("u", "r3", v1::Health::Failed));
+        idx.record_state("n", &state("u", "r1", Health::Healthy));
+        idx.record_state("n", &state("u", "r3", Health::Failed));
         assert_eq!(idx.retry_of("n", "u", "r3"), Some((1, at(21))));
         // Success clears it.
-        idx.record_state("n", &state("u", "r3", v1::Health::Healthy));
+        idx.record_state("n", &state("u", "r3", Health::Healthy));
         assert_eq!(idx.retry_of("n", "u", "r3"), None);
     }
 
     #[test]
     fn list_replaces_what_an_apply_reported() {
         let idx = NodeIndex::default();
-        idx.record_state("n1", &state("a", "r1", v1::Health::Healthy));
+        idx.record_state("n1", &state("a", "r1", Health::Healthy));
         assert!(idx.listed_runners("a").is_empty(), "n1 was never listed");
         let unreachable = NodeOutcome::Unreachable { message: "refused".into() };
         idx.record_failure("n1", "b", "r9", unreachable.clone(), Timestamp::now());
         assert_eq!(idx.outcome("n1", "b", "r9"), unreachable);
-        let cleared = idx.record_list(
-            "n1",
-            &v1::ListResponse { owners: vec![state("b", "r9", v1::Health::Healthy)], ..Default::default() },
-        );
+        let cleared = idx.record_list("n1", &list(vec![state("b", "r9", Health::Healthy)]));
         let mut cleared = cleared;
         cleared.sort();
         // b: now running (and no longer unreachable); a: gone from the node.
         assert_eq!(cleared, ["a", "b"], "a List reports every owner whose state it changed");
         assert!(
-            idx.record_list(
-                "n1",
-                &v1::ListResponse { owners: vec![state("b", "r9", v1::Health::Healthy)], ..Default::default() },
-            )
-            .is_empty(),
+            idx.record_list("n1", &list(vec![state("b", "r9", Health::Healthy)]),).is_empty(),
             "the same List again changes nothing"
         );
         assert_eq!(idx.outcome("n1", "b", "r9"), NodeOutcome::Ready);
@@ -571,20 +563,17 @@ mod tests {
     fn a_node_is_in_sync_while_the_index_holds_its_last_list_unchanged() {
         let idx = NodeIndex::default();
         assert_eq!(idx.in_sync_digest("n"), None, "never listed");
-        let list = v1::ListResponse {
-            owners: vec![state("a", "r1", v1::Health::Healthy), state("b", "r1", v1::Health::Healthy)],
-            ..Default::default()
-        };
+        let list = list(vec![state("a", "r1", Health::Healthy), state("b", "r1", Health::Healthy)]);
         idx.record_list("n", &list);
-        let digest = proto::NodeDigest::of_states(&list.owners);
+        let digest = list.digest;
         assert_eq!(idx.in_sync_digest("n"), Some(digest));
         // An Apply answer changes what the node runs: read it in full next time.
-        assert!(idx.record_state("n", &state("a", "r2", v1::Health::Healthy)));
+        assert!(idx.record_state("n", &state("a", "r2", Health::Healthy)));
         assert_eq!(idx.in_sync_digest("n"), None);
         // Back to what was listed (a revert answered): in sync again.
-        idx.record_state("n", &state("a", "r1", v1::Health::Healthy));
+        idx.record_state("n", &state("a", "r1", Health::Healthy));
         assert_eq!(idx.in_sync_digest("n"), Some(digest));
-        idx.record_state("n", &state("b", "r1", v1::Health::Degraded));
+        idx.record_state("n", &state("b", "r1", Health::Degraded));
         assert_eq!(idx.in_sync_digest("n"), None, "health counts");
         idx.record_list("n", &list);
         assert_eq!(idx.in_sync_digest("n"), Some(digest));
@@ -602,27 +591,27 @@ mod tests {
     #[test]
     fn an_unchanged_answer_clears_unreachable_and_keeps_what_runs() {
         let idx = NodeIndex::default();
-        let list = v1::ListResponse { owners: vec![state("a", "r1", v1::Health::Healthy)], ..Default::default() };
+        let list = list(vec![state("a", "r1", Health::Healthy)]);
         idx.record_list("n", &list);
         idx.record_unreachable("n", [("a", "r1")].into_iter(), "refused");
         assert!(matches!(idx.outcome("n", "a", "r1"), NodeOutcome::Unreachable { .. }));
-        assert_eq!(idx.record_unchanged("n", &v1::ListResponse { unchanged: true, ..Default::default() }), ["a"]);
+        assert_eq!(idx.record_unchanged("n", &AgentList::default()), ["a"]);
         assert_eq!(idx.outcome("n", "a", "r1"), NodeOutcome::Ready);
-        assert!(idx.record_unchanged("unknown-node", &v1::ListResponse::default()).is_empty());
+        assert!(idx.record_unchanged("unknown-node", &AgentList::default()).is_empty());
     }
 
     #[test]
     fn nodes_share_one_copy_of_each_string() {
         let idx = NodeIndex::default();
         for n in 0..3 {
-            idx.record_state(&format!("n{n}"), &state("a", "r1", v1::Health::Healthy));
+            idx.record_state(&format!("n{n}"), &state("a", "r1", Health::Healthy));
         }
         let revisions: Vec<Arc<str>> =
             idx.read(|m| m.values().map(|e| e.owners.values().next().unwrap().revision.clone()).collect());
         assert!(revisions.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
         // Strings nobody holds any more are swept as the set grows.
         for i in 0..2000 {
-            idx.record_state("n0", &state("a", &format!("rev-{i}"), v1::Health::Healthy));
+            idx.record_state("n0", &state("a", &format!("rev-{i}"), Health::Healthy));
         }
         let held = idx.nodes.read().unwrap().strings.set.len();
         assert!(held < 1100, "{held} strings held for 3 nodes");

@@ -19,6 +19,7 @@ pub mod leader;
 pub mod memory;
 pub mod metrics;
 pub mod plan;
+pub mod reports;
 pub mod resync;
 pub mod rollout;
 pub mod sources;

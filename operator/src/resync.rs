@@ -15,13 +15,13 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
-use proto::v1;
 use tokio::sync::mpsc;
 
 use crate::bpfnode;
 use crate::controller::Context;
-use crate::dispatch::{Listed, NodeAddr};
+use crate::dispatch::NodeAddr;
 use crate::drift::{self, Desired, Repair, Reported};
+use crate::reports::{AgentChange, AgentList, ChangeKind, Listed};
 use crate::targets::NodeInfo;
 
 /// Agent Lists in flight during a resync. Most answers are "unchanged" (one small
@@ -215,9 +215,9 @@ pub async fn initial_sync(ctx: &Context) {
     tracing::info!(listed, total, "initial sync: agents listed");
 }
 
-async fn write_bpfnode(ctx: &Context, node: Option<&Node>, list: &v1::ListResponse) {
+async fn write_bpfnode(ctx: &Context, node: Option<&Node>, list: &AgentList) {
     let Some(node) = node else { return };
-    let status = crate::index::node_status(list);
+    let status = crate::reports::node_status(list);
     match bpfnode::write_if_changed(&ctx.client, &ctx.bpfnodes, node, &status).await {
         Ok(true) => ctx.metrics.bpfnode_written(),
         Ok(false) => {}
@@ -283,7 +283,7 @@ pub async fn resync_once(
         }
         // Unchanged: the index holds exactly what the agent runs; compare with that.
         let repairs = match &list {
-            Some(list) => drift::diff(&addr.name, &known, &desired, list.owners.iter().filter_map(Reported::of_state)),
+            Some(list) => drift::diff(&addr.name, &known, &desired, list.programs.iter().map(Reported::of_status)),
             None => ctx.index.with_reported(&addr.name, |owners| drift::diff(&addr.name, &known, &desired, owners)),
         };
         for repair in repairs {
@@ -294,9 +294,8 @@ pub async fn resync_once(
                     }
                     tracing::warn!(node = %addr.name, owner = %name, %uid, "drift: removing a program no BpfProgram claims");
                     ctx.metrics.repaired("remove_unknown");
-                    let owner = v1::Owner { uid: uid.clone(), name: name.clone() };
                     ctx.stale_bpfnodes.mark(&addr.name);
-                    match ctx.pool.remove(&addr, owner, ctx.epoch).await {
+                    match ctx.pool.remove(&addr, &uid, &name, ctx.epoch).await {
                         Ok(_) => ctx.index.record_removed(&addr.name, &uid),
                         Err(e) => tracing::warn!(node = %addr.name, error = %e, "drift: remove failed"),
                     }
@@ -444,18 +443,18 @@ pub async fn watch_one(ctx: Arc<Context>, node: NodeAddr, targeted: mpsc::Sender
     mark_unreachable(&ctx, &desired, &node.name, &why, &targeted);
 }
 
-fn apply_event(ctx: &Context, node: &str, ev: &v1::WatchEvent, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {
-    let Some(state) = &ev.state else { return };
-    let Some(owner) = &state.owner else { return };
-    let changed = if ev.kind == v1::watch_event::Kind::Removed as i32 {
-        ctx.index.record_removed(node, &owner.uid);
-        true
-    } else {
-        ctx.index.record_state(node, state)
+fn apply_event(ctx: &Context, node: &str, change: &AgentChange, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {
+    let owner = &change.program;
+    let changed = match change.kind {
+        ChangeKind::Removed => {
+            ctx.index.record_removed(node, &owner.owner_uid);
+            true
+        }
+        ChangeKind::Updated => ctx.index.record_state(node, owner),
     };
     if changed {
         ctx.stale_bpfnodes.mark(node);
-        tracing::debug!(node, owner = %owner.name, reason = %ev.reason, "agent reported a change");
-        let _ = targeted.try_send(ObjectRef::new(&owner.name));
+        tracing::debug!(node, owner = %owner.owner, reason = %change.reason, "agent reported a change");
+        let _ = targeted.try_send(ObjectRef::new(&owner.owner));
     }
 }

@@ -191,11 +191,11 @@ async fn per_node_certificates_refuse_another_nodes_agent_at_the_handshake() {
     let agent = start("node-b", Behaviour::Honest, files).await;
     let pool = pool(&pki, agent.port, Some("{node}.node.bpfleet.dev"));
     let req = v1::ApplyRequest { owner: Some(v1::Owner { uid: "u1".into(), name: "p".into() }), ..Default::default() };
-    let e = pool.apply(&node("node-a"), req.clone()).await.expect_err("the wrong node's certificate");
+    let e = pool.apply_wire(&node("node-a"), req.clone()).await.expect_err("the wrong node's certificate");
     unreachable_saying(e, &["node-a"]);
     assert_eq!(agent.calls.load(Ordering::SeqCst), 0, "no request got past the handshake");
     // Its own node: the certificate names it.
-    let resp = pool.apply(&node("node-b"), req).await.expect("its own node");
+    let resp = pool.apply_wire(&node("node-b"), req).await.expect("its own node");
     assert_eq!(resp.node_name, "node-b");
 }
 
