@@ -1,25 +1,11 @@
 //! The agent's errors: a machine-readable reason (becomes `BpfProgram.status.failures[].reason`
 //! and a metric label), the program at fault when there is one, and a message in words.
+//! `server.rs` turns it into a gRPC status.
 
 use std::fmt;
 
 /// Why an operation failed: one list for agent, operator and status (`crds::reason`).
 pub use crds::reason::Reason;
-
-/// The gRPC code of a reason: the caller's input (InvalidArgument), the node's state
-/// (FailedPrecondition), or the agent itself (Internal).
-fn code(reason: Reason) -> tonic::Code {
-    match reason {
-        Reason::InvalidSpec
-        | Reason::BytecodeTooLarge
-        | Reason::MalformedElf
-        | Reason::ProgramNotFound
-        | Reason::GlobalDataInvalid
-        | Reason::VerifierRejected => tonic::Code::InvalidArgument,
-        Reason::Internal | Reason::PinFailed => tonic::Code::Internal,
-        _ => tonic::Code::FailedPrecondition,
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentError {
@@ -52,20 +38,6 @@ impl fmt::Display for AgentError {
 }
 
 impl std::error::Error for AgentError {}
-
-impl From<AgentError> for tonic::Status {
-    fn from(e: AgentError) -> Self {
-        let mut status = tonic::Status::new(code(e.reason), e.message.clone());
-        let md = status.metadata_mut();
-        if let Ok(v) = e.reason.as_str().parse() {
-            md.insert(proto::REASON_KEY, v);
-        }
-        if let Some(p) = e.program.as_deref().and_then(|p| p.parse().ok()) {
-            md.insert(proto::PROGRAM_KEY, p);
-        }
-        status
-    }
-}
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
 

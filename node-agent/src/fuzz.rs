@@ -105,7 +105,7 @@ pub fn wire(data: &[u8]) {
             let _ = proto::map_policy_from_wire(m);
         }
         let _ = validate_global_bytes(req.global_data.iter());
-        let _ = crate::request::input_from_wire(without_file_reads(req));
+        let _ = crate::server::input_from_wire(without_file_reads(req));
     }
     if let Ok(req) = v1::RemoveRequest::decode(data) {
         let _ = req.owner.map(|o| OwnerUid::new(o.uid));

@@ -1,5 +1,6 @@
-//! Turning what arrives (a gRPC ApplyRequest, a standalone manifest) into a validated
-//! `ApplyInput`. Both go through the same `crds::validate` rules an API server enforces.
+//! Turning what arrives into a validated `ApplyInput`: a standalone manifest here, and the
+//! checks a gRPC ApplyRequest shares with it (`server::input_from_wire` converts the wire).
+//! Both go through the same `crds::validate` rules an API server enforces.
 
 use std::path::Path;
 
@@ -8,8 +9,7 @@ use crds::limits::MAX_BYTECODE_BYTES;
 use crds::names::{MapName, OwnerUid};
 use crds::revision::{BytecodeIdentity, Revision, Sha256Digest};
 use crds::rollout::MapPolicy;
-use crds::validate::{Bytecode, validate_global_bytes, validate_programs, validate_spec};
-use proto::v1;
+use crds::validate::{Bytecode, validate_spec};
 use sha2::{Digest, Sha256};
 
 use crate::error::{AgentError, Reason, Result};
@@ -46,58 +46,12 @@ pub fn check_digest(path: &str, bytes: &[u8], expected: &str) -> Result<()> {
     Ok(())
 }
 
-fn invalid(msg: impl Into<String>) -> AgentError {
+pub(crate) fn invalid(msg: impl Into<String>) -> AgentError {
     AgentError::new(Reason::InvalidSpec, msg)
 }
 
-pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput> {
-    let owner = req.owner.ok_or_else(|| invalid("owner is required"))?;
-    let uid = OwnerUid::new(&owner.uid).map_err(|e| invalid(e.to_string()))?;
-    let revision = Revision::parse(&req.revision)
-        .ok_or_else(|| invalid(format!("revision {:?} must be 16 lowercase hex characters", req.revision)))?;
-    let bytecode = match req.bytecode {
-        Some(v1::apply_request::Bytecode::Elf(b)) => b.to_vec(),
-        Some(v1::apply_request::Bytecode::Path(p)) => {
-            let path = Path::new(&p);
-            if !path.is_absolute() || p.split('/').any(|s| s == "..") {
-                return Err(invalid(format!("bytecode path {p:?} must be absolute without '..'")));
-            }
-            let bytes = read_bytecode_file(path)?;
-            if !req.expected_digest.is_empty() {
-                check_digest(&p, &bytes, &req.expected_digest)?;
-            }
-            bytes
-        }
-        None => return Err(invalid("bytecode is required (elf bytes or a node-local path)")),
-    };
-    // Objects from images reach 16 MiB; the operator holds inline and ConfigMap ones to 1 MiB.
-    let limit = crds::limits::MAX_IMAGE_BYTECODE_BYTES;
-    if bytecode.len() > limit {
-        return Err(AgentError::new(
-            Reason::BytecodeTooLarge,
-            format!("the object is {} bytes; the limit is {limit} bytes", bytecode.len()),
-        ));
-    }
-    let spec = req
-        .programs
-        .into_iter()
-        .map(proto::program_from_wire)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| invalid(e.0))?;
-    let programs = validate_programs(&spec).map_err(|e| invalid(e.to_string()))?;
-    let globals = validate_global_bytes(req.global_data.iter()).map_err(|e| invalid(e.to_string()))?;
-    let maps = req
-        .maps
-        .into_iter()
-        .map(proto::map_policy_from_wire)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| invalid(e.0))?;
-    let maps = checked_map_policies(&maps)?;
-    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps })
-}
-
 /// Map policies name maps as the ELF does: refused here when no map could have the name.
-fn checked_map_policies(policies: &[MapPolicy]) -> Result<Vec<MapPolicy>> {
+pub(crate) fn checked_map_policies(policies: &[MapPolicy]) -> Result<Vec<MapPolicy>> {
     for p in policies {
         MapName::new(&p.name).map_err(|e| invalid(format!("spec.maps: {e}")))?;
     }

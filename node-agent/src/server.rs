@@ -1,9 +1,14 @@
-//! The gRPC service `bpfleet.agent.v1.Agent` over mTLS, plus `grpc.health.v1`.
+//! The gRPC service `bpfleet.agent.v1.Agent` over mTLS, plus `grpc.health.v1`. The agent's
+//! only edge to the wire: requests become `ApplyInput`s and `OwnerUid`s here, errors become
+//! `tonic::Status`es here, and the core never sees a protobuf type.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use crds::names::OwnerUid;
+use crds::revision::Revision;
+use crds::validate::{validate_global_bytes, validate_programs};
 use futures::Stream;
 use proto::v1::agent_server::{Agent, AgentServer};
 use proto::v1::{self, watch_event};
@@ -14,8 +19,8 @@ use tonic::{Request, Response, Status};
 
 use crate::error::{AgentError, Reason};
 use crate::fence::EpochFence;
-use crate::manager::{Change, ChangeKind, Manager};
-use crate::request::input_from_wire;
+use crate::manager::{ApplyInput, Change, ChangeKind, Manager};
+use crate::request::{check_digest, checked_map_policies, invalid, read_bytecode_file};
 use crate::tls::{self, ServerTls};
 
 pub struct AgentService {
@@ -66,6 +71,82 @@ impl AgentService {
 /// The running kernel's release, e.g. `6.18.44`.
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// An ApplyRequest as the core takes it, checked as a standalone manifest is (see `request`).
+pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput, AgentError> {
+    let owner = req.owner.ok_or_else(|| invalid("owner is required"))?;
+    let uid = OwnerUid::new(&owner.uid).map_err(|e| invalid(e.to_string()))?;
+    let revision = Revision::parse(&req.revision)
+        .ok_or_else(|| invalid(format!("revision {:?} must be 16 lowercase hex characters", req.revision)))?;
+    let bytecode = match req.bytecode {
+        Some(v1::apply_request::Bytecode::Elf(b)) => b.to_vec(),
+        Some(v1::apply_request::Bytecode::Path(p)) => {
+            let path = Path::new(&p);
+            if !path.is_absolute() || p.split('/').any(|s| s == "..") {
+                return Err(invalid(format!("bytecode path {p:?} must be absolute without '..'")));
+            }
+            let bytes = read_bytecode_file(path)?;
+            if !req.expected_digest.is_empty() {
+                check_digest(&p, &bytes, &req.expected_digest)?;
+            }
+            bytes
+        }
+        None => return Err(invalid("bytecode is required (elf bytes or a node-local path)")),
+    };
+    // Objects from images reach 16 MiB; the operator holds inline and ConfigMap ones to 1 MiB.
+    let limit = crds::limits::MAX_IMAGE_BYTECODE_BYTES;
+    if bytecode.len() > limit {
+        return Err(AgentError::new(
+            Reason::BytecodeTooLarge,
+            format!("the object is {} bytes; the limit is {limit} bytes", bytecode.len()),
+        ));
+    }
+    let spec = req
+        .programs
+        .into_iter()
+        .map(proto::program_from_wire)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.0))?;
+    let programs = validate_programs(&spec).map_err(|e| invalid(e.to_string()))?;
+    let globals = validate_global_bytes(req.global_data.iter()).map_err(|e| invalid(e.to_string()))?;
+    let maps = req
+        .maps
+        .into_iter()
+        .map(proto::map_policy_from_wire)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.0))?;
+    let maps = checked_map_policies(&maps)?;
+    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps })
+}
+
+/// The gRPC code of a reason: the caller's input (InvalidArgument), the node's state
+/// (FailedPrecondition), or the agent itself (Internal).
+fn code(reason: Reason) -> tonic::Code {
+    match reason {
+        Reason::InvalidSpec
+        | Reason::BytecodeTooLarge
+        | Reason::MalformedElf
+        | Reason::ProgramNotFound
+        | Reason::GlobalDataInvalid
+        | Reason::VerifierRejected => tonic::Code::InvalidArgument,
+        Reason::Internal | Reason::PinFailed => tonic::Code::Internal,
+        _ => tonic::Code::FailedPrecondition,
+    }
+}
+
+impl From<AgentError> for tonic::Status {
+    fn from(e: AgentError) -> Self {
+        let mut status = tonic::Status::new(code(e.reason), e.message.clone());
+        let md = status.metadata_mut();
+        if let Ok(v) = e.reason.as_str().parse() {
+            md.insert(proto::REASON_KEY, v);
+        }
+        if let Some(p) = e.program.as_deref().and_then(|p| p.parse().ok()) {
+            md.insert(proto::PROGRAM_KEY, p);
+        }
+        status
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
