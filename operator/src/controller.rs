@@ -432,16 +432,7 @@ async fn roll_out(
         let observed = ctx.index.observed(uid);
         let failed: BTreeMap<String, String> = targets
             .iter()
-            .filter_map(|n| match ctx.index.outcome(n, uid, rev) {
-                NodeOutcome::Failed { program, reason, message } => Some((
-                    n.clone(),
-                    match program {
-                        Some(prog) => format!("{reason} ({prog}): {message}"),
-                        None => format!("{reason}: {message}"),
-                    },
-                )),
-                _ => None,
-            })
+            .filter_map(|n| status::failure_text(&ctx.index.outcome(n, uid, rev)).map(|t| (n.clone(), t)))
             .collect();
         // Nodes without a Ready agent hold no step up either.
         let unreachable: BTreeSet<String> = targets

@@ -43,7 +43,7 @@ use crate::bytecode::Payload;
 use crate::history::Content;
 pub use crate::reports::Listed;
 use crate::reports::{AgentChange, AgentList, ChangeKind};
-use crate::status::NodeOutcome;
+use crate::status::{FailReason, NodeOutcome};
 use crds::error::chain;
 use crds::node::NodeProgramStatus;
 
@@ -185,7 +185,7 @@ pub enum DispatchError {
     /// The agent answered with an error: reason from metadata `bpfleet-reason`
     /// ([`proto::REASON_KEY`]), program from `bpfleet-program`, message from the status.
     #[error("{reason}: {message}")]
-    Agent { code: tonic::Code, reason: String, program: Option<String>, message: String },
+    Agent { code: tonic::Code, reason: FailReason, program: Option<String>, message: String },
 }
 
 impl DispatchError {
@@ -662,7 +662,7 @@ fn classify(status: &tonic::Status) -> DispatchError {
     }
     DispatchError::Agent {
         code: status.code(),
-        reason: reason.unwrap_or_else(|| format!("{:?}", status.code())),
+        reason: reason.map_or_else(|| FailReason::Other(format!("{:?}", status.code())), |r| r.as_str().into()),
         program: meta(proto::PROGRAM_KEY),
         message: status.message().to_owned(),
     }
@@ -722,6 +722,7 @@ impl XorShift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crds::reason::Reason;
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -887,6 +888,13 @@ mod tests {
             }
         );
         assert_eq!(e.to_string(), "ProgramNotFound: no function p");
+        let unnamed = DispatchError::Agent {
+            code: tonic::Code::Internal,
+            reason: FailReason::Other("Internal".into()),
+            program: None,
+            message: "m".into(),
+        };
+        assert_eq!(unnamed.to_string(), "Internal: m");
         let e = DispatchError::BackingOff(Duration::from_secs(2), "n at 1.2.3.4:5: refused".into());
         assert_eq!(
             e.to_outcome(),
@@ -902,14 +910,14 @@ mod tests {
         match classify(&status) {
             DispatchError::Agent { code, reason, program, message } => {
                 assert_eq!(
-                    (code, reason.as_str(), program.as_deref(), message.as_str()),
-                    (tonic::Code::InvalidArgument, "ProgramNotFound", Some("f"), "bad")
+                    (code, reason, program.as_deref(), message.as_str()),
+                    (tonic::Code::InvalidArgument, FailReason::Agent(Reason::ProgramNotFound), Some("f"), "bad")
                 );
             }
             other => panic!("{other:?}"),
         }
         match classify(&tonic::Status::internal("boom")) {
-            DispatchError::Agent { reason, .. } => assert_eq!(reason, "Internal"),
+            DispatchError::Agent { reason, .. } => assert_eq!(reason, FailReason::Other("Internal".into())),
             other => panic!("{other:?}"),
         }
         assert!(classify(&tonic::Status::unavailable("going away")).is_unreachable());

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::plan::Observed;
 use crate::reports::AgentList;
-use crate::status::NodeOutcome;
+use crate::status::{FailReason, NodeOutcome};
 
 /// What one node runs of one owner: only what decisions need. The full detail (ids,
 /// pins) goes from each List straight into the node's BpfNode and is not kept, so the
@@ -417,7 +417,7 @@ impl NodeIndex {
                 Some(s) if &*s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
                 Some(s) if &*s.revision == want => NodeOutcome::Failed {
                     program: None,
-                    reason: format!("{:?}", s.health),
+                    reason: FailReason::Health(s.health),
                     message: s.last_error.as_deref().unwrap_or("the agent reports a problem").to_string(),
                 },
                 _ => NodeOutcome::Pending,

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crds::BpfProgramStatus;
 use crds::limits::MAX_STATUS_FAILURES;
 use crds::program::NodeFailure;
 use crds::reason::Reason;
+use crds::{BpfProgramStatus, Health};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -28,7 +28,7 @@ pub enum NodeOutcome {
     /// Not there yet (being applied, or not reported).
     Pending,
     /// The agent refused or failed the apply.
-    Failed { program: Option<String>, reason: String, message: String },
+    Failed { program: Option<String>, reason: FailReason, message: String },
     /// The agent could not be reached (for longer than the grace period).
     Unreachable { message: String },
     /// The node's agent is not Ready yet, or stopped answering less than the grace
@@ -37,6 +37,44 @@ pub enum NodeOutcome {
     /// The node runs no agent at all (the agent DaemonSet leaves it out). Counted as
     /// waiting; it holds nothing up.
     NoAgent,
+}
+
+/// Why a node failed, as `status.failures[].reason` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailReason {
+    /// The agent refused or failed the apply, for a documented reason.
+    Agent(Reason),
+    /// The node runs the revision but reports it unhealthy.
+    Health(Health),
+    /// A reason no [`Reason`] names (another agent version's), or the gRPC code of an
+    /// error the agent sent without one.
+    Other(String),
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailReason::Agent(r) => f.write_str(r.as_str()),
+            FailReason::Health(h) => write!(f, "{h:?}"),
+            FailReason::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl From<&str> for FailReason {
+    /// A reason as an agent names it.
+    fn from(s: &str) -> Self {
+        Reason::parse(s).map_or_else(|| FailReason::Other(s.to_string()), FailReason::Agent)
+    }
+}
+
+/// How a failed node reads in a rollout's messages: "reason (program): message".
+pub fn failure_text(outcome: &NodeOutcome) -> Option<String> {
+    let NodeOutcome::Failed { program, reason, message } = outcome else { return None };
+    Some(match program {
+        Some(prog) => format!("{reason} ({prog}): {message}"),
+        None => format!("{reason}: {message}"),
+    })
 }
 
 /// Where a node's agent stands, for [`agent_outcome`].
@@ -179,7 +217,7 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
                 failures.push(NodeFailure {
                     node: node.clone(),
                     program: program.clone(),
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                     message: message.clone(),
                     attempts: retry.map(|(n, _)| *n as i32),
                     next_retry_time: retry.map(|(_, t)| t.clone()),
@@ -784,5 +822,20 @@ mod tests {
             assert_eq!(a, b, "a message that moved with the clock would rewrite status on every reconcile");
             assert_eq!((left_a, left_b), (Some(Duration::from_secs(55)), Some(Duration::from_secs(30))));
         }
+    }
+
+    #[test]
+    fn failure_reasons_read_as_before() {
+        assert_eq!(FailReason::from("VerifierRejected"), FailReason::Agent(Reason::VerifierRejected));
+        assert_eq!(FailReason::from("FromANewerAgent"), FailReason::Other("FromANewerAgent".into()));
+        assert_eq!(FailReason::Health(Health::Degraded).to_string(), "Degraded");
+        let failed = |program: Option<&str>| NodeOutcome::Failed {
+            program: program.map(Into::into),
+            reason: FailReason::Agent(Reason::ProgramNotFound),
+            message: "no f".into(),
+        };
+        assert_eq!(failure_text(&failed(Some("f"))).as_deref(), Some("ProgramNotFound (f): no f"));
+        assert_eq!(failure_text(&failed(None)).as_deref(), Some("ProgramNotFound: no f"));
+        assert_eq!(failure_text(&NodeOutcome::Pending), None);
     }
 }

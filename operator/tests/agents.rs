@@ -397,14 +397,18 @@ async fn fan_out_to_real_agents() {
     let err = pool.apply_wire(&a, bad).await.expect_err("a missing function must fail");
     match &err {
         DispatchError::Agent { code, reason, message, .. } => {
-            assert_eq!((*code, reason.as_str()), (tonic::Code::InvalidArgument, "ProgramNotFound"), "{err}");
+            assert_eq!(
+                (*code, reason.to_string().as_str()),
+                (tonic::Code::InvalidArgument, "ProgramNotFound"),
+                "{err}"
+            );
             assert!(message.contains("no_such_function"), "{message}");
         }
         other => panic!("expected an Agent error, got {other:?}"),
     }
     match err.to_outcome() {
         NodeOutcome::Failed { reason, program, .. } => {
-            assert_eq!(reason, "ProgramNotFound");
+            assert_eq!(reason.to_string(), "ProgramNotFound");
             assert!(program.is_none_or(|p| p == "no_such_function"));
         }
         other => panic!("{other:?}"),
