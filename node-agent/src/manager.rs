@@ -733,6 +733,20 @@ impl Manager {
     }
 }
 
+impl crate::metrics::Scraped for Manager {
+    fn bpffs_root(&self) -> &std::path::Path {
+        &self.cfg.bpffs_root
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn records(&self) -> Vec<OwnerRecord> {
+        Manager::records(self)
+    }
+}
+
 /// The TCX attachments of one program, as ordering peers.
 fn tcx_peers(p: &crate::store::ProgramRecord) -> Vec<TcPeer> {
     p.links

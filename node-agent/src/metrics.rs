@@ -17,7 +17,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::Reason;
-use crate::manager::Manager;
 use crate::store::OwnerRecord;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,30 +190,40 @@ pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
     }
 }
 
+/// What the HTTP routes read of the agent (`Manager` implements it): the routes take this
+/// rather than the manager, so the manager, which counts into `Metrics`, is not imported back.
+pub trait Scraped: Send + Sync + 'static {
+    /// The bpffs root the probe checks.
+    fn bpffs_root(&self) -> &std::path::Path;
+    fn metrics(&self) -> &Metrics;
+    /// Records of everything running, rendered per program.
+    fn records(&self) -> Vec<OwnerRecord>;
+}
+
 /// The probe: `/healthz`, which fails while the bpffs root is missing. Served on
 /// --metrics-listen with `/metrics`, and alone on --health-listen, so that /metrics can stay
 /// on loopback (the agent uses the node's network) while the kubelet still probes.
-pub fn probe_routes(manager: Arc<Manager>) -> axum::Router {
+pub fn probe_routes<A: Scraped>(agent: Arc<A>) -> axum::Router {
     use axum::http::StatusCode;
     axum::Router::new().route(
         "/healthz",
         axum::routing::get(move || {
-            let ok = manager.config().bpffs_root.is_dir();
+            let ok = agent.bpffs_root().is_dir();
             async move { if ok { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "bpffs root missing") } }
         }),
     )
 }
 
 /// What --metrics-listen serves: `/metrics` and the [`probe_routes`].
-pub fn metrics_routes(manager: Arc<Manager>) -> axum::Router {
-    let m = Arc::clone(&manager);
-    probe_routes(manager).route(
+pub fn metrics_routes<A: Scraped>(agent: Arc<A>) -> axum::Router {
+    let m = Arc::clone(&agent);
+    probe_routes(agent).route(
         "/metrics",
         axum::routing::get(move || {
             let m = Arc::clone(&m);
             async move {
                 let body =
-                    tokio::task::spawn_blocking(move || m.metrics.render(&m.records())).await.unwrap_or_default();
+                    tokio::task::spawn_blocking(move || m.metrics().render(&m.records())).await.unwrap_or_default();
                 ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
             }
         }),

@@ -11,8 +11,8 @@ mod xdp;
 
 use std::path::{Path, PathBuf};
 
-use aya::programs::ProgramError;
 use aya::programs::links::FdLink;
+use aya::programs::{ProgramError, TcAttachType};
 use aya::{Btf, Ebpf};
 use crds::names::{OwnerUid, ProgramName};
 use crds::pins::PinLayout;
@@ -174,6 +174,14 @@ use pin_loaded;
 /// A hook a program was attached to, as recorded.
 fn record(hook: impl Into<String>, link_id: u32, kind: crate::store::LinkKind) -> LinkRecord {
     LinkRecord { hook: hook.into(), link_id, kind }
+}
+
+/// The clsact side of a TC direction (TCX and netlink filters alike).
+fn attach_type(direction: Direction) -> TcAttachType {
+    match direction {
+        Direction::Ingress => TcAttachType::Ingress,
+        Direction::Egress => TcAttachType::Egress,
+    }
 }
 
 /// The interface must exist before anything is attached: a clear error, not ENODEV.

@@ -7,7 +7,7 @@ use std::path::Path;
 use aya::programs::cgroup_skb::CgroupSkbAttachType;
 use aya::programs::links::CgroupAttachMode;
 use aya::programs::tc::{NlOptions, TcAttachOptions};
-use aya::programs::{CgroupSkb, ProbeKind, RawTracePoint, SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp};
+use aya::programs::{CgroupSkb, ProbeKind, RawTracePoint, SchedClassifier, TracePoint, UProbe, Xdp};
 use crds::program::Direction;
 use crds::validate::{Attach, ValidProgram};
 
@@ -51,10 +51,7 @@ pub fn reattach(
             let iface = interfaces.get(index).ok_or_else(hook_missing)?.as_str();
             super::interface_index(&valid.name, iface)?;
             let mut tc = SchedClassifier::from_pin(&program.pin).map_err(|e| fail(iface, &e))?;
-            let attach_type = match direction {
-                Direction::Ingress => TcAttachType::Ingress,
-                Direction::Egress => TcAttachType::Egress,
-            };
+            let attach_type = super::attach_type(*direction);
             match link_pin {
                 Some(_) => {
                     let path = pin_at(link_pin)?;

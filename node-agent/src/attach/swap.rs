@@ -19,7 +19,7 @@ use aya::programs::tc::SchedClassifierLink;
 use crds::names::ProgramName;
 use crds::program::Direction;
 
-use super::{keep_link, tc::attach_type};
+use super::{attach_type, keep_link};
 use crate::error::{AgentError, Reason, Result, chain};
 
 /// A hook the new revision took over from the previous one.

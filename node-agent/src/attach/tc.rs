@@ -8,13 +8,13 @@ use std::path::Path;
 
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{NlOptions, TcAttachOptions, qdisc_add_clsact};
-use aya::programs::{Program, ProgramId, SchedClassifier, TcAttachType};
+use aya::programs::{Program, ProgramId, SchedClassifier};
 use aya::util::KernelVersion;
 use crds::names::{InterfaceName, ProgramName};
 use crds::program::{Direction, ProgramType};
 
 use super::swap::{self, Replaced, SwappedHook};
-use super::{AttachCtx, TcPeer, Undo, interface_index, keep_link, load_error, pin_loaded, record};
+use super::{AttachCtx, TcPeer, Undo, attach_type, interface_index, keep_link, load_error, pin_loaded, record};
 use crate::error::{AgentError, Reason, Result, chain, errno};
 use crate::store::{LinkKind, LinkRecord};
 
@@ -115,13 +115,6 @@ pub(super) fn attach(
         }
     }
     Ok((id, links))
-}
-
-pub(super) fn attach_type(direction: Direction) -> TcAttachType {
-    match direction {
-        Direction::Ingress => TcAttachType::Ingress,
-        Direction::Egress => TcAttachType::Egress,
-    }
 }
 
 /// The previous revision's link or filter of the same program on the same hook, which
