@@ -24,8 +24,9 @@ use crate::drift::Desired;
 use crate::history::{Content, History};
 use crate::index::NodeIndex;
 use crate::metrics::Metrics;
-use crate::plan::{Action as NodeAction, ProgramView, plan};
+use crate::plan::Action as NodeAction;
 use crate::rollout::{self, Ranked, Settings};
+use crate::sends;
 use crate::status::{self, NodeOutcome, SpecProblem, StatusInput};
 use crate::targets::{NodeInfo, target_nodes};
 
@@ -203,24 +204,79 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let name = p.name_any();
     let _slots = fleet_slots(ctx).await;
     let nodes = node_infos(&ctx.nodes);
+    let spec = resolve_spec(ctx, &p, &nodes).await;
+    let revision = spec.content.as_ref().map(|c| c.revision.clone());
+    let stable = p.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.stable_revision.clone());
+    let desired = Desired {
+        name: name.clone(),
+        revision: revision.clone(),
+        stable: stable.clone(),
+        targets: ctx.shared_targets(spec.targets.clone()),
+    };
+    ctx.desired.write().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), Arc::new(desired));
 
-    // Everything that makes the spec unusable on every node, found before any dispatch.
-    let mut problem: Option<SpecProblem> = None;
-    let targets = target_nodes(&p.spec.node_selector, &nodes).unwrap_or_else(|e| {
-        problem = Some(SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() });
-        BTreeSet::new()
-    });
-    if problem.is_none()
-        && let Err(e) = crds::validate::validate_spec(&p.spec)
-    {
-        problem = Some(SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() });
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut rollout = (None, None);
+    if let Some(content) = &spec.content {
+        record_history(ctx, &p, content, spec.image.as_ref(), stable.as_deref()).await;
+        let (status, wake) = roll_out(ctx, &p, &uid, content, &spec.targets, &nodes).await;
+        rollout = (Some(status), wake);
     }
-    let mut image_status = None;
+    let (outcomes, retries, grace_ends) = match &revision {
+        Some(r) => {
+            let snap = ctx.index.snapshot(&uid, r);
+            let agent = |n: &str| ctx.agents.state_since(n);
+            let (outcomes, grace_ends) = sends::node_outcomes(&snap, &spec.targets, agent, ctx.unreachable_grace, now);
+            (outcomes, sends::retries(&snap, &spec.targets), grace_ends)
+        }
+        None => (spec.targets.iter().map(|n| (n.clone(), NodeOutcome::Pending)).collect(), BTreeMap::new(), None),
+    };
+    let mut status = status::compute(&StatusInput {
+        generation: p.metadata.generation,
+        revision: revision.as_deref(),
+        targets: &spec.targets,
+        outcomes: &outcomes,
+        spec_problem: spec.problem.as_ref(),
+        retries: &retries,
+        previous: p.status.as_ref(),
+        rollout: rollout.0.as_ref(),
+        now: Time(k8s_openapi::jiff::Timestamp::now()),
+    });
+    if spec.image.is_some() || p.spec.bytecode.image.is_none() {
+        status.image = spec.image;
+    }
+    ctx.metrics.program_counts(&name, &status);
+    write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
+    write_status(ctx, &p, &status).await?;
+    let after = requeue_after(&status, spec.problem.is_some(), &retries, now);
+    // A pause, a step deadline or an agent's grace period ends on its own: look again then.
+    let wake = [rollout.1, grace_ends].into_iter().flatten().min();
+    Ok(Action::requeue(wake.map_or(after, |w| after.min(w + Duration::from_millis(100)))))
+}
+
+/// What the spec asks, resolved: its target nodes, and the content to send or the
+/// problem that makes the spec unusable on every node (found before any dispatch).
+struct ResolvedSpec {
+    targets: BTreeSet<String>,
+    problem: Option<SpecProblem>,
+    content: Option<Content>,
+    /// What an image source resolved to.
+    image: Option<crds::program::ImageStatus>,
+}
+
+async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> ResolvedSpec {
+    let invalid =
+        |e: &dyn std::fmt::Display| SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() };
+    let (targets, mut problem) = match target_nodes(&p.spec.node_selector, nodes) {
+        Ok(t) => (t, crds::validate::validate_spec(&p.spec).err().map(|e| invalid(&e))),
+        Err(e) => (BTreeSet::new(), Some(invalid(&e))),
+    };
+    let mut image = None;
     let payload = match (problem.is_some(), &p.spec.bytecode.image) {
         (true, _) => None,
-        (false, Some(_)) => match resolve_image(ctx, &p, &nodes, &targets).await {
+        (false, Some(_)) => match resolve_image(ctx, p, nodes, &targets).await {
             Ok(r) => {
-                image_status = Some(r.status);
+                image = Some(r.status);
                 Some(r.payload)
             }
             Err(e) => {
@@ -236,111 +292,44 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         let rev = pl.revision(&p.spec).to_string();
         Content::of_spec(&p.spec, pl, rev)
     });
-    let revision = content.as_ref().map(|c| c.revision.clone());
-    let stable = p.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.stable_revision.clone());
-    ctx.desired.write().unwrap_or_else(|e| e.into_inner()).insert(
-        uid.clone(),
-        Arc::new(Desired {
-            name: name.clone(),
-            revision: revision.clone(),
-            stable: stable.clone(),
-            targets: ctx.shared_targets(targets.clone()),
-        }),
-    );
+    ResolvedSpec { targets, problem, content, image }
+}
 
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let mut rollout_status = None;
-    let mut wake = None;
-    if let Some(content) = &content {
-        if let Some(history) = &ctx.history {
-            // An image is recorded pinned to the digest it resolved to.
-            let mut source = p.spec.bytecode.clone();
-            if let (Some(img), Some(st)) = (source.image.as_mut(), image_status.as_ref()) {
-                img.digest = Some(st.digest.clone());
-            }
-            // Best effort: a history that cannot be written must not stop the rollout
-            // of what the spec asks (a rollback to this revision would then need its
-            // source again).
-            if let Err(e) = history.record(&p, content, &source, stable.as_deref()).await {
-                tracing::warn!(program = %name, revision = %content.revision, error = %e, "cannot record the revision history");
-            }
-        }
-        let (status, w) = roll_out(ctx, &p, &uid, content, &targets, &nodes).await;
-        rollout_status = Some(status);
-        wake = w;
+/// Keep the revision in the history. Best effort: a history that cannot be written must
+/// not stop the rollout of what the spec asks (a rollback to this revision would then
+/// need its source again).
+async fn record_history(
+    ctx: &Context,
+    p: &BpfProgram,
+    content: &Content,
+    image: Option<&crds::program::ImageStatus>,
+    stable: Option<&str>,
+) {
+    let Some(history) = &ctx.history else { return };
+    // An image is recorded pinned to the digest it resolved to.
+    let mut source = p.spec.bytecode.clone();
+    if let (Some(img), Some(st)) = (source.image.as_mut(), image) {
+        img.digest = Some(st.digest.clone());
     }
+    if let Err(e) = history.record(p, content, &source, stable).await {
+        tracing::warn!(program = %p.name_any(), revision = %content.revision, error = %e, "cannot record the revision history");
+    }
+}
 
-    let mut grace_ends: Option<Duration> = None;
-    let outcomes: BTreeMap<String, NodeOutcome> = targets
-        .iter()
-        .map(|n| {
-            let o = match &revision {
-                Some(r) => node_outcome(ctx, n, &uid, r, now, &mut grace_ends),
-                None => NodeOutcome::Pending,
-            };
-            (n.clone(), o)
-        })
-        .collect();
-    let retries: BTreeMap<String, (u32, Time)> = match &revision {
-        Some(r) => targets
-            .iter()
-            .filter_map(|n| ctx.index.retry_of(n, &uid, r).map(|(a, t)| (n.clone(), (a, Time(t)))))
-            .collect(),
-        None => BTreeMap::new(),
-    };
-    let status = status::compute(&StatusInput {
-        generation: p.metadata.generation,
-        revision: revision.as_deref(),
-        targets: &targets,
-        outcomes: &outcomes,
-        spec_problem: problem.as_ref(),
-        retries: &retries,
-        previous: p.status.as_ref(),
-        rollout: rollout_status.as_ref(),
-        now: Time(k8s_openapi::jiff::Timestamp::now()),
-    });
-    let mut status = status;
-    if image_status.is_some() || p.spec.bytecode.image.is_none() {
-        status.image = image_status;
-    }
-    ctx.metrics.program_counts(&name, &status);
-    // Whoever waits for Ready reads pin paths from the BpfNodes next: on a small set of
-    // nodes they are written first, not a second later by `resync::follow_bpfnodes`.
-    if becomes_ready(p.status.as_ref(), &status)
-        && let Some(nodes) = ctx.stale_bpfnodes.take_among(&targets, BPFNODES_BEFORE_READY)
+/// Whoever waits for Ready reads pin paths from the BpfNodes next: on a small set of
+/// nodes they are written first, not a second later by `resync::follow_bpfnodes`.
+async fn write_bpfnodes_before_ready(
+    ctx: &Context,
+    p: &BpfProgram,
+    status: &BpfProgramStatus,
+    targets: &BTreeSet<String>,
+) {
+    if becomes_ready(p.status.as_ref(), status)
+        && let Some(nodes) = ctx.stale_bpfnodes.take_among(targets, BPFNODES_BEFORE_READY)
         && !nodes.is_empty()
     {
         crate::resync::refresh_bpfnodes(ctx, &nodes, None).await;
     }
-    write_status(ctx, &p, &status).await?;
-    let after = requeue_after(&status, problem.is_some(), &retries, now);
-    // A pause, a step deadline or an agent's grace period ends on its own: look again then.
-    let wake = [wake, grace_ends].into_iter().flatten().min();
-    Ok(Action::requeue(wake.map_or(after, |w| after.min(w + Duration::from_millis(100)))))
-}
-
-/// How `node` stands with revision `rev` of `uid`, for status: the index's word, seen
-/// through where its agent stands (`status::agent_outcome`).
-fn node_outcome(
-    ctx: &Context,
-    node: &str,
-    uid: &str,
-    rev: &str,
-    now: k8s_openapi::jiff::Timestamp,
-    grace_ends: &mut Option<Duration>,
-) -> NodeOutcome {
-    let (agent, not_ready_since) = ctx.agents.state_since(node);
-    let view = status::AgentView {
-        agent,
-        not_ready_since,
-        answered: ctx.index.has_answered(node),
-        unreachable_since: ctx.index.unreachable_since(node, uid, rev),
-    };
-    let (outcome, left) = status::agent_outcome(ctx.index.outcome(node, uid, rev), &view, ctx.unreachable_grace, now);
-    if let Some(left) = left {
-        *grace_ends = Some(grace_ends.map_or(left, |g| g.min(left)));
-    }
-    outcome
 }
 
 /// Nodes whose BpfNode a reconcile writes itself before it reports Ready (beyond that,
@@ -428,36 +417,17 @@ async fn roll_out(
     let started = Instant::now();
     let mut last: Option<BTreeMap<String, NodeAction>> = None;
     loop {
+        let snap = ctx.index.snapshot(uid, rev);
         let now = k8s_openapi::jiff::Timestamp::now();
-        let observed = ctx.index.observed(uid);
-        let failed: BTreeMap<String, String> = targets
-            .iter()
-            .filter_map(|n| status::failure_text(&ctx.index.outcome(n, uid, rev)).map(|t| (n.clone(), t)))
-            .collect();
-        // Nodes without a Ready agent hold no step up either.
-        let unreachable: BTreeSet<String> = targets
-            .iter()
-            .filter(|n| {
-                !ctx.agents.is_ready(n) || matches!(ctx.index.outcome(n, uid, rev), NodeOutcome::Unreachable { .. })
-            })
-            .cloned()
-            .collect();
-        let decision = rollout::decide(&rollout::Input {
-            update: rev,
+        let round = sends::Round {
+            revision: rev,
+            targets,
             order: &order,
-            observed: &observed,
-            failed: &failed,
-            unreachable: &unreachable,
-            previous: previous.as_ref(),
             settings: &settings,
+            previous: previous.as_ref(),
             now,
-        });
-        let held: BTreeSet<String> = ctx.index.retry_holds(uid, rev, now).into_keys().collect();
-        let view = ProgramView { desired: rev, targets, observed: &observed, held: &held };
-        let mut actions = plan(&view, &decision);
-        // A node whose agent is not Ready is left as it is — nothing sent, nothing
-        // removed — until its agent is Ready again (which reconciles every program).
-        actions.retain(|node, _| ctx.agents.is_ready(node));
+        };
+        let (decision, actions) = sends::next_step(&snap, &round, |n| ctx.agents.is_ready(n));
         previous = Some(decision.status.clone());
         if actions.is_empty() || last.as_ref() == Some(&actions) {
             return (decision.status, decision.wake);
@@ -466,34 +436,37 @@ async fn roll_out(
             return (decision.status, Some(Duration::ZERO));
         }
         tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
-        // Group by the revision each node must run; other revisions come from history.
-        let mut by_revision: BTreeMap<String, BTreeMap<String, NodeAction>> = BTreeMap::new();
-        for (node, action) in &actions {
-            let key = match action {
-                NodeAction::Apply(r) => r.clone(),
-                _ => rev.to_string(),
-            };
-            by_revision.entry(key).or_default().insert(node.clone(), action.clone());
-        }
-        for (r, group) in by_revision {
+        for (r, group) in sends::by_revision(&actions, rev) {
             if r == rev {
                 dispatch(ctx, p, uid, content, group, nodes).await;
-                continue;
-            }
-            let arch =
-                crate::image::target_arch(crate::image::archs(nodes, targets)).unwrap_or_else(|_| "amd64".into());
-            let old = match &ctx.history {
-                Some(h) => h.content(p, &r, ctx.images.as_ref().map(|i| (i, arch.as_str()))).await,
-                None => Err("no revision history in this operator".to_string()),
-            };
-            match old {
-                Ok(old) => dispatch(ctx, p, uid, &old, group, nodes).await,
-                Err(why) => {
-                    tracing::warn!(program = %p.name_any(), revision = %r, nodes = ?group.keys().collect::<Vec<_>>(), %why, "cannot send an earlier revision");
-                }
+            } else {
+                send_earlier(ctx, p, uid, &r, group, targets, nodes).await;
             }
         }
         last = Some(actions);
+    }
+}
+
+/// Send `group` revision `r`, an earlier one than the spec's, as history keeps it.
+async fn send_earlier(
+    ctx: &Context,
+    p: &BpfProgram,
+    uid: &str,
+    r: &str,
+    group: BTreeMap<String, NodeAction>,
+    targets: &BTreeSet<String>,
+    nodes: &[NodeInfo],
+) {
+    let arch = crate::image::target_arch(crate::image::archs(nodes, targets)).unwrap_or_else(|_| "amd64".into());
+    let old = match &ctx.history {
+        Some(h) => h.content(p, r, ctx.images.as_ref().map(|i| (i, arch.as_str()))).await,
+        None => Err("no revision history in this operator".to_string()),
+    };
+    match old {
+        Ok(old) => dispatch(ctx, p, uid, &old, group, nodes).await,
+        Err(why) => {
+            tracing::warn!(program = %p.name_any(), revision = %r, nodes = ?group.keys().collect::<Vec<_>>(), %why, "cannot send an earlier revision");
+        }
     }
 }
 
@@ -508,26 +481,17 @@ async fn dispatch(
     nodes: &[NodeInfo],
 ) {
     let revision = content.revision.as_str();
-    let order = ApplyOrder::new(uid, &p.name_any(), content, ctx.epoch);
     let name = p.name_any();
-    let epoch = ctx.epoch;
-    let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
-        nodes.iter().map(|n| (n.name.as_str(), n.internal_ip)).collect();
-    let mut addrs = Vec::new();
-    for (node, action) in &actions {
-        match ips.get(node.as_str()).copied().flatten() {
-            Some(ip) => addrs.push((NodeAddr { name: node.clone(), ip }, action.clone())),
-            None => {
-                if matches!(action, NodeAction::Apply(_)) {
-                    let why = "the Node has no InternalIP address to reach its agent at".to_string();
-                    let outcome = NodeOutcome::Unreachable { message: why };
-                    ctx.index.record_failure(node, uid, revision, outcome, k8s_openapi::jiff::Timestamp::now());
-                }
-            }
-        }
+    let order = ApplyOrder::new(uid, &name, content, ctx.epoch);
+    let (addrs, no_address) = sends::addresses(&actions, nodes);
+    for node in no_address {
+        let why = "the Node has no InternalIP address to reach its agent at".to_string();
+        let outcome = NodeOutcome::Unreachable { message: why };
+        ctx.index.record_failure(&node, uid, revision, outcome, k8s_openapi::jiff::Timestamp::now());
     }
     let actions: BTreeMap<String, NodeAction> = addrs.iter().map(|(a, act)| (a.name.clone(), act.clone())).collect();
     let targets: Vec<NodeAddr> = addrs.into_iter().map(|(a, _)| a).collect();
+    let epoch = ctx.epoch;
     // Each answer goes into the index as it arrives: a fan-out to thousands of nodes does
     // not hold thousands of answers until the last one.
     let results = ctx
@@ -553,17 +517,29 @@ async fn dispatch(
             }
         })
         .await;
+    record_answers(ctx, &name, uid, revision, &actions, results);
+}
+
+/// After a dispatch: every node asked gets its BpfNode refreshed; a failed Apply goes
+/// into the index (the node backs off), a failed Remove is logged.
+fn record_answers(
+    ctx: &Context,
+    name: &str,
+    uid: &str,
+    revision: &str,
+    actions: &BTreeMap<String, NodeAction>,
+    results: Vec<(NodeAddr, Result<(), DispatchError>)>,
+) {
     for (node, result) in results {
         ctx.stale_bpfnodes.mark(&node.name);
-        let action = actions.get(&node.name);
-        match (action, result) {
+        match (actions.get(&node.name), result) {
             (_, Ok(())) => {}
             (Some(NodeAction::Apply(_)), Err(e)) => {
-                tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "apply failed");
+                tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
                 let now = k8s_openapi::jiff::Timestamp::now();
                 ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
             }
-            (_, Err(e)) => tracing::warn!(node = %node.name, program = %p.name_any(), error = %e, "remove failed"),
+            (_, Err(e)) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
         }
     }
 }
@@ -626,10 +602,9 @@ async fn publish(ctx: &Context, p: &BpfProgram, type_: EventType, reason: &str, 
 
 async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
+    let name = p.name_any();
     let nodes = node_infos(&ctx.nodes);
-    // Remove is idempotent: ask every node that runs it (as reported) or that it
-    // targets (now, or at its last reconcile). A node never listed and never targeted
-    // cannot hold it; if it somehow does, drift repair removes the then-unknown owner.
+    // The nodes it targets now, or at its last reconcile.
     let mut targets: BTreeSet<String> = ctx
         .desired
         .read()
@@ -640,50 +615,13 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     targets.extend(target_nodes(&p.spec.node_selector, &nodes).unwrap_or_default());
     let listed_runners = ctx.index.listed_runners(&uid);
     let never_listed = ctx.index.never_listed(nodes.iter().map(|n| n.name.as_str()));
-    let mut addrs = Vec::new();
-    let mut best_effort = Vec::new();
-    let mut waiting = BTreeMap::new();
-    for n in &nodes {
-        let relevant = targets.contains(&n.name) || listed_runners.contains(&n.name);
-        if !relevant {
-            // A node whose agent never answered a List may still run it: ask, but an
-            // unreachable one that was never targeted does not hold the deletion up.
-            if never_listed.contains(&n.name)
-                && !n.deleting
-                && let Some(ip) = n.internal_ip
-            {
-                best_effort.push(NodeAddr { name: n.name.clone(), ip });
-            }
-            continue;
-        }
-        // A Node being deleted takes its programs with it: it does not block deletion.
-        if n.deleting {
-            continue;
-        }
-        // A node that runs no agent cannot be asked, and no agent will come to answer:
-        // ask in case one does, but it does not hold the deletion up.
-        if ctx.agents.state(&n.name) == crate::agents::AgentState::Absent {
-            if listed_runners.contains(&n.name)
-                && let Some(ip) = n.internal_ip
-            {
-                best_effort.push(NodeAddr { name: n.name.clone(), ip });
-            }
-            continue;
-        }
-        match n.internal_ip {
-            Some(ip) => addrs.push(NodeAddr { name: n.name.clone(), ip }),
-            None => {
-                waiting.insert(n.name.clone(), "no InternalIP to reach its agent".to_string());
-            }
-        }
-    }
-    let name = p.name_any();
-    let blocking: BTreeSet<String> = addrs.iter().map(|a| a.name.clone()).collect();
-    addrs.extend(best_effort);
+    let plan = sends::cleanup_plan(&nodes, &targets, &listed_runners, &never_listed, |n| ctx.agents.state(n));
+    let mut waiting = plan.waiting;
+    let blocking: BTreeSet<String> = plan.ask.iter().map(|a| a.name.clone()).collect();
     let epoch = ctx.epoch;
     let results = ctx
         .pool
-        .fan_out(addrs, |pool, node| {
+        .fan_out(plan.ask.into_iter().chain(plan.best_effort).collect(), |pool, node| {
             let (uid, name) = (&uid, &name);
             async move { pool.remove(&node, uid, name, epoch).await }
         })
@@ -696,8 +634,8 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
                 tracing::info!(node = %node.name, error = %e, "cleanup: cannot ask a never-listed, untargeted node");
             }
             Err(e) => {
-                let why = match &e {
-                    DispatchError::Agent { message, .. } => message.clone(),
+                let why = match e {
+                    DispatchError::Agent { message, .. } => message,
                     other => other.to_string(),
                 };
                 waiting.insert(node.name.clone(), why);
@@ -705,18 +643,23 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     if waiting.is_empty() {
-        ctx.desired.write().unwrap_or_else(|e| e.into_inner()).remove(&uid);
-        if let Some(h) = &ctx.history {
-            h.forget(&uid);
-        }
-        ctx.metrics.forget_program(&p.name_any());
-        publish(ctx, &p, EventType::Normal, "Removed", "removed from every node".into()).await;
+        forget(ctx, &p, &uid).await;
         return Ok(Action::await_change());
     }
     let status = status::deleting(p.status.as_ref(), &waiting, Time(k8s_openapi::jiff::Timestamp::now()));
     write_status(ctx, &p, &status).await?;
     let nodes = waiting.iter().map(|(n, why)| format!("{n}: {why}")).collect::<Vec<_>>().join("; ");
     Err(Error::DeletionBlocked { count: waiting.len(), nodes })
+}
+
+/// The program is gone from every node: forget it.
+async fn forget(ctx: &Context, p: &BpfProgram, uid: &str) {
+    ctx.desired.write().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    if let Some(h) = &ctx.history {
+        h.forget(uid);
+    }
+    ctx.metrics.forget_program(&p.name_any());
+    publish(ctx, p, EventType::Normal, "Removed", "removed from every node".into()).await;
 }
 
 /// Run the controller until `shutdown` resolves. `trigger` reconciles every program

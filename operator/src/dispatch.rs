@@ -44,6 +44,7 @@ use crate::history::Content;
 pub use crate::reports::Listed;
 use crate::reports::{AgentChange, AgentList, ChangeKind};
 use crate::status::{FailReason, NodeOutcome};
+pub use crate::targets::NodeAddr;
 use crds::error::chain;
 use crds::node::NodeProgramStatus;
 
@@ -121,13 +122,6 @@ impl PoolConfig {
 pub fn fit_connections(requested: usize, nofile: u64) -> usize {
     let room = nofile.saturating_sub(RESERVED_FILES).max(1);
     requested.min(usize::try_from(room).unwrap_or(usize::MAX))
-}
-
-/// A node as dialled: its name (the key of cached state) and its InternalIP.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct NodeAddr {
-    pub name: String,
-    pub ip: IpAddr,
 }
 
 /// One revision of one BpfProgram to run, as every node is sent it: encoded once, then

@@ -113,6 +113,53 @@ impl NodeEntry {
     fn listed(&self) -> bool {
         self.listed_digest.is_some()
     }
+
+    /// How this node stands with revision `want` of `uid`: a failure of that revision,
+    /// else what the node reports.
+    fn outcome(&self, uid: &str, want: &str) -> NodeOutcome {
+        if let Some(f) = self.failures.get(uid)
+            && f.revision == want
+        {
+            return f.outcome.clone();
+        }
+        match self.owners.get(uid) {
+            Some(s) if &*s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
+            Some(s) if &*s.revision == want => NodeOutcome::Failed {
+                program: None,
+                reason: FailReason::Health(s.health),
+                message: s.last_error.as_deref().unwrap_or("the agent reports a problem").to_string(),
+            },
+            _ => NodeOutcome::Pending,
+        }
+    }
+}
+
+/// What the index holds of one revision of one owner on every node, read at once
+/// ([`NodeIndex::snapshot`]): plain data for the pure decisions in [`crate::sends`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Per node, what runs of the owner.
+    pub observed: BTreeMap<String, Observed>,
+    /// Per node, how it stands with the revision; a node not here is `Pending`.
+    pub outcomes: BTreeMap<String, NodeOutcome>,
+    /// Nodes that failed the revision: failed applies in a row, and not before when again.
+    pub retries: BTreeMap<String, (u32, Timestamp)>,
+    /// Nodes whose agent did not answer about the revision: since when.
+    pub unreachable_since: BTreeMap<String, Timestamp>,
+    /// Nodes whose agent has ever answered this operator.
+    pub answered: BTreeSet<String>,
+}
+
+impl Snapshot {
+    /// How `node` stands with the revision.
+    pub fn outcome(&self, node: &str) -> NodeOutcome {
+        self.outcomes.get(node).cloned().unwrap_or(NodeOutcome::Pending)
+    }
+
+    /// Nodes that must not be sent the revision before a time (their backoff).
+    pub fn holds(&self, now: Timestamp) -> BTreeSet<String> {
+        self.retries.iter().filter(|(_, (_, t))| *t > now).map(|(n, _)| n.clone()).collect()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -406,22 +453,35 @@ impl NodeIndex {
 
     /// How `node` stands with revision `want` of `uid`, for status.
     pub fn outcome(&self, node: &str, uid: &str, want: &str) -> NodeOutcome {
+        self.read(|m| m.get(node).map_or(NodeOutcome::Pending, |e| e.outcome(uid, want)))
+    }
+
+    /// Everything decisions about revision `rev` of `uid` read of the index, under one
+    /// read of its lock.
+    pub fn snapshot(&self, uid: &str, rev: &str) -> Snapshot {
         self.read(|m| {
-            let Some(e) = m.get(node) else { return NodeOutcome::Pending };
-            if let Some(f) = e.failures.get(uid)
-                && f.revision == want
-            {
-                return f.outcome.clone();
+            let mut snap = Snapshot::default();
+            for (n, e) in m {
+                if let Some(s) = e.owners.get(uid) {
+                    snap.observed.insert(n.clone(), Observed { revision: s.revision.to_string(), health: s.health });
+                }
+                let outcome = e.outcome(uid, rev);
+                if outcome != NodeOutcome::Pending {
+                    snap.outcomes.insert(n.clone(), outcome);
+                }
+                if let Some(f) = e.failures.get(uid).filter(|f| f.revision == rev) {
+                    if let Some(t) = f.next_try {
+                        snap.retries.insert(n.clone(), (f.attempts, t));
+                    }
+                    if matches!(f.outcome, NodeOutcome::Unreachable { .. }) {
+                        snap.unreachable_since.insert(n.clone(), f.since);
+                    }
+                }
+                if e.last_report_time.is_some() {
+                    snap.answered.insert(n.clone());
+                }
             }
-            match e.owners.get(uid) {
-                Some(s) if &*s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
-                Some(s) if &*s.revision == want => NodeOutcome::Failed {
-                    program: None,
-                    reason: FailReason::Health(s.health),
-                    message: s.last_error.as_deref().unwrap_or("the agent reports a problem").to_string(),
-                },
-                _ => NodeOutcome::Pending,
-            }
+            snap
         })
     }
 
@@ -615,5 +675,26 @@ mod tests {
         }
         let held = idx.nodes.read().unwrap().strings.set.len();
         assert!(held < 1100, "{held} strings held for 3 nodes");
+    }
+
+    #[test]
+    fn a_snapshot_says_what_the_single_reads_say() {
+        let idx = NodeIndex::default();
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        idx.record_state("ok", &state("u", "r1", Health::Healthy));
+        idx.record_state("old", &state("u", "r0", Health::Healthy));
+        let failed = NodeOutcome::Failed { program: None, reason: "VerifierRejected".into(), message: "x".into() };
+        idx.record_failure("bad", "u", "r1", failed.clone(), t0);
+        idx.record_failure("away", "u", "r1", NodeOutcome::Unreachable { message: "refused".into() }, t0);
+        let snap = idx.snapshot("u", "r1");
+        for n in ["ok", "old", "bad", "away", "unknown"] {
+            assert_eq!(snap.outcome(n), idx.outcome(n, "u", "r1"), "{n}");
+            assert_eq!(snap.unreachable_since.get(n).copied(), idx.unreachable_since(n, "u", "r1"), "{n}");
+            assert_eq!(snap.retries.get(n).copied(), idx.retry_of(n, "u", "r1"), "{n}");
+            assert_eq!(snap.answered.contains(n), idx.has_answered(n), "{n}");
+        }
+        assert_eq!(snap.observed, idx.observed("u"));
+        let now = t0.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1)).unwrap();
+        assert_eq!(snap.holds(now), idx.retry_holds("u", "r1", now).into_keys().collect());
     }
 }

@@ -22,6 +22,7 @@ pub mod plan;
 pub mod reports;
 pub mod resync;
 pub mod rollout;
+pub mod sends;
 pub mod sources;
 pub mod status;
 pub mod targets;

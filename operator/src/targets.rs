@@ -6,6 +6,13 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+/// A node as dialled: its name (the key of cached state) and its InternalIP.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    pub name: String,
+    pub ip: IpAddr,
+}
+
 /// What the operator needs to know of a Node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
