@@ -64,6 +64,11 @@ for name in operator agent; do
         echo "$exe needs shared libraries; the image FROM scratch needs a static binary" >&2
         exit 1
     fi
+    # Test hooks never ship: only bpfleet-agent-test reads these variables (agent::fault).
+    if grep -aqE 'BPFLEET_(FAULT|PAUSE)' "$exe"; then
+        echo "$exe contains the test fault hooks (BPFLEET_FAULT/BPFLEET_PAUSE); build it per package, without test-support" >&2
+        exit 1
+    fi
     ctx=$out/context-$name
     rm -rf "$ctx"
     mkdir -p "$ctx"

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use agent::testing::TEST_AGENT_BIN;
 use anyhow::{Context as _, bail};
 
 /// The runtime every asynchronous call of the harness runs on. Tests are plain
@@ -98,7 +99,8 @@ pub struct Binaries {
     pub operator: PathBuf,
 }
 
-/// `bpfleet-agent` and `bpfleet-operator`, built once per test process with the same
+/// `bpfleet-agent-test` (the agent with its fault hooks armed: the apply gate is
+/// `BPFLEET_PAUSE`) and `bpfleet-operator`, built once per test process with the same
 /// cargo and profile as the tests (`BPFLEET_E2E_AGENT_BIN` / `BPFLEET_E2E_OPERATOR_BIN`
 /// name prebuilt ones instead).
 pub fn binaries() -> &'static Binaries {
@@ -121,10 +123,10 @@ fn build_binaries() -> anyhow::Result<Binaries> {
     let target_dir = profile_dir.parent().map(Path::to_path_buf).context("no target directory")?;
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    // Two builds: the agent with the test-support feature (fault points, as the agent's
-    // own tests build it, so neither undoes the other), the operator as released.
+    // Two builds: the agent's test binary (it requires the test-support feature), the
+    // operator as released.
     for (package, bin, features) in
-        [("node-agent", "bpfleet-agent", Some("test-support")), ("operator", "bpfleet-operator", None)]
+        [("node-agent", TEST_AGENT_BIN, Some("test-support")), ("operator", "bpfleet-operator", None)]
     {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(repo_root())
@@ -142,7 +144,7 @@ fn build_binaries() -> anyhow::Result<Binaries> {
             bail!("cargo build of {bin} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let bins = Binaries { agent: profile_dir.join("bpfleet-agent"), operator: profile_dir.join("bpfleet-operator") };
+    let bins = Binaries { agent: profile_dir.join(TEST_AGENT_BIN), operator: profile_dir.join("bpfleet-operator") };
     for b in [&bins.agent, &bins.operator] {
         if !b.exists() {
             bail!("cargo build succeeded but {} does not exist", b.display());

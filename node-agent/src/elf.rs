@@ -89,7 +89,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
     }
     let obj = parse_object(bytes).map_err(|e| {
         // aya's BTF errors ("no BTF parsed for object", "BTF error") do not say what to do.
-        let hint = if e.to_string().contains("BTF") {
+        let hint = if e.is_btf() {
             "; maps in SEC(\".maps\") and global data need the object's BTF: build it with clang -g -target bpf"
         } else {
             "; build it with clang -g -O2 -target bpf"
@@ -128,16 +128,40 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
     Ok(ElfInfo { programs, globals, maps })
 }
 
+/// Why aya-obj did not parse an object.
+#[derive(Debug)]
+enum ParseFailure {
+    Refused(aya_obj::ParseError),
+    /// The parser panicked; the panic's message.
+    Panicked(String),
+}
+
+impl ParseFailure {
+    /// The object's BTF is missing or unreadable.
+    fn is_btf(&self) -> bool {
+        matches!(self, Self::Refused(aya_obj::ParseError::BtfError(_) | aya_obj::ParseError::NoBTF))
+    }
+}
+
+impl std::fmt::Display for ParseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(e) => e.fmt(f),
+            Self::Panicked(why) => write!(f, "the parser failed on malformed input ({why})"),
+        }
+    }
+}
+
 /// aya-obj 0.3 panics on some malformed BTF (a `.BTF.ext` record naming a string offset
 /// outside `.BTF`, found by fuzzing): such an object is refused like any other bad one
 /// instead of taking the request down.
-fn parse_object(bytes: &[u8]) -> std::result::Result<aya_obj::Object, String> {
+fn parse_object(bytes: &[u8]) -> std::result::Result<aya_obj::Object, ParseFailure> {
     match std::panic::catch_unwind(|| aya_obj::Object::parse(bytes)) {
-        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Ok(parsed) => parsed.map_err(ParseFailure::Refused),
         Err(panic) => {
             let why =
                 panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-            Err(format!("the parser failed on malformed input ({})", why.unwrap_or_default()))
+            Err(ParseFailure::Panicked(why.unwrap_or_default()))
         }
     }
 }
@@ -198,4 +222,22 @@ impl ElfInfo {
 fn join_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = names.map(String::as_str).collect();
     if v.is_empty() { "(none)".to_string() } else { v.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya_obj::ParseError;
+    use aya_obj::btf::BtfError;
+
+    use super::ParseFailure;
+
+    #[test]
+    fn only_btf_errors_get_the_btf_hint() {
+        assert!(ParseFailure::Refused(ParseError::NoBTF).is_btf());
+        assert!(ParseFailure::Refused(ParseError::BtfError(BtfError::InvalidHeader)).is_btf());
+        assert!(!ParseFailure::Refused(ParseError::InvalidProgramCode).is_btf());
+        // A map or section that names BTF is not a BTF error.
+        assert!(!ParseFailure::Refused(ParseError::InvalidMapDefinition { name: "BTF".into() }).is_btf());
+        assert!(!ParseFailure::Panicked("index outside .BTF".into()).is_btf());
+    }
 }

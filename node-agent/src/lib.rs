@@ -6,6 +6,7 @@ pub mod elf;
 pub mod error;
 pub mod fault;
 pub mod fence;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 pub mod health;
 pub mod hostfs;

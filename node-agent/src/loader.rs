@@ -1,6 +1,7 @@
 //! Loading an object into the kernel with aya. The kernel's BTF is parsed once per
-//! process (it takes ~17 ms and every load needs it), and every aya error becomes an
-//! `AgentError` that says what failed in words.
+//! process (every load needs it, and parsing it costs more than many loads: see
+//! docs/benchmarks.md, node agent), and every aya error becomes an `AgentError` that says
+//! what failed in words.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -18,7 +19,8 @@ use crate::error::{AgentError, Reason, Result};
 const VERIFIER_EXCERPT_LINES: usize = 20;
 const VERIFIER_EXCERPT_BYTES: usize = 2048;
 
-/// The kernel's BTF, parsed once per process (~12 ms and ~13 MiB here) and shared.
+/// The kernel's BTF, parsed once per process and shared (its time and memory:
+/// docs/benchmarks.md, node agent).
 pub fn kernel_btf() -> Option<&'static Btf> {
     static BTF: OnceLock<Option<Btf>> = OnceLock::new();
     BTF.get_or_init(|| match Btf::from_sys_fs() {
@@ -33,7 +35,7 @@ pub fn kernel_btf() -> Option<&'static Btf> {
 
 /// aya 0.14's `EbpfLoader::new()` parses the kernel's BTF itself on every load, even
 /// when a parsed one is given afterwards (aya-rs/aya#1172): that alone made each load
-/// ~2.5x slower than libbpf. This hides `/sys/kernel/btf/vmlinux` from this process
+/// much slower than libbpf (docs/benchmarks.md, "The BTF fix"). This hides `/sys/kernel/btf/vmlinux` from this process
 /// only — a private mount namespace with `/dev/null` bound over the file — after
 /// `kernel_btf()` has parsed it, so aya's own attempt fails at once and the shared copy
 /// is used. Mounts made on the host still reach the agent (slave propagation); pins

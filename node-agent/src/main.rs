@@ -1,4 +1,6 @@
 //! bpfleet-agent: see `agent` (lib.rs) and docs/architecture.md.
+//!
+//! `bin/bpfleet-agent-test.rs` runs this same `main` with the test fault hooks armed.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,9 +93,13 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+pub fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_json);
+    if agent::fault::process_hooks_armed() {
+        // Not naming the variables: scripts/images.sh looks for them in the shipped binary.
+        tracing::warn!("test build (bpfleet-agent-test): the fault hooks are armed; never run it in production");
+    }
     if let Some(Command::MountBpffs { path }) = &args.command {
         let mounted = agent::kernel::mount_bpffs(path)?;
         tracing::info!(path = %path.display(), mounted, "bpffs {}", if mounted { "mounted" } else { "already mounted" });

@@ -48,15 +48,19 @@ pub fn tree(root: &std::path::Path) -> Vec<String> {
     out
 }
 
-/// Build `bpfleet-agent` with `test-support` (fault points) in `workspace`, as
-/// `cargo test --workspace` builds it, so neither build undoes the other; returns where it
+/// The agent binary whose fault hooks (`BPFLEET_FAULT`, `BPFLEET_PAUSE`) act: the shipped
+/// `bpfleet-agent`'s `main` with them armed (see [`crate::fault`]). Harnesses that rely on
+/// the hooks run this one.
+pub const TEST_AGENT_BIN: &str = "bpfleet-agent-test";
+
+/// Build [`TEST_AGENT_BIN`] (it requires `test-support`) in `workspace`; returns where it
 /// is (`$CARGO_TARGET_DIR` or the workspace's `target/`, debug profile). Panics when the
 /// build fails.
 pub fn build_agent(workspace: &std::path::Path) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     build
-        .args(["build", "--quiet", "-p", "node-agent", "--bin", "bpfleet-agent", "--features", "test-support"])
+        .args(["build", "--quiet", "-p", "node-agent", "--bin", TEST_AGENT_BIN, "--features", "test-support"])
         .current_dir(workspace);
     // What cargo set for the calling test binary only: build scripts (ring's) track some of
     // these, and a different value would rebuild the agent's dependencies every run.
@@ -68,10 +72,10 @@ pub fn build_agent(workspace: &std::path::Path) -> std::path::PathBuf {
         }
     }
     let status = build.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p node-agent --bin bpfleet-agent --features test-support failed");
+    assert!(status.success(), "cargo build -p node-agent --bin {TEST_AGENT_BIN} --features test-support failed");
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| workspace.join("target"));
-    target.join("debug/bpfleet-agent")
+    target.join("debug").join(TEST_AGENT_BIN)
 }
 
 /// Run `cmd` with bash; its standard output, or an error with its status and output.

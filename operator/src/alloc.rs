@@ -1,8 +1,7 @@
 //! Allocator tuning. glibc gives each thread that allocates its own heap arena; with a
-//! multi-threaded runtime the arenas fragment and hold freed memory, which showed as
-//! ~20 MiB of RSS above the heap actually in use at 1,000 BpfPrograms (benchmarks.md).
-//! One arena: the process mostly waits on I/O, and at 1,000 programs × 50 nodes one arena
-//! peaks ~4 MiB lower than two (48 against 52 MiB) for ~5 % more time at start-up.
+//! multi-threaded runtime the arenas fragment and hold freed memory. One arena: the
+//! process mostly waits on I/O, so sharing one costs little time and saves memory (the
+//! figures are in docs/benchmarks.md, operator memory).
 
 /// Call first thing in `main`, before any thread exists.
 pub fn limit_malloc_arenas() {

@@ -1,8 +1,9 @@
 //! Kubernetes Events (`events.k8s.io/v1`), as `kube::runtime::events::Recorder` writes them:
 //! a new Event for the first occurrence, and for the same event again (same object, type,
 //! reason, action) within 6 minutes a patch of its `series` count. Unlike kube's recorder,
-//! which keeps a copy of every Event it wrote for those 6 minutes (~4 KiB each: 2,000
-//! transitions at start-up held ~9 MiB), this keeps only what the series patch needs.
+//! which keeps a copy of every Event it wrote for those 6 minutes (what that costs at
+//! start-up: docs/benchmarks.md, operator memory), this keeps only what the series patch
+//! needs.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

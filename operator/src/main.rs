@@ -52,9 +52,9 @@ struct Args {
     /// Agent calls in flight at once, across all nodes.
     #[arg(long, default_value_t = 64)]
     max_concurrency: usize,
-    /// Agent connections kept open (~65 KiB each). A fleet with more nodes than this gets
-    /// no Watch streams (changes on nodes show at each resync) and its least recently used
-    /// connections are closed.
+    /// Agent connections kept open (each holds memory: see docs/benchmarks.md). A fleet with
+    /// more nodes than this gets no Watch streams (changes on nodes show at each resync) and
+    /// its least recently used connections are closed.
     #[arg(long, default_value_t = operator::dispatch::DEFAULT_MAX_CONNECTIONS)]
     max_agent_connections: usize,
     /// Timeout of one agent call, in seconds (a load can take seconds on a busy node).

@@ -1,7 +1,7 @@
 //! bpfleet-reliability: agent crash trials (default), a soak (`--soak N`) or abuse
 //! (`--abuse`), as root on
-//! a kernel with BPF. Needs the agent built with fault points:
-//! `cargo build -p node-agent --bin bpfleet-agent --features test-support`.
+//! a kernel with BPF. Needs the agent with its fault hooks armed:
+//! `cargo build -p node-agent --bin bpfleet-agent-test --features test-support`.
 
 use std::path::PathBuf;
 
@@ -41,7 +41,7 @@ struct Args {
     /// Soak: sample every N cycles (and at 1, 10, 100 and the end).
     #[arg(long, default_value_t = 1000)]
     sample_every: u64,
-    /// The agent binary (built with --features test-support). Default: next to this one.
+    /// The agent binary with its fault hooks armed (bpfleet-agent-test). Default: next to this one.
     #[arg(long)]
     agent_bin: Option<PathBuf>,
     /// Directory of the example objects (examples/build.sh).
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     let agent_bin = args.agent_bin.unwrap_or_else(process::default_bin);
     if !agent_bin.exists() {
         bail!(
-            "no agent binary at {}: build it with `cargo build -p node-agent --bin bpfleet-agent --features test-support` or pass --agent-bin",
+            "no agent binary at {}: build it with `cargo build -p node-agent --bin bpfleet-agent-test --features test-support` or pass --agent-bin",
             agent_bin.display()
         );
     }

@@ -1,4 +1,4 @@
-//! One `bpfleet-agent` process (built with `--features test-support`), spoken to over
+//! One `bpfleet-agent-test` process (the agent with its fault hooks armed), spoken to over
 //! mTLS gRPC with the operator's test identity, and killed with SIGKILL.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +15,9 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::kernel::Dirs;
 
-/// The agent binary: `--agent-bin`, `BPFLEET_AGENT_BIN`, or `bpfleet-agent` next to this
-/// program (cargo's target directory).
+/// The agent binary: `--agent-bin`, `BPFLEET_AGENT_BIN`, or `bpfleet-agent-test` next to
+/// this program (cargo's target directory). The trials need its fault hooks: the shipped
+/// `bpfleet-agent` ignores `BPFLEET_FAULT` and `BPFLEET_PAUSE`.
 pub fn default_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BPFLEET_AGENT_BIN") {
         return PathBuf::from(p);
@@ -25,7 +26,7 @@ pub fn default_bin() -> PathBuf {
     let dir = exe.parent().unwrap_or(Path::new("."));
     // Test binaries live one level down, in deps/.
     let dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
-    dir.join("bpfleet-agent")
+    dir.join(agent::testing::TEST_AGENT_BIN)
 }
 
 pub struct AgentProc {

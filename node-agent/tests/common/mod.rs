@@ -20,18 +20,16 @@ use crds::validate::validate_spec;
 static SETUP: Once = Once::new();
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// The agent binary with the `test-support` feature (fault points), built once per test
-/// binary: `cargo test --workspace` builds the package's binary without it.
-/// `BPFLEET_TEST_AGENT_BIN` runs the process tests against another build instead (e.g.
-/// an older commit's, to compare behaviour).
+/// `bpfleet-agent-test` (the agent with its fault hooks armed), built once per test
+/// binary. `BPFLEET_TEST_AGENT_BIN` runs the process tests against another build instead
+/// (e.g. an older commit's, to compare behaviour).
 pub fn agent_bin() -> &'static Path {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("BPFLEET_TEST_AGENT_BIN") {
             return PathBuf::from(bin);
         }
-        agent::testing::build_agent(&repo());
-        PathBuf::from(env!("CARGO_BIN_EXE_bpfleet-agent"))
+        agent::testing::build_agent(&repo())
     })
 }
 
