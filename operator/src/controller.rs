@@ -22,6 +22,7 @@ use crate::bytecode::{self, BytecodeCache};
 use crate::dispatch::{AgentPool, ApplyOrder, DispatchError, NodeAddr};
 use crate::drift::Desired;
 use crate::history::{Content, History};
+use crate::image::ImageSource;
 use crate::index::NodeIndex;
 use crate::metrics::Metrics;
 use crate::plan::Action as NodeAction;
@@ -38,6 +39,11 @@ const RETRY: Duration = Duration::from_secs(10);
 /// How soon a Ready program is looked at again (drift repair also triggers it).
 const STEADY: Duration = Duration::from_secs(300);
 
+/// What every reconcile of one leadership term shares: the API client and the agent
+/// pool (the edges), the caches fed by watches (Nodes, agent pods, the [`NodeIndex`] of
+/// what agents run), what the cluster wants of each program (`desired`, for drift
+/// repair), and the parts tests replace with disabled ones (`history`, `images`,
+/// `agents`, `recorder`).
 pub struct Context {
     pub client: Client,
     pub pool: AgentPool,
@@ -53,11 +59,12 @@ pub struct Context {
     pub bytecode: BytecodeCache,
     /// What was last written to each BpfNode.
     pub bpfnodes: crate::bpfnode::Written,
-    /// Revision history (ControllerRevisions); `None`: none kept (tests), so only the
-    /// spec's revision can be sent.
-    pub history: Option<History>,
-    /// OCI images (`bytecode.image`); `None`: image bytecode is refused (tests).
-    pub images: Option<crate::image::Images>,
+    /// Revision history (ControllerRevisions); [`History::disabled`] until the caller
+    /// sets one, so only the spec's revision can be sent.
+    pub history: History,
+    /// OCI images (`bytecode.image`); [`ImageSource::disabled`] (image bytecode refused)
+    /// until the caller sets one.
+    pub images: ImageSource,
     /// Bounds what reconciles hold at once: each takes one slot per node of the fleet
     /// (at most all of them) while it decides and dispatches, so 16 reconciles run
     /// together on a fleet of 1,250 nodes and 4 on one of 5,000 (docs/architecture.md).
@@ -125,8 +132,8 @@ impl Context {
             epoch,
             bytecode: BytecodeCache::default(),
             bpfnodes: Default::default(),
-            history: None,
-            images: None,
+            history: History::disabled(),
+            images: ImageSource::disabled(),
             fleet_slots: tokio::sync::Semaphore::new(FLEET_SLOTS),
             target_sets: Default::default(),
             agents: Arc::new(crate::agents::Agents::untracked()),
@@ -164,6 +171,9 @@ impl Error {
     }
 }
 
+/// Reconcile one BpfProgram under the finalizer: `apply` (resolve the spec, roll the
+/// revision out as far as it may go, write the status) or, once it is being deleted,
+/// `cleanup` (remove it from every node first).
 pub async fn reconcile(obj: Arc<BpfProgram>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let api: Api<BpfProgram> = Api::all(ctx.client.clone());
@@ -274,7 +284,7 @@ async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> Reso
     let mut image = None;
     let payload = match (problem.is_some(), &p.spec.bytecode.image) {
         (true, _) => None,
-        (false, Some(_)) => match resolve_image(ctx, p, nodes, &targets).await {
+        (false, Some(_)) => match ctx.images.resolve(p, nodes, &targets).await {
             Ok(r) => {
                 image = Some(r.status);
                 Some(r.payload)
@@ -305,13 +315,12 @@ async fn record_history(
     image: Option<&crds::program::ImageStatus>,
     stable: Option<&str>,
 ) {
-    let Some(history) = &ctx.history else { return };
     // An image is recorded pinned to the digest it resolved to.
     let mut source = p.spec.bytecode.clone();
     if let (Some(img), Some(st)) = (source.image.as_mut(), image) {
         img.digest = Some(st.digest.clone());
     }
-    if let Err(e) = history.record(p, content, &source, stable).await {
+    if let Err(e) = ctx.history.record(p, content, &source, stable).await {
         tracing::warn!(program = %p.name_any(), revision = %content.revision, error = %e, "cannot record the revision history");
     }
 }
@@ -368,23 +377,6 @@ fn requeue_after(
         (false, Some(d)) => d.min(STEADY),
         (false, None) => RETRY,
     }
-}
-
-/// The image of an image-sourced program, for the target nodes' architecture.
-async fn resolve_image(
-    ctx: &Context,
-    p: &BpfProgram,
-    nodes: &[NodeInfo],
-    targets: &BTreeSet<String>,
-) -> Result<crate::image::Resolved, SpecProblem> {
-    let Some(images) = &ctx.images else {
-        return Err(SpecProblem {
-            reason: crds::reason::Reason::InvalidSpec,
-            message: "this operator is not set up for image bytecode".into(),
-        });
-    };
-    let arch = crate::image::target_arch(crate::image::archs(nodes, targets))?;
-    images.resolve(p, &arch).await
 }
 
 /// Longest one reconcile keeps switching nodes before it lets others run (it comes
@@ -458,11 +450,7 @@ async fn send_earlier(
     nodes: &[NodeInfo],
 ) {
     let arch = crate::image::target_arch(crate::image::archs(nodes, targets)).unwrap_or_else(|_| "amd64".into());
-    let old = match &ctx.history {
-        Some(h) => h.content(p, r, ctx.images.as_ref().map(|i| (i, arch.as_str()))).await,
-        None => Err("no revision history in this operator".to_string()),
-    };
-    match old {
+    match ctx.history.content(p, r, &ctx.images, &arch).await {
         Ok(old) => dispatch(ctx, p, uid, &old, group, nodes).await,
         Err(why) => {
             tracing::warn!(program = %p.name_any(), revision = %r, nodes = ?group.keys().collect::<Vec<_>>(), %why, "cannot send an earlier revision");
@@ -655,9 +643,7 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
 /// The program is gone from every node: forget it.
 async fn forget(ctx: &Context, p: &BpfProgram, uid: &str) {
     ctx.desired.write().unwrap_or_else(|e| e.into_inner()).remove(uid);
-    if let Some(h) = &ctx.history {
-        h.forget(uid);
-    }
+    ctx.history.forget(uid);
     ctx.metrics.forget_program(&p.name_any());
     publish(ctx, p, EventType::Normal, "Removed", "removed from every node".into()).await;
 }

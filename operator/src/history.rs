@@ -171,8 +171,60 @@ enum Unusable {
     Ever(String),
 }
 
-/// The history store of one leadership term.
-pub struct History {
+/// The revision history of one leadership term: the ControllerRevisions it keeps, or
+/// none ([`History::disabled`]: an operator without them, as in tests, sends only the
+/// spec's revision).
+pub struct History(Option<Kept>);
+
+impl History {
+    pub fn new(client: Client, namespace: String) -> Self {
+        Self(Some(Kept::new(client, namespace)))
+    }
+
+    /// Keeps nothing: recording does nothing, and no earlier revision can be read.
+    pub fn disabled() -> Self {
+        Self(None)
+    }
+
+    /// Forget a deleted program.
+    pub fn forget(&self, uid: &str) {
+        if let Some(kept) = &self.0 {
+            kept.forget(uid);
+        }
+    }
+
+    /// See [`Kept::record`].
+    pub async fn record(
+        &self,
+        p: &BpfProgram,
+        content: &Content,
+        source: &crds::program::BytecodeSource,
+        stable: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        match &self.0 {
+            Some(kept) => kept.record(p, content, source, stable).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The content of a recorded revision of `p` (see [`Kept::content`]); a revision
+    /// recorded by image reference is pulled from `images` for `arch`.
+    pub async fn content(
+        &self,
+        p: &BpfProgram,
+        revision: &str,
+        images: &crate::image::ImageSource,
+        arch: &str,
+    ) -> Result<Arc<Content>, String> {
+        match &self.0 {
+            Some(kept) => kept.content(p, revision, images.images().map(|i| (i, arch))).await,
+            None => Err("no revision history in this operator".to_string()),
+        }
+    }
+}
+
+/// The ControllerRevisions of one leadership term.
+pub struct Kept {
     client: Client,
     namespace: String,
     /// Where a revision recorded by ConfigMap reference may be read again: the same
@@ -184,8 +236,8 @@ pub struct History {
     unreadable: Mutex<HashSet<(String, String)>>,
 }
 
-impl History {
-    pub fn new(client: Client, namespace: String) -> Self {
+impl Kept {
+    fn new(client: Client, namespace: String) -> Self {
         Self {
             client,
             sources: Sources::new(namespace.clone()),
@@ -208,8 +260,7 @@ impl History {
         v.truncate(CACHED_PER_PROGRAM);
     }
 
-    /// Forget a deleted program.
-    pub fn forget(&self, uid: &str) {
+    fn forget(&self, uid: &str) {
         self.contents.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
         self.newest.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
@@ -435,6 +486,7 @@ fn owner_reference(p: &BpfProgram) -> OwnerReference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::ImageSource;
 
     fn spec() -> BpfProgramSpec {
         serde_yaml::from_str(
@@ -572,7 +624,7 @@ mod tests {
                     .await;
                 no_more(&mut handle).await;
             });
-            let got = h.content(&p, &content.revision, None).await.unwrap();
+            let got = h.content(&p, &content.revision, &ImageSource::disabled(), "amd64").await.unwrap();
             assert_eq!(*got, content);
             server.await.unwrap();
         }
@@ -588,7 +640,7 @@ mod tests {
                 expect(&mut handle, &cr_path(&rev), cr).await;
                 no_more(&mut handle).await;
             });
-            let e = h.content(&p, &content.revision, None).await.unwrap_err();
+            let e = h.content(&p, &content.revision, &ImageSource::disabled(), "amd64").await.unwrap_err();
             assert!(e.contains("is not owned by BpfProgram p"), "{e}");
             server.await.unwrap();
         }
@@ -609,7 +661,7 @@ mod tests {
                 no_more(&mut handle).await;
             });
             for _ in 0..2 {
-                let e = h.content(&p, &content.revision, None).await.unwrap_err();
+                let e = h.content(&p, &content.revision, &ImageSource::disabled(), "amd64").await.unwrap_err();
                 let (v1, v2) = (Sha256Digest::of(b"\x7fELF v1"), Sha256Digest::of(b"\x7fELF v2"));
                 assert!(e.starts_with(&format!("the bytes of revision {} are gone", content.revision)), "{e}");
                 assert!(
@@ -630,7 +682,7 @@ mod tests {
                 // No GET of the ConfigMap.
                 no_more(&mut handle).await;
             });
-            let e = h.content(&p, &content.revision, None).await.unwrap_err();
+            let e = h.content(&p, &content.revision, &ImageSource::disabled(), "amd64").await.unwrap_err();
             assert!(e.contains("cannot be read again: ConfigMap bytecode is read only from"), "{e}");
             assert!(e.contains("kubectl label namespace kube-system bpfleet.dev/bytecode-source=allowed"), "{e}");
             server.await.unwrap();

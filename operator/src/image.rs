@@ -96,6 +96,40 @@ struct Policy {
     fingerprint: String,
 }
 
+/// Where image bytecode comes from: the registries, through [`Images`], or nowhere
+/// ([`ImageSource::disabled`]: an operator not set up for it, as in tests, refuses every
+/// image-sourced program).
+pub struct ImageSource(Option<Images>);
+
+impl ImageSource {
+    pub fn registries(images: Images) -> Self {
+        Self(Some(images))
+    }
+
+    pub fn disabled() -> Self {
+        Self(None)
+    }
+
+    /// The registries, when set up.
+    pub fn images(&self) -> Option<&Images> {
+        self.0.as_ref()
+    }
+
+    /// The image of an image-sourced program, for the architecture of its target nodes.
+    pub async fn resolve(
+        &self,
+        p: &BpfProgram,
+        nodes: &[crate::targets::NodeInfo],
+        targets: &std::collections::BTreeSet<String>,
+    ) -> Result<Resolved, SpecProblem> {
+        let Some(images) = &self.0 else {
+            return Err(problem(Reason::InvalidSpec, "this operator is not set up for image bytecode".into()));
+        };
+        let arch = target_arch(archs(nodes, targets))?;
+        images.resolve(p, &arch).await
+    }
+}
+
 /// Images of one leadership term.
 pub struct Images {
     client: Client,

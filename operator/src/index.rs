@@ -162,6 +162,10 @@ impl Snapshot {
     }
 }
 
+/// What every node's agent runs, as last reported, and why the last apply of each owner
+/// failed there. Fed by Apply answers, Lists and Watch events (already in the operator's
+/// types, see [`crate::reports`]); read by reconciles through [`NodeIndex::snapshot`] and
+/// by the resync's drift check.
 #[derive(Debug, Default)]
 pub struct NodeIndex {
     nodes: RwLock<Nodes>,

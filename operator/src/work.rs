@@ -90,8 +90,8 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     ctx.bytecode = BytecodeCache::new(Some(config_maps.clone()))
         .allowing(&cfg.history_namespace)
         .with_capacity(cfg.config_map_cache_bytes);
-    ctx.history = Some(History::new(client.clone(), cfg.history_namespace.clone()));
-    ctx.images = Some(crate::image::Images::new(client.clone(), cfg.images.clone()));
+    ctx.history = History::new(client.clone(), cfg.history_namespace.clone());
+    ctx.images = crate::image::ImageSource::registries(crate::image::Images::new(client.clone(), cfg.images.clone()));
     ctx.unreachable_grace = cfg.unreachable_grace;
     if cfg.agent_pod_selector.is_some() {
         ctx.agents = Arc::new(Agents::tracked());

@@ -130,7 +130,7 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
     let ctx = {
         let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);
         ctx.recorder = Some(operator::events::Recorder::new(client.clone(), "bpfleet-operator"));
-        ctx.history = Some(operator::history::History::new(client, "bpfleet-system".into()));
+        ctx.history = operator::history::History::new(client, "bpfleet-system".into());
         Arc::new(ctx)
     };
     stages.push(("caches filled".into(), mem()));
