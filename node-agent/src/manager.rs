@@ -101,6 +101,22 @@ struct Entry {
     set_aside: Option<String>,
 }
 
+/// One owner's lock, held: dropping it unlocks, then forgets the lock when nobody else
+/// holds or waits for it (in that order, or the entry would outlive its last user).
+struct OwnerLock<'a> {
+    manager: &'a Manager,
+    uid: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for OwnerLock<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.manager.release_lock(&self.uid, &self.lock);
+    }
+}
+
 pub struct Manager {
     cfg: AgentConfig,
     layout: PinLayout,
@@ -149,16 +165,35 @@ impl Manager {
         self.events.subscribe()
     }
 
+    /// Wait for the owner's lock and hold it until the guard drops.
+    async fn lock_owner(&self, uid: &str) -> OwnerLock<'_> {
+        let lock = self.lock_for(uid);
+        let guard = Arc::clone(&lock).lock_owned().await;
+        OwnerLock { manager: self, uid: uid.to_string(), lock, guard: Some(guard) }
+    }
+
+    /// The owner's lock if nobody holds it now.
+    fn try_lock_owner(&self, uid: &str) -> Option<OwnerLock<'_>> {
+        let lock = self.lock_for(uid);
+        match Arc::clone(&lock).try_lock_owned() {
+            Ok(guard) => Some(OwnerLock { manager: self, uid: uid.to_string(), lock, guard: Some(guard) }),
+            Err(_) => {
+                self.release_lock(uid, &lock);
+                None
+            }
+        }
+    }
+
     fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(uid.to_string()).or_default().clone()
     }
 
     /// Forget an owner's lock once nobody holds or waits for it: the map stays as small
     /// as the work in flight, however many owners come and go.
-    fn release_lock(&self, uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+    fn release_lock(&self, uid: &str, lock: &Arc<tokio::sync::Mutex<()>>) {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         // The map's reference and ours: no other caller cloned it (they do under this mutex).
-        if Arc::strong_count(&lock) == 2 {
+        if Arc::strong_count(lock) == 2 {
             locks.remove(uid);
         }
     }
@@ -210,14 +245,8 @@ impl Manager {
     }
 
     async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
-        let uid = input.uid.to_string();
-        let lock = self.lock_for(&uid);
-        let result = {
-            let _guard = lock.lock().await;
-            Arc::clone(&self).apply_locked(input).await
-        };
-        self.release_lock(&uid, lock);
-        result
+        let _lock = self.lock_owner(input.uid.as_str()).await;
+        Arc::clone(&self).apply_locked(input).await
     }
 
     async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
@@ -496,13 +525,8 @@ impl Manager {
     }
 
     async fn remove_owned(self: Arc<Self>, uid: &OwnerUid) -> Result<bool> {
-        let lock = self.lock_for(uid.as_str());
-        let result = {
-            let _guard = lock.lock().await;
-            Arc::clone(&self).remove_locked(uid).await
-        };
-        self.release_lock(uid.as_str(), lock);
-        result
+        let _lock = self.lock_owner(uid.as_str()).await;
+        Arc::clone(&self).remove_locked(uid).await
     }
 
     async fn remove_locked(self: Arc<Self>, uid: &OwnerUid) -> Result<bool> {
@@ -617,11 +641,7 @@ impl Manager {
             if problems.is_empty() {
                 continue;
             }
-            let lock = self.lock_for(&uid);
-            let Ok(_guard) = lock.try_lock() else {
-                drop(lock);
-                continue;
-            };
+            let Some(_lock) = self.try_lock_owner(&uid) else { continue };
             // Still the same record under the lock?
             let current = self.entry(&uid).and_then(|e| e.record);
             if current.as_ref() == Some(&record)
@@ -642,8 +662,6 @@ impl Manager {
                     Err(e) => tracing::warn!(uid = %uid, error = %e, "cannot re-attach to a re-created interface"),
                 }
             }
-            drop(_guard);
-            self.release_lock(&uid, lock);
         }
     }
 
