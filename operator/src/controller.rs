@@ -66,8 +66,8 @@ pub struct Context {
     /// until the caller sets one.
     pub images: ImageSource,
     /// Bounds what reconciles hold at once: each takes one slot per node of the fleet
-    /// (at most all of them) while it decides and dispatches, so 16 reconciles run
-    /// together on a fleet of 1,250 nodes and 4 on one of 5,000 (docs/architecture.md).
+    /// (at most all of them) while it decides and dispatches, so the larger the fleet,
+    /// the fewer reconciles run together (docs/architecture.md).
     pub fleet_slots: tokio::sync::Semaphore,
     /// One copy of each set of target nodes, shared by every program that selects it.
     target_sets: std::sync::Mutex<TargetSets>,

@@ -56,9 +56,9 @@ pub const MAX_ANSWER_BYTES: usize = crds::limits::MAX_ANSWER_BYTES;
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
-/// Default for [`PoolConfig::max_connections`]. One open connection to an agent (mTLS,
-/// HTTP/2, its buffers) costs the operator ~90 KiB of heap, ~65 KiB resident
-/// (docs/benchmarks.md, "The operator at fleet scale").
+/// Default for [`PoolConfig::max_connections`]. Each open connection to an agent (mTLS,
+/// HTTP/2, its buffers) costs the operator memory (docs/benchmarks.md, "The operator at
+/// fleet scale").
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
 /// Descriptors kept for everything that is not an agent connection: API server
 /// connections and watches, the metrics and health listeners, logs, a rollback's read-back.

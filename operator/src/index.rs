@@ -16,7 +16,8 @@ use crate::status::{FailReason, NodeOutcome};
 /// pins) goes from each List straight into the node's BpfNode and is not kept, so the
 /// index stays small at thousands of programs times thousands of nodes: the strings are
 /// shared (one copy of a uid, name or revision for every node that runs it), so an entry
-/// costs its map slot and three pointers (~80 bytes), not three strings per node.
+/// costs its map slot and three pointers, not three strings per node (what that comes to:
+/// docs/benchmarks.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnerSummary {
     pub name: Arc<str>,

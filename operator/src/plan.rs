@@ -1,10 +1,13 @@
-//! What each node must do for one BpfProgram. Pure. The per-node decision is "which
-//! revision must node N run now" (`Rollout::revision_for`); today every target node
-//! runs the desired revision at once, and a progressive strategy plugs in here.
+//! What each node must do for one BpfProgram. Pure. Which revision node N must run now
+//! is the rollout's answer ([`crate::rollout::Decision`]: every target at once, or step by
+//! step for a progressive strategy); this turns it, with what N runs and its backoff, into
+//! an Apply, a Remove or nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crds::Health;
+
+use crate::rollout::Decision;
 
 /// What a node's agent last reported for one owner.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,21 +30,6 @@ pub struct ProgramView<'a> {
     pub held: &'a BTreeSet<String>,
 }
 
-/// A rollout strategy: which revision a node must run now (`None`: nothing).
-pub trait Rollout {
-    fn revision_for(&self, node: &str, view: &ProgramView<'_>) -> Option<String>;
-}
-
-/// Every target node runs the desired revision immediately.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AllAtOnce;
-
-impl Rollout for AllAtOnce {
-    fn revision_for(&self, node: &str, view: &ProgramView<'_>) -> Option<String> {
-        view.targets.contains(node).then(|| view.desired.to_string())
-    }
-}
-
 /// How long a node waits before it is sent a revision it failed `attempts` times in a
 /// row: 5 s, doubling, at most 5 minutes. A new revision starts again at once.
 pub fn retry_delay(attempts: u32) -> std::time::Duration {
@@ -60,9 +48,9 @@ pub enum Action {
     Keep,
 }
 
-/// The decision for one node.
-pub fn decide(node: &str, view: &ProgramView<'_>, rollout: &dyn Rollout) -> Action {
-    match (rollout.revision_for(node, view), view.observed.get(node)) {
+/// What to ask one node, given the revision the rollout assigns it.
+pub fn action_for(node: &str, view: &ProgramView<'_>, rollout: &Decision) -> Action {
+    match (rollout.revision_for(node), view.observed.get(node)) {
         (Some(want), Some(o)) if o.revision == want && o.health == Health::Healthy => Action::Keep,
         (Some(want), _) if want == view.desired && view.held.contains(node) => Action::Keep,
         (Some(want), _) => Action::Apply(want),
@@ -73,11 +61,11 @@ pub fn decide(node: &str, view: &ProgramView<'_>, rollout: &dyn Rollout) -> Acti
 
 /// Decisions for every node that is a target or runs something of the owner; nodes
 /// with nothing to do are left out.
-pub fn plan(view: &ProgramView<'_>, rollout: &dyn Rollout) -> BTreeMap<String, Action> {
+pub fn plan(view: &ProgramView<'_>, rollout: &Decision) -> BTreeMap<String, Action> {
     view.targets
         .iter()
         .chain(view.observed.keys())
-        .filter_map(|n| match decide(n, view, rollout) {
+        .filter_map(|n| match action_for(n, view, rollout) {
             Action::Keep => None,
             a => Some((n.clone(), a)),
         })
@@ -96,12 +84,24 @@ mod tests {
         entries.iter().map(|(n, r, h)| (n.to_string(), Observed { revision: r.to_string(), health: *h })).collect()
     }
 
+    /// A rollout that assigns `rev` to each of `nodes` (`None`: nothing yet).
+    fn assign(nodes: &[(&str, Option<&str>)]) -> Decision {
+        let assign = nodes.iter().map(|(n, r)| (n.to_string(), r.map(str::to_string))).collect();
+        Decision { assign, status: Default::default(), wake: None }
+    }
+
+    /// Every target at once.
+    fn all_at_once(view: &ProgramView<'_>) -> Decision {
+        let assign = view.targets.iter().map(|n| (n.clone(), Some(view.desired.to_string()))).collect();
+        Decision { assign, status: Default::default(), wake: None }
+    }
+
     #[test]
     fn new_targets_get_the_revision_others_lose_it() {
         let targets = set(&["a", "b"]);
         let observed = obs(&[("b", "r1", Health::Healthy), ("c", "r1", Health::Healthy)]);
         let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
-        let p = plan(&view, &AllAtOnce);
+        let p = plan(&view, &all_at_once(&view));
         assert_eq!(p.get("a"), Some(&Action::Apply("r1".into())));
         assert_eq!(p.get("b"), None, "b already runs r1 healthy");
         assert_eq!(p.get("c"), Some(&Action::Remove));
@@ -112,7 +112,7 @@ mod tests {
         let targets = set(&["a", "b", "c"]);
         let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r1", Health::Failed), ("c", "r1", Health::Degraded)]);
         let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
-        let p = plan(&view, &AllAtOnce);
+        let p = plan(&view, &all_at_once(&view));
         assert!(p.values().all(|a| *a == Action::Apply("r1".into())), "{p:?}");
         assert_eq!(p.len(), 3);
     }
@@ -123,12 +123,12 @@ mod tests {
         let observed = obs(&[("a", "r0", Health::Healthy)]);
         let held = set(&["a"]);
         let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held };
-        let p = plan(&view, &AllAtOnce);
+        let p = plan(&view, &all_at_once(&view));
         assert_eq!(p, BTreeMap::from([("b".to_string(), Action::Apply("r1".into()))]), "a keeps r0 until then");
         // A node held for r1 but no longer targeted still loses it.
         let (targets, observed) = (set(&[]), obs(&[("a", "r1", Health::Failed)]));
         let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held };
-        assert_eq!(plan(&view, &AllAtOnce), BTreeMap::from([("a".to_string(), Action::Remove)]));
+        assert_eq!(plan(&view, &all_at_once(&view)), BTreeMap::from([("a".to_string(), Action::Remove)]));
     }
 
     #[test]
@@ -142,29 +142,17 @@ mod tests {
     fn no_targets_and_nothing_observed_means_nothing_to_do() {
         let (targets, observed) = (set(&[]), obs(&[]));
         let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
-        assert!(plan(&view, &AllAtOnce).is_empty());
+        assert!(plan(&view, &all_at_once(&view)).is_empty());
     }
 
-    /// A strategy plugs in without touching `plan`: here, hold every node but one
-    /// on the revision it runs (a canary).
+    /// The rollout decides per node: here every node but one stays on the revision it
+    /// runs (a canary), and one is not assigned anything yet.
     #[test]
-    fn a_rollout_strategy_decides_per_node() {
-        struct Canary(&'static str);
-        impl Rollout for Canary {
-            fn revision_for(&self, node: &str, v: &ProgramView<'_>) -> Option<String> {
-                if !v.targets.contains(node) {
-                    return None;
-                }
-                if node == self.0 {
-                    return Some(v.desired.into());
-                }
-                Some(v.observed.get(node).map(|o| o.revision.clone()).unwrap_or_else(|| v.desired.into()))
-            }
-        }
-        let targets = set(&["a", "b"]);
+    fn the_rollout_decides_per_node() {
+        let targets = set(&["a", "b", "c"]);
         let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r0", Health::Healthy)]);
         let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
-        let p = plan(&view, &Canary("a"));
+        let p = plan(&view, &assign(&[("a", Some("r1")), ("b", Some("r0")), ("c", None)]));
         assert_eq!(p, BTreeMap::from([("a".to_string(), Action::Apply("r1".into()))]));
     }
 }

@@ -384,9 +384,9 @@ impl Drop for AbortOnDrop {
 /// Keep one Watch stream open to every agent, so a link removed by hand, a program
 /// gone or an agent dying shows in status at once instead of at the next resync.
 ///
-/// A stream holds its agent's connection open, and each costs the operator ~65 KiB: a
-/// fleet with more nodes than the pool's connection budget (`--max-agent-connections`)
-/// gets no streams, and what changes on its nodes shows at the next resync instead (whose
+/// A stream holds its agent's connection open, at a memory cost per connection
+/// (docs/benchmarks.md): a fleet with more nodes than the pool's connection budget
+/// (`--max-agent-connections`) gets no streams, and what changes on its nodes shows at the next resync instead (whose
 /// digest makes that one small call per node).
 pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<BpfProgram>>) {
     let mut streams: HashMap<String, (NodeAddr, AbortOnDrop)> = HashMap::new();

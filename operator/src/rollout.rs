@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
-use crate::plan::{Observed, ProgramView, Rollout};
+use crate::plan::Observed;
 
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -171,8 +171,9 @@ pub struct Decision {
     pub wake: Option<Duration>,
 }
 
-impl Rollout for Decision {
-    fn revision_for(&self, node: &str, _: &ProgramView<'_>) -> Option<String> {
+impl Decision {
+    /// The revision `node` must run now (`None`: nothing).
+    pub fn revision_for(&self, node: &str) -> Option<String> {
         self.assign.get(node).cloned().flatten()
     }
 }

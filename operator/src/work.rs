@@ -54,7 +54,8 @@ pub struct WorkConfig {
 impl Default for WorkConfig {
     fn default() -> Self {
         // Bounded: each reconcile holds its bytecode and one request per node while it
-        // dispatches; unbounded, a thousand at start-up cost ~800 MiB (benchmarks.md).
+        // dispatches; unbounded, a thousand at start-up cost far more memory
+        // (docs/benchmarks.md).
         Self {
             resync_every: Duration::from_secs(60),
             reconcile_concurrency: 16,

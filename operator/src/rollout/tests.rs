@@ -3,6 +3,8 @@ use crds::rollout::{Pause, ResumeStep, RolloutStep};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeSet;
 
+use crate::plan::ProgramView;
+
 const OLD: &str = "r0";
 const NEW: &str = "r1";
 
