@@ -19,7 +19,7 @@ use crate::plan;
 /// machine (an input naming `/dev/zero` or a FIFO would otherwise block or allocate).
 const NO_SUCH_FILE: &str = "/nonexistent/bpfleet-fuzz/object.o";
 
-/// ELF intake: the checks `Manager::apply_blocking` runs before anything is loaded.
+/// ELF intake: the checks `Manager::load_blocking` runs before anything is loaded.
 pub fn elf_intake(data: &[u8]) {
     let Ok(info) = crate::elf::inspect(data) else { return };
     for name in info.programs.keys().map(String::as_str).chain(["", "missing"]) {

@@ -1,9 +1,10 @@
 //! What an Apply must do, decided from plain data: what the owner's record says runs,
-//! what the request asks, and what the kernel shows (health problems, pinned maps).
-//! Pure: `manager.rs` carries a plan out with kernel calls and rolls it back.
+//! what the request asks, and what the kernel shows (health problems, pinned maps, the
+//! owner's directories). Pure: `decide` picks the kind of work, `load` lays a load out step
+//! by step, and `manager/execute.rs` carries that out with kernel calls and rolls it back.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::elf::MapDef;
 use crate::health::{Problem, ProblemKind};
@@ -53,6 +54,82 @@ pub fn decide(current: &Current<'_>, revision: &str) -> Decision {
             }
         }
         _ => Decision::Load { rebuild: false },
+    }
+}
+
+/// What a load starts from: the decision, and what the object and bpffs show (read
+/// after the rebuild's teardown, before anything of the new revision is made).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadNow<'a> {
+    /// The committed revision that runs, if any.
+    pub running: Option<&'a OwnerRecord>,
+    /// `Decision::Load { rebuild }`: the running revision is the one applied, torn down
+    /// (a program of it was gone) and loaded afresh.
+    pub rebuild: bool,
+    /// The object's maps and their shapes, by name.
+    pub object: &'a BTreeMap<String, MapDef>,
+    /// The owner's pinned maps of those names, and their shapes.
+    pub pinned: &'a BTreeMap<String, MapDef>,
+    /// Maps with `onUpgrade: Recreate`.
+    pub recreate: &'a BTreeSet<String>,
+    /// The owner's directory exists: it runs, or ran, something.
+    pub owner_dir_exists: bool,
+    /// The revision's directory exists already.
+    pub revision_dir_exists: bool,
+}
+
+/// How one load is carried out, and undone: the executor follows it and decides nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadPlan<'a> {
+    /// The revision that runs until the commit and is removed after it (an upgrade). None
+    /// for a first apply and for a rebuild (its revision was torn down already).
+    pub previous: Option<&'a OwnerRecord>,
+    /// Each map of the object, and the previous revision's pins unused after the commit.
+    pub maps: MapPlan,
+    /// Remove the revision's directory before loading: left by an interrupted attempt
+    /// (or the torn-down revision's, already gone), nothing claims it.
+    pub clear_revision_dir: bool,
+    /// Where recreated maps wait for the commit, when a map is recreated: made before the load.
+    pub staging: Option<PathBuf>,
+    /// No owner directory before this apply: a failure removes the owner entirely (its
+    /// directory and record). An owner that ran something before (also one whose revision
+    /// was being rebuilt) keeps its maps and record: they are not this attempt's to throw away.
+    pub fresh_owner: bool,
+}
+
+impl LoadPlan<'_> {
+    /// Where the load finds (or puts) each map, by name.
+    pub fn load_pins(&self) -> BTreeMap<String, PathBuf> {
+        self.maps.steps.iter().map(|s| (s.name().to_string(), s.load_pin().clone())).collect()
+    }
+
+    /// The pins this load creates: a failed apply removes them.
+    pub fn created_maps(&self) -> Vec<PathBuf> {
+        self.maps
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                MapStep::Create { pin, .. } => Some(pin.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Lay out a load: what replaces what, which maps are reused, created or recreated, what
+/// is cleared first and what a failure throws away. `pin_of` names a map's pin,
+/// `staging_dir` the new revision's directory for recreated maps.
+pub fn load<'a>(now: &LoadNow<'a>, pin_of: impl Fn(&str) -> PathBuf, staging_dir: &Path) -> LoadPlan<'a> {
+    let previous = if now.rebuild { None } else { now.running };
+    let maps_now = MapsNow { object: now.object, pinned: now.pinned, recreate: now.recreate, previous };
+    let maps = maps(&maps_now, pin_of, |n| staging_dir.join(n));
+    let staging = maps.steps.iter().any(|s| matches!(s, MapStep::Recreate { .. })).then(|| staging_dir.to_path_buf());
+    LoadPlan {
+        previous,
+        maps,
+        clear_revision_dir: now.revision_dir_exists,
+        staging,
+        fresh_owner: !now.owner_dir_exists,
     }
 }
 
@@ -317,5 +394,110 @@ mod tests {
         assert!(rebuild.steps.iter().all(|s| matches!(s, MapStep::Reuse { .. })), "{rebuild:?}");
         let fresh = plan(&object, &[], &["counts"], Some(&prev));
         assert!(fresh.steps.iter().all(|s| matches!(s, MapStep::Create { .. })), "nothing pinned: just create");
+    }
+
+    fn load_now<'a>(
+        running: Option<&'a OwnerRecord>,
+        rebuild: bool,
+        object: &'a BTreeMap<String, MapDef>,
+        pinned: &'a BTreeMap<String, MapDef>,
+        recreate: &'a BTreeSet<String>,
+        dirs: (bool, bool),
+    ) -> LoadNow<'a> {
+        let (owner_dir_exists, revision_dir_exists) = dirs;
+        LoadNow { running, rebuild, object, pinned, recreate, owner_dir_exists, revision_dir_exists }
+    }
+
+    fn defs(maps: &[(&str, MapDef)]) -> BTreeMap<String, MapDef> {
+        maps.iter().map(|(n, d)| (n.to_string(), *d)).collect()
+    }
+
+    fn staging_dir() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/bpfleet/u/r2/maps")
+    }
+
+    #[test]
+    fn a_first_apply_creates_everything_and_a_failure_takes_the_owner_away() {
+        let (object, none, no_policy) = (defs(&[("counts", def(8, 1))]), defs(&[]), BTreeSet::new());
+        let p = load(&load_now(None, false, &object, &none, &no_policy, (false, false)), pin, &staging_dir());
+        assert_eq!(p.previous, None);
+        assert_eq!(p.maps.steps, vec![MapStep::Create { name: "counts".into(), pin: pin("counts") }]);
+        assert_eq!(p.load_pins(), BTreeMap::from([("counts".to_string(), pin("counts"))]));
+        assert_eq!(p.created_maps(), vec![pin("counts")], "a failed first apply removes the maps it made");
+        assert!(p.fresh_owner, "and the owner's directory and record");
+        assert!(!p.clear_revision_dir);
+        assert_eq!(p.staging, None);
+    }
+
+    #[test]
+    fn an_upgrade_replaces_the_running_revision_after_the_commit() {
+        let r1 = record("r1", &["counts", "old_only"]);
+        let object = defs(&[("counts", def(8, 1)), ("new_map", def(8, 1))]);
+        let pinned = defs(&[("counts", def(8, 1))]);
+        let no_policy = BTreeSet::new();
+        let p = load(&load_now(Some(&r1), false, &object, &pinned, &no_policy, (true, false)), pin, &staging_dir());
+        assert_eq!(p.previous, Some(&r1), "removed after the commit");
+        assert_eq!(
+            p.maps.steps,
+            vec![
+                MapStep::Reuse { name: "counts".into(), pin: pin("counts") },
+                MapStep::Create { name: "new_map".into(), pin: pin("new_map") },
+            ]
+        );
+        assert_eq!(p.maps.unused_after_commit, vec![pin("old_only")], "unused maps go after the commit");
+        assert_eq!(p.created_maps(), vec![pin("new_map")], "a failure removes only what it made");
+        assert!(!p.fresh_owner, "an owner that runs something keeps its record and maps on a failure");
+        assert_eq!(p.staging, None);
+        // An interrupted attempt at this revision left its directory: cleared first.
+        let p = load(&load_now(Some(&r1), false, &object, &pinned, &no_policy, (true, true)), pin, &staging_dir());
+        assert!(p.clear_revision_dir);
+    }
+
+    #[test]
+    fn a_recreated_map_is_staged_until_the_commit() {
+        let r1 = record("r1", &["counts", "keep"]);
+        let object = defs(&[("counts", def(16, 1)), ("keep", def(8, 1)), ("policy", def(8, 1))]);
+        let pinned = defs(&[("counts", def(8, 1)), ("keep", def(8, 1)), ("policy", def(8, 1))]);
+        let policy = BTreeSet::from(["policy".to_string()]);
+        let p = load(&load_now(Some(&r1), false, &object, &pinned, &policy, (true, false)), pin, &staging_dir());
+        assert_eq!(p.staging, Some(staging_dir()), "made before the load");
+        assert_eq!(p.load_pins()["counts"], staging_dir().join("counts"), "the running revision keeps its map");
+        assert_eq!(p.load_pins()["policy"], staging_dir().join("policy"));
+        assert_eq!(p.load_pins()["keep"], pin("keep"));
+        assert!(p.created_maps().is_empty(), "staged maps go with the revision directory on a failure");
+        assert_eq!(
+            p.maps.recreated(),
+            vec!["counts: value size 8 -> 16, recreated empty", "policy: onUpgrade is Recreate, recreated empty"]
+        );
+    }
+
+    #[test]
+    fn a_rebuild_loads_the_running_revision_afresh_over_its_maps() {
+        let r1 = record("r1", &["counts"]);
+        let gone = [Problem { link: None, ..problem(ProblemKind::ProgramGone) }];
+        let current = Current { record: Some(&r1), set_aside: None, problems: &gone };
+        let Decision::Load { rebuild } = decide(&current, "r1") else { panic!("a program is gone: load again") };
+        let object = defs(&[("counts", def(8, 1))]);
+        let policy = BTreeSet::from(["counts".to_string()]);
+        let p = load(&load_now(Some(&r1), rebuild, &object, &object, &policy, (true, true)), pin, &staging_dir());
+        assert_eq!(p.previous, None, "torn down before the load: nothing to replace after the commit");
+        assert_eq!(p.maps.steps, vec![MapStep::Reuse { name: "counts".into(), pin: pin("counts") }], "no upgrade");
+        assert!(p.maps.unused_after_commit.is_empty());
+        assert!(p.clear_revision_dir, "what the teardown left of the revision goes");
+        assert!(!p.fresh_owner, "a failed rebuild keeps the owner's record and maps");
+    }
+
+    #[test]
+    fn an_owner_without_a_record_keeps_what_it_pinned_on_a_failure() {
+        // A first apply that failed earlier left the owner's maps (it had run something),
+        // or the agent died before the commit: the directory exists, nothing runs.
+        let object = defs(&[("counts", def(8, 1)), ("new_map", def(8, 1))]);
+        let pinned = defs(&[("counts", def(8, 1))]);
+        let no_policy = BTreeSet::new();
+        let p = load(&load_now(None, false, &object, &pinned, &no_policy, (true, true)), pin, &staging_dir());
+        assert!(!p.fresh_owner);
+        assert_eq!(p.created_maps(), vec![pin("new_map")]);
+        assert!(p.clear_revision_dir);
+        assert_eq!(p.previous, None);
     }
 }

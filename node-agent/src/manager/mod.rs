@@ -9,22 +9,22 @@ use std::time::Instant;
 
 use crds::Health;
 use crds::ProgramSpec;
-use crds::names::{GlobalName, MapName, OwnerUid};
+use crds::names::{GlobalName, OwnerUid};
 use crds::node::{AttachedProgram, PinnedMap};
 use crds::pins::PinLayout;
 use crds::revision::Revision;
-use crds::rollout::{MapPolicy, MapUpgrade};
+use crds::rollout::MapPolicy;
 use crds::validate::ValidProgram;
 use tokio::sync::broadcast;
 
-use crate::attach::{self, AttachCtx, TcBackend, TcPeer, Undo};
-use crate::elf;
+use crate::attach::{TcBackend, TcPeer};
 use crate::error::{AgentError, Reason, Result};
 use crate::loader::Loader;
-use crate::maps;
 use crate::metrics::Metrics;
 use crate::plan;
-use crate::store::{LinkKind, MapRecord, OwnerRecord, StateStore};
+use crate::store::{LinkKind, OwnerRecord, StateStore};
+
+mod execute;
 
 /// Where the agent keeps things and how it attaches.
 #[derive(Clone, Debug)]
@@ -259,62 +259,71 @@ impl Manager {
             problems: &problems,
         };
         match plan::decide(&now, input.revision.as_str()) {
-            plan::Decision::Refuse(why) => {
-                return Err(AgentError::new(
-                    Reason::RecordSetAside,
-                    format!(
-                        "owner {uid} is not changed while {why}: remove the BpfProgram (or restore the record and \
-                         restart the agent) to replace what runs"
-                    ),
-                ));
-            }
-            plan::Decision::Keep => {
-                // Also a revert to what runs after a newer revision failed: forget that failure.
-                if current.failure.is_some() {
-                    let mut entry = current;
-                    entry.failure = None;
-                    entry.health = Some(Health::Healthy);
-                    self.set_entry(&uid, Some(entry));
-                    if let Some(state) = self.state_of(&uid) {
-                        self.emit(ChangeKind::Updated, state, format!("revision {} runs", input.revision));
-                    }
-                }
-                return Ok((self.state_or_bare(&uid), false));
-            }
-            plan::Decision::Repair(problems) => {
-                let Some(rec) = current.record.clone() else { unreachable!("a repair needs a record") };
-                let this = Arc::clone(&self);
-                let repaired = tokio::task::spawn_blocking(move || this.repair_blocking(&rec, &problems))
-                    .await
-                    .unwrap_or_else(|e| Some(Err(AgentError::internal(format!("repair task failed: {e}")))));
-                match repaired {
-                    Some(Ok(record)) => {
-                        let mut entry = current.clone();
-                        entry.record = Some(record);
-                        entry.health = Some(Health::Healthy);
-                        entry.failure = None;
-                        self.set_entry(&uid, Some(entry));
-                        let state = self.state_or_bare(&uid);
-                        self.emit(ChangeKind::Updated, state.clone(), "broken hooks re-attached".into());
-                        return Ok((state, true));
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None => {}
-                }
-            }
-            plan::Decision::Load { .. } => {}
+            plan::Decision::Refuse(why) => Err(AgentError::new(
+                Reason::RecordSetAside,
+                format!(
+                    "owner {uid} is not changed while {why}: remove the BpfProgram (or restore the record and \
+                     restart the agent) to replace what runs"
+                ),
+            )),
+            plan::Decision::Keep => Ok((self.keep(&uid, current, &input.revision), false)),
+            plan::Decision::Repair(problems) => self.repair(&uid, current, problems).await,
+            plan::Decision::Load { rebuild } => self.load(input, current, rebuild).await,
         }
+    }
+
+    /// The revision runs, healthy. Also a revert to it after a newer revision failed:
+    /// forget that failure.
+    fn keep(&self, uid: &str, current: Entry, revision: &Revision) -> OwnerState {
+        if current.failure.is_some() {
+            let mut entry = current;
+            entry.failure = None;
+            entry.health = Some(Health::Healthy);
+            self.set_entry(uid, Some(entry));
+            if let Some(state) = self.state_of(uid) {
+                self.emit(ChangeKind::Updated, state, format!("revision {revision} runs"));
+            }
+        }
+        self.state_or_bare(uid)
+    }
+
+    /// Re-attach the broken hooks of the revision that runs.
+    async fn repair(
+        self: Arc<Self>,
+        uid: &str,
+        current: Entry,
+        problems: Vec<crate::health::Problem>,
+    ) -> Result<(OwnerState, bool)> {
+        let Some(rec) = current.record.clone() else { unreachable!("a repair needs a record") };
+        let this = Arc::clone(&self);
+        let record = tokio::task::spawn_blocking(move || this.repair_blocking(&rec, &problems))
+            .await
+            .unwrap_or_else(|e| Err(AgentError::internal(format!("repair task failed: {e}"))))?;
+        let mut entry = current;
+        entry.record = Some(record);
+        entry.health = Some(Health::Healthy);
+        entry.failure = None;
+        self.set_entry(uid, Some(entry));
+        let state = self.state_or_bare(uid);
+        self.emit(ChangeKind::Updated, state.clone(), "broken hooks re-attached".into());
+        Ok((state, true))
+    }
+
+    /// Load and attach `input.revision` (`rebuild`: over the running revision, torn down
+    /// first), and record the outcome.
+    async fn load(self: Arc<Self>, input: ApplyInput, current: Entry, rebuild: bool) -> Result<(OwnerState, bool)> {
+        let uid = input.uid.to_string();
         let started = Instant::now();
-        let previous = current.record.clone();
+        let running = current.record.clone();
         // On this worker thread, which already runs (tokio moves its other tasks away):
         // handing the load to a parked blocking thread would add a wake-up to every Apply.
         let result = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.apply_blocking(&input, previous.as_ref()))
+                tokio::task::block_in_place(|| self.load_blocking(&input, running.as_ref(), rebuild))
             }
             _ => {
                 let (this, input2) = (Arc::clone(&self), input.clone());
-                tokio::task::spawn_blocking(move || this.apply_blocking(&input2, previous.as_ref()))
+                tokio::task::spawn_blocking(move || this.load_blocking(&input2, running.as_ref(), rebuild))
                     .await
                     .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))))
             }
@@ -340,8 +349,8 @@ impl Manager {
             Err(e) => {
                 tracing::warn!(owner = %input.name, uid = %uid, revision = %input.revision, error = %e, "apply failed");
                 let mut entry = current;
-                // If the previous revision was torn down for a same-revision repair, it is gone.
-                if entry.record.as_ref().is_some_and(|r| r.revision == input.revision.as_str()) {
+                // A rebuild tore the running revision down: it is gone.
+                if rebuild {
                     entry.record = None;
                 }
                 entry.name = input.name.clone();
@@ -351,166 +360,6 @@ impl Manager {
                     self.emit(ChangeKind::Updated, state, e.to_string());
                 }
                 Err(e)
-            }
-        }
-    }
-
-    fn apply_blocking(&self, input: &ApplyInput, previous: Option<&OwnerRecord>) -> Result<OwnerRecord> {
-        let info = elf::inspect(&input.bytecode)?;
-        for p in &input.programs {
-            info.check_program(p.name.as_str(), p.attach.program_type())?;
-        }
-        info.check_globals(&input.globals)?;
-
-        // Repairing the revision that runs: tear it down first, then apply it afresh.
-        let previous = match previous {
-            Some(prev) if prev.revision == input.revision.as_str() => {
-                self.remove_revision(prev, None);
-                None
-            }
-            other => other,
-        };
-        let owner_dir = self.layout.owner_dir(&input.uid);
-        let fresh_owner = !owner_dir.exists();
-        let rev_dir = self.layout.revision_dir(&input.uid, &input.revision);
-        if rev_dir.exists() {
-            // Left by an interrupted attempt at this revision: nothing claims it.
-            let _ = std::fs::remove_dir_all(&rev_dir);
-        }
-
-        // Maps are pinned per owner and reused across revisions when compatible.
-        let maps_dir = self.layout.maps_dir(&input.uid);
-        std::fs::create_dir_all(&maps_dir)
-            .map_err(|e| AgentError::new(Reason::PinFailed, format!("cannot create {}: {e}", maps_dir.display())))?;
-        for name in info.maps.keys() {
-            MapName::new(name).map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
-        }
-        let pin_of = |n: &str| self.layout.map(&input.uid, &MapName::new(n).expect("checked above"));
-        let staging = maps::staging_dir(&self.layout, &input.uid, &input.revision);
-        let mut pinned = BTreeMap::new();
-        for name in info.maps.keys() {
-            let pin = pin_of(name);
-            if pin.exists() {
-                pinned.insert(name.clone(), maps::pinned_def(&pin, name)?);
-            }
-        }
-        let recreate =
-            input.maps.iter().filter(|m| m.on_upgrade == MapUpgrade::Recreate).map(|m| m.name.clone()).collect();
-        let now = plan::MapsNow { object: &info.maps, pinned: &pinned, recreate: &recreate, previous };
-        let map_plan = plan::maps(&now, pin_of, |n| staging.join(n));
-        let map_pins: BTreeMap<String, PathBuf> =
-            map_plan.steps.iter().map(|s| (s.name().to_string(), s.load_pin().clone())).collect();
-        let created_maps: Vec<PathBuf> = map_plan
-            .steps
-            .iter()
-            .filter_map(|s| match s {
-                plan::MapStep::Create { pin, .. } => Some(pin.clone()),
-                _ => None,
-            })
-            .collect();
-        if map_plan.steps.iter().any(|s| matches!(s, plan::MapStep::Recreate { .. })) {
-            std::fs::create_dir_all(&staging)
-                .map_err(|e| AgentError::new(Reason::PinFailed, format!("cannot create {}: {e}", staging.display())))?;
-        }
-        let maps_recreated = map_plan.recreated();
-
-        let mut undo: Vec<Undo> = Vec::new();
-        let mut attempt = || -> Result<OwnerRecord> {
-            let mut ebpf = self.loader.load(&input.bytecode, &input.globals, &map_pins)?;
-            let mut peers = self.tc_peers();
-            let mut programs = Vec::new();
-            for p in &input.programs {
-                let ctx = AttachCtx {
-                    layout: &self.layout,
-                    owner: &input.uid,
-                    revision: &input.revision,
-                    btf: self.loader.btf(),
-                    previous,
-                    tc_peers: &peers,
-                    tc_backend: self.cfg.tc_backend,
-                };
-                let record = attach::load_and_attach(&mut ebpf, p, &ctx, &mut undo)?;
-                // Later programs of this apply are ordered against this one too.
-                peers.extend(tcx_peers(&record));
-                programs.push(record);
-            }
-            let record = OwnerRecord {
-                schema: crate::store::SCHEMA_VERSION,
-                uid: input.uid.to_string(),
-                name: input.name.clone(),
-                revision: input.revision.to_string(),
-                spec: input.spec.clone(),
-                programs,
-                maps: map_plan
-                    .steps
-                    .iter()
-                    .map(|s| MapRecord { name: s.name().to_string(), pin_path: s.pin().clone() })
-                    .collect(),
-                bytecode_digest: Some(crds::revision::Sha256Digest::of(&input.bytecode).to_string()),
-                maps_recreated: maps_recreated.clone(),
-            };
-            crate::fault::point("after-attach", input.uid.as_str());
-            // The commit point: from here a restarted agent adopts the new revision.
-            self.store.save(&record).map_err(|e| AgentError::internal(format!("cannot write owner record: {e}")))?;
-            Ok(record)
-        };
-        match attempt() {
-            Ok(record) => {
-                // Recreated maps take their names over from the previous revision's.
-                if let Err(e) = maps::promote_staged(&self.layout, &input.uid, &input.revision) {
-                    tracing::error!(owner = %input.name, error = %e, "cannot move recreated maps into place");
-                }
-                if let Some(prev) = previous {
-                    crate::fault::point("after-commit", input.uid.as_str());
-                    self.remove_revision(prev, Some(&record));
-                    for unused in &map_plan.unused_after_commit {
-                        let _ = std::fs::remove_file(unused);
-                    }
-                }
-                Ok(record)
-            }
-            Err(e) => {
-                for u in undo.iter().rev() {
-                    u.run();
-                }
-                let _ = std::fs::remove_dir_all(&rev_dir);
-                for m in &created_maps {
-                    let _ = std::fs::remove_file(m);
-                }
-                // Only a brand-new owner goes entirely. An owner that ran something before
-                // (also one whose revision was being rebuilt) keeps its maps and record:
-                // their state is not this attempt's to throw away.
-                if fresh_owner {
-                    let _ = std::fs::remove_dir_all(&owner_dir);
-                    let _ = self.store.delete(&input.uid);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Detach and unpin one revision of an owner (its maps stay). Clsact filters its
-    /// `successor` took over in place (same hook and handle) stay: they run the successor.
-    fn remove_revision(&self, record: &OwnerRecord, successor: Option<&OwnerRecord>) {
-        let taken_over = |kind: &LinkKind| {
-            successor.is_some_and(|s| s.programs.iter().flat_map(|p| &p.links).any(|l| &l.kind == kind))
-        };
-        for p in &record.programs {
-            for l in &p.links {
-                if taken_over(&l.kind) {
-                    continue;
-                }
-                if let LinkKind::TcNetlink { interface, direction, priority, handle } = &l.kind {
-                    let _ = attach::detach_tc_netlink(interface, *direction, *priority, *handle);
-                }
-            }
-        }
-        if let (Ok(uid), Some(rev)) = (OwnerUid::new(&record.uid), Revision::parse(&record.revision)) {
-            let dir = self.layout.revision_dir(&uid, &rev);
-            if let Err(e) = std::fs::remove_dir_all(&dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove revision pins");
             }
         }
     }
@@ -579,50 +428,6 @@ impl Manager {
         }
     }
 
-    /// Re-attach the broken hooks of a running revision from its pinned programs, and
-    /// nothing else: the links that work keep their ids. `None` when a program itself
-    /// is gone (only a full re-apply helps).
-    fn repair_blocking(
-        &self,
-        record: &OwnerRecord,
-        problems: &[crate::health::Problem],
-    ) -> Option<Result<OwnerRecord>> {
-        if problems.iter().any(|p| p.link.is_none()) {
-            return None;
-        }
-        let valid = match crds::validate::validate_programs(&record.spec) {
-            Ok(v) => v,
-            Err(e) => return Some(Err(AgentError::internal(format!("the recorded spec no longer validates: {e}")))),
-        };
-        let peers = self.tc_peers();
-        let mut repaired = record.clone();
-        for problem in problems {
-            let Some(li) = problem.link else { continue };
-            let program = &record.programs[problem.program];
-            let Some(spec) = valid.iter().find(|v| v.name.as_str() == program.name) else {
-                return Some(Err(AgentError::internal(format!("{} is not in the recorded spec", program.name))));
-            };
-            let link = &program.links[li];
-            match attach::reattach(program, spec, li, link.kind.pin(), &peers) {
-                Ok(new) => {
-                    // A stale filter still there (another program) goes; the kernel may
-                    // have handed the new filter the old one's handle, which stays.
-                    if let LinkKind::TcNetlink { interface, direction, priority, handle } = &link.kind
-                        && new.kind != link.kind
-                    {
-                        let _ = attach::detach_tc_netlink(interface, *direction, *priority, *handle);
-                    }
-                    repaired.programs[problem.program].links[li] = new;
-                }
-                Err(e) => return Some(Err(e)),
-            }
-        }
-        if let Err(e) = self.store.save(&repaired) {
-            return Some(Err(AgentError::internal(format!("cannot write owner record: {e}"))));
-        }
-        Some(Ok(repaired))
-    }
-
     /// Re-attach what an interface coming back needs, for every owner not busy with an
     /// apply or removal: the agent heals this on its own, without waiting for a request.
     fn heal_interfaces(&self) {
@@ -644,23 +449,22 @@ impl Manager {
             let Some(_lock) = self.try_lock_owner(&uid) else { continue };
             // Still the same record under the lock?
             let current = self.entry(&uid).and_then(|e| e.record);
-            if current.as_ref() == Some(&record)
-                && let Some(result) = self.repair_blocking(&record, &problems)
-            {
-                match result {
-                    Ok(repaired) => {
-                        let hooks: Vec<String> = problems
-                            .iter()
-                            .map(|p| record.programs[p.program].links[p.link.unwrap_or(0)].hook.clone())
-                            .collect();
-                        tracing::info!(uid = %uid, ?hooks, "re-attached to re-created interfaces");
-                        let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
-                        if let Some(e) = map.get_mut(&uid) {
-                            e.record = Some(repaired);
-                        }
+            if current.as_ref() != Some(&record) {
+                continue;
+            }
+            match self.repair_blocking(&record, &problems) {
+                Ok(repaired) => {
+                    let hooks: Vec<String> = problems
+                        .iter()
+                        .map(|p| record.programs[p.program].links[p.link.unwrap_or(0)].hook.clone())
+                        .collect();
+                    tracing::info!(uid = %uid, ?hooks, "re-attached to re-created interfaces");
+                    let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+                    if let Some(e) = map.get_mut(&uid) {
+                        e.record = Some(repaired);
                     }
-                    Err(e) => tracing::warn!(uid = %uid, error = %e, "cannot re-attach to a re-created interface"),
                 }
+                Err(e) => tracing::warn!(uid = %uid, error = %e, "cannot re-attach to a re-created interface"),
             }
         }
     }
