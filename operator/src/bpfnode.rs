@@ -7,11 +7,28 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-/// What was last written to each BpfNode, so a resync writes only what changed.
+/// What was last written to each BpfNode, so a resync writes only what changed; and
+/// whose turn it is to read a node's agent and write its BpfNode.
 #[derive(Debug, Default)]
-pub struct Written(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+pub struct Written {
+    last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    turns: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held from before a List of a node's agent until its BpfNode is written (or not).
+pub type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 impl Written {
+    /// Waits for `node`'s turn. Readers of an agent (the follower, a reconcile writing
+    /// BpfNodes before Ready, a resync) take turns per node, so a List answered earlier is
+    /// never written after one answered later: two interleaved writers would otherwise
+    /// leave the older truth in the BpfNode and the newer one remembered as written, and
+    /// nothing would write it again until the node changed.
+    pub async fn turn(&self, node: &str) -> Turn {
+        let lock = self.turns.lock().unwrap_or_else(|p| p.into_inner()).entry(node.to_string()).or_default().clone();
+        lock.lock_owned().await
+    }
+
     /// A fingerprint of everything but the report time (which moves on every List),
     /// hashed as it is serialized: a node with a thousand programs is not copied for it.
     fn fingerprint(status: &BpfNodeStatus) -> u64 {
@@ -34,16 +51,17 @@ impl Written {
 
     /// Whether `status` differs from what was last written for `node`.
     pub fn changed(&self, node: &str, status: &BpfNodeStatus) -> bool {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.last.lock().unwrap_or_else(|p| p.into_inner());
         map.get(node) != Some(&Self::fingerprint(status))
     }
 
     pub fn remember(&self, node: &str, status: &BpfNodeStatus) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), Self::fingerprint(status));
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), Self::fingerprint(status));
     }
 
     pub fn forget(&self, node: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+        self.turns.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
     }
 }
 
@@ -214,5 +232,26 @@ mod tests {
         assert!(w.changed("m", &status("r1", "t1")), "per node");
         w.forget("n");
         assert!(w.changed("n", &status("r1", "t1")));
+    }
+
+    /// The race the turns close: a List of a node answered before an Apply and written
+    /// after a later List's write. With turns, the second reader of a node waits until
+    /// the first has written; readers of other nodes do not wait.
+    #[tokio::test]
+    async fn readers_of_one_node_take_turns_and_other_nodes_do_not_wait() {
+        let w = std::sync::Arc::new(Written::default());
+        let first = w.turn("n").await;
+        let w2 = w.clone();
+        let second = tokio::spawn(async move {
+            let _t = w2.turn("n").await;
+        });
+        let other = tokio::time::timeout(std::time::Duration::from_secs(5), w.turn("m")).await;
+        assert!(other.is_ok(), "another node's turn is free");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!second.is_finished(), "the second reader of n waits for the first");
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(5), second).await.unwrap().unwrap();
+        w.forget("n");
+        let _again = tokio::time::timeout(std::time::Duration::from_secs(5), w.turn("n")).await.unwrap();
     }
 }

@@ -139,13 +139,14 @@ pub async fn refresh_bpfnodes(
             .map(|n| {
                 let pool = ctx.pool.clone();
                 async move {
+                    let turn = ctx.bpfnodes.turn(&n.name).await;
                     let r = pool.list_since(&n, 0).await;
-                    (n, r)
+                    (n, r, turn)
                 }
             })
             .buffer_unordered(RESYNC_LISTS_IN_FLIGHT)
     );
-    while let Some((addr, result)) = answers.next().await {
+    while let Some((addr, result, _turn)) = answers.next().await {
         match result {
             Ok(Listed::Full(list)) => {
                 let changed = ctx.index.record_list(&addr.name, &list);
@@ -169,17 +170,21 @@ pub async fn refresh_bpfnodes(
 /// List answer holds every owner of a node, and 50 of them at once cost tens of MiB. An
 /// agent whose state still has the digest of its last full List (and which the index
 /// holds unchanged since) answers "unchanged" instead, in one small message.
+/// Each answer comes with the node's BpfNode turn ([`bpfnode::Written::turn`]), held until
+/// the caller has written (or not) what it read.
 fn lists(
     ctx: &Context,
     addrs: Vec<NodeAddr>,
-) -> impl futures::Stream<Item = (NodeAddr, Result<Listed, crate::dispatch::DispatchError>)> + '_ {
+) -> impl futures::Stream<Item = (NodeAddr, Result<Listed, crate::dispatch::DispatchError>, bpfnode::Turn)> + '_ {
     futures::stream::iter(addrs)
         .map(move |n| {
             let pool = ctx.pool.clone();
-            let known = ctx.index.in_sync_digest(&n.name).unwrap_or(0);
             async move {
+                let turn = ctx.bpfnodes.turn(&n.name).await;
+                // Read after the turn: what the previous holder recorded counts.
+                let known = ctx.index.in_sync_digest(&n.name).unwrap_or(0);
                 let r = pool.list_since(&n, known).await;
-                (n, r)
+                (n, r, turn)
             }
         })
         .buffer_unordered(RESYNC_LISTS_IN_FLIGHT)
@@ -198,7 +203,7 @@ pub async fn initial_sync(ctx: &Context) {
     let total = addrs.len();
     let mut listed = 0;
     let mut stream = std::pin::pin!(lists(ctx, addrs));
-    while let Some((addr, result)) = stream.next().await {
+    while let Some((addr, result, _turn)) = stream.next().await {
         match result {
             Ok(Listed::Full(list)) => {
                 listed += 1;
@@ -258,7 +263,7 @@ pub async fn resync_once(
     let known: BTreeSet<String> = programs.state().iter().filter_map(|p| p.uid()).collect();
     let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut lists = std::pin::pin!(lists(ctx, addrs));
-    while let Some((addr, result)) = lists.next().await {
+    while let Some((addr, result, _turn)) = lists.next().await {
         let (list, cleared) = match result {
             Ok(Listed::Full(list)) => {
                 ctx.metrics.resync_listed(false);
