@@ -1,6 +1,6 @@
 //! What an Apply must do, decided from plain data: what the owner's record says runs,
 //! what the request asks, and what the kernel shows (health problems, pinned maps, the
-//! owner's directories). Pure: `decide` picks the kind of work, `load` lays a load out step
+//! owner's directories). Pure: `plan` picks the kind of work, `load` lays a load out step
 //! by step, and `manager/execute.rs` carries that out with kernel calls and rolls it back.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,9 +21,10 @@ pub struct Current<'a> {
     pub problems: &'a [Problem],
 }
 
-/// The decision for one Apply of `revision`.
+/// What one Apply of `revision` does: the kind of work (a load is laid out further by
+/// [`load`] once the object and bpffs are read).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum ApplyPlan {
     /// The owner's record is unusable: change nothing, say why.
     Refuse(String),
     /// The revision runs, healthy: touch nothing (a revert to it after a newer revision
@@ -38,32 +39,32 @@ pub enum Decision {
     Load { rebuild: bool },
 }
 
-/// Decide what an Apply of `revision` does.
-pub fn decide(current: &Current<'_>, revision: &str) -> Decision {
+/// What an Apply of `revision` does.
+pub fn plan(current: &Current<'_>, revision: &str) -> ApplyPlan {
     if let Some(why) = current.set_aside {
-        return Decision::Refuse(why.to_string());
+        return ApplyPlan::Refuse(why.to_string());
     }
     match current.record {
         Some(r) if r.revision == revision => {
             if current.problems.is_empty() {
-                Decision::Keep
+                ApplyPlan::Keep
             } else if current.problems.iter().any(|p| p.kind == ProblemKind::ProgramGone) {
-                Decision::Load { rebuild: true }
+                ApplyPlan::Load { rebuild: true }
             } else {
-                Decision::Repair(current.problems.to_vec())
+                ApplyPlan::Repair(current.problems.to_vec())
             }
         }
-        _ => Decision::Load { rebuild: false },
+        _ => ApplyPlan::Load { rebuild: false },
     }
 }
 
-/// What a load starts from: the decision, and what the object and bpffs show (read
+/// What a load starts from: the plan's kind of load, and what the object and bpffs show (read
 /// after the rebuild's teardown, before anything of the new revision is made).
 #[derive(Clone, Copy, Debug)]
 pub struct LoadNow<'a> {
     /// The committed revision that runs, if any.
     pub running: Option<&'a OwnerRecord>,
-    /// `Decision::Load { rebuild }`: the running revision is the one applied, torn down
+    /// `ApplyPlan::Load { rebuild }`: the running revision is the one applied, torn down
     /// (a program of it was gone) and loaded afresh.
     pub rebuild: bool,
     /// The object's maps and their shapes, by name.
@@ -282,21 +283,21 @@ mod tests {
     }
 
     #[test]
-    fn what_runs_decides_what_an_apply_does() {
+    fn what_runs_plans_what_an_apply_does() {
         let r1 = record("r1", &[]);
         let none: &[Problem] = &[];
         let cur = |record, problems| Current { record, set_aside: None, problems };
-        assert_eq!(decide(&cur(None, none), "r1"), Decision::Load { rebuild: false }, "first apply");
-        assert_eq!(decide(&cur(Some(&r1), none), "r1"), Decision::Keep, "what runs, healthy");
-        assert_eq!(decide(&cur(Some(&r1), none), "r2"), Decision::Load { rebuild: false }, "upgrade");
+        assert_eq!(plan(&cur(None, none), "r1"), ApplyPlan::Load { rebuild: false }, "first apply");
+        assert_eq!(plan(&cur(Some(&r1), none), "r1"), ApplyPlan::Keep, "what runs, healthy");
+        assert_eq!(plan(&cur(Some(&r1), none), "r2"), ApplyPlan::Load { rebuild: false }, "upgrade");
         let gone = [problem(ProblemKind::InterfaceRecreated), problem(ProblemKind::LinkGone)];
-        assert_eq!(decide(&cur(Some(&r1), &gone), "r1"), Decision::Repair(gone.to_vec()), "only the broken hooks");
-        assert_eq!(decide(&cur(Some(&r1), &gone), "r2"), Decision::Load { rebuild: false }, "an upgrade replaces all");
+        assert_eq!(plan(&cur(Some(&r1), &gone), "r1"), ApplyPlan::Repair(gone.to_vec()), "only the broken hooks");
+        assert_eq!(plan(&cur(Some(&r1), &gone), "r2"), ApplyPlan::Load { rebuild: false }, "an upgrade replaces all");
         let program_gone =
             [problem(ProblemKind::LinkGone), Problem { link: None, ..problem(ProblemKind::ProgramGone) }];
-        assert_eq!(decide(&cur(Some(&r1), &program_gone), "r1"), Decision::Load { rebuild: true });
+        assert_eq!(plan(&cur(Some(&r1), &program_gone), "r1"), ApplyPlan::Load { rebuild: true });
         let aside = Current { record: None, set_aside: Some("corrupt"), problems: none };
-        assert_eq!(decide(&aside, "r1"), Decision::Refuse("corrupt".into()), "never guess over a set-aside record");
+        assert_eq!(plan(&aside, "r1"), ApplyPlan::Refuse("corrupt".into()), "never guess over a set-aside record");
     }
 
     fn def(value_size: u32, max_entries: u32) -> MapDef {
@@ -307,7 +308,7 @@ mod tests {
         PathBuf::from(format!("/sys/fs/bpf/bpfleet/u/r2/maps/{name}"))
     }
 
-    fn plan(
+    fn map_plan(
         object: &[(&str, MapDef)],
         pinned: &[(&str, MapDef)],
         recreate: &[&str],
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn maps_are_reused_created_and_retired() {
         let prev = record("r1", &["counts", "old_only"]);
-        let p = plan(
+        let p = map_plan(
             &[("counts", def(8, 1)), ("new_map", def(8, 1))],
             &[("counts", def(8, 1)), ("old_only", def(8, 1))],
             &[],
@@ -337,7 +338,7 @@ mod tests {
         );
         assert_eq!(p.unused_after_commit, vec![pin("old_only")], "a counter keeps counting; the rest goes");
         assert!(p.recreated().is_empty());
-        let first = plan(&[("counts", def(8, 1))], &[], &[], None);
+        let first = map_plan(&[("counts", def(8, 1))], &[], &[], None);
         assert_eq!(first.steps, vec![MapStep::Create { name: "counts".into(), pin: pin("counts") }]);
         assert!(first.unused_after_commit.is_empty());
     }
@@ -345,7 +346,7 @@ mod tests {
     #[test]
     fn an_incompatible_map_is_recreated_beside_the_running_one() {
         let prev = record("r1", &["counts", "hist"]);
-        let p = plan(
+        let p = map_plan(
             &[("counts", def(16, 1)), ("hist", def(8, 64))],
             &[("counts", def(8, 1)), ("hist", def(8, 32))],
             &[],
@@ -385,14 +386,14 @@ mod tests {
         let prev = record("r1", &["counts", "keep"]);
         let object = [("counts", def(8, 1)), ("keep", def(8, 1))];
         let pinned = object;
-        let p = plan(&object, &pinned, &["counts"], Some(&prev));
+        let p = map_plan(&object, &pinned, &["counts"], Some(&prev));
         assert!(
             matches!(&p.steps[0], MapStep::Recreate { name, why, .. } if name == "counts" && why == "onUpgrade is Recreate")
         );
         assert_eq!(p.steps[1], MapStep::Reuse { name: "keep".into(), pin: pin("keep") }, "policies are per map");
-        let rebuild = plan(&object, &pinned, &["counts"], None);
+        let rebuild = map_plan(&object, &pinned, &["counts"], None);
         assert!(rebuild.steps.iter().all(|s| matches!(s, MapStep::Reuse { .. })), "{rebuild:?}");
-        let fresh = plan(&object, &[], &["counts"], Some(&prev));
+        let fresh = map_plan(&object, &[], &["counts"], Some(&prev));
         assert!(fresh.steps.iter().all(|s| matches!(s, MapStep::Create { .. })), "nothing pinned: just create");
     }
 
@@ -476,7 +477,7 @@ mod tests {
         let r1 = record("r1", &["counts"]);
         let gone = [Problem { link: None, ..problem(ProblemKind::ProgramGone) }];
         let current = Current { record: Some(&r1), set_aside: None, problems: &gone };
-        let Decision::Load { rebuild } = decide(&current, "r1") else { panic!("a program is gone: load again") };
+        let ApplyPlan::Load { rebuild } = plan(&current, "r1") else { panic!("a program is gone: load again") };
         let object = defs(&[("counts", def(8, 1))]);
         let policy = BTreeSet::from(["counts".to_string()]);
         let p = load(&load_now(Some(&r1), rebuild, &object, &object, &policy, (true, true)), pin, &staging_dir());

@@ -13,7 +13,7 @@ use crds::{BpfProgram, BpfProgramSpec, ProgramType};
 use prost::Message;
 use proto::v1;
 
-use crate::plan;
+use crate::apply_plan;
 
 /// Where node-local bytecode paths are pointed: nothing is ever read from the fuzzer's
 /// machine (an input naming `/dev/zero` or a FIFO would otherwise block or allocate).
@@ -45,8 +45,8 @@ pub fn elf_intake(data: &[u8]) {
     let none = BTreeMap::new();
     let recreate: BTreeSet<String> = info.maps.keys().cloned().collect();
     for pinned in [&info.maps, &none] {
-        let now = plan::MapsNow { object: &info.maps, pinned, recreate: &recreate, previous: None };
-        let _ = plan::maps(&now, |n: &str| PathBuf::from(n), |n: &str| PathBuf::from(n)).recreated();
+        let now = apply_plan::MapsNow { object: &info.maps, pinned, recreate: &recreate, previous: None };
+        let _ = apply_plan::maps(&now, |n: &str| PathBuf::from(n), |n: &str| PathBuf::from(n)).recreated();
     }
 }
 
@@ -149,10 +149,10 @@ pub fn owner_record(data: &[u8]) {
             let _ = l.kind.pin();
         }
     }
-    let current = plan::Current { record: Some(&record), set_aside: None, problems: &[] };
-    let _ = plan::decide(&current, &record.revision);
+    let current = apply_plan::Current { record: Some(&record), set_aside: None, problems: &[] };
+    let _ = apply_plan::plan(&current, &record.revision);
     let none = BTreeMap::new();
     let recreate = record.maps.iter().map(|m| m.name.clone()).collect();
-    let now = plan::MapsNow { object: &none, pinned: &none, recreate: &recreate, previous: Some(&record) };
-    let _ = plan::maps(&now, |n: &str| PathBuf::from(n), |n: &str| PathBuf::from(n));
+    let now = apply_plan::MapsNow { object: &none, pinned: &none, recreate: &recreate, previous: Some(&record) };
+    let _ = apply_plan::maps(&now, |n: &str| PathBuf::from(n), |n: &str| PathBuf::from(n));
 }

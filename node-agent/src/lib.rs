@@ -1,6 +1,7 @@
 //! bpfleet-agent: the privileged per-node half of bpfleet. It loads ELF objects with
 //! aya, attaches and pins their programs, and answers the operator over mTLS gRPC.
 
+pub mod apply_plan;
 pub mod attach;
 pub mod elf;
 pub mod error;
@@ -16,7 +17,6 @@ pub mod manager;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
-pub mod plan;
 pub mod recovery;
 pub mod request;
 pub mod server;

@@ -1,6 +1,6 @@
 //! Pinned maps as the kernel shows them, and moving a recreated map into place. aya
 //! reopens a pinned map by path without comparing it to the ELF's definition, so
-//! `plan::maps` compares the two shapes before anything is loaded.
+//! `apply_plan::maps` compares the two shapes before anything is loaded.
 
 use std::path::{Path, PathBuf};
 

@@ -1,5 +1,5 @@
-//! Carrying out what `plan` decided, with kernel calls: a load (observe what the object and
-//! bpffs show, lay the load out with `plan::load`, follow it, commit or roll back), a
+//! Carrying out what `apply_plan` decided, with kernel calls: a load (observe what the object and
+//! bpffs show, lay the load out with `apply_plan::load`, follow it, commit or roll back), a
 //! repair of broken hooks, and the removal of a revision. Nothing here decides.
 //!
 //! The order of the steps is what crash recovery relies on: the record is saved (the
@@ -16,11 +16,11 @@ use crds::revision::Revision;
 use crds::rollout::MapUpgrade;
 
 use super::{ApplyInput, Manager, tcx_peers};
+use crate::apply_plan::{self, LoadPlan};
 use crate::attach::{self, AttachCtx, Undo};
 use crate::elf::{self, MapDef};
 use crate::error::{AgentError, Reason, Result};
 use crate::maps;
-use crate::plan::{self, LoadPlan};
 use crate::store::{LinkKind, MapRecord, OwnerRecord};
 
 /// What bpffs shows of the owner before a load.
@@ -50,7 +50,7 @@ impl Manager {
         let seen = self.observe(input, &info.maps)?;
         let recreate: BTreeSet<String> =
             input.maps.iter().filter(|m| m.on_upgrade == MapUpgrade::Recreate).map(|m| m.name.clone()).collect();
-        let now = plan::LoadNow {
+        let now = apply_plan::LoadNow {
             running,
             rebuild,
             object: &info.maps,
@@ -60,7 +60,7 @@ impl Manager {
             revision_dir_exists: seen.revision_dir_exists,
         };
         let staging = maps::staging_dir(&self.layout, &input.uid, &input.revision);
-        let plan = plan::load(&now, |n| self.map_pin(&input.uid, n), &staging);
+        let plan = apply_plan::load(&now, |n| self.map_pin(&input.uid, n), &staging);
         self.execute(input, &plan)
     }
 
@@ -187,7 +187,7 @@ impl Manager {
 
     /// Re-attach the broken hooks of a running revision from its pinned programs, and
     /// nothing else: the links that work keep their ids. `problems` are of hooks (a
-    /// program gone is a rebuild, see `plan::decide`).
+    /// program gone is a rebuild, see `apply_plan::plan`).
     pub(super) fn repair_blocking(
         &self,
         record: &OwnerRecord,

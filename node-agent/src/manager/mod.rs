@@ -1,6 +1,8 @@
 //! The agent's core: apply, remove and report owners. Operations on one owner are
 //! serialized by that owner's lock; different owners proceed in parallel, and no lock is
-//! held across the agent while the kernel verifies a program.
+//! held across the agent while the kernel verifies a program. What runs is reported in the
+//! API's own type (`crds::NodeProgramStatus`, a BpfNode's program entry); `server.rs`
+//! converts it to the wire.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -8,23 +10,24 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crds::Health;
-use crds::ProgramSpec;
 use crds::names::{GlobalName, OwnerUid};
 use crds::node::{AttachedProgram, PinnedMap};
 use crds::pins::PinLayout;
 use crds::revision::Revision;
 use crds::rollout::MapPolicy;
 use crds::validate::ValidProgram;
+use crds::{NodeProgramStatus, ProgramSpec};
 use tokio::sync::broadcast;
 
+use crate::apply_plan;
 use crate::attach::{TcBackend, TcPeer};
 use crate::error::{AgentError, Reason, Result};
 use crate::loader::Loader;
 use crate::metrics::Metrics;
-use crate::plan;
 use crate::store::{LinkKind, OwnerRecord, StateStore};
 
 mod execute;
+mod lock;
 
 /// Where the agent keeps things and how it attaches.
 #[derive(Clone, Debug)]
@@ -35,13 +38,9 @@ pub struct AgentConfig {
     pub tc_backend: TcBackend,
 }
 
-/// What runs of one owner: the same shape as a BpfNode's program entry, so the core
-/// speaks the API's types and only `server.rs` knows the wire.
-pub type OwnerState = crds::NodeProgramStatus;
-
 /// An owner with nothing running.
-fn bare_state(uid: &str, name: String) -> OwnerState {
-    OwnerState {
+fn bare_state(uid: &str, name: String) -> NodeProgramStatus {
+    NodeProgramStatus {
         owner: name,
         owner_uid: uid.to_string(),
         revision: String::new(),
@@ -58,7 +57,7 @@ fn bare_state(uid: &str, name: String) -> OwnerState {
 #[derive(Clone, Debug)]
 pub struct Change {
     pub kind: ChangeKind,
-    pub state: OwnerState,
+    pub state: NodeProgramStatus,
     /// Why, in words.
     pub reason: String,
 }
@@ -101,22 +100,12 @@ struct Entry {
     set_aside: Option<String>,
 }
 
-/// One owner's lock, held: dropping it unlocks, then forgets the lock when nobody else
-/// holds or waits for it (in that order, or the entry would outlive its last user).
-struct OwnerLock<'a> {
-    manager: &'a Manager,
-    uid: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for OwnerLock<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        self.manager.release_lock(&self.uid, &self.lock);
-    }
-}
-
+/// The agent's core, one per node: what each owner (a BpfProgram, by uid) runs here, in
+/// memory and in the state directory. `apply` asks `apply_plan` what an Apply must do and
+/// has `execute` carry it out; `remove` takes an owner away; `state_of`, `list` and the
+/// `subscribe` stream report what runs, with health read from the kernel (`refresh_health`
+/// heals what an interface coming back needs). Built by `new`, filled by `recovery::adopt`
+/// at start-up; the gRPC server, standalone mode and metrics all use it through an `Arc`.
 pub struct Manager {
     cfg: AgentConfig,
     layout: PinLayout,
@@ -165,44 +154,6 @@ impl Manager {
         self.events.subscribe()
     }
 
-    /// Wait for the owner's lock and hold it until the guard drops.
-    async fn lock_owner(&self, uid: &str) -> OwnerLock<'_> {
-        let lock = self.lock_for(uid);
-        let guard = Arc::clone(&lock).lock_owned().await;
-        OwnerLock { manager: self, uid: uid.to_string(), lock, guard: Some(guard) }
-    }
-
-    /// The owner's lock if nobody holds it now.
-    fn try_lock_owner(&self, uid: &str) -> Option<OwnerLock<'_>> {
-        let lock = self.lock_for(uid);
-        match Arc::clone(&lock).try_lock_owned() {
-            Ok(guard) => Some(OwnerLock { manager: self, uid: uid.to_string(), lock, guard: Some(guard) }),
-            Err(_) => {
-                self.release_lock(uid, &lock);
-                None
-            }
-        }
-    }
-
-    fn lock_for(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).entry(uid.to_string()).or_default().clone()
-    }
-
-    /// Forget an owner's lock once nobody holds or waits for it: the map stays as small
-    /// as the work in flight, however many owners come and go.
-    fn release_lock(&self, uid: &str, lock: &Arc<tokio::sync::Mutex<()>>) {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        // The map's reference and ours: no other caller cloned it (they do under this mutex).
-        if Arc::strong_count(lock) == 2 {
-            locks.remove(uid);
-        }
-    }
-
-    /// Owner locks currently held or waited for (tests, metrics).
-    pub fn locks_in_use(&self) -> usize {
-        self.locks.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     fn entry(&self, uid: &str) -> Option<Entry> {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).get(uid).cloned()
     }
@@ -237,44 +188,44 @@ impl Manager {
     /// when the caller goes away (the operator's call timeout on a slow verifier), the
     /// apply still finishes and records what it did, and a retry waits for it and then
     /// finds it done, instead of running beside it or tearing down what it committed.
-    pub async fn apply(self: &Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
+    pub async fn apply(self: &Arc<Self>, input: ApplyInput) -> Result<(NodeProgramStatus, bool)> {
         let this = Arc::clone(self);
         tokio::spawn(async move { this.apply_owned(input).await })
             .await
             .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))))
     }
 
-    async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
+    async fn apply_owned(self: Arc<Self>, input: ApplyInput) -> Result<(NodeProgramStatus, bool)> {
         let _lock = self.lock_owner(input.uid.as_str()).await;
         Arc::clone(&self).apply_locked(input).await
     }
 
-    async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(OwnerState, bool)> {
+    async fn apply_locked(self: Arc<Self>, input: ApplyInput) -> Result<(NodeProgramStatus, bool)> {
         let uid = input.uid.to_string();
         let current = self.entry(&uid).unwrap_or_default();
         let problems = current.record.as_ref().map(crate::health::check).unwrap_or_default();
-        let now = plan::Current {
+        let now = apply_plan::Current {
             record: current.record.as_ref(),
             set_aside: current.set_aside.as_deref(),
             problems: &problems,
         };
-        match plan::decide(&now, input.revision.as_str()) {
-            plan::Decision::Refuse(why) => Err(AgentError::new(
+        match apply_plan::plan(&now, input.revision.as_str()) {
+            apply_plan::ApplyPlan::Refuse(why) => Err(AgentError::new(
                 Reason::RecordSetAside,
                 format!(
                     "owner {uid} is not changed while {why}: remove the BpfProgram (or restore the record and \
                      restart the agent) to replace what runs"
                 ),
             )),
-            plan::Decision::Keep => Ok((self.keep(&uid, current, &input.revision), false)),
-            plan::Decision::Repair(problems) => self.repair(&uid, current, problems).await,
-            plan::Decision::Load { rebuild } => self.load(input, current, rebuild).await,
+            apply_plan::ApplyPlan::Keep => Ok((self.keep(&uid, current, &input.revision), false)),
+            apply_plan::ApplyPlan::Repair(problems) => self.repair(&uid, current, problems).await,
+            apply_plan::ApplyPlan::Load { rebuild } => self.load(input, current, rebuild).await,
         }
     }
 
     /// The revision runs, healthy. Also a revert to it after a newer revision failed:
     /// forget that failure.
-    fn keep(&self, uid: &str, current: Entry, revision: &Revision) -> OwnerState {
+    fn keep(&self, uid: &str, current: Entry, revision: &Revision) -> NodeProgramStatus {
         if current.failure.is_some() {
             let mut entry = current;
             entry.failure = None;
@@ -293,7 +244,7 @@ impl Manager {
         uid: &str,
         current: Entry,
         problems: Vec<crate::health::Problem>,
-    ) -> Result<(OwnerState, bool)> {
+    ) -> Result<(NodeProgramStatus, bool)> {
         let Some(rec) = current.record.clone() else { unreachable!("a repair needs a record") };
         let this = Arc::clone(&self);
         let record = tokio::task::spawn_blocking(move || this.repair_blocking(&rec, &problems))
@@ -311,7 +262,12 @@ impl Manager {
 
     /// Load and attach `input.revision` (`rebuild`: over the running revision, torn down
     /// first), and record the outcome.
-    async fn load(self: Arc<Self>, input: ApplyInput, current: Entry, rebuild: bool) -> Result<(OwnerState, bool)> {
+    async fn load(
+        self: Arc<Self>,
+        input: ApplyInput,
+        current: Entry,
+        rebuild: bool,
+    ) -> Result<(NodeProgramStatus, bool)> {
         let uid = input.uid.to_string();
         let started = Instant::now();
         let running = current.record.clone();
@@ -497,12 +453,12 @@ impl Manager {
         }
     }
 
-    fn emit(&self, kind: ChangeKind, state: OwnerState, reason: String) {
+    fn emit(&self, kind: ChangeKind, state: NodeProgramStatus, reason: String) {
         let _ = self.events.send(Change { kind, state, reason });
     }
 
     /// What runs of one owner, as the API reports it (BpfNode's per-program truth).
-    pub fn state_of(&self, uid: &str) -> Option<OwnerState> {
+    pub fn state_of(&self, uid: &str) -> Option<NodeProgramStatus> {
         let e = self.entry(uid)?;
         let mut state = bare_state(uid, e.name.clone());
         if let Some(r) = &e.record {
@@ -539,12 +495,12 @@ impl Manager {
         Some(state)
     }
 
-    fn state_or_bare(&self, uid: &str) -> OwnerState {
+    fn state_or_bare(&self, uid: &str) -> NodeProgramStatus {
         self.state_of(uid).unwrap_or_else(|| bare_state(uid, String::new()))
     }
 
     /// Every owner, ordered by uid.
-    pub fn list(&self) -> Vec<OwnerState> {
+    pub fn list(&self) -> Vec<NodeProgramStatus> {
         let uids: Vec<String> = self.entries.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         uids.iter().filter_map(|u| self.state_of(u)).collect()
     }
