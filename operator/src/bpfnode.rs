@@ -66,7 +66,7 @@ impl Written {
 }
 
 /// Nodes whose BpfNode may no longer say what their agent runs: marked after every
-/// Apply and Remove, agent change and agent turning Ready; `resync::follow_bpfnodes`
+/// Apply and Remove, agent change and agent turning Ready; `bpfnode_follow::follow_bpfnodes`
 /// reads each such node's agent once per batch and writes what changed.
 #[derive(Debug, Default)]
 pub struct Stale {

@@ -75,7 +75,7 @@ pub struct Context {
     pub agents: Arc<crate::agents::Agents>,
     /// How long a Ready agent may go unanswered before its node counts as failed.
     pub unreachable_grace: Duration,
-    /// Nodes whose BpfNode must be brought up to date (see `resync::follow_bpfnodes`).
+    /// Nodes whose BpfNode must be brought up to date (see `bpfnode_follow::follow_bpfnodes`).
     pub stale_bpfnodes: Arc<crate::bpfnode::Stale>,
 }
 
@@ -326,7 +326,7 @@ async fn record_history(
 }
 
 /// Whoever waits for Ready reads pin paths from the BpfNodes next: on a small set of
-/// nodes they are written first, not a second later by `resync::follow_bpfnodes`.
+/// nodes they are written first, not a second later by `bpfnode_follow::follow_bpfnodes`.
 async fn write_bpfnodes_before_ready(
     ctx: &Context,
     p: &BpfProgram,
@@ -337,7 +337,7 @@ async fn write_bpfnodes_before_ready(
         && let Some(nodes) = ctx.stale_bpfnodes.take_among(targets, BPFNODES_BEFORE_READY)
         && !nodes.is_empty()
     {
-        crate::resync::refresh_bpfnodes(ctx, &nodes, None).await;
+        crate::bpfnode_follow::refresh_bpfnodes(ctx, &nodes, None).await;
     }
 }
 

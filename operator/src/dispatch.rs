@@ -86,7 +86,7 @@ pub struct PoolConfig {
     pub max_concurrency: usize,
     /// Agent connections kept open (at least `max_concurrency`). Past it, the connections
     /// used least recently are closed and made again on their next call; and the fleet is
-    /// too large for a Watch stream to every agent (see `resync::watch_agents`).
+    /// too large for a Watch stream to every agent (see `agent_watch::watch_agents`).
     pub max_connections: usize,
     /// Backoff after the first failure; doubles with each further failure.
     pub backoff_base: Duration,

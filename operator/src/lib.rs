@@ -3,10 +3,12 @@
 //! only carry out and observe.
 
 pub mod admission;
+pub mod agent_watch;
 pub mod agents;
 pub mod alloc;
 pub mod answers;
 pub mod bpfnode;
+pub mod bpfnode_follow;
 pub mod bytecode;
 pub mod controller;
 pub mod dispatch;
@@ -18,6 +20,7 @@ pub mod index;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
+pub mod nodes;
 pub mod plan;
 pub mod reports;
 pub mod resync;

@@ -74,7 +74,7 @@ async fn delete_bpfnodes(client: &Client) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(crate::resync::BPFNODE_DEBOUNCE * 2).await;
+    tokio::time::sleep(crate::bpfnode_follow::BPFNODE_DEBOUNCE * 2).await;
     let count = delete_all(&api).await?;
     tracing::info!(count, "BpfNodes deleted");
     Ok(())

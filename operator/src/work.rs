@@ -162,14 +162,14 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
                     ReceiverStream::new(targeted_rx),
                     std::future::pending(),
                 ),
-                resync::watch_agents(ctx.clone(), targeted_tx.clone()),
-                resync::follow_bpfnodes(ctx.clone(), targeted_tx.clone()),
+                crate::agent_watch::watch_agents(ctx.clone(), targeted_tx.clone()),
+                crate::bpfnode_follow::follow_bpfnodes(ctx.clone(), targeted_tx.clone()),
                 resync::resync_loop(ctx.clone(), program_store, cfg.resync_every, targeted_tx),
             );
         }
     };
     futures::join!(
-        resync::watch_nodes(ctx.clone(), node_writer, trigger_tx),
+        crate::nodes::watch_nodes(ctx.clone(), node_writer, trigger_tx),
         bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx, ctx.bytecode.sources()),
         watch_agent_pods,
         decide,
