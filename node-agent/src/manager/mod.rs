@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use crds::Health;
 use crds::names::{GlobalName, OwnerUid};
-use crds::node::{AttachedProgram, PinnedMap};
 use crds::pins::PinLayout;
 use crds::revision::Revision;
 use crds::rollout::MapPolicy;
@@ -28,6 +27,9 @@ use crate::store::{LinkKind, OwnerRecord, StateStore};
 
 mod execute;
 mod lock;
+mod state;
+
+use state::bare_state;
 
 /// Where the agent keeps things and how it attaches.
 #[derive(Clone, Debug)]
@@ -36,21 +38,6 @@ pub struct AgentConfig {
     pub bpffs_root: PathBuf,
     pub state_dir: PathBuf,
     pub tc_backend: TcBackend,
-}
-
-/// An owner with nothing running.
-fn bare_state(uid: &str, name: String) -> NodeProgramStatus {
-    NodeProgramStatus {
-        owner: name,
-        owner_uid: uid.to_string(),
-        revision: String::new(),
-        health: Health::Failed,
-        attached: vec![],
-        maps: vec![],
-        last_error: None,
-        bytecode_digest: None,
-        maps_recreated: vec![],
-    }
 }
 
 /// A change seen on the node, for Watch.
@@ -268,7 +255,6 @@ impl Manager {
         current: Entry,
         rebuild: bool,
     ) -> Result<(NodeProgramStatus, bool)> {
-        let uid = input.uid.to_string();
         let started = Instant::now();
         let running = current.record.clone();
         // On this worker thread, which already runs (tokio moves its other tasks away):
@@ -286,38 +272,44 @@ impl Manager {
         };
         self.metrics.observe_apply(started.elapsed(), result.as_ref().err().map(|e| e.reason));
         match result {
-            Ok(record) => {
-                tracing::info!(owner = %input.name, uid = %uid, revision = %input.revision, "applied");
-                self.set_entry(
-                    &uid,
-                    Some(Entry {
-                        record: Some(record),
-                        name: input.name.clone(),
-                        health: Some(Health::Healthy),
-                        failure: None,
-                        set_aside: None,
-                    }),
-                );
-                let state = self.state_or_bare(&uid);
-                self.emit(ChangeKind::Updated, state.clone(), format!("revision {} applied", input.revision));
-                Ok((state, true))
-            }
-            Err(e) => {
-                tracing::warn!(owner = %input.name, uid = %uid, revision = %input.revision, error = %e, "apply failed");
-                let mut entry = current;
-                // A rebuild tore the running revision down: it is gone.
-                if rebuild {
-                    entry.record = None;
-                }
-                entry.name = input.name.clone();
-                entry.failure = Some((input.revision.to_string(), e.clone()));
-                self.set_entry(&uid, Some(entry));
-                if let Some(state) = self.state_of(&uid) {
-                    self.emit(ChangeKind::Updated, state, e.to_string());
-                }
-                Err(e)
-            }
+            Ok(record) => Ok((self.applied(&input, record), true)),
+            Err(e) => Err(self.failed(&input, current, rebuild, e)),
         }
+    }
+
+    /// The revision runs: it is what the owner runs now, healthy.
+    fn applied(&self, input: &ApplyInput, record: OwnerRecord) -> NodeProgramStatus {
+        let uid = input.uid.as_str();
+        tracing::info!(owner = %input.name, uid = %uid, revision = %input.revision, "applied");
+        let entry = Entry {
+            record: Some(record),
+            name: input.name.clone(),
+            health: Some(Health::Healthy),
+            failure: None,
+            set_aside: None,
+        };
+        self.set_entry(uid, Some(entry));
+        let state = self.state_or_bare(uid);
+        self.emit(ChangeKind::Updated, state.clone(), format!("revision {} applied", input.revision));
+        state
+    }
+
+    /// The load failed and was rolled back: what ran before still runs (unless a rebuild
+    /// tore it down), and the owner's state says why the revision does not.
+    fn failed(&self, input: &ApplyInput, current: Entry, rebuild: bool, e: AgentError) -> AgentError {
+        let uid = input.uid.as_str();
+        tracing::warn!(owner = %input.name, uid = %uid, revision = %input.revision, error = %e, "apply failed");
+        let mut entry = current;
+        if rebuild {
+            entry.record = None;
+        }
+        entry.name = input.name.clone();
+        entry.failure = Some((input.revision.to_string(), e.clone()));
+        self.set_entry(uid, Some(entry));
+        if let Some(state) = self.state_of(uid) {
+            self.emit(ChangeKind::Updated, state, e.to_string());
+        }
+        e
     }
 
     /// Remove everything of an owner. Returns whether there was anything. Like `apply`,
@@ -455,59 +447,6 @@ impl Manager {
 
     fn emit(&self, kind: ChangeKind, state: NodeProgramStatus, reason: String) {
         let _ = self.events.send(Change { kind, state, reason });
-    }
-
-    /// What runs of one owner, as the API reports it (BpfNode's per-program truth).
-    pub fn state_of(&self, uid: &str) -> Option<NodeProgramStatus> {
-        let e = self.entry(uid)?;
-        let mut state = bare_state(uid, e.name.clone());
-        if let Some(r) = &e.record {
-            let (h, why) = self.check_health(r);
-            state.revision = r.revision.clone();
-            state.health = h;
-            state.last_error = why;
-            state.bytecode_digest = r.bytecode_digest.clone();
-            state.maps_recreated = r.maps_recreated.clone();
-            state.attached = r
-                .programs
-                .iter()
-                .map(|p| AttachedProgram {
-                    name: p.name.clone(),
-                    program_type: p.program_type,
-                    program_id: p.program_id,
-                    link_ids: p.links.iter().map(|l| l.link_id).collect(),
-                })
-                .collect();
-            state.maps = r
-                .maps
-                .iter()
-                .map(|m| PinnedMap { name: m.name.clone(), pin_path: m.pin_path.display().to_string() })
-                .collect();
-        }
-        if let Some((rev, err)) = &e.failure {
-            state.health = Health::Failed;
-            state.last_error = Some(format!("revision {rev}: {err}"));
-        }
-        if let Some(why) = &e.set_aside {
-            state.health = Health::Degraded;
-            state.last_error = Some(why.clone());
-        }
-        Some(state)
-    }
-
-    fn state_or_bare(&self, uid: &str) -> NodeProgramStatus {
-        self.state_of(uid).unwrap_or_else(|| bare_state(uid, String::new()))
-    }
-
-    /// Every owner, ordered by uid.
-    pub fn list(&self) -> Vec<NodeProgramStatus> {
-        let uids: Vec<String> = self.entries.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        uids.iter().filter_map(|u| self.state_of(u)).collect()
-    }
-
-    /// Records of everything running (for metrics and standalone mode).
-    pub fn records(&self) -> Vec<OwnerRecord> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner()).values().filter_map(|e| e.record.clone()).collect()
     }
 }
 
