@@ -70,7 +70,7 @@ pub struct Context {
     /// the fewer reconciles run together (docs/architecture.md).
     pub fleet_slots: tokio::sync::Semaphore,
     /// One copy of each set of target nodes, shared by every program that selects it.
-    target_sets: std::sync::Mutex<TargetSets>,
+    target_sets: std::sync::Mutex<crate::intern::Interner<BTreeSet<String>>>,
     /// Which nodes run a Ready agent (see `agents`).
     pub agents: Arc<crate::agents::Agents>,
     /// How long a Ready agent may go unanswered before its node counts as failed.
@@ -85,37 +85,18 @@ pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 /// Node slots of [`Context::fleet_slots`]: 16 reconciles of 1,250 nodes each.
 pub const FLEET_SLOTS: usize = 20_000;
 
-#[derive(Default)]
-struct TargetSets {
-    sets: std::collections::HashMap<u64, Vec<std::sync::Weak<BTreeSet<String>>>>,
-    /// Sets held after the last sweep of dropped ones.
-    swept: usize,
-}
-
 impl Context {
     /// `targets`, as the copy every program selecting the same nodes shares (thousands of
     /// programs over thousands of nodes would otherwise hold a set each).
     pub fn shared_targets(&self, targets: BTreeSet<String>) -> Arc<BTreeSet<String>> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        targets.hash(&mut h);
-        let key = h.finish();
-        let mut ts = self.target_sets.lock().unwrap_or_else(|e| e.into_inner());
-        let same =
-            ts.sets.get(&key).into_iter().flatten().filter_map(std::sync::Weak::upgrade).find(|s| **s == targets);
-        if let Some(shared) = same {
-            return shared;
-        }
-        let shared = Arc::new(targets);
-        ts.sets.entry(key).or_default().push(Arc::downgrade(&shared));
-        if ts.sets.len() > 2 * ts.swept.max(64) {
-            ts.sets.retain(|_, v| {
-                v.retain(|w| w.strong_count() > 0);
-                !v.is_empty()
-            });
-            ts.swept = ts.sets.len();
-        }
-        shared
+        let mut sets = self.target_sets.lock().unwrap_or_else(|e| e.into_inner());
+        sets.get(&targets, |t| Arc::new(t.clone()))
+    }
+
+    /// How many node sets [`Context::shared_targets`] holds (those no program holds go at
+    /// the next sweep).
+    pub fn shared_target_sets(&self) -> usize {
+        self.target_sets.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// A context for one leadership term; no recorder, no ConfigMap watch (every
@@ -135,7 +116,7 @@ impl Context {
             history: History::disabled(),
             images: ImageSource::disabled(),
             fleet_slots: tokio::sync::Semaphore::new(FLEET_SLOTS),
-            target_sets: Default::default(),
+            target_sets: std::sync::Mutex::new(crate::intern::Interner::new(64)),
             agents: Arc::new(crate::agents::Agents::untracked()),
             unreachable_grace: DEFAULT_UNREACHABLE_GRACE,
             stale_bpfnodes: Default::default(),

@@ -1,7 +1,7 @@
 //! What every node's agent runs, as last reported (Apply answers, List, Watch). Plain
 //! data behind one lock, held only for map updates; decisions read snapshots of it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use crds::Health;
@@ -33,10 +33,10 @@ impl OwnerSummary {
             return None;
         }
         Some((
-            strings.get(&s.owner_uid),
+            strings.str(&s.owner_uid),
             OwnerSummary {
-                name: strings.get(&s.owner),
-                revision: strings.get(&s.revision),
+                name: strings.str(&s.owner),
+                revision: strings.str(&s.revision),
                 health: s.health,
                 last_error: s.last_error.as_deref().map(Into::into),
             },
@@ -44,30 +44,8 @@ impl OwnerSummary {
     }
 }
 
-/// One shared copy of each uid, name and revision the index holds. Copies nobody else
-/// holds any more are dropped once the set has doubled since the last sweep, so the cost
-/// of sweeping is spread over the insertions that made it necessary.
-#[derive(Debug, Default)]
-struct Interner {
-    set: HashSet<Arc<str>>,
-    /// Size of the set after the last sweep.
-    swept: usize,
-}
-
-impl Interner {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.set.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.set.insert(a.clone());
-        if self.set.len() > 2 * self.swept.max(512) {
-            self.set.retain(|a| Arc::strong_count(a) > 1);
-            self.swept = self.set.len();
-        }
-        a
-    }
-}
+/// One shared copy of each uid, name and revision the index holds.
+type Interner = crate::intern::Interner<str>;
 
 /// The last apply of one owner on one node failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -678,7 +656,7 @@ mod tests {
         for i in 0..2000 {
             idx.record_state("n0", &state("a", &format!("rev-{i}"), Health::Healthy));
         }
-        let held = idx.nodes.read().unwrap().strings.set.len();
+        let held = idx.nodes.read().unwrap().strings.len();
         assert!(held < 1100, "{held} strings held for 3 nodes");
     }
 

@@ -17,6 +17,7 @@ pub mod events;
 pub mod history;
 pub mod image;
 pub mod index;
+pub mod intern;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
