@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use agent::testing::findings::Findings;
+
 use crate::kernel;
 use crate::node::ProcessNode;
 
@@ -20,26 +22,6 @@ pub struct Want {
     pub links: usize,
     /// Interfaces that carry the function as XDP.
     pub xdp: Vec<String>,
-}
-
-/// What a check found; empty when the node runs exactly what is desired.
-#[derive(Clone, Debug, Default)]
-pub struct Findings {
-    /// Desired things missing or running wrong, status not true.
-    pub wrong: Vec<String>,
-    /// Pins, programs, links, hooks or filters nothing desired accounts for.
-    pub leaks: Vec<String>,
-}
-
-impl Findings {
-    pub fn is_clean(&self) -> bool {
-        self.wrong.is_empty() && self.leaks.is_empty()
-    }
-
-    pub fn absorb(&mut self, other: Findings) {
-        self.wrong.extend(other.wrong);
-        self.leaks.extend(other.leaks);
-    }
 }
 
 /// The bpffs paths (relative to the agent's root) of `want`: the owner directory, its

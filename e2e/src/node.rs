@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use agent::testing::args::AgentArgs;
+use agent::tls::testpki::TestPki;
 use anyhow::{Context as _, bail};
 use proto::v1;
 use proto::v1::agent_client::AgentClient;
@@ -143,27 +144,15 @@ impl ProcessNode {
             bail!("the agent of {} is already running", self.name);
         }
         let log = OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let args = AgentArgs::new(&self.name, &self.bpffs_root, &self.state_dir)
+            .listen(format!("{}:{}", self.ip, self.port))
+            .server_tls(&self.tls.cert, &self.tls.key, &self.tls.client_ca)
+            .operator_client_name()
+            .metrics_listen(self.metrics_addr());
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.netns))
             .arg(&self.agent_bin)
-            .arg("--node-name")
-            .arg(&self.name)
-            .arg("--listen")
-            .arg(format!("{}:{}", self.ip, self.port))
-            .arg("--bpffs-root")
-            .arg(&self.bpffs_root)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--tls-cert")
-            .arg(&self.tls.cert)
-            .arg("--tls-key")
-            .arg(&self.tls.key)
-            .arg("--tls-client-ca")
-            .arg(&self.tls.client_ca)
-            .arg("--tls-client-name")
-            .arg(CLIENT_NAME)
-            .arg("--metrics-listen")
-            .arg(self.metrics_addr().to_string())
+            .args(args.build())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("BPFLEET_FAULT")

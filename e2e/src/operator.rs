@@ -63,7 +63,7 @@ impl Operator {
     }
 
     fn spawn(cfg: OperatorConfig<'_>) -> anyhow::Result<Self> {
-        let metrics: SocketAddr = format!("127.0.0.1:{}", util::free_local_port()).parse()?;
+        let metrics: SocketAddr = format!("127.0.0.1:{}", agent::testing::free_port()).parse()?;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.log)?;
         let mut cmd = Command::new(cfg.bin);
         cmd.arg("--agent-port")

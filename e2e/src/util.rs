@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::testing::TEST_AGENT_BIN;
 use anyhow::{Context as _, bail};
@@ -65,17 +65,8 @@ pub fn random_suffix() -> String {
 
 /// Poll `check` every 250 ms until it returns `Ok`, or panic after `timeout` with
 /// `what` and the last `Err` (the state that was seen, in words).
-pub fn wait_for<T>(timeout: Duration, what: impl Display, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(250)),
-        }
-    }
+pub fn wait_for<T>(timeout: Duration, what: impl Display, check: impl FnMut() -> Result<T, String>) -> T {
+    agent::testing::wait::wait_for(timeout, Duration::from_millis(250), what, check)
 }
 
 /// Make a spawned process die with the thread that spawned it, so a killed test run
@@ -184,11 +175,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A TCP port nobody listens on right now on 127.0.0.1.
-pub fn free_local_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18080)
-}
-
 /// The body of `GET path` on a plain-HTTP server (a metrics endpoint), or an error unless
 /// it answers 200.
 pub use agent::testing::http_get;
@@ -238,21 +224,5 @@ mod tests {
         assert!(slow.is_err(), "the limit must fire");
         let t = std::thread::spawn(|| block_on_timeout(Duration::from_secs(1), async { 1 }).unwrap());
         assert_eq!(t.join().unwrap(), 1);
-    }
-
-    #[test]
-    fn wait_for_returns_the_value_or_panics_with_the_last_state() {
-        let mut n = 0;
-        assert_eq!(
-            wait_for(Duration::from_secs(5), "n to reach 2", || {
-                n += 1;
-                if n >= 2 { Ok(n) } else { Err(format!("{n}")) }
-            }),
-            2
-        );
-        let r =
-            std::panic::catch_unwind(|| wait_for::<()>(Duration::from_millis(10), "never", || Err("state X".into())));
-        let msg = r.unwrap_err().downcast::<String>().unwrap();
-        assert!(msg.contains("never") && msg.contains("state X"), "{msg}");
     }
 }

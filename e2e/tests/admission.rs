@@ -143,7 +143,7 @@ fn tenants_outside_their_grants_are_refused_at_kubectl_apply() {
     }
 
     // The webhook: a second operator process (a standby) serving it on loopback.
-    let webhook_port = util::free_local_port();
+    let webhook_port = agent::testing::free_port();
     let _webhook_operator = (mode == "webhook").then(|| {
         let mut cfg = env.operator_config("webhook");
         cfg.extra_args = vec![

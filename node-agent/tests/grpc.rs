@@ -19,15 +19,6 @@ fn owner(uid: &str) -> Option<v1::Owner> {
     Some(v1::Owner { uid: uid.into(), name: String::new() })
 }
 
-/// Poll `f` until it is true or `secs` pass.
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The program a pinned link runs, per bpftool.
 fn link_prog_id(link_id: u32) -> u64 {
     let out = sh(&format!("bpftool -j link show id {link_id}"));

@@ -125,10 +125,6 @@ impl Drop for MetricsAgent {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// GET `path` on 127.0.0.1:`port`: (status code, body), or None while nothing listens.
 fn get_on(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

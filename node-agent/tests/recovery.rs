@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::process::*;
 use common::*;
@@ -20,14 +19,6 @@ fn xdp_yaml(iface: &str) -> String {
 
 const OPENAT_YAML: &str =
     "  - {name: count_openat, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
-
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn bpftool_json(cmd: &str) -> serde_json::Value {
     let out = sh(&format!("bpftool -j {cmd}"));

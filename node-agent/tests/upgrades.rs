@@ -105,12 +105,9 @@ impl Stream {
     }
 }
 
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// `common::wait_for`, polling every 5 ms.
+fn wait_for(secs: u64, what: &str, f: impl FnMut() -> bool) {
+    agent::testing::wait::wait_until(Duration::from_secs(secs), Duration::from_millis(5), what, f)
 }
 
 /// What one held-traffic run measured.

@@ -5,23 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use agent::testing::findings::Findings;
+
 use crate::kernel::{self, Hook};
 use crate::owners::{Owner, Variant};
-
-/// What a check found. Empty: converged, nothing leaked.
-#[derive(Clone, Debug, Default)]
-pub struct Findings {
-    /// Desired things not running, or running wrong; status not true.
-    pub wrong: Vec<String>,
-    /// Programs, links, pins, filters or state files nothing desired accounts for.
-    pub leaks: Vec<String>,
-}
-
-impl Findings {
-    pub fn is_clean(&self) -> bool {
-        self.wrong.is_empty() && self.leaks.is_empty()
-    }
-}
 
 /// What the check is given.
 pub struct Node<'a> {

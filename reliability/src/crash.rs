@@ -11,11 +11,12 @@ use agent::tls::testpki::TestPki;
 use proto::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use crate::converge::{self, Desired, Findings, Node};
+use crate::converge::{self, Desired, Node};
 use crate::kernel::{self, Dirs, Veth};
 use crate::owners::{self, Owner, TcBackend};
 use crate::process::{self, AgentProc, Launch};
 use crate::rng::Rng;
+use agent::testing::findings::Findings;
 
 /// The fault points of an apply, then of a removal (node-agent/src/fault.rs).
 pub const FAULT_POINTS: &[&str] = &["after-attach", "after-commit", "remove-after-detach", "remove-after-unpin"];
@@ -421,7 +422,7 @@ async fn trial(
     ready_ms: &mut Vec<u64>,
 ) -> anyhow::Result<TrialReport> {
     let started = Instant::now();
-    let mut rng = Rng::for_trial(cfg.seed, index);
+    let mut rng = crate::rng::for_trial(cfg.seed, index);
     let tag = format!("{}x{index}", std::process::id() % 10000);
     let veth = Veth::new(&tag)?;
     let trial_work = work.join(format!("trial-{index}"));

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use agent::testing::args::AgentArgs;
+use agent::tls::testpki::TestPki;
 use anyhow::{Context, bail};
 use proto::v1;
 use proto::v1::agent_client::AgentClient;
@@ -51,19 +52,13 @@ pub struct Launch<'a> {
 impl AgentProc {
     pub fn spawn(l: &Launch) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let args = AgentArgs::new("reliability", &l.dirs.root, &l.dirs.state)
+            .listen(format!("127.0.0.1:{port}"))
+            .pki_server_tls(l.pki)
+            .operator_client_name()
+            .args(["--tc-backend", l.tc_backend]);
         let mut cmd = Command::new(l.bin);
-        cmd.args(["--node-name", "reliability", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--bpffs-root")
-            .arg(&l.dirs.root)
-            .arg("--state-dir")
-            .arg(&l.dirs.state)
-            .arg("--tls-cert")
-            .arg(&l.pki.server_cert)
-            .arg("--tls-key")
-            .arg(&l.pki.server_key)
-            .arg("--tls-client-ca")
-            .arg(&l.pki.ca_cert)
-            .args(["--tls-client-name", CLIENT_NAME, "--tc-backend", l.tc_backend])
+        cmd.args(args.build())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("BPFLEET_FAULT")

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent::testing::args::AgentArgs;
 use agent::tls::testpki::TestPki;
 use anyhow::{Context, bail};
 use crds::revision::{BytecodeIdentity, Revision};
@@ -37,19 +38,12 @@ impl GrpcAgent {
         let pki = TestPki::generate(work);
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = work.join("agent.log");
+        let args = AgentArgs::new("bench", &bpffs_root, &state_dir)
+            .listen(format!("127.0.0.1:{port}"))
+            .pki_server_tls(&pki)
+            .args(extra_args);
         let child = Command::new(agent_bin)
-            .args(["--node-name", "bench", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--bpffs-root")
-            .arg(&bpffs_root)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("--tls-cert")
-            .arg(&pki.server_cert)
-            .arg("--tls-key")
-            .arg(&pki.server_key)
-            .arg("--tls-client-ca")
-            .arg(&pki.ca_cert)
-            .args(extra_args)
+            .args(args.build())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

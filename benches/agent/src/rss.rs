@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent::testing::args::AgentArgs;
 use anyhow::{Context, bail};
 
 pub struct RssSetup<'a> {
@@ -121,18 +122,9 @@ pub fn measure(setup: &RssSetup<'_>) -> anyhow::Result<RssReport> {
     std::fs::create_dir_all(&dir)?;
     let log = setup.work_dir.join("agent.log");
     let log_file = std::fs::File::create(&log)?;
+    let args = AgentArgs::new("bench", &setup.bpffs_root, &setup.state_dir).standalone(&dir);
     let mut cmd = Command::new(setup.agent_bin);
-    cmd.arg("--standalone")
-        .arg(&dir)
-        .arg("--bpffs-root")
-        .arg(&setup.bpffs_root)
-        .arg("--state-dir")
-        .arg(&setup.state_dir)
-        .args(["--node-name", "bench"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file);
+    cmd.args(args.build()).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
     // SAFETY: prctl is async-signal-safe; the agent must not outlive the bench.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {

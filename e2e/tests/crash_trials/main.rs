@@ -21,7 +21,7 @@ mod world;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use e2e::rng::Rng;
+use e2e::rng;
 use plan::{Action, Moment, Plan, Victim};
 use world::World;
 
@@ -72,7 +72,7 @@ fn operator_crash_trials() {
     let mut landings: BTreeMap<String, usize> = BTreeMap::new();
     let mut victims: BTreeMap<String, usize> = BTreeMap::new();
     for &i in &indices {
-        let plan = Plan::draw(&mut Rng::for_trial(seed, i));
+        let plan = Plan::draw(&mut rng::for_trial(seed, i));
         let o = world.run(i, &plan);
         run += 1;
         leaks += o.leaks;
@@ -146,9 +146,9 @@ fn operator_crash_trials() {
 
 #[test]
 fn plans_replay_from_the_seed_and_cover_every_choice() {
-    let draw = |t| Plan::draw(&mut Rng::for_trial(424_242, t)).describe();
+    let draw = |t| Plan::draw(&mut rng::for_trial(424_242, t)).describe();
     assert_eq!(draw(7), draw(7));
-    let plans: Vec<Plan> = (0..200).map(|t| Plan::draw(&mut Rng::for_trial(1, t))).collect();
+    let plans: Vec<Plan> = (0..200).map(|t| Plan::draw(&mut rng::for_trial(1, t))).collect();
     for a in [Action::Create, Action::Upgrade, Action::Rollout, Action::Rollback, Action::Delete] {
         assert!(plans.iter().any(|p| p.action == a), "{a:?} never drawn");
     }

@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use agent::testing::findings::Findings;
 use crds::BpfProgram;
 use crds::revision::{BytecodeIdentity, Revision};
 use crds::rollout::Phase;
-use e2e::convergence::Findings;
 use e2e::env::{self, Env};
 use e2e::operator::Operator;
 use e2e::util;

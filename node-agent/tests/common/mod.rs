@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use agent::attach::TcBackend;
 use agent::manager::{AgentConfig, ApplyInput, Manager};
@@ -114,7 +115,13 @@ impl Drop for TestAgent {
     }
 }
 
+pub use agent::testing::free_port;
 pub use agent::testing::tree as pins_under;
+
+/// Poll `f` every 50 ms until it is true, or fail naming `what` after `secs`.
+pub fn wait_for(secs: u64, what: &str, f: impl FnMut() -> bool) {
+    agent::testing::wait::wait_until(Duration::from_secs(secs), Duration::from_millis(50), what, f)
+}
 
 /// Build an ApplyInput from manifest YAML (the spec part) and an object file.
 pub fn input(owner: &str, spec_yaml: &str, object_name: &str) -> ApplyInput {

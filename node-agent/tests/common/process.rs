@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use agent::testing::args::AgentArgs;
+use agent::tls::testpki::TestPki;
 use crds::BpfProgramSpec;
 use crds::revision::{BytecodeIdentity, Revision};
 use proto::v1;
@@ -16,7 +17,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{object_bytes, setup, unique};
+use super::{free_port, object_bytes, setup, unique};
 
 /// A bpffs root, a state directory and a PKI for one test; removed on drop.
 pub struct Dirs {
@@ -62,18 +63,18 @@ pub struct AgentProc {
 
 impl AgentProc {
     pub fn spawn(dirs: &Dirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(dirs, |args| args.args(extra), env)
+    }
+
+    /// `--node-name`, `--bpffs-root`, `--state-dir` and `--listen` of `dirs` and a free
+    /// port, then what `more` adds.
+    fn spawn_with(dirs: &Dirs, more: impl FnOnce(AgentArgs) -> AgentArgs, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = dirs.tmp.path().join(format!("agent-{}.log", unique("l")));
+        let args = AgentArgs::new(&format!("{}-node", dirs.prefix), &dirs.root, &dirs.state())
+            .listen(format!("127.0.0.1:{port}"));
         let mut cmd = Command::new(agent_bin());
-        cmd.arg("--node-name")
-            .arg(format!("{}-node", dirs.prefix))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--bpffs-root")
-            .arg(&dirs.root)
-            .arg("--state-dir")
-            .arg(dirs.state())
-            .args(extra)
+        cmd.args(more(args).build())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("BPFLEET_FAULT")
@@ -95,20 +96,7 @@ impl AgentProc {
 
     /// `spawn_tls` with more flags (e.g. `--tc-backend clsact`).
     pub fn spawn_tls_with(dirs: &Dirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
-        let p = &dirs.pki;
-        let (cert, key, ca) = (p.server_cert.clone(), p.server_key.clone(), p.ca_cert.clone());
-        let mut args = vec![
-            "--tls-cert",
-            path_str(&cert),
-            "--tls-key",
-            path_str(&key),
-            "--tls-client-ca",
-            path_str(&ca),
-            "--tls-client-name",
-            CLIENT_NAME,
-        ];
-        args.extend_from_slice(extra);
-        Self::spawn(dirs, &args, env)
+        Self::spawn_with(dirs, |args| args.pki_server_tls(&dirs.pki).operator_client_name().args(extra), env)
     }
 
     pub fn log(&self) -> String {
@@ -165,10 +153,6 @@ impl Drop for AgentProc {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub async fn connect(url: &str, tls: ClientTlsConfig) -> Result<Channel, Box<dyn std::error::Error>> {

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use agent::testing::findings::Findings;
 use crds::rollout::Phase;
 use crds::{BpfProgram, Health};
-use e2e::convergence::{self, Findings, Want};
+use e2e::convergence::{self, Want};
 use e2e::env;
 use kube::ResourceExt;
 

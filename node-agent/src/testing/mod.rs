@@ -1,8 +1,23 @@
-//! Helpers for the tests, benches and harnesses of other crates (feature `test-support`).
+//! Helpers for the tests, benches and harnesses of other crates (feature `test-support`):
+//! what node-agent's process tests, e2e, reliability and the agent bench would otherwise
+//! each write for themselves.
+
+pub mod args;
+pub mod findings;
+pub mod rng;
+pub mod wait;
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// A TCP port nobody listens on right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free TCP port on 127.0.0.1")
+}
 
 /// The body of `GET path` on a plain-HTTP server (a metrics endpoint), or an error unless
 /// it answers 200.
