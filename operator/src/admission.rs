@@ -73,7 +73,7 @@ pub async fn follow_policy(client: Client, view: PolicyView) {
 pub fn answer(view: &PolicyView, review_request: &Value) -> Value {
     let request = &review_request["request"];
     let uid = request["uid"].clone();
-    let verdict = decide(view, request);
+    let verdict = judge(view, request);
     let response = match verdict {
         Ok(()) => json!({"uid": uid, "allowed": true}),
         Err(message) => json!({
@@ -85,7 +85,7 @@ pub fn answer(view: &PolicyView, review_request: &Value) -> Value {
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
-fn decide(view: &PolicyView, request: &Value) -> Result<(), String> {
+fn judge(view: &PolicyView, request: &Value) -> Result<(), String> {
     let operation = request["operation"].as_str().unwrap_or_default();
     if operation != "CREATE" && operation != "UPDATE" {
         return Ok(());
