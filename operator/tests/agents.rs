@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use agent::tls::testpki::{CLIENT_NAME, TestPki};
+use agent::tls::testpki::TestPki;
 use crds::BpfProgramSpec;
 use crds::revision::{BytecodeIdentity, Revision};
 use operator::dispatch::{AgentPool, DispatchError, NodeAddr, PoolConfig};
@@ -98,19 +98,14 @@ impl Fleet {
                 let name = format!("node-{}", (b'a' + i as u8) as char);
                 let root = PathBuf::from(format!("/sys/fs/bpf/bpfleet-dispatch-{}-{name}", std::process::id()));
                 let log = tmp.path().join(format!("{name}.log"));
+                let args =
+                    agent::testing::args::AgentArgs::new(&name, &root, &tmp.path().join(format!("state-{name}")))
+                        .listen(format!("{ip}:{port}"))
+                        .pki_server_tls(&pki)
+                        .operator_client_name()
+                        .build();
                 let child = Command::new(&bin)
-                    .args(["--node-name", &name, "--listen", &format!("{ip}:{port}")])
-                    .arg("--bpffs-root")
-                    .arg(&root)
-                    .arg("--state-dir")
-                    .arg(tmp.path().join(format!("state-{name}")))
-                    .arg("--tls-cert")
-                    .arg(&pki.server_cert)
-                    .arg("--tls-key")
-                    .arg(&pki.server_key)
-                    .arg("--tls-client-ca")
-                    .arg(&pki.ca_cert)
-                    .args(["--tls-client-name", CLIENT_NAME])
+                    .args(args)
                     .env("NO_COLOR", "1")
                     .env("RUST_LOG", "info")
                     .env_remove("BPFLEET_FAULT")
