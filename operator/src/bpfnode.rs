@@ -61,7 +61,12 @@ impl Written {
 
     pub fn forget(&self, node: &str) {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
-        self.turns.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+        // A turn someone holds or waits for stays, or a later reader would get a new lock
+        // of its own while the holder still writes.
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if turns.get(node).is_some_and(|t| std::sync::Arc::strong_count(t) == 1) {
+            turns.remove(node);
+        }
     }
 }
 
@@ -251,6 +256,16 @@ mod tests {
         assert!(!second.is_finished(), "the second reader of n waits for the first");
         drop(first);
         tokio::time::timeout(std::time::Duration::from_secs(5), second).await.unwrap().unwrap();
+        let held = w.turn("n").await;
+        w.forget("n");
+        let w3 = w.clone();
+        let after_forget = tokio::spawn(async move {
+            let _t = w3.turn("n").await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!after_forget.is_finished(), "forgetting a node does not hand out a second turn");
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), after_forget).await.unwrap().unwrap();
         w.forget("n");
         let _again = tokio::time::timeout(std::time::Duration::from_secs(5), w.turn("n")).await.unwrap();
     }

@@ -60,16 +60,17 @@ imagePullSecrets:
 
 {{- /*
   How BpfProgram writes are judged: "policy" (ValidatingAdmissionPolicy,
-  admissionregistration.k8s.io/v1, Kubernetes >= 1.30), "policy-v1beta1" (1.28 and 1.29
-  with the beta API enabled), "webhook" (the operator's webhook, older clusters) or ""
-  (admission.enabled=false). admission.mode=auto picks the first the cluster serves.
+  admissionregistration.k8s.io/v1, Kubernetes >= 1.30), "policy-v1beta1" (1.28 and 1.29,
+  chosen explicitly only: there the beta API can be served while the feature gate that
+  enforces it is off, and nothing would be enforced), "webhook" (the operator's webhook)
+  or "" (admission.enabled=false). admission.mode=auto picks policy where v1 is served,
+  else webhook.
 */}}
 {{- define "bpfleet.admission.mode" -}}
 {{- if .Values.admission.enabled -}}
 {{- $mode := .Values.admission.mode -}}
 {{- if eq $mode "auto" -}}
 {{- if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy" -}}policy
-{{- else if .Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1beta1/ValidatingAdmissionPolicy" -}}policy-v1beta1
 {{- else -}}webhook
 {{- end -}}
 {{- else -}}{{ $mode }}

@@ -25,7 +25,12 @@ fn a_cluster_with_the_policy_api_gets_the_policy_and_no_webhook() {
     let op = named(&docs, "Deployment", "bpfleet-operator").to_string();
     assert!(!op.contains("--webhook-listen"), "no webhook served where the policy decides");
 
+    // v1beta1 served (1.28, 1.29) does not mean enforced (a separate feature gate): auto
+    // keeps the webhook there, and the beta policy is rendered only when asked for.
     let beta = render(&[], &["--api-versions", VAP_V1BETA1]);
+    assert!(of_kind(&beta, "ValidatingAdmissionPolicy").is_empty());
+    named(&beta, "ValidatingWebhookConfiguration", "bpfleet-bpfprograms");
+    let beta = render(&[], &["--api-versions", VAP_V1BETA1, "--set", "admission.mode=policy-v1beta1"]);
     assert_eq!(
         named(&beta, "ValidatingAdmissionPolicy", "bpfleet-bpfprograms")["apiVersion"],
         "admissionregistration.k8s.io/v1beta1"
