@@ -71,13 +71,45 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `kubectl ARGS` against `kubeconfig`, with `input` on its standard input when given
+/// (for `-f -`); its stdout, or an error carrying both outputs (what the API server said,
+/// e.g. an admission refusal).
+pub fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+    let what = format!("kubectl {}", args.join(" "));
+    let mut child = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {what}"))?;
+    if let Some(input) = input {
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The helm binary, installed by `scripts/install-helm.sh` if missing.
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    let out = run(Command::new("bash").arg(repo_root().join("scripts/install-helm.sh")), "install-helm.sh")?;
+    Ok(PathBuf::from(out.lines().last().unwrap_or_default().trim()))
+}
+
 impl Installed {
     pub fn new(kubeconfig: &Path) -> anyhow::Result<Installed> {
-        let helm = run(Command::new("bash").arg(repo_root().join("scripts/install-helm.sh")), "install-helm.sh")?;
-        let helm = PathBuf::from(helm.lines().last().unwrap_or_default().trim());
         let mut me = Installed {
             kubeconfig: kubeconfig.into(),
-            helm,
+            helm: helm_binary()?,
             chart: repo_root().join("charts/bpfleet"),
             _chart_copy: None,
         };
@@ -115,10 +147,7 @@ impl Installed {
     }
 
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        run(
-            Command::new("kubectl").env("KUBECONFIG", &self.kubeconfig).args(args),
-            &format!("kubectl {}", args.join(" ")),
-        )
+        kubectl(&self.kubeconfig, args, None)
     }
 
     pub fn kubectl_json(&self, args: &[&str]) -> anyhow::Result<Value> {
@@ -129,19 +158,12 @@ impl Installed {
 
     /// `kubectl apply -f -` of `yaml`.
     pub fn apply(&self, yaml: &str) -> anyhow::Result<()> {
-        let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child.stdin.take().context("stdin")?.write_all(yaml.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("kubectl apply failed: {}\n{yaml}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
+        kubectl(&self.kubeconfig, &["apply", "-f", "-"], Some(yaml)).map(|_| ())
+    }
+
+    /// [`kubectl`] with `input` on its standard input (for `-f -`).
+    pub fn kubectl_with_input(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        kubectl(&self.kubeconfig, args, Some(input))
     }
 
     pub fn helm(&self, args: &[&str]) -> anyhow::Result<String> {

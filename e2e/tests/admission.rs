@@ -6,9 +6,8 @@
 //! `--as-group`) and have RBAC write on BpfPrograms: only the policy stands between
 //! them and the fleet.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -30,31 +29,19 @@ admission:
       requireNodeSelector: true
 "#;
 
+/// `kubectl` as (succeeded, what it printed or the refusal).
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", kubeconfig).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl");
-    if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    match e2e::installed::kubectl(kubeconfig, args, stdin) {
+        Ok(out) => (true, out),
+        Err(e) => (false, format!("{e:#}")),
     }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
-fn helm() -> PathBuf {
-    let out =
-        Command::new("bash").arg(util::repo_root().join("scripts/install-helm.sh")).output().expect("install-helm.sh");
-    assert!(out.status.success(), "scripts/install-helm.sh: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 /// The chart's admission documents for `mode`, as JSON objects.
 fn render(mode: &str, namespace: &str, workdir: &Path) -> Vec<Value> {
     let values = workdir.join("admission-values.yaml");
     std::fs::write(&values, VALUES).unwrap();
-    let out = Command::new(helm())
+    let out = Command::new(e2e::installed::helm_binary().unwrap())
         .args(["template", "e2e", "charts/bpfleet", "-n", namespace, "-f"])
         .arg(&values)
         .args(["--set", &format!("admission.mode={mode}"), "--show-only", "templates/admission.yaml"])

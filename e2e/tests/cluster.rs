@@ -162,20 +162,15 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-bpfp
 subjects: [{kind: User, name: e2e-stranger, apiGroup: rbac.authorization.k8s.io}]
 "#;
     c.apply(rbac).unwrap();
-    let program = std::env::temp_dir().join("bpfleet-e2e-admission-program.yaml");
-    std::fs::write(
-        &program,
-        r#"{"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "metadata": {"name": "e2e-admission"},
-"spec": {"bytecode": {"path": "/opt/x.o"}, "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]}}"#,
-    )
-    .unwrap();
-    let file = program.display().to_string();
+    let program = r#"{"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "metadata": {"name": "e2e-admission"},
+"spec": {"bytecode": {"path": "/opt/x.o"}, "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]}}"#;
     let modes = c.kubectl(&["get", "validatingwebhookconfigurations", "-o", "name"]);
     let t = Instant::now();
-    let refused = c.kubectl(&["create", "--dry-run=server", "-f", &file, "--as=e2e-stranger"]).unwrap_err();
+    let refused =
+        c.kubectl_with_input(&["create", "--dry-run=server", "-f", "-", "--as=e2e-stranger"], program).unwrap_err();
     let msg = format!("{refused:#}");
     assert!(msg.contains("e2e-stranger is named by no grant of BpfAdmissionPolicy default"), "{msg}");
-    c.kubectl(&["create", "--dry-run=server", "-f", &file]).unwrap();
+    c.kubectl_with_input(&["create", "--dry-run=server", "-f", "-"], program).unwrap();
     let _ = c.kubectl(&["delete", "clusterrolebinding,clusterrole", "e2e-bpfprogram-writer", "--ignore-not-found"]);
     eprintln!(
         "step 1b: admission enforced ({}): a stranger with RBAC write refused, an admin admitted, in {:.1?}",
