@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod crdgen;
 pub mod error;
+pub mod health;
 pub mod history;
 pub mod limits;
 pub mod names;

@@ -54,6 +54,53 @@ pub struct RolloutSpec {
     /// to that revision only, so a later revision pauses again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeStep>,
+    /// What must hold before a node that runs the new revision counts as updated, and
+    /// before each step ends: a time healthy, programs that ran, map checks, a
+    /// Prometheus query. Omitted: a node counts once its agent reports every link attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthSpec>,
+}
+
+/// Annotation that steers a rollout without touching the spec (so nothing but the
+/// manifest is in Git): `resume`, `promote`, `promote-full`, `abort` or `retry`. The
+/// operator carries it out for the current `updateRevision`, records it in
+/// `status.rollout`, and removes the annotation. `kubectl bpfleet rollout
+/// resume|promote|abort|retry` set it.
+pub const ACTION_ANNOTATION: &str = "bpfleet.dev/rollout-action";
+
+/// A value of [`ACTION_ANNOTATION`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// End the current pause (timed or not) and `spec.rollout.paused`-free holds; restart
+    /// a halted rollout at its step once its failed nodes are within `failureThreshold`.
+    Resume,
+    /// Go past the current step now, skipping what remains of its pause.
+    Promote,
+    /// Skip every remaining step and pause: all target nodes, `maxInFlight` at a time.
+    PromoteFull,
+    /// Stop the rollout and return every updated node to `stableRevision`.
+    Abort,
+    /// Start a halted, rolled-back or aborted rollout of `updateRevision` again from step 1,
+    /// with failed nodes tried again at once.
+    Retry,
+}
+
+impl Action {
+    pub const ALL: [Action; 5] = [Action::Resume, Action::Promote, Action::PromoteFull, Action::Abort, Action::Retry];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Resume => "resume",
+            Action::Promote => "promote",
+            Action::PromoteFull => "promote-full",
+            Action::Abort => "abort",
+            Action::Retry => "retry",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
 }
 
 /// See `spec.rollout.strategy`.
@@ -122,8 +169,13 @@ pub enum Phase {
     Halted,
     /// Stopped after failures, and the updated nodes went back to `stableRevision`.
     RolledBack,
-    /// Every target node runs `updateRevision` healthy; it is now `stableRevision`.
+    /// Every target node that runs an agent runs `updateRevision` and counts as ready; it
+    /// is now `stableRevision`.
     Complete,
+    /// Every node was tried and some failed `updateRevision`, within `failureThreshold` (or
+    /// with `AllAtOnce`, a first install or a revert, which stop for nothing). The failed
+    /// nodes are tried again with backoff; it becomes `Complete` when they recover.
+    Degraded,
 }
 
 /// Observed progress of the rollout of the current revision.
@@ -145,10 +197,29 @@ pub struct RolloutStatus {
     /// Number of steps of this rollout (with the implicit last 100%).
     #[serde(default)]
     pub total_steps: i32,
-    /// Target nodes that run `updateRevision` healthy.
+    /// Target nodes that run an agent: the nodes the rollout must reach (DaemonSet's
+    /// desiredNumberScheduled).
+    #[serde(default)]
+    pub desired_nodes: i32,
+    /// Target nodes that run `updateRevision`, healthy or not.
     #[serde(default)]
     pub updated_nodes: i32,
-    /// Target nodes that failed `updateRevision` (apply failed, or unhealthy after it).
+    /// Updated nodes that are healthy and passed the health gates (`spec.rollout.health`).
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// Target nodes that run some revision of the program healthy: ready nodes, and nodes
+    /// that still run `stableRevision` healthy.
+    #[serde(default)]
+    pub available_nodes: i32,
+    /// `desiredNodes` - `availableNodes`: nodes switching, failed, unreachable or not run yet.
+    #[serde(default)]
+    pub unavailable_nodes: i32,
+    /// Target nodes without a Ready agent (starting, away for less than the grace period,
+    /// or no agent at all); they are not failed.
+    #[serde(default)]
+    pub waiting_for_agent_nodes: i32,
+    /// Target nodes that failed `updateRevision` (apply failed, unhealthy after it, a
+    /// health gate failed, or unreachable past the grace period).
     #[serde(default)]
     pub failed_nodes: i32,
     /// What the rollout waits for or why it stopped.
@@ -160,6 +231,45 @@ pub struct RolloutStatus {
     /// When the current step's pause began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_start_time: Option<Time>,
+    /// The Prometheus gate at the end of the current step, while it measures or once it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+    /// Steps (1-based) a `resume` or `promote` action let this revision go past.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_step: Option<i32>,
+    /// A `promote-full` action sent this revision to every node, skipping steps and pauses.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub promoted_full: bool,
+    /// An `abort` action stopped this revision's rollout.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub aborted: bool,
+    /// The last action (`bpfleet.dev/rollout-action`) carried out, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_time: Option<Time>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Measurements of `spec.rollout.health.prometheus` at the end of one step.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// The step (1-based) whose end is measured.
+    pub step: i32,
+    /// Measurements taken.
+    pub measurements: i32,
+    /// Measurements that failed.
+    pub failures: i32,
+    /// The last measurement: its value, or why there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    /// When the last measurement was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_time: Option<Time>,
 }
 
 /// How a map of the object is treated when a new revision replaces the running one.

@@ -58,6 +58,9 @@ pub fn verdict(p: &BpfProgram) -> Verdict {
                 Phase::Complete => {
                     Verdict::Done(format!("rollout of revision {rev} complete: {} node(s) updated", r.updated_nodes))
                 }
+                Phase::Degraded => {
+                    Verdict::Failed(with_message(format!("rollout of revision {rev} degraded"), &message))
+                }
                 Phase::Halted => Verdict::Failed(with_message(format!("rollout of revision {rev} halted"), &message)),
                 Phase::RolledBack => Verdict::Failed(with_message(
                     format!(

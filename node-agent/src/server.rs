@@ -233,6 +233,10 @@ impl Agent for AgentService {
 
     type WatchStream = WatchStream;
 
+    async fn probe(&self, _req: Request<v1::ProbeRequest>) -> Result<Response<v1::ProbeResponse>, Status> {
+        Err(Status::unimplemented("Probe is not served yet"))
+    }
+
     async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         self.check_node(&req.get_ref().node_name, "Watch")?;
         let node_name = self.node_name().to_owned();

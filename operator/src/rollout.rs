@@ -299,9 +299,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         total_steps: total_steps as i32,
         updated_nodes: updated as i32,
         failed_nodes: failed.len() as i32,
-        message: None,
-        step_start_time: None,
-        pause_start_time: None,
+        ..Default::default()
     };
     let all: Vec<&str> = input.order.iter().map(String::as_str).collect();
     let complete = |mut status: RolloutStatus| {

@@ -385,6 +385,11 @@ fn with_rollout(
             set(RECONCILING, true, "RolloutPaused");
             set(PROGRESSING, true, "RolloutPaused");
         }
+        Phase::Degraded => {
+            set(STALLED, true, "RolloutDegraded");
+            set(RECONCILING, false, "RolloutDegraded");
+            set(PROGRESSING, false, "RolloutDegraded");
+        }
         Phase::Progressing | Phase::Complete => {}
     }
     conditions

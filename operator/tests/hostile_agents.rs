@@ -53,6 +53,10 @@ type Events = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>
 
 #[tonic::async_trait]
 impl Agent for FakeAgent {
+    async fn probe(&self, _req: Request<v1::ProbeRequest>) -> Result<Response<v1::ProbeResponse>, Status> {
+        Err(Status::unimplemented("this fake agent has no health gates"))
+    }
+
     async fn apply(&self, req: Request<v1::ApplyRequest>) -> Result<Response<v1::ApplyResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.mutations.fetch_add(1, Ordering::SeqCst);

@@ -98,6 +98,10 @@ impl Drop for OpenWatch {
 
 #[tonic::async_trait]
 impl Agent for FakeAgent {
+    async fn probe(&self, _req: GrpcRequest<v1::ProbeRequest>) -> Result<GrpcResponse<v1::ProbeResponse>, Status> {
+        Err(Status::unimplemented("this fake agent has no health gates"))
+    }
+
     async fn apply(&self, req: GrpcRequest<v1::ApplyRequest>) -> Result<GrpcResponse<v1::ApplyResponse>, Status> {
         self.counters.applies.fetch_add(1, Ordering::Relaxed);
         let req = req.into_inner();
