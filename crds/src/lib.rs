@@ -15,6 +15,7 @@ pub mod reason;
 pub mod revision;
 pub mod rollout;
 pub mod sanitize;
+pub mod standing;
 pub mod validate;
 
 pub use admission::{BpfAdmissionPolicy, BpfAdmissionPolicySpec};
