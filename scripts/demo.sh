@@ -72,5 +72,5 @@ for round in 1 2 3; do
 done
 echo "== kernel run statistics from the agent's /metrics:"
 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3' |
-    grep -E '^bpfleet_agent_(program_run_count|programs_managed|links_managed)' | sed 's/^/   /'
+    grep -E '^bpfleet_agent_(program_run_count_total|programs_managed|links_managed)' | sed 's/^/   /'
 echo "== removing the manifests: the agent unloads everything"

@@ -15,6 +15,8 @@ have ping || need+=(iputils-ping)
 have gcc || need+=(gcc)
 have openssl || need+=(openssl)
 have lua5.4 || need+=(lua5.4)
+# A strict OpenMetrics parser for the /metrics tests (node-agent/tests/metrics.rs).
+[ -e /usr/lib/python3/dist-packages/prometheus_client/openmetrics/parser.py ] || need+=(python3-prometheus-client)
 have npm || need+=(npm)
 # OCI image tests (oci/tests/registry.rs): a real registry, a second image tool, htpasswd.
 have docker-registry || need+=(docker-registry)

@@ -1,11 +1,12 @@
 //! Prometheus metrics and the `/metrics` + `/healthz` endpoints (the probe also on a
 //! listener of its own, see [`probe_routes`]). Per-program kernel run statistics are read
 //! from the kernel at scrape time (they need `kernel.bpf_stats_enabled`, which the agent
-//! turns on while it runs).
+//! turns on while it runs). `/metrics` is OpenMetrics text, served as such
+//! ([`OPENMETRICS_CONTENT_TYPE`]).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::programs::ProgramInfo;
@@ -45,8 +46,11 @@ pub struct Metrics {
     apply_seconds: Histogram,
     apply_errors: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
-    run_count: Family<ProgramLabels, Gauge<u64, AtomicU64>>,
-    run_time: Family<ProgramLabels, Gauge<f64, AtomicU64>>,
+    run_count: Family<ProgramLabels, Counter<u64, AtomicU64>>,
+    run_time: Family<ProgramLabels, Counter<f64, AtomicU64>>,
+    /// Held while a scrape refills the run statistics and encodes them: two scrapes at once
+    /// would otherwise add the kernel's totals twice.
+    scrape: Mutex<()>,
     heap_in_use: Gauge,
     heap_retained_free: Gauge,
 }
@@ -68,8 +72,8 @@ impl Metrics {
             Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 16.0]);
         let apply_errors = Family::<ReasonLabel, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let run_count = Family::<ProgramLabels, Gauge<u64, AtomicU64>>::default();
-        let run_time = Family::<ProgramLabels, Gauge<f64, AtomicU64>>::default();
+        let run_count = Family::<ProgramLabels, Counter<u64, AtomicU64>>::default();
+        let run_time = Family::<ProgramLabels, Counter<f64, AtomicU64>>::default();
         registry.register("owners_managed", "BpfPrograms this agent runs", owners.clone());
         registry.register("programs_managed", "Kernel programs this agent has loaded and pinned", programs.clone());
         registry.register("links_managed", "Attachments (links, clsact filters) this agent holds", links.clone());
@@ -84,10 +88,12 @@ impl Metrics {
             "Mutating gRPC requests by method and outcome (ok, refused, failed)",
             requests.clone(),
         );
+        // Counters (`..._total`): the kernel's totals only grow while a program is loaded,
+        // and start again at 0 for a new one, which `rate()` reads as a counter reset.
         registry.register("program_run_count", "Times the kernel ran each program (BPF stats)", run_count.clone());
         registry.register(
             "program_run_time_seconds",
-            "Total time the kernel spent in each program (BPF stats)",
+            "Time the kernel spent in each program (BPF stats)",
             run_time.clone(),
         );
         let heap_in_use = Gauge::default();
@@ -116,6 +122,7 @@ impl Metrics {
             requests,
             run_count,
             run_time,
+            scrape: Mutex::new(()),
             heap_in_use,
             heap_retained_free,
         }
@@ -139,8 +146,11 @@ impl Metrics {
         self.links.set(records.iter().flat_map(|r| &r.programs).map(|p| p.links.len() as i64).sum());
     }
 
-    /// Prometheus text exposition, with fresh kernel run statistics.
+    /// OpenMetrics text exposition, with fresh kernel run statistics.
     pub fn render(&self, records: &[OwnerRecord]) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        // Counters hold the kernel's totals: each scrape starts them from 0 (a program
+        // gone since the last scrape leaves no series behind) and adds what the kernel says.
         self.run_count.clear();
         self.run_time.clear();
         for r in records {
@@ -151,8 +161,8 @@ impl Metrics {
                     program: p.name.clone(),
                     r#type: p.program_type.as_str().into(),
                 };
-                self.run_count.get_or_create(&labels).set(info.run_count());
-                self.run_time.get_or_create(&labels).set(info.run_time().as_secs_f64());
+                self.run_count.get_or_create(&labels).inc_by(info.run_count());
+                self.run_time.get_or_create(&labels).inc_by(info.run_time().as_secs_f64());
             }
         }
         if let Some((in_use, free)) = heap() {
@@ -190,6 +200,11 @@ pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
     }
 }
 
+/// What prometheus-client's text encoder writes: OpenMetrics 1.0 (`_total` counters,
+/// `# EOF`), not Prometheus text 0.0.4, whose parser reads a `_total` sample under a
+/// `counter` TYPE line of another name as untyped.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// What the HTTP routes read of the agent (`Manager` implements it): the routes take this
 /// rather than the manager, so the manager, which counts into `Metrics`, is not imported back.
 pub trait Scraped: Send + Sync + 'static {
@@ -224,7 +239,7 @@ pub fn metrics_routes<A: Scraped>(agent: Arc<A>) -> axum::Router {
             async move {
                 let body =
                     tokio::task::spawn_blocking(move || m.metrics().render(&m.records())).await.unwrap_or_default();
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+                ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
             }
         }),
     )

@@ -1,6 +1,7 @@
 //! `/healthz` and `/metrics` of the agent binary, read over plain HTTP/1.1: managed
 //! programs, apply durations and errors by reason, and kernel run counts of a running
-//! program (BPF stats, which the agent turns on while it runs). With `--health-listen`,
+//! program (BPF stats, which the agent turns on while it runs). `/metrics` is OpenMetrics
+//! text, labelled so, and a strict OpenMetrics parser reads it. With `--health-listen`,
 //! `/healthz` alone on a second port and `/metrics` only on `--metrics-listen`.
 
 mod common;
@@ -127,6 +128,11 @@ impl Drop for MetricsAgent {
 
 /// GET `path` on 127.0.0.1:`port`: (status code, body), or None while nothing listens.
 fn get_on(port: u16, path: &str) -> Option<(u16, String)> {
+    get_with_head(port, path).map(|(code, _, body)| (code, body))
+}
+
+/// GET `path` on 127.0.0.1:`port`: (status code, response head, body).
+fn get_with_head(port: u16, path: &str) -> Option<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
@@ -135,7 +141,7 @@ fn get_on(port: u16, path: &str) -> Option<(u16, String)> {
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-    Some((code, if chunked { dechunk(body) } else { body.to_string() }))
+    Some((code, head.to_string(), if chunked { dechunk(body) } else { body.to_string() }))
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -149,6 +155,42 @@ fn dechunk(mut body: &str) -> String {
         body = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The value of a response head's `Content-Type`.
+fn content_type(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_string())
+    })
+}
+
+/// Debian's python3-prometheus-client holds a strict OpenMetrics 1.0 parser (it refuses a
+/// missing `# EOF`, a counter sample without `_total`, a TYPE line of another name). Run
+/// on `body`: each family as `name type`, or the parser's error. `None`: no such parser here.
+fn openmetrics_families(body: &str) -> Option<Result<Vec<String>, String>> {
+    const PARSE: &str = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+        for f in parse(sys.stdin.read()): print(f.name, f.type)\n";
+    let python = "/usr/bin/python3";
+    let probe = Command::new(python).args(["-c", "import prometheus_client.openmetrics.parser"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        return None;
+    }
+    let mut child = Command::new(python)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Some(if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    })
 }
 
 /// The value of the first sample whose line starts with `name` (labels included) and
@@ -199,16 +241,17 @@ fn healthz_and_metrics_report_kernel_truth() {
     let prog_pin = agent.root.join(prog);
     let run = [r#"program="count_openat""#, r#"owner="metrics-openat""#];
     let body = agent.wait_metrics(10, "a run count for count_openat", |b| {
-        sample(b, "bpfleet_agent_program_run_count", &run).is_some()
+        sample(b, "bpfleet_agent_program_run_count_total", &run).is_some()
     });
-    let first = sample(&body, "bpfleet_agent_program_run_count", &run).unwrap();
+    let first = sample(&body, "bpfleet_agent_program_run_count_total", &run).unwrap();
     for _ in 0..50 {
         let _ = std::fs::File::open("/etc/hostname");
     }
     let body = agent.wait_metrics(10, "run count growing with openat calls", |b| {
-        sample(b, "bpfleet_agent_program_run_count", &run).is_some_and(|v| v >= first + 50.0)
+        sample(b, "bpfleet_agent_program_run_count_total", &run).is_some_and(|v| v >= first + 50.0)
     });
-    assert!(sample(&body, "bpfleet_agent_program_run_count", &run).unwrap() > 0.0);
+    assert!(sample(&body, "bpfleet_agent_program_run_count_total", &run).unwrap() > 0.0);
+    assert!(sample(&body, "bpfleet_agent_program_run_time_seconds_total", &run).unwrap() > 0.0, "{body}");
     let shown = sh(&format!("bpftool -j prog show pinned {}", prog_pin.display()));
     let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
     let kernel_runs = v["run_cnt"].as_u64().unwrap_or_else(|| panic!("bpftool shows no run_cnt: {shown}"));
@@ -240,6 +283,39 @@ fn health_listener_serves_healthz_but_not_metrics() {
     assert_eq!(code, 200);
     assert!(sample(&body, "bpfleet_agent_programs_managed", &[]).is_some(), "{body}");
     assert_eq!(agent.wait_get(agent.port, "/healthz"), (200, "ok".into()), "/healthz stays on --metrics-listen");
+}
+
+/// `/metrics` is labelled as the format it is (OpenMetrics), and a strict OpenMetrics
+/// parser reads it, with the kernel's run count and run time as counters.
+#[test]
+fn metrics_are_openmetrics_and_say_so() {
+    let mut agent = MetricsAgent::start();
+    agent.write("tracepoint.yaml", &manifest("metrics-format", "tracepoint_openat.o", "count_openat"));
+    agent.wait_metrics(10, "a run count", |b| sample(b, "bpfleet_agent_program_run_count_total", &[]).is_some());
+    let (code, head, body) = get_with_head(agent.port, "/metrics").expect("/metrics answers");
+    assert_eq!(code, 200);
+    assert_eq!(
+        content_type(&head).as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "OpenMetrics ends with # EOF: {body}");
+    let Some(parsed) = openmetrics_families(&body) else {
+        eprintln!(
+            "SKIP openmetrics parse: /usr/bin/python3 with python3-prometheus-client missing (apt-get install python3-prometheus-client)"
+        );
+        return;
+    };
+    let families = parsed.unwrap_or_else(|e| panic!("the OpenMetrics parser refused /metrics: {e}\n{body}"));
+    for want in [
+        "bpfleet_agent_program_run_count counter",
+        "bpfleet_agent_program_run_time_seconds counter",
+        "bpfleet_agent_apply_errors counter",
+        "bpfleet_agent_apply_duration_seconds histogram",
+        "bpfleet_agent_programs_managed gauge",
+    ] {
+        assert!(families.iter().any(|f| f == want), "no `{want}` in {families:?}");
+    }
 }
 
 /// A --health-listen address in use stops the start with words naming the flag, instead
