@@ -7,10 +7,20 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand};
 
 const GITOPS_NOTE: &str = "\
-Both pause and resume patch the BpfProgram's spec (spec.rollout.paused, spec.rollout.resume), \
-so they are visible to GitOps tools. With Argo CD self-heal or Flux, a patch that differs from \
-Git is reverted at the next sync: commit the same change to Git (or exclude spec.rollout from \
-sync) instead of, or as well as, running these commands. The same holds for `rollout undo`.";
+pause patches the BpfProgram's spec (spec.rollout.paused), so GitOps tools see it: with Argo CD \
+self-heal or Flux, a spec that differs from Git is reverted at the next sync. Commit \
+spec.rollout.paused to Git instead of, or as well as, running it. The same holds for `rollout undo`. \
+resume, promote, abort and retry only set the bpfleet.dev/rollout-action annotation, which the \
+operator carries out and removes: nothing to commit, and `kubectl annotate bpfprogram NAME \
+bpfleet.dev/rollout-action=promote` does the same without the plugin.";
+
+const ACTION_NOTE: &str = "\
+Sets the bpfleet.dev/rollout-action annotation (one merge patch); the operator carries it out for \
+status.rollout.updateRevision, records it in status.rollout (lastAction, lastActionTime) and removes \
+the annotation. GitOps tools leave the annotation alone, and nothing needs committing. Without the \
+plugin: `kubectl annotate bpfprogram NAME bpfleet.dev/rollout-action=ACTION` (resume, promote, \
+promote-full, abort, retry). Refused, with what to run instead, when status.rollout.phase makes the \
+action meaningless.";
 
 /// Rollouts and per-node state of bpfleet BpfPrograms.
 #[derive(Parser, Debug)]
@@ -31,7 +41,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Follow, inspect, undo, pause and resume the rollout of a BpfProgram's revisions.
+    /// Follow, inspect, undo, pause, resume, promote, abort and retry the rollout of a
+    /// BpfProgram's revisions.
     #[command(subcommand)]
     Rollout(Rollout),
     /// What each node runs of PROGRAM: revision, health, program and link ids, last error.
@@ -56,10 +67,12 @@ pub enum Command {
 pub enum Rollout {
     /// Print the rollout's progress until it completes, fails or times out.
     ///
-    /// Exit status: 0 when every target node runs the current revision (phase Complete,
-    /// reported for the current generation); 1 when the rollout is Halted or RolledBack,
-    /// with its message (or when the command itself fails); 2 on timeout, or with
-    /// --watch=false while the rollout is still going or paused.
+    /// Exit status, from the program's conditions for its current generation (the same
+    /// verdict Flux's kstatus and the Argo CD health check give): 0 when the rollout is
+    /// done (Reconciling and Stalled False, not held); 1 when it failed (Stalled True:
+    /// Halted, RolledBack, Degraded), with its message, or when the command itself fails;
+    /// 2 on timeout, or with --watch=false, while it is in progress or held at a pause
+    /// that waits for `rollout resume` or `promote`.
     Status {
         /// The BpfProgram's name.
         name: String,
@@ -96,13 +109,40 @@ pub enum Rollout {
         /// The BpfProgram's name.
         name: String,
     },
-    /// Let the rollout go on: sets spec.rollout.paused=false (and spec.rollout.resume).
+    /// Let a held rollout go on: ends the current pause (timed or not), or restarts a
+    /// Halted rollout at its step once its failed nodes are within failureThreshold.
     ///
-    /// When the rollout waits on a pause step without a duration or is halted, also sets
-    /// spec.rollout.resume={revision: status.rollout.updateRevision, step:
-    /// status.rollout.step}, which lets that revision go past that step only.
-    #[command(after_help = GITOPS_NOTE)]
+    /// When spec.rollout.paused is true, also sets it false in the same patch: that edits
+    /// the spec, which a GitOps tool reverts unless Git says false too.
+    #[command(after_help = ACTION_NOTE)]
     Resume {
+        /// The BpfProgram's name.
+        name: String,
+    },
+    /// Go past the current step now, skipping what remains of its pause.
+    ///
+    /// For a Progressing or Paused rollout. --full skips every remaining step and pause:
+    /// all target nodes, maxInFlight at a time.
+    #[command(after_help = ACTION_NOTE)]
+    Promote {
+        /// The BpfProgram's name.
+        name: String,
+        /// Skip every remaining step and pause (bpfleet.dev/rollout-action=promote-full).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Stop the rollout and return every updated node to status.rollout.stableRevision.
+    ///
+    /// For a rollout that is not Complete or RolledBack and has a stable revision.
+    #[command(after_help = ACTION_NOTE)]
+    Abort {
+        /// The BpfProgram's name.
+        name: String,
+    },
+    /// Start a Halted, RolledBack, Degraded or aborted rollout of the update revision
+    /// again from step 1, trying failed nodes again at once.
+    #[command(after_help = ACTION_NOTE)]
+    Retry {
         /// The BpfProgram's name.
         name: String,
     },
@@ -140,11 +180,21 @@ mod tests {
         for args in [
             &["rollout", "pause", "x"][..],
             &["rollout", "resume", "x"],
+            &["rollout", "abort", "x"],
+            &["rollout", "retry", "x"],
             &["nodes", "x", "--wide"],
             &["rollout", "history", "x", "--revision", "2"],
         ] {
             Cli::try_parse_from(std::iter::once("kubectl-bpfleet").chain(args.iter().copied())).unwrap();
         }
         assert!(Cli::try_parse_from(["kubectl-bpfleet", "rollout", "status", "x", "--timeout", "10"]).is_err());
+    }
+
+    #[test]
+    fn promote_takes_full() {
+        let cli = Cli::try_parse_from(["kubectl-bpfleet", "rollout", "promote", "x", "--full"]).unwrap();
+        assert!(matches!(cli.command, Command::Rollout(Rollout::Promote { full: true, .. })));
+        let cli = Cli::try_parse_from(["kubectl-bpfleet", "rollout", "promote", "x"]).unwrap();
+        assert!(matches!(cli.command, Command::Rollout(Rollout::Promote { full: false, .. })));
     }
 }

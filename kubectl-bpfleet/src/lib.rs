@@ -1,17 +1,17 @@
-//! `kubectl bpfleet`: a kubectl plugin for bpfleet BpfPrograms: follow, list, undo, pause
-//! and resume rollouts, show what each node runs, and make bytecode images (`image`,
+//! `kubectl bpfleet`: a kubectl plugin for bpfleet BpfPrograms: follow, list, undo, pause,
+//! resume, promote, abort and retry rollouts, show what each node runs, and make bytecode images (`image`,
 //! which needs no cluster).
 //!
 //! Each command is a pure core (what to print, which revision, which patch, which exit
 //! status) unit-tested without a cluster, and a thin `run` that reads and patches
 //! through the Kubernetes API.
 
+pub mod actions;
 pub mod cli;
 pub mod history;
 pub mod image;
 pub mod nodes;
 pub mod output;
-pub mod pause;
 pub mod status;
 pub mod table;
 pub mod undo;
@@ -25,6 +25,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
 use cli::{Cli, Command, Rollout};
+use crds::rollout::Action;
 
 /// Recorded as the field manager of every patch this plugin makes.
 pub const FIELD_MANAGER: &str = "kubectl-bpfleet";
@@ -33,9 +34,10 @@ pub const FIELD_MANAGER: &str = "kubectl-bpfleet";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     Ok = 0,
-    /// The rollout failed (Halted, RolledBack), or the command did.
+    /// The rollout failed (Stalled: Halted, RolledBack, Degraded), or the command did.
     Failed = 1,
-    /// The rollout has not finished (timeout, or `--watch=false` while it goes on).
+    /// The rollout has not finished (timeout, or `--watch=false` while it goes on or is
+    /// held at a pause).
     NotDone = 2,
 }
 
@@ -71,10 +73,20 @@ pub async fn run(cli: Cli, client: Client, out: &mut dyn Write) -> anyhow::Resul
             let args = undo::Args { name: &name, to_revision, field_manager: FIELD_MANAGER };
             undo::run(client, revisions, args, out).await?
         }
-        Command::Rollout(Rollout::Pause { name }) => pause::pause(programs, &name, FIELD_MANAGER, out).await?,
-        Command::Rollout(Rollout::Resume { name }) => pause::resume(programs, &name, FIELD_MANAGER, out).await?,
+        Command::Rollout(Rollout::Pause { name }) => actions::pause(programs, &name, FIELD_MANAGER, out).await?,
+        Command::Rollout(Rollout::Resume { name }) => act(programs, &name, Action::Resume, out).await?,
+        Command::Rollout(Rollout::Promote { name, full }) => {
+            let action = if full { Action::PromoteFull } else { Action::Promote };
+            act(programs, &name, action, out).await?
+        }
+        Command::Rollout(Rollout::Abort { name }) => act(programs, &name, Action::Abort, out).await?,
+        Command::Rollout(Rollout::Retry { name }) => act(programs, &name, Action::Retry, out).await?,
         Command::Nodes { program, wide } => nodes::run(client, &program, wide, out).await?,
         Command::Image(cmd) => return image::run(*cmd, out).await,
     }
     Ok(Exit::Ok)
+}
+
+async fn act(programs: Api<BpfProgram>, name: &str, action: Action, out: &mut dyn Write) -> anyhow::Result<()> {
+    actions::request_action(programs, name, action, FIELD_MANAGER, out).await
 }

@@ -210,20 +210,102 @@ async fn undo_refuses_a_changed_config_map_whose_recorded_bytes_do_not_fit_inlin
     assert!(err.contains("larger than inline bytecode allows"), "{err}");
 }
 
-#[tokio::test]
-async fn resume_of_a_pause_step_patches_paused_and_resume() {
-    let (result, out, patch) = kubectl(&["rollout", "resume", "xdp-counter"], |mut h| async move {
-        expect(&mut h, "GET", PROGRAM, program(rollout_status("Paused", 1, "paused after step 1"))).await;
-        let patch =
-            expect(&mut h, "PATCH", &format!("{PROGRAM}?&fieldManager=kubectl-bpfleet"), program(json!(null))).await;
+/// Run `rollout <args>` on the program `read`: the GET, then the PATCH if `patched`.
+async fn rollout_action(args: &[&str], read: Value, patched: bool) -> (anyhow::Result<Exit>, String, Option<Seen>) {
+    let args: Vec<&str> = ["rollout"].iter().chain(args).copied().collect();
+    kubectl(&args, |mut h| async move {
+        expect(&mut h, "GET", PROGRAM, read).await;
+        let patch = match patched {
+            true => Some(
+                expect(&mut h, "PATCH", &format!("{PROGRAM}?&fieldManager=kubectl-bpfleet"), program(json!(null)))
+                    .await,
+            ),
+            false => None,
+        };
         assert_no_more_calls(&mut h).await;
         patch
     })
-    .await;
+    .await
+}
+
+fn annotation(action: &str) -> Value {
+    json!({"metadata": {"annotations": {"bpfleet.dev/rollout-action": action}}})
+}
+
+#[tokio::test]
+async fn resume_of_a_pause_step_sets_the_annotation_only() {
+    let paused = program(rollout_status("Paused", 1, "step 1 done; waiting to be resumed"));
+    let (result, out, patch) = rollout_action(&["resume", "xdp-counter"], paused, true).await;
     assert_eq!(result.unwrap(), Exit::Ok);
+    let patch = patch.unwrap();
     assert_eq!(patch.content_type.as_deref(), Some("application/merge-patch+json"));
-    assert_eq!(patch.body, json!({"spec": {"rollout": {"paused": false, "resume": {"revision": NEW, "step": 1}}}}));
-    assert!(out.contains(&format!("spec.rollout.resume={{revision: {NEW}, step: 1}}")), "{out}");
+    assert_eq!(patch.body, annotation("resume"), "no revision hash, no spec edit");
+    assert_eq!(
+        out,
+        "bpfprogram.bpfleet.dev/xdp-counter resume requested (bpfleet.dev/rollout-action=resume)\n\
+         follow it with: kubectl bpfleet rollout status xdp-counter\n"
+    );
+}
+
+#[tokio::test]
+async fn resume_of_a_spec_pause_clears_paused_in_the_same_patch_and_says_so() {
+    let mut held = program(rollout_status("Paused", 2, "held by spec.rollout.paused"));
+    held["spec"]["rollout"]["paused"] = json!(true);
+    let (result, out, patch) = rollout_action(&["resume", "xdp-counter"], held, true).await;
+    assert_eq!(result.unwrap(), Exit::Ok);
+    assert_eq!(
+        patch.unwrap().body,
+        json!({"metadata": {"annotations": {"bpfleet.dev/rollout-action": "resume"}},
+               "spec": {"rollout": {"paused": false}}})
+    );
+    assert!(out.contains("resume requested (bpfleet.dev/rollout-action=resume, spec.rollout.paused=false)"), "{out}");
+    assert!(out.contains("a GitOps tool puts paused: true back"), "{out}");
+}
+
+#[tokio::test]
+async fn promote_and_promote_full_set_their_annotation() {
+    for (args, value) in
+        [(&["promote", "xdp-counter"][..], "promote"), (&["promote", "xdp-counter", "--full"], "promote-full")]
+    {
+        let paused = program(rollout_status("Paused", 1, "step 1 done"));
+        let (result, out, patch) = rollout_action(args, paused, true).await;
+        assert_eq!(result.unwrap(), Exit::Ok);
+        assert_eq!(patch.unwrap().body, annotation(value));
+        assert!(
+            out.starts_with(&format!(
+                "bpfprogram.bpfleet.dev/xdp-counter {value} requested (bpfleet.dev/rollout-action={value})\n"
+            )),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn abort_and_retry_set_their_annotation() {
+    let going = program(rollout_status("Progressing", 1, "waiting for node-1"));
+    let (result, _out, patch) = rollout_action(&["abort", "xdp-counter"], going, true).await;
+    assert_eq!(result.unwrap(), Exit::Ok);
+    assert_eq!(patch.unwrap().body, annotation("abort"));
+    let halted = program(rollout_status("Halted", 1, "node-7: verifier rejected"));
+    let (result, _out, patch) = rollout_action(&["retry", "xdp-counter"], halted, true).await;
+    assert_eq!(result.unwrap(), Exit::Ok);
+    assert_eq!(patch.unwrap().body, annotation("retry"));
+}
+
+#[tokio::test]
+async fn meaningless_actions_are_refused_without_a_patch() {
+    for (args, phase, says) in [
+        (&["promote", "xdp-counter"][..], "Complete", "is Complete: every node runs it already"),
+        (&["abort", "xdp-counter"], "Complete", "rollout undo xdp-counter"),
+        (&["retry", "xdp-counter"], "Progressing", "only a Halted, RolledBack, Degraded or aborted rollout"),
+        (&["resume", "xdp-counter"], "Progressing", "nothing holds it"),
+    ] {
+        let (result, out, _) = rollout_action(args, program(rollout_status(phase, 2, "")), false).await;
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(err.starts_with(&format!("cannot {} BpfProgram xdp-counter: ", args[0])), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert!(out.is_empty(), "{out}");
+    }
 }
 
 #[tokio::test]
