@@ -17,10 +17,12 @@ pub mod manager;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
+pub mod probe;
 pub mod recovery;
 pub mod request;
 pub mod server;
 pub mod standalone;
+pub mod stats;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;

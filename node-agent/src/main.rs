@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use agent::attach::TcBackend;
 use agent::manager::{AgentConfig, Manager};
+use agent::stats::RunCounting;
 use agent::tls::{ServerTls, TlsFiles};
 use agent::{metrics, recovery, server, standalone};
 use anyhow::{Context, bail};
@@ -155,7 +156,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await??;
     tracing::info!(node = %node_name, adopted = recovered.adopted.len(), "agent starting");
-    let _stats = metrics::enable_bpf_stats();
+    // Puts back kernel.bpf_stats_enabled if this agent died holding a Probe's stats lease,
+    // and keeps run counting on while the agent runs.
+    let counting = Arc::new(RunCounting::start(&args.state_dir));
 
     let m = Arc::clone(&manager);
     tokio::spawn(async move {
@@ -184,11 +187,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // that sees the agent Ready dials it at once.
     serve_http(args.metrics_listen, args.health_listen, &manager).await?;
     tracing::info!(listen = %args.listen, "serving bpfleet.agent.v1 over mTLS");
-    server::serve(manager, listener, tls, async {
+    let served = server::serve(manager, Arc::clone(&counting), listener, tls, async {
         shutdown_signal().await;
         tracing::info!("stopping; programs stay attached (pinned)");
     })
-    .await
+    .await;
+    // No Probe can extend a lease any more: give kernel.bpf_stats_enabled back now.
+    counting.release();
+    served
 }
 
 /// Bind --metrics-listen and --health-listen (an address in use stops the start, naming

@@ -20,19 +20,23 @@ use tonic::{Request, Response, Status};
 use crate::error::{AgentError, Reason};
 use crate::fence::EpochFence;
 use crate::manager::{ApplyInput, Change, ChangeKind, Manager};
+use crate::probe::{self, Reading};
 use crate::request::{check_digest, checked_map_policies, invalid, read_bytecode_file};
+use crate::stats::RunCounting;
 use crate::tls::{self, ServerTls};
 
 pub struct AgentService {
     manager: Arc<Manager>,
     fence: EpochFence,
+    /// The agent's one switch of kernel run counting (Probe's stats leases).
+    counting: Arc<RunCounting>,
 }
 
 impl AgentService {
     /// The service, fenced by the epoch recorded in the manager's state directory.
-    pub fn new(manager: Arc<Manager>) -> Self {
+    pub fn new(manager: Arc<Manager>, counting: Arc<RunCounting>) -> Self {
         let fence = EpochFence::open(&manager.config().state_dir);
-        Self { manager, fence }
+        Self { manager, fence, counting }
     }
 }
 
@@ -233,8 +237,17 @@ impl Agent for AgentService {
 
     type WatchStream = WatchStream;
 
-    async fn probe(&self, _req: Request<v1::ProbeRequest>) -> Result<Response<v1::ProbeResponse>, Status> {
-        Err(Status::unimplemented("Probe is not served yet"))
+    async fn probe(&self, req: Request<v1::ProbeRequest>) -> Result<Response<v1::ProbeResponse>, Status> {
+        let req = req.into_inner();
+        self.check_node(&req.node_name, "Probe")?;
+        let reads = req.reads.into_iter().map(|r| (r.map, r.key)).collect();
+        let input = probe::check(&req.owner_uid, reads, req.stats_lease_seconds)?;
+        let (manager, counting) = (Arc::clone(&self.manager), Arc::clone(&self.counting));
+        // Up to 32 map lookups and a program info per program, and the lease's file writes.
+        let reading = tokio::task::spawn_blocking(move || probe::probe(&manager, &counting, &input))
+            .await
+            .map_err(|e| Status::internal(format!("Probe failed: {e}")))?;
+        Ok(Response::new(reading_to_wire(reading, self.node_name())))
     }
 
     async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<WatchStream>, Status> {
@@ -278,6 +291,37 @@ fn change_to_wire(c: &Change, node_name: &str) -> v1::WatchEvent {
     }
 }
 
+/// A Probe's reading as the wire carries it.
+fn reading_to_wire(r: Reading, node_name: &str) -> v1::ProbeResponse {
+    v1::ProbeResponse {
+        node_name: node_name.to_owned(),
+        revision: r.revision,
+        programs: r
+            .programs
+            .into_iter()
+            .map(|p| v1::ProgramRuns {
+                name: p.name,
+                program_id: p.program_id,
+                run_count: p.run_count,
+                run_time_ns: p.run_time_ns,
+            })
+            .collect(),
+        values: r
+            .values
+            .into_iter()
+            .map(|(read, value)| v1::MapValue {
+                map: read.map.to_string(),
+                key: read.key,
+                result: Some(match value {
+                    Ok(v) => v1::map_value::Result::Value(v),
+                    Err(why) => v1::map_value::Result::Error(why),
+                }),
+            })
+            .collect(),
+        stats_enabled: r.stats_enabled,
+    }
+}
+
 fn uid_of(s: &v1::OwnerState) -> &str {
     s.owner.as_ref().map(|o| o.uid.as_str()).unwrap_or_default()
 }
@@ -313,10 +357,12 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// Calls in flight on one connection (the operator needs a handful: Apply, Watch, List).
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
-/// Serve the agent API on `listener` with mTLS until `shutdown` resolves. Connections are
-/// bounded as `tls::incoming` describes; each carries at most 64 calls at once.
+/// Serve the agent API on `listener` with mTLS until `shutdown` resolves; Probe's stats
+/// leases go through `counting`. Connections are bounded as `tls::incoming` describes;
+/// each carries at most 64 calls at once.
 pub async fn serve(
     manager: Arc<Manager>,
+    counting: Arc<RunCounting>,
     listener: TcpListener,
     tls: Arc<ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -330,7 +376,7 @@ pub async fn serve(
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(health)
         .add_service(
-            AgentServer::new(AgentService::new(manager))
+            AgentServer::new(AgentService::new(manager, counting))
                 .max_decoding_message_size(crds::limits::MAX_APPLY_MESSAGE_BYTES)
                 .max_encoding_message_size(crds::limits::MAX_ANSWER_BYTES),
         )

@@ -70,6 +70,11 @@ impl Manager {
         uids.iter().filter_map(|u| self.state_of(u)).collect()
     }
 
+    /// The record of what one owner runs, if it runs anything (for Probe).
+    pub fn record_of(&self, uid: &str) -> Option<OwnerRecord> {
+        self.entry(uid)?.record
+    }
+
     /// Records of everything running (for metrics and standalone mode).
     pub fn records(&self) -> Vec<OwnerRecord> {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).values().filter_map(|e| e.record.clone()).collect()
