@@ -481,7 +481,7 @@ async fn dispatch(
                     }
                     _ => Ok(()),
                 };
-                metrics.dispatched(&node.name, started.elapsed());
+                metrics.dispatched(started.elapsed());
                 r
             }
         })

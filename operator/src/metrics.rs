@@ -1,5 +1,8 @@
 //! Operator metrics and the `/metrics`, `/healthz`, `/readyz` endpoints (the probes also
-//! on a listener of their own, see [`probe_routes`]).
+//! on a listener of their own, see [`probe_routes`]). `/metrics` is OpenMetrics text,
+//! served as such ([`OPENMETRICS_CONTENT_TYPE`]). Label values come from bounded sets
+//! (reasons, answers, repair actions) or from BpfProgram names; no series is per node, so
+//! the series count does not grow with the fleet.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +17,22 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Why a reconcile failed ([`crate::controller::Error::metric_label`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Label1 {
-    label: String,
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// What a drift repair did: `remove_unknown` or `reconcile`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+/// How an agent answered a resync's List: `full` or `unchanged`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnswerLabel {
+    answer: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,23 +40,19 @@ struct ProgramLabel {
     program: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NodeLabel {
-    node: String,
-}
-
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
-    errors: Family<Label1, Counter>,
+    errors: Family<ReasonLabel, Counter>,
     reconcile_seconds: Histogram,
-    dispatch_seconds: Family<NodeLabel, Histogram>,
+    /// One for the fleet: per node it would be ~300 B and 15 series per node.
+    dispatch_seconds: Histogram,
     targets: Family<ProgramLabel, Gauge>,
     ready: Family<ProgramLabel, Gauge>,
     failed: Family<ProgramLabel, Gauge>,
-    repairs: Family<Label1, Counter>,
+    repairs: Family<ActionLabel, Counter>,
     resyncs: Counter,
-    resync_lists: Family<Label1, Counter>,
+    resync_lists: Family<AnswerLabel, Counter>,
     bpfnode_writes: Counter,
     /// Caches synced: the process can serve (leader or standby).
     pub ready_flag: AtomicBool,
@@ -66,15 +78,15 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("bpfleet_operator");
         let reconciles = Counter::default();
-        let errors = Family::<Label1, Counter>::default();
+        let errors = Family::<ReasonLabel, Counter>::default();
         let reconcile_seconds = Histogram::new(buckets());
-        let dispatch_seconds = Family::<NodeLabel, Histogram>::new_with_constructor(|| Histogram::new(buckets()));
+        let dispatch_seconds = Histogram::new(buckets());
         let targets = Family::<ProgramLabel, Gauge>::default();
         let ready = Family::<ProgramLabel, Gauge>::default();
         let failed = Family::<ProgramLabel, Gauge>::default();
-        let repairs = Family::<Label1, Counter>::default();
+        let repairs = Family::<ActionLabel, Counter>::default();
         let resyncs = Counter::default();
-        let resync_lists = Family::<Label1, Counter>::default();
+        let resync_lists = Family::<AnswerLabel, Counter>::default();
         let bpfnode_writes = Counter::default();
         let leader = Gauge::default();
         let epoch = Gauge::default();
@@ -82,11 +94,15 @@ impl Metrics {
         registry.register("reconciles", "BpfProgram reconciliations", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciliations by reason", errors.clone());
         registry.register("reconcile_duration_seconds", "Time per reconciliation", reconcile_seconds.clone());
-        registry.register("dispatch_duration_seconds", "Time of one agent call, per node", dispatch_seconds.clone());
+        registry.register(
+            "dispatch_duration_seconds",
+            "Time of one agent call (Apply or Remove) of a dispatch",
+            dispatch_seconds.clone(),
+        );
         registry.register("target_nodes", "Nodes each BpfProgram selects", targets.clone());
         registry.register("ready_nodes", "Nodes running each BpfProgram's current revision", ready.clone());
         registry.register("failed_nodes", "Nodes failing each BpfProgram", failed.clone());
-        registry.register("drift_repairs", "Drift repairs by kind", repairs.clone());
+        registry.register("drift_repairs", "Drift repairs by action (remove_unknown, reconcile)", repairs.clone());
         registry.register("resync_passes", "Completed resyncs (a List of every agent)", resyncs.clone());
         registry.register(
             "resync_lists",
@@ -126,8 +142,8 @@ impl Metrics {
         self.reconcile_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn reconcile_error(&self, label: &str) {
-        self.errors.get_or_create(&Label1 { label: label.into() }).inc();
+    pub fn reconcile_error(&self, reason: &'static str) {
+        self.errors.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     pub fn resynced(&self) {
@@ -136,16 +152,17 @@ impl Metrics {
 
     /// One agent answered a resync's List, in full or "unchanged".
     pub fn resync_listed(&self, unchanged: bool) {
-        let label = if unchanged { "unchanged" } else { "full" };
-        self.resync_lists.get_or_create(&Label1 { label: label.into() }).inc();
+        let answer = if unchanged { "unchanged" } else { "full" };
+        self.resync_lists.get_or_create(&AnswerLabel { answer }).inc();
     }
 
     pub fn bpfnode_written(&self) {
         self.bpfnode_writes.inc();
     }
 
-    pub fn dispatched(&self, node: &str, took: Duration) {
-        self.dispatch_seconds.get_or_create(&NodeLabel { node: node.into() }).observe(took.as_secs_f64());
+    /// One agent call of a dispatch took `took`.
+    pub fn dispatched(&self, took: Duration) {
+        self.dispatch_seconds.observe(took.as_secs_f64());
     }
 
     pub fn program_counts(&self, program: &str, s: &BpfProgramStatus) {
@@ -162,12 +179,9 @@ impl Metrics {
         self.failed.remove(&l);
     }
 
-    pub fn repaired(&self, kind: &str) {
-        self.repairs.get_or_create(&Label1 { label: kind.into() }).inc();
-    }
-
-    pub fn forget_node(&self, node: &str) {
-        self.dispatch_seconds.remove(&NodeLabel { node: node.into() });
+    /// A drift repair: `remove_unknown` or `reconcile`.
+    pub fn repaired(&self, action: &'static str) {
+        self.repairs.get_or_create(&ActionLabel { action }).inc();
     }
 
     pub fn render(&self) -> String {
@@ -176,6 +190,10 @@ impl Metrics {
         out
     }
 }
+
+/// What prometheus-client's text encoder writes: OpenMetrics 1.0 (`_total` counters,
+/// `# EOF`), not Prometheus text 0.0.4.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What `/readyz` says: a leader is ready once its caches have synced and it has listed
 /// every agent (before that it decides nothing); a standby once it has read the Lease (it
@@ -205,7 +223,12 @@ pub fn probe_routes(metrics: Arc<Metrics>) -> axum::Router {
 /// What --metrics-listen serves: `/metrics` and the [`probe_routes`].
 pub fn metrics_routes(metrics: Arc<Metrics>) -> axum::Router {
     let m = metrics.clone();
-    probe_routes(metrics).route("/metrics", axum::routing::get(move || async move { m.render() }))
+    probe_routes(metrics).route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], m.render())
+        }),
+    )
 }
 
 /// Bind the address of `flag` (e.g. `--health-listen`), saying which flag failed.
@@ -228,6 +251,12 @@ mod listener_tests {
 
     /// Status and body of GET `path` on `addr`, over plain HTTP/1.1.
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let (code, _, body) = get_with_head(addr, path).await;
+        (code, body)
+    }
+
+    /// Status, response head and body of GET `path` on `addr`.
+    async fn get_with_head(addr: SocketAddr, path: &str) -> (u16, String, String) {
         let path = path.to_string();
         tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
@@ -236,7 +265,7 @@ mod listener_tests {
             let mut raw = String::new();
             s.read_to_string(&mut raw).unwrap();
             let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-            (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+            (head.split_whitespace().nth(1).unwrap().parse().unwrap(), head.to_string(), body.to_string())
         })
         .await
         .unwrap()
@@ -260,9 +289,11 @@ mod listener_tests {
         assert_eq!(get(health, "/healthz").await, (200, "ok".into()));
         assert_eq!(get(health, "/readyz").await, (200, "ready".into()));
 
-        let (code, body) = get(metrics, "/metrics").await;
+        let (code, head, body) = get_with_head(metrics, "/metrics").await;
         assert_eq!(code, 200);
-        assert!(body.contains("# TYPE"), "no metrics in {body:?}");
+        assert!(body.contains("# TYPE") && body.ends_with("# EOF\n"), "no OpenMetrics in {body:?}");
+        let content_type = head.lines().find_map(|l| l.strip_prefix("content-type: "));
+        assert_eq!(content_type, Some(OPENMETRICS_CONTENT_TYPE), "{head}");
         assert_eq!(get(metrics, "/healthz").await, (200, "ok".into()), "/healthz stays on --metrics-listen");
         assert_eq!(get(metrics, "/readyz").await, (200, "ready".into()));
     }
@@ -284,6 +315,40 @@ mod listener_tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let err = bind("--health-listen", taken.local_addr().unwrap()).await.unwrap_err();
         assert!(err.to_string().starts_with("cannot listen on --health-listen 127.0.0.1:"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod series_tests {
+    use std::time::Duration;
+
+    use super::Metrics;
+
+    /// Every labelled sample says what its label is, and a dispatch to any number of nodes
+    /// is one histogram: 15 series, not 15 per node.
+    #[test]
+    fn labels_name_what_they_hold_and_no_series_is_per_node() {
+        let m = Metrics::new();
+        m.reconcile_error("kube");
+        m.repaired("remove_unknown");
+        m.resync_listed(true);
+        m.resync_listed(false);
+        for _ in 0..500 {
+            m.dispatched(Duration::from_millis(3));
+        }
+        let text = m.render();
+        for line in [
+            r#"bpfleet_operator_reconcile_errors_total{reason="kube"} 1"#,
+            r#"bpfleet_operator_drift_repairs_total{action="remove_unknown"} 1"#,
+            r#"bpfleet_operator_resync_lists_total{answer="unchanged"} 1"#,
+            r#"bpfleet_operator_resync_lists_total{answer="full"} 1"#,
+            "bpfleet_operator_dispatch_duration_seconds_count 500",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("label=") && !text.contains("node="), "{text}");
+        let dispatch = text.lines().filter(|l| l.starts_with("bpfleet_operator_dispatch_duration_seconds")).count();
+        assert_eq!(dispatch, 12 + 1 + 2, "buckets, +Inf, sum and count: {text}");
     }
 }
 

@@ -62,7 +62,6 @@ pub async fn node_gone(ctx: &Context, name: &str) {
     ctx.index.forget(name);
     ctx.pool.forget(name);
     ctx.bpfnodes.forget(name);
-    ctx.metrics.forget_node(name);
     if let Err(e) = bpfnode::delete(&ctx.client, name).await {
         tracing::warn!(node = name, error = %e, "cannot delete BpfNode");
     }
