@@ -46,9 +46,22 @@ fn old() -> String {
 }
 
 fn rollout_status(phase: &str, step: i32, message: &str) -> Value {
+    // The conditions the operator writes with each phase (a pause here waits for someone).
+    let (ready, reconciling, stalled) = match phase {
+        "Complete" => ("True", "False", "False"),
+        "Halted" | "RolledBack" | "Degraded" => ("False", "False", "True"),
+        "Paused" => ("False", "False", "False"),
+        _ => ("False", "True", "False"),
+    };
+    let condition = |t: &str, s: &str| {
+        json!({"type": t, "status": s, "reason": "R", "message": message, "observedGeneration": 4,
+               "lastTransitionTime": "2026-01-01T10:00:00Z"})
+    };
     json!({"observedGeneration": 4, "revision": NEW, "targetNodes": 3, "readyNodes": 1,
+           "conditions": [condition("Ready", ready), condition("Reconciling", reconciling), condition("Stalled", stalled)],
            "rollout": {"phase": phase, "stableRevision": old(), "updateRevision": NEW, "step": step, "totalSteps": 2,
-                       "updatedNodes": 1, "failedNodes": if phase == "Halted" { 1 } else { 0 }, "message": message}})
+                       "desiredNodes": 3, "updatedNodes": 1, "readyNodes": 1, "availableNodes": 3,
+                       "failedNodes": if phase == "Halted" { 1 } else { 0 }, "message": message}})
 }
 
 fn revision(number: i64, hash: &str, elf: &[u8], global: &str) -> Value {
@@ -320,15 +333,41 @@ async fn pause_patches_paused_without_reading() {
     assert_eq!(patch.body, json!({"spec": {"rollout": {"paused": true}}}));
 }
 
-#[tokio::test]
-async fn status_without_watch_fails_on_a_halted_rollout() {
+/// `rollout status --watch=false` on a program with `status`: one GET.
+async fn status_once(status: Value) -> (anyhow::Result<Exit>, String) {
     let (result, out, ()) = kubectl(&["rollout", "status", "xdp-counter", "--watch=false"], |mut h| async move {
-        expect(&mut h, "GET", PROGRAM, program(rollout_status("Halted", 1, "node-7: verifier rejected"))).await;
+        expect(&mut h, "GET", PROGRAM, program(status)).await;
         assert_no_more_calls(&mut h).await;
     })
     .await;
+    (result, out)
+}
+
+#[tokio::test]
+async fn status_without_watch_fails_on_a_halted_rollout() {
+    let (result, out) = status_once(rollout_status("Halted", 1, "node-7: verifier rejected")).await;
     assert_eq!(result.unwrap(), Exit::Failed);
-    assert!(out.ends_with(&format!("error: rollout of revision {NEW} halted: node-7: verifier rejected\n")), "{out}");
+    assert!(
+        out.ends_with(&format!("error: rollout of revision {NEW} halted at step 1/2: node-7: verifier rejected\n")),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn status_without_watch_fails_on_a_degraded_rollout() {
+    let (result, out) = status_once(rollout_status("Degraded", 2, "node-7: verifier rejected")).await;
+    assert_eq!(result.unwrap(), Exit::Failed);
+    assert!(out.ends_with("degraded: 0 node(s) failed: node-7: verifier rejected\n"), "{out}");
+}
+
+#[tokio::test]
+async fn status_without_watch_of_a_held_rollout_says_what_to_run_and_exits_two() {
+    let (result, out) = status_once(rollout_status("Paused", 1, "step 1 done")).await;
+    assert_eq!(result.unwrap(), Exit::NotDone);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("Paused: step 1/2, 3 desired, 1 updated, 1 ready, 3 available"), "{out}");
+    assert!(lines[1].contains("`kubectl bpfleet rollout resume xdp-counter` or `promote xdp-counter`"), "{out}");
 }
 
 #[tokio::test]
@@ -369,5 +408,10 @@ async fn status_times_out_with_exit_two() {
     .await;
     assert_eq!(result.unwrap(), Exit::NotDone);
     assert!(out.ends_with("timed out after 1s waiting for the rollout of xdp-counter to finish\n"), "{out}");
-    assert_eq!(out.lines().count(), 2, "one progress line (unchanged by the list), then the timeout: {out}");
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "one progress line and what to run (unchanged by the list), then the timeout: {out}"
+    );
+    assert!(out.lines().nth(1).unwrap().contains("rollout resume xdp-counter"), "{out}");
 }
