@@ -1,41 +1,221 @@
-//! The Argo CD health check in docs/install.md, run by a real Lua interpreter against
-//! the statuses the operator writes: it must agree with kstatus (status.rs) on every
-//! state, so the documented Lua cannot drift from the conditions.
+//! The Argo CD health check in docs/install.md, run by a real Lua interpreter on
+//! statuses built as the operator's own type (`crds::BpfProgramStatus`, serialised as the
+//! API server stores it): for every case its answer must be what `crds::standing` says
+//! (`Standing::argo_cd` of `of_status`), so the documented Lua cannot drift from the
+//! function the conditions, Flux and `kubectl bpfleet rollout status` follow.
 
 use std::process::Command;
 
 use chart_tests::repo;
+use crds::BpfProgramStatus;
+use crds::rollout::{Phase, RolloutStatus};
+use crds::standing::{of_status, ready};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::{Value, json};
 
 fn health_lua() -> String {
     let doc = std::fs::read_to_string(repo().join("docs/install.md")).expect("docs/install.md");
-    let start = doc.find("health.bpfleet.dev_BpfProgram: |\n").expect("the Lua block") + 34;
+    let marker = "health.bpfleet.dev_BpfProgram: |\n";
+    let start = doc.find(marker).expect("the Lua block") + marker.len();
     let end = start + doc[start..].find("```").expect("end of the block");
     doc[start..end].lines().map(|l| l.strip_prefix("    ").unwrap_or(l)).collect::<Vec<_>>().join("\n")
 }
 
-fn status_of(generation: i64, observed: i64, conditions: &[(&str, &str)]) -> String {
-    let cs: Vec<String> =
-        conditions.iter().map(|(t, s)| format!("{{type=\"{t}\",status=\"{s}\",message=\"{t} says why\"}}")).collect();
-    let lua = format!(
-        "obj={{metadata={{generation={generation}}},status={{observedGeneration={observed},conditions={{{}}}}}}}\n\
-         local function health()\n{}\nend\nlocal hs = health()\nprint(hs.status .. '|' .. hs.message)",
-        cs.join(","),
+/// `v` as a Lua table constructor (what Argo CD hands the script as `obj`).
+fn lua(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => lua_string(s),
+        Value::Array(items) => format!("{{{}}}", items.iter().map(lua).collect::<Vec<_>>().join(", ")),
+        Value::Object(fields) => format!(
+            "{{{}}}",
+            fields.iter().map(|(k, v)| format!("[{}] = {}", lua_string(k), lua(v))).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn lua_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\{:03}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What the Lua says for a BpfProgram of `generation` with `status`: (health, message).
+fn argo_cd(generation: Option<i64>, status: Option<&BpfProgramStatus>) -> (String, String) {
+    let obj = json!({
+        "apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram",
+        "metadata": {"name": "xdp-counter", "generation": generation},
+        "status": status,
+    });
+    let script = format!(
+        "obj = {}\nlocal function health()\n{}\nend\nlocal hs = health()\nprint(hs.status .. '|' .. hs.message)",
+        lua(&obj),
         health_lua()
     );
     let out =
-        Command::new("lua5.4").arg("-e").arg(&lua).output().expect("lua5.4 (scripts/install-deps.sh installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+        Command::new("lua5.4").arg("-e").arg(&script).output().expect("lua5.4 (scripts/install-deps.sh installs it)");
+    assert!(out.status.success(), "{}\n{script}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (health, message) = text.split_once('|').unwrap_or_else(|| panic!("no health|message in {text:?}"));
+    (health.to_string(), message.to_string())
+}
+
+fn condition(type_: &str, on: bool) -> Condition {
+    serde_json::from_value(json!({
+        "type": type_, "status": if on { "True" } else { "False" }, "reason": "Test",
+        "message": format!("{type_} says why"), "observedGeneration": 2,
+        "lastTransitionTime": "2026-01-01T10:00:00Z",
+    }))
+    .unwrap()
+}
+
+/// A status of `observed` with `Ready`, `Reconciling` and `Stalled` as given (None: no
+/// conditions at all), and `rollout`.
+fn status(observed: Option<i64>, conditions: Option<[bool; 3]>, rollout: Option<RolloutStatus>) -> BpfProgramStatus {
+    let conditions = conditions
+        .map(|[r, rec, st]| vec![condition("Ready", r), condition("Reconciling", rec), condition("Stalled", st)])
+        .unwrap_or_default();
+    BpfProgramStatus {
+        observed_generation: observed,
+        revision: Some("aaaaaaaaaaaaaaaa".into()),
+        target_nodes: 4,
+        ready_nodes: 2,
+        conditions,
+        rollout,
+        ..Default::default()
+    }
+}
+
+fn rollout(phase: Phase, timed_pause: bool) -> RolloutStatus {
+    let since: Time = serde_json::from_value(json!("2026-01-01T10:00:00Z")).unwrap();
+    RolloutStatus {
+        phase,
+        stable_revision: Some("bbbbbbbbbbbbbbbb".into()),
+        update_revision: Some("aaaaaaaaaaaaaaaa".into()),
+        step: 1,
+        total_steps: 3,
+        desired_nodes: 4,
+        updated_nodes: 1,
+        message: Some(format!("{phase:?} at step 1")),
+        pause_start_time: timed_pause.then_some(since),
+        ..Default::default()
+    }
+}
+
+// Ready, Reconciling, Stalled.
+const CONVERGING: Option<[bool; 3]> = Some([false, true, false]);
+const FAILING: Option<[bool; 3]> = Some([false, false, true]);
+const DONE: Option<[bool; 3]> = Some([true, false, false]);
+const SETTLED: Option<[bool; 3]> = Some([false, false, false]);
+
+#[test]
+fn argo_cd_health_is_what_crds_standing_says_for_every_case() {
+    use Phase::*;
+    let cases: Vec<(&str, Option<i64>, Option<BpfProgramStatus>, &str)> = vec![
+        ("no status", Some(2), None, "Progressing"),
+        (
+            "a status of an older generation",
+            Some(3),
+            Some(status(Some(2), DONE, Some(rollout(Complete, false)))),
+            "Progressing",
+        ),
+        ("no observedGeneration", Some(2), Some(status(None, DONE, None)), "Progressing"),
+        ("no generation to compare", None, Some(status(Some(2), DONE, None)), "Healthy"),
+        ("no conditions", Some(2), Some(status(Some(2), None, Some(rollout(Complete, false)))), "Progressing"),
+        (
+            "Reconciling True",
+            Some(2),
+            Some(status(Some(2), CONVERGING, Some(rollout(Progressing, false)))),
+            "Progressing",
+        ),
+        ("Reconciling before Stalled", Some(2), Some(status(Some(2), Some([false, true, true]), None)), "Progressing"),
+        ("Stalled True without a rollout", Some(2), Some(status(Some(2), FAILING, None)), "Degraded"),
+        (
+            "Paused without pauseStartTime",
+            Some(2),
+            Some(status(Some(2), SETTLED, Some(rollout(Paused, false)))),
+            "Suspended",
+        ),
+        (
+            "Paused without pauseStartTime, Ready",
+            Some(2),
+            Some(status(Some(2), DONE, Some(rollout(Paused, false)))),
+            "Suspended",
+        ),
+        (
+            "Paused with pauseStartTime",
+            Some(2),
+            Some(status(Some(2), CONVERGING, Some(rollout(Paused, true)))),
+            "Progressing",
+        ),
+        // Only the conditions make a timed pause Progressing; settled, it is Current.
+        (
+            "Paused with pauseStartTime, settled",
+            Some(2),
+            Some(status(Some(2), SETTLED, Some(rollout(Paused, true)))),
+            "Progressing",
+        ),
+        (
+            "Paused with pauseStartTime, settled, Ready",
+            Some(2),
+            Some(status(Some(2), DONE, Some(rollout(Paused, true)))),
+            "Healthy",
+        ),
+        (
+            "Stalled before a suspension",
+            Some(2),
+            Some(status(Some(2), FAILING, Some(rollout(Paused, false)))),
+            "Degraded",
+        ),
+        ("Halted", Some(2), Some(status(Some(2), FAILING, Some(rollout(Halted, false)))), "Degraded"),
+        ("RolledBack", Some(2), Some(status(Some(2), FAILING, Some(rollout(RolledBack, false)))), "Degraded"),
+        ("Degraded", Some(2), Some(status(Some(2), FAILING, Some(rollout(Degraded, false)))), "Degraded"),
+        ("Complete with Ready True", Some(2), Some(status(Some(2), DONE, Some(rollout(Complete, false)))), "Healthy"),
+        (
+            "Complete with Ready False",
+            Some(2),
+            Some(status(Some(2), SETTLED, Some(rollout(Complete, false)))),
+            "Progressing",
+        ),
+        ("Ready True without a rollout", Some(2), Some(status(Some(2), DONE, None)), "Healthy"),
+    ];
+    for (name, generation, status, expected) in &cases {
+        let status = status.as_ref();
+        let rust = of_status(status, *generation).argo_cd(ready(status));
+        assert_eq!(rust, *expected, "{name}: crds::standing says {rust}");
+        let (health, message) = argo_cd(*generation, status);
+        assert_eq!(health, rust, "{name}: the Lua says {health} ({message}), crds::standing says {rust}");
+        assert!(!message.is_empty() && message != "nil", "{name}: a health without a message");
+    }
 }
 
 #[test]
-fn argo_cd_health_follows_the_conditions_like_kstatus() {
-    let converging = [("Ready", "False"), ("Reconciling", "True"), ("Stalled", "False")];
-    assert_eq!(status_of(2, 2, &converging), "Progressing|Reconciling says why");
-    let failing = [("Ready", "False"), ("Reconciling", "False"), ("Stalled", "True")];
-    assert_eq!(status_of(2, 2, &failing), "Degraded|Stalled says why");
-    let done = [("Ready", "True"), ("Reconciling", "False"), ("Stalled", "False")];
-    assert_eq!(status_of(2, 2, &done), "Healthy|Ready says why");
-    assert!(status_of(3, 2, &done).starts_with("Progressing|"), "a status of an older generation is not health");
-    assert!(status_of(2, 2, &[]).starts_with("Progressing|"));
+fn the_messages_say_why() {
+    let with = |conditions, rollout| argo_cd(Some(2), Some(&status(Some(2), conditions, rollout))).1;
+    assert_eq!(with(CONVERGING, None), "Reconciling says why");
+    assert_eq!(with(FAILING, Some(rollout(Phase::Halted, false))), "Stalled says why");
+    assert_eq!(with(DONE, None), "Ready says why");
+    assert_eq!(with(SETTLED, None), "Ready says why", "Ready False: its message");
+    assert_eq!(
+        with(SETTLED, Some(rollout(Phase::Paused, false))),
+        "Paused at step 1 (paused at step 1: kubectl bpfleet rollout resume or promote xdp-counter)"
+    );
+    assert_eq!(argo_cd(Some(3), Some(&status(Some(2), DONE, None))).1, "the operator has not seen this generation yet");
+}
+
+#[test]
+fn status_text_reaches_lua_as_it_is() {
+    let mut s = status(Some(2), FAILING, None);
+    s.conditions[2].message = "node \"a\\b\"\nverifier: R1 invalid".into();
+    assert_eq!(argo_cd(Some(2), Some(&s)), ("Degraded".into(), "node \"a\\b\"\nverifier: R1 invalid".into()));
 }
