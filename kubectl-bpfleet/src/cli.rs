@@ -93,9 +93,10 @@ pub enum Rollout {
     },
     /// Go back to an earlier revision's bytecode, programs, globalData and maps.
     ///
-    /// One merge patch of the spec (see `rollout pause --help` about GitOps). Default: the newest revision that is not the current one. A ConfigMap that no
-    /// longer holds the recorded object is not trusted: the recorded bytes are restored
-    /// as spec.bytecode.inline (if at most 1 MiB), or undo refuses.
+    /// One merge patch of the spec (see `rollout pause --help` about GitOps). Default:
+    /// the newest revision that is not the current one. A ConfigMap that no longer holds
+    /// the recorded object is not trusted: the recorded bytes are restored as
+    /// spec.bytecode.inline (if at most 1 MiB), or undo refuses.
     Undo {
         /// The BpfProgram's name.
         name: String,
@@ -109,11 +110,12 @@ pub enum Rollout {
         /// The BpfProgram's name.
         name: String,
     },
-    /// Let a held rollout go on: ends the current pause (timed or not), or restarts a
-    /// Halted rollout at its step once its failed nodes are within failureThreshold.
+    /// Let a paused or halted rollout go on.
     ///
-    /// When spec.rollout.paused is true, also sets it false in the same patch: that edits
-    /// the spec, which a GitOps tool reverts unless Git says false too.
+    /// Ends the current pause (timed or not), or restarts a Halted rollout at its step
+    /// once its failed nodes are within failureThreshold. When spec.rollout.paused is
+    /// true, also sets it false in the same patch: that edits the spec, which a GitOps
+    /// tool reverts unless Git says false too.
     #[command(after_help = ACTION_NOTE)]
     Resume {
         /// The BpfProgram's name.
@@ -131,16 +133,20 @@ pub enum Rollout {
         #[arg(long)]
         full: bool,
     },
-    /// Stop the rollout and return every updated node to status.rollout.stableRevision.
+    /// Stop the rollout and return the updated nodes to the stable revision.
     ///
-    /// For a rollout that is not Complete or RolledBack and has a stable revision.
+    /// Every node that runs status.rollout.updateRevision goes back to
+    /// status.rollout.stableRevision. For a rollout that is not Complete or RolledBack
+    /// and has a stable revision.
     #[command(after_help = ACTION_NOTE)]
     Abort {
         /// The BpfProgram's name.
         name: String,
     },
-    /// Start a Halted, RolledBack, Degraded or aborted rollout of the update revision
-    /// again from step 1, trying failed nodes again at once.
+    /// Start a failed or aborted rollout again from step 1.
+    ///
+    /// For a Halted, RolledBack, Degraded or aborted rollout of the update revision;
+    /// failed nodes are tried again at once.
     #[command(after_help = ACTION_NOTE)]
     Retry {
         /// The BpfProgram's name.
