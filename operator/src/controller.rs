@@ -77,6 +77,10 @@ pub struct Context {
     pub unreachable_grace: Duration,
     /// Nodes whose BpfNode must be brought up to date (see `bpfnode_follow::follow_bpfnodes`).
     pub stale_bpfnodes: Arc<crate::bpfnode::Stale>,
+    /// Health gate windows of the rollouts in progress.
+    pub gates: crate::gates::GateBook,
+    /// The Prometheus servers a health gate may query (`--prometheus-address`).
+    pub prometheus: crate::prometheus::Prometheus,
 }
 
 /// Default of `--agent-unreachable-grace-seconds`.
@@ -120,6 +124,8 @@ impl Context {
             agents: Arc::new(crate::agents::Agents::untracked()),
             unreachable_grace: DEFAULT_UNREACHABLE_GRACE,
             stale_bpfnodes: Default::default(),
+            gates: Default::default(),
+            prometheus: crate::prometheus::Prometheus::new(Vec::new()),
         }
     }
 }
@@ -208,16 +214,21 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
 
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut rollout = (None, None);
+    let mut gated = None;
     if let Some(content) = &spec.content {
         record_history(ctx, &p, content, spec.image.as_ref(), stable.as_deref()).await;
-        let (status, wake) = roll_out(ctx, &p, &uid, content, &spec.targets, &nodes).await;
-        rollout = (Some(status), wake);
+        let done = roll_out(ctx, &p, &uid, content, &spec.targets, &nodes).await;
+        rollout = (Some(done.status), done.wake);
+        gated = done.gated;
     }
     let (outcomes, retries, grace_ends) = match &revision {
         Some(r) => {
             let snap = ctx.index.snapshot(&uid, r);
             let agent = |n: &str| ctx.agents.state_since(n);
             let (outcomes, grace_ends) = sends::node_outcomes(&snap, &spec.targets, agent, ctx.unreachable_grace, now);
+            if let Some(status) = rollout.0.as_mut() {
+                rollout::count_nodes(status, r, &spec.targets, &snap.observed, &outcomes, gated.as_ref());
+            }
             (outcomes, sends::retries(&snap, &spec.targets), grace_ends)
         }
         None => (spec.targets.iter().map(|n| (n.clone(), NodeOutcome::Pending)).collect(), BTreeMap::new(), None),
@@ -239,6 +250,9 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.program_counts(&name, &status);
     write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
     write_status(ctx, &p, &status).await?;
+    if rollout_action(&p).is_some() || p.annotations().contains_key(crds::rollout::ACTION_ANNOTATION) {
+        clear_action(ctx, &p).await;
+    }
     let after = requeue_after(&status, spec.problem.is_some(), &retries, now);
     // A pause, a step deadline or an agent's grace period ends on its own: look again then.
     let wake = [rollout.1, grace_ends].into_iter().flatten().min();
@@ -262,6 +276,12 @@ async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> Reso
         Ok(t) => (t, crds::validate::validate_spec(&p.spec).err().map(|e| invalid(&e))),
         Err(e) => (BTreeSet::new(), Some(invalid(&e))),
     };
+    if problem.is_none()
+        && let Some(g) = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref()).and_then(|h| h.prometheus.as_ref())
+        && let Err(why) = ctx.prometheus.check_allowed(&g.address)
+    {
+        problem = Some(invalid(&why));
+    }
     let mut image = None;
     let payload = match (problem.is_some(), &p.spec.bytecode.image) {
         (true, _) => None,
@@ -369,7 +389,8 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Move the rollout on as far as it can go now: decide, send the nodes that may switch
 /// their revision, wait for their answers, decide again, until nothing is left to send
-/// (a step waits for a pause, a failure stopped it, or it is complete).
+/// (a step waits for a pause, a health gate or a measurement, a failure stopped it, or it
+/// is complete). Also carries out a `bpfleet.dev/rollout-action`.
 async fn roll_out(
     ctx: &Context,
     p: &BpfProgram,
@@ -377,7 +398,7 @@ async fn roll_out(
     content: &Content,
     targets: &BTreeSet<String>,
     nodes: &[NodeInfo],
-) -> (crds::rollout::RolloutStatus, Option<Duration>) {
+) -> RolledOut {
     let settings = Settings::resolve(p.spec.rollout.as_ref(), targets.len());
     let ranked: Vec<Ranked<'_>> = nodes
         .iter()
@@ -386,27 +407,57 @@ async fn roll_out(
         .collect();
     let order = rollout::order(uid, &ranked);
     let rev = content.revision.as_str();
+    let health = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref());
+    let programs: Vec<String> = p.spec.programs.iter().map(|x| x.name.clone()).collect();
     let mut previous = p.status.as_ref().and_then(|s| s.rollout.clone());
+    let mut action = rollout_action(p);
+    if action == Some(crds::rollout::Action::Retry) {
+        ctx.index.forget_failures(uid);
+        ctx.gates.retry(uid);
+    }
+    let mut measurement = None;
     let started = Instant::now();
     let mut last: Option<BTreeMap<String, NodeAction>> = None;
     loop {
         let snap = ctx.index.snapshot(uid, rev);
         let now = k8s_openapi::jiff::Timestamp::now();
+        let agent = |n: &str| ctx.agents.state_since(n);
+        let (outcomes, _) = sends::node_outcomes(&snap, targets, agent, ctx.unreachable_grace, now);
+        let settled = previous
+            .as_ref()
+            .is_some_and(|r| r.update_revision.as_deref() == Some(rev) && r.phase == crds::rollout::Phase::Complete);
+        let gated = match health.filter(|h| h.min_ready_seconds > 0 || h.probes()) {
+            Some(h) => Some(gate(ctx, uid, rev, h, &programs, targets, &snap, settled, nodes).await),
+            None => None,
+        };
         let round = sends::Round {
             revision: rev,
             targets,
             order: &order,
             settings: &settings,
             previous: previous.as_ref(),
+            outcomes: &outcomes,
+            gates: gated.as_ref(),
+            health,
+            measurement: measurement.take(),
+            action: action.take(),
             now,
         };
         let (decision, actions) = sends::next_step(&snap, &round, |n| ctx.agents.is_ready(n));
         previous = Some(decision.status.clone());
+        let wake = [decision.wake, gated.as_ref().and_then(|g| g.wake)].into_iter().flatten().min();
+        if decision.measure
+            && let Some(g) = health.and_then(|h| h.prometheus.as_ref())
+        {
+            measurement = Some(ctx.prometheus.query(&g.address, &g.query).await);
+            continue;
+        }
+        let out = |status| RolledOut { status, wake, gated: gated.as_ref().map(|g| g.passed.clone()) };
         if actions.is_empty() || last.as_ref() == Some(&actions) {
-            return (decision.status, decision.wake);
+            return out(decision.status);
         }
         if started.elapsed() > MAX_ROLLOUT_PASS {
-            return (decision.status, Some(Duration::ZERO));
+            return RolledOut { wake: Some(Duration::ZERO), ..out(decision.status) };
         }
         tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
         for (r, group) in sends::by_revision(&actions, rev) {
@@ -418,6 +469,91 @@ async fn roll_out(
         }
         last = Some(actions);
     }
+}
+
+/// Where one pass of [`roll_out`] left the rollout.
+struct RolledOut {
+    status: crds::rollout::RolloutStatus,
+    /// Look again after this long (a pause, a deadline, a gate window, a measurement).
+    wake: Option<Duration>,
+    /// With health gates: the nodes that passed them.
+    gated: Option<BTreeSet<String>>,
+}
+
+/// The action the `bpfleet.dev/rollout-action` annotation asks for, if it names one.
+fn rollout_action(p: &BpfProgram) -> Option<crds::rollout::Action> {
+    let value = p.annotations().get(crds::rollout::ACTION_ANNOTATION)?;
+    let action = crds::rollout::Action::parse(value.trim());
+    if action.is_none() {
+        tracing::warn!(program = %p.name_any(), %value, "unknown rollout action: expected resume, promote, promote-full, abort or retry");
+    }
+    action
+}
+
+/// Remove the action annotation once its effect is in the status, only if it still holds
+/// the value carried out (a newer one is left for the next reconcile): a merge patch
+/// guarded by the resourceVersion read with it.
+async fn clear_action(ctx: &Context, p: &BpfProgram) {
+    let Some(value) = p.annotations().get(crds::rollout::ACTION_ANNOTATION) else { return };
+    let api: Api<BpfProgram> = Api::all(ctx.client.clone());
+    let fresh = match api.get(&p.name_any()).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::info!(program = %p.name_any(), error = %e, "cannot read the program to remove its rollout action");
+            return;
+        }
+    };
+    if fresh.annotations().get(crds::rollout::ACTION_ANNOTATION) != Some(value) {
+        return;
+    }
+    let patch = json!({"metadata": {
+        "resourceVersion": fresh.resource_version(),
+        "annotations": {crds::rollout::ACTION_ANNOTATION: null},
+    }});
+    if let Err(e) = api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        tracing::info!(program = %p.name_any(), error = %e, "cannot remove the rollout action annotation");
+    }
+}
+
+/// The health gates of the nodes that run `rev` healthy: judged, the due ones read
+/// (one `Probe` each), and judged again with what they answered.
+#[allow(clippy::too_many_arguments)]
+async fn gate(
+    ctx: &Context,
+    uid: &str,
+    rev: &str,
+    health: &crds::health::HealthSpec,
+    programs: &[String],
+    targets: &BTreeSet<String>,
+    snap: &crate::index::Snapshot,
+    settled: bool,
+    nodes: &[NodeInfo],
+) -> crate::gates::Gated {
+    let running: BTreeSet<String> = targets
+        .iter()
+        .filter(|n| snap.observed.get(*n).is_some_and(|o| o.revision == rev && o.health == crds::Health::Healthy))
+        .cloned()
+        .collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let gated = ctx.gates.judge(uid, rev, health, programs, &running, settled, now);
+    if gated.due.is_empty() {
+        return gated;
+    }
+    let due: BTreeMap<String, NodeAction> = gated.due.iter().map(|n| (n.clone(), NodeAction::Keep)).collect();
+    let (addrs, _) = sends::addresses(&due, nodes);
+    let reads = crate::gates::reads(health);
+    let lease = crate::gates::GateBook::lease(health);
+    let results = ctx
+        .pool
+        .fan_out(addrs.into_iter().map(|(a, _)| a).collect(), |pool, node| {
+            let reads = &reads;
+            async move { pool.probe(&node, uid, reads, lease).await }
+        })
+        .await;
+    let readings = results.into_iter().map(|(n, r)| (n.name, r.map_err(|e| e.to_string()))).collect();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    ctx.gates.observe(uid, health, readings, now);
+    ctx.gates.judge(uid, rev, health, programs, &running, settled, now)
 }
 
 /// Send `group` revision `r`, an earlier one than the spec's, as history keeps it.
@@ -521,17 +657,33 @@ async fn write_status(ctx: &Context, p: &BpfProgram, status: &BpfProgramStatus) 
     let api: Api<BpfProgram> = Api::all(ctx.client.clone());
     let patch = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "status": status});
     api.patch_status(&p.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    for (type_, reason, note) in transitions(p.status.as_ref(), status) {
-        publish(ctx, p, type_, reason, note).await;
+    for t in transitions(p.status.as_ref(), status) {
+        publish(ctx, p, t).await;
     }
     Ok(())
 }
 
-/// The events a person would want to see between two statuses.
-pub fn transitions(
-    before: Option<&BpfProgramStatus>,
-    after: &BpfProgramStatus,
-) -> Vec<(EventType, &'static str, String)> {
+/// One Event a status change calls for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+    /// The node it is about, as the Event's related object.
+    pub node: Option<String>,
+}
+
+impl Transition {
+    fn new(type_: EventType, reason: &'static str, note: String) -> Self {
+        Transition { type_, reason, note, node: None }
+    }
+}
+
+/// The events a person would want to see between two statuses: a new revision, Ready,
+/// every change of the rollout's phase, an action carried out, and each node that newly
+/// failed (named, as the related object, so each node is its own Event).
+pub fn transitions(before: Option<&BpfProgramStatus>, after: &BpfProgramStatus) -> Vec<Transition> {
+    use crds::rollout::Phase;
     let ready = |s: Option<&BpfProgramStatus>| {
         s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::READY))
             .map(|c| (c.status.clone(), c.message.clone()))
@@ -539,31 +691,74 @@ pub fn transitions(
     let mut out = Vec::new();
     let (was, now) = (ready(before), ready(Some(after)));
     if before.and_then(|b| b.revision.clone()) != after.revision && after.revision.is_some() {
-        out.push((
+        out.push(Transition::new(
             EventType::Normal,
             "RolloutStarted",
             format!("rolling out revision {}", after.revision.as_deref().unwrap_or("-")),
         ));
     }
+    let rollout = |s: Option<&BpfProgramStatus>| s.and_then(|s| s.rollout.clone());
+    if let Some(r) = rollout(Some(after)) {
+        let prev = rollout(before);
+        let key = |r: &crds::rollout::RolloutStatus| (r.update_revision.clone(), r.phase);
+        if prev.as_ref().map(key) != Some(key(&r)) {
+            let (type_, reason) = match r.phase {
+                Phase::Progressing => (EventType::Normal, "RolloutProgressing"),
+                Phase::Paused => (EventType::Normal, "RolloutPaused"),
+                Phase::Complete => (EventType::Normal, "RolloutComplete"),
+                Phase::Halted => (EventType::Warning, "RolloutHalted"),
+                Phase::RolledBack => (EventType::Warning, "RolledBack"),
+                Phase::Degraded => (EventType::Warning, "RolloutDegraded"),
+            };
+            let rev = r.update_revision.as_deref().unwrap_or("-");
+            let note = format!("revision {rev}: {}", r.message.as_deref().unwrap_or("-"));
+            out.push(Transition::new(type_, reason, note));
+        }
+        if r.last_action_time.is_some() && prev.as_ref().and_then(|p| p.last_action_time.clone()) != r.last_action_time
+        {
+            let note = format!(
+                "{}={} carried out for revision {}",
+                crds::rollout::ACTION_ANNOTATION,
+                r.last_action.as_deref().unwrap_or("-"),
+                r.update_revision.as_deref().unwrap_or("-")
+            );
+            out.push(Transition::new(EventType::Normal, "RolloutAction", note));
+        }
+    }
     if let Some((s, msg)) = &now
         && s == "True"
         && was.as_ref().map(|w| w.0.as_str()) != Some("True")
     {
-        out.push((EventType::Normal, "Ready", msg.clone()));
+        out.push(Transition::new(EventType::Normal, "Ready", msg.clone()));
     }
-    let failed_before = before.map(|b| b.failed_nodes).unwrap_or(0);
-    if after.failed_nodes > failed_before {
-        let msg = now.map(|n| n.1).unwrap_or_default();
-        out.push((EventType::Warning, "NodeFailures", msg));
+    let failed_before: BTreeSet<&str> = before
+        .filter(|b| b.revision == after.revision)
+        .map(|b| b.failures.iter().map(|f| f.node.as_str()).collect())
+        .unwrap_or_default();
+    for f in after.failures.iter().filter(|f| !failed_before.contains(f.node.as_str())) {
+        let what = match &f.program {
+            Some(p) => format!("{}: {} ({p}): {}", f.node, f.reason, f.message),
+            None => format!("{}: {}: {}", f.node, f.reason, f.message),
+        };
+        out.push(Transition { node: Some(f.node.clone()), ..Transition::new(EventType::Warning, "NodeFailed", what) });
     }
     out
 }
 
-async fn publish(ctx: &Context, p: &BpfProgram, type_: EventType, reason: &str, note: String) {
+/// Write one Event about `p` (its object reference carries its uid, so `kubectl describe`
+/// finds it), related to the node it names.
+async fn publish(ctx: &Context, p: &BpfProgram, t: Transition) {
     let Some(recorder) = &ctx.recorder else { return };
-    let mut note = note;
+    let mut note = t.note;
     note.truncate(1000);
-    let ev = KubeEvent { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    let secondary = t.node.map(|n| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(n),
+        ..Default::default()
+    });
+    let ev =
+        KubeEvent { type_: t.type_, reason: t.reason.into(), note: Some(note), action: "Reconcile".into(), secondary };
     if let Err(e) = recorder.publish(&ev, &p.object_ref(&())).await {
         tracing::debug!(error = %e, "cannot publish event");
     }
@@ -625,8 +820,9 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
 async fn forget(ctx: &Context, p: &BpfProgram, uid: &str) {
     ctx.desired.write().unwrap_or_else(|e| e.into_inner()).remove(uid);
     ctx.history.forget(uid);
+    ctx.gates.forget(uid);
     ctx.metrics.forget_program(&p.name_any());
-    publish(ctx, p, EventType::Normal, "Removed", "removed from every node".into()).await;
+    publish(ctx, p, Transition::new(EventType::Normal, "Removed", "removed from every node".into())).await;
 }
 
 /// Run the controller until `shutdown` resolves. `trigger` reconciles every program

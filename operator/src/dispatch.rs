@@ -328,6 +328,43 @@ impl AgentPool {
         Ok(resp.removed)
     }
 
+    /// What the health gates read of owner `uid` on `node`: its programs' run counts and
+    /// the map entries `reads` names; `lease` keeps the kernel's run counting on that long.
+    pub async fn probe(
+        &self,
+        node: &NodeAddr,
+        uid: &str,
+        reads: &[(String, u64)],
+        lease: Duration,
+    ) -> Result<crate::reports::Probed, DispatchError> {
+        let req = v1::ProbeRequest {
+            owner_uid: uid.to_string(),
+            reads: reads.iter().map(|(map, key)| v1::MapRead { map: map.clone(), key: *key }).collect(),
+            stats_lease_seconds: lease.as_secs().min(600) as u32,
+            node_name: node.name.clone(),
+        };
+        let resp = self.call(node, move |mut c| async move { c.probe(req).await }).await?;
+        let check = answers::same_node(&node.name, &resp.node_name, false).and_then(|()| {
+            if resp.revision.is_empty() || resp.values.len() == reads.len() {
+                Ok(())
+            } else {
+                Err(format!("Probe answered {} map values for {} reads", resp.values.len(), reads.len()))
+            }
+        });
+        self.refuse_answer(node, check)?;
+        Ok(crate::reports::Probed {
+            revision: resp.revision,
+            programs: resp
+                .programs
+                .into_iter()
+                .take(crds::limits::MAX_PROGRAMS)
+                .map(|p| crate::reports::ProgramRuns { name: p.name, id: p.program_id, runs: p.run_count })
+                .collect(),
+            values: resp.values.into_iter().map(|v| crate::reports::ReadValue::from_wire(v.result)).collect(),
+            stats_enabled: resp.stats_enabled,
+        })
+    }
+
     /// Every owner the agent of `node` manages (all pages, in one answer).
     pub async fn list(&self, node: &NodeAddr) -> Result<AgentList, DispatchError> {
         // With no known digest the answer is always in full.

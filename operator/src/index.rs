@@ -265,6 +265,18 @@ impl NodeIndex {
         })
     }
 
+    /// A `retry` of `uid`'s rollout: its failed applies are forgotten, so every node that
+    /// failed is tried again at once (an unreachable node stays unreachable until it answers).
+    pub fn forget_failures(&self, uid: &str) {
+        self.write(|n| {
+            for e in n.map.values_mut() {
+                if e.failures.get(uid).is_some_and(|f| matches!(f.outcome, NodeOutcome::Failed { .. })) {
+                    e.failures.remove(uid);
+                }
+            }
+        })
+    }
+
     /// Nodes that must not be sent `revision` of `uid` before a time (their backoff).
     pub fn retry_holds(&self, uid: &str, revision: &str, now: Timestamp) -> BTreeMap<String, Timestamp> {
         self.read(|m| {

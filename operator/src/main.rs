@@ -69,6 +69,11 @@ struct Args {
     /// many seconds (until then its programs wait for it).
     #[arg(long, default_value_t = 60)]
     agent_unreachable_grace_seconds: u64,
+    /// A Prometheus base URL (`http://prometheus.monitoring:9090`) that a BpfProgram's
+    /// `spec.rollout.health.prometheus.address` may name; repeat for several. None by
+    /// default: a program's author picks the address, and the operator queries only these.
+    #[arg(long = "prometheus-address", value_name = "URL")]
+    prometheus_addresses: Vec<String>,
     /// How often every agent is listed to repair drift, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
@@ -275,6 +280,7 @@ async fn run() -> anyhow::Result<()> {
         config_map_cache_bytes: memory.config_map_cache_bytes,
         agent_pod_selector: args.agent_pod_selector.clone().filter(|s| !s.is_empty()),
         unreachable_grace: Duration::from_secs(args.agent_unreachable_grace_seconds),
+        prometheus_addresses: args.prometheus_addresses.clone(),
         ..WorkConfig::default()
     };
     let work = |epoch| work::lead(client.clone(), pool.clone(), metrics.clone(), epoch, cfg.clone());

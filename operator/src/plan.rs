@@ -87,13 +87,13 @@ mod tests {
     /// A rollout that assigns `rev` to each of `nodes` (`None`: nothing yet).
     fn assign(nodes: &[(&str, Option<&str>)]) -> Decision {
         let assign = nodes.iter().map(|(n, r)| (n.to_string(), r.map(str::to_string))).collect();
-        Decision { assign, status: Default::default(), wake: None }
+        Decision { assign, status: Default::default(), wake: None, measure: false }
     }
 
     /// Every target at once.
     fn all_at_once(view: &ProgramView<'_>) -> Decision {
         let assign = view.targets.iter().map(|n| (n.clone(), Some(view.desired.to_string()))).collect();
-        Decision { assign, status: Default::default(), wake: None }
+        Decision { assign, status: Default::default(), wake: None, measure: false }
     }
 
     #[test]

@@ -44,6 +44,50 @@ pub enum ChangeKind {
     Removed,
 }
 
+/// One `Probe` answer: what the health gates read of an owner on a node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Probed {
+    /// The revision the owner runs there; empty for none.
+    pub revision: String,
+    pub programs: Vec<ProgramRuns>,
+    /// One per map entry asked for, in the order asked.
+    pub values: Vec<ReadValue>,
+    /// Whether the kernel counts program runs now.
+    pub stats_enabled: bool,
+}
+
+/// A program's kernel run count.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub name: String,
+    /// Kernel program id: a reload is a new id, counting from 0.
+    pub id: u32,
+    pub runs: u64,
+}
+
+/// One map entry read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadValue {
+    Value(u64),
+    /// The map has no entry at the key (yet): a counter not created is at 0.
+    Missing,
+    /// The entry cannot be read (no such map, a key that is not 4 or 8 bytes).
+    Error(String),
+}
+
+impl ReadValue {
+    /// What an agent answered for one read.
+    pub fn from_wire(v: Option<proto::v1::map_value::Result>) -> ReadValue {
+        use proto::v1::map_value::Result as R;
+        match v {
+            Some(R::Value(v)) => ReadValue::Value(v),
+            Some(R::Error(e)) if e.contains("no entry") => ReadValue::Missing,
+            Some(R::Error(e)) => ReadValue::Error(crds::sanitize::for_status(&e)),
+            None => ReadValue::Missing,
+        }
+    }
+}
+
 /// The BpfNode status of a node, from its agent's List.
 pub fn node_status(list: &AgentList) -> BpfNodeStatus {
     let programs: Vec<NodeProgramStatus> = list.programs.iter().filter(|s| !s.revision.is_empty()).cloned().collect();

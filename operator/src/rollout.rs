@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crds::Health;
-use crds::rollout::{Amount, OnFailure, Phase, RolloutSpec, RolloutStatus, Strategy};
+use crds::rollout::{Action, Amount, AnalysisStatus, OnFailure, Phase, RolloutSpec, RolloutStatus, Strategy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
@@ -159,6 +159,17 @@ pub struct Input<'a> {
     /// `status.rollout` as last written.
     pub previous: Option<&'a RolloutStatus>,
     pub settings: &'a Settings,
+    /// Nodes that run `update` healthy and passed the health gates; `None`: no gates (a
+    /// node counts as soon as it runs `update` healthy).
+    pub gated: Option<&'a std::collections::BTreeSet<String>>,
+    /// What the health gates wait for, for the message.
+    pub gate_wait: Option<&'a str>,
+    /// The Prometheus gate at each step's end.
+    pub analysis: Option<&'a crds::health::PrometheusGate>,
+    /// A measurement of it taken now (when the last decision asked for one).
+    pub measurement: Option<Result<f64, String>>,
+    /// An action (`bpfleet.dev/rollout-action`) to carry out now.
+    pub action: Option<Action>,
     pub now: Timestamp,
 }
 
@@ -169,6 +180,8 @@ pub struct Decision {
     pub status: RolloutStatus,
     /// Look again after this long (a pause or a deadline ends) even if nothing changes.
     pub wake: Option<Duration>,
+    /// Take a measurement of the Prometheus gate and decide again with it.
+    pub measure: bool,
 }
 
 impl Decision {
@@ -196,8 +209,10 @@ impl Eval<'_> {
         self.input.observed.get(node).is_some_and(|o| o.revision == rev)
     }
 
+    /// Runs `update` healthy and passed the health gates.
     fn updated(&self, node: &str) -> bool {
         self.input.observed.get(node).is_some_and(|o| o.revision == self.input.update && o.health == Health::Healthy)
+            && self.input.gated.is_none_or(|g| g.contains(node))
     }
 
     fn failed(&self, node: &str) -> bool {
@@ -232,10 +247,11 @@ impl Eval<'_> {
         on.into_iter().chain(here).chain(away).map(String::as_str).collect()
     }
 
-    /// A step's node needs nothing more: it runs `update` healthy, failed it (within the
-    /// threshold, retried with backoff), or cannot be reached.
+    /// A step's node needs nothing more: it runs `update` healthy, or failed it (within
+    /// the threshold, retried with backoff; an agent away longer than its grace period
+    /// counts as failed). A node whose agent is away for less holds its step up.
     fn done(&self, node: &str) -> bool {
-        self.updated(node) || self.failed(node) || self.away(node)
+        self.updated(node) || self.failed(node)
     }
 
     /// `want` for the first nodes of `cohort` that are not on it yet, at most
@@ -243,9 +259,13 @@ impl Eval<'_> {
     fn switch(&self, cohort: &[&str], want: &str, stable: Option<&str>) -> BTreeMap<String, Option<String>> {
         let mut assign: BTreeMap<String, Option<String>> =
             self.input.order.iter().map(|n| (n.clone(), self.hold(n, stable))).collect();
+        // A node in its health gate window is still switching: it keeps its slot.
         let settled = |n: &str| {
-            self.input.observed.get(n).is_some_and(|o| o.revision == want && o.health == Health::Healthy)
-                || (want == self.input.update && self.failed(n))
+            if want == self.input.update {
+                self.updated(n) || self.failed(n)
+            } else {
+                self.input.observed.get(n).is_some_and(|o| o.revision == want && o.health == Health::Healthy)
+            }
         };
         let mut budget = self.input.settings.max_in_flight;
         for n in cohort {
@@ -301,66 +321,134 @@ pub fn decide(input: &Input<'_>) -> Decision {
         failed_nodes: failed.len() as i32,
         ..Default::default()
     };
+    // What actions did to this revision's rollout stays with it (a new revision starts
+    // clean), and a new action adds to it.
+    let mut prev_phase = if same { prev.map(|p| p.phase) } else { None };
+    let mut step = if same { prev.map_or(1, |p| p.step.max(1) as usize).min(total_steps) } else { 1 };
+    let mut step_start = if same { prev.and_then(|p| p.step_start_time.clone()) } else { None };
+    let mut pause_start = if same { prev.and_then(|p| p.pause_start_time.clone()) } else { None };
+    let mut analysis = if same { prev.and_then(|p| p.analysis.clone()) } else { None };
+    if same && let Some(p) = prev {
+        status.promoted_step = p.promoted_step;
+        status.promoted_full = p.promoted_full;
+        status.aborted = p.aborted;
+        status.last_action.clone_from(&p.last_action);
+        status.last_action_time.clone_from(&p.last_action_time);
+    }
+    if let Some(action) = input.action {
+        status.last_action = Some(action.as_str().to_string());
+        status.last_action_time = Some(time(input.now));
+        match action {
+            Action::Resume | Action::Promote => status.promoted_step = Some(step as i32),
+            Action::PromoteFull => status.promoted_full = true,
+            Action::Abort => status.aborted = true,
+            Action::Retry => {
+                status.aborted = false;
+                status.promoted_step = None;
+                prev_phase = None;
+                step = 1;
+                step_start = None;
+                pause_start = None;
+                analysis = None;
+            }
+        }
+    }
+    let promoted = |st: usize, status: &RolloutStatus| status.promoted_step.is_some_and(|p| p as usize >= st);
     let all: Vec<&str> = input.order.iter().map(String::as_str).collect();
-    let complete = |mut status: RolloutStatus| {
-        status.phase = Phase::Complete;
-        status.stable_revision = Some(update.to_string());
+    let pending = targets.saturating_sub(updated + failed.len());
+    // The end of a rollout: Complete when every node counts, Degraded when every node was
+    // tried and some failed (they are retried with backoff).
+    let settle = |mut status: RolloutStatus| {
         status.step = total_steps as i32;
-        status.message = Some(format!("{updated}/{targets} nodes run revision {update}"));
+        if updated == targets {
+            status.phase = Phase::Complete;
+            status.stable_revision = Some(update.to_string());
+            status.message = Some(format!("{updated}/{targets} nodes run revision {update}"));
+        } else {
+            status.phase = Phase::Degraded;
+            if updated > 0 && stable.is_none() {
+                status.stable_revision = Some(update.to_string());
+            }
+            status.message = Some(format!(
+                "{updated}/{targets} nodes run revision {update}; {} failed and are retried: {}",
+                failed.len(),
+                failed_summary(input, &failed)
+            ));
+        }
         status
     };
+    let everyone = || -> BTreeMap<String, Option<String>> {
+        input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect()
+    };
+    let hold_all = |e: &Eval<'_>| -> BTreeMap<String, Option<String>> {
+        input.order.iter().map(|n| (n.clone(), e.hold(n, stable))).collect()
+    };
+    // Take the revision off the nodes: back to `stable`, or off entirely when none ran
+    // everywhere yet.
+    let back = |e: &Eval<'_>| -> BTreeMap<String, Option<String>> {
+        all.iter()
+            .map(|n| match stable {
+                Some(st) => (n.to_string(), Some(st.to_string())),
+                None if e.runs(n, update) => (n.to_string(), None),
+                None => (n.to_string(), e.hold(n, None)),
+            })
+            .collect()
+    };
 
-    // All at once, or a revert to the stable revision: no steps.
-    if s.strategy == Strategy::AllAtOnce || stable == Some(update) {
-        if updated == targets {
-            let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
-            return Decision { assign, status: complete(status), wake: None };
+    // An abort takes the revision back off the nodes, whatever the strategy.
+    if status.aborted && stable != Some(update) {
+        status.phase = Phase::RolledBack;
+        status.step = step as i32;
+        status.message = Some(match stable {
+            Some(st) => format!("aborted ({ACTION}=abort); rolling back to revision {st}"),
+            None => format!("aborted ({ACTION}=abort); removing revision {update} from the nodes that got it"),
+        });
+        return Decision { assign: back(&e), status, wake: None, measure: false };
+    }
+
+    // All at once, a revert to the stable revision, or a full promotion: no steps.
+    if s.strategy == Strategy::AllAtOnce || stable == Some(update) || status.promoted_full {
+        if pending == 0 && !s.paused {
+            let assign = if updated == targets { everyone() } else { e.switch(&e.effective_order(), update, stable) };
+            return Decision { assign, status: settle(status), wake: None, measure: false };
         }
         let assign = if s.paused {
             status.phase = Phase::Paused;
             status.message = Some("paused by spec.rollout.paused".into());
-            input.order.iter().map(|n| (n.clone(), e.hold(n, stable))).collect()
+            hold_all(&e)
         } else if s.strategy == Strategy::AllAtOnce {
             status.message = Some(format!("{updated}/{targets} nodes run revision {update}"));
-            input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect()
+            everyone()
+        } else if status.promoted_full {
+            status.message = Some(format!(
+                "promoted in full: {updated}/{targets} nodes run revision {update}, {} at a time",
+                s.max_in_flight
+            ));
+            e.switch(&e.effective_order(), update, stable)
         } else {
             status.message = Some(format!("returning to stable revision {update}: {updated}/{targets} nodes"));
             e.switch(&e.effective_order(), update, stable)
         };
         status.step = total_steps as i32;
-        return Decision { assign, status, wake: None };
+        return Decision { assign, status, wake: None, measure: false };
     }
 
-    let mut step = if same { prev.map_or(1, |p| p.step.max(1) as usize).min(total_steps) } else { 1 };
-    let mut step_start = if same { prev.and_then(|p| p.step_start_time.clone()) } else { None };
-    let mut pause_start = if same { prev.and_then(|p| p.pause_start_time.clone()) } else { None };
-    let prev_phase = if same { prev.map(|p| p.phase) } else { None };
-    let resumed_at = |step: usize| s.resume.as_ref().is_some_and(|(r, n)| r == update && *n >= step);
-    let hold_all = |e: &Eval<'_>| -> BTreeMap<String, Option<String>> {
-        input.order.iter().map(|n| (n.clone(), e.hold(n, stable))).collect()
-    };
     status.step = step as i32;
+    let resumed_at = |st: usize, status: &RolloutStatus| {
+        promoted(st, status) || s.resume.as_ref().is_some_and(|(r, n)| r == update && *n >= st)
+    };
 
-    // Stopped rollouts stay stopped for this revision.
+    // Stopped rollouts stay stopped for this revision (until a retry).
     match prev_phase {
         Some(Phase::RolledBack) => {
             status.phase = Phase::RolledBack;
             status.message = prev.and_then(|p| p.message.clone());
-            let assign = input
-                .order
-                .iter()
-                .map(|n| match stable {
-                    Some(st) => (n.clone(), Some(st.to_string())),
-                    None if e.runs(n, update) => (n.clone(), None),
-                    None => (n.clone(), e.hold(n, None)),
-                })
-                .collect();
-            return Decision { assign, status, wake: None };
+            return Decision { assign: back(&e), status, wake: None, measure: false };
         }
-        Some(Phase::Halted) if !(resumed_at(step) && failed.len() <= s.failure_threshold) => {
+        Some(Phase::Halted) if !(resumed_at(step, &status) && failed.len() <= s.failure_threshold) => {
             status.phase = Phase::Halted;
             status.message = prev.and_then(|p| p.message.clone());
-            return Decision { assign: hold_all(&e), status, wake: None };
+            return Decision { assign: hold_all(&e), status, wake: None, measure: false };
         }
         Some(Phase::Halted) => step_start = None,
         _ => {}
@@ -368,44 +456,30 @@ pub fn decide(input: &Input<'_>) -> Decision {
     if s.paused {
         status.phase = Phase::Paused;
         status.message = Some(format!("paused by spec.rollout.paused at step {step}/{total_steps}"));
-        return Decision { assign: hold_all(&e), status, wake: None };
+        return Decision { assign: hold_all(&e), status, wake: None, measure: false };
     }
 
     // A first install (nothing else of the program runs anywhere) goes to every node at
     // once, as a DaemonSet's pods do on creation: there is nothing to protect yet, and
-    // failed nodes are retried with backoff. It settles (becomes stable) once no node is
-    // pending.
+    // failed nodes are retried with backoff. It settles once no node is pending.
     let first = stable.is_none()
         && prev.is_none_or(|p| p.update_revision.as_deref() == Some(update))
         && input.order.iter().all(|n| input.observed.get(n).is_none_or(|o| o.revision == update));
     if first {
-        let pending = targets.saturating_sub(updated + failed.len());
-        let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
-        if updated == targets {
-            return Decision { assign, status: complete(status), wake: None };
+        if pending == 0 && targets > 0 {
+            return Decision { assign: everyone(), status: settle(status), wake: None, measure: false };
         }
         status.step = total_steps as i32;
-        if pending == 0 && updated > 0 {
-            status.stable_revision = Some(update.to_string());
-        }
         status.message =
             Some(format!("first install: {updated}/{targets} nodes run revision {update}, {} failed", failed.len()));
-        return Decision { assign, status, wake: None };
+        return Decision { assign: everyone(), status, wake: None, measure: false };
     }
 
     let order = e.effective_order();
     let stop = |mut status: RolloutStatus, why: String| {
-        let (phase, assign) = match (s.on_failure, stable) {
-            (OnFailure::Rollback, Some(st)) => {
-                (Phase::RolledBack, all.iter().map(|n| (n.to_string(), Some(st.to_string()))).collect())
-            }
-            // No revision ran everywhere: take the new one off the nodes that got it and
-            // leave every other node with what it runs.
-            (OnFailure::Rollback, None) => (
-                Phase::RolledBack,
-                all.iter().map(|n| (n.to_string(), if e.runs(n, update) { None } else { e.hold(n, None) })).collect(),
-            ),
-            (OnFailure::Halt, _) => (Phase::Halted, hold_all(&e)),
+        let (phase, assign) = match s.on_failure {
+            OnFailure::Rollback => (Phase::RolledBack, back(&e)),
+            OnFailure::Halt => (Phase::Halted, hold_all(&e)),
         };
         status.phase = phase;
         status.message = Some(match phase {
@@ -413,9 +487,9 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 Some(st) => format!("{why}; rolling back to revision {st}"),
                 None => format!("{why}; removing it from the nodes that got it (no earlier revision ran everywhere)"),
             },
-            _ => format!("{why}; halted: fix the spec, revert it, or resume once the nodes recover"),
+            _ => format!("{why}; halted: fix the spec, revert it, or resume or retry once the nodes recover"),
         });
-        Decision { assign, status, wake: None }
+        Decision { assign, status, wake: None, measure: false }
     };
     if failed.len() > s.failure_threshold {
         let why = format!(
@@ -445,24 +519,81 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 return stop(status, why);
             }
             let done = cohort.iter().filter(|n| e.updated(n)).count();
-            status.message =
-                Some(format!("step {step}/{total_steps}: {done}/{} nodes run revision {update}", cohort.len()));
+            let away = cohort.iter().filter(|n| e.away(n) && !e.updated(n)).count();
+            let mut message = format!("step {step}/{total_steps}: {done}/{} nodes run revision {update}", cohort.len());
+            if away > 0 {
+                message.push_str(&format!("; {away} wait for their agent"));
+            }
+            if let Some(w) = input.gate_wait {
+                message.push_str(&format!("; {w}"));
+            }
+            status.message = Some(message);
             let assign = e.switch(cohort, update, stable);
-            return Decision { assign, status, wake: Some(s.deadline.saturating_sub(elapsed)) };
+            return Decision { assign, status, wake: Some(s.deadline.saturating_sub(elapsed)), measure: false };
+        }
+        // The step's nodes all count: the Prometheus gate measures its end.
+        if let Some(gate) = input.analysis.filter(|_| !promoted(step, &status)) {
+            let mut a = analysis
+                .take()
+                .filter(|a| a.step == step as i32)
+                .unwrap_or(AnalysisStatus { step: step as i32, ..Default::default() });
+            if let Some(m) = input.measurement.clone() {
+                a.measurements += 1;
+                let judged = m.and_then(|v| gate.within(v).map(|()| v));
+                a.last = Some(match &judged {
+                    Ok(v) => format!("{v}"),
+                    Err(why) => why.clone(),
+                });
+                if judged.is_err() {
+                    a.failures += 1;
+                }
+                a.last_time = Some(time(input.now));
+            }
+            status.analysis = Some(a.clone());
+            if a.failures > gate.failure_limit {
+                let why = format!(
+                    "the Prometheus gate failed at the end of step {step}/{total_steps}: {} of {} measurements \
+                     failed (failureLimit {}); query {:?} last gave: {}",
+                    a.failures,
+                    a.measurements,
+                    gate.failure_limit,
+                    gate.query,
+                    a.last.as_deref().unwrap_or("-")
+                );
+                return stop(status, why);
+            }
+            if (a.measurements as u32) < gate.count() {
+                let waited = since(a.last_time.as_ref(), input.now);
+                let due = waited.is_none_or(|w| w >= gate.interval());
+                status.message = Some(format!(
+                    "step {step}/{total_steps} done; Prometheus gate: {}/{} measurements, {} failed{}",
+                    a.measurements,
+                    gate.count(),
+                    a.failures,
+                    a.last.as_deref().map(|l| format!(", last: {l}")).unwrap_or_default()
+                ));
+                let wake = waited.map_or(Duration::ZERO, |w| gate.interval().saturating_sub(w));
+                return Decision {
+                    assign: e.switch(cohort, update, stable),
+                    status,
+                    wake: Some(wake),
+                    measure: due && input.measurement.is_none(),
+                };
+            }
         }
         if step == total_steps {
-            let assign = input.order.iter().map(|n| (n.clone(), Some(update.to_string()))).collect();
-            return Decision { assign, status: complete(status), wake: None };
+            return Decision { assign: everyone(), status: settle(status), wake: None, measure: false };
         }
         match want.pause {
             None => {}
-            Some(PauseUntil::Resumed) if resumed_at(step) => {}
+            Some(_) if resumed_at(step, &status) => {}
             Some(PauseUntil::Resumed) => {
                 status.phase = Phase::Paused;
                 status.message = Some(format!(
-                    "step {step}/{total_steps} done; waiting to be resumed (kubectl bpfleet rollout resume)"
+                    "step {step}/{total_steps} done; waiting to be resumed (kubectl bpfleet rollout promote, or \
+                     the annotation {ACTION}=promote)"
                 ));
-                return Decision { assign: e.switch(cohort, update, stable), status, wake: None };
+                return Decision { assign: e.switch(cohort, update, stable), status, wake: None, measure: false };
             }
             Some(PauseUntil::Elapsed(d)) => {
                 let began = pause_start.clone().unwrap_or_else(|| time(input.now));
@@ -474,14 +605,64 @@ pub fn decide(input: &Input<'_>) -> Decision {
                         "step {step}/{total_steps} done; pausing {}s before the next step",
                         (d - waited).as_secs()
                     ));
-                    return Decision { assign: e.switch(cohort, update, stable), status, wake: Some(d - waited) };
+                    return Decision {
+                        assign: e.switch(cohort, update, stable),
+                        status,
+                        wake: Some(d - waited),
+                        measure: false,
+                    };
                 }
             }
         }
         step += 1;
         step_start = None;
         pause_start = None;
+        status.analysis = None;
     }
+}
+
+const ACTION: &str = crds::rollout::ACTION_ANNOTATION;
+
+/// The DaemonSet-style node counts of `status`, for `update` over `targets`: what each node
+/// runs (`observed`), how it stands (`outcomes`, with agents' grace periods applied) and,
+/// with health gates, which nodes passed them (`gated`).
+pub fn count_nodes(
+    status: &mut RolloutStatus,
+    update: &str,
+    targets: &std::collections::BTreeSet<String>,
+    observed: &BTreeMap<String, Observed>,
+    outcomes: &BTreeMap<String, crate::status::NodeOutcome>,
+    gated: Option<&std::collections::BTreeSet<String>>,
+) {
+    use crate::status::NodeOutcome;
+    let (mut desired, mut updated, mut ready, mut available, mut waiting) = (0, 0, 0, 0, 0);
+    for n in targets {
+        let outcome = outcomes.get(n);
+        if matches!(outcome, Some(NodeOutcome::WaitingForAgent { .. } | NodeOutcome::NoAgent)) {
+            waiting += 1;
+        }
+        if matches!(outcome, Some(NodeOutcome::NoAgent)) {
+            continue;
+        }
+        desired += 1;
+        let Some(o) = observed.get(n) else { continue };
+        let healthy = o.health == Health::Healthy;
+        if o.revision == update {
+            updated += 1;
+            if healthy && gated.is_none_or(|g| g.contains(n)) {
+                ready += 1;
+                available += 1;
+            }
+        } else if healthy && !o.revision.is_empty() {
+            available += 1;
+        }
+    }
+    status.desired_nodes = desired;
+    status.updated_nodes = updated;
+    status.ready_nodes = ready;
+    status.available_nodes = available;
+    status.unavailable_nodes = desired - available;
+    status.waiting_for_agent_nodes = waiting;
 }
 
 #[cfg(test)]

@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crds::rollout::RolloutStatus;
+use crds::health::HealthSpec;
+use crds::rollout::{Action as RolloutAction, RolloutStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::agents::AgentState;
+use crate::gates::Gated;
 use crate::index::Snapshot;
 use crate::plan::{Action, ProgramView, plan};
 use crate::rollout::{self, Decision, Settings};
@@ -18,7 +20,7 @@ use crate::status::{self, NodeOutcome};
 use crate::targets::{NodeAddr, NodeInfo};
 
 /// One pass of a rollout of `revision` over `targets`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Round<'a> {
     pub revision: &'a str,
     pub targets: &'a BTreeSet<String>,
@@ -27,33 +29,79 @@ pub struct Round<'a> {
     pub settings: &'a Settings,
     /// `status.rollout` as the last pass left it.
     pub previous: Option<&'a RolloutStatus>,
+    /// How each target stands, seen through where its agent stands ([`node_outcomes`]):
+    /// an agent away past its grace period is a failed node; one away for less, a node
+    /// waiting for it; a node without an agent is none of the rollout's business.
+    pub outcomes: &'a BTreeMap<String, NodeOutcome>,
+    /// What the health gates say, when the spec has any.
+    pub gates: Option<&'a Gated>,
+    pub health: Option<&'a HealthSpec>,
+    /// A measurement of the Prometheus gate, taken because the last pass asked for one.
+    pub measurement: Option<Result<f64, String>>,
+    pub action: Option<RolloutAction>,
     pub now: Timestamp,
 }
 
 /// Where the rollout stands, and what to ask each node now. `ready`: whether a node's
 /// agent is Ready. A node whose agent is not Ready is left as it is (nothing sent,
-/// nothing removed) until it is Ready again, and holds no step up meanwhile.
+/// nothing removed) until it is Ready again.
 pub fn next_step(
     snap: &Snapshot,
     round: &Round<'_>,
     ready: impl Fn(&str) -> bool,
 ) -> (Decision, BTreeMap<String, Action>) {
-    let failed: BTreeMap<String, String> =
-        round.targets.iter().filter_map(|n| status::failure_text(&snap.outcome(n)).map(|t| (n.clone(), t))).collect();
-    let unreachable: BTreeSet<String> = round
-        .targets
-        .iter()
-        .filter(|n| !ready(n) || matches!(snap.outcome(n), NodeOutcome::Unreachable { .. }))
-        .cloned()
-        .collect();
+    let outcome = |n: &str| round.outcomes.get(n).cloned().unwrap_or_else(|| snap.outcome(n));
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut away: BTreeSet<String> = BTreeSet::new();
+    for n in round.targets {
+        match outcome(n) {
+            NodeOutcome::Unreachable { message } => {
+                failed.insert(n.clone(), format!("AgentUnreachable: {message}"));
+            }
+            NodeOutcome::WaitingForAgent { .. } | NodeOutcome::NoAgent => {
+                away.insert(n.clone());
+            }
+            o => match status::failure_text(&o) {
+                Some(t) => {
+                    failed.insert(n.clone(), t);
+                }
+                None if !ready(n) => {
+                    away.insert(n.clone());
+                }
+                None => {}
+            },
+        }
+    }
+    if let Some(g) = round.gates {
+        for (n, why) in &g.failed {
+            failed.entry(n.clone()).or_insert_with(|| format!("HealthGateFailed: {why}"));
+        }
+    }
+    // Nodes that run no agent are not the rollout's to reach (DaemonSet's desired count
+    // leaves them out too); they get the program when an agent comes.
+    let order: Vec<String> =
+        round.order.iter().filter(|n| !matches!(outcome(n), NodeOutcome::NoAgent)).cloned().collect();
+    let gate_wait = round.gates.filter(|g| !g.due.is_empty() || g.wake.is_some()).map(|g| {
+        let waiting = order
+            .iter()
+            .filter(|n| snap.observed.get(*n).is_some_and(|o| o.revision == round.revision))
+            .filter(|n| !g.passed.contains(*n) && !g.failed.contains_key(*n))
+            .count();
+        format!("{waiting} node(s) in their health gate window")
+    });
     let decision = rollout::decide(&rollout::Input {
         update: round.revision,
-        order: round.order,
+        order: &order,
         observed: &snap.observed,
         failed: &failed,
-        unreachable: &unreachable,
+        unreachable: &away,
         previous: round.previous,
         settings: round.settings,
+        gated: round.gates.map(|g| &g.passed),
+        gate_wait: gate_wait.as_deref(),
+        analysis: round.health.and_then(|h| h.prometheus.as_ref()),
+        measurement: round.measurement.clone(),
+        action: round.action,
         now: round.now,
     });
     let held = snap.holds(round.now);
@@ -219,7 +267,20 @@ mod tests {
     fn step(snap: &Snapshot, targets: &BTreeSet<String>, ready: &[&str]) -> (Decision, BTreeMap<String, Action>) {
         let order: Vec<String> = targets.iter().cloned().collect();
         let settings = Settings::resolve(None, targets.len());
-        let round = Round { revision: "r2", targets, order: &order, settings: &settings, previous: None, now: at(0) };
+        let outcomes = BTreeMap::new();
+        let round = Round {
+            revision: "r2",
+            targets,
+            order: &order,
+            settings: &settings,
+            previous: None,
+            outcomes: &outcomes,
+            gates: None,
+            health: None,
+            measurement: None,
+            action: None,
+            now: at(0),
+        };
         next_step(snap, &round, |n| ready.contains(&n))
     }
 

@@ -354,43 +354,44 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
     })
 }
 
-/// A stopped rollout is Stalled (kstatus: Failed) with its reason, whatever the node
-/// counts say; a paused one is still Reconciling, with why it waits.
+/// With a rollout, its phase decides how the program stands ([`crds::standing`]): the
+/// kstatus conditions say exactly that (`Reconciling` for InProgress, `Stalled` for
+/// Failed, neither for Suspended and Current), and `Ready` is True only once the rollout is
+/// Complete (a node in its health gate window, or a paused canary, is not the spec done).
 fn with_rollout(
     mut conditions: Vec<Condition>,
     r: &crds::rollout::RolloutStatus,
     input: &StatusInput<'_>,
 ) -> Vec<Condition> {
     use crds::rollout::Phase;
+    use crds::standing::{Standing, of_rollout};
     let message = r.message.clone().unwrap_or_default();
-    let mut set = |type_: &str, ok: bool, reason: &str| {
+    let reason = match r.phase {
+        Phase::Progressing => "RolloutProgressing",
+        Phase::Paused => "RolloutPaused",
+        Phase::Halted => "RolloutHalted",
+        Phase::RolledBack => "RolledBack",
+        Phase::Degraded => "RolloutDegraded",
+        Phase::Complete => "RolloutComplete",
+    };
+    let mut set = |type_: &str, ok: bool| {
         let c = condition(type_, ok, reason, message.clone(), input);
         match conditions.iter_mut().find(|x| x.type_ == type_) {
             Some(x) => *x = c,
             None => conditions.push(c),
         }
     };
-    match r.phase {
-        Phase::Halted => {
-            set(STALLED, true, "RolloutHalted");
-            set(RECONCILING, false, "RolloutHalted");
-            set(PROGRESSING, false, "RolloutHalted");
-        }
-        Phase::RolledBack => {
-            set(STALLED, true, "RolledBack");
-            set(RECONCILING, false, "RolledBack");
-            set(PROGRESSING, false, "RolledBack");
-        }
-        Phase::Paused => {
-            set(RECONCILING, true, "RolloutPaused");
-            set(PROGRESSING, true, "RolloutPaused");
-        }
-        Phase::Degraded => {
-            set(STALLED, true, "RolloutDegraded");
-            set(RECONCILING, false, "RolloutDegraded");
-            set(PROGRESSING, false, "RolloutDegraded");
-        }
-        Phase::Progressing | Phase::Complete => {}
+    let standing = of_rollout(r);
+    if standing == Standing::Current {
+        // The node counts already tell Complete's story (and which nodes run no agent).
+        return conditions;
+    }
+    set(READY, false);
+    set(RECONCILING, standing.reconciling());
+    set(STALLED, standing.stalled());
+    set(PROGRESSING, standing == Standing::InProgress);
+    if standing == Standing::Failed {
+        set(DEGRADED, true);
     }
     conditions
 }
@@ -641,33 +642,71 @@ mod tests {
         assert!(ready.message.contains("node-3 (agent unreachable: connection refused)"), "{}", ready.message);
     }
 
+    /// Every rollout phase (and both kinds of pause), through the status the operator
+    /// writes: the kstatus conditions, what kstatus makes of them and the one standing
+    /// (`crds::standing`) every other view derives from all tell the same story.
     #[test]
-    fn a_halted_rollout_is_stalled_with_its_message_and_a_paused_one_reconciling() {
+    fn every_rollout_phase_reads_the_same_in_every_view() {
         use crds::rollout::{Phase, RolloutStatus};
-        let t = targets(&["a", "b"]);
-        let outcomes = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), NodeOutcome::Pending)]);
-        let halted = RolloutStatus {
-            phase: Phase::Halted,
-            message: Some("1 node(s) failed revision r1 at step 1/2 (threshold 0): a: VerifierRejected".into()),
-            ..Default::default()
-        };
-        let mut i = input(&t, &outcomes, None, 100);
-        i.rollout = Some(&halted);
-        let s = compute(&i);
-        assert_eq!(cond(&s, STALLED).status, "True");
-        assert_eq!(cond(&s, STALLED).reason, "RolloutHalted");
-        assert!(cond(&s, STALLED).message.contains("VerifierRejected"));
-        assert_eq!(cond(&s, RECONCILING).status, "False");
-        assert_eq!(s.rollout.as_ref(), Some(&halted));
-        let paused =
-            RolloutStatus { phase: Phase::Paused, message: Some("waiting to be resumed".into()), ..Default::default() };
-        i.rollout = Some(&paused);
-        let s = compute(&i);
-        assert_eq!(
-            (cond(&s, RECONCILING).status.as_str(), cond(&s, RECONCILING).reason.as_str()),
-            ("True", "RolloutPaused")
-        );
-        assert_eq!(cond(&s, STALLED).status, "False");
+        use crds::standing::{Standing, of_status};
+        let tg = targets(&["a", "b"]);
+        let all = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), NodeOutcome::Ready)]);
+        let half = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), NodeOutcome::Pending)]);
+        let one_failed = BTreeMap::from([
+            ("a".to_string(), NodeOutcome::Ready),
+            ("b".to_string(), failed("VerifierRejected", "R1")),
+        ]);
+        let timed = RolloutStatus { pause_start_time: Some(t(90)), ..Default::default() };
+        // (phase, extra rollout fields, node outcomes, standing, kstatus, Ready, Reconciling, Stalled)
+        let table: Vec<(Phase, RolloutStatus, &BTreeMap<String, NodeOutcome>, Standing, &str, &str, &str, &str)> = vec![
+            (
+                Phase::Progressing,
+                Default::default(),
+                &half,
+                Standing::InProgress,
+                "InProgress",
+                "False",
+                "True",
+                "False",
+            ),
+            // A failure within failureThreshold while the rollout goes on is still progress.
+            (
+                Phase::Progressing,
+                Default::default(),
+                &one_failed,
+                Standing::InProgress,
+                "InProgress",
+                "False",
+                "True",
+                "False",
+            ),
+            (Phase::Paused, timed.clone(), &half, Standing::InProgress, "InProgress", "False", "True", "False"),
+            (Phase::Paused, Default::default(), &half, Standing::Suspended, "Current", "False", "False", "False"),
+            (Phase::Halted, Default::default(), &one_failed, Standing::Failed, "Failed", "False", "False", "True"),
+            (Phase::RolledBack, Default::default(), &half, Standing::Failed, "Failed", "False", "False", "True"),
+            (Phase::Degraded, Default::default(), &one_failed, Standing::Failed, "Failed", "False", "False", "True"),
+            (Phase::Complete, Default::default(), &all, Standing::Current, "Current", "True", "False", "False"),
+        ];
+        for (phase, extra, outcomes, standing, ks, ready, reconciling, stalled) in table {
+            let r = RolloutStatus { phase, message: Some(format!("{phase:?} says why")), ..extra };
+            let mut i = input(&tg, outcomes, None, 100);
+            i.rollout = Some(&r);
+            let s = compute(&i);
+            let what = format!("{phase:?} (pause started: {})", r.pause_start_time.is_some());
+            assert_eq!(of_status(Some(&s), Some(4)), standing, "{what}");
+            assert_eq!(kstatus(&s, 4), ks, "{what}");
+            assert_eq!(standing.kstatus(), ks, "{what}");
+            let got = (
+                cond(&s, READY).status.as_str(),
+                cond(&s, RECONCILING).status.as_str(),
+                cond(&s, STALLED).status.as_str(),
+            );
+            assert_eq!(got, (ready, reconciling, stalled), "{what}");
+            if standing != Standing::Current {
+                assert_eq!(cond(&s, READY).message, format!("{phase:?} says why"), "{what}: the rollout says why");
+            }
+            assert_eq!(s.rollout.as_ref(), Some(&r));
+        }
     }
 
     #[test]

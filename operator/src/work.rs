@@ -49,6 +49,8 @@ pub struct WorkConfig {
     pub unreachable_grace: Duration,
     /// ConfigMap bytecode cached, in bytes (from the memory limit, `crate::memory`).
     pub config_map_cache_bytes: usize,
+    /// Prometheus base URLs a health gate may query (`--prometheus-address`).
+    pub prometheus_addresses: Vec<String>,
 }
 
 impl Default for WorkConfig {
@@ -64,6 +66,7 @@ impl Default for WorkConfig {
             agent_pod_selector: None,
             unreachable_grace: crate::controller::DEFAULT_UNREACHABLE_GRACE,
             config_map_cache_bytes: crate::bytecode::MAX_CACHE_BYTES,
+            prometheus_addresses: Vec::new(),
         }
     }
 }
@@ -94,6 +97,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     ctx.history = History::new(client.clone(), cfg.history_namespace.clone());
     ctx.images = crate::image::ImageSource::registries(crate::image::Images::new(client.clone(), cfg.images.clone()));
     ctx.unreachable_grace = cfg.unreachable_grace;
+    ctx.prometheus = crate::prometheus::Prometheus::new(cfg.prometheus_addresses.clone());
     if cfg.agent_pod_selector.is_some() {
         ctx.agents = Arc::new(Agents::tracked());
     }

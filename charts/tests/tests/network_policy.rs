@@ -57,3 +57,36 @@ fn without_scrapers_nothing_may_connect_to_the_operator() {
     let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
     assert!(np["spec"]["ingress"].is_null() || np["spec"]["ingress"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn prometheus_gates_may_query_only_the_listed_addresses_and_reach_their_ports() {
+    let docs = render(
+        &[],
+        &[
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "rollout.prometheusAddresses={http://prometheus.monitoring:9090,https://prom.example}",
+        ],
+    );
+    let op = named(&docs, "Deployment", "bpfleet-operator");
+    let args: Vec<&str> = op["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|a| a.starts_with("--prometheus-address"))
+        .collect();
+    assert_eq!(
+        args,
+        ["--prometheus-address=http://prometheus.monitoring:9090", "--prometheus-address=https://prom.example"]
+    );
+    let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
+    let ports: Vec<Value> =
+        np["spec"]["egress"][1]["ports"].as_array().unwrap().iter().map(|p| p["port"].clone()).collect();
+    assert_eq!(ports, [json!(50051), json!(443), json!(9090)], "https's 443 is a registry port already");
+    // None by default: no flag, no port.
+    let docs = render(&[], &["--set", "networkPolicy.enabled=true"]);
+    let op = named(&docs, "Deployment", "bpfleet-operator");
+    assert!(!op.to_string().contains("--prometheus-address"));
+}

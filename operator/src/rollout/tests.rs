@@ -48,6 +48,11 @@ struct World {
     unreachable: BTreeSet<String>,
     status: Option<RolloutStatus>,
     settings: Settings,
+    /// With health gates: the nodes that passed them.
+    gated: Option<BTreeSet<String>>,
+    analysis: Option<crds::health::PrometheusGate>,
+    measurement: Option<Result<f64, String>>,
+    action: Option<Action>,
     now: Timestamp,
 }
 
@@ -61,6 +66,10 @@ impl World {
             failed: BTreeMap::new(),
             unreachable: BTreeSet::new(),
             status: Some(stable(OLD)),
+            gated: None,
+            analysis: None,
+            measurement: None,
+            action: None,
             now: Timestamp::from_second(1_800_000_000).unwrap(),
         }
     }
@@ -74,6 +83,11 @@ impl World {
             unreachable: &self.unreachable,
             previous: self.status.as_ref(),
             settings: &self.settings,
+            gated: self.gated.as_ref(),
+            gate_wait: None,
+            analysis: self.analysis.as_ref(),
+            measurement: self.measurement.take(),
+            action: self.action.take(),
             now: self.now,
         });
         self.status = Some(d.status.clone());
@@ -341,14 +355,22 @@ fn failures_within_the_threshold_are_tolerated() {
     let bad = w.order[0].clone();
     for _ in 0..10 {
         let d = w.decide(NEW);
-        if d.status.phase == Phase::Complete {
+        if d.status.phase == Phase::Degraded {
             break;
         }
         w.apply(&d, &[bad.as_str()], NEW);
     }
+    // Every node was tried; the tolerated failure keeps it from Complete (and it is
+    // retried): Degraded, a settled failure every view calls Stalled.
     let st = w.status.clone().unwrap();
-    assert_eq!(st.phase, Phase::Complete, "{st:?}");
+    assert_eq!(st.phase, Phase::Degraded, "{st:?}");
     assert_eq!((st.updated_nodes, st.failed_nodes), (4, 1));
+    assert!(st.message.as_deref().unwrap().contains("1 failed and are retried"), "{st:?}");
+    // The failed node recovers: Complete.
+    w.failed.clear();
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    assert_eq!(w.decide(NEW).status.phase, Phase::Complete);
 }
 
 #[test]
@@ -378,7 +400,7 @@ fn a_first_install_goes_everywhere_at_once_like_a_daemonset() {
     let bad = w.order[0].clone();
     w.apply(&d, &[bad.as_str()], NEW);
     let d = w.decide(NEW);
-    assert_eq!(d.status.phase, Phase::Progressing, "failed nodes are retried, nothing stops");
+    assert_eq!(d.status.phase, Phase::Degraded, "settled with a failure: failed nodes are retried, nothing stops");
     assert_eq!(d.assign[&bad].as_deref(), Some(NEW));
     assert_eq!(d.status.stable_revision.as_deref(), Some(NEW), "settled: no node pending");
     // The next revision then rolls out over it, progressively.
@@ -477,4 +499,192 @@ fn the_decision_plugs_into_plan() {
     let actions = crate::plan::plan(&view, &d);
     assert_eq!(actions.len(), 1, "only the canary is sent anything: {actions:?}");
     assert!(actions.values().all(|a| *a == crate::plan::Action::Apply(NEW.into())));
+}
+
+fn pause_spec() -> RolloutSpec {
+    RolloutSpec {
+        steps: vec![
+            step(IntOrString::Int(1), Some(None)),
+            step(pct("60%"), Some(Some("10m"))),
+            step(pct("100%"), None),
+        ],
+        max_in_flight: Some(IntOrString::Int(5)),
+        ..Default::default()
+    }
+}
+
+/// Decide and carry out until the phase stops changing.
+fn settle(w: &mut World) -> RolloutStatus {
+    for _ in 0..10 {
+        let d = w.decide(NEW);
+        w.apply(&d, &[], "");
+    }
+    w.status.clone().unwrap()
+}
+
+#[test]
+fn a_node_counts_only_once_it_passed_its_health_gates() {
+    let mut w = World::new(5, canary_spec());
+    w.gated = Some(BTreeSet::new());
+    let st = settle(&mut w);
+    assert_eq!((st.step, st.phase), (1, Phase::Progressing), "the canary runs it, but has not passed: {st:?}");
+    assert_eq!(w.count(NEW), 1);
+    // Passed: the rollout goes on.
+    w.gated = Some(w.order.iter().filter(|n| w.observed[*n].revision == NEW).cloned().collect());
+    let d = w.decide(NEW);
+    assert_eq!(d.status.step, 2, "{d:?}");
+}
+
+#[test]
+fn a_failed_gate_stops_the_rollout_like_a_failed_apply() {
+    let spec = RolloutSpec { on_failure: OnFailure::Rollback, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    w.gated = Some(BTreeSet::new());
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    let canary = w.order.iter().find(|n| w.observed[*n].revision == NEW).unwrap().clone();
+    w.failed.insert(
+        canary.clone(),
+        "HealthGateFailed: ProgramDidNotRun: count (program id 7, run count stayed at 0)".into(),
+    );
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::RolledBack);
+    let msg = d.status.message.unwrap();
+    assert!(msg.contains(&format!("{canary}: HealthGateFailed: ProgramDidNotRun")), "{msg}");
+    assert_eq!(d.assign[&canary].as_deref(), Some(OLD), "back to the stable revision");
+}
+
+#[test]
+fn the_prometheus_gate_measures_each_step_end_and_fails_past_its_limit() {
+    let mut w = World::new(5, canary_spec());
+    w.analysis = Some(crds::health::PrometheusGate {
+        address: "http://127.0.0.1:9090".into(),
+        query: "drops".into(),
+        min: None,
+        max: Some(1.0),
+        count: Some(2),
+        interval_seconds: Some(10),
+        failure_limit: 0,
+    });
+    let d = w.decide(NEW);
+    w.apply(&d, &[], "");
+    let d = w.decide(NEW);
+    assert!(d.measure, "step 1 done: a measurement is due: {d:?}");
+    assert_eq!(d.status.step, 1);
+    w.measurement = Some(Ok(0.5));
+    let d = w.decide(NEW);
+    assert!(!d.measure, "the next one is 10 s away");
+    assert_eq!(d.wake, Some(Duration::from_secs(10)));
+    assert_eq!(d.status.analysis.as_ref().map(|a| (a.measurements, a.failures)), Some((1, 0)));
+    w.now += Duration::from_secs(10);
+    assert!(w.decide(NEW).measure);
+    w.measurement = Some(Ok(0.7));
+    let d = w.decide(NEW);
+    assert_eq!(d.status.step, 2, "two good measurements: the next step: {d:?}");
+    assert_eq!(d.status.analysis, None);
+    w.apply(&d, &[], "");
+    // Step 2's end measures too; an out-of-bounds value stops it.
+    let d = w.decide(NEW);
+    assert!(d.measure, "{d:?}");
+    w.measurement = Some(Ok(3.5));
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Halted);
+    let msg = d.status.message.unwrap();
+    assert!(
+        msg.contains("Prometheus gate failed at the end of step 2/3") && msg.contains("3.5 is above the maximum 1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn actions_resume_promote_abort_and_retry_a_rollout_without_a_spec_change() {
+    let mut w = World::new(5, pause_spec());
+    let st = settle(&mut w);
+    assert_eq!((st.phase, st.step), (Phase::Paused, 1), "held after the canary: {st:?}");
+    assert_eq!(crds::standing::of_rollout(&st), crds::standing::Standing::Suspended);
+    // promote: past step 1; step 2 has a timed pause.
+    w.action = Some(Action::Promote);
+    let st = settle(&mut w);
+    assert_eq!((st.phase, st.step), (Phase::Paused, 2), "{st:?}");
+    assert_eq!(st.last_action.as_deref(), Some("promote"));
+    assert_eq!(crds::standing::of_rollout(&st), crds::standing::Standing::InProgress, "a timed pause ends by itself");
+    // promote-full: every node, no more pauses.
+    w.action = Some(Action::PromoteFull);
+    let st = settle(&mut w);
+    assert_eq!(st.phase, Phase::Complete, "{st:?}");
+    assert_eq!(w.count(NEW), 5);
+
+    // abort: back to the stable revision; retry: from step 1 again.
+    let mut w = World::new(5, pause_spec());
+    settle(&mut w);
+    w.action = Some(Action::Abort);
+    let st = settle(&mut w);
+    assert_eq!(st.phase, Phase::RolledBack);
+    assert!(st.aborted && st.message.as_deref().unwrap().starts_with("aborted"), "{st:?}");
+    assert_eq!(w.count(NEW), 0);
+    w.action = Some(Action::Retry);
+    let st = settle(&mut w);
+    assert_eq!((st.phase, st.step, st.aborted), (Phase::Paused, 1, false), "{st:?}");
+    assert_eq!(w.count(NEW), 1);
+    // A new revision starts clean: no action carries over.
+    let d = w.decide("r2");
+    assert!(!d.status.aborted && d.status.last_action.is_none() && d.status.promoted_step.is_none());
+}
+
+#[test]
+fn resume_lets_a_halted_rollout_go_on_once_its_failures_are_within_the_threshold() {
+    let mut w = World::new(5, canary_spec());
+    let bad = w.order[0].clone();
+    let d = w.decide(NEW);
+    w.apply(&d, &[bad.as_str()], NEW);
+    assert_eq!(w.decide(NEW).status.phase, Phase::Halted);
+    w.failed.clear();
+    w.action = Some(Action::Resume);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Progressing, "{d:?}");
+}
+
+#[test]
+fn a_node_whose_agent_is_away_holds_its_step_until_it_returns_or_fails() {
+    let mut w = World::new(3, RolloutSpec { max_in_flight: Some(IntOrString::Int(3)), ..Default::default() });
+    let away = w.order[2].clone();
+    w.unreachable.insert(away.clone());
+    let st = settle(&mut w);
+    assert_eq!(st.phase, Phase::Progressing, "not Complete while a node never got it: {st:?}");
+    assert!(st.message.as_deref().unwrap().contains("1 wait for their agent"), "{st:?}");
+    // It comes back (a reboot): it gets the revision and the rollout completes.
+    w.unreachable.clear();
+    assert_eq!(settle(&mut w).phase, Phase::Complete);
+}
+
+#[test]
+fn counts_are_daemonset_style() {
+    use crate::status::NodeOutcome;
+    let targets: BTreeSet<String> = nodes(6).into_iter().collect();
+    let mut observed = all_on(&nodes(6), OLD);
+    for n in ["n0", "n1", "n2"] {
+        observed.insert(n.into(), Observed { revision: NEW.into(), health: Health::Healthy });
+    }
+    observed.insert("n3".into(), Observed { revision: OLD.into(), health: Health::Degraded });
+    observed.remove("n5");
+    let outcomes = BTreeMap::from([
+        ("n4".to_string(), NodeOutcome::WaitingForAgent { message: "x".into() }),
+        ("n5".to_string(), NodeOutcome::NoAgent),
+    ]);
+    let gated: BTreeSet<String> = ["n0".to_string(), "n1".to_string()].into();
+    let mut st = RolloutStatus::default();
+    count_nodes(&mut st, NEW, &targets, &observed, &outcomes, Some(&gated));
+    // n0, n1 ready; n2 in its gate window; n3 stable but unhealthy; n4 stable, healthy,
+    // its agent away; n5 runs no agent.
+    assert_eq!(
+        (
+            st.desired_nodes,
+            st.updated_nodes,
+            st.ready_nodes,
+            st.available_nodes,
+            st.unavailable_nodes,
+            st.waiting_for_agent_nodes
+        ),
+        (5, 3, 2, 3, 2, 2)
+    );
 }
