@@ -10,11 +10,10 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
-use aya::maps::MapInfo;
+use aya::maps::{MapInfo, MapType};
 use aya::programs::ProgramInfo;
 use crds::names::{MapName, OwnerUid};
 
-use crate::elf::MapDef;
 use crate::error::Result;
 use crate::manager::Manager;
 use crate::request::invalid;
@@ -152,25 +151,19 @@ fn read_entry(record: &OwnerRecord, read: &MapRead, cpus: &Result<usize, String>
     // could otherwise size the buffer for another map than the one read.
     let info = MapInfo::from_pin(&map.pin_path)
         .map_err(|e| format!("map {name:?} cannot be opened at {}: {e}", map.pin_path.display()))?;
-    let (map_type, type_name) = match info.map_type() {
-        Ok(t) => (t as u32, format!("{t:?}")),
-        Err(_) => (u32::MAX, "unknown".to_string()),
-    };
-    let def = MapDef {
-        map_type,
+    let shape = Shape {
+        kind: kind(info.map_type().ok(), name)?,
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
-        flags: info.map_flags(),
     };
-    let per_cpu = readable(&def, name, &type_name)?;
-    let key = key_bytes(&def, name, read.key)?;
-    let cpus = if per_cpu { cpus.clone()? } else { 1 };
+    let key = shape.key(name, read.key)?;
+    let cpus = if shape.kind.per_cpu { cpus.clone()? } else { 1 };
     let fd = info.fd().map_err(|e| format!("map {name:?} cannot be opened: {e}"))?;
-    let mut value = vec![0u8; value_len(&def, per_cpu, cpus)];
+    let mut value = vec![0u8; shape.value_len(cpus)];
     match lookup(fd.as_fd(), &key, &mut value) {
-        Ok(true) => Ok(sum_value(&value, def.value_size, per_cpu)),
-        Ok(false) => Err(no_entry(&def, name, read.key)),
+        Ok(true) => Ok(shape.sum(&value)),
+        Ok(false) => Err(shape.no_entry(name, read.key)),
         Err(e) => Err(format!("reading map {name:?} at key {} failed: {e}", read.key)),
     }
 }
@@ -185,73 +178,95 @@ fn no_such_map(record: &OwnerRecord, name: &str) -> String {
     format!("revision {} of this owner has no map {name:?} ({listed})", record.revision)
 }
 
-const BPF_MAP_TYPE_HASH: u32 = 1;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
-const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
-const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
-const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
-const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
-
-/// Whether Probe reads a map of this shape (array and hash maps, plain, LRU or per-CPU:
-/// the kinds a counter lives in, whose lookup fills a buffer whose size the shape
-/// gives), and whether its values are per CPU.
-fn readable(def: &MapDef, name: &str, type_name: &str) -> Result<bool, String> {
-    match def.map_type {
-        BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_ARRAY | BPF_MAP_TYPE_LRU_HASH => Ok(false),
-        BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY | BPF_MAP_TYPE_LRU_PERCPU_HASH => Ok(true),
-        _ => Err(format!(
-            "map {name:?} is a {type_name} map; Probe reads array and hash maps (plain, LRU or per-CPU) only"
-        )),
-    }
+/// How Probe reads a map's entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Kind {
+    /// An array (keys 0 to max_entries - 1), else a hash.
+    array: bool,
+    /// One value per possible CPU.
+    per_cpu: bool,
 }
 
-/// The key as the map stores it: `key` little-endian in the map's 4- or 8-byte keys.
-fn key_bytes(def: &MapDef, name: &str, key: u64) -> Result<Vec<u8>, String> {
-    match def.key_size {
-        4 => u32::try_from(key)
-            .map(|k| k.to_le_bytes().to_vec())
-            .map_err(|_| format!("key {key} does not fit map {name:?}'s 4-byte keys")),
-        8 => Ok(key.to_le_bytes().to_vec()),
-        n => Err(format!(
-            "map {name:?} has {n}-byte keys; Probe reads maps whose keys are 4 or 8 bytes (an integer, e.g. an array index)"
-        )),
-    }
+/// Array and hash maps, plain, LRU or per-CPU: the kinds a counter lives in, whose lookup
+/// fills a buffer of a size their shape gives. Others are refused, naming their type.
+fn kind(map_type: Option<MapType>, name: &str) -> Result<Kind, String> {
+    let (array, per_cpu) = match map_type {
+        Some(MapType::Array) => (true, false),
+        Some(MapType::PerCpuArray) => (true, true),
+        Some(MapType::Hash | MapType::LruHash) => (false, false),
+        Some(MapType::PerCpuHash | MapType::LruPerCpuHash) => (false, true),
+        other => {
+            let what =
+                other.map_or_else(|| "map of a type this agent does not know".to_string(), |t| format!("{t:?} map"));
+            return Err(format!(
+                "map {name:?} is a {what}; Probe reads array and hash maps (plain, LRU or per-CPU) only"
+            ));
+        }
+    };
+    Ok(Kind { array, per_cpu })
 }
 
-/// The size of the buffer a lookup fills: the value, or for a per-CPU map one value per
-/// possible CPU, each rounded up to 8 bytes as the kernel lays them out.
-fn value_len(def: &MapDef, per_cpu: bool, cpus: usize) -> usize {
-    let size = def.value_size as usize;
-    if per_cpu { size.next_multiple_of(8) * cpus } else { size }
+/// A map's shape as the kernel reports it.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    kind: Kind,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
 }
 
-/// The value's first 8 bytes (fewer when it is smaller) as a little-endian unsigned
-/// integer; for a per-CPU map the sum over every CPU's value (wrapping, as a counter does).
-fn sum_value(buf: &[u8], value_size: u32, per_cpu: bool) -> u64 {
-    let size = value_size as usize;
-    let stride = if per_cpu { size.next_multiple_of(8) } else { size };
-    if stride == 0 {
-        return 0;
+impl Shape {
+    /// The key as the map stores it: `key` little-endian in the map's 4- or 8-byte keys.
+    fn key(&self, name: &str, key: u64) -> Result<Vec<u8>, String> {
+        match self.key_size {
+            4 => u32::try_from(key)
+                .map(|k| k.to_le_bytes().to_vec())
+                .map_err(|_| format!("key {key} does not fit map {name:?}'s 4-byte keys")),
+            8 => Ok(key.to_le_bytes().to_vec()),
+            n => Err(format!(
+                "map {name:?} has {n}-byte keys; Probe reads maps whose keys are 4 or 8 bytes (an integer, e.g. an array index)"
+            )),
+        }
     }
-    buf.chunks(stride).fold(0u64, |sum, value| {
-        let mut le = [0u8; 8];
-        let n = value.len().min(8);
-        le[..n].copy_from_slice(&value[..n]);
-        sum.wrapping_add(u64::from_le_bytes(le))
-    })
-}
 
-/// Why a lookup found nothing: an array's keys stop at its size, a hash has no such key.
-fn no_entry(def: &MapDef, name: &str, key: u64) -> String {
-    let is_array = matches!(def.map_type, BPF_MAP_TYPE_ARRAY | BPF_MAP_TYPE_PERCPU_ARRAY);
-    if is_array && key >= u64::from(def.max_entries) {
-        let last = def.max_entries.saturating_sub(1);
-        return format!(
-            "map {name:?} has no entry at key {key}: it is an array of {} entries (keys 0 to {last})",
-            def.max_entries
-        );
+    /// Bytes between two CPUs' values: each is rounded up to 8 bytes, as the kernel
+    /// lays them out.
+    fn stride(&self) -> usize {
+        let size = self.value_size as usize;
+        if self.kind.per_cpu { size.next_multiple_of(8) } else { size }
     }
-    format!("map {name:?} has no entry at key {key}")
+
+    /// The size of the buffer a lookup fills: the value, or one per possible CPU.
+    fn value_len(&self, cpus: usize) -> usize {
+        if self.kind.per_cpu { self.stride() * cpus } else { self.stride() }
+    }
+
+    /// The value's first 8 bytes (fewer when it is smaller) as a little-endian unsigned
+    /// integer; for a per-CPU map the sum over every CPU (wrapping, as a counter does).
+    fn sum(&self, buf: &[u8]) -> u64 {
+        let stride = self.stride();
+        if stride == 0 {
+            return 0;
+        }
+        buf.chunks(stride).fold(0u64, |sum, value| {
+            let mut le = [0u8; 8];
+            let n = value.len().min(8);
+            le[..n].copy_from_slice(&value[..n]);
+            sum.wrapping_add(u64::from_le_bytes(le))
+        })
+    }
+
+    /// Why a lookup found nothing: an array's keys stop at its size, a hash has no such key.
+    fn no_entry(&self, name: &str, key: u64) -> String {
+        if self.kind.array && key >= u64::from(self.max_entries) {
+            let last = self.max_entries.saturating_sub(1);
+            return format!(
+                "map {name:?} has no entry at key {key}: it is an array of {} entries (keys 0 to {last})",
+                self.max_entries
+            );
+        }
+        format!("map {name:?} has no entry at key {key}")
+    }
 }
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
@@ -275,8 +290,13 @@ fn lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> std::io::Result<
 mod tests {
     use super::*;
 
-    fn def(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> MapDef {
-        MapDef { map_type, key_size, value_size, max_entries, flags: 0 }
+    const ARRAY: Kind = Kind { array: true, per_cpu: false };
+    const HASH: Kind = Kind { array: false, per_cpu: false };
+    const PER_CPU_ARRAY: Kind = Kind { array: true, per_cpu: true };
+    const PER_CPU_HASH: Kind = Kind { array: false, per_cpu: true };
+
+    fn shape(kind: Kind, key_size: u32, value_size: u32, max_entries: u32) -> Shape {
+        Shape { kind, key_size, value_size, max_entries }
     }
 
     #[test]
@@ -303,70 +323,71 @@ mod tests {
 
     #[test]
     fn keys_are_little_endian_in_the_maps_key_size() {
-        let array = def(BPF_MAP_TYPE_ARRAY, 4, 8, 4);
-        assert_eq!(key_bytes(&array, "a", 7).unwrap(), [7, 0, 0, 0]);
-        assert_eq!(key_bytes(&array, "a", 0x0102_0304).unwrap(), [4, 3, 2, 1]);
-        assert_eq!(key_bytes(&array, "a", u64::from(u32::MAX)).unwrap(), [0xff; 4]);
-        let e = key_bytes(&array, "a", 1 << 32).unwrap_err();
-        assert_eq!(e, "key 4294967296 does not fit map \"a\"'s 4-byte keys");
-        let hash = def(BPF_MAP_TYPE_HASH, 8, 8, 4);
-        assert_eq!(key_bytes(&hash, "h", 1 << 32).unwrap(), [0, 0, 0, 0, 1, 0, 0, 0]);
-        let e = key_bytes(&def(BPF_MAP_TYPE_HASH, 16, 8, 4), "wide", 1).unwrap_err();
+        let array = shape(ARRAY, 4, 8, 4);
+        assert_eq!(array.key("a", 7).unwrap(), [7, 0, 0, 0]);
+        assert_eq!(array.key("a", 0x0102_0304).unwrap(), [4, 3, 2, 1]);
+        assert_eq!(array.key("a", u64::from(u32::MAX)).unwrap(), [0xff; 4]);
+        assert_eq!(array.key("a", 1 << 32).unwrap_err(), "key 4294967296 does not fit map \"a\"'s 4-byte keys");
+        assert_eq!(shape(HASH, 8, 8, 4).key("h", 1 << 32).unwrap(), [0, 0, 0, 0, 1, 0, 0, 0]);
+        let e = shape(HASH, 16, 8, 4).key("wide", 1).unwrap_err();
         assert!(e.contains("16-byte keys") && e.contains("4 or 8 bytes"), "{e}");
     }
 
     #[test]
     fn values_are_the_first_8_bytes_summed_over_cpus() {
         // A plain u64, a shorter u32 value, a longer value (only its first 8 bytes).
-        assert_eq!(sum_value(&42u64.to_le_bytes(), 8, false), 42);
-        assert_eq!(sum_value(&[5, 1, 0, 0], 4, false), 261);
+        assert_eq!(shape(ARRAY, 4, 8, 1).sum(&42u64.to_le_bytes()), 42);
+        assert_eq!(shape(ARRAY, 4, 4, 1).sum(&[5, 1, 0, 0]), 261);
         let mut long = 9u64.to_le_bytes().to_vec();
         long.extend([0xff; 8]);
-        assert_eq!(sum_value(&long, 16, false), 9);
+        assert_eq!(shape(HASH, 4, 16, 1).sum(&long), 9);
+        assert_eq!(shape(HASH, 8, 12, 1).value_len(64), 12, "one value, whatever the CPUs");
         // Per CPU: a 12-byte value takes 16 bytes per CPU; the tail of each is not read.
         let cpu = |n: u64| {
             let mut v = n.to_le_bytes().to_vec();
             v.extend([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
             v
         };
-        let buf: Vec<u8> = [cpu(1), cpu(20), cpu(300)].concat();
-        assert_eq!(value_len(&def(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 12, 1), true, 3), 48);
-        assert_eq!(sum_value(&buf, 12, true), 321);
+        let wide = shape(PER_CPU_ARRAY, 4, 12, 1);
+        assert_eq!(wide.value_len(3), 48);
+        assert_eq!(wide.sum(&[cpu(1), cpu(20), cpu(300)].concat()), 321);
         // A 4-byte per-CPU value is padded to 8; the padding is zero.
-        let buf = [3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(value_len(&def(BPF_MAP_TYPE_PERCPU_HASH, 8, 4, 1), true, 2), 16);
-        assert_eq!(sum_value(&buf, 4, true), 7);
-        assert_eq!(value_len(&def(BPF_MAP_TYPE_HASH, 8, 12, 1), false, 64), 12);
+        let small = shape(PER_CPU_HASH, 8, 4, 1);
+        assert_eq!(small.value_len(2), 16);
+        assert_eq!(small.sum(&[3, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]), 7);
         // Counters wrap as they do in the kernel.
         let buf = [u64::MAX.to_le_bytes(), 2u64.to_le_bytes()].concat();
-        assert_eq!(sum_value(&buf, 8, true), 1);
+        assert_eq!(shape(PER_CPU_ARRAY, 4, 8, 1).sum(&buf), 1);
     }
 
     #[test]
     fn only_array_and_hash_maps_are_read() {
-        for t in [BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_LRU_HASH] {
-            assert_eq!(readable(&def(t, 4, 8, 1), "m", "x"), Ok(false));
+        assert_eq!(kind(Some(MapType::Array), "m"), Ok(ARRAY));
+        assert_eq!(kind(Some(MapType::PerCpuArray), "m"), Ok(PER_CPU_ARRAY));
+        for t in [MapType::Hash, MapType::LruHash] {
+            assert_eq!(kind(Some(t), "m"), Ok(HASH));
         }
-        for t in [BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH] {
-            assert_eq!(readable(&def(t, 4, 8, 1), "m", "x"), Ok(true));
+        for t in [MapType::PerCpuHash, MapType::LruPerCpuHash] {
+            assert_eq!(kind(Some(t), "m"), Ok(PER_CPU_HASH));
         }
         // Ring buffers, program arrays, per-CPU cgroup storage (whose lookups fill other
         // sizes) and types this aya does not know.
-        for t in [27, 3, 21, u32::MAX] {
-            let e = readable(&def(t, 4, 8, 1), "events", "RingBuf").unwrap_err();
-            assert!(e.contains("\"events\" is a RingBuf map") && e.contains("array and hash"), "{e}");
+        let e = kind(Some(MapType::RingBuf), "events").unwrap_err();
+        assert!(e.contains("\"events\" is a RingBuf map") && e.contains("array and hash"), "{e}");
+        for t in [Some(MapType::ProgramArray), Some(MapType::PerCpuCgroupStorage), None] {
+            assert!(kind(t, "m").is_err(), "{t:?}");
         }
+        assert!(kind(None, "m").unwrap_err().contains("a type this agent does not know"));
     }
 
     #[test]
     fn a_missing_entry_says_which_keys_an_array_has() {
-        let array = def(BPF_MAP_TYPE_ARRAY, 4, 8, 4);
         assert_eq!(
-            no_entry(&array, "counters", 7),
+            shape(ARRAY, 4, 8, 4).no_entry("counters", 7),
             "map \"counters\" has no entry at key 7: it is an array of 4 entries (keys 0 to 3)"
         );
-        let hash = def(BPF_MAP_TYPE_PERCPU_HASH, 8, 8, 4);
-        assert_eq!(no_entry(&hash, "per_key", 7), "map \"per_key\" has no entry at key 7");
+        assert_eq!(shape(PER_CPU_ARRAY, 4, 8, 4).no_entry("c", 2), "map \"c\" has no entry at key 2");
+        assert_eq!(shape(PER_CPU_HASH, 8, 8, 4).no_entry("per_key", 7), "map \"per_key\" has no entry at key 7");
     }
 
     #[test]
