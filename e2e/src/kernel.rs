@@ -53,6 +53,20 @@ pub fn program_exists(id: u64) -> bool {
     sh(&format!("bpftool prog show id {id} >/dev/null 2>&1")).is_ok()
 }
 
+/// Runs of program `id` the kernel counted (while `kernel.bpf_stats_enabled` was on), per
+/// bpftool, which prints `run_cnt` only once the program has run time; None: no such
+/// program.
+pub fn run_count(id: u64) -> Option<u64> {
+    let v = json(&format!("bpftool -j prog show id {id} 2>/dev/null")).ok()?;
+    v["id"].as_u64()?;
+    Some(v["run_cnt"].as_u64().unwrap_or(0))
+}
+
+/// `kernel.bpf_stats_enabled`: whether the kernel counts program runs now.
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
 /// The kernel has link `id`.
 pub fn link_exists(id: u64) -> bool {
     sh(&format!("bpftool link show id {id} >/dev/null 2>&1")).is_ok()

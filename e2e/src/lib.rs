@@ -21,6 +21,7 @@ pub mod installed;
 pub mod kernel;
 pub mod node;
 pub mod operator;
+pub mod prometheus;
 pub mod proxy;
 pub mod rng;
 pub mod util;

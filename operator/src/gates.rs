@@ -21,8 +21,9 @@ use crate::reports::{Probed, ReadValue};
 pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How long past its window a node may go unread (its agent away) before its gate fails.
 pub const READ_GRACE: Duration = Duration::from_secs(30);
-/// Kernel run counting is asked for this much longer than a window still runs.
-pub const LEASE_SLACK: Duration = Duration::from_secs(15);
+/// Each reading asks the agent to keep kernel run counting on this long: a few readings'
+/// worth, so counting stops soon after the last window ends.
+pub const STATS_LEASE: Duration = Duration::from_secs(10);
 
 /// Where one node's gate stands.
 #[derive(Clone, Debug, PartialEq)]
@@ -310,9 +311,9 @@ impl GateBook {
         self.programs.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
     }
 
-    /// How long kernel run counting must stay on for a window of `spec`.
+    /// How long a reading asks kernel run counting to stay on: only `mustRun` needs it.
     pub fn lease(spec: &HealthSpec) -> Duration {
-        NodeGate::window(spec) + READ_GRACE + LEASE_SLACK
+        if spec.must_run { STATS_LEASE } else { Duration::ZERO }
     }
 }
 

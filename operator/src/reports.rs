@@ -81,7 +81,8 @@ impl ReadValue {
         use proto::v1::map_value::Result as R;
         match v {
             Some(R::Value(v)) => ReadValue::Value(v),
-            Some(R::Error(e)) if e.contains("no entry") => ReadValue::Missing,
+            // A hash map's key not created yet; an array index out of range is an error.
+            Some(R::Error(e)) if e.contains("has no entry") && !e.contains("is an array") => ReadValue::Missing,
             Some(R::Error(e)) => ReadValue::Error(crds::sanitize::for_status(&e)),
             None => ReadValue::Missing,
         }
