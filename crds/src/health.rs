@@ -7,8 +7,13 @@
 //! node (or the step) as failed, exactly like a failed apply: the rollout halts or rolls
 //! back by `onFailure`, and the message names the gate and the value it saw.
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+mod rules;
+
+pub use rules::{check_address, validate};
 
 /// Longest `minReadySeconds`.
 pub const MAX_MIN_READY_SECONDS: i32 = 3600;
@@ -16,6 +21,30 @@ pub const MAX_MIN_READY_SECONDS: i32 = 3600;
 pub const MIN_MUST_RUN_WINDOW_SECONDS: i32 = 10;
 /// Most map checks in one health spec (each is one map read per probe).
 pub const MAX_MAP_CHECKS: usize = 16;
+/// Largest `maps[].key` and `divideBy.key`: keys are 4 or 8 bytes, and a 4-byte key
+/// must fit.
+pub const MAX_MAP_KEY: u64 = u32::MAX as u64;
+/// Longest `prometheus.address`.
+pub const MAX_ADDRESS_LEN: usize = 512;
+/// Longest `prometheus.query`.
+pub const MAX_QUERY_LEN: usize = 4096;
+/// Most `prometheus.count` measurements, and so most `failureLimit`.
+pub const MAX_MEASUREMENTS: i32 = 100;
+/// Longest `prometheus.intervalSeconds`.
+pub const MAX_INTERVAL_SECONDS: i32 = 3600;
+
+/// `prometheus.address` as the CRD's rule reads it: `http(s)://host[:port][/path]`, the
+/// host a DNS name, an IPv4 address or a bracketed IPv6 address, the port 1-65535.
+/// (Backslashes doubled: this is a CEL string.)
+const ADDRESS_RULE: &str = concat!(
+    r#"self.matches("^https?://("#,
+    r#"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?([.][A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*"#,
+    r#"|\\[[0-9A-Fa-f:.]+\\])"#,
+    r#"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"#,
+    r#"(/[-A-Za-z0-9._~!$&'()*+,;=:@%/]*)?$")"#
+);
+/// What a bad `prometheus.address` is told.
+const ADDRESS_FORM: &str = "prometheus.address must be http(s)://host[:port][/path], e.g. http://prometheus.monitoring:9090 (no user, query or fragment)";
 
 /// Health gates of a rollout.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -86,13 +115,19 @@ pub struct MapEntry {
 
 /// A Prometheus query whose value must stay within bounds (after Argo Rollouts' analysis:
 /// `count` measurements `intervalSeconds` apart, at most `failureLimit` of them failing).
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// At least one of `min` and `max` is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.min) || has(self.max)").message("prometheus needs min, max or both: the bounds the query's value must stay within"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("prometheus.min must be at most prometheus.max"))]
+#[x_kube(validation = Rule::new("!has(self.failureLimit) || (has(self.count) && self.count < 1) || self.failureLimit < (has(self.count) ? self.count : 1)").message("prometheus.failureLimit must be below prometheus.count (default 1): with as many failures allowed as measurements taken, the gate could never fail"))]
 pub struct PrometheusGate {
-    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`. The
-    /// operator queries only addresses its `--prometheus-address` flag (chart value
-    /// `rollout.prometheusAddresses`) allows; any other is refused as an invalid spec.
-    #[schemars(length(min = 8, max = 512), regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"))]
+    /// Base URL of the Prometheus HTTP API, `http(s)://host[:port][/path]`, e.g.
+    /// `http://prometheus.monitoring:9090`. The operator queries only addresses its
+    /// `--prometheus-address` flag (chart value `rollout.prometheusAddresses`) allows; any
+    /// other is refused as an invalid spec.
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = Rule::new(ADDRESS_RULE).message(ADDRESS_FORM))]
     pub address: String,
     /// PromQL evaluated at each measurement; it must return one value (a scalar, or a
     /// vector of exactly one sample).
@@ -113,7 +148,7 @@ pub struct PrometheusGate {
     #[schemars(range(min = 1, max = 3600))]
     pub interval_seconds: Option<i32>,
     /// Measurements that may fail (out of bounds, no value, Prometheus unreachable) before
-    /// the gate fails. Default: 0.
+    /// the gate fails; below `count`. Default: 0.
     #[serde(default)]
     #[schemars(range(min = 0, max = 100))]
     pub failure_limit: i32,

@@ -5,12 +5,24 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod cel;
+mod rules;
+
+pub use cel::MAX_NODE_COUNT;
+pub(crate) use rules::within;
+pub use rules::{
+    Amount, MAX_DURATION_DIGITS, MAX_FAILURE_THRESHOLD, MAX_PROGRESS_DEADLINE_SECONDS, MAX_STEPS, parse_duration,
+    validate,
+};
+
 /// How a new revision reaches the target nodes.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.resume) || self.resume.step <= (has(self.steps) ? size(self.steps) : 0) + 1").message("resume.step must be at most the number of steps + 1 (the implicit last step of 100%)"))]
 pub struct RolloutSpec {
     /// `Progressive` (default): nodes switch in steps, at most `maxInFlight` at a time,
     /// and a failure stops the rollout. `AllAtOnce`: every target node is sent the new
@@ -21,14 +33,17 @@ pub struct RolloutSpec {
     /// a percentage of the target nodes (rounded up, at least one node), optionally
     /// followed by a pause. The nodes of early steps are chosen deterministically and
     /// spread across `topology.kubernetes.io/zone`. Default: one step of 100%. A last
-    /// step below 100% is followed by an implicit 100%.
+    /// step below 100% is followed by an implicit 100%. Steps do not shrink: a count is
+    /// at least every earlier count, a percentage at least every earlier percentage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(cel::steps_do_not_shrink()).message("steps must not shrink: each step's nodes must be at least the nodes of every earlier step written the same way (a count after counts, a percentage after percentages)"))]
     pub steps: Vec<RolloutStep>,
     /// Nodes switching revision at the same moment (sent the new revision and not yet
     /// running it healthy), as a count or a percentage of the target nodes (rounded
-    /// down, at least 1). Default: 1.
+    /// down, at least 1): 1 to 100000, or `"1%"` to `"100%"`. Default: 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(cel::max_in_flight()).message("maxInFlight must be a node count from 1 to 100000 (3 or \"3\") or a percentage from \"1%\" to \"100%\""))]
     pub max_in_flight: Option<IntOrString>,
     /// Failed nodes tolerated before the rollout stops (`onFailure`). Default: 0.
     #[serde(default)]
@@ -122,11 +137,12 @@ pub enum OnFailure {
 }
 
 /// One step of a progressive rollout.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStep {
-    /// How many target nodes run the new revision once this step is done: a count
-    /// (`1`) or a percentage (`"25%"`).
+    /// How many target nodes run the new revision once this step is done: a count from
+    /// 0 to 100000 (`1` or `"1"`) or a percentage from `"0%"` to `"100%"` (`"25%"`).
+    #[x_kube(validation = Rule::new(cel::step_nodes()).message("nodes must be a node count from 0 to 100000 (3 or \"3\") or a percentage from \"0%\" to \"100%\""))]
     pub nodes: IntOrString,
     /// Wait after the step's nodes all run the new revision healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,12 +150,14 @@ pub struct RolloutStep {
 }
 
 /// A wait between steps.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Pause {
-    /// How long, e.g. `30s`, `2m`, `1h`. Omitted: until resumed (`spec.rollout.resume`).
+    /// How long: a whole number of seconds, minutes or hours of at most 7 digits, e.g.
+    /// `30s`, `2m`, `1h`. Omitted: until resumed (`spec.rollout.resume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 2, max = 16), regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,7}[smh]$')").message("pause.duration must be a whole number of seconds, minutes or hours of at most 7 digits, e.g. 30s, 2m or 1h"))]
     pub duration: Option<String>,
 }
 
@@ -294,175 +312,4 @@ pub enum MapUpgrade {
     #[default]
     Keep,
     Recreate,
-}
-
-/// A node count as written in `steps[].nodes` and `maxInFlight`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Amount {
-    Count(u32),
-    /// 0..=100.
-    Percent(u32),
-}
-
-impl Amount {
-    /// `3`, `"3"` or `"25%"`.
-    pub fn parse(v: &IntOrString) -> Result<Amount, String> {
-        match v {
-            IntOrString::Int(n) if *n >= 0 => Ok(Amount::Count(*n as u32)),
-            IntOrString::Int(n) => Err(format!("{n} is negative")),
-            IntOrString::String(s) => {
-                let bad = || format!("{s:?} is neither a node count nor a percentage such as \"25%\"");
-                match s.strip_suffix('%') {
-                    Some(p) => match p.parse::<u32>() {
-                        Ok(p) if p <= 100 => Ok(Amount::Percent(p)),
-                        _ => Err(format!("{s:?} is not a percentage between 0% and 100%")),
-                    },
-                    None => s.parse::<u32>().map(Amount::Count).map_err(|_| bad()),
-                }
-            }
-        }
-    }
-
-    /// Nodes out of `total`: percentages rounded up (a step of 1% of 5 nodes is 1
-    /// node), capped at `total`.
-    pub fn of_up(self, total: usize) -> usize {
-        match self {
-            Amount::Count(n) => (n as usize).min(total),
-            Amount::Percent(p) => (total * p as usize).div_ceil(100).min(total),
-        }
-    }
-
-    /// Nodes out of `total`: percentages rounded down, at least 1.
-    pub fn of_down_at_least_one(self, total: usize) -> usize {
-        match self {
-            Amount::Count(n) => (n as usize).max(1),
-            Amount::Percent(p) => (total * p as usize / 100).max(1),
-        }
-    }
-}
-
-/// A pause duration: `30s`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{s:?} is not a duration such as 30s, 2m or 1h");
-    // The unit is one ASCII byte; a multi-byte last character is no unit (and no place
-    // to split: found by fuzzing, `split_at` panicked on "Λ").
-    let at = s.len().checked_sub(1).filter(|&i| s.is_char_boundary(i)).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(at);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err(bad()),
-    };
-    Ok(std::time::Duration::from_secs(secs))
-}
-
-/// What the schema cannot say about `spec.rollout`: amounts, durations, step order.
-/// Each error is (field path, what to fix).
-pub fn validate(r: &RolloutSpec) -> Vec<(String, String)> {
-    let mut errs = Vec::new();
-    let mut last: Option<Amount> = None;
-    for (i, step) in r.steps.iter().enumerate() {
-        let field = format!("rollout.steps[{i}].nodes");
-        match Amount::parse(&step.nodes) {
-            Ok(a) => {
-                let shrinks = match (last, a) {
-                    (Some(Amount::Count(x)), Amount::Count(y)) | (Some(Amount::Percent(x)), Amount::Percent(y)) => {
-                        y < x
-                    }
-                    _ => false,
-                };
-                if shrinks {
-                    errs.push((
-                        field,
-                        "steps must not shrink: each step's nodes is at least the previous step's".into(),
-                    ));
-                }
-                last = Some(a);
-            }
-            Err(e) => errs.push((field, e)),
-        }
-        if let Some(d) = step.pause.as_ref().and_then(|p| p.duration.as_deref())
-            && let Err(e) = parse_duration(d)
-        {
-            errs.push((format!("rollout.steps[{i}].pause.duration"), e));
-        }
-    }
-    if let Some(m) = &r.max_in_flight {
-        match Amount::parse(m) {
-            Ok(Amount::Count(0)) | Ok(Amount::Percent(0)) => {
-                errs.push(("rollout.maxInFlight".into(), "must allow at least one node (1 or more, or 1%-100%)".into()))
-            }
-            Ok(_) => {}
-            Err(e) => errs.push(("rollout.maxInFlight".into(), e)),
-        }
-    }
-    errs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(v: &str) -> IntOrString {
-        IntOrString::String(v.into())
-    }
-
-    #[test]
-    fn amounts_parse_and_round() {
-        assert_eq!(Amount::parse(&IntOrString::Int(3)), Ok(Amount::Count(3)));
-        assert_eq!(Amount::parse(&s("3")), Ok(Amount::Count(3)));
-        assert_eq!(Amount::parse(&s("25%")), Ok(Amount::Percent(25)));
-        for bad in ["", "%", "x", "101%", "-1", "2.5%"] {
-            assert!(Amount::parse(&s(bad)).is_err(), "{bad}");
-        }
-        assert!(Amount::parse(&IntOrString::Int(-1)).is_err());
-        assert_eq!(Amount::Percent(1).of_up(5), 1, "a canary of 1% of a small fleet is one node");
-        assert_eq!(Amount::Percent(25).of_up(5), 2);
-        assert_eq!(Amount::Percent(0).of_up(5), 0);
-        assert_eq!(Amount::Count(9).of_up(5), 5);
-        assert_eq!(Amount::Percent(10).of_down_at_least_one(5), 1);
-        assert_eq!(Amount::Percent(50).of_down_at_least_one(5), 2);
-        assert_eq!(Amount::Count(0).of_down_at_least_one(5), 1);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap().as_secs(), 30);
-        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
-        assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
-        for bad in ["", "s", "1d", "m2", "1.5m", "Λ", "1Λ", "é"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn rollout_specs_are_checked_with_the_field_to_fix() {
-        let step = |n: IntOrString, d: Option<&str>| RolloutStep {
-            nodes: n,
-            pause: d.map(|d| Pause { duration: Some(d.into()) }),
-        };
-        let ok = RolloutSpec {
-            steps: vec![step(IntOrString::Int(1), Some("2m")), step(s("25%"), None), step(s("100%"), None)],
-            max_in_flight: Some(s("10%")),
-            ..Default::default()
-        };
-        assert!(validate(&ok).is_empty());
-        let bad = RolloutSpec {
-            steps: vec![step(s("50%"), Some("2d")), step(s("25%"), None), step(s("x"), None)],
-            max_in_flight: Some(IntOrString::Int(0)),
-            ..Default::default()
-        };
-        let fields: Vec<String> = validate(&bad).into_iter().map(|(f, _)| f).collect();
-        assert_eq!(
-            fields,
-            [
-                "rollout.steps[0].pause.duration",
-                "rollout.steps[1].nodes",
-                "rollout.steps[2].nodes",
-                "rollout.maxInFlight"
-            ]
-        );
-    }
 }

@@ -182,7 +182,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<String>)> {
         (
             "spec/rollout-percent-over-100",
             with(spec(json!([xdp(json!(["eth0"]))])), "rollout", json!({"steps": [{"nodes": "150%"}]})),
-            words(&["rollout.steps[0].nodes", "\"150%\" is not a percentage between 0% and 100%"]),
+            words(&["rollout.steps[0].nodes", "\"150%\" is not a percentage from 0% to 100%"]),
         ),
         (
             "spec/rollout-negative-count",
