@@ -42,7 +42,7 @@ fn wait_phase(env: &Env, name: &str, phase: Phase, timeout: Duration) -> BpfProg
     })
 }
 
-/// `NODES` nodes (each with a dummy interface no traffic crosses) and program `name`
+/// `NODES` nodes (each with an interface `dum0` no traffic crosses) and program `name`
 /// from `spec`, first installed and Complete.
 struct Fleet {
     env: Env,
@@ -55,7 +55,14 @@ impl Fleet {
         let mut env = env;
         let nodes: Vec<usize> = (0..NODES).map(|_| env.add_node(&[(ROLE, "fleet")])).collect();
         for i in &nodes {
-            env.node(*i).add_interface("dum0").unwrap_or_else(|e| panic!("{e:#}"));
+            let n = env.node(*i);
+            n.add_interface("dum0").unwrap_or_else(|e| panic!("{e:#}"));
+            // Quiet: without IPv6, nothing (neighbour discovery, MLD) ever crosses the pair.
+            sh(&format!(
+                "nsenter --net=/run/netns/{} sysctl -qw net.ipv6.conf.dum0.disable_ipv6=1 net.ipv6.conf.dum0p.disable_ipv6=1",
+                n.netns
+            ))
+            .unwrap_or_else(|e| panic!("{e:#}"));
         }
         let cm = env.bytecode_configmap("bytecode", &[COUNTER, DROPPER]);
         let name = env.create_program("gated", spec(&env, &cm));
