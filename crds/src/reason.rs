@@ -62,12 +62,16 @@ pub enum Reason {
     ImageSignatureInvalid,
     /// The image is signed, but by no key of the signature policy.
     ImageUntrustedKey,
+    /// The node runs the revision, but a health gate of `spec.rollout.health` failed there
+    /// (a program that did not run, a map check over its bound, no reading): the message
+    /// names the gate and the value seen.
+    HealthGateFailed,
     /// The agent failed in a way the user cannot fix (see its log).
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::InvalidSpec,
         Reason::BytecodeTooLarge,
         Reason::BytecodeNotFound,
@@ -94,6 +98,7 @@ impl Reason {
         Reason::ImageUnsigned,
         Reason::ImageSignatureInvalid,
         Reason::ImageUntrustedKey,
+        Reason::HealthGateFailed,
         Reason::Internal,
     ];
 
@@ -125,6 +130,7 @@ impl Reason {
             Reason::ImageUnsigned => "ImageUnsigned",
             Reason::ImageSignatureInvalid => "ImageSignatureInvalid",
             Reason::ImageUntrustedKey => "ImageUntrustedKey",
+            Reason::HealthGateFailed => "HealthGateFailed",
             Reason::Internal => "Internal",
         }
     }

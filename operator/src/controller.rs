@@ -215,17 +215,27 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut rollout = (None, None);
     let mut gated = None;
+    let mut gate_failed = BTreeMap::new();
     if let Some(content) = &spec.content {
         record_history(ctx, &p, content, spec.image.as_ref(), stable.as_deref()).await;
         let done = roll_out(ctx, &p, &uid, content, &spec.targets, &nodes).await;
         rollout = (Some(done.status), done.wake);
         gated = done.gated;
+        gate_failed = done.gate_failed;
     }
     let (outcomes, retries, grace_ends) = match &revision {
         Some(r) => {
             let snap = ctx.index.snapshot(&uid, r);
             let agent = |n: &str| ctx.agents.state_since(n);
-            let (outcomes, grace_ends) = sends::node_outcomes(&snap, &spec.targets, agent, ctx.unreachable_grace, now);
+            let (mut outcomes, grace_ends) =
+                sends::node_outcomes(&snap, &spec.targets, agent, ctx.unreachable_grace, now);
+            // A node that runs the revision but failed a health gate is a failed node.
+            for (node, why) in gate_failed {
+                if outcomes.get(&node) == Some(&NodeOutcome::Ready) {
+                    let reason = status::FailReason::Agent(crds::reason::Reason::HealthGateFailed);
+                    outcomes.insert(node, NodeOutcome::Failed { program: None, reason, message: why });
+                }
+            }
             if let Some(status) = rollout.0.as_mut() {
                 rollout::count_nodes(status, r, &spec.targets, &snap.observed, &outcomes, gated.as_ref());
             }
@@ -452,7 +462,12 @@ async fn roll_out(
             measurement = Some(ctx.prometheus.query(&g.address, &g.query).await);
             continue;
         }
-        let out = |status| RolledOut { status, wake, gated: gated.as_ref().map(|g| g.passed.clone()) };
+        let out = |status| RolledOut {
+            status,
+            wake,
+            gated: gated.as_ref().map(|g| g.passed.clone()),
+            gate_failed: gated.as_ref().map(|g| g.failed.clone()).unwrap_or_default(),
+        };
         if actions.is_empty() || last.as_ref() == Some(&actions) {
             return out(decision.status);
         }
@@ -476,8 +491,9 @@ struct RolledOut {
     status: crds::rollout::RolloutStatus,
     /// Look again after this long (a pause, a deadline, a gate window, a measurement).
     wake: Option<Duration>,
-    /// With health gates: the nodes that passed them.
+    /// With health gates: the nodes that passed them, and those that failed one (why).
     gated: Option<BTreeSet<String>>,
+    gate_failed: BTreeMap<String, String>,
 }
 
 /// The action the `bpfleet.dev/rollout-action` annotation asks for, if it names one.

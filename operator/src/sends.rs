@@ -74,7 +74,8 @@ pub fn next_step(
     }
     if let Some(g) = round.gates {
         for (n, why) in &g.failed {
-            failed.entry(n.clone()).or_insert_with(|| format!("HealthGateFailed: {why}"));
+            let reason = crds::reason::Reason::HealthGateFailed;
+            failed.entry(n.clone()).or_insert_with(|| format!("{reason}: {why}"));
         }
     }
     // Nodes that run no agent are not the rollout's to reach (DaemonSet's desired count
