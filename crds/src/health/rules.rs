@@ -104,6 +104,9 @@ pub fn check_address(a: &str) -> Result<(), &'static str> {
         .or_else(|| a.strip_prefix("https://"))
         .ok_or("does not start with http:// or https://")?;
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains('@') {
+        return Err("has a user or password (user@host): give the host only");
+    }
     let (host, port) = match authority.strip_prefix('[') {
         Some(v6) => {
             let (inside, after) = v6.split_once(']').ok_or("has an IPv6 address without its closing ]")?;
@@ -261,6 +264,10 @@ mod tests {
         ] {
             assert!(check_address(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            check_address("http://u:p@prometheus:9090"),
+            Err("has a user or password (user@host): give the host only")
+        );
         let (field, why) = &validate(&HealthSpec {
             prometheus: Some(PrometheusGate { address: "http://prometheus:65536".into(), ..gate() }),
             ..Default::default()
