@@ -219,3 +219,90 @@ fn status_text_reaches_lua_as_it_is() {
     s.conditions[2].message = "node \"a\\b\"\nverifier: R1 invalid".into();
     assert_eq!(argo_cd(Some(2), Some(&s)), ("Degraded".into(), "node \"a\\b\"\nverifier: R1 invalid".into()));
 }
+
+/// What kstatus (sigs.k8s.io/cli-utils, Flux's health checks) makes of a custom resource:
+/// its generic rules (a stale generation is InProgress; Reconciling True is InProgress,
+/// else Stalled True is Failed, else Current).
+fn kstatus(p: &crds::BpfProgram) -> &'static str {
+    let Some(s) = &p.status else { return "InProgress" };
+    if s.observed_generation != p.metadata.generation {
+        return "InProgress";
+    }
+    let is_true = |t: &str| s.conditions.iter().any(|c| c.type_ == t && c.status == "True");
+    if is_true("Reconciling") {
+        "InProgress"
+    } else if is_true("Stalled") {
+        "Failed"
+    } else {
+        "Current"
+    }
+}
+
+/// One table, every view: for each rollout phase (and both kinds of pause) the status the
+/// operator computes is read by kstatus, by the Argo CD health Lua, and by `kubectl
+/// bpfleet rollout status`; all three say what the row says, and what crds::standing says.
+#[test]
+fn status_plugin_lua_and_kstatus_agree_at_every_phase() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kubectl_bpfleet::Exit;
+    use operator::status::{NodeOutcome, StatusInput, compute};
+
+    let t = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + s).unwrap());
+    let targets: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
+    let failed = NodeOutcome::Failed {
+        program: Some("count_packets".into()),
+        reason: "VerifierRejected".into(),
+        message: "R1 invalid mem access".into(),
+    };
+    let all = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), NodeOutcome::Ready)]);
+    let half = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), NodeOutcome::Pending)]);
+    let one_failed = BTreeMap::from([("a".to_string(), NodeOutcome::Ready), ("b".to_string(), failed)]);
+    // (phase, timed pause, outcomes, kstatus, Argo CD, plugin exit)
+    let table = [
+        (Phase::Progressing, false, &half, "InProgress", "Progressing", Exit::NotDone),
+        (Phase::Progressing, false, &one_failed, "InProgress", "Progressing", Exit::NotDone),
+        (Phase::Paused, true, &half, "InProgress", "Progressing", Exit::NotDone),
+        (Phase::Paused, false, &half, "Current", "Suspended", Exit::NotDone),
+        (Phase::Halted, false, &one_failed, "Failed", "Degraded", Exit::Failed),
+        (Phase::RolledBack, false, &half, "Failed", "Degraded", Exit::Failed),
+        (Phase::Degraded, false, &one_failed, "Failed", "Degraded", Exit::Failed),
+        (Phase::Complete, false, &all, "Current", "Healthy", Exit::Ok),
+    ];
+    for (phase, timed, outcomes, ks, argo, exit) in table {
+        let r = RolloutStatus {
+            phase,
+            update_revision: Some("5f1c2a0000000000".into()),
+            step: 1,
+            total_steps: 2,
+            pause_start_time: timed.then(|| t(0)),
+            message: Some(format!("{phase:?} says why")),
+            ..Default::default()
+        };
+        let status = compute(&StatusInput {
+            generation: Some(3),
+            revision: Some("5f1c2a0000000000"),
+            targets: &targets,
+            outcomes,
+            spec_problem: None,
+            retries: &BTreeMap::new(),
+            previous: None,
+            rollout: Some(&r),
+            now: t(10),
+        });
+        let mut p: crds::BpfProgram = serde_json::from_value(json!({
+            "apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram",
+            "metadata": {"name": "xdp-counter", "generation": 3},
+            "spec": {"bytecode": {"path": "/x.o"}, "programs": [{"name": "f", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]},
+        }))
+        .unwrap();
+        p.status = Some(status.clone());
+        let what = format!("{phase:?} (timed pause: {timed})");
+        let standing = of_status(p.status.as_ref(), p.metadata.generation);
+        assert_eq!(kstatus(&p), ks, "{what}: kstatus");
+        assert_eq!(standing.kstatus(), ks, "{what}: crds::standing");
+        assert_eq!(argo_cd(Some(3), Some(&status)).0, argo, "{what}: the Argo CD Lua");
+        assert_eq!(kubectl_bpfleet::status::verdict(&p).exit(), exit, "{what}: kubectl bpfleet rollout status");
+    }
+}
