@@ -13,11 +13,11 @@ pub mod cel;
 mod rules;
 
 pub use cel::MAX_NODE_COUNT;
-pub(crate) use rules::within;
 pub use rules::{
-    Amount, MAX_DURATION_DIGITS, MAX_FAILURE_THRESHOLD, MAX_PROGRESS_DEADLINE_SECONDS, MAX_STEPS, parse_duration,
-    validate,
+    Amount, MAX_DURATION_DIGITS, MAX_FAILURE_THRESHOLD, MAX_MAP_POLICIES, MAX_PROGRESS_DEADLINE_SECONDS,
+    MAX_REVISION_HISTORY_LIMIT, MAX_STEPS, parse_duration, validate, validate_history,
 };
+pub(crate) use rules::{map_name, within};
 
 /// How a new revision reaches the target nodes.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -138,14 +138,22 @@ pub fn validate_spec(spec: &BpfProgramSpec) -> Result<ValidSpec, SpecErrors> {
     let bytecode = validate_bytecode(&spec.bytecode, &mut errs);
     let globals = validate_globals(spec.global_data.iter(), &mut errs);
     let programs = validate_programs_into(&spec.programs, &mut errs);
-    if let Some(r) = &spec.rollout {
-        for (field, message) in crate::rollout::validate(r) {
-            errs.push(field, message);
-        }
-    }
+    validate_rollout(spec, &mut errs);
     match (bytecode, errs.0.is_empty()) {
         (Some(bytecode), true) => Ok(ValidSpec { bytecode, globals, programs }),
         _ => Err(SpecErrors(errs.0)),
+    }
+}
+
+/// `spec.rollout` (steps, amounts, pauses, ranges, resume, health gates),
+/// `revisionHistoryLimit` and `spec.maps`: the CRD's schema and CEL rules again, so that
+/// the operator's InvalidSpec backstop refuses what an API server without those rules
+/// (or none: standalone mode) let through, naming the same field.
+fn validate_rollout(spec: &BpfProgramSpec, errs: &mut Errors) {
+    let rollout = spec.rollout.iter().flat_map(crate::rollout::validate);
+    let history = crate::rollout::validate_history(spec.revision_history_limit, &spec.maps);
+    for (field, message) in rollout.chain(history) {
+        errs.push(field, message);
     }
 }
 

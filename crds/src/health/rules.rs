@@ -5,7 +5,7 @@ use super::{
     ADDRESS_FORM, HealthSpec, MAX_ADDRESS_LEN, MAX_INTERVAL_SECONDS, MAX_MAP_CHECKS, MAX_MAP_KEY, MAX_MEASUREMENTS,
     MAX_MIN_READY_SECONDS, MAX_QUERY_LEN, PrometheusGate,
 };
-use crate::rollout::within;
+use crate::rollout::{map_name, within};
 
 /// Every rule of `spec.rollout.health`, as the CRD's schema and CEL rules say them. Each
 /// error is (field path below `spec`, what to fix).
@@ -78,19 +78,6 @@ fn validate_prometheus(p: &PrometheusGate) -> Vec<(String, String)> {
         ));
     }
     errs
-}
-
-/// A map's name in the ELF object, as `maps[].map` takes it.
-fn map_name(errs: &mut Vec<(String, String)>, field: &str, name: &str) {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-    if !ok {
-        errs.push((
-            field.into(),
-            format!("{name:?} must be a map name of the ELF object (a C identifier, '.' allowed)"),
-        ));
-    }
 }
 
 /// `http(s)://host[:port][/path]` as the CRD's rule (`ADDRESS_RULE`) reads it; the error

@@ -4,8 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::RolloutSpec;
 use super::cel::{self, MAX_NODE_COUNT};
+use super::{MapPolicy, RolloutSpec};
 
 /// Most digits of a pause duration (`9999999h` is over a thousand years: no overflow
 /// wherever it is added to a time).
@@ -171,6 +171,45 @@ pub fn validate(r: &RolloutSpec) -> Vec<(String, String)> {
     errs
 }
 
+/// Largest `spec.revisionHistoryLimit`.
+pub const MAX_REVISION_HISTORY_LIMIT: i32 = 100;
+/// Most `spec.maps` policies.
+pub const MAX_MAP_POLICIES: usize = 64;
+
+/// The other settings a rollout reads, `spec.revisionHistoryLimit` and `spec.maps`, as
+/// the CRD's schema says them.
+pub fn validate_history(limit: Option<i32>, maps: &[MapPolicy]) -> Vec<(String, String)> {
+    let mut errs = Vec::new();
+    if let Some(limit) = limit {
+        within(&mut errs, "revisionHistoryLimit", limit, 0, MAX_REVISION_HISTORY_LIMIT);
+    }
+    if maps.len() > MAX_MAP_POLICIES {
+        errs.push(("maps".into(), format!("at most {MAX_MAP_POLICIES} map policies are allowed, got {}", maps.len())));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in maps.iter().enumerate() {
+        map_name(&mut errs, &format!("maps[{i}].name"), &m.name);
+        if !seen.insert(m.name.as_str()) {
+            errs.push((format!("maps[{i}].name"), format!("map {:?} has a policy already", m.name)));
+        }
+    }
+    errs
+}
+
+/// A map's name in the ELF object, as `spec.maps[].name` and the health checks' `map`
+/// take it.
+pub(crate) fn map_name(errs: &mut Vec<(String, String)>, field: &str, name: &str) {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !ok {
+        errs.push((
+            field.into(),
+            format!("{name:?} must be a map name of the ELF object (a C identifier, '.' allowed)"),
+        ));
+    }
+}
+
 /// Most steps in a rollout.
 pub const MAX_STEPS: usize = 16;
 /// Largest `failureThreshold`.
@@ -308,5 +347,17 @@ mod tests {
             ..Default::default()
         };
         assert!(validate(&ok).is_empty(), "no steps: one implicit step, which resume may name");
+    }
+
+    #[test]
+    fn history_settings_are_checked() {
+        let policy = |name: &str| MapPolicy { name: name.into(), on_upgrade: Default::default() };
+        assert!(validate_history(Some(100), &[policy("counters"), policy("_x.bss")]).is_empty());
+        let fields: Vec<String> = validate_history(Some(101), &[policy("counters"), policy("1x"), policy("counters")])
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(fields, ["revisionHistoryLimit", "maps[1].name", "maps[2].name"]);
+        assert_eq!(validate_history(None, &vec![policy("m"); 65])[0].1, "at most 64 map policies are allowed, got 65");
     }
 }
