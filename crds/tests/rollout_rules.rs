@@ -463,3 +463,30 @@ fn cel_and_rust_agree_on_durations_and_addresses() {
     }
     assert!(disagree.is_empty(), "{} disagreements:\n{}", disagree.len(), disagree.join("\n"));
 }
+
+/// `revisionHistoryLimit` and `spec.maps`, the other settings a rollout reads.
+#[test]
+fn history_settings_are_refused_by_both_naming_the_field() {
+    let cases = [
+        (json!({"revisionHistoryLimit": 101}), "spec.revisionHistoryLimit", "spec.revisionHistoryLimit: must be 0-100"),
+        (
+            json!({"maps": [{"name": "counters"}, {"name": "counters", "onUpgrade": "Recreate"}]}),
+            "spec.maps[1]: Duplicate value",
+            "spec.maps[1].name: map \"counters\" has a policy already",
+        ),
+        (
+            json!({"maps": [{"name": "1counters"}]}),
+            "spec.maps[0].name",
+            "spec.maps[0].name: \"1counters\" must be a map name",
+        ),
+    ];
+    for (extra, schema_words, rust_words) in cases {
+        let mut m = manifest(json!({}));
+        m["spec"].as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let errs = apiserver::admit(&BpfProgram::crd(), &m).expect_err("the schema admitted it");
+        assert!(errs.iter().any(|e| e.contains(schema_words)), "{errs:?} lack {schema_words}");
+        let spec: crds::BpfProgramSpec = serde_json::from_value(m["spec"].clone()).unwrap();
+        let e = validate_spec(&spec).expect_err("the Rust rules admitted it").to_string();
+        assert!(e.contains(rust_words), "{e} lacks {rust_words}");
+    }
+}
