@@ -551,7 +551,8 @@ async fn gate(
         .cloned()
         .collect();
     let now = k8s_openapi::jiff::Timestamp::now();
-    let gated = ctx.gates.judge(uid, rev, health, programs, &running, settled, now);
+    let scope = crate::gates::Scope { uid, revision: rev, spec: health, programs };
+    let gated = ctx.gates.judge(scope, &running, settled, now);
     if gated.due.is_empty() {
         return gated;
     }
@@ -569,7 +570,7 @@ async fn gate(
     let readings = results.into_iter().map(|(n, r)| (n.name, r.map_err(|e| e.to_string()))).collect();
     let now = k8s_openapi::jiff::Timestamp::now();
     ctx.gates.observe(uid, health, readings, now);
-    ctx.gates.judge(uid, rev, health, programs, &running, settled, now)
+    ctx.gates.judge(scope, &running, settled, now)
 }
 
 /// Send `group` revision `r`, an earlier one than the spec's, as history keeps it.

@@ -217,6 +217,15 @@ struct ProgramGates {
     nodes: HashMap<String, NodeGate>,
 }
 
+/// Whose gates: a program's revision, its health spec and its programs' names.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    pub uid: &'a str,
+    pub revision: &'a str,
+    pub spec: &'a HealthSpec,
+    pub programs: &'a [String],
+}
+
 /// What the gates say about a program's nodes now.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Gated {
@@ -235,16 +244,8 @@ impl GateBook {
     /// their window (it starts again when they are healthy on it again). `fresh`: the
     /// program has no window for this revision yet and its nodes are counted as passed
     /// (a finished rollout is not gated again after a restart).
-    pub fn judge(
-        &self,
-        uid: &str,
-        revision: &str,
-        spec: &HealthSpec,
-        programs: &[String],
-        running: &BTreeSet<String>,
-        settled: bool,
-        now: Timestamp,
-    ) -> Gated {
+    pub fn judge(&self, scope: Scope<'_>, running: &BTreeSet<String>, settled: bool, now: Timestamp) -> Gated {
+        let Scope { uid, revision, spec, programs } = scope;
         let mut book = self.programs.lock().unwrap_or_else(|e| e.into_inner());
         let gates = book.entry(uid.to_string()).or_default();
         if gates.revision != revision {
@@ -428,14 +429,16 @@ mod tests {
         let book = GateBook::default();
         let spec = HealthSpec { min_ready_seconds: 5, ..Default::default() };
         let running: BTreeSet<String> = ["a".to_string(), "b".to_string()].into();
-        let g = book.judge("u", "r1", &spec, &progs(), &running, false, at(0));
+        let programs = progs();
+        let scope = |revision| Scope { uid: "u", revision, spec: &spec, programs: &programs };
+        let g = book.judge(scope("r1"), &running, false, at(0));
         assert!(g.passed.is_empty() && g.wake == Some(Duration::from_secs(5)));
-        let g = book.judge("u", "r1", &spec, &progs(), &running, false, at(5));
+        let g = book.judge(scope("r1"), &running, false, at(5));
         assert_eq!(g.passed.len(), 2);
         // A new revision starts over; a settled one is passed at once.
-        let g = book.judge("u", "r2", &spec, &progs(), &running, true, at(6));
+        let g = book.judge(scope("r2"), &running, true, at(6));
         assert_eq!(g.passed.len(), 2);
-        let g = book.judge("u", "r3", &spec, &progs(), &running, false, at(6));
+        let g = book.judge(scope("r3"), &running, false, at(6));
         assert!(g.passed.is_empty());
     }
 }

@@ -658,7 +658,9 @@ mod tests {
         ]);
         let timed = RolloutStatus { pause_start_time: Some(t(90)), ..Default::default() };
         // (phase, extra rollout fields, node outcomes, standing, kstatus, Ready, Reconciling, Stalled)
-        let table: Vec<(Phase, RolloutStatus, &BTreeMap<String, NodeOutcome>, Standing, &str, &str, &str, &str)> = vec![
+        type Row<'a> =
+            (Phase, RolloutStatus, &'a BTreeMap<String, NodeOutcome>, Standing, &'a str, &'a str, &'a str, &'a str);
+        let table: Vec<Row<'_>> = vec![
             (
                 Phase::Progressing,
                 Default::default(),
