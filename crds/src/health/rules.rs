@@ -215,46 +215,22 @@ mod tests {
         assert!(why.contains("the gate could never fail"), "{why}");
     }
 
+    /// Which addresses are accepted is held to the CRD's rule in tests/rollout_rules.rs;
+    /// here, what each refusal says.
     #[test]
     fn prometheus_addresses() {
-        for good in [
-            "http://prometheus.monitoring:9090",
-            "https://prometheus.monitoring.svc.cluster.local/",
-            "http://127.0.0.1:9090/prometheus/api-proxy_v1.x~",
-            "http://[::1]:9090",
-            "http://[fd00::10]",
-            "https://thanos-query:65535/a/b;c=d,e@f:g",
-            "http://p:1",
+        for (address, why) in [
+            ("prometheus:9090", "does not start with http:// or https://"),
+            ("http://u:p@prometheus:9090", "has a user or password (user@host): give the host only"),
+            ("http://[::1", "has an IPv6 address without its closing ]"),
+            ("http://[x]", "has a bracketed host that is not an IPv6 address"),
+            ("http://[::1]x", "has something other than :port after its IPv6 address"),
+            ("http://prom..etheus", "has no host name or IP address where one belongs"),
+            ("http://prometheus:0", "has a port that is not 1-65535"),
+            ("http://prometheus/a b", "has a path with a character other than letters, digits and -._~!$&'()*+,;=:@%/"),
         ] {
-            assert_eq!(check_address(good), Ok(()), "{good}");
+            assert_eq!(check_address(address), Err(why), "{address}");
         }
-        for bad in [
-            "prometheus:9090",
-            "ftp://prometheus:9090",
-            "http://",
-            "http://user:pw@prometheus:9090",
-            "http://prometheus:0",
-            "http://prometheus:09090",
-            "http://prometheus:65536",
-            "http://prometheus:",
-            "http://-prometheus",
-            "http://prometheus.",
-            "http://prom..etheus",
-            "http://prometheus/api?query=up",
-            "http://prometheus/#x",
-            "http://prometheus/a b",
-            "http://[::1",
-            "http://[]:9090",
-            "http://[::1]x",
-            "http://prometheus_1:9090",
-            "http://prometheus:9090:9091",
-        ] {
-            assert!(check_address(bad).is_err(), "{bad}");
-        }
-        assert_eq!(
-            check_address("http://u:p@prometheus:9090"),
-            Err("has a user or password (user@host): give the host only")
-        );
         let (field, why) = &validate(&HealthSpec {
             prometheus: Some(PrometheusGate { address: "http://prometheus:65536".into(), ..gate() }),
             ..Default::default()
