@@ -9,6 +9,8 @@
 //!    data — plus image bytecode from a registry the operator knows only by a name in its
 //!    /etc/hosts, over TLS (name resolution and TLS roots inside the FROM-scratch image);
 //!    each BpfNode lists its program within 5 s;
+//!    2c. health gates: a revision whose program never runs is halted by `mustRun` at the
+//!    canary, one whose program runs passes (run counts read with bpftool);
 //! 3. the agent and operator pods restarted while packets flow: the same program and
 //!    link ids, every packet counted;
 //! 4. `helm upgrade` to newly built images: nothing re-attached, no revision changed;
@@ -143,6 +145,72 @@ fn bash_lines(n: usize) {
         })
         .unwrap();
     assert!(out.success());
+}
+
+/// The rollout phase of a program (for its current generation), and its message.
+fn rollout_phase(c: &Installed, name: &str) -> Result<(String, String), String> {
+    let p = c.program(name).map_err(|e| e.to_string())?.ok_or("absent")?;
+    if p["status"]["observedGeneration"] != p["metadata"]["generation"] {
+        return Err("status of an older generation".into());
+    }
+    let r = &p["status"]["rollout"];
+    Ok((r["phase"].as_str().unwrap_or_default().to_string(), r["message"].as_str().unwrap_or_default().to_string()))
+}
+
+/// Step 2c: health gates on the real node, through the agent pod (which, unprivileged,
+/// cannot write `kernel.bpf_stats_enabled` and counts runs through its own
+/// `BPF_ENABLE_STATS` handle): a revision attached where no frame arrives fails `mustRun`
+/// (bpftool agrees: the program never ran); one attached where frames flow passes.
+fn health_gates_in_the_cluster(c: &Installed, node: &str) {
+    let busy = TestLink::create("bpfe2e3").unwrap();
+    let idle = TestLink::create("bpfe2e4").unwrap();
+    let manifest = |interfaces: &str, health: &str| {
+        format!(
+            "apiVersion: bpfleet.dev/v1alpha1\nkind: BpfProgram\nmetadata: {{name: gated}}\nspec:\n  nodeSelector: {{}}\n  \
+             bytecode:\n    configMap: {{name: xdp-counter-bytecode, namespace: {NAMESPACE}, key: xdp_counter.o}}\n  \
+             programs:\n    - name: count_packets\n      type: XDP\n      xdp: {{interfaces: [{interfaces}]}}\n  \
+             rollout:\n    health: {health}\n"
+        )
+    };
+    c.apply(&manifest(&busy.name, "{}")).unwrap();
+    wait_ready(c, "gated");
+    let t = Instant::now();
+    c.apply(&manifest(&idle.name, "{mustRun: true, minReadySeconds: 3}")).unwrap();
+    let message = wait_for(Duration::from_secs(90), "gated: Halted by its mustRun gate", || {
+        let (phase, message) = rollout_phase(c, "gated")?;
+        if phase == "Halted" { Ok(message) } else { Err(format!("{phase}: {message}")) }
+    });
+    let halted_in = t.elapsed();
+    assert!(message.contains("HealthGateFailed: ProgramDidNotRun: count_packets"), "{message}");
+    let ids: Vec<u64> = attachments(c, node, "gated").into_keys().collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(e2e::kernel::run_count(ids[0]), Some(0), "bpftool: program {} never ran", ids[0]);
+
+    // Frames flow on the busy link: a revision on it passes the same gate.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let peer = busy.peer.clone();
+    let sender = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            let _ = e2e::installed::send_frames(&peer, 5);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let t = Instant::now();
+    c.apply(&manifest(&format!("{}, {}", busy.name, idle.name), "{mustRun: true, minReadySeconds: 3}")).unwrap();
+    let took = wait_ready(c, "gated");
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let (phase, _) = rollout_phase(c, "gated").unwrap();
+    assert_eq!(phase, "Complete");
+    let ids: Vec<u64> = attachments(c, node, "gated").into_keys().collect();
+    assert!(ids.iter().all(|id| e2e::kernel::run_count(*id).unwrap_or(0) > 0), "bpftool: {ids:?} ran");
+    c.kubectl(&["delete", "bpfprogram", "gated", "--wait=true", "--timeout=60s"]).unwrap();
+    eprintln!(
+        "step 2c: health gates: an idle program halted by mustRun in {halted_in:.1?}, a running one Ready in {took:.1?} \
+         ({:.1?} with the apply)",
+        t.elapsed()
+    );
 }
 
 /// Step 1b: writes go through the chart's admission (the operator's webhook behind its
@@ -326,6 +394,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
         "host bash's readline: {calls}->{calls2}, {returns}->{returns2}"
     );
     eprintln!("step 2: every example counts (XDP, TC, global data, image, tracepoint, uprobe on the host's bash)");
+    health_gates_in_the_cluster(&c, &node);
 
     // Without agent.hostPID (the default) a uprobe scoped to one host process is refused
     // with what to set; the unscoped uprobe above counts the host's bash all the same.
