@@ -20,11 +20,15 @@ use crate::limits;
     shortname = "bpfprog",
     doc = "A set of eBPF programs (one ELF object) to load and attach on the nodes a label selector picks.",
     status = "BpfProgramStatus",
-    printcolumn = r#"{"name":"Targets","type":"integer","jsonPath":".status.targetNodes"}"#,
-    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyNodes"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.rollout.desiredNodes"}"#,
+    printcolumn = r#"{"name":"Updated","type":"integer","jsonPath":".status.rollout.updatedNodes"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.rollout.readyNodes"}"#,
+    printcolumn = r#"{"name":"Available","type":"integer","jsonPath":".status.rollout.availableNodes"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failedNodes"}"#,
     printcolumn = r#"{"name":"Waiting","type":"integer","jsonPath":".status.waitingNodes"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.rollout.phase"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Targets","type":"integer","priority":1,"jsonPath":".status.targetNodes"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","priority":1,"jsonPath":".status.revision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -524,7 +528,9 @@ pub struct BpfProgramStatus {
     /// Number of nodes the nodeSelector selects.
     #[serde(default)]
     pub target_nodes: i32,
-    /// Number of target nodes running the current revision with every program attached.
+    /// Number of target nodes running the current revision with every program attached
+    /// (health gates aside: `rollout.readyNodes` counts the nodes that passed them, and
+    /// `rollout.availableNodes` also those still running the stable revision healthy).
     #[serde(default)]
     pub ready_nodes: i32,
     /// Number of target nodes where applying the current revision failed.
