@@ -466,7 +466,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         && prev.is_none_or(|p| p.update_revision.as_deref() == Some(update))
         && input.order.iter().all(|n| input.observed.get(n).is_none_or(|o| o.revision == update));
     if first {
-        if pending == 0 && targets > 0 {
+        if pending == 0 {
             return Decision { assign: everyone(), status: settle(status), wake: None, measure: false };
         }
         status.step = total_steps as i32;
