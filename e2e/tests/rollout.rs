@@ -410,3 +410,39 @@ fn a_node_unhealthy_after_the_attach_halts_the_rollout() {
         }
     }
 }
+
+#[test]
+fn a_node_whose_agent_is_away_is_not_failed_at_once_and_finishes_when_it_returns() {
+    const TEST: &str = "a_node_whose_agent_is_away_is_not_failed_at_once_and_finishes_when_it_returns";
+    let Some(mut f) = Fleet::start(TEST, &[XDP_OBJ, XDP_V2_OBJ], false) else { return };
+    let before = f.xdp_ids();
+    // One node's agent goes away (its node reboots, say) just before the new revision.
+    let away = f.nodes[2];
+    let away_name = f.env.node(away).name.clone();
+    f.env.node_mut(away).kill_agent();
+    f.patch(json!({
+        "bytecode": f.bytecode(XDP_V2_OBJ),
+        "rollout": {"maxInFlight": 2, "failureThreshold": 1},
+    }));
+    // Every other node switches; the away node is waited for, then (past the operator's
+    // grace period) counted failed, within the threshold: settled, not Complete.
+    let p = wait_phase(&f.env, &f.name, Phase::Degraded, APPLY_TIMEOUT);
+    let r = rollout(&p).unwrap();
+    assert_eq!((r.desired_nodes, r.updated_nodes, r.ready_nodes, r.failed_nodes), (5, 4, 4, 1), "{r:?}");
+    let msg = r.message.unwrap();
+    assert!(msg.contains(&format!("{away_name}: AgentUnreachable")), "the away node is named: {msg}");
+    has_condition(&p, "Stalled", "True").unwrap();
+    let failure = &p.status.as_ref().unwrap().failures;
+    assert!(failure.iter().any(|x| x.node == away_name && x.reason == "AgentUnreachable"), "{failure:?}");
+    let k = f.nodes.iter().position(|i| *i == away).unwrap();
+    assert_eq!(f.xdp_ids()[k], before[k], "the away node still runs r1, untouched in its kernel");
+
+    // It comes back: it gets the revision and the rollout completes.
+    f.env.node_mut(away).start_agent().unwrap_or_else(|e| panic!("{e:#}"));
+    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let r = rollout(&p).unwrap();
+    assert_eq!((r.updated_nodes, r.ready_nodes, r.failed_nodes), (5, 5, 0), "{r:?}");
+    has_condition(&p, "Ready", "True").unwrap();
+    let after = f.xdp_ids();
+    assert_ne!(after[k], before[k], "the returned node runs the new revision");
+}
