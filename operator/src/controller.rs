@@ -260,7 +260,14 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.program_counts(&name, &status);
     write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
     write_status(ctx, &p, &status).await?;
-    if rollout_action(&p).is_some() || p.annotations().contains_key(crds::rollout::ACTION_ANNOTATION) {
+    if let Some(value) = p.annotations().get(crds::rollout::ACTION_ANNOTATION) {
+        if rollout_action(&p).is_none() {
+            let note = format!(
+                "{}={value:?} is no action: use resume, promote, promote-full, abort or retry; it was removed",
+                crds::rollout::ACTION_ANNOTATION
+            );
+            publish(ctx, &p, Transition::new(EventType::Warning, "UnknownRolloutAction", note)).await;
+        }
         clear_action(ctx, &p).await;
     }
     let after = requeue_after(&status, spec.problem.is_some(), &retries, now);
