@@ -260,7 +260,11 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.program_counts(&name, &status);
     write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
     write_status(ctx, &p, &status).await?;
-    if let Some(value) = p.annotations().get(crds::rollout::ACTION_ANNOTATION) {
+    // An action is carried out (and its annotation removed) by a rollout pass: a spec no
+    // node can run keeps it for when the spec is fixed.
+    if let (Some(value), Some(_)) = (p.annotations().get(crds::rollout::ACTION_ANNOTATION), &status.rollout)
+        && spec.problem.is_none()
+    {
         if rollout_action(&p).is_none() {
             let note = format!(
                 "{}={value:?} is no action: use resume, promote, promote-full, abort or retry; it was removed",
