@@ -1,6 +1,7 @@
 //! `BpfNode`: per-node truth, one object per Node, written by the operator from what
 //! that node's agent reports. Keeps `BpfProgram.status` bounded however many nodes run it.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,8 @@ use crate::program::ProgramType;
     printcolumn = r#"{"name":"Managed","type":"integer","jsonPath":".status.managed"}"#,
     printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthy"}"#,
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion"}"#,
+    printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"AgentReachable\")].status"}"#,
+    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.lastHeartbeatTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -46,11 +49,32 @@ pub struct BpfNodeStatus {
     /// fleet at rest causes no writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report_time: Option<String>,
+    /// When the operator last heard from this node's agent (an answer to a List, RFC 3339).
+    /// Refreshed with every other write of this status and, while nothing else changes, once
+    /// it is older than the operator's `--bpfnode-heartbeat-seconds` (default 600, each node
+    /// a little later than that so writes spread out): it may lag the agent's last answer by
+    /// that long. While `AgentReachable` is False, the last time the agent answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_time: Option<String>,
+    /// `AgentReachable`: True while the operator reaches this node's agent; False with the
+    /// reason it does not: `NoAddress` (the Node has no InternalIP), `NoAgent` (no agent pod
+    /// on the node), `AgentNotReady` (its pod is not Ready), `ConnectionRefused`, `Timeout`,
+    /// `TlsFailure` (the TLS handshake failed: a certificate from another CA, or the agent
+    /// refused the operator's), `IdentityMismatch` (the agent's certificate is for another
+    /// node, or the agent says it is another node's), `AnswerRefused` (an answer broke the
+    /// protocol: another node's name in it, too large, too many owners) or `TransportError`
+    /// (any other failure to reach it); the message says more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
     /// Every BpfProgram the agent manages on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["ownerUid"]))]
     pub programs: Vec<NodeProgramStatus>,
 }
+
+/// The type of the BpfNode condition that says whether the operator reaches the node's agent.
+pub const AGENT_REACHABLE: &str = "AgentReachable";
 
 /// Health of one BpfProgram on one node.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]

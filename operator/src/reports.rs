@@ -99,5 +99,7 @@ pub fn node_status(list: &AgentList) -> BpfNodeStatus {
         kernel_release: Some(list.kernel_release.clone()),
         last_report_time: Some(k8s_openapi::jiff::Timestamp::now().to_string()),
         programs,
+        // AgentReachable and the heartbeat: bpfnode::write_if_changed.
+        ..Default::default()
     }
 }
