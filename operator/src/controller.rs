@@ -874,3 +874,59 @@ pub async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use crds::program::NodeFailure;
+    use crds::rollout::{Phase, RolloutStatus};
+
+    use super::*;
+
+    fn with(phase: Phase, failures: &[&str]) -> BpfProgramStatus {
+        BpfProgramStatus {
+            revision: Some("r1".into()),
+            rollout: Some(RolloutStatus {
+                phase,
+                update_revision: Some("r1".into()),
+                message: Some(format!("{phase:?} says why")),
+                ..Default::default()
+            }),
+            failures: failures
+                .iter()
+                .map(|n| NodeFailure {
+                    node: n.to_string(),
+                    program: None,
+                    reason: "HealthGateFailed".into(),
+                    message: "ProgramDidNotRun: count".into(),
+                    attempts: None,
+                    next_retry_time: None,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_phase_change_and_each_newly_failed_node_is_an_event() {
+        let progressing = with(Phase::Progressing, &[]);
+        let halted = with(Phase::Halted, &["node-2"]);
+        let events = transitions(Some(&progressing), &halted);
+        let got: Vec<(&str, Option<&str>)> = events.iter().map(|t| (t.reason, t.node.as_deref())).collect();
+        assert_eq!(got, [("RolloutHalted", None), ("NodeFailed", Some("node-2"))]);
+        assert_eq!(events[0].note, "revision r1: Halted says why");
+        assert_eq!(events[1].note, "node-2: HealthGateFailed: ProgramDidNotRun: count");
+        assert!(matches!(events[0].type_, EventType::Warning));
+        // The same status again: nothing new; another failed node: only it.
+        assert!(transitions(Some(&halted), &halted).is_empty());
+        let more = with(Phase::Halted, &["node-2", "node-4"]);
+        let got: Vec<Option<String>> = transitions(Some(&halted), &more).into_iter().map(|t| t.node).collect();
+        assert_eq!(got, [Some("node-4".to_string())]);
+        // An action carried out is an event of its own.
+        let mut acted = with(Phase::Paused, &[]);
+        let r = acted.rollout.as_mut().unwrap();
+        r.last_action = Some("promote".into());
+        r.last_action_time = Some(Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap()));
+        let reasons: Vec<&str> = transitions(Some(&progressing), &acted).iter().map(|t| t.reason).collect();
+        assert_eq!(reasons, ["RolloutPaused", "RolloutAction"]);
+    }
+}
