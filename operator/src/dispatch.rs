@@ -41,6 +41,7 @@ use tracing::{debug, warn};
 use crate::answers;
 use crate::bytecode::Payload;
 use crate::history::Content;
+pub use crate::reachable::{Failure, Unreached};
 pub use crate::reports::Listed;
 use crate::reports::{AgentChange, AgentList, ChangeKind};
 use crate::status::{FailReason, NodeOutcome};
@@ -170,12 +171,14 @@ fn decode_globals(globals: &BTreeMap<String, String>) -> HashMap<String, bytes::
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum DispatchError {
-    /// Could not connect / timed out / transport error. Triggers per-node backoff.
+    /// Could not connect / timed out / transport error, by kind (the BpfNode's
+    /// `AgentReachable` reason). Triggers per-node backoff.
     #[error("agent unreachable: {0}")]
-    Unreachable(String),
-    /// Node is backing off after recent failures; no call was made.
+    Unreachable(Unreached),
+    /// Node is backing off after recent failures; no call was made. Carries the failure
+    /// that started the backoff.
     #[error("agent unreachable (retrying in {0:?}): {1}")]
-    BackingOff(Duration, String),
+    BackingOff(Duration, Unreached),
     /// The agent answered with an error: reason from metadata `bpfleet-reason`
     /// ([`proto::REASON_KEY`]), program from `bpfleet-program`, message from the status.
     #[error("{reason}: {message}")]
@@ -198,6 +201,15 @@ impl DispatchError {
     /// True when the node could not be reached (now or recently), as opposed to an answer.
     pub fn is_unreachable(&self) -> bool {
         !matches!(self, DispatchError::Agent { .. })
+    }
+
+    /// How the node was not reached (now, or by the call that started its backoff); `None`
+    /// for an answer of the agent's.
+    pub fn unreached(&self) -> Option<&Unreached> {
+        match self {
+            DispatchError::Unreachable(u) | DispatchError::BackingOff(_, u) => Some(u),
+            DispatchError::Agent { .. } => None,
+        }
     }
 }
 
@@ -236,12 +248,12 @@ struct NodeState {
     /// Consecutive transport failures.
     failures: u32,
     retry_at: Option<Instant>,
-    last_error: String,
+    last_error: Option<Unreached>,
 }
 
 impl NodeState {
     fn new(ip: IpAddr) -> Self {
-        Self { ip, channel: None, last_used: Instant::now(), failures: 0, retry_at: None, last_error: String::new() }
+        Self { ip, channel: None, last_used: Instant::now(), failures: 0, retry_at: None, last_error: None }
     }
 }
 
@@ -291,7 +303,9 @@ impl AgentPool {
     pub async fn apply(&self, node: &NodeAddr, order: &ApplyOrder) -> Result<NodeProgramStatus, DispatchError> {
         let resp = self.apply_wire(node, order.request.clone()).await?;
         // `apply_wire` refused an answer without the owner's state already.
-        let state = resp.state.as_ref().ok_or_else(|| DispatchError::Unreachable("Apply answered no state".into()))?;
+        let state = resp.state.as_ref().ok_or_else(|| {
+            DispatchError::Unreachable(Unreached::new(Failure::AnswerRefused, "Apply answered no state"))
+        })?;
         Ok(proto::state_to_status(state))
     }
 
@@ -424,7 +438,8 @@ impl AgentPool {
     fn refuse_answer(&self, node: &NodeAddr, check: Result<(), String>) -> Result<(), DispatchError> {
         let Err(why) = check else { return Ok(()) };
         warn!(node = %node.name, ip = %node.ip, %why, "agent answer refused");
-        let e = DispatchError::Unreachable(format!("{} at {}: {why}", node.name, self.address(node.ip)));
+        let message = format!("{} at {}: {why}", node.name, self.address(node.ip));
+        let e = DispatchError::Unreachable(Unreached::new(Failure::AnswerRefused, message));
         self.record(node, Some(&e));
         Err(e)
     }
@@ -504,12 +519,16 @@ impl AgentPool {
         let result = match tokio::time::timeout(timeout, f(client)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(classify(&status)),
-            Err(_elapsed) => Err(DispatchError::Unreachable(format!("no answer within {timeout:?}"))),
+            Err(_elapsed) => Err(DispatchError::Unreachable(Unreached::new(
+                Failure::Timeout,
+                format!("no answer within {timeout:?}"),
+            ))),
         };
         let result = result.map_err(|e| match e {
-            DispatchError::Unreachable(detail) => {
-                DispatchError::Unreachable(format!("{} at {}: {detail}", node.name, self.address(node.ip)))
-            }
+            DispatchError::Unreachable(u) => DispatchError::Unreachable(Unreached::new(
+                u.kind,
+                format!("{} at {}: {}", node.name, self.address(node.ip), u.message),
+            )),
             other => other,
         });
         self.record(node, result.as_ref().err());
@@ -526,7 +545,10 @@ impl AgentPool {
         let state = self.lock();
         match state.nodes.get(&node.name) {
             Some(s) if s.ip == node.ip => match s.retry_at {
-                Some(at) if at > now => Err(DispatchError::BackingOff(at - now, s.last_error.clone())),
+                Some(at) if at > now => Err(DispatchError::BackingOff(
+                    at - now,
+                    s.last_error.clone().unwrap_or_else(|| Unreached::new(Failure::TransportError, "")),
+                )),
                 _ => Ok(()),
             },
             _ => Ok(()),
@@ -561,7 +583,8 @@ impl AgentPool {
         let endpoint = Endpoint::from_shared(format!("https://{}", self.address(node.ip)))
             .and_then(|e| e.tls_config(tls))
             .map_err(|e| {
-                DispatchError::Unreachable(format!("{}: cannot set up the connection: {}", node.name, chain(&e)))
+                let message = format!("{}: cannot set up the connection: {}", node.name, chain(&e));
+                DispatchError::Unreachable(Unreached::new(Failure::TransportError, message))
             })?
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.call_timeout)
@@ -587,12 +610,12 @@ impl AgentPool {
         let State { nodes, rng, open, .. } = &mut *state;
         let Some(entry) = nodes.get_mut(&node.name).filter(|e| e.ip == node.ip) else { return };
         match error {
-            Some(DispatchError::Unreachable(message)) => {
+            Some(DispatchError::Unreachable(unreached)) => {
                 entry.failures = entry.failures.saturating_add(1);
                 let window = backoff_window(cfg.backoff_base, cfg.backoff_max, entry.failures, rng.next_unit());
-                debug!(node = %node.name, failures = entry.failures, ?window, %message, "agent unreachable; backing off");
+                debug!(node = %node.name, failures = entry.failures, ?window, %unreached, "agent unreachable; backing off");
                 entry.retry_at = Some(Instant::now() + window);
-                entry.last_error = message.clone();
+                entry.last_error = Some(unreached.clone());
                 if entry.channel.take().is_some() {
                     *open -= 1;
                 }
@@ -601,7 +624,7 @@ impl AgentPool {
             None | Some(DispatchError::Agent { .. }) => {
                 entry.failures = 0;
                 entry.retry_at = None;
-                entry.last_error.clear();
+                entry.last_error = None;
             }
         }
     }
@@ -682,20 +705,64 @@ fn classify(status: &tonic::Status) -> DispatchError {
     let meta = |key: &str| status.metadata().get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let reason = meta(proto::REASON_KEY);
     if status.source().is_some() || (status.code() == tonic::Code::Unavailable && reason.is_none()) {
-        return DispatchError::Unreachable(describe(status));
+        return DispatchError::Unreachable(Unreached::new(transport_failure(status), describe(status)));
     }
     // The agent at this address is another node's: the node is not reached. An answer
     // over the decoding limit (tonic's OutOfRange, which agents never send) is refused too.
     if reason.as_deref() == Some(crds::reason::Reason::WrongNode.as_str())
         || (status.code() == tonic::Code::OutOfRange && reason.is_none())
     {
-        return DispatchError::Unreachable(status.message().to_owned());
+        let kind = if reason.is_some() { Failure::IdentityMismatch } else { Failure::AnswerRefused };
+        return DispatchError::Unreachable(Unreached::new(kind, status.message()));
     }
     DispatchError::Agent {
         code: status.code(),
         reason: reason.map_or_else(|| FailReason::Other(format!("{:?}", status.code())), |r| r.as_str().into()),
         program: meta(proto::PROGRAM_KEY),
         message: status.message().to_owned(),
+    }
+}
+
+/// What kind of failure a transport status is, from the errors behind it (their types and
+/// io error kinds, never their words): a refused connection, a timeout (tonic's, or the
+/// connect timeout's `TimedOut`), a TLS alert or certificate error (`IdentityMismatch` when
+/// the certificate is valid but for another name).
+fn transport_failure(status: &tonic::Status) -> Failure {
+    let mut source = status.source();
+    while let Some(e) = source {
+        if let Some(kind) = failure_of(e) {
+            return kind;
+        }
+        source = e.source();
+    }
+    Failure::TransportError
+}
+
+fn failure_of(e: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(match tls {
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            ) => Failure::IdentityMismatch,
+            _ => Failure::TlsFailure,
+        });
+    }
+    // tonic's TLS handshake timeout (the handshake is bounded by `connect_timeout`) is a
+    // variant of its private `TlsError`: no type to downcast to, so its variant is read
+    // from its Debug form. Should tonic rename it, such a timeout shows as TransportError
+    // (tests/agents.rs's black hole says so).
+    if e.is::<tonic::TimeoutExpired>() || format!("{e:?}") == "HandshakeTimeout" {
+        return Some(Failure::Timeout);
+    }
+    let io = e.downcast_ref::<std::io::Error>()?;
+    // tokio-rustls reports TLS errors as io errors that hold them (not as their source).
+    if let Some(kind) = io.get_ref().and_then(|inner| failure_of(inner as &(dyn std::error::Error + 'static))) {
+        return Some(kind);
+    }
+    match io.kind() {
+        std::io::ErrorKind::ConnectionRefused => Some(Failure::ConnectionRefused),
+        std::io::ErrorKind::TimedOut => Some(Failure::Timeout),
+        _ => None,
     }
 }
 
@@ -757,6 +824,10 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn refused(message: &str) -> Unreached {
+        Unreached::new(Failure::ConnectionRefused, message)
+    }
+
     #[test]
     fn backoff_doubles_from_base_up_to_max() {
         let (base, max) = (100 * MS, 1000 * MS);
@@ -817,11 +888,11 @@ mod tests {
         let n = node("10.0.0.1");
         assert_eq!(pool.backoff_of("n1"), None);
         pool.channel(&n).unwrap();
-        pool.record(&n, Some(&DispatchError::Unreachable("refused".into())));
+        pool.record(&n, Some(&DispatchError::Unreachable(refused("refused"))));
         let left = pool.backoff_of("n1").expect("backing off");
         assert!(left > Duration::from_secs(7) && left <= Duration::from_secs(12), "{left:?}");
         match pool.check_backoff(&n) {
-            Err(DispatchError::BackingOff(_, msg)) => assert_eq!(msg, "refused"),
+            Err(DispatchError::BackingOff(_, u)) => assert_eq!(u, refused("refused")),
             other => panic!("{other:?}"),
         }
         // An agent's answer means it is reachable.
@@ -841,16 +912,16 @@ mod tests {
         let pool = pool(Duration::from_secs(10));
         let n = node("10.0.0.1");
         pool.channel(&n).unwrap();
-        pool.record(&n, Some(&DispatchError::Unreachable("x".into())));
+        pool.record(&n, Some(&DispatchError::Unreachable(refused("x"))));
         assert!(pool.backoff_of("n1").is_some());
         // A stale outcome for another address is ignored; a call to the new address is allowed.
         let moved = node("10.0.0.2");
         pool.check_backoff(&moved).unwrap();
         pool.channel(&moved).unwrap();
         assert_eq!(pool.backoff_of("n1"), None);
-        pool.record(&n, Some(&DispatchError::Unreachable("late".into())));
+        pool.record(&n, Some(&DispatchError::Unreachable(refused("late"))));
         assert_eq!(pool.backoff_of("n1"), None);
-        pool.record(&moved, Some(&DispatchError::Unreachable("y".into())));
+        pool.record(&moved, Some(&DispatchError::Unreachable(refused("y"))));
         assert!(pool.backoff_of("n1").is_some());
         pool.forget("n1");
         assert_eq!(pool.backoff_of("n1"), None);
@@ -882,7 +953,7 @@ mod tests {
         };
         assert_eq!(open, ["n0", "n4", "n5", "n6", "n7", "n8"]);
         // Failures, forgetting and new identities keep the count true.
-        pool.record(&at(4), Some(&DispatchError::Unreachable("refused".into())));
+        pool.record(&at(4), Some(&DispatchError::Unreachable(refused("refused"))));
         pool.forget("n5");
         pool.forget("n1");
         assert_eq!(pool.open_connections(), 4);
@@ -926,7 +997,7 @@ mod tests {
             message: "m".into(),
         };
         assert_eq!(unnamed.to_string(), "Internal: m");
-        let e = DispatchError::BackingOff(Duration::from_secs(2), "n at 1.2.3.4:5: refused".into());
+        let e = DispatchError::BackingOff(Duration::from_secs(2), refused("n at 1.2.3.4:5: refused"));
         assert_eq!(
             e.to_outcome(),
             NodeOutcome::Unreachable { message: "agent unreachable (retrying in 2s): n at 1.2.3.4:5: refused".into() }
@@ -955,6 +1026,33 @@ mod tests {
         let local = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
         let e = classify(&local);
         assert!(e.is_unreachable() && e.to_string().contains("connection reset"), "{e}");
+        assert_eq!(e.unreached().map(|u| u.kind), Some(Failure::TransportError));
+        let mut wrong = tonic::Status::failed_precondition("this agent runs on node-2");
+        wrong.metadata_mut().insert(proto::REASON_KEY, Reason::WrongNode.as_str().parse().unwrap());
+        assert_eq!(classify(&wrong).unreached().map(|u| u.kind), Some(Failure::IdentityMismatch));
+    }
+
+    /// The kinds behind a transport failure, as the errors tonic, hyper and tokio-rustls
+    /// carry them (the real ones: tests/agents.rs).
+    #[test]
+    fn transport_failures_are_told_apart_by_their_errors() {
+        use std::io::{Error, ErrorKind};
+        let kind = |e: Error| transport_failure(&tonic::Status::from_error(Box::new(e)));
+        assert_eq!(kind(Error::from(ErrorKind::ConnectionRefused)), Failure::ConnectionRefused);
+        assert_eq!(kind(Error::new(ErrorKind::TimedOut, "connect timeout")), Failure::Timeout);
+        let tls = |e: rustls::Error| kind(Error::new(ErrorKind::InvalidData, e));
+        assert_eq!(
+            tls(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            Failure::TlsFailure
+        );
+        assert_eq!(
+            tls(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)),
+            Failure::IdentityMismatch
+        );
+        assert_eq!(tls(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)), Failure::TlsFailure);
+        assert_eq!(kind(Error::from(ErrorKind::ConnectionReset)), Failure::TransportError);
+        let timeout = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(transport_failure(&timeout), Failure::Timeout);
     }
 
     #[test]

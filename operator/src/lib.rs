@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod prometheus;
+pub mod reachable;
 pub mod reports;
 pub mod resync;
 pub mod rollout;

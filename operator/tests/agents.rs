@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use agent::tls::testpki::TestPki;
 use crds::BpfProgramSpec;
 use crds::revision::{BytecodeIdentity, Revision};
-use operator::dispatch::{AgentPool, DispatchError, NodeAddr, PoolConfig};
+use operator::dispatch::{AgentPool, DispatchError, Failure, NodeAddr, PoolConfig};
 use operator::reports::{AgentChange, ChangeKind};
 use operator::status::NodeOutcome;
 use proto::v1;
@@ -335,8 +335,14 @@ async fn fan_out_to_real_agents() {
     for (node, result) in results {
         let (result, took) = result.unwrap();
         match node.name.as_str() {
+            // Told apart by kind: the BpfNode's AgentReachable reason.
             "node-dead" | "node-hole" => {
-                assert!(matches!(result, Err(DispatchError::Unreachable(_))), "{}: {result:?}", node.name);
+                let want = if node.name == "node-dead" { Failure::ConnectionRefused } else { Failure::Timeout };
+                assert!(
+                    matches!(&result, Err(DispatchError::Unreachable(u)) if u.kind == want),
+                    "{}: {result:?}",
+                    node.name
+                );
             }
             _ => {
                 assert!(result.is_ok(), "{}: {result:?}", node.name);
@@ -350,9 +356,11 @@ async fn fan_out_to_real_agents() {
     let _ = pool.list(&dead).await;
     for n in [&hole, &dead] {
         match pool.list(n).await {
-            Err(DispatchError::BackingOff(left, message)) => {
+            Err(DispatchError::BackingOff(left, unreached)) => {
                 assert!(left <= BACKOFF_BASE.mul_f64(1.2) * 2, "{left:?}");
+                let message = &unreached.message;
                 assert!(message.contains(&n.ip.to_string()), "the message names the address: {message}");
+                assert_ne!(unreached.kind, Failure::TransportError, "the kind of the failure that started it");
             }
             other => panic!("{}: expected BackingOff, got {other:?}", n.name),
         }
@@ -424,6 +432,8 @@ async fn fan_out_to_real_agents() {
     let foreign_pool = AgentPool::new(fleet.pool_config(foreign));
     let started = Instant::now();
     let result = foreign_pool.list(&a).await;
+    // (With TLS 1.3 the agent refuses the client's certificate after the client finished
+    // its handshake: the client sees a closed connection, a TransportError, or the alert.)
     assert!(matches!(result, Err(DispatchError::Unreachable(_))), "foreign client: {result:?}");
     assert!(started.elapsed() < CALL_TIMEOUT + MARGIN);
     pool.list(&a).await.expect("the operator's own certificate still works");
@@ -582,6 +592,7 @@ async fn an_address_leading_to_another_nodes_agent_changes_nothing_there() {
     let refused = |e: DispatchError| {
         let text = e.to_string();
         assert!(e.is_unreachable() && text.contains("\"node-x\"") && text.contains("\"node-a\""), "{text}");
+        assert_eq!(e.unreached().map(|u| u.kind), Some(Failure::IdentityMismatch), "the agent said WrongNode: {text}");
     };
     let intruder = format!("intruder-{}", std::process::id());
     refused(pool().apply_wire(&impostor, apply_request(&intruder, TRACEPOINT)).await.expect_err("Apply for node-x"));

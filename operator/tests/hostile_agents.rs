@@ -12,7 +12,7 @@ use std::time::Duration;
 use agent::tls::testpki::{CLIENT_NAME, TestPki};
 use agent::tls::{ServerTls, TlsFiles};
 use futures::Stream;
-use operator::dispatch::{AgentPool, DispatchError, NodeAddr, PoolConfig};
+use operator::dispatch::{AgentPool, DispatchError, Failure, NodeAddr, PoolConfig};
 use proto::v1;
 use proto::v1::agent_server::{Agent, AgentServer};
 use tonic::{Request, Response, Status};
@@ -153,8 +153,11 @@ fn node(name: &str) -> NodeAddr {
     NodeAddr { name: name.into(), ip: "127.0.0.1".parse().unwrap() }
 }
 
-fn unreachable_saying(e: DispatchError, words: &[&str]) {
+/// `e` is a failure to reach the agent, of `kind` (the BpfNode's AgentReachable reason),
+/// in words that say each of `words`.
+fn unreachable_saying(e: DispatchError, kind: Failure, words: &[&str]) {
     assert!(e.is_unreachable(), "{e}");
+    assert_eq!(e.unreached().map(|u| u.kind), Some(kind), "{e}");
     let text = e.to_string();
     for w in words {
         assert!(text.contains(w), "{text:?} does not say {w:?}");
@@ -177,7 +180,7 @@ async fn a_second_agent_answering_for_another_node_is_refused() {
     let pool = pool(&pki, agent.port, None);
     let a = node("node-a");
     let e = pool.list(&a).await.expect_err("a List naming another node");
-    unreachable_saying(e, &["\"node-a\"", "\"node-b\"", "InternalIP"]);
+    unreachable_saying(e, Failure::AnswerRefused, &["\"node-a\"", "\"node-b\"", "InternalIP"]);
     assert!(pool.backoff_of("node-a").is_some(), "the node backs off");
     // The same agent dialled for its own node is fine.
     pool.list(&node("node-b")).await.expect("its own node");
@@ -196,11 +199,23 @@ async fn per_node_certificates_refuse_another_nodes_agent_at_the_handshake() {
     let pool = pool(&pki, agent.port, Some("{node}.node.bpfleet.dev"));
     let req = v1::ApplyRequest { owner: Some(v1::Owner { uid: "u1".into(), name: "p".into() }), ..Default::default() };
     let e = pool.apply_wire(&node("node-a"), req.clone()).await.expect_err("the wrong node's certificate");
-    unreachable_saying(e, &["node-a"]);
+    unreachable_saying(e, Failure::IdentityMismatch, &["node-a"]);
     assert_eq!(agent.calls.load(Ordering::SeqCst), 0, "no request got past the handshake");
     // Its own node: the certificate names it.
     let resp = pool.apply_wire(&node("node-b"), req).await.expect("its own node");
     assert_eq!(resp.node_name, "node-b");
+}
+
+/// An agent whose certificate another CA signed (a node of another cluster, a stale
+/// install) is refused at the handshake, as a TLS failure: not one request reaches it.
+#[tokio::test]
+async fn an_agent_of_another_ca_is_a_tls_failure() {
+    let (_other_dir, other) = pki();
+    let (_dir, pki) = pki();
+    let agent = start("n", Behaviour::Honest, other.server_files()).await;
+    let e = pool(&pki, agent.port, None).list(&node("n")).await.expect_err("another CA's agent");
+    unreachable_saying(e, Failure::TlsFailure, &["n at 127.0.0.1"]);
+    assert_eq!(agent.calls.load(Ordering::SeqCst), 0, "no request got past the handshake");
 }
 
 /// An agent whose List never ends (fresh owners and a next page on every answer) is cut
@@ -211,7 +226,7 @@ async fn an_endless_list_is_cut_off() {
     let agent = start("n", Behaviour::EndlessList, pki.server_files()).await;
     let pool = pool(&pki, agent.port, None);
     let e = pool.list(&node("n")).await.expect_err("endless");
-    unreachable_saying(e, &["more than 10000 owners", "cut off"]);
+    unreachable_saying(e, Failure::AnswerRefused, &["more than 10000 owners", "cut off"]);
     let pages = agent.calls.load(Ordering::SeqCst);
     assert!(pages <= 21, "{pages} pages read");
     assert!(pool.backoff_of("n").is_some());
@@ -222,10 +237,10 @@ async fn garbage_uids_and_oversized_answers_are_refused() {
     let (_dir, pki) = pki();
     let garbage = start("n", Behaviour::GarbageUid, pki.server_files()).await;
     let e = pool(&pki, garbage.port, None).list(&node("n")).await.expect_err("garbage uid");
-    unreachable_saying(e, &["owner uid", "../../etc/passwd"]);
+    unreachable_saying(e, Failure::AnswerRefused, &["owner uid", "../../etc/passwd"]);
     let big = start("n", Behaviour::Oversized, pki.server_files()).await;
     let e = pool(&pki, big.port, None).list(&node("n")).await.expect_err("3 MiB page");
-    unreachable_saying(e, &["too large"]);
+    unreachable_saying(e, Failure::AnswerRefused, &["too large"]);
 }
 
 /// A Watch stream that floods new owners is cut off before it has named more than the
