@@ -72,6 +72,11 @@ fn wait_link_freed(id: u64) {
 }
 
 /// A reconciled BpfProgram's status revision and its uid.
+/// The BpfNode's `AgentReachable` condition.
+fn agent_reachable(b: &crds::BpfNode) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    b.status.as_ref()?.conditions.iter().find(|c| c.type_ == crds::node::AGENT_REACHABLE)
+}
+
 fn rev_uid(p: &BpfProgram) -> (String, String) {
     let rev = p.status.as_ref().and_then(|s| s.revision.clone()).expect("a reconciled program has a revision");
     (rev, p.uid().expect("a stored object has a uid"))
@@ -248,6 +253,21 @@ fn agent_killed_and_restarted_degrades_then_recovers_without_duplicates() {
     let s = p.status.as_ref().unwrap();
     assert_eq!(s.failures.len(), 1, "only node a failed: {:?}", s.failures);
     assert!(!s.failures[0].message.trim().is_empty(), "the failure says why");
+    // Node a's BpfNode says why too (nothing listens: ConnectionRefused), written apart
+    // from what the node runs, which it still lists; the heartbeat stays at its last answer.
+    let down = env.wait_bpf_node(a, "AgentReachable=False, ConnectionRefused", |b| {
+        let s = b.status.as_ref().ok_or("no status")?;
+        let c = agent_reachable(b).ok_or("no AgentReachable")?;
+        if (c.status.as_str(), c.reason.as_str()) != ("False", "ConnectionRefused") {
+            return Err(format!("AgentReachable {} {}: {}", c.status, c.reason, c.message));
+        }
+        if entry(b, &uid).is_none() || s.last_heartbeat_time.is_none() {
+            return Err(format!("the programs and the heartbeat must stay: {s:?}"));
+        }
+        Ok(())
+    });
+    let heartbeat = down.status.as_ref().and_then(|s| s.last_heartbeat_time.clone());
+    assert!(agent_reachable(&down).unwrap().message.contains(&a_name), "{down:?}");
 
     // Restart on the same bpffs root and state directory: it adopts its pins.
     let list = env.node_mut(a).restart_agent().unwrap_or_else(|e| panic!("{e:#}"));
@@ -261,6 +281,18 @@ fn agent_killed_and_restarted_degrades_then_recovers_without_duplicates() {
     let e = env.wait_node_runs(a, &uid, &rev);
     assert_eq!(program_id(&e, "count_packets"), id, "the adopted program is the one that ran before");
     assert_eq!(link_ids(&e), links, "the adopted link is the one that existed before");
+    let up = env.wait_bpf_node(a, "AgentReachable=True again", |b| match agent_reachable(b) {
+        Some(c) if c.status == "True" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let s = up.status.as_ref().unwrap();
+    let at = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+    assert!(
+        at(&s.last_heartbeat_time) > at(&heartbeat),
+        "a newer heartbeat: {:?} after {heartbeat:?}",
+        s.last_heartbeat_time
+    );
+    assert!(agent_reachable(&up).unwrap().last_transition_time > agent_reachable(&down).unwrap().last_transition_time);
     let n = env.node(a);
     assert_xdp_is(n, "eth0", id);
     assert_eq!(n.revision_dirs(&uid), vec![rev.clone()], "pins: {:?}", n.pins());

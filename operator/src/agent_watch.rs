@@ -87,6 +87,8 @@ pub async fn watch_one(ctx: Arc<Context>, node: NodeAddr, targeted: mpsc::Sender
     tracing::debug!(node = %node.name, %why, "watch ended");
     let desired = ctx.desired.read().unwrap_or_else(|e| e.into_inner()).clone();
     crate::resync::mark_unreachable(&ctx, &desired, &node.name, &why, &targeted);
+    // The follower reads the node again: its BpfNode says AgentReachable=False if it fails.
+    ctx.stale_bpfnodes.mark(&node.name);
 }
 
 fn apply_event(ctx: &Context, node: &str, change: &AgentChange, targeted: &mpsc::Sender<ObjectRef<BpfProgram>>) {

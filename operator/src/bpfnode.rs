@@ -1,24 +1,100 @@
 //! One BpfNode per Node, mirroring what its agent reports; owned by the Node and also
-//! deleted explicitly when the Node goes (garbage collection alone can lag).
+//! deleted explicitly when the Node goes (garbage collection alone can lag). Besides what
+//! the agent runs, its status says whether the operator reaches the agent
+//! (`AgentReachable`, see [`crate::reachable`]) and when it last heard from it
+//! (`lastHeartbeatTime`); both are written with every other write of the status, and on
+//! their own only when reachability turns or the heartbeat is due, so a fleet at rest
+//! costs few writes.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crds::node::AGENT_REACHABLE;
 use crds::{BpfNode, BpfNodeStatus, FIELD_MANAGER};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use crate::reachable::{self, Verdict};
+
+/// The field manager of writes of `AgentReachable` and `lastHeartbeatTime` alone (a
+/// server-side apply of the whole status by [`FIELD_MANAGER`] without the programs would
+/// remove them).
+pub const CONTACT_FIELD_MANAGER: &str = "bpfleet-operator-agent-contact";
+
+/// Default of `--bpfnode-heartbeat-seconds`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(600);
+
 /// What was last written to each BpfNode, so a resync writes only what changed; and
 /// whose turn it is to read a node's agent and write its BpfNode.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Written {
-    last: std::sync::Mutex<std::collections::HashMap<String, u64>>,
-    turns: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    last: Mutex<HashMap<String, Entry>>,
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How old a written heartbeat may get before it is written on its own (zero: only with
+    /// other writes).
+    heartbeat_every: Duration,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Written::with_heartbeat(DEFAULT_HEARTBEAT)
+    }
+}
+
+/// What was last written to (or read from) one BpfNode: ~100 bytes a node.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Entry {
+    /// [`Written::fingerprint`] of what the agent runs; `None`: not written by this process.
+    content: Option<u64>,
+    /// The BpfNode's uid, for the Events about it.
+    uid: Option<Box<str>>,
+    heartbeat: Option<Timestamp>,
+    /// `AgentReachable` as written.
+    reach: Option<Reach>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Reach {
+    reachable: bool,
+    /// A hash of its reason and message.
+    said: u64,
+    since: Time,
+}
+
+impl Reach {
+    fn of(c: &Condition) -> Reach {
+        Reach {
+            reachable: c.status == "True",
+            said: said(&c.reason, &c.message),
+            since: c.last_transition_time.clone(),
+        }
+    }
+}
+
+fn said(reason: &str, message: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (reason, message).hash(&mut h);
+    h.finish()
 }
 
 /// Held from before a List of a node's agent until its BpfNode is written (or not).
 pub type Turn = tokio::sync::OwnedMutexGuard<()>;
 
 impl Written {
+    pub fn with_heartbeat(heartbeat_every: Duration) -> Self {
+        Written { last: Default::default(), turns: Default::default(), heartbeat_every }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits for `node`'s turn. Readers of an agent (the follower, a reconcile writing
     /// BpfNodes before Ready, a resync) take turns per node, so a List answered earlier is
     /// never written after one answered later: two interleaved writers would otherwise
@@ -29,8 +105,9 @@ impl Written {
         lock.lock_owned().await
     }
 
-    /// A fingerprint of everything but the report time (which moves on every List),
-    /// hashed as it is serialized: a node with a thousand programs is not copied for it.
+    /// A fingerprint of what the agent runs: everything but the report time (which moves
+    /// on every List), the heartbeat and the conditions (remembered on their own), hashed
+    /// as it is serialized: a node with a thousand programs is not copied for it.
     fn fingerprint(status: &BpfNodeStatus) -> u64 {
         use std::hash::{Hash, Hasher};
         struct HashWriter(std::collections::hash_map::DefaultHasher);
@@ -49,22 +126,73 @@ impl Written {
         w.0.finish()
     }
 
-    /// Whether `status` differs from what was last written for `node`.
+    /// Whether what the agent runs (`status`) differs from what was last written for `node`.
     pub fn changed(&self, node: &str, status: &BpfNodeStatus) -> bool {
-        let map = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(node) != Some(&Self::fingerprint(status))
+        self.entries().get(node).and_then(|e| e.content) != Some(Self::fingerprint(status))
     }
 
-    pub fn remember(&self, node: &str, status: &BpfNodeStatus) {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), Self::fingerprint(status));
+    /// Whether `verdict` says something else than the `AgentReachable` written for `node`.
+    pub fn reach_changed(&self, node: &str, verdict: &Verdict) -> bool {
+        let now = said(verdict.reason(), &crds::sanitize::for_status(&verdict.message));
+        self.entries()
+            .get(node)
+            .and_then(|e| e.reach.as_ref())
+            .is_none_or(|r| r.reachable != verdict.reachable() || r.said != now)
+    }
+
+    /// Whether the heartbeat written for `node` is due again at `now`.
+    pub fn heartbeat_due(&self, node: &str, now: Timestamp) -> bool {
+        let written = self.entries().get(node).and_then(|e| e.heartbeat);
+        reachable::heartbeat_due(node, written, self.heartbeat_every, now)
+    }
+
+    /// The `AgentReachable` written for `node`: its status and since when.
+    fn reach(&self, node: &str) -> Option<(bool, Time)> {
+        self.entries().get(node).and_then(|e| e.reach.as_ref()).map(|r| (r.reachable, r.since.clone()))
+    }
+
+    /// The BpfNode of `node` exists, as far as this process knows (read or written).
+    fn exists(&self, node: &str) -> bool {
+        self.entries().contains_key(node)
+    }
+
+    /// The uid of `node`'s BpfNode, when known.
+    pub fn uid(&self, node: &str) -> Option<String> {
+        self.entries().get(node).and_then(|e| e.uid.as_deref()).map(str::to_string)
+    }
+
+    /// `status` was written to (or read from) the BpfNode of `node`, whose uid is `uid`.
+    pub fn remember(&self, node: &str, uid: Option<String>, status: &BpfNodeStatus) {
+        let mut map = self.entries();
+        let e = map.entry(node.to_string()).or_default();
+        e.content = Some(Self::fingerprint(status));
+        e.uid = uid.map(Into::into).or(e.uid.take());
+        self.remember_contact_in(e, status);
+    }
+
+    fn remember_contact_in(&self, e: &mut Entry, status: &BpfNodeStatus) {
+        if let Some(t) = status.last_heartbeat_time.as_deref().and_then(|t| t.parse().ok()) {
+            e.heartbeat = Some(t);
+        }
+        if let Some(c) = status.conditions.iter().find(|c| c.type_ == AGENT_REACHABLE) {
+            e.reach = Some(Reach::of(c));
+        }
+    }
+
+    /// Only `AgentReachable` and the heartbeat of `status` were written.
+    fn remember_contact(&self, node: &str, uid: Option<String>, status: &BpfNodeStatus) {
+        let mut map = self.entries();
+        let e = map.entry(node.to_string()).or_default();
+        e.uid = uid.map(Into::into).or(e.uid.take());
+        self.remember_contact_in(e, status);
     }
 
     pub fn forget(&self, node: &str) {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+        self.entries().remove(node);
         // A turn someone holds or waits for stays, or a later reader would get a new lock
         // of its own while the holder still writes.
         let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-        if turns.get(node).is_some_and(|t| std::sync::Arc::strong_count(t) == 1) {
+        if turns.get(node).is_some_and(|t| Arc::strong_count(t) == 1) {
             turns.remove(node);
         }
     }
@@ -128,7 +256,7 @@ pub async fn seed(client: &Client, written: &Written) -> kube::Result<usize> {
         let page = api.list(&params).await?;
         for b in &page.items {
             if let Some(status) = &b.status {
-                written.remember(&b.name_any(), status);
+                written.remember(&b.name_any(), b.uid(), status);
                 seeded += 1;
             }
         }
@@ -139,28 +267,95 @@ pub async fn seed(client: &Client, written: &Written) -> kube::Result<usize> {
     }
 }
 
-/// Write `status` to the BpfNode of `node` unless it is what was written last.
-/// Returns whether it wrote.
+/// After the node's agent answered a List in full with `status`: write it to the BpfNode
+/// of `node` (with `verdict` as `AgentReachable` and the heartbeat now) unless what the
+/// agent runs is what was written last, `AgentReachable` says the same and the heartbeat
+/// is not due. Returns whether it wrote.
 pub async fn write_if_changed(
     client: &Client,
     written: &Written,
     node: &Node,
-    status: &BpfNodeStatus,
+    mut status: BpfNodeStatus,
+    verdict: &Verdict,
 ) -> kube::Result<bool> {
     let name = node.name_any();
-    if !written.changed(&name, status) {
+    let now = Timestamp::now();
+    if !written.changed(&name, &status) && !written.reach_changed(&name, verdict) && !written.heartbeat_due(&name, now)
+    {
         return Ok(false);
     }
-    write(client, node, status).await?;
-    written.remember(&name, status);
+    status.last_heartbeat_time = Some(now.to_string());
+    status.conditions = vec![reachable::condition(verdict, written.reach(&name).as_ref().map(|(r, t)| (*r, t)), now)];
+    let uid = write(client, node, &status).await?;
+    written.remember(&name, uid, &status);
     Ok(true)
 }
 
-/// Create or update the BpfNode of `node` with `status` (server-side apply).
-pub async fn write(client: &Client, node: &Node, status: &BpfNodeStatus) -> kube::Result<()> {
+/// When the node's agent was not read in full (it answered "unchanged", a call failed, or
+/// it is not dialled at all): write `verdict` as the BpfNode's `AgentReachable` if that
+/// changed, and, when `answered` (the agent answered just now), the heartbeat if it is due.
+/// Only these two fields are written (field manager [`CONTACT_FIELD_MANAGER`]). A node
+/// without a BpfNode gets one only when calling its agent failed (a node whose agent never
+/// answered, e.g. with a certificate from another CA, says why); a node without an agent or
+/// address is not given one. Returns whether it wrote.
+pub async fn write_contact(
+    client: &Client,
+    written: &Written,
+    node: &Node,
+    verdict: &Verdict,
+    answered: bool,
+) -> kube::Result<bool> {
+    let name = node.name_any();
+    let now = Timestamp::now();
+    let exists = written.exists(&name);
+    let failed_call = verdict.failure.is_some_and(|f| f.of_a_call());
+    if !exists && !failed_call {
+        return Ok(false);
+    }
+    let beat = answered && written.heartbeat_due(&name, now);
+    if !beat && !written.reach_changed(&name, verdict) {
+        return Ok(false);
+    }
+    let previous = written.reach(&name);
+    let status = BpfNodeStatus {
+        last_heartbeat_time: if answered {
+            Some(now.to_string())
+        } else {
+            written.entries().get(&name).and_then(|e| e.heartbeat).map(|t| t.to_string())
+        },
+        conditions: vec![reachable::condition(verdict, previous.as_ref().map(|(r, t)| (*r, t)), now)],
+        ..Default::default()
+    };
+    let api: Api<BpfNode> = Api::all(client.clone());
+    if !exists {
+        apply_object(&api, node).await?;
+    }
+    let mut st =
+        json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "status": {"conditions": status.conditions}});
+    if let Some(t) = &status.last_heartbeat_time {
+        st["status"]["lastHeartbeatTime"] = json!(t);
+    }
+    let pp = PatchParams::apply(CONTACT_FIELD_MANAGER).force();
+    let b = api.patch_status(&name, &pp, &Patch::Apply(&st)).await?;
+    written.remember_contact(&name, b.uid(), &status);
+    Ok(true)
+}
+
+/// Create or update the BpfNode of `node` with `status` (server-side apply). Returns the
+/// BpfNode's uid.
+pub async fn write(client: &Client, node: &Node, status: &BpfNodeStatus) -> kube::Result<Option<String>> {
     let api: Api<BpfNode> = Api::all(client.clone());
     let name = node.name_any();
+    apply_object(&api, node).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let st = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "status": status});
+    let b = api.patch_status(&name, &pp, &Patch::Apply(&st)).await?;
+    Ok(b.uid())
+}
+
+/// The BpfNode object of `node` (no status), owned by the Node.
+async fn apply_object(api: &Api<BpfNode>, node: &Node) -> kube::Result<()> {
+    let name = node.name_any();
     let mut owner = json!({"apiVersion": "v1", "kind": "Node", "name": name});
     if let Some(uid) = node.uid() {
         owner["uid"] = json!(uid);
@@ -171,10 +366,24 @@ pub async fn write(client: &Client, node: &Node, status: &BpfNodeStatus) -> kube
         "metadata": {"name": name, "ownerReferences": [owner]},
         "spec": {}
     });
-    api.patch(&name, &pp, &Patch::Apply(&obj)).await?;
-    let st = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "status": status});
-    api.patch_status(&name, &pp, &Patch::Apply(&st)).await?;
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj)).await?;
     Ok(())
+}
+
+/// The uid of `node`'s BpfNode, for an Event about it: remembered from the last write or
+/// read, else read (`None`: there is no BpfNode, or it cannot be read).
+pub async fn uid(client: &Client, written: &Written, node: &str) -> Option<String> {
+    if let Some(uid) = written.uid(node) {
+        return Some(uid);
+    }
+    let api: Api<BpfNode> = Api::all(client.clone());
+    match api.get_opt(node).await {
+        Ok(b) => b.and_then(|b| b.uid()),
+        Err(e) => {
+            tracing::debug!(node, error = %e, "cannot read the BpfNode's uid");
+            None
+        }
+    }
 }
 
 /// Delete the BpfNode of a deleted Node; a missing one is fine.
@@ -191,8 +400,10 @@ pub async fn delete(client: &Client, name: &str) -> kube::Result<()> {
 mod tests {
     use crds::Health;
     use crds::node::NodeProgramStatus;
+    use k8s_openapi::jiff::SignedDuration;
 
     use super::*;
+    use crate::reachable::Failure;
 
     fn status(rev: &str, at: &str) -> BpfNodeStatus {
         BpfNodeStatus {
@@ -231,12 +442,50 @@ mod tests {
     fn only_changes_are_written_not_the_passing_of_time() {
         let w = Written::default();
         assert!(w.changed("n", &status("r1", "t1")), "never written");
-        w.remember("n", &status("r1", "t1"));
+        w.remember("n", None, &status("r1", "t1"));
         assert!(!w.changed("n", &status("r1", "t2")), "only the report time moved");
         assert!(w.changed("n", &status("r2", "t2")));
         assert!(w.changed("m", &status("r1", "t1")), "per node");
         w.forget("n");
         assert!(w.changed("n", &status("r1", "t1")));
+    }
+
+    fn verdict(failure: Option<Failure>, message: &str) -> Verdict {
+        Verdict { failure, message: message.into() }
+    }
+
+    /// A stored BpfNode (read at a leader's start) teaches its uid, condition and heartbeat:
+    /// the new leader writes none of them again until they change or the heartbeat is due.
+    #[test]
+    fn what_a_bpfnode_says_of_its_agent_is_written_only_when_it_changes() {
+        let w = Written::with_heartbeat(Duration::from_secs(600));
+        let t0 = Timestamp::from_second(1_000_000).unwrap();
+        let up = verdict(None, "the agent answers the operator");
+        let mut stored = status("r1", "t1");
+        stored.last_heartbeat_time = Some(t0.to_string());
+        stored.conditions = vec![reachable::condition(&up, None, t0)];
+        assert!(!w.exists("n") && w.reach_changed("n", &up) && w.heartbeat_due("n", t0), "nothing known");
+        w.remember("n", Some("uid-1".into()), &stored);
+        assert_eq!(w.uid("n").as_deref(), Some("uid-1"));
+        assert!(w.exists("n"));
+        assert!(!w.reach_changed("n", &up), "the same verdict");
+        assert!(!w.heartbeat_due("n", t0.checked_add(SignedDuration::from_secs(599)).unwrap()));
+        assert!(w.heartbeat_due("n", t0.checked_add(SignedDuration::from_secs(751)).unwrap()));
+        let refused = verdict(Some(Failure::ConnectionRefused), "n at 10.0.0.1:50051: connection refused");
+        assert!(w.reach_changed("n", &refused), "a transition");
+        // Written on its own: the content and the uid stay known, the transition is kept.
+        let t1 = t0.checked_add(SignedDuration::from_secs(30)).unwrap();
+        let contact = BpfNodeStatus {
+            conditions: vec![reachable::condition(&refused, w.reach("n").as_ref().map(|(r, t)| (*r, t)), t1)],
+            last_heartbeat_time: Some(t0.to_string()),
+            ..Default::default()
+        };
+        w.remember_contact("n", None, &contact);
+        assert!(!w.reach_changed("n", &refused) && !w.changed("n", &stored) && w.uid("n").is_some());
+        assert_eq!(w.reach("n"), Some((false, Time(t1))));
+        let timeout = verdict(Some(Failure::Timeout), "n at 10.0.0.1:50051: no answer within 5s");
+        assert!(w.reach_changed("n", &timeout), "another reason is news too");
+        assert!(!Written::with_heartbeat(Duration::ZERO).heartbeat_due("n", t0), "0: only with other writes");
     }
 
     /// The race the turns close: a List of a node answered before an Apply and written

@@ -77,6 +77,12 @@ struct Args {
     /// How often every agent is listed to repair drift, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
+    /// A BpfNode's status.lastHeartbeatTime is written with every other write of it and,
+    /// while nothing else changes, once it is older than this many seconds (plus up to a
+    /// quarter more, spread by node): a fleet of N nodes at rest costs N writes per interval.
+    /// 0: only with other writes.
+    #[arg(long, default_value_t = 600)]
+    bpfnode_heartbeat_seconds: u64,
     /// How often the client certificate files are checked for changes, in seconds.
     #[arg(long, default_value_t = 10)]
     tls_reload_seconds: u64,
@@ -281,6 +287,7 @@ async fn run() -> anyhow::Result<()> {
         agent_pod_selector: args.agent_pod_selector.clone().filter(|s| !s.is_empty()),
         unreachable_grace: Duration::from_secs(args.agent_unreachable_grace_seconds),
         prometheus_addresses: args.prometheus_addresses.clone(),
+        bpfnode_heartbeat: Duration::from_secs(args.bpfnode_heartbeat_seconds),
         ..WorkConfig::default()
     };
     let work = |epoch| work::lead(client.clone(), pool.clone(), metrics.clone(), epoch, cfg.clone());

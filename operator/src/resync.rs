@@ -18,11 +18,12 @@ use kube::{Api, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::bpfnode;
-use crate::bpfnode_follow::{publish_on_bpfnode, write_bpfnode};
+use crate::bpfnode_follow::{last_call, publish_on_bpfnode, write_bpfnode, write_contact};
 use crate::controller::Context;
 use crate::dispatch::NodeAddr;
 use crate::drift::{self, Desired, Repair, Reported};
 use crate::nodes::reachable_addrs;
+use crate::reachable::LastCall;
 use crate::reports::Listed;
 
 pub use crate::agent_watch::watch_agents;
@@ -95,8 +96,12 @@ pub async fn initial_sync(ctx: &Context) {
             Ok(Listed::Unchanged(answer)) => {
                 listed += 1;
                 ctx.index.record_unchanged(&addr.name, &answer);
+                write_contact(ctx, nodes.get(&addr.name).map(Arc::as_ref), LastCall::Answered).await;
             }
-            Err(e) => tracing::warn!(node = %addr.name, error = %e, "initial sync: cannot list agent"),
+            Err(e) => {
+                tracing::warn!(node = %addr.name, error = %e, "initial sync: cannot list agent");
+                write_contact(ctx, nodes.get(&addr.name).map(Arc::as_ref), last_call(&e)).await;
+            }
         }
     }
     tracing::info!(listed, total, "initial sync: agents listed");
@@ -146,6 +151,7 @@ pub async fn resync_once(
             Err(e) => {
                 tracing::warn!(node = %addr.name, error = %e, "resync: cannot list agent");
                 mark_unreachable(ctx, &desired, &addr.name, &e.to_string(), targeted);
+                write_contact(ctx, nodes.get(&addr.name).map(Arc::as_ref), last_call(&e)).await;
                 continue;
             }
         };
@@ -197,9 +203,11 @@ pub async fn resync_once(
                 }
             }
         }
-        // Unchanged: the BpfNode written from the last full List still says what runs.
-        if let Some(list) = &list {
-            write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), list).await;
+        // Unchanged: the BpfNode written from the last full List still says what runs
+        // (AgentReachable and the heartbeat are written if they must be).
+        match &list {
+            Some(list) => write_bpfnode(ctx, nodes.get(&addr.name).map(Arc::as_ref), list).await,
+            None => write_contact(ctx, nodes.get(&addr.name).map(Arc::as_ref), LastCall::Answered).await,
         }
     }
     ctx.metrics.resynced();

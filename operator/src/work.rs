@@ -51,6 +51,9 @@ pub struct WorkConfig {
     pub config_map_cache_bytes: usize,
     /// Prometheus base URLs a health gate may query (`--prometheus-address`).
     pub prometheus_addresses: Vec<String>,
+    /// How old a BpfNode's heartbeat may get before it is written on its own (zero: only
+    /// with other writes of the BpfNode).
+    pub bpfnode_heartbeat: Duration,
 }
 
 impl Default for WorkConfig {
@@ -67,6 +70,7 @@ impl Default for WorkConfig {
             unreachable_grace: crate::controller::DEFAULT_UNREACHABLE_GRACE,
             config_map_cache_bytes: crate::bytecode::MAX_CACHE_BYTES,
             prometheus_addresses: Vec::new(),
+            bpfnode_heartbeat: crate::bpfnode::DEFAULT_HEARTBEAT,
         }
     }
 }
@@ -98,6 +102,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     ctx.images = crate::image::ImageSource::registries(crate::image::Images::new(client.clone(), cfg.images.clone()));
     ctx.unreachable_grace = cfg.unreachable_grace;
     ctx.prometheus = crate::prometheus::Prometheus::new(cfg.prometheus_addresses.clone());
+    ctx.bpfnodes = crate::bpfnode::Written::with_heartbeat(cfg.bpfnode_heartbeat);
     if cfg.agent_pod_selector.is_some() {
         ctx.agents = Arc::new(Agents::tracked());
     }
@@ -130,6 +135,10 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
                         // outage is over: the node is asked again, not counted failed.
                         c.pool.forget(node);
                         c.index.clear_unreachable(node);
+                        c.stale_bpfnodes.mark(node);
+                    }
+                    // Their BpfNodes say the agent is not reachable, and why.
+                    for node in &lost {
                         c.stale_bpfnodes.mark(node);
                     }
                     // Only the programs that target these nodes are looked at again.

@@ -17,7 +17,9 @@ use operator::dispatch::{AgentPool, PoolConfig};
 use operator::metrics::Metrics;
 use serde_json::{Value, json};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod common;
+
+use common::{Handle, assert_no_more_calls, expect};
 
 fn program(extra: Value) -> BpfProgram {
     let mut v = json!({
@@ -74,31 +76,6 @@ fn context(nodes: Vec<Node>) -> (Arc<Context>, Handle) {
     cfg.call_timeout = Duration::from_secs(1);
     let ctx = Context::new(client, AgentPool::new(cfg), store, Arc::new(Metrics::new()), 1);
     (Arc::new(ctx), handle)
-}
-
-/// The next request: its method, path (with query) and JSON body; answered with `reply`.
-async fn expect(handle: &mut Handle, method: &str, path_prefix: &str, status: u16, reply: Value) -> Value {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .unwrap_or_else(|_| panic!("no request came; expected {method} {path_prefix}"))
-        .expect("service dropped");
-    let uri = req.uri().to_string();
-    assert_eq!(req.method().as_str(), method, "{uri}");
-    assert!(uri.starts_with(path_prefix), "expected {method} {path_prefix}, got {uri}");
-    let body = req.into_body().collect_bytes().await.unwrap();
-    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap() };
-    send.send_response(
-        Response::builder().status(status).body(Body::from(serde_json::to_vec(&reply).unwrap())).unwrap(),
-    );
-    body
-}
-
-/// Nothing else is asked of the API server (the client may also be gone).
-async fn assert_no_more_calls(handle: &mut Handle, ms: u64) {
-    match tokio::time::timeout(Duration::from_millis(ms), handle.next_request()).await {
-        Err(_) | Ok(None) => {}
-        Ok(Some((req, _))) => panic!("unexpected call {} {}", req.method(), req.uri()),
-    }
 }
 
 fn not_found(kind: &str, name: &str) -> Value {
