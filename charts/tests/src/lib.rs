@@ -57,6 +57,17 @@ pub fn render(values: &[&Path], extra: &[&str]) -> Vec<Value> {
     parse_docs(&out)
 }
 
+/// The error of `helm template` with `extra` arguments, which must fail (a value the
+/// schema or a template refuses).
+pub fn render_err(extra: &[&str]) -> String {
+    let chart = chart().display().to_string();
+    let mut args = vec!["template", "x", &chart, "--set", "tls.helm.renderOffline=true"];
+    args.extend(extra);
+    let (ok, _, err) = run_helm(&args);
+    assert!(!ok, "rendered with {extra:?}");
+    err
+}
+
 pub fn parse_docs(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .filter_map(|d| {

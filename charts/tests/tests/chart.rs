@@ -164,6 +164,18 @@ fn operator_rbac_is_least_privilege() {
     assert!(!text.contains("\"pods\""), "pods are never readable cluster-wide");
 }
 
+/// `operator.bpfnodeHeartbeatSeconds` reaches the operator (0: heartbeats only with other
+/// writes); a negative one is refused by the values schema.
+#[test]
+fn the_bpfnode_heartbeat_is_a_value() {
+    let docs = render(&[], &["--set", "operator.bpfnodeHeartbeatSeconds=0"]);
+    let args =
+        named(&docs, "Deployment", "bpfleet-operator")["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--bpfnode-heartbeat-seconds=0"), "{args}");
+    let err = render_err(&["--set", "operator.bpfnodeHeartbeatSeconds=-1"]);
+    assert!(err.contains("bpfnodeHeartbeatSeconds"), "{err}");
+}
+
 #[test]
 fn the_operator_is_told_where_agents_run_and_the_agent_sees_the_node_root() {
     let docs = render(&[], &[]);
@@ -174,6 +186,7 @@ fn the_operator_is_told_where_agents_run_and_the_agent_sees_the_node_root() {
         "{args}"
     );
     assert!(args.contains("--agent-unreachable-grace-seconds=60"), "{args}");
+    assert!(args.contains("--bpfnode-heartbeat-seconds=600"), "{args}");
     let ds = named(&docs, "DaemonSet", "bpfleet-agent");
     let spec = &ds["spec"]["template"]["spec"];
     // The selector the operator uses matches the agent pods' labels.

@@ -42,15 +42,6 @@ fn rendered(docs: &[Value], kind: &str, name: &str) -> bool {
     docs.iter().any(|d| d["kind"] == kind && d["metadata"]["name"] == name)
 }
 
-fn render_err(extra: &[&str]) -> String {
-    let chart = chart().display().to_string();
-    let mut args = vec!["template", "x", &chart, "--set", "tls.helm.renderOffline=true"];
-    args.extend(extra);
-    let (ok, _, err) = run_helm(&args);
-    assert!(!ok, "rendered with {extra:?}");
-    err
-}
-
 #[test]
 fn metrics_listen_on_loopback_and_probes_on_the_health_port_by_default() {
     let docs = render(&[], &[]);
