@@ -303,7 +303,8 @@ fn a_prometheus_query_over_the_agents_metrics_gates_each_step() {
     assert!(f.xdp_ids("dum0").iter().all(Option::is_some), "every node runs it now");
 
     // A bound the fleet does not meet stops the rollout at the canary's step.
-    let gate = json!({"address": url, "query": query, "max": 1, "count": 2, "intervalSeconds": 2, "failureLimit": 1});
+    // (A merge patch: `min: null` drops the earlier gate's minimum.)
+    let gate = json!({"address": url, "query": query, "min": null, "max": 1, "count": 2, "intervalSeconds": 2, "failureLimit": 1});
     f.patch(json!({"programs": xdp("count_packets", &["eth0"]), "rollout": {"steps": [{"nodes": 1}, {"nodes": "100%"}], "health": {"prometheus": gate}}}));
     let p = wait_phase(&f.env, &f.name, Phase::Halted, APPLY_TIMEOUT);
     let msg = rollout(&p).unwrap().message.unwrap();

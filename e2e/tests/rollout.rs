@@ -319,7 +319,11 @@ fn a_gitops_revert_reuses_the_revision_and_pause_holds_every_node() {
     f.patch(json!({"rollout": {"paused": true}}));
     f.patch(json!({"bytecode": f.bytecode(XDP_V2_OBJ)}));
     let p = wait_phase(&f.env, &f.name, Phase::Paused, APPLY_TIMEOUT);
-    has_condition(&p, "Reconciling", "True").unwrap();
+    // Held until someone acts: suspended, neither converging nor failed (kstatus Current,
+    // Argo CD Suspended), and not Ready.
+    has_condition(&p, "Reconciling", "False").unwrap();
+    has_condition(&p, "Stalled", "False").unwrap();
+    has_condition(&p, "Ready", "False").unwrap();
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(f.apply_requests(), sent_before, "a paused rollout sends nothing");
     assert_eq!(f.xdp_ids(), before);
