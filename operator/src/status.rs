@@ -374,6 +374,7 @@ fn with_rollout(
         Phase::Degraded => "RolloutDegraded",
         Phase::Complete => "RolloutComplete",
     };
+    let node_stalled = conditions.iter().any(|c| c.type_ == STALLED && c.status == "True");
     let mut set = |type_: &str, ok: bool| {
         let c = condition(type_, ok, reason, message.clone(), input);
         match conditions.iter_mut().find(|x| x.type_ == type_) {
@@ -382,8 +383,9 @@ fn with_rollout(
         }
     };
     let standing = of_rollout(r);
-    if standing == Standing::Current {
-        // The node counts already tell Complete's story (and which nodes run no agent).
+    if standing == Standing::Current || (r.phase == Phase::Degraded && node_stalled) {
+        // The node counts already tell Complete's story (and which nodes run no agent),
+        // and Degraded's: `NodeFailures`, each failed node with its error.
         return conditions;
     }
     set(READY, false);
@@ -704,8 +706,11 @@ mod tests {
                 cond(&s, STALLED).status.as_str(),
             );
             assert_eq!(got, (ready, reconciling, stalled), "{what}");
-            if standing != Standing::Current {
-                assert_eq!(cond(&s, READY).message, format!("{phase:?} says why"), "{what}: the rollout says why");
+            match phase {
+                // Settled with failed nodes: each node and its error say why.
+                Phase::Degraded => assert!(cond(&s, READY).message.contains("b: VerifierRejected"), "{what}"),
+                Phase::Complete => {}
+                _ => assert_eq!(cond(&s, READY).message, format!("{phase:?} says why"), "{what}: the rollout says why"),
             }
             assert_eq!(s.rollout.as_ref(), Some(&r));
         }
