@@ -213,6 +213,14 @@ impl Env {
     }
 
     /// Ready=True for the current generation, on exactly `targets` nodes, none failed.
+    /// Wait until program `name`'s rollout (for its current generation) is in `phase`.
+    pub fn wait_phase(&self, name: &str, phase: crds::rollout::Phase, timeout: Duration) -> BpfProgram {
+        self.wait_program(name, &format!("rollout {phase:?}"), timeout, |p| {
+            let r = rollout(p)?;
+            if r.phase == phase { Ok(()) } else { Err(format!("rollout is {:?}: {:?}", r.phase, r.message)) }
+        })
+    }
+
     pub fn wait_ready(&self, name: &str, targets: i32) -> BpfProgram {
         self.wait_program(name, &format!("Ready on {targets} node(s)"), APPLY_TIMEOUT, |p| ready(p, targets))
     }
@@ -343,6 +351,15 @@ pub fn condition<'a>(s: &'a BpfProgramStatus, type_: &str) -> Option<&'a Conditi
 }
 
 /// The status for the object's current generation, or why not.
+/// `status.rollout`, when the status is of the current generation.
+pub fn rollout(p: &BpfProgram) -> Result<crds::rollout::RolloutStatus, String> {
+    let s = p.status.as_ref().ok_or("no status yet")?;
+    if s.observed_generation != p.metadata.generation {
+        return Err(format!("status is for generation {:?}", s.observed_generation));
+    }
+    s.rollout.clone().ok_or_else(|| "no status.rollout".to_string())
+}
+
 pub fn current_status(p: &BpfProgram) -> Result<&BpfProgramStatus, String> {
     let s = p.status.as_ref().ok_or("no status yet")?;
     if s.observed_generation != p.metadata.generation {

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crds::BpfProgram;
-use crds::rollout::{Phase, RolloutStatus};
-use e2e::env::{APPLY_TIMEOUT, Env, has_condition, map_pin};
+use crds::rollout::Phase;
+use e2e::env::{APPLY_TIMEOUT, Env, has_condition, map_pin, rollout};
 use e2e::kernel;
 use e2e::prometheus::{JOB, Prometheus};
 use e2e::util::{sh, wait_for};
@@ -26,21 +26,6 @@ const ROLE: &str = "e2e.bpfleet.dev/role";
 const NODES: usize = 3;
 const COUNTER: &str = "xdp_counter.o";
 const DROPPER: &str = "xdp_drop_every.o";
-
-fn rollout(p: &BpfProgram) -> Result<RolloutStatus, String> {
-    let s = p.status.as_ref().ok_or("no status yet")?;
-    if s.observed_generation != p.metadata.generation {
-        return Err(format!("status is for generation {:?}", s.observed_generation));
-    }
-    s.rollout.clone().ok_or_else(|| "no status.rollout".to_string())
-}
-
-fn wait_phase(env: &Env, name: &str, phase: Phase, timeout: Duration) -> BpfProgram {
-    env.wait_program(name, &format!("rollout {phase:?}"), timeout, |p| {
-        let r = rollout(p)?;
-        if r.phase == phase { Ok(()) } else { Err(format!("rollout is {:?}: {:?}", r.phase, r.message)) }
-    })
-}
 
 /// `NODES` nodes (each with an interface `dum0` no traffic crosses) and program `name`
 /// from `spec`, first installed and Complete.
@@ -66,7 +51,7 @@ impl Fleet {
         }
         let cm = env.bytecode_configmap("bytecode", &[COUNTER, DROPPER]);
         let name = env.create_program("gated", spec(&env, &cm));
-        wait_phase(&env, &name, Phase::Complete, APPLY_TIMEOUT);
+        env.wait_phase(&name, Phase::Complete, APPLY_TIMEOUT);
         Fleet { env, nodes, name }
     }
 
@@ -159,7 +144,7 @@ fn a_program_that_never_runs_fails_its_must_run_gate_at_the_canary() {
         }
     });
     let canary_prog = f.xdp_ids("dum0")[canary].unwrap();
-    let p = wait_phase(&f.env, &f.name, Phase::Halted, Duration::from_secs(60));
+    let p = f.env.wait_phase(&f.name, Phase::Halted, Duration::from_secs(60));
     let r = rollout(&p).unwrap();
     let msg = r.message.clone().unwrap();
     assert!(msg.contains("HealthGateFailed: ProgramDidNotRun: count_packets"), "{msg}");
@@ -181,7 +166,7 @@ fn a_program_that_never_runs_fails_its_must_run_gate_at_the_canary() {
     let _traffic = f.traffic();
     let started = Instant::now();
     f.patch(json!({"programs": xdp("count_packets", &["eth0", "dum0"])}));
-    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Complete, APPLY_TIMEOUT);
     eprintln!("{TEST}: mustRun + minReadySeconds 5 over 2 steps: Complete after {:?}", started.elapsed());
     let r = rollout(&p).unwrap();
     assert_eq!((r.desired_nodes, r.updated_nodes, r.ready_nodes, r.available_nodes), (3, 3, 3, 3), "{r:?}");
@@ -218,14 +203,14 @@ fn a_revision_whose_drops_exceed_their_bound_rolls_back() {
     // A revision dropping 1 packet in 1000 passes the gate on every node.
     let started = Instant::now();
     f.patch(json!({"globalData": {"DROP_EVERY": u32_global(1000)}}));
-    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Complete, APPLY_TIMEOUT);
     eprintln!("{TEST}: a map gate (minReadySeconds 8) over 2 steps: Complete after {:?}", started.elapsed());
     let good = rollout(&p).unwrap().update_revision.unwrap();
     let good_ids = f.xdp_ids("eth0");
 
     // One dropping every other packet: the canary's own counters say 50 %: rolled back.
     f.patch(json!({"globalData": {"DROP_EVERY": u32_global(2)}}));
-    let p = wait_phase(&f.env, &f.name, Phase::RolledBack, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::RolledBack, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     let msg = r.message.clone().unwrap();
     assert!(
@@ -285,7 +270,7 @@ fn a_prometheus_query_over_the_agents_metrics_gates_each_step() {
         "programs": xdp("count_packets", &["eth0", "dum0"]),
         "rollout": {"steps": [{"nodes": 1, "pause": {}}, {"nodes": "100%"}], "health": {"prometheus": gate}},
     }));
-    let p = wait_phase(&f.env, &f.name, Phase::Paused, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Paused, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!(r.step, 1);
     assert_eq!(f.xdp_ids("dum0").iter().filter(|i| i.is_some()).count(), 1, "the canary only");
@@ -294,7 +279,7 @@ fn a_prometheus_query_over_the_agents_metrics_gates_each_step() {
         crds::standing::Standing::Suspended
     );
     f.env.cluster.annotate_program(&f.name, crds::rollout::ACTION_ANNOTATION, "promote").unwrap();
-    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Complete, APPLY_TIMEOUT);
     assert!(
         !p.annotations().contains_key(crds::rollout::ACTION_ANNOTATION),
         "the operator removed the carried-out action"
@@ -306,7 +291,7 @@ fn a_prometheus_query_over_the_agents_metrics_gates_each_step() {
     // (A merge patch: `min: null` drops the earlier gate's minimum.)
     let gate = json!({"address": url, "query": query, "min": null, "max": 1, "count": 2, "intervalSeconds": 2, "failureLimit": 1});
     f.patch(json!({"programs": xdp("count_packets", &["eth0"]), "rollout": {"steps": [{"nodes": 1}, {"nodes": "100%"}], "health": {"prometheus": gate}}}));
-    let p = wait_phase(&f.env, &f.name, Phase::Halted, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Halted, APPLY_TIMEOUT);
     let msg = rollout(&p).unwrap().message.unwrap();
     assert!(msg.contains("Prometheus gate failed at the end of step 1/2: 2 of 2 measurements failed"), "{msg}");
     assert!(msg.contains("3 is above the maximum 1"), "{msg}");

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use crds::BpfProgram;
-use crds::rollout::{Phase, RolloutStatus};
-use e2e::env::{APPLY_TIMEOUT, Env, has_condition, link_ids, map_pin, ready};
+use crds::rollout::Phase;
+use e2e::env::{APPLY_TIMEOUT, Env, has_condition, link_ids, map_pin, ready, rollout};
 use e2e::gate::ApplyGate;
 use e2e::kernel;
 use e2e::util::{sh, wait_for};
@@ -21,14 +21,6 @@ const XDP_OBJ: &str = "xdp_counter.o";
 const XDP_V2_OBJ: &str = "xdp_counter_v2.o";
 const BAD_OBJ: &str = "verifier_reject.o";
 const NODES: usize = 5;
-
-fn rollout(p: &BpfProgram) -> Result<RolloutStatus, String> {
-    let s = p.status.as_ref().ok_or("no status yet")?;
-    if s.observed_generation != p.metadata.generation {
-        return Err(format!("status is for generation {:?}", s.observed_generation));
-    }
-    s.rollout.clone().ok_or_else(|| "no status.rollout".to_string())
-}
 
 /// A fleet of `NODES` nodes and an XDP program on their eth0, rolled out and settled.
 struct Fleet {
@@ -58,7 +50,7 @@ impl Fleet {
             &["eth0"],
         );
         let name = env.create_program("rollout", spec);
-        let p = wait_phase(&env, &name, Phase::Complete, APPLY_TIMEOUT);
+        let p = env.wait_phase(&name, Phase::Complete, APPLY_TIMEOUT);
         ready(&p, NODES as i32).unwrap();
         let r1 = p.status.as_ref().and_then(|s| s.revision.clone()).unwrap();
         let uid = p.uid().unwrap();
@@ -107,13 +99,6 @@ impl Fleet {
     }
 }
 
-fn wait_phase(env: &Env, name: &str, phase: Phase, timeout: Duration) -> BpfProgram {
-    env.wait_program(name, &format!("rollout {phase:?}"), timeout, |p| {
-        let r = rollout(p)?;
-        if r.phase == phase { Ok(()) } else { Err(format!("rollout is {:?}: {:?}", r.phase, r.message)) }
-    })
-}
-
 fn changed(before: &[u64], after: &[u64]) -> Vec<usize> {
     before.iter().zip(after).enumerate().filter(|(_, (b, a))| b != a).map(|(i, _)| i).collect()
 }
@@ -156,7 +141,7 @@ fn a_good_revision_goes_out_step_by_step_within_max_in_flight() {
         assert!(link_ids(e).iter().all(|l| kernel::link_exists(*l)));
     }
 
-    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Complete, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!(r.stable_revision.as_deref(), Some(r2.as_str()));
     assert_eq!((r.updated_nodes, r.failed_nodes), (NODES as i32, 0));
@@ -198,7 +183,7 @@ fn a_bad_revision_stops_after_the_canary() {
         "bytecode": f.bytecode(BAD_OBJ),
         "programs": [{"name": "bad_access", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}],
     }));
-    let p = wait_phase(&f.env, &f.name, Phase::Halted, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Halted, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!(r.failed_nodes, 1);
     assert_eq!(r.stable_revision.as_deref(), Some(f.r1.as_str()));
@@ -279,7 +264,7 @@ fn rollback_returns_to_stable_from_history_without_a_gap() {
     std::thread::sleep(Duration::from_millis(500));
     f.patch(json!({"rollout": {"steps": [{"nodes": 1, "pause": {}}, {"nodes": "100%"}], "onFailure": "Rollback",
                                "resume": {"revision": r2, "step": 1}}}));
-    let p = wait_phase(&f.env, &f.name, Phase::RolledBack, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::RolledBack, APPLY_TIMEOUT);
     let out = pinger.join().unwrap().unwrap();
     assert!(out.contains(&format!("{PINGS} received")), "ping lost replies: {out}");
     let r = rollout(&p).unwrap();
@@ -318,7 +303,7 @@ fn a_gitops_revert_reuses_the_revision_and_pause_holds_every_node() {
     // Paused through the spec: a new revision reaches no node.
     f.patch(json!({"rollout": {"paused": true}}));
     f.patch(json!({"bytecode": f.bytecode(XDP_V2_OBJ)}));
-    let p = wait_phase(&f.env, &f.name, Phase::Paused, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Paused, APPLY_TIMEOUT);
     // Held until someone acts: suspended, neither converging nor failed (kstatus Current,
     // Argo CD Suspended), and not Ready.
     has_condition(&p, "Reconciling", "False").unwrap();
@@ -345,7 +330,7 @@ fn a_gitops_revert_reuses_the_revision_and_pause_holds_every_node() {
     // The GitOps revert: the spec goes back to r1. The nodes still on it are not touched,
     // the two others switch back, and r1's history entry is reused.
     f.patch(json!({"bytecode": f.bytecode(XDP_OBJ)}));
-    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Complete, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!(r.update_revision.as_deref(), Some(f.r1.as_str()));
     assert_eq!(r.stable_revision.as_deref(), Some(f.r1.as_str()));
@@ -396,7 +381,7 @@ fn a_node_unhealthy_after_the_attach_halts_the_rollout() {
 
     // The canary loses one of its hooks after the attach: the agent finds the link gone.
     sh(&format!("ip -n {} link del dum0", cnode.netns)).unwrap();
-    let p = wait_phase(&f.env, &f.name, Phase::Halted, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Halted, APPLY_TIMEOUT);
     let msg = rollout(&p).unwrap().message.unwrap();
     assert!(msg.contains(&cnode.name), "the unhealthy node is named: {msg}");
     has_condition(&p, "Stalled", "True").unwrap();
@@ -430,7 +415,7 @@ fn a_node_whose_agent_is_away_is_not_failed_at_once_and_finishes_when_it_returns
     }));
     // Every other node switches; the away node is waited for, then (past the operator's
     // grace period) counted failed, within the threshold: settled, not Complete.
-    let p = wait_phase(&f.env, &f.name, Phase::Degraded, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Degraded, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!((r.desired_nodes, r.updated_nodes, r.ready_nodes, r.failed_nodes), (5, 4, 4, 1), "{r:?}");
     let msg = r.message.unwrap();
@@ -443,7 +428,7 @@ fn a_node_whose_agent_is_away_is_not_failed_at_once_and_finishes_when_it_returns
 
     // It comes back: it gets the revision and the rollout completes.
     f.env.node_mut(away).start_agent().unwrap_or_else(|e| panic!("{e:#}"));
-    let p = wait_phase(&f.env, &f.name, Phase::Complete, APPLY_TIMEOUT);
+    let p = f.env.wait_phase(&f.name, Phase::Complete, APPLY_TIMEOUT);
     let r = rollout(&p).unwrap();
     assert_eq!((r.updated_nodes, r.ready_nodes, r.failed_nodes), (5, 5, 0), "{r:?}");
     has_condition(&p, "Ready", "True").unwrap();
