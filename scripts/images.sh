@@ -55,7 +55,8 @@ echo "== static release binaries ($host, crt-static)"
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --release --locked --target "$host" \
     -p operator --bin bpfleet-operator -p node-agent --bin bpfleet-agent
-bin=target/$host/release
+# Where cargo put them: CARGO_TARGET_DIR when set (e.g. a shared build directory).
+bin=${CARGO_TARGET_DIR:-target}/$host/release
 
 mkdir -p "$out"
 for name in operator agent; do
