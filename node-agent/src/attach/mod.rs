@@ -3,6 +3,9 @@
 //! is attached: removing the directory detaches it all, even after a crash.
 
 mod cgroup;
+pub mod container;
+pub mod netns;
+pub mod pod;
 mod probes;
 mod repair;
 mod swap;

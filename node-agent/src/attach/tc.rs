@@ -31,7 +31,7 @@ pub enum TcBackend {
 }
 
 impl TcBackend {
-    fn use_tcx(self) -> bool {
+    pub(super) fn use_tcx(self) -> bool {
         match self {
             TcBackend::Tcx => true,
             TcBackend::Clsact => false,
