@@ -260,20 +260,6 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     ctx.metrics.program_counts(&name, &status);
     write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
     write_status(ctx, &p, &status).await?;
-    // An action is carried out (and its annotation removed) by a rollout pass: a spec no
-    // node can run keeps it for when the spec is fixed.
-    if let (Some(value), Some(_)) = (p.annotations().get(crds::rollout::ACTION_ANNOTATION), &status.rollout)
-        && spec.problem.is_none()
-    {
-        if rollout_action(&p).is_none() {
-            let note = format!(
-                "{}={value:?} is no action: use resume, promote, promote-full, abort or retry; it was removed",
-                crds::rollout::ACTION_ANNOTATION
-            );
-            publish(ctx, &p, Transition::new(EventType::Warning, "UnknownRolloutAction", note)).await;
-        }
-        clear_action(ctx, &p).await;
-    }
     let after = requeue_after(&status, spec.problem.is_some(), &retries, now);
     // A pause, a step deadline or an agent's grace period ends on its own: look again then.
     let wake = [rollout.1, grace_ends].into_iter().flatten().min();
@@ -431,7 +417,7 @@ async fn roll_out(
     let health = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref());
     let programs: Vec<String> = p.spec.programs.iter().map(|x| x.name.clone()).collect();
     let mut previous = p.status.as_ref().and_then(|s| s.rollout.clone());
-    let mut action = rollout_action(p);
+    let mut action = take_action(ctx, p).await;
     if action == Some(crds::rollout::Action::Retry) {
         ctx.index.forget_failures(uid);
         ctx.gates.retry(uid);
@@ -444,12 +430,35 @@ async fn roll_out(
         let now = k8s_openapi::jiff::Timestamp::now();
         let agent = |n: &str| ctx.agents.state_since(n);
         let (outcomes, _) = sends::node_outcomes(&snap, targets, agent, ctx.unreachable_grace, now);
-        let settled = previous
-            .as_ref()
-            .is_some_and(|r| r.update_revision.as_deref() == Some(rev) && r.phase == crds::rollout::Phase::Complete);
-        let gated = match health.filter(|h| h.min_ready_seconds > 0 || h.probes()) {
-            Some(h) => Some(gate(ctx, uid, rev, h, &programs, targets, &snap, settled, nodes).await),
-            None => None,
+        // Gates hold a revision until it is Complete; a revert to the stable revision (whose
+        // nodes already proved it) is not gated. A Degraded one goes on gating its failed
+        // nodes (each retried), the others counted as passed, also after a restart.
+        let (is_update, phase) = match previous.as_ref() {
+            Some(r) => (r.update_revision.as_deref() == Some(rev), Some(r.phase)),
+            None => (false, None),
+        };
+        let revert = previous.as_ref().is_some_and(|r| r.stable_revision.as_deref() == Some(rev)) && !is_update;
+        let settled = revert || (is_update && phase == Some(crds::rollout::Phase::Complete));
+        let passed_before: BTreeSet<String> = match (is_update, phase) {
+            // (Only when status lists every failed node: it keeps 16.)
+            (true, Some(crds::rollout::Phase::Degraded))
+                if p.status.as_ref().is_some_and(|s| s.failures.len() as i32 >= s.failed_nodes) =>
+            {
+                let failed: BTreeSet<&str> =
+                    p.status.iter().flat_map(|s| &s.failures).map(|f| f.node.as_str()).collect();
+                targets.iter().filter(|n| !failed.contains(n.as_str())).cloned().collect()
+            }
+            _ => BTreeSet::new(),
+        };
+        let gated = match health.filter(|h| !settled && (h.min_ready_seconds > 0 || h.probes())) {
+            Some(h) => {
+                let nodes_here = GateNodes { targets, snap: &snap, outcomes: &outcomes, passed_before: &passed_before };
+                Some(gate(ctx, uid, rev, h, &programs, nodes_here, nodes).await)
+            }
+            None => {
+                ctx.gates.forget(uid);
+                None
+            }
         };
         let round = sends::Round {
             revision: rev,
@@ -507,63 +516,76 @@ struct RolledOut {
     gate_failed: BTreeMap<String, String>,
 }
 
-/// The action the `bpfleet.dev/rollout-action` annotation asks for, if it names one.
-fn rollout_action(p: &BpfProgram) -> Option<crds::rollout::Action> {
-    let value = p.annotations().get(crds::rollout::ACTION_ANNOTATION)?;
-    let action = crds::rollout::Action::parse(value.trim());
-    if action.is_none() {
-        tracing::warn!(program = %p.name_any(), %value, "unknown rollout action: expected resume, promote, promote-full, abort or retry");
-    }
-    action
-}
-
-/// Remove the action annotation once its effect is in the status, only if it still holds
-/// the value carried out (a newer one is left for the next reconcile): a merge patch
-/// guarded by the resourceVersion read with it.
-async fn clear_action(ctx: &Context, p: &BpfProgram) {
-    let Some(value) = p.annotations().get(crds::rollout::ACTION_ANNOTATION) else { return };
+/// The action the `bpfleet.dev/rollout-action` annotation asks for, taken exactly once:
+/// the annotation is read from the API server (the cache may not show its removal by an
+/// earlier pass yet) and removed, guarded by the resourceVersion it was read at, before the
+/// action is carried out. A status write that fails after that loses the action (it is
+/// asked again); an action is never carried out twice. An unknown value is removed with a
+/// Warning Event saying which actions exist.
+async fn take_action(ctx: &Context, p: &BpfProgram) -> Option<crds::rollout::Action> {
+    p.annotations().get(crds::rollout::ACTION_ANNOTATION)?;
+    let name = p.name_any();
     let api: Api<BpfProgram> = Api::all(ctx.client.clone());
-    let fresh = match api.get(&p.name_any()).await {
+    let fresh = match api.get(&name).await {
         Ok(f) => f,
         Err(e) => {
-            tracing::info!(program = %p.name_any(), error = %e, "cannot read the program to remove its rollout action");
-            return;
+            tracing::info!(program = %name, error = %e, "cannot read the program to take its rollout action");
+            return None;
         }
     };
-    if fresh.annotations().get(crds::rollout::ACTION_ANNOTATION) != Some(value) {
-        return;
-    }
+    let value = fresh.annotations().get(crds::rollout::ACTION_ANNOTATION)?.clone();
     let patch = json!({"metadata": {
         "resourceVersion": fresh.resource_version(),
         "annotations": {crds::rollout::ACTION_ANNOTATION: null},
     }});
-    if let Err(e) = api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        tracing::info!(program = %p.name_any(), error = %e, "cannot remove the rollout action annotation");
+    if let Err(e) = api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        tracing::info!(program = %name, error = %e, "cannot take the rollout action annotation; next time");
+        return None;
     }
+    let action = crds::rollout::Action::parse(value.trim());
+    if action.is_none() {
+        let note = format!(
+            "{}={value:?} is no action: use resume, promote, promote-full, abort or retry; it was removed",
+            crds::rollout::ACTION_ANNOTATION
+        );
+        publish(ctx, p, Transition::new(EventType::Warning, "UnknownRolloutAction", note)).await;
+    }
+    action
 }
 
-/// The health gates of the nodes that run `rev` healthy: judged, the due ones read
-/// (one `Probe` each), and judged again with what they answered.
-#[allow(clippy::too_many_arguments)]
+/// The nodes a gate pass looks at.
+struct GateNodes<'a> {
+    targets: &'a BTreeSet<String>,
+    snap: &'a crate::index::Snapshot,
+    outcomes: &'a BTreeMap<String, NodeOutcome>,
+    /// Nodes that count as passed when first seen (a Degraded rollout's healthy nodes).
+    passed_before: &'a BTreeSet<String>,
+}
+
+/// The health gates of the nodes that run `rev` healthy with their agent here: judged,
+/// the due ones read (one `Probe` each), and judged again with what they answered.
 async fn gate(
     ctx: &Context,
     uid: &str,
     rev: &str,
     health: &crds::health::HealthSpec,
     programs: &[String],
-    targets: &BTreeSet<String>,
-    snap: &crate::index::Snapshot,
-    settled: bool,
+    at: GateNodes<'_>,
     nodes: &[NodeInfo],
 ) -> crate::gates::Gated {
-    let running: BTreeSet<String> = targets
+    let here = |n: &String| {
+        !matches!(at.outcomes.get(n), Some(NodeOutcome::WaitingForAgent { .. } | NodeOutcome::Unreachable { .. }))
+    };
+    let running: BTreeSet<String> = at
+        .targets
         .iter()
-        .filter(|n| snap.observed.get(*n).is_some_and(|o| o.revision == rev && o.health == crds::Health::Healthy))
+        .filter(|n| at.snap.observed.get(*n).is_some_and(|o| o.revision == rev && o.health == crds::Health::Healthy))
+        .filter(|n| here(n))
         .cloned()
         .collect();
     let now = k8s_openapi::jiff::Timestamp::now();
     let scope = crate::gates::Scope { uid, revision: rev, spec: health, programs };
-    let gated = ctx.gates.judge(scope, &running, settled, now);
+    let gated = ctx.gates.judge(scope, &running, at.passed_before, now);
     if gated.due.is_empty() {
         return gated;
     }
@@ -578,10 +600,19 @@ async fn gate(
             async move { pool.probe(&node, uid, reads, lease).await }
         })
         .await;
-    let readings = results.into_iter().map(|(n, r)| (n.name, r.map_err(|e| e.to_string()))).collect();
+    let readings = results
+        .into_iter()
+        .map(|(n, r)| {
+            let r = r.map_err(|e| match e.is_unreachable() {
+                true => crate::gates::ReadError::Unreachable(e.to_string()),
+                false => crate::gates::ReadError::Refused(e.to_string()),
+            });
+            (n.name, r)
+        })
+        .collect();
     let now = k8s_openapi::jiff::Timestamp::now();
-    ctx.gates.observe(uid, health, readings, now);
-    ctx.gates.judge(scope, &running, settled, now)
+    ctx.gates.observe(scope, readings, now);
+    ctx.gates.judge(scope, &running, at.passed_before, now)
 }
 
 /// Send `group` revision `r`, an earlier one than the spec's, as history keeps it.

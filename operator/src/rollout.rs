@@ -318,6 +318,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         step: 1,
         total_steps: total_steps as i32,
         updated_nodes: updated as i32,
+        ready_nodes: updated as i32,
         failed_nodes: failed.len() as i32,
         ..Default::default()
     };
@@ -325,7 +326,10 @@ pub fn decide(input: &Input<'_>) -> Decision {
     // clean), and a new action adds to it.
     let mut prev_phase = if same { prev.map(|p| p.phase) } else { None };
     let mut step = if same { prev.map_or(1, |p| p.step.max(1) as usize).min(total_steps) } else { 1 };
-    let mut step_start = if same { prev.and_then(|p| p.step_start_time.clone()) } else { None };
+    // The progress deadline runs from the step's last progress: one more node counting as
+    // updated starts it again (as a Deployment's progressDeadlineSeconds does).
+    let progressed = prev.is_some_and(|p| updated as i32 > p.ready_nodes);
+    let mut step_start = if same && !progressed { prev.and_then(|p| p.step_start_time.clone()) } else { None };
     let mut pause_start = if same { prev.and_then(|p| p.pause_start_time.clone()) } else { None };
     let mut analysis = if same { prev.and_then(|p| p.analysis.clone()) } else { None };
     if same && let Some(p) = prev {
@@ -345,6 +349,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
             Action::Retry => {
                 status.aborted = false;
                 status.promoted_step = None;
+                status.promoted_full = false;
                 prev_phase = None;
                 step = 1;
                 step_start = None;
@@ -365,10 +370,11 @@ pub fn decide(input: &Input<'_>) -> Decision {
             status.stable_revision = Some(update.to_string());
             status.message = Some(format!("{updated}/{targets} nodes run revision {update}"));
         } else {
+            // Every node was tried: the revision is what the fleet runs now, the failed
+            // nodes tolerated (and retried). Later passes take the no-step path: a node
+            // failing or joining later is no reason to stop or roll back the fleet.
             status.phase = Phase::Degraded;
-            if updated > 0 && stable.is_none() {
-                status.stable_revision = Some(update.to_string());
-            }
+            status.stable_revision = Some(update.to_string());
             status.message = Some(format!(
                 "{updated}/{targets} nodes run revision {update}; {} failed and are retried: {}",
                 failed.len(),
@@ -395,8 +401,12 @@ pub fn decide(input: &Input<'_>) -> Decision {
             .collect()
     };
 
-    // An abort takes the revision back off the nodes, whatever the strategy.
-    if status.aborted && stable != Some(update) {
+    // An abort takes the revision back off the nodes, whatever the strategy; a settled
+    // revision (already stable) has nothing to go back to, so an abort of it is dropped.
+    if status.aborted && stable == Some(update) {
+        status.aborted = false;
+    }
+    if status.aborted {
         status.phase = Phase::RolledBack;
         status.step = step as i32;
         status.message = Some(match stable {
@@ -482,6 +492,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
             OnFailure::Halt => (Phase::Halted, hold_all(&e)),
         };
         status.phase = phase;
+        // A resume or promote given before does not lift this stop: it takes a new one.
+        status.promoted_step = None;
         status.message = Some(match phase {
             Phase::RolledBack => match stable {
                 Some(st) => format!("{why}; rolling back to revision {st}"),
@@ -504,10 +516,16 @@ pub fn decide(input: &Input<'_>) -> Decision {
         status.step = step as i32;
         let want = s.steps[step - 1];
         let cohort = &order[..want.nodes.min(order.len())];
-        let started = step_start.clone().unwrap_or_else(|| time(input.now));
+        let mut started = step_start.clone().unwrap_or_else(|| time(input.now));
         status.step_start_time = Some(started.clone());
         // Failed nodes within the threshold are tolerated (and retried with backoff).
         if !cohort.iter().all(|n| e.done(n)) {
+            // A node that falls back during the step's pause (its nodes had all been done)
+            // starts the deadline again: a long pause is not a slow step.
+            if prev_phase == Some(Phase::Paused) && prev.is_some_and(|p| p.step as usize == step) {
+                started = time(input.now);
+                status.step_start_time = Some(started.clone());
+            }
             let elapsed = since(Some(&started), input.now).unwrap_or_default();
             if elapsed > s.deadline {
                 let late: Vec<&str> = cohort.iter().copied().filter(|n| !e.done(n)).collect();

@@ -688,3 +688,76 @@ fn counts_are_daemonset_style() {
         (5, 3, 2, 3, 2, 2)
     );
 }
+
+#[test]
+fn degraded_is_settled_later_failures_and_new_nodes_stop_nothing() {
+    let spec = RolloutSpec { failure_threshold: 1, on_failure: OnFailure::Rollback, ..canary_spec() };
+    let mut w = World::new(5, spec);
+    let bad = w.order[0].clone();
+    for _ in 0..10 {
+        let d = w.decide(NEW);
+        w.apply(&d, &[bad.as_str()], NEW);
+    }
+    let st = w.status.clone().unwrap();
+    assert_eq!((st.phase, st.stable_revision.as_deref()), (Phase::Degraded, Some(NEW)), "{st:?}");
+    // Hours later another node fails (its agent away past its grace): nothing rolls back.
+    w.now += Duration::from_secs(7200);
+    w.failed.insert(w.order[3].clone(), "AgentUnreachable: gone".into());
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Degraded, "{d:?}");
+    assert!(d.assign.values().all(|r| r.as_deref() == Some(NEW)), "nobody is sent back: {d:?}");
+}
+
+#[test]
+fn the_deadline_runs_from_the_last_progress_and_not_through_a_pause() {
+    // Five nodes one at a time, each 40 s: 200 s for a step with a 60 s deadline.
+    let spec = RolloutSpec { progress_deadline_seconds: Some(60), ..Default::default() };
+    let mut w = World::new(5, spec);
+    for _ in 0..5 {
+        let d = w.decide(NEW);
+        assert_ne!(d.status.phase, Phase::Halted, "{d:?}");
+        w.now += Duration::from_secs(40);
+        w.apply(&d, &[], "");
+    }
+    assert_eq!(w.decide(NEW).status.phase, Phase::Complete);
+
+    // A canary held an hour at a pause that falls back is a new wait, not a late step.
+    let mut w = World::new(5, pause_spec());
+    let st = settle(&mut w);
+    assert_eq!(st.phase, Phase::Paused);
+    w.now += Duration::from_secs(3600);
+    // Its link flapped: the canary is back in a health gate window (neither done nor failed).
+    w.gated = Some(BTreeSet::new());
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Progressing, "{d:?}");
+    w.now += Duration::from_secs(10);
+    assert_eq!(w.decide(NEW).status.phase, Phase::Progressing, "the deadline counts from the fall");
+}
+
+#[test]
+fn a_stop_needs_a_new_resume_and_retry_forgets_promote_full() {
+    let mut w = World::new(5, canary_spec());
+    let bad = w.order[0].clone();
+    let d = w.decide(NEW);
+    w.apply(&d, &[bad.as_str()], NEW);
+    assert_eq!(w.decide(NEW).status.phase, Phase::Halted);
+    w.failed.clear();
+    w.action = Some(Action::Resume);
+    let d = w.decide(NEW);
+    assert_eq!(d.status.phase, Phase::Progressing);
+    w.apply(&d, &[bad.as_str()], NEW);
+    let d = w.decide(NEW);
+    assert_eq!((d.status.phase, d.status.promoted_step), (Phase::Halted, None), "halted again: {d:?}");
+    w.failed.clear();
+    assert_eq!(w.decide(NEW).status.phase, Phase::Halted, "the earlier resume does not lift the new halt");
+
+    let mut w = World::new(5, pause_spec());
+    settle(&mut w);
+    w.action = Some(Action::PromoteFull);
+    w.decide(NEW);
+    w.action = Some(Action::Abort);
+    settle(&mut w);
+    w.action = Some(Action::Retry);
+    let st = settle(&mut w);
+    assert_eq!((st.phase, st.step, st.promoted_full), (Phase::Paused, 1, false), "from step 1 again: {st:?}");
+}
