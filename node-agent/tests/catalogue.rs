@@ -738,8 +738,11 @@ async fn catalogue_garbage_requests_refused_async() {
             "wire/unknown-xdp-mode",
             Box::new(|r| {
                 r.programs[0].r#type = "XDP".into();
-                r.programs[0].attach =
-                    Some(v1::program::Attach::Xdp(v1::Xdp { interfaces: vec!["lo".into()], mode: "Turbo".into() }));
+                r.programs[0].attach = Some(v1::program::Attach::Xdp(v1::Xdp {
+                    interfaces: vec!["lo".into()],
+                    mode: "Turbo".into(),
+                    in_pods: false,
+                }));
             }),
             tonic::Code::InvalidArgument,
             "InvalidSpec",
@@ -753,6 +756,7 @@ async fn catalogue_garbage_requests_refused_async() {
                     interfaces: vec!["lo".into()],
                     direction: "Sideways".into(),
                     priority: 1,
+                    in_pods: false,
                 }));
             }),
             tonic::Code::InvalidArgument,
@@ -767,6 +771,7 @@ async fn catalogue_garbage_requests_refused_async() {
                     interfaces: vec!["lo".into()],
                     direction: "Ingress".into(),
                     priority: 70000,
+                    in_pods: false,
                 }));
             }),
             tonic::Code::InvalidArgument,

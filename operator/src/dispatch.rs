@@ -146,6 +146,7 @@ impl ApplyOrder {
             expected_digest: content.payload.expected_digest(),
             maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
             node_name: String::new(), // set per node by AgentPool::apply_wire
+            pods: Vec::new(),         // programs in pods: not targeted by this operator yet
         };
         Self { request }
     }

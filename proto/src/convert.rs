@@ -16,6 +16,17 @@ use crate::v1::{self, program::Attach};
 #[error("{0}")]
 pub struct WireError(pub String);
 
+/// Programs in pods (`in_pods`) are refused, never attached to the node's interfaces of the
+/// same names, until this agent attaches in pods.
+fn not_in_pods(in_pods: bool, program: &str) -> Result<(), WireError> {
+    if in_pods {
+        return Err(WireError(format!(
+            "program {program:?} attaches inside pods (in_pods), which this agent does not do: upgrade the agent"
+        )));
+    }
+    Ok(())
+}
+
 fn xdp_mode(s: &str) -> Result<XdpMode, WireError> {
     match s {
         "" | "Auto" => Ok(XdpMode::Auto),
@@ -59,15 +70,15 @@ fn uprobe_from_wire(u: v1::Uprobe) -> UprobeAttach {
 /// A program of a BpfProgram spec as sent in `ApplyRequest.programs`.
 pub fn program_to_wire(p: &ProgramSpec) -> v1::Program {
     let attach = match p.program_type {
-        ProgramType::Xdp => p
-            .xdp
-            .as_ref()
-            .map(|x| Attach::Xdp(v1::Xdp { interfaces: x.interfaces.clone(), mode: xdp_mode_str(x.mode).into() })),
+        ProgramType::Xdp => p.xdp.as_ref().map(|x| {
+            Attach::Xdp(v1::Xdp { interfaces: x.interfaces.clone(), mode: xdp_mode_str(x.mode).into(), in_pods: false })
+        }),
         ProgramType::Tc => p.tc.as_ref().map(|x| {
             Attach::Tc(v1::Tc {
                 interfaces: x.interfaces.clone(),
                 direction: direction_str(x.direction).into(),
                 priority: x.priority,
+                in_pods: false,
             })
         }),
         ProgramType::Tracepoint => {
@@ -130,8 +141,12 @@ pub fn program_from_wire(p: v1::Program) -> Result<ProgramSpec, WireError> {
     };
     match p.attach {
         None => {}
-        Some(Attach::Xdp(x)) => spec.xdp = Some(XdpAttach { interfaces: x.interfaces, mode: xdp_mode(&x.mode)? }),
+        Some(Attach::Xdp(x)) => {
+            not_in_pods(x.in_pods, &spec.name)?;
+            spec.xdp = Some(XdpAttach { interfaces: x.interfaces, mode: xdp_mode(&x.mode)? })
+        }
         Some(Attach::Tc(x)) => {
+            not_in_pods(x.in_pods, &spec.name)?;
             spec.tc =
                 Some(TcAttach { interfaces: x.interfaces, direction: direction(&x.direction)?, priority: x.priority })
         }
@@ -213,6 +228,7 @@ pub fn status_to_wire(s: &NodeProgramStatus) -> v1::OwnerState {
         maps: s.maps.iter().map(|m| v1::PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
         last_error: s.last_error.clone().unwrap_or_default(),
         bytecode_digest: s.bytecode_digest.clone().unwrap_or_default(),
+        pods: Vec::new(),
         maps_recreated: s.maps_recreated.clone(),
     }
 }
@@ -274,9 +290,16 @@ mod tests {
         let p = v1::Program {
             name: "x".into(),
             r#type: "XDP".into(),
-            attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec![], mode: "Fast".into() })),
+            attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec![], mode: "Fast".into(), in_pods: false })),
         };
         assert!(program_from_wire(p).unwrap_err().0.contains("unknown XDP mode \"Fast\""));
+        // Never on the node's interfaces of the same names.
+        let p = v1::Program {
+            name: "x".into(),
+            r#type: "XDP".into(),
+            attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec!["eth0".into()], mode: String::new(), in_pods: true })),
+        };
+        assert!(program_from_wire(p).unwrap_err().0.contains("attaches inside pods"));
     }
 
     #[test]
