@@ -60,13 +60,15 @@ pub struct RolloutSpec {
     #[schemars(range(min = 1, max = 86400))]
     pub progress_deadline_seconds: Option<i32>,
     /// True holds the rollout where it is (no node is sent a new revision); false lets it
-    /// go on. `kubectl bpfleet rollout pause|resume` set it.
+    /// go on. `kubectl bpfleet rollout pause` sets it (`resume` clears it). A rollout held
+    /// by it is suspended: neither in progress nor failed.
     #[serde(default)]
     pub paused: bool,
     /// Lets the rollout of `revision` go past step `step`: ends a pause without a
     /// duration, or restarts a halted rollout at that step once its failed nodes are
-    /// within `failureThreshold`. Set by `kubectl bpfleet rollout resume`; it applies
-    /// to that revision only, so a later revision pauses again.
+    /// within `failureThreshold`; it applies to that revision only. Kept for specs written
+    /// this way: the annotation `bpfleet.dev/rollout-action=resume` (or `promote`) does
+    /// the same without a revision hash in the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeStep>,
     /// What must hold before a node that runs the new revision counts as updated, and
@@ -154,7 +156,8 @@ pub struct RolloutStep {
 #[serde(rename_all = "camelCase")]
 pub struct Pause {
     /// How long: a whole number of seconds, minutes or hours of at most 7 digits, e.g.
-    /// `30s`, `2m`, `1h`. Omitted: until resumed (`spec.rollout.resume`).
+    /// `30s`, `2m`, `1h`. Omitted: until resumed or promoted (the annotation
+    /// `bpfleet.dev/rollout-action`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,7}[smh]$')").message("pause.duration must be a whole number of seconds, minutes or hours of at most 7 digits, e.g. 30s, 2m or 1h"))]

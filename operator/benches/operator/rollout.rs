@@ -4,8 +4,7 @@ use super::*;
 
 /// The rollout the rollout part measures: a canary, 10%, 50%, everything; 10% in flight.
 /// Every step ends in a pause without a duration, so each reconcile carries out exactly one
-/// step and its time can be read; the bench resumes it as `kubectl bpfleet rollout resume`
-/// would.
+/// step and its time can be read; the bench resumes it with `spec.rollout.resume`.
 pub(crate) const ROLLOUT_STEPS: [&str; 4] = ["1", "10%", "50%", "100%"];
 pub(crate) const ROLLOUT_IN_FLIGHT: &str = "10%";
 
