@@ -106,10 +106,16 @@ pub struct ServiceAccountRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HookPrefixes {
-    /// Network interfaces of XDP and TC programs, e.g. `eth`.
+    /// Network interfaces of XDP and TC programs, e.g. `eth`: the node's, and those inside
+    /// pods (`xdp.pods.interfaces`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 256}))]
     pub interfaces: Option<Vec<String>>,
+    /// Namespaces whose pods XDP and TC programs may attach inside (`xdp.pods.namespace`,
+    /// `tc.pods.namespace`), e.g. `team-a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 63}))]
+    pub pod_namespaces: Option<Vec<String>>,
     /// Tracepoints (`category/name`), e.g. `syscalls/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 256}))]
@@ -270,8 +276,11 @@ impl Grant {
             Some(prefixes) => names.iter().all(|n| prefixes.iter().any(|x| n.starts_with(x.as_str()))),
         };
         let one = |allowed: &Option<Vec<String>>, name: &String| all(allowed, std::slice::from_ref(name));
-        p.xdp.as_ref().is_none_or(|a| all(&h.interfaces, &a.interfaces))
-            && p.tc.as_ref().is_none_or(|a| all(&h.interfaces, &a.interfaces))
+        let pods = |pods: Option<&crate::program::PodInterfaces>| {
+            pods.is_none_or(|x| all(&h.interfaces, &x.interfaces) && one(&h.pod_namespaces, &x.namespace))
+        };
+        p.xdp.as_ref().is_none_or(|a| all(&h.interfaces, &a.interfaces) && pods(a.pods.as_ref()))
+            && p.tc.as_ref().is_none_or(|a| all(&h.interfaces, &a.interfaces) && pods(a.pods.as_ref()))
             && p.tracepoint.as_ref().is_none_or(|a| all(&h.tracepoints, &a.names))
             && p.raw_tracepoint.as_ref().is_none_or(|a| all(&h.raw_tracepoints, &a.names))
             && p.fentry.as_ref().is_none_or(|a| one(&h.functions, &a.function))
@@ -319,10 +328,15 @@ pub mod cel {
 
     use super::{CONTROL_PLANE_LABEL, POLICY_NAME};
 
-    /// `(hook kind in grant.hooks, attach block, field, whether it is a list)`.
-    const HOOKS: [(&str, &str, &str, bool); 12] = [
+    /// `(hook kind in grant.hooks, attach block, field, whether it is a list)`; a field is a
+    /// dotted path inside the block, each part optional.
+    const HOOKS: [(&str, &str, &str, bool); 16] = [
         ("interfaces", "xdp", "interfaces", true),
         ("interfaces", "tc", "interfaces", true),
+        ("interfaces", "xdp", "pods.interfaces", true),
+        ("interfaces", "tc", "pods.interfaces", true),
+        ("podNamespaces", "xdp", "pods.namespace", false),
+        ("podNamespaces", "tc", "pods.namespace", false),
         ("tracepoints", "tracepoint", "names", true),
         ("rawTracepoints", "rawTracepoint", "names", true),
         ("functions", "fentry", "function", false),
@@ -346,7 +360,14 @@ pub mod cel {
                 } else {
                     format!("{g}.hooks.{kind}.exists(x, {p}.{block}.{field}.startsWith(x))")
                 };
-                format!("(!has({p}.{block}) || {unrestricted} || {within})")
+                // Absent at any level (the block, `pods`, a list left out): nothing to judge.
+                let mut absent = vec![format!("!has({p}.{block})")];
+                let mut path = format!("{p}.{block}");
+                for part in field.split('.') {
+                    path = format!("{path}.{part}");
+                    absent.push(format!("!has({path})"));
+                }
+                format!("({} || {unrestricted} || {within})", absent.join(" || "))
             })
             .collect::<Vec<_>>()
             .join(" && ")

@@ -380,20 +380,100 @@ pub enum XdpMode {
     Generic,
 }
 
-/// XDP attach settings.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// XDP attach settings: on interfaces of the node, or inside pods. Exactly one of
+/// `interfaces` and `pods`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.interfaces) && size(self.interfaces) > 0) != has(self.pods)").message("xdp needs exactly one of interfaces (the node's) or pods (inside each selected pod)"))]
 pub struct XdpAttach {
-    /// Network interfaces to attach to (e.g. eth0). An interface missing on a node is
-    /// reported as a failure on that node.
-    #[schemars(
-        length(min = 1, max = 32),
-        inner(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"))
-    )]
+    /// Network interfaces of the node to attach to (e.g. eth0). An interface missing on a
+    /// node is reported as a failure on that node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")))]
     pub interfaces: Vec<String>,
     /// Auto (default), Native or Generic.
     #[serde(default)]
     pub mode: XdpMode,
+    /// Attach inside the network namespace of each pod this selects, on the target nodes
+    /// (`nodeSelector`) those pods run on, instead of on the node's interfaces. Pods that
+    /// start get the program within seconds and pods that stop release it; neither makes a
+    /// new revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodInterfaces>,
+}
+
+/// Interfaces inside the pods a label selector picks in one namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInterfaces {
+    /// The pods' namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    /// Which pods of the namespace, as a label selector; `{}` selects every pod of it.
+    #[serde(default)]
+    pub selector: PodSelector,
+    /// Interfaces inside each pod's network namespace. Default: `[eth0]`.
+    #[serde(default = "default_pod_interfaces")]
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"))
+    )]
+    pub interfaces: Vec<String>,
+}
+
+/// A label selector over pods, written as a `metav1.LabelSelector` (`matchLabels`,
+/// `matchExpressions`), with bounds the API server's rule costs need.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSelector {
+    /// Labels a pod must have, each with this value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 63}))]
+    pub match_labels: BTreeMap<String, String>,
+    /// Requirements on a pod's labels, all of which must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+/// One requirement of a [`PodSelector`]: `key` `operator` `values`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectorRequirement {
+    /// The label key, e.g. `app.kubernetes.io/name`.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// In, NotIn, Exists or DoesNotExist.
+    #[schemars(length(min = 1, max = 16))]
+    pub operator: String,
+    /// Values for In and NotIn (none for Exists and DoesNotExist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
+    pub values: Vec<String>,
+}
+
+impl PodSelector {
+    /// As the `metav1.LabelSelector` it is written like.
+    pub fn to_label_selector(&self) -> LabelSelector {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        LabelSelector {
+            match_labels: (!self.match_labels.is_empty()).then(|| self.match_labels.clone()),
+            match_expressions: (!self.match_expressions.is_empty()).then(|| {
+                self.match_expressions
+                    .iter()
+                    .map(|r| LabelSelectorRequirement {
+                        key: r.key.clone(),
+                        operator: r.operator.clone(),
+                        values: (!r.values.is_empty()).then(|| r.values.clone()),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+fn default_pod_interfaces() -> Vec<String> {
+    vec!["eth0".to_string()]
 }
 
 /// Direction of traffic a hook sees.
@@ -407,15 +487,18 @@ pub enum Direction {
 }
 
 /// TC attach settings. TCX is used where the kernel has it (>= 6.6), clsact otherwise.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Exactly one of `interfaces` and `pods`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.interfaces) && size(self.interfaces) > 0) != has(self.pods)").message("tc needs exactly one of interfaces (the node's) or pods (inside each selected pod)"))]
 pub struct TcAttach {
-    /// Network interfaces to attach to (e.g. eth0).
-    #[schemars(
-        length(min = 1, max = 32),
-        inner(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$"))
-    )]
+    /// Network interfaces of the node to attach to (e.g. eth0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 15), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")))]
     pub interfaces: Vec<String>,
+    /// Attach inside the network namespace of each pod this selects (see `xdp.pods`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodInterfaces>,
     /// Ingress or Egress.
     pub direction: Direction,
     /// Order among bpfleet's TC programs on the same hook: lower runs first (1..1000).

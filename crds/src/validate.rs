@@ -56,17 +56,48 @@ pub enum Bytecode {
 /// A program's hooks, typed by program type.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Attach {
-    Xdp { interfaces: Vec<InterfaceName>, mode: XdpMode },
-    Tc { interfaces: Vec<InterfaceName>, direction: Direction, priority: u16 },
-    Tracepoint { names: Vec<TracepointName> },
-    RawTracepoint { names: Vec<String> },
-    Fentry { function: String },
-    Fexit { function: String },
-    Kprobe { function: String, offset: u64 },
-    Kretprobe { function: String },
-    Uprobe { probe: UprobeTarget, ret: bool },
-    CgroupSkb { cgroup: PathBuf, direction: Direction },
-    Lsm { hook: String },
+    /// `in_pods`: the interfaces are inside each selected pod's network namespace.
+    Xdp {
+        interfaces: Vec<InterfaceName>,
+        mode: XdpMode,
+        in_pods: bool,
+    },
+    Tc {
+        interfaces: Vec<InterfaceName>,
+        direction: Direction,
+        priority: u16,
+        in_pods: bool,
+    },
+    Tracepoint {
+        names: Vec<TracepointName>,
+    },
+    RawTracepoint {
+        names: Vec<String>,
+    },
+    Fentry {
+        function: String,
+    },
+    Fexit {
+        function: String,
+    },
+    Kprobe {
+        function: String,
+        offset: u64,
+    },
+    Kretprobe {
+        function: String,
+    },
+    Uprobe {
+        probe: UprobeTarget,
+        ret: bool,
+    },
+    CgroupSkb {
+        cgroup: PathBuf,
+        direction: Direction,
+    },
+    Lsm {
+        hook: String,
+    },
 }
 
 impl Attach {
@@ -363,18 +394,16 @@ fn validate_attach(p: &ProgramSpec, at: &str, errs: &mut Errors) -> Option<Attac
     let attach = match t {
         ProgramType::Xdp => {
             let x = p.xdp.as_ref()?;
-            Attach::Xdp { interfaces: interfaces(&x.interfaces, &format!("{at}.xdp"), errs), mode: x.mode }
+            let (interfaces, in_pods) = where_on(&x.interfaces, x.pods.as_ref(), &format!("{at}.xdp"), errs);
+            Attach::Xdp { interfaces, mode: x.mode, in_pods }
         }
         ProgramType::Tc => {
             let x = p.tc.as_ref()?;
             if !(1..=1000).contains(&x.priority) {
                 errs.push(format!("{at}.tc.priority"), format!("must be 1-1000, got {}", x.priority));
             }
-            Attach::Tc {
-                interfaces: interfaces(&x.interfaces, &format!("{at}.tc"), errs),
-                direction: x.direction,
-                priority: x.priority.clamp(1, 1000) as u16,
-            }
+            let (interfaces, in_pods) = where_on(&x.interfaces, x.pods.as_ref(), &format!("{at}.tc"), errs);
+            Attach::Tc { interfaces, in_pods, direction: x.direction, priority: x.priority.clamp(1, 1000) as u16 }
         }
         ProgramType::Tracepoint => {
             let x = p.tracepoint.as_ref()?;
@@ -484,6 +513,30 @@ fn validate_attach(p: &ProgramSpec, at: &str, errs: &mut Errors) -> Option<Attac
 fn hook_count(n: usize, field: &str, errs: &mut Errors) {
     if n == 0 || n > MAX_HOOKS {
         errs.push(field, format!("must list 1-{MAX_HOOKS} entries, got {n}"));
+    }
+}
+
+/// The interfaces of an XDP or TC block: the node's, or (`pods`) those inside each pod.
+fn where_on(
+    node: &[String],
+    pods: Option<&crate::program::PodInterfaces>,
+    at: &str,
+    errs: &mut Errors,
+) -> (Vec<InterfaceName>, bool) {
+    match pods {
+        None => (interfaces(node, at, errs), false),
+        Some(p) => {
+            if !node.is_empty() {
+                errs.push(
+                    format!("{at}.interfaces"),
+                    "set either interfaces (the node's) or pods (inside each selected pod), not both".to_string(),
+                );
+            }
+            if !is_dns_label(&p.namespace) {
+                errs.push(format!("{at}.pods.namespace"), format!("{:?} is not a namespace name", p.namespace));
+            }
+            (interfaces(&p.interfaces, &format!("{at}.pods"), errs), true)
+        }
     }
 }
 

@@ -158,7 +158,24 @@ grants:
     users: [split]
     programTypes: [Tracepoint]
     sources: [image]
+  - name: team-a-pods
+    groups: [team-a]
+    programTypes: [XDP, TC]
+    sources: [image]
+    hooks: {interfaces: [eth], podNamespaces: [team-a]}
 "#;
+
+/// XDP and TC inside team-a's pods (`ns`), on `ifaces` inside them.
+fn in_pods(ns: &str, ifaces: &str) -> &'static str {
+    let spec = format!(
+        "nodeSelector: {{matchExpressions: [{{key: node-role.kubernetes.io/control-plane, operator: DoesNotExist}}]}}\n\
+         bytecode: {{image: {{url: \"r/x:1\"}}}}\n\
+         programs:\n\
+         - {{name: count_packets, type: XDP, xdp: {{pods: {{namespace: {ns}, selector: {{matchLabels: {{app: web}}}}, interfaces: [{ifaces}]}}}}}}\n\
+         - {{name: count_tc, type: TC, tc: {{direction: Ingress, pods: {{namespace: {ns}, interfaces: [{ifaces}]}}}}}}\n"
+    );
+    Box::leak(spec.into_boxed_str())
+}
 
 struct Case {
     what: &'static str,
@@ -218,6 +235,21 @@ nodeSelector: {matchLabels: {pool: edge}, matchExpressions: [{key: node-role.kub
 bytecode: {image: {url: "r/x:1"}}
 programs: [{name: count_packets, type: XDP, xdp: {interfaces: [eth0, cni0]}}]
 "#,
+            Some("program count_packets attaches to a hook outside the prefixes"),
+        ),
+        c("team a: XDP and TC inside its own pods", "bob", &["team-a"], in_pods("team-a", "eth0"), None),
+        c(
+            "team a: inside another namespace's pods",
+            "bob",
+            &["team-a"],
+            in_pods("team-b", "eth0"),
+            Some("program count_packets attaches to a hook outside the prefixes"),
+        ),
+        c(
+            "team a: an interface outside eth* inside its pods",
+            "bob",
+            &["team-a"],
+            in_pods("team-a", "eth0, lo"),
             Some("program count_packets attaches to a hook outside the prefixes"),
         ),
         c(

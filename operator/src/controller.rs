@@ -284,6 +284,18 @@ async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> Reso
         Err(e) => (BTreeSet::new(), Some(invalid(&e))),
     };
     if problem.is_none()
+        && let Some(prog) = p.spec.programs.iter().find(|x| {
+            x.xdp.as_ref().is_some_and(|a| a.pods.is_some()) || x.tc.as_ref().is_some_and(|a| a.pods.is_some())
+        })
+    {
+        problem = Some(invalid(&format!(
+            "programs[{}] ({}) attaches inside pods, which this operator does not roll out yet: attach it to the \
+             node's interfaces",
+            p.spec.programs.iter().position(|x| x.name == prog.name).unwrap_or(0),
+            prog.name
+        )));
+    }
+    if problem.is_none()
         && let Some(g) = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref()).and_then(|h| h.prometheus.as_ref())
         && let Err(why) = ctx.prometheus.check_allowed(&g.address)
     {

@@ -16,6 +16,11 @@ use crate::v1::{self, program::Attach};
 #[error("{0}")]
 pub struct WireError(pub String);
 
+/// The interfaces an XDP or TC block attaches to: the node's, or those inside each pod.
+fn on_interfaces(node: &[String], pods: Option<&crds::program::PodInterfaces>) -> Vec<String> {
+    pods.map_or_else(|| node.to_vec(), |p| p.interfaces.clone())
+}
+
 /// Programs in pods (`in_pods`) are refused, never attached to the node's interfaces of the
 /// same names, until this agent attaches in pods.
 fn not_in_pods(in_pods: bool, program: &str) -> Result<(), WireError> {
@@ -75,10 +80,10 @@ pub fn program_to_wire(p: &ProgramSpec) -> v1::Program {
         }),
         ProgramType::Tc => p.tc.as_ref().map(|x| {
             Attach::Tc(v1::Tc {
-                interfaces: x.interfaces.clone(),
+                interfaces: on_interfaces(&x.interfaces, x.pods.as_ref()),
                 direction: direction_str(x.direction).into(),
                 priority: x.priority,
-                in_pods: false,
+                in_pods: x.pods.is_some(),
             })
         }),
         ProgramType::Tracepoint => {
@@ -143,12 +148,16 @@ pub fn program_from_wire(p: v1::Program) -> Result<ProgramSpec, WireError> {
         None => {}
         Some(Attach::Xdp(x)) => {
             not_in_pods(x.in_pods, &spec.name)?;
-            spec.xdp = Some(XdpAttach { interfaces: x.interfaces, mode: xdp_mode(&x.mode)? })
+            spec.xdp = Some(XdpAttach { interfaces: x.interfaces, mode: xdp_mode(&x.mode)?, pods: None })
         }
         Some(Attach::Tc(x)) => {
             not_in_pods(x.in_pods, &spec.name)?;
-            spec.tc =
-                Some(TcAttach { interfaces: x.interfaces, direction: direction(&x.direction)?, priority: x.priority })
+            spec.tc = Some(TcAttach {
+                interfaces: x.interfaces,
+                direction: direction(&x.direction)?,
+                priority: x.priority,
+                pods: None,
+            })
         }
         Some(Attach::Tracepoint(x)) => spec.tracepoint = Some(TracepointAttach { names: x.names }),
         Some(Attach::RawTracepoint(x)) => spec.raw_tracepoint = Some(RawTracepointAttach { names: x.names }),

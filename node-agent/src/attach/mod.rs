@@ -108,8 +108,11 @@ pub fn load_and_attach(
     // quarter to a third of the attaches. They run now.
     std::thread::yield_now();
     let (program_id, links) = match &p.attach {
-        Attach::Xdp { interfaces, mode } => xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, undo)?,
-        Attach::Tc { interfaces, direction, priority } => {
+        Attach::Xdp { in_pods: true, .. } | Attach::Tc { in_pods: true, .. } => return Err(in_pods(&p.name)),
+        Attach::Xdp { interfaces, mode, in_pods: false } => {
+            xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, undo)?
+        }
+        Attach::Tc { interfaces, direction, priority, in_pods: false } => {
             tc::attach(program, &p.name, interfaces, (*direction, *priority), ctx, &pin, undo)?
         }
         Attach::CgroupSkb { cgroup, direction } => {
@@ -118,6 +121,16 @@ pub fn load_and_attach(
         other => probes::attach(program, &p.name, other, ctx, &pin)?,
     };
     Ok(ProgramRecord { name: name.to_string(), program_type: p.attach.program_type(), program_id, pin, links })
+}
+
+/// A program that attaches inside pods never reaches the node-level attach (the wire
+/// refuses it until this agent attaches in pods): never on the node's interfaces.
+pub(crate) fn in_pods(program: &crds::names::ProgramName) -> AgentError {
+    AgentError::for_program(
+        crds::reason::Reason::InvalidSpec,
+        program.as_str(),
+        format!("program {program} attaches inside pods, which this agent does not do"),
+    )
 }
 
 /// Pin a link and return its kernel id.

@@ -36,7 +36,8 @@ pub fn reattach(
         Ok(p.to_path_buf())
     };
     match &valid.attach {
-        Attach::Xdp { interfaces, mode } => {
+        Attach::Xdp { in_pods: true, .. } | Attach::Tc { in_pods: true, .. } => Err(super::in_pods(&valid.name)),
+        Attach::Xdp { interfaces, mode, in_pods: false } => {
             let iface = interfaces.get(index).ok_or_else(hook_missing)?.as_str();
             let ifindex = super::interface_index(&valid.name, iface)?;
             let mut xdp = Xdp::from_pin(&program.pin, aya_obj::programs::XdpAttachType::Interface)
@@ -47,7 +48,7 @@ pub fn reattach(
             let id = keep_link(name, link, &path)?;
             Ok(record(iface, id, LinkKind::Pinned { path }))
         }
-        Attach::Tc { interfaces, direction, priority } => {
+        Attach::Tc { interfaces, direction, priority, in_pods: false } => {
             let iface = interfaces.get(index).ok_or_else(hook_missing)?.as_str();
             super::interface_index(&valid.name, iface)?;
             let mut tc = SchedClassifier::from_pin(&program.pin).map_err(|e| fail(iface, &e))?;
