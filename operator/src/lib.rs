@@ -24,6 +24,7 @@ pub mod memory;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
+pub mod pod_watch;
 pub mod pods;
 pub mod prometheus;
 pub mod reachable;
