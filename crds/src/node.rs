@@ -117,6 +117,56 @@ pub struct NodeProgramStatus {
     /// Recreate`). Compatible maps keep their contents and are not listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maps_recreated: Vec<String>,
+    /// Pods of this node the program's `pods` programs attach in, each attached or with
+    /// why not: at most 64 on a BpfNode, failed ones first (the agent reports every one;
+    /// `podsTotal` and `podsFailed` count them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub pods: Vec<PodAttachment>,
+    /// Pods the program attaches in on this node, listed or not.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods_total: i32,
+    /// Of those, pods where it is not (fully) attached.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pods_failed: i32,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// Pods a BpfNode lists per program.
+pub const MAX_LISTED_PODS: usize = 64;
+
+impl NodeProgramStatus {
+    /// As a BpfNode shows it: the pods counted, failed ones first, at most
+    /// [`MAX_LISTED_PODS`] listed.
+    pub fn bounded(mut self) -> Self {
+        self.pods_total = self.pods.len() as i32;
+        self.pods_failed = self.pods.iter().filter(|p| p.reason.is_some()).count() as i32;
+        self.pods.sort_by(|a, b| (a.reason.is_none(), &a.uid).cmp(&(b.reason.is_none(), &b.uid)));
+        self.pods.truncate(MAX_LISTED_PODS);
+        self
+    }
+}
+
+/// How a program stands in one pod of the node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAttachment {
+    /// The pod's metadata.uid.
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// Kernel link ids of the program's attachments in the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_ids: Vec<u32>,
+    /// Why not every program is attached in it (e.g. TargetNotFound: the pod is gone or
+    /// not started; InterfaceNotFound); absent when attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// One loaded function and its links.

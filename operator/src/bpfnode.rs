@@ -420,6 +420,9 @@ mod tests {
                 last_error: None,
                 bytecode_digest: None,
                 maps_recreated: vec![],
+                pods: vec![],
+                pods_total: 0,
+                pods_failed: 0,
             }],
             ..Default::default()
         }

@@ -91,7 +91,8 @@ impl ReadValue {
 
 /// The BpfNode status of a node, from its agent's List.
 pub fn node_status(list: &AgentList) -> BpfNodeStatus {
-    let programs: Vec<NodeProgramStatus> = list.programs.iter().filter(|s| !s.revision.is_empty()).cloned().collect();
+    let programs: Vec<NodeProgramStatus> =
+        list.programs.iter().filter(|s| !s.revision.is_empty()).cloned().map(NodeProgramStatus::bounded).collect();
     BpfNodeStatus {
         managed: programs.len() as i32,
         healthy: programs.iter().filter(|p| p.health == Health::Healthy).count() as i32,

@@ -3,8 +3,8 @@
 
 use crds::node::{AttachedProgram, Health, NodeProgramStatus, PinnedMap};
 use crds::program::{
-    CgroupSkbAttach, Direction, KernelFunctionAttach, KprobeAttach, LsmAttach, ProgramSpec, ProgramType,
-    RawTracepointAttach, TcAttach, TracepointAttach, UprobeAttach, XdpAttach, XdpMode,
+    CgroupSkbAttach, Direction, KernelFunctionAttach, KprobeAttach, LsmAttach, PodInterfaces, PodSelector, ProgramSpec,
+    ProgramType, RawTracepointAttach, TcAttach, TracepointAttach, UprobeAttach, XdpAttach, XdpMode,
 };
 
 use crds::rollout::{MapPolicy, MapUpgrade};
@@ -17,19 +17,21 @@ use crate::v1::{self, program::Attach};
 pub struct WireError(pub String);
 
 /// The interfaces an XDP or TC block attaches to: the node's, or those inside each pod.
-fn on_interfaces(node: &[String], pods: Option<&crds::program::PodInterfaces>) -> Vec<String> {
+fn on_interfaces(node: &[String], pods: Option<&PodInterfaces>) -> Vec<String> {
     pods.map_or_else(|| node.to_vec(), |p| p.interfaces.clone())
 }
 
-/// Programs in pods (`in_pods`) are refused, never attached to the node's interfaces of the
-/// same names, until this agent attaches in pods.
-fn not_in_pods(in_pods: bool, program: &str) -> Result<(), WireError> {
+/// An XDP or TC block's interfaces as received: the node's, or (`in_pods`) those inside
+/// each pod of `ApplyRequest.pods` that names the program. The wire carries no namespace
+/// and no selector: the operator resolved the pods already and sends them by uid, so the
+/// namespace stays empty (which `crds::validate::validate_programs`, the agent's check of
+/// what the wire gives, accepts; a spec's validation still requires one).
+fn split_interfaces(interfaces: Vec<String>, in_pods: bool) -> (Vec<String>, Option<PodInterfaces>) {
     if in_pods {
-        return Err(WireError(format!(
-            "program {program:?} attaches inside pods (in_pods), which this agent does not do: upgrade the agent"
-        )));
+        (Vec::new(), Some(PodInterfaces { namespace: String::new(), selector: PodSelector::default(), interfaces }))
+    } else {
+        (interfaces, None)
     }
-    Ok(())
 }
 
 fn xdp_mode(s: &str) -> Result<XdpMode, WireError> {
@@ -76,7 +78,11 @@ fn uprobe_from_wire(u: v1::Uprobe) -> UprobeAttach {
 pub fn program_to_wire(p: &ProgramSpec) -> v1::Program {
     let attach = match p.program_type {
         ProgramType::Xdp => p.xdp.as_ref().map(|x| {
-            Attach::Xdp(v1::Xdp { interfaces: x.interfaces.clone(), mode: xdp_mode_str(x.mode).into(), in_pods: false })
+            Attach::Xdp(v1::Xdp {
+                interfaces: on_interfaces(&x.interfaces, x.pods.as_ref()),
+                mode: xdp_mode_str(x.mode).into(),
+                in_pods: x.pods.is_some(),
+            })
         }),
         ProgramType::Tc => p.tc.as_ref().map(|x| {
             Attach::Tc(v1::Tc {
@@ -147,17 +153,12 @@ pub fn program_from_wire(p: v1::Program) -> Result<ProgramSpec, WireError> {
     match p.attach {
         None => {}
         Some(Attach::Xdp(x)) => {
-            not_in_pods(x.in_pods, &spec.name)?;
-            spec.xdp = Some(XdpAttach { interfaces: x.interfaces, mode: xdp_mode(&x.mode)?, pods: None })
+            let (interfaces, pods) = split_interfaces(x.interfaces, x.in_pods);
+            spec.xdp = Some(XdpAttach { interfaces, mode: xdp_mode(&x.mode)?, pods })
         }
         Some(Attach::Tc(x)) => {
-            not_in_pods(x.in_pods, &spec.name)?;
-            spec.tc = Some(TcAttach {
-                interfaces: x.interfaces,
-                direction: direction(&x.direction)?,
-                priority: x.priority,
-                pods: None,
-            })
+            let (interfaces, pods) = split_interfaces(x.interfaces, x.in_pods);
+            spec.tc = Some(TcAttach { interfaces, direction: direction(&x.direction)?, priority: x.priority, pods })
         }
         Some(Attach::Tracepoint(x)) => spec.tracepoint = Some(TracepointAttach { names: x.names }),
         Some(Attach::RawTracepoint(x)) => spec.raw_tracepoint = Some(RawTracepointAttach { names: x.names }),
@@ -215,6 +216,21 @@ pub fn state_to_status(s: &v1::OwnerState) -> NodeProgramStatus {
         last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
         bytecode_digest: (!s.bytecode_digest.is_empty()).then(|| s.bytecode_digest.clone()),
         maps_recreated: s.maps_recreated.clone(),
+        pods: s
+            .pods
+            .iter()
+            .map(|p| crds::node::PodAttachment {
+                uid: p.uid.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                link_ids: p.link_ids.clone(),
+                reason: (!p.reason.is_empty()).then(|| p.reason.clone()),
+                message: (!p.message.is_empty()).then(|| p.message.clone()),
+            })
+            .collect(),
+        // Counted where the list is cut (`NodeProgramStatus::bounded`, for a BpfNode).
+        pods_total: 0,
+        pods_failed: 0,
     }
 }
 
@@ -237,7 +253,18 @@ pub fn status_to_wire(s: &NodeProgramStatus) -> v1::OwnerState {
         maps: s.maps.iter().map(|m| v1::PinnedMap { name: m.name.clone(), pin_path: m.pin_path.clone() }).collect(),
         last_error: s.last_error.clone().unwrap_or_default(),
         bytecode_digest: s.bytecode_digest.clone().unwrap_or_default(),
-        pods: Vec::new(),
+        pods: s
+            .pods
+            .iter()
+            .map(|p| v1::PodState {
+                uid: p.uid.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                link_ids: p.link_ids.clone(),
+                reason: p.reason.clone().unwrap_or_default(),
+                message: p.message.clone().unwrap_or_default(),
+            })
+            .collect(),
         maps_recreated: s.maps_recreated.clone(),
     }
 }
@@ -302,13 +329,47 @@ mod tests {
             attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec![], mode: "Fast".into(), in_pods: false })),
         };
         assert!(program_from_wire(p).unwrap_err().0.contains("unknown XDP mode \"Fast\""));
-        // Never on the node's interfaces of the same names.
-        let p = v1::Program {
-            name: "x".into(),
-            r#type: "XDP".into(),
-            attach: Some(Attach::Xdp(v1::Xdp { interfaces: vec!["eth0".into()], mode: String::new(), in_pods: true })),
-        };
-        assert!(program_from_wire(p).unwrap_err().0.contains("attaches inside pods"));
+    }
+
+    /// Inside pods, the wire carries the interfaces and `in_pods` only: they come back as
+    /// the pods' interfaces (never the node's), with no namespace, which the agent's
+    /// validation of wire programs takes and a spec's validation does not.
+    #[test]
+    fn programs_in_pods_cross_the_wire_without_their_namespace() {
+        let yaml = r#"
+- {name: a, type: XDP, xdp: {mode: Generic, pods: {namespace: shop, selector: {matchLabels: {app: web}}, interfaces: [eth0, eth1]}}}
+- {name: b, type: TC, tc: {direction: Egress, priority: 7, pods: {namespace: shop}}}
+"#;
+        let programs: Vec<ProgramSpec> = serde_yaml::from_str(yaml).unwrap();
+        let wire: Vec<v1::Program> = programs.iter().map(program_to_wire).collect();
+        assert!(
+            matches!(&wire[0].attach, Some(Attach::Xdp(x)) if x.in_pods && x.interfaces == ["eth0", "eth1"]),
+            "{wire:?}"
+        );
+        assert!(matches!(&wire[1].attach, Some(Attach::Tc(x)) if x.in_pods && x.interfaces == ["eth0"]), "{wire:?}");
+        let back: Vec<ProgramSpec> = wire.into_iter().map(|p| program_from_wire(p).unwrap()).collect();
+        let xdp = back[0].xdp.as_ref().unwrap();
+        assert!(xdp.interfaces.is_empty(), "never the node's interfaces of the same names");
+        let pods = xdp.pods.as_ref().unwrap();
+        assert_eq!((pods.namespace.as_str(), pods.interfaces.clone()), ("", vec!["eth0".into(), "eth1".into()]));
+        assert_eq!(back[1].tc.as_ref().unwrap().pods.as_ref().unwrap().interfaces, ["eth0"]);
+
+        let valid = crds::validate::validate_programs(&back).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(&valid[0].attach, crds::validate::Attach::Xdp { in_pods: true, interfaces, .. } if interfaces.len() == 2)
+        );
+        assert!(matches!(&valid[1].attach, crds::validate::Attach::Tc { in_pods: true, priority: 7, .. }));
+        // A manifest must still name the namespace its pods are selected in.
+        let spec: crds::BpfProgramSpec = serde_yaml::from_str(
+            "{bytecode: {path: /x.o}, programs: [{name: a, type: XDP, xdp: {pods: {namespace: \"\"}}}]}",
+        )
+        .unwrap();
+        let e = crds::validate::validate_spec(&spec).unwrap_err().to_string();
+        assert!(e.contains("programs[0].xdp.pods.namespace") && e.contains("not a namespace name"), "{e}");
+        // A wire namespace that is set is still checked.
+        let mut odd = back[0].clone();
+        odd.xdp.as_mut().unwrap().pods.as_mut().unwrap().namespace = "Not_A_Namespace".into();
+        assert!(crds::validate::validate_programs(&[odd]).is_err());
     }
 
     #[test]
@@ -330,6 +391,26 @@ mod tests {
             last_error: Some("link gone".into()),
             bytecode_digest: Some("sha256:00".into()),
             maps_recreated: vec!["m: value size 8 -> 16, recreated empty".into()],
+            pods: vec![
+                crds::node::PodAttachment {
+                    uid: "p-1".into(),
+                    namespace: "shop".into(),
+                    name: "web-1".into(),
+                    link_ids: vec![11],
+                    reason: None,
+                    message: None,
+                },
+                crds::node::PodAttachment {
+                    uid: "p-2".into(),
+                    namespace: "shop".into(),
+                    name: "web-2".into(),
+                    link_ids: vec![],
+                    reason: Some("TargetNotFound".into()),
+                    message: Some("the pod has no sandbox".into()),
+                },
+            ],
+            pods_total: 0,
+            pods_failed: 0,
         };
         assert_eq!(state_to_status(&status_to_wire(&s)), s);
     }

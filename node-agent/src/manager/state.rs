@@ -18,6 +18,9 @@ pub(super) fn bare_state(uid: &str, name: String) -> NodeProgramStatus {
         last_error: None,
         bytecode_digest: None,
         maps_recreated: vec![],
+        pods: vec![],
+        pods_total: 0,
+        pods_failed: 0,
     }
 }
 
