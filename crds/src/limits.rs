@@ -34,3 +34,7 @@ pub const MAX_ANSWER_BYTES: usize = MAX_LIST_PAGE_BYTES + (64 << 10);
 /// Owners one agent may report. Far above any real cluster's BpfPrograms; an agent
 /// reporting more is refused before anything enters the operator's index.
 pub const MAX_OWNERS_PER_NODE: usize = 10_000;
+/// Pods one Apply may name for one owner (`ApplyRequest.pods`): the pods of one node a
+/// BpfProgram attaches in. An owner's answer carries one `PodState` per pod (some 500 bytes
+/// each with one program on one interface), so its List entry stays far below a page.
+pub const MAX_PODS_PER_OWNER: usize = 512;

@@ -98,6 +98,19 @@ name_type!(
 );
 
 name_type!(
+    /// The uid of a pod (`metadata.uid`, a lowercase UUID): the bpffs directory of the
+    /// links an owner's programs have inside that pod.
+    PodUid,
+    "pod uid",
+    "must be 1-64 characters of lowercase letters, digits and '-', as in metadata.uid",
+    |s| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+);
+
+name_type!(
     /// A map name in an ELF object. bpffs refuses '.' in names, so data-section maps
     /// (`.rodata`, `.bss`) are never pinned.
     MapName,
@@ -149,7 +162,10 @@ mod tests {
         for bad in ["..", ".", "a/b", ""] {
             assert!(MapName::new(bad).is_err(), "{bad}");
             assert!(OwnerUid::new(bad).is_err(), "{bad}");
+            assert!(PodUid::new(bad).is_err(), "{bad}");
         }
+        assert!(PodUid::new("0b8e4f4c-7a51-4d6e-9d2a-3c1f0e9b7a65").is_ok());
+        assert!(PodUid::new("0B8E4F4C").is_err(), "metadata.uid is lowercase");
         assert!(MapName::new("global_d.rodata").is_err());
         assert!(MapName::new("packet_count").is_ok());
         assert!(OwnerUid::new("6f1c1b8e-3a7e-4d0a-9f57-0f7c2b0f6a11").is_ok());

@@ -168,7 +168,7 @@ pub fn validate_spec(spec: &BpfProgramSpec) -> Result<ValidSpec, SpecErrors> {
     let mut errs = Errors::default();
     let bytecode = validate_bytecode(&spec.bytecode, &mut errs);
     let globals = validate_globals(spec.global_data.iter(), &mut errs);
-    let programs = validate_programs_into(&spec.programs, &mut errs);
+    let programs = validate_programs_into(&spec.programs, Source::Spec, &mut errs);
     validate_rollout(spec, &mut errs);
     match (bytecode, errs.0.is_empty()) {
         (Some(bytecode), true) => Ok(ValidSpec { bytecode, globals, programs }),
@@ -191,7 +191,7 @@ fn validate_rollout(spec: &BpfProgramSpec, errs: &mut Errors) {
 /// Validate only the program list (what the agent receives over gRPC).
 pub fn validate_programs(programs: &[ProgramSpec]) -> Result<Vec<ValidProgram>, SpecErrors> {
     let mut errs = Errors::default();
-    let out = validate_programs_into(programs, &mut errs);
+    let out = validate_programs_into(programs, Source::Wire, &mut errs);
     if errs.0.is_empty() { Ok(out) } else { Err(SpecErrors(errs.0)) }
 }
 
@@ -328,7 +328,19 @@ fn check_global(k: &str, bytes: &[u8], errs: &mut Errors, out: &mut Vec<(GlobalN
     }
 }
 
-fn validate_programs_into(programs: &[ProgramSpec], errs: &mut Errors) -> Vec<ValidProgram> {
+/// Where a program list comes from, for the one rule that differs: `pods.namespace`.
+/// A spec (a manifest, what the operator validates) must name the pods' namespace: the
+/// operator selects pods in it. The wire carries no namespace (`Xdp.in_pods` with the
+/// interfaces only): the operator has resolved the pods already and sends them by uid in
+/// `ApplyRequest.pods`, so an agent takes an empty one (and still refuses one that is not
+/// a namespace name). Everything else is checked alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Spec,
+    Wire,
+}
+
+fn validate_programs_into(programs: &[ProgramSpec], source: Source, errs: &mut Errors) -> Vec<ValidProgram> {
     if programs.is_empty() {
         errs.push("programs", "at least one program is required");
     }
@@ -349,7 +361,7 @@ fn validate_programs_into(programs: &[ProgramSpec], errs: &mut Errors) -> Vec<Va
                 None
             }
         };
-        if let (Some(name), Some(attach)) = (name, validate_attach(p, &at, errs)) {
+        if let (Some(name), Some(attach)) = (name, validate_attach(p, &at, source, errs)) {
             out.push(ValidProgram { name, attach });
         }
     }
@@ -375,7 +387,7 @@ fn blocks_present(p: &ProgramSpec) -> Vec<ProgramType> {
     present.into_iter().filter(|(_, on)| *on).map(|(t, _)| t).collect()
 }
 
-fn validate_attach(p: &ProgramSpec, at: &str, errs: &mut Errors) -> Option<Attach> {
+fn validate_attach(p: &ProgramSpec, at: &str, source: Source, errs: &mut Errors) -> Option<Attach> {
     let t = p.program_type;
     let present = blocks_present(p);
     let mut ok = true;
@@ -394,7 +406,7 @@ fn validate_attach(p: &ProgramSpec, at: &str, errs: &mut Errors) -> Option<Attac
     let attach = match t {
         ProgramType::Xdp => {
             let x = p.xdp.as_ref()?;
-            let (interfaces, in_pods) = where_on(&x.interfaces, x.pods.as_ref(), &format!("{at}.xdp"), errs);
+            let (interfaces, in_pods) = where_on(&x.interfaces, x.pods.as_ref(), &format!("{at}.xdp"), source, errs);
             Attach::Xdp { interfaces, mode: x.mode, in_pods }
         }
         ProgramType::Tc => {
@@ -402,7 +414,7 @@ fn validate_attach(p: &ProgramSpec, at: &str, errs: &mut Errors) -> Option<Attac
             if !(1..=1000).contains(&x.priority) {
                 errs.push(format!("{at}.tc.priority"), format!("must be 1-1000, got {}", x.priority));
             }
-            let (interfaces, in_pods) = where_on(&x.interfaces, x.pods.as_ref(), &format!("{at}.tc"), errs);
+            let (interfaces, in_pods) = where_on(&x.interfaces, x.pods.as_ref(), &format!("{at}.tc"), source, errs);
             Attach::Tc { interfaces, in_pods, direction: x.direction, priority: x.priority.clamp(1, 1000) as u16 }
         }
         ProgramType::Tracepoint => {
@@ -521,6 +533,7 @@ fn where_on(
     node: &[String],
     pods: Option<&crate::program::PodInterfaces>,
     at: &str,
+    source: Source,
     errs: &mut Errors,
 ) -> (Vec<InterfaceName>, bool) {
     match pods {
@@ -532,7 +545,8 @@ fn where_on(
                     "set either interfaces (the node's) or pods (inside each selected pod), not both".to_string(),
                 );
             }
-            if !is_dns_label(&p.namespace) {
+            let resolved = source == Source::Wire && p.namespace.is_empty();
+            if !resolved && !is_dns_label(&p.namespace) {
                 errs.push(format!("{at}.pods.namespace"), format!("{:?} is not a namespace name", p.namespace));
             }
             (interfaces(&p.interfaces, &format!("{at}.pods"), errs), true)

@@ -8,6 +8,11 @@
 //! UTF-8 string contains), then mixed (SplitMix64's finaliser) so that sums of similar
 //! owners do not cancel out. Not cryptographic: it guards against missed updates, not
 //! against an agent that lies (an agent is trusted with the node anyway).
+//!
+//! An owner's pods (`OwnerState.pods`: programs inside pods) count too, so that a pod
+//! attached, detached or failing changes the digest although the revision and health stay:
+//! each pod adds its own hash, over the owner's uid and the pod's uid, namespace, name,
+//! link ids, reason and message. An owner without pods hashes as it always did.
 
 use crds::Health;
 
@@ -31,10 +36,13 @@ impl NodeDigest {
         self.0 = self.0.wrapping_sub(owner_hash(uid, name, revision, health));
     }
 
-    /// Adds one owner as the wire carries it.
+    /// Adds one owner as the wire carries it, with its pods.
     pub fn add_state(&mut self, state: &v1::OwnerState) {
         if let Some(owner) = &state.owner {
             self.add(&owner.uid, &owner.name, &state.revision, crate::health_from_wire(state.health));
+            for pod in &state.pods {
+                self.0 = self.0.wrapping_add(pod_hash(&owner.uid, pod));
+            }
         }
     }
 
@@ -51,21 +59,40 @@ impl NodeDigest {
 }
 
 fn owner_hash(uid: &str, name: &str, revision: &str, health: Health) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let health = match health {
         Health::Healthy => 1u8,
         Health::Degraded => 2,
         Health::Failed => 3,
     };
+    fields_hash(&[uid.as_bytes(), name.as_bytes(), revision.as_bytes(), &[health]])
+}
+
+/// One pod of an owner. A leading marker field keeps a pod's hash apart from any owner's.
+fn pod_hash(owner_uid: &str, pod: &v1::PodState) -> u64 {
+    let links: Vec<u8> = pod.link_ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    fields_hash(&[
+        b"pod",
+        owner_uid.as_bytes(),
+        pod.uid.as_bytes(),
+        pod.namespace.as_bytes(),
+        pod.name.as_bytes(),
+        &links,
+        pod.reason.as_bytes(),
+        pod.message.as_bytes(),
+    ])
+}
+
+/// FNV-1a over `fields`, each followed by the separator, then SplitMix64's finaliser.
+fn fields_hash(fields: &[&[u8]]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
-    for field in [uid.as_bytes(), name.as_bytes(), revision.as_bytes(), &[health]] {
+    for field in fields {
         for &b in field.iter().chain(std::iter::once(&SEPARATOR)) {
             h ^= u64::from(b);
             h = h.wrapping_mul(PRIME);
         }
     }
-    // SplitMix64's finaliser.
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     h ^ (h >> 31)
@@ -127,5 +154,50 @@ mod tests {
         assert_eq!(NodeDigest::of_states([&state]), digest(&[("u1", "a", "r1", Health::Degraded)]));
         let ownerless = v1::OwnerState { revision: "r".into(), ..Default::default() };
         assert_eq!(NodeDigest::of_states([&ownerless]), 0);
+    }
+
+    /// The operator's unchanged-digest fast path must notice a pod attached, detached or
+    /// failing while the owner's revision and health stay the same.
+    #[test]
+    fn pods_count_and_their_order_does_not() {
+        let pod = |uid: &str, links: &[u32], reason: &str| v1::PodState {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: format!("web-{uid}"),
+            link_ids: links.to_vec(),
+            reason: reason.into(),
+            message: if reason.is_empty() { String::new() } else { "gone".into() },
+        };
+        let state = |pods: Vec<v1::PodState>| v1::OwnerState {
+            owner: Some(v1::Owner { uid: "u1".into(), name: "a".into() }),
+            revision: "r1".into(),
+            health: v1::Health::Healthy as i32,
+            pods,
+            ..Default::default()
+        };
+        let bare = NodeDigest::of_states([&state(vec![])]);
+        assert_eq!(bare, digest(&[("u1", "a", "r1", Health::Healthy)]), "no pods: the digest it always was");
+        let two = NodeDigest::of_states([&state(vec![pod("p1", &[7], ""), pod("p2", &[8], "")])]);
+        let swapped = NodeDigest::of_states([&state(vec![pod("p2", &[8], ""), pod("p1", &[7], "")])]);
+        assert_eq!(two, swapped);
+        let variants = [
+            state(vec![pod("p1", &[7], "")]),
+            state(vec![pod("p1", &[7], ""), pod("p2", &[9], "")]),
+            state(vec![pod("p1", &[7], ""), pod("p2", &[], "TargetNotFound")]),
+            state(vec![pod("p1", &[7], ""), pod("p3", &[8], "")]),
+        ];
+        let mut seen = std::collections::BTreeSet::from([bare, two]);
+        for v in &variants {
+            assert!(seen.insert(NodeDigest::of_states([v])), "{v:?}");
+        }
+        // The same pod under another owner is another pod.
+        let mut other = state(vec![pod("p1", &[7], "")]);
+        other.owner = Some(v1::Owner { uid: "u2".into(), name: "a".into() });
+        let mut alone = state(vec![]);
+        alone.owner = other.owner.clone();
+        assert_ne!(
+            NodeDigest::of_states([&other]).wrapping_sub(NodeDigest::of_states([&alone])),
+            NodeDigest::of_states([&variants[0]]).wrapping_sub(bare)
+        );
     }
 }
