@@ -598,7 +598,9 @@ fn check_abs_path(p: &str, field: &str, errs: &mut Errors) -> Option<PathBuf> {
     }
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// A DNS label (a namespace's name): 1-63 lowercase letters, digits and '-', starting and
+/// ending with a letter or digit.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -606,6 +608,7 @@ fn is_dns_label(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+/// A DNS subdomain (most objects' names): DNS labels joined by '.', at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
 }

@@ -17,6 +17,7 @@ pub mod manager;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;
+pub mod pods;
 pub mod probe;
 pub mod recovery;
 pub mod request;

@@ -76,6 +76,11 @@ struct Args {
     /// Seconds between standalone reconciliations.
     #[arg(long, default_value_t = 1)]
     standalone_interval: u64,
+    /// The container runtime's CRI socket (containerd's): where the pods that programs
+    /// attach inside (`xdp.pods`, `tc.pods`) are found, by uid, with their network
+    /// namespaces. Read-only; only asked when an Apply names pods.
+    #[arg(long, env = "BPFLEET_CRI_SOCKET", default_value = agent::pods::resolve::DEFAULT_CRI_SOCKET)]
+    cri_socket: PathBuf,
     /// TC mechanism: auto (TCX when the kernel has it), tcx, or clsact.
     #[arg(long, value_enum, default_value_t = TcBackend::Auto)]
     tc_backend: TcBackend,
@@ -149,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bpffs_root: args.bpffs_root.clone(),
         state_dir: args.state_dir.clone(),
         tc_backend: args.tc_backend,
+        cri_socket: args.cri_socket.clone(),
     })?;
     let recovered = tokio::task::spawn_blocking({
         let m = Arc::clone(&manager);

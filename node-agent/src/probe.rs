@@ -404,6 +404,7 @@ mod tests {
                 .collect(),
             bytecode_digest: None,
             maps_recreated: vec![],
+            pods: vec![],
         };
         assert_eq!(
             no_such_map(&record(2), "counters"),

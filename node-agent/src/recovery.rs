@@ -21,6 +21,9 @@ pub struct Recovered {
     pub set_aside: Vec<String>,
     /// clsact filters left by an apply that never committed (they have no pin).
     pub removed_filters: usize,
+    /// Links inside pods pinned under an adopted revision that its record does not claim
+    /// (an Apply that died between attaching in pods and recording them).
+    pub removed_pod_links: usize,
 }
 
 /// Program ids pinned anywhere below `dir` (a revision or owner directory about to go).
@@ -100,6 +103,7 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
             out.removed_revisions.push(format!("{uid}/{name}"));
         }
         out.relinked += relink(&record);
+        out.removed_pod_links += sweep_pods(&layout, &uid, &record);
         // Recreated maps of a revision committed just before the agent died.
         if let Some(rev) = crds::revision::Revision::parse(&record.revision) {
             match crate::maps::promote_staged(&layout, &uid, &rev) {
@@ -142,6 +146,51 @@ pub fn adopt(manager: &Manager) -> anyhow::Result<Recovered> {
     }
     tracing::info!(?out, "recovered state from bpffs");
     Ok(out)
+}
+
+/// Detach and unpin every link under the record's `pods/` directory that no pod of the
+/// record claims: pods it does not name go whole, and a named pod keeps only its recorded
+/// links. Returns how many links went.
+fn sweep_pods(layout: &crds::pins::PinLayout, uid: &OwnerUid, record: &OwnerRecord) -> usize {
+    let Some(rev) = crds::revision::Revision::parse(&record.revision) else { return 0 };
+    let claimed: BTreeSet<std::path::PathBuf> = record
+        .pods
+        .iter()
+        .flat_map(|p| &p.links)
+        .filter_map(|l| l.link.kind.pin().map(std::path::Path::to_path_buf))
+        .collect();
+    let mut pins = Vec::new();
+    files_under(&layout.pods_dir(uid, &rev), &mut pins);
+    let mut n = 0;
+    for pin in pins.into_iter().filter(|p| !claimed.contains(p)) {
+        match (attach::pod::LinkPin { path: pin.clone(), link_id: 0 }).detach() {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!(pin = %pin.display(), error = %e, "cannot remove a pod link no record claims"),
+        }
+    }
+    // Directories of pods the record does not name, now empty.
+    if let Ok(rd) = std::fs::read_dir(layout.pods_dir(uid, &rev)) {
+        for pod in rd.flatten().filter(|e| !record.pods.iter().any(|p| e.file_name() == p.uid.as_str())) {
+            let _ = std::fs::remove_dir_all(pod.path());
+        }
+    }
+    if n > 0 {
+        tracing::warn!(uid = %uid, links = n, "removed links in pods that no record claims");
+    }
+    n
+}
+
+/// Every file below `dir` (pins), depth first.
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
 }
 
 /// A hook taken over in place by a new revision whose apply never committed (an XDP,

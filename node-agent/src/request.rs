@@ -75,6 +75,13 @@ fn hex_prefix(b: &[u8]) -> String {
 pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
     let name = obj.metadata.name.clone().ok_or_else(|| invalid("metadata.name is required"))?;
     let valid = validate_spec(&obj.spec).map_err(|e| invalid(e.to_string()))?;
+    if let Some(p) = crate::pods::in_pod_programs(&valid.programs).first() {
+        return Err(invalid(format!(
+            "program {} attaches inside pods, which needs a cluster (the operator selects the pods); in standalone \
+             mode attach it to the node's interfaces (xdp.interfaces, tc.interfaces)",
+            p.name
+        )));
+    }
     let bytecode = match &valid.bytecode {
         Bytecode::Inline(b) => b.clone(),
         Bytecode::Path { path, digest } => {
@@ -108,5 +115,6 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
         spec: obj.spec.programs.clone(),
         globals: valid.globals,
         maps: checked_map_policies(&obj.spec.maps)?,
+        pods: Vec::new(),
     })
 }

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{AgentError, Reason};
 use crate::fence::EpochFence;
 use crate::manager::{ApplyInput, Change, ChangeKind, Manager};
+use crate::pods::{PodInput, check_pods};
 use crate::probe::{self, Reading};
 use crate::request::{check_digest, checked_map_policies, invalid, read_bytecode_file};
 use crate::stats::RunCounting;
@@ -121,7 +122,13 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput, AgentError> 
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| invalid(e.0))?;
     let maps = checked_map_policies(&maps)?;
-    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps })
+    let pods = req
+        .pods
+        .into_iter()
+        .map(|p| PodInput { uid: p.uid, namespace: p.namespace, name: p.name, programs: p.programs })
+        .collect();
+    let pods = check_pods(pods, &programs)?;
+    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps, pods })
 }
 
 /// The gRPC code of a reason: the caller's input (InvalidArgument), the node's state
@@ -207,22 +214,14 @@ impl Agent for AgentService {
             0 => crds::limits::DEFAULT_LIST_PAGE_SIZE,
             n => n,
         };
-        let states = self.manager.list();
-        let mut digest = proto::NodeDigest::default();
-        for s in &states {
-            digest.add(&s.owner_uid, &s.owner, &s.revision, s.health);
-        }
-        let digest = digest.value();
+        // The digest of what the operator reads: pods count as well as revisions and health.
+        let states: Vec<v1::OwnerState> = self.manager.list().iter().map(proto::status_to_wire).collect();
+        let digest = proto::NodeDigest::of_states(&states);
         let unchanged = req.known_digest != 0 && req.known_digest == digest && req.page_token.is_empty();
         let (owners, next_page_token) = if unchanged {
             (Vec::new(), String::new())
         } else {
-            page(
-                states.iter().map(proto::status_to_wire).collect(),
-                &req.page_token,
-                size,
-                crds::limits::MAX_LIST_PAGE_BYTES,
-            )
+            page(states, &req.page_token, size, crds::limits::MAX_LIST_PAGE_BYTES)
         };
         Ok(Response::new(v1::ListResponse {
             node_name: self.manager.config().node_name.clone(),

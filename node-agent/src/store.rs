@@ -11,9 +11,14 @@ use crds::names::OwnerUid;
 use crds::program::{Direction, ProgramType};
 use serde::{Deserialize, Serialize};
 
-/// The owner-record format this agent writes and reads. A record of a newer format
-/// (written by a newer agent, before a downgrade) is set aside, never guessed at.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The newest owner-record format this agent reads. A record of a newer format (written
+/// by a newer agent, before a downgrade) is set aside, never guessed at.
+///
+/// Format 2 adds `pods` (links inside pods). A record is written in the oldest format that
+/// holds it (see [`OwnerRecord::format`]): one without pods stays format 1, which agents
+/// from before pods read as ever; one with pods is format 2, which they set aside (keeping
+/// every pin) rather than run an owner whose pod links they cannot see or detach.
+pub const SCHEMA_VERSION: u32 = 2;
 
 fn first_schema() -> u32 {
     1
@@ -41,6 +46,57 @@ pub struct OwnerRecord {
     /// empty, with why (e.g. "counts: value size 8 -> 16, recreated empty").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maps_recreated: Vec<String>,
+    /// The pods of the last Apply that programs with `pods` attach in, with their links
+    /// (under `<revision>/pods/<pod-uid>/`) or why not (format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodRecord>,
+}
+
+impl OwnerRecord {
+    /// The oldest record format that holds this record (see [`SCHEMA_VERSION`]).
+    pub fn format(&self) -> u32 {
+        if self.pods.is_empty() { 1 } else { 2 }
+    }
+}
+
+/// One pod an owner's programs attach in, as the last Apply (or recovery) left it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    /// metadata.uid (a `PodUid`: it names the pod's pin directory).
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// The owner's programs the request named for this pod, in request order.
+    pub programs: Vec<String>,
+    /// The pod's network namespace as the container runtime named it when the links were
+    /// made; a clsact filter (no pin) is removed by entering it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<PodLinkRecord>,
+    /// Why not every program named is attached on each of its interfaces; None when they
+    /// all are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<PodFailure>,
+}
+
+/// One link of a program inside a pod: the program, the interface's index in its list,
+/// and the link as on the node (`hook` is the pod's interface name).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLinkRecord {
+    pub program: String,
+    pub index: usize,
+    pub link: LinkRecord,
+}
+
+/// Why a pod is not (fully) attached: a `Reason` name and words.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodFailure {
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -117,7 +173,9 @@ impl StateStore {
         let uid = OwnerUid::new(&record.uid).map_err(std::io::Error::other)?;
         let tmp = self.dir.join(format!(".{uid}.json.tmp"));
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(record)?)?;
+        let mut value = serde_json::to_value(record)?;
+        value["schema"] = record.format().into();
+        f.write_all(&serde_json::to_vec_pretty(&value)?)?;
         f.sync_all()?;
         fs::rename(&tmp, self.path(&uid))?;
         fs::File::open(&self.dir)?.sync_all()

@@ -18,7 +18,7 @@ use agent::attach::pod::{LinkPin, PodError};
 use agent::error::Reason;
 use aya::Ebpf;
 use aya::programs::{SchedClassifier, UProbe, Xdp};
-use common::{kernel_has_link, object, read_counter, setup, sh, sh_ok, unique, wait_for};
+use common::{kernel_has_link, link_gone, object, read_counter, setup, sh, sh_ok, unique, wait_for};
 use crds::names::{InterfaceName, ProgramName};
 use crds::program::{Direction, XdpMode};
 use crds::validate::UprobeTarget;
@@ -116,16 +116,6 @@ fn link_fdinfo(pin: &Path) -> String {
     use std::os::fd::AsRawFd;
     let fd = agent::kernel::obj_get(pin).unwrap();
     std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap()
-}
-
-fn link_gone(id: u32) -> bool {
-    (0..60).any(|_| {
-        let gone = !kernel_has_link(id);
-        if !gone {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        gone
-    })
 }
 
 /// A bpffs directory for this test's pins, removed with everything in it on drop.

@@ -65,6 +65,7 @@ pub fn main() -> anyhow::Result<()> {
         bpffs_root: args.bpffs_root.clone(),
         state_dir: args.state_dir.clone(),
         tc_backend: TcBackend::Auto,
+        cri_socket: agent::pods::resolve::DEFAULT_CRI_SOCKET.into(),
     })?;
     // Requests arrive through the runtime's I/O driver and are served by a task on a worker
     // thread, as the agent's gRPC server serves them, not by `block_on` from this thread.

@@ -4,6 +4,7 @@
 
 mod cgroup;
 pub mod container;
+pub mod in_pod;
 pub mod netns;
 pub mod pod;
 mod probes;
@@ -108,11 +109,11 @@ pub fn load_and_attach(
     // quarter to a third of the attaches. They run now.
     std::thread::yield_now();
     let (program_id, links) = match &p.attach {
-        Attach::Xdp { in_pods: true, .. } | Attach::Tc { in_pods: true, .. } => return Err(in_pods(&p.name)),
-        Attach::Xdp { interfaces, mode, in_pods: false } => {
-            xdp::attach(program, &p.name, interfaces, *mode, ctx, &pin, undo)?
+        Attach::Xdp { interfaces, mode, in_pods } => {
+            xdp::attach(program, &p.name, on_node(interfaces, *in_pods), *mode, ctx, &pin, undo)?
         }
-        Attach::Tc { interfaces, direction, priority, in_pods: false } => {
+        Attach::Tc { interfaces, direction, priority, in_pods } => {
+            let interfaces = on_node(interfaces, *in_pods);
             tc::attach(program, &p.name, interfaces, (*direction, *priority), ctx, &pin, undo)?
         }
         Attach::CgroupSkb { cgroup, direction } => {
@@ -123,14 +124,12 @@ pub fn load_and_attach(
     Ok(ProgramRecord { name: name.to_string(), program_type: p.attach.program_type(), program_id, pin, links })
 }
 
-/// A program that attaches inside pods never reaches the node-level attach (the wire
-/// refuses it until this agent attaches in pods): never on the node's interfaces.
-pub(crate) fn in_pods(program: &crds::names::ProgramName) -> AgentError {
-    AgentError::for_program(
-        crds::reason::Reason::InvalidSpec,
-        program.as_str(),
-        format!("program {program} attaches inside pods, which this agent does not do"),
-    )
+/// The node's interfaces a program attaches to: none for one that attaches inside pods
+/// (`in_pods`: the interfaces are each pod's, attached by `in_pod` per pod), which is
+/// loaded and pinned here like any other, never linked on the node's interfaces of the
+/// same names.
+fn on_node(interfaces: &[crds::names::InterfaceName], in_pods: bool) -> &[crds::names::InterfaceName] {
+    if in_pods { &[] } else { interfaces }
 }
 
 /// Pin a link and return its kernel id.

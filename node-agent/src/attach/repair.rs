@@ -36,7 +36,10 @@ pub fn reattach(
         Ok(p.to_path_buf())
     };
     match &valid.attach {
-        Attach::Xdp { in_pods: true, .. } | Attach::Tc { in_pods: true, .. } => Err(super::in_pods(&valid.name)),
+        // No node-level hook to repair: its links are in pods (`pods`, `in_pod`).
+        Attach::Xdp { in_pods: true, .. } | Attach::Tc { in_pods: true, .. } => Err(AgentError::internal(format!(
+            "{name} attaches inside pods: it has no hook #{index} on the node to re-attach"
+        ))),
         Attach::Xdp { interfaces, mode, in_pods: false } => {
             let iface = interfaces.get(index).ok_or_else(hook_missing)?.as_str();
             let ifindex = super::interface_index(&valid.name, iface)?;

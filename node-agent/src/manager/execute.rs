@@ -15,6 +15,7 @@ use crds::names::{MapName, OwnerUid};
 use crds::revision::Revision;
 use crds::rollout::MapUpgrade;
 
+use super::pods::PodWork;
 use super::{ApplyInput, Manager, tcx_peers};
 use crate::apply_plan::{self, LoadPlan};
 use crate::attach::{self, AttachCtx, Undo};
@@ -38,6 +39,7 @@ impl Manager {
         input: &ApplyInput,
         running: Option<&OwnerRecord>,
         rebuild: bool,
+        pods: &PodWork,
     ) -> Result<OwnerRecord> {
         let info = elf::inspect(&input.bytecode)?;
         for p in &input.programs {
@@ -61,7 +63,7 @@ impl Manager {
         };
         let staging = maps::staging_dir(&self.layout, &input.uid, &input.revision);
         let plan = apply_plan::load(&now, |n| self.map_pin(&input.uid, n), &staging);
-        self.execute(input, &plan)
+        self.execute(input, &plan, pods)
     }
 
     /// The owner's pinned maps of the object's names, and which of its directories exist.
@@ -88,9 +90,10 @@ impl Manager {
         self.layout.map(owner, &MapName::new(name).expect("map names are checked before the plan"))
     }
 
-    /// Follow a load's plan: prepare the directories, attach and commit, then finish the
-    /// upgrade; or roll the attempt back.
-    fn execute(&self, input: &ApplyInput, plan: &LoadPlan<'_>) -> Result<OwnerRecord> {
+    /// Follow a load's plan: prepare the directories, attach and commit, attach in the
+    /// pods (taking over the previous revision's pod links), then finish the upgrade; or
+    /// roll the attempt back.
+    fn execute(&self, input: &ApplyInput, plan: &LoadPlan<'_>, pods: &PodWork) -> Result<OwnerRecord> {
         if plan.clear_revision_dir {
             let _ = std::fs::remove_dir_all(self.layout.revision_dir(&input.uid, &input.revision));
         }
@@ -102,6 +105,7 @@ impl Manager {
         let mut undo: Vec<Undo> = Vec::new();
         match self.attach_and_commit(input, plan, &mut undo) {
             Ok(record) => {
+                let record = self.carry_out_pods(&record, plan.previous, pods);
                 self.finish_upgrade(input, plan, &record);
                 Ok(record)
             }
@@ -148,6 +152,8 @@ impl Manager {
                 .collect(),
             bytecode_digest: Some(crds::revision::Sha256Digest::of(&input.bytecode).to_string()),
             maps_recreated: plan.maps.recreated(),
+            // Committed without pods: they are attached after the commit (see `execute`).
+            pods: Vec::new(),
         };
         crate::fault::point("after-attach", input.uid.as_str());
         self.store.save(&record).map_err(|e| AgentError::internal(format!("cannot write owner record: {e}")))?;
@@ -218,9 +224,11 @@ impl Manager {
         Ok(repaired)
     }
 
-    /// Detach and unpin one revision of an owner (its maps stay). Clsact filters its
-    /// `successor` took over in place (same hook and handle) stay: they run the successor.
+    /// Detach and unpin one revision of an owner (its maps stay), in pods too. Clsact
+    /// filters and pod links its `successor` took over in place (same hook and handle, or
+    /// link) stay: they run the successor.
     pub(super) fn remove_revision(&self, record: &OwnerRecord, successor: Option<&OwnerRecord>) {
+        self.detach_revision_pods(record, successor);
         let taken_over = |kind: &LinkKind| {
             successor.is_some_and(|s| s.programs.iter().flat_map(|p| &p.links).any(|l| &l.kind == kind))
         };

@@ -23,12 +23,16 @@ use crate::attach::{TcBackend, TcPeer};
 use crate::error::{AgentError, Reason, Result};
 use crate::loader::Loader;
 use crate::metrics::Metrics;
+use crate::pods::PodRequest;
+use crate::pods::resolve::PodResolver;
 use crate::store::{LinkKind, OwnerRecord, StateStore};
 
 mod execute;
 mod lock;
+mod pods;
 mod state;
 
+use pods::PodWork;
 use state::bare_state;
 
 /// Where the agent keeps things and how it attaches.
@@ -38,6 +42,9 @@ pub struct AgentConfig {
     pub bpffs_root: PathBuf,
     pub state_dir: PathBuf,
     pub tc_backend: TcBackend,
+    /// The container runtime's CRI socket, where pods' network namespaces are found
+    /// (`pods::resolve::DEFAULT_CRI_SOCKET` unless told otherwise).
+    pub cri_socket: PathBuf,
 }
 
 /// A change seen on the node, for Watch.
@@ -71,6 +78,9 @@ pub struct ApplyInput {
     /// Per-map policies across revisions (`spec.maps`); maps not named keep compatible
     /// contents.
     pub maps: Vec<MapPolicy>,
+    /// The pods the programs with `in_pods` attach in (checked by `pods::check_pods`). Not
+    /// part of the revision.
+    pub pods: Vec<PodRequest>,
 }
 
 /// What the agent knows of one owner.
@@ -101,6 +111,8 @@ pub struct Manager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     entries: RwLock<BTreeMap<String, Entry>>,
     events: broadcast::Sender<Change>,
+    /// Where pods' network namespaces are found (the runtime at `cfg.cri_socket`).
+    pod_resolver: PodResolver,
     pub metrics: Metrics,
 }
 
@@ -120,6 +132,7 @@ impl Manager {
             locks: Mutex::default(),
             entries: RwLock::default(),
             events,
+            pod_resolver: PodResolver::new(&cfg.cri_socket),
             metrics: Metrics::new(),
             cfg,
         }))
@@ -204,10 +217,56 @@ impl Manager {
                      restart the agent) to replace what runs"
                 ),
             )),
-            apply_plan::ApplyPlan::Keep => Ok((self.keep(&uid, current, &input.revision), false)),
-            apply_plan::ApplyPlan::Repair(problems) => self.repair(&uid, current, problems).await,
-            apply_plan::ApplyPlan::Load { rebuild } => self.load(input, current, rebuild).await,
+            // The revision runs: the pods may still change (the pod set is no part of it).
+            apply_plan::ApplyPlan::Keep => {
+                let pods = self.prepare_pods(&input, current.record.as_ref(), None).await;
+                let state = self.keep(&uid, current, &input.revision);
+                if pods.is_noop() {
+                    return Ok((state, false));
+                }
+                self.sync_pods(&uid, pods).await
+            }
+            apply_plan::ApplyPlan::Repair(problems) => {
+                let pods = self.prepare_pods(&input, current.record.as_ref(), None).await;
+                let repaired = Arc::clone(&self).repair(&uid, current, problems).await?;
+                if pods.is_noop() {
+                    return Ok(repaired);
+                }
+                let (state, _) = self.sync_pods(&uid, pods).await?;
+                Ok((state, true))
+            }
+            // A new revision's pods take over the running one's pod links; a rebuilt one
+            // (torn down first) attaches in every pod afresh.
+            apply_plan::ApplyPlan::Load { rebuild } => {
+                let previous = if rebuild { None } else { current.record.as_ref() };
+                let pods = self.prepare_pods(&input, None, previous).await;
+                self.load(input, current, rebuild, pods).await
+            }
         }
+    }
+
+    /// Bring the pods of the revision that runs to what `pods` planned. Changed: what is
+    /// reported of the pods (attached, detached, or why not) is not what it was.
+    async fn sync_pods(self: Arc<Self>, uid: &str, pods: PodWork) -> Result<(NodeProgramStatus, bool)> {
+        let Some(mut entry) = self.entry(uid).filter(|e| e.record.is_some()) else {
+            return Ok((self.state_or_bare(uid), false));
+        };
+        let record = entry.record.clone().expect("filtered on a record");
+        let this = Arc::clone(&self);
+        let rec = record.clone();
+        let updated = tokio::task::spawn_blocking(move || this.carry_out_pods(&rec, None, &pods))
+            .await
+            .map_err(|e| AgentError::internal(format!("pod task failed: {e}")))?;
+        let reported = |r: &OwnerRecord| r.pods.iter().map(crate::pods::attachment).collect::<Vec<_>>();
+        let changed = reported(&updated) != reported(&record);
+        entry.record = Some(updated);
+        self.set_entry(uid, Some(entry));
+        let state = self.state_or_bare(uid);
+        if changed {
+            tracing::info!(uid = %uid, pods = state.pods.len(), "pods changed");
+            self.emit(ChangeKind::Updated, state.clone(), "pods changed".into());
+        }
+        Ok((state, changed))
     }
 
     /// The revision runs, healthy. Also a revert to it after a newer revision failed:
@@ -254,6 +313,7 @@ impl Manager {
         input: ApplyInput,
         current: Entry,
         rebuild: bool,
+        pods: PodWork,
     ) -> Result<(NodeProgramStatus, bool)> {
         let started = Instant::now();
         let running = current.record.clone();
@@ -261,11 +321,11 @@ impl Manager {
         // handing the load to a parked blocking thread would add a wake-up to every Apply.
         let result = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.load_blocking(&input, running.as_ref(), rebuild))
+                tokio::task::block_in_place(|| self.load_blocking(&input, running.as_ref(), rebuild, &pods))
             }
             _ => {
                 let (this, input2) = (Arc::clone(&self), input.clone());
-                tokio::task::spawn_blocking(move || this.load_blocking(&input2, running.as_ref(), rebuild))
+                tokio::task::spawn_blocking(move || this.load_blocking(&input2, running.as_ref(), rebuild, &pods))
                     .await
                     .unwrap_or_else(|e| Err(AgentError::internal(format!("apply task failed: {e}"))))
             }

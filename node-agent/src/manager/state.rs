@@ -51,6 +51,9 @@ impl Manager {
                 .iter()
                 .map(|m| PinnedMap { name: m.name.clone(), pin_path: m.pin_path.display().to_string() })
                 .collect();
+            // Every pod of the last Apply (at most MAX_PODS_PER_OWNER), attached or why not:
+            // a pod's failure is the pod's, never the owner's health.
+            state.pods = r.pods.iter().map(crate::pods::attachment).collect();
         }
         if let Some((rev, err)) = &e.failure {
             state.health = Health::Failed;

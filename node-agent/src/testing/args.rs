@@ -49,6 +49,11 @@ impl AgentArgs {
         self.arg("--metrics-listen").arg(addr.to_string())
     }
 
+    /// `--cri-socket PATH`: the container runtime (a fake one, in tests) where pods are found.
+    pub fn cri_socket(self, socket: &Path) -> Self {
+        self.arg("--cri-socket").arg(socket)
+    }
+
     /// `--standalone DIR`: no gRPC, the manifests in `dir`.
     pub fn standalone(self, dir: &Path) -> Self {
         self.arg("--standalone").arg(dir)
@@ -80,6 +85,7 @@ mod tests {
         let args = AgentArgs::new("n1", Path::new("/sys/fs/bpf/x"), Path::new("/tmp/s"))
             .listen("127.0.0.1:5")
             .operator_client_name()
+            .cri_socket(Path::new("/tmp/cri.sock"))
             .args(["--tc-backend", "clsact"])
             .build();
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
@@ -96,6 +102,8 @@ mod tests {
                 "127.0.0.1:5",
                 "--tls-client-name",
                 "bpfleet-operator",
+                "--cri-socket",
+                "/tmp/cri.sock",
                 "--tc-backend",
                 "clsact"
             ]

@@ -3,6 +3,7 @@
 //! readings taken from the kernel with bpftool (not through our own code).
 #![allow(dead_code)]
 
+pub mod fake_cri;
 pub mod process;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +98,7 @@ impl TestAgent {
             bpffs_root: root.clone(),
             state_dir: state.clone(),
             tc_backend,
+            cri_socket: state.join("no-runtime.sock"),
         })
         .unwrap();
         Self { manager, root, state }
@@ -140,6 +142,7 @@ pub fn input_bytes(owner: &str, spec_yaml: &str, bytecode: Vec<u8>) -> ApplyInpu
         spec: spec.programs.clone(),
         globals: valid.globals,
         maps: spec.maps.clone(),
+        pods: Vec::new(),
     }
 }
 
@@ -179,17 +182,27 @@ pub fn kernel_has_program(id: u32) -> bool {
 /// Programs and links are freed by the kernel asynchronously (RCU) after their last
 /// reference goes: poll for up to 3 s.
 pub fn program_gone(id: u32) -> bool {
+    gone_soon(|| kernel_has_program(id))
+}
+
+pub fn kernel_has_link(id: u32) -> bool {
+    sh_ok(&format!("bpftool link show id {id} >/dev/null 2>&1"))
+}
+
+/// As [`program_gone`], for link `id`.
+pub fn link_gone(id: u32) -> bool {
+    gone_soon(|| kernel_has_link(id))
+}
+
+/// Whether `exists` turns false within 3 s (polled every 50 ms).
+fn gone_soon(exists: impl Fn() -> bool) -> bool {
     (0..60).any(|_| {
-        let gone = !kernel_has_program(id);
+        let gone = !exists();
         if !gone {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         gone
     })
-}
-
-pub fn kernel_has_link(id: u32) -> bool {
-    sh_ok(&format!("bpftool link show id {id} >/dev/null 2>&1"))
 }
 
 /// A veth pair: `host` in the root namespace (10.x.y.1), `peer` in namespace `ns`

@@ -1,0 +1,378 @@
+//! Carrying out what `pods::plan` decided: which recorded links are dead (read from the
+//! kernel), where the pods to attach in are (asked of the runtime, before any kernel
+//! work), then per pod: detach what goes, attach what is missing (taking over the replaced
+//! revision's links in place), and record the outcome. Nothing here decides.
+//!
+//! Pods are independent of one another and of the owner: a pod that is gone, not started
+//! or missing an interface is recorded with why, and the Apply goes on. Pods are worked on
+//! a few at a time (each attach waits in the kernel for an RCU grace period, and a pod's
+//! namespace is entered on a thread of its own).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crds::names::{InterfaceName, OwnerUid, PodUid, ProgramName};
+use crds::revision::Revision;
+
+use super::{ApplyInput, Manager};
+use crate::attach::TcPeer;
+use crate::attach::in_pod::{self, PodAttach, TakeOver};
+use crate::attach::netns::PodNetns;
+use crate::attach::pod::PodError;
+use crate::error::{AgentError, Reason};
+use crate::pods::plan::{self, LinkKey, PodPlan, PodSteps, PodsNow};
+use crate::pods::resolve::Resolved;
+use crate::pods::{InPodProgram, failure, in_pod_programs};
+use crate::store::{LinkKind, OwnerRecord, PodLinkRecord, PodRecord};
+
+/// Pods worked on at once.
+const PARALLEL_PODS: usize = 8;
+
+/// The pod part of one Apply, planned and with the pods to attach in found, before any
+/// kernel work.
+pub(super) struct PodWork {
+    pub programs: Vec<InPodProgram>,
+    pub plan: PodPlan,
+    pub netns: BTreeMap<PodUid, Resolved>,
+}
+
+impl PodWork {
+    pub fn is_noop(&self) -> bool {
+        self.plan.is_noop()
+    }
+}
+
+/// Where one pod's links of one revision go.
+struct PodCtx<'a> {
+    owner: &'a OwnerUid,
+    revision: &'a Revision,
+    record: &'a OwnerRecord,
+    previous: Option<&'a OwnerRecord>,
+    programs: &'a [InPodProgram],
+}
+
+impl Manager {
+    /// Plan the pods of `input` against what runs: `running` is the record of the same
+    /// revision (an Apply that loads nothing), `previous` the one a load replaces. Then find
+    /// the network namespace of every pod with something to attach.
+    pub(super) async fn prepare_pods(
+        &self,
+        input: &ApplyInput,
+        running: Option<&OwnerRecord>,
+        previous: Option<&OwnerRecord>,
+    ) -> PodWork {
+        let programs = in_pod_programs(&input.programs);
+        let recorded = |r: Option<&OwnerRecord>| r.map(|r| r.pods.clone()).unwrap_or_default();
+        let (running_pods, previous_pods) = (recorded(running), recorded(previous));
+        let mut dead = BTreeSet::new();
+        for r in [running, previous].into_iter().flatten() {
+            dead.extend(dead_links(r));
+        }
+        let now = PodsNow {
+            programs: &programs,
+            running: &running_pods,
+            previous: &previous_pods,
+            dead: &dead,
+            requested: &input.pods,
+        };
+        let plan = plan::plan(&now);
+        let netns = self.pod_resolver.netns_of(plan.to_resolve()).await;
+        PodWork { programs, plan, netns }
+    }
+
+    /// Carry out `work` for the revision `record` runs (committed), `previous` being the
+    /// revision it replaced (whose pod links are taken over where planned). Returns the
+    /// record with its pods as they stand now, saved when they changed. A record that
+    /// cannot be saved is logged, not fatal: a restarted agent then finds pod pins no
+    /// record claims and removes them, and the next Apply attaches those pods again.
+    pub(super) fn carry_out_pods(
+        &self,
+        record: &OwnerRecord,
+        previous: Option<&OwnerRecord>,
+        work: &PodWork,
+    ) -> OwnerRecord {
+        let (Ok(owner), Some(revision)) = (OwnerUid::new(&record.uid), Revision::parse(&record.revision)) else {
+            tracing::error!(uid = %record.uid, "owner record names no valid owner or revision; pods left as they are");
+            return record.clone();
+        };
+        let ctx = PodCtx { owner: &owner, revision: &revision, record, previous, programs: &work.programs };
+        for gone in &work.plan.dropped {
+            self.drop_pod(&ctx, gone);
+        }
+        let peers = self.pod_tc_peers();
+        let pods = in_parallel(&work.plan.pods, |steps| {
+            let netns = work.netns.get(&steps.pod.uid);
+            let peers = peers.get(steps.pod.uid.as_str()).map(Vec::as_slice).unwrap_or_default();
+            self.sync_pod(&ctx, steps, netns, peers)
+        });
+        let mut updated = record.clone();
+        updated.pods = pods;
+        if updated.pods != record.pods
+            && let Err(e) = self.store.save(&updated)
+        {
+            tracing::error!(owner = %record.name, error = %e, "cannot write owner record with its pods");
+        }
+        updated
+    }
+
+    /// One requested pod: detach what goes, then attach what is missing.
+    fn sync_pod(&self, ctx: &PodCtx<'_>, steps: &PodSteps, resolved: Option<&Resolved>, peers: &[TcPeer]) -> PodRecord {
+        let pod = &steps.pod;
+        let recorded_netns = steps.netns.as_ref().map(|p| PodNetns::new(p, pod.context()));
+        for l in &steps.detach {
+            if let Err(e) = in_pod::detach(recorded_netns.as_ref(), &l.link) {
+                tracing::warn!(pod = %pod.context(), link = l.link.link_id, error = %e, "cannot detach a link in a pod");
+            }
+        }
+        let mut out = PodRecord {
+            uid: pod.uid.to_string(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            programs: pod.programs.iter().map(|p| p.to_string()).collect(),
+            netns: steps.netns.clone(),
+            links: steps.keep.clone(),
+            failure: None,
+        };
+        if steps.attach.is_empty() {
+            self.tidy_pod_dir(ctx, &pod.uid);
+            return out;
+        }
+        let path = match resolved {
+            Some(Ok(path)) => path.clone(),
+            Some(Err(e)) => {
+                out.failure = Some(failure(e));
+                return out;
+            }
+            None => {
+                out.failure = Some(failure(&AgentError::internal(format!("{} was not looked up", pod.context()))));
+                return out;
+            }
+        };
+        out.netns = Some(path.clone());
+        let netns = PodNetns::new(&path, pod.context());
+        let mut peers = peers.to_vec();
+        for step in &steps.attach {
+            let program = &ctx.programs[step.program];
+            match self.attach_hook(ctx, &pod.uid, program, step.index, step.take_over.as_ref(), &netns, &peers) {
+                Ok(link) => {
+                    if let LinkKind::Tcx { interface, direction, priority, .. } = &link.kind {
+                        let program_id = program_id(ctx.record, &program.name);
+                        peers.push(TcPeer {
+                            interface: interface.clone(),
+                            direction: *direction,
+                            priority: *priority,
+                            program_id,
+                        });
+                    }
+                    out.links.push(PodLinkRecord { program: program.name.clone(), index: step.index, link });
+                }
+                Err(PodError::Gone(place)) => {
+                    // The pod stopped meanwhile: whatever it still has of this owner goes
+                    // (its interfaces went, and with them every attachment).
+                    for l in std::mem::take(&mut out.links) {
+                        let _ = in_pod::detach(Some(&netns), &l.link);
+                    }
+                    self.tidy_pod_dir(ctx, &pod.uid);
+                    out.failure = Some(failure(&PodError::Gone(place).into()));
+                    return out;
+                }
+                Err(PodError::Failed(e)) => {
+                    tracing::info!(pod = %pod.context(), program = %program.name, error = %e, "not attached in pod");
+                    out.failure.get_or_insert_with(|| failure(&e));
+                }
+            }
+        }
+        out.links.sort_by(|a, b| (&a.program, a.index).cmp(&(&b.program, b.index)));
+        self.tidy_pod_dir(ctx, &pod.uid);
+        out
+    }
+
+    /// Attach one hook of `program` in the pod, pinned under the revision's pod directory.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_hook(
+        &self,
+        ctx: &PodCtx<'_>,
+        pod: &PodUid,
+        program: &InPodProgram,
+        index: usize,
+        take_over: Option<&PodLinkRecord>,
+        netns: &PodNetns,
+        peers: &[TcPeer],
+    ) -> std::result::Result<crate::store::LinkRecord, PodError> {
+        let name = ProgramName::new(&program.name).map_err(|e| AgentError::internal(e.to_string()))?;
+        let interface =
+            InterfaceName::new(&program.interfaces[index]).map_err(|e| AgentError::internal(e.to_string()))?;
+        let program_pin = self.layout.program(ctx.owner, ctx.revision, &name);
+        let pin = self.layout.pod_link(ctx.owner, ctx.revision, pod, &name, index);
+        if let Some(dir) = pin.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                AgentError::for_program(
+                    Reason::PinFailed,
+                    name.as_str(),
+                    format!("cannot create {}: {e}", dir.display()),
+                )
+            })?;
+        }
+        let old_program_pin =
+            take_over.and_then(|t| ctx.previous?.programs.iter().find(|p| p.name == t.program).map(|p| p.pin.clone()));
+        let take_over = match (take_over.and_then(|t| t.link.kind.pin()), &old_program_pin) {
+            (Some(link_pin), Some(old_program_pin)) => Some(TakeOver { link_pin, old_program_pin }),
+            _ => None,
+        };
+        let a = PodAttach {
+            program: &name,
+            program_pin: &program_pin,
+            hook: program.hook,
+            interface: &interface,
+            tc_backend: self.cfg.tc_backend,
+            tc_peers: peers,
+        };
+        in_pod::attach(&a, netns, &pin, take_over)
+    }
+
+    /// A pod no longer requested: every link goes, and its directory.
+    fn drop_pod(&self, ctx: &PodCtx<'_>, pod: &PodRecord) {
+        let netns = pod.netns.as_ref().map(|p| PodNetns::new(p, format!("pod {}/{}", pod.namespace, pod.name)));
+        for l in &pod.links {
+            if let Err(e) = in_pod::detach(netns.as_ref(), &l.link) {
+                tracing::warn!(pod = %pod.uid, link = l.link.link_id, error = %e, "cannot detach a link in a pod");
+            }
+        }
+        if let Ok(uid) = PodUid::new(&pod.uid) {
+            remove_dir(&self.layout.pod_dir(ctx.owner, ctx.revision, &uid));
+        }
+        tracing::info!(pod = %pod.uid, owner = %ctx.record.name, "detached from a pod no longer requested");
+    }
+
+    /// Remove what a pod's directory holds that no link uses: empty program directories,
+    /// and the pod's directory once empty.
+    fn tidy_pod_dir(&self, ctx: &PodCtx<'_>, pod: &PodUid) {
+        let dir = self.layout.pod_dir(ctx.owner, ctx.revision, pod);
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(self.layout.pods_dir(ctx.owner, ctx.revision));
+    }
+
+    /// bpfleet's TCX links in each pod, of every owner (this one's too): what orders a new
+    /// one by priority, as on the node.
+    fn pod_tc_peers(&self) -> BTreeMap<String, Vec<TcPeer>> {
+        let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: BTreeMap<String, Vec<TcPeer>> = BTreeMap::new();
+        for r in map.values().filter_map(|e| e.record.as_ref()) {
+            for pod in &r.pods {
+                for l in &pod.links {
+                    if let LinkKind::Tcx { interface, direction, priority, .. } = &l.link.kind {
+                        out.entry(pod.uid.clone()).or_default().push(TcPeer {
+                            interface: interface.clone(),
+                            direction: *direction,
+                            priority: *priority,
+                            program_id: program_id(r, &l.program),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Detach every pod link of `record` that `successor` did not take over (clsact filters
+    /// inside the pod's namespace): before its revision directory goes.
+    pub(super) fn detach_revision_pods(&self, record: &OwnerRecord, successor: Option<&OwnerRecord>) {
+        let kept: BTreeSet<u32> = successor
+            .iter()
+            .flat_map(|s| s.pods.iter().flat_map(|p| &p.links))
+            .map(|l| l.link.link_id)
+            .filter(|id| *id != 0)
+            .collect();
+        for pod in &record.pods {
+            let netns = pod.netns.as_ref().map(|p| PodNetns::new(p, format!("pod {}/{}", pod.namespace, pod.name)));
+            for l in pod.links.iter().filter(|l| !kept.contains(&l.link.link_id)) {
+                if let Err(e) = in_pod::detach(netns.as_ref(), &l.link) {
+                    tracing::warn!(pod = %pod.uid, link = l.link.link_id, error = %e, "cannot detach a link in a pod");
+                }
+            }
+        }
+    }
+}
+
+/// The kernel id of a record's program, by name (0 when it has none of that name).
+fn program_id(record: &OwnerRecord, name: &str) -> u32 {
+    record.programs.iter().find(|p| p.name == name).map_or(0, |p| p.program_id)
+}
+
+/// The pod links of `record` that no longer work: their pin gone, detached (the pod's
+/// interface, or namespace, went), or running another program than the record's. A clsact
+/// filter counts as working while its namespace exists (checking more would mean entering
+/// every pod).
+fn dead_links(record: &OwnerRecord) -> Vec<LinkKey> {
+    let mut out = Vec::new();
+    for pod in &record.pods {
+        for l in &pod.links {
+            let works = match &l.link.kind {
+                LinkKind::Pinned { path } | LinkKind::Tcx { path, .. } => crate::kernel::pinned_link(path)
+                    .is_ok_and(|k| k.ifindex != Some(0) && k.program_id == program_id(record, &l.program)),
+                LinkKind::TcNetlink { .. } => pod.netns.as_deref().is_some_and(Path::exists),
+            };
+            if !works {
+                out.push(LinkKey::of(pod, l));
+            }
+        }
+    }
+    out
+}
+
+/// Run `f` on each item on up to [`PARALLEL_PODS`] threads; the results in the items' order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..PARALLEL_PODS.min(items.len()) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every item was worked on"))
+        .collect()
+}
+
+fn remove_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod pins");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_work_keeps_the_order() {
+        let items: Vec<usize> = (0..50).collect();
+        let out = in_parallel(&items, |i| {
+            std::thread::sleep(std::time::Duration::from_millis((50 - *i as u64) % 7));
+            i * 2
+        });
+        assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(in_parallel(&[3], |i| i + 1), vec![4]);
+        assert!(in_parallel(&[] as &[u8], |i| *i).is_empty());
+    }
+}
