@@ -626,6 +626,16 @@ pub struct BpfProgramStatus {
     /// turning Ready.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub waiting_nodes: i32,
+    /// Programs inside pods: the running pods they attach in on the target nodes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_pods: i32,
+    /// Of those, pods where the agents report every program attached.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ready_pods: i32,
+    /// Of those, pods where an agent reports a program not attached (each node's BpfNode
+    /// says which and why).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_pods: i32,
     /// `Ready` (for `kubectl wait`), kstatus's abnormal-true `Reconciling` (converging)
     /// and `Stalled` (failing: Flux reports it as Failed), plus `Progressing` and
     /// `Degraded`. Every condition carries the `observedGeneration` it describes.

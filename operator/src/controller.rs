@@ -81,6 +81,9 @@ pub struct Context {
     pub gates: crate::gates::GateBook,
     /// The Prometheus servers a health gate may query (`--prometheus-address`).
     pub prometheus: crate::prometheus::Prometheus,
+    /// The pods of the namespaces programs inside pods name (`None`: no pod is seen, as in
+    /// tests without an API server's pods).
+    pub pod_watches: Option<Arc<crate::pod_watch::PodWatches>>,
 }
 
 /// Default of `--agent-unreachable-grace-seconds`.
@@ -126,6 +129,7 @@ impl Context {
             stale_bpfnodes: Default::default(),
             gates: Default::default(),
             prometheus: crate::prometheus::Prometheus::new(Vec::new()),
+            pod_watches: None,
         }
     }
 }
@@ -216,9 +220,11 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let mut rollout = (None, None);
     let mut gated = None;
     let mut gate_failed = BTreeMap::new();
+    let mut pod_counts = None;
     if let Some(content) = &spec.content {
         record_history(ctx, &p, content, spec.image.as_ref(), stable.as_deref()).await;
-        let done = roll_out(ctx, &p, &uid, content, &spec.targets, &nodes).await;
+        let reach = Reach { nodes: &nodes, pods: spec.pods.as_ref() };
+        let done = roll_out(ctx, &p, &uid, content, &spec.targets, reach).await;
         rollout = (Some(done.status), done.wake);
         gated = done.gated;
         gate_failed = done.gate_failed;
@@ -239,6 +245,14 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
             if let Some(status) = rollout.0.as_mut() {
                 rollout::count_nodes(status, r, &spec.targets, &snap.observed, &outcomes, gated.as_ref());
             }
+            pod_counts = spec.pods.as_ref().map(|pods| {
+                let wanted: usize = spec.targets.iter().filter_map(|n| pods.get(n)).map(Vec::len).sum();
+                let on = |n: &String| snap.observed.get(n).is_some_and(|o| o.revision == *r);
+                let tallies: Vec<_> = spec.targets.iter().filter(|n| on(n)).filter_map(|n| snap.pods.get(n)).collect();
+                let failed: u32 = tallies.iter().map(|t| t.failed).sum();
+                let ready: u32 = tallies.iter().map(|t| t.total - t.failed).sum();
+                (wanted as i32, ready as i32, failed as i32)
+            });
             (outcomes, sends::retries(&snap, &spec.targets), grace_ends)
         }
         None => (spec.targets.iter().map(|n| (n.clone(), NodeOutcome::Pending)).collect(), BTreeMap::new(), None),
@@ -257,6 +271,9 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     if spec.image.is_some() || p.spec.bytecode.image.is_none() {
         status.image = spec.image;
     }
+    if let Some((target, ready, failed)) = pod_counts {
+        (status.target_pods, status.ready_pods, status.failed_pods) = (target, ready, failed);
+    }
     ctx.metrics.program_counts(&name, &status);
     write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
     write_status(ctx, &p, &status).await?;
@@ -274,26 +291,30 @@ struct ResolvedSpec {
     content: Option<Content>,
     /// What an image source resolved to.
     image: Option<crds::program::ImageStatus>,
+    /// Programs inside pods: the pods each target node attaches in.
+    pods: Option<PodMap>,
 }
 
 async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> ResolvedSpec {
     let invalid =
         |e: &dyn std::fmt::Display| SpecProblem { reason: crds::reason::Reason::InvalidSpec, message: e.to_string() };
-    let (targets, mut problem) = match target_nodes(&p.spec.node_selector, nodes) {
+    let (mut targets, mut problem) = match target_nodes(&p.spec.node_selector, nodes) {
         Ok(t) => (t, crds::validate::validate_spec(&p.spec).err().map(|e| invalid(&e))),
         Err(e) => (BTreeSet::new(), Some(invalid(&e))),
     };
-    if problem.is_none()
-        && let Some(prog) = p.spec.programs.iter().find(|x| {
-            x.xdp.as_ref().is_some_and(|a| a.pods.is_some()) || x.tc.as_ref().is_some_and(|a| a.pods.is_some())
-        })
+    let pods = match pods_of(ctx, &p.spec, &targets) {
+        Ok(pods) => pods,
+        Err(e) => {
+            problem = problem.or(Some(invalid(&e)));
+            None
+        }
+    };
+    // A program all of whose functions attach inside pods runs on the nodes their pods run
+    // on (a pod there is what makes a node a target), as a DaemonSet's pods follow nodes.
+    if let Some(pods) = &pods
+        && crate::pods::pod_programs(&p.spec).len() == p.spec.programs.len()
     {
-        problem = Some(invalid(&format!(
-            "programs[{}] ({}) attaches inside pods, which this operator does not roll out yet: attach it to the \
-             node's interfaces",
-            p.spec.programs.iter().position(|x| x.name == prog.name).unwrap_or(0),
-            prog.name
-        )));
+        targets.retain(|n| pods.contains_key(n));
     }
     if problem.is_none()
         && let Some(g) = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref()).and_then(|h| h.prometheus.as_ref())
@@ -322,7 +343,26 @@ async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> Reso
         let rev = pl.revision(&p.spec).to_string();
         Content::of_spec(&p.spec, pl, rev)
     });
-    ResolvedSpec { targets, problem, content, image }
+    ResolvedSpec { targets, problem, content, image, pods }
+}
+
+/// For a spec with programs inside pods: the pods each target node attaches in, from the
+/// pod watches (which this starts for the spec's namespaces).
+fn pods_of(ctx: &Context, spec: &crds::BpfProgramSpec, targets: &BTreeSet<String>) -> Result<Option<PodMap>, String> {
+    let namespaces = crate::pods::namespaces(spec);
+    if namespaces.is_empty() {
+        return Ok(None);
+    }
+    let Some(watches) = &ctx.pod_watches else { return Ok(Some(Arc::default())) };
+    watches.ensure(&namespaces);
+    if let Some((ns, why)) = namespaces.iter().find_map(|ns| watches.error(ns).map(|e| (ns, e))) {
+        return Err(format!(
+            "cannot read the pods of namespace {ns}: {why} (a cluster admin allows it with the chart value \
+             podTargets.namespaces or podTargets.allNamespaces)"
+        ));
+    }
+    let running: Vec<crate::pods::PodInfo> = namespaces.iter().flat_map(|ns| watches.running(ns)).collect();
+    crate::pods::by_node(spec, &running, targets).map(|m| Some(Arc::new(m))).map_err(|e| e.to_string())
 }
 
 /// Keep the revision in the history. Best effort: a history that cannot be written must
@@ -416,8 +456,9 @@ async fn roll_out(
     uid: &str,
     content: &Content,
     targets: &BTreeSet<String>,
-    nodes: &[NodeInfo],
+    reach: Reach<'_>,
 ) -> RolledOut {
+    let nodes = reach.nodes;
     let settings = Settings::resolve(p.spec.rollout.as_ref(), targets.len());
     let ranked: Vec<Ranked<'_>> = nodes
         .iter()
@@ -472,6 +513,13 @@ async fn roll_out(
                 None
             }
         };
+        let pod_sets = reach.pods.map(|pods| crate::plan::PodSets {
+            wanted: pods
+                .iter()
+                .map(|(n, list)| (n.clone(), crate::index::pod_digest(list.iter().map(|p| p.uid.as_str()))))
+                .collect(),
+            attached: snap.pods.iter().map(|(n, t)| (n.clone(), t.attached)).collect(),
+        });
         let round = sends::Round {
             revision: rev,
             targets,
@@ -483,6 +531,7 @@ async fn roll_out(
             health,
             measurement: measurement.take(),
             action: action.take(),
+            pods: pod_sets.as_ref(),
             now,
         };
         let (decision, actions) = sends::next_step(&snap, &round, |n| ctx.agents.is_ready(n));
@@ -509,9 +558,9 @@ async fn roll_out(
         tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
         for (r, group) in sends::by_revision(&actions, rev) {
             if r == rev {
-                dispatch(ctx, p, uid, content, group, nodes).await;
+                dispatch(ctx, p, uid, content, group, reach).await;
             } else {
-                send_earlier(ctx, p, uid, &r, group, targets, nodes).await;
+                send_earlier(ctx, p, uid, &r, group, targets, reach).await;
             }
         }
         last = Some(actions);
@@ -627,6 +676,16 @@ async fn gate(
     ctx.gates.judge(scope, &running, at.passed_before, now)
 }
 
+/// Where a program's nodes are, and (programs inside pods) the pods each attaches in.
+#[derive(Clone, Copy)]
+struct Reach<'a> {
+    nodes: &'a [NodeInfo],
+    pods: Option<&'a PodMap>,
+}
+
+/// Per node, the pods it attaches the programs inside pods in.
+type PodMap = Arc<BTreeMap<String, Vec<crate::pods::NodePod>>>;
+
 /// Send `group` revision `r`, an earlier one than the spec's, as history keeps it.
 async fn send_earlier(
     ctx: &Context,
@@ -635,11 +694,12 @@ async fn send_earlier(
     r: &str,
     group: BTreeMap<String, NodeAction>,
     targets: &BTreeSet<String>,
-    nodes: &[NodeInfo],
+    reach: Reach<'_>,
 ) {
-    let arch = crate::image::target_arch(crate::image::archs(nodes, targets)).unwrap_or_else(|_| "amd64".into());
+    let archs = crate::image::archs(reach.nodes, targets);
+    let arch = crate::image::target_arch(archs).unwrap_or_else(|_| "amd64".into());
     match ctx.history.content(p, r, &ctx.images, &arch).await {
-        Ok(old) => dispatch(ctx, p, uid, &old, group, nodes).await,
+        Ok(old) => dispatch(ctx, p, uid, &old, group, reach).await,
         Err(why) => {
             tracing::warn!(program = %p.name_any(), revision = %r, nodes = ?group.keys().collect::<Vec<_>>(), %why, "cannot send an earlier revision");
         }
@@ -654,12 +714,15 @@ async fn dispatch(
     uid: &str,
     content: &Content,
     actions: BTreeMap<String, NodeAction>,
-    nodes: &[NodeInfo],
+    reach: Reach<'_>,
 ) {
     let revision = content.revision.as_str();
     let name = p.name_any();
-    let order = ApplyOrder::new(uid, &name, content, ctx.epoch);
-    let (addrs, no_address) = sends::addresses(&actions, nodes);
+    let mut order = ApplyOrder::new(uid, &name, content, ctx.epoch);
+    if let Some(pods) = reach.pods {
+        order = order.with_pods(pods.clone());
+    }
+    let (addrs, no_address) = sends::addresses(&actions, reach.nodes);
     for node in no_address {
         let why = "the Node has no InternalIP address to reach its agent at".to_string();
         let outcome = NodeOutcome::Unreachable { message: why };

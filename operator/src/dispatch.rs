@@ -130,6 +130,8 @@ pub fn fit_connections(requested: usize, nofile: u64) -> usize {
 #[derive(Clone, Debug)]
 pub struct ApplyOrder {
     request: v1::ApplyRequest,
+    /// Programs inside pods: the pods of each node (shared by every node's request).
+    pods: Option<std::sync::Arc<BTreeMap<String, Vec<crate::pods::NodePod>>>>,
 }
 
 impl ApplyOrder {
@@ -146,9 +148,32 @@ impl ApplyOrder {
             expected_digest: content.payload.expected_digest(),
             maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
             node_name: String::new(), // set per node by AgentPool::apply_wire
-            pods: Vec::new(),         // programs in pods: not targeted by this operator yet
+            pods: Vec::new(),         // per node, from `pods`
         };
-        Self { request }
+        Self { request, pods: None }
+    }
+
+    /// The pods each node attaches the programs inside pods in.
+    pub fn with_pods(mut self, pods: std::sync::Arc<BTreeMap<String, Vec<crate::pods::NodePod>>>) -> Self {
+        self.pods = Some(pods);
+        self
+    }
+
+    /// The request for `node`: with the pods it attaches in.
+    fn request_for(&self, node: &str) -> v1::ApplyRequest {
+        let mut req = self.request.clone();
+        if let Some(pods) = self.pods.as_ref().and_then(|p| p.get(node)) {
+            req.pods = pods
+                .iter()
+                .map(|p| v1::Pod {
+                    uid: p.uid.clone(),
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    programs: p.programs.clone(),
+                })
+                .collect();
+        }
+        req
     }
 }
 
@@ -302,7 +327,7 @@ impl AgentPool {
     /// Makes `node` run `order`'s revision (idempotent on the agent): what the node runs
     /// of the owner now, as its agent answered.
     pub async fn apply(&self, node: &NodeAddr, order: &ApplyOrder) -> Result<NodeProgramStatus, DispatchError> {
-        let resp = self.apply_wire(node, order.request.clone()).await?;
+        let resp = self.apply_wire(node, order.request_for(&node.name)).await?;
         // `apply_wire` refused an answer without the owner's state already.
         let state = resp.state.as_ref().ok_or_else(|| {
             DispatchError::Unreachable(Unreached::new(Failure::AnswerRefused, "Apply answered no state"))

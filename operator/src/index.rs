@@ -24,6 +24,41 @@ pub struct OwnerSummary {
     pub revision: Arc<str>,
     pub health: Health,
     pub last_error: Option<Box<str>>,
+    /// The pods it is attached in (programs with `pods`).
+    pub pods: PodTally,
+}
+
+/// What a node reports of an owner's pods, in a few numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodTally {
+    /// [`pod_digest`] of the pods it is attached in.
+    pub attached: u64,
+    /// Pods reported, and of those not (fully) attached.
+    pub total: u32,
+    pub failed: u32,
+}
+
+/// One number for a set of pod uids (0 for none), whatever their order.
+pub fn pod_digest<'a>(uids: impl IntoIterator<Item = &'a str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut sorted: Vec<&str> = uids.into_iter().collect();
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sorted.hash(&mut h);
+    h.finish()
+}
+
+impl PodTally {
+    fn of(pods: &[crds::node::PodAttachment]) -> PodTally {
+        PodTally {
+            attached: pod_digest(pods.iter().filter(|p| p.reason.is_none()).map(|p| p.uid.as_str())),
+            total: pods.len() as u32,
+            failed: pods.iter().filter(|p| p.reason.is_some()).count() as u32,
+        }
+    }
 }
 
 impl OwnerSummary {
@@ -39,6 +74,7 @@ impl OwnerSummary {
                 revision: strings.str(&s.revision),
                 health: s.health,
                 last_error: s.last_error.as_deref().map(Into::into),
+                pods: PodTally::of(&s.pods),
             },
         ))
     }
@@ -127,6 +163,8 @@ pub struct Snapshot {
     pub unreachable_since: BTreeMap<String, Timestamp>,
     /// Nodes whose agent has ever answered this operator.
     pub answered: BTreeSet<String>,
+    /// Per node that reports pods of the owner: which and how many.
+    pub pods: BTreeMap<String, PodTally>,
 }
 
 impl Snapshot {
@@ -459,6 +497,9 @@ impl NodeIndex {
             for (n, e) in m {
                 if let Some(s) = e.owners.get(uid) {
                     snap.observed.insert(n.clone(), Observed { revision: s.revision.to_string(), health: s.health });
+                    if s.pods.total > 0 {
+                        snap.pods.insert(n.clone(), s.pods);
+                    }
                 }
                 let outcome = e.outcome(uid, rev);
                 if outcome != NodeOutcome::Pending {

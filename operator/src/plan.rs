@@ -28,6 +28,23 @@ pub struct ProgramView<'a> {
     /// Nodes that failed the revision they must run and wait for their next try
     /// (backoff): they are left alone until then.
     pub held: &'a BTreeSet<String>,
+    /// For a program with programs inside pods: per node, the pods it must attach in and
+    /// those it reports attached in (`None`: no program inside pods).
+    pub pods: Option<&'a PodSets>,
+}
+
+/// Pods each node must attach in, and is attached in, as [`crate::index::pod_digest`]s.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodSets {
+    pub wanted: BTreeMap<String, u64>,
+    pub attached: BTreeMap<String, u64>,
+}
+
+impl PodSets {
+    /// `node` is attached in exactly the pods it must be (none wanted: none attached).
+    pub fn in_step(&self, node: &str) -> bool {
+        self.wanted.get(node).copied().unwrap_or(0) == self.attached.get(node).copied().unwrap_or(0)
+    }
 }
 
 /// How long a node waits before it is sent a revision it failed `attempts` times in a
@@ -51,7 +68,13 @@ pub enum Action {
 /// What to ask one node, given the revision the rollout assigns it.
 pub fn action_for(node: &str, view: &ProgramView<'_>, rollout: &Decision) -> Action {
     match (rollout.revision_for(node), view.observed.get(node)) {
-        (Some(want), Some(o)) if o.revision == want && o.health == Health::Healthy => Action::Keep,
+        // Runs what it must; with pods, in exactly the pods it must (a pod that starts or
+        // stops is the same revision sent again with the new pod set).
+        (Some(want), Some(o))
+            if o.revision == want && o.health == Health::Healthy && view.pods.is_none_or(|p| p.in_step(node)) =>
+        {
+            Action::Keep
+        }
         (Some(want), _) if want == view.desired && view.held.contains(node) => Action::Keep,
         (Some(want), _) => Action::Apply(want),
         (None, Some(_)) => Action::Remove,
@@ -100,7 +123,7 @@ mod tests {
     fn new_targets_get_the_revision_others_lose_it() {
         let targets = set(&["a", "b"]);
         let observed = obs(&[("b", "r1", Health::Healthy), ("c", "r1", Health::Healthy)]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]), pods: None };
         let p = plan(&view, &all_at_once(&view));
         assert_eq!(p.get("a"), Some(&Action::Apply("r1".into())));
         assert_eq!(p.get("b"), None, "b already runs r1 healthy");
@@ -111,7 +134,7 @@ mod tests {
     fn stale_failed_or_degraded_nodes_are_reapplied() {
         let targets = set(&["a", "b", "c"]);
         let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r1", Health::Failed), ("c", "r1", Health::Degraded)]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]), pods: None };
         let p = plan(&view, &all_at_once(&view));
         assert!(p.values().all(|a| *a == Action::Apply("r1".into())), "{p:?}");
         assert_eq!(p.len(), 3);
@@ -122,12 +145,12 @@ mod tests {
         let targets = set(&["a", "b"]);
         let observed = obs(&[("a", "r0", Health::Healthy)]);
         let held = set(&["a"]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held, pods: None };
         let p = plan(&view, &all_at_once(&view));
         assert_eq!(p, BTreeMap::from([("b".to_string(), Action::Apply("r1".into()))]), "a keeps r0 until then");
         // A node held for r1 but no longer targeted still loses it.
         let (targets, observed) = (set(&[]), obs(&[("a", "r1", Health::Failed)]));
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &held, pods: None };
         assert_eq!(plan(&view, &all_at_once(&view)), BTreeMap::from([("a".to_string(), Action::Remove)]));
     }
 
@@ -141,8 +164,26 @@ mod tests {
     #[test]
     fn no_targets_and_nothing_observed_means_nothing_to_do() {
         let (targets, observed) = (set(&[]), obs(&[]));
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]), pods: None };
         assert!(plan(&view, &all_at_once(&view)).is_empty());
+    }
+
+    #[test]
+    fn a_node_on_the_revision_is_sent_it_again_when_its_pods_change() {
+        let targets = set(&["a", "b"]);
+        let observed = obs(&[("a", "r1", Health::Healthy), ("b", "r1", Health::Healthy)]);
+        let pods = PodSets {
+            wanted: BTreeMap::from([("a".to_string(), 7), ("b".to_string(), 9)]),
+            attached: BTreeMap::from([("a".to_string(), 7), ("b".to_string(), 8)]),
+        };
+        let view =
+            ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]), pods: Some(&pods) };
+        // b runs r1 but not in the pods it must: the same revision again, with its pods.
+        assert_eq!(plan(&view, &all_at_once(&view)), BTreeMap::from([("b".to_string(), Action::Apply("r1".into()))]));
+        // Its last pod gone: nothing wanted, something attached: sent again to detach.
+        let gone = PodSets { wanted: BTreeMap::new(), attached: BTreeMap::from([("a".to_string(), 7)]) };
+        let view = ProgramView { pods: Some(&gone), ..view };
+        assert_eq!(plan(&view, &all_at_once(&view)).get("a"), Some(&Action::Apply("r1".into())));
     }
 
     /// The rollout decides per node: here every node but one stays on the revision it
@@ -151,7 +192,7 @@ mod tests {
     fn the_rollout_decides_per_node() {
         let targets = set(&["a", "b", "c"]);
         let observed = obs(&[("a", "r0", Health::Healthy), ("b", "r0", Health::Healthy)]);
-        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]) };
+        let view = ProgramView { desired: "r1", targets: &targets, observed: &observed, held: &set(&[]), pods: None };
         let p = plan(&view, &assign(&[("a", Some("r1")), ("b", Some("r0")), ("c", None)]));
         assert_eq!(p, BTreeMap::from([("a".to_string(), Action::Apply("r1".into()))]));
     }

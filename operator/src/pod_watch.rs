@@ -20,6 +20,8 @@ type Running = Arc<RwLock<HashMap<String, PodInfo>>>;
 
 struct NamespaceWatch {
     running: Running,
+    /// Why the watch fails now (e.g. no RBAC to read pods there); `None` while it works.
+    error: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,13 +47,24 @@ impl PodWatches {
     /// Watch exactly `namespaces` (those every program names together): new ones start,
     /// others stop.
     pub fn keep(&self, namespaces: &BTreeSet<String>) {
+        self.watches.lock().unwrap_or_else(|e| e.into_inner()).retain(|ns, _| namespaces.contains(ns));
+        self.ensure(namespaces);
+    }
+
+    /// Watch `namespaces` too (a program names them).
+    pub fn ensure(&self, namespaces: &BTreeSet<String>) {
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-        watches.retain(|ns, _| namespaces.contains(ns));
         for ns in namespaces {
             if !watches.contains_key(ns) {
                 let running: Running = Arc::default();
-                let task = tokio::spawn(watch(self.client.clone(), ns.clone(), running.clone(), self.changed.clone()));
-                watches.insert(ns.clone(), NamespaceWatch { running, task });
+                let error: Arc<Mutex<Option<String>>> = Arc::default();
+                let task = tokio::spawn(watch(
+                    self.client.clone(),
+                    ns.clone(),
+                    (running.clone(), error.clone()),
+                    self.changed.clone(),
+                ));
+                watches.insert(ns.clone(), NamespaceWatch { running, error, task });
             }
         }
     }
@@ -65,6 +78,12 @@ impl PodWatches {
             .unwrap_or_default()
     }
 
+    /// Why the pods of `namespace` cannot be read now, if they cannot.
+    pub fn error(&self, namespace: &str) -> Option<String> {
+        let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        watches.get(namespace).and_then(|w| w.error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
     /// Namespaces watched.
     pub fn namespaces(&self) -> BTreeSet<String> {
         self.watches.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
@@ -72,7 +91,12 @@ impl PodWatches {
 }
 
 /// Keep `running` the running pods of `namespace`; say on `changed` when they change.
-async fn watch(client: Client, namespace: String, running: Running, changed: mpsc::Sender<String>) {
+async fn watch(
+    client: Client,
+    namespace: String,
+    (running, error): (Running, Arc<Mutex<Option<String>>>),
+    changed: mpsc::Sender<String>,
+) {
     let api: Api<Pod> = Api::namespaced(client, &namespace);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
@@ -83,9 +107,17 @@ async fn watch(client: Client, namespace: String, running: Running, changed: mps
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(%namespace, error = %e, "pod watch");
+                let first = error.lock().unwrap_or_else(|p| p.into_inner()).replace(e.to_string()).is_none();
+                if first {
+                    // The programs that attach there say why they cannot.
+                    let _ = changed.try_send(namespace.clone());
+                }
                 continue;
             }
         };
+        if error.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            let _ = changed.try_send(namespace.clone());
+        }
         let update = |map: &mut HashMap<String, PodInfo>, pod: &Pod| -> bool {
             let uid = pod.uid().unwrap_or_default();
             match PodInfo::of_running(pod) {

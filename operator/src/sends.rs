@@ -39,6 +39,8 @@ pub struct Round<'a> {
     /// A measurement of the Prometheus gate, taken because the last pass asked for one.
     pub measurement: Option<Result<f64, String>>,
     pub action: Option<RolloutAction>,
+    /// With programs inside pods: the pods each node must be, and is, attached in.
+    pub pods: Option<&'a crate::plan::PodSets>,
     pub now: Timestamp,
 }
 
@@ -106,7 +108,13 @@ pub fn next_step(
         now: round.now,
     });
     let held = snap.holds(round.now);
-    let view = ProgramView { desired: round.revision, targets: round.targets, observed: &snap.observed, held: &held };
+    let view = ProgramView {
+        desired: round.revision,
+        targets: round.targets,
+        observed: &snap.observed,
+        held: &held,
+        pods: round.pods,
+    };
     let mut actions = plan(&view, &decision);
     actions.retain(|node, _| ready(node));
     (decision, actions)
@@ -280,6 +288,7 @@ mod tests {
             health: None,
             measurement: None,
             action: None,
+            pods: None,
             now: at(0),
         };
         next_step(snap, &round, |n| ready.contains(&n))

@@ -351,6 +351,10 @@ pub fn compute(input: &StatusInput<'_>) -> BpfProgramStatus {
         // a halt) rather than forget it.
         rollout: input.rollout.cloned().or_else(|| input.previous.and_then(|p| p.rollout.clone())),
         image: input.previous.and_then(|p| p.image.clone()),
+        // Counted by the caller, which knows the pods (programs inside pods).
+        target_pods: 0,
+        ready_pods: 0,
+        failed_pods: 0,
     })
 }
 

@@ -106,6 +106,8 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     if cfg.agent_pod_selector.is_some() {
         ctx.agents = Arc::new(Agents::tracked());
     }
+    let (pods_changed, pods_changed_rx) = mpsc::channel(256);
+    ctx.pod_watches = Some(Arc::new(crate::pod_watch::PodWatches::new(client.clone(), pods_changed)));
     let ctx = Arc::new(ctx);
 
     let programs = Controller::new(
@@ -181,10 +183,42 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
             );
         }
     };
+    let follow_pods = follow_pods(ctx.clone(), program_store.clone(), pods_changed_rx, targeted_tx.clone());
     futures::join!(
+        follow_pods,
         crate::nodes::watch_nodes(ctx.clone(), node_writer, trigger_tx),
         bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx, ctx.bytecode.sources()),
         watch_agent_pods,
         decide,
     );
+}
+
+/// Pods that start, stop or change labels in a namespace reconcile the programs that
+/// attach in its pods; once a minute the pod watches are trimmed to the namespaces
+/// programs still name.
+async fn follow_pods(
+    ctx: Arc<Context>,
+    programs: reflector::Store<BpfProgram>,
+    mut changed: mpsc::Receiver<String>,
+    targeted: mpsc::Sender<ObjectRef<BpfProgram>>,
+) {
+    let mut trim = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            ns = changed.recv() => {
+                let Some(ns) = ns else { return };
+                for p in programs.state() {
+                    if crate::pods::namespaces(&p.spec).contains(&ns) {
+                        let _ = targeted.try_send(ObjectRef::from_obj(&*p));
+                    }
+                }
+            }
+            _ = trim.tick() => {
+                let named: BTreeSet<String> = programs.state().iter().flat_map(|p| crate::pods::namespaces(&p.spec)).collect();
+                if let Some(w) = &ctx.pod_watches {
+                    w.keep(&named);
+                }
+            }
+        }
+    }
 }

@@ -449,3 +449,28 @@ fn uninstall_removes_programs_before_the_operator_goes() {
     let docs = render(&[], &["--set", "uninstall.enabled=false"]);
     assert!(of_kind(&docs, "Job").is_empty());
 }
+
+#[test]
+fn pods_are_readable_only_where_a_cluster_admin_allows_programs_inside_pods() {
+    let role = |docs: &[Value], kind: &str| -> Vec<String> {
+        of_kind(docs, kind)
+            .into_iter()
+            .filter(|r| r["metadata"]["name"] == "bpfleet-operator-pods")
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap_or("*").to_string())
+            .collect()
+    };
+    let none = render(&[], &[]);
+    assert!(role(&none, "Role").is_empty() && role(&none, "ClusterRole").is_empty(), "none by default");
+    let some = render(&[], &["--set", "podTargets.namespaces={shop,web}"]);
+    assert_eq!(role(&some, "Role"), ["shop", "web"]);
+    assert_eq!(role(&some, "RoleBinding"), ["shop", "web"]);
+    for r in of_kind(&some, "Role").into_iter().filter(|r| r["metadata"]["name"] == "bpfleet-operator-pods") {
+        assert_eq!(
+            r["rules"],
+            serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+        );
+    }
+    let all = render(&[], &["--set", "podTargets.allNamespaces=true"]);
+    assert_eq!(role(&all, "ClusterRole"), ["*"]);
+    assert!(role(&all, "Role").is_empty());
+}

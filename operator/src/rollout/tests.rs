@@ -495,7 +495,7 @@ fn the_decision_plugs_into_plan() {
     let d = w.decide(NEW);
     let targets: BTreeSet<String> = w.order.iter().cloned().collect();
     let held = BTreeSet::new();
-    let view = ProgramView { desired: NEW, targets: &targets, observed: &w.observed, held: &held };
+    let view = ProgramView { desired: NEW, targets: &targets, observed: &w.observed, held: &held, pods: None };
     let actions = crate::plan::plan(&view, &d);
     assert_eq!(actions.len(), 1, "only the canary is sent anything: {actions:?}");
     assert!(actions.values().all(|a| *a == crate::plan::Action::Apply(NEW.into())));
