@@ -1,7 +1,8 @@
 //! Fault points for recovery and concurrency tests.
 //!
 //! The points: `after-attach` and `after-commit` (an apply: new revision attached but not
-//! recorded; recorded but the old one not yet removed), `remove-after-detach` and
+//! recorded; recorded but the old one not yet removed), `pods-after-attach` (an apply's
+//! pods attached, not yet recorded), `remove-after-detach` and
 //! `remove-after-unpin` (a removal: hooks gone, pins and record not; pins gone, record
 //! not), `recovery-after-relink` (an owner's hooks pointed back at its recorded revision,
 //! the owner not yet adopted), `recovery-before-sweep` (owners adopted, unclaimed pins

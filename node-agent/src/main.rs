@@ -171,8 +171,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
-            let m = Arc::clone(&m);
-            let _ = tokio::task::spawn_blocking(move || m.refresh_health()).await;
+            let refreshed = Arc::clone(&m);
+            let _ = tokio::task::spawn_blocking(move || refreshed.refresh_health()).await;
+            m.heal_pods().await;
         }
     });
     if let Some(dir) = args.standalone {

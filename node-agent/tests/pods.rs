@@ -59,6 +59,23 @@ impl Pod {
         Self { uid, name, ns, outside, pod_ip }
     }
 
+    /// The pod's sandbox made again, as the kubelet does when it was killed: a new network
+    /// namespace (and `eth0`) for the same pod uid, the old one gone.
+    fn new_sandbox(&mut self, cri: &FakeCri) {
+        let n = POD.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id() % 100_000;
+        let (ns, outside) = (format!("bfpd{pid}x{n}"), format!("bfpo{pid}x{n}"));
+        sh(&format!(
+            "ip netns del {old} && ip netns add {ns} && ip link add {outside} type veth peer name eth0 netns {ns} && \
+             sysctl -qw net.ipv6.conf.{outside}.disable_ipv6=1 && ip link set {outside} up && \
+             ip -n {ns} link set eth0 up",
+            old = self.ns
+        ));
+        let _ = sh_ok(&format!("ip link del {} 2>/dev/null", self.outside));
+        (self.ns, self.outside) = (ns, outside);
+        cri.add(&self.uid, "shop", &self.name, &Self::netns_path(&self.ns));
+    }
+
     fn netns_path(ns: &str) -> PathBuf {
         PathBuf::from(format!("/run/netns/{ns}"))
     }
@@ -219,9 +236,16 @@ async fn an_xdp_counter_follows_the_pod_set_and_survives_a_restart() {
 
     // The same revision without pod 0: it is detached and unpinned, the others keep their
     // links, nothing is reloaded.
+    let mut watch = client.watch(v1::WatchRequest::default()).await.unwrap().into_inner();
+    let current = watch.message().await.unwrap().unwrap();
+    assert_eq!(current.state.unwrap().pods.len(), 3, "Watch starts with the pods as they are");
     let two = request("in-pods", XDP_IN_PODS, "xdp_counter.o", &[&pods[1], &pods[2]], "count_packets");
     assert_eq!(two.revision, all.revision, "the pod set is no part of the revision");
     let (state, changed) = apply(&mut client, &two).await;
+    let event = watch.message().await.unwrap().unwrap();
+    assert_eq!((event.kind, event.reason.as_str()), (v1::watch_event::Kind::Updated as i32, "pods changed"));
+    assert_eq!(event.state.unwrap().pods, state.pods, "Watch tells the pods as they are now");
+    drop(watch);
     assert!(changed, "a pod went");
     assert_eq!(state.attached[0].program_id, prog, "not reloaded");
     assert_eq!(state.pods.len(), 2, "{state:?}");
@@ -385,6 +409,99 @@ async fn a_new_revision_takes_over_every_pod_and_leaves_nothing_of_the_old() {
     remove(&mut client, "rev").await;
     assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
     assert!(pods.iter().all(|p| p.xdp_inside().is_empty()));
+}
+
+/// The agent follows a pod's end and a pod's new sandbox on its own, within seconds and
+/// without an Apply: dead links go (nothing left of them), the pod is looked up again and
+/// attached in its new namespace, or reported gone; Watch says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_stop_or_get_a_new_sandbox_are_followed_without_an_apply() {
+    let dirs = Dirs::new("podchurn");
+    let cri = FakeCri::start();
+    let stops = Pod::new(&cri, false);
+    let mut restarts = Pod::new(&cri, false);
+    let mut agent = spawn(&dirs, &cri, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let req = request("churn", XDP_IN_PODS, "xdp_counter.o", &[&stops, &restarts], "count_packets");
+    let (state, _) = apply(&mut client, &req).await;
+    let prog = u64::from(state.attached[0].program_id);
+    let (stop_link, old_link) = (attached_link(&state, &stops), attached_link(&state, &restarts));
+    let mut watch = client.watch(v1::WatchRequest::default()).await.unwrap().into_inner();
+    watch.message().await.unwrap().unwrap();
+
+    // One pod ends (the runtime forgets it), the other's sandbox is made again.
+    sh(&format!("ip netns del {}", stops.ns));
+    restarts.new_sandbox(&cri);
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        let l = list(&mut client).await;
+        let pods = l.owners[0].pods.clone();
+        let done = pods.iter().any(|p| p.uid == stops.uid && p.reason == "TargetNotFound")
+            && pods.iter().any(|p| p.uid == restarts.uid && p.reason.is_empty() && p.link_ids != [old_link]);
+        if done {
+            seen = pods;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!seen.is_empty(), "not followed within 10 s: {:?}", list(&mut client).await.owners[0].pods);
+    eprintln!("a pod's end and a new sandbox followed in {:?}", started.elapsed());
+    let stopped = seen.iter().find(|p| p.uid == stops.uid).unwrap();
+    assert!(stopped.link_ids.is_empty(), "{stopped:?}");
+    assert!(link_gone(stop_link) && link_gone(old_link), "dead links left in the kernel");
+    assert!(!pod_dir(&dirs, "churn", &req.revision, &stops).exists(), "{:?}", pins_under(&dirs.root));
+    assert_eq!(restarts.xdp_inside(), [prog], "attached in the new sandbox");
+    let event = watch.message().await.unwrap().unwrap();
+    assert_eq!(event.reason, "pod links died: attached again or released");
+
+    remove(&mut client, "churn").await;
+    assert!(pins_under(&dirs.root).is_empty(), "left in bpffs: {:?}", pins_under(&dirs.root));
+}
+
+/// An Apply that dies after attaching in a new pod but before recording it: the next
+/// agent removes what no record claims, and the pods it recorded keep their links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_links_no_record_claims_are_removed_at_start() {
+    let dirs = Dirs::new("podcrash");
+    let cri = FakeCri::start();
+    let pods: Vec<Pod> = (0..2).map(|_| Pod::new(&cri, false)).collect();
+    let mut agent = spawn(&dirs, &cri, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    let one = request("crash", XDP_IN_PODS, "xdp_counter.o", &[&pods[0]], "count_packets");
+    let (state, _) = apply(&mut client, &one).await;
+    let kept = attached_link(&state, &pods[0]);
+    drop(client);
+    agent.kill9();
+
+    let mut faulty = AgentProc::spawn_tls_with(
+        &dirs,
+        &["--cri-socket", path_str(cri.socket())],
+        &[("BPFLEET_FAULT", "pods-after-attach")],
+    );
+    let mut client = faulty.ready_client(dirs.client_tls()).await;
+    let both = request("crash", XDP_IN_PODS, "xdp_counter.o", &[&pods[0], &pods[1]], "count_packets");
+    client.apply(both.clone()).await.expect_err("the agent dies after attaching in the new pod");
+    assert!(!faulty.wait_exit(10).success());
+    drop(client);
+    let prog = u64::from(state.attached[0].program_id);
+    assert_eq!(pods[1].xdp_inside(), [prog], "attached, not recorded");
+    assert!(pod_dir(&dirs, "crash", &both.revision, &pods[1]).exists());
+
+    let mut agent = spawn(&dirs, &cri, &[]);
+    let mut client = agent.ready_client(dirs.client_tls()).await;
+    assert!(pods[1].xdp_inside().is_empty(), "a link no record claims is left in the pod");
+    assert!(!pod_dir(&dirs, "crash", &both.revision, &pods[1]).exists(), "{:?}", pins_under(&dirs.root));
+    let l = list(&mut client).await;
+    assert_eq!(l.owners[0].pods.len(), 1);
+    assert_eq!(attached_link(&l.owners[0], &pods[0]), kept, "the recorded pod keeps its link");
+    assert_eq!(pods[0].xdp_inside(), [prog]);
+    // The operator's next Apply attaches it again.
+    let (state, changed) = apply(&mut client, &both).await;
+    assert!(changed);
+    attached_link(&state, &pods[1]);
+    remove(&mut client, "crash").await;
+    assert!(pins_under(&dirs.root).is_empty());
 }
 
 /// TC inside pods through both mechanisms: TCX links (pinned, shown by bpftool's link

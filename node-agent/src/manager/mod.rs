@@ -224,7 +224,7 @@ impl Manager {
                 if pods.is_noop() {
                     return Ok((state, false));
                 }
-                self.sync_pods(&uid, pods).await
+                self.sync_pods(&uid, pods, "pods changed").await
             }
             apply_plan::ApplyPlan::Repair(problems) => {
                 let pods = self.prepare_pods(&input, current.record.as_ref(), None).await;
@@ -232,7 +232,7 @@ impl Manager {
                 if pods.is_noop() {
                     return Ok(repaired);
                 }
-                let (state, _) = self.sync_pods(&uid, pods).await?;
+                let (state, _) = self.sync_pods(&uid, pods, "pods changed").await?;
                 Ok((state, true))
             }
             // A new revision's pods take over the running one's pod links; a rebuilt one
@@ -246,8 +246,9 @@ impl Manager {
     }
 
     /// Bring the pods of the revision that runs to what `pods` planned. Changed: what is
-    /// reported of the pods (attached, detached, or why not) is not what it was.
-    async fn sync_pods(self: Arc<Self>, uid: &str, pods: PodWork) -> Result<(NodeProgramStatus, bool)> {
+    /// reported of the pods (attached, detached, or why not) is not what it was; then Watch
+    /// says so with `why`.
+    async fn sync_pods(self: Arc<Self>, uid: &str, pods: PodWork, why: &str) -> Result<(NodeProgramStatus, bool)> {
         let Some(mut entry) = self.entry(uid).filter(|e| e.record.is_some()) else {
             return Ok((self.state_or_bare(uid), false));
         };
@@ -263,8 +264,8 @@ impl Manager {
         self.set_entry(uid, Some(entry));
         let state = self.state_or_bare(uid);
         if changed {
-            tracing::info!(uid = %uid, pods = state.pods.len(), "pods changed");
-            self.emit(ChangeKind::Updated, state.clone(), "pods changed".into());
+            tracing::info!(uid = %uid, pods = state.pods.len(), "{why}");
+            self.emit(ChangeKind::Updated, state.clone(), why.into());
         }
         Ok((state, changed))
     }

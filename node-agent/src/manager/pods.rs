@@ -10,11 +10,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crds::names::{InterfaceName, OwnerUid, PodUid, ProgramName};
 use crds::revision::Revision;
+use crds::validate::ValidProgram;
 
 use super::{ApplyInput, Manager};
 use crate::attach::TcPeer;
@@ -24,7 +25,7 @@ use crate::attach::pod::PodError;
 use crate::error::{AgentError, Reason};
 use crate::pods::plan::{self, LinkKey, PodPlan, PodSteps, PodsNow};
 use crate::pods::resolve::Resolved;
-use crate::pods::{InPodProgram, failure, in_pod_programs};
+use crate::pods::{InPodProgram, PodRequest, failure, in_pod_programs};
 use crate::store::{LinkKind, OwnerRecord, PodLinkRecord, PodRecord};
 
 /// Pods worked on at once.
@@ -63,20 +64,25 @@ impl Manager {
         running: Option<&OwnerRecord>,
         previous: Option<&OwnerRecord>,
     ) -> PodWork {
-        let programs = in_pod_programs(&input.programs);
+        self.plan_pods(&input.programs, &input.pods, running, previous).await
+    }
+
+    async fn plan_pods(
+        &self,
+        programs: &[ValidProgram],
+        requested: &[PodRequest],
+        running: Option<&OwnerRecord>,
+        previous: Option<&OwnerRecord>,
+    ) -> PodWork {
+        let programs = in_pod_programs(programs);
         let recorded = |r: Option<&OwnerRecord>| r.map(|r| r.pods.clone()).unwrap_or_default();
         let (running_pods, previous_pods) = (recorded(running), recorded(previous));
         let mut dead = BTreeSet::new();
         for r in [running, previous].into_iter().flatten() {
             dead.extend(dead_links(r));
         }
-        let now = PodsNow {
-            programs: &programs,
-            running: &running_pods,
-            previous: &previous_pods,
-            dead: &dead,
-            requested: &input.pods,
-        };
+        let now =
+            PodsNow { programs: &programs, running: &running_pods, previous: &previous_pods, dead: &dead, requested };
         let plan = plan::plan(&now);
         let netns = self.pod_resolver.netns_of(plan.to_resolve()).await;
         PodWork { programs, plan, netns }
@@ -107,6 +113,7 @@ impl Manager {
             let peers = peers.get(steps.pod.uid.as_str()).map(Vec::as_slice).unwrap_or_default();
             self.sync_pod(&ctx, steps, netns, peers)
         });
+        crate::fault::point("pods-after-attach", &record.uid);
         let mut updated = record.clone();
         updated.pods = pods;
         if updated.pods != record.pods
@@ -115,6 +122,43 @@ impl Manager {
             tracing::error!(owner = %record.name, error = %e, "cannot write owner record with its pods");
         }
         updated
+    }
+
+    /// Pods whose links died since they were made, of every owner not busy: the pod
+    /// stopped (its namespace went, and its interfaces with it) or its sandbox was made
+    /// again (a new namespace). Each such owner's pods are brought back to its record as an
+    /// Apply of the same revision and pods would: the dead links go (nothing left of them
+    /// in bpffs), the pod is looked up again and attached in its new namespace, or
+    /// reported gone (TargetNotFound); Watch says so. Pods that failed before are left for
+    /// the next Apply: only a link dying makes this ask the runtime.
+    pub async fn heal_pods(self: &Arc<Self>) {
+        let owners: Vec<(String, OwnerRecord)> = {
+            let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
+            map.iter()
+                .filter_map(|(uid, e)| e.record.clone().map(|r| (uid.clone(), r)))
+                .filter(|(_, r)| !r.pods.is_empty())
+                .collect()
+        };
+        for (uid, record) in owners {
+            if dead_links(&record).is_empty() {
+                continue;
+            }
+            let Some(_lock) = self.try_lock_owner(&uid) else { continue };
+            // Still the same record under the lock?
+            if self.entry(&uid).and_then(|e| e.record).as_ref() != Some(&record) {
+                continue;
+            }
+            let Ok(programs) = crds::validate::validate_programs(&record.spec) else { continue };
+            let requested: Vec<PodRequest> = record.pods.iter().filter_map(recorded_request).collect();
+            let work = self.plan_pods(&programs, &requested, Some(&record), None).await;
+            if work.is_noop() {
+                continue;
+            }
+            let result = Arc::clone(self).sync_pods(&uid, work, "pod links died: attached again or released").await;
+            if let Err(e) = result {
+                tracing::warn!(uid = %uid, error = %e, "cannot bring pods back to their record");
+            }
+        }
     }
 
     /// One requested pod: detach what goes, then attach what is missing.
@@ -299,6 +343,16 @@ impl Manager {
             }
         }
     }
+}
+
+/// A recorded pod as the request that made it.
+fn recorded_request(p: &PodRecord) -> Option<PodRequest> {
+    Some(PodRequest {
+        uid: PodUid::new(&p.uid).ok()?,
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        programs: p.programs.iter().filter_map(|n| ProgramName::new(n).ok()).collect(),
+    })
 }
 
 /// The kernel id of a record's program, by name (0 when it has none of that name).
