@@ -76,7 +76,11 @@ impl Metrics {
         let run_time = Family::<ProgramLabels, Counter<f64, AtomicU64>>::default();
         registry.register("owners_managed", "BpfPrograms this agent runs", owners.clone());
         registry.register("programs_managed", "Kernel programs this agent has loaded and pinned", programs.clone());
-        registry.register("links_managed", "Attachments (links, clsact filters) this agent holds", links.clone());
+        registry.register(
+            "links_managed",
+            "Attachments (links, clsact filters) this agent holds, on the node and inside pods",
+            links.clone(),
+        );
         registry.register(
             "apply_duration_seconds",
             "Time to apply one revision (load, verify, attach, pin)",
@@ -143,7 +147,9 @@ impl Metrics {
     pub fn set_managed(&self, records: &[&OwnerRecord]) {
         self.owners.set(records.len() as i64);
         self.programs.set(records.iter().map(|r| r.programs.len() as i64).sum());
-        self.links.set(records.iter().flat_map(|r| &r.programs).map(|p| p.links.len() as i64).sum());
+        let on_node: usize = records.iter().flat_map(|r| &r.programs).map(|p| p.links.len()).sum();
+        let in_pods: usize = records.iter().flat_map(|r| &r.pods).map(|p| p.links.len()).sum();
+        self.links.set((on_node + in_pods) as i64);
     }
 
     /// OpenMetrics text exposition, with fresh kernel run statistics.

@@ -118,3 +118,32 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
         pods: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pods are selected by the operator: a manifest in standalone mode cannot name any.
+    #[test]
+    fn standalone_manifests_cannot_attach_inside_pods() {
+        let obj: BpfProgram = serde_yaml::from_str(
+            r#"
+apiVersion: bpfleet.dev/v1alpha1
+kind: BpfProgram
+metadata: {name: in-pods}
+spec:
+  bytecode: {inline: AAAA}
+  programs:
+    - {name: count_packets, type: XDP, xdp: {pods: {namespace: shop}}}
+"#,
+        )
+        .unwrap();
+        let e = input_from_manifest(&obj).unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidSpec);
+        assert_eq!(
+            e.message,
+            "program count_packets attaches inside pods, which needs a cluster (the operator selects the pods); in \
+             standalone mode attach it to the node's interfaces (xdp.interfaces, tc.interfaces)"
+        );
+    }
+}

@@ -319,6 +319,16 @@ async fn pods_that_are_gone_or_lack_the_interface_fail_alone() {
         programs: vec!["count_packets".into()],
     };
     req.pods.push(unknown.clone());
+    // A pod naming a program that does not attach inside pods is a bad request, said so.
+    let mut bad = req.clone();
+    bad.pods[0].programs = vec!["count_tc".into()];
+    let e = client.apply(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.metadata().get("bpfleet-reason").unwrap(), "InvalidSpec");
+    assert!(
+        e.message().starts_with(&format!("pods[0] (shop/{}): program \"count_tc\" is not one of", ok.name)),
+        "{e:?}"
+    );
     let (state, changed) = apply(&mut client, &req).await;
     assert!(changed);
     assert_eq!(state.health, v1::Health::Healthy as i32, "pod failures are the pods': {state:?}");
