@@ -40,10 +40,27 @@ impl NodeDigest {
     pub fn add_state(&mut self, state: &v1::OwnerState) {
         if let Some(owner) = &state.owner {
             self.add(&owner.uid, &owner.name, &state.revision, crate::health_from_wire(state.health));
-            for pod in &state.pods {
-                self.0 = self.0.wrapping_add(pod_hash(&owner.uid, pod));
-            }
+            let pods = state.pods.iter().map(|p| {
+                pod_hash(
+                    &owner.uid,
+                    PodFields {
+                        uid: &p.uid,
+                        namespace: &p.namespace,
+                        name: &p.name,
+                        link_ids: &p.link_ids,
+                        reason: &p.reason,
+                        message: &p.message,
+                    },
+                )
+            });
+            self.add_pods_hash(pods.fold(0, u64::wrapping_add));
         }
+    }
+
+    /// Adds one owner's pods by their [`pods_hash`]: what an index that keeps the number,
+    /// not the pods, adds next to [`add`](Self::add) to find the digest the agent reports.
+    pub fn add_pods_hash(&mut self, hash: u64) {
+        self.0 = self.0.wrapping_add(hash);
     }
 
     /// The digest of every owner in `states`.
@@ -67,8 +84,36 @@ fn owner_hash(uid: &str, name: &str, revision: &str, health: Health) -> u64 {
     fields_hash(&[uid.as_bytes(), name.as_bytes(), revision.as_bytes(), &[health]])
 }
 
+/// The part of a node's digest that one owner's pods (as a BpfNode entry holds them)
+/// make: 0 for none. The same number [`NodeDigest::add_state`] adds for the wire's pods.
+pub fn pods_hash(owner_uid: &str, pods: &[crds::node::PodAttachment]) -> u64 {
+    pods.iter()
+        .map(|p| {
+            let fields = PodFields {
+                uid: &p.uid,
+                namespace: &p.namespace,
+                name: &p.name,
+                link_ids: &p.link_ids,
+                reason: p.reason.as_deref().unwrap_or_default(),
+                message: p.message.as_deref().unwrap_or_default(),
+            };
+            pod_hash(owner_uid, fields)
+        })
+        .fold(0, u64::wrapping_add)
+}
+
+/// What of a pod counts, whichever type carries it (an absent reason is an empty one).
+struct PodFields<'a> {
+    uid: &'a str,
+    namespace: &'a str,
+    name: &'a str,
+    link_ids: &'a [u32],
+    reason: &'a str,
+    message: &'a str,
+}
+
 /// One pod of an owner. A leading marker field keeps a pod's hash apart from any owner's.
-fn pod_hash(owner_uid: &str, pod: &v1::PodState) -> u64 {
+fn pod_hash(owner_uid: &str, pod: PodFields<'_>) -> u64 {
     let links: Vec<u8> = pod.link_ids.iter().flat_map(|id| id.to_le_bytes()).collect();
     fields_hash(&[
         b"pod",
@@ -199,5 +244,13 @@ mod tests {
             NodeDigest::of_states([&other]).wrapping_sub(NodeDigest::of_states([&alone])),
             NodeDigest::of_states([&variants[0]]).wrapping_sub(bare)
         );
+        // An index holding owners as BpfNode entries finds the same digest.
+        for v in variants.iter().chain([&state(vec![])]) {
+            let status = crate::state_to_status(v);
+            let mut d = NodeDigest::default();
+            d.add(&status.owner_uid, &status.owner, &status.revision, status.health);
+            d.add_pods_hash(pods_hash(&status.owner_uid, &status.pods));
+            assert_eq!(d.value(), NodeDigest::of_states([v]), "{v:?}");
+        }
     }
 }

@@ -14,7 +14,7 @@ pub use convert::{
     WireError, health_from_wire, health_to_wire, map_policy_from_wire, map_policy_to_wire, program_from_wire,
     program_to_wire, state_to_status, status_to_wire,
 };
-pub use digest::NodeDigest;
+pub use digest::{NodeDigest, pods_hash};
 
 /// gRPC metadata key carrying a machine-readable failure reason (e.g. `VerifierRejected`).
 pub const REASON_KEY: &str = "bpfleet-reason";
