@@ -474,3 +474,20 @@ fn pods_are_readable_only_where_a_cluster_admin_allows_programs_inside_pods() {
     assert_eq!(role(&all, "ClusterRole"), ["*"]);
     assert!(role(&all, "Role").is_empty());
 }
+
+#[test]
+fn the_agent_sees_the_runtime_socket_and_pod_namespaces_only_when_programs_may_attach_in_pods() {
+    let agent = |docs: &[Value]| named(docs, "DaemonSet", "bpfleet-agent").clone();
+    let none = agent(&render(&[], &[]));
+    assert!(!none.to_string().contains("/run/containerd"), "nothing of the runtime by default");
+    let with = agent(&render(&[], &["--set", "podTargets.namespaces={shop}"]));
+    let c = &with["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(args.contains(&"--cri-socket=/run/containerd/containerd.sock"), "{args:?}");
+    let mount = c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "cri-runtime").unwrap();
+    assert_eq!(mount["mountPath"], "/run/containerd");
+    assert_eq!(
+        (mount["readOnly"].as_bool(), mount["mountPropagation"].as_str()),
+        (Some(true), Some("HostToContainer"))
+    );
+}
