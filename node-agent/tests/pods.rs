@@ -150,9 +150,11 @@ fn link_prog(id: u32) -> Option<u64> {
 
 const XDP_IN_PODS: &str = "  - {name: count_packets, type: XDP, xdp: {mode: Auto, pods: {namespace: shop}}}\n";
 
-fn tc_in_pods() -> String {
-    "  - {name: count_tc, type: TC, tc: {direction: Ingress, priority: 10, pods: {namespace: shop, interfaces: [eth0]}}}\n"
-        .into()
+fn tc_in_pods(priority: u16) -> String {
+    format!(
+        "  - {{name: count_tc, type: TC, tc: {{direction: Ingress, priority: {priority}, pods: {{namespace: shop, \
+         interfaces: [eth0]}}}}}}\n"
+    )
 }
 
 fn request(owner: &str, programs_yaml: &str, object: &str, pods: &[&Pod], program: &str) -> v1::ApplyRequest {
@@ -524,7 +526,7 @@ async fn tc_counters_attach_in_pods_with_tcx_and_clsact() {
         let pods: Vec<Pod> = (0..2).map(|_| Pod::new(&cri, true)).collect();
         let mut agent = spawn(&dirs, &cri, &["--tc-backend", backend]);
         let mut client = agent.ready_client(dirs.client_tls()).await;
-        let req = request("tc", &tc_in_pods(), "tc_counter.o", &pods.iter().collect::<Vec<_>>(), "count_tc");
+        let req = request("tc", &tc_in_pods(10), "tc_counter.o", &pods.iter().collect::<Vec<_>>(), "count_tc");
         let (state, _) = apply(&mut client, &req).await;
         let prog = u64::from(state.attached[0].program_id);
         for pod in &pods {
@@ -542,7 +544,7 @@ async fn tc_counters_attach_in_pods_with_tcx_and_clsact() {
         assert!(read_counter(&counter) >= before + 4, "{backend}: counted {}", read_counter(&counter) - before);
 
         // One pod fewer: its hook is free again, the other's stays.
-        let one = request("tc", &tc_in_pods(), "tc_counter.o", &[&pods[1]], "count_tc");
+        let one = request("tc", &tc_in_pods(10), "tc_counter.o", &[&pods[1]], "count_tc");
         let (after, changed) = apply(&mut client, &one).await;
         assert!(changed);
         assert_eq!(after.pods.len(), 1);
@@ -556,10 +558,32 @@ async fn tc_counters_attach_in_pods_with_tcx_and_clsact() {
         pods[0].ping(3);
         assert_eq!(read_counter(&counter), before, "{backend}: the pod that went is not counted");
 
+        // A new revision at another priority cannot take the hook over: attached at its
+        // place, then the old one goes; nothing of the old revision stays in the pod.
+        let moved = request("tc", &tc_in_pods(20), "tc_counter.o", &[&pods[1]], "count_tc");
+        assert_ne!(moved.revision, one.revision);
+        let (state, changed) = apply(&mut client, &moved).await;
+        assert!(changed);
+        let new_prog = u64::from(state.attached[0].program_id);
+        let p = pod_state(&state, &pods[1]);
+        assert_eq!((p.reason.as_str(), p.link_ids.len()), ("", 1), "{backend}: {p:?}");
+        match backend {
+            "tcx" => {
+                assert_eq!(link_prog(p.link_ids[0]), Some(new_prog));
+                assert!(link_gone(pod_state(&after, &pods[1]).link_ids[0]), "the old revision's link stays");
+            }
+            _ => assert_eq!(pods[1].tc_inside(), [new_prog], "{backend}: one filter, the new revision's"),
+        }
+        assert!(program_gone(prog as u32), "{backend}: the old revision's program is still loaded");
+        let before = read_counter(&counter);
+        pods[1].ping(3);
+        let n = read_counter(&counter) - before;
+        assert!((3..6).contains(&n), "{backend}: counted once per packet, got {n} for 3");
+
         remove(&mut client, "tc").await;
         assert!(pins_under(&dirs.root).is_empty(), "{backend}: left in bpffs: {:?}", pins_under(&dirs.root));
         assert!(pods[1].tc_inside().is_empty(), "{backend}: left in the pod");
-        assert!(program_gone(prog as u32), "{backend}: program still loaded");
+        assert!(program_gone(new_prog as u32), "{backend}: program still loaded");
     }
 }
 
