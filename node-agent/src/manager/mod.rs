@@ -245,31 +245,6 @@ impl Manager {
         }
     }
 
-    /// Bring the pods of the revision that runs to what `pods` planned. Changed: what is
-    /// reported of the pods (attached, detached, or why not) is not what it was; then Watch
-    /// says so with `why`.
-    async fn sync_pods(self: Arc<Self>, uid: &str, pods: PodWork, why: &str) -> Result<(NodeProgramStatus, bool)> {
-        let Some(mut entry) = self.entry(uid).filter(|e| e.record.is_some()) else {
-            return Ok((self.state_or_bare(uid), false));
-        };
-        let record = entry.record.clone().expect("filtered on a record");
-        let this = Arc::clone(&self);
-        let rec = record.clone();
-        let updated = tokio::task::spawn_blocking(move || this.carry_out_pods(&rec, None, &pods))
-            .await
-            .map_err(|e| AgentError::internal(format!("pod task failed: {e}")))?;
-        let reported = |r: &OwnerRecord| r.pods.iter().map(crate::pods::attachment).collect::<Vec<_>>();
-        let changed = reported(&updated) != reported(&record);
-        entry.record = Some(updated);
-        self.set_entry(uid, Some(entry));
-        let state = self.state_or_bare(uid);
-        if changed {
-            tracing::info!(uid = %uid, pods = state.pods.len(), "{why}");
-            self.emit(ChangeKind::Updated, state.clone(), why.into());
-        }
-        Ok((state, changed))
-    }
-
     /// The revision runs, healthy. Also a revert to it after a newer revision failed:
     /// forget that failure.
     fn keep(&self, uid: &str, current: Entry, revision: &Revision) -> NodeProgramStatus {

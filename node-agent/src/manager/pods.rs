@@ -13,16 +13,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crds::NodeProgramStatus;
 use crds::names::{InterfaceName, OwnerUid, PodUid, ProgramName};
 use crds::revision::Revision;
 use crds::validate::ValidProgram;
 
-use super::{ApplyInput, Manager};
+use super::{ApplyInput, ChangeKind, Manager};
 use crate::attach::TcPeer;
 use crate::attach::in_pod::{self, PodAttach, TakeOver};
 use crate::attach::netns::PodNetns;
 use crate::attach::pod::PodError;
-use crate::error::{AgentError, Reason};
+use crate::error::{AgentError, Reason, Result};
 use crate::pods::plan::{self, LinkKey, PodPlan, PodSteps, PodsNow};
 use crate::pods::resolve::Resolved;
 use crate::pods::{InPodProgram, PodRequest, failure, in_pod_programs};
@@ -122,6 +123,36 @@ impl Manager {
             tracing::error!(owner = %record.name, error = %e, "cannot write owner record with its pods");
         }
         updated
+    }
+
+    /// Bring the pods of the revision that runs to what `pods` planned. Changed: what is
+    /// reported of the pods (attached, detached, or why not) is not what it was; then Watch
+    /// says so with `why`.
+    pub(super) async fn sync_pods(
+        self: Arc<Self>,
+        uid: &str,
+        pods: PodWork,
+        why: &str,
+    ) -> Result<(NodeProgramStatus, bool)> {
+        let Some(mut entry) = self.entry(uid).filter(|e| e.record.is_some()) else {
+            return Ok((self.state_or_bare(uid), false));
+        };
+        let record = entry.record.clone().expect("filtered on a record");
+        let this = Arc::clone(&self);
+        let rec = record.clone();
+        let updated = tokio::task::spawn_blocking(move || this.carry_out_pods(&rec, None, &pods))
+            .await
+            .map_err(|e| AgentError::internal(format!("pod task failed: {e}")))?;
+        let reported = |r: &OwnerRecord| r.pods.iter().map(crate::pods::attachment).collect::<Vec<_>>();
+        let changed = reported(&updated) != reported(&record);
+        entry.record = Some(updated);
+        self.set_entry(uid, Some(entry));
+        let state = self.state_or_bare(uid);
+        if changed {
+            tracing::info!(uid = %uid, pods = state.pods.len(), "{why}");
+            self.emit(ChangeKind::Updated, state.clone(), why.into());
+        }
+        Ok((state, changed))
     }
 
     /// Pods whose links died since they were made, of every owner not busy: the pod
