@@ -33,6 +33,9 @@ pub struct OwnerSummary {
 pub struct PodTally {
     /// [`pod_digest`] of the pods it is attached in.
     pub attached: u64,
+    /// [`proto::pods_hash`] of what the agent reported of them (0 for no pod), part of the
+    /// node digest as the agent computes it.
+    pub reported: u64,
     /// Pods reported, and of those not (fully) attached.
     pub total: u32,
     pub failed: u32,
@@ -52,9 +55,10 @@ pub fn pod_digest<'a>(uids: impl IntoIterator<Item = &'a str>) -> u64 {
 }
 
 impl PodTally {
-    fn of(pods: &[crds::node::PodAttachment]) -> PodTally {
+    fn of(owner_uid: &str, pods: &[crds::node::PodAttachment]) -> PodTally {
         PodTally {
             attached: pod_digest(pods.iter().filter(|p| p.reason.is_none()).map(|p| p.uid.as_str())),
+            reported: proto::pods_hash(owner_uid, pods),
             total: pods.len() as u32,
             failed: pods.iter().filter(|p| p.reason.is_some()).count() as u32,
         }
@@ -74,7 +78,7 @@ impl OwnerSummary {
                 revision: strings.str(&s.revision),
                 health: s.health,
                 last_error: s.last_error.as_deref().map(Into::into),
-                pods: PodTally::of(&s.pods),
+                pods: PodTally::of(&s.owner_uid, &s.pods),
             },
         ))
     }
@@ -121,6 +125,7 @@ impl NodeEntry {
         let mut d = proto::NodeDigest::default();
         for (uid, s) in &self.owners {
             d.add(uid, &s.name, &s.revision, s.health);
+            d.add_pods_hash(s.pods.reported);
         }
         d.value()
     }
@@ -563,11 +568,33 @@ mod tests {
 
     /// A List read in full of `programs`, with its digest as the pool computes it.
     fn list(programs: Vec<NodeProgramStatus>) -> AgentList {
-        let mut d = proto::NodeDigest::default();
-        for p in &programs {
-            d.add(&p.owner_uid, &p.owner, &p.revision, p.health);
-        }
-        AgentList { digest: d.value(), programs, ..Default::default() }
+        let wire: Vec<_> = programs.iter().map(proto::status_to_wire).collect();
+        AgentList { digest: proto::NodeDigest::of_states(&wire), programs, ..Default::default() }
+    }
+
+    #[test]
+    fn a_node_with_pods_stays_in_sync_until_its_pods_change() {
+        let idx = NodeIndex::default();
+        let pod = |uid: &str, reason: Option<&str>| crds::node::PodAttachment {
+            uid: uid.into(),
+            namespace: "shop".into(),
+            name: format!("web-{uid}"),
+            link_ids: vec![7],
+            reason: reason.map(Into::into),
+            message: None,
+        };
+        let mut s = state("u", "r1", Health::Healthy);
+        s.pods = vec![pod("p1", None), pod("p2", Some("TargetNotFound"))];
+        let l = list(vec![s.clone()]);
+        idx.record_list("n", &l);
+        assert_eq!(idx.in_sync_digest("n"), Some(l.digest), "the agent's digest counts pods as the index does");
+        let snap = idx.snapshot("u", "r1");
+        assert_eq!((snap.pods["n"].total, snap.pods["n"].failed), (2, 1));
+        assert_eq!(snap.pods["n"].attached, pod_digest(["p1"]));
+        // A pod attached since: the index knows it changed.
+        s.pods[1].reason = None;
+        assert!(idx.record_state("n", &s));
+        assert_eq!(idx.in_sync_digest("n"), None);
     }
 
     #[test]
