@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::convert::{self, check_pod_uid, check_runtime_id};
 use crate::error::{CriError, Result, root_cause};
 use crate::info;
-use crate::model::{Container, PodSandbox, RuntimeVersion};
+use crate::model::{Container, PodSandbox, RuntimeVersion, SandboxState};
 use crate::wire;
 use crate::wire::runtime_service_client::RuntimeServiceClient;
 
@@ -113,7 +113,8 @@ impl Cri {
 
     /// The sandbox of the pod with uid `pod_uid` on this node, found by the label the
     /// kubelet puts on it (`io.kubernetes.pod.uid`), with its network namespace. When the
-    /// pod has several (its sandbox was recreated), the ready one, else the newest.
+    /// pod has several (its sandbox was recreated), the ready one, else the newest. A
+    /// sandbox that is not ready comes from the listing alone, without process or network.
     /// `Ok(None)`: the pod has no sandbox here (not scheduled here, not started yet, or
     /// gone meanwhile).
     pub async fn pod_sandbox(&self, pod_uid: &str) -> Result<Option<PodSandbox>> {
@@ -124,6 +125,11 @@ impl Cri {
         let Some(chosen) = convert::choose_sandbox(pod_uid, &listed.items) else { return Ok(None) };
         check_runtime_id(&chosen.id)
             .map_err(|what| self.bad("ListPodSandbox", format!("a sandbox id bpfleet refuses: {what}")))?;
+        if convert::sandbox_state(chosen.state) == SandboxState::NotReady {
+            // Nothing of it can be entered, and asking a runtime about a sandbox on its way
+            // out can fail for reasons of its own (containerd tidying its namespace).
+            return Ok(Some(convert::not_ready_sandbox(chosen)));
+        }
         let request = wire::PodSandboxStatusRequest { pod_sandbox_id: chosen.id.clone(), verbose: true };
         let call = "PodSandboxStatus";
         let answer = match self.call(call, request, |mut c, r| async move { c.pod_sandbox_status(r).await }).await {

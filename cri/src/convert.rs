@@ -127,6 +127,22 @@ pub fn pod_sandbox(status: &wire::PodSandboxStatus, info: SandboxInfo) -> PodSan
     }
 }
 
+/// A sandbox that is not ready, from the listing alone: no process, no namespace to enter.
+pub fn not_ready_sandbox(listed: &wire::PodSandbox) -> PodSandbox {
+    let meta = listed.metadata.clone().unwrap_or_default();
+    PodSandbox {
+        id: listed.id.clone(),
+        namespace: meta.namespace,
+        name: meta.name,
+        uid: meta.uid,
+        attempt: meta.attempt,
+        state: SandboxState::NotReady,
+        pid: None,
+        host_network: false,
+        network_namespace_path: None,
+    }
+}
+
 /// A container from its status and verbose info. The root file system is given only while
 /// the container runs (the bundle exists from start until the task is deleted); `None` also
 /// when the spec's root would leave the bundle.
@@ -263,6 +279,19 @@ mod tests {
             state_dir,
         );
         assert_eq!((exited.state, exited.pid, exited.rootfs), (ContainerState::Exited, None, None));
+    }
+
+    #[test]
+    fn a_sandbox_not_ready_is_named_without_process_or_network() {
+        let s = not_ready_sandbox(&listed("gone", "u1", NotReady, 5, 2));
+        assert_eq!(
+            (s.id.as_str(), s.namespace.as_str(), s.name.as_str(), s.uid.as_str()),
+            ("gone", "shop", "web-0", "u1")
+        );
+        assert_eq!(
+            (s.attempt, s.state, s.pid, s.host_network, s.network_namespace_path),
+            (2, SandboxState::NotReady, None, false, None)
+        );
     }
 
     #[test]

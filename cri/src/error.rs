@@ -7,8 +7,9 @@ use std::time::Duration;
 
 /// What to do when the socket cannot be reached: where the agent looks for it, and how the
 /// chart gives it one.
-pub const SOCKET_HINT: &str = "mount the node's container runtime socket into the agent and name its path \
-     with --cri-socket, chart value agent.criSocket; containerd's default is /run/containerd/containerd.sock";
+pub const SOCKET_HINT: &str = "mount the node's container runtime directory into the agent at the same path \
+     (chart value agent.criRuntimeDir) and name its socket with --cri-socket (agent.criSocket); containerd's \
+     default is /run/containerd/containerd.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {

@@ -41,7 +41,8 @@ pub struct PodSandbox {
     /// it runs.
     pub pid: Option<u32>,
     /// The pod shares the node's network namespace (`hostNetwork: true`): it has no
-    /// interfaces of its own to attach to.
+    /// interfaces of its own to attach to. Known for a ready sandbox only (`false`
+    /// otherwise).
     pub host_network: bool,
     /// The bind mount that keeps the pod's network namespace alive, e.g.
     /// `/run/containerd/io.containerd.grpc.v1.cri/netns/cni-<uuid>` (containerd with

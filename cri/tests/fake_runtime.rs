@@ -344,6 +344,17 @@ async fn containers_come_sorted_with_pid_and_rootfs_while_running() {
 }
 
 #[tokio::test]
+async fn a_pod_whose_sandboxes_are_all_down_is_not_ready_without_asking_for_status() {
+    let mut w = world();
+    w.sandboxes.remove(1);
+    let fake = Fake { world: Arc::new(w), ..Fake::default() };
+    let (_dir, socket) = serve(fake.clone());
+    let s = connect(&socket).await.pod_sandbox(UID).await.unwrap().unwrap();
+    assert_eq!((s.id.as_str(), s.state, s.pid, s.network_namespace_path), ("old", SandboxState::NotReady, None, None));
+    assert_eq!(asked(&fake), [format!("ListPodSandbox {POD_UID_LABEL}={UID}")]);
+}
+
+#[tokio::test]
 async fn what_disappears_between_list_and_status_is_absent_not_an_error() {
     let mut w = world();
     w.sandboxes[1].gone = true;
