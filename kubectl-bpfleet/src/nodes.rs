@@ -58,13 +58,14 @@ pub fn rows(nodes: &[BpfNode], owner: &Owner<'_>, targets: Option<&[String]>, wi
                 format!("{:?}", e.health),
                 or_dash(ids(&|a| a.program_id.to_string())),
                 or_dash(ids(&|a| or_dash(a.link_ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")))),
+                pods(e),
                 if wide { error.replace('\n', " ") } else { table::truncate(error, ERROR_WIDTH) },
             ]);
         }
     }
     for t in targets.unwrap_or_default() {
         if !reported.contains(t) {
-            let cells = ["-", "NotReported", "-", "-", "the node's agent reports no entry for this program"];
+            let cells = ["-", "NotReported", "-", "-", "-", "the node's agent reports no entry for this program"];
             rows.push(std::iter::once(t.clone()).chain(cells.iter().map(|c| c.to_string())).collect());
         }
     }
@@ -72,12 +73,25 @@ pub fn rows(nodes: &[BpfNode], owner: &Owner<'_>, targets: Option<&[String]>, wi
     rows
 }
 
+/// Programs inside pods: the pods attached in out of those the node attaches in, and the
+/// first failed one's reason (the BpfNode lists the rest).
+fn pods(e: &NodeProgramStatus) -> String {
+    if e.pods_total == 0 {
+        return "-".into();
+    }
+    let attached = e.pods_total - e.pods_failed;
+    match e.pods.iter().find(|p| p.reason.is_some()) {
+        Some(p) => format!("{attached}/{} ({}: {})", e.pods_total, p.name, p.reason.as_deref().unwrap_or_default()),
+        None => format!("{attached}/{}", e.pods_total),
+    }
+}
+
 fn or_dash(s: String) -> String {
     if s.is_empty() { "-".to_string() } else { s }
 }
 
 pub fn render(rows: &[Vec<String>]) -> String {
-    table::render(&["NODE", "REVISION", "HEALTH", "PROGRAM IDS", "LINK IDS", "LAST ERROR"], rows)
+    table::render(&["NODE", "REVISION", "HEALTH", "PROGRAM IDS", "LINK IDS", "PODS", "LAST ERROR"], rows)
 }
 
 /// The line above the table: which revision the nodes should run.
@@ -166,14 +180,30 @@ mod tests {
         let table = render(&rows(&nodes, &owner, None, false));
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 3, "{table}");
-        assert_eq!(lines[0], "NODE     REVISION           HEALTH    PROGRAM IDS   LINK IDS   LAST ERROR");
-        assert_eq!(lines[1], "node-a   0123456789abcdef   Healthy   412           88,89");
-        assert!(lines[2].starts_with("node-b   0123456789abcdef   Failed    412           88,89      verifier: R1"));
+        assert_eq!(lines[0], "NODE     REVISION           HEALTH    PROGRAM IDS   LINK IDS   PODS   LAST ERROR");
+        assert_eq!(lines[1], "node-a   0123456789abcdef   Healthy   412           88,89      -");
+        assert!(
+            lines[2].starts_with("node-b   0123456789abcdef   Failed    412           88,89      -      verifier: R1")
+        );
         assert!(lines[2].ends_with('…'), "{}", lines[2]);
-        let cut = &rows(&nodes, &owner, None, false)[1][5];
+        let cut = &rows(&nodes, &owner, None, false)[1][6];
         assert!(cut.chars().count() <= ERROR_WIDTH, "{cut}");
         let wide = render(&rows(&nodes, &owner, None, true));
         assert!(wide.contains(long.trim_end()), "{wide}");
+    }
+
+    #[test]
+    fn programs_inside_pods_show_their_pods_and_the_first_failure() {
+        let mut e = entry("uid-1", "Healthy", None);
+        e["pods"] = json!([
+            {"uid": "p2", "namespace": "shop", "name": "web-2", "reason": "TargetNotFound", "message": "gone"},
+            {"uid": "p1", "namespace": "shop", "name": "web-1", "linkIds": [90]},
+        ]);
+        e["podsTotal"] = json!(3);
+        e["podsFailed"] = json!(1);
+        let nodes = vec![bpfnode("node-a", json!([e]))];
+        let owner = Owner { name: "xdp-counter", uid: Some("uid-1") };
+        assert_eq!(rows(&nodes, &owner, None, false)[0][5], "2/3 (web-2: TargetNotFound)");
     }
 
     #[test]
