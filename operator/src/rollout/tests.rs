@@ -632,19 +632,6 @@ fn actions_resume_promote_abort_and_retry_a_rollout_without_a_spec_change() {
 }
 
 #[test]
-fn resume_lets_a_halted_rollout_go_on_once_its_failures_are_within_the_threshold() {
-    let mut w = World::new(5, canary_spec());
-    let bad = w.order[0].clone();
-    let d = w.decide(NEW);
-    w.apply(&d, &[bad.as_str()], NEW);
-    assert_eq!(w.decide(NEW).status.phase, Phase::Halted);
-    w.failed.clear();
-    w.action = Some(Action::Resume);
-    let d = w.decide(NEW);
-    assert_eq!(d.status.phase, Phase::Progressing, "{d:?}");
-}
-
-#[test]
 fn a_node_whose_agent_is_away_holds_its_step_until_it_returns_or_fails() {
     let mut w = World::new(3, RolloutSpec { max_in_flight: Some(IntOrString::Int(3)), ..Default::default() });
     let away = w.order[2].clone();
@@ -735,6 +722,8 @@ fn the_deadline_runs_from_the_last_progress_and_not_through_a_pause() {
 }
 
 #[test]
+/// A resume lets a halted rollout go on once its failures are within the threshold; a
+/// later stop needs a new one.
 fn a_stop_needs_a_new_resume_and_retry_forgets_promote_full() {
     let mut w = World::new(5, canary_spec());
     let bad = w.order[0].clone();
