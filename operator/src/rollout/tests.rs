@@ -721,9 +721,9 @@ fn the_deadline_runs_from_the_last_progress_and_not_through_a_pause() {
     assert_eq!(w.decide(NEW).status.phase, Phase::Progressing, "the deadline counts from the fall");
 }
 
-#[test]
 /// A resume lets a halted rollout go on once its failures are within the threshold; a
 /// later stop needs a new one.
+#[test]
 fn a_stop_needs_a_new_resume_and_retry_forgets_promote_full() {
     let mut w = World::new(5, canary_spec());
     let bad = w.order[0].clone();
