@@ -59,7 +59,11 @@ pub struct Installed {
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
+    checked(cmd.output().with_context(|| format!("cannot run {what}"))?, what)
+}
+
+/// A finished command's stdout, or an error carrying both its outputs.
+fn checked(out: std::process::Output, what: &str) -> anyhow::Result<String> {
     if !out.status.success() {
         bail!(
             "{what} failed ({}):\n{}{}",
@@ -87,16 +91,7 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> anyhow:
     if let Some(input) = input {
         child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
     }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    checked(child.wait_with_output()?, &what)
 }
 
 /// The helm binary, installed by `scripts/install-helm.sh` if missing.
