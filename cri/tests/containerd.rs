@@ -143,7 +143,15 @@ async fn every_ready_pod_is_where_the_runtime_says() {
         eprintln!("skipping: no container runtime socket at {} (runs on a node with containerd)", socket.display());
         return;
     }
-    let cri = Cri::connect(&socket).await.unwrap();
+    // A socket file left behind by a runtime that is not running answers nothing to check.
+    let cri = match Cri::connect(&socket).await {
+        Ok(cri) => cri,
+        Err(e @ cri::CriError::Unreachable { .. }) => {
+            eprintln!("skipping: {e} (a socket file with no runtime behind it)");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
     let v = cri.version().await.unwrap();
     assert_eq!(v.runtime_api_version, "v1");
     eprintln!("runtime: {} {} (CRI {})", v.runtime_name, v.runtime_version, v.runtime_api_version);
