@@ -111,8 +111,8 @@ pub struct HookPrefixes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 256}))]
     pub interfaces: Option<Vec<String>>,
-    /// Namespaces whose pods XDP and TC programs may attach inside (`xdp.pods.namespace`,
-    /// `tc.pods.namespace`), e.g. `team-a`.
+    /// Namespaces whose pods programs may attach inside (`xdp.pods.namespace`,
+    /// `tc.pods.namespace`, `uprobe.containers.namespace`), e.g. `team-a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 63}))]
     pub pod_namespaces: Option<Vec<String>>,
@@ -128,7 +128,8 @@ pub struct HookPrefixes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 256}))]
     pub functions: Option<Vec<String>>,
-    /// Binaries of Uprobe and Uretprobe programs, e.g. `/usr/lib/`.
+    /// Binaries of Uprobe and Uretprobe programs, e.g. `/usr/lib/` (paths inside the
+    /// container for programs with `containers`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 4096}))]
     pub uprobe_targets: Option<Vec<String>>,
@@ -287,8 +288,10 @@ impl Grant {
             && p.fexit.as_ref().is_none_or(|a| one(&h.functions, &a.function))
             && p.kprobe.as_ref().is_none_or(|a| one(&h.functions, &a.function))
             && p.kretprobe.as_ref().is_none_or(|a| one(&h.functions, &a.function))
-            && p.uprobe.as_ref().is_none_or(|a| one(&h.uprobe_targets, &a.target))
-            && p.uretprobe.as_ref().is_none_or(|a| one(&h.uprobe_targets, &a.target))
+            && [&p.uprobe, &p.uretprobe].into_iter().flatten().all(|a| {
+                one(&h.uprobe_targets, &a.target)
+                    && a.containers.as_ref().is_none_or(|c| one(&h.pod_namespaces, &c.namespace))
+            })
             && p.cgroup_skb.as_ref().is_none_or(|a| one(&h.cgroup_paths, &a.cgroup_path))
             && p.lsm.as_ref().is_none_or(|a| one(&h.lsm_hooks, &a.hook))
     }
@@ -330,13 +333,15 @@ pub mod cel {
 
     /// `(hook kind in grant.hooks, attach block, field, whether it is a list)`; a field is a
     /// dotted path inside the block, each part optional.
-    const HOOKS: [(&str, &str, &str, bool); 16] = [
+    const HOOKS: [(&str, &str, &str, bool); 18] = [
         ("interfaces", "xdp", "interfaces", true),
         ("interfaces", "tc", "interfaces", true),
         ("interfaces", "xdp", "pods.interfaces", true),
         ("interfaces", "tc", "pods.interfaces", true),
         ("podNamespaces", "xdp", "pods.namespace", false),
         ("podNamespaces", "tc", "pods.namespace", false),
+        ("podNamespaces", "uprobe", "containers.namespace", false),
+        ("podNamespaces", "uretprobe", "containers.namespace", false),
         ("tracepoints", "tracepoint", "names", true),
         ("rawTracepoints", "rawTracepoint", "names", true),
         ("functions", "fentry", "function", false),

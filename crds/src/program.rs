@@ -558,8 +558,11 @@ pub struct KprobeAttach {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.symbol) || has(self.offset)").message("uprobe needs a symbol, an offset, or both"))]
+#[x_kube(validation = Rule::new("!has(self.containers) || !has(self.pid)").message("pid is a process id on the node: leave it out with containers (the probe fires in every process of the selected containers)"))]
 pub struct UprobeAttach {
-    /// Absolute path of the binary or library on the node, e.g. `/usr/lib/x86_64-linux-gnu/libc.so.6`.
+    /// Absolute path of the binary or library: on the node, e.g.
+    /// `/usr/lib/x86_64-linux-gnu/libc.so.6`, or with `containers` inside each selected
+    /// container (its symlinks and `..` resolve inside the container, never out of it).
     #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/[^\x00]*$"))]
     #[x_kube(validation = Rule::new("!self.contains('/../') && !self.endsWith('/..') && !self.contains('/./')").message("target must be absolute and must not contain '.' or '..' segments"))]
     pub target: String,
@@ -575,6 +578,32 @@ pub struct UprobeAttach {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4194304))]
     pub pid: Option<i32>,
+    /// Probe the binary inside the containers of the pods this selects, on the target
+    /// nodes (`nodeSelector`) those pods run on, instead of the node's. Containers that
+    /// start get the probe within seconds and containers that stop release it; neither
+    /// makes a new revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<ContainerSelector>,
+}
+
+/// Containers of the pods a label selector picks in one namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSelector {
+    /// The pods' namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub namespace: String,
+    /// Which pods of the namespace, as a label selector; `{}` selects every pod of it.
+    #[serde(default)]
+    pub selector: PodSelector,
+    /// Which containers of each pod (by name, as in the pod's spec); every container
+    /// of the pod when left out. Init and ephemeral containers are never probed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
+    pub container_names: Vec<String>,
 }
 
 /// CgroupSkb attach settings.

@@ -87,9 +87,12 @@ pub enum Attach {
     Kretprobe {
         function: String,
     },
+    /// `containers`: the target is inside the containers of each selected pod, these
+    /// by name (every container of the pod when empty); `None`: on the node.
     Uprobe {
         probe: UprobeTarget,
         ret: bool,
+        containers: Option<Vec<String>>,
     },
     CgroupSkb {
         cgroup: PathBuf,
@@ -492,6 +495,7 @@ fn validate_attach(p: &ProgramSpec, at: &str, source: Source, errs: &mut Errors)
             {
                 errs.push(format!("{field}.pid"), format!("must be a positive process id, got {pid}"));
             }
+            let containers = x.containers.as_ref().map(|c| in_containers(c, x.pid, &field, source, errs));
             Attach::Uprobe {
                 probe: UprobeTarget {
                     target: target.unwrap_or_default(),
@@ -500,6 +504,7 @@ fn validate_attach(p: &ProgramSpec, at: &str, source: Source, errs: &mut Errors)
                     pid: x.pid,
                 },
                 ret,
+                containers,
             }
         }
         ProgramType::CgroupSkb => {
@@ -552,6 +557,43 @@ fn where_on(
             (interfaces(&p.interfaces, &format!("{at}.pods"), errs), true)
         }
     }
+}
+
+/// The containers of a uprobe block's `containers`: their names (every container when
+/// empty), checked, with the namespace checked as `where_on` does.
+fn in_containers(
+    c: &crate::program::ContainerSelector,
+    pid: Option<i32>,
+    at: &str,
+    source: Source,
+    errs: &mut Errors,
+) -> Vec<String> {
+    if pid.is_some() {
+        errs.push(
+            format!("{at}.pid"),
+            "pid is a process id on the node: leave it out with containers (the probe fires in every process \
+             of the selected containers)",
+        );
+    }
+    let resolved = source == Source::Wire && c.namespace.is_empty();
+    if !resolved && !is_dns_label(&c.namespace) {
+        errs.push(format!("{at}.containers.namespace"), format!("{:?} is not a namespace name", c.namespace));
+    }
+    if c.container_names.len() > MAX_HOOKS {
+        errs.push(
+            format!("{at}.containers.containerNames"),
+            format!("at most {MAX_HOOKS} names, got {}", c.container_names.len()),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, n) in c.container_names.iter().enumerate() {
+        if !is_dns_label(n) {
+            errs.push(format!("{at}.containers.containerNames[{i}]"), format!("{n:?} is not a container name"));
+        } else if !seen.insert(n) {
+            errs.push(format!("{at}.containers.containerNames[{i}]"), format!("container {n:?} is listed twice"));
+        }
+    }
+    c.container_names.clone()
 }
 
 fn interfaces(list: &[String], at: &str, errs: &mut Errors) -> Vec<InterfaceName> {

@@ -160,10 +160,21 @@ grants:
     sources: [image]
   - name: team-a-pods
     groups: [team-a]
-    programTypes: [XDP, TC]
+    programTypes: [XDP, TC, Uprobe]
     sources: [image]
-    hooks: {interfaces: [eth], podNamespaces: [team-a]}
+    hooks: {interfaces: [eth], podNamespaces: [team-a], uprobeTargets: [/app/]}
 "#;
+
+/// A uprobe on `/app/server` inside the containers of `ns`'s pods.
+fn in_containers(ns: &str) -> &'static str {
+    let spec = format!(
+        "nodeSelector: {{matchExpressions: [{{key: node-role.kubernetes.io/control-plane, operator: DoesNotExist}}]}}\n\
+         bytecode: {{image: {{url: \"r/x:1\"}}}}\n\
+         programs:\n\
+         - {{name: count_calls, type: Uprobe, uprobe: {{target: /app/server, symbol: serve, containers: {{namespace: {ns}}}}}}}\n"
+    );
+    Box::leak(spec.into_boxed_str())
+}
 
 /// XDP and TC inside team-a's pods (`ns`), on `ifaces` inside them.
 fn in_pods(ns: &str, ifaces: &str) -> &'static str {
@@ -238,6 +249,14 @@ programs: [{name: count_packets, type: XDP, xdp: {interfaces: [eth0, cni0]}}]
             Some("program count_packets attaches to a hook outside the prefixes"),
         ),
         c("team a: XDP and TC inside its own pods", "bob", &["team-a"], in_pods("team-a", "eth0"), None),
+        c("team a: a uprobe inside its own containers", "bob", &["team-a"], in_containers("team-a"), None),
+        c(
+            "team a: a uprobe inside team b's containers",
+            "bob",
+            &["team-a"],
+            in_containers("team-b"),
+            Some("program count_calls attaches to a hook outside"),
+        ),
         c(
             "team a: inside another namespace's pods",
             "bob",

@@ -391,6 +391,33 @@ fn uprobe_needs_symbol_or_offset() {
 }
 
 #[test]
+fn uprobes_in_containers_name_no_host_pid_and_only_container_names() {
+    let probe = |containers: Value, pid: Option<i32>| {
+        let mut spec = xdp_spec();
+        let mut uprobe = json!({"target": "/bin/app", "symbol": "serve", "containers": containers});
+        if let Some(pid) = pid {
+            uprobe["pid"] = json!(pid);
+        }
+        spec["programs"][0] = json!({"name": "p", "type": "Uprobe", "uprobe": uprobe});
+        spec
+    };
+    let ok = probe(json!({"namespace": "shop", "containerNames": ["app"]}), None);
+    apiserver::admit(&BpfProgram::crd(), &manifest(ok.clone())).expect("schema accepts it");
+    validate_spec(&serde_json::from_value(ok).unwrap()).expect("Rust accepts it");
+    rejected(
+        probe(json!({"namespace": "shop"}), Some(42)),
+        "pid is a process id on the node",
+        "pid is a process id on the node",
+    );
+    rejected(
+        probe(json!({"namespace": "shop", "containerNames": ["App_1"]}), None),
+        "containerNames[0]",
+        "\"App_1\" is not a container name",
+    );
+    rejected(probe(json!({"namespace": "Shop"}), None), "namespace", "\"Shop\" is not a namespace name");
+}
+
+#[test]
 fn unknown_type_is_rejected() {
     let mut spec = xdp_spec();
     spec["programs"][0]["type"] = json!("Xdp");

@@ -173,7 +173,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tick.tick().await;
             let refreshed = Arc::clone(&m);
             let _ = tokio::task::spawn_blocking(move || refreshed.refresh_health()).await;
-            m.heal_pods().await;
+            m.heal_pods(true).await;
+        }
+    });
+    // A probe holds its container's root file system mounted: the runtime, unmounting it
+    // when the container stops, retries for a few seconds only. Stopped containers are
+    // looked for more often than the rest.
+    let m = Arc::clone(&manager);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            m.heal_pods(false).await;
         }
     });
     if let Some(dir) = args.standalone {

@@ -125,7 +125,13 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput, AgentError> 
     let pods = req
         .pods
         .into_iter()
-        .map(|p| PodInput { uid: p.uid, namespace: p.namespace, name: p.name, programs: p.programs })
+        .map(|p| PodInput {
+            uid: p.uid,
+            namespace: p.namespace,
+            name: p.name,
+            programs: p.programs,
+            containers: p.containers,
+        })
         .collect();
     let pods = check_pods(pods, &programs)?;
     Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps, pods })

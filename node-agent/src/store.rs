@@ -69,6 +69,9 @@ pub struct PodRecord {
     pub name: String,
     /// The owner's programs the request named for this pod, in request order.
     pub programs: Vec<String>,
+    /// The pod's containers the request named, in spec order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
     /// The pod's network namespace as the container runtime named it when the links were
     /// made; a clsact filter (no pin) is removed by entering it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,14 +84,19 @@ pub struct PodRecord {
     pub failure: Option<PodFailure>,
 }
 
-/// One link of a program inside a pod: the program, the interface's index in its list,
-/// and the link as on the node (`hook` is the pod's interface name).
+/// One link of a program inside a pod: the program, the interface's index in its list
+/// (a container's, in the pod's), and the link as on the node (`hook` is the pod's
+/// interface name, or the container's).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodLinkRecord {
     pub program: String,
     pub index: usize,
     pub link: LinkRecord,
+    /// A uprobe's: the runtime's id of the container it probes. The probe goes when that
+    /// container stops (a restarted container has a new id, and gets a new probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 /// Why a pod is not (fully) attached: a `Reason` name and words.

@@ -86,6 +86,7 @@ impl Pod {
             namespace: "shop".into(),
             name: self.name.clone(),
             programs: programs.iter().map(|p| p.to_string()).collect(),
+            containers: vec![],
         }
     }
 
@@ -319,6 +320,7 @@ async fn pods_that_are_gone_or_lack_the_interface_fail_alone() {
         namespace: "shop".into(),
         name: "web-elsewhere".into(),
         programs: vec!["count_packets".into()],
+        containers: vec![],
     };
     req.pods.push(unknown.clone());
     // A pod naming a program that does not attach inside pods is a bad request, said so.

@@ -170,6 +170,7 @@ impl ApplyOrder {
                     namespace: p.namespace.clone(),
                     name: p.name.clone(),
                     programs: p.programs.clone(),
+                    containers: p.containers.clone(),
                 })
                 .collect();
         }

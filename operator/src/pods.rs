@@ -1,4 +1,4 @@
-//! Programs inside pods (`xdp.pods`, `tc.pods`): which pods each node runs for a
+//! Programs inside pods (`xdp.pods`, `tc.pods`, `uprobe.containers`): which pods each node runs for a
 //! BpfProgram. Pure: the pods come from a watch of the namespaces programs name; this
 //! turns them, with the program's selectors and its target nodes, into the pod list each
 //! node's Apply carries (`ApplyRequest.pods`). The pod set is not part of the revision: a
@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crds::program::{BpfProgramSpec, PodInterfaces};
+use crds::program::{BpfProgramSpec, PodSelector};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::targets::{SelectorError, selector_matches};
@@ -20,6 +20,8 @@ pub struct PodInfo {
     /// The node it was scheduled to.
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// Its containers' names in spec order (where uprobes in containers probe).
+    pub containers: Vec<String>,
 }
 
 impl PodInfo {
@@ -34,13 +36,15 @@ impl PodInfo {
         if status.phase.as_deref() != Some("Running") {
             return None;
         }
-        let node = pod.spec.as_ref()?.node_name.clone()?;
+        let spec = pod.spec.as_ref()?;
+        let node = spec.node_name.clone()?;
         Some(PodInfo {
             uid: meta.uid.clone()?,
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
             node,
             labels: meta.labels.clone().unwrap_or_default(),
+            containers: spec.containers.iter().map(|c| c.name.clone()).collect(),
         })
     }
 }
@@ -52,22 +56,34 @@ pub struct NodePod {
     pub namespace: String,
     pub name: String,
     pub programs: Vec<String>,
+    pub containers: Vec<String>,
 }
 
-/// The programs of `spec` that attach inside pods, each with its pod target.
-pub fn pod_programs(spec: &BpfProgramSpec) -> Vec<(&str, &PodInterfaces)> {
+/// Which pods a program attaches in: a namespace and a label selector over its pods.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PodTarget<'a> {
+    pub namespace: &'a str,
+    pub selector: &'a PodSelector,
+}
+
+/// The programs of `spec` that attach inside pods (`xdp.pods`, `tc.pods`,
+/// `uprobe.containers`, `uretprobe.containers`), each with its pod target.
+pub fn pod_programs(spec: &BpfProgramSpec) -> Vec<(&str, PodTarget<'_>)> {
     spec.programs
         .iter()
         .filter_map(|p| {
-            let pods = p.xdp.as_ref().and_then(|a| a.pods.as_ref()).or(p.tc.as_ref().and_then(|a| a.pods.as_ref()));
-            pods.map(|t| (p.name.as_str(), t))
+            let net = p.xdp.as_ref().and_then(|a| a.pods.as_ref()).or(p.tc.as_ref().and_then(|a| a.pods.as_ref()));
+            let net = net.map(|t| PodTarget { namespace: &t.namespace, selector: &t.selector });
+            let probe = p.uprobe.as_ref().or(p.uretprobe.as_ref()).and_then(|a| a.containers.as_ref());
+            let probe = probe.map(|c| PodTarget { namespace: &c.namespace, selector: &c.selector });
+            net.or(probe).map(|t| (p.name.as_str(), t))
         })
         .collect()
 }
 
 /// Namespaces whose pods `spec` attaches in.
 pub fn namespaces(spec: &BpfProgramSpec) -> BTreeSet<String> {
-    pod_programs(spec).into_iter().map(|(_, t)| t.namespace.clone()).collect()
+    pod_programs(spec).into_iter().map(|(_, t)| t.namespace.to_string()).collect()
 }
 
 /// Per target node, the pods it must attach in (sorted by uid; each pod's programs in spec
@@ -79,7 +95,7 @@ pub fn by_node<'a>(
 ) -> Result<BTreeMap<String, Vec<NodePod>>, SelectorError> {
     let programs = pod_programs(spec);
     let selectors: Vec<(&str, &str, k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector)> =
-        programs.iter().map(|(name, t)| (*name, t.namespace.as_str(), t.selector.to_label_selector())).collect();
+        programs.iter().map(|(name, t)| (*name, t.namespace, t.selector.to_label_selector())).collect();
     let mut out: BTreeMap<String, Vec<NodePod>> = BTreeMap::new();
     for pod in pods {
         if !targets.contains(&pod.node) {
@@ -97,6 +113,7 @@ pub fn by_node<'a>(
                 namespace: pod.namespace.clone(),
                 name: pod.name.clone(),
                 programs: names,
+                containers: pod.containers.clone(),
             });
         }
     }
@@ -121,6 +138,7 @@ mod tests {
             name: format!("p-{uid}"),
             node: node.into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            containers: vec!["app".into()],
         }
     }
 
@@ -130,12 +148,13 @@ programs:
   - {name: web_xdp, type: XDP, xdp: {pods: {namespace: shop, selector: {matchLabels: {app: web}}}}}
   - {name: all_tc, type: TC, tc: {direction: Ingress, pods: {namespace: shop}}}
   - {name: node_xdp, type: XDP, xdp: {interfaces: [eth0]}}
+  - {name: db_probe, type: Uprobe, uprobe: {target: /bin/db, symbol: query, containers: {namespace: shop, selector: {matchLabels: {app: db}}}}}
 "#;
 
     #[test]
     fn each_node_gets_its_own_running_selected_pods_with_the_programs_that_select_them() {
         let s = spec(SPEC);
-        assert_eq!(pod_programs(&s).iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["web_xdp", "all_tc"]);
+        assert_eq!(pod_programs(&s).iter().map(|(n, _)| *n).collect::<Vec<_>>(), ["web_xdp", "all_tc", "db_probe"]);
         assert_eq!(namespaces(&s), BTreeSet::from(["shop".to_string()]));
         let pods = [
             pod("u2", "shop", "n1", &[("app", "web")]),
@@ -147,7 +166,11 @@ programs:
         let targets: BTreeSet<String> = ["n1".to_string(), "n2".to_string(), "n3".to_string()].into();
         let got = by_node(&s, &pods, &targets).unwrap();
         let n1: Vec<(&str, Vec<String>)> = got["n1"].iter().map(|p| (p.uid.as_str(), p.programs.clone())).collect();
-        assert_eq!(n1, [("u1", vec!["all_tc".to_string()]), ("u2", vec!["web_xdp".into(), "all_tc".into()])]);
+        assert_eq!(
+            n1,
+            [("u1", vec!["all_tc".to_string(), "db_probe".into()]), ("u2", vec!["web_xdp".into(), "all_tc".into()])]
+        );
+        assert_eq!(got["n1"][0].containers, ["app"], "each pod's containers go with it");
         assert_eq!(got["n2"].len(), 1);
         assert!(!got.contains_key("n3"), "no pod there");
         assert!(!got.contains_key("n9"), "not a target");
@@ -157,11 +180,13 @@ programs:
     fn only_running_scheduled_pods_that_are_not_being_deleted_count() {
         let running: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"uid": "u", "name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
-            "spec": {"nodeName": "n1", "containers": []},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app"}, {"name": "sidecar"}]},
             "status": {"phase": "Running"},
         }))
         .unwrap();
-        assert_eq!(PodInfo::of_running(&running).map(|p| p.node), Some("n1".to_string()));
+        let info = PodInfo::of_running(&running).unwrap();
+        assert_eq!(info.node, "n1");
+        assert_eq!(info.containers, ["app", "sidecar"]);
         let mut pending = running.clone();
         pending.status.as_mut().unwrap().phase = Some("Pending".into());
         assert_eq!(PodInfo::of_running(&pending), None);

@@ -3,8 +3,9 @@
 
 use crds::node::{AttachedProgram, Health, NodeProgramStatus, PinnedMap};
 use crds::program::{
-    CgroupSkbAttach, Direction, KernelFunctionAttach, KprobeAttach, LsmAttach, PodInterfaces, PodSelector, ProgramSpec,
-    ProgramType, RawTracepointAttach, TcAttach, TracepointAttach, UprobeAttach, XdpAttach, XdpMode,
+    CgroupSkbAttach, ContainerSelector, Direction, KernelFunctionAttach, KprobeAttach, LsmAttach, PodInterfaces,
+    PodSelector, ProgramSpec, ProgramType, RawTracepointAttach, TcAttach, TracepointAttach, UprobeAttach, XdpAttach,
+    XdpMode,
 };
 
 use crds::rollout::{MapPolicy, MapUpgrade};
@@ -67,11 +68,24 @@ fn direction_str(d: Direction) -> &'static str {
 }
 
 fn uprobe_to_wire(u: &UprobeAttach) -> v1::Uprobe {
-    v1::Uprobe { target: u.target.clone(), symbol: u.symbol.clone(), offset: u.offset, pid: u.pid }
+    v1::Uprobe {
+        target: u.target.clone(),
+        symbol: u.symbol.clone(),
+        offset: u.offset,
+        pid: u.pid,
+        in_pods: u.containers.is_some(),
+        container_names: u.containers.as_ref().map(|c| c.container_names.clone()).unwrap_or_default(),
+    }
 }
 
+/// As `split_interfaces`: inside containers, the wire carries the container names only.
 fn uprobe_from_wire(u: v1::Uprobe) -> UprobeAttach {
-    UprobeAttach { target: u.target, symbol: u.symbol, offset: u.offset, pid: u.pid }
+    let containers = u.in_pods.then(|| ContainerSelector {
+        namespace: String::new(),
+        selector: PodSelector::default(),
+        container_names: u.container_names,
+    });
+    UprobeAttach { target: u.target, symbol: u.symbol, offset: u.offset, pid: u.pid, containers }
 }
 
 /// A program of a BpfProgram spec as sent in `ApplyRequest.programs`.
@@ -339,6 +353,7 @@ mod tests {
         let yaml = r#"
 - {name: a, type: XDP, xdp: {mode: Generic, pods: {namespace: shop, selector: {matchLabels: {app: web}}, interfaces: [eth0, eth1]}}}
 - {name: b, type: TC, tc: {direction: Egress, priority: 7, pods: {namespace: shop}}}
+- {name: c, type: Uretprobe, uretprobe: {target: /bin/app, symbol: serve, containers: {namespace: shop, containerNames: [app]}}}
 "#;
         let programs: Vec<ProgramSpec> = serde_yaml::from_str(yaml).unwrap();
         let wire: Vec<v1::Program> = programs.iter().map(program_to_wire).collect();
@@ -353,12 +368,17 @@ mod tests {
         let pods = xdp.pods.as_ref().unwrap();
         assert_eq!((pods.namespace.as_str(), pods.interfaces.clone()), ("", vec!["eth0".into(), "eth1".into()]));
         assert_eq!(back[1].tc.as_ref().unwrap().pods.as_ref().unwrap().interfaces, ["eth0"]);
+        let probe = back[2].uretprobe.as_ref().unwrap().containers.as_ref().unwrap();
+        assert_eq!((probe.namespace.as_str(), probe.container_names.clone()), ("", vec!["app".to_string()]));
 
         let valid = crds::validate::validate_programs(&back).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             matches!(&valid[0].attach, crds::validate::Attach::Xdp { in_pods: true, interfaces, .. } if interfaces.len() == 2)
         );
         assert!(matches!(&valid[1].attach, crds::validate::Attach::Tc { in_pods: true, priority: 7, .. }));
+        assert!(
+            matches!(&valid[2].attach, crds::validate::Attach::Uprobe { ret: true, containers: Some(c), .. } if c == &["app"])
+        );
         // A manifest must still name the namespace its pods are selected in.
         let spec: crds::BpfProgramSpec = serde_yaml::from_str(
             "{bytecode: {path: /x.o}, programs: [{name: a, type: XDP, xdp: {pods: {namespace: \"\"}}}]}",

@@ -1,12 +1,16 @@
 //! One hook of a loaded program inside a pod: attached from the program's pin (a pod
 //! that starts gets the running revision without a reload), or taken over in place from
 //! the replaced revision's link on the same hook (an upgrade, as on the node: `swap`), and
-//! detached. The kernel work inside the pod's namespace is `netns`'s.
+//! detached. The kernel work inside the pod's namespace is `netns`'s; a uprobe on a binary
+//! inside one of the pod's containers is `container`'s.
 
 use std::path::Path;
 
-use aya::programs::{SchedClassifier, Xdp};
+use aya::programs::{ProbeKind, SchedClassifier, UProbe, Xdp};
 use crds::names::{InterfaceName, ProgramName};
+use crds::validate::UprobeTarget;
+
+use super::container::{ContainerRoot, attach_uprobe};
 
 use super::netns::{PodNetns, PodTcLink, TcHook, attach_tc, attach_xdp, detach_tc};
 use super::pod::{LinkPin, PodError};
@@ -65,6 +69,10 @@ pub fn attach(
             let LinkPin { path, link_id } = attach_xdp(&mut xdp, a.program, netns, a.interface, mode, pin)?;
             Ok(record(iface, link_id, LinkKind::Pinned { path }))
         }
+        PodHook::Uprobe { .. } => Err(PodError::Failed(AgentError::internal(format!(
+            "{} is a uprobe: it attaches in containers, not on interface {iface}",
+            a.program
+        )))),
         PodHook::Tc { direction, priority } => {
             let mut tc = SchedClassifier::from_pin(a.program_pin).map_err(|e| opened(&e))?;
             let hook = TcHook { interface: a.interface, direction, priority, backend: a.tc_backend, peers: a.tc_peers };
@@ -82,10 +90,34 @@ pub fn attach(
     }
 }
 
+/// Attach the pinned uprobe (`ret`: uretprobe) `program_pin` to `probe`'s binary inside
+/// the container whose root is `root`, pinning the link at `pin` (its directory must
+/// exist). The record's hook is `container` (the container's name).
+pub fn attach_probe(
+    program: &ProgramName,
+    program_pin: &Path,
+    ret: bool,
+    probe: &UprobeTarget,
+    root: &ContainerRoot,
+    container: &str,
+    pin: &Path,
+) -> Result<LinkRecord, PodError> {
+    let kind = if ret { ProbeKind::Return } else { ProbeKind::Entry };
+    let mut up = UProbe::from_pin(program_pin, kind).map_err(|e| {
+        AgentError::for_program(
+            Reason::Internal,
+            program.as_str(),
+            format!("cannot open the pinned program {}: {e}", program_pin.display()),
+        )
+    })?;
+    let LinkPin { path, link_id } = attach_uprobe(&mut up, program, root, probe, pin)?;
+    Ok(record(container, link_id, LinkKind::Pinned { path }))
+}
+
 /// A taken-over link is of the same kind as the one a fresh attach makes.
 fn link_kind(a: &PodAttach<'_>, pin: &Path) -> LinkKind {
     match a.hook {
-        PodHook::Xdp { .. } => LinkKind::Pinned { path: pin.to_path_buf() },
+        PodHook::Xdp { .. } | PodHook::Uprobe { .. } => LinkKind::Pinned { path: pin.to_path_buf() },
         PodHook::Tc { direction, priority } => {
             LinkKind::Tcx { path: pin.to_path_buf(), interface: a.interface.to_string(), direction, priority }
         }

@@ -87,7 +87,7 @@ pub(super) fn attach(
             keep!(kp, lid, function.clone());
             id
         }
-        Attach::Uprobe { probe, .. } => {
+        Attach::Uprobe { probe, containers, .. } => {
             if let Some(pid) = probe.pid
                 && !crate::kernel::in_host_pid_namespace()
             {
@@ -103,6 +103,10 @@ pub(super) fn attach(
             let up: &mut UProbe = program.try_into().map_err(wrong)?;
             up.load().map_err(load_error(name, t))?;
             let id = pin_loaded!(up, name, pin);
+            if containers.is_some() {
+                // Probed inside each pod's containers (`pods`, `container`), not on the node.
+                return Ok((id, links));
+            }
             let hook = uprobe_hook(probe);
             // The node's file, resolved inside the host root; aya and the kernel get
             // the open file itself, so nothing can swap it between check and attach.

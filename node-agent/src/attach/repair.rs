@@ -37,7 +37,9 @@ pub fn reattach(
     };
     match &valid.attach {
         // No node-level hook to repair: its links are in pods (`pods`, `in_pod`).
-        Attach::Xdp { in_pods: true, .. } | Attach::Tc { in_pods: true, .. } => Err(AgentError::internal(format!(
+        Attach::Xdp { in_pods: true, .. }
+        | Attach::Tc { in_pods: true, .. }
+        | Attach::Uprobe { containers: Some(_), .. } => Err(AgentError::internal(format!(
             "{name} attaches inside pods: it has no hook #{index} on the node to re-attach"
         ))),
         Attach::Xdp { interfaces, mode, in_pods: false } => {
@@ -105,7 +107,7 @@ pub fn reattach(
             let id = keep_link(name, tp.take_link(lid).map_err(|e| fail(n, &e))?, &path)?;
             Ok(record(n.clone(), id, LinkKind::Pinned { path }))
         }
-        Attach::Uprobe { probe, ret } => {
+        Attach::Uprobe { probe, ret, containers: None } => {
             let hook = super::probes::uprobe_hook(probe);
             let kind = if *ret { ProbeKind::Return } else { ProbeKind::Entry };
             let mut up = UProbe::from_pin(&program.pin, kind).map_err(|e| fail(&hook, &e))?;

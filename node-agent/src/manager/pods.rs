@@ -20,13 +20,14 @@ use crds::validate::ValidProgram;
 
 use super::{ApplyInput, ChangeKind, Manager};
 use crate::attach::TcPeer;
+use crate::attach::container::ContainerRoot;
 use crate::attach::in_pod::{self, PodAttach, TakeOver};
 use crate::attach::netns::PodNetns;
-use crate::attach::pod::PodError;
+use crate::attach::pod::{PlaceKind, PodError};
 use crate::error::{AgentError, Reason, Result};
-use crate::pods::plan::{self, LinkKey, PodPlan, PodSteps, PodsNow};
-use crate::pods::resolve::Resolved;
-use crate::pods::{InPodProgram, PodRequest, failure, in_pod_programs};
+use crate::pods::plan::{self, HookStep, LinkKey, PodPlan, PodSteps, PodsNow};
+use crate::pods::resolve::{Located, running_container};
+use crate::pods::{InPodProgram, PodHook, PodRequest, failure, in_pod_programs};
 use crate::store::{LinkKind, OwnerRecord, PodLinkRecord, PodRecord};
 
 /// Pods worked on at once.
@@ -37,7 +38,8 @@ const PARALLEL_PODS: usize = 8;
 pub(super) struct PodWork {
     pub programs: Vec<InPodProgram>,
     pub plan: PodPlan,
-    pub netns: BTreeMap<PodUid, Resolved>,
+    /// Where each pod with hooks to attach is.
+    pub places: BTreeMap<PodUid, Located>,
 }
 
 impl PodWork {
@@ -65,28 +67,31 @@ impl Manager {
         running: Option<&OwnerRecord>,
         previous: Option<&OwnerRecord>,
     ) -> PodWork {
-        self.plan_pods(&input.programs, &input.pods, running, previous).await
+        self.plan_pods(&input.programs, &input.pods, running, previous, BTreeSet::new()).await
     }
 
+    /// `dead`: links found dead beyond what the kernel shows (probes of stopped containers).
     async fn plan_pods(
         &self,
         programs: &[ValidProgram],
         requested: &[PodRequest],
         running: Option<&OwnerRecord>,
         previous: Option<&OwnerRecord>,
+        mut dead: BTreeSet<LinkKey>,
     ) -> PodWork {
         let programs = in_pod_programs(programs);
         let recorded = |r: Option<&OwnerRecord>| r.map(|r| r.pods.clone()).unwrap_or_default();
         let (running_pods, previous_pods) = (recorded(running), recorded(previous));
-        let mut dead = BTreeSet::new();
         for r in [running, previous].into_iter().flatten() {
             dead.extend(dead_links(r));
         }
         let now =
             PodsNow { programs: &programs, running: &running_pods, previous: &previous_pods, dead: &dead, requested };
         let plan = plan::plan(&now);
-        let netns = self.pod_resolver.netns_of(plan.to_resolve()).await;
-        PodWork { programs, plan, netns }
+        let probes = |steps: &PodSteps| steps.attach.iter().any(|h| !programs[h.program].hook.is_network());
+        let to_locate = plan.pods.iter().filter(|p| !p.attach.is_empty()).map(|p| (&p.pod, probes(p)));
+        let places = self.pod_resolver.locate(to_locate).await;
+        PodWork { programs, plan, places }
     }
 
     /// Carry out `work` for the revision `record` runs (committed), `previous` being the
@@ -110,9 +115,9 @@ impl Manager {
         }
         let peers = self.pod_tc_peers();
         let pods = in_parallel(&work.plan.pods, |steps| {
-            let netns = work.netns.get(&steps.pod.uid);
+            let located = work.places.get(&steps.pod.uid);
             let peers = peers.get(steps.pod.uid.as_str()).map(Vec::as_slice).unwrap_or_default();
-            self.sync_pod(&ctx, steps, netns, peers)
+            self.sync_pod(&ctx, steps, located, peers)
         });
         crate::fault::point("pods-after-attach", &record.uid);
         let mut updated = record.clone();
@@ -156,13 +161,16 @@ impl Manager {
     }
 
     /// Pods whose links died since they were made, of every owner not busy: the pod
-    /// stopped (its namespace went, and its interfaces with it) or its sandbox was made
-    /// again (a new namespace). Each such owner's pods are brought back to its record as an
+    /// stopped (its namespace went, and its interfaces with it), its sandbox was made
+    /// again (a new namespace), or a probed container stopped (the runtime no longer
+    /// lists it running). Each such owner's pods are brought back to its record as an
     /// Apply of the same revision and pods would: the dead links go (nothing left of them
-    /// in bpffs), the pod is looked up again and attached in its new namespace, or
-    /// reported gone (TargetNotFound); Watch says so. Pods that failed before are left for
-    /// the next Apply: only a link dying makes this ask the runtime.
-    pub async fn heal_pods(self: &Arc<Self>) {
+    /// in bpffs), the pod is looked up again and attached in its new namespace or its
+    /// restarted container, or reported gone (TargetNotFound); Watch says so. With
+    /// `retry`, pods that found nothing to attach to before (TargetNotFound: not started,
+    /// a container not running yet) are tried again too; other failures wait for the next
+    /// Apply.
+    pub async fn heal_pods(self: &Arc<Self>, retry: bool) {
         let owners: Vec<(String, OwnerRecord)> = {
             let map = self.entries.read().unwrap_or_else(|p| p.into_inner());
             map.iter()
@@ -170,8 +178,21 @@ impl Manager {
                 .filter(|(_, r)| !r.pods.is_empty())
                 .collect()
         };
+        let probes_containers =
+            owners.iter().any(|(_, r)| r.pods.iter().any(|p| p.links.iter().any(|l| l.container.is_some())));
+        // One question for every owner: which containers run. Unanswered, none is judged.
+        let running = match probes_containers {
+            true => self.pod_resolver.running_containers().await.ok(),
+            false => None,
+        };
         for (uid, record) in owners {
-            if dead_links(&record).is_empty() {
+            let stopped = running.as_ref().map(|r| stopped_containers(&record, r)).unwrap_or_default();
+            let waiting = retry
+                && record
+                    .pods
+                    .iter()
+                    .any(|p| p.failure.as_ref().is_some_and(|f| f.reason == Reason::TargetNotFound.as_str()));
+            if stopped.is_empty() && !waiting && dead_links(&record).is_empty() {
                 continue;
             }
             let Some(_lock) = self.try_lock_owner(&uid) else { continue };
@@ -181,7 +202,7 @@ impl Manager {
             }
             let Ok(programs) = crds::validate::validate_programs(&record.spec) else { continue };
             let requested: Vec<PodRequest> = record.pods.iter().filter_map(recorded_request).collect();
-            let work = self.plan_pods(&programs, &requested, Some(&record), None).await;
+            let work = self.plan_pods(&programs, &requested, Some(&record), None, stopped).await;
             if work.is_noop() {
                 continue;
             }
@@ -193,7 +214,7 @@ impl Manager {
     }
 
     /// One requested pod: detach what goes, then attach what is missing.
-    fn sync_pod(&self, ctx: &PodCtx<'_>, steps: &PodSteps, resolved: Option<&Resolved>, peers: &[TcPeer]) -> PodRecord {
+    fn sync_pod(&self, ctx: &PodCtx<'_>, steps: &PodSteps, located: Option<&Located>, peers: &[TcPeer]) -> PodRecord {
         let pod = &steps.pod;
         let recorded_netns = steps.netns.as_ref().map(|p| PodNetns::new(p, pod.context()));
         for l in &steps.detach {
@@ -206,6 +227,7 @@ impl Manager {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             programs: pod.programs.iter().map(|p| p.to_string()).collect(),
+            containers: pod.containers.clone(),
             netns: steps.netns.clone(),
             links: steps.keep.clone(),
             failure: None,
@@ -214,23 +236,40 @@ impl Manager {
             self.tidy_pod_dir(ctx, &pod.uid);
             return out;
         }
-        let path = match resolved {
-            Some(Ok(path)) => path.clone(),
-            Some(Err(e)) => {
-                out.failure = Some(failure(e));
-                return out;
+        let Some(located) = located else {
+            out.failure = Some(failure(&AgentError::internal(format!("{} was not looked up", pod.context()))));
+            return out;
+        };
+        let (net, probes): (Vec<&HookStep>, Vec<&HookStep>) =
+            steps.attach.iter().partition(|h| ctx.programs[h.program].hook.is_network());
+        for step in probes {
+            let program = &ctx.programs[step.program];
+            match self.attach_in_container(ctx, pod, program, step, &located.containers) {
+                Ok(link) => out.links.push(link),
+                Err(e) => {
+                    tracing::info!(pod = %pod.context(), program = %program.name, error = %e, "not probed in container");
+                    out.failure.get_or_insert_with(|| failure(&e));
+                }
             }
-            None => {
-                out.failure = Some(failure(&AgentError::internal(format!("{} was not looked up", pod.context()))));
+        }
+        if net.is_empty() {
+            out.links.sort_by(|a, b| (&a.program, a.index).cmp(&(&b.program, b.index)));
+            self.tidy_pod_dir(ctx, &pod.uid);
+            return out;
+        }
+        let path = match &located.netns {
+            Ok(path) => path.clone(),
+            Err(e) => {
+                out.failure = Some(failure(e));
                 return out;
             }
         };
         out.netns = Some(path.clone());
         let netns = PodNetns::new(&path, pod.context());
         let mut peers = peers.to_vec();
-        for step in &steps.attach {
+        for step in net {
             let program = &ctx.programs[step.program];
-            match self.attach_hook(ctx, &pod.uid, program, step.index, step.take_over.as_ref(), &netns, &peers) {
+            match self.attach_hook(ctx, &pod.uid, program, step, &netns, &peers) {
                 Ok(link) => {
                     if let LinkKind::Tcx { interface, direction, priority, .. } = &link.kind {
                         let program_id = program_id(ctx.record, &program.name);
@@ -241,7 +280,12 @@ impl Manager {
                             program_id,
                         });
                     }
-                    out.links.push(PodLinkRecord { program: program.name.clone(), index: step.index, link });
+                    out.links.push(PodLinkRecord {
+                        program: program.name.clone(),
+                        index: step.index,
+                        link,
+                        container: None,
+                    });
                 }
                 Err(PodError::Gone(place)) => {
                     // The pod stopped meanwhile: whatever it still has of this owner goes
@@ -264,23 +308,17 @@ impl Manager {
         out
     }
 
-    /// Attach one hook of `program` in the pod, pinned under the revision's pod directory.
-    #[allow(clippy::too_many_arguments)]
-    fn attach_hook(
+    /// Where `program`'s link at `index` in pod `pod` is pinned (its directory made), and
+    /// the program's own pin.
+    fn pod_pins(
         &self,
         ctx: &PodCtx<'_>,
         pod: &PodUid,
-        program: &InPodProgram,
+        name: &ProgramName,
         index: usize,
-        take_over: Option<&PodLinkRecord>,
-        netns: &PodNetns,
-        peers: &[TcPeer],
-    ) -> std::result::Result<crate::store::LinkRecord, PodError> {
-        let name = ProgramName::new(&program.name).map_err(|e| AgentError::internal(e.to_string()))?;
-        let interface =
-            InterfaceName::new(&program.interfaces[index]).map_err(|e| AgentError::internal(e.to_string()))?;
-        let program_pin = self.layout.program(ctx.owner, ctx.revision, &name);
-        let pin = self.layout.pod_link(ctx.owner, ctx.revision, pod, &name, index);
+    ) -> std::result::Result<(std::path::PathBuf, std::path::PathBuf), AgentError> {
+        let program_pin = self.layout.program(ctx.owner, ctx.revision, name);
+        let pin = self.layout.pod_link(ctx.owner, ctx.revision, pod, name, index);
         if let Some(dir) = pin.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
                 AgentError::for_program(
@@ -290,6 +328,61 @@ impl Manager {
                 )
             })?;
         }
+        Ok((program_pin, pin))
+    }
+
+    /// Probe `program`'s binary inside the pod's running container `step.place`, pinned
+    /// under the revision's pod directory. A container that stopped meanwhile is a
+    /// failure of this hook alone (TargetNotFound), tried again when it runs.
+    fn attach_in_container(
+        &self,
+        ctx: &PodCtx<'_>,
+        pod: &PodRequest,
+        program: &InPodProgram,
+        step: &HookStep,
+        containers: &std::result::Result<Vec<cri::Container>, AgentError>,
+    ) -> std::result::Result<PodLinkRecord, AgentError> {
+        let containers = containers.as_ref().map_err(Clone::clone)?;
+        let container = running_container(pod, containers, &step.place)?;
+        let (PodHook::Uprobe { ret }, Some(probe)) = (program.hook, &program.probe) else {
+            return Err(AgentError::internal(format!("{} is not a uprobe", program.name)));
+        };
+        let name = ProgramName::new(&program.name).map_err(|e| AgentError::internal(e.to_string()))?;
+        let rootfs = container.rootfs.as_ref().ok_or_else(|| AgentError::internal("no root file system"))?;
+        let context = format!("container {} of {}", step.place, pod.context());
+        let gone = |e: PodError| match e {
+            PodError::Gone(place) if place.kind() == PlaceKind::ContainerRoot => AgentError::new(
+                Reason::TargetNotFound,
+                format!("{} stopped while it was being probed: it is probed once it runs again", place.context()),
+            ),
+            other => other.into(),
+        };
+        let root = ContainerRoot::open(rootfs, context).map_err(gone)?;
+        let (program_pin, pin) = self.pod_pins(ctx, &pod.uid, &name, step.index)?;
+        let link = in_pod::attach_probe(&name, &program_pin, ret, probe, &root, &step.place, &pin).map_err(gone)?;
+        Ok(PodLinkRecord {
+            program: program.name.clone(),
+            index: step.index,
+            link,
+            container: Some(container.id.clone()),
+        })
+    }
+
+    /// Attach one hook of `program` in the pod's network namespace, pinned under the
+    /// revision's pod directory.
+    fn attach_hook(
+        &self,
+        ctx: &PodCtx<'_>,
+        pod: &PodUid,
+        program: &InPodProgram,
+        step: &HookStep,
+        netns: &PodNetns,
+        peers: &[TcPeer],
+    ) -> std::result::Result<crate::store::LinkRecord, PodError> {
+        let name = ProgramName::new(&program.name).map_err(|e| AgentError::internal(e.to_string()))?;
+        let interface = InterfaceName::new(&step.place).map_err(|e| AgentError::internal(e.to_string()))?;
+        let (program_pin, pin) = self.pod_pins(ctx, pod, &name, step.index)?;
+        let take_over = step.take_over.as_ref();
         let old_program_pin =
             take_over.and_then(|t| ctx.previous?.programs.iter().find(|p| p.name == t.program).map(|p| p.pin.clone()));
         let take_over = match (take_over.and_then(|t| t.link.kind.pin()), &old_program_pin) {
@@ -383,7 +476,20 @@ fn recorded_request(p: &PodRecord) -> Option<PodRequest> {
         namespace: p.namespace.clone(),
         name: p.name.clone(),
         programs: p.programs.iter().filter_map(|n| ProgramName::new(n).ok()).collect(),
+        containers: p.containers.clone(),
     })
+}
+
+/// The probes of `record` whose container no longer runs (`running`: the ids of those
+/// that do).
+fn stopped_containers(record: &OwnerRecord, running: &BTreeSet<String>) -> BTreeSet<LinkKey> {
+    record
+        .pods
+        .iter()
+        .flat_map(|p| p.links.iter().map(move |l| (p, l)))
+        .filter(|(_, l)| l.container.as_ref().is_some_and(|c| !running.contains(c)))
+        .map(|(p, l)| LinkKey::of(p, l))
+        .collect()
 }
 
 /// The kernel id of a record's program, by name (0 when it has none of that name).

@@ -3,7 +3,8 @@
 //! replaces), which recorded links the kernel shows dead, and the pods requested. Pure:
 //! `manager/pods.rs` resolves the pods that need attaching and carries the plan out.
 //!
-//! A hook is one program on one interface (by its index in the program's list) in one pod.
+//! A hook is one program on one interface (by its index in the program's list), or in one
+//! container (by its index in the pod's), in one pod.
 //! A requested hook with a live link of the running revision is kept as it is (no reload,
 //! same link id); one without is attached, taking over the replaced revision's link on the
 //! same hook in place where there is one (an XDP or TCX link; see `attach::swap`); a link
@@ -50,8 +51,10 @@ pub struct PodsNow<'a> {
 pub struct HookStep {
     /// Index in `PodsNow::programs`.
     pub program: usize,
-    /// Index of the interface in the program's list.
+    /// Index of the interface in the program's list, or of the container in the pod's.
     pub index: usize,
+    /// The interface's or the container's name.
+    pub place: String,
     /// The replaced revision's link on this hook, switched to the new program in place.
     pub take_over: Option<PodLinkRecord>,
 }
@@ -102,10 +105,9 @@ pub fn plan(now: &PodsNow<'_>) -> PodPlan {
             let wanted = wanted_hooks(now.programs, pod);
             let (mut keep, mut detach) = (Vec::new(), Vec::new());
             for (r, l) in running.iter().flat_map(|r| r.links.iter().map(move |l| (r, l))) {
-                let requested = wanted.iter().any(|(p, i)| {
-                    let program = &now.programs[*p];
-                    program.name == l.program && *i == l.index && program.interfaces[*i] == l.link.hook
-                });
+                let requested = wanted
+                    .iter()
+                    .any(|(p, i, place)| now.programs[*p].name == l.program && *i == l.index && *place == l.link.hook);
                 if requested && !now.dead.contains(&LinkKey::of(r, l)) {
                     keep.push(l.clone());
                 } else {
@@ -114,13 +116,13 @@ pub fn plan(now: &PodsNow<'_>) -> PodPlan {
             }
             let attach = wanted
                 .into_iter()
-                .filter(|(p, i)| !keep.iter().any(|k| k.program == now.programs[*p].name && k.index == *i))
-                .map(|(p, i)| {
-                    let take_over = previous_link(now, pod, &now.programs[p], i, &taken);
+                .filter(|(p, i, _)| !keep.iter().any(|k| k.program == now.programs[*p].name && k.index == *i))
+                .map(|(p, i, place)| {
+                    let take_over = previous_link(now, pod, &now.programs[p], &place, &taken);
                     if let Some((key, _)) = &take_over {
                         taken.insert(key.clone());
                     }
-                    HookStep { program: p, index: i, take_over: take_over.map(|(_, link)| link) }
+                    HookStep { program: p, index: i, place, take_over: take_over.map(|(_, link)| link) }
                 })
                 .collect();
             PodSteps { pod: pod.clone(), netns: running.and_then(|r| r.netns.clone()), keep, detach, attach }
@@ -131,36 +133,36 @@ pub fn plan(now: &PodsNow<'_>) -> PodPlan {
     PodPlan { pods, dropped }
 }
 
-/// The hooks a pod asks for: (program index, interface index), in program then interface
-/// order.
-fn wanted_hooks(programs: &[InPodProgram], pod: &PodRequest) -> Vec<(usize, usize)> {
+/// The hooks a pod asks for: (program index, place index, place name), in program then
+/// place order.
+fn wanted_hooks(programs: &[InPodProgram], pod: &PodRequest) -> Vec<(usize, usize, String)> {
     programs
         .iter()
         .enumerate()
         .filter(|(_, p)| pod.programs.iter().any(|n| n.as_str() == p.name))
-        .flat_map(|(pi, p)| (0..p.interfaces.len()).map(move |i| (pi, i)))
+        .flat_map(|(pi, p)| p.hooks_in(pod).into_iter().map(move |(i, place)| (pi, i, place)))
         .collect()
 }
 
 /// The replaced revision's live link that the hook takes over: on XDP, the pod's XDP link
 /// on the same interface (one XDP program per interface, whichever function it was); on
 /// TCX, the same function's link on the same interface, direction and priority. A clsact
-/// filter is never taken over: the new one is added, then the old one removed.
+/// filter is never taken over: the new one is added, then the old one removed; nor is a
+/// uprobe (a perf-event link runs one program for good).
 fn previous_link(
     now: &PodsNow<'_>,
     pod: &PodRequest,
     program: &InPodProgram,
-    index: usize,
+    iface: &str,
     taken: &BTreeSet<LinkKey>,
 ) -> Option<(LinkKey, PodLinkRecord)> {
     let previous = now.previous.iter().find(|r| r.uid == pod.uid.as_str())?;
-    let iface = &program.interfaces[index];
     previous
         .links
         .iter()
         .filter(|l| {
             let key = LinkKey::of(previous, l);
-            !now.dead.contains(&key) && !taken.contains(&key) && &l.link.hook == iface
+            !now.dead.contains(&key) && !taken.contains(&key) && l.link.hook == iface
         })
         .find(|l| match (&program.hook, &l.link.kind) {
             (PodHook::Xdp { .. }, LinkKind::Pinned { .. }) => true,
@@ -184,12 +186,25 @@ mod tests {
             InPodProgram {
                 name: "count".into(),
                 hook: PodHook::Xdp { mode: XdpMode::Auto },
-                interfaces: vec!["eth0".into(), "net1".into()],
+                places: vec!["eth0".into(), "net1".into()],
+                probe: None,
             },
             InPodProgram {
                 name: "shape".into(),
                 hook: PodHook::Tc { direction: Direction::Egress, priority: 10 },
-                interfaces: vec!["eth0".into()],
+                places: vec!["eth0".into()],
+                probe: None,
+            },
+            InPodProgram {
+                name: "probe".into(),
+                hook: PodHook::Uprobe { ret: false },
+                places: vec![],
+                probe: Some(crds::validate::UprobeTarget {
+                    target: "/bin/app".into(),
+                    symbol: Some("serve".into()),
+                    offset: 0,
+                    pid: None,
+                }),
             },
         ]
     }
@@ -200,6 +215,7 @@ mod tests {
             namespace: "shop".into(),
             name: format!("web-{uid}"),
             programs: programs.iter().map(|p| ProgramName::new(*p).unwrap()).collect(),
+            containers: vec!["app".into(), "sidecar".into()],
         }
     }
 
@@ -209,6 +225,7 @@ mod tests {
             program: program.into(),
             index,
             link: LinkRecord { hook: iface.into(), link_id: id, kind: LinkKind::Pinned { path } },
+            container: None,
         }
     }
 
@@ -219,7 +236,8 @@ mod tests {
             direction: Direction::Egress,
             priority,
         };
-        PodLinkRecord { program: program.into(), index: 0, link: LinkRecord { hook: iface.into(), link_id: id, kind } }
+        let link = LinkRecord { hook: iface.into(), link_id: id, kind };
+        PodLinkRecord { program: program.into(), index: 0, link, container: None }
     }
 
     fn record(uid: &str, programs: &[&str], links: Vec<PodLinkRecord>) -> PodRecord {
@@ -228,6 +246,7 @@ mod tests {
             namespace: "shop".into(),
             name: format!("web-{uid}"),
             programs: programs.iter().map(|p| p.to_string()).collect(),
+            containers: vec!["app".into(), "sidecar".into()],
             netns: Some(PathBuf::from(format!("/run/netns/{uid}"))),
             links,
             failure: None,
@@ -354,9 +373,31 @@ mod tests {
                     handle: 1,
                 },
             },
+            container: None,
         };
         let previous = [record("a", &["shape"], vec![filter])];
         let p = plan(&now(&programs, &[], &previous, &BTreeSet::new(), &[request("a", &["shape"])]));
         assert_eq!(hooks(&p.pods[0]), vec![(1, 0, None)]);
+    }
+
+    #[test]
+    fn uprobes_go_in_every_container_and_a_stopped_one_is_probed_again() {
+        let (programs, none) = (programs(), BTreeSet::new());
+        let p = plan(&now(&programs, &[], &[], &none, &[request("a", &["probe"])]));
+        let places: Vec<(usize, &str)> = p.pods[0].attach.iter().map(|h| (h.index, h.place.as_str())).collect();
+        assert_eq!(places, [(0, "app"), (1, "sidecar")], "every container, by its place in the pod");
+        let mut app = xdp_link("probe", 0, "app", 7);
+        app.container = Some("c1".into());
+        let mut sidecar = xdp_link("probe", 1, "sidecar", 8);
+        sidecar.container = Some("c2".into());
+        let a = record("a", &["probe"], vec![app, sidecar]);
+        let running = [a.clone()];
+        let p = plan(&now(&programs, &running, &[], &none, &[request("a", &["probe"])]));
+        assert!(p.is_noop(), "both containers probed: nothing to do");
+        // The sidecar restarted: its probe is dead (its container went) and it is probed again.
+        let dead = BTreeSet::from([LinkKey::of(&a, &a.links[1])]);
+        let p = plan(&now(&programs, &running, &[], &dead, &[request("a", &["probe"])]));
+        assert_eq!(p.pods[0].detach.iter().map(|l| l.link.link_id).collect::<Vec<_>>(), [8]);
+        assert_eq!(hooks(&p.pods[0]), vec![(2, 1, None)], "never taken over: a new probe");
     }
 }

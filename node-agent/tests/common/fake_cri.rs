@@ -1,9 +1,11 @@
 //! A fake container runtime for the pod tests: a real tonic server speaking the CRI subset
 //! (`cri::wire`) on a Unix socket in a temporary directory, on a thread and runtime of its
 //! own. Pods are what the test says they are: a uid, a namespace and name, and the path of
-//! a real network namespace the test made (`ip netns add`). It answers the two calls an
-//! agent makes to find a pod (ListPodSandbox by the kubelet's uid label, then a verbose
-//! PodSandboxStatus in containerd's format) and counts the calls.
+//! a real network namespace the test made (`ip netns add`), and its containers, each a
+//! directory the test made as its root file system. It answers the calls an agent makes to
+//! find a pod (ListPodSandbox by the kubelet's uid label, then a verbose PodSandboxStatus
+//! in containerd's format) and its containers (ListContainers, a verbose ContainerStatus),
+//! and counts the calls.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -24,9 +26,21 @@ pub struct FakePod {
     pub netns: PathBuf,
 }
 
+/// A container as the fake runtime knows it.
+#[derive(Clone, Debug)]
+pub struct FakeContainer {
+    pub id: String,
+    pub pod_uid: String,
+    pub name: String,
+    pub attempt: u32,
+    pub rootfs: PathBuf,
+    pub running: bool,
+}
+
 #[derive(Clone, Default)]
 struct World {
     pods: Arc<Mutex<BTreeMap<String, FakePod>>>,
+    containers: Arc<Mutex<Vec<FakeContainer>>>,
     calls: Arc<AtomicUsize>,
 }
 
@@ -73,6 +87,32 @@ impl FakeCri {
     pub fn add(&self, uid: &str, namespace: &str, name: &str, netns: &Path) {
         let pod = FakePod { namespace: namespace.into(), name: name.into(), netns: netns.to_path_buf() };
         self.world.pods.lock().unwrap().insert(uid.to_string(), pod);
+    }
+
+    /// Pod `uid` now runs container `name` (id `id`, its root file system the directory
+    /// `rootfs`); its earlier attempts under that name, if any, have exited.
+    pub fn run_container(&self, uid: &str, name: &str, id: &str, rootfs: &Path) {
+        let mut all = self.world.containers.lock().unwrap();
+        let mut attempt = 0;
+        for c in all.iter_mut().filter(|c| c.pod_uid == uid && c.name == name) {
+            c.running = false;
+            attempt = attempt.max(c.attempt + 1);
+        }
+        all.push(FakeContainer {
+            id: id.into(),
+            pod_uid: uid.into(),
+            name: name.into(),
+            attempt,
+            rootfs: rootfs.to_path_buf(),
+            running: true,
+        });
+    }
+
+    /// Container `id` exited.
+    pub fn stop_container(&self, id: &str) {
+        for c in self.world.containers.lock().unwrap().iter_mut().filter(|c| c.id == id) {
+            c.running = false;
+        }
     }
 
     /// Calls answered so far.
@@ -165,10 +205,26 @@ impl RuntimeService for World {
 
     async fn list_containers(
         &self,
-        _: Request<wire::ListContainersRequest>,
+        r: Request<wire::ListContainersRequest>,
     ) -> Result<Response<wire::ListContainersResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(wire::ListContainersResponse { containers: vec![] }))
+        let filter = r.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| filter.pod_sandbox_id.is_empty() || filter.pod_sandbox_id == sandbox_id(&c.pod_uid))
+            .filter(|c| filter.state.as_ref().is_none_or(|s| s.state == state(c) as i32))
+            .map(|c| wire::Container {
+                id: c.id.clone(),
+                pod_sandbox_id: sandbox_id(&c.pod_uid),
+                metadata: Some(wire::ContainerMetadata { name: c.name.clone(), attempt: c.attempt }),
+                state: state(c) as i32,
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(wire::ListContainersResponse { containers }))
     }
 
     async fn container_status(
@@ -176,6 +232,24 @@ impl RuntimeService for World {
         r: Request<wire::ContainerStatusRequest>,
     ) -> Result<Response<wire::ContainerStatusResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        Err(Status::not_found(format!("no container {:?}", r.into_inner().container_id)))
+        let id = r.into_inner().container_id;
+        let all = self.containers.lock().unwrap();
+        let c = all.iter().find(|c| c.id == id).ok_or_else(|| Status::not_found(format!("no container {id:?}")))?;
+        let pid = if c.running { 4343 } else { 0 };
+        let info = format!(r#"{{"pid": {pid}, "runtimeSpec": {{"root": {{"path": "{}"}}}}}}"#, c.rootfs.display());
+        let status = wire::ContainerStatus {
+            id: c.id.clone(),
+            metadata: Some(wire::ContainerMetadata { name: c.name.clone(), attempt: c.attempt }),
+            state: state(c) as i32,
+            ..Default::default()
+        };
+        Ok(Response::new(wire::ContainerStatusResponse {
+            status: Some(status),
+            info: HashMap::from([("info".to_string(), info)]),
+        }))
     }
+}
+
+fn state(c: &FakeContainer) -> wire::ContainerState {
+    if c.running { wire::ContainerState::ContainerRunning } else { wire::ContainerState::ContainerExited }
 }
