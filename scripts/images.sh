@@ -13,6 +13,8 @@
 #   --push          push both to PREFIX (log in first: `buildah login` / `docker login`);
 #                   the release workflow does this, nobody else
 #   --out DIR       where the docker-archive tarballs go (default: target/images)
+#   --examples      also build PREFIX/bpfleet-example-ticker, the examples' workload
+#                   (examples/apps/ticker.c, static; docker/example-ticker.Dockerfile)
 #
 # Builds with buildah (Debian's `buildah`, vfs storage, no daemon) or with docker when a
 # docker daemon answers. Prints each image's size.
@@ -23,6 +25,7 @@ version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/bpflee
 repo=ghcr.io/bpfleet
 load=0
 push=0
+examples=0
 out=target/images
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -31,6 +34,7 @@ while [ $# -gt 0 ]; do
         --load) load=1; shift ;;
         --push) push=1; shift ;;
         --out) out=$2; shift 2 ;;
+        --examples) examples=1; shift ;;
         *) echo "unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -59,6 +63,33 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
 bin=${CARGO_TARGET_DIR:-target}/$host/release
 
 mkdir -p "$out"
+mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
+
+# package NAME CONTEXT: build image $repo/bpfleet-NAME:$version from docker/NAME.Dockerfile
+# in CONTEXT, save it as a docker-archive, push and load it as asked.
+package() {
+    local name=$1 ctx=$2
+    local image=$repo/bpfleet-$name:$version
+    local archive=$out/bpfleet-$name-$version.tar
+    echo "== $image ($tool)"
+    rm -f "$archive"
+    if [ $tool = docker ]; then
+        docker build -q -f docker/$name.Dockerfile -t "$image" "$ctx" >/dev/null
+        docker save -o "$archive" "$image"
+        [ $push = 1 ] && docker push "$image"
+    else
+        buildah --storage-driver vfs bud --quiet --layers=false -f docker/$name.Dockerfile -t "$image" "$ctx" >/dev/null
+        buildah --storage-driver vfs push --quiet "$image" "docker-archive:$archive:$image"
+        [ $push = 1 ] && buildah --storage-driver vfs push "$image" "docker://$image"
+        buildah --storage-driver vfs rmi "$image" >/dev/null
+    fi
+    echo "   image $(mb "$archive") uncompressed: $archive"
+    if [ $load = 1 ]; then
+        ctr -n k8s.io images import "$archive" >/dev/null
+        echo "   imported into containerd (k8s.io)"
+    fi
+}
+
 for name in operator agent; do
     exe=$bin/bpfleet-$name
     if readelf -d "$exe" | grep -q NEEDED; then
@@ -77,24 +108,17 @@ for name in operator agent; do
     cp /etc/ssl/certs/ca-certificates.crt "$ctx/"
     printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$ctx/passwd"
     printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/group"
-    image=$repo/bpfleet-$name:$version
-    archive=$out/bpfleet-$name-$version.tar
-    echo "== $image ($tool)"
-    rm -f "$archive"
-    if [ $tool = docker ]; then
-        docker build -q -f docker/$name.Dockerfile -t "$image" "$ctx" >/dev/null
-        docker save -o "$archive" "$image"
-        [ $push = 1 ] && docker push "$image"
-    else
-        buildah --storage-driver vfs bud --quiet --layers=false -f docker/$name.Dockerfile -t "$image" "$ctx" >/dev/null
-        buildah --storage-driver vfs push --quiet "$image" "docker-archive:$archive:$image"
-        [ $push = 1 ] && buildah --storage-driver vfs push "$image" "docker://$image"
-        buildah --storage-driver vfs rmi "$image" >/dev/null
-    fi
-    mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
-    echo "   binary $(mb "$ctx/bpfleet-$name"), image $(mb "$archive") uncompressed: $archive"
-    if [ $load = 1 ]; then
-        ctr -n k8s.io images import "$archive" >/dev/null
-        echo "   imported into containerd (k8s.io)"
-    fi
+    echo "   binary $(mb "$ctx/bpfleet-$name")"
+    package "$name" "$ctx"
 done
+
+# The examples' workload (examples/apps/ticker.c), static and with its symbols: the
+# uprobe example probes handle_request inside its container.
+if [ $examples = 1 ]; then
+    ctx=$out/context-example-ticker
+    rm -rf "$ctx"
+    mkdir -p "$ctx"
+    ${CC:-cc} -static -O0 -g -Wall -Werror -o "$ctx/ticker" examples/apps/ticker.c
+    printf 'nonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$ctx/passwd"
+    package example-ticker "$ctx"
+fi

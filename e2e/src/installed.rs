@@ -174,7 +174,8 @@ impl Installed {
         self.helm(&["status", RELEASE, "-n", NAMESPACE]).is_ok()
     }
 
-    /// Build both images as `IMAGE_REPO/bpfleet-*:version` and load them into containerd.
+    /// Build both images and the examples' workload as `IMAGE_REPO/bpfleet-*:version` and
+    /// load them into containerd.
     /// Returns what scripts/images.sh printed (the sizes).
     pub fn build_images(&self, version: &str) -> anyhow::Result<String> {
         run(
@@ -184,6 +185,7 @@ impl Installed {
                 "--repo",
                 IMAGE_REPO,
                 "--load",
+                "--examples",
             ]),
             "scripts/images.sh",
         )

@@ -141,6 +141,22 @@ pub fn read_counter(pin: &Path) -> anyhow::Result<u64> {
     parse_counter(&out)
 }
 
+/// The u64 under `key` (its bytes as the map stores them) in the hash map pinned at `pin`;
+/// 0 when the map has no such entry.
+pub fn read_keyed_counter(pin: &Path, key: &[u8]) -> anyhow::Result<u64> {
+    let key: Vec<String> = key.iter().map(u8::to_string).collect();
+    match sh(&format!("bpftool -j map lookup pinned {} key {}", pin.display(), key.join(" "))) {
+        Ok(out) => parse_counter(&out),
+        // Of a key the map lacks, `bpftool -j` prints `null` and fails (plain: "Not found").
+        Err(e)
+            if (e.to_string().trim_end().ends_with("null") || e.to_string().contains("Not found")) && pin.exists() =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// `bpftool -j map lookup` output: `{"key":[…],"value":["0x2a","0x00",…]}`.
 pub fn parse_counter(json: &str) -> anyhow::Result<u64> {
     let v: serde_json::Value = serde_json::from_str(json).with_context(|| format!("bpftool map lookup: {json}"))?;

@@ -11,6 +11,9 @@
 //!    each BpfNode lists its program within 5 s;
 //!    2c. health gates: a revision whose program never runs is halted by `mustRun` at the
 //!    canary, one whose program runs passes (run counts read with bpftool);
+//!    2d. programs inside pods (`cluster_pods`): XDP in each pod of a Deployment, packets
+//!    counted per pod; a uprobe on a function of a containerised binary; scaled up and
+//!    down, a container restarted in place: the attachments follow;
 //! 3. the agent and operator pods restarted while packets flow: the same program and
 //!    link ids, every packet counted;
 //! 4. `helm upgrade` to newly built images: nothing re-attached, no revision changed;
@@ -22,6 +25,8 @@
 //!
 //! Needs `KUBECONFIG` of a cluster whose node is this machine (`../shared/cluster-kit`
 //! starts one); skips with one line otherwise.
+
+mod cluster_pods;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -66,6 +71,7 @@ impl Drop for Teardown<'_> {
             let _ = self.0.helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "5m"]);
         }
         let _ = self.0.kubectl(&["delete", "namespace", NAMESPACE, "--wait=false"]);
+        let _ = self.0.kubectl(&["delete", "namespace", cluster_pods::PODS_NS, "--wait=false"]);
     }
 }
 
@@ -306,6 +312,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
         format!("operator.hostAliases[0].hostnames[0]={REGISTRY_NAME}"),
         "operator.images.caConfigMap=e2e-registry-ca".to_string(),
         "operator.resyncSeconds=300".to_string(),
+        format!("podTargets.namespaces={{{}}}", cluster_pods::PODS_NS),
     ];
 
     // 1. Install: every pod Ready.
@@ -395,6 +402,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     );
     eprintln!("step 2: every example counts (XDP, TC, global data, image, tracepoint, uprobe on the host's bash)");
     health_gates_in_the_cluster(&c, &node);
+    cluster_pods::programs_inside_pods(&c, &node, &v1);
 
     // Without agent.hostPID (the default) a uprobe scoped to one host process is refused
     // with what to set; the unscoped uprobe above counts the host's bash all the same.

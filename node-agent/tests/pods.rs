@@ -589,30 +589,52 @@ async fn tc_counters_attach_in_pods_with_tcx_and_clsact() {
     }
 }
 
-/// 100 pods in one Apply (the figure for docs/benchmarks.md; no bound asserted).
+/// A node with 200 selected pods: all attached in one Apply, then a quarter of them
+/// replaced by new pods in the next (the figures for docs/benchmarks.md; no bound asserted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_pods_in_one_apply() {
-    let dirs = Dirs::new("pods100");
+async fn two_hundred_pods_and_a_quarter_of_them_replaced() {
+    let dirs = Dirs::new("pods200");
     let cri = FakeCri::start();
     let made = Instant::now();
-    let pods: Vec<Pod> = (0..100).map(|_| Pod::new(&cri, false)).collect();
-    eprintln!("100 pod namespaces made in {:?}", made.elapsed());
+    let pods: Vec<Pod> = (0..250).map(|_| Pod::new(&cri, false)).collect();
+    eprintln!("250 pod namespaces made in {:?}", made.elapsed());
     let mut agent = spawn(&dirs, &cri, &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
-    let req = request("hundred", XDP_IN_PODS, "xdp_counter.o", &pods.iter().collect::<Vec<_>>(), "count_packets");
+    let first: Vec<&Pod> = pods[..200].iter().collect();
+    let req = request("pods200", XDP_IN_PODS, "xdp_counter.o", &first, "count_packets");
     let started = Instant::now();
     let (state, _) = apply(&mut client, &req).await;
     let took = started.elapsed();
-    println!("BENCH pods_per_apply=100 apply_seconds={:.3}", took.as_secs_f64());
-    eprintln!("100 pods attached in one Apply in {took:?}");
+    println!("BENCH pods_per_apply=200 apply_seconds={:.3}", took.as_secs_f64());
+    eprintln!("200 pods attached in one Apply in {took:?}");
     let prog = u64::from(state.attached[0].program_id);
-    let links: Vec<u32> = pods.iter().map(|p| attached_link(&state, p)).collect();
-    for pod in pods.iter().step_by(17) {
+    let links: Vec<u32> = first.iter().map(|p| attached_link(&state, p)).collect();
+    for pod in pods[..200].iter().step_by(17) {
         assert_eq!(pod.xdp_inside(), [prog], "{}", pod.ns);
     }
+
+    // Churn: 50 pods go, 50 new ones come; the 150 that stay keep their links.
+    let next: Vec<&Pod> = pods[50..].iter().collect();
+    let req = request("pods200", XDP_IN_PODS, "xdp_counter.o", &next, "count_packets");
     let started = Instant::now();
-    remove(&mut client, "hundred").await;
-    eprintln!("removed from 100 pods in {:?}", started.elapsed());
+    let (state, changed) = apply(&mut client, &req).await;
+    let took = started.elapsed();
+    assert!(changed);
+    println!("BENCH pods_replaced=50 of=200 apply_seconds={:.3}", took.as_secs_f64());
+    eprintln!("50 of 200 pods replaced in one Apply in {took:?}");
+    assert_eq!(state.pods.len(), 200);
+    for (pod, link) in pods[50..200].iter().zip(&links[50..]) {
+        assert_eq!(attached_link(&state, pod), *link, "pod {} kept its link", pod.ns);
+    }
+    assert!(links[..50].iter().all(|l| link_gone(*l)), "the gone pods' links are still in the kernel");
+    for pod in &pods[..50] {
+        assert!(pod.xdp_inside().is_empty(), "still attached in {}", pod.ns);
+    }
+    let fresh: Vec<u32> = pods[200..].iter().map(|p| attached_link(&state, p)).collect();
+
+    let started = Instant::now();
+    remove(&mut client, "pods200").await;
+    eprintln!("removed from 200 pods in {:?}", started.elapsed());
     assert!(pins_under(&dirs.root).is_empty());
-    assert!(links.iter().all(|l| link_gone(*l)));
+    assert!(links.iter().chain(&fresh).all(|l| link_gone(*l)));
 }

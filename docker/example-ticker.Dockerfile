@@ -1,0 +1,7 @@
+# bpfleet-example-ticker: the examples' workload, one static binary FROM scratch (see
+# examples/apps/ticker.c). Built by `scripts/images.sh --examples`; nothing is pulled.
+FROM scratch
+COPY ticker /usr/local/bin/ticker
+COPY passwd /etc/passwd
+USER 65532
+ENTRYPOINT ["/usr/local/bin/ticker"]
