@@ -112,7 +112,8 @@ pub struct HookPrefixes {
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 256}))]
     pub interfaces: Option<Vec<String>>,
     /// Namespaces whose pods programs may attach inside (`xdp.pods.namespace`,
-    /// `tc.pods.namespace`, `uprobe.containers.namespace`), e.g. `team-a`.
+    /// `tc.pods.namespace`, `uprobe.containers.namespace`), each named whole (not a
+    /// prefix, unlike the other hooks), e.g. `team-a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), extend("items" = {"type": "string", "maxLength": 63}))]
     pub pod_namespaces: Option<Vec<String>>,
@@ -277,8 +278,10 @@ impl Grant {
             Some(prefixes) => names.iter().all(|n| prefixes.iter().any(|x| n.starts_with(x.as_str()))),
         };
         let one = |allowed: &Option<Vec<String>>, name: &String| all(allowed, std::slice::from_ref(name));
+        // Namespaces are named whole: `team-a` is not `team-ab`.
+        let namespace = |ns: &String| h.pod_namespaces.as_ref().is_none_or(|allowed| allowed.contains(ns));
         let pods = |pods: Option<&crate::program::PodInterfaces>| {
-            pods.is_none_or(|x| all(&h.interfaces, &x.interfaces) && one(&h.pod_namespaces, &x.namespace))
+            pods.is_none_or(|x| all(&h.interfaces, &x.interfaces) && namespace(&x.namespace))
         };
         p.xdp.as_ref().is_none_or(|a| all(&h.interfaces, &a.interfaces) && pods(a.pods.as_ref()))
             && p.tc.as_ref().is_none_or(|a| all(&h.interfaces, &a.interfaces) && pods(a.pods.as_ref()))
@@ -289,8 +292,7 @@ impl Grant {
             && p.kprobe.as_ref().is_none_or(|a| one(&h.functions, &a.function))
             && p.kretprobe.as_ref().is_none_or(|a| one(&h.functions, &a.function))
             && [&p.uprobe, &p.uretprobe].into_iter().flatten().all(|a| {
-                one(&h.uprobe_targets, &a.target)
-                    && a.containers.as_ref().is_none_or(|c| one(&h.pod_namespaces, &c.namespace))
+                one(&h.uprobe_targets, &a.target) && a.containers.as_ref().is_none_or(|c| namespace(&c.namespace))
             })
             && p.cgroup_skb.as_ref().is_none_or(|a| one(&h.cgroup_paths, &a.cgroup_path))
             && p.lsm.as_ref().is_none_or(|a| one(&h.lsm_hooks, &a.hook))
@@ -362,6 +364,8 @@ pub mod cel {
                 let unrestricted = format!("!(has({g}.hooks) && has({g}.hooks.{kind}))");
                 let within = if *list {
                     format!("{p}.{block}.{field}.all(n, {g}.hooks.{kind}.exists(x, n.startsWith(x)))")
+                } else if *kind == "podNamespaces" {
+                    format!("{p}.{block}.{field} in {g}.hooks.{kind}")
                 } else {
                     format!("{g}.hooks.{kind}.exists(x, {p}.{block}.{field}.startsWith(x))")
                 };

@@ -12,6 +12,8 @@ pub const MAX_GLOBAL_BYTES: usize = 4096;
 pub const MAX_PROGRAMS: usize = 64;
 /// Most hooks (interfaces, tracepoints) one program attaches to.
 pub const MAX_HOOKS: usize = 32;
+/// Most container names a uprobe's `containers.containerNames` lists.
+pub const MAX_CONTAINER_NAMES: usize = 16;
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
 /// Entries kept in `BpfProgram.status.failures`.

@@ -579,10 +579,10 @@ fn in_containers(
     if !resolved && !is_dns_label(&c.namespace) {
         errs.push(format!("{at}.containers.namespace"), format!("{:?} is not a namespace name", c.namespace));
     }
-    if c.container_names.len() > MAX_HOOKS {
+    if c.container_names.len() > crate::limits::MAX_CONTAINER_NAMES {
         errs.push(
             format!("{at}.containers.containerNames"),
-            format!("at most {MAX_HOOKS} names, got {}", c.container_names.len()),
+            format!("at most {} names, got {}", crate::limits::MAX_CONTAINER_NAMES, c.container_names.len()),
         );
     }
     let mut seen = BTreeSet::new();

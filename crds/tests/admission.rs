@@ -258,6 +258,13 @@ programs: [{name: count_packets, type: XDP, xdp: {interfaces: [eth0, cni0]}}]
             Some("program count_calls attaches to a hook outside"),
         ),
         c(
+            "team a: a namespace its name begins",
+            "bob",
+            &["team-a"],
+            in_containers("team-ab"),
+            Some("program count_calls attaches to a hook outside"),
+        ),
+        c(
             "team a: inside another namespace's pods",
             "bob",
             &["team-a"],

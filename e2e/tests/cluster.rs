@@ -296,6 +296,8 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
 
     let _teardown = Teardown(&c);
     c.kubectl(&["create", "namespace", NAMESPACE]).unwrap();
+    // The chart's podTargets Role lives in it: it exists before the install.
+    c.kubectl(&["create", "namespace", cluster_pods::PODS_NS]).unwrap();
     let ca_file = std::env::temp_dir().join(format!("bpfleet-e2e-ca-{run}.crt"));
     std::fs::write(&ca_file, &ca).unwrap();
     c.kubectl(&[

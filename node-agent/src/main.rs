@@ -77,10 +77,16 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     standalone_interval: u64,
     /// The container runtime's CRI socket (containerd's): where the pods that programs
-    /// attach inside (`xdp.pods`, `tc.pods`) are found, by uid, with their network
-    /// namespaces. Read-only; only asked when an Apply names pods.
+    /// attach inside (`xdp.pods`, `tc.pods`, `uprobe.containers`) are found, by uid, with
+    /// their network namespaces and containers. Read-only; only asked when an Apply names
+    /// pods.
     #[arg(long, env = "BPFLEET_CRI_SOCKET", default_value = agent::pods::resolve::DEFAULT_CRI_SOCKET)]
     cri_socket: PathBuf,
+    /// containerd's state directory, where running containers' root file systems are
+    /// mounted (`<dir>/io.containerd.runtime.v2.task/k8s.io/<id>/rootfs`): where uprobes
+    /// in containers find their binaries. k3s: /run/k3s/containerd.
+    #[arg(long, env = "BPFLEET_CRI_STATE_DIR", default_value = agent::pods::resolve::DEFAULT_CRI_STATE_DIR)]
+    cri_state_dir: PathBuf,
     /// TC mechanism: auto (TCX when the kernel has it), tcx, or clsact.
     #[arg(long, value_enum, default_value_t = TcBackend::Auto)]
     tc_backend: TcBackend,
@@ -155,6 +161,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         tc_backend: args.tc_backend,
         cri_socket: args.cri_socket.clone(),
+        cri_state_dir: args.cri_state_dir.clone(),
     })?;
     let recovered = tokio::task::spawn_blocking({
         let m = Arc::clone(&manager);
@@ -177,8 +184,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     // A probe holds its container's root file system mounted: the runtime, unmounting it
-    // when the container stops, retries for a few seconds only. Stopped containers are
-    // looked for more often than the rest.
+    // when the container stops, retries for a few seconds only. Stopped containers (one
+    // question to the runtime, only while some container is probed) are looked for more
+    // often than the rest.
     let m = Arc::clone(&manager);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));

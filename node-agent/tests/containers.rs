@@ -188,14 +188,20 @@ async fn a_missing_binary_a_missing_container_and_an_escape_fail_their_pod_alone
     std::os::unix::fs::symlink(object("uprobe_target"), escape.root(0).join("bin/app")).unwrap();
     // Named with a container the runtime does not run.
     let sidecar = ContainerPod::new(&cri, 13);
+    // Its spec has no container of the name the program gives.
+    let lacking = ContainerPod::new(&cri, 14);
     let mut agent = AgentProc::spawn_tls_with(&dirs, &["--cri-socket", path_str(cri.socket())], &[]);
     let mut client = agent.ready_client(dirs.client_tls()).await;
 
-    let yaml = IN_CONTAINERS.replace("containerNames: [app]", "containerNames: [app, sidecar]");
-    let mut req = apply_request("fails", &yaml, "uprobe_counter.o");
+    let returns = "  - {name: count_returns, type: Uretprobe, uretprobe: {target: /bin/app, symbol: bpfleet_test_probe, \
+                   containers: {namespace: shop, containerNames: [app, sidecar]}}}\n";
+    let mut req = apply_request("fails", &format!("{IN_CONTAINERS}{returns}"), "uprobe_counter.o");
     let mut with_sidecar = sidecar.wire();
     with_sidecar.containers.push("sidecar".into());
-    req.pods = vec![ok.wire(), escape.wire(), with_sidecar];
+    with_sidecar.programs = vec!["count_returns".into()];
+    let mut without = lacking.wire();
+    without.programs = vec!["count_returns".into()];
+    req.pods = vec![ok.wire(), escape.wire(), with_sidecar, without];
     let state = apply(&mut client, &req).await;
     assert_eq!(state.health, v1::Health::Healthy as i32, "pods fail alone: {state:?}");
     let of = |p: &ContainerPod| state.pods.iter().find(|s| s.uid == p.uid).unwrap().clone();
@@ -207,6 +213,12 @@ async fn a_missing_binary_a_missing_container_and_an_escape_fail_their_pod_alone
     assert_eq!(s.link_ids.len(), 1, "app is probed: {s:?}");
     assert_eq!(s.reason, "TargetNotFound");
     assert!(s.message.contains("container sidecar of pod shop/app-13 has not been created"), "{s:?}");
+    let l = of(&lacking);
+    assert_eq!((l.reason.as_str(), l.link_ids.len()), ("TargetNotFound", 1), "app is probed: {l:?}");
+    assert!(
+        l.message.contains("pod shop/app-14 has no container named sidecar (its containers: app): fix containerNames"),
+        "{l:?}"
+    );
     let calls = map_pin(&state, "uprobe_count");
     run(&object("uprobe_target"), 3);
     assert_eq!(read_counter(&calls), 0, "the host's binary, which the escape led to, is not probed");

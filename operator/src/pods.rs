@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crds::limits::MAX_PODS_PER_OWNER;
 use crds::program::{BpfProgramSpec, PodSelector};
 use k8s_openapi::api::core::v1::Pod;
 
@@ -87,7 +88,9 @@ pub fn namespaces(spec: &BpfProgramSpec) -> BTreeSet<String> {
 }
 
 /// Per target node, the pods it must attach in (sorted by uid; each pod's programs in spec
-/// order). Nodes without such a pod are left out; pods on other nodes are not counted.
+/// order), at most [`MAX_PODS_PER_OWNER`] a node (the agent refuses more in one Apply):
+/// the first by uid. Nodes without such a pod are left out; pods on other nodes are not
+/// counted.
 pub fn by_node<'a>(
     spec: &BpfProgramSpec,
     pods: impl IntoIterator<Item = &'a PodInfo>,
@@ -117,8 +120,16 @@ pub fn by_node<'a>(
             });
         }
     }
-    for list in out.values_mut() {
+    for (node, list) in out.iter_mut() {
         list.sort();
+        if list.len() > MAX_PODS_PER_OWNER {
+            tracing::warn!(
+                node = %node,
+                selected = list.len(),
+                "more selected pods on one node than a program attaches in ({MAX_PODS_PER_OWNER}); the rest wait"
+            );
+            list.truncate(MAX_PODS_PER_OWNER);
+        }
     }
     Ok(out)
 }
@@ -150,6 +161,16 @@ programs:
   - {name: node_xdp, type: XDP, xdp: {interfaces: [eth0]}}
   - {name: db_probe, type: Uprobe, uprobe: {target: /bin/db, symbol: query, containers: {namespace: shop, selector: {matchLabels: {app: db}}}}}
 "#;
+
+    #[test]
+    fn a_node_is_sent_at_most_the_pods_an_apply_takes() {
+        let s = spec(SPEC);
+        let pods: Vec<PodInfo> =
+            (0..MAX_PODS_PER_OWNER + 3).map(|i| pod(&format!("u{i:04}"), "shop", "n1", &[("app", "web")])).collect();
+        let got = by_node(&s, &pods, &BTreeSet::from(["n1".to_string()])).unwrap();
+        assert_eq!(got["n1"].len(), MAX_PODS_PER_OWNER);
+        assert_eq!(got["n1"][0].uid, "u0000", "the first by uid");
+    }
 
     #[test]
     fn each_node_gets_its_own_running_selected_pods_with_the_programs_that_select_them() {

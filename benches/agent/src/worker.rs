@@ -66,6 +66,7 @@ pub fn main() -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         tc_backend: TcBackend::Auto,
         cri_socket: agent::pods::resolve::DEFAULT_CRI_SOCKET.into(),
+        cri_state_dir: agent::pods::resolve::DEFAULT_CRI_STATE_DIR.into(),
     })?;
     // Requests arrive through the runtime's I/O driver and are served by a task on a worker
     // thread, as the agent's gRPC server serves them, not by `block_on` from this thread.

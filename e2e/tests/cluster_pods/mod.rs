@@ -159,8 +159,8 @@ fn follow_scale_up(c: &Installed, node: &str, replicas: usize) -> Duration {
     attached_at.iter().map(|(uid, at)| at.duration_since(running_at[uid])).max().unwrap_or_default()
 }
 
+/// The scenario; `PODS_NS` exists (the chart's Role for it was installed in it).
 pub fn programs_inside_pods(c: &Installed, node: &str, version: &str) {
-    c.kubectl(&["create", "namespace", PODS_NS]).unwrap();
     let object = repo_root().join("examples/bpf/build/xdp_pod_counter.o");
     c.kubectl(&[
         "-n",

@@ -45,6 +45,9 @@ pub struct AgentConfig {
     /// The container runtime's CRI socket, where pods' network namespaces are found
     /// (`pods::resolve::DEFAULT_CRI_SOCKET` unless told otherwise).
     pub cri_socket: PathBuf,
+    /// containerd's state directory, where running containers' root file systems are
+    /// (`cri::DEFAULT_CONTAINERD_STATE_DIR` unless told otherwise).
+    pub cri_state_dir: PathBuf,
 }
 
 /// A change seen on the node, for Watch.
@@ -132,7 +135,7 @@ impl Manager {
             locks: Mutex::default(),
             entries: RwLock::default(),
             events,
-            pod_resolver: PodResolver::new(&cfg.cri_socket),
+            pod_resolver: PodResolver::new(&cfg.cri_socket, &cfg.cri_state_dir),
             metrics: Metrics::new(),
             cfg,
         }))

@@ -192,7 +192,8 @@ impl Manager {
                     .pods
                     .iter()
                     .any(|p| p.failure.as_ref().is_some_and(|f| f.reason == Reason::TargetNotFound.as_str()));
-            if stopped.is_empty() && !waiting && dead_links(&record).is_empty() {
+            // Without `retry` (the frequent pass), only stopped containers count.
+            if stopped.is_empty() && !waiting && (!retry || dead_links(&record).is_empty()) {
                 continue;
             }
             let Some(_lock) = self.try_lock_owner(&uid) else { continue };
@@ -232,6 +233,24 @@ impl Manager {
             links: steps.keep.clone(),
             failure: None,
         };
+        // A container name the pod does not have: said once, whatever else attaches.
+        for program in ctx.programs.iter().filter(|p| pod.programs.iter().any(|n| n.as_str() == p.name)) {
+            let missing = program.missing_in(pod);
+            if !missing.is_empty() && out.failure.is_none() {
+                let e = AgentError::for_program(
+                    Reason::TargetNotFound,
+                    &program.name,
+                    format!(
+                        "{} has no container named {} (its containers: {}): fix containerNames of {}",
+                        pod.context(),
+                        missing.join(", "),
+                        pod.containers.join(", "),
+                        program.name
+                    ),
+                );
+                out.failure = Some(failure(&e));
+            }
+        }
         if steps.attach.is_empty() {
             self.tidy_pod_dir(ctx, &pod.uid);
             return out;

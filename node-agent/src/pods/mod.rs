@@ -84,6 +84,14 @@ impl PodHook {
 }
 
 impl InPodProgram {
+    /// The container names a uprobe names that `pod` does not have.
+    pub fn missing_in(&self, pod: &PodRequest) -> Vec<String> {
+        match self.hook {
+            PodHook::Uprobe { .. } => self.places.iter().filter(|c| !pod.containers.contains(c)).cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Where the program attaches in `pod`: (index, interface or container name). An
     /// interface's index is its place in the spec's list; a container's, its place in the
     /// pod's spec (so a link's pin names the same hook on every Apply).

@@ -63,6 +63,9 @@ pub struct HookStep {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodSteps {
     pub pod: PodRequest,
+    /// Whether the running revision has a record of the pod (a new one must get one, even
+    /// with nothing to attach).
+    pub recorded: bool,
     /// The pod's network namespace as recorded (where the kept links are).
     pub netns: Option<PathBuf>,
     /// Links kept as they are.
@@ -85,7 +88,7 @@ pub struct PodPlan {
 impl PodPlan {
     /// Nothing to attach or detach: the pods stand as recorded.
     pub fn is_noop(&self) -> bool {
-        self.dropped.is_empty() && self.pods.iter().all(|p| p.attach.is_empty() && p.detach.is_empty())
+        self.dropped.is_empty() && self.pods.iter().all(|p| p.recorded && p.attach.is_empty() && p.detach.is_empty())
     }
 
     /// The pods that need their network namespace found: those with hooks to attach.
@@ -125,7 +128,8 @@ pub fn plan(now: &PodsNow<'_>) -> PodPlan {
                     HookStep { program: p, index: i, place, take_over: take_over.map(|(_, link)| link) }
                 })
                 .collect();
-            PodSteps { pod: pod.clone(), netns: running.and_then(|r| r.netns.clone()), keep, detach, attach }
+            let netns = running.and_then(|r| r.netns.clone());
+            PodSteps { pod: pod.clone(), recorded: running.is_some(), netns, keep, detach, attach }
         })
         .collect();
     let dropped =

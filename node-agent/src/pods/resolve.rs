@@ -21,6 +21,8 @@ use crate::error::{AgentError, Reason};
 
 /// The runtime's socket unless told otherwise (containerd's).
 pub const DEFAULT_CRI_SOCKET: &str = cri::DEFAULT_SOCKET;
+/// containerd's state directory unless told otherwise.
+pub const DEFAULT_CRI_STATE_DIR: &str = cri::DEFAULT_CONTAINERD_STATE_DIR;
 
 /// Questions to the runtime in flight at once for one Apply (each pod takes two calls).
 const CONCURRENT_LOOKUPS: usize = 16;
@@ -48,12 +50,14 @@ impl Located {
 /// without one, attaching in no pod) is not held up by it.
 pub struct PodResolver {
     socket: PathBuf,
+    /// containerd's state directory (where container roots are).
+    state_dir: PathBuf,
     client: tokio::sync::Mutex<Option<Cri>>,
 }
 
 impl PodResolver {
-    pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into(), client: tokio::sync::Mutex::default() }
+    pub fn new(socket: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into(), state_dir: state_dir.into(), client: tokio::sync::Mutex::default() }
     }
 
     pub fn socket(&self) -> &Path {
@@ -111,7 +115,8 @@ impl PodResolver {
         if let Some(c) = held.as_ref() {
             return Ok(c.clone());
         }
-        let c = Cri::connect(&self.socket).await?;
+        let options = cri::Options { containerd_state_dir: self.state_dir.clone(), ..Default::default() };
+        let c = Cri::connect_with(&self.socket, options).await?;
         *held = Some(c.clone());
         Ok(c)
     }
@@ -233,7 +238,7 @@ mod tests {
     fn no_runtime_is_every_pod_s_failure_in_words() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let resolver = PodResolver::new(dir.path().join("none.sock"));
+        let resolver = PodResolver::new(dir.path().join("none.sock"), dir.path());
         let p = pod();
         let found = rt.block_on(resolver.locate([(&p, true)]));
         let e = found[&p.uid].netns.as_ref().unwrap_err();

@@ -99,6 +99,7 @@ impl TestAgent {
             state_dir: state.clone(),
             tc_backend,
             cri_socket: state.join("no-runtime.sock"),
+            cri_state_dir: state.join("no-runtime"),
         })
         .unwrap();
         Self { manager, root, state }
