@@ -151,11 +151,13 @@ pub struct Requester {
     pub groups: Vec<String>,
 }
 
-/// What a write asks for. `old` is the stored spec of an update.
+/// What a write asks for. `old` is the stored spec of an update; `namespace` is set for a
+/// BpfNamespacedProgram (a BpfProgram has none).
 #[derive(Debug, Clone, Copy)]
 pub struct Write<'a> {
     pub spec: &'a BpfProgramSpec,
     pub old: Option<&'a BpfProgramSpec>,
+    pub namespace: Option<&'a str>,
 }
 
 /// Decides a write. `Err` carries the message the user sees at `kubectl apply`. The checks
@@ -222,6 +224,35 @@ pub fn review(policy: &BpfAdmissionPolicySpec, who: &Requester, write: Write<'_>
             "no single grant of {} allows all of this program (each check passes under a different grant: {})",
             who.username,
             names()
+        ));
+    }
+    match write.namespace {
+        Some(ns) => own_namespace_only(spec, ns),
+        None => Ok(()),
+    }
+}
+
+/// A BpfNamespacedProgram of `ns` reads its own namespace's ConfigMaps and attaches in its
+/// own namespace's pods, nothing else (the schema refuses the rest: `crds::tenant`).
+fn own_namespace_only(spec: &BpfProgramSpec, ns: &str) -> Result<(), String> {
+    if let Some(cm) = &spec.bytecode.config_map
+        && cm.namespace != ns
+    {
+        return Err(format!(
+            "a BpfNamespacedProgram reads ConfigMaps of its own namespace only: bytecode.configMap.namespace is {}, \
+             not {ns}",
+            cm.namespace
+        ));
+    }
+    let inside = |p: &ProgramSpec| {
+        let pods = p.xdp.as_ref().and_then(|a| a.pods.as_ref()).or(p.tc.as_ref().and_then(|a| a.pods.as_ref()));
+        pods.is_some_and(|t| t.namespace == ns)
+    };
+    if let Some(p) = spec.programs.iter().find(|p| !inside(p)) {
+        return Err(format!(
+            "program {} of a BpfNamespacedProgram attaches outside the pods of its namespace: each program is XDP \
+             with xdp.pods or TC with tc.pods, their namespace {ns}",
+            p.name
         ));
     }
     Ok(())
@@ -414,6 +445,8 @@ pub mod cel {
         let grant_names = "variables.grants.map(g, g.name).join(', ')";
         let who = "request.userInfo.username";
         let ok = |name: &str, check: String| json!({"name": name, "expression": format!("variables.grants.filter(g, {check}).map(g, g.name)")});
+        let inside = "(has(p.xdp) && has(p.xdp.pods) && p.xdp.pods.namespace == variables.namespace) \
+             || (has(p.tc) && has(p.tc.pods) && p.tc.pods.namespace == variables.namespace)";
         let misfit_type = first_misfit(&type_of("p", "g"));
         let misfit_hook = first_misfit(&hooks_of("p", "g"));
         json!({
@@ -422,7 +455,7 @@ pub mod cel {
                     "apiGroups": [crate::GROUP],
                     "apiVersions": ["*"],
                     "operations": ["CREATE", "UPDATE"],
-                    "resources": ["bpfprograms"]
+                    "resources": ["bpfprograms", "bpfnamespacedprograms"]
                 }]
             },
             "matchConditions": [{
@@ -434,6 +467,7 @@ pub mod cel {
                 {"name": "source", "expression": source},
                 {"name": "emptySelector", "expression": empty_selector},
                 {"name": "excludesControlPlane", "expression": excludes_cp},
+                {"name": "namespace", "expression": "has(object.metadata) && has(object.metadata.namespace) ? object.metadata.namespace : ''"},
                 ok("typesOk", format!("object.spec.programs.all(p, {})", type_of("p", "g"))),
                 ok("sourceOk", "g.sources.exists(s, s == '*' || s == variables.source)".to_owned()),
                 ok("hooksOk", format!("object.spec.programs.all(p, {})", hooks_of("p", "g"))),
@@ -482,6 +516,18 @@ pub mod cel {
                     "reason": "Forbidden",
                     "messageExpression": format!("'no single grant of ' + {who} + ' allows all of this program (each check passes under a different grant: ' + {grant_names} + ')'"),
                     "message": "no single grant allows all of this program"
+                },
+                {
+                    "expression": "variables.namespace == '' || !has(object.spec.bytecode.configMap) || object.spec.bytecode.configMap.namespace == variables.namespace",
+                    "reason": "Forbidden",
+                    "messageExpression": "'a BpfNamespacedProgram reads ConfigMaps of its own namespace only: bytecode.configMap.namespace is ' + object.spec.bytecode.configMap.namespace + ', not ' + variables.namespace",
+                    "message": "a BpfNamespacedProgram reads ConfigMaps of its own namespace only"
+                },
+                {
+                    "expression": format!("variables.namespace == '' || object.spec.programs.all(p, {inside})"),
+                    "reason": "Forbidden",
+                    "messageExpression": format!("'program ' + (object.spec.programs.filter(p, !({inside})) + object.spec.programs)[0].name + ' of a BpfNamespacedProgram attaches outside the pods of its namespace: each program is XDP with xdp.pods or TC with tc.pods, their namespace ' + variables.namespace"),
+                    "message": "a BpfNamespacedProgram attaches only inside the pods of its own namespace"
                 }
             ]
         })

@@ -16,11 +16,13 @@ pub mod revision;
 pub mod rollout;
 pub mod sanitize;
 pub mod standing;
+pub mod tenant;
 pub mod validate;
 
 pub use admission::{BpfAdmissionPolicy, BpfAdmissionPolicySpec};
 pub use node::{BpfNode, BpfNodeSpec, BpfNodeStatus, Health, NodeProgramStatus};
 pub use program::{BpfProgram, BpfProgramSpec, BpfProgramStatus, ProgramSpec, ProgramType};
+pub use tenant::{BpfNamespacedProgram, BpfNamespacedProgramSpec};
 
 /// API group of every bpfleet resource.
 pub const GROUP: &str = "bpfleet.dev";

@@ -196,12 +196,23 @@ struct Case {
     old: Option<&'static str>,
     /// `None`: admitted; `Some(s)`: refused with a message containing `s`.
     refused: Option<&'static str>,
+    /// A BpfNamespacedProgram's namespace (`None`: a BpfProgram).
+    namespace: Option<&'static str>,
 }
 
 const SA_TRACER: &str = "system:serviceaccount:observability:tracer";
 
 fn cases() -> Vec<Case> {
-    let c = |what, user, groups, spec, refused| Case { what, user, groups, spec, old: None, refused };
+    let c = |what, user, groups, spec, refused| Case { what, user, groups, spec, old: None, refused, namespace: None };
+    let tenant = |what, namespace, spec, refused| Case {
+        what,
+        user: "bob",
+        groups: &["team-a"],
+        spec,
+        old: None,
+        refused,
+        namespace: Some(namespace),
+    };
     vec![
         c("admin: anything", "kubernetes-admin", &["system:masters"], XDP_EVERYWHERE, None),
         c("admin: uprobe from a ConfigMap", "kubernetes-admin", &["system:masters"], UPROBE_CONFIGMAP, None),
@@ -387,6 +398,7 @@ programs: [{name: count_packets, type: XDP, xdp: {interfaces: [eth0]}}]
             spec: XDP_EVERYWHERE,
             old: Some(XDP_EVERYWHERE),
             refused: None,
+            namespace: None,
         },
         Case {
             what: "a spec change by a stranger is",
@@ -395,6 +407,28 @@ programs: [{name: count_packets, type: XDP, xdp: {interfaces: [eth0]}}]
             spec: XDP_EVERYWHERE,
             old: Some(XDP_IMAGE),
             refused: Some("mallory is named by no grant"),
+            namespace: None,
+        },
+        tenant("team a's namespaced program inside its pods", "team-a", in_pods("team-a", "eth0"), None),
+        tenant(
+            "team a's namespaced program, written in team b's namespace",
+            "team-b",
+            in_pods("team-a", "eth0"),
+            Some("program count_packets of a BpfNamespacedProgram attaches outside the pods of its namespace"),
+        ),
+        Case {
+            user: "kubernetes-admin",
+            groups: &["system:masters"],
+            ..tenant(
+                "even an admin's namespaced program reads its own namespace's ConfigMaps only",
+                "team-a",
+                r#"
+nodeSelector: {}
+bytecode: {configMap: {name: b, namespace: team-b, key: x.o}}
+programs: [{name: count_packets, type: XDP, xdp: {pods: {namespace: team-a}}}]
+"#,
+                Some("bytecode.configMap.namespace is team-b, not team-a"),
+            )
         },
     ]
 }
@@ -411,12 +445,15 @@ fn the_policy_cel_and_the_webhook_agree_on_every_case() {
         let old = case.old.map(spec);
         let who =
             Requester { username: case.user.to_owned(), groups: case.groups.iter().map(|g| g.to_string()).collect() };
-        let webhook = review(&policy, &who, Write { spec: &new, old: old.as_ref() });
+        let webhook = review(&policy, &who, Write { spec: &new, old: old.as_ref(), namespace: case.namespace });
         let request = json!({
             "operation": if old.is_some() { "UPDATE" } else { "CREATE" },
             "userInfo": {"username": case.user, "groups": case.groups},
         });
-        let object = json!({"spec": new});
+        let object = match case.namespace {
+            Some(ns) => json!({"metadata": {"namespace": ns}, "spec": new}),
+            None => json!({"spec": new}),
+        };
         let old_object = old.as_ref().map_or(Value::Null, |o| json!({"spec": o}));
         let cel = cel_verdict(&policy_cel, &request, &object, &old_object, &params);
         if webhook != cel {
@@ -436,6 +473,7 @@ fn the_policy_cel_and_the_webhook_agree_on_every_case() {
 fn a_missing_or_empty_policy_refuses_everyone() {
     let who = Requester { username: "kubernetes-admin".into(), groups: vec!["system:masters".into()] };
     let s = spec(XDP_IMAGE);
-    let err = review(&BpfAdmissionPolicySpec::default(), &who, Write { spec: &s, old: None }).unwrap_err();
+    let err =
+        review(&BpfAdmissionPolicySpec::default(), &who, Write { spec: &s, old: None, namespace: None }).unwrap_err();
     assert!(err.contains("named by no grant of BpfAdmissionPolicy default"), "{err}");
 }

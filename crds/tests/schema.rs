@@ -6,8 +6,9 @@ mod apiserver;
 
 use std::path::PathBuf;
 
+use crds::tenant::tenant_problems;
 use crds::validate::validate_spec;
-use crds::{BpfNode, BpfProgram};
+use crds::{BpfNamespacedProgram, BpfNode, BpfProgram};
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
@@ -76,7 +77,7 @@ fn check_structural(s: &Value, path: &str, problems: &mut Vec<String>) {
 
 #[test]
 fn schemas_are_structural_and_cel_compiles_within_budget() {
-    for crd in [BpfProgram::crd(), BpfNode::crd()] {
+    for crd in [BpfProgram::crd(), crds::tenant::crd(), BpfNode::crd()] {
         let schema =
             serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
                 .unwrap();
@@ -184,6 +185,15 @@ fn every_example_manifest_is_accepted() {
             let text = std::fs::read_to_string(&path).unwrap().replace("@BUILD_DIR@", "/opt/bpfleet");
             for doc in serde_yaml::Deserializer::from_str(&text) {
                 let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+                if v.get("kind").and_then(Value::as_str) == Some("BpfNamespacedProgram") {
+                    apiserver::admit(&crds::tenant::crd(), &v).unwrap_or_else(|e| panic!("{}: {e:#?}", path.display()));
+                    let p: BpfNamespacedProgram = serde_json::from_value(v).unwrap();
+                    let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                    assert_eq!(tenant_problems(&p.spec.program, ns), Vec::<String>::new(), "{}", path.display());
+                    validate_spec(&p.spec.program).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    seen += 1;
+                    continue;
+                }
                 if v.get("kind").and_then(Value::as_str) != Some("BpfProgram") {
                     continue;
                 }
@@ -418,6 +428,33 @@ fn uprobes_in_containers_name_no_host_pid_and_only_container_names() {
 }
 
 #[test]
+fn a_namespaced_program_attaches_inside_pods_only_and_never_reads_the_node() {
+    let tenant = |spec: Value| {
+        json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNamespacedProgram",
+               "metadata": {"name": "t", "namespace": "team-a"}, "spec": spec})
+    };
+    let in_pods = json!({
+        "bytecode": {"configMap": {"name": "b", "namespace": "team-a", "key": "x.o"}},
+        "programs": [{"name": "count", "type": "XDP", "xdp": {"pods": {"namespace": "team-a"}}}]
+    });
+    apiserver::admit(&crds::tenant::crd(), &tenant(in_pods.clone())).expect("inside its pods: admitted");
+    let refused = |spec: Value, message: &str| {
+        let errs = apiserver::admit(&crds::tenant::crd(), &tenant(spec)).expect_err("admitted");
+        assert!(errs.iter().any(|e| e.contains(message)), "{errs:#?} lacks {message:?}");
+    };
+    let mut on_node = in_pods.clone();
+    on_node["programs"][0]["xdp"] = json!({"interfaces": ["eth0"]});
+    refused(on_node, "every program must be XDP with xdp.pods or TC with tc.pods");
+    let mut tracing = in_pods.clone();
+    tracing["programs"][0] =
+        json!({"name": "t", "type": "Tracepoint", "tracepoint": {"names": ["syscalls/sys_enter_openat"]}});
+    refused(tracing, "every program must be XDP with xdp.pods or TC with tc.pods");
+    let mut path = in_pods;
+    path["bytecode"] = json!({"path": "/opt/x.o"});
+    refused(path, "bytecode.path reads a file of the node");
+}
+
+#[test]
 fn unknown_type_is_rejected() {
     let mut spec = xdp_spec();
     spec["programs"][0]["type"] = json!("Xdp");
@@ -477,7 +514,7 @@ fn validation_rules_read_only_bounded_fields() {
             }
         }
     }
-    for crd in [BpfProgram::crd(), BpfNode::crd()] {
+    for crd in [BpfProgram::crd(), crds::tenant::crd(), BpfNode::crd()] {
         let schema =
             serde_json::to_value(crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap())
                 .unwrap();

@@ -120,7 +120,15 @@ fn judge(view: &PolicyView, request: &Value) -> Result<(), String> {
             .map(|g| g.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
     };
-    review(&policy, &who, Write { spec: &spec, old: old.as_ref() })
+    // A BpfNamespacedProgram: its namespace, and the rules of its kind that its schema
+    // checks where the API server has CEL (a cluster that needs this webhook may not).
+    let namespace = (request["resource"]["resource"] == "bpfnamespacedprograms")
+        .then(|| request["namespace"].as_str().unwrap_or_default());
+    review(&policy, &who, Write { spec: &spec, old: old.as_ref(), namespace })?;
+    match namespace.map(|ns| crds::tenant::tenant_problems(&spec, ns)) {
+        Some(problems) if !problems.is_empty() => Err(format!("BpfNamespacedProgram: {}", problems.join("; "))),
+        _ => Ok(()),
+    }
 }
 
 /// The serving certificate and key, re-read when they change (cert-manager renewals).

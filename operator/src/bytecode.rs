@@ -167,6 +167,24 @@ impl BytecodeCache {
 }
 
 pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSpec) -> Result<Payload, SpecProblem> {
+    resolve_with(client, cache, spec, None).await
+}
+
+/// As [`resolve`] for `program`'s spec: a tenant's mirror may read its tenant's ConfigMaps.
+pub async fn resolve_program(
+    client: &Client,
+    cache: &BytecodeCache,
+    program: &BpfProgram,
+) -> Result<Payload, SpecProblem> {
+    resolve_with(client, cache, &program.spec, Some(program)).await
+}
+
+async fn resolve_with(
+    client: &Client,
+    cache: &BytecodeCache,
+    spec: &BpfProgramSpec,
+    program: Option<&BpfProgram>,
+) -> Result<Payload, SpecProblem> {
     let src = &spec.bytecode;
     let pinned = match src.digest.as_deref() {
         None => None,
@@ -198,7 +216,10 @@ pub async fn resolve(client: &Client, cache: &BytecodeCache, spec: &BpfProgramSp
         ));
     };
     // Before anything about the ConfigMap is looked at, even whether it exists.
-    cache.sources.check(client, &cm.namespace).await?;
+    match program {
+        Some(p) => cache.sources.check_for(client, &cm.namespace, p).await?,
+        None => cache.sources.check(client, &cm.namespace).await?,
+    }
     let elf = config_map_bytes(client, cache, cm).await?;
     if let Some(pinned) = &pinned {
         check_pinned(&elf, pinned, cm)?;
@@ -331,12 +352,13 @@ async fn follow_config_maps(
         };
         let (ns, name) = (changed.namespace().unwrap_or_default(), changed.name_any());
         let naming: Vec<_> = programs.state().into_iter().filter(|p| names_config_map(p, &ns, &name)).collect();
-        // A ConfigMap of a namespace that did not opt in is none of a program's business:
-        // its changes reconcile nothing (the program is refused without reading it).
-        if naming.is_empty() || sources.check(&client, &ns).await.is_err() {
-            continue;
-        }
+        // A ConfigMap of a namespace that did not opt in is none of a program's business
+        // (a tenant's mirror aside, for its own): its changes reconcile nothing (the
+        // program is refused without reading it).
         for p in naming {
+            if sources.check_for(&client, &ns, &p).await.is_err() {
+                continue;
+            }
             tracing::info!(program = %p.name_any(), configmap = %format!("{ns}/{name}"), "bytecode ConfigMap changed");
             if targeted.send(ObjectRef::from_obj(p.as_ref())).await.is_err() {
                 return;

@@ -336,7 +336,7 @@ async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> Reso
             }
         },
         (false, None) => {
-            bytecode::resolve(&ctx.client, &ctx.bytecode, &p.spec).await.map_err(|e| problem = Some(e)).ok()
+            bytecode::resolve_program(&ctx.client, &ctx.bytecode, p).await.map_err(|e| problem = Some(e)).ok()
         }
     };
     let content = payload.map(|pl| {

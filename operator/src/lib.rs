@@ -35,6 +35,7 @@ pub mod sends;
 pub mod sources;
 pub mod status;
 pub mod targets;
+pub mod tenant;
 pub mod tls;
 pub mod uninstall;
 pub mod work;

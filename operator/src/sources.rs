@@ -4,6 +4,11 @@
 //! ConfigMap, not whether it exists): writing a BpfProgram must not be a way to copy, or
 //! to run, the ConfigMaps of `kube-system`.
 //!
+//! A tenant's mirror (`crds::tenant`: the BpfProgram that runs a BpfNamespacedProgram)
+//! may also read the ConfigMaps of the tenant's own namespace, and only those: checked
+//! against the BpfNamespacedProgram itself (its uid, once per mirror), not on the
+//! mirror's word.
+//!
 //! The labelled namespaces are watched (metadata only, selected by the label): labelling
 //! a namespace reconciles at once the programs that name its ConfigMaps, and removing
 //! the label refuses their next reconcile. Until that watch has listed them, and where
@@ -34,6 +39,8 @@ pub const DEFAULT_OPERATOR_NAMESPACE: &str = "bpfleet-system";
 pub struct Sources {
     operator_namespace: String,
     state: RwLock<Watched>,
+    /// Mirrors checked to be their tenant's: (BpfProgram name, tenant namespace, uid).
+    mirrors: RwLock<BTreeSet<(String, String, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -53,7 +60,7 @@ impl Default for Sources {
 
 impl Sources {
     pub fn new(operator_namespace: impl Into<String>) -> Self {
-        Self { operator_namespace: operator_namespace.into(), state: Default::default() }
+        Self { operator_namespace: operator_namespace.into(), state: Default::default(), mirrors: Default::default() }
     }
 
     pub fn operator_namespace(&self) -> &str {
@@ -89,6 +96,52 @@ impl Sources {
             }
         };
         if allowed { Ok(()) } else { Err(self.refusal(namespace)) }
+    }
+
+    /// As [`Self::check`] for `program`'s bytecode; a tenant's mirror may also read its
+    /// tenant's namespace.
+    pub async fn check_for(&self, client: &Client, namespace: &str, program: &BpfProgram) -> Result<(), SpecProblem> {
+        let refused = match self.check(client, namespace).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        match self.is_mirror_in(client, namespace, program).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refused),
+            Err(e) => Err(SpecProblem {
+                reason: Reason::BytecodeUnavailable,
+                message: format!(
+                    "cannot tell whether {} runs a BpfNamespacedProgram of {namespace}: {e}",
+                    program.name_any()
+                ),
+            }),
+        }
+    }
+
+    /// Whether `program` is the mirror of a BpfNamespacedProgram of `namespace`: its
+    /// labels and annotation say so, its name is that program's mirror name, and that
+    /// program exists with the uid the labels give. Asked of the API server once per mirror.
+    async fn is_mirror_in(&self, client: &Client, namespace: &str, program: &BpfProgram) -> Result<bool, kube::Error> {
+        use crds::tenant::{ANNOTATION_TENANT, mirror_name, tenant_of};
+        let Some((ns, uid)) = tenant_of(program.labels()) else { return Ok(false) };
+        let Some(name) = program.annotations().get(ANNOTATION_TENANT).and_then(|t| t.strip_prefix(&format!("{ns}/")))
+        else {
+            return Ok(false);
+        };
+        if ns != namespace || mirror_name(ns, name) != program.name_any() {
+            return Ok(false);
+        }
+        let key = (program.name_any(), ns.to_string(), uid.to_string());
+        if self.mirrors.read().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+            return Ok(true);
+        }
+        let api: Api<crds::BpfNamespacedProgram> = Api::namespaced(client.clone(), ns);
+        let found = api.get_opt(name).await?;
+        let ours = found.is_some_and(|t| t.uid().as_deref() == Some(uid));
+        if ours {
+            self.mirrors.write().unwrap_or_else(|e| e.into_inner()).insert(key);
+        }
+        Ok(ours)
     }
 
     fn refusal(&self, namespace: &str) -> SpecProblem {

@@ -186,6 +186,7 @@ pub async fn lead(client: Client, pool: AgentPool, metrics: Arc<Metrics>, epoch:
     let follow_pods = follow_pods(ctx.clone(), program_store.clone(), pods_changed_rx, targeted_tx.clone());
     futures::join!(
         follow_pods,
+        crate::tenant::run(ctx.client.clone()),
         crate::nodes::watch_nodes(ctx.clone(), node_writer, trigger_tx),
         bytecode::watch_config_maps(client, cm_writer, program_store, targeted_tx, ctx.bytecode.sources()),
         watch_agent_pods,

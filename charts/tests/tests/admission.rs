@@ -77,9 +77,15 @@ fn cert_manager_injects_the_webhook_ca() {
 fn grants_reach_the_policy_object_and_only_admins_are_granted_by_default() {
     let docs = render(&[], &[]);
     let policy = named(&docs, "BpfAdmissionPolicy", "default");
+    // Admins, and the operator for the BpfPrograms that run tenants' namespaced programs
+    // (XDP and TC only: what a BpfNamespacedProgram may be).
     assert_eq!(
         policy["spec"]["grants"],
-        json!([{"name": "cluster-admins", "groups": ["system:masters"], "programTypes": ["*"], "sources": ["*"], "allowControlPlane": true}])
+        json!([
+            {"name": "cluster-admins", "groups": ["system:masters"], "programTypes": ["*"], "sources": ["*"], "allowControlPlane": true},
+            {"name": "bpfleet-tenant-mirrors", "serviceAccounts": [{"namespace": "bpfleet-system", "name": "bpfleet-operator"}],
+             "programTypes": ["XDP", "TC"], "sources": ["*"], "allowControlPlane": true}
+        ])
     );
     let (ok, _, err) = run_helm(&[
         "template",
