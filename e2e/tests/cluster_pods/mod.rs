@@ -276,6 +276,8 @@ pub fn programs_inside_pods(c: &Installed, node: &str, version: &str) {
         t.elapsed()
     );
 
+    a_tenant_s_own_program(c, node);
+
     // Gone: programs, Deployments, namespace; nothing of them in the kernel or bpffs.
     let links: Vec<u64> = ["xdp-pods", "uprobe-containers"]
         .iter()
@@ -353,4 +355,65 @@ fn pods_on_a_node_without_an_agent(c: &Installed, node: &str, version: &str) {
         (waiting == 0).then_some(()).ok_or(format!("{waiting} waiting"))
     });
     eprintln!("step 2d: a selected pod on a node without an agent: that node waits, counted apart; nothing Stalled");
+}
+
+/// A BpfNamespacedProgram written in the pods' namespace: TC inside the ticker pods from a
+/// ConfigMap of that namespace, run through the operator's mirror BpfProgram, its status
+/// the tenant's; one naming another namespace's ConfigMap is refused at `kubectl apply`;
+/// deleting it takes the mirror and every link with it.
+fn a_tenant_s_own_program(c: &Installed, node: &str) {
+    let object = repo_root().join("examples/bpf/build/tc_counter.o");
+    c.kubectl(&["-n", PODS_NS, "create", "configmap", "tenant-tc", &format!("--from-file={}", object.display())])
+        .unwrap();
+    let tenant = |name: &str, cm_namespace: &str| {
+        format!(
+            "apiVersion: bpfleet.dev/v1alpha1\nkind: BpfNamespacedProgram\nmetadata: {{name: {name}, namespace: {PODS_NS}}}\n\
+             spec:\n  bytecode:\n    configMap: {{name: tenant-tc, namespace: {cm_namespace}, key: tc_counter.o}}\n  programs:\n    \
+             - {{name: count_tc, type: TC, tc: {{direction: Ingress, pods: {{namespace: {PODS_NS}, selector: {{matchLabels: {{app: ticker}}}}}}}}}}\n"
+        )
+    };
+    // Another namespace's ConfigMap: refused when written (the webhook or the policy).
+    let refused = c.apply(&tenant("tenant-elsewhere", NAMESPACE)).unwrap_err().to_string();
+    assert!(refused.contains("reads ConfigMaps of its own namespace only"), "{refused}");
+
+    let t = Instant::now();
+    c.apply(&tenant("tenant-tc", PODS_NS)).unwrap();
+    let mirror = format!("{PODS_NS}.tenant-tc");
+    let tickers = running_uids(c, "ticker");
+    wait_for(Duration::from_secs(60), "the tenant's program Ready in every ticker pod", || {
+        let v =
+            c.kubectl_json(&["-n", PODS_NS, "get", "bpfnamespacedprogram", "tenant-tc"]).map_err(|e| e.to_string())?;
+        let st = &v["status"];
+        let ready =
+            st["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+        let current = st["observedGeneration"] == v["metadata"]["generation"];
+        (ready && current && st["readyPods"].as_i64() == Some(tickers.len() as i64))
+            .then_some(())
+            .ok_or(format!("status {st}"))
+    });
+    let m = c.program(&mirror).unwrap().expect("the mirror BpfProgram");
+    assert_eq!(m["metadata"]["labels"]["bpfleet.dev/tenant-namespace"], PODS_NS);
+    all_attached(c, node, &mirror, &tickers).unwrap();
+    let links: Vec<u64> = listed(c, node, &mirror).into_values().flat_map(|(l, _)| l).collect();
+    let prog = program_id(c, node, &mirror);
+    for p in pods(c, "ticker") {
+        let netns = netns_of(&p.ip);
+        let tc = sh(&format!("nsenter --net={} bpftool -j net show dev eth0", netns.display())).unwrap();
+        assert!(tc.contains(&format!("\"id\":{prog}")), "bpftool inside {}: {tc}", p.name);
+    }
+    let counter = map_pin(c, node, &mirror, "tc_packet_count");
+    let before = read_counter(&counter).unwrap();
+    let ip = pods(c, "ticker")[0].ip.clone();
+    sh(&format!("ping -c 4 -i 0.05 -W 1 -q {ip} >/dev/null")).unwrap();
+    assert!(read_counter(&counter).unwrap() >= before + 4, "the tenant's TC counts pings into its pod");
+    eprintln!(
+        "step 2d: a tenant's BpfNamespacedProgram Ready in {:.1?} (TC in {} pods, its own ConfigMap); another namespace's ConfigMap refused at apply",
+        t.elapsed(),
+        tickers.len()
+    );
+
+    c.kubectl(&["-n", PODS_NS, "delete", "bpfnamespacedprogram", "tenant-tc", "--wait=true", "--timeout=60s"]).unwrap();
+    assert!(c.program(&mirror).unwrap().is_none(), "the mirror outlived its program");
+    assert!(links.iter().all(|l| !link_exists(*l)), "the tenant's links {links:?} are still in the kernel");
+    assert!(!e2e::kernel::program_exists(prog), "the tenant's program {prog} is still loaded");
 }
