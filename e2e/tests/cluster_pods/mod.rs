@@ -244,7 +244,7 @@ pub fn programs_inside_pods(c: &Installed, node: &str, version: &str) {
     let (old_id, restarts) = victim.container.clone().unwrap();
     let old_links = listed(c, node, "uprobe-containers")[&victim.uid].0.clone();
     let pid = sh(&format!(
-        "pgrep -f /usr/local/bin/ticker | while read p; do grep -q {old_id} /proc/$p/cgroup && echo $p; done"
+        "for p in $(pgrep -f /usr/local/bin/ticker); do grep -qs {old_id} /proc/$p/cgroup && echo $p; done; true"
     ))
     .unwrap();
     let pid = pid.split_whitespace().next().unwrap_or_else(|| panic!("no ticker process in container {old_id}"));
