@@ -16,11 +16,14 @@
 //! A uprobe is set on an inode: every process that maps that file hits it, in this
 //! container or in any other sharing the image layer.
 //!
-//! The kernel keeps the path a uprobe was attached through, mount included: while the
-//! probe is attached, the container's rootfs (an overlay mount under containerd) cannot
-//! be unmounted (EBUSY), and neither while a [`ContainerRoot`] is held open. The runtime
-//! unmounts it when the container stops: detach the container's probes then, and keep
-//! a `ContainerRoot` only for the attach.
+//! The kernel keeps the path a uprobe was attached through, mount included. Through the
+//! container's root (an overlay mount under containerd) that would keep the mount busy:
+//! when the container stops, containerd cannot unmount it (EBUSY), fails the task's
+//! cleanup, keeps reporting the container running, and never restarts it. So where the
+//! root is an overlay, the probe is attached through the file the overlay shows, in its
+//! layer on the node's own file system (`backing_file`: the same inode, checked), which
+//! nothing ever unmounts; only a root that is no overlay (a plain directory) is attached
+//! through directly. A [`ContainerRoot`] is held open only for the attach.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -214,6 +217,63 @@ impl ContainerRoot {
         }
     }
 
+    /// The file `file` shows, in its overlay layer on the node's file system (the
+    /// directories the root's overlay mount names, under `host_root`), when the root is
+    /// an overlay mount and that layer's file is the very inode (number, size, mtime).
+    /// `None` otherwise: the caller attaches through `file` itself.
+    pub fn backing_file(&self, file: &ContainerFile, host_root: &Path) -> Option<ContainerFile> {
+        let root = std::fs::read_link(format!("/proc/self/fd/{}", self.dir.as_raw_fd())).ok()?;
+        let at = std::fs::read_link(file.fd_path()).ok()?;
+        let relative = at.strip_prefix(&root).ok()?.to_path_buf();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let layers = overlay_layers(&mountinfo, &root)?;
+        let shown = std::fs::metadata(file.fd_path()).ok()?;
+        for layer in layers {
+            let dir = host_root.join(layer.strip_prefix("/").unwrap_or(&layer));
+            let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) else { return None };
+            // SAFETY: `c` is NUL-terminated; the result is checked.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: a new descriptor this process owns.
+            let layer_dir = unsafe { OwnedFd::from_raw_fd(fd) };
+            let how = OpenHow {
+                flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+                mode: 0,
+                resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+            };
+            let Ok(rel) = CString::new(relative.as_os_str().as_encoded_bytes()) else { return None };
+            // SAFETY: `how` is a valid open_how of the size passed; `rel` is NUL-terminated.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    layer_dir.as_raw_fd(),
+                    rel.as_ptr(),
+                    &how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
+            };
+            if fd < 0 {
+                // Not in this layer: a lower one has it.
+                if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+                    continue;
+                }
+                return None;
+            }
+            // SAFETY: a new descriptor this process owns.
+            let candidate = ContainerFile { fd: unsafe { OwnedFd::from_raw_fd(fd as i32) }, path: file.path.clone() };
+            // The topmost layer that has the name is the one the overlay shows.
+            let real = std::fs::metadata(candidate.fd_path()).ok()?;
+            let same = real.is_file()
+                && real.ino() == shown.ino()
+                && real.size() == shown.size()
+                && (real.mtime(), real.mtime_nsec()) == (shown.mtime(), shown.mtime_nsec());
+            return same.then_some(candidate);
+        }
+        None
+    }
+
     /// Whether the root's path still names the directory this root holds open.
     fn still_there(&self) -> bool {
         let held = std::fs::metadata(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
@@ -240,6 +300,10 @@ pub fn attach_uprobe(
         PodError::Failed(e) => PodError::Failed(AgentError { program: Some(program.to_string()), ..e }),
         gone => gone,
     })?;
+    let file = match root.backing_file(&file, crate::hostfs::host_root().path()) {
+        Some(backing) => backing,
+        None => file,
+    };
     if let Some(symbol) = &probe.symbol {
         match file.defines(symbol) {
             Ok(true) => {}
@@ -276,6 +340,54 @@ pub fn attach_uprobe(
     Ok(link)
 }
 
+/// The layers of the overlay mounted at `mount_point` per `mountinfo` (the topmost mount
+/// there), top first: its `upperdir`, then its `lowerdir`s. `None` when no overlay is
+/// mounted there.
+fn overlay_layers(mountinfo: &str, mount_point: &Path) -> Option<Vec<PathBuf>> {
+    let unescape = |s: &str| -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                let code: String = chars.by_ref().take(3).collect();
+                match u8::from_str_radix(&code, 8) {
+                    Ok(b) => out.push(b as char),
+                    Err(_) => {
+                        out.push(c);
+                        out.push_str(&code);
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let mut found = None;
+    for line in mountinfo.lines() {
+        let Some((mount, fs)) = line.split_once(" - ") else { continue };
+        let point = mount.split(' ').nth(4).map(unescape);
+        if point.as_deref().map(Path::new) != Some(mount_point) {
+            continue;
+        }
+        let mut fs = fs.split(' ');
+        let (fstype, _source, options) = (fs.next(), fs.next(), fs.next());
+        found = (fstype == Some("overlay")).then(|| options.unwrap_or_default().to_string());
+    }
+    let options = found?;
+    let mut layers = Vec::new();
+    let mut lower = Vec::new();
+    for option in options.split(',') {
+        if let Some(dir) = option.strip_prefix("upperdir=") {
+            layers.push(PathBuf::from(unescape(dir)));
+        } else if let Some(dirs) = option.strip_prefix("lowerdir=") {
+            lower.extend(dirs.split(':').map(|d| PathBuf::from(unescape(d))));
+        }
+    }
+    layers.extend(lower);
+    (!layers.is_empty()).then_some(layers)
+}
+
 fn failed(reason: Reason, message: String) -> PodError {
     PodError::Failed(AgentError::new(reason, message))
 }
@@ -294,5 +406,23 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
         "a device"
     } else {
         "not a file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overlay_s_layers_are_read_from_mountinfo_top_first() {
+        let info = "28 27 0:43 / /run/c/k8s.io/abc/rootfs rw,relatime shared:20 - overlay overlay \
+                    rw,lowerdir=/var/lib/s/2/fs:/var/lib/s/1/fs,upperdir=/var/lib/s/9/fs,workdir=/var/lib/s/9/work\n\
+                    29 27 0:44 / /run/c/k8s.io/d\\040e/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/u\n\
+                    30 27 8:1 / /data rw - ext4 /dev/vda rw\n";
+        let layers = overlay_layers(info, Path::new("/run/c/k8s.io/abc/rootfs")).unwrap();
+        assert_eq!(layers, [PathBuf::from("/var/lib/s/9/fs"), "/var/lib/s/2/fs".into(), "/var/lib/s/1/fs".into()]);
+        assert_eq!(overlay_layers(info, Path::new("/run/c/k8s.io/d e/rootfs")).unwrap().len(), 2, "escaped space");
+        assert_eq!(overlay_layers(info, Path::new("/data")), None, "not an overlay");
+        assert_eq!(overlay_layers(info, Path::new("/nowhere")), None);
     }
 }
