@@ -396,10 +396,11 @@ fn a_tenant_s_own_program(c: &Installed, node: &str) {
     all_attached(c, node, &mirror, &tickers).unwrap();
     let links: Vec<u64> = listed(c, node, &mirror).into_values().flat_map(|(l, _)| l).collect();
     let prog = program_id(c, node, &mirror);
-    for p in pods(c, "ticker") {
-        let netns = netns_of(&p.ip);
-        let tc = sh(&format!("nsenter --net={} bpftool -j net show dev eth0", netns.display())).unwrap();
-        assert!(tc.contains(&format!("\"id\":{prog}")), "bpftool inside {}: {tc}", p.name);
+    // TCX links (this bpftool's `net show` lists no TCX): each in the kernel, running it.
+    let kernel_links = e2e::kernel::links().unwrap();
+    assert_eq!(links.len(), tickers.len(), "one link a pod: {links:?}");
+    for l in &links {
+        assert!(kernel_links.contains(&(*l, prog)), "link {l} running program {prog}: {kernel_links:?}");
     }
     let counter = map_pin(c, node, &mirror, "tc_packet_count");
     let before = read_counter(&counter).unwrap();
