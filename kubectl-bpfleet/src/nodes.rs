@@ -133,6 +133,10 @@ pub async fn run(client: Client, name: &str, wide: bool, out: &mut dyn Write) ->
 /// The Nodes the program's selector picks, or None when they cannot be listed (the
 /// table then shows only the nodes that report the program).
 async fn target_nodes(client: Client, p: &BpfProgram) -> Option<Vec<String>> {
+    if all_inside_pods(p) {
+        // Its targets are the selected nodes that run its pods: those report it.
+        return None;
+    }
     let selector = match Selector::try_from(p.spec.node_selector.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -149,10 +153,35 @@ async fn target_nodes(client: Client, p: &BpfProgram) -> Option<Vec<String>> {
     }
 }
 
+/// Whether every function of `p` attaches inside pods (`xdp.pods`, `tc.pods`,
+/// `uprobe.containers`): the operator then targets only the nodes its pods run on.
+fn all_inside_pods(p: &BpfProgram) -> bool {
+    p.spec.programs.iter().all(|f| {
+        f.xdp.as_ref().is_some_and(|a| a.pods.is_some())
+            || f.tc.as_ref().is_some_and(|a| a.pods.is_some())
+            || [&f.uprobe, &f.uretprobe].into_iter().flatten().any(|a| a.containers.is_some())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn programs_all_inside_pods_target_no_node_by_selector() {
+        let p = |programs: serde_json::Value| -> BpfProgram {
+            serde_json::from_value(
+                json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgram", "metadata": {"name": "x"},
+                "spec": {"bytecode": {"inline": "AA=="}, "programs": programs}}),
+            )
+            .unwrap()
+        };
+        assert!(all_inside_pods(&p(json!([{"name": "a", "type": "XDP", "xdp": {"pods": {"namespace": "shop"}}},
+            {"name": "b", "type": "Uprobe", "uprobe": {"target": "/app", "symbol": "f", "containers": {"namespace": "shop"}}}]))));
+        assert!(!all_inside_pods(&p(json!([{"name": "a", "type": "XDP", "xdp": {"pods": {"namespace": "shop"}}},
+            {"name": "b", "type": "XDP", "xdp": {"interfaces": ["eth0"]}}]))));
+    }
 
     fn bpfnode(name: &str, programs: serde_json::Value) -> BpfNode {
         serde_json::from_value(json!({
