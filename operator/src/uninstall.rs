@@ -1,12 +1,15 @@
-//! The way out of an uninstall: delete every BpfProgram while the operator still runs,
-//! so each node unloads its programs and every finalizer is released, then wait.
+//! The way out of an uninstall: delete every BpfNamespacedProgram and BpfProgram while
+//! the operator still runs, so each node unloads its programs and every finalizer is
+//! released, then wait. The tenants' programs go first: a BpfProgram that runs one (its
+//! mirror) deleted while the tenant's program stays would be written again.
 //! `bpfleet-operator uninstall` is what the chart's pre-delete hook runs; with
 //! `--force` it also releases finalizers that are still held after the timeout (when the
 //! operator is already gone), and says which nodes may still run programs.
 
 use std::time::{Duration, Instant};
 
-use crds::{BpfNode, BpfProgram};
+use crds::tenant::TENANT_FINALIZER;
+use crds::{BpfNamespacedProgram, BpfNode, BpfProgram};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -14,13 +17,29 @@ use serde_json::json;
 use crate::controller::FINALIZER;
 
 pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Result<()> {
+    let tenants: Api<BpfNamespacedProgram> = Api::all(client.clone());
+    // A chart from before the kind has no such CRD: nothing to delete there.
+    let with_tenants = tenants.list(&ListParams::default().limit(1)).await.is_ok();
+    if with_tenants {
+        let all = tenants.list(&ListParams::default()).await?.items;
+        for t in &all {
+            let api: Api<BpfNamespacedProgram> = Api::namespaced(client.clone(), &t.namespace().unwrap_or_default());
+            match api.delete(&t.name_any(), &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!(count = all.len(), "deleting every BpfNamespacedProgram");
+    }
     let api: Api<BpfProgram> = Api::all(client.clone());
     let count = delete_all(&api).await?;
     tracing::info!(count, "deleting every BpfProgram");
     let deadline = Instant::now() + timeout;
     loop {
         let left = api.list(&ListParams::default()).await?.items;
-        if left.is_empty() {
+        let tenants_left = if with_tenants { tenants.list(&ListParams::default()).await?.items } else { Vec::new() };
+        if left.is_empty() && tenants_left.is_empty() {
             tracing::info!("every BpfProgram is gone: all nodes unloaded them");
             return delete_bpfnodes(&client).await;
         }
@@ -51,6 +70,15 @@ pub async fn run(client: Client, timeout: Duration, force: bool) -> anyhow::Resu
                 let patch = json!({"metadata": {"finalizers": remaining}});
                 api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
                 tracing::warn!(program = %p.name_any(), "finalizer released by --force");
+            }
+            for t in &tenants_left {
+                let ns = t.namespace().unwrap_or_default();
+                let remaining: Vec<String> =
+                    t.finalizers().iter().filter(|f| *f != TENANT_FINALIZER).cloned().collect();
+                let patch = json!({"metadata": {"finalizers": remaining}});
+                let api: Api<BpfNamespacedProgram> = Api::namespaced(client.clone(), &ns);
+                api.patch(&t.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+                tracing::warn!(program = %format!("{ns}/{}", t.name_any()), "finalizer released by --force");
             }
             tracing::warn!(blocked = ?why, "forced: these nodes may still run programs; see docs/install.md");
             return delete_bpfnodes(&client).await;
