@@ -294,7 +294,8 @@ pub fn programs_inside_pods(c: &Installed, node: &str, version: &str) {
     }
     let left = sh("find /sys/fs/bpf/bpfleet -path '*/pods/*' 2>/dev/null").unwrap_or_default();
     assert!(left.trim().is_empty(), "pod pins left: {left}");
-    c.kubectl(&["delete", "namespace", PODS_NS, "--wait=false"]).unwrap();
+    // The namespace stays: the chart's Role for it goes with the release (step 5).
+    c.kubectl(&["-n", PODS_NS, "delete", "deployment", "web", "ticker", "--wait=false"]).unwrap();
     eprintln!("step 2d: programs deleted: {} links and both programs gone from the kernel, no pod pins", links.len());
 }
 
