@@ -427,6 +427,14 @@ mod tests {
             names.push(crd.name_any());
         }
         names.sort();
-        assert_eq!(names, ["bpfadmissionpolicies.bpfleet.dev", "bpfnodes.bpfleet.dev", "bpfprograms.bpfleet.dev"]);
+        assert_eq!(
+            names,
+            [
+                "bpfadmissionpolicies.bpfleet.dev",
+                "bpfnamespacedprograms.bpfleet.dev",
+                "bpfnodes.bpfleet.dev",
+                "bpfprograms.bpfleet.dev"
+            ]
+        );
     }
 }
