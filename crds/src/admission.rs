@@ -248,6 +248,14 @@ fn own_namespace_only(spec: &BpfProgramSpec, ns: &str) -> Result<(), String> {
         let pods = p.xdp.as_ref().and_then(|a| a.pods.as_ref()).or(p.tc.as_ref().and_then(|a| a.pods.as_ref()));
         pods.is_some_and(|t| t.namespace == ns)
     };
+    if spec.bytecode.image.as_ref().is_some_and(|i| i.pull_secret.is_some())
+        || spec.rollout.as_ref().and_then(|r| r.health.as_ref()).is_some_and(|h| h.prometheus.is_some())
+    {
+        return Err(format!(
+            "a BpfNamespacedProgram reaches nothing beyond namespace {ns}: no bytecode.image.pullSecret (a Secret of \
+             the operator's namespace), no rollout.health.prometheus (the cluster's metrics)"
+        ));
+    }
     if let Some(p) = spec.programs.iter().find(|p| !inside(p)) {
         return Err(format!(
             "program {} of a BpfNamespacedProgram attaches outside the pods of its namespace: each program is XDP \
@@ -522,6 +530,12 @@ pub mod cel {
                     "reason": "Forbidden",
                     "messageExpression": "'a BpfNamespacedProgram reads ConfigMaps of its own namespace only: bytecode.configMap.namespace is ' + object.spec.bytecode.configMap.namespace + ', not ' + variables.namespace",
                     "message": "a BpfNamespacedProgram reads ConfigMaps of its own namespace only"
+                },
+                {
+                    "expression": "variables.namespace == '' || ((!has(object.spec.bytecode.image) || !has(object.spec.bytecode.image.pullSecret)) && (!has(object.spec.rollout) || !has(object.spec.rollout.health) || !has(object.spec.rollout.health.prometheus)))",
+                    "reason": "Forbidden",
+                    "messageExpression": "'a BpfNamespacedProgram reaches nothing beyond namespace ' + variables.namespace + ': no bytecode.image.pullSecret (a Secret of the operator\\'s namespace), no rollout.health.prometheus (the cluster\\'s metrics)'",
+                    "message": "a BpfNamespacedProgram reaches nothing beyond its namespace"
                 },
                 {
                     "expression": format!("variables.namespace == '' || object.spec.programs.all(p, {inside})"),

@@ -125,6 +125,20 @@ pub fn tenant_problems(spec: &BpfProgramSpec, namespace: &str) -> Vec<String> {
             cm.namespace
         ));
     }
+    if b.image.as_ref().is_some_and(|i| i.pull_secret.is_some()) {
+        out.push(
+            "bytecode.image.pullSecret names a Secret of the operator's namespace: a namespaced program pulls public \
+             images or ones the cluster's nodes may pull"
+                .to_string(),
+        );
+    }
+    if spec.rollout.as_ref().and_then(|r| r.health.as_ref()).is_some_and(|h| h.prometheus.is_some()) {
+        out.push(
+            "rollout.health.prometheus queries the cluster's Prometheus, beyond the namespace: a namespaced \
+             program's gates are minReadySeconds, mustRun and maps"
+                .to_string(),
+        );
+    }
     for (i, p) in spec.programs.iter().enumerate() {
         if let Some(problem) = program_problem(p, namespace) {
             out.push(format!("programs[{i}] ({}): {problem}", p.name));

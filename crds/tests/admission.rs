@@ -430,6 +430,20 @@ programs: [{name: count_packets, type: XDP, xdp: {pods: {namespace: team-a}}}]
                 Some("bytecode.configMap.namespace is team-b, not team-a"),
             )
         },
+        Case {
+            user: "kubernetes-admin",
+            groups: &["system:masters"],
+            ..tenant(
+                "a namespaced program naming the operator's pull Secret",
+                "team-a",
+                r#"
+nodeSelector: {}
+bytecode: {image: {url: "r/x:1", pullSecret: registry-creds}}
+programs: [{name: count_packets, type: XDP, xdp: {pods: {namespace: team-a}}}]
+"#,
+                Some("no bytecode.image.pullSecret"),
+            )
+        },
     ]
 }
 

@@ -91,6 +91,23 @@ fn a_namespaced_program_runs_through_its_mirror_and_goes_with_it() {
             .ok_or(format!("tenant {} / mirror {}", t["status"], m["status"]))
     });
     let revision = get(k, &["bpfprogram", &mirror]).unwrap()["status"]["revision"].clone();
+    // Settled: the mirror is not written again and again.
+    let generation = get(k, &["bpfprogram", &mirror]).unwrap()["metadata"]["generation"].clone();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        get(k, &["bpfprogram", &mirror]).unwrap()["metadata"]["generation"],
+        generation,
+        "the mirror keeps being rewritten"
+    );
+    // Someone edits the mirror (to read another key of the tenant's namespace): put back.
+    let edit =
+        json!({"spec": {"bytecode": {"configMap": {"name": "own", "namespace": ns, "key": "other.o"}}}}).to_string();
+    kubectl(k, &["patch", "bpfprogram", &mirror, "--type=merge", "-p", &edit], None).unwrap();
+    wait_for(Duration::from_secs(30), "the edited mirror put back", || {
+        let m = get(k, &["bpfprogram", &mirror]).ok_or("absent")?;
+        let key = m["spec"]["bytecode"]["configMap"]["key"].clone();
+        (key == "xdp_pod_counter.o").then_some(()).ok_or(format!("key {key}"))
+    });
 
     // A BpfProgram that only says it is that tenant's mirror reads nothing of its namespace.
     let forged = env.name("forged");

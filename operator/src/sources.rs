@@ -39,8 +39,6 @@ pub const DEFAULT_OPERATOR_NAMESPACE: &str = "bpfleet-system";
 pub struct Sources {
     operator_namespace: String,
     state: RwLock<Watched>,
-    /// Mirrors checked to be their tenant's: (BpfProgram name, tenant namespace, uid).
-    mirrors: RwLock<BTreeSet<(String, String, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +58,7 @@ impl Default for Sources {
 
 impl Sources {
     pub fn new(operator_namespace: impl Into<String>) -> Self {
-        Self { operator_namespace: operator_namespace.into(), state: Default::default(), mirrors: Default::default() }
+        Self { operator_namespace: operator_namespace.into(), state: Default::default() }
     }
 
     pub fn operator_namespace(&self) -> &str {
@@ -119,8 +117,9 @@ impl Sources {
     }
 
     /// Whether `program` is the mirror of a BpfNamespacedProgram of `namespace`: its
-    /// labels and annotation say so, its name is that program's mirror name, and that
-    /// program exists with the uid the labels give. Asked of the API server once per mirror.
+    /// labels and annotation say so, its name is that program's mirror name, that program
+    /// exists with the uid the labels give, and names the same ConfigMap. Asked of the API
+    /// server at each check (a mirror someone edited, or a tenant gone, reads nothing).
     async fn is_mirror_in(&self, client: &Client, namespace: &str, program: &BpfProgram) -> Result<bool, kube::Error> {
         use crds::tenant::{ANNOTATION_TENANT, mirror_name, tenant_of};
         let Some((ns, uid)) = tenant_of(program.labels()) else { return Ok(false) };
@@ -131,17 +130,13 @@ impl Sources {
         if ns != namespace || mirror_name(ns, name) != program.name_any() {
             return Ok(false);
         }
-        let key = (program.name_any(), ns.to_string(), uid.to_string());
-        if self.mirrors.read().unwrap_or_else(|e| e.into_inner()).contains(&key) {
-            return Ok(true);
-        }
         let api: Api<crds::BpfNamespacedProgram> = Api::namespaced(client.clone(), ns);
         let found = api.get_opt(name).await?;
-        let ours = found.is_some_and(|t| t.uid().as_deref() == Some(uid));
-        if ours {
-            self.mirrors.write().unwrap_or_else(|e| e.into_inner()).insert(key);
-        }
-        Ok(ours)
+        Ok(found.is_some_and(|t| {
+            t.uid().as_deref() == Some(uid)
+                && t.metadata.deletion_timestamp.is_none()
+                && t.spec.program.bytecode.config_map == program.spec.bytecode.config_map
+        }))
     }
 
     fn refusal(&self, namespace: &str) -> SpecProblem {

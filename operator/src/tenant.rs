@@ -25,7 +25,7 @@ use crds::tenant::{
 use crds::{BpfNamespacedProgram, BpfProgram, BpfProgramStatus};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -54,9 +54,20 @@ struct Ctx {
 /// before it), says so once and does nothing.
 pub async fn run(client: Client) {
     let tenants: Api<BpfNamespacedProgram> = Api::all(client.clone());
-    if let Err(e) = tenants.list(&ListParams::default().limit(1)).await {
-        tracing::warn!(error = %e, "cannot list BpfNamespacedPrograms (CRD not installed?): tenants' programs are not run");
-        return std::future::pending().await;
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match tenants.list(&ListParams::default().limit(1)).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::warn!("no BpfNamespacedProgram CRD (a chart from before it): tenants' programs are not run");
+                return std::future::pending().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list BpfNamespacedPrograms yet; trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        }
     }
     let mirrors: Api<BpfProgram> = Api::all(client.clone());
     Controller::new(tenants, watcher::Config::default())
@@ -118,19 +129,36 @@ async fn reconcile(t: Arc<BpfNamespacedProgram>, ctx: Arc<Ctx>) -> Result<Action
         set_status(&tenants, &t, refused(&t, Reason::InvalidSpec.as_str(), message)).await?;
         return Ok(Action::requeue(RESYNC));
     }
-    let generation = t.metadata.generation.unwrap_or_default();
-    let desired = json!({
-        "apiVersion": "bpfleet.dev/v1alpha1",
-        "kind": "BpfProgram",
-        "metadata": {
-            "name": mirror,
-            "labels": mirror_labels(&ns, &name, &uid),
-            "annotations": {ANNOTATION_TENANT: format!("{ns}/{name}"), ANNOTATION_TENANT_GENERATION: generation.to_string()},
-        },
-        "spec": t.spec.program,
-    });
-    let applied = mirrors.patch(&mirror, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await?;
-    if let Some(status) = mirrored_status(&applied, t.status.as_ref()) {
+    let generation = t.metadata.generation.unwrap_or_default().to_string();
+    let annotations = [(ANNOTATION_TENANT, format!("{ns}/{name}")), (ANNOTATION_TENANT_GENERATION, generation)];
+    // Created if absent (a name someone takes meanwhile is not overwritten); put back
+    // whole when it differs from the tenant's (someone edited it): its spec is only ever
+    // the tenant's.
+    let current = match existing {
+        None => {
+            let mut m = BpfProgram::new(&mirror, t.spec.program.clone());
+            m.metadata.labels = Some(mirror_labels(&ns, &name, &uid));
+            m.metadata.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.clone())).collect());
+            mirrors.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &m).await?
+        }
+        Some(mut m) => {
+            let labels = mirror_labels(&ns, &name, &uid);
+            let drifted = m.spec != t.spec.program
+                || labels.iter().any(|(k, v)| m.labels().get(k) != Some(v))
+                || annotations.iter().any(|(k, v)| m.annotations().get(*k) != Some(v));
+            if drifted {
+                m.spec = t.spec.program.clone();
+                m.labels_mut().extend(labels);
+                m.annotations_mut().extend(annotations.iter().map(|(k, v)| (k.to_string(), v.clone())));
+                m.status = None;
+                let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+                mirrors.replace(&mirror, &pp, &m).await?
+            } else {
+                m
+            }
+        }
+    };
+    if let Some(status) = mirrored_status(&current, t.status.as_ref()) {
         set_status(&tenants, &t, status).await?;
     }
     Ok(Action::requeue(RESYNC))
@@ -187,8 +215,11 @@ async fn set_status(
     if t.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let patch = json!({"status": status});
-    api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    // The whole status replaced (a merge patch would keep fields that went to zero).
+    let mut whole = t.clone();
+    whole.status = Some(status);
+    whole.metadata.managed_fields = None;
+    api.replace_status(&t.name_any(), &PostParams::default(), &whole).await?;
     Ok(())
 }
 

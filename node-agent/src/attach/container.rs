@@ -229,6 +229,11 @@ impl ContainerRoot {
         let layers = overlay_layers(&mountinfo, &root)?;
         let shown = std::fs::metadata(file.fd_path()).ok()?;
         for layer in layers {
+            // Relative layer paths (containerd's form for very long option strings) name
+            // directories this cannot place: not found, rather than guessed.
+            if !layer.is_absolute() {
+                return None;
+            }
             let dir = host_root.join(layer.strip_prefix("/").unwrap_or(&layer));
             let Ok(c) = CString::new(dir.as_os_str().as_encoded_bytes()) else { return None };
             // SAFETY: `c` is NUL-terminated; the result is checked.
@@ -241,7 +246,10 @@ impl ContainerRoot {
             let how = OpenHow {
                 flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
                 mode: 0,
-                resolve: libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+                resolve: libc::RESOLVE_BENEATH
+                    | libc::RESOLVE_NO_SYMLINKS
+                    | libc::RESOLVE_NO_MAGICLINKS
+                    | libc::RESOLVE_NO_XDEV,
             };
             let Ok(rel) = CString::new(relative.as_os_str().as_encoded_bytes()) else { return None };
             // SAFETY: `how` is a valid open_how of the size passed; `rel` is NUL-terminated.
@@ -274,6 +282,17 @@ impl ContainerRoot {
         None
     }
 
+    /// Whether the root is an overlay mount (as containerd's are).
+    pub fn is_overlay(&self) -> bool {
+        let (Ok(root), Ok(mountinfo)) = (
+            std::fs::read_link(format!("/proc/self/fd/{}", self.dir.as_raw_fd())),
+            std::fs::read_to_string("/proc/self/mountinfo"),
+        ) else {
+            return false;
+        };
+        overlay_layers(&mountinfo, &root).is_some()
+    }
+
     /// Whether the root's path still names the directory this root holds open.
     fn still_there(&self) -> bool {
         let held = std::fs::metadata(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
@@ -302,6 +321,18 @@ pub fn attach_uprobe(
     })?;
     let file = match root.backing_file(&file, crate::hostfs::host_root().path()) {
         Some(backing) => backing,
+        // Through an overlay root the probe would keep the container from being cleaned
+        // up when it stops: not attached at all rather than that.
+        None if root.is_overlay() => {
+            return Err(not_found(format!(
+                "uprobe {hook}: {} is not found as itself in the container's image layers on this node (a file \
+                 copied up or changed in the container, or layers the agent cannot reach under its host root), and a \
+                 probe through the container's root would keep the runtime from cleaning the container up when it \
+                 stops: probe a file of the image as built",
+                probe.target.display()
+            ))
+            .into());
+        }
         None => file,
     };
     if let Some(symbol) = &probe.symbol {
