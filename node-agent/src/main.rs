@@ -190,6 +190,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let m = Arc::clone(&manager);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // A long pass is not followed by a burst of catch-up passes.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             m.heal_pods(false).await;

@@ -254,14 +254,16 @@ async fn config_map_bytes(
     result
 }
 
-/// The object under a ConfigMap's key, read now (one GET) if its namespace is allowed:
-/// how a revision recorded by reference is read again.
+/// The object under a ConfigMap's key, read now (one GET) if its namespace is allowed
+/// (for `program`'s bytecode: a tenant's mirror reads its tenant's namespace): how a
+/// revision recorded by reference is read again.
 pub async fn read_config_map(
     client: &Client,
     sources: &Sources,
     cm: &ConfigMapBytecode,
+    program: &BpfProgram,
 ) -> Result<bytes::Bytes, SpecProblem> {
-    sources.check(client, &cm.namespace).await?;
+    sources.check_for(client, &cm.namespace, program).await?;
     let found = get_config_map(client, cm).await?;
     from_config_map(&found, &cm.key, &config_map_at(cm))
 }

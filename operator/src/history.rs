@@ -422,7 +422,7 @@ impl Kept {
                     })?)
                 }
                 (None, None, Some(cm), _) => {
-                    Some(self.read_again(revision, cm, data.digest.as_deref()).await.map_err(ForNow)?)
+                    Some(self.read_again(p, revision, cm, data.digest.as_deref()).await.map_err(ForNow)?)
                 }
                 _ => None,
             };
@@ -448,13 +448,14 @@ impl Kept {
     /// recorded (`recorded`: its digest).
     async fn read_again(
         &self,
+        p: &BpfProgram,
         revision: &str,
         cm: &crds::program::ConfigMapBytecode,
         recorded: Option<&str>,
     ) -> Result<bytes::Bytes, String> {
         let at = format!("ConfigMap {}/{} key {}", cm.namespace, cm.name, cm.key);
         let recorded = recorded.unwrap_or("no digest");
-        let bytes = crate::bytecode::read_config_map(&self.client, &self.sources, cm).await.map_err(|e| {
+        let bytes = crate::bytecode::read_config_map(&self.client, &self.sources, cm, p).await.map_err(|e| {
             format!(
                 "revision {revision} was recorded by reference to {at} ({recorded}), which cannot be read again: {}",
                 e.message
