@@ -39,7 +39,10 @@ pub const ANNOTATION_TENANT_GENERATION: &str = "bpfleet.dev/tenant-generation";
 /// Finalizer on a BpfNamespacedProgram: its mirror is removed before it goes.
 pub const TENANT_FINALIZER: &str = "bpfleet.dev/mirror";
 
-/// What a BpfNamespacedProgram says: a BpfProgram's spec, held to the rules above.
+/// What a BpfNamespacedProgram says: a BpfProgram's spec, held to this kind's rules:
+/// XDP and TC inside the pods of its own namespace only, bytecode from an image, inline,
+/// or a ConfigMap of its own namespace (no `path`, no `image.pullSecret`, no Prometheus
+/// gate).
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "bpfleet.dev",
@@ -58,7 +61,7 @@ pub const TENANT_FINALIZER: &str = "bpfleet.dev/mirror";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 pub struct BpfNamespacedProgramSpec {
-    /// As a BpfProgram's spec, within the rules of this kind.
+    /// As a BpfProgram's spec, within this kind's rules.
     #[serde(flatten)]
     pub program: BpfProgramSpec,
 }
