@@ -17,7 +17,6 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, ValidationRule,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -217,11 +216,6 @@ pub fn mirror_labels(namespace: &str, name: &str, uid: &str) -> std::collections
 /// The tenant a BpfProgram's labels say it mirrors: (namespace, uid).
 pub fn tenant_of(labels: &std::collections::BTreeMap<String, String>) -> Option<(&str, &str)> {
     Some((labels.get(LABEL_TENANT_NAMESPACE)?.as_str(), labels.get(LABEL_TENANT_UID)?.as_str()))
-}
-
-/// Whether a selector is the empty one (every node).
-pub fn selects_everything(s: &LabelSelector) -> bool {
-    s.match_labels.as_ref().is_none_or(|m| m.is_empty()) && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
 }
 
 #[cfg(test)]

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use crds::reason::Reason;
 use crds::tenant::{
-    ANNOTATION_TENANT, ANNOTATION_TENANT_GENERATION, LABEL_TENANT_NAMESPACE, LABEL_TENANT_UID, TENANT_FINALIZER,
-    mirror_labels, mirror_name, tenant_problems,
+    ANNOTATION_TENANT, ANNOTATION_TENANT_GENERATION, LABEL_TENANT_UID, TENANT_FINALIZER, mirror_labels, mirror_name,
+    tenant_problems,
 };
 use crds::{BpfNamespacedProgram, BpfProgram, BpfProgramStatus};
 use futures::StreamExt;
@@ -221,11 +221,6 @@ async fn set_status(
     whole.metadata.managed_fields = None;
     api.replace_status(&t.name_any(), &PostParams::default(), &whole).await?;
     Ok(())
-}
-
-/// Whether a BpfProgram runs some tenant's program (and so belongs to no user).
-pub fn is_mirror(p: &BpfProgram) -> bool {
-    p.labels().contains_key(LABEL_TENANT_NAMESPACE)
 }
 
 #[cfg(test)]

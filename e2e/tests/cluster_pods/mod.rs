@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use e2e::installed::{IMAGE_REPO, Installed, NAMESPACE};
 use e2e::kernel::{link_exists, parse_net_show, read_counter, read_keyed_counter};
 use e2e::util::{repo_root, sh, wait_for};
+
+use super::map_pin;
 use serde_json::Value;
 
 /// The namespace whose pods the programs attach in (the chart's `podTargets.namespaces`).
@@ -100,12 +102,6 @@ fn netns_of(ip: &str) -> PathBuf {
 fn xdp_inside(netns: &Path) -> Vec<u64> {
     let out = sh(&format!("nsenter --net={} bpftool -j net show dev eth0", netns.display())).unwrap();
     parse_net_show(&out).unwrap().into_iter().map(|a| a.id).collect()
-}
-
-fn map_pin(c: &Installed, node: &str, program: &str, map: &str) -> PathBuf {
-    let p = c.node_program(node, program).unwrap().unwrap();
-    let pin = p["maps"].as_array().into_iter().flatten().find(|m| m["name"] == map).map(|m| m["pinPath"].clone());
-    PathBuf::from(pin.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| panic!("{program}: no map {map}")))
 }
 
 fn program_id(c: &Installed, node: &str, program: &str) -> u64 {
