@@ -99,15 +99,12 @@ impl PodResolver {
 
     /// The ids of the containers running on this node now (one call).
     pub async fn running_containers(&self) -> Result<BTreeSet<String>, AgentError> {
-        let cri = self
-            .client()
-            .await
-            .map_err(|e| AgentError::new(Reason::AttachFailed, format!("cannot ask which containers run: {e}")))?;
-        let ids = cri
-            .running_container_ids()
-            .await
-            .map_err(|e| AgentError::new(Reason::AttachFailed, format!("cannot ask which containers run: {e}")))?;
-        Ok(ids.into_iter().collect())
+        let ids = match self.client().await {
+            Ok(cri) => cri.running_container_ids().await,
+            Err(e) => Err(e),
+        };
+        ids.map(|ids| ids.into_iter().collect())
+            .map_err(|e| AgentError::new(Reason::AttachFailed, format!("cannot ask which containers run: {e}")))
     }
 
     async fn client(&self) -> Result<Cri, cri::CriError> {
