@@ -7,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod history;
 pub mod limits;
+pub mod mapread;
 pub mod names;
 pub mod node;
 pub mod pins;

@@ -56,6 +56,41 @@ pub enum Command {
         #[arg(long)]
         wide: bool,
     },
+    /// The entries of PROGRAM's maps on its nodes, decoded with each map's BTF.
+    ///
+    /// Struct fields by name, enums by their names, per-CPU values per CPU (or summed with
+    /// --sum); maps without BTF as hex bytes, with a note. Read-only and bounded (entries,
+    /// bytes and time per node: a cut answer says so). Goes through the API server to the
+    /// operator with a short-lived token of --service-account, which needs `get` on
+    /// bpfprograms/maps (docs/maps.md): you need create on that account's
+    /// serviceaccounts/token and get on the operator's services/proxy.
+    Maps {
+        /// The BpfProgram's name (a BpfNamespacedProgram's is NAMESPACE.NAME).
+        program: String,
+        /// One map by its name in the ELF object (default: every map of the program).
+        map: Option<String>,
+        /// Read on this node (default: the only node that runs the program).
+        #[arg(long, conflicts_with = "all_nodes")]
+        node: Option<String>,
+        /// Read on every node that runs the program.
+        #[arg(long)]
+        all_nodes: bool,
+        /// Sum per-CPU values (field by field) instead of one per CPU.
+        #[arg(long)]
+        sum: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: crate::maps::Format,
+        /// Most entries per map (the agent's default: 10000; at most 100000).
+        #[arg(long, default_value_t = 0, hide_default_value = true)]
+        max_entries: u32,
+        /// The service account whose token is sent, NAMESPACE/NAME.
+        #[arg(long, default_value = "bpfleet-system/bpfleet-map-reader")]
+        service_account: String,
+        /// The operator's map service in --namespace, NAME:PORT.
+        #[arg(long, default_value = "bpfleet-operator-maps:maps")]
+        operator_service: String,
+    },
     /// Bytecode images: build from an ELF object, push, sign, verify, inspect.
     ///
     /// Talks to the registry only (never to the cluster): no Docker or cosign needed.

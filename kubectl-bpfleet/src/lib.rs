@@ -10,6 +10,7 @@ pub mod actions;
 pub mod cli;
 pub mod history;
 pub mod image;
+pub mod maps;
 pub mod nodes;
 pub mod output;
 pub mod status;
@@ -82,6 +83,35 @@ pub async fn run(cli: Cli, client: Client, out: &mut dyn Write) -> anyhow::Resul
         Command::Rollout(Rollout::Abort { name }) => act(programs, &name, Action::Abort, out).await?,
         Command::Rollout(Rollout::Retry { name }) => act(programs, &name, Action::Retry, out).await?,
         Command::Nodes { program, wide } => nodes::run(client, &program, wide, out).await?,
+        Command::Maps {
+            program,
+            map,
+            node,
+            all_nodes,
+            sum,
+            output,
+            max_entries,
+            service_account,
+            operator_service,
+        } => {
+            let query = crds::mapread::MapsQuery {
+                program,
+                node: node.unwrap_or_default(),
+                all_nodes,
+                map: map.unwrap_or_default(),
+                max_entries,
+                timeout_ms: 0,
+            };
+            let args = maps::Args {
+                query,
+                sum,
+                format: output,
+                service_account,
+                service: operator_service,
+                namespace: cli.namespace.clone(),
+            };
+            maps::run(client, &args, out).await?
+        }
         Command::Image(cmd) => return image::run(*cmd, out).await,
     }
     Ok(Exit::Ok)

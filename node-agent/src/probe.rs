@@ -7,7 +7,7 @@
 //! A value is the entry's first 8 bytes (fewer for a smaller value), little-endian,
 //! summed over CPUs for a per-CPU map: a counter as a program keeps one.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use aya::maps::{MapInfo, MapType};
@@ -161,14 +161,14 @@ fn read_entry(record: &OwnerRecord, read: &MapRead, cpus: &Result<usize, String>
     let cpus = if shape.kind.per_cpu { cpus.clone()? } else { 1 };
     let fd = info.fd().map_err(|e| format!("map {name:?} cannot be opened: {e}"))?;
     let mut value = vec![0u8; shape.value_len(cpus)];
-    match lookup(fd.as_fd(), &key, &mut value) {
+    match crate::maps::dump::lookup(fd.as_fd(), &key, &mut value) {
         Ok(true) => Ok(shape.sum(&value)),
         Ok(false) => Err(shape.no_entry(name, read.key)),
         Err(e) => Err(format!("reading map {name:?} at key {} failed: {e}", read.key)),
     }
 }
 
-fn no_such_map(record: &OwnerRecord, name: &str) -> String {
+pub(crate) fn no_such_map(record: &OwnerRecord, name: &str) -> String {
     let names: Vec<&str> = record.maps.iter().map(|m| m.name.as_str()).collect();
     let listed = match names.len() {
         0 => "it has no pinned maps".to_string(),
@@ -267,23 +267,6 @@ impl Shape {
         }
         format!("map {name:?} has no entry at key {key}")
     }
-}
-
-const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
-
-/// BPF_MAP_LOOKUP_ELEM: fill `value` with the entry at `key`; false when there is none.
-/// `key` and `value` must be the sizes the map's shape gives (`key_bytes`, `value_len`).
-fn lookup(map: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> std::io::Result<bool> {
-    // union bpf_attr for map element calls: map_fd (u32, padded), key, value, flags.
-    let attr: [u64; 4] = [u64::from(map.as_raw_fd() as u32), key.as_ptr() as u64, value.as_mut_ptr() as u64, 0];
-    // SAFETY: `key` is readable and `value` writable for the sizes the map declares (the
-    // caller sized them from this map's own info); both outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_ELEM, attr.as_ptr(), std::mem::size_of_val(&attr)) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOENT) { Ok(false) } else { Err(e) };
-    }
-    Ok(true)
 }
 
 #[cfg(test)]

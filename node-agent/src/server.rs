@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::error::{AgentError, Reason};
 use crate::fence::EpochFence;
 use crate::manager::{ApplyInput, Change, ChangeKind, Manager};
+use crate::maps::dump;
 use crate::pods::{PodInput, check_pods};
 use crate::probe::{self, Reading};
 use crate::request::{check_digest, checked_map_policies, invalid, read_bytecode_file};
@@ -255,6 +256,28 @@ impl Agent for AgentService {
         Ok(Response::new(reading_to_wire(reading, self.node_name())))
     }
 
+    async fn read_maps(&self, req: Request<v1::ReadMapsRequest>) -> Result<Response<v1::ReadMapsResponse>, Status> {
+        let req = req.into_inner();
+        self.check_node(&req.node_name, "ReadMaps")?;
+        let mut input = dump::check(&req.owner_uid, &req.map, req.max_entries, req.max_bytes, req.timeout_ms)?;
+        let manager = Arc::clone(&self.manager);
+        // Bounded kernel walks (entries, bytes, time): off the async workers.
+        let read = tokio::task::spawn_blocking(move || {
+            let Some(record) = manager.record_of(input.uid.as_str()) else { return Ok((String::new(), Vec::new())) };
+            let dumps = dump::read_record(&record, input.map.as_ref(), &mut input.budget)?;
+            Ok::<_, AgentError>((record.revision, dumps))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("ReadMaps failed: {e}")))?;
+        self.count("ReadMaps", read.as_ref().err());
+        let (revision, dumps) = read?;
+        Ok(Response::new(v1::ReadMapsResponse {
+            node_name: self.node_name().to_owned(),
+            revision,
+            maps: dumps.into_iter().map(dump_to_wire).collect(),
+        }))
+    }
+
     async fn watch(&self, req: Request<v1::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         self.check_node(&req.get_ref().node_name, "Watch")?;
         let node_name = self.node_name().to_owned();
@@ -293,6 +316,31 @@ fn change_to_wire(c: &Change, node_name: &str) -> v1::WatchEvent {
         state: Some(proto::status_to_wire(&c.state)),
         reason: c.reason.clone(),
         node_name: node_name.to_owned(),
+    }
+}
+
+/// A map's entries as the wire carries them.
+fn dump_to_wire(d: dump::Dump) -> v1::MapDump {
+    v1::MapDump {
+        name: d.name,
+        map_type: d.kernel.map_type,
+        type_name: d.type_name,
+        map_id: d.kernel.id,
+        key_size: d.kernel.key_size,
+        value_size: d.kernel.value_size,
+        max_entries: d.kernel.max_entries,
+        values_per_entry: d.values_per_entry,
+        btf: d.btf.into(),
+        btf_key_type_id: d.kernel.btf_key_type_id,
+        btf_value_type_id: d.kernel.btf_value_type_id,
+        btf_note: d.btf_note,
+        entries: d
+            .entries
+            .into_iter()
+            .map(|e| v1::MapEntry { key: e.key.into(), values: e.values.into_iter().map(Into::into).collect() })
+            .collect(),
+        truncated: d.truncated,
+        error: d.error,
     }
 }
 

@@ -5,7 +5,6 @@
 //! replica serves it, leader or not: the API server calls whichever answers. No policy
 //! object (or not read yet) refuses every write, as the policy's binding does.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -23,15 +22,11 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// Where the API server posts BpfProgram reviews (the chart's webhook `path`).
 pub const PATH: &str = "/validate-bpfprogram";
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HANDSHAKES: usize = 64;
 
 /// The policy as last seen: `None` until read, and while the object does not exist.
 #[derive(Clone, Default)]
@@ -187,7 +182,7 @@ pub async fn serve(addr: SocketAddr, tls: WebhookTls, view: PolicyView) -> anyho
         }
     });
     let app = axum::Router::new().route(PATH, post(handle)).with_state(view);
-    axum::serve(TlsListener::new(tcp, acceptor), app).await?;
+    axum::serve(crate::https::TlsListener::new(tcp, acceptor), app).await?;
     Ok(())
 }
 
@@ -200,64 +195,6 @@ async fn handle(State(view): State<PolicyView>, body: axum::body::Bytes) -> axum
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(error) => (StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {error}")).into_response(),
-    }
-}
-
-/// Accepts TCP connections and hands out those whose TLS handshake completed in time;
-/// handshakes run concurrently, so a silent client holds up nobody.
-struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, acceptor: Arc<RwLock<TlsAcceptor>>) -> Self {
-        let local = tcp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, ready) = mpsc::channel(MAX_HANDSHAKES);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::debug!(%error, "webhook accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "webhook TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "webhook TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Self { ready, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task ended (it never does while the runtime runs): wait forever.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

@@ -406,6 +406,35 @@ impl AgentPool {
         })
     }
 
+    /// The entries of owner `uid`'s maps on `node` (one map when `map` is not empty),
+    /// within the agent's bounds and `max_bytes`. Read-only; the answer may be larger than
+    /// the other calls' (up to the bytes asked).
+    pub async fn read_maps(
+        &self,
+        node: &NodeAddr,
+        uid: &str,
+        map: &str,
+        max_entries: u32,
+        max_bytes: u32,
+        timeout_ms: u32,
+    ) -> Result<v1::ReadMapsResponse, DispatchError> {
+        let req = v1::ReadMapsRequest {
+            owner_uid: uid.to_string(),
+            map: map.to_string(),
+            max_entries,
+            max_bytes,
+            timeout_ms,
+            node_name: node.name.clone(),
+        };
+        // Room for the bytes asked plus the framing of every entry.
+        let limit = (max_bytes as usize).saturating_mul(2).max(MAX_ANSWER_BYTES);
+        let resp =
+            self.call(node, move |c| async move { c.max_decoding_message_size(limit).read_maps(req).await }).await?;
+        let check = answers::same_node(&node.name, &resp.node_name, false);
+        self.refuse_answer(node, check)?;
+        Ok(resp)
+    }
+
     /// Every owner the agent of `node` manages (all pages, in one answer).
     pub async fn list(&self, node: &NodeAddr) -> Result<AgentList, DispatchError> {
         // With no known digest the answer is always in full.

@@ -112,6 +112,11 @@ struct Args {
     /// Seconds to resolve, pull or verify one image, as a whole.
     #[arg(long, default_value_t = operator::image::DEFAULT_IMAGE_DEADLINE.as_secs())]
     image_deadline_seconds: u64,
+    /// Serve map reads for `kubectl bpfleet maps` here (HTTPS with a certificate made at
+    /// start; callers reach it through the API server's service proxy and present a token
+    /// checked by TokenReview and SubjectAccessReview). Off when not given.
+    #[arg(long)]
+    maps_listen: Option<SocketAddr>,
     /// Serve the BpfProgram validating webhook (HTTPS, path /validate-bpfprogram) here,
     /// enforcing the BpfAdmissionPolicy `default`; for clusters without
     /// ValidatingAdmissionPolicy. Needs --webhook-tls-cert and --webhook-tls-key.
@@ -211,6 +216,16 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(async move {
             if let Err(e) = metrics::serve(listener, app).await {
                 tracing::error!(error = %e, "metrics/health server stopped");
+            }
+        });
+    }
+
+    if let Some(addr) = args.maps_listen {
+        let reads = operator::maps::MapReads { client: client.clone(), pool: pool.clone() };
+        tokio::spawn(async move {
+            if let Err(error) = operator::maps::serve(addr, reads).await {
+                tracing::error!(error = %format!("{error:#}"), "map reads stopped");
+                std::process::exit(1);
             }
         });
     }

@@ -57,6 +57,10 @@ impl Agent for FakeAgent {
         Err(Status::unimplemented("this fake agent has no health gates"))
     }
 
+    async fn read_maps(&self, _req: Request<v1::ReadMapsRequest>) -> Result<Response<v1::ReadMapsResponse>, Status> {
+        Err(Status::unimplemented("this fake agent has no maps"))
+    }
+
     async fn apply(&self, req: Request<v1::ApplyRequest>) -> Result<Response<v1::ApplyResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.mutations.fetch_add(1, Ordering::SeqCst);

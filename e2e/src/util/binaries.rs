@@ -21,6 +21,8 @@ pub fn repo_root() -> PathBuf {
 pub struct Binaries {
     pub agent: PathBuf,
     pub operator: PathBuf,
+    /// `kubectl-bpfleet`, the kubectl plugin.
+    pub plugin: PathBuf,
 }
 
 /// `bpfleet-agent-test` (the agent with its fault hooks armed: the apply gate is
@@ -35,7 +37,8 @@ pub fn binaries() -> &'static Binaries {
 fn build_binaries() -> anyhow::Result<Binaries> {
     let given = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
     if let (Some(agent), Some(operator)) = (given("BPFLEET_E2E_AGENT_BIN"), given("BPFLEET_E2E_OPERATOR_BIN")) {
-        return Ok(Binaries { agent, operator });
+        let plugin = given("BPFLEET_E2E_PLUGIN_BIN").unwrap_or_else(|| operator.with_file_name("kubectl-bpfleet"));
+        return Ok(Binaries { agent, operator, plugin });
     }
     // The test executable lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().context("no current executable")?;
@@ -47,11 +50,13 @@ fn build_binaries() -> anyhow::Result<Binaries> {
     let target_dir = profile_dir.parent().map(Path::to_path_buf).context("no target directory")?;
     let release = profile_dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    // Two builds: the agent's test binary (it requires the test-support feature), the
-    // operator as released.
-    for (package, bin, features) in
-        [("node-agent", TEST_AGENT_BIN, Some("test-support")), ("operator", "bpfleet-operator", None)]
-    {
+    // Three builds: the agent's test binary (it requires the test-support feature), the
+    // operator and the plugin as released.
+    for (package, bin, features) in [
+        ("node-agent", TEST_AGENT_BIN, Some("test-support")),
+        ("operator", "bpfleet-operator", None),
+        ("kubectl-bpfleet", "kubectl-bpfleet", None),
+    ] {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(repo_root())
             .args(["build", "--quiet", "-p", package, "--bin", bin])
@@ -68,8 +73,12 @@ fn build_binaries() -> anyhow::Result<Binaries> {
             bail!("cargo build of {bin} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    let bins = Binaries { agent: profile_dir.join(TEST_AGENT_BIN), operator: profile_dir.join("bpfleet-operator") };
-    for b in [&bins.agent, &bins.operator] {
+    let bins = Binaries {
+        agent: profile_dir.join(TEST_AGENT_BIN),
+        operator: profile_dir.join("bpfleet-operator"),
+        plugin: profile_dir.join("kubectl-bpfleet"),
+    };
+    for b in [&bins.agent, &bins.operator, &bins.plugin] {
         if !b.exists() {
             bail!("cargo build succeeded but {} does not exist", b.display());
         }

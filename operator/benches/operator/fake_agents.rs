@@ -102,6 +102,13 @@ impl Agent for FakeAgent {
         Err(Status::unimplemented("this fake agent has no health gates"))
     }
 
+    async fn read_maps(
+        &self,
+        _req: GrpcRequest<v1::ReadMapsRequest>,
+    ) -> Result<GrpcResponse<v1::ReadMapsResponse>, Status> {
+        Err(Status::unimplemented("this fake agent has no maps"))
+    }
+
     async fn apply(&self, req: GrpcRequest<v1::ApplyRequest>) -> Result<GrpcResponse<v1::ApplyResponse>, Status> {
         self.counters.applies.fetch_add(1, Ordering::Relaxed);
         let req = req.into_inner();

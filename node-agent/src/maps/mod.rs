@@ -56,3 +56,6 @@ pub fn promote_staged(layout: &PinLayout, owner: &OwnerUid, revision: &Revision)
     std::fs::remove_dir(&staging)?;
     Ok(moved)
 }
+
+pub mod dump;
+pub mod info;

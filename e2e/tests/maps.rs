@@ -1,0 +1,295 @@
+//! Maps for people, end to end: a real API server, the operator, a process-mode node and
+//! the real `kubectl bpfleet` binary. `maps` goes the way it goes in a cluster: a token
+//! minted by the API server for the map-reader service account, the API server's service
+//! proxy to the operator's map endpoint (a Service whose Endpoints name an address on a
+//! veth of this machine), the agent's ReadMaps. What it prints is checked
+//! against `bpftool map dump` of the same pins (bpftool formats with the same BTF).
+//!
+//! Run: see scenarios.rs. Without KUBECONFIG each scenario prints one SKIP line.
+
+use std::path::Path;
+use std::process::Command;
+
+use e2e::env::{Env, map_pin};
+use e2e::util::{binaries, sh};
+use serde_json::Value;
+
+/// The operator's map endpoint listens here: an address of this machine the API server
+/// can be sent to (Endpoints refuse loopback).
+const MAPS_IP: &str = "10.254.254.1";
+const MAPS_LINK: &str = "bpfleet-maps";
+const OBJECT: &str = "xdp_flows.o";
+
+/// A veth pair of the root namespace, one end carrying [`MAPS_IP`] (this kernel has no
+/// dummy interfaces), removed when dropped.
+struct MapsAddress;
+
+impl MapsAddress {
+    fn add() -> Self {
+        sh(&format!(
+            "ip link del {MAPS_LINK} 2>/dev/null; ip link add {MAPS_LINK} type veth peer name {MAPS_LINK}p && \
+             ip addr add {MAPS_IP}/32 dev {MAPS_LINK} && ip link set {MAPS_LINK} up && ip link set {MAPS_LINK}p up"
+        ))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        MapsAddress
+    }
+}
+
+impl Drop for MapsAddress {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip link del {MAPS_LINK} 2>/dev/null"));
+    }
+}
+
+/// Cluster-scoped RBAC of this run, deleted when dropped.
+struct Rbac {
+    run: String,
+}
+
+impl Drop for Rbac {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "kubectl delete clusterrole,clusterrolebinding -l e2e.bpfleet.dev/maps-run={} --ignore-not-found >/dev/null",
+            self.run
+        ));
+    }
+}
+
+/// The Service and Endpoints of the map endpoint, the reader account with its right, and
+/// an account without it.
+fn install_reader(namespace: &str, run: &str, port: u16) -> Rbac {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: bpfleet-operator-maps, namespace: {namespace}}}
+spec: {{ports: [{{name: maps, port: 8443, targetPort: {port}}}]}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: default, namespace: {namespace}}}
+---
+# The API server proxies only to pod addresses: a pod object (never run) whose status
+# carries the operator's address stands in for the operator's pod.
+apiVersion: v1
+kind: Pod
+metadata: {{name: operator-standin, namespace: {namespace}}}
+spec: {{nodeName: no-such-node, automountServiceAccountToken: false, containers: [{{name: c, image: none}}]}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: bpfleet-map-reader, namespace: {namespace}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: stranger, namespace: {namespace}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: e2e-{run}-map-reader, labels: {{e2e.bpfleet.dev/maps-run: "{run}"}}}}
+rules: [{{apiGroups: [bpfleet.dev], resources: [bpfprograms/maps], verbs: [get]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: e2e-{run}-map-reader, labels: {{e2e.bpfleet.dev/maps-run: "{run}"}}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-{run}-map-reader}}
+subjects: [{{kind: ServiceAccount, name: bpfleet-map-reader, namespace: {namespace}}}]
+"#
+    );
+    let file = std::env::temp_dir().join(format!("bpfleet-e2e-maps-{run}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    sh(&format!("kubectl apply -f {} >/dev/null", file.display())).unwrap_or_else(|e| panic!("{e:#}"));
+    let status = format!(r#"{{"status":{{"podIP":"{MAPS_IP}","podIPs":[{{"ip":"{MAPS_IP}"}}]}}}}"#);
+    sh(&format!(
+        "kubectl patch pod operator-standin -n {namespace} --subresource=status --type=merge -p '{status}' >/dev/null"
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let endpoints = format!(
+        r#"
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: bpfleet-operator-maps, namespace: {namespace}}}
+subsets:
+  - addresses: [{{ip: {MAPS_IP}, targetRef: {{kind: Pod, name: operator-standin, namespace: {namespace}}}}}]
+    ports: [{{name: maps, port: {port}}}]
+"#
+    );
+    std::fs::write(&file, endpoints).unwrap();
+    sh(&format!("kubectl apply -f {} >/dev/null", file.display())).unwrap_or_else(|e| panic!("{e:#}"));
+    Rbac { run: run.to_string() }
+}
+
+/// `kubectl bpfleet maps ARGS…` as (exit success, stdout, stderr).
+fn plugin(namespace: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(&binaries().plugin)
+        .arg("maps")
+        .args(args)
+        .args(["--namespace", namespace])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", binaries().plugin.display()));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// bpftool's BTF-formatted dump of the map at `pin`: (key, value) pairs, per-CPU values
+/// as a list.
+fn bpftool_formatted(pin: &Path) -> Vec<(Value, Value)> {
+    let out = sh(&format!("bpftool -j map dump pinned {}", pin.display())).unwrap_or_else(|e| panic!("{e:#}"));
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let f = &e["formatted"];
+            let value = match f.get("values") {
+                Some(per_cpu) => Value::Array(per_cpu.as_array().unwrap().iter().map(|c| c["value"].clone()).collect()),
+                None => f["value"].clone(),
+            };
+            (f["key"].clone(), value)
+        })
+        .collect()
+}
+
+/// The plugin's entries of one map: (key, value or per-CPU values).
+fn printed(answer: &Value, map: &str) -> Vec<(Value, Value)> {
+    let m = answer[0]["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == map)
+        .unwrap_or_else(|| panic!("no {map} in {answer}"));
+    m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["key"].clone(), e.get("value").cloned().unwrap_or_else(|| e["values"].clone())))
+        .collect()
+}
+
+fn sorted(mut v: Vec<(Value, Value)>) -> Vec<(Value, Value)> {
+    v.sort_by_key(|(k, _)| k.to_string());
+    v
+}
+
+/// Every number of `earlier` is at most its counterpart in `later` (same shape).
+fn not_above(earlier: &Value, later: &Value) -> bool {
+    match (earlier, later) {
+        (Value::Number(a), Value::Number(b)) => a.as_u64() <= b.as_u64(),
+        (Value::Object(a), Value::Object(b)) => a.iter().all(|(k, v)| b.get(k).is_some_and(|w| not_above(v, w))),
+        (Value::Array(a), Value::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(v, w)| not_above(v, w)),
+        (a, b) => a == b,
+    }
+}
+
+/// The plugin's entries against bpftool's, read after it: the same keys, decoded alike,
+/// and values that only grew since (the operator's own gRPC traffic to the agent crosses
+/// the interface the program counts); entries of `quiet` keys, which nothing sent to
+/// since, exactly equal.
+fn same_as_kernel(
+    name: &str,
+    printed: Vec<(Value, Value)>,
+    kernel: Vec<(Value, Value)>,
+    quiet: impl Fn(&Value) -> bool,
+) {
+    let (printed, kernel) = (sorted(printed), sorted(kernel));
+    let keys = |v: &[(Value, Value)]| v.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&printed), keys(&kernel), "{name}: the keys bpftool decodes");
+    for ((key, ours), (_, theirs)) in printed.iter().zip(&kernel) {
+        if quiet(key) {
+            assert_eq!(ours, theirs, "{name}[{key}]");
+        } else {
+            assert!(not_above(ours, theirs), "{name}[{key}]: printed {ours}, bpftool later {theirs}");
+        }
+    }
+}
+
+/// `kubectl bpfleet maps` prints a struct-keyed hash map and a per-CPU array keyed by an
+/// enum as bpftool formats them from the kernel (fields and enumerators by name, values per
+/// CPU or summed); the packets counted are the pings sent. Every refusal says what to fix:
+/// an account without `get bpfprograms/maps`, a token for another audience, a node that
+/// does not run the program, a map the program does not have.
+#[test]
+fn kubectl_bpfleet_maps_prints_what_bpftool_reads_and_refuses_with_reasons() {
+    const TEST: &str = "kubectl_bpfleet_maps_prints_what_bpftool_reads_and_refuses_with_reasons";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    let _address = MapsAddress::add();
+    let port = agent::testing::free_port();
+    let mut env = Env::start_with(TEST, &kubeconfig, |_| vec!["--maps-listen".into(), format!("{MAPS_IP}:{port}")]);
+    let ns = env.cluster.namespace.clone();
+    let _rbac = install_reader(&ns, &env.cluster.run.clone(), port);
+    let node = env.add_node(&[("e2e.bpfleet.dev/role", "flows")]);
+    let cm = env.bytecode_configmap("flows", &[OBJECT]);
+    let spec = env.xdp_spec(
+        env.selector(&[("e2e.bpfleet.dev/role", "flows")]),
+        env.configmap_bytecode(&cm, OBJECT),
+        "count_flows",
+        &["eth0"],
+    );
+    let name = env.create_program("flows", spec);
+    env.wait_ready(&name, 1);
+    eprintln!("{TEST}: Ready");
+    let uid = env.uid(&name);
+    let entry =
+        env.wait_node_runs(node, &uid, &env.program(&name).status.unwrap().rollout.unwrap().update_revision.unwrap());
+    eprintln!("{TEST}: BpfNode reports it");
+    env.node(node).ping(25);
+    let reader = format!("{ns}/bpfleet-map-reader");
+
+    // JSON, per CPU: the same entries bpftool formats from the kernel.
+    let (ok, out, err) = plugin(&ns, &[&name, "--service-account", &reader, "-o", "json"]);
+    assert!(ok, "{err}\n{out}");
+    let answer: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    assert_eq!(answer[0]["node"], env.node(node).name.as_str(), "{answer}");
+    let flows = printed(&answer, "flows");
+    same_as_kernel("flows", flows.clone(), bpftool_formatted(&map_pin(&entry, "flows")), |k| k["proto"] == 1);
+    let icmp = flows.iter().find(|(k, _)| k["proto"] == 1).unwrap_or_else(|| panic!("no ICMP flow: {flows:?}"));
+    assert_eq!(
+        icmp.0["daddr"],
+        u32::from_ne_bytes(env.node(node).ip.octets()),
+        "the destination is the node: {icmp:?}"
+    );
+    assert!(icmp.1["packets"].as_u64().unwrap() >= 25, "25 pings counted: {icmp:?}");
+    let by_kind = printed(&answer, "by_kind");
+    let kernel_by_kind = bpftool_formatted(&map_pin(&entry, "by_kind"));
+    same_as_kernel("by_kind", by_kind.clone(), kernel_by_kind, |k| k == "KIND_ICMP");
+    let kinds: Vec<&Value> = by_kind.iter().map(|(k, _)| k).collect();
+    assert!(kinds.iter().any(|k| *k == "KIND_ICMP"), "enum keys by name: {kinds:?}");
+
+    // Summed: one value per key, the sum over CPUs.
+    let (ok, out, err) = plugin(&ns, &[&name, "by_kind", "--sum", "--service-account", &reader, "-o", "json"]);
+    assert!(ok, "{err}");
+    let summed: Value = serde_json::from_str(&out).unwrap();
+    let icmp_sum = printed(&summed, "by_kind").into_iter().find(|(k, _)| k == "KIND_ICMP").unwrap().1;
+    let per_cpu = by_kind.iter().find(|(k, _)| k == "KIND_ICMP").unwrap().1.as_array().unwrap().clone();
+    let total: u64 = per_cpu.iter().map(|v| v["packets"].as_u64().unwrap()).sum();
+    assert!(icmp_sum["packets"].as_u64().unwrap() >= total && total >= 25, "{icmp_sum} vs {per_cpu:?}");
+    assert_eq!(summed[0]["maps"].as_array().unwrap().len(), 1, "one map asked, one map read");
+
+    // The table names types and fields.
+    let (ok, table, err) = plugin(&ns, &[&name, "--service-account", &reader]);
+    assert!(ok, "{err}");
+    eprintln!("{TEST}: the table:\n{table}");
+    assert!(table.contains("MAP flows (Hash, key struct flow_key, value struct flow_stats"), "{table}");
+    assert!(table.contains("KIND_ICMP") && table.contains("\"packets\":"), "{table}");
+
+    // Refusals.
+    let (ok, _, err) = plugin(&ns, &[&name, "--service-account", &format!("{ns}/stranger")]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("may not read the maps of BpfProgram {name}: grant it get on bpfprograms/maps")),
+        "{err}"
+    );
+    let (ok, _, err) = plugin(&ns, &[&name, "--node", "elsewhere", "--service-account", &reader]);
+    assert!(!ok);
+    assert!(err.contains(&format!("does not run on node elsewhere (it runs on: {})", env.node(node).name)), "{err}");
+    let (ok, out, err) = plugin(&ns, &[&name, "nope", "--service-account", &reader, "-o", "json"]);
+    assert!(!ok && err.contains("1 of 1 nodes could not be read"), "{err}");
+    assert!(out.contains(r#"has no map \"nope\" (its maps: "#) && out.contains("flows"), "{out}");
+    // A token for the API server's own audience is not one for map reads.
+    let token = sh(&format!("kubectl create token bpfleet-map-reader -n {ns}")).unwrap_or_else(|e| panic!("{e:#}"));
+    let refused = sh(&format!(
+        "curl -sk -w ' %{{http_code}}' -H 'x-bpfleet-token: {}' 'https://{MAPS_IP}:{port}/v1/maps?program={name}'",
+        token.trim()
+    ))
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(refused.ends_with(" 401") && refused.contains("not accepted for audience bpfleet.dev/maps"), "{refused}");
+}
