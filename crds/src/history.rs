@@ -40,6 +40,9 @@ pub struct RevisionData {
     pub global_data: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maps: Vec<MapPolicy>,
+    /// spec.metrics of the revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<crate::metrics::MetricSpec>,
 }
 
 /// The ControllerRevision's name: `<program>-<revision>`, the program name cut so the

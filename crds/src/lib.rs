@@ -8,6 +8,7 @@ pub mod health;
 pub mod history;
 pub mod limits;
 pub mod mapread;
+pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod pins;

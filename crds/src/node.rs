@@ -129,6 +129,12 @@ pub struct NodeProgramStatus {
     /// Of those, pods where it is not (fully) attached.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pods_failed: i32,
+    /// `spec.metrics` this node's agent could not export whole at its last scrape, each
+    /// with why: more series than its `--max-metric-series-per-program` (then that many
+    /// are exported), or a map it could not read. Empty when every series was exported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub metrics_limited: Vec<String>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -75,6 +75,15 @@ pub struct BpfProgramSpec {
     #[schemars(length(max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub maps: Vec<crate::rollout::MapPolicy>,
+
+    /// Maps the agent exports as Prometheus metrics on its `/metrics` (one series per map
+    /// entry, labelled `program` and by key fields; docs/maps.md). The number of series a
+    /// program exports per node is bounded by the agent's `--max-metric-series-per-program`;
+    /// a map with more entries exports that many and the BpfNode says so (`metricsLimited`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub metrics: Vec<crate::metrics::MetricSpec>,
 }
 
 /// Where the ELF bytecode comes from. Exactly one of `inline`, `configMap`, `path`, `image`.

@@ -86,6 +86,12 @@ impl Revision {
             h.update(b"\0maps\0");
             h.update(serde_json::to_vec(&spec.maps).unwrap_or_default());
         }
+        // What is exported is part of what runs: a new metric set is a new revision, rolled
+        // out like any other. Only when set, as above.
+        if !spec.metrics.is_empty() {
+            h.update(b"\0metrics\0");
+            h.update(serde_json::to_vec(&spec.metrics).unwrap_or_default());
+        }
         Revision(hex::encode(&h.finalize()[..Self::LEN / 2]))
     }
 

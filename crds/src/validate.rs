@@ -186,7 +186,8 @@ pub fn validate_spec(spec: &BpfProgramSpec) -> Result<ValidSpec, SpecErrors> {
 fn validate_rollout(spec: &BpfProgramSpec, errs: &mut Errors) {
     let rollout = spec.rollout.iter().flat_map(crate::rollout::validate);
     let history = crate::rollout::validate_history(spec.revision_history_limit, &spec.maps);
-    for (field, message) in rollout.chain(history) {
+    let metrics = crate::metrics::problems(&spec.metrics);
+    for (field, message) in rollout.chain(history).chain(metrics) {
         errs.push(field, message);
     }
 }

@@ -293,3 +293,87 @@ fn kubectl_bpfleet_maps_prints_what_bpftool_reads_and_refuses_with_reasons() {
     .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(refused.ends_with(" 401") && refused.contains("not accepted for audience bpfleet.dev/maps"), "{refused}");
 }
+
+/// `query` percent-encoded for a URL's query string.
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The value of an instant query's one result, from Prometheus's HTTP API.
+fn prometheus_value(prometheus: &e2e::prometheus::Prometheus, query: &str) -> Result<f64, String> {
+    let addr = prometheus.url().trim_start_matches("http://").parse().unwrap();
+    let body =
+        e2e::util::http_get(addr, &format!("/api/v1/query?query={}", encode(query))).map_err(|e| format!("{e:#}"))?;
+    let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+    let results = v["data"]["result"].as_array().cloned().unwrap_or_default();
+    match results.as_slice() {
+        [one] => one["value"][1].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| body.clone()),
+        _ => Err(format!("{} results: {body}", results.len())),
+    }
+}
+
+/// `spec.metrics` reach a real Prometheus (Debian's) scraping the agent: the pings sent
+/// through the node's veth are the counter the spec names, labelled by the flow's key
+/// fields, equal to what bpftool reads of the map; the per-CPU kinds are summed and
+/// labelled by enumerator name.
+#[test]
+fn spec_metrics_reach_a_real_prometheus_labelled_by_key_fields() {
+    const TEST: &str = "spec_metrics_reach_a_real_prometheus_labelled_by_key_fields";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    if !e2e::prometheus::Prometheus::installed() {
+        eprintln!("SKIP e2e {TEST}: prometheus is not installed (apt-get install prometheus)");
+        return;
+    }
+    let mut env = Env::start(TEST, &kubeconfig);
+    let node = env.add_node(&[("e2e.bpfleet.dev/role", "metrics")]);
+    let cm = env.bytecode_configmap("flows", &[OBJECT]);
+    let mut spec = env.xdp_spec(
+        env.selector(&[("e2e.bpfleet.dev/role", "metrics")]),
+        env.configmap_bytecode(&cm, OBJECT),
+        "count_flows",
+        &["eth0"],
+    );
+    spec["metrics"] = serde_json::json!([
+        {"name": "xdp_flow_packets_total", "help": "Packets per IPv4 flow.", "type": "Counter", "map": "flows",
+         "labels": [{"name": "proto", "field": "proto"}, {"name": "src", "field": "saddr"}, {"name": "dst", "field": "daddr"}],
+         "value": "packets"},
+        {"name": "xdp_kind_bytes", "help": "Bytes per kind of traffic.", "type": "Gauge", "map": "by_kind",
+         "labels": [{"name": "kind"}], "value": "bytes"},
+    ]);
+    let name = env.create_program("exported", spec);
+    env.wait_ready(&name, 1);
+    let uid = env.uid(&name);
+    let revision = env.program(&name).status.unwrap().rollout.unwrap().update_revision.unwrap();
+    let entry = env.wait_node_runs(node, &uid, &revision);
+    env.node(node).ping(30);
+    let prometheus = e2e::prometheus::Prometheus::start_on(
+        &env.workdir,
+        &[env.node(node).metrics_addr()],
+        agent::testing::free_port(),
+    );
+    let dst = u32::from_ne_bytes(env.node(node).ip.octets());
+    let query = format!("xdp_flow_packets_total{{program=\"{name}\",proto=\"1\",dst=\"{dst}\"}}");
+    let kernel = bpftool_formatted(&map_pin(&entry, "flows"))
+        .into_iter()
+        .find(|(k, _)| k["proto"] == 1)
+        .map(|(_, v)| v["packets"].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no ICMP flow in the kernel's map"));
+    assert!(kernel >= 30, "bpftool counts {kernel} ICMP packets");
+    let seen = e2e::util::wait_for(std::time::Duration::from_secs(30), "Prometheus has the ICMP flow", || {
+        prometheus_value(&prometheus, &query)
+            .and_then(|v| if v as u64 == kernel { Ok(v) } else { Err(format!("{v} != {kernel}")) })
+    });
+    eprintln!("{TEST}: {query} = {seen} (bpftool: {kernel})");
+    let bytes = e2e::util::wait_for(std::time::Duration::from_secs(30), "Prometheus has the ICMP bytes", || {
+        prometheus_value(&prometheus, &format!("xdp_kind_bytes{{program=\"{name}\",kind=\"KIND_ICMP\"}}"))
+    });
+    assert!(bytes >= 30.0 * 98.0, "30 pings of 98 bytes: {bytes}");
+    let limited = env.wait_node_runs(node, &uid, &revision).metrics_limited;
+    assert!(limited.is_empty(), "{limited:?}");
+}

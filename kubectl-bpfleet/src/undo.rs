@@ -1,5 +1,5 @@
 //! `rollout undo`: put the spec fields of an earlier revision (bytecode, programs,
-//! globalData, maps) back with one merge patch, without ever restoring a different
+//! globalData, maps, metrics) back with one merge patch, without ever restoring a different
 //! program than the one recorded.
 
 use std::io::Write;
@@ -141,8 +141,9 @@ pub fn undo_patch(
         Value::Object(m)
     };
     let maps = if data.maps.is_empty() { Value::Null } else { json!(data.maps) };
+    let metrics = if data.metrics.is_empty() { Value::Null } else { json!(data.metrics) };
     let mut patch = json!({
-        "spec": {"bytecode": source, "programs": data.programs, "globalData": global_data, "maps": maps}
+        "spec": {"bytecode": source, "programs": data.programs, "globalData": global_data, "maps": maps, "metrics": metrics}
     });
     if let Some(rv) = resource_version {
         patch["metadata"] = json!({"resourceVersion": rv});
@@ -158,6 +159,7 @@ pub fn expected_revision(current: &BpfProgramSpec, bytecode: &BytecodeSource, da
     spec.programs = data.programs.clone();
     spec.global_data = data.global_data.clone();
     spec.maps = data.maps.clone();
+    spec.metrics = data.metrics.clone();
     if let Some(p) = &bytecode.path {
         let digest = bytecode.digest.as_deref().and_then(Sha256Digest::parse);
         return Some(Revision::compute(&spec, BytecodeIdentity::Path(p, digest.as_ref())));

@@ -21,6 +21,7 @@ mod btf;
 mod decode;
 mod error;
 mod field;
+mod maps;
 mod parse;
 
 pub use btf::Btf;

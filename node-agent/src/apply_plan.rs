@@ -271,6 +271,7 @@ mod tests {
             maps: maps.iter().map(|m| MapRecord { name: m.to_string(), pin_path: pin(m) }).collect(),
             bytecode_digest: None,
             maps_recreated: vec![],
+            metrics: vec![],
             pods: vec![],
         }
     }

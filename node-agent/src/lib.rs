@@ -5,6 +5,7 @@ pub mod apply_plan;
 pub mod attach;
 pub mod elf;
 pub mod error;
+pub mod export;
 pub mod fault;
 pub mod fence;
 #[cfg(feature = "fuzz")]

@@ -87,6 +87,11 @@ struct Args {
     /// in containers find their binaries. k3s: /run/k3s/containerd.
     #[arg(long, env = "BPFLEET_CRI_STATE_DIR", default_value = agent::pods::resolve::DEFAULT_CRI_STATE_DIR)]
     cri_state_dir: PathBuf,
+    /// Most series the maps of one program export on /metrics (spec.metrics). A program
+    /// whose maps hold more entries exports this many, and its BpfNode entry says which
+    /// metric was cut (metricsLimited).
+    #[arg(long, default_value_t = agent::export::DEFAULT_MAX_SERIES)]
+    max_metric_series_per_program: usize,
     /// TC mechanism: auto (TCX when the kernel has it), tcx, or clsact.
     #[arg(long, value_enum, default_value_t = TcBackend::Auto)]
     tc_backend: TcBackend,
@@ -162,6 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tc_backend: args.tc_backend,
         cri_socket: args.cri_socket.clone(),
         cri_state_dir: args.cri_state_dir.clone(),
+        max_metric_series: args.max_metric_series_per_program,
     })?;
     let recovered = tokio::task::spawn_blocking({
         let m = Arc::clone(&manager);

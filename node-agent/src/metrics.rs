@@ -219,6 +219,8 @@ pub trait Scraped: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
     /// Records of everything running, rendered per program.
     fn records(&self) -> Vec<OwnerRecord>;
+    /// The families `spec.metrics` of `records` export (OpenMetrics lines, no `# EOF`).
+    fn export(&self, records: &[OwnerRecord]) -> String;
 }
 
 /// The probe: `/healthz`, which fails while the bpffs root is missing. Served on
@@ -243,12 +245,28 @@ pub fn metrics_routes<A: Scraped>(agent: Arc<A>) -> axum::Router {
         axum::routing::get(move || {
             let m = Arc::clone(&m);
             async move {
-                let body =
-                    tokio::task::spawn_blocking(move || m.metrics().render(&m.records())).await.unwrap_or_default();
+                let body = tokio::task::spawn_blocking(move || {
+                    let records = m.records();
+                    with_exported(m.metrics().render(&records), &m.export(&records))
+                })
+                .await
+                .unwrap_or_default();
                 ([(axum::http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], body)
             }
         }),
     )
+}
+
+/// The agent's own families with the exported ones before the closing `# EOF`.
+fn with_exported(mut own: String, exported: &str) -> String {
+    if exported.is_empty() {
+        return own;
+    }
+    let end = own.rfind("# EOF").unwrap_or(own.len());
+    own.truncate(end);
+    own.push_str(exported);
+    own.push_str("# EOF\n");
+    own
 }
 
 /// Bind the address of `flag` (e.g. `--health-listen`), saying which flag failed.

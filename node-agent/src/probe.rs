@@ -387,6 +387,7 @@ mod tests {
                 .collect(),
             bytecode_digest: None,
             maps_recreated: vec![],
+            metrics: vec![],
             pods: vec![],
         };
         assert_eq!(

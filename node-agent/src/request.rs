@@ -116,6 +116,7 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
         globals: valid.globals,
         maps: checked_map_policies(&obj.spec.maps)?,
         pods: Vec::new(),
+        metrics: obj.spec.metrics.clone(),
     })
 }
 

@@ -135,7 +135,13 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput, AgentError> 
         })
         .collect();
     let pods = check_pods(pods, &programs)?;
-    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps, pods })
+    let metrics = req
+        .metrics
+        .into_iter()
+        .map(proto::metric_from_wire)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| invalid(e.0))?;
+    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps, pods, metrics })
 }
 
 /// The gRPC code of a reason: the caller's input (InvalidArgument), the node's state

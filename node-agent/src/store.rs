@@ -50,6 +50,9 @@ pub struct OwnerRecord {
     /// (under `<revision>/pods/<pod-uid>/`) or why not (format 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PodRecord>,
+    /// `spec.metrics` of this revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<crds::metrics::MetricSpec>,
 }
 
 impl OwnerRecord {

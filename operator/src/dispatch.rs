@@ -147,6 +147,7 @@ impl ApplyOrder {
             epoch,
             expected_digest: content.payload.expected_digest(),
             maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
+            metrics: content.metrics.iter().map(proto::metric_to_wire).collect(),
             node_name: String::new(), // set per node by AgentPool::apply_wire
             pods: Vec::new(),         // per node, from `pods`
         };

@@ -113,6 +113,7 @@ mod tests {
             last_error: (h != Health::Healthy).then(|| "link gone".into()),
             bytecode_digest: None,
             maps_recreated: vec![],
+            metrics_limited: vec![],
             pods: vec![],
             pods_total: 0,
             pods_failed: 0,

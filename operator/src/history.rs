@@ -38,6 +38,7 @@ pub struct Content {
     pub programs: Vec<ProgramSpec>,
     pub global_data: BTreeMap<String, String>,
     pub maps: Vec<MapPolicy>,
+    pub metrics: Vec<crds::metrics::MetricSpec>,
 }
 
 impl Content {
@@ -48,6 +49,7 @@ impl Content {
             programs: spec.programs.clone(),
             global_data: spec.global_data.clone(),
             maps: spec.maps.clone(),
+            metrics: spec.metrics.clone(),
         }
     }
 
@@ -77,6 +79,7 @@ impl Content {
             programs: self.programs.clone(),
             global_data: self.global_data.clone(),
             maps: self.maps.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -124,6 +127,7 @@ impl Content {
             rollout: None,
             revision_history_limit: None,
             maps: data.maps,
+            metrics: data.metrics,
         };
         let computed = payload.revision(&spec).to_string();
         if computed != revision {

@@ -560,6 +560,7 @@ mod tests {
             last_error: None,
             bytecode_digest: None,
             maps_recreated: vec![],
+            metrics_limited: vec![],
             pods: vec![],
             pods_total: 0,
             pods_failed: 0,

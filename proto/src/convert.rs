@@ -230,6 +230,8 @@ pub fn state_to_status(s: &v1::OwnerState) -> NodeProgramStatus {
         last_error: (!s.last_error.is_empty()).then(|| s.last_error.clone()),
         bytecode_digest: (!s.bytecode_digest.is_empty()).then(|| s.bytecode_digest.clone()),
         maps_recreated: s.maps_recreated.clone(),
+        // The agent bounds its notes (one per metric); a hostile one is cut here too.
+        metrics_limited: s.metrics_limited.iter().take(crds::metrics::MAX_METRICS).cloned().collect(),
         pods: s
             .pods
             .iter()
@@ -280,6 +282,7 @@ pub fn status_to_wire(s: &NodeProgramStatus) -> v1::OwnerState {
             })
             .collect(),
         maps_recreated: s.maps_recreated.clone(),
+        metrics_limited: s.metrics_limited.clone(),
     }
 }
 
@@ -302,6 +305,52 @@ pub fn map_policy_from_wire(p: v1::MapPolicy) -> Result<MapPolicy, WireError> {
         }
     };
     Ok(MapPolicy { name: p.name, on_upgrade })
+}
+
+/// A BpfProgram's `spec.metrics[]` entry as sent in `ApplyRequest.metrics`.
+pub fn metric_to_wire(m: &crds::metrics::MetricSpec) -> v1::Metric {
+    use crds::metrics::{MetricType, PerCpu};
+    v1::Metric {
+        name: m.name.clone(),
+        help: m.help.clone(),
+        r#type: match m.metric_type {
+            MetricType::Counter => "Counter",
+            MetricType::Gauge => "Gauge",
+        }
+        .into(),
+        map: m.map.clone(),
+        labels: m.labels.iter().map(|l| v1::MetricLabel { name: l.name.clone(), field: l.field.clone() }).collect(),
+        value: m.value.clone(),
+        per_cpu: match m.per_cpu {
+            PerCpu::Sum => "Sum",
+            PerCpu::Label => "Label",
+        }
+        .into(),
+    }
+}
+
+/// A received metric as an API value (checked by the caller with `crds::metrics::problems`).
+pub fn metric_from_wire(m: v1::Metric) -> Result<crds::metrics::MetricSpec, WireError> {
+    use crds::metrics::{MetricLabel, MetricSpec, MetricType, PerCpu};
+    let metric_type = match m.r#type.as_str() {
+        "Counter" => MetricType::Counter,
+        "Gauge" => MetricType::Gauge,
+        other => return Err(WireError(format!("metric {:?}: unknown type {other:?}; use Counter or Gauge", m.name))),
+    };
+    let per_cpu = match m.per_cpu.as_str() {
+        "" | "Sum" => PerCpu::Sum,
+        "Label" => PerCpu::Label,
+        other => return Err(WireError(format!("metric {:?}: unknown perCpu {other:?}; use Sum or Label", m.name))),
+    };
+    Ok(MetricSpec {
+        name: m.name,
+        help: m.help,
+        metric_type,
+        map: m.map,
+        labels: m.labels.into_iter().map(|l| MetricLabel { name: l.name, field: l.field }).collect(),
+        value: m.value,
+        per_cpu,
+    })
 }
 
 #[cfg(test)]
@@ -411,6 +460,7 @@ mod tests {
             last_error: Some("link gone".into()),
             bytecode_digest: Some("sha256:00".into()),
             maps_recreated: vec!["m: value size 8 -> 16, recreated empty".into()],
+            metrics_limited: vec!["flows: more series than 1000".into()],
             pods: vec![
                 crds::node::PodAttachment {
                     uid: "p-1".into(),

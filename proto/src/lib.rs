@@ -11,8 +11,8 @@ mod digest;
 pub mod limits;
 
 pub use convert::{
-    WireError, health_from_wire, health_to_wire, map_policy_from_wire, map_policy_to_wire, program_from_wire,
-    program_to_wire, state_to_status, status_to_wire,
+    WireError, health_from_wire, health_to_wire, map_policy_from_wire, map_policy_to_wire, metric_from_wire,
+    metric_to_wire, program_from_wire, program_to_wire, state_to_status, status_to_wire,
 };
 pub use digest::{NodeDigest, pods_hash};
 

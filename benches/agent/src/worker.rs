@@ -67,6 +67,7 @@ pub fn main() -> anyhow::Result<()> {
         tc_backend: TcBackend::Auto,
         cri_socket: agent::pods::resolve::DEFAULT_CRI_SOCKET.into(),
         cri_state_dir: agent::pods::resolve::DEFAULT_CRI_STATE_DIR.into(),
+        max_metric_series: agent::export::DEFAULT_MAX_SERIES,
     })?;
     // Requests arrive through the runtime's I/O driver and are served by a task on a worker
     // thread, as the agent's gRPC server serves them, not by `block_on` from this thread.

@@ -114,8 +114,9 @@ fn the_network_policy_lets_the_api_server_reach_the_webhook() {
         .iter()
         .flat_map(|r| r["ports"].as_array().unwrap().iter().map(|p| p["port"].clone()))
         .collect();
-    assert_eq!(ports, [json!(9443)]);
-    let with_policy = render(&[], &["--set", "networkPolicy.enabled=true", "--api-versions", VAP_V1]);
+    assert_eq!(ports, [json!(8443), json!(9443)], "map reads and the webhook, both called by the API server");
+    let with_policy =
+        render(&[], &["--set", "networkPolicy.enabled=true", "--set", "maps.enabled=false", "--api-versions", VAP_V1]);
     let np = named(&with_policy, "NetworkPolicy", "bpfleet-operator");
-    assert!(np["spec"]["ingress"].as_array().is_none_or(|r| r.is_empty()), "no webhook, no port: {np}");
+    assert!(np["spec"]["ingress"].as_array().is_none_or(|r| r.is_empty()), "no webhook, no map reads, no port: {np}");
 }

@@ -43,17 +43,16 @@ fn the_operator_reaches_dns_agents_the_api_and_registries_only() {
 }
 
 #[test]
-fn without_scrapers_nothing_may_connect_to_the_operator() {
+fn without_scrapers_only_map_reads_may_connect_to_the_operator() {
     // Where the API server enforces admission itself (no webhook to call).
-    let docs = render(
-        &[],
-        &[
-            "--set",
-            "networkPolicy.enabled=true",
-            "--api-versions",
-            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
-        ],
-    );
+    let vap = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
+    let docs = render(&[], &["--set", "networkPolicy.enabled=true", "--api-versions", vap]);
+    let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1, "{np}");
+    assert_eq!(ingress[0]["ports"], serde_json::json!([{"port": 8443, "protocol": "TCP"}]), "map reads only: {np}");
+    let docs =
+        render(&[], &["--set", "networkPolicy.enabled=true", "--set", "maps.enabled=false", "--api-versions", vap]);
     let np = named(&docs, "NetworkPolicy", "bpfleet-operator");
     assert!(np["spec"]["ingress"].is_null() || np["spec"]["ingress"].as_array().unwrap().is_empty());
 }

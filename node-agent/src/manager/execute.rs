@@ -46,6 +46,7 @@ impl Manager {
             info.check_program(p.name.as_str(), p.attach.program_type())?;
         }
         info.check_globals(&input.globals)?;
+        crate::export::check(&input.bytecode, &info.maps, &input.metrics)?;
         if rebuild && let Some(running) = running {
             self.remove_revision(running, None);
         }
@@ -152,6 +153,7 @@ impl Manager {
                 .collect(),
             bytecode_digest: Some(crds::revision::Sha256Digest::of(&input.bytecode).to_string()),
             maps_recreated: plan.maps.recreated(),
+            metrics: input.metrics.clone(),
             // Committed without pods: they are attached after the commit (see `execute`).
             pods: Vec::new(),
         };

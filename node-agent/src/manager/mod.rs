@@ -48,6 +48,8 @@ pub struct AgentConfig {
     /// containerd's state directory, where running containers' root file systems are
     /// (`cri::DEFAULT_CONTAINERD_STATE_DIR` unless told otherwise).
     pub cri_state_dir: PathBuf,
+    /// Most series `spec.metrics` export per program (`--max-metric-series-per-program`).
+    pub max_metric_series: usize,
 }
 
 /// A change seen on the node, for Watch.
@@ -84,6 +86,8 @@ pub struct ApplyInput {
     /// The pods the programs with `in_pods` attach in (checked by `pods::check_pods`). Not
     /// part of the revision.
     pub pods: Vec<PodRequest>,
+    /// `spec.metrics`: maps exported on /metrics (part of the revision).
+    pub metrics: Vec<crds::metrics::MetricSpec>,
 }
 
 /// What the agent knows of one owner.
@@ -98,6 +102,8 @@ struct Entry {
     /// Its record could not be used at start-up (why): the pins stay, Apply is refused
     /// until the owner is removed (or the record restored and the agent restarted).
     set_aside: Option<String>,
+    /// `spec.metrics` not exported whole at the last scrape, with why.
+    metrics_notes: Vec<String>,
 }
 
 /// The agent's core, one per node: what each owner (a BpfProgram, by uid) runs here, in
@@ -182,7 +188,7 @@ impl Manager {
         let uid = record.uid.clone();
         let name = record.name.clone();
         let health = Some(self.check_health(&record).0);
-        self.set_entry(&uid, Some(Entry { record: Some(record), name, health, failure: None, set_aside: None }));
+        self.set_entry(&uid, Some(Entry { record: Some(record), name, health, ..Default::default() }));
     }
 
     /// Run `input.revision` for its owner. Returns the state and whether anything changed.
@@ -324,8 +330,8 @@ impl Manager {
             record: Some(record),
             name: input.name.clone(),
             health: Some(Health::Healthy),
-            failure: None,
-            set_aside: None,
+            // A new revision is judged by its own first scrape.
+            ..Default::default()
         };
         self.set_entry(uid, Some(entry));
         let state = self.state_or_bare(uid);
@@ -484,6 +490,29 @@ impl Manager {
         }
     }
 
+    /// What the last scrape could not export whole, per owner uid (absent: all of it):
+    /// kept for each owner's state, and a change reported where it differs from before.
+    pub fn set_metrics_notes(&self, notes: &BTreeMap<String, Vec<String>>) {
+        let changed: Vec<String> = {
+            let mut map = self.entries.write().unwrap_or_else(|p| p.into_inner());
+            map.iter_mut()
+                .filter_map(|(uid, e)| {
+                    let now = notes.get(uid).cloned().unwrap_or_default();
+                    (e.metrics_notes != now).then(|| {
+                        e.metrics_notes = now;
+                        uid.clone()
+                    })
+                })
+                .collect()
+        };
+        for uid in changed {
+            if let Some(state) = self.state_of(&uid) {
+                let why = if state.metrics_limited.is_empty() { "every metric exported" } else { "metrics cut" };
+                self.emit(ChangeKind::Updated, state, why.into());
+            }
+        }
+    }
+
     fn emit(&self, kind: ChangeKind, state: NodeProgramStatus, reason: String) {
         let _ = self.events.send(Change { kind, state, reason });
     }
@@ -500,6 +529,12 @@ impl crate::metrics::Scraped for Manager {
 
     fn records(&self) -> Vec<OwnerRecord> {
         Manager::records(self)
+    }
+
+    fn export(&self, records: &[OwnerRecord]) -> String {
+        let exported = crate::export::export(records, self.cfg.max_metric_series);
+        self.set_metrics_notes(&exported.notes);
+        exported.text
     }
 }
 

@@ -21,6 +21,7 @@ pub(super) fn bare_state(uid: &str, name: String) -> NodeProgramStatus {
         pods: vec![],
         pods_total: 0,
         pods_failed: 0,
+        metrics_limited: vec![],
     }
 }
 
@@ -36,6 +37,7 @@ impl Manager {
             state.last_error = why;
             state.bytecode_digest = r.bytecode_digest.clone();
             state.maps_recreated = r.maps_recreated.clone();
+            state.metrics_limited = e.metrics_notes.clone();
             state.attached = r
                 .programs
                 .iter()

@@ -100,6 +100,7 @@ impl TestAgent {
             tc_backend,
             cri_socket: state.join("no-runtime.sock"),
             cri_state_dir: state.join("no-runtime"),
+            max_metric_series: agent::export::DEFAULT_MAX_SERIES,
         })
         .unwrap();
         Self { manager, root, state }
@@ -144,6 +145,7 @@ pub fn input_bytes(owner: &str, spec_yaml: &str, bytecode: Vec<u8>) -> ApplyInpu
         globals: valid.globals,
         maps: spec.maps.clone(),
         pods: Vec::new(),
+        metrics: Vec::new(),
     }
 }
 
