@@ -156,6 +156,7 @@ programs:
         m.maps.push(crate::rollout::MapPolicy {
             name: "counts".into(),
             on_upgrade: crate::rollout::MapUpgrade::Recreate,
+            from: None,
         });
         assert_ne!(r1, Revision::compute(&m, BytecodeIdentity::Bytes(b"elf")));
 

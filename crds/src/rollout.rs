@@ -306,6 +306,26 @@ pub struct MapPolicy {
     /// `Recreate`: start empty with every new revision.
     #[serde(default)]
     pub on_upgrade: MapUpgrade,
+    /// Use the map of another BpfProgram instead of creating one: this object's map of
+    /// `name` becomes that program's kernel map (`map` of `program`), so a writer and its
+    /// readers see the same entries. The owner must run on every node this program runs
+    /// on; the two maps' type, key and value sizes, entries, flags and BTF types must agree
+    /// (the apply fails naming both shapes otherwise). While any program uses its maps,
+    /// the owner's deletion waits (condition reason `MapsInUse` names the users), and the
+    /// owner cannot recreate a shared map. Not with `onUpgrade: Recreate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<MapSource>,
+}
+
+/// Another BpfProgram's map (see `spec.maps[].from`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MapSource {
+    /// The owning BpfProgram's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub program: String,
+    /// The map's name in the owner's ELF object.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_.]*$"))]
+    pub map: String,
 }
 
 /// See `spec.maps[].onUpgrade`.

@@ -134,6 +134,12 @@ pub fn tenant_problems(spec: &BpfProgramSpec, namespace: &str) -> Vec<String> {
                 .to_string(),
         );
     }
+    if let Some(i) = spec.maps.iter().position(|m| m.from.is_some()) {
+        out.push(format!(
+            "maps[{i}].from uses a map of another BpfProgram, which may be another team's: a namespaced program \
+             has maps of its own only"
+        ));
+    }
     if spec.rollout.as_ref().and_then(|r| r.health.as_ref()).is_some_and(|h| h.prometheus.is_some()) {
         out.push(
             "rollout.health.prometheus queries the cluster's Prometheus, beyond the namespace: a namespaced \

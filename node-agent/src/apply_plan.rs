@@ -73,6 +73,8 @@ pub struct LoadNow<'a> {
     pub pinned: &'a BTreeMap<String, MapDef>,
     /// Maps with `onUpgrade: Recreate`.
     pub recreate: &'a BTreeSet<String>,
+    /// Maps used from another owner (`spec.maps[].from`), checked: where they are pinned.
+    pub shared: &'a BTreeMap<String, PathBuf>,
     /// The owner's directory exists: it runs, or ran, something.
     pub owner_dir_exists: bool,
     /// The revision's directory exists already.
@@ -122,7 +124,8 @@ impl LoadPlan<'_> {
 /// `staging_dir` the new revision's directory for recreated maps.
 pub fn load<'a>(now: &LoadNow<'a>, pin_of: impl Fn(&str) -> PathBuf, staging_dir: &Path) -> LoadPlan<'a> {
     let previous = if now.rebuild { None } else { now.running };
-    let maps_now = MapsNow { object: now.object, pinned: now.pinned, recreate: now.recreate, previous };
+    let maps_now =
+        MapsNow { object: now.object, pinned: now.pinned, recreate: now.recreate, shared: now.shared, previous };
     let maps = maps(&maps_now, pin_of, |n| staging_dir.join(n));
     let staging = maps.steps.iter().any(|s| matches!(s, MapStep::Recreate { .. })).then(|| staging_dir.to_path_buf());
     LoadPlan {
@@ -147,27 +150,36 @@ pub enum MapStep {
     /// at `pin` only when the new revision is committed. Until then the running revision
     /// keeps its map; a failed apply leaves it untouched.
     Recreate { name: String, pin: PathBuf, staging: PathBuf, why: String },
+    /// Another owner's map (`spec.maps[].from`), pinned at `pin` in its directory: the load
+    /// uses it; this owner never creates, moves or removes it.
+    Shared { name: String, pin: PathBuf },
 }
 
 impl MapStep {
     /// Where the load finds (or puts) the map.
     pub fn load_pin(&self) -> &PathBuf {
         match self {
-            MapStep::Reuse { pin, .. } | MapStep::Create { pin, .. } => pin,
+            MapStep::Reuse { pin, .. } | MapStep::Create { pin, .. } | MapStep::Shared { pin, .. } => pin,
             MapStep::Recreate { staging, .. } => staging,
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
-            MapStep::Reuse { name, .. } | MapStep::Create { name, .. } | MapStep::Recreate { name, .. } => name,
+            MapStep::Reuse { name, .. }
+            | MapStep::Create { name, .. }
+            | MapStep::Recreate { name, .. }
+            | MapStep::Shared { name, .. } => name,
         }
     }
 
     /// Where the map is pinned once the revision is committed.
     pub fn pin(&self) -> &PathBuf {
         match self {
-            MapStep::Reuse { pin, .. } | MapStep::Create { pin, .. } | MapStep::Recreate { pin, .. } => pin,
+            MapStep::Reuse { pin, .. }
+            | MapStep::Create { pin, .. }
+            | MapStep::Recreate { pin, .. }
+            | MapStep::Shared { pin, .. } => pin,
         }
     }
 }
@@ -202,6 +214,8 @@ pub struct MapsNow<'a> {
     pub pinned: &'a BTreeMap<String, MapDef>,
     /// Maps with `onUpgrade: Recreate`.
     pub recreate: &'a BTreeSet<String>,
+    /// Maps used from another owner, by name: where they are pinned.
+    pub shared: &'a BTreeMap<String, PathBuf>,
     /// The revision running until the commit, if it is another one than the one applied
     /// (a rebuild of the running revision is no upgrade: its maps stay).
     pub previous: Option<&'a OwnerRecord>,
@@ -217,6 +231,9 @@ pub fn maps(now: &MapsNow<'_>, pin_of: impl Fn(&str) -> PathBuf, staging_of: imp
         .object
         .iter()
         .map(|(name, want)| {
+            if let Some(theirs) = now.shared.get(name) {
+                return MapStep::Shared { name: name.clone(), pin: theirs.clone() };
+            }
             let (name, pin) = (name.clone(), pin_of(name));
             let Some(have) = now.pinned.get(&name) else { return MapStep::Create { name, pin } };
             let why = if now.recreate.contains(&name) && now.previous.is_some() {
@@ -233,7 +250,14 @@ pub fn maps(now: &MapsNow<'_>, pin_of: impl Fn(&str) -> PathBuf, staging_of: imp
     let kept: BTreeSet<&PathBuf> = steps.iter().map(MapStep::pin).collect();
     let unused_after_commit = now
         .previous
-        .map(|p| p.maps.iter().map(|m| m.pin_path.clone()).filter(|m| !kept.contains(m)).collect())
+        // Only this owner's own pins: a map it used from another owner is that owner's.
+        .map(|p| {
+            p.maps
+                .iter()
+                .filter(|m| m.pin_path == pin_of(&m.name) && !kept.contains(&m.pin_path))
+                .map(|m| m.pin_path.clone())
+                .collect()
+        })
         .unwrap_or_default();
     MapPlan { steps, unused_after_commit }
 }
@@ -319,7 +343,40 @@ mod tests {
         let object: BTreeMap<String, MapDef> = object.iter().map(|(n, d)| (n.to_string(), *d)).collect();
         let pinned: BTreeMap<String, MapDef> = pinned.iter().map(|(n, d)| (n.to_string(), *d)).collect();
         let recreate: BTreeSet<String> = recreate.iter().map(|s| s.to_string()).collect();
-        maps(&MapsNow { object: &object, pinned: &pinned, recreate: &recreate, previous: prev }, pin, staging)
+        maps(
+            &MapsNow { object: &object, pinned: &pinned, recreate: &recreate, shared: &NO_SHARED, previous: prev },
+            pin,
+            staging,
+        )
+    }
+
+    /// A map used from another owner is loaded from that owner's pin, whatever this
+    /// owner has pinned; once no longer used, it is not this owner's to remove.
+    #[test]
+    fn a_shared_map_is_the_owners_pin_and_never_removed_as_ours() {
+        let def = MapDef { map_type: 1, key_size: 4, value_size: 8, max_entries: 16, flags: 0 };
+        let object: BTreeMap<String, MapDef> = [("counts".to_string(), def)].into();
+        let theirs = PathBuf::from("/b/writer/maps/counts");
+        let shared: BTreeMap<String, PathBuf> = [("counts".to_string(), theirs.clone())].into();
+        let none = BTreeMap::new();
+        let recreate = BTreeSet::new();
+        let plan = maps(
+            &MapsNow { object: &object, pinned: &none, recreate: &recreate, shared: &shared, previous: None },
+            pin,
+            staging,
+        );
+        assert_eq!(plan.steps, vec![MapStep::Shared { name: "counts".into(), pin: theirs.clone() }]);
+        assert_eq!(plan.steps[0].load_pin(), &theirs);
+        // The revision that used it is replaced by one that has its own: the writer's pin stays.
+        let mut prev = record("r1", &[]);
+        prev.maps = vec![MapRecord { name: "counts".into(), pin_path: theirs.clone() }];
+        let plan = maps(
+            &MapsNow { object: &object, pinned: &none, recreate: &recreate, shared: &NO_SHARED, previous: Some(&prev) },
+            pin,
+            staging,
+        );
+        assert!(matches!(&plan.steps[0], MapStep::Create { .. }), "{plan:?}");
+        assert!(plan.unused_after_commit.is_empty(), "{plan:?}");
     }
 
     #[test]
@@ -408,8 +465,19 @@ mod tests {
         dirs: (bool, bool),
     ) -> LoadNow<'a> {
         let (owner_dir_exists, revision_dir_exists) = dirs;
-        LoadNow { running, rebuild, object, pinned, recreate, owner_dir_exists, revision_dir_exists }
+        LoadNow {
+            running,
+            rebuild,
+            object,
+            pinned,
+            recreate,
+            shared: &NO_SHARED,
+            owner_dir_exists,
+            revision_dir_exists,
+        }
     }
+
+    static NO_SHARED: BTreeMap<String, PathBuf> = BTreeMap::new();
 
     fn defs(maps: &[(&str, MapDef)]) -> BTreeMap<String, MapDef> {
         maps.iter().map(|(n, d)| (n.to_string(), *d)).collect()

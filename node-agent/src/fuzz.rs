@@ -45,7 +45,13 @@ pub fn elf_intake(data: &[u8]) {
     let none = BTreeMap::new();
     let recreate: BTreeSet<String> = info.maps.keys().cloned().collect();
     for pinned in [&info.maps, &none] {
-        let now = apply_plan::MapsNow { object: &info.maps, pinned, recreate: &recreate, previous: None };
+        let now = apply_plan::MapsNow {
+            object: &info.maps,
+            pinned,
+            recreate: &recreate,
+            shared: &BTreeMap::new(),
+            previous: None,
+        };
         let _ = apply_plan::maps(&now, |n: &str| PathBuf::from(n), |n: &str| PathBuf::from(n)).recreated();
     }
 }
@@ -153,6 +159,12 @@ pub fn owner_record(data: &[u8]) {
     let _ = apply_plan::plan(&current, &record.revision);
     let none = BTreeMap::new();
     let recreate = record.maps.iter().map(|m| m.name.clone()).collect();
-    let now = apply_plan::MapsNow { object: &none, pinned: &none, recreate: &recreate, previous: Some(&record) };
+    let now = apply_plan::MapsNow {
+        object: &none,
+        pinned: &none,
+        recreate: &recreate,
+        shared: &BTreeMap::new(),
+        previous: Some(&record),
+    };
     let _ = apply_plan::maps(&now, |n: &str| PathBuf::from(n), |n: &str| PathBuf::from(n));
 }

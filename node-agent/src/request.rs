@@ -117,6 +117,14 @@ pub fn input_from_manifest(obj: &BpfProgram) -> Result<ApplyInput> {
         maps: checked_map_policies(&obj.spec.maps)?,
         pods: Vec::new(),
         metrics: obj.spec.metrics.clone(),
+        // Standalone owners' uids follow from their names.
+        map_owners: obj
+            .spec
+            .maps
+            .iter()
+            .filter_map(|m| m.from.as_ref())
+            .map(|f| (f.program.clone(), standalone_uid(&f.program)))
+            .collect(),
     })
 }
 

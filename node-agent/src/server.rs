@@ -116,9 +116,10 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput, AgentError> 
         .map_err(|e| invalid(e.0))?;
     let programs = validate_programs(&spec).map_err(|e| invalid(e.to_string()))?;
     let globals = validate_global_bytes(req.global_data.iter()).map_err(|e| invalid(e.to_string()))?;
-    let maps = req
-        .maps
-        .into_iter()
+    let wire_maps = req.maps;
+    let maps = wire_maps
+        .iter()
+        .cloned()
         .map(proto::map_policy_from_wire)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| invalid(e.0))?;
@@ -141,7 +142,34 @@ pub fn input_from_wire(req: v1::ApplyRequest) -> Result<ApplyInput, AgentError> 
         .map(proto::metric_from_wire)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| invalid(e.0))?;
-    Ok(ApplyInput { uid, name: owner.name, revision, bytecode, programs, spec, globals, maps, pods, metrics })
+    let map_owners = map_owners(&wire_maps)?;
+    Ok(ApplyInput {
+        uid,
+        name: owner.name,
+        revision,
+        bytecode,
+        programs,
+        spec,
+        globals,
+        maps,
+        pods,
+        metrics,
+        map_owners,
+    })
+}
+
+/// The owners' uids of the maps used from other programs, by program name.
+fn map_owners(policies: &[v1::MapPolicy]) -> Result<std::collections::BTreeMap<String, OwnerUid>, AgentError> {
+    policies
+        .iter()
+        .filter(|p| !p.from_program.is_empty())
+        .map(|p| {
+            let uid = OwnerUid::new(&p.from_owner_uid).map_err(|e| {
+                invalid(format!("maps {:?}: from_owner_uid of BpfProgram {}: {e}", p.name, p.from_program))
+            })?;
+            Ok((p.from_program.clone(), uid))
+        })
+        .collect()
 }
 
 /// The gRPC code of a reason: the caller's input (InvalidArgument), the node's state

@@ -780,7 +780,13 @@ async fn catalogue_garbage_requests_refused_async() {
         ),
         (
             "wire/unknown-map-policy",
-            Box::new(|r| r.maps = vec![v1::MapPolicy { name: "openat_count".into(), on_upgrade: "Forever".into() }]),
+            Box::new(|r| {
+                r.maps = vec![v1::MapPolicy {
+                    name: "openat_count".into(),
+                    on_upgrade: "Forever".into(),
+                    ..Default::default()
+                }]
+            }),
             tonic::Code::InvalidArgument,
             "InvalidSpec",
             &["unknown onUpgrade \"Forever\"", "Keep or Recreate"],

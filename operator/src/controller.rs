@@ -339,10 +339,19 @@ async fn resolve_spec(ctx: &Context, p: &BpfProgram, nodes: &[NodeInfo]) -> Reso
             bytecode::resolve_program(&ctx.client, &ctx.bytecode, p).await.map_err(|e| problem = Some(e)).ok()
         }
     };
-    let content = payload.map(|pl| {
+    let mut content = payload.map(|pl| {
         let rev = pl.revision(&p.spec).to_string();
         Content::of_spec(&p.spec, pl, rev)
     });
+    if let Some(c) = &mut content {
+        match crate::shared_maps::owners(&ctx.client, p).await {
+            Ok(owners) => c.map_owners = owners,
+            Err(why) => {
+                problem = Some(invalid(&why));
+                content = None;
+            }
+        }
+    }
     ResolvedSpec { targets, problem, content, image, pods }
 }
 
@@ -901,6 +910,20 @@ async fn publish(ctx: &Context, p: &BpfProgram, t: Transition) {
 async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
     let name = p.name_any();
+    // Its maps stay while other programs use them (spec.maps[].from): their programs hold
+    // and read the same kernel maps.
+    let users = crate::shared_maps::users(&ctx.client, &name).await;
+    if !users.is_empty() {
+        let message = crate::shared_maps::in_use_message(&users);
+        let status = status::deleting_because(
+            p.status.as_ref(),
+            "MapsInUse",
+            &message,
+            Time(k8s_openapi::jiff::Timestamp::now()),
+        );
+        write_status(ctx, &p, &status).await?;
+        return Err(Error::DeletionBlocked { count: users.len(), nodes: message });
+    }
     let nodes = node_infos(&ctx.nodes);
     // The nodes it targets now, or at its last reconcile.
     let mut targets: BTreeSet<String> = ctx

@@ -146,7 +146,17 @@ impl ApplyOrder {
             global_data: decode_globals(&content.global_data),
             epoch,
             expected_digest: content.payload.expected_digest(),
-            maps: content.maps.iter().map(proto::map_policy_to_wire).collect(),
+            maps: content
+                .maps
+                .iter()
+                .map(|m| {
+                    let mut wire = proto::map_policy_to_wire(m);
+                    if let Some(uid) = m.from.as_ref().and_then(|f| content.map_owners.get(&f.program)) {
+                        wire.from_owner_uid = uid.clone();
+                    }
+                    wire
+                })
+                .collect(),
             metrics: content.metrics.iter().map(proto::metric_to_wire).collect(),
             node_name: String::new(), // set per node by AgentPool::apply_wire
             pods: Vec::new(),         // per node, from `pods`

@@ -39,6 +39,9 @@ pub struct Content {
     pub global_data: BTreeMap<String, String>,
     pub maps: Vec<MapPolicy>,
     pub metrics: Vec<crds::metrics::MetricSpec>,
+    /// The uid of each BpfProgram whose maps `maps[].from` uses, by name (resolved with
+    /// the spec; not part of the revision).
+    pub map_owners: BTreeMap<String, String>,
 }
 
 impl Content {
@@ -50,6 +53,7 @@ impl Content {
             global_data: spec.global_data.clone(),
             maps: spec.maps.clone(),
             metrics: spec.metrics.clone(),
+            map_owners: BTreeMap::new(),
         }
     }
 

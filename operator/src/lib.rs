@@ -34,6 +34,7 @@ pub mod reports;
 pub mod resync;
 pub mod rollout;
 pub mod sends;
+pub mod shared_maps;
 pub mod sources;
 pub mod status;
 pub mod targets;

@@ -408,7 +408,6 @@ pub fn deleting(
     waiting: &BTreeMap<String, String>,
     now: Time,
 ) -> BpfProgramStatus {
-    let mut status = previous.cloned().unwrap_or_default();
     let nodes: Vec<String> = waiting.iter().take(5).map(|(n, why)| format!("{n} ({why})")).collect();
     let more = waiting.len().saturating_sub(nodes.len());
     let message = format!(
@@ -417,6 +416,19 @@ pub fn deleting(
         nodes.join(", "),
         if more > 0 { format!(" and {more} more") } else { String::new() }
     );
+    deleting_because(previous, "Deleting", &message, now)
+}
+
+/// The status of a program whose deletion waits, with `reason` and `message` on its
+/// conditions (`Deleting`: nodes still to remove it; `MapsInUse`: programs using its maps).
+pub fn deleting_because(
+    previous: Option<&BpfProgramStatus>,
+    reason: &str,
+    message: &str,
+    now: Time,
+) -> BpfProgramStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let message = message.to_string();
     let input = StatusInput {
         generation: status.observed_generation,
         revision: None,
@@ -429,11 +441,11 @@ pub fn deleting(
         now,
     };
     status.conditions = vec![
-        condition(READY, false, "Deleting", message.clone(), &input),
-        condition(RECONCILING, true, "Deleting", message.clone(), &input),
-        condition(STALLED, false, "Deleting", "deletion in progress".into(), &input),
-        condition(PROGRESSING, true, "Deleting", message, &input),
-        condition(DEGRADED, false, "Deleting", "deletion in progress".into(), &input),
+        condition(READY, false, reason, message.clone(), &input),
+        condition(RECONCILING, true, reason, message.clone(), &input),
+        condition(STALLED, false, reason, "deletion in progress".into(), &input),
+        condition(PROGRESSING, true, reason, message, &input),
+        condition(DEGRADED, false, reason, "deletion in progress".into(), &input),
     ];
     status
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::client::Body;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use operator::controller::{Context, FINALIZER, reconcile};
 use operator::dispatch::{AgentPool, PoolConfig};
 use operator::metrics::Metrics;
@@ -199,12 +199,49 @@ async fn a_node_without_an_address_fails_alone() {
     assert!(status["failures"][0]["message"].as_str().unwrap().contains("no InternalIP"));
 }
 
+/// A deletion first lists the programs (for users of its maps, spec.maps[].from): none.
+async fn no_map_users(handle: &mut Handle) {
+    let list = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgramList", "metadata": {}, "items": []});
+    expect(handle, "GET", "/apis/bpfleet.dev/v1alpha1/bpfprograms?", 200, list).await;
+}
+
+/// An owner whose maps another program uses waits: MapsInUse names the user, nothing is
+/// asked of any node.
+#[tokio::test]
+async fn deletion_waits_while_another_program_uses_its_maps() {
+    let (ctx, mut handle) = context(vec![node("n1", Some("10.0.0.9"), true)]);
+    let obj = program(json!({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "2026-11-25T00:00:00Z"}}));
+    let name = obj.name_any();
+    let mut user = serde_json::to_value(program(json!({"metadata": {"name": "reader"}}))).unwrap();
+    user["spec"]["maps"] = json!([{"name": "shared", "from": {"program": name, "map": "shared"}}]);
+    let reply = serde_json::to_value(&obj).unwrap();
+    let server = tokio::spawn(async move {
+        let list =
+            json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfProgramList", "metadata": {}, "items": [user]});
+        expect(&mut handle, "GET", "/apis/bpfleet.dev/v1alpha1/bpfprograms?", 200, list).await;
+        let patch = expect(&mut handle, "PATCH", &format!("{PROGRAM_PATH}/status?"), 200, reply).await;
+        assert_no_more_calls(&mut handle, 300).await;
+        patch
+    });
+    let err = reconcile(Arc::new(obj.clone()), ctx).await.unwrap_err();
+    assert!(err.to_string().contains("reader"), "{err}");
+    let status = server.await.unwrap()["status"].clone();
+    let ready = condition(&status, "Ready");
+    assert_eq!(ready["reason"], "MapsInUse");
+    assert!(
+        ready["message"].as_str().unwrap().contains("waiting for BpfProgram(s) reader that use its maps"),
+        "{ready}"
+    );
+}
+
 #[tokio::test]
 async fn deletion_with_nothing_on_any_node_drops_the_finalizer() {
     let (ctx, mut handle) = context(vec![node("gone", Some("10.0.0.9"), true)]);
     let obj = program(json!({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "2026-11-25T00:00:00Z"}}));
     let reply = serde_json::to_value(program(json!({}))).unwrap();
     let server = tokio::spawn(async move {
+        // No program uses its maps.
+        no_map_users(&mut handle).await;
         // The only node is being deleted: it holds nothing up.
         let patch = expect(&mut handle, "PATCH", PROGRAM_PATH, 200, reply).await;
         assert!(patch.to_string().contains("remove") || patch.to_string().contains("finalizers"), "{patch}");
@@ -220,6 +257,7 @@ async fn deletion_waits_for_an_unreachable_agent_and_says_which() {
     let obj = program(json!({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "2026-11-25T00:00:00Z"}}));
     let reply = serde_json::to_value(&obj).unwrap();
     let server = tokio::spawn(async move {
+        no_map_users(&mut handle).await;
         let patch = expect(&mut handle, "PATCH", &format!("{PROGRAM_PATH}/status?"), 200, reply).await;
         // No finalizer removal follows.
         assert_no_more_calls(&mut handle, 300).await;

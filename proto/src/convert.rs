@@ -292,7 +292,14 @@ pub fn map_policy_to_wire(p: &MapPolicy) -> v1::MapPolicy {
         MapUpgrade::Keep => "Keep",
         MapUpgrade::Recreate => "Recreate",
     };
-    v1::MapPolicy { name: p.name.clone(), on_upgrade: on_upgrade.into() }
+    let (from_program, from_map) = p.from.as_ref().map(|f| (f.program.clone(), f.map.clone())).unwrap_or_default();
+    v1::MapPolicy {
+        name: p.name.clone(),
+        on_upgrade: on_upgrade.into(),
+        from_program,
+        from_map,
+        from_owner_uid: String::new(),
+    }
 }
 
 /// A received map policy as an API value.
@@ -304,7 +311,9 @@ pub fn map_policy_from_wire(p: v1::MapPolicy) -> Result<MapPolicy, WireError> {
             return Err(WireError(format!("map {:?}: unknown onUpgrade {other:?}; use Keep or Recreate", p.name)));
         }
     };
-    Ok(MapPolicy { name: p.name, on_upgrade })
+    let from = (!p.from_program.is_empty() || !p.from_map.is_empty())
+        .then_some(crds::rollout::MapSource { program: p.from_program, map: p.from_map });
+    Ok(MapPolicy { name: p.name, on_upgrade, from })
 }
 
 /// A BpfProgram's `spec.metrics[]` entry as sent in `ApplyRequest.metrics`.
@@ -488,12 +497,12 @@ mod tests {
     #[test]
     fn map_policies_round_trip_and_unknown_ones_are_named() {
         for on_upgrade in [MapUpgrade::Keep, MapUpgrade::Recreate] {
-            let p = MapPolicy { name: "counts".into(), on_upgrade };
+            let p = MapPolicy { name: "counts".into(), on_upgrade, from: None };
             assert_eq!(map_policy_from_wire(map_policy_to_wire(&p)).unwrap(), p);
         }
-        let empty = v1::MapPolicy { name: "c".into(), on_upgrade: String::new() };
+        let empty = v1::MapPolicy { name: "c".into(), on_upgrade: String::new(), ..Default::default() };
         assert_eq!(map_policy_from_wire(empty).unwrap().on_upgrade, MapUpgrade::Keep);
-        let bad = v1::MapPolicy { name: "c".into(), on_upgrade: "Reset".into() };
+        let bad = v1::MapPolicy { name: "c".into(), on_upgrade: "Reset".into(), ..Default::default() };
         assert!(map_policy_from_wire(bad).unwrap_err().0.contains("unknown onUpgrade \"Reset\""));
     }
 }

@@ -192,6 +192,16 @@ pub fn validate_history(limit: Option<i32>, maps: &[MapPolicy]) -> Vec<(String, 
         if !seen.insert(m.name.as_str()) {
             errs.push((format!("maps[{i}].name"), format!("map {:?} has a policy already", m.name)));
         }
+        if let Some(from) = &m.from {
+            map_name(&mut errs, &format!("maps[{i}].from.map"), &from.map);
+            if m.on_upgrade == super::MapUpgrade::Recreate {
+                errs.push((
+                    format!("maps[{i}].onUpgrade"),
+                    "a map used from another program is that program's to recreate: leave onUpgrade out with from"
+                        .into(),
+                ));
+            }
+        }
     }
     errs
 }
@@ -351,7 +361,7 @@ mod tests {
 
     #[test]
     fn history_settings_are_checked() {
-        let policy = |name: &str| MapPolicy { name: name.into(), on_upgrade: Default::default() };
+        let policy = |name: &str| MapPolicy { name: name.into(), on_upgrade: Default::default(), from: None };
         assert!(validate_history(Some(100), &[policy("counters"), policy("_x.bss")]).is_empty());
         let fields: Vec<String> = validate_history(Some(101), &[policy("counters"), policy("1x"), policy("counters")])
             .into_iter()

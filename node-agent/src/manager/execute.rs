@@ -53,17 +53,25 @@ impl Manager {
         let seen = self.observe(input, &info.maps)?;
         let recreate: BTreeSet<String> =
             input.maps.iter().filter(|m| m.on_upgrade == MapUpgrade::Recreate).map(|m| m.name.clone()).collect();
+        let shared = maps::shared::resolve(&self.layout, &input.maps, &input.map_owners, &info.maps, &input.bytecode)?;
         let now = apply_plan::LoadNow {
             running,
             rebuild,
             object: &info.maps,
             pinned: &seen.pinned,
             recreate: &recreate,
+            shared: &shared,
             owner_dir_exists: seen.owner_dir_exists,
             revision_dir_exists: seen.revision_dir_exists,
         };
         let staging = maps::staging_dir(&self.layout, &input.uid, &input.revision);
         let plan = apply_plan::load(&now, |n| self.map_pin(&input.uid, n), &staging);
+        let records = self.records();
+        for step in &plan.maps.steps {
+            if let apply_plan::MapStep::Recreate { name, pin, why, .. } = step {
+                maps::shared::check_not_used(&records, input.uid.as_str(), name, pin, why)?;
+            }
+        }
         self.execute(input, &plan, pods)
     }
 

@@ -88,6 +88,8 @@ pub struct ApplyInput {
     pub pods: Vec<PodRequest>,
     /// `spec.metrics`: maps exported on /metrics (part of the revision).
     pub metrics: Vec<crds::metrics::MetricSpec>,
+    /// The uid of each owner whose maps `maps[].from` uses, by its program name.
+    pub map_owners: BTreeMap<String, OwnerUid>,
 }
 
 /// What the agent knows of one owner.

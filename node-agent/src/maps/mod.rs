@@ -59,3 +59,4 @@ pub fn promote_staged(layout: &PinLayout, owner: &OwnerUid, revision: &Revision)
 
 pub mod dump;
 pub mod info;
+pub mod shared;

@@ -146,6 +146,7 @@ pub fn input_bytes(owner: &str, spec_yaml: &str, bytecode: Vec<u8>) -> ApplyInpu
         maps: spec.maps.clone(),
         pods: Vec::new(),
         metrics: Vec::new(),
+        map_owners: Default::default(),
     }
 }
 
