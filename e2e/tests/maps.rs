@@ -377,3 +377,63 @@ fn spec_metrics_reach_a_real_prometheus_labelled_by_key_fields() {
     let limited = env.wait_node_runs(node, &uid, &revision).metrics_limited;
     assert!(limited.is_empty(), "{limited:?}");
 }
+
+/// `spec.maps[].from` through the operator: the reader's node runs the writer's kernel map
+/// (bpftool: the writer's map id among the reader program's maps); deleting the writer
+/// waits while the reader uses its maps, with `MapsInUse` naming it, and the writer's
+/// programs keep running; once the reader is deleted, the writer goes.
+#[test]
+fn an_owner_whose_maps_are_used_is_deleted_only_after_its_users() {
+    const TEST: &str = "an_owner_whose_maps_are_used_is_deleted_only_after_its_users";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    let mut env = Env::start(TEST, &kubeconfig);
+    let node = env.add_node(&[("e2e.bpfleet.dev/role", "share")]);
+    let cm = env.bytecode_configmap("share", &["share_writer.o", "share_reader.o"]);
+    let selector = env.selector(&[("e2e.bpfleet.dev/role", "share")]);
+    let tracepoint = |object: &str, function: &str| {
+        env.tracepoint_spec(
+            selector.clone(),
+            env.configmap_bytecode(&cm, object),
+            function,
+            "syscalls/sys_enter_getppid",
+        )
+    };
+    let writer = env.create_program("writer", tracepoint("share_writer.o", "write_shared"));
+    env.wait_ready(&writer, 1);
+    let mut reader_spec = tracepoint("share_reader.o", "read_shared");
+    reader_spec["maps"] = serde_json::json!([{"name": "shared", "from": {"program": writer, "map": "shared"}}]);
+    let reader = env.create_program("reader", reader_spec);
+    env.wait_ready(&reader, 1);
+    let revision_of = |name: &str| env.program(name).status.unwrap().rollout.unwrap().update_revision.unwrap();
+    let w = env.wait_node_runs(node, &env.uid(&writer), &revision_of(&writer));
+    let r = env.wait_node_runs(node, &env.uid(&reader), &revision_of(&reader));
+    let pin = map_pin(&w, "shared");
+    assert_eq!(map_pin(&r, "shared"), pin, "the reader's node entry names the writer's pin");
+    let shown: Value =
+        serde_json::from_str(&sh(&format!("bpftool -j map show pinned {}", pin.display())).unwrap()).unwrap();
+    let map_id = shown["id"].as_u64().unwrap();
+    let prog: Value =
+        serde_json::from_str(&sh(&format!("bpftool -j prog show id {}", r.attached[0].program_id)).unwrap()).unwrap();
+    assert!(prog["map_ids"].as_array().unwrap().iter().any(|m| m.as_u64() == Some(map_id)), "{prog}");
+
+    // The writer's deletion waits for the reader, saying so.
+    sh(&format!("kubectl delete bpfprogram {writer} --wait=false")).unwrap();
+    let held = e2e::util::wait_for(std::time::Duration::from_secs(30), "MapsInUse on the writer", || {
+        let p = env.program(&writer);
+        let ready = p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+        match ready {
+            Some(c) if c.reason == "MapsInUse" => Ok(c.message),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(held.contains(&format!("waiting for BpfProgram(s) {reader} that use its maps")), "{held}");
+    assert!(pin.exists(), "the writer's map stays pinned");
+    assert_eq!(env.node(node).pins().iter().filter(|p| p.ends_with("maps/shared")).count(), 1);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(env.cluster.program(&writer).unwrap().is_some(), "still there while the reader is");
+
+    sh(&format!("kubectl delete bpfprogram {reader} --wait=false")).unwrap();
+    env.wait_program_gone(&reader);
+    env.wait_program_gone(&writer);
+    assert!(!pin.exists(), "the writer's map went with it");
+}
