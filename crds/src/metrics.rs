@@ -116,6 +116,13 @@ pub fn problems(metrics: &[MetricSpec]) -> Vec<(String, String)> {
             ));
         } else if m.family().is_empty() {
             out.push((at(".name"), "a counter's name needs more than _total".into()));
+        } else if m.name.starts_with("bpfleet_") {
+            out.push((at(".name"), "names starting with bpfleet_ are the agent's own: choose another prefix".into()));
+        } else if m.metric_type == MetricType::Gauge && m.name.ends_with("_total") {
+            out.push((
+                at(".name"),
+                "a gauge's name must not end in _total (a counter's samples do): drop it, or make it a Counter".into(),
+            ));
         } else if !families.insert(m.family().to_string()) {
             out.push((at(".name"), format!("metric {:?} is defined twice", m.family())));
         }

@@ -222,6 +222,35 @@ fn health_gates_in_the_cluster(c: &Installed, node: &str) {
 /// Step 1b: writes go through the chart's admission (the operator's webhook behind its
 /// Service on clusters without ValidatingAdmissionPolicy): a requester with RBAC write
 /// but no grant is refused, a cluster admin is not (both as server-side dry runs).
+/// `kubectl bpfleet maps` the way people run it: a token of the chart's map reader, the
+/// real API server's service proxy to an operator pod, the node's agent pod. The count it
+/// prints is the kernel's (bpftool on the node's pin, read right after).
+fn maps_read_through_the_api_server(c: &Installed, node: &str) {
+    let t = Instant::now();
+    let out = std::process::Command::new(&e2e::util::binaries().plugin)
+        .args(["maps", "xdp-counter", "packet_count", "-o", "json", "--namespace", NAMESPACE])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("run kubectl-bpfleet");
+    let took = t.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{stdout}: {e}"));
+    assert_eq!(answer[0]["node"], node, "{answer}");
+    let map = &answer[0]["maps"][0];
+    assert_eq!(
+        (map["name"].as_str(), map["type"].as_str(), map["valueType"].as_str()),
+        (Some("packet_count"), Some("Array"), Some("__u64")),
+        "{map}"
+    );
+    let printed = map["entries"][0]["value"].as_u64().unwrap_or_else(|| panic!("{map}"));
+    let kernel = counter(c, node, "xdp-counter", "packet_count");
+    assert!(printed > 0 && printed <= kernel, "printed {printed}, the kernel holds {kernel}");
+    eprintln!(
+        "step 2e: kubectl bpfleet maps through the API server's proxy to the operator pod: {printed} packets in {took:.1?} (bpftool then: {kernel})"
+    );
+}
+
 fn admission_is_enforced_in_the_cluster(c: &Installed) {
     let rbac = r#"
 apiVersion: rbac.authorization.k8s.io/v1
@@ -404,6 +433,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     );
     eprintln!("step 2: every example counts (XDP, TC, global data, image, tracepoint, uprobe on the host's bash)");
     health_gates_in_the_cluster(&c, &node);
+    maps_read_through_the_api_server(&c, &node);
     cluster_pods::programs_inside_pods(&c, &node, &v1);
 
     // Without agent.hostPID (the default) a uprobe scoped to one host process is refused

@@ -119,6 +119,43 @@ subsets:
     Rbac { run: run.to_string() }
 }
 
+/// One node running `xdp_flows` (with `metrics` as its spec.metrics), reachable through
+/// the API server's service proxy as in a cluster.
+struct MapsRun {
+    env: Env,
+    ns: String,
+    node: usize,
+    name: String,
+    entry: crds::NodeProgramStatus,
+    port: u16,
+    _address: MapsAddress,
+    _rbac: Rbac,
+}
+
+impl MapsRun {
+    fn start(test: &str, kubeconfig: &Path, metrics: Option<Value>) -> MapsRun {
+        let address = MapsAddress::add();
+        let port = agent::testing::free_port();
+        let mut env = Env::start_with(test, kubeconfig, |_| vec!["--maps-listen".into(), format!("{MAPS_IP}:{port}")]);
+        let ns = env.cluster.namespace.clone();
+        let rbac = install_reader(&ns, &env.cluster.run.clone(), port);
+        let node = env.add_node(&[("e2e.bpfleet.dev/role", "flows")]);
+        let cm = env.bytecode_configmap("flows", &[OBJECT]);
+        let selector = env.selector(&[("e2e.bpfleet.dev/role", "flows")]);
+        let mut spec = env.xdp_spec(selector, env.configmap_bytecode(&cm, OBJECT), "count_flows", &["eth0"]);
+        if let Some(m) = metrics {
+            spec["metrics"] = m;
+        }
+        let name = env.create_program("flows", spec);
+        env.wait_ready(&name, 1);
+        let uid = env.uid(&name);
+        let revision = env.program(&name).status.unwrap().rollout.unwrap().update_revision.unwrap();
+        let entry = env.wait_node_runs(node, &uid, &revision);
+        eprintln!("{test}: Ready, and its BpfNode reports it");
+        MapsRun { env, ns, node, name, entry, port, _address: address, _rbac: rbac }
+    }
+}
+
 /// `kubectl bpfleet maps ARGS…` as (exit success, stdout, stderr).
 fn plugin(namespace: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(&binaries().plugin)
@@ -211,26 +248,7 @@ fn same_as_kernel(
 fn kubectl_bpfleet_maps_prints_what_bpftool_reads_and_refuses_with_reasons() {
     const TEST: &str = "kubectl_bpfleet_maps_prints_what_bpftool_reads_and_refuses_with_reasons";
     let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
-    let _address = MapsAddress::add();
-    let port = agent::testing::free_port();
-    let mut env = Env::start_with(TEST, &kubeconfig, |_| vec!["--maps-listen".into(), format!("{MAPS_IP}:{port}")]);
-    let ns = env.cluster.namespace.clone();
-    let _rbac = install_reader(&ns, &env.cluster.run.clone(), port);
-    let node = env.add_node(&[("e2e.bpfleet.dev/role", "flows")]);
-    let cm = env.bytecode_configmap("flows", &[OBJECT]);
-    let spec = env.xdp_spec(
-        env.selector(&[("e2e.bpfleet.dev/role", "flows")]),
-        env.configmap_bytecode(&cm, OBJECT),
-        "count_flows",
-        &["eth0"],
-    );
-    let name = env.create_program("flows", spec);
-    env.wait_ready(&name, 1);
-    eprintln!("{TEST}: Ready");
-    let uid = env.uid(&name);
-    let entry =
-        env.wait_node_runs(node, &uid, &env.program(&name).status.unwrap().rollout.unwrap().update_revision.unwrap());
-    eprintln!("{TEST}: BpfNode reports it");
+    let MapsRun { env, ns, node, name, entry, port, _address, _rbac } = MapsRun::start(TEST, &kubeconfig, None);
     env.node(node).ping(25);
     let reader = format!("{ns}/bpfleet-map-reader");
 
@@ -436,4 +454,123 @@ fn an_owner_whose_maps_are_used_is_deleted_only_after_its_users() {
     env.wait_program_gone(&reader);
     env.wait_program_gone(&writer);
     assert!(!pin.exists(), "the writer's map went with it");
+}
+
+/// Median of `runs` timings of `f`, in milliseconds, with what the last run returned.
+fn median_ms<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..runs {
+        let started = std::time::Instant::now();
+        last = Some(f());
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], last.unwrap())
+}
+
+/// Entries `range` of `flows` written with one `bpftool batch`: source address `i`,
+/// destination 10.11.12.13, UDP, `i` packets.
+fn fill_flows(pin: &Path, range: std::ops::Range<u32>, dir: &Path) {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
+    let mut batch = String::new();
+    for i in range {
+        let mut key = i.to_le_bytes().to_vec();
+        key.extend([10, 11, 12, 13, 17, 0, 0, 0]);
+        let mut value = u64::from(i).to_le_bytes().to_vec();
+        value.extend((u64::from(i) * 64).to_le_bytes());
+        batch.push_str(&format!(
+            "map update pinned {} key hex {} value hex {}\n",
+            pin.display(),
+            hex(&key),
+            hex(&value)
+        ));
+    }
+    let file = dir.join("fill.batch");
+    std::fs::write(&file, batch).unwrap();
+    sh(&format!("bpftool batch file {} >/dev/null", file.display())).unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// The numbers of docs/maps.md and docs/benchmarks.md ("Maps"): the exporter's scrape with
+/// 1,000 series against the same agent's scrape without them, and a 10,000-entry hash map
+/// read and decoded through the plugin (API server, operator, agent) against bpftool's
+/// BTF-formatted dump of the same pin on the node, side by side in one run. Not a test of
+/// speed: it asserts only what it counts.
+#[test]
+#[ignore = "a benchmark: cargo test --release -p e2e --test maps bench_maps -- --ignored --nocapture"]
+fn bench_maps() {
+    const TEST: &str = "bench_maps";
+    let Some(kubeconfig) = e2e::kubeconfig_or_skip(TEST) else { return };
+    let metrics = serde_json::json!([{
+        "name": "bench_flow_packets_total", "type": "Counter", "map": "flows", "value": "packets",
+        "labels": [{"name": "proto", "field": "proto"}, {"name": "src", "field": "saddr"}, {"name": "dst", "field": "daddr"}],
+    }]);
+    let run = MapsRun::start(TEST, &kubeconfig, Some(metrics));
+    let pin = map_pin(&run.entry, "flows");
+    let addr = run.env.node(run.node).metrics_addr();
+    // curl's own time from connect to the last byte: the scrape, not the process start.
+    let scrape = || {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..21 {
+            let out =
+                sh(&format!("curl -s -o /dev/null -w '%{{size_download}} %{{time_total}}' http://{addr}/metrics"))
+                    .unwrap();
+            let (b, t) = out.trim().split_once(' ').unwrap();
+            bytes = b.parse::<u64>().unwrap();
+            times.push(t.parse::<f64>().unwrap() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        (times[10], bytes)
+    };
+    let (base_ms, base_bytes) = scrape();
+    fill_flows(&pin, 0..1000, &run.env.workdir);
+    let (full_ms, full_bytes) = scrape();
+    let body = sh(&format!("curl -s http://{addr}/metrics")).unwrap();
+    let series = body.lines().filter(|l| l.starts_with("bench_flow_packets_total{")).count();
+    assert_eq!(series, 1000, "the bound: 1,000 series");
+    let (dump1k_ms, _) =
+        median_ms(21, || sh(&format!("bpftool -j map dump pinned {} >/dev/null", pin.display())).unwrap());
+
+    fill_flows(&pin, 1000..10_000, &run.env.workdir);
+    let reader = format!("{}/bpfleet-map-reader", run.ns);
+    let (plugin_ms, out) = median_ms(5, || {
+        let (ok, out, err) = plugin(
+            &run.ns,
+            &[&run.name, "flows", "--max-entries", "20000", "--service-account", &reader, "-o", "json"],
+        );
+        assert!(ok, "{err}");
+        out
+    });
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    let entries = answer[0]["maps"][0]["entries"].as_array().unwrap().len();
+    assert!(entries >= 10_000, "{entries} entries read");
+    let token =
+        sh(&format!("kubectl create token bpfleet-map-reader -n {} --audience bpfleet.dev/maps", run.ns)).unwrap();
+    let url = format!("https://{MAPS_IP}:{}/v1/maps?program={}&map=flows&maxEntries=20000", run.port, run.name);
+    let (_, answer) = median_ms(5, || {
+        let out = sh(&format!(
+            "curl -sk -o /dev/null -w '%{{size_download}} %{{time_total}}' -H 'x-bpfleet-token: {}' '{url}'",
+            token.trim()
+        ))
+        .unwrap();
+        let (b, t) = out.trim().split_once(' ').map(|(b, t)| (b.to_string(), t.to_string())).unwrap();
+        (b.parse::<u64>().unwrap(), t.parse::<f64>().unwrap() * 1000.0)
+    });
+    let (answer_bytes, answer_ms) = answer;
+    let (dump_ms, dump_bytes) = median_ms(5, || {
+        sh(&format!("bpftool -j map dump pinned {} | wc -c", pin.display())).unwrap().trim().parse::<u64>().unwrap()
+    });
+    let (table_ms, table) = median_ms(5, || {
+        plugin(&run.ns, &[&run.name, "flows", "--max-entries", "20000", "--service-account", &reader]).1
+    });
+    println!("| what | median | bytes |");
+    println!("|---|---:|---:|");
+    println!("| agent /metrics, nothing exported (21 scrapes) | {base_ms:.1} ms | {base_bytes} |");
+    println!("| agent /metrics with 1,000 exported series (21 scrapes) | {full_ms:.1} ms | {full_bytes} |");
+    println!("| bpftool -j map dump of those 1,000 entries, on the node | {dump1k_ms:.1} ms | |");
+    println!("| kubectl bpfleet maps -o json, {entries} entries (5 runs) | {plugin_ms:.0} ms | {} |", out.len());
+    println!("| kubectl bpfleet maps (table), same map | {table_ms:.0} ms | {} |", table.len());
+    println!("| the operator's answer alone (curl with a token, 5 runs) | {answer_ms:.0} ms | {answer_bytes} |");
+    println!("| bpftool -j map dump (BTF formatted), same pin, on the node | {dump_ms:.0} ms | {dump_bytes} |");
 }

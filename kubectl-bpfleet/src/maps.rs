@@ -233,10 +233,12 @@ fn decode_map(m: &MapContents, sum: bool) -> MapView {
 pub fn sum_values(values: &[Value]) -> Value {
     let Some(first) = values.first() else { return Value::Null };
     match first {
-        Value::Number(n) if n.is_u64() => {
+        // The kind of every CPU's number decides, not the first's: one negative CPU makes
+        // the sum signed.
+        Value::Number(_) if values.iter().all(|v| v.as_u64().is_some()) => {
             Value::from(values.iter().filter_map(Value::as_u64).fold(0u64, u64::wrapping_add))
         }
-        Value::Number(n) if n.is_i64() => {
+        Value::Number(_) if values.iter().all(|v| v.as_i64().is_some()) => {
             Value::from(values.iter().filter_map(Value::as_i64).fold(0i64, i64::wrapping_add))
         }
         Value::Number(_) => Value::from(values.iter().filter_map(Value::as_f64).sum::<f64>()),
@@ -328,6 +330,7 @@ mod tests {
         ];
         assert_eq!(sum_values(&cpus), json!({"packets": 7, "bytes": 150, "proto": "TCP", "hist": [1, 7]}));
         assert_eq!(sum_values(&[json!(u64::MAX), json!(2)]), json!(1), "counters wrap");
+        assert_eq!(sum_values(&[json!(5), json!(-7)]), json!(-2), "a negative CPU makes the sum signed");
         assert_eq!(sum_values(&[]), Value::Null);
     }
 

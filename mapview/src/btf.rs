@@ -251,7 +251,7 @@ impl Btf {
     /// With the kind_flag set the offset word carries the bitfield size in its top byte.
     /// Without it, a bitfield is a member whose integer type is narrower than its bytes,
     /// and that integer's own bit offset adds to the member's.
-    fn member_bits(&self, bitfield_form: bool, m: &Member) -> Result<(u64, u32), Error> {
+    pub(crate) fn member_bits(&self, bitfield_form: bool, m: &Member) -> Result<(u64, u32), Error> {
         if bitfield_form {
             return Ok((u64::from(m.offset & 0x00ff_ffff), m.offset >> 24));
         }

@@ -161,8 +161,13 @@ impl Btf {
         let Some(tail) = self.strings.get(off as usize..) else {
             return Err(Error::bad_type(id, format!("name offset {off} is past the string section")));
         };
-        // The section ends with NUL, so there is always one.
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        // The section ends with NUL, so there is always one; a name is at most
+        // MAX_NAME bytes (the kernel's limit for BTF names), so a long run without NUL read
+        // once per member cannot make parsing quadratic.
+        let window = &tail[..tail.len().min(MAX_NAME + 1)];
+        let Some(end) = window.iter().position(|&b| b == 0) else {
+            return Err(Error::bad_type(id, format!("name at offset {off} is longer than {MAX_NAME} bytes")));
+        };
         std::str::from_utf8(&tail[..end])
             .map_err(|_| Error::bad_type(id, format!("name at offset {off} is not UTF-8")))?;
         Ok(())
@@ -170,6 +175,9 @@ impl Btf {
 }
 
 /// Reads one `struct btf_type` and the payload its kind puts after it.
+/// Longest name a type or member may have (KSYM_NAME_LEN, as the kernel checks BTF).
+const MAX_NAME: usize = 512;
+
 fn read_type(r: &mut Reader, id: u32) -> Result<Type, Error> {
     let what = format!("type {id}");
     let name_off = r.u32(&what)?;

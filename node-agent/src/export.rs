@@ -22,8 +22,10 @@ use crate::store::OwnerRecord;
 
 /// Default of `--max-metric-series-per-program`.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
-/// Longest one program's maps may take to read at a scrape.
+/// Longest one map may take to read at a scrape.
 const READ_TIME: Duration = Duration::from_secs(2);
+/// Longest all maps of one scrape may take: the rest wait for the next scrape.
+const SCRAPE_TIME: Duration = Duration::from_secs(5);
 
 fn refuse(i: usize, what: &str, message: String) -> AgentError {
     AgentError::new(Reason::InvalidSpec, format!("metrics[{i}]{what}: {message}"))
@@ -71,14 +73,16 @@ pub fn check(elf: &[u8], maps: &BTreeMap<String, crate::elf::MapDef>, metrics: &
         } else {
             btf.field(value, &m.value).map_err(|e| refuse(i, ".value", e.to_string()))?
         };
-        let zeros = vec![0u8; btf.size_of(value).unwrap_or(0) as usize];
-        field.read_u64(&btf, &zeros).map_err(|e| {
-            refuse(
+        // The kernel's size of the value, not the BTF's (which hostile BTF could make huge).
+        let zeros = vec![0u8; maps[&m.map].value_size as usize];
+        let sample = field.decode(&btf, &zeros).map_err(|e| refuse(i, ".value", e.to_string()))?;
+        if Sample::of(&sample).is_none() {
+            return Err(refuse(
                 i,
                 ".value",
-                format!("{e} (a sample is an integer: name an integer field of {})", btf.type_name(value)),
-            )
-        })?;
+                format!("a sample is a number, and {sample} is not: name a number field of {}", btf.type_name(value)),
+            ));
+        }
     }
     Ok(())
 }
@@ -105,7 +109,7 @@ fn object_btf(elf: &[u8]) -> Result<Btf> {
 struct Family {
     metric_type: MetricType,
     help: String,
-    series: Vec<(String, u64)>,
+    series: Vec<(String, Sample)>,
 }
 
 /// What a scrape exports of every program, and per owner uid what was cut or could not be
@@ -117,6 +121,10 @@ pub struct Exported {
 
 /// Read every program's metrics maps and write them as OpenMetrics families.
 pub fn export(records: &[OwnerRecord], max_series: usize) -> Exported {
+    // One scrape reads maps at a time: scrapers that pile up wait rather than load the node.
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let deadline = Instant::now() + SCRAPE_TIME;
     let mut families: BTreeMap<String, Family> = BTreeMap::new();
     let mut notes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in records.iter().filter(|r| !r.metrics.is_empty()) {
@@ -131,7 +139,7 @@ pub fn export(records: &[OwnerRecord], max_series: usize) -> Exported {
                 continue;
             }
             let mut series = Vec::new();
-            if let Err(why) = read_metric(r, m, max_series, &mut left, &mut series) {
+            if let Err(why) = read_metric(r, m, max_series, &mut left, deadline, &mut series) {
                 mine.push(format!("{}: {why}", m.name));
             }
             let f = families.entry(family).or_insert_with(|| Family {
@@ -160,21 +168,101 @@ pub fn export(records: &[OwnerRecord], max_series: usize) -> Exported {
     Exported { text, notes }
 }
 
-/// The series of metric `m` of `record`, at most `left` of them (spent here). Err: why
-/// the metric is cut or could not be read at all.
+/// A sample: integers exactly (counters wrap as the kernel's do), anything else as a float.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sample {
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+}
+
+impl Sample {
+    fn of(v: &serde_json::Value) -> Option<Sample> {
+        match v {
+            serde_json::Value::Bool(b) => Some(Sample::Unsigned(u64::from(*b))),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(Sample::Unsigned)
+                .or_else(|| n.as_i64().map(Sample::Signed))
+                .or_else(|| n.as_f64().map(Sample::Float)),
+            _ => None,
+        }
+    }
+
+    fn add(self, other: Sample) -> Sample {
+        match (self, other) {
+            (Sample::Unsigned(a), Sample::Unsigned(b)) => Sample::Unsigned(a.wrapping_add(b)),
+            (Sample::Float(a), b) | (b, Sample::Float(a)) => Sample::Float(a + b.as_f64()),
+            (a, b) => Sample::Signed(a.as_i64().wrapping_add(b.as_i64())),
+        }
+    }
+
+    /// An integer sample as i64 (an unsigned one wraps, as C's conversion does).
+    fn as_i64(self) -> i64 {
+        match self {
+            Sample::Unsigned(v) => v as i64,
+            Sample::Signed(v) => v,
+            Sample::Float(v) => v as i64,
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Sample::Unsigned(v) => v as f64,
+            Sample::Signed(v) => v as f64,
+            Sample::Float(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sample::Unsigned(v) => write!(f, "{v}"),
+            Sample::Signed(v) => write!(f, "{v}"),
+            Sample::Float(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// A key or key field as a label value: strings as they are, numbers in decimal, enums by
+/// name, anything else as compact JSON; a key without BTF type as hex bytes.
+fn label_text(btf: &Btf, field: &Field, key: &[u8]) -> std::result::Result<String, String> {
+    if field.type_id == 0 {
+        return Ok(mapview::hex(key));
+    }
+    Ok(match field.decode(btf, key).map_err(|e| e.to_string())? {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
+}
+
+/// The series of metric `m` of `record`, at most `left` of them (spent here), read before
+/// `deadline`. Entries whose labels are the same (labels that leave key fields out) are one
+/// series, their samples summed. Err: why the metric is cut or could not be read at all;
+/// the words stay the same from one scrape to the next, so a note changes only when the
+/// situation does.
 fn read_metric(
     r: &OwnerRecord,
     m: &MetricSpec,
     max_series: usize,
     left: &mut usize,
-    out: &mut Vec<(String, u64)>,
+    deadline: Instant,
+    out: &mut Vec<(String, Sample)>,
 ) -> std::result::Result<(), String> {
     let pin = r.maps.iter().find(|x| x.name == m.map).map(|x| x.pin_path.clone()).ok_or("the map is not pinned")?;
+    if Instant::now() >= deadline {
+        return Err("not read: this scrape's time for reading maps ran out".into());
+    }
+    let entries = u32::try_from(max_series.saturating_add(1)).unwrap_or(u32::MAX);
     let mut budget =
-        Budget { entries_per_map: (*left + 1) as u32, bytes: 64 << 20, deadline: Instant::now() + READ_TIME };
+        Budget { entries_per_map: entries, bytes: 64 << 20, deadline: deadline.min(Instant::now() + READ_TIME) };
     let d = dump::dump(&m.map, &pin, &mut budget);
     if !d.error.is_empty() {
         return Err(d.error);
+    }
+    if d.kernel.btf_value_type_id == 0 {
+        return Err(format!("the map has no BTF value type in the kernel ({})", d.btf_note));
     }
     let btf = Btf::parse(&d.btf).map_err(|e| format!("the map's BTF: {e} {}", d.btf_note))?;
     let labels: Vec<(&str, Field)> = m
@@ -195,41 +283,43 @@ fn read_metric(
         btf.field(d.kernel.btf_value_type_id, &m.value).map_err(|e| e.to_string())?
     };
     let per_cpu = d.values_per_entry > 1 && m.per_cpu == PerCpu::Label;
-    let want = d.entries.len() * if per_cpu { d.values_per_entry as usize } else { 1 };
+    let mut series: BTreeMap<String, Sample> = BTreeMap::new();
+    let mut cut = !d.truncated.is_empty();
     for e in &d.entries {
         let mut set = format!("{PROGRAM_LABEL}=\"{}\"", escape(&r.name));
         for (name, f) in &labels {
-            let v = f.decode(&btf, &e.key).map_err(|e| e.to_string())?;
-            let text = match v {
-                serde_json::Value::String(s) => s,
-                other => other.to_string(),
-            };
-            let _ = write!(set, ",{name}=\"{}\"", escape(&text));
+            let _ = write!(set, ",{name}=\"{}\"", escape(&label_text(&btf, f, &e.key)?));
         }
-        let values: Vec<u64> = e
+        let samples: Vec<Sample> = e
             .values
             .iter()
-            .map(|v| value.read_u64(&btf, v).map_err(|e| e.to_string()))
+            .map(|v| {
+                let json = value.decode(&btf, v).map_err(|e| e.to_string())?;
+                Sample::of(&json).ok_or_else(|| format!("the value {json} is not a number"))
+            })
             .collect::<std::result::Result<_, _>>()?;
-        if per_cpu {
-            for (cpu, v) in values.iter().enumerate() {
-                if *left == 0 {
-                    break;
+        let each: Vec<(String, Sample)> = if per_cpu {
+            samples.into_iter().enumerate().map(|(cpu, v)| (format!("{set},{CPU_LABEL}=\"{cpu}\""), v)).collect()
+        } else {
+            let sum = samples.into_iter().reduce(Sample::add).unwrap_or(Sample::Unsigned(0));
+            vec![(set, sum)]
+        };
+        for (labels, sample) in each {
+            match series.get_mut(&labels) {
+                Some(s) => *s = s.add(sample),
+                None if *left > 0 => {
+                    *left -= 1;
+                    series.insert(labels, sample);
                 }
-                *left -= 1;
-                out.push((format!("{set},{CPU_LABEL}=\"{cpu}\""), *v));
+                None => cut = true,
             }
-        } else if *left > 0 {
-            *left -= 1;
-            out.push((set, values.iter().fold(0u64, |a, b| a.wrapping_add(*b))));
         }
     }
-    if !d.truncated.is_empty() || out.len() < want {
+    out.extend(series);
+    if cut {
         return Err(format!(
-            "more series than the {max_series} this agent exports per program (--max-metric-series-per-program): {} of {}{} exported",
-            out.len(),
-            want,
-            if d.truncated.is_empty() { "" } else { " or more" },
+            "more series than the {max_series} this agent exports per program (--max-metric-series-per-program); \
+             the rest are not exported"
         ));
     }
     Ok(())

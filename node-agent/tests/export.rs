@@ -95,6 +95,8 @@ async fn exported_samples_are_the_kernels_values_labelled_by_key_fields() {
         metric("getppid_percpu", "Gauge", "calls_percpu", &[], "count", "Label"),
         metric("getppid_per_key", "Gauge", "per_key", &[("key", "")], "", "Sum"),
         metric("getppid_wide", "Counter", "wide_key", &[("a", "a"), ("b", "b")], "", ""),
+        // No label from the key: every entry is the one series, their values summed.
+        metric("getppid_all", "Gauge", "calls", &[], "", ""),
     ];
     let state = client.apply(request("export", metrics)).await.expect("apply with metrics").into_inner().state.unwrap();
     for _ in 0..50 {
@@ -121,6 +123,8 @@ async fn exported_samples_are_the_kernels_values_labelled_by_key_fields() {
     let summed: u64 = bpftool_values(&pin(&state, "per_key"), &7u64.to_le_bytes()).iter().sum();
     assert_eq!(sample(&body, &format!("getppid_per_key{{{program},key=\"7\"}}")), Some(summed), "{body}");
     assert_eq!(sample(&body, &format!("getppid_wide_total{{{program},a=\"1\",b=\"2\"}}")), Some(1), "{body}");
+    assert_eq!(sample(&body, &format!("getppid_all{{{program}}}")), Some(calls + tens), "one series, summed: {body}");
+    assert_eq!(body.lines().filter(|l| l.starts_with("getppid_all{")).count(), 1, "{body}");
     for line in [
         "# TYPE getppid_calls counter",
         "# HELP getppid_calls getppid_calls_total of probe_counters",

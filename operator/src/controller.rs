@@ -912,7 +912,7 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let name = p.name_any();
     // Its maps stay while other programs use them (spec.maps[].from): their programs hold
     // and read the same kernel maps.
-    let users = crate::shared_maps::users(&ctx.client, &name).await;
+    let users = crate::shared_maps::users(&ctx.client, &name).await?;
     if !users.is_empty() {
         let message = crate::shared_maps::in_use_message(&users);
         let status = status::deleting_because(

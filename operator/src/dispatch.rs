@@ -437,8 +437,8 @@ impl AgentPool {
             timeout_ms,
             node_name: node.name.clone(),
         };
-        // Room for the bytes asked plus the framing of every entry.
-        let limit = (max_bytes as usize).saturating_mul(2).max(MAX_ANSWER_BYTES);
+        // The agent counts each entry's framing in `max_bytes`: room for that and the BTF.
+        let limit = (max_bytes as usize).saturating_add(MAX_ANSWER_BYTES);
         let resp =
             self.call(node, move |c| async move { c.max_decoding_message_size(limit).read_maps(req).await }).await?;
         let check = answers::same_node(&node.name, &resp.node_name, false);

@@ -221,7 +221,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     if let Some(addr) = args.maps_listen {
-        let reads = operator::maps::MapReads { client: client.clone(), pool: pool.clone() };
+        let reads = operator::maps::MapReads::new(client.clone(), pool.clone());
         tokio::spawn(async move {
             if let Err(error) = operator::maps::serve(addr, reads).await {
                 tracing::error!(error = %format!("{error:#}"), "map reads stopped");

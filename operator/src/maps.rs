@@ -38,11 +38,23 @@ use crate::targets::{NodeAddr, NodeInfo};
 /// Nodes asked at once during an `allNodes` read.
 const PARALLEL_NODES: usize = 16;
 
+/// Map reads served at once; more are refused (429) rather than queued, so callers
+/// without a valid token cannot pile up TokenReviews or agent reads.
+const PARALLEL_READS: usize = 8;
+
 /// What a map read needs.
 #[derive(Clone)]
 pub struct MapReads {
     pub client: Client,
     pub pool: AgentPool,
+    /// One permit per read in progress.
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl MapReads {
+    pub fn new(client: Client, pool: AgentPool) -> Self {
+        Self { client, pool, slots: Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS)) }
+    }
 }
 
 /// A refusal: the HTTP status and what to do about it.
@@ -84,6 +96,9 @@ pub async fn serve(addr: SocketAddr, reads: MapReads) -> anyhow::Result<()> {
 
 async fn handle(State(reads): State<Arc<MapReads>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     let answer = async {
+        let _slot = reads.slots.try_acquire().map_err(|_| {
+            refuse(StatusCode::TOO_MANY_REQUESTS, format!("{PARALLEL_READS} map reads are in progress: try again"))
+        })?;
         let query = parse_query(query.as_deref().unwrap_or_default())?;
         let token = headers
             .get(mapread::TOKEN_HEADER)
@@ -140,6 +155,9 @@ pub fn parse_query(raw: &str) -> Result<MapsQuery, Refusal> {
     if q.program.is_empty() {
         return Err(bad("the query names no program (program=NAME)".into()));
     }
+    if crds::names::NodeName::new(q.program.as_str()).is_err() {
+        return Err(bad(format!("{:?} is not a BpfProgram name (a DNS subdomain)", q.program)));
+    }
     if !q.node.is_empty() && q.all_nodes {
         return Err(bad("ask for one node or for allNodes, not both".into()));
     }
@@ -150,11 +168,7 @@ impl MapReads {
     /// Check the caller, then read `query`.
     pub async fn read(&self, token: &str, query: &MapsQuery) -> Result<MapsAnswer, Refusal> {
         let user = self.review(token).await?;
-        let program = Api::<BpfProgram>::all(self.client.clone())
-            .get_opt(&query.program)
-            .await
-            .map_err(|e| refuse(StatusCode::BAD_GATEWAY, format!("cannot read BpfProgram {}: {e}", query.program)))?;
-        self.authorize(&user, &query.program, program.as_ref()).await?;
+        let program = self.authorize(&user, &query.program).await?;
         let program = program
             .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("BpfProgram {:?} does not exist", query.program)))?;
         let uid = program.metadata.uid.clone().unwrap_or_default();
@@ -200,8 +214,10 @@ impl MapReads {
             .await
             .map_err(|e| refuse(StatusCode::BAD_GATEWAY, format!("the token could not be reviewed: {e}")))?;
         let status = reviewed.status.unwrap_or_default();
+        // An API server that ignores audiences answers without them: not good enough.
+        let ours = status.audiences.as_ref().is_some_and(|a| a.iter().any(|x| x == mapread::AUDIENCE));
         match (status.authenticated, status.user) {
-            (Some(true), Some(user)) => Ok(user),
+            (Some(true), Some(user)) if ours => Ok(user),
             _ => Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 format!(
@@ -215,11 +231,20 @@ impl MapReads {
 
     /// May `user` read the maps of `name`: `get bpfprograms/maps`, or for a tenant's
     /// mirror `get bpfnamespacedprograms/maps` of the tenant's program.
-    async fn authorize(&self, user: &UserInfo, name: &str, program: Option<&BpfProgram>) -> Result<(), Refusal> {
+    /// Asked before the program is read (its labels name the tenant), so a caller without
+    /// the right learns nothing of it. The program, once allowed.
+    async fn authorize(&self, user: &UserInfo, name: &str) -> Result<Option<BpfProgram>, Refusal> {
+        let get = || async {
+            Api::<BpfProgram>::all(self.client.clone())
+                .get_opt(name)
+                .await
+                .map_err(|e| refuse(StatusCode::BAD_GATEWAY, format!("cannot read BpfProgram {name}: {e}")))
+        };
         if self.allowed(user, resource_attributes("bpfprograms", None, name)).await? {
-            return Ok(());
+            return get().await;
         }
-        let tenant = program.and_then(|p| {
+        let program = get().await?;
+        let tenant = program.as_ref().and_then(|p| {
             let labels = p.metadata.labels.as_ref()?;
             let namespace = labels.get(crds::tenant::LABEL_TENANT_NAMESPACE)?;
             let tenant_name = labels.get(crds::tenant::LABEL_TENANT_NAME)?;
@@ -228,7 +253,7 @@ impl MapReads {
         if let Some((namespace, tenant_name)) = &tenant
             && self.allowed(user, resource_attributes("bpfnamespacedprograms", Some(namespace), tenant_name)).await?
         {
-            return Ok(());
+            return Ok(program);
         }
         let who = user.username.clone().unwrap_or_default();
         let also = tenant.map_or_else(String::new, |(ns, n)| {

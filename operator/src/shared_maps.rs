@@ -40,19 +40,22 @@ pub async fn owners(client: &Client, p: &BpfProgram) -> Result<BTreeMap<String, 
     Ok(owners)
 }
 
-/// The programs whose `spec.maps[].from` name program `owner`, sorted; a list that cannot
-/// be read counts as none (deletion is not held by an API error).
-pub async fn users(client: &Client, owner: &str) -> Vec<String> {
+/// The programs whose `spec.maps[].from` name program `owner`, sorted. Programs being
+/// deleted themselves do not count (two programs using each other's maps would otherwise
+/// wait for each other forever; their kernel programs hold the maps until they go). An
+/// error reading them is the caller's to retry: never taken for "no users".
+pub async fn users(client: &Client, owner: &str) -> Result<Vec<String>, kube::Error> {
     let api: Api<BpfProgram> = Api::all(client.clone());
-    let Ok(list) = api.list(&ListParams::default()).await else { return Vec::new() };
+    let list = api.list(&ListParams::default()).await?;
     let mut users: Vec<String> = list
         .items
         .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| p.spec.maps.iter().any(|m| m.from.as_ref().is_some_and(|f| f.program == owner)))
         .map(|p| p.name_any())
         .collect();
     users.sort();
-    users
+    Ok(users)
 }
 
 /// The condition message of an owner whose deletion waits for `users`.

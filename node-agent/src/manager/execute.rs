@@ -69,8 +69,13 @@ impl Manager {
         let records = self.records();
         for step in &plan.maps.steps {
             if let apply_plan::MapStep::Recreate { name, pin, why, .. } = step {
-                maps::shared::check_not_used(&records, input.uid.as_str(), name, pin, why)?;
+                let change = format!("would be recreated ({why})");
+                maps::shared::check_not_used(&records, input.uid.as_str(), name, pin, &change)?;
             }
+        }
+        for pin in &plan.maps.unused_after_commit {
+            let name = pin.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            maps::shared::check_not_used(&records, input.uid.as_str(), &name, pin, "is not in this revision")?;
         }
         self.execute(input, &plan, pods)
     }

@@ -16,6 +16,8 @@ pub const MAX_ENTRIES: u32 = 100_000;
 pub const DEFAULT_ENTRIES: u32 = 10_000;
 /// Bytes of keys, values and BTF in one answer at most (under the gRPC answer limit).
 pub const MAX_BYTES: u32 = crds::mapread::MAX_NODE_BYTES;
+/// Bytes counted per key and per value on top of their own (allocations, wire framing).
+const ENTRY_OVERHEAD: usize = 32;
 /// Longest a read may take, in milliseconds (a request may ask less).
 pub const MAX_MILLIS: u32 = 10_000;
 /// When a request does not say.
@@ -187,7 +189,12 @@ fn read_entries(fd: BorrowedFd<'_>, kernel: &KernelMap, dump: &mut Dump, budget:
         kernel.value_size as usize
     };
     let value_len = stride * dump.values_per_entry as usize;
-    let entry_bytes = key_size + value_len;
+    // What an entry costs whoever holds the answer: its bytes and their framing (a key and
+    // a value per CPU, each a separate allocation and a field on the wire).
+    let entry_bytes = key_size + value_len + ENTRY_OVERHEAD * (1 + dump.values_per_entry as usize);
+    // A hash map walked while entries are deleted starts again from its first key when the
+    // key walked from is gone: a key seen twice ends the walk instead of repeating it.
+    let mut seen = std::collections::HashSet::new();
     let mut key: Option<Vec<u8>> = None;
     let mut next = vec![0u8; key_size];
     let mut value = vec![0u8; value_len];
@@ -219,9 +226,17 @@ fn read_entries(fd: BorrowedFd<'_>, kernel: &KernelMap, dump: &mut Dump, budget:
             dump.truncated = format!("the read's time limit ran out after {} entries", dump.entries.len());
             return;
         }
+        if !seen.insert(next.clone()) {
+            dump.truncated = format!(
+                "the map changed while it was read (entries deleted meanwhile): {} entries, each once",
+                dump.entries.len()
+            );
+            return;
+        }
         match lookup(fd, &next, &mut value) {
-            // Deleted since its key was listed: nothing to show.
-            Ok(false) => {}
+            // Deleted since its key was listed: nothing to show, and the walk goes on from
+            // the key before it.
+            Ok(false) => continue,
             Ok(true) => {
                 budget.bytes -= entry_bytes;
                 let values =

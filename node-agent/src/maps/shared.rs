@@ -85,47 +85,70 @@ pub fn resolve(
         if theirs != *ours {
             return Err(mismatch(format!("spec.maps[{i}]: {}", describe("their shapes must be the same"))));
         }
-        if let Some((our_types, their_types)) = btf_types(elf, &p.name, &pin)
-            && our_types != their_types
-        {
-            return Err(mismatch(format!(
-                "spec.maps[{i}]: {}",
-                describe(&format!(
-                    "their BTF types differ (key {} and value {} here, key {} and value {} there)",
-                    our_types.0, our_types.1, their_types.0, their_types.1
-                ))
-            )));
+        match btf_types(elf, &p.name, &pin) {
+            Ok(None) => {}
+            Ok(Some((ours, theirs))) if ours.layouts == theirs.layouts => {}
+            Ok(Some((ours, theirs))) => {
+                return Err(mismatch(format!(
+                    "spec.maps[{i}]: {}",
+                    describe(&format!(
+                        "their BTF types differ (key {} and value {} here, key {} and value {} there)",
+                        ours.names.0, ours.names.1, theirs.names.0, theirs.names.1
+                    ))
+                )));
+            }
+            Err(why) => return Err(mismatch(format!("spec.maps[{i}]: {}", describe(&why)))),
         }
         out.insert(p.name.clone(), pin);
     }
     Ok(out)
 }
 
-/// The key and value type names of map `name` in the object's BTF and of the map pinned
-/// at `pin` in its kernel BTF, when both have them.
-fn btf_types(elf: &[u8], name: &str, pin: &std::path::Path) -> Option<((String, String), (String, String))> {
-    use object::{Object, ObjectSection};
-    let file = object::File::parse(elf).ok()?;
-    let ours = mapview::Btf::parse(file.section_by_name(".BTF")?.data().ok()?).ok()?;
-    let (Some(key), Some(value)) = ours.map_types(name)? else { return None };
-    let fd = crate::kernel::obj_get(pin).ok()?;
-    let k = info::map_info(fd.as_fd()).ok()?;
-    if k.btf_id == 0 || k.btf_value_type_id == 0 {
-        return None;
-    }
-    let theirs = mapview::Btf::parse(&info::btf_blob(k.btf_id).ok()?).ok()?;
-    Some((
-        (ours.type_name(key), ours.type_name(value)),
-        (theirs.type_name(k.btf_key_type_id), theirs.type_name(k.btf_value_type_id)),
-    ))
+/// A map's key and value types: their names (for messages) and layouts (compared).
+struct Types {
+    names: (String, String),
+    layouts: (String, String),
 }
 
-/// Refuse to recreate a map of `uid` pinned at `pin` that another owner uses.
-pub fn check_not_used(records: &[OwnerRecord], uid: &str, name: &str, pin: &std::path::Path, why: &str) -> Result<()> {
+fn types_of(btf: &mapview::Btf, key: u32, value: u32) -> std::result::Result<Types, String> {
+    let layout = |id| btf.layout(id).map_err(|e| format!("its BTF cannot be compared: {e}"));
+    Ok(Types { names: (btf.type_name(key), btf.type_name(value)), layouts: (layout(key)?, layout(value)?) })
+}
+
+/// The key and value types of map `name` in the object's BTF and of the map pinned at
+/// `pin` in its kernel BTF; None when either side was made without BTF key and value types
+/// (then the shapes alone are compared). BTF that one side has but that cannot be read
+/// or compared is an error: a share is never let through unchecked.
+fn btf_types(elf: &[u8], name: &str, pin: &std::path::Path) -> std::result::Result<Option<(Types, Types)>, String> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(elf).map_err(|e| e.to_string())?;
+    let Some(section) = file.section_by_name(".BTF") else { return Ok(None) };
+    let data = section.data().map_err(|e| format!("the object's BTF: {e}"))?;
+    let ours = mapview::Btf::parse(data).map_err(|e| format!("the object's BTF: {e}"))?;
+    let Some((Some(key), Some(value))) = ours.map_types(name) else { return Ok(None) };
+    let fd = crate::kernel::obj_get(pin).map_err(|e| format!("the owner's map does not open: {e}"))?;
+    let k = info::map_info(fd.as_fd()).map_err(|e| format!("the owner's map: {e}"))?;
+    if k.btf_id == 0 || k.btf_key_type_id == 0 || k.btf_value_type_id == 0 {
+        return Ok(None);
+    }
+    let blob = info::btf_blob(k.btf_id).map_err(|e| format!("the owner's map BTF: {e}"))?;
+    let theirs = mapview::Btf::parse(&blob).map_err(|e| format!("the owner's map BTF: {e}"))?;
+    Ok(Some((types_of(&ours, key, value)?, types_of(&theirs, k.btf_key_type_id, k.btf_value_type_id)?)))
+}
+
+/// Refuse to recreate or drop a map of `uid` pinned at `pin` that another owner uses;
+/// `change` says what would happen to it ("would be recreated (…)", "is not in this revision").
+pub fn check_not_used(
+    records: &[OwnerRecord],
+    uid: &str,
+    name: &str,
+    pin: &std::path::Path,
+    change: &str,
+) -> Result<()> {
     match records.iter().find(|r| r.uid != uid && r.maps.iter().any(|m| m.pin_path == pin)) {
         Some(user) => Err(mismatch(format!(
-            "map {name} would be recreated ({why}), but BpfProgram {} uses it (spec.maps[].from): a shared map \
-             keeps its shape; change or remove its users first",
+            "map {name} {change}, but BpfProgram {} uses it (spec.maps[].from): a shared map stays as it is \
+             while used; change or remove its users first",
             user.name
         ))),
         None => Ok(()),
