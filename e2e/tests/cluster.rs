@@ -226,8 +226,10 @@ fn health_gates_in_the_cluster(c: &Installed, node: &str) {
 /// real API server's service proxy to an operator pod, the node's agent pod. The count it
 /// prints is the kernel's (bpftool on the node's pin, read right after).
 fn maps_read_through_the_api_server(c: &Installed, node: &str) {
+    // Built before the clock starts (the first use builds the binaries under test).
+    let plugin = &e2e::util::binaries().plugin;
     let t = Instant::now();
-    let out = std::process::Command::new(&e2e::util::binaries().plugin)
+    let out = std::process::Command::new(plugin)
         .args(["maps", "xdp-counter", "packet_count", "-o", "json", "--namespace", NAMESPACE])
         .env("KUBECONFIG", &c.kubeconfig)
         .output()
