@@ -14,7 +14,7 @@
 #                   the release workflow does this, nobody else
 #   --out DIR       where the docker-archive tarballs go (default: target/images)
 #   --examples      also build PREFIX/bpfleet-example-ticker, the examples' workload
-#                   (examples/apps/ticker.c, static; docker/example-ticker.Dockerfile)
+#                   (examples/apps/ticker.c and mapcat.c, static; docker/example-ticker.Dockerfile)
 #
 # Builds with buildah (Debian's `buildah`, vfs storage, no daemon) or with docker when a
 # docker daemon answers. Prints each image's size.
@@ -119,6 +119,8 @@ if [ $examples = 1 ]; then
     rm -rf "$ctx"
     mkdir -p "$ctx"
     ${CC:-cc} -static -O0 -g -Wall -Werror -o "$ctx/ticker" examples/apps/ticker.c
+    # mapcat reads a map a bpfleet map volume holds (docs/maps.md, "Into pods").
+    ${CC:-cc} -static -O2 -Wall -Werror -o "$ctx/mapcat" examples/apps/mapcat.c
     printf 'nonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$ctx/passwd"
     package example-ticker "$ctx"
 fi

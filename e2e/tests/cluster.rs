@@ -346,6 +346,8 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
         "operator.images.caConfigMap=e2e-registry-ca".to_string(),
         "operator.resyncSeconds=300".to_string(),
         format!("podTargets.namespaces={{{}}}", cluster_pods::PODS_NS),
+        "csi.enabled=true".to_string(),
+        format!("csi.namespaces={{{}}}", cluster_pods::PODS_NS),
     ];
 
     // 1. Install: every pod Ready.
@@ -436,6 +438,7 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     eprintln!("step 2: every example counts (XDP, TC, global data, image, tracepoint, uprobe on the host's bash)");
     health_gates_in_the_cluster(&c, &node);
     maps_read_through_the_api_server(&c, &node);
+    cluster_pods::volumes::map_volume_in_a_pod(&c, &v1, || counter(&c, &node, "xdp-counter", "packet_count"));
     cluster_pods::programs_inside_pods(&c, &node, &v1);
 
     // Without agent.hostPID (the default) a uprobe scoped to one host process is refused

@@ -49,7 +49,7 @@ pub fn check_bpffs(root: &Path) -> anyhow::Result<()> {
 }
 
 /// Whether `path` is on a bpf filesystem.
-fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
+pub fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

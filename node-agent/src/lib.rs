@@ -3,6 +3,7 @@
 
 pub mod apply_plan;
 pub mod attach;
+pub mod csi;
 pub mod elf;
 pub mod error;
 pub mod export;

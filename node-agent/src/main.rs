@@ -108,6 +108,19 @@ enum Command {
         #[arg(default_value = "/sys/fs/bpf")]
         path: PathBuf,
     },
+    /// Serve map volumes to pods: the CSI node driver csi.bpfleet.dev (the chart's `csi`
+    /// container, privileged for its mounts). Reads what runs from --state-dir; loads nothing.
+    Csi {
+        /// Where the driver's socket goes (the kubelet's plugins/csi.bpfleet.dev).
+        #[arg(long, default_value = "/var/lib/kubelet/plugins/csi.bpfleet.dev")]
+        socket_dir: PathBuf,
+        /// The kubelet's plugin registration directory.
+        #[arg(long, default_value = "/var/lib/kubelet/plugins_registry")]
+        registration_dir: PathBuf,
+        /// Namespaces whose pods may mount maps (comma-separated or repeated); none by default.
+        #[arg(long = "csi-namespaces", value_delimiter = ',')]
+        namespaces: Vec<String>,
+    },
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -121,6 +134,20 @@ pub fn main() -> anyhow::Result<()> {
         let mounted = agent::kernel::mount_bpffs(path)?;
         tracing::info!(path = %path.display(), mounted, "bpffs {}", if mounted { "mounted" } else { "already mounted" });
         return Ok(());
+    }
+    if let Some(Command::Csi { socket_dir, registration_dir, namespaces }) = &args.command {
+        let node_name = match args.node_name.clone() {
+            Some(n) => n,
+            None => agent::kernel::hostname().context("cannot read the host name; pass --node-name")?,
+        };
+        let cfg = agent::csi::CsiConfig {
+            node_name,
+            socket_dir: socket_dir.clone(),
+            registration_dir: registration_dir.clone(),
+            state_dir: args.state_dir.clone(),
+            namespaces: namespaces.clone(),
+        };
+        return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::csi::serve(cfg));
     }
     agent::hostfs::configure(&args.host_root, &args.allowed_path_prefixes)?;
     if let Some(host) = args.host_pid {

@@ -6,6 +6,18 @@ pub mod v1 {
     tonic::include_proto!("bpfleet.agent.v1");
 }
 
+/// The part of CSI v1 the agent's map volumes serve (see `proto/csi/v1/csi.proto`).
+#[allow(clippy::all)]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
+}
+
+/// The kubelet's plugin registration.
+#[allow(clippy::all)]
+pub mod registration {
+    tonic::include_proto!("pluginregistration");
+}
+
 mod convert;
 mod digest;
 pub mod limits;

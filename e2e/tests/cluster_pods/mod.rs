@@ -13,6 +13,8 @@ use e2e::kernel::{link_exists, parse_net_show, read_counter, read_keyed_counter}
 use e2e::util::{repo_root, sh, wait_for};
 
 use super::map_pin;
+
+pub mod volumes;
 use serde_json::Value;
 
 /// The namespace whose pods the programs attach in (the chart's `podTargets.namespaces`).
@@ -116,7 +118,7 @@ fn pins_of_pod(uid: &str) -> Vec<String> {
 }
 
 /// A shipped example moved to the test's namespace, its workload the image built for the run.
-fn example(name: &str, version: &str) -> String {
+pub fn example(name: &str, version: &str) -> String {
     let yaml = std::fs::read_to_string(repo_root().join("examples/manifests").join(format!("{name}.yaml"))).unwrap();
     let image = format!("{IMAGE_REPO}/bpfleet-example-ticker:{version}");
     yaml.replace("namespace: default", &format!("namespace: {PODS_NS}"))
