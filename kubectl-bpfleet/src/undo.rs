@@ -369,6 +369,7 @@ mod tests {
                     "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"], "mode": "Auto"}}],
                     "globalData": {"SAMPLE_RATE": "CgAAAA==", "NEW_FLAG": null},
                     "maps": null,
+                    "metrics": null,
                 }
             })
         );

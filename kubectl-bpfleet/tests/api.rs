@@ -171,6 +171,7 @@ async fn undo_of_a_halted_rollout_restores_the_stable_revision_by_reference() {
                 "programs": [{"name": "count_packets", "type": "XDP", "xdp": {"interfaces": ["eth0"], "mode": "Auto"}}],
                 "globalData": {"SAMPLE_RATE": "CgAAAA=="},
                 "maps": null,
+                "metrics": null,
             }
         })
     );

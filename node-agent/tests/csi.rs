@@ -155,15 +155,7 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
         .collect();
     assert_eq!(listed, ["calls"], "only the map the volume names");
     let (ok, out) = as_nobody(&[pod.join("calls").to_str().unwrap()]);
-    let kernel = sh(&format!("bpftool -j map lookup pinned {owner_pin} key 0 0 0 0"));
-    let v: serde_json::Value = serde_json::from_str(&kernel).unwrap();
-    let bytes: Vec<u8> = v["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect();
-    let count = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let count = bpftool_value0(&owner_pin);
     assert!(ok, "{out}");
     assert_eq!(out.trim(), count.to_string(), "nobody reads the owner's counter (bpftool: {count})");
     assert!(count >= 30);

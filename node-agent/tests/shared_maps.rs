@@ -55,19 +55,6 @@ fn program_maps(id: u32) -> Vec<u64> {
     v["map_ids"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default()
 }
 
-/// The u64 at key 0 of the map pinned at `pin` (bpftool).
-fn value0(pin: &str) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&sh(&format!("bpftool -j map lookup pinned {pin} key 0 0 0 0"))).unwrap();
-    let bytes: Vec<u8> = v["value"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect();
-    u64::from_le_bytes(bytes[..8].try_into().unwrap())
-}
-
 fn pin(state: &v1::OwnerState, map: &str) -> String {
     state.maps.iter().find(|m| m.name == map).unwrap_or_else(|| panic!("no {map} in {state:?}")).pin_path.clone()
 }
@@ -94,8 +81,8 @@ async fn a_reader_uses_the_writers_kernel_map_across_upgrades_of_either() {
     );
 
     getppid(20);
-    let written = value0(&shared);
-    let seen = value0(&pin(&reader_state, "seen"));
+    let written = bpftool_value0(&shared);
+    let seen = bpftool_value0(&pin(&reader_state, "seen"));
     assert!(written >= 20, "the writer counted {written}");
     assert!(seen + 1 >= written && seen > 0, "the reader program saw {seen} of the writer's {written}, in the kernel");
     // ReadMaps of either: one map.
@@ -112,7 +99,7 @@ async fn a_reader_uses_the_writers_kernel_map_across_upgrades_of_either() {
     assert_eq!(map_id(&pin(&writer2, "shared")), id, "the writer kept its map");
     assert!(program_maps(writer2.attached[0].program_id).contains(&id));
     getppid(5);
-    assert!(value0(&shared) >= written + 5, "the count went on in the same map");
+    assert!(bpftool_value0(&shared) >= written + 5, "the count went on in the same map");
 
     // The writer may not recreate a map a reader uses.
     let mut recreate = request("share-writer", WRITER, "share_writer.o", "00000000000000a3");
@@ -136,7 +123,7 @@ async fn a_reader_uses_the_writers_kernel_map_across_upgrades_of_either() {
         .await
         .unwrap();
     assert_eq!(map_id(&shared), id);
-    assert!(value0(&shared) >= written + 5);
+    assert!(bpftool_value0(&shared) >= written + 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

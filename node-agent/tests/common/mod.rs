@@ -281,3 +281,17 @@ pub fn map_pin(state: &impl MapPins, name: &str) -> PathBuf {
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
+
+/// The first 8 bytes (little-endian) of the value at the 4-byte key 0 of the map pinned at
+/// `pin`, as bpftool reads it from the kernel.
+pub fn bpftool_value0(pin: &str) -> u64 {
+    let out = sh(&format!("bpftool -j map lookup pinned {pin} key 0 0 0 0"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    let bytes: Vec<u8> = v["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no value in {out}"))
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    u64::from_le_bytes(bytes[..8].try_into().unwrap())
+}
