@@ -28,6 +28,18 @@ use tonic::transport::{Channel, Endpoint, Uri};
 const PROGRAM: &str =
     "  - {name: count_getppid, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_getppid]}}\n";
 
+/// Unmounts what a test published when it ends, passed or failed (a failed assertion must
+/// not leave a bpffs mounted on the machine).
+struct Unmount(Vec<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = agent::csi::volume::unpublish(p);
+        }
+    }
+}
+
 /// A channel to the unix socket at `path`.
 async fn channel(path: &Path) -> Channel {
     let path = path.to_path_buf();
@@ -144,6 +156,9 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
     }
     let before = bpf_mounts();
     let pod = dirs.tmp.path().join("pods/uid-1/volumes/kubernetes.io~csi/maps/mount");
+    let rw = dirs.tmp.path().join("pods/uid-2/volumes/kubernetes.io~csi/maps/mount");
+    let bad = dirs.tmp.path().join("pods/uid-3/volumes/kubernetes.io~csi/maps/mount");
+    let _unmount = Unmount(vec![pod.clone(), rw.clone(), bad.clone()]);
     std::fs::set_permissions(dirs.tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     node.node_publish_volume(publish_req(&pod, "team-a", "csi-owner-name", "calls", false)).await.unwrap();
     assert_eq!(bpf_mounts(), before + 1, "one bpffs for the volume");
@@ -175,7 +190,6 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
     assert!(Path::new(&owner_pin).exists(), "the owner's pin stays");
 
     // A writable volume: the unprivileged process writes the kernel map.
-    let rw = dirs.tmp.path().join("pods/uid-2/volumes/kubernetes.io~csi/maps/mount");
     node.node_publish_volume(publish_req(&rw, "team-b", "csi-owner-name", "small", true)).await.unwrap();
     let (ok, out) = as_nobody(&[rw.join("small").to_str().unwrap(), "write", "7"]);
     assert!(ok, "{out}");
@@ -188,7 +202,6 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
     assert_eq!(bpf_mounts(), before);
 
     // Refusals, nothing left after each.
-    let bad = dirs.tmp.path().join("pods/uid-3/volumes/kubernetes.io~csi/maps/mount");
     for (ns, program, maps, code, want) in [
         (
             "default",

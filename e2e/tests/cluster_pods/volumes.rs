@@ -9,14 +9,17 @@
 use std::time::{Duration, Instant};
 
 use e2e::installed::Installed;
-use e2e::util::{sh, wait_for};
+use e2e::util::wait_for;
 
 use super::{PODS_NS, example};
 
-/// bpffs mounts inside pods' CSI volumes, as the node's mount table shows them.
+/// bpffs mounts inside the kubelet's pods' CSI volumes, as the node's mount table shows them.
 fn volume_mounts() -> usize {
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    table.lines().filter(|l| l.contains("kubernetes.io~csi") && l.contains(" - bpf ")).count()
+    table
+        .lines()
+        .filter(|l| l.contains(" /var/lib/kubelet/pods/") && l.contains("kubernetes.io~csi") && l.contains(" - bpf "))
+        .count()
 }
 
 pub fn map_volume_in_a_pod(c: &Installed, version: &str, kernel_count: impl Fn() -> u64) {
