@@ -120,6 +120,9 @@ enum Command {
         /// Namespaces whose pods may mount maps (comma-separated or repeated); none by default.
         #[arg(long = "csi-namespaces", value_delimiter = ',')]
         namespaces: Vec<String>,
+        /// Namespaces whose pods may mount maps writable (`writable: "true"`); none by default.
+        #[arg(long = "csi-writable-namespaces", value_delimiter = ',')]
+        writable_namespaces: Vec<String>,
     },
 }
 
@@ -135,7 +138,7 @@ pub fn main() -> anyhow::Result<()> {
         tracing::info!(path = %path.display(), mounted, "bpffs {}", if mounted { "mounted" } else { "already mounted" });
         return Ok(());
     }
-    if let Some(Command::Csi { socket_dir, registration_dir, namespaces }) = &args.command {
+    if let Some(Command::Csi { socket_dir, registration_dir, namespaces, writable_namespaces }) = &args.command {
         let node_name = match args.node_name.clone() {
             Some(n) => n,
             None => agent::kernel::hostname().context("cannot read the host name; pass --node-name")?,
@@ -146,6 +149,7 @@ pub fn main() -> anyhow::Result<()> {
             registration_dir: registration_dir.clone(),
             state_dir: args.state_dir.clone(),
             namespaces: namespaces.clone(),
+            writable_namespaces: writable_namespaces.clone(),
         };
         return tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(agent::csi::serve(cfg));
     }

@@ -97,6 +97,10 @@ fn publish_req(target: &Path, ns: &str, program: &str, maps: &str, writable: boo
     ctx.insert("program".to_string(), program.to_string());
     ctx.insert("maps".to_string(), maps.to_string());
     ctx.insert("csi.storage.k8s.io/pod.namespace".to_string(), ns.to_string());
+    ctx.insert("csi.storage.k8s.io/ephemeral".to_string(), "true".to_string());
+    // The kubelet's target is under the pod's own directory: pods/<uid>/volumes/…
+    let uid = target.iter().skip_while(|c| *c != "pods").nth(1).unwrap().to_string_lossy().to_string();
+    ctx.insert("csi.storage.k8s.io/pod.uid".to_string(), uid);
     if writable {
         ctx.insert("writable".to_string(), "true".to_string());
     }
@@ -129,7 +133,7 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
             .arg(&sockets)
             .arg("--registration-dir")
             .arg(&registry)
-            .args(["--csi-namespaces", "team-a,team-b"])
+            .args(["--csi-namespaces", "team-a", "--csi-writable-namespaces", "team-b"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dirs.tmp.path().join("csi.log")).unwrap())
@@ -162,13 +166,9 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
     std::fs::set_permissions(dirs.tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     node.node_publish_volume(publish_req(&pod, "team-a", "csi-owner-name", "calls", false)).await.unwrap();
     assert_eq!(bpf_mounts(), before + 1, "one bpffs for the volume");
-    let listed: Vec<String> = std::fs::read_dir(&pod)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| !n.ends_with(".debug"))
-        .collect();
-    assert_eq!(listed, ["calls"], "only the map the volume names");
+    let listed: Vec<String> =
+        std::fs::read_dir(&pod).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(listed, ["calls"], "only the map the volume names (not even the kernel's maps.debug, progs.debug)");
     let (ok, out) = as_nobody(&[pod.join("calls").to_str().unwrap()]);
     let count = bpftool_value0(&owner_pin);
     assert!(ok, "{out}");
@@ -220,6 +220,16 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
         assert_eq!(bpf_mounts(), before);
         assert!(!crate_is_bpffs(&bad), "nothing mounted");
     }
+    // Writable only for the namespaces allowed to write.
+    let err = node.node_publish_volume(publish_req(&bad, "team-a", "csi-owner-name", "small", true)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("may not mount BpfProgram maps writable"), "{}", err.message());
+    // A target outside the pod's own volume directory.
+    let mut elsewhere = publish_req(&bad, "team-a", "csi-owner-name", "calls", false);
+    elsewhere.target_path = dirs.tmp.path().join("elsewhere").display().to_string();
+    let err = node.node_publish_volume(elsewhere).await.unwrap_err();
+    assert!(err.message().contains("is not a volume directory of pod uid-3"), "{}", err.message());
+    assert_eq!(bpf_mounts(), before);
     drop(agent);
 }
 

@@ -34,8 +34,9 @@ pub struct CsiConfig {
     pub registration_dir: PathBuf,
     /// The agent's state directory: the records of what runs here.
     pub state_dir: PathBuf,
-    /// Namespaces whose pods may mount maps.
+    /// Namespaces whose pods may mount maps read-only, and those that may mount them writable.
     pub namespaces: Vec<String>,
+    pub writable_namespaces: Vec<String>,
 }
 
 /// The records of what runs here, read without changing the directory (the agent owns it).
@@ -110,7 +111,8 @@ impl Node for Driver {
         let cfg = self.cfg.clone();
         let done = tokio::task::spawn_blocking(move || {
             let asked = volume::request(&context, req.readonly)?;
-            volume::allowed(&asked, &cfg.namespaces)?;
+            volume::check_target(&asked, &target)?;
+            volume::allowed(&asked, &cfg.namespaces, &cfg.writable_namespaces)?;
             let pins = volume::pins(&asked, &records(&cfg.state_dir))?;
             volume::publish(&target, &pins, asked.writable)?;
             tracing::info!(volume = %req.volume_id, program = %asked.program, namespace = %asked.namespace, maps = pins.len(), writable = asked.writable, target = %target.display(), "map volume published");
