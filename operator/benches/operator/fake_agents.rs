@@ -149,7 +149,10 @@ impl Agent for FakeAgent {
             let owners: Vec<(String, String, String)> = if unchanged {
                 Vec::new()
             } else {
-                st.owners.iter().map(|(u, (n, r))| (u.clone(), n.clone(), r.clone())).collect()
+                // As a real agent answers: by uid (the operator refuses owners out of order).
+                let mut all: Vec<_> = st.owners.iter().map(|(u, (n, r))| (u.clone(), n.clone(), r.clone())).collect();
+                all.sort();
+                all
             };
             (digest, (!unchanged).then_some(owners))
         };
