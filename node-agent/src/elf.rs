@@ -53,6 +53,15 @@ fn section_type(s: &ProgramSection) -> Option<ProgramType> {
     })
 }
 
+/// The object's `.BTF` section, parsed (what metrics and shared maps check fields and
+/// types against); None when the object has none. Errors in words.
+pub fn btf(bytes: &[u8]) -> std::result::Result<Option<mapview::Btf>, String> {
+    let file = object::File::parse(bytes).map_err(|e| e.to_string())?;
+    let Some(section) = file.section_by_name(".BTF") else { return Ok(None) };
+    let data = section.data().map_err(|e| format!("the object's BTF: {e}"))?;
+    mapview::Btf::parse(data).map(Some).map_err(|e| format!("the object's BTF: {e}"))
+}
+
 /// Parse and summarise an object. Fails with a reason a user can act on.
 pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
     if bytes.len() > MAX_BYTECODE_BYTES {

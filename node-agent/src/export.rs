@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use crds::metrics::{CPU_LABEL, MetricSpec, MetricType, PROGRAM_LABEL, PerCpu};
 use mapview::{Btf, Field};
-use object::{Object, ObjectSection};
 
 use crate::error::{AgentError, Reason, Result};
 use crate::maps::dump::{self, Budget};
@@ -94,15 +93,12 @@ fn whole(type_id: u32) -> Field {
 
 /// The object's `.BTF` section, parsed.
 fn object_btf(elf: &[u8]) -> Result<Btf> {
-    let file = object::File::parse(elf).map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
-    let section = file.section_by_name(".BTF").ok_or_else(|| {
+    crate::elf::btf(elf).map_err(|e| AgentError::new(Reason::MalformedElf, e))?.ok_or_else(|| {
         AgentError::new(
             Reason::InvalidSpec,
             "metrics need the object's BTF: build it with clang -g (it has no .BTF section)",
         )
-    })?;
-    let data = section.data().map_err(|e| AgentError::new(Reason::MalformedElf, e.to_string()))?;
-    Btf::parse(data).map_err(|e| AgentError::new(Reason::MalformedElf, format!("the object's BTF: {e}")))
+    })
 }
 
 /// One exported family: its type, help and series (label set -> value).

@@ -170,7 +170,7 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
         std::fs::read_dir(&pod).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
     assert_eq!(listed, ["calls"], "only the map the volume names (not even the kernel's maps.debug, progs.debug)");
     let (ok, out) = as_nobody(&[pod.join("calls").to_str().unwrap()]);
-    let count = bpftool_value0(&owner_pin);
+    let count = read_counter(Path::new(&owner_pin));
     assert!(ok, "{out}");
     assert_eq!(out.trim(), count.to_string(), "nobody reads the owner's counter (bpftool: {count})");
     assert!(count >= 30);

@@ -11,6 +11,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use common::process::*;
@@ -59,24 +60,6 @@ fn sample(body: &str, series: &str) -> Option<u64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The first 8 bytes of each CPU's value at `key` in the map at `pin`, as bpftool reads them.
-fn bpftool_values(pin: &str, key: &[u8]) -> Vec<u64> {
-    let key: Vec<String> = key.iter().map(u8::to_string).collect();
-    let out = sh(&format!("bpftool -j map lookup pinned {pin} key {}", key.join(" ")));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
-    let first8 = |bytes: &serde_json::Value| {
-        let mut le = [0u8; 8];
-        for (i, b) in bytes.as_array().unwrap().iter().take(8).enumerate() {
-            le[i] = u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-        }
-        u64::from_le_bytes(le)
-    };
-    match v.get("values") {
-        Some(per_cpu) => per_cpu.as_array().unwrap().iter().map(|c| first8(&c["value"])).collect(),
-        None => vec![first8(&v["value"])],
-    }
-}
-
 fn pin(state: &v1::OwnerState, map: &str) -> String {
     state.maps.iter().find(|m| m.name == map).unwrap().pin_path.clone()
 }
@@ -105,13 +88,13 @@ async fn exported_samples_are_the_kernels_values_labelled_by_key_fields() {
     }
     let body = scrape(port);
     let program = "program=\"export-name\"";
-    let calls = bpftool_values(&pin(&state, "calls"), &0u32.to_le_bytes())[0];
+    let calls = bpftool_values(Path::new(&pin(&state, "calls")), &0u32.to_le_bytes())[0];
     assert!(calls >= 50, "bpftool: {calls}");
     assert_eq!(sample(&body, &format!("getppid_calls_total{{{program},slot=\"0\"}}")), Some(calls), "{body}");
-    let tens = bpftool_values(&pin(&state, "calls"), &1u32.to_le_bytes())[0];
+    let tens = bpftool_values(Path::new(&pin(&state, "calls")), &1u32.to_le_bytes())[0];
     assert_eq!(sample(&body, &format!("getppid_calls_total{{{program},slot=\"1\"}}")), Some(tens), "{body}");
     // One series per CPU: the count field (the first 4 bytes) of each CPU's value.
-    let per_cpu = bpftool_values(&pin(&state, "calls_percpu"), &0u32.to_le_bytes());
+    let per_cpu = bpftool_values(Path::new(&pin(&state, "calls_percpu")), &0u32.to_le_bytes());
     for (cpu, v) in per_cpu.iter().enumerate() {
         let count = v & 0xffff_ffff;
         assert_eq!(
@@ -120,7 +103,7 @@ async fn exported_samples_are_the_kernels_values_labelled_by_key_fields() {
             "cpu {cpu}: {body}"
         );
     }
-    let summed: u64 = bpftool_values(&pin(&state, "per_key"), &7u64.to_le_bytes()).iter().sum();
+    let summed: u64 = bpftool_values(Path::new(&pin(&state, "per_key")), &7u64.to_le_bytes()).iter().sum();
     assert_eq!(sample(&body, &format!("getppid_per_key{{{program},key=\"7\"}}")), Some(summed), "{body}");
     assert_eq!(sample(&body, &format!("getppid_wide_total{{{program},a=\"1\",b=\"2\"}}")), Some(1), "{body}");
     assert_eq!(sample(&body, &format!("getppid_all{{{program}}}")), Some(calls + tens), "one series, summed: {body}");

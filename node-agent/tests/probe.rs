@@ -105,23 +105,10 @@ fn bpftool_prog(id: u32) -> serde_json::Value {
     serde_json::from_str(&sh(&format!("bpftool -j prog show id {id}"))).unwrap()
 }
 
-/// The entry at `key` (its bytes) of the map pinned at `pin` as bpftool shows it: the
-/// first 8 bytes of the value, little-endian, summed over CPUs for a per-CPU map.
+/// The entry at `key` of the map pinned at `pin` as bpftool shows it, summed over CPUs for
+/// a per-CPU map.
 fn bpftool_value(pin: &Path, key: &[u8]) -> u64 {
-    let key: Vec<String> = key.iter().map(u8::to_string).collect();
-    let out = sh(&format!("bpftool -j map lookup pinned {} key {}", pin.display(), key.join(" ")));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
-    let first8 = |bytes: &serde_json::Value| {
-        let mut le = [0u8; 8];
-        for (i, b) in bytes.as_array().unwrap_or_else(|| panic!("no value bytes in {out}")).iter().take(8).enumerate() {
-            le[i] = u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
-        }
-        u64::from_le_bytes(le)
-    };
-    match v.get("values") {
-        Some(per_cpu) => per_cpu.as_array().unwrap().iter().map(|c| first8(&c["value"])).sum(),
-        None => first8(&v["value"]),
-    }
+    bpftool_values(pin, key).iter().sum()
 }
 
 fn value(values: &[v1::MapValue], i: usize) -> &Value {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::process::*;
 use common::*;
 use proto::v1;
@@ -81,8 +83,8 @@ async fn a_reader_uses_the_writers_kernel_map_across_upgrades_of_either() {
     );
 
     getppid(20);
-    let written = bpftool_value0(&shared);
-    let seen = bpftool_value0(&pin(&reader_state, "seen"));
+    let written = read_counter(Path::new(&shared));
+    let seen = read_counter(Path::new(&pin(&reader_state, "seen")));
     assert!(written >= 20, "the writer counted {written}");
     assert!(seen + 1 >= written && seen > 0, "the reader program saw {seen} of the writer's {written}, in the kernel");
     // ReadMaps of either: one map.
@@ -99,7 +101,7 @@ async fn a_reader_uses_the_writers_kernel_map_across_upgrades_of_either() {
     assert_eq!(map_id(&pin(&writer2, "shared")), id, "the writer kept its map");
     assert!(program_maps(writer2.attached[0].program_id).contains(&id));
     getppid(5);
-    assert!(bpftool_value0(&shared) >= written + 5, "the count went on in the same map");
+    assert!(read_counter(Path::new(&shared)) >= written + 5, "the count went on in the same map");
 
     // The writer may not recreate a map a reader uses.
     let mut recreate = request("share-writer", WRITER, "share_writer.o", "00000000000000a3");
@@ -123,7 +125,7 @@ async fn a_reader_uses_the_writers_kernel_map_across_upgrades_of_either() {
         .await
         .unwrap();
     assert_eq!(map_id(&shared), id);
-    assert!(bpftool_value0(&shared) >= written + 5);
+    assert!(read_counter(Path::new(&shared)) >= written + 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,11 +120,7 @@ fn types_of(btf: &mapview::Btf, key: u32, value: u32) -> std::result::Result<Typ
 /// (then the shapes alone are compared). BTF that one side has but that cannot be read
 /// or compared is an error: a share is never let through unchecked.
 fn btf_types(elf: &[u8], name: &str, pin: &std::path::Path) -> std::result::Result<Option<(Types, Types)>, String> {
-    use object::{Object, ObjectSection};
-    let file = object::File::parse(elf).map_err(|e| e.to_string())?;
-    let Some(section) = file.section_by_name(".BTF") else { return Ok(None) };
-    let data = section.data().map_err(|e| format!("the object's BTF: {e}"))?;
-    let ours = mapview::Btf::parse(data).map_err(|e| format!("the object's BTF: {e}"))?;
+    let Some(ours) = crate::elf::btf(elf)? else { return Ok(None) };
     let Some((Some(key), Some(value))) = ours.map_types(name) else { return Ok(None) };
     let fd = crate::kernel::obj_get(pin).map_err(|e| format!("the owner's map does not open: {e}"))?;
     let k = info::map_info(fd.as_fd()).map_err(|e| format!("the owner's map: {e}"))?;

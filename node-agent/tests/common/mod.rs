@@ -282,16 +282,21 @@ pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// The first 8 bytes (little-endian) of the value at the 4-byte key 0 of the map pinned at
-/// `pin`, as bpftool reads it from the kernel.
-pub fn bpftool_value0(pin: &str) -> u64 {
-    let out = sh(&format!("bpftool -j map lookup pinned {pin} key 0 0 0 0"));
+/// The entry at `key` (its bytes) of the map pinned at `pin` as bpftool shows it: the
+/// first 8 bytes of the value, little-endian, one per CPU for a per-CPU map.
+pub fn bpftool_values(pin: &Path, key: &[u8]) -> Vec<u64> {
+    let key: Vec<String> = key.iter().map(u8::to_string).collect();
+    let out = sh(&format!("bpftool -j map lookup pinned {} key {}", pin.display(), key.join(" ")));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
-    let bytes: Vec<u8> = v["value"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no value in {out}"))
-        .iter()
-        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
-        .collect();
-    u64::from_le_bytes(bytes[..8].try_into().unwrap())
+    let first8 = |bytes: &serde_json::Value| {
+        let mut le = [0u8; 8];
+        for (i, b) in bytes.as_array().unwrap_or_else(|| panic!("no value bytes in {out}")).iter().take(8).enumerate() {
+            le[i] = u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        }
+        u64::from_le_bytes(le)
+    };
+    match v.get("values") {
+        Some(per_cpu) => per_cpu.as_array().unwrap().iter().map(|c| first8(&c["value"])).collect(),
+        None => vec![first8(&v["value"])],
+    }
 }
