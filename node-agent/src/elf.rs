@@ -33,6 +33,8 @@ pub struct ElfInfo {
     pub globals: BTreeMap<String, (u64, String)>,
     /// User-declared maps (not the `.rodata`/`.data`/`.bss` data maps).
     pub maps: BTreeMap<String, MapDef>,
+    /// The object has CO-RE relocations (resolved against the kernel's BTF at load).
+    pub core_relocations: bool,
 }
 
 fn section_type(s: &ProgramSection) -> Option<ProgramType> {
@@ -134,7 +136,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ElfInfo> {
             globals.insert(name.to_string(), (sym.size(), sname.to_string()));
         }
     }
-    Ok(ElfInfo { programs, globals, maps })
+    Ok(ElfInfo { programs, globals, maps, core_relocations: obj.has_btf_relocations() })
 }
 
 /// Why aya-obj did not parse an object.
@@ -176,6 +178,13 @@ fn parse_object(bytes: &[u8]) -> std::result::Result<aya_obj::Object, ParseFailu
 }
 
 impl ElfInfo {
+    /// Whether loading `programs` of this object needs the kernel's BTF: CO-RE
+    /// relocations, or a program that attaches through a kernel function's BTF id.
+    pub fn needs_kernel_btf(&self, programs: impl IntoIterator<Item = ProgramType>) -> bool {
+        self.core_relocations
+            || programs.into_iter().any(|t| matches!(t, ProgramType::Fentry | ProgramType::Fexit | ProgramType::Lsm))
+    }
+
     /// The function must exist and its section must declare the requested type.
     pub fn check_program(&self, name: &str, wanted: ProgramType) -> Result<()> {
         match self.programs.get(name) {

@@ -1,6 +1,7 @@
 //! bpfleet-agent: the privileged per-node half of bpfleet. It loads ELF objects with
 //! aya, attaches and pins their programs, and answers the operator over mTLS gRPC.
 
+pub mod alloc;
 pub mod apply_plan;
 pub mod attach;
 pub mod csi;

@@ -1,12 +1,14 @@
-//! Loading an object into the kernel with aya. The kernel's BTF is parsed once per
-//! process (every load needs it, and parsing it costs more than many loads: see
-//! docs/benchmarks.md, node agent), and every aya error becomes an `AgentError` that says
+//! Loading an object into the kernel with aya. The kernel's BTF is parsed when a load
+//! needs it and kept while loads keep coming (parsing it costs more than many loads, and
+//! holding it more memory than the rest of the agent: see docs/benchmarks.md, node
+//! agent), and every aya error becomes an `AgentError` that says
 //! what failed in words.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use aya::programs::ProgramError;
 use aya::{Btf, Ebpf, EbpfError, EbpfLoader};
@@ -19,30 +21,107 @@ use crate::error::{AgentError, Reason, Result};
 const VERIFIER_EXCERPT_LINES: usize = 20;
 const VERIFIER_EXCERPT_BYTES: usize = 2048;
 
-/// The kernel's BTF, parsed once per process and shared (its time and memory:
-/// docs/benchmarks.md, node agent).
-pub fn kernel_btf() -> Option<&'static Btf> {
-    static BTF: OnceLock<Option<Btf>> = OnceLock::new();
-    BTF.get_or_init(|| match Btf::from_sys_fs() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            tracing::warn!(error = %e, "kernel BTF unavailable: CO-RE relocations and Fentry/Fexit/Lsm will fail");
-            None
-        }
+/// How long a parsed kernel BTF is kept after the last load that used it: a burst of
+/// Applies parses it once, and an idle agent does not carry it (~13 MiB, more than the
+/// rest of the agent: docs/benchmarks.md, node agent).
+pub const KEEP_PARSED_BTF: Duration = Duration::from_secs(30);
+
+/// The kernel's BTF: the file is opened once (before aya is kept from it, see
+/// [`hide_kernel_btf_from_aya`]), parsed only when a load needs it (CO-RE relocations,
+/// Fentry/Fexit/Lsm) and let go once no load used it for [`KEEP_PARSED_BTF`].
+pub struct KernelBtf {
+    file: Option<std::fs::File>,
+    parsed: Mutex<Option<(Arc<Btf>, Instant)>>,
+}
+
+/// The process's one [`KernelBtf`].
+pub fn kernel_btf() -> &'static KernelBtf {
+    static BTF: OnceLock<KernelBtf> = OnceLock::new();
+    BTF.get_or_init(|| {
+        let file = match std::fs::File::open("/sys/kernel/btf/vmlinux") {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "kernel BTF unavailable: CO-RE relocations and Fentry/Fexit/Lsm will fail");
+                None
+            }
+        };
+        KernelBtf { file, parsed: Mutex::new(None) }
     })
-    .as_ref()
+}
+
+impl KernelBtf {
+    pub fn available(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The parsed BTF (parsed now if it is not held); None when the node has none or it
+    /// cannot be parsed (logged).
+    pub fn get(&self) -> Option<Arc<Btf>> {
+        let file = self.file.as_ref()?;
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((btf, used)) = parsed.as_mut() {
+            *used = Instant::now();
+            return Some(btf.clone());
+        }
+        match read_all(file)
+            .map_err(|e| e.to_string())
+            .and_then(|data| Btf::parse(&data, aya::Endianness::default()).map_err(|e| e.to_string()))
+        {
+            Ok(btf) => {
+                let btf = Arc::new(btf);
+                *parsed = Some((btf.clone(), Instant::now()));
+                Some(btf)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot parse the kernel BTF");
+                None
+            }
+        }
+    }
+
+    /// Drops the parsed BTF if no load used it for `idle` (and gives the memory back to
+    /// the system); whether it did.
+    pub fn release_idle(&self, idle: Duration) -> bool {
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        if parsed.as_ref().is_none_or(|(_, used)| used.elapsed() < idle) {
+            return false;
+        }
+        *parsed = None;
+        drop(parsed);
+        crate::alloc::trim();
+        true
+    }
+
+    /// Whether a parsed copy is held now.
+    pub fn is_parsed(&self) -> bool {
+        self.parsed.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+/// The whole of a sysfs file read through its descriptor (the path itself may be hidden).
+fn read_all(file: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut data = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0).max(1 << 20));
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read_at(&mut chunk, data.len() as u64)?;
+        if n == 0 {
+            return Ok(data);
+        }
+        data.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// aya 0.14's `EbpfLoader::new()` parses the kernel's BTF itself on every load, even
 /// when a parsed one is given afterwards (aya-rs/aya#1172): that alone made each load
 /// much slower than libbpf (docs/benchmarks.md, "The BTF fix"). This hides `/sys/kernel/btf/vmlinux` from this process
 /// only — a private mount namespace with `/dev/null` bound over the file — after
-/// `kernel_btf()` has parsed it, so aya's own attempt fails at once and the shared copy
-/// is used. Mounts made on the host still reach the agent (slave propagation); pins
+/// [`kernel_btf()`] has opened it, so aya's own attempt fails at once and the copy
+/// [`KernelBtf::get`] parses is used. Mounts made on the host still reach the agent (slave propagation); pins
 /// are on the same bpffs either way. Must run before the process starts threads.
 pub fn hide_kernel_btf_from_aya() -> std::result::Result<(), String> {
     use std::ffi::CString;
-    if kernel_btf().is_none() {
+    if !kernel_btf().available() {
         return Err("no kernel BTF to share".into());
     }
     let target = CString::new("/sys/kernel/btf/vmlinux").map_err(|e| e.to_string())?;
@@ -71,30 +150,27 @@ pub fn hide_kernel_btf_from_aya() -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Loads objects with the shared kernel BTF.
-pub struct Loader {
-    btf: Option<&'static Btf>,
-}
+/// Loads objects, with the kernel BTF when they need it.
+#[derive(Default)]
+pub struct Loader;
 
 impl Loader {
     pub fn new() -> Self {
-        Self { btf: kernel_btf() }
-    }
-
-    pub fn btf(&self) -> Option<&'static Btf> {
-        self.btf
+        Self
     }
 
     /// Parse the object, patch globals, create (or reuse) pinned maps. Programs are
-    /// loaded one by one afterwards, so a failure names the program.
+    /// loaded one by one afterwards, so a failure names the program. `btf`: the kernel's,
+    /// for objects with CO-RE relocations (see [`crate::elf::ElfInfo::needs_kernel_btf`]).
     pub fn load(
         &self,
         bytes: &[u8],
         globals: &[(GlobalName, Vec<u8>)],
         map_pins: &BTreeMap<String, PathBuf>,
+        btf: Option<&Btf>,
     ) -> Result<Ebpf> {
         let mut loader = EbpfLoader::new();
-        loader.btf(self.btf);
+        loader.btf(btf);
         for (name, value) in globals {
             loader.override_global(name.as_str(), value.as_slice(), true);
         }
@@ -102,12 +178,6 @@ impl Loader {
             loader.map_pin_path(name.as_str(), Cow::Borrowed(path.as_path()));
         }
         loader.load(bytes).map_err(classify_ebpf_error)
-    }
-}
-
-impl Default for Loader {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

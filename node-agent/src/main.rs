@@ -127,6 +127,7 @@ enum Command {
 }
 
 pub fn main() -> anyhow::Result<()> {
+    agent::alloc::tune();
     let args = Args::parse();
     init_tracing(args.log_json);
     if agent::fault::process_hooks_armed() {
@@ -165,7 +166,14 @@ pub fn main() -> anyhow::Result<()> {
     if let Err(e) = agent::loader::hide_kernel_btf_from_aya() {
         tracing::warn!(error = %e, "cannot share the parsed kernel BTF with aya; every load parses it again (slower)");
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+    // Two workers whatever the node's size: the agent mostly waits (loads run on blocking
+    // threads), and every thread is memory paid on every node.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -213,11 +221,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let m = Arc::clone(&manager);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
+        for n in 0u64.. {
             tick.tick().await;
             let refreshed = Arc::clone(&m);
             let _ = tokio::task::spawn_blocking(move || refreshed.refresh_health()).await;
             m.heal_pods(true).await;
+            // An idle agent holds no parsed kernel BTF, and what a burst of work freed goes
+            // back to the kernel (docs/benchmarks.md, node agent memory).
+            if !agent::loader::kernel_btf().release_idle(agent::loader::KEEP_PARSED_BTF) && n % 5 == 0 {
+                agent::alloc::trim();
+            }
         }
     });
     // A probe holds its container's root file system mounted: the runtime, unmounting it

@@ -1,7 +1,7 @@
 //! What every node's agent runs, as last reported (Apply answers, List, Watch). Plain
 //! data behind one lock, held only for map updates; decisions read snapshots of it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use crds::Health;
@@ -12,20 +12,30 @@ use crate::plan::Observed;
 use crate::reports::AgentList;
 use crate::status::{FailReason, NodeOutcome};
 
-/// What one node runs of one owner: only what decisions need. The full detail (ids,
-/// pins) goes from each List straight into the node's BpfNode and is not kept, so the
-/// index stays small at thousands of programs times thousands of nodes: the strings are
-/// shared (one copy of a uid, name or revision for every node that runs it), so an entry
-/// costs its map slot and three pointers, not three strings per node (what that comes to:
-/// docs/benchmarks.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnerSummary {
-    pub name: Arc<str>,
-    pub revision: Arc<str>,
-    pub health: Health,
-    pub last_error: Option<Box<str>>,
+/// What one node runs of one owner, as the index keeps it: the owner and the revision as
+/// numbers ([`Ids`]: each uid and revision string is kept once, however many nodes run
+/// it), and the health: 12 bytes a (node, owner) pair, so thousands of programs on
+/// thousands of nodes fit in tens of MiB (docs/benchmarks.md, the operator at fleet
+/// scale). The rare rest (an error message, pods) is in [`NodeEntry::extras`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Runs {
+    owner: u32,
+    revision: u32,
+    health: Health,
+}
+
+/// What few (node, owner) pairs have: an error message, pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extra {
+    last_error: Option<Box<str>>,
     /// The pods it is attached in (programs with `pods`).
-    pub pods: PodTally,
+    pods: PodTally,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.last_error.is_none() && self.pods == PodTally::default()
+    }
 }
 
 /// What a node reports of an owner's pods, in a few numbers.
@@ -65,27 +75,111 @@ impl PodTally {
     }
 }
 
-impl OwnerSummary {
-    /// `None` for an owner that runs no revision.
-    fn of(s: &NodeProgramStatus, strings: &mut Interner) -> Option<(Arc<str>, OwnerSummary)> {
-        if s.revision.is_empty() {
-            return None;
+/// A number for each distinct string held (uids, revisions), counted by the pairs that
+/// hold it; a number nobody holds is given to the next new string.
+#[derive(Debug, Default)]
+struct Ids {
+    strings: Vec<(Option<Arc<str>>, u32)>,
+    by_string: HashMap<Arc<str>, u32>,
+    free: Vec<u32>,
+}
+
+impl Ids {
+    /// The number of `s`, counted once more.
+    fn acquire(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.by_string.get(s) {
+            self.strings[id as usize].1 += 1;
+            return id;
         }
-        Some((
-            strings.str(&s.owner_uid),
-            OwnerSummary {
-                name: strings.str(&s.owner),
-                revision: strings.str(&s.revision),
-                health: s.health,
-                last_error: s.last_error.as_deref().map(Into::into),
-                pods: PodTally::of(&s.owner_uid, &s.pods),
-            },
-        ))
+        let shared: Arc<str> = Arc::from(s);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strings[id as usize] = (Some(shared.clone()), 1);
+                id
+            }
+            None => {
+                self.strings.push((Some(shared.clone()), 1));
+                (self.strings.len() - 1) as u32
+            }
+        };
+        self.by_string.insert(shared, id);
+        id
+    }
+
+    /// One holder of `id` fewer.
+    fn release(&mut self, id: u32) {
+        let slot = &mut self.strings[id as usize];
+        slot.1 -= 1;
+        if slot.1 == 0
+            && let Some(s) = slot.0.take()
+        {
+            self.by_string.remove(&s);
+            self.free.push(id);
+        }
+    }
+
+    /// The number of `s`, if some pair holds it.
+    fn find(&self, s: &str) -> Option<u32> {
+        self.by_string.get(s).copied()
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.strings[id as usize].0.as_deref().unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_string.len()
     }
 }
 
-/// One shared copy of each uid, name and revision the index holds.
-type Interner = crate::intern::Interner<str>;
+/// The strings of the index: uids and revisions by number, and each owner's name.
+#[derive(Debug, Default)]
+struct Tables {
+    owners: Ids,
+    /// By owner number: the BpfProgram name its nodes report.
+    names: Vec<Arc<str>>,
+    revisions: Ids,
+}
+
+impl Tables {
+    /// `s` as the index keeps it (numbers counted once more), with its rare rest; None
+    /// for an owner that runs no revision.
+    fn acquire(&mut self, s: &NodeProgramStatus) -> Option<(Runs, Extra)> {
+        if s.revision.is_empty() {
+            return None;
+        }
+        let owner = self.owners.acquire(&s.owner_uid);
+        let i = owner as usize;
+        if self.names.len() <= i {
+            self.names.resize(i + 1, Arc::from(""));
+        }
+        if *self.names[i] != *s.owner {
+            self.names[i] = Arc::from(s.owner.as_str());
+        }
+        let revision = self.revisions.acquire(&s.revision);
+        let extra =
+            Extra { last_error: s.last_error.as_deref().map(Into::into), pods: PodTally::of(&s.owner_uid, &s.pods) };
+        Some((Runs { owner, revision, health: s.health }, extra))
+    }
+
+    fn release(&mut self, r: Runs) {
+        self.owners.release(r.owner);
+        self.revisions.release(r.revision);
+    }
+
+    fn uid(&self, r: &Runs) -> &str {
+        self.owners.get(r.owner)
+    }
+
+    fn name(&self, r: &Runs) -> &str {
+        self.names.get(r.owner as usize).map_or("", |n| n)
+    }
+
+    fn revision(&self, r: &Runs) -> &str {
+        self.revisions.get(r.revision)
+    }
+}
 
 /// The last apply of one owner on one node failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,29 +197,68 @@ pub struct Failure {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct NodeEntry {
-    /// Owner uid -> what runs.
-    pub owners: BTreeMap<Arc<str>, OwnerSummary>,
+struct NodeEntry {
+    /// What runs, by owner number.
+    owners: Vec<Runs>,
+    /// Owner number -> the rare rest of what runs (only where there is some).
+    extras: BTreeMap<u32, Extra>,
     /// Owner uid -> why the last apply of it failed.
-    pub failures: BTreeMap<String, Failure>,
-    pub agent_version: Option<String>,
-    pub kernel_release: Option<String>,
+    failures: BTreeMap<String, Failure>,
+    agent_version: Option<String>,
+    kernel_release: Option<String>,
     /// The digest ([`proto::NodeDigest`]) of the last List read in full, once one was:
     /// `owners` is then complete, not partial.
-    pub listed_digest: Option<u64>,
+    listed_digest: Option<u64>,
     /// The BpfNode could not be written from the last full List: the next resync reads
     /// the node in full again, whatever its digest.
-    pub relist: bool,
-    pub last_report_time: Option<String>,
+    relist: bool,
+    last_report_time: Option<String>,
 }
 
 impl NodeEntry {
+    /// What runs of owner number `owner`.
+    fn runs(&self, owner: Option<u32>) -> Option<&Runs> {
+        let owner = owner?;
+        self.owners.binary_search_by_key(&owner, |r| r.owner).ok().map(|i| &self.owners[i])
+    }
+
+    fn extra(&self, owner: u32) -> Option<&Extra> {
+        self.extras.get(&owner)
+    }
+
+    /// Puts what runs of owner number `owner` (None: nothing) in place of what ran;
+    /// returns what ran (whose numbers the caller releases).
+    fn replace(&mut self, owner: u32, new: Option<(Runs, Extra)>) -> Option<(Runs, Extra)> {
+        let old = match (self.owners.binary_search_by_key(&owner, |r| r.owner), &new) {
+            (Ok(i), Some((r, _))) => Some(std::mem::replace(&mut self.owners[i], *r)),
+            (Ok(i), None) => Some(self.owners.remove(i)),
+            (Err(i), Some((r, _))) => {
+                self.owners.insert(i, *r);
+                None
+            }
+            (Err(_), None) => None,
+        };
+        let old_extra = match new {
+            Some((_, extra)) if !extra.is_empty() => self.extras.insert(owner, extra),
+            _ => self.extras.remove(&owner),
+        };
+        old.map(|r| (r, old_extra.unwrap_or_default()))
+    }
+
+    /// Forgets every owner (their numbers released).
+    fn clear(&mut self, tables: &mut Tables) {
+        for r in self.owners.drain(..) {
+            tables.release(r);
+        }
+        self.extras.clear();
+    }
+
     /// The digest of what the index says this node runs.
-    fn digest(&self) -> u64 {
+    fn digest(&self, t: &Tables) -> u64 {
         let mut d = proto::NodeDigest::default();
-        for (uid, s) in &self.owners {
-            d.add(uid, &s.name, &s.revision, s.health);
-            d.add_pods_hash(s.pods.reported);
+        for r in &self.owners {
+            d.add(t.uid(r), t.name(r), t.revision(r), r.health);
+            d.add_pods_hash(self.extra(r.owner).map_or(0, |x| x.pods.reported));
         }
         d.value()
     }
@@ -136,18 +269,22 @@ impl NodeEntry {
 
     /// How this node stands with revision `want` of `uid`: a failure of that revision,
     /// else what the node reports.
-    fn outcome(&self, uid: &str, want: &str) -> NodeOutcome {
+    fn outcome(&self, t: &Tables, uid: &str, want: &str) -> NodeOutcome {
         if let Some(f) = self.failures.get(uid)
             && f.revision == want
         {
             return f.outcome.clone();
         }
-        match self.owners.get(uid) {
-            Some(s) if &*s.revision == want && s.health == Health::Healthy => NodeOutcome::Ready,
-            Some(s) if &*s.revision == want => NodeOutcome::Failed {
+        match self.runs(t.owners.find(uid)) {
+            Some(r) if t.revision(r) == want && r.health == Health::Healthy => NodeOutcome::Ready,
+            Some(r) if t.revision(r) == want => NodeOutcome::Failed {
                 program: None,
-                reason: FailReason::Health(s.health),
-                message: s.last_error.as_deref().unwrap_or("the agent reports a problem").to_string(),
+                reason: FailReason::Health(r.health),
+                message: self
+                    .extra(r.owner)
+                    .and_then(|x| x.last_error.as_deref())
+                    .unwrap_or("the agent reports a problem")
+                    .to_string(),
             },
             _ => NodeOutcome::Pending,
         }
@@ -196,7 +333,7 @@ pub struct NodeIndex {
 #[derive(Debug, Default)]
 struct Nodes {
     map: BTreeMap<String, NodeEntry>,
-    strings: Interner,
+    tables: Tables,
 }
 
 /// One owner as a node reported it, for the drift check ([`crate::drift::diff`]).
@@ -231,30 +368,33 @@ impl NodeIndex {
         f(&mut self.nodes.write().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, NodeEntry>) -> R) -> R {
-        f(&self.nodes.read().unwrap_or_else(|p| p.into_inner()).map)
+    fn read<R>(&self, f: impl FnOnce(&BTreeMap<String, NodeEntry>, &Tables) -> R) -> R {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        f(&nodes.map, &nodes.tables)
     }
 
     /// An Apply answered, or a Watch event came: the owner's state on that node.
     /// Returns whether this changes what is known (status must be recomputed).
     pub fn record_state(&self, node: &str, state: &NodeProgramStatus) -> bool {
         let uid = &state.owner_uid;
-        self.write(|Nodes { map, strings }| {
-            let new = OwnerSummary::of(state, strings);
+        self.write(|Nodes { map, tables }| {
+            let new = tables.acquire(state);
             let e = map.entry(node.to_string()).or_default();
             // Any report means the agent is reachable; a failed revision stays failed (with
             // its backoff) until the node reports it running healthy.
             let clears = |f: &Failure| match &f.outcome {
                 NodeOutcome::Unreachable { .. } => true,
-                _ => new.as_ref().is_some_and(|(_, s)| *s.revision == *f.revision && s.health == Health::Healthy),
+                _ => new.is_some() && state.revision == f.revision && state.health == Health::Healthy,
             };
             let cleared = e.failures.get(uid).is_some_and(clears) && e.failures.remove(uid).is_some();
             e.last_report_time = Some(now_rfc3339());
-            let old = match &new {
-                Some((key, s)) => e.owners.insert(key.clone(), s.clone()),
-                None => e.owners.remove(uid.as_str()),
-            };
-            cleared || old != new.map(|(_, s)| s)
+            let owner = new.as_ref().map(|(r, _)| r.owner).or_else(|| tables.owners.find(uid));
+            let old = owner.and_then(|o| e.replace(o, new.clone()));
+            let changed = old != new;
+            if let Some((r, _)) = old {
+                tables.release(r);
+            }
+            cleared || changed
         })
     }
 
@@ -322,7 +462,7 @@ impl NodeIndex {
 
     /// Nodes that must not be sent `revision` of `uid` before a time (their backoff).
     pub fn retry_holds(&self, uid: &str, revision: &str, now: Timestamp) -> BTreeMap<String, Timestamp> {
-        self.read(|m| {
+        self.read(|m, _| {
             m.iter()
                 .filter_map(|(n, e)| {
                     let f = e.failures.get(uid).filter(|f| f.revision == revision)?;
@@ -334,7 +474,7 @@ impl NodeIndex {
 
     /// How often `node` failed `revision` of `uid` in a row, and when it is tried next.
     pub fn retry_of(&self, node: &str, uid: &str, revision: &str) -> Option<(u32, Timestamp)> {
-        self.read(|m| {
+        self.read(|m, _| {
             let f = m.get(node)?.failures.get(uid).filter(|f| f.revision == revision)?;
             Some((f.attempts, f.next_try?))
         })
@@ -343,7 +483,7 @@ impl NodeIndex {
     /// Since when `node`'s agent has not answered, as far as revision `want` of `uid`
     /// knows (`None`: it answers, or was never asked).
     pub fn unreachable_since(&self, node: &str, uid: &str, want: &str) -> Option<Timestamp> {
-        self.read(|m| {
+        self.read(|m, _| {
             let f = m.get(node)?.failures.get(uid).filter(|f| f.revision == want)?;
             matches!(f.outcome, NodeOutcome::Unreachable { .. }).then_some(f.since)
         })
@@ -361,14 +501,18 @@ impl NodeIndex {
 
     /// Whether `node`'s agent has ever answered this operator (an Apply, a List).
     pub fn has_answered(&self, node: &str) -> bool {
-        self.read(|m| m.get(node).is_some_and(|e| e.last_report_time.is_some()))
+        self.read(|m, _| m.get(node).is_some_and(|e| e.last_report_time.is_some()))
     }
 
     /// A Remove succeeded.
     pub fn record_removed(&self, node: &str, uid: &str) {
-        self.write(|n| {
-            if let Some(e) = n.map.get_mut(node) {
-                e.owners.remove(uid);
+        self.write(|Nodes { map, tables }| {
+            if let Some(e) = map.get_mut(node) {
+                if let Some(owner) = tables.owners.find(uid)
+                    && let Some((r, _)) = e.replace(owner, None)
+                {
+                    tables.release(r);
+                }
                 e.failures.remove(uid);
             }
         })
@@ -378,17 +522,33 @@ impl NodeIndex {
     /// "agent unreachable" outcome this clears, and those whose state on the node it
     /// changes (their status must be recomputed).
     pub fn record_list(&self, node: &str, list: &AgentList) -> Vec<String> {
-        self.write(|Nodes { map, strings }| {
-            let owners: BTreeMap<Arc<str>, OwnerSummary> =
-                list.programs.iter().filter_map(|s| OwnerSummary::of(s, strings)).collect();
+        self.write(|Nodes { map, tables }| {
+            let mut listed: Vec<(Runs, Extra)> = list.programs.iter().filter_map(|s| tables.acquire(s)).collect();
+            // Stable: of an owner listed twice, the last says what runs.
+            listed.sort_by_key(|(r, _)| r.owner);
+            let mut fresh: Vec<(Runs, Extra)> = Vec::with_capacity(listed.len());
+            for new in listed {
+                match fresh.last_mut() {
+                    Some(last) if last.0.owner == new.0.owner => tables.release(std::mem::replace(last, new).0),
+                    _ => fresh.push(new),
+                }
+            }
             let e = map.entry(node.to_string()).or_default();
-            let mut changed: Vec<String> = owners
-                .iter()
-                .filter(|(uid, s)| e.owners.get(*uid) != Some(*s))
-                .map(|(uid, _)| uid.to_string())
-                .chain(e.owners.keys().filter(|uid| !owners.contains_key(*uid)).map(|uid| uid.to_string()))
-                .collect();
-            e.owners = owners;
+            let mut changed: Vec<String> = Vec::new();
+            for (r, x) in &fresh {
+                let before = e.runs(Some(r.owner)).map(|o| (*o, e.extra(r.owner).cloned().unwrap_or_default()));
+                if before.as_ref().is_none_or(|(o, ox)| o != r || ox != x) {
+                    changed.push(tables.uid(r).to_string());
+                }
+            }
+            for r in &e.owners {
+                if fresh.binary_search_by_key(&r.owner, |(f, _)| f.owner).is_err() {
+                    changed.push(tables.uid(r).to_string());
+                }
+            }
+            e.clear(tables);
+            e.owners = fresh.iter().map(|(r, _)| *r).collect();
+            e.extras = fresh.into_iter().filter(|(_, x)| !x.is_empty()).map(|(r, x)| (r.owner, x)).collect();
             e.listed_digest = Some(list.digest);
             e.relist = false;
             for uid in Self::answered(e, list) {
@@ -427,10 +587,10 @@ impl NodeIndex {
     /// when what the index holds of the node is still exactly that List (no Apply answer
     /// or Watch event changed it since). `None`: a full List is needed.
     pub fn in_sync_digest(&self, node: &str) -> Option<u64> {
-        self.read(|m| {
+        self.read(|m, t| {
             let e = m.get(node)?;
             let listed = e.listed_digest?;
-            (!e.relist && e.digest() == listed).then_some(listed)
+            (!e.relist && e.digest(t) == listed).then_some(listed)
         })
     }
 
@@ -446,13 +606,14 @@ impl NodeIndex {
 
     /// Runs `f` over what the index holds of `node`, as the node reported it.
     pub fn with_reported<R>(&self, node: &str, f: impl FnOnce(&mut dyn Iterator<Item = Reported<'_>>) -> R) -> R {
-        self.read(|m| {
-            let mut owners = m.get(node).into_iter().flat_map(|e| e.owners.iter()).map(|(uid, s)| Reported {
-                uid,
-                name: &s.name,
-                revision: &s.revision,
-                health: s.health,
-                last_error: s.last_error.as_deref().unwrap_or(""),
+        self.read(|m, t| {
+            let e = m.get(node);
+            let mut owners = e.into_iter().flat_map(|e| e.owners.iter().map(move |r| (e, r))).map(|(e, r)| Reported {
+                uid: t.uid(r),
+                name: t.name(r),
+                revision: t.revision(r),
+                health: r.health,
+                last_error: e.extra(r.owner).and_then(|x| x.last_error.as_deref()).unwrap_or(""),
             });
             f(&mut owners)
         })
@@ -460,17 +621,21 @@ impl NodeIndex {
 
     /// The node's Node object is gone.
     pub fn forget(&self, node: &str) {
-        self.write(|n| n.map.remove(node));
+        self.write(|Nodes { map, tables }| {
+            if let Some(mut e) = map.remove(node) {
+                e.clear(tables);
+            }
+        });
     }
 
     /// Per node, what runs of `uid`.
     pub fn observed(&self, uid: &str) -> BTreeMap<String, Observed> {
-        self.read(|m| {
+        self.read(|m, t| {
+            let Some(owner) = t.owners.find(uid) else { return BTreeMap::new() };
             m.iter()
                 .filter_map(|(n, e)| {
-                    e.owners
-                        .get(uid)
-                        .map(|s| (n.clone(), Observed { revision: s.revision.to_string(), health: s.health }))
+                    e.runs(Some(owner))
+                        .map(|r| (n.clone(), Observed { revision: t.revision(r).to_string(), health: r.health }))
                 })
                 .collect()
         })
@@ -479,34 +644,36 @@ impl NodeIndex {
     /// Nodes whose last full List reported `uid`. (A node never listed may have reported
     /// it only in an Apply answer; the caller decides what to do with those.)
     pub fn listed_runners(&self, uid: &str) -> BTreeSet<String> {
-        self.read(|m| {
-            m.iter().filter(|(_, e)| e.listed() && e.owners.contains_key(uid)).map(|(n, _)| n.clone()).collect()
+        self.read(|m, t| {
+            let Some(owner) = t.owners.find(uid) else { return BTreeSet::new() };
+            m.iter().filter(|(_, e)| e.listed() && e.runs(Some(owner)).is_some()).map(|(n, _)| n.clone()).collect()
         })
     }
 
     /// Those of `nodes` whose agent never answered a full List (their state is unknown).
     pub fn never_listed<'a>(&self, nodes: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
-        self.read(|m| nodes.filter(|n| !m.get(*n).is_some_and(|e| e.listed())).map(str::to_string).collect())
+        self.read(|m, _| nodes.filter(|n| !m.get(*n).is_some_and(|e| e.listed())).map(str::to_string).collect())
     }
 
     /// How `node` stands with revision `want` of `uid`, for status.
     pub fn outcome(&self, node: &str, uid: &str, want: &str) -> NodeOutcome {
-        self.read(|m| m.get(node).map_or(NodeOutcome::Pending, |e| e.outcome(uid, want)))
+        self.read(|m, t| m.get(node).map_or(NodeOutcome::Pending, |e| e.outcome(t, uid, want)))
     }
 
     /// Everything decisions about revision `rev` of `uid` read of the index, under one
     /// read of its lock.
     pub fn snapshot(&self, uid: &str, rev: &str) -> Snapshot {
-        self.read(|m| {
+        self.read(|m, t| {
             let mut snap = Snapshot::default();
+            let owner = t.owners.find(uid);
             for (n, e) in m {
-                if let Some(s) = e.owners.get(uid) {
-                    snap.observed.insert(n.clone(), Observed { revision: s.revision.to_string(), health: s.health });
-                    if s.pods.total > 0 {
-                        snap.pods.insert(n.clone(), s.pods);
+                if let Some(r) = e.runs(owner) {
+                    snap.observed.insert(n.clone(), Observed { revision: t.revision(r).to_string(), health: r.health });
+                    if let Some(x) = e.extra(r.owner).filter(|x| x.pods.total > 0) {
+                        snap.pods.insert(n.clone(), x.pods);
                     }
                 }
-                let outcome = e.outcome(uid, rev);
+                let outcome = e.outcome(t, uid, rev);
                 if outcome != NodeOutcome::Pending {
                     snap.outcomes.insert(n.clone(), outcome);
                 }
@@ -528,16 +695,16 @@ impl NodeIndex {
 
     /// Every owner a node runs: uid -> BpfProgram name.
     pub fn all_owners(&self, node: &str) -> BTreeMap<String, String> {
-        self.read(|m| {
+        self.read(|m, t| {
             m.get(node)
-                .map(|e| e.owners.iter().map(|(uid, s)| (uid.to_string(), s.name.to_string())).collect())
+                .map(|e| e.owners.iter().map(|r| (t.uid(r).to_string(), t.name(r).to_string())).collect())
                 .unwrap_or_default()
         })
     }
 
     /// (node, owner) pairs held, for benchmarks and metrics.
     pub fn entries(&self) -> usize {
-        self.read(|m| m.values().map(|e| e.owners.len()).sum())
+        self.read(|m, _| m.values().map(|e| e.owners.len()).sum())
     }
 }
 
@@ -728,20 +895,27 @@ mod tests {
     }
 
     #[test]
-    fn nodes_share_one_copy_of_each_string() {
+    fn nodes_share_one_number_for_each_string_until_none_holds_it() {
         let idx = NodeIndex::default();
         for n in 0..3 {
             idx.record_state(&format!("n{n}"), &state("a", "r1", Health::Healthy));
         }
-        let revisions: Vec<Arc<str>> =
-            idx.read(|m| m.values().map(|e| e.owners.values().next().unwrap().revision.clone()).collect());
-        assert!(revisions.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
-        // Strings nobody holds any more are swept as the set grows.
+        let held = |idx: &NodeIndex| idx.read(|_, t| (t.owners.len(), t.revisions.len()));
+        assert_eq!(held(&idx), (1, 1), "one uid and one revision for three nodes");
+        let revisions: BTreeSet<u32> = idx.read(|m, _| m.values().map(|e| e.owners[0].revision).collect());
+        assert_eq!(revisions.len(), 1);
+        // A revision nobody runs any more is let go, its number reused.
         for i in 0..2000 {
             idx.record_state("n0", &state("a", &format!("rev-{i}"), Health::Healthy));
         }
-        let held = idx.nodes.read().unwrap().strings.len();
-        assert!(held < 1100, "{held} strings held for 3 nodes");
+        assert_eq!(held(&idx), (1, 2), "r1 (n1, n2) and rev-1999 (n0)");
+        idx.record_removed("n1", "a");
+        idx.forget("n2");
+        assert_eq!(held(&idx), (1, 1));
+        idx.record_list("n0", &list(vec![]));
+        assert_eq!(held(&idx), (0, 0), "nothing held once no node runs anything");
+        // r1, and the old and new revision of n0 while one replaces the other.
+        assert_eq!(idx.read(|_, t| t.revisions.strings.len()), 3, "numbers are reused, not grown");
     }
 
     #[test]

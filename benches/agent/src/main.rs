@@ -455,8 +455,19 @@ impl Bench {
         let manifests = (0..n)
             .map(|i| (format!("rss-{i:03}.yaml"), self.manifest(&RSS_CASES[i % 4], &format!("rss-{i:03}"))))
             .collect();
+        // The README's first command runs these (scripts/demo.sh): XDP and TC packet
+        // counters and the openat tracepoint counter (the uprobe one needs bash's path).
+        let standalone = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/standalone");
+        let examples = ["xdp-counter.yaml", "tc-counter.yaml", "tracepoint-openat.yaml"]
+            .iter()
+            .map(|f| {
+                let yaml = std::fs::read_to_string(standalone.join(f)).with_context(|| f.to_string())?;
+                Ok((f.to_string(), yaml.replace("@BUILD_DIR@", &self.examples.to_string_lossy())))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         rss::measure(&rss::RssSetup {
             agent_bin: &agent_bin,
+            examples,
             bpffs_root: self.dirs.bpffs.join("rss"),
             state_dir: self.dirs.state.join("rss"),
             work_dir: self.dirs.work.join("rss"),

@@ -1,6 +1,6 @@
 //! The agent's memory, measured on the real `bpfleet-agent` binary in standalone mode:
-//! idle on an empty manifest directory, then running one program per manifest written
-//! into it. Resident set size (VmRSS) comes from /proc/PID/status.
+//! idle on an empty manifest directory, then with the standalone examples, then running
+//! one program per manifest written into it. Resident set size (VmRSS) comes from /proc/PID/status.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +16,9 @@ pub struct RssSetup<'a> {
     pub state_dir: PathBuf,
     /// The manifest directory and where the agent's log goes.
     pub work_dir: PathBuf,
+    /// (file name, YAML) of the standalone examples (examples/standalone), loaded and
+    /// removed first: the agent as the README's first command runs it.
+    pub examples: Vec<(String, String)>,
     /// (file name, YAML) of every manifest to load.
     pub manifests: Vec<(String, String)>,
     /// Time the agent is left alone before a reading.
@@ -24,6 +27,9 @@ pub struct RssSetup<'a> {
 
 pub struct RssReport {
     pub idle_kib: u64,
+    /// Settled with the standalone examples loaded, and how many programs they are.
+    pub examples_kib: u64,
+    pub examples: usize,
     pub loaded_kib: u64,
     /// VmHWM: the peak resident size over the whole run.
     pub peak_kib: u64,
@@ -137,28 +143,48 @@ pub fn measure(setup: &RssSetup<'_>) -> anyhow::Result<RssReport> {
 
     let idle_kib = settled_rss(&mut agent, setup.settle)?;
 
+    write_all(&mut agent, &dir, &setup.bpffs_root, &setup.examples)?;
+    let examples_kib = settled_rss(&mut agent, setup.settle)?;
+    remove_all(&mut agent, &dir, &setup.bpffs_root, &setup.examples)?;
+
     let started = Instant::now();
-    for (name, yaml) in &setup.manifests {
-        // Written aside and renamed, so the agent never reads half a file.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, yaml)?;
-        std::fs::rename(&tmp, dir.join(name))?;
-    }
-    let want = setup.manifests.len();
-    wait_for(&mut agent, &format!("{want} programs to be pinned"), Duration::from_secs(120), || {
-        pinned_programs(&setup.bpffs_root) >= want
-    })?;
+    write_all(&mut agent, &dir, &setup.bpffs_root, &setup.manifests)?;
     let load_all = started.elapsed();
     let loaded_kib = settled_rss(&mut agent, setup.settle)?;
     let peak_kib = status_kib(agent.pid(), "VmHWM")?;
 
     // Let the agent unload everything itself before it stops (stopping keeps pins).
-    for (name, _) in &setup.manifests {
+    remove_all(&mut agent, &dir, &setup.bpffs_root, &setup.manifests)?;
+    drop(agent);
+    Ok(RssReport {
+        idle_kib,
+        examples_kib,
+        examples: setup.examples.len(),
+        loaded_kib,
+        peak_kib,
+        programs: setup.manifests.len(),
+        load_all,
+    })
+}
+
+/// Writes the manifests (one program each) and waits until every program is pinned.
+fn write_all(agent: &mut Agent, dir: &Path, bpffs: &Path, manifests: &[(String, String)]) -> anyhow::Result<()> {
+    for (name, yaml) in manifests {
+        // Written aside and renamed, so the agent never reads half a file.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, dir.join(name))?;
+    }
+    let want = manifests.len();
+    wait_for(agent, &format!("{want} programs to be pinned"), Duration::from_secs(120), || {
+        pinned_programs(bpffs) >= want
+    })
+}
+
+/// Removes the manifests and waits until the agent unpinned every program.
+fn remove_all(agent: &mut Agent, dir: &Path, bpffs: &Path, manifests: &[(String, String)]) -> anyhow::Result<()> {
+    for (name, _) in manifests {
         std::fs::remove_file(dir.join(name))?;
     }
-    wait_for(&mut agent, "the programs to be removed", Duration::from_secs(60), || {
-        pinned_programs(&setup.bpffs_root) == 0
-    })?;
-    drop(agent);
-    Ok(RssReport { idle_kib, loaded_kib, peak_kib, programs: want, load_all })
+    wait_for(agent, "the programs to be removed", Duration::from_secs(60), || pinned_programs(bpffs) == 0)
 }

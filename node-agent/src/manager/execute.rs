@@ -77,7 +77,11 @@ impl Manager {
             let name = pin.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             maps::shared::check_not_used(&records, input.uid.as_str(), &name, pin, "is not in this revision")?;
         }
-        self.execute(input, &plan, pods)
+        let btf = info
+            .needs_kernel_btf(input.programs.iter().map(|p| p.attach.program_type()))
+            .then(|| crate::loader::kernel_btf().get())
+            .flatten();
+        self.execute(input, &plan, pods, btf.as_deref())
     }
 
     /// The owner's pinned maps of the object's names, and which of its directories exist.
@@ -107,7 +111,13 @@ impl Manager {
     /// Follow a load's plan: prepare the directories, attach and commit, attach in the
     /// pods (taking over the previous revision's pod links), then finish the upgrade; or
     /// roll the attempt back.
-    fn execute(&self, input: &ApplyInput, plan: &LoadPlan<'_>, pods: &PodWork) -> Result<OwnerRecord> {
+    fn execute(
+        &self,
+        input: &ApplyInput,
+        plan: &LoadPlan<'_>,
+        pods: &PodWork,
+        btf: Option<&aya::Btf>,
+    ) -> Result<OwnerRecord> {
         if plan.clear_revision_dir {
             let _ = std::fs::remove_dir_all(self.layout.revision_dir(&input.uid, &input.revision));
         }
@@ -117,7 +127,7 @@ impl Manager {
             create_dir(staging)?;
         }
         let mut undo: Vec<Undo> = Vec::new();
-        match self.attach_and_commit(input, plan, &mut undo) {
+        match self.attach_and_commit(input, plan, btf, &mut undo) {
             Ok(record) => {
                 let record = self.carry_out_pods(&record, plan.previous, pods);
                 self.finish_upgrade(input, plan, &record);
@@ -132,8 +142,14 @@ impl Manager {
 
     /// Load the object, attach every program, and save the record: the commit point, from
     /// which a restarted agent adopts the new revision.
-    fn attach_and_commit(&self, input: &ApplyInput, plan: &LoadPlan<'_>, undo: &mut Vec<Undo>) -> Result<OwnerRecord> {
-        let mut ebpf = self.loader.load(&input.bytecode, &input.globals, &plan.load_pins())?;
+    fn attach_and_commit(
+        &self,
+        input: &ApplyInput,
+        plan: &LoadPlan<'_>,
+        btf: Option<&aya::Btf>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<OwnerRecord> {
+        let mut ebpf = self.loader.load(&input.bytecode, &input.globals, &plan.load_pins(), btf)?;
         let mut peers = self.tc_peers();
         let mut programs = Vec::new();
         for p in &input.programs {
@@ -141,7 +157,7 @@ impl Manager {
                 layout: &self.layout,
                 owner: &input.uid,
                 revision: &input.revision,
-                btf: self.loader.btf(),
+                btf,
                 previous: plan.previous,
                 tc_peers: &peers,
                 tc_backend: self.cfg.tc_backend,
