@@ -197,7 +197,7 @@ async fn fleet_slots(ctx: &Context) -> tokio::sync::SemaphorePermit<'_> {
 }
 
 fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
-    store.state().iter().filter_map(|n| NodeInfo::from_node(n)).collect()
+    store.state().iter().filter_map(NodeInfo::from_shared).collect()
 }
 
 async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {

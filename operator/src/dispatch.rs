@@ -275,6 +275,10 @@ struct State {
     /// The client identity in use, with the handshake bounded by `connect_timeout`;
     /// replaced by [`AgentPool::set_tls`] when the certificate files change.
     tls: ClientTlsConfig,
+    /// The node most recently dialled: fan-outs start there (see [`AgentPool::fan_out`]).
+    cursor: String,
+    /// Connections made so far (each a TCP connect and a TLS handshake).
+    dials: u64,
 }
 
 struct NodeState {
@@ -311,7 +315,14 @@ impl AgentPool {
         cfg.max_connections = cfg.max_connections.max(cfg.max_concurrency);
         let tls = cfg.tls.clone().timeout(cfg.connect_timeout);
         let permits = Semaphore::new(cfg.max_concurrency);
-        let state = Mutex::new(State { nodes: HashMap::new(), open: 0, rng: XorShift::from_time(), tls });
+        let state = Mutex::new(State {
+            nodes: HashMap::new(),
+            open: 0,
+            rng: XorShift::from_time(),
+            tls,
+            cursor: String::new(),
+            dials: 0,
+        });
         let rotations = tokio::sync::watch::Sender::new(0);
         Self { inner: Arc::new(Inner { cfg, permits, state, rotations }) }
     }
@@ -530,10 +541,20 @@ impl AgentPool {
         Fut: Future<Output = Result<T, DispatchError>>,
     {
         use futures::StreamExt;
+        // In name order from the node most recently dialled, round to it: fan-outs running
+        // at once (reconciles of many programs, a resync) walk the nodes together, so one
+        // connection serves them all while it is open, rather than each fan-out reopening
+        // what the others' walks closed when the fleet is larger than the connection budget
+        // (docs/benchmarks.md, the operator at fleet scale).
+        let mut order: Vec<(usize, NodeAddr)> = nodes.into_iter().enumerate().collect();
+        order.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
+        let cursor = self.lock().cursor.clone();
+        let start = order.partition_point(|(_, n)| n.name < cursor);
+        order.rotate_left(start);
         // No more calls started than may run: a fan-out to 5,000 nodes holds 64 futures
         // (and their requests), not 5,000. Unordered, so one slow node does not keep the
         // next ones from starting; the results are put back in order at the end.
-        let calls = nodes.into_iter().enumerate().map(|(i, node)| {
+        let calls = order.into_iter().map(|(i, node)| {
             let call = f(self.clone(), node.clone());
             async move { (i, node, call.await) }
         });
@@ -554,6 +575,12 @@ impl AgentPool {
     /// Agent connections open now.
     pub fn open_connections(&self) -> usize {
         self.lock().open
+    }
+
+    /// Agent connections made since the pool was created (each a TCP connect and a TLS
+    /// handshake), for benchmarks and metrics.
+    pub fn dials(&self) -> u64 {
+        self.lock().dials
     }
 
     /// How long `node` still backs off, if it does: for status messages and requeue delays.
@@ -663,6 +690,8 @@ impl AgentPool {
         let channel = endpoint.connect_lazy();
         entry.channel = Some(channel.clone());
         state.open += 1;
+        state.cursor.clone_from(&node.name);
+        state.dials += 1;
         if state.open > cfg.max_connections {
             close_least_recent(&mut state, cfg.max_connections);
         }

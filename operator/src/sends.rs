@@ -265,7 +265,12 @@ mod tests {
     }
 
     fn info(name: &str, ip: Option<&str>, deleting: bool) -> NodeInfo {
-        NodeInfo { name: name.into(), labels: BTreeMap::new(), internal_ip: ip.map(|i| i.parse().unwrap()), deleting }
+        NodeInfo {
+            name: name.into(),
+            labels: Default::default(),
+            internal_ip: ip.map(|i| i.parse().unwrap()),
+            deleting,
+        }
     }
 
     fn addr(name: &str, ip: &str) -> NodeAddr {

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -17,15 +18,66 @@ pub struct NodeAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// Where the node's agent is dialled.
     pub internal_ip: Option<IpAddr>,
     /// The Node is being deleted: it gets nothing new and blocks nothing.
     pub deleting: bool,
 }
 
+/// A Node's labels: those of the cached Node itself (a reconcile reads every node's, and
+/// copying them for each of thousands of nodes cost megabytes per reconcile in flight:
+/// docs/benchmarks.md, the operator at fleet scale), or a map of their own.
+#[derive(Clone, Debug)]
+pub enum Labels {
+    Of(Arc<Node>),
+    Own(BTreeMap<String, String>),
+}
+
+/// Equal labels, wherever they are kept.
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Labels {}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels::Own(BTreeMap::new())
+    }
+}
+
+impl From<BTreeMap<String, String>> for Labels {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Labels::Own(map)
+    }
+}
+
+impl std::ops::Deref for Labels {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        match self {
+            Labels::Of(node) => node.metadata.labels.as_ref().unwrap_or(&NONE),
+            Labels::Own(map) => map,
+        }
+    }
+}
+
 impl NodeInfo {
+    /// A cached Node, its labels shared rather than copied.
+    pub fn from_shared(node: &Arc<Node>) -> Option<NodeInfo> {
+        Self::of(node, || Labels::Of(node.clone()))
+    }
+
     pub fn from_node(node: &Node) -> Option<NodeInfo> {
+        Self::of(node, || Labels::Own(node.metadata.labels.clone().unwrap_or_default()))
+    }
+
+    fn of(node: &Node, labels: impl FnOnce() -> Labels) -> Option<NodeInfo> {
         let name = node.metadata.name.clone()?;
         let internal_ip = node
             .status
@@ -33,12 +85,7 @@ impl NodeInfo {
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
             .and_then(|a| a.address.parse().ok());
-        Some(NodeInfo {
-            name,
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            internal_ip,
-            deleting: node.metadata.deletion_timestamp.is_some(),
-        })
+        Some(NodeInfo { name, labels: labels(), internal_ip, deleting: node.metadata.deletion_timestamp.is_some() })
     }
 }
 
@@ -106,7 +153,7 @@ mod tests {
     fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
         NodeInfo {
             name: name.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>().into(),
             internal_ip: None,
             deleting: false,
         }

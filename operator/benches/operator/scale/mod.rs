@@ -40,6 +40,10 @@ pub struct ScaleReport {
     pub stages: Vec<(String, Mem)>,
     pub cold_ready_s: f64,
     pub cold_passes: usize,
+    /// Agent connections made (TCP connect + TLS handshake) from the start until every
+    /// BpfProgram was Ready.
+    #[serde(default)]
+    pub cold_dials: u64,
     pub first_resync_ms: f64,
     pub resync_pass_ms: f64,
     pub requeue_pass_ms: f64,
@@ -150,6 +154,7 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         ensure!(cold_passes < 5, "not every BpfProgram Ready after {cold_passes} passes");
     }
     let cold_ready_s = t.elapsed().as_secs_f64();
+    let cold_dials = ctx.pool.dials();
     eprintln!("   every BpfProgram Ready after {cold_ready_s:.1} s ({cold_passes} passes)");
     stages.push(("every BpfProgram Ready on every node".into(), mem()));
 
@@ -270,6 +275,7 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         stages,
         cold_ready_s,
         cold_passes,
+        cold_dials,
         first_resync_ms,
         resync_pass_ms,
         requeue_pass_ms,
