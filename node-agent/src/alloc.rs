@@ -25,3 +25,29 @@ pub fn trim() {
         libc::malloc_trim(0);
     }
 }
+
+/// The glibc tunable that turns the per-thread caches off.
+const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
+
+/// glibc's per-thread caches keep up to 7 freed chunks of each small size in every thread
+/// that ever allocated, counted as in use: over thousands of Applies, run on whichever
+/// runtime or blocking thread picks them up, they filled to ~1 MiB (the soak in
+/// docs/reliability.md). They can only be turned off by a tunable read at start-up, so the
+/// agent starts itself again once with it set (same process id, arguments and the rest of
+/// the environment); where that is impossible it runs on with the caches. Call first
+/// thing in `main`.
+pub fn without_thread_caches() {
+    use std::os::unix::process::CommandExt;
+    let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if current.contains("glibc.malloc.tcache_count") {
+        return;
+    }
+    let tunables =
+        if current.is_empty() { NO_THREAD_CACHES.to_string() } else { format!("{current}:{NO_THREAD_CACHES}") };
+    let mut args = std::env::args_os();
+    let Some(argv0) = args.next() else { return };
+    // Returns only if the exec failed.
+    let error =
+        std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).env("GLIBC_TUNABLES", tunables).exec();
+    eprintln!("bpfleet-agent: cannot start again without glibc's thread caches ({error}); running with them");
+}

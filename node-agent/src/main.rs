@@ -127,6 +127,7 @@ enum Command {
 }
 
 pub fn main() -> anyhow::Result<()> {
+    agent::alloc::without_thread_caches();
     agent::alloc::tune();
     let args = Args::parse();
     init_tracing(args.log_json);

@@ -368,3 +368,59 @@ fn errors_name_the_flag_and_the_file() {
         Err(TlsError::KeyMismatch { .. })
     ));
 }
+
+/// A raw mTLS handshake with a shared client configuration (its session cache): how the
+/// server took it, full or resumed. Reads briefly afterwards so the client takes in the
+/// session ticket the server sends once the handshake is over.
+async fn handshake_kind(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let mut stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(ServerName::try_from(DEFAULT_SERVER_NAME).expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut buf)).await;
+    let (_, conn) = stream.get_ref();
+    assert!(conn.peer_certificates().is_some_and(|c| !c.is_empty()), "the agent's certificate is known");
+    conn.handshake_kind().expect("handshake done")
+}
+
+fn operator_config(pki: &TestPki) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(&pki.ca_cert).expect("CA")).expect("add CA");
+    let chain = CertificateDer::pem_file_iter(&pki.client_cert).expect("client cert").map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(&pki.client_key).expect("client key");
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn a_reconnect_resumes_its_session_until_the_files_change() {
+    let f = fixture();
+    let (tls, server) = serve_pki(&f.pki, CLIENT_NAME).await;
+    let config = operator_config(&f.pki);
+    assert_eq!(handshake_kind(server.addr, &config).await, rustls::HandshakeKind::Full);
+    assert_eq!(handshake_kind(server.addr, &config).await, rustls::HandshakeKind::Resumed, "second connection");
+    assert_eq!(
+        handshake_kind(server.addr, &config).await,
+        rustls::HandshakeKind::Resumed,
+        "each brings the next ticket"
+    );
+
+    // New files, a new configuration: tickets of the old one are not honoured.
+    f.pki.reissue_server_cert();
+    tls.reload_now().expect("reload");
+    assert_eq!(handshake_kind(server.addr, &config).await, rustls::HandshakeKind::Full, "after the files changed");
+    assert_eq!(handshake_kind(server.addr, &config).await, rustls::HandshakeKind::Resumed);
+
+    // Another client (no session) still goes through the full check: a foreign CA is refused.
+    let foreign = client_tls(&f.pki, &f.pki.foreign_client_cert, &f.pki.foreign_client_key);
+    assert!(health_check(server.addr, Some(foreign)).await.is_err(), "a foreign client certificate is refused");
+}

@@ -35,9 +35,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use proto::v1;
 use proto::v1::agent_client::AgentClient;
 use tokio::sync::Semaphore;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, warn};
 
+use crate::agent_tls::AgentTls;
 use crate::answers;
 use crate::bytecode::Payload;
 use crate::history::Content;
@@ -78,7 +79,7 @@ pub struct PoolConfig {
     /// The agent port (`--agent-port`), the same on every node.
     pub port: u16,
     /// The operator's client identity, the CA that signs agents and the agents' server name.
-    pub tls: ClientTlsConfig,
+    pub tls: AgentTls,
     /// Upper bound of one call, from the moment it may run (holds a concurrency permit).
     pub call_timeout: Duration,
     /// Upper bound of the TCP connect and of the TLS handshake, each.
@@ -101,7 +102,7 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// The defaults above, for `port` and `tls`.
-    pub fn new(port: u16, tls: ClientTlsConfig) -> Self {
+    pub fn new(port: u16, tls: AgentTls) -> Self {
         Self {
             port,
             tls,
@@ -272,9 +273,9 @@ struct State {
     /// Nodes whose `channel` is set.
     open: usize,
     rng: XorShift,
-    /// The client identity in use, with the handshake bounded by `connect_timeout`;
-    /// replaced by [`AgentPool::set_tls`] when the certificate files change.
-    tls: ClientTlsConfig,
+    /// The client identity in use (and its TLS session cache); replaced by
+    /// [`AgentPool::set_tls`] when the certificate files change.
+    tls: AgentTls,
     /// The node most recently dialled: fan-outs start there (see [`AgentPool::fan_out`]).
     cursor: String,
     /// Connections made so far (each a TCP connect and a TLS handshake).
@@ -313,7 +314,7 @@ impl AgentPool {
     pub fn new(mut cfg: PoolConfig) -> Self {
         cfg.max_concurrency = cfg.max_concurrency.clamp(1, Semaphore::MAX_PERMITS);
         cfg.max_connections = cfg.max_connections.max(cfg.max_concurrency);
-        let tls = cfg.tls.clone().timeout(cfg.connect_timeout);
+        let tls = cfg.tls.clone();
         let permits = Semaphore::new(cfg.max_concurrency);
         let state = Mutex::new(State {
             nodes: HashMap::new(),
@@ -331,9 +332,9 @@ impl AgentPool {
     /// from now on. Cached channels are dropped, so the next call to each node makes a
     /// new connection with the new files; calls in flight finish on theirs (within
     /// `call_timeout`) and Watch streams end ([`AgentWatch::message`]) to be opened again.
-    pub fn set_tls(&self, tls: ClientTlsConfig) {
+    pub fn set_tls(&self, tls: AgentTls) {
         let mut state = self.lock();
-        state.tls = tls.timeout(self.inner.cfg.connect_timeout);
+        state.tls = tls;
         // A refused handshake may have been the old identity's fault: try again at once.
         for node in state.nodes.values_mut() {
             *node = NodeState::new(node.ip);
@@ -669,25 +670,29 @@ impl AgentPool {
             state.open -= 1;
         }
         let cfg = &self.inner.cfg;
+        let setup_failed = |e: String| {
+            let message = format!("{}: cannot set up the connection: {e}", node.name);
+            DispatchError::Unreachable(Unreached::new(Failure::TransportError, message))
+        };
         let tls = match &cfg.per_node_name {
-            Some(template) => state.tls.clone().domain_name(template.replace("{node}", &node.name)),
+            Some(template) => state
+                .tls
+                .for_name(&template.replace("{node}", &node.name))
+                .map_err(|e| setup_failed(format!("{e:#}")))?,
             None => state.tls.clone(),
         };
         let entry = state.nodes.get_mut(&node.name).expect("inserted above");
-        let endpoint = Endpoint::from_shared(format!("https://{}", self.address(node.ip)))
-            .and_then(|e| e.tls_config(tls))
-            .map_err(|e| {
-                let message = format!("{}: cannot set up the connection: {}", node.name, chain(&e));
-                DispatchError::Unreachable(Unreached::new(Failure::TransportError, message))
-            })?
-            .connect_timeout(cfg.connect_timeout)
+        // The connector makes the TLS connection itself (one shared configuration and
+        // session cache: crate::agent_tls), so tonic sees plain HTTP/2.
+        let addr = std::net::SocketAddr::new(node.ip, cfg.port);
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| setup_failed(chain(&e)))?
             .timeout(cfg.call_timeout)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
+        let channel =
+            endpoint.connect_with_connector_lazy(tls.connector(addr, cfg.connect_timeout, KEEPALIVE_INTERVAL));
         entry.channel = Some(channel.clone());
         state.open += 1;
         state.cursor.clone_from(&node.name);
@@ -968,7 +973,7 @@ mod tests {
     }
 
     fn pool(base: Duration) -> AgentPool {
-        let mut cfg = PoolConfig::new(1, ClientTlsConfig::new());
+        let mut cfg = PoolConfig::new(1, AgentTls::untrusted());
         cfg.backoff_base = base;
         cfg.backoff_max = base * 4;
         AgentPool::new(cfg)
@@ -1025,7 +1030,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_budget_close_least_recent_first() {
-        let mut cfg = PoolConfig::new(1, ClientTlsConfig::new());
+        let mut cfg = PoolConfig::new(1, AgentTls::untrusted());
         cfg.max_concurrency = 1;
         cfg.max_connections = 8;
         let pool = AgentPool::new(cfg);
@@ -1053,7 +1058,7 @@ mod tests {
         pool.forget("n5");
         pool.forget("n1");
         assert_eq!(pool.open_connections(), 4);
-        pool.set_tls(ClientTlsConfig::new());
+        pool.set_tls(AgentTls::untrusted());
         assert_eq!(pool.open_connections(), 0);
     }
 

@@ -3,6 +3,7 @@
 //! only carry out and observe.
 
 pub mod admission;
+pub mod agent_tls;
 pub mod agent_watch;
 pub mod agents;
 pub mod alloc;

@@ -7,11 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent_tls::AgentTls;
+use crate::dispatch::AgentPool;
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-
-use crate::dispatch::AgentPool;
 
 /// The three files and the name agents' certificates carry.
 #[derive(Clone, Debug)]
@@ -25,7 +24,7 @@ pub struct ClientTlsFiles {
 /// What the files held when last read: their bytes' digest, and the config built.
 pub struct Loaded {
     pub fingerprint: [u8; 32],
-    pub config: ClientTlsConfig,
+    pub config: AgentTls,
 }
 
 impl ClientTlsFiles {
@@ -45,10 +44,14 @@ impl ClientTlsFiles {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }
-        let config = ClientTlsConfig::new()
-            .identity(Identity::from_pem(cert, key))
-            .ca_certificate(Certificate::from_pem(ca))
-            .domain_name(self.server_name.clone());
+        let config = AgentTls::from_pem(&cert, &key, &ca, &self.server_name).with_context(|| {
+            format!(
+                "--tls-cert {}, --tls-key {}, --tls-ca {}",
+                self.cert.display(),
+                self.key.display(),
+                self.ca.display()
+            )
+        })?;
         Ok(Loaded { fingerprint: h.finalize().into(), config })
     }
 }

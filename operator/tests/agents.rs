@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use agent::tls::testpki::TestPki;
 use crds::BpfProgramSpec;
 use crds::revision::{BytecodeIdentity, Revision};
+use operator::agent_tls::AgentTls;
 use operator::dispatch::{AgentPool, DispatchError, Failure, NodeAddr, PoolConfig};
 use operator::reports::{AgentChange, ChangeKind};
 use operator::status::NodeOutcome;
 use proto::v1;
-use tonic::transport::ClientTlsConfig;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -124,7 +124,12 @@ impl Fleet {
         self.agents.iter().map(|a| a.node.clone()).collect()
     }
 
-    fn pool_config(&self, tls: ClientTlsConfig) -> PoolConfig {
+    /// The operator's identity of the fleet's PKI.
+    fn tls(&self) -> AgentTls {
+        AgentTls::from_files(self.pki.client_files(), agent::tls::DEFAULT_SERVER_NAME).expect("test PKI")
+    }
+
+    fn pool_config(&self, tls: AgentTls) -> PoolConfig {
         PoolConfig {
             port: self.port,
             tls,
@@ -140,7 +145,7 @@ impl Fleet {
 
     /// Waits until every agent answers List, with a pool of its own that retries quickly.
     async fn wait_ready(&mut self) {
-        let mut cfg = self.pool_config(self.pki.client_config());
+        let mut cfg = self.pool_config(self.tls());
         cfg.backoff_base = Duration::from_millis(1);
         cfg.backoff_max = Duration::from_millis(1);
         let probe = AgentPool::new(cfg);
@@ -261,7 +266,7 @@ async fn fan_out_to_real_agents() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
+    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
     let port = fleet.port;
     let uid = format!("dispatch-{}", std::process::id());
 
@@ -374,13 +379,15 @@ async fn fan_out_to_real_agents() {
     let left = pool.backoff_of(&hole.name).expect("backing off again");
     assert!(left > BACKOFF_BASE && left <= (BACKOFF_BASE * 2).mul_f64(1.2), "second window: {left:?}");
 
-    // (2b) The concurrency bound: with one permit, a healthy node waits for the black hole.
-    let mut cfg = fleet.pool_config(fleet.pki.client_config());
+    // (2b) The concurrency bound: with one permit, a healthy node waits for the black hole
+    // (a fan-out goes in name order: this name comes first).
+    let hole_first = node("node-0-hole", BLACK_HOLE_IP);
+    let mut cfg = fleet.pool_config(fleet.tls());
     cfg.max_concurrency = 1;
     let single = AgentPool::new(cfg);
     let started = Instant::now();
     let results = single
-        .fan_out(vec![hole.clone(), fleet.agents[0].node.clone()], move |pool, node| async move {
+        .fan_out(vec![hole_first, fleet.agents[0].node.clone()], move |pool, node| async move {
             let result = pool.list(&node).await;
             Ok::<_, DispatchError>((result.is_ok(), started.elapsed()))
         })
@@ -428,7 +435,7 @@ async fn fan_out_to_real_agents() {
     // (5) A client certificate from a foreign CA is refused: unreachable, in bounded time.
     let p = &fleet.pki;
     let foreign =
-        agent::tls::client_config(&p.foreign_client_cert, &p.foreign_client_key, &p.ca_cert, "bpfleet-agent").unwrap();
+        AgentTls::from_files([&p.foreign_client_cert, &p.foreign_client_key, &p.ca_cert], "bpfleet-agent").unwrap();
     let foreign_pool = AgentPool::new(fleet.pool_config(foreign));
     let started = Instant::now();
     let result = foreign_pool.list(&a).await;
@@ -489,7 +496,7 @@ async fn watch_streams_report_changes_and_a_dead_agent() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
+    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
     let node = fleet.nodes()[0].clone();
     let uid = format!("watch-{}", std::process::id());
     let mut stream = pool.watch(&node).await.expect("watch");
@@ -584,7 +591,7 @@ async fn an_address_leading_to_another_nodes_agent_changes_nothing_there() {
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
     // A pool per call, so the impostor's backoff does not hide the agent's refusal.
-    let pool = || AgentPool::new(fleet.pool_config(fleet.pki.client_config()));
+    let pool = || AgentPool::new(fleet.pool_config(fleet.tls()));
     let victim = fleet.nodes()[0].clone();
     let uid = format!("victim-{}", std::process::id());
     pool().apply_wire(&victim, apply_request(&uid, TRACEPOINT)).await.expect("apply on the victim");

@@ -57,7 +57,7 @@ fn context(nodes: &[Node], port: u16, pods: Option<Vec<Pod>>) -> (Arc<Context>, 
     for n in nodes {
         writer.apply_watcher_event(&watcher::Event::Apply(n.clone()));
     }
-    let mut cfg = PoolConfig::new(port, tonic::transport::ClientTlsConfig::new());
+    let mut cfg = PoolConfig::new(port, operator::agent_tls::AgentTls::untrusted());
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.call_timeout = Duration::from_secs(1);
     cfg.backoff_base = Duration::from_secs(30);

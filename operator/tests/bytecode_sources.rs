@@ -95,7 +95,7 @@ fn context(agent: &FakeAgent, bytecode: Option<BytecodeCache>) -> (Arc<Context>,
     }))
     .unwrap();
     writer.apply_watcher_event(&watcher::Event::Apply(node));
-    let mut cfg = PoolConfig::new(agent.port, tonic::transport::ClientTlsConfig::new());
+    let mut cfg = PoolConfig::new(agent.port, operator::agent_tls::AgentTls::untrusted());
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.call_timeout = Duration::from_secs(1);
     let mut ctx = Context::new(client, AgentPool::new(cfg), nodes, Arc::new(Metrics::new()), 1);

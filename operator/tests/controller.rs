@@ -71,7 +71,7 @@ fn context(nodes: Vec<Node>) -> (Arc<Context>, Handle) {
     for n in nodes {
         writer.apply_watcher_event(&watcher::Event::Apply(n));
     }
-    let mut cfg = PoolConfig::new(1, tonic::transport::ClientTlsConfig::new());
+    let mut cfg = PoolConfig::new(1, operator::agent_tls::AgentTls::untrusted());
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.call_timeout = Duration::from_secs(1);
     let ctx = Context::new(client, AgentPool::new(cfg), store, Arc::new(Metrics::new()), 1);

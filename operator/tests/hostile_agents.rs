@@ -145,7 +145,11 @@ async fn start(name: &str, behaviour: Behaviour, files: TlsFiles) -> Running {
 }
 
 fn pool(pki: &TestPki, port: u16, per_node_name: Option<&str>) -> AgentPool {
-    let mut cfg = PoolConfig::new(port, pki.client_config());
+    let mut cfg = PoolConfig::new(
+        port,
+        operator::agent_tls::AgentTls::from_files(pki.client_files(), agent::tls::DEFAULT_SERVER_NAME)
+            .expect("test PKI"),
+    );
     cfg.call_timeout = Duration::from_secs(5);
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.backoff_base = Duration::from_secs(30);
@@ -277,7 +281,10 @@ async fn a_rotated_identity_ends_open_watch_streams() {
     let pool = pool(&pki, agent.port, None);
     let mut stream = pool.watch(&node("n")).await.expect("watch");
     stream.message().await.expect("first event").expect("an event");
-    pool.set_tls(pki.client_config());
+    pool.set_tls(
+        operator::agent_tls::AgentTls::from_files(pki.client_files(), agent::tls::DEFAULT_SERVER_NAME)
+            .expect("test PKI"),
+    );
     let ended = tokio::time::timeout(Duration::from_secs(2), stream.message()).await.expect("ended in time");
     let e = ended.expect_err("the stream ends with the rotation");
     assert_eq!(e.code(), tonic::Code::Unavailable);

@@ -300,10 +300,17 @@ fn build_server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    // No resumption: a resumed session skips client-certificate verification, and gRPC
-    // connections are long-lived, so it would buy nothing but a way around a CA rotation.
+    // Resumption with stateless tickets, whose key belongs to this configuration: an
+    // operator whose connection budget is smaller than the fleet closes and makes
+    // connections again all the time, and a resumed session costs neither side a
+    // signature or a certificate check (docs/benchmarks.md, the operator at fleet scale).
+    // Only sessions this configuration authenticated resume: new files build a new
+    // configuration with a new key, so a rotated CA or identity cannot be bypassed with a
+    // ticket of the old one (and the rebuild closes the old connections, see above). One
+    // ticket a handshake: each resumption brings the next. Nothing is stored per session.
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| rejected(FLAG_CERT, &files.cert, e))?;
+    config.send_tls13_tickets = 1;
     Ok(config)
 }
 

@@ -82,6 +82,11 @@ impl TestPki {
     ///
     /// # Panics
     /// If the files are unusable.
+    /// The operator's identity: its certificate, its key and the CA, in that order.
+    pub fn client_files(&self) -> [&std::path::Path; 3] {
+        [&self.client_cert, &self.client_key, &self.ca_cert]
+    }
+
     pub fn client_config(&self) -> ClientTlsConfig {
         super::client_config(&self.client_cert, &self.client_key, &self.ca_cert, DEFAULT_SERVER_NAME)
             .expect("test PKI client config")

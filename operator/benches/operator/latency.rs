@@ -137,7 +137,11 @@ impl Fleet {
     }
 
     pub(crate) fn pool_config(&self) -> PoolConfig {
-        PoolConfig::new(AGENT_PORT, self.pki.client_config())
+        PoolConfig::new(
+            AGENT_PORT,
+            operator::agent_tls::AgentTls::from_files(self.pki.client_files(), agent::tls::DEFAULT_SERVER_NAME)
+                .expect("test PKI"),
+        )
     }
 
     pub(crate) async fn wait_ready(&mut self) -> anyhow::Result<()> {

@@ -204,7 +204,11 @@ pub(crate) async fn rss(
 
     let api = Arc::new(MockApi::default());
     let client = mock_client(api.clone());
-    let mut cfg = PoolConfig::new(port, pki.client_config());
+    let mut cfg = PoolConfig::new(
+        port,
+        operator::agent_tls::AgentTls::from_files(pki.client_files(), agent::tls::DEFAULT_SERVER_NAME)
+            .expect("test PKI"),
+    );
     cfg.call_timeout = Duration::from_secs(60);
     let ctx = {
         let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);

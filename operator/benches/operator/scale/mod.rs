@@ -129,7 +129,11 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         ..Default::default()
     });
     let client = mock_client(api.clone());
-    let mut cfg = PoolConfig::new(fakes.port, fakes.pki.client_config());
+    let mut cfg = PoolConfig::new(
+        fakes.port,
+        operator::agent_tls::AgentTls::from_files(fakes.pki.client_files(), agent::tls::DEFAULT_SERVER_NAME)
+            .expect("test PKI"),
+    );
     cfg.call_timeout = Duration::from_secs(60);
     let ctx = {
         let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);

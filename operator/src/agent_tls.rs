@@ -1,0 +1,176 @@
+//! The operator's TLS to its agents: one rustls client configuration shared by every agent
+//! connection, and the connector that dials with it.
+//!
+//! tonic's own TLS builds a configuration per connection (the PEM parsed again, the CA and
+//! the client key copied: ~14 KiB a connection) and its session cache with it, so no
+//! reconnect could resume. Shared, the configuration is built once per identity and its
+//! session cache remembers every agent: a connection made again (the pool closes the least
+//! recently used ones when the fleet is larger than its budget) resumes the TLS 1.3
+//! session — no certificate sent, verified or signed for, on either side — instead of a
+//! full handshake (docs/benchmarks.md, the operator at fleet scale). The agent's identity
+//! was checked by the full handshake that made the session (and its certificate stays
+//! attached to it); a new identity ([`crate::dispatch::AgentPool::set_tls`]) starts with an
+//! empty cache.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::TokioIo;
+use rustls::client::Resumption;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+/// Agents whose sessions are remembered: more than a fleet has nodes, since a cache
+/// smaller than the nodes dialled in turn would have dropped each one before it is
+/// dialled again. An entry holds a ticket, its secret and the agent's certificate chain
+/// (about 2 KiB); only agents dialled take room.
+pub const RESUMABLE_AGENTS: usize = 16_384;
+
+/// A client identity, the CA that signs agents, and the name agents' certificates carry.
+#[derive(Clone)]
+pub struct AgentTls {
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+impl AgentTls {
+    /// From PEM: the client certificate chain, its key, the CA certificates that sign
+    /// agents, and the name their certificates carry.
+    pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8], server_name: &str) -> anyhow::Result<Self> {
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .context("the client certificate is not PEM")?;
+        anyhow::ensure!(!chain.is_empty(), "the client certificate file holds no certificate");
+        let key = PrivateKeyDer::from_pem_slice(key).context("the client key is not a PEM private key")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca) {
+            roots.add(ca.context("the CA file is not PEM")?).context("the CA certificate is not usable")?;
+        }
+        anyhow::ensure!(!roots.is_empty(), "the CA file holds no certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .context("the client certificate and key do not make an identity")?;
+        Self::finish(config, server_name)
+    }
+
+    /// From the three PEM files: the client certificate, its key and the CA (for tools
+    /// and tests).
+    pub fn from_files([cert, key, ca]: [&std::path::Path; 3], server_name: &str) -> anyhow::Result<Self> {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        Self::from_pem(&read(cert)?, &read(key)?, &read(ca)?, server_name)
+    }
+
+    /// Trusts no agent: every handshake fails (tests whose agents are never reached).
+    pub fn untrusted() -> Self {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Self::finish(config, "untrusted.invalid").expect("a valid name")
+    }
+
+    fn finish(mut config: rustls::ClientConfig, server_name: &str) -> anyhow::Result<Self> {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption = Resumption::in_memory_sessions(RESUMABLE_AGENTS);
+        Ok(Self { config: Arc::new(config), server_name: server_name_of(server_name)? })
+    }
+
+    /// The same identity, for agents whose certificates carry `name` (shares the
+    /// configuration and its session cache).
+    pub fn for_name(&self, name: &str) -> anyhow::Result<Self> {
+        Ok(Self { config: self.config.clone(), server_name: server_name_of(name)? })
+    }
+
+    /// Dials `addr` and makes the TLS connection (each bounded by `timeout`).
+    pub(crate) fn connector(&self, addr: SocketAddr, timeout: Duration, keepalive: Duration) -> AgentConnector {
+        AgentConnector {
+            tls: tokio_rustls::TlsConnector::from(self.config.clone()),
+            name: self.server_name.clone(),
+            addr,
+            timeout,
+            keepalive,
+        }
+    }
+}
+
+fn server_name_of(name: &str) -> anyhow::Result<ServerName<'static>> {
+    ServerName::try_from(name.to_string()).map_err(|_| anyhow::anyhow!("{name:?} is not a valid server name"))
+}
+
+/// A TCP connection to one agent and the TLS connection over it (`h2` negotiated).
+#[derive(Clone)]
+pub(crate) struct AgentConnector {
+    tls: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Duration,
+}
+
+type Io = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower_service::Service<http::Uri> for AgentConnector {
+    type Response = Io;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Io>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let timed_out = |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"));
+            let tcp = tokio::time::timeout(this.timeout, TcpStream::connect(this.addr))
+                .await
+                .map_err(|_| timed_out("TCP connect"))??;
+            tcp.set_nodelay(true)?;
+            keep_alive(&tcp, this.keepalive)?;
+            let tls = tokio::time::timeout(this.timeout, this.tls.connect(this.name.clone(), tcp))
+                .await
+                .map_err(|_| timed_out("TLS handshake"))??;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(std::io::Error::other("the agent did not agree to HTTP/2 (ALPN h2)"));
+            }
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+/// TCP keepalive probes after `idle` without traffic (a dead peer is noticed).
+fn keep_alive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with a valid int option.
+        let r = unsafe {
+            libc::setsockopt(
+                tcp.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle.as_secs().clamp(1, i32::MAX as u64) as libc::c_int)
+}
