@@ -60,7 +60,7 @@ pub fn latency_table(iterations: usize, rows: &[Row<'_>]) -> String {
         "Load + attach, milliseconds, p50 / p90 of {iterations} interleaved iterations (their starts \
          spread over the scheduler tick). Ratios: agent p50 ÷ \
          baseline p50 (✓ when ≤ 1.5×), then in parentheses the median of the per-iteration ratios. \
-         The agent runs in a worker process set up as bpfleet-agent is (kernel BTF parsed once, hidden from aya); \
+         The agent runs in a worker process set up as bpfleet-agent is (kernel BTF hidden from aya, parsed only when a load needs it); \
          the baselines run in the bench process, which still sees it.\n\n\
          | Program | agent | libbpf (in-process) | agent ÷ libbpf | bpftool + tc CLI | agent ÷ CLI | \
          aya 0.14 as is | agent Remove |\n|---|---|---|---|---|---|---|---|\n"
