@@ -38,8 +38,11 @@ const NO_THREAD_CACHES: &str = "glibc.malloc.tcache_count=0";
 /// thing in `main`.
 pub fn without_thread_caches() {
     use std::os::unix::process::CommandExt;
+    // Once only, whatever the new process sees: a process with file capabilities (secure
+    // execution) has glibc drop tunables it does not trust.
+    const STARTED_AGAIN: &str = "BPFLEET_AGENT_NO_THREAD_CACHES";
     let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-    if current.contains("glibc.malloc.tcache_count") {
+    if current.contains("glibc.malloc.tcache_count") || std::env::var_os(STARTED_AGAIN).is_some() {
         return;
     }
     let tunables =
@@ -47,7 +50,11 @@ pub fn without_thread_caches() {
     let mut args = std::env::args_os();
     let Some(argv0) = args.next() else { return };
     // Returns only if the exec failed.
-    let error =
-        std::process::Command::new("/proc/self/exe").arg0(argv0).args(args).env("GLIBC_TUNABLES", tunables).exec();
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("GLIBC_TUNABLES", tunables)
+        .env(STARTED_AGAIN, "1")
+        .exec();
     eprintln!("bpfleet-agent: cannot start again without glibc's thread caches ({error}); running with them");
 }

@@ -81,9 +81,15 @@ impl KernelBtf {
 
     /// Drops the parsed BTF if no load used it for `idle` (and gives the memory back to
     /// the system); whether it did.
+    /// Never waits (a parse in progress holds the lock: nothing to let go then), and keeps
+    /// a copy a load still holds.
     pub fn release_idle(&self, idle: Duration) -> bool {
-        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
-        if parsed.as_ref().is_none_or(|(_, used)| used.elapsed() < idle) {
+        let mut parsed = match self.parsed.try_lock() {
+            Ok(parsed) => parsed,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        if parsed.as_ref().is_none_or(|(btf, used)| used.elapsed() < idle || Arc::strong_count(btf) > 1) {
             return false;
         }
         *parsed = None;

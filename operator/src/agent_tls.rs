@@ -1,16 +1,18 @@
-//! The operator's TLS to its agents: one rustls client configuration shared by every agent
-//! connection, and the connector that dials with it.
+//! The operator's TLS to its agents: one rustls client configuration per identity (the
+//! parsed CA, certificate and key shared by every agent connection), a session store of
+//! its own for each node, and the connector that dials with them.
 //!
 //! tonic's own TLS builds a configuration per connection (the PEM parsed again, the CA and
 //! the client key copied: ~14 KiB a connection) and its session cache with it, so no
-//! reconnect could resume. Shared, the configuration is built once per identity and its
-//! session cache remembers every agent: a connection made again (the pool closes the least
-//! recently used ones when the fleet is larger than its budget) resumes the TLS 1.3
+//! reconnect could resume. Here a connection made again (the pool closes the least
+//! recently used ones when the fleet is larger than its budget) resumes the node's TLS 1.3
 //! session — no certificate sent, verified or signed for, on either side — instead of a
-//! full handshake (docs/benchmarks.md, the operator at fleet scale). The agent's identity
-//! was checked by the full handshake that made the session (and its certificate stays
-//! attached to it); a new identity ([`crate::dispatch::AgentPool::set_tls`]) starts with an
-//! empty cache.
+//! full handshake (docs/benchmarks.md, the operator at fleet scale). Each node has its own
+//! store because rustls keys sessions by server name, which all agents share unless
+//! `--agent-server-name` has `{node}`: one shared store would offer each agent another's
+//! ticket. The agent's identity was checked by the full handshake that made the session,
+//! and the agent checks the client's certificate again on resumption; a new identity
+//! ([`crate::dispatch::AgentPool::set_tls`]) starts with empty stores.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,16 +23,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
-use rustls::client::Resumption;
+use rustls::client::{ClientSessionMemoryCache, Resumption};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
-
-/// Agents whose sessions are remembered: more than a fleet has nodes, since a cache
-/// smaller than the nodes dialled in turn would have dropped each one before it is
-/// dialled again. An entry holds a ticket, its secret and the agent's certificate chain
-/// (about 2 KiB); only agents dialled take room.
-pub const RESUMABLE_AGENTS: usize = 16_384;
 
 /// A client identity, the CA that signs agents, and the name agents' certificates carry.
 #[derive(Clone)]
@@ -86,16 +82,26 @@ impl AgentTls {
         Self::finish(config, "untrusted.invalid").expect("a valid name")
     }
 
+    /// `server_name` may be a template with `{node}` (`--agent-server-name`): then it is
+    /// checked with a node name in its place, and [`AgentTls::for_node`] names each node.
     fn finish(mut config: rustls::ClientConfig, server_name: &str) -> anyhow::Result<Self> {
         config.alpn_protocols = vec![b"h2".to_vec()];
-        config.resumption = Resumption::in_memory_sessions(RESUMABLE_AGENTS);
-        Ok(Self { config: Arc::new(config), server_name: server_name_of(server_name)? })
+        // Sessions are kept per node (`for_node`), never in the shared configuration.
+        config.resumption = Resumption::disabled();
+        Ok(Self { config: Arc::new(config), server_name: server_name_of(&server_name.replace("{node}", "node"))? })
     }
 
-    /// The same identity, for agents whose certificates carry `name` (shares the
-    /// configuration and its session cache).
-    pub fn for_name(&self, name: &str) -> anyhow::Result<Self> {
-        Ok(Self { config: self.config.clone(), server_name: server_name_of(name)? })
+    /// This identity for one node: agents' certificates carry `name` (the shared name when
+    /// `None`), and the node's TLS sessions are kept in a store of its own (one session
+    /// at a time: each resumption brings the next ticket).
+    pub fn for_node(&self, name: Option<&str>) -> anyhow::Result<Self> {
+        let mut config = (*self.config).clone();
+        config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(1)));
+        let server_name = match name {
+            Some(n) => server_name_of(n)?,
+            None => self.server_name.clone(),
+        };
+        Ok(Self { config: Arc::new(config), server_name })
     }
 
     /// Dials `addr` and makes the TLS connection (each bounded by `timeout`).
@@ -173,4 +179,24 @@ fn keep_alive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
     };
     set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle.as_secs().clamp(1, i32::MAX as u64) as libc::c_int)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_node_name_template_loads_and_each_node_gets_its_name_and_session_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = agent::tls::testpki::TestPki::generate(dir.path());
+        let tls = AgentTls::from_files(pki.client_files(), "{node}.node.bpfleet.dev").expect("a template loads");
+        let node = tls.for_node(Some("node-1.node.bpfleet.dev")).expect("a node's name");
+        assert_eq!(node.server_name, ServerName::try_from("node-1.node.bpfleet.dev").expect("name"));
+        assert!(!Arc::ptr_eq(&node.config, &tls.config), "the node has a session store of its own");
+        let shared = tls.for_node(None).expect("the shared name");
+        assert_eq!(shared.server_name, tls.server_name);
+        assert!(tls.for_node(Some("not a name!")).is_err());
+        let e = AgentTls::from_files(pki.client_files(), "bad name!").expect_err("an invalid name");
+        assert!(e.to_string().contains("not a valid server name"), "{e}");
+    }
 }

@@ -738,7 +738,8 @@ async fn dispatch(
         ctx.index.record_failure(&node, uid, revision, outcome, k8s_openapi::jiff::Timestamp::now());
     }
     let actions: BTreeMap<String, NodeAction> = addrs.iter().map(|(a, act)| (a.name.clone(), act.clone())).collect();
-    let targets: Vec<NodeAddr> = addrs.into_iter().map(|(a, _)| a).collect();
+    let mut targets: Vec<NodeAddr> = addrs.into_iter().map(|(a, _)| a).collect();
+    ctx.pool.in_walk_order(&mut targets);
     let epoch = ctx.epoch;
     // Each answer goes into the index as it arrives: a fan-out to thousands of nodes does
     // not hold thousands of answers until the last one.

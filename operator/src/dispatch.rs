@@ -284,6 +284,9 @@ struct State {
 
 struct NodeState {
     ip: IpAddr,
+    /// The identity for this node with its TLS session store: kept while the connection is
+    /// closed, so the next one resumes (dropped with the rest on a new identity or address).
+    tls: Option<AgentTls>,
     /// None until first use, after a transport failure and once closed for the budget.
     channel: Option<Channel>,
     /// The last call that took the channel.
@@ -296,7 +299,7 @@ struct NodeState {
 
 impl NodeState {
     fn new(ip: IpAddr) -> Self {
-        Self { ip, channel: None, last_used: Instant::now(), failures: 0, retry_at: None, last_error: None }
+        Self { ip, tls: None, channel: None, last_used: Instant::now(), failures: 0, retry_at: None, last_error: None }
     }
 }
 
@@ -542,20 +545,10 @@ impl AgentPool {
         Fut: Future<Output = Result<T, DispatchError>>,
     {
         use futures::StreamExt;
-        // In name order from the node most recently dialled, round to it: fan-outs running
-        // at once (reconciles of many programs, a resync) walk the nodes together, so one
-        // connection serves them all while it is open, rather than each fan-out reopening
-        // what the others' walks closed when the fleet is larger than the connection budget
-        // (docs/benchmarks.md, the operator at fleet scale).
-        let mut order: Vec<(usize, NodeAddr)> = nodes.into_iter().enumerate().collect();
-        order.sort_unstable_by(|a, b| a.1.name.cmp(&b.1.name));
-        let cursor = self.lock().cursor.clone();
-        let start = order.partition_point(|(_, n)| n.name < cursor);
-        order.rotate_left(start);
         // No more calls started than may run: a fan-out to 5,000 nodes holds 64 futures
         // (and their requests), not 5,000. Unordered, so one slow node does not keep the
         // next ones from starting; the results are put back in order at the end.
-        let calls = order.into_iter().map(|(i, node)| {
+        let calls = nodes.into_iter().enumerate().map(|(i, node)| {
             let call = f(self.clone(), node.clone());
             async move { (i, node, call.await) }
         });
@@ -563,6 +556,20 @@ impl AgentPool {
             futures::stream::iter(calls).buffer_unordered(self.inner.cfg.max_concurrency).collect().await;
         done.sort_unstable_by_key(|(i, ..)| *i);
         done.into_iter().map(|(_, node, r)| (node, r)).collect()
+    }
+
+    /// Puts `nodes` in the order a fan-out to all of them should call them: by name,
+    /// starting at the node dialled last and round to it. Fan-outs running at once
+    /// (reconciles of many programs) then walk the nodes together, so one connection
+    /// serves them all while it is open rather than each fan-out reopening what the
+    /// others' walks closed when the fleet is larger than the connection budget
+    /// (docs/benchmarks.md, the operator at fleet scale). For fan-outs whose order does not
+    /// matter otherwise.
+    pub fn in_walk_order(&self, nodes: &mut [NodeAddr]) {
+        nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let cursor = self.lock().cursor.clone();
+        let start = nodes.partition_point(|n| n.name < cursor);
+        nodes.rotate_left(start);
     }
 
     /// Drops the cached channel and backoff state of `node` (Node deleted, or IP changed).
@@ -674,16 +681,19 @@ impl AgentPool {
             let message = format!("{}: cannot set up the connection: {e}", node.name);
             DispatchError::Unreachable(Unreached::new(Failure::TransportError, message))
         };
-        let tls = match &cfg.per_node_name {
-            Some(template) => state
-                .tls
-                .for_name(&template.replace("{node}", &node.name))
-                .map_err(|e| setup_failed(format!("{e:#}")))?,
-            None => state.tls.clone(),
+        let State { nodes, tls: identity, .. } = &mut *state;
+        let entry = nodes.get_mut(&node.name).expect("inserted above");
+        let tls = match &entry.tls {
+            Some(tls) => tls.clone(),
+            None => {
+                let name = cfg.per_node_name.as_ref().map(|template| template.replace("{node}", &node.name));
+                let tls = identity.for_node(name.as_deref()).map_err(|e| setup_failed(format!("{e:#}")))?;
+                entry.tls = Some(tls.clone());
+                tls
+            }
         };
-        let entry = state.nodes.get_mut(&node.name).expect("inserted above");
-        // The connector makes the TLS connection itself (one shared configuration and
-        // session cache: crate::agent_tls), so tonic sees plain HTTP/2.
+        // The connector makes the TLS connection itself (the identity's configuration, the
+        // node's session store: crate::agent_tls), so tonic sees plain HTTP/2.
         let addr = std::net::SocketAddr::new(node.ip, cfg.port);
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| setup_failed(chain(&e)))?

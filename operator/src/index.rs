@@ -24,9 +24,11 @@ struct Runs {
     health: Health,
 }
 
-/// What few (node, owner) pairs have: an error message, pods.
+/// What few (node, owner) pairs have: an error message, pods, a name other than the one
+/// the owner's first reporter gave (a node cannot rename an owner for the others).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Extra {
+    name: Option<Box<str>>,
     last_error: Option<Box<str>>,
     /// The pods it is attached in (programs with `pods`).
     pods: PodTally,
@@ -34,7 +36,7 @@ struct Extra {
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.last_error.is_none() && self.pods == PodTally::default()
+        self.name.is_none() && self.last_error.is_none() && self.pods == PodTally::default()
     }
 }
 
@@ -118,6 +120,11 @@ impl Ids {
         }
     }
 
+    /// How many pairs hold `id`.
+    fn holders(&self, id: u32) -> u32 {
+        self.strings[id as usize].1
+    }
+
     /// The number of `s`, if some pair holds it.
     fn find(&self, s: &str) -> Option<u32> {
         self.by_string.get(s).copied()
@@ -154,12 +161,17 @@ impl Tables {
         if self.names.len() <= i {
             self.names.resize(i + 1, Arc::from(""));
         }
-        if *self.names[i] != *s.owner {
+        // The first holder of a uid names it; a node that reports another name keeps its own.
+        if self.owners.holders(owner) == 1 {
             self.names[i] = Arc::from(s.owner.as_str());
         }
+        let name = (*self.names[i] != *s.owner).then(|| s.owner.as_str().into());
         let revision = self.revisions.acquire(&s.revision);
-        let extra =
-            Extra { last_error: s.last_error.as_deref().map(Into::into), pods: PodTally::of(&s.owner_uid, &s.pods) };
+        let extra = Extra {
+            name,
+            last_error: s.last_error.as_deref().map(Into::into),
+            pods: PodTally::of(&s.owner_uid, &s.pods),
+        };
         Some((Runs { owner, revision, health: s.health }, extra))
     }
 
@@ -226,6 +238,11 @@ impl NodeEntry {
         self.extras.get(&owner)
     }
 
+    /// The name this node reports for what runs.
+    fn name<'a>(&'a self, t: &'a Tables, r: &Runs) -> &'a str {
+        self.extra(r.owner).and_then(|x| x.name.as_deref()).unwrap_or_else(|| t.name(r))
+    }
+
     /// Puts what runs of owner number `owner` (None: nothing) in place of what ran;
     /// returns what ran (whose numbers the caller releases).
     fn replace(&mut self, owner: u32, new: Option<(Runs, Extra)>) -> Option<(Runs, Extra)> {
@@ -257,7 +274,7 @@ impl NodeEntry {
     fn digest(&self, t: &Tables) -> u64 {
         let mut d = proto::NodeDigest::default();
         for r in &self.owners {
-            d.add(t.uid(r), t.name(r), t.revision(r), r.health);
+            d.add(t.uid(r), self.name(t, r), t.revision(r), r.health);
             d.add_pods_hash(self.extra(r.owner).map_or(0, |x| x.pods.reported));
         }
         d.value()
@@ -610,7 +627,7 @@ impl NodeIndex {
             let e = m.get(node);
             let mut owners = e.into_iter().flat_map(|e| e.owners.iter().map(move |r| (e, r))).map(|(e, r)| Reported {
                 uid: t.uid(r),
-                name: t.name(r),
+                name: e.name(t, r),
                 revision: t.revision(r),
                 health: r.health,
                 last_error: e.extra(r.owner).and_then(|x| x.last_error.as_deref()).unwrap_or(""),
@@ -697,7 +714,7 @@ impl NodeIndex {
     pub fn all_owners(&self, node: &str) -> BTreeMap<String, String> {
         self.read(|m, t| {
             m.get(node)
-                .map(|e| e.owners.iter().map(|r| (t.uid(r).to_string(), t.name(r).to_string())).collect())
+                .map(|e| e.owners.iter().map(|r| (t.uid(r).to_string(), e.name(t, r).to_string())).collect())
                 .unwrap_or_default()
         })
     }
@@ -892,6 +909,25 @@ mod tests {
         assert_eq!(idx.record_unchanged("n", &AgentList::default()), ["a"]);
         assert_eq!(idx.outcome("n", "a", "r1"), NodeOutcome::Ready);
         assert!(idx.record_unchanged("unknown-node", &AgentList::default()).is_empty());
+    }
+
+    #[test]
+    fn a_node_reporting_another_name_renames_the_owner_for_itself_only() {
+        let idx = NodeIndex::default();
+        let named = |name: &str| NodeProgramStatus { owner: name.into(), ..state("a", "r1", Health::Healthy) };
+        idx.record_state("n1", &named("prog"));
+        idx.record_state("n2", &named("other"));
+        assert_eq!(idx.all_owners("n1")["a"], "prog");
+        assert_eq!(idx.all_owners("n2")["a"], "other");
+        let digest = |name: &str| {
+            let mut d = proto::NodeDigest::default();
+            d.add("a", name, "r1", Health::Healthy);
+            d.value()
+        };
+        idx.record_list("n1", &AgentList { digest: digest("prog"), ..list(vec![named("prog")]) });
+        idx.record_list("n2", &AgentList { digest: digest("other"), ..list(vec![named("other")]) });
+        assert_eq!(idx.in_sync_digest("n1"), Some(digest("prog")), "n2's name does not change n1's digest");
+        assert_eq!(idx.in_sync_digest("n2"), Some(digest("other")));
     }
 
     #[test]

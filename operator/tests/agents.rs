@@ -379,15 +379,13 @@ async fn fan_out_to_real_agents() {
     let left = pool.backoff_of(&hole.name).expect("backing off again");
     assert!(left > BACKOFF_BASE && left <= (BACKOFF_BASE * 2).mul_f64(1.2), "second window: {left:?}");
 
-    // (2b) The concurrency bound: with one permit, a healthy node waits for the black hole
-    // (a fan-out goes in name order: this name comes first).
-    let hole_first = node("node-0-hole", BLACK_HOLE_IP);
+    // (2b) The concurrency bound: with one permit, a healthy node waits for the black hole.
     let mut cfg = fleet.pool_config(fleet.tls());
     cfg.max_concurrency = 1;
     let single = AgentPool::new(cfg);
     let started = Instant::now();
     let results = single
-        .fan_out(vec![hole_first, fleet.agents[0].node.clone()], move |pool, node| async move {
+        .fan_out(vec![hole.clone(), fleet.agents[0].node.clone()], move |pool, node| async move {
             let result = pool.list(&node).await;
             Ok::<_, DispatchError>((result.is_ok(), started.elapsed()))
         })

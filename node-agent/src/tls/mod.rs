@@ -139,6 +139,9 @@ pub struct ServerTls {
     /// The configuration new connections are handshaken with. Each connection holds a
     /// receiver from its handshake on, so replacing the value tells it to close.
     current: watch::Sender<Arc<ServerConfig>>,
+    /// The client-certificate check of the current configuration, run again on a resumed
+    /// session's certificate (see [`accept_loop`]).
+    verifier: Mutex<Arc<dyn ClientCertVerifier>>,
     /// What the poller last looked at, whether it loaded or not: a broken file is reported
     /// once, not on every tick.
     seen: Mutex<Option<Snapshot>>,
@@ -164,12 +167,13 @@ impl ServerTls {
         })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let snapshot = read_snapshot(&files)?;
-        let config = build_server_config(&files, &snapshot, &required_client_name, &provider)?;
+        let (config, verifier) = build_server_config(&files, &snapshot, &required_client_name, &provider)?;
         Ok(Self {
             files,
             required_client_name,
             provider,
             current: watch::Sender::new(Arc::new(config)),
+            verifier: Mutex::new(verifier),
             seen: Mutex::new(Some(snapshot)),
         })
     }
@@ -254,8 +258,10 @@ impl ServerTls {
     /// Switches to `snapshot` if it builds, which closes every connection handshaken (or
     /// handshaking) with an older configuration: each holds one receiver.
     fn install(&self, snapshot: &Snapshot) -> Result<(), TlsError> {
-        let config = build_server_config(&self.files, snapshot, &self.required_client_name, &self.provider)?;
+        let (config, verifier) =
+            build_server_config(&self.files, snapshot, &self.required_client_name, &self.provider)?;
         let closing = self.current.receiver_count();
+        *self.verifier.lock().unwrap_or_else(PoisonError::into_inner) = verifier;
         self.current.send_replace(Arc::new(config));
         info!(
             cert = %self.files.cert.display(),
@@ -279,7 +285,7 @@ fn build_server_config(
     snapshot: &Snapshot,
     required_client_name: &ServerName<'static>,
     provider: &Arc<CryptoProvider>,
-) -> Result<ServerConfig, TlsError> {
+) -> Result<(ServerConfig, Arc<dyn ClientCertVerifier>), TlsError> {
     let chain = parse_certs(FLAG_CERT, &files.cert, &snapshot.cert)?;
     let key = parse_key(FLAG_KEY, &files.key, &snapshot.key)?;
     let certified = certified_key((FLAG_CERT, &files.cert), (FLAG_KEY, &files.key), chain, key, provider)?;
@@ -297,7 +303,7 @@ fn build_server_config(
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| rejected(FLAG_CERT, &files.cert, e))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(FixedCert(Arc::new(certified))));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     // Resumption with stateless tickets, whose key belongs to this configuration: an
@@ -308,10 +314,13 @@ fn build_server_config(
     // configuration with a new key, so a rotated CA or identity cannot be bypassed with a
     // ticket of the old one (and the rebuild closes the old connections, see above). One
     // ticket a handshake: each resumption brings the next. Nothing is stored per session.
+    // A resumed session's client certificate is checked again as a full handshake would
+    // (chain, validity now, name: `check_resumed`), so a session outlives neither its
+    // certificate nor the CA.
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| rejected(FLAG_CERT, &files.cert, e))?;
     config.send_tls13_tickets = 1;
-    Ok(config)
+    Ok((config, verifier))
 }
 
 /// Loads the key and checks it belongs to the chain's leaf certificate.
@@ -547,6 +556,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, rotation) = tls.acceptor_and_rotation();
+        let verifier = ResumedCheck(tls.verifier.lock().unwrap_or_else(PoisonError::into_inner).clone());
         let (tx, slots, registry) = (tx.clone(), slots.clone(), pending.clone());
         let mut inflight = pending.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(id) = inflight.admit(peer.ip(), std::time::Instant::now()) else {
@@ -562,6 +572,9 @@ async fn accept_loop(
                 Ok(Err(error)) => return debug!(%peer, %error, "TLS handshake failed"),
                 Err(_elapsed) => return debug!(%peer, ?handshake_timeout, "TLS handshake timed out"),
             };
+            if let Err(error) = verifier.check_resumed(stream.get_ref().1) {
+                return debug!(%peer, %error, "resumed TLS session refused");
+            }
             let Ok(slot) = slots.try_acquire_owned() else {
                 return warn!(%peer, limits.max_connections, "too many connections; closing the new one");
             };
@@ -569,6 +582,24 @@ async fn accept_loop(
             let _ = tx.send(Ok(TlsConn { stream, rotation, _slot: slot })).await;
         });
         inflight.track(id, task.abort_handle());
+    }
+}
+
+/// The client-certificate check a full handshake makes, for resumed sessions: a ticket
+/// carries the certificate of the handshake that made the session, which may have expired
+/// since (or whose CA is no longer trusted).
+struct ResumedCheck(Arc<dyn ClientCertVerifier>);
+
+impl ResumedCheck {
+    fn check_resumed(&self, conn: &rustls::ServerConnection) -> Result<(), rustls::Error> {
+        if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+            return Ok(());
+        }
+        let chain = conn.peer_certificates().unwrap_or_default();
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        self.0.verify_client_cert(leaf, intermediates, UnixTime::now()).map(|_| ())
     }
 }
 

@@ -78,15 +78,15 @@ impl TestPki {
         TlsFiles { cert: self.server_cert.clone(), key: self.server_key.clone(), client_ca: self.ca_cert.clone() }
     }
 
-    /// A tonic client configuration presenting `client.pem` and trusting the CA.
-    ///
-    /// # Panics
-    /// If the files are unusable.
     /// The operator's identity: its certificate, its key and the CA, in that order.
     pub fn client_files(&self) -> [&std::path::Path; 3] {
         [&self.client_cert, &self.client_key, &self.ca_cert]
     }
 
+    /// A tonic client configuration presenting `client.pem` and trusting the CA.
+    ///
+    /// # Panics
+    /// If the files are unusable.
     pub fn client_config(&self) -> ClientTlsConfig {
         super::client_config(&self.client_cert, &self.client_key, &self.ca_cert, DEFAULT_SERVER_NAME)
             .expect("test PKI client config")

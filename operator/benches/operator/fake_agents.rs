@@ -195,9 +195,11 @@ pub(crate) async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyh
         key: pki_dir.join("server.key"),
         client_ca: pki_dir.join("ca.pem"),
     };
-    let tls = Arc::new(ServerTls::load(files, CLIENT_NAME)?);
     let counters = Arc::new(Counters::default());
     for i in 0..count {
+        // One server configuration per agent, as on a fleet: each has its own TLS ticket
+        // key, so a session resumes only with the agent that made it.
+        let tls = Arc::new(ServerTls::load(files.clone(), CLIENT_NAME)?);
         let addr = SocketAddr::from((fake_ip(i), port));
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
         let service = FakeAgent {
@@ -206,7 +208,7 @@ pub(crate) async fn fake_agents(pki_dir: &Path, port: u16, count: usize) -> anyh
             next_id: AtomicU32::new(1),
             counters: counters.clone(),
         };
-        let incoming = agent::tls::incoming(listener, tls.clone());
+        let incoming = agent::tls::incoming(listener, tls);
         tokio::spawn(async move {
             let server = tonic::transport::Server::builder().add_service(
                 AgentServer::new(service).max_decoding_message_size(operator::dispatch::MAX_MESSAGE_BYTES),
