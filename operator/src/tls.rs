@@ -31,6 +31,12 @@ impl ClientTlsFiles {
     /// Read and check the files. Fails with the file at fault when one is missing,
     /// unreadable or not PEM of the right kind.
     pub fn load(&self) -> anyhow::Result<Loaded> {
+        self.load_unless(None).map(|l| l.expect("no fingerprint to skip"))
+    }
+
+    /// [`ClientTlsFiles::load`], but `None` without building anything when the files'
+    /// fingerprint is still `known` (the poller reads them every few seconds).
+    pub fn load_unless(&self, known: Option<&[u8; 32]>) -> anyhow::Result<Option<Loaded>> {
         let read =
             |flag: &str, p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {flag} {}", p.display()));
         let cert = read("--tls-cert", &self.cert)?;
@@ -44,6 +50,10 @@ impl ClientTlsFiles {
             h.update((part.len() as u64).to_le_bytes());
             h.update(part);
         }
+        let fingerprint: [u8; 32] = h.finalize().into();
+        if known == Some(&fingerprint) {
+            return Ok(None);
+        }
         let config = AgentTls::from_pem(&cert, &key, &ca, &self.server_name).with_context(|| {
             format!(
                 "--tls-cert {}, --tls-key {}, --tls-ca {}",
@@ -52,7 +62,7 @@ impl ClientTlsFiles {
                 self.ca.display()
             )
         })?;
-        Ok(Loaded { fingerprint: h.finalize().into(), config })
+        Ok(Some(Loaded { fingerprint, config }))
     }
 }
 
@@ -71,8 +81,8 @@ pub async fn reload_on_change(files: ClientTlsFiles, pool: AgentPool, mut curren
     let mut broken_reported = false;
     loop {
         tokio::time::sleep(every).await;
-        match files.load() {
-            Ok(loaded) if loaded.fingerprint != current => {
+        match files.load_unless(Some(&current)) {
+            Ok(Some(loaded)) => {
                 pool.set_tls(loaded.config);
                 current = loaded.fingerprint;
                 broken_reported = false;
