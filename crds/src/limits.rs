@@ -25,6 +25,12 @@ pub const MAX_STATUS_FAILURES: usize = 16;
 /// uprobe targets of 4096 characters, with their framing, stays under 1 MiB.
 pub const MAX_APPLY_MESSAGE_BYTES: usize =
     MAX_IMAGE_BYTECODE_BYTES + MAX_GLOBALS as usize * MAX_GLOBAL_BYTES + (1 << 20);
+/// Applies one ApplyBatch carries at most (the agent refuses more); the operator also
+/// keeps a batch under [`MAX_APPLY_MESSAGE_BYTES`] in all.
+pub const MAX_APPLY_BATCH: usize = 32;
+/// Applies of one ApplyBatch an agent carries out at once; the operator gives a batch as
+/// many call timeouts as it has rounds of these.
+pub const APPLY_BATCH_PARALLEL: usize = 4;
 /// A List page stays under this, however many owners a node runs (the rest come in the
 /// next pages).
 pub const MAX_LIST_PAGE_BYTES: usize = 1 << 20;

@@ -64,6 +64,34 @@ impl AgentService {
         ))
     }
 
+    /// One Apply, as the Apply call and each of an ApplyBatch's carry it out.
+    async fn apply_one(&self, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, AgentError> {
+        let what = format!("Apply of {}", req.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("?"));
+        let result = async {
+            self.check_node(&req.node_name, &what)?;
+            self.fence.admit(req.epoch, &what)?;
+            // A node path is read off the runtime (see `hostfs`): a file system that hangs
+            // holds a blocking thread for at most `hostfs::DEADLINE`, never a worker that
+            // gRPC, /healthz or other Applies need.
+            let input = if matches!(req.bytecode, Some(v1::apply_request::Bytecode::Path(_))) {
+                tokio::task::spawn_blocking(move || input_from_wire(req))
+                    .await
+                    .map_err(|e| AgentError::internal(format!("reading the request's bytecode path: {e}")))??
+            } else {
+                input_from_wire(req)?
+            };
+            self.manager.apply(input).await
+        }
+        .await;
+        self.count("apply", result.as_ref().err());
+        let (state, changed) = result?;
+        Ok(v1::ApplyResponse {
+            state: Some(proto::status_to_wire(&state)),
+            changed,
+            node_name: self.node_name().to_owned(),
+        })
+    }
+
     fn count(&self, method: &str, error: Option<&AgentError>) {
         let outcome = match error {
             None => "ok",
@@ -201,34 +229,69 @@ impl From<AgentError> for tonic::Status {
     }
 }
 
+/// An ApplyBatch's answer stays under the operator's answer limit, with room for framing.
+const BATCH_ANSWER_BYTES: usize = crds::limits::MAX_ANSWER_BYTES - 4096;
+
+/// An ApplyBatch's results, in order: each Apply's answer or the error it would have had.
+/// Answers past `limit` bytes in all are left out (`unanswered`: carried out, to be asked
+/// again alone), so the whole answer fits one message however large the states are.
+fn batch_results(answers: Vec<Result<v1::ApplyResponse, AgentError>>, limit: usize) -> Vec<v1::ApplyResult> {
+    use prost::Message;
+    use v1::apply_result::Result as Item;
+    let mut room = limit;
+    answers
+        .into_iter()
+        .map(|answer| {
+            let item = match answer {
+                Ok(applied) => Item::Applied(applied),
+                Err(e) => Item::Failed(v1::ApplyFailure {
+                    code: code(e.reason) as i32,
+                    reason: e.reason.as_str().to_owned(),
+                    program: e.program.unwrap_or_default(),
+                    message: e.message,
+                }),
+            };
+            let result = v1::ApplyResult { result: Some(item) };
+            // Its length, the field's tag and the length's own bytes.
+            let size = result.encoded_len() + 8;
+            if size <= room {
+                room -= size;
+                result
+            } else {
+                room = 0;
+                v1::ApplyResult { result: Some(Item::Unanswered(true)) }
+            }
+        })
+        .collect()
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn apply(&self, req: Request<v1::ApplyRequest>) -> Result<Response<v1::ApplyResponse>, Status> {
-        let req = req.into_inner();
-        let what = format!("Apply of {}", req.owner.as_ref().map(|o| o.name.as_str()).unwrap_or("?"));
-        let result = async {
-            self.check_node(&req.node_name, &what)?;
-            self.fence.admit(req.epoch, &what)?;
-            // A node path is read off the runtime (see `hostfs`): a file system that hangs
-            // holds a blocking thread for at most `hostfs::DEADLINE`, never a worker that
-            // gRPC, /healthz or other Applies need.
-            let input = if matches!(req.bytecode, Some(v1::apply_request::Bytecode::Path(_))) {
-                tokio::task::spawn_blocking(move || input_from_wire(req))
-                    .await
-                    .map_err(|e| AgentError::internal(format!("reading the request's bytecode path: {e}")))??
-            } else {
-                input_from_wire(req)?
-            };
-            self.manager.apply(input).await
+        Ok(Response::new(self.apply_one(req.into_inner()).await?))
+    }
+
+    async fn apply_batch(
+        &self,
+        req: Request<v1::ApplyBatchRequest>,
+    ) -> Result<Response<v1::ApplyBatchResponse>, Status> {
+        let applies = req.into_inner().applies;
+        if applies.len() > crds::limits::MAX_APPLY_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "an ApplyBatch carries at most {} Applies, this one {}: send the rest in another",
+                crds::limits::MAX_APPLY_BATCH,
+                applies.len()
+            )));
         }
+        let answers: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffered(
+            futures::stream::iter(applies.into_iter().map(|a| self.apply_one(a))),
+            crds::limits::APPLY_BATCH_PARALLEL,
+        ))
         .await;
-        self.count("apply", result.as_ref().err());
-        let (state, changed) = result?;
-        Ok(Response::new(v1::ApplyResponse {
-            state: Some(proto::status_to_wire(&state)),
-            changed,
+        Ok(Response::new(v1::ApplyBatchResponse {
+            results: batch_results(answers, BATCH_ANSWER_BYTES),
             node_name: self.node_name().to_owned(),
         }))
     }
@@ -521,5 +584,36 @@ mod tests {
         let (rest, next) = page((0..3).map(|i| owner(i, 1)).collect(), "uid-000001", 2, limit);
         assert_eq!((rest.len(), next.as_str()), (1, ""));
         assert_eq!(page(Vec::new(), "", 10, limit), (Vec::new(), String::new()));
+    }
+
+    /// A batch's answers stay under the limit: those past it are left out, to be asked
+    /// again alone; errors keep their reason, program and gRPC code.
+    #[test]
+    fn batch_answers_fit_the_limit_and_keep_each_error() {
+        use v1::apply_result::Result as Item;
+        let applied = |i| Ok(v1::ApplyResponse { state: Some(owner(i, 64)), changed: true, node_name: "n".into() });
+        let error = AgentError::for_program(Reason::VerifierRejected, "f", "R1 invalid mem access");
+        let answers = vec![applied(0), Err(error), applied(1), applied(2), applied(3)];
+        let one = v1::ApplyResult { result: Some(Item::Applied(applied(0).unwrap())) }.encoded_len();
+        // Room for the error and two large answers, not three.
+        let results = batch_results(answers, 2 * one + one / 2);
+        let resp = v1::ApplyBatchResponse { results, node_name: "n".into() };
+        assert!(resp.encoded_len() <= 2 * one + one / 2 + 64, "{} bytes", resp.encoded_len());
+        let kinds: Vec<&str> = resp
+            .results
+            .iter()
+            .map(|r| match &r.result {
+                Some(Item::Applied(_)) => "applied",
+                Some(Item::Failed(_)) => "failed",
+                Some(Item::Unanswered(true)) => "unanswered",
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(kinds, ["applied", "failed", "applied", "unanswered", "unanswered"]);
+        let Some(Item::Failed(f)) = &resp.results[1].result else { unreachable!() };
+        assert_eq!(
+            (f.code, f.reason.as_str(), f.program.as_str(), f.message.as_str()),
+            (tonic::Code::InvalidArgument as i32, "VerifierRejected", "f", "R1 invalid mem access")
+        );
     }
 }

@@ -19,7 +19,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::bytecode::{self, BytecodeCache};
-use crate::dispatch::{AgentPool, ApplyOrder, DispatchError, NodeAddr};
+use crate::dispatch::{AgentPool, ApplyOrder, DispatchError};
 use crate::drift::Desired;
 use crate::history::{Content, History};
 use crate::image::ImageSource;
@@ -665,7 +665,7 @@ async fn gate(
     let lease = crate::gates::GateBook::lease(health);
     let results = ctx
         .pool
-        .fan_out(addrs.into_iter().map(|(a, _)| a).collect(), |pool, node| {
+        .fan_out(addrs, |pool, node| {
             let reads = &reads;
             async move { pool.probe(&node, uid, reads, lease).await }
         })
@@ -731,66 +731,45 @@ async fn dispatch(
     if let Some(pods) = reach.pods {
         order = order.with_pods(pods.clone());
     }
-    let (addrs, no_address) = sends::addresses(&actions, reach.nodes);
+    let (mut targets, no_address) = sends::addresses(&actions, reach.nodes);
     for node in no_address {
         let why = "the Node has no InternalIP address to reach its agent at".to_string();
         let outcome = NodeOutcome::Unreachable { message: why };
         ctx.index.record_failure(&node, uid, revision, outcome, k8s_openapi::jiff::Timestamp::now());
     }
-    let actions: BTreeMap<String, NodeAction> = addrs.iter().map(|(a, act)| (a.name.clone(), act.clone())).collect();
-    let mut targets: Vec<NodeAddr> = addrs.into_iter().map(|(a, _)| a).collect();
     ctx.pool.in_walk_order(&mut targets);
     let epoch = ctx.epoch;
-    // Each answer goes into the index as it arrives: a fan-out to thousands of nodes does
-    // not hold thousands of answers until the last one.
-    let results = ctx
-        .pool
-        .fan_out(targets, |pool, node| {
-            let action = actions.get(&node.name).cloned();
+    // Each answer goes into the index as it arrives, and so does each failure (the node
+    // backs off): a fan-out to thousands of nodes keeps no answer until the last one.
+    // Every node asked gets its BpfNode refreshed.
+    ctx.pool
+        .fan_out_applies(targets, |pool, node| {
+            let action = actions.get(&node.name);
             let (order, name) = (&order, &name);
-            let metrics = ctx.metrics.clone();
-            let index = ctx.index.clone();
             async move {
                 let started = Instant::now();
-                let r = match action {
-                    Some(NodeAction::Apply(_)) => pool.apply(&node, order).await.map(|state| {
-                        index.record_state(&node.name, &state);
-                    }),
-                    Some(NodeAction::Remove) => {
-                        pool.remove(&node, uid, name, epoch).await.map(|_| index.record_removed(&node.name, uid))
-                    }
-                    _ => Ok(()),
-                };
-                metrics.dispatched(started.elapsed());
-                r
+                match action {
+                    Some(NodeAction::Apply(_)) => match pool.apply(&node, order).await {
+                        Ok(state) => {
+                            ctx.index.record_state(&node.name, &state);
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
+                            let now = k8s_openapi::jiff::Timestamp::now();
+                            ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
+                        }
+                    },
+                    Some(NodeAction::Remove) => match pool.remove(&node, uid, name, epoch).await {
+                        Ok(_) => ctx.index.record_removed(&node.name, uid),
+                        Err(e) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
+                    },
+                    _ => {}
+                }
+                ctx.stale_bpfnodes.mark(&node.name);
+                ctx.metrics.dispatched(started.elapsed());
             }
         })
         .await;
-    record_answers(ctx, &name, uid, revision, &actions, results);
-}
-
-/// After a dispatch: every node asked gets its BpfNode refreshed; a failed Apply goes
-/// into the index (the node backs off), a failed Remove is logged.
-fn record_answers(
-    ctx: &Context,
-    name: &str,
-    uid: &str,
-    revision: &str,
-    actions: &BTreeMap<String, NodeAction>,
-    results: Vec<(NodeAddr, Result<(), DispatchError>)>,
-) {
-    for (node, result) in results {
-        ctx.stale_bpfnodes.mark(&node.name);
-        match (actions.get(&node.name), result) {
-            (_, Ok(())) => {}
-            (Some(NodeAction::Apply(_)), Err(e)) => {
-                tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
-                let now = k8s_openapi::jiff::Timestamp::now();
-                ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
-            }
-            (_, Err(e)) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
-        }
-    }
 }
 
 /// Server-side apply of the status, only when it changed; events for transitions.

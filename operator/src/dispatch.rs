@@ -25,13 +25,14 @@
 //! The agent is not told the deadline (no `grpc-timeout` header): an Apply it has started
 //! runs to completion on the node, and the next Apply of the same revision is a no-op.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::error::Error as _;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use proto::v1;
 use proto::v1::agent_client::AgentClient;
 use tokio::sync::Semaphore;
@@ -70,6 +71,8 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// TCP and HTTP/2 keep-alive: a peer that vanished is noticed on an idle connection too.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`AgentPool::fan_out_applies`] keeps this many times `max_concurrency` Applies waiting.
+const APPLY_WINDOW: usize = 4;
 /// Backoff windows vary by ±20% so nodes that failed together do not retry together.
 const JITTER: f64 = 0.2;
 
@@ -126,11 +129,11 @@ pub fn fit_connections(requested: usize, nofile: u64) -> usize {
     requested.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
-/// One revision of one BpfProgram to run, as every node is sent it: encoded once, then
-/// shared by the per-node requests (each names its own node).
+/// One revision of one BpfProgram to run, as every node is sent it: built once, then
+/// shared by the per-node requests (each names its own node). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ApplyOrder {
-    request: v1::ApplyRequest,
+    request: Arc<v1::ApplyRequest>,
     /// Programs inside pods: the pods of each node (shared by every node's request).
     pods: Option<std::sync::Arc<BTreeMap<String, Vec<crate::pods::NodePod>>>>,
 }
@@ -162,7 +165,13 @@ impl ApplyOrder {
             node_name: String::new(), // set per node by AgentPool::apply_wire
             pods: Vec::new(),         // per node, from `pods`
         };
-        Self { request, pods: None }
+        Self { request: Arc::new(request), pods: None }
+    }
+
+    /// An order of `request` as the wire carries it (tools and tests); each node's request
+    /// names that node.
+    pub fn from_wire(request: v1::ApplyRequest) -> Self {
+        Self { request: Arc::new(request), pods: None }
     }
 
     /// The pods each node attaches the programs inside pods in.
@@ -171,9 +180,10 @@ impl ApplyOrder {
         self
     }
 
-    /// The request for `node`: with the pods it attaches in.
+    /// The request for `node`: named for it, with the pods it attaches in.
     fn request_for(&self, node: &str) -> v1::ApplyRequest {
-        let mut req = self.request.clone();
+        let mut req = (*self.request).clone();
+        req.node_name = node.to_owned();
         if let Some(pods) = self.pods.as_ref().and_then(|p| p.get(node)) {
             req.pods = pods
                 .iter()
@@ -280,6 +290,23 @@ struct State {
     cursor: String,
     /// Connections made so far (each a TCP connect and a TLS handshake).
     dials: u64,
+    /// Applies waiting to be sent, by node ([`AgentPool::apply`]).
+    outboxes: HashMap<String, Outbox>,
+    /// Apply and ApplyBatch calls made by [`AgentPool::apply`] (each carries one Apply or more).
+    apply_calls: u64,
+}
+
+/// One node's Applies waiting for its sender: everything asked of the node while the last
+/// call to it was in flight or waited for a permit goes in the next call.
+#[derive(Default)]
+struct Outbox {
+    waiting: VecDeque<Waiting>,
+}
+
+struct Waiting {
+    node: NodeAddr,
+    order: ApplyOrder,
+    answer: tokio::sync::oneshot::Sender<Result<v1::ApplyResponse, DispatchError>>,
 }
 
 struct NodeState {
@@ -295,11 +322,22 @@ struct NodeState {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<Unreached>,
+    /// The agent answered ApplyBatch UNIMPLEMENTED (an older agent): Applies one by one.
+    no_batch: bool,
 }
 
 impl NodeState {
     fn new(ip: IpAddr) -> Self {
-        Self { ip, tls: None, channel: None, last_used: Instant::now(), failures: 0, retry_at: None, last_error: None }
+        Self {
+            ip,
+            tls: None,
+            channel: None,
+            last_used: Instant::now(),
+            failures: 0,
+            retry_at: None,
+            last_error: None,
+            no_batch: false,
+        }
     }
 }
 
@@ -326,6 +364,8 @@ impl AgentPool {
             tls,
             cursor: String::new(),
             dials: 0,
+            outboxes: HashMap::new(),
+            apply_calls: 0,
         });
         let rotations = tokio::sync::watch::Sender::new(0);
         Self { inner: Arc::new(Inner { cfg, permits, state, rotations }) }
@@ -353,32 +393,200 @@ impl AgentPool {
 
     /// Makes `node` run `order`'s revision (idempotent on the agent): what the node runs
     /// of the owner now, as its agent answered.
+    ///
+    /// The Apply waits in the node's outbox for the node's sender, which takes a permit and
+    /// sends everything waiting then in one call (ApplyBatch; Apply for one alone or to an
+    /// agent without ApplyBatch). Reconciles running together thus reach each node with
+    /// one call and one connection, not one each (docs/architecture.md, "Applies in
+    /// batches"); each Apply still gets its own answer or error.
     pub async fn apply(&self, node: &NodeAddr, order: &ApplyOrder) -> Result<NodeProgramStatus, DispatchError> {
-        let resp = self.apply_wire(node, order.request_for(&node.name)).await?;
-        // `apply_wire` refused an answer without the owner's state already.
+        self.check_backoff(node)?;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut state = self.lock();
+            let first = !state.outboxes.contains_key(&node.name);
+            let outbox = state.outboxes.entry(node.name.clone()).or_default();
+            outbox.waiting.push_back(Waiting { node: node.clone(), order: order.clone(), answer });
+            first
+        };
+        if start {
+            tokio::spawn(self.clone().send_waiting(node.name.clone()));
+        }
+        let lost = || DispatchError::Unreachable(Unreached::new(Failure::TransportError, "the Apply's sender ended"));
+        let resp = answered.await.unwrap_or_else(|_| Err(lost()))?;
+        // `check_applied` refused an answer without the owner's state already.
         let state = resp.state.as_ref().ok_or_else(|| {
             DispatchError::Unreachable(Unreached::new(Failure::AnswerRefused, "Apply answered no state"))
         })?;
         Ok(proto::state_to_status(state))
     }
 
-    /// [`AgentPool::apply`] of a request as the wire carries it (the agent tests send
-    /// requests of their own).
+    /// [`AgentPool::apply`] of a request as the wire carries it, in a call of its own (the
+    /// agent tests send requests of their own).
     pub async fn apply_wire(
         &self,
         node: &NodeAddr,
         mut req: v1::ApplyRequest,
     ) -> Result<v1::ApplyResponse, DispatchError> {
         req.node_name.clone_from(&node.name);
+        self.check_backoff(node)?;
+        let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
+        self.apply_holding(node, req).await
+    }
+
+    /// One Apply call, with a permit held.
+    async fn apply_holding(&self, node: &NodeAddr, req: v1::ApplyRequest) -> Result<v1::ApplyResponse, DispatchError> {
         let uid = req.owner.as_ref().map(|o| o.uid.clone()).unwrap_or_default();
-        let resp = self.call(node, move |mut c| async move { c.apply(req).await }).await?;
-        let answered = resp.state.as_ref().and_then(|s| s.owner.as_ref()).map(|o| o.uid.as_str());
-        let check = answers::same_node(&node.name, &resp.node_name, false).and_then(|()| match answered {
-            Some(a) if a == uid => Ok(()),
-            other => Err(format!("Apply of owner {uid:?} answered for owner {other:?}")),
+        let timeout = self.inner.cfg.call_timeout;
+        let resp = self.call_holding(node, timeout, move |mut c| async move { c.apply(req).await }).await?;
+        self.refuse_answer(node, check_applied(&node.name, &uid, &resp))?;
+        Ok(resp)
+    }
+
+    /// The sender of `name`'s outbox ([`AgentPool::apply`]): while Applies wait, takes a
+    /// permit and sends what waits then.
+    async fn send_waiting(self, name: String) {
+        // Should this task end any other way than by an empty outbox (a panic), the Applies
+        // waiting are answered "sender ended" and the next one starts a new sender.
+        struct Sending<'a>(&'a AgentPool, &'a str, bool);
+        impl Drop for Sending<'_> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    self.0.lock().outboxes.remove(self.1);
+                }
+            }
+        }
+        let mut sending = Sending(&self, &name, false);
+        loop {
+            let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
+            let Some(batch) = self.take_batch(&name) else {
+                sending.2 = true;
+                return;
+            };
+            let node = batch[0].node.clone();
+            let answers = self.send_batch(&node, &batch).await;
+            for (waiting, answer) in batch.into_iter().zip(answers) {
+                // The asker may have given up (a cancelled reconcile): nobody to tell.
+                let _ = waiting.answer.send(answer);
+            }
+        }
+    }
+
+    /// What `name`'s next call carries: the Applies waiting for the same address, at most
+    /// [`crds::limits::MAX_APPLY_BATCH`] and [`MAX_MESSAGE_BYTES`] in all (one alone may be
+    /// that large). `None`, and the outbox gone, when nothing waits.
+    fn take_batch(&self, name: &str) -> Option<Vec<Waiting>> {
+        let mut batch = Vec::new();
+        {
+            let mut state = self.lock();
+            let outbox = state.outboxes.get_mut(name)?;
+            let ip = outbox.waiting.front().map(|w| w.node.ip);
+            while batch.len() < crds::limits::MAX_APPLY_BATCH
+                && outbox.waiting.front().is_some_and(|w| Some(w.node.ip) == ip)
+                && let Some(w) = outbox.waiting.pop_front()
+            {
+                batch.push(w);
+            }
+            if batch.is_empty() {
+                state.outboxes.remove(name);
+                return None;
+            }
+        }
+        // Sizes are measured out of the lock; what does not fit goes back in front.
+        let mut size = 0;
+        let fits = batch
+            .iter()
+            .position(|w| {
+                size += w.order.request.encoded_len() + w.node.name.len() + 16;
+                size > MAX_MESSAGE_BYTES
+            })
+            .map_or(batch.len(), |i| i.max(1));
+        if fits < batch.len() {
+            let rest = batch.split_off(fits);
+            let mut state = self.lock();
+            let outbox = state.outboxes.entry(name.to_owned()).or_default();
+            for w in rest.into_iter().rev() {
+                outbox.waiting.push_front(w);
+            }
+        }
+        Some(batch)
+    }
+
+    /// One call for `batch` (all for `node`'s address), with a permit held: each Apply's
+    /// answer or error, in order.
+    async fn send_batch(&self, node: &NodeAddr, batch: &[Waiting]) -> Vec<Result<v1::ApplyResponse, DispatchError>> {
+        let no_batch = || self.lock().nodes.get(&node.name).is_some_and(|n| n.ip == node.ip && n.no_batch);
+        self.lock().apply_calls += 1;
+        if batch.len() > 1 && !no_batch() {
+            match self.apply_batch(node, batch).await {
+                Err(DispatchError::Agent { code: tonic::Code::Unimplemented, .. }) => {
+                    debug!(node = %node.name, "the agent has no ApplyBatch: Applies one by one");
+                    if let Some(n) = self.lock().nodes.get_mut(&node.name).filter(|n| n.ip == node.ip) {
+                        n.no_batch = true;
+                    }
+                }
+                Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
+                Ok(results) => {
+                    let mut answers = Vec::with_capacity(batch.len());
+                    for (w, result) in batch.iter().zip(results) {
+                        answers.push(match result {
+                            BatchResult::Answered(a) => *a,
+                            BatchResult::AskAlone => self.apply_holding(node, w.order.request_for(&node.name)).await,
+                        });
+                    }
+                    return answers;
+                }
+            }
+        }
+        let mut answers = Vec::with_capacity(batch.len());
+        for (i, w) in batch.iter().enumerate() {
+            if i > 0 {
+                self.lock().apply_calls += 1;
+            }
+            answers.push(self.apply_holding(node, w.order.request_for(&node.name)).await);
+        }
+        answers
+    }
+
+    /// One ApplyBatch call, with a permit held. Its time bound grows with its length (the
+    /// agent carries out [`crds::limits::APPLY_BATCH_PARALLEL`] at a time). An answer that
+    /// breaks a rule for one Apply is refused whole, as a lying agent's.
+    async fn apply_batch(&self, node: &NodeAddr, batch: &[Waiting]) -> Result<Vec<BatchResult>, DispatchError> {
+        let applies: Vec<v1::ApplyRequest> = batch.iter().map(|w| w.order.request_for(&node.name)).collect();
+        let uids: Vec<String> =
+            applies.iter().map(|a| a.owner.as_ref().map(|o| o.uid.clone()).unwrap_or_default()).collect();
+        let rounds = batch.len().div_ceil(crds::limits::APPLY_BATCH_PARALLEL);
+        let timeout = self.inner.cfg.call_timeout.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
+        let req = v1::ApplyBatchRequest { applies };
+        let resp = self.call_holding(node, timeout, move |mut c| async move { c.apply_batch(req).await }).await?;
+        let check = answers::same_node(&node.name, &resp.node_name, false).and_then(|()| {
+            if resp.results.len() != uids.len() {
+                return Err(format!("an ApplyBatch of {} Applies answered {} results", uids.len(), resp.results.len()));
+            }
+            resp.results.iter().zip(&uids).try_for_each(|(r, uid)| match &r.result {
+                Some(v1::apply_result::Result::Applied(a)) => check_applied(&node.name, uid, a),
+                Some(_) => Ok(()),
+                None => Err(format!("an ApplyBatch answered nothing for owner {uid:?}")),
+            })
         });
         self.refuse_answer(node, check)?;
-        Ok(resp)
+        let results = resp
+            .results
+            .into_iter()
+            .map(|r| match r.result {
+                Some(v1::apply_result::Result::Applied(a)) => BatchResult::Answered(Box::new(Ok(a))),
+                Some(v1::apply_result::Result::Failed(f)) => {
+                    let e = self.located(node, classify(&failure_status(f)));
+                    // As a call answered so: another node's agent (WrongNode) is not reached.
+                    if e.is_unreachable() {
+                        self.record(node, Some(&e));
+                    }
+                    BatchResult::Answered(Box::new(Err(e)))
+                }
+                _ => BatchResult::AskAlone,
+            })
+            .collect();
+        Ok(results)
     }
 
     /// Removes everything of owner `uid` (BpfProgram `name`) from `node`; `Ok(false)` when
@@ -530,30 +738,56 @@ impl AgentPool {
     /// every node's result, in the order of `nodes`. The pool's calls inside `f` are bounded
     /// by the pool-wide `max_concurrency` and each by `call_timeout`, so a slow node holds
     /// at most one permit for at most one timeout while the others proceed. The futures run
-    /// on the caller's task: dropping the returned future cancels them all.
+    /// on the caller's task: dropping the returned future cancels them all (an Apply a
+    /// node's sender has taken is still carried out).
     ///
     /// ```ignore
-    /// let results = pool
-    ///     .fan_out(nodes, move |pool, node| {
-    ///         async move { pool.apply(&node, &order).await }
-    ///     })
-    ///     .await;
+    /// let results = pool.fan_out(nodes, |pool, node| async move { pool.list(&node).await }).await;
     /// ```
     pub async fn fan_out<T, F, Fut>(&self, nodes: Vec<NodeAddr>, f: F) -> Vec<(NodeAddr, Result<T, DispatchError>)>
     where
         F: Fn(AgentPool, NodeAddr) -> Fut,
         Fut: Future<Output = Result<T, DispatchError>>,
     {
-        use futures::StreamExt;
         // No more calls started than may run: a fan-out to 5,000 nodes holds 64 futures
-        // (and their requests), not 5,000. Unordered, so one slow node does not keep the
-        // next ones from starting; the results are put back in order at the end.
+        // (and their requests), not 5,000.
+        self.fan_out_within(self.inner.cfg.max_concurrency, nodes, f).await
+    }
+
+    /// Runs `f(pool, node)` for every node, as [`AgentPool::fan_out`] but for Applies
+    /// ([`AgentPool::apply`]) and Removes beside them, which record their own results:
+    /// [`APPLY_WINDOW`] times `max_concurrency` at once, so that the Applies of reconciles
+    /// running together wait in the same nodes' outboxes and go in one call per node.
+    pub async fn fan_out_applies<F, Fut>(&self, nodes: Vec<NodeAddr>, f: F)
+    where
+        F: Fn(AgentPool, NodeAddr) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        use futures::StreamExt;
+        let window = self.inner.cfg.max_concurrency.saturating_mul(APPLY_WINDOW);
+        let calls = nodes.into_iter().map(|node| f(self.clone(), node));
+        futures::stream::iter(calls).buffer_unordered(window).for_each(|()| async {}).await;
+    }
+
+    async fn fan_out_within<T, F, Fut>(
+        &self,
+        window: usize,
+        nodes: Vec<NodeAddr>,
+        f: F,
+    ) -> Vec<(NodeAddr, Result<T, DispatchError>)>
+    where
+        F: Fn(AgentPool, NodeAddr) -> Fut,
+        Fut: Future<Output = Result<T, DispatchError>>,
+    {
+        use futures::StreamExt;
+        // Unordered, so one slow node does not keep the next ones from starting; the
+        // results are put back in order at the end.
         let calls = nodes.into_iter().enumerate().map(|(i, node)| {
             let call = f(self.clone(), node.clone());
             async move { (i, node, call.await) }
         });
         let mut done: Vec<(usize, NodeAddr, Result<T, DispatchError>)> =
-            futures::stream::iter(calls).buffer_unordered(self.inner.cfg.max_concurrency).collect().await;
+            futures::stream::iter(calls).buffer_unordered(window).collect().await;
         done.sort_unstable_by_key(|(i, ..)| *i);
         done.into_iter().map(|(_, node, r)| (node, r)).collect()
     }
@@ -585,6 +819,12 @@ impl AgentPool {
         self.lock().open
     }
 
+    /// Apply and ApplyBatch calls [`AgentPool::apply`] made since the pool was created (each
+    /// carries one Apply or more), for benchmarks and tests.
+    pub fn apply_calls(&self) -> u64 {
+        self.lock().apply_calls
+    }
+
     /// Agent connections made since the pool was created (each a TCP connect and a TLS
     /// handshake), for benchmarks and metrics.
     pub fn dials(&self) -> u64 {
@@ -613,11 +853,19 @@ impl AgentPool {
         // call may have found the node unreachable meanwhile.
         self.check_backoff(node)?;
         let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
+        self.call_holding(node, self.inner.cfg.call_timeout, f).await
+    }
+
+    /// A call within `timeout`, by a caller holding a permit.
+    async fn call_holding<T, F, Fut>(&self, node: &NodeAddr, timeout: Duration, f: F) -> Result<T, DispatchError>
+    where
+        F: FnOnce(AgentClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let channel = self.channel(node)?;
         let client = AgentClient::new(channel)
             .max_decoding_message_size(MAX_ANSWER_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let timeout = self.inner.cfg.call_timeout;
         let result = match tokio::time::timeout(timeout, f(client)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(classify(&status)),
@@ -626,15 +874,20 @@ impl AgentPool {
                 format!("no answer within {timeout:?}"),
             ))),
         };
-        let result = result.map_err(|e| match e {
+        let result = result.map_err(|e| self.located(node, e));
+        self.record(node, result.as_ref().err());
+        result
+    }
+
+    /// An unreachable node's error, saying which node and address.
+    fn located(&self, node: &NodeAddr, e: DispatchError) -> DispatchError {
+        match e {
             DispatchError::Unreachable(u) => DispatchError::Unreachable(Unreached::new(
                 u.kind,
                 format!("{} at {}: {}", node.name, self.address(node.ip), u.message),
             )),
             other => other,
-        });
-        self.record(node, result.as_ref().err());
-        result
+        }
     }
 
     fn address(&self, ip: IpAddr) -> String {
@@ -697,7 +950,6 @@ impl AgentPool {
         let addr = std::net::SocketAddr::new(node.ip, cfg.port);
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| setup_failed(chain(&e)))?
-            .timeout(cfg.call_timeout)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
@@ -772,6 +1024,36 @@ impl AgentWatch {
         let Some(state) = &ev.state else { return Err(tonic::Status::aborted("an event without a state")) };
         Ok(Some(AgentChange { kind, program: proto::state_to_status(state), reason: ev.reason }))
     }
+}
+
+/// An Apply's answer must come from `node` and be about owner `uid`, with its state.
+fn check_applied(node: &str, uid: &str, resp: &v1::ApplyResponse) -> Result<(), String> {
+    answers::same_node(node, &resp.node_name, false)?;
+    match resp.state.as_ref().and_then(|s| s.owner.as_ref()).map(|o| o.uid.as_str()) {
+        Some(a) if a == uid => Ok(()),
+        other => Err(format!("Apply of owner {uid:?} answered for owner {other:?}")),
+    }
+}
+
+/// One Apply of an ApplyBatch answered.
+enum BatchResult {
+    Answered(Box<Result<v1::ApplyResponse, DispatchError>>),
+    /// Carried out, its answer left out for size: asked again alone.
+    AskAlone,
+}
+
+/// The status Apply would have answered for an ApplyBatch's failure, to be read as one.
+fn failure_status(f: v1::ApplyFailure) -> tonic::Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    if let Ok(v) = f.reason.parse() {
+        md.insert(proto::REASON_KEY, v);
+    }
+    if let Ok(v) = f.program.parse()
+        && !f.program.is_empty()
+    {
+        md.insert(proto::PROGRAM_KEY, v);
+    }
+    tonic::Status::with_metadata(tonic::Code::from(f.code), f.message, md)
 }
 
 /// A List read (all pages) as the index takes it. `full`: the digest is the operator's of

@@ -136,18 +136,19 @@ pub fn by_revision(actions: &BTreeMap<String, Action>, rev: &str) -> BTreeMap<St
 
 /// Where to reach the node of each action, and apart, the nodes that must be sent a
 /// revision but have no address (they fail; a Remove to one is dropped).
-pub fn addresses(actions: &BTreeMap<String, Action>, nodes: &[NodeInfo]) -> (Vec<(NodeAddr, Action)>, Vec<String>) {
-    let ips: BTreeMap<&str, Option<std::net::IpAddr>> =
-        nodes.iter().map(|n| (n.name.as_str(), n.internal_ip)).collect();
+pub fn addresses(actions: &BTreeMap<String, Action>, nodes: &[NodeInfo]) -> (Vec<NodeAddr>, Vec<String>) {
     let mut addrs = Vec::new();
     let mut no_address = Vec::new();
-    for (node, action) in actions {
-        match ips.get(node.as_str()).copied().flatten() {
-            Some(ip) => addrs.push((NodeAddr { name: node.clone(), ip }, action.clone())),
-            None if matches!(action, Action::Apply(_)) => no_address.push(node.clone()),
-            None => {}
+    for n in nodes {
+        match (actions.get(&n.name), n.internal_ip) {
+            (None, _) => {}
+            (Some(_), Some(ip)) => addrs.push(NodeAddr { name: n.name.clone(), ip }),
+            (Some(Action::Apply(_)), None) => no_address.push(n.name.clone()),
+            (Some(_), None) => {}
         }
     }
+    addrs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    no_address.sort_unstable();
     (addrs, no_address)
 }
 
@@ -337,7 +338,7 @@ mod tests {
         assert_eq!(groups["r2"].keys().collect::<Vec<_>>(), ["a", "c"]);
         let nodes = [info("a", Some("10.0.0.1"), false), info("b", None, false), info("c", None, false)];
         let (addrs, no_address) = addresses(&actions, &nodes);
-        assert_eq!(addrs, [(addr("a", "10.0.0.1"), Action::Apply("r2".into()))]);
+        assert_eq!(addrs, [addr("a", "10.0.0.1")]);
         assert_eq!(no_address, ["b"], "a Remove to a node without an address is dropped");
     }
 

@@ -609,3 +609,71 @@ async fn an_address_leading_to_another_nodes_agent_changes_nothing_there() {
     assert_eq!(uids, [uid.as_str()], "the victim runs what it ran, and nothing of node-x");
     assert!(pool().remove_wire(&victim, owner(&uid), 0).await.expect("cleanup"));
 }
+
+/// Applies asked of one agent at once (reconciles of several programs) go in one
+/// ApplyBatch: each is carried out as an Apply would be (its programs loaded and counting,
+/// checked in the kernel), a bad one fails alone with its own reason, and each asker gets
+/// its own answer. Removed after: nothing left in bpffs or the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn applies_asked_together_go_in_one_batch_and_fail_alone() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let node = fleet.nodes()[0].clone();
+    let root = fleet.agents[0].root.clone();
+    let uid = |i: usize| format!("batch-{}-{i}", std::process::id());
+    let bad = "  - {name: no_such_function, type: Tracepoint, tracepoint: {names: [syscalls/sys_enter_openat]}}\n";
+    let orders: Vec<operator::dispatch::ApplyOrder> = (0..4)
+        .map(|i| {
+            let programs = if i == 2 { bad } else { TRACEPOINT };
+            operator::dispatch::ApplyOrder::from_wire(apply_request(&uid(i), programs))
+        })
+        .collect();
+    let results = futures::future::join_all(orders.iter().map(|o| pool.apply(&node, o))).await;
+    assert_eq!(pool.apply_calls(), 1, "four Applies waiting together make one call");
+
+    let mut ids = Vec::new();
+    for (i, result) in results.iter().enumerate() {
+        if i == 2 {
+            match result {
+                Err(DispatchError::Agent { reason, message, .. }) => {
+                    assert_eq!(reason.to_string(), "ProgramNotFound", "{message}");
+                    assert!(message.contains("no_such_function"), "{message}");
+                }
+                other => panic!("the bad Apply: {other:?}"),
+            }
+            assert!(!root.join(uid(2)).exists(), "the failed Apply left {}", root.join(uid(2)).display());
+            continue;
+        }
+        let state = result.as_ref().unwrap_or_else(|e| panic!("Apply {i}: {e}\n{}", log(&fleet.agents[0].log)));
+        assert_eq!(state.owner_uid, uid(i), "each asker gets its own owner's answer");
+        assert_eq!(state.health, crds::Health::Healthy, "{:?}", state.last_error);
+        let id = state.attached.first().map(|p| p.program_id).expect("a program id");
+        assert!(kernel_has_program(id), "program {id} of Apply {i} is not in the kernel");
+        ids.push(id);
+        let pin = &state.maps.iter().find(|m| m.name == "openat_count").expect("openat_count pinned").pin_path;
+        assert!(pin.starts_with(root.join(uid(i)).to_str().unwrap()), "{pin}");
+        let before = read_counter(pin);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while read_counter(pin) <= before {
+            assert!(Instant::now() < deadline, "Apply {i}'s program does not count openat");
+            let _ = std::fs::File::open("/etc/hostname");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(pool.backoff_of(&node.name), None, "an agent's refusal of one Apply is no reason to back off");
+
+    for i in [0, 1, 3] {
+        assert!(pool.remove_wire(&node, owner(&uid(i)), 0).await.expect("remove"));
+    }
+    let left: Vec<_> = std::fs::read_dir(&root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "pins left: {left:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    for id in ids {
+        while kernel_has_program(id) {
+            assert!(Instant::now() < deadline, "program {id} still loaded after Remove");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

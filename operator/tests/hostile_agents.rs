@@ -31,6 +31,8 @@ enum Behaviour {
     Oversized,
     /// Watch sends new owners as fast as it can, forever.
     FloodingWatch,
+    /// ApplyBatch answers each Apply with the state of the next one's owner.
+    SwappedBatch,
 }
 
 struct FakeAgent {
@@ -68,6 +70,27 @@ impl Agent for FakeAgent {
         Ok(Response::new(v1::ApplyResponse { state: Some(state(&uid)), changed: true, node_name: self.name.clone() }))
     }
 
+    async fn apply_batch(
+        &self,
+        req: Request<v1::ApplyBatchRequest>,
+    ) -> Result<Response<v1::ApplyBatchResponse>, Status> {
+        // Honest: an agent older than ApplyBatch.
+        let Behaviour::SwappedBatch = self.behaviour else { return Err(Status::unimplemented("no ApplyBatch here")) };
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let applies = req.into_inner().applies;
+        self.mutations.fetch_add(applies.len(), Ordering::SeqCst);
+        let uids: Vec<String> = applies.into_iter().map(|a| a.owner.unwrap_or_default().uid).collect();
+        let results = (0..uids.len())
+            .map(|i| {
+                let uid = &uids[(i + 1) % uids.len()];
+                let applied =
+                    v1::ApplyResponse { state: Some(state(uid)), changed: true, node_name: self.name.clone() };
+                v1::ApplyResult { result: Some(v1::apply_result::Result::Applied(applied)) }
+            })
+            .collect();
+        Ok(Response::new(v1::ApplyBatchResponse { results, node_name: self.name.clone() }))
+    }
+
     async fn remove(&self, _req: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveResponse>, Status> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.mutations.fetch_add(1, Ordering::SeqCst);
@@ -78,7 +101,7 @@ impl Agent for FakeAgent {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let mut resp = v1::ListResponse { node_name: self.name.clone(), ..Default::default() };
         match self.behaviour {
-            Behaviour::Honest | Behaviour::FloodingWatch => resp.owners.push(state("uid-1")),
+            Behaviour::Honest | Behaviour::FloodingWatch | Behaviour::SwappedBatch => resp.owners.push(state("uid-1")),
             Behaviour::EndlessList => {
                 resp.owners = (0..500).map(|i| state(&format!("u{n:06}-{i:03}"))).collect();
                 resp.next_page_token = format!("page-{n}");
@@ -291,4 +314,49 @@ async fn a_rotated_identity_ends_open_watch_streams() {
     assert!(e.message().contains("certificate changed"), "{}", e.message());
     let mut again = pool.watch(&node("n")).await.expect("watch again");
     again.message().await.expect("an event on the new connection");
+}
+
+/// Applies asked of one node at once, as `pool.apply` takes them (one order per owner).
+async fn apply_owners(pool: &AgentPool, n: &NodeAddr, owners: usize) -> Vec<Result<String, DispatchError>> {
+    let orders: Vec<operator::dispatch::ApplyOrder> = (0..owners)
+        .map(|i| {
+            let owner = Some(v1::Owner { uid: format!("u{i}"), name: format!("p{i}") });
+            operator::dispatch::ApplyOrder::from_wire(v1::ApplyRequest { owner, ..Default::default() })
+        })
+        .collect();
+    let applies = orders.iter().map(|o| async move { pool.apply(n, o).await.map(|s| s.owner_uid) });
+    futures::future::join_all(applies).await
+}
+
+/// An agent older than ApplyBatch (UNIMPLEMENTED) is sent the Applies that waited together
+/// one by one, each answered for its own owner, and is not offered a batch again.
+#[tokio::test]
+async fn an_agent_without_apply_batch_gets_applies_one_by_one() {
+    let (_dir, pki) = pki();
+    let agent = start("n", Behaviour::Honest, pki.server_files()).await;
+    let pool = pool(&pki, agent.port, None);
+    let results = apply_owners(&pool, &node("n"), 5).await;
+    let uids: Vec<String> = results.into_iter().map(|r| r.expect("applied one by one")).collect();
+    assert_eq!(uids, ["u0", "u1", "u2", "u3", "u4"]);
+    assert_eq!(agent.mutations.load(Ordering::SeqCst), 5, "each Apply once");
+    // A second round goes straight to single Applies: no ApplyBatch is tried again.
+    let before = agent.calls.load(Ordering::SeqCst);
+    assert!(apply_owners(&pool, &node("n"), 3).await.iter().all(Result::is_ok));
+    assert_eq!(agent.calls.load(Ordering::SeqCst) - before, 3);
+    assert!(pool.apply_calls() >= 8, "{} calls", pool.apply_calls());
+}
+
+/// A batch answer that gives one Apply another owner's state is refused whole: no Apply of
+/// it counts as done, the node is unreachable with a reason and backs off.
+#[tokio::test]
+async fn a_batch_answered_for_other_owners_is_refused_whole() {
+    let (_dir, pki) = pki();
+    let agent = start("n", Behaviour::SwappedBatch, pki.server_files()).await;
+    let pool = pool(&pki, agent.port, None);
+    let results = apply_owners(&pool, &node("n"), 3).await;
+    assert_eq!(agent.calls.load(Ordering::SeqCst), 1, "one ApplyBatch carried all three");
+    for r in results {
+        unreachable_saying(r.expect_err("a lying answer"), Failure::AnswerRefused, &["answered for owner"]);
+    }
+    assert!(pool.backoff_of("n").is_some(), "the node backs off");
 }

@@ -128,6 +128,26 @@ impl Agent for FakeAgent {
         Ok(GrpcResponse::new(v1::ApplyResponse { state: Some(state), changed, node_name: self.node.clone() }))
     }
 
+    async fn apply_batch(
+        &self,
+        req: GrpcRequest<v1::ApplyBatchRequest>,
+    ) -> Result<GrpcResponse<v1::ApplyBatchResponse>, Status> {
+        use v1::apply_result::Result as Item;
+        let mut results = Vec::new();
+        for apply in req.into_inner().applies {
+            let item = match self.apply(GrpcRequest::new(apply)).await {
+                Ok(resp) => Item::Applied(resp.into_inner()),
+                Err(s) => Item::Failed(v1::ApplyFailure {
+                    code: s.code() as i32,
+                    message: s.message().to_owned(),
+                    ..Default::default()
+                }),
+            };
+            results.push(v1::ApplyResult { result: Some(item) });
+        }
+        Ok(GrpcResponse::new(v1::ApplyBatchResponse { results, node_name: self.node.clone() }))
+    }
+
     async fn remove(&self, req: GrpcRequest<v1::RemoveRequest>) -> Result<GrpcResponse<v1::RemoveResponse>, Status> {
         self.counters.removes.fetch_add(1, Ordering::Relaxed);
         let uid = req.into_inner().owner.map(|o| o.uid).unwrap_or_default();

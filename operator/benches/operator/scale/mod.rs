@@ -44,6 +44,9 @@ pub struct ScaleReport {
     /// BpfProgram was Ready.
     #[serde(default)]
     pub cold_dials: u64,
+    /// Apply and ApplyBatch calls made in the cold start (each carries one Apply or more).
+    #[serde(default)]
+    pub cold_apply_calls: u64,
     pub first_resync_ms: f64,
     pub resync_pass_ms: f64,
     pub requeue_pass_ms: f64,
@@ -159,7 +162,10 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
     }
     let cold_ready_s = t.elapsed().as_secs_f64();
     let cold_dials = ctx.pool.dials();
-    eprintln!("   every BpfProgram Ready after {cold_ready_s:.1} s ({cold_passes} passes)");
+    let cold_apply_calls = ctx.pool.apply_calls();
+    eprintln!(
+        "   every BpfProgram Ready after {cold_ready_s:.1} s ({cold_passes} passes, {cold_dials} dials, {cold_apply_calls} Apply calls)"
+    );
     stages.push(("every BpfProgram Ready on every node".into(), mem()));
 
     // 2. A Watch stream to every agent.
@@ -280,6 +286,7 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
         cold_ready_s,
         cold_passes,
         cold_dials,
+        cold_apply_calls,
         first_resync_ms,
         resync_pass_ms,
         requeue_pass_ms,
