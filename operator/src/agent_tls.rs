@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
-use rustls::client::{ClientSessionMemoryCache, Resumption};
+use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -96,7 +96,7 @@ impl AgentTls {
     /// at a time: each resumption brings the next ticket).
     pub fn for_node(&self, name: Option<&str>) -> anyhow::Result<Self> {
         let mut config = (*self.config).clone();
-        config.resumption = Resumption::store(Arc::new(ClientSessionMemoryCache::new(1)));
+        config.resumption = Resumption::store(Arc::new(OneSession::default()));
         let server_name = match name {
             Some(n) => server_name_of(n)?,
             None => self.server_name.clone(),
@@ -181,6 +181,45 @@ fn keep_alive(tcp: &TcpStream, idle: Duration) -> std::io::Result<()> {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle.as_secs().clamp(1, i32::MAX as u64) as libc::c_int)
 }
 
+/// The TLS session store of one node: its one ticket and key exchange group, no more
+/// (rustls' memory cache keeps room for eight tickets per name; kept for every node of a
+/// fleet, that was a kilobyte and a half each). TLS 1.2 is never resumed.
+#[derive(Debug, Default)]
+struct OneSession {
+    ticket: std::sync::Mutex<Option<(ServerName<'static>, rustls::client::Tls13ClientSessionValue)>>,
+    kx_hint: std::sync::Mutex<Option<rustls::NamedGroup>>,
+}
+
+impl rustls::client::ClientSessionStore for OneSession {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: rustls::NamedGroup) {
+        *self.kx_hint.lock().unwrap_or_else(|e| e.into_inner()) = Some(group);
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        *self.kx_hint.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_tls12_session(&self, _: ServerName<'static>, _: rustls::client::Tls12ClientSessionValue) {}
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+
+    fn insert_tls13_ticket(&self, name: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        *self.ticket.lock().unwrap_or_else(|e| e.into_inner()) = Some((name, value));
+    }
+
+    fn take_tls13_ticket(&self, name: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let mut ticket = self.ticket.lock().unwrap_or_else(|e| e.into_inner());
+        match ticket.take() {
+            Some((n, value)) if n == *name => Some(value),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +237,46 @@ mod tests {
         assert!(tls.for_node(Some("not a name!")).is_err());
         let e = AgentTls::from_files(pki.client_files(), "bad name!").expect_err("an invalid name");
         assert!(e.to_string().contains("not a valid server name"), "{e}");
+    }
+
+    /// A node's store keeps one session: the next connection to the agent resumes it (each
+    /// brings the next ticket), another node's store has none.
+    #[tokio::test]
+    async fn a_nodes_next_connection_resumes_from_its_own_store() {
+        use tower_service::Service;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = agent::tls::testpki::TestPki::generate(dir.path());
+        let server = Arc::new(
+            agent::tls::ServerTls::load(pki.server_files(), agent::tls::testpki::CLIENT_NAME).expect("server"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut incoming = std::pin::pin!(agent::tls::incoming(listener, server));
+            let mut held = Vec::new();
+            while let Some(Ok(conn)) = incoming.next().await {
+                held.push(conn);
+            }
+        });
+        let tls = AgentTls::from_files(pki.client_files(), agent::tls::DEFAULT_SERVER_NAME).expect("client");
+        let kind = |node: &AgentTls| {
+            let mut connector = node.connector(addr, Duration::from_secs(5), Duration::from_secs(30));
+            async move {
+                let mut io =
+                    connector.call(http::Uri::from_static("http://agent")).await.expect("connect").into_inner();
+                // The ticket comes after the handshake: read it (then nothing more comes).
+                let mut buf = [0u8; 64];
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(200), tokio::io::AsyncReadExt::read(&mut io, &mut buf))
+                        .await;
+                io.get_ref().1.handshake_kind()
+            }
+        };
+        let (a, b) = (tls.for_node(None).expect("a"), tls.for_node(None).expect("b"));
+        assert_eq!(kind(&a).await, Some(rustls::HandshakeKind::Full));
+        assert_eq!(kind(&a).await, Some(rustls::HandshakeKind::Resumed), "the second connection resumes");
+        assert_eq!(kind(&a).await, Some(rustls::HandshakeKind::Resumed), "each brings the next ticket");
+        assert_eq!(kind(&b).await, Some(rustls::HandshakeKind::Full), "another node's store has no session");
     }
 }

@@ -89,8 +89,8 @@ pub struct Context {
 /// Default of `--agent-unreachable-grace-seconds`.
 pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
-/// Node slots of [`Context::fleet_slots`]: 16 reconciles of 1,250 nodes each.
-pub const FLEET_SLOTS: usize = 20_000;
+/// Node slots of [`Context::fleet_slots`]: 16 reconciles of 2,500 nodes each, 8 of 5,000.
+pub const FLEET_SLOTS: usize = 40_000;
 
 impl Context {
     /// `targets`, as the copy every program selecting the same nodes shares (thousands of
@@ -759,7 +759,8 @@ async fn dispatch(
                             ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
                         }
                     },
-                    Some(NodeAction::Remove) => match pool.remove(&node, uid, name, epoch).await {
+                    // Boxed: a call's future is large, and hundreds of these wait at once.
+                    Some(NodeAction::Remove) => match Box::pin(pool.remove(&node, uid, name, epoch)).await {
                         Ok(_) => ctx.index.record_removed(&node.name, uid),
                         Err(e) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
                     },

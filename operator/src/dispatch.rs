@@ -464,7 +464,8 @@ impl AgentPool {
                 return;
             };
             let node = batch[0].node.clone();
-            let answers = self.send_batch(&node, &batch).await;
+            // Boxed: senders of thousands of nodes wait for a permit, each as small as it can.
+            let answers = Box::pin(self.send_batch(&node, &batch)).await;
             for (waiting, answer) in batch.into_iter().zip(answers) {
                 // The asker may have given up (a cancelled reconcile): nobody to tell.
                 let _ = waiting.answer.send(answer);

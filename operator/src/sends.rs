@@ -137,7 +137,7 @@ pub fn by_revision(actions: &BTreeMap<String, Action>, rev: &str) -> BTreeMap<St
 /// Where to reach the node of each action, and apart, the nodes that must be sent a
 /// revision but have no address (they fail; a Remove to one is dropped).
 pub fn addresses(actions: &BTreeMap<String, Action>, nodes: &[NodeInfo]) -> (Vec<NodeAddr>, Vec<String>) {
-    let mut addrs = Vec::new();
+    let mut addrs = Vec::with_capacity(actions.len());
     let mut no_address = Vec::new();
     for n in nodes {
         match (actions.get(&n.name), n.internal_ip) {
