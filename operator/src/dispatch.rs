@@ -184,19 +184,31 @@ impl ApplyOrder {
     fn request_for(&self, node: &str) -> v1::ApplyRequest {
         let mut req = (*self.request).clone();
         req.node_name = node.to_owned();
-        if let Some(pods) = self.pods.as_ref().and_then(|p| p.get(node)) {
-            req.pods = pods
-                .iter()
-                .map(|p| v1::Pod {
-                    uid: p.uid.clone(),
-                    namespace: p.namespace.clone(),
-                    name: p.name.clone(),
-                    programs: p.programs.clone(),
-                    containers: p.containers.clone(),
-                })
-                .collect();
-        }
+        req.pods = self.pods_for(node);
         req
+    }
+
+    fn pods_for(&self, node: &str) -> Vec<v1::Pod> {
+        let Some(pods) = self.pods.as_ref().and_then(|p| p.get(node)) else { return Vec::new() };
+        pods.iter()
+            .map(|p| v1::Pod {
+                uid: p.uid.clone(),
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                programs: p.programs.clone(),
+                containers: p.containers.clone(),
+            })
+            .collect()
+    }
+
+    /// The encoded size of [`ApplyOrder::request_for`] `node`, without building it all.
+    fn encoded_len_for(&self, node: &str) -> usize {
+        let pods: usize = self.pods_for(node).iter().map(|p| p.encoded_len() + 4).sum();
+        self.request.encoded_len() + node.len() + 2 + pods
+    }
+
+    fn owner_uid(&self) -> &str {
+        self.request.owner.as_ref().map_or("", |o| o.uid.as_str())
     }
 }
 
@@ -439,7 +451,7 @@ impl AgentPool {
         let uid = req.owner.as_ref().map(|o| o.uid.clone()).unwrap_or_default();
         let timeout = self.inner.cfg.call_timeout;
         let resp = self.call_holding(node, timeout, move |mut c| async move { c.apply(req).await }).await?;
-        self.refuse_answer(node, check_applied(&node.name, &uid, &resp))?;
+        self.refuse_answer(node, check_applied(&node.name, &uid, &resp, false))?;
         Ok(resp)
     }
 
@@ -477,13 +489,20 @@ impl AgentPool {
     /// [`crds::limits::MAX_APPLY_BATCH`] and [`MAX_MESSAGE_BYTES`] in all (one alone may be
     /// that large). `None`, and the outbox gone, when nothing waits.
     fn take_batch(&self, name: &str) -> Option<Vec<Waiting>> {
-        let mut batch = Vec::new();
+        let mut batch: Vec<Waiting> = Vec::new();
         {
             let mut state = self.lock();
             let outbox = state.outboxes.get_mut(name)?;
+            // Nobody waits for these any more (a cancelled reconcile, a lost leadership):
+            // they are not sent.
+            outbox.waiting.retain(|w| !w.answer.is_closed());
             let ip = outbox.waiting.front().map(|w| w.node.ip);
+            // A second Apply of an owner goes in the next call, after the first: the agent
+            // carries out a batch's Applies at once, in no order.
             while batch.len() < crds::limits::MAX_APPLY_BATCH
-                && outbox.waiting.front().is_some_and(|w| Some(w.node.ip) == ip)
+                && outbox.waiting.front().is_some_and(|w| {
+                    Some(w.node.ip) == ip && batch.iter().all(|b| b.order.owner_uid() != w.order.owner_uid())
+                })
                 && let Some(w) = outbox.waiting.pop_front()
             {
                 batch.push(w);
@@ -498,7 +517,7 @@ impl AgentPool {
         let fits = batch
             .iter()
             .position(|w| {
-                size += w.order.request.encoded_len() + w.node.name.len() + 16;
+                size += w.order.encoded_len_for(name) + 16;
                 size > MAX_MESSAGE_BYTES
             })
             .map_or(batch.len(), |i| i.max(1));
@@ -560,12 +579,12 @@ impl AgentPool {
         let timeout = self.inner.cfg.call_timeout.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
         let req = v1::ApplyBatchRequest { applies };
         let resp = self.call_holding(node, timeout, move |mut c| async move { c.apply_batch(req).await }).await?;
-        let check = answers::same_node(&node.name, &resp.node_name, false).and_then(|()| {
+        let check = answers::same_node(&node.name, &resp.node_name, true).and_then(|()| {
             if resp.results.len() != uids.len() {
                 return Err(format!("an ApplyBatch of {} Applies answered {} results", uids.len(), resp.results.len()));
             }
             resp.results.iter().zip(&uids).try_for_each(|(r, uid)| match &r.result {
-                Some(v1::apply_result::Result::Applied(a)) => check_applied(&node.name, uid, a),
+                Some(v1::apply_result::Result::Applied(a)) => check_applied(&node.name, uid, a, true),
                 Some(_) => Ok(()),
                 None => Err(format!("an ApplyBatch answered nothing for owner {uid:?}")),
             })
@@ -740,7 +759,7 @@ impl AgentPool {
     /// by the pool-wide `max_concurrency` and each by `call_timeout`, so a slow node holds
     /// at most one permit for at most one timeout while the others proceed. The futures run
     /// on the caller's task: dropping the returned future cancels them all (an Apply a
-    /// node's sender has taken is still carried out).
+    /// node's sender has taken is still carried out; one still waiting is not sent).
     ///
     /// ```ignore
     /// let results = pool.fan_out(nodes, |pool, node| async move { pool.list(&node).await }).await;
@@ -1028,8 +1047,10 @@ impl AgentWatch {
 }
 
 /// An Apply's answer must come from `node` and be about owner `uid`, with its state.
-fn check_applied(node: &str, uid: &str, resp: &v1::ApplyResponse) -> Result<(), String> {
-    answers::same_node(node, &resp.node_name, false)?;
+/// `required`: the answer must name its node (ApplyBatch has always carried it; Apply
+/// answers of agents older than the field do not).
+fn check_applied(node: &str, uid: &str, resp: &v1::ApplyResponse, required: bool) -> Result<(), String> {
+    answers::same_node(node, &resp.node_name, required)?;
     match resp.state.as_ref().and_then(|s| s.owner.as_ref()).map(|o| o.uid.as_str()) {
         Some(a) if a == uid => Ok(()),
         other => Err(format!("Apply of owner {uid:?} answered for owner {other:?}")),
@@ -1046,7 +1067,9 @@ enum BatchResult {
 /// The status Apply would have answered for an ApplyBatch's failure, to be read as one.
 fn failure_status(f: v1::ApplyFailure) -> tonic::Status {
     let mut md = tonic::metadata::MetadataMap::new();
-    if let Ok(v) = f.reason.parse() {
+    if let Ok(v) = f.reason.parse()
+        && !f.reason.is_empty()
+    {
         md.insert(proto::REASON_KEY, v);
     }
     if let Ok(v) = f.program.parse()
@@ -1141,11 +1164,9 @@ fn failure_of(e: &(dyn std::error::Error + 'static)) -> Option<Failure> {
             _ => Failure::TlsFailure,
         });
     }
-    // tonic's TLS handshake timeout (the handshake is bounded by `connect_timeout`) is a
-    // variant of its private `TlsError`: no type to downcast to, so its variant is read
-    // from its Debug form. Should tonic rename it, such a timeout shows as TransportError
-    // (tests/agents.rs's black hole says so).
-    if e.is::<tonic::TimeoutExpired>() || format!("{e:?}") == "HandshakeTimeout" {
+    // The connector's TCP connect and TLS handshake timeouts are io errors of kind
+    // `TimedOut` (below; `agent_tls`); this is tonic's deadline error, should a call carry one.
+    if e.is::<tonic::TimeoutExpired>() {
         return Some(Failure::Timeout);
     }
     let io = e.downcast_ref::<std::io::Error>()?;

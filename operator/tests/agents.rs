@@ -614,7 +614,8 @@ async fn an_address_leading_to_another_nodes_agent_changes_nothing_there() {
 /// ApplyBatch: each is carried out as an Apply would be (its programs loaded and counting,
 /// checked in the kernel), a bad one fails alone with its own reason, and each asker gets
 /// its own answer. Removed after: nothing left in bpffs or the kernel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+// One thread: the node's sender runs once all four wait (the agents are processes).
+#[tokio::test(flavor = "current_thread")]
 async fn applies_asked_together_go_in_one_batch_and_fail_alone() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();

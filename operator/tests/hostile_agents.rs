@@ -360,3 +360,24 @@ async fn a_batch_answered_for_other_owners_is_refused_whole() {
     }
     assert!(pool.backoff_of("n").is_some(), "the node backs off");
 }
+
+/// An Apply whose asker gave up while it waited (a cancelled reconcile, a lost leadership)
+/// is not sent: only the Applies still awaited reach the agent.
+#[tokio::test]
+async fn an_apply_nobody_waits_for_is_not_sent() {
+    use futures::FutureExt as _;
+    let (_dir, pki) = pki();
+    let agent = start("n", Behaviour::Honest, pki.server_files()).await;
+    let pool = pool(&pki, agent.port, None);
+    let n = node("n");
+    let order = |uid: &str| {
+        let owner = Some(v1::Owner { uid: uid.into(), name: "p".into() });
+        operator::dispatch::ApplyOrder::from_wire(v1::ApplyRequest { owner, ..Default::default() })
+    };
+    let (gone, kept) = (order("gone"), order("kept"));
+    // Queued (the node's sender has not run yet on this one thread), then dropped.
+    assert!(pool.apply(&n, &gone).now_or_never().is_none(), "an Apply waits for its call");
+    let state = pool.apply(&n, &kept).await.expect("the awaited Apply");
+    assert_eq!(state.owner_uid, "kept");
+    assert_eq!(agent.mutations.load(Ordering::SeqCst), 1, "the abandoned Apply was sent");
+}
