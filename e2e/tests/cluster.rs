@@ -626,6 +626,10 @@ fn cluster_install_examples_restarts_upgrade_uninstall() {
     assert_eq!(c.kubectl(&["get", "bpfnodes", "-o", "name"]).unwrap().trim(), "", "BpfNodes left claiming programs");
     let pods = c.pods("").unwrap();
     assert!(pods.is_empty(), "pods left: {pods:?}");
+    // The CSI driver's sockets go with it, or the next install's registration would wait
+    // for the kubelet's backoff on the dead one.
+    let registry = std::path::Path::new("/var/lib/kubelet/plugins_registry/csi.bpfleet.dev-reg.sock");
+    assert!(!registry.exists(), "{} left behind", registry.display());
 
     // 6. Argo CD deletes without Helm's pre-delete hook (docs/install.md, "Uninstalling
     //    under Argo CD"). In the wrong order — bpfleet first — a BpfProgram keeps its

@@ -236,3 +236,51 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
 fn crate_is_bpffs(p: &Path) -> bool {
     agent::kernel::is_bpffs(p).unwrap_or(false)
 }
+
+/// Stopped (SIGTERM, as the kubelet stops the DaemonSet's `csi` container), the driver
+/// removes its registration and driver sockets: a registration socket left behind has
+/// the kubelet retry a dead plugin with a backoff of up to two minutes that holds up the
+/// next agent's registration at the same path (seen on a real cluster: a reinstall's map
+/// volumes waited for it).
+#[tokio::test]
+async fn a_stopped_driver_leaves_no_socket_behind() {
+    let dirs = Dirs::new("csi-stop");
+    let kubelet = dirs.tmp.path().join("kubelet");
+    let (sockets, registry) = (kubelet.join("plugins/csi.bpfleet.dev"), kubelet.join("plugins_registry"));
+    let registration = registry.join("csi.bpfleet.dev-reg.sock");
+    // A stale socket of an earlier run is replaced, not an error.
+    std::fs::create_dir_all(&registry).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(&registration).unwrap());
+    let mut driver = Driver {
+        child: Command::new(agent_bin())
+            .args(["--node-name", "csi-node", "--state-dir"])
+            .arg(dirs.state())
+            .arg("csi")
+            .arg("--socket-dir")
+            .arg(&sockets)
+            .arg("--registration-dir")
+            .arg(&registry)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dirs.tmp.path().join("csi.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    let info = RegistrationClient::new(channel(&registration).await).get_info(InfoRequest {}).await.unwrap();
+    assert_eq!(info.into_inner().name, "csi.bpfleet.dev");
+    assert!(sockets.join("csi.sock").exists());
+    // SAFETY: kill sends a signal to our own child.
+    unsafe { libc::kill(driver.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = driver.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the driver did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(dirs.tmp.path().join("csi.log")).unwrap_or_default();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!registration.exists(), "the registration socket is left behind");
+    assert!(!sockets.join("csi.sock").exists(), "the driver socket is left behind");
+}

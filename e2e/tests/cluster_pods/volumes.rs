@@ -24,6 +24,16 @@ fn volume_mounts() -> usize {
 
 pub fn map_volume_in_a_pod(c: &Installed, version: &str, kernel_count: impl Fn() -> u64) {
     let t = Instant::now();
+    // The kubelet registers the driver once the agent's `csi` container is up: within
+    // seconds, unless a registration socket of an earlier agent was left behind (then the
+    // kubelet's backoff on the dead one holds the new one up for up to two minutes).
+    wait_for(Duration::from_secs(60), "the kubelet lists csi.bpfleet.dev on the node (CSINode)", || {
+        let drivers = c
+            .kubectl(&["get", "csinode", "-o", "jsonpath={.items[*].spec.drivers[*].name}"])
+            .map_err(|e| format!("{e:#}"))?;
+        drivers.split_whitespace().any(|d| d == "csi.bpfleet.dev").then_some(()).ok_or(drivers)
+    });
+    eprintln!("step 2f: csi.bpfleet.dev registered with the kubelet ({:.1}s into the step)", t.elapsed().as_secs_f64());
     let before = volume_mounts();
     let yaml = example("map-volume", version);
     c.apply(&yaml).unwrap();

@@ -196,8 +196,24 @@ fn listen(path: &Path) -> anyhow::Result<UnixListenerStream> {
     Ok(UnixListenerStream::new(l))
 }
 
-/// Serve the driver and its registration until the process ends.
+/// Serve the driver and its registration until SIGTERM or SIGINT, then remove both
+/// sockets, the registration's first: a socket left behind would have the kubelet retry a
+/// dead plugin with a growing backoff (up to two minutes) that also holds up the next
+/// agent's registration at the same path, so its pods' map volumes would wait for it.
 pub async fn serve(cfg: CsiConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    serve_until(cfg, stop).await
+}
+
+/// [`serve`] until `stop` completes.
+pub async fn serve_until(cfg: CsiConfig, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let socket = cfg.socket_dir.join("csi.sock");
     let registration = cfg.registration_dir.join(format!("{DRIVER}-reg.sock"));
     let driver = Driver { cfg: std::sync::Arc::new(cfg) };
@@ -211,6 +227,14 @@ pub async fn serve(cfg: CsiConfig) -> anyhow::Result<()> {
         .serve_with_incoming(csi);
     let reg_server =
         tonic::transport::Server::builder().add_service(RegistrationServer::new(registrar)).serve_with_incoming(reg);
-    tokio::try_join!(csi_server, reg_server)?;
-    Ok(())
+    let served = tokio::select! {
+        r = async { tokio::try_join!(csi_server, reg_server).map(|_| ()) } => r.map_err(anyhow::Error::from),
+        () = stop => {
+            tracing::info!("{DRIVER} stopping: its sockets are removed");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(&registration);
+    let _ = std::fs::remove_file(&socket);
+    served
 }
