@@ -64,6 +64,28 @@ struct Driver {
     child: Child,
 }
 
+impl Driver {
+    /// `bpfleet-agent csi` serving under `sockets` and registering in `registry`, its log
+    /// in the test's directory.
+    fn spawn(dirs: &Dirs, sockets: &Path, registry: &Path, args: &[&str]) -> Self {
+        let child = Command::new(agent_bin())
+            .args(["--node-name", "csi-node", "--state-dir"])
+            .arg(dirs.state())
+            .arg("csi")
+            .arg("--socket-dir")
+            .arg(sockets)
+            .arg("--registration-dir")
+            .arg(registry)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dirs.tmp.path().join("csi.log")).unwrap())
+            .spawn()
+            .unwrap();
+        Driver { child }
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -124,22 +146,12 @@ async fn a_pod_without_privilege_reads_only_the_maps_its_volume_names() {
 
     let kubelet = dirs.tmp.path().join("kubelet");
     let (sockets, registry) = (kubelet.join("plugins/csi.bpfleet.dev"), kubelet.join("plugins_registry"));
-    let _driver = Driver {
-        child: Command::new(agent_bin())
-            .args(["--node-name", "csi-node", "--state-dir"])
-            .arg(dirs.state())
-            .arg("csi")
-            .arg("--socket-dir")
-            .arg(&sockets)
-            .arg("--registration-dir")
-            .arg(&registry)
-            .args(["--csi-namespaces", "team-a", "--csi-writable-namespaces", "team-b"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dirs.tmp.path().join("csi.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    };
+    let _driver = Driver::spawn(
+        &dirs,
+        &sockets,
+        &registry,
+        &["--csi-namespaces", "team-a", "--csi-writable-namespaces", "team-b"],
+    );
     // The kubelet's registration, then the driver itself.
     let info = RegistrationClient::new(channel(&registry.join("csi.bpfleet.dev-reg.sock")).await)
         .get_info(InfoRequest {})
@@ -251,21 +263,7 @@ async fn a_stopped_driver_leaves_no_socket_behind() {
     // A stale socket of an earlier run is replaced, not an error.
     std::fs::create_dir_all(&registry).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&registration).unwrap());
-    let mut driver = Driver {
-        child: Command::new(agent_bin())
-            .args(["--node-name", "csi-node", "--state-dir"])
-            .arg(dirs.state())
-            .arg("csi")
-            .arg("--socket-dir")
-            .arg(&sockets)
-            .arg("--registration-dir")
-            .arg(&registry)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dirs.tmp.path().join("csi.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    };
+    let mut driver = Driver::spawn(&dirs, &sockets, &registry, &[]);
     let info = RegistrationClient::new(channel(&registration).await).get_info(InfoRequest {}).await.unwrap();
     assert_eq!(info.into_inner().name, "csi.bpfleet.dev");
     assert!(sockets.join("csi.sock").exists());

@@ -162,7 +162,7 @@ impl ApplyOrder {
                 })
                 .collect(),
             metrics: content.metrics.iter().map(proto::metric_to_wire).collect(),
-            node_name: String::new(), // set per node by AgentPool::apply_wire
+            node_name: String::new(), // set per node by `request_for`
             pods: Vec::new(),         // per node, from `pods`
         };
         Self { request: Arc::new(request), pods: None }
@@ -199,12 +199,6 @@ impl ApplyOrder {
                 containers: p.containers.clone(),
             })
             .collect()
-    }
-
-    /// The encoded size of [`ApplyOrder::request_for`] `node`, without building it all.
-    fn encoded_len_for(&self, node: &str) -> usize {
-        let pods: usize = self.pods_for(node).iter().map(|p| p.encoded_len() + 4).sum();
-        self.request.encoded_len() + node.len() + 2 + pods
     }
 
     fn owner_uid(&self) -> &str {
@@ -460,24 +454,28 @@ impl AgentPool {
     async fn send_waiting(self, name: String) {
         // Should this task end any other way than by an empty outbox (a panic), the Applies
         // waiting are answered "sender ended" and the next one starts a new sender.
-        struct Sending<'a>(&'a AgentPool, &'a str, bool);
+        struct Sending<'a> {
+            pool: &'a AgentPool,
+            name: &'a str,
+            emptied: bool,
+        }
         impl Drop for Sending<'_> {
             fn drop(&mut self) {
-                if !self.2 {
-                    self.0.lock().outboxes.remove(self.1);
+                if !self.emptied {
+                    self.pool.lock().outboxes.remove(self.name);
                 }
             }
         }
-        let mut sending = Sending(&self, &name, false);
+        let mut sending = Sending { pool: &self, name: &name, emptied: false };
         loop {
             let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
-            let Some(batch) = self.take_batch(&name) else {
-                sending.2 = true;
+            let Some((batch, requests)) = self.take_batch(&name) else {
+                sending.emptied = true;
                 return;
             };
             let node = batch[0].node.clone();
             // Boxed: senders of thousands of nodes wait for a permit, each as small as it can.
-            let answers = Box::pin(self.send_batch(&node, &batch)).await;
+            let answers = Box::pin(self.send_batch(&node, &batch, requests)).await;
             for (waiting, answer) in batch.into_iter().zip(answers) {
                 // The asker may have given up (a cancelled reconcile): nobody to tell.
                 let _ = waiting.answer.send(answer);
@@ -487,8 +485,8 @@ impl AgentPool {
 
     /// What `name`'s next call carries: the Applies waiting for the same address, at most
     /// [`crds::limits::MAX_APPLY_BATCH`] and [`MAX_MESSAGE_BYTES`] in all (one alone may be
-    /// that large). `None`, and the outbox gone, when nothing waits.
-    fn take_batch(&self, name: &str) -> Option<Vec<Waiting>> {
+    /// that large), with their requests. `None`, and the outbox gone, when nothing waits.
+    fn take_batch(&self, name: &str) -> Option<(Vec<Waiting>, Vec<v1::ApplyRequest>)> {
         let mut batch: Vec<Waiting> = Vec::new();
         {
             let mut state = self.lock();
@@ -512,16 +510,19 @@ impl AgentPool {
                 return None;
             }
         }
-        // Sizes are measured out of the lock; what does not fit goes back in front.
+        // The requests are built and measured out of the lock; what does not fit goes back
+        // in front.
+        let mut requests: Vec<v1::ApplyRequest> = batch.iter().map(|w| w.order.request_for(name)).collect();
         let mut size = 0;
-        let fits = batch
+        let fits = requests
             .iter()
-            .position(|w| {
-                size += w.order.encoded_len_for(name) + 16;
+            .position(|r| {
+                size += r.encoded_len() + 16;
                 size > MAX_MESSAGE_BYTES
             })
             .map_or(batch.len(), |i| i.max(1));
         if fits < batch.len() {
+            requests.truncate(fits);
             let rest = batch.split_off(fits);
             let mut state = self.lock();
             let outbox = state.outboxes.entry(name.to_owned()).or_default();
@@ -529,21 +530,28 @@ impl AgentPool {
                 outbox.waiting.push_front(w);
             }
         }
-        Some(batch)
+        Some((batch, requests))
     }
 
-    /// One call for `batch` (all for `node`'s address), with a permit held: each Apply's
-    /// answer or error, in order.
-    async fn send_batch(&self, node: &NodeAddr, batch: &[Waiting]) -> Vec<Result<v1::ApplyResponse, DispatchError>> {
+    /// One call for `batch` (all for `node`'s address; `requests` theirs, in order), with a
+    /// permit held: each Apply's answer or error, in order.
+    async fn send_batch(
+        &self,
+        node: &NodeAddr,
+        batch: &[Waiting],
+        mut requests: Vec<v1::ApplyRequest>,
+    ) -> Vec<Result<v1::ApplyResponse, DispatchError>> {
+        let counted = || self.lock().apply_calls += 1;
         let no_batch = || self.lock().nodes.get(&node.name).is_some_and(|n| n.ip == node.ip && n.no_batch);
-        self.lock().apply_calls += 1;
         if batch.len() > 1 && !no_batch() {
-            match self.apply_batch(node, batch).await {
+            counted();
+            match self.apply_batch(node, requests).await {
                 Err(DispatchError::Agent { code: tonic::Code::Unimplemented, .. }) => {
                     debug!(node = %node.name, "the agent has no ApplyBatch: Applies one by one");
                     if let Some(n) = self.lock().nodes.get_mut(&node.name).filter(|n| n.ip == node.ip) {
                         n.no_batch = true;
                     }
+                    requests = batch.iter().map(|w| w.order.request_for(&node.name)).collect();
                 }
                 Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
                 Ok(results) => {
@@ -551,19 +559,20 @@ impl AgentPool {
                     for (w, result) in batch.iter().zip(results) {
                         answers.push(match result {
                             BatchResult::Answered(a) => *a,
-                            BatchResult::AskAlone => self.apply_holding(node, w.order.request_for(&node.name)).await,
+                            BatchResult::AskAlone => {
+                                counted();
+                                self.apply_holding(node, w.order.request_for(&node.name)).await
+                            }
                         });
                     }
                     return answers;
                 }
             }
         }
-        let mut answers = Vec::with_capacity(batch.len());
-        for (i, w) in batch.iter().enumerate() {
-            if i > 0 {
-                self.lock().apply_calls += 1;
-            }
-            answers.push(self.apply_holding(node, w.order.request_for(&node.name)).await);
+        let mut answers = Vec::with_capacity(requests.len());
+        for req in requests {
+            counted();
+            answers.push(self.apply_holding(node, req).await);
         }
         answers
     }
@@ -571,11 +580,14 @@ impl AgentPool {
     /// One ApplyBatch call, with a permit held. Its time bound grows with its length (the
     /// agent carries out [`crds::limits::APPLY_BATCH_PARALLEL`] at a time). An answer that
     /// breaks a rule for one Apply is refused whole, as a lying agent's.
-    async fn apply_batch(&self, node: &NodeAddr, batch: &[Waiting]) -> Result<Vec<BatchResult>, DispatchError> {
-        let applies: Vec<v1::ApplyRequest> = batch.iter().map(|w| w.order.request_for(&node.name)).collect();
+    async fn apply_batch(
+        &self,
+        node: &NodeAddr,
+        applies: Vec<v1::ApplyRequest>,
+    ) -> Result<Vec<BatchResult>, DispatchError> {
         let uids: Vec<String> =
             applies.iter().map(|a| a.owner.as_ref().map(|o| o.uid.clone()).unwrap_or_default()).collect();
-        let rounds = batch.len().div_ceil(crds::limits::APPLY_BATCH_PARALLEL);
+        let rounds = applies.len().div_ceil(crds::limits::APPLY_BATCH_PARALLEL);
         let timeout = self.inner.cfg.call_timeout.saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX));
         let req = v1::ApplyBatchRequest { applies };
         let resp = self.call_holding(node, timeout, move |mut c| async move { c.apply_batch(req).await }).await?;
@@ -769,9 +781,18 @@ impl AgentPool {
         F: Fn(AgentPool, NodeAddr) -> Fut,
         Fut: Future<Output = Result<T, DispatchError>>,
     {
+        use futures::StreamExt;
         // No more calls started than may run: a fan-out to 5,000 nodes holds 64 futures
-        // (and their requests), not 5,000.
-        self.fan_out_within(self.inner.cfg.max_concurrency, nodes, f).await
+        // (and their requests), not 5,000. Unordered, so one slow node does not keep the
+        // next ones from starting; the results are put back in order at the end.
+        let calls = nodes.into_iter().enumerate().map(|(i, node)| {
+            let call = f(self.clone(), node.clone());
+            async move { (i, node, call.await) }
+        });
+        let mut done: Vec<(usize, NodeAddr, Result<T, DispatchError>)> =
+            futures::stream::iter(calls).buffer_unordered(self.inner.cfg.max_concurrency).collect().await;
+        done.sort_unstable_by_key(|(i, ..)| *i);
+        done.into_iter().map(|(_, node, r)| (node, r)).collect()
     }
 
     /// Runs `f(pool, node)` for every node, as [`AgentPool::fan_out`] but for Applies
@@ -787,29 +808,6 @@ impl AgentPool {
         let window = self.inner.cfg.max_concurrency.saturating_mul(APPLY_WINDOW);
         let calls = nodes.into_iter().map(|node| f(self.clone(), node));
         futures::stream::iter(calls).buffer_unordered(window).for_each(|()| async {}).await;
-    }
-
-    async fn fan_out_within<T, F, Fut>(
-        &self,
-        window: usize,
-        nodes: Vec<NodeAddr>,
-        f: F,
-    ) -> Vec<(NodeAddr, Result<T, DispatchError>)>
-    where
-        F: Fn(AgentPool, NodeAddr) -> Fut,
-        Fut: Future<Output = Result<T, DispatchError>>,
-    {
-        use futures::StreamExt;
-        // Unordered, so one slow node does not keep the next ones from starting; the
-        // results are put back in order at the end.
-        let calls = nodes.into_iter().enumerate().map(|(i, node)| {
-            let call = f(self.clone(), node.clone());
-            async move { (i, node, call.await) }
-        });
-        let mut done: Vec<(usize, NodeAddr, Result<T, DispatchError>)> =
-            futures::stream::iter(calls).buffer_unordered(window).collect().await;
-        done.sort_unstable_by_key(|(i, ..)| *i);
-        done.into_iter().map(|(_, node, r)| (node, r)).collect()
     }
 
     /// Puts `nodes` in the order a fan-out to all of them should call them: by name,

@@ -316,14 +316,15 @@ async fn a_rotated_identity_ends_open_watch_streams() {
     again.message().await.expect("an event on the new connection");
 }
 
+/// An order to run owner `uid` (BpfProgram `name`), nothing else in it.
+fn order(uid: &str, name: &str) -> operator::dispatch::ApplyOrder {
+    let owner = Some(v1::Owner { uid: uid.into(), name: name.into() });
+    operator::dispatch::ApplyOrder::from_wire(v1::ApplyRequest { owner, ..Default::default() })
+}
+
 /// Applies asked of one node at once, as `pool.apply` takes them (one order per owner).
 async fn apply_owners(pool: &AgentPool, n: &NodeAddr, owners: usize) -> Vec<Result<String, DispatchError>> {
-    let orders: Vec<operator::dispatch::ApplyOrder> = (0..owners)
-        .map(|i| {
-            let owner = Some(v1::Owner { uid: format!("u{i}"), name: format!("p{i}") });
-            operator::dispatch::ApplyOrder::from_wire(v1::ApplyRequest { owner, ..Default::default() })
-        })
-        .collect();
+    let orders: Vec<_> = (0..owners).map(|i| order(&format!("u{i}"), &format!("p{i}"))).collect();
     let applies = orders.iter().map(|o| async move { pool.apply(n, o).await.map(|s| s.owner_uid) });
     futures::future::join_all(applies).await
 }
@@ -370,11 +371,7 @@ async fn an_apply_nobody_waits_for_is_not_sent() {
     let agent = start("n", Behaviour::Honest, pki.server_files()).await;
     let pool = pool(&pki, agent.port, None);
     let n = node("n");
-    let order = |uid: &str| {
-        let owner = Some(v1::Owner { uid: uid.into(), name: "p".into() });
-        operator::dispatch::ApplyOrder::from_wire(v1::ApplyRequest { owner, ..Default::default() })
-    };
-    let (gone, kept) = (order("gone"), order("kept"));
+    let (gone, kept) = (order("gone", "p"), order("kept", "p"));
     // Queued (the node's sender has not run yet on this one thread), then dropped.
     assert!(pool.apply(&n, &gone).now_or_never().is_none(), "an Apply waits for its call");
     let state = pool.apply(&n, &kept).await.expect("the awaited Apply");
