@@ -73,6 +73,9 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`AgentPool::fan_out_applies`] keeps this many times `max_concurrency` Applies waiting.
 const APPLY_WINDOW: usize = 4;
+/// A fleet larger than the connection budget keeps this many times `max_concurrency`
+/// connections open (see [`PoolConfig::kept_open`]).
+const OVER_BUDGET_OPEN: usize = 4;
 /// Backoff windows vary by ±20% so nodes that failed together do not retry together.
 const JITTER: f64 = 0.2;
 
@@ -91,7 +94,8 @@ pub struct PoolConfig {
     pub max_concurrency: usize,
     /// Agent connections kept open (at least `max_concurrency`). Past it, the connections
     /// used least recently are closed and made again on their next call; and the fleet is
-    /// too large for a Watch stream to every agent (see `agent_watch::watch_agents`).
+    /// too large for a Watch stream to every agent (see `agent_watch::watch_agents`), so
+    /// fewer are kept ([`PoolConfig::kept_open`]).
     pub max_connections: usize,
     /// Backoff after the first failure; doubles with each further failure.
     pub backoff_base: Duration,
@@ -116,6 +120,22 @@ impl PoolConfig {
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
             per_node_name: None,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Connections kept open when the pool knows `fleet` nodes: the budget while the fleet
+    /// fits it (each agent keeps a Watch stream open, `agent_watch::watch_agents`); past it,
+    /// [`OVER_BUDGET_OPEN`] × `max_concurrency`. Fan-outs walk the whole fleet in turn, so a
+    /// cache holding a part of it is mostly passed over before it is used again: at 5,000
+    /// nodes, 1,000 connections instead of 256 saved 10 % of the dials and cost 63 MiB
+    /// (docs/benchmarks.md, "What bought what (issue 26)").
+    pub fn kept_open(&self, fleet: usize) -> usize {
+        if fleet <= self.max_connections {
+            self.max_connections
+        } else {
+            self.max_connections.min(self.max_concurrency.saturating_mul(OVER_BUDGET_OPEN)).max(1)
         }
     }
 }
@@ -977,8 +997,9 @@ impl AgentPool {
         state.open += 1;
         state.cursor.clone_from(&node.name);
         state.dials += 1;
-        if state.open > cfg.max_connections {
-            close_least_recent(&mut state, cfg.max_connections);
+        let kept = cfg.kept_open(state.nodes.len());
+        if state.open > kept {
+            close_least_recent(&mut state, kept);
         }
         Ok(channel)
     }
@@ -1343,7 +1364,8 @@ mod tests {
     #[tokio::test]
     async fn connections_past_the_budget_close_least_recent_first() {
         let mut cfg = PoolConfig::new(1, AgentTls::untrusted());
-        cfg.max_concurrency = 1;
+        // 2 × OVER_BUDGET_OPEN: a fleet past the budget keeps the whole budget too.
+        cfg.max_concurrency = 2;
         cfg.max_connections = 8;
         let pool = AgentPool::new(cfg);
         let at = |i: u8| NodeAddr { name: format!("n{i}"), ip: format!("10.0.0.{i}").parse().unwrap() };
@@ -1372,6 +1394,34 @@ mod tests {
         assert_eq!(pool.open_connections(), 4);
         pool.set_tls(AgentTls::untrusted());
         assert_eq!(pool.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fleet_past_the_budget_keeps_fewer_connections_open() {
+        let mut cfg = PoolConfig::new(1, AgentTls::untrusted());
+        cfg.max_concurrency = 1;
+        cfg.max_connections = 8;
+        assert_eq!((cfg.kept_open(8), cfg.kept_open(9)), (8, OVER_BUDGET_OPEN));
+        let pool = AgentPool::new(cfg);
+        let at = |i: u8| NodeAddr { name: format!("n{i}"), ip: format!("10.0.0.{i}").parse().unwrap() };
+        // A fleet of 8 fits: every connection stays open (each would carry a Watch stream).
+        for i in 0..8 {
+            pool.channel(&at(i)).unwrap();
+        }
+        assert_eq!(pool.open_connections(), 8);
+        // A ninth node: the fleet no longer fits, and the pool keeps three quarters of 4.
+        pool.channel(&at(8)).unwrap();
+        assert_eq!(pool.open_connections(), 3);
+        for i in 0..8 {
+            pool.channel(&at(i)).unwrap();
+            assert!(pool.open_connections() <= OVER_BUDGET_OPEN);
+        }
+        // Nodes gone: the fleet fits again, and the budget is the limit again.
+        pool.forget("n8");
+        for i in 0..8 {
+            pool.channel(&at(i)).unwrap();
+        }
+        assert_eq!(pool.open_connections(), 8);
     }
 
     #[test]

@@ -54,7 +54,7 @@ struct Args {
     max_concurrency: usize,
     /// Agent connections kept open (each holds memory: see docs/benchmarks.md). A fleet with
     /// more nodes than this gets no Watch streams (changes on nodes show at each resync) and
-    /// its least recently used connections are closed.
+    /// keeps 4 × --max-concurrency open, the least recently used closed first.
     #[arg(long, default_value_t = operator::dispatch::DEFAULT_MAX_CONNECTIONS)]
     max_agent_connections: usize,
     /// Timeout of one agent call, in seconds (a load can take seconds on a busy node).

@@ -144,6 +144,9 @@ enum Cmd {
         /// Reconciles in flight (the operator's default).
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// The pool's connection budget (the operator's `--max-agent-connections`).
+        #[arg(long, default_value_t = operator::dispatch::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Internal: the operator side of the memory part; prints one JSON line.
     Rss {
@@ -230,9 +233,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.cmd {
         Some(Cmd::FakeAgents { pki_dir, port, count }) => runtime.block_on(fake_agents(&pki_dir, port, count)),
-        Some(Cmd::Scale { ref object, programs, nodes, concurrency }) => {
+        Some(Cmd::Scale { ref object, programs, nodes, concurrency, max_connections }) => {
             let object = object.clone().unwrap_or_else(|| workspace().join("examples/bpf/build/xdp_counter.o"));
-            let report = runtime.block_on(scale::scale(&object, programs, nodes, concurrency))?;
+            let report = runtime.block_on(scale::scale(&object, programs, nodes, concurrency, max_connections))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }

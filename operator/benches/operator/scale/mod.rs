@@ -117,7 +117,13 @@ fn changed(p: &BpfProgram, rollout: Option<Value>) -> anyhow::Result<BpfProgram>
     Ok(serde_json::from_value(raw)?)
 }
 
-pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: usize) -> anyhow::Result<ScaleReport> {
+pub async fn scale(
+    object: &Path,
+    programs: usize,
+    nodes: usize,
+    concurrency: usize,
+    max_connections: usize,
+) -> anyhow::Result<ScaleReport> {
     ensure!(programs >= 2, "at least 2 BpfPrograms (one is changed AllAtOnce, one Progressive)");
     agent::kernel::raise_nofile();
     let mut stages = vec![("process started".to_string(), mem())];
@@ -138,6 +144,7 @@ pub async fn scale(object: &Path, programs: usize, nodes: usize, concurrency: us
             .expect("test PKI"),
     );
     cfg.call_timeout = Duration::from_secs(60);
+    cfg.max_connections = max_connections;
     let ctx = {
         let mut ctx = Context::new(client.clone(), AgentPool::new(cfg), node_store, Arc::new(Metrics::new()), 1);
         ctx.recorder = Some(operator::events::Recorder::new(client.clone(), "bpfleet-operator"));
