@@ -17,6 +17,7 @@ pub mod reason;
 pub mod revision;
 pub mod rollout;
 pub mod sanitize;
+pub mod shared_text;
 pub mod standing;
 pub mod tenant;
 pub mod validate;

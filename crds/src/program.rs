@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::limits;
+use crate::shared_text::SharedText;
 
 /// Desired state of a BpfProgram: which ELF object to load, which of its functions to
 /// attach to which hooks, and on which nodes.
@@ -96,7 +97,7 @@ pub struct BytecodeSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1398104))]
     #[schemars(extend("format" = "byte"))]
-    pub inline: Option<String>,
+    pub inline: Option<SharedText>,
 
     /// A key of a ConfigMap holding the object (as binaryData or data). The operator
     /// reads it and sends the bytes to the agents; agents never read the cluster.

@@ -341,7 +341,7 @@ fn what_the_revision_leaves_out() {
         if src.config_map.is_some() || src.image.is_some() {
             let mut q = p.clone();
             q.spec.bytecode = Default::default();
-            q.spec.bytecode.inline = Some(B64.encode(&object));
+            q.spec.bytecode.inline = Some(B64.encode(&object).into());
             same("inline bytes equal to the ConfigMap's or image's", &q);
             let mut q = p.clone();
             q.spec.bytecode = Default::default();

@@ -98,7 +98,7 @@ pub fn restore_bytecode(
     };
     match recorded_elf {
         Some(bytes) if bytes.len() <= MAX_BYTECODE_BYTES => Ok(Restored {
-            bytecode: BytecodeSource { inline: Some(B64.encode(&bytes)), ..Default::default() },
+            bytecode: BytecodeSource { inline: Some(B64.encode(&bytes).into()), ..Default::default() },
             note: Some(format!(
                 "{why}; restoring the recorded object ({} bytes, {recorded}) as spec.bytecode.inline instead of \
                  the ConfigMap reference",
@@ -164,7 +164,7 @@ pub fn expected_revision(current: &BpfProgramSpec, bytecode: &BytecodeSource, da
         let digest = bytecode.digest.as_deref().and_then(Sha256Digest::parse);
         return Some(Revision::compute(&spec, BytecodeIdentity::Path(p, digest.as_ref())));
     }
-    let b64 = bytecode.inline.as_ref().or(data.elf.as_ref())?;
+    let b64 = bytecode.inline.as_deref().or(data.elf.as_deref())?;
     let bytes = B64.decode(b64.trim()).ok()?;
     Some(Revision::compute(&spec, BytecodeIdentity::Bytes(&bytes)))
 }
@@ -309,7 +309,10 @@ mod tests {
     fn a_changed_or_missing_config_map_restores_the_recorded_bytes_inline() {
         let d = data(data_cm(b"\x7fELF-old"));
         let r = restore_bytecode(2, &d, Some(Ok(b"\x7fELF-new".to_vec()))).unwrap();
-        assert_eq!(r.bytecode, BytecodeSource { inline: Some(B64.encode(b"\x7fELF-old")), ..Default::default() });
+        assert_eq!(
+            r.bytecode,
+            BytecodeSource { inline: Some(B64.encode(b"\x7fELF-old").into()), ..Default::default() }
+        );
         let note = r.note.unwrap();
         assert!(note.contains("now holds another object") && note.contains("spec.bytecode.inline"), "{note}");
         let r = restore_bytecode(2, &d, Some(Err("ConfigMap x/y does not exist any more".into()))).unwrap();
@@ -386,7 +389,7 @@ mod tests {
         let hash = Revision::compute(&then, BytecodeIdentity::Bytes(b"\x7fELF-old"));
         assert_eq!(expected_revision(&current, &old.bytecode, &old), Some(hash.clone()));
         // Inline carries the same bytes, so the same revision.
-        let inline = BytecodeSource { inline: Some(B64.encode(b"\x7fELF-old")), ..Default::default() };
+        let inline = BytecodeSource { inline: Some(B64.encode(b"\x7fELF-old").into()), ..Default::default() };
         assert_eq!(expected_revision(&current, &inline, &old), Some(hash));
     }
 

@@ -348,9 +348,24 @@ pub async fn write(client: &Client, node: &Node, status: &BpfNodeStatus) -> kube
     let name = node.name_any();
     apply_object(&api, node).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let st = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "status": status});
-    let b = api.patch_status(&name, &pp, &Patch::Apply(&st)).await?;
+    let b = api.patch_status(&name, &pp, &Patch::Apply(&StatusPatch::new(status))).await?;
     Ok(b.uid())
+}
+
+/// A BpfNode status patch, serialized straight from the status it borrows (a node's
+/// status lists every program on it: no JSON tree of it is built on the way).
+#[derive(serde::Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct StatusPatch<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    status: &'a BpfNodeStatus,
+}
+
+impl<'a> StatusPatch<'a> {
+    fn new(status: &'a BpfNodeStatus) -> Self {
+        Self { api_version: "bpfleet.dev/v1alpha1", kind: "BpfNode", status }
+    }
 }
 
 /// The BpfNode object of `node` (no status), owned by the Node.

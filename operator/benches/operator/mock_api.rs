@@ -21,7 +21,22 @@ pub(crate) struct MockApi {
     /// real API server would: the next reconcile sees what the last one wrote.
     pub(crate) feedback: Option<Feedback>,
     /// ControllerRevisions (the revision history) by name, without their data.
-    pub(crate) revisions: Mutex<BTreeMap<String, Value>>,
+    pub(crate) revisions: Mutex<BTreeMap<String, KeptRevision>>,
+}
+
+/// What the mock keeps of a ControllerRevision: its labels and number (the bench never
+/// reads an entry's data back, and what the mock holds is not the operator's memory).
+#[derive(Default)]
+pub(crate) struct KeptRevision {
+    labels: BTreeMap<String, String>,
+    revision: Value,
+}
+
+impl KeptRevision {
+    fn object(&self, name: &str) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "ControllerRevision",
+               "metadata": {"name": name, "labels": self.labels}, "revision": self.revision})
+    }
 }
 
 pub(crate) struct Feedback {
@@ -61,8 +76,9 @@ impl MockApi {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
         let req_query = req.uri().query().map(str::to_string);
-        let body = req.into_body().collect_bytes().await.unwrap_or_default();
-        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let raw = req.into_body().collect_bytes().await.unwrap_or_default();
+        // Parsed only where it is read: the mock's own memory is not the operator's.
+        let body = || -> Value { serde_json::from_slice(&raw).unwrap_or(Value::Null) };
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         if method != "GET" {
             self.writes.fetch_add(1, Ordering::Relaxed);
@@ -76,7 +92,7 @@ impl MockApi {
         match parts.as_slice() {
             ["apis", "bpfleet.dev", "v1alpha1", "bpfprograms", name, rest @ ..] => {
                 if rest == ["status"] {
-                    let status = body["status"].clone();
+                    let status = body()["status"].take();
                     if ready_true(&status) {
                         self.ready_patches.fetch_add(1, Ordering::Relaxed);
                     }
@@ -101,11 +117,13 @@ impl MockApi {
                 &json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "metadata": {"name": name}, "spec": {}}),
             ),
             ["apis", "apps", "v1", "namespaces", _, "controllerrevisions", rest @ ..] => {
-                self.revision_history(&method, req_query.as_deref(), rest.first().copied(), body)
+                self.revision_history(&method, req_query.as_deref(), rest.first().copied(), body())
             }
-            ["apis", "events.k8s.io", "v1", "namespaces", _, "events", ..] => {
-                json_response(if method == "POST" { 201 } else { 200 }, &body)
-            }
+            ["apis", "events.k8s.io", "v1", "namespaces", _, "events", ..] => Response::builder()
+                .status(if method == "POST" { 201 } else { 200 })
+                .header("content-type", "application/json")
+                .body(Body::from(raw.to_vec()))
+                .expect("response"),
             _ => not_found(&method, &path),
         }
     }
@@ -128,32 +146,32 @@ impl MockApi {
                     .map(|s| s.replace("%3D", "=").replace("%2F", "/"))
                     .unwrap_or_default();
                 let (key, value) = selector.split_once('=').unwrap_or(("", ""));
-                let items: Vec<&Value> =
-                    revisions.values().filter(|cr| key.is_empty() || cr["metadata"]["labels"][key] == value).collect();
+                let items: Vec<Value> = revisions
+                    .iter()
+                    .filter(|(_, cr)| key.is_empty() || cr.labels.get(key).is_some_and(|v| v == value))
+                    .map(|(n, cr)| cr.object(n))
+                    .collect();
                 json_response(
                     200,
                     &json!({"apiVersion": "apps/v1", "kind": "ControllerRevisionList", "metadata": {}, "items": items}),
                 )
             }
             ("GET", Some(n)) => match revisions.get(n) {
-                Some(cr) => json_response(200, cr),
+                Some(cr) => json_response(200, &cr.object(n)),
                 None => not_found(method, n),
             },
             ("POST", _) => {
                 let n = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                // Kept as name, labels and number only: what the mock holds is not the
-                // operator's memory, and the bench never reads an entry back.
-                let kept = json!({"metadata": {"name": n, "labels": body["metadata"]["labels"]},
-                                  "revision": body["revision"]});
-                revisions.insert(n, kept);
+                let labels = serde_json::from_value(body["metadata"]["labels"].clone()).unwrap_or_default();
+                revisions.insert(n, KeptRevision { labels, revision: body["revision"].clone() });
                 json_response(201, &body)
             }
             ("PATCH", Some(n)) => match revisions.get_mut(n) {
                 Some(cr) => {
                     if let Some(r) = body.get("revision") {
-                        cr["revision"] = r.clone();
+                        cr.revision = r.clone();
                     }
-                    json_response(200, cr)
+                    json_response(200, &cr.object(n))
                 }
                 None => not_found(method, n),
             },
