@@ -420,6 +420,13 @@ mod tests {
     use super::*;
     use crate::reachable::Failure;
 
+    #[test]
+    fn a_status_patch_is_the_apply_object_of_the_status() {
+        let st = status("r1", "2026-01-01T00:00:00Z");
+        let expected = json!({"apiVersion": "bpfleet.dev/v1alpha1", "kind": "BpfNode", "status": &st});
+        assert_eq!(serde_json::to_value(StatusPatch::new(&st)).unwrap(), expected);
+    }
+
     fn status(rev: &str, at: &str) -> BpfNodeStatus {
         BpfNodeStatus {
             managed: 1,
