@@ -4,7 +4,9 @@
 //! inline (one BpfProgram per tenant, per interface or per setting of its global data).
 //! Each copy read from the API server would be an allocation of up to 1.3 MiB; a
 //! [`SharedText`] read while another with the same text is held is that one instead. The
-//! table of texts held weakly loses an entry when its last holder drops it.
+//! table of texts held weakly loses an entry when its last holder drops it; the text is
+//! boxed inside the shared allocation, so an entry left behind (two last holders dropping
+//! at once) keeps a few bytes until a sweep, never the text.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,10 +22,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// An immutable string, shared with every other [`SharedText`] of the same text that is
 /// held when it is made. Reads, serializes and has the schema of a plain string.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SharedText(Arc<str>);
+pub struct SharedText(Arc<Box<str>>);
 
 /// Texts by hash, held weakly.
-static TABLE: LazyLock<Mutex<HashMap<u64, Vec<Weak<str>>>>> = LazyLock::new(Mutex::default);
+type Table = HashMap<u64, Vec<Weak<Box<str>>>>;
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Mutex::default);
 /// Texts made since the table was last swept of entries nobody holds (two last holders
 /// dropped at once can each leave the entry to the other).
 static MADE: AtomicUsize = AtomicUsize::new(0);
@@ -41,10 +44,11 @@ impl SharedText {
             });
         }
         let held = table.entry(hash).or_default();
-        if let Some(same) = held.iter().filter_map(Weak::upgrade).find(|t| **t == *text) {
+        if let Some(same) = held.iter().filter_map(Weak::upgrade).find(|t| ***t == *text) {
             return Self(same);
         }
-        let shared: Arc<str> = Arc::from(text);
+        held.retain(|w| w.strong_count() > 0);
+        let shared = Arc::new(text.into_boxed_str());
         held.push(Arc::downgrade(&shared));
         Self(shared)
     }
@@ -66,10 +70,14 @@ impl Drop for SharedText {
         if Arc::strong_count(&self.0) > 1 {
             return;
         }
-        let hash = HASHER.hash_one(&*self.0);
+        let hash = HASHER.hash_one(&**self.0);
         let mut table = TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+        // Looked at again under the lock: `new` may have handed the text out meanwhile.
+        if Arc::strong_count(&self.0) > 1 {
+            return;
+        }
         if let Some(held) = table.get_mut(&hash) {
-            held.retain(|w| !std::ptr::addr_eq(w.as_ptr(), Arc::as_ptr(&self.0)) && w.strong_count() > 0);
+            held.retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.0)) && w.strong_count() > 0);
             if held.is_empty() {
                 table.remove(&hash);
             }
@@ -104,19 +112,19 @@ impl From<&str> for SharedText {
 
 impl PartialEq<str> for SharedText {
     fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
+        **self.0 == *other
     }
 }
 
 impl PartialEq<&str> for SharedText {
     fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
+        **self.0 == **other
     }
 }
 
 impl fmt::Debug for SharedText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&**self.0, f)
     }
 }
 
@@ -154,8 +162,14 @@ impl JsonSchema for SharedText {
 mod tests {
     use super::*;
 
-    fn entries() -> usize {
-        TABLE.lock().unwrap().values().map(Vec::len).sum()
+    fn table() -> std::sync::MutexGuard<'static, Table> {
+        TABLE.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the table still has an entry for the allocation `w` points to (`w` keeps the
+    /// allocation, so no other text can take its address meanwhile).
+    fn listed(w: &Weak<Box<str>>) -> bool {
+        table().values().flatten().any(|e| e.ptr_eq(w))
     }
 
     #[test]
@@ -169,30 +183,26 @@ mod tests {
         assert!(!std::ptr::eq(a.as_str(), other.as_str()));
         assert_eq!(serde_json::to_value(&a).unwrap(), serde_json::json!(text));
         assert_eq!(a, *text.as_str());
+        assert_eq!(format!("{a:?}"), format!("{text:?}"));
 
-        // The last holder takes the entry with it; the text made again is a new one.
-        let ptr = a.as_str().as_ptr();
-        drop((a, b, other));
-        let mut table = TABLE.lock().unwrap();
-        let left: Vec<_> = table.values_mut().flatten().filter(|w| w.as_ptr().cast::<u8>() == ptr).collect();
-        assert!(left.is_empty(), "no entry left for a text nobody holds");
-    }
-
-    /// Long, so that no small text another test makes reuses a freed one's address.
-    fn distinct(i: usize) -> String {
-        format!("{}-shared-text-test-2-{i}", "x".repeat(2048))
+        // The last holder takes the entry with it.
+        let (wa, wo) = (Arc::downgrade(&a.0), Arc::downgrade(&other.0));
+        assert!(listed(&wa) && listed(&wo));
+        drop(a);
+        assert!(listed(&wa), "b still holds it");
+        drop((b, other));
+        assert!(!listed(&wa) && !listed(&wo), "no entry left for a text nobody holds");
     }
 
     #[test]
     fn many_distinct_texts_leave_no_entries() {
-        let texts: Vec<SharedText> = (0..200).map(|i| SharedText::from(distinct(i))).collect();
-        assert!(entries() >= 200);
-        let again: Vec<SharedText> = (0..200).map(|i| SharedText::from(distinct(i))).collect();
+        let texts: Vec<SharedText> = (0..200).map(|i| SharedText::from(format!("shared-text-test-2-{i}"))).collect();
+        let again: Vec<SharedText> = (0..200).map(|i| SharedText::from(format!("shared-text-test-2-{i}"))).collect();
         assert!(texts.iter().zip(&again).all(|(a, b)| std::ptr::eq(a.as_str(), b.as_str())));
-        let ptrs: Vec<*const u8> = texts.iter().map(|t| t.as_str().as_ptr()).collect();
+        let weak: Vec<_> = texts.iter().map(|t| Arc::downgrade(&t.0)).collect();
+        assert!(weak.iter().all(listed));
         drop((texts, again));
-        let table = TABLE.lock().unwrap();
-        assert!(!table.values().flatten().any(|w| ptrs.contains(&w.as_ptr().cast::<u8>())), "entries left behind");
+        assert!(!weak.iter().any(listed), "entries left behind");
     }
 
     #[test]

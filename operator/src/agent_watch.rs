@@ -42,6 +42,7 @@ pub async fn watch_agents(ctx: Arc<Context>, targeted: mpsc::Sender<ObjectRef<Bp
         let nodes = ctx.nodes.state();
         let wanted: HashMap<String, NodeAddr> =
             dialable(&ctx, nodes.iter().map(Arc::as_ref)).map(|a| (a.name.clone(), a)).collect();
+        ctx.pool.set_fleet(wanted.len());
         if wanted.len() > budget {
             if !over {
                 tracing::warn!(

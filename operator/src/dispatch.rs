@@ -320,6 +320,9 @@ struct State {
     outboxes: HashMap<String, Outbox>,
     /// Apply and ApplyBatch calls made by [`AgentPool::apply`] (each carries one Apply or more).
     apply_calls: u64,
+    /// The dialable fleet as `agent_watch::watch_agents` last counted it ([`AgentPool::set_fleet`]);
+    /// until it has, the nodes dialled so far.
+    fleet: Option<usize>,
 }
 
 /// One node's Applies waiting for its sender: everything asked of the node while the last
@@ -392,6 +395,7 @@ impl AgentPool {
             dials: 0,
             outboxes: HashMap::new(),
             apply_calls: 0,
+            fleet: None,
         });
         let rotations = tokio::sync::watch::Sender::new(0);
         Self { inner: Arc::new(Inner { cfg, permits, state, rotations }) }
@@ -844,6 +848,13 @@ impl AgentPool {
         nodes.rotate_left(start);
     }
 
+    /// The dialable fleet's size, as the Watch streams' supervisor counts it: whether it fits
+    /// the connection budget decides both whether agents get Watch streams and how many
+    /// connections the pool keeps open ([`PoolConfig::kept_open`]), so the two agree.
+    pub fn set_fleet(&self, nodes: usize) {
+        self.lock().fleet = Some(nodes);
+    }
+
     /// Drops the cached channel and backoff state of `node` (Node deleted, or IP changed).
     pub fn forget(&self, node: &str) {
         let mut state = self.lock();
@@ -997,7 +1008,7 @@ impl AgentPool {
         state.open += 1;
         state.cursor.clone_from(&node.name);
         state.dials += 1;
-        let kept = cfg.kept_open(state.nodes.len());
+        let kept = cfg.kept_open(state.fleet.unwrap_or(state.nodes.len()));
         if state.open > kept {
             close_least_recent(&mut state, kept);
         }
@@ -1422,6 +1433,20 @@ mod tests {
             pool.channel(&at(i)).unwrap();
         }
         assert_eq!(pool.open_connections(), 8);
+        // A ninth node the pool remembers, its agent unreachable: once the Watch supervisor
+        // counts the fleet without it, that count decides, and every stream keeps its
+        // connection.
+        pool.channel(&at(9)).unwrap();
+        pool.record(&at(9), Some(&DispatchError::Unreachable(refused("refused"))));
+        pool.set_fleet(8);
+        for i in 0..8 {
+            pool.channel(&at(i)).unwrap();
+        }
+        assert_eq!(pool.open_connections(), 8);
+        // The supervisor counts more than the budget: fewer again.
+        pool.set_fleet(10);
+        pool.channel(&at(10)).unwrap();
+        assert_eq!(pool.open_connections(), 3);
     }
 
     #[test]
