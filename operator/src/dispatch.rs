@@ -122,9 +122,7 @@ impl PoolConfig {
             per_node_name: None,
         }
     }
-}
 
-impl PoolConfig {
     /// Connections kept open when the pool knows `fleet` nodes: the budget while the fleet
     /// fits it (each agent keeps a Watch stream open, `agent_watch::watch_agents`); past it,
     /// [`OVER_BUDGET_OPEN`] × `max_concurrency`. Fan-outs walk the whole fleet in turn, so a
