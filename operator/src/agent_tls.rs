@@ -55,8 +55,7 @@ impl AgentTls {
             roots.add(ca.context("the CA file is not PEM")?).context("the CA certificate is not usable")?;
         }
         anyhow::ensure!(!roots.is_empty(), "the CA file holds no certificate");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(provider_for_agents())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
@@ -114,6 +113,20 @@ impl AgentTls {
             keepalive,
         }
     }
+}
+
+/// ring's suites with TLS 1.3's AES-128-GCM-SHA256 first. A fleet past the connection
+/// budget makes connections all the time, mostly resumed, so the key schedule's hashing is
+/// a good part of a handshake: SHA-256 runs on the CPU's SHA extensions where it has them,
+/// the SHA-384 of ring's first choice (AES-256-GCM) never does (docs/benchmarks.md, the
+/// operator at fleet scale). Both are TLS 1.3 suites an agent must offer; the agent takes
+/// the client's order.
+fn provider_for_agents() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let first = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    provider.cipher_suites.retain(|s| s.suite() != first.suite());
+    provider.cipher_suites.insert(0, first);
+    Arc::new(provider)
 }
 
 fn server_name_of(name: &str) -> anyhow::Result<ServerName<'static>> {
@@ -240,7 +253,8 @@ mod tests {
     }
 
     /// A node's store keeps one session: the next connection to the agent resumes it (each
-    /// brings the next ticket), another node's store has none.
+    /// brings the next ticket), another node's store has none; every connection is
+    /// AES-128-GCM-SHA256, the suite the operator offers first.
     #[tokio::test]
     async fn a_nodes_next_connection_resumes_from_its_own_store() {
         use tower_service::Service;
@@ -270,7 +284,14 @@ mod tests {
                 let _ =
                     tokio::time::timeout(Duration::from_millis(200), tokio::io::AsyncReadExt::read(&mut io, &mut buf))
                         .await;
-                io.get_ref().1.handshake_kind()
+                let conn = io.get_ref().1;
+                let suite = conn.negotiated_cipher_suite().map(|s| s.suite());
+                assert_eq!(
+                    suite,
+                    Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256),
+                    "the suite the client puts first"
+                );
+                conn.handshake_kind()
             }
         };
         let (a, b) = (tls.for_node(None).expect("a"), tls.for_node(None).expect("b"));

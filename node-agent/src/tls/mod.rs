@@ -141,7 +141,7 @@ pub struct ServerTls {
     current: watch::Sender<Arc<ServerConfig>>,
     /// The client-certificate check of the current configuration, run again on a resumed
     /// session's certificate (see [`accept_loop`]).
-    verifier: Mutex<Arc<dyn ClientCertVerifier>>,
+    verifier: Mutex<Arc<ResumedCheck>>,
     /// What the poller last looked at, whether it loaded or not: a broken file is reported
     /// once, not on every tick.
     seen: Mutex<Option<Snapshot>>,
@@ -173,7 +173,7 @@ impl ServerTls {
             required_client_name,
             provider,
             current: watch::Sender::new(Arc::new(config)),
-            verifier: Mutex::new(verifier),
+            verifier: Mutex::new(Arc::new(ResumedCheck::new(verifier))),
             seen: Mutex::new(Some(snapshot)),
         })
     }
@@ -261,7 +261,7 @@ impl ServerTls {
         let (config, verifier) =
             build_server_config(&self.files, snapshot, &self.required_client_name, &self.provider)?;
         let closing = self.current.receiver_count();
-        *self.verifier.lock().unwrap_or_else(PoisonError::into_inner) = verifier;
+        *self.verifier.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(ResumedCheck::new(verifier));
         self.current.send_replace(Arc::new(config));
         info!(
             cert = %self.files.cert.display(),
@@ -556,7 +556,7 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, rotation) = tls.acceptor_and_rotation();
-        let verifier = ResumedCheck(tls.verifier.lock().unwrap_or_else(PoisonError::into_inner).clone());
+        let verifier = tls.verifier.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let (tx, slots, registry) = (tx.clone(), slots.clone(), pending.clone());
         let mut inflight = pending.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(id) = inflight.admit(peer.ip(), std::time::Instant::now()) else {
@@ -587,19 +587,57 @@ async fn accept_loop(
 
 /// The client-certificate check a full handshake makes, for resumed sessions: a ticket
 /// carries the certificate of the handshake that made the session, which may have expired
-/// since (or whose CA is no longer trusted).
-struct ResumedCheck(Arc<dyn ClientCertVerifier>);
+/// since (or whose CA is no longer trusted). One per configuration: a rotation makes a new
+/// one with the new CA.
+///
+/// The chain it last passed is remembered with the span in which every certificate of it
+/// is valid: the same chain resumed again inside that span passes without its signatures
+/// verified again, which is what a resumption costs an agent otherwise (an operator past
+/// its connection budget resumes all the time; docs/benchmarks.md). The check has no other
+/// input that changes (no revocation list, the roots fixed for the configuration's life),
+/// so the answer is the one a verification would give.
+struct ResumedCheck {
+    verifier: Arc<dyn ClientCertVerifier>,
+    passed: Mutex<Option<Passed>>,
+}
+
+/// A chain [`ResumedCheck`] verified, and when all of it is valid (seconds since the epoch).
+struct Passed {
+    chain: Vec<CertificateDer<'static>>,
+    from: i64,
+    until: i64,
+}
 
 impl ResumedCheck {
+    fn new(verifier: Arc<dyn ClientCertVerifier>) -> Self {
+        Self { verifier, passed: Mutex::new(None) }
+    }
+
     fn check_resumed(&self, conn: &rustls::ServerConnection) -> Result<(), rustls::Error> {
         if conn.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
             return Ok(());
         }
-        let chain = conn.peer_certificates().unwrap_or_default();
+        self.check(conn.peer_certificates().unwrap_or_default(), UnixTime::now())
+    }
+
+    fn check(&self, chain: &[CertificateDer<'_>], now: UnixTime) -> Result<(), rustls::Error> {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err(rustls::Error::NoCertificatesPresented);
         };
-        self.0.verify_client_cert(leaf, intermediates, UnixTime::now()).map(|_| ())
+        let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        let passed = |p: &Passed| p.chain == chain && (p.from..=p.until).contains(&secs);
+        if self.passed.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(passed) {
+            return Ok(());
+        }
+        self.verifier.verify_client_cert(leaf, intermediates, now)?;
+        let spans: Option<Vec<(i64, i64)>> = chain.iter().map(|c| validity::validity(c)).collect();
+        if let Some(spans) = spans {
+            let from = spans.iter().map(|s| s.0).max().unwrap_or(i64::MAX);
+            let until = spans.iter().map(|s| s.1).min().unwrap_or(i64::MIN);
+            let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
+            *self.passed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Passed { chain, from, until });
+        }
+        Ok(())
     }
 }
 
@@ -730,6 +768,7 @@ fn rejected(flag: &'static str, path: &Path, error: impl std::fmt::Display) -> T
 
 #[cfg(feature = "test-support")]
 pub mod testpki;
+mod validity;
 
 #[cfg(test)]
 mod tests {
@@ -872,5 +911,78 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(write_after_end.try_recv().is_err(), "the server ended a connection");
         round_trip(&mut conn).await.expect("the connection survives a rejected file");
+    }
+
+    /// The agent's own client check, counting its verifications.
+    #[derive(Debug)]
+    struct Counting(Arc<dyn ClientCertVerifier>, std::sync::atomic::AtomicUsize);
+
+    impl ClientCertVerifier for Counting {
+        fn root_hint_subjects(&self) -> &[DistinguishedName] {
+            self.0.root_hint_subjects()
+        }
+        fn verify_client_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            now: UnixTime,
+        ) -> Result<ClientCertVerified, rustls::Error> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.verify_client_cert(end_entity, intermediates, now)
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    /// A chain that passed is not verified again while all of it is valid; outside that
+    /// span, or for another chain, the verification runs (and a refused chain is never
+    /// remembered).
+    #[test]
+    fn a_resumed_chain_that_passed_is_verified_once_while_it_is_valid() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = fixture();
+        let inner = f.tls.verifier.lock().expect("lock").verifier.clone();
+        let counting = Arc::new(Counting(inner, Default::default()));
+        let check = ResumedCheck::new(counting.clone());
+        let chain = |path: &Path| -> Vec<CertificateDer<'static>> {
+            CertificateDer::pem_file_iter(path).expect("pem").collect::<Result<_, _>>().expect("certificates")
+        };
+        let (ours, foreign) = (chain(&f.pki.client_cert), chain(&f.pki.foreign_client_cert));
+        let now = UnixTime::now();
+        check.check(&ours, now).expect("our client passes");
+        check.check(&ours, now).expect("and again");
+        assert_eq!(counting.1.load(Relaxed), 1, "verified once");
+        for _ in 0..2 {
+            check.check(&foreign, now).expect_err("another CA's client is refused");
+        }
+        assert_eq!(counting.1.load(Relaxed), 3, "a refused chain is verified each time");
+        // rcgen's certificates end on 4096-01-01: a second later the chain is expired.
+        let expired = UnixTime::since_unix_epoch(Duration::from_secs(67_090_118_401));
+        let e = check.check(&ours, expired).expect_err("past its notAfter");
+        assert!(
+            matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. })),
+            "{e:?}"
+        );
+        assert_eq!(counting.1.load(Relaxed), 4, "outside the span it is verified again");
+        check.check(&ours, now).expect("passes now");
+        assert_eq!(counting.1.load(Relaxed), 4, "still remembered");
+        check.check(&[], now).expect_err("no certificate");
     }
 }
