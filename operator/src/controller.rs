@@ -29,7 +29,7 @@ use crate::plan::Action as NodeAction;
 use crate::rollout::{self, Ranked, Settings};
 use crate::sends;
 use crate::status::{self, NodeOutcome, SpecProblem, StatusInput};
-use crate::targets::{NodeInfo, target_nodes};
+use crate::targets::{NodeAddr, NodeInfo, target_nodes};
 
 /// Removes the program from every node before the BpfProgram is deleted.
 pub const FINALIZER: &str = "bpfleet.dev/cleanup";
@@ -89,8 +89,11 @@ pub struct Context {
 /// Default of `--agent-unreachable-grace-seconds`.
 pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
-/// Node slots of [`Context::fleet_slots`]: 16 reconciles of 2,500 nodes each, 8 of 5,000.
-pub const FLEET_SLOTS: usize = 40_000;
+/// Node slots of [`Context::fleet_slots`]: 16 reconciles of 5,000 nodes each, 8 of 10,000.
+/// A reconcile waiting for its Applies holds what it sends and the rollout order, not its
+/// per-node maps (dropped before the sends), so 16 at 5,000 nodes cost what 8 did before
+/// (docs/benchmarks.md, the operator at fleet scale).
+pub const FLEET_SLOTS: usize = 80_000;
 
 impl Context {
     /// `targets`, as the copy every program selecting the same nodes shares (thousands of
@@ -205,15 +208,13 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let name = p.name_any();
     let _slots = fleet_slots(ctx).await;
     let nodes = node_infos(&ctx.nodes);
-    let spec = resolve_spec(ctx, &p, &nodes).await;
+    let mut spec = resolve_spec(ctx, &p, &nodes).await;
+    // The set every program selecting the same nodes shares, not a copy of its own.
+    let targets = ctx.shared_targets(std::mem::take(&mut spec.targets));
     let revision = spec.content.as_ref().map(|c| c.revision.clone());
     let stable = p.status.as_ref().and_then(|s| s.rollout.as_ref()).and_then(|r| r.stable_revision.clone());
-    let desired = Desired {
-        name: name.clone(),
-        revision: revision.clone(),
-        stable: stable.clone(),
-        targets: ctx.shared_targets(spec.targets.clone()),
-    };
+    let desired =
+        Desired { name: name.clone(), revision: revision.clone(), stable: stable.clone(), targets: targets.clone() };
     ctx.desired.write().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), Arc::new(desired));
 
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -224,7 +225,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     if let Some(content) = &spec.content {
         record_history(ctx, &p, content, spec.image.as_ref(), stable.as_deref()).await;
         let reach = Reach { nodes: &nodes, pods: spec.pods.as_ref() };
-        let done = roll_out(ctx, &p, &uid, content, &spec.targets, reach).await;
+        let done = roll_out(ctx, &p, &uid, content, &targets, reach).await;
         rollout = (Some(done.status), done.wake);
         gated = done.gated;
         gate_failed = done.gate_failed;
@@ -233,8 +234,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         Some(r) => {
             let snap = ctx.index.snapshot(&uid, r);
             let agent = |n: &str| ctx.agents.state_since(n);
-            let (mut outcomes, grace_ends) =
-                sends::node_outcomes(&snap, &spec.targets, agent, ctx.unreachable_grace, now);
+            let (mut outcomes, grace_ends) = sends::node_outcomes(&snap, &targets, agent, ctx.unreachable_grace, now);
             // A node that runs the revision but failed a health gate is a failed node.
             for (node, why) in gate_failed {
                 if outcomes.get(&node) == Some(&NodeOutcome::Ready) {
@@ -243,24 +243,24 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
                 }
             }
             if let Some(status) = rollout.0.as_mut() {
-                rollout::count_nodes(status, r, &spec.targets, &snap.observed, &outcomes, gated.as_ref());
+                rollout::count_nodes(status, r, &targets, &snap.observed, &outcomes, gated.as_ref());
             }
             pod_counts = spec.pods.as_ref().map(|pods| {
-                let wanted: usize = spec.targets.iter().filter_map(|n| pods.get(n)).map(Vec::len).sum();
+                let wanted: usize = targets.iter().filter_map(|n| pods.get(n)).map(Vec::len).sum();
                 let on = |n: &String| snap.observed.get(n).is_some_and(|o| o.revision == *r);
-                let tallies: Vec<_> = spec.targets.iter().filter(|n| on(n)).filter_map(|n| snap.pods.get(n)).collect();
+                let tallies: Vec<_> = targets.iter().filter(|n| on(n)).filter_map(|n| snap.pods.get(n)).collect();
                 let failed: u32 = tallies.iter().map(|t| t.failed).sum();
                 let ready: u32 = tallies.iter().map(|t| t.total - t.failed).sum();
                 (wanted as i32, ready as i32, failed as i32)
             });
-            (outcomes, sends::retries(&snap, &spec.targets), grace_ends)
+            (outcomes, sends::retries(&snap, &targets), grace_ends)
         }
-        None => (spec.targets.iter().map(|n| (n.clone(), NodeOutcome::Pending)).collect(), BTreeMap::new(), None),
+        None => (targets.iter().map(|n| (n.clone(), NodeOutcome::Pending)).collect(), BTreeMap::new(), None),
     };
     let mut status = status::compute(&StatusInput {
         generation: p.metadata.generation,
         revision: revision.as_deref(),
-        targets: &spec.targets,
+        targets: &targets,
         outcomes: &outcomes,
         spec_problem: spec.problem.as_ref(),
         retries: &retries,
@@ -275,7 +275,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         (status.target_pods, status.ready_pods, status.failed_pods) = (target, ready, failed);
     }
     ctx.metrics.program_counts(&name, &status);
-    write_bpfnodes_before_ready(ctx, &p, &status, &spec.targets).await;
+    write_bpfnodes_before_ready(ctx, &p, &status, &targets).await;
     write_status(ctx, &p, &status).await?;
     let after = requeue_after(&status, spec.problem.is_some(), &retries, now);
     // A pause, a step deadline or an agent's grace period ends on its own: look again then.
@@ -469,12 +469,14 @@ async fn roll_out(
 ) -> RolledOut {
     let nodes = reach.nodes;
     let settings = Settings::resolve(p.spec.rollout.as_ref(), targets.len());
-    let ranked: Vec<Ranked<'_>> = nodes
-        .iter()
-        .filter(|n| targets.contains(&n.name))
-        .map(|n| Ranked { name: &n.name, zone: n.labels.get(ZONE_LABEL).map(String::as_str) })
-        .collect();
-    let order = rollout::order(uid, &ranked);
+    let order = {
+        let ranked: Vec<Ranked<'_>> = nodes
+            .iter()
+            .filter(|n| targets.contains(&n.name))
+            .map(|n| Ranked { name: &n.name, zone: n.labels.get(ZONE_LABEL).map(String::as_str) })
+            .collect();
+        rollout::order(uid, &ranked)
+    };
     let rev = content.revision.as_str();
     let health = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref());
     let programs: Vec<String> = p.spec.programs.iter().map(|x| x.name.clone()).collect();
@@ -486,94 +488,111 @@ async fn roll_out(
     }
     let mut measurement = None;
     let started = Instant::now();
-    let mut last: Option<BTreeMap<String, NodeAction>> = None;
+    // What the last pass sent, as a fingerprint: a pass that would send the same again ends.
+    let mut last: Option<u64> = None;
     loop {
-        let snap = ctx.index.snapshot(uid, rev);
-        let now = k8s_openapi::jiff::Timestamp::now();
-        let agent = |n: &str| ctx.agents.state_since(n);
-        let (outcomes, _) = sends::node_outcomes(&snap, targets, agent, ctx.unreachable_grace, now);
-        // Gates hold a revision until it is Complete; a revert to the stable revision (whose
-        // nodes already proved it) is not gated. A Degraded one goes on gating its failed
-        // nodes (each retried), the others counted as passed, also after a restart.
-        let (is_update, phase) = match previous.as_ref() {
-            Some(r) => (r.update_revision.as_deref() == Some(rev), Some(r.phase)),
-            None => (false, None),
-        };
-        let revert = previous.as_ref().is_some_and(|r| r.stable_revision.as_deref() == Some(rev)) && !is_update;
-        let settled = revert || (is_update && phase == Some(crds::rollout::Phase::Complete));
-        let passed_before: BTreeSet<String> = match (is_update, phase) {
-            // (Only when status lists every failed node: it keeps 16.)
-            (true, Some(crds::rollout::Phase::Degraded))
-                if p.status.as_ref().is_some_and(|s| s.failures.len() as i32 >= s.failed_nodes) =>
+        // What to send; everything else of the pass (the index snapshot, every node's
+        // outcome, the gates) is dropped before the sends, for which the reconcile waits
+        // longest (at 5,000 nodes those maps are megabytes a reconcile).
+        let (groups, sent) = {
+            let snap = ctx.index.snapshot(uid, rev);
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let agent = |n: &str| ctx.agents.state_since(n);
+            let (outcomes, _) = sends::node_outcomes(&snap, targets, agent, ctx.unreachable_grace, now);
+            // Gates hold a revision until it is Complete; a revert to the stable revision (whose
+            // nodes already proved it) is not gated. A Degraded one goes on gating its failed
+            // nodes (each retried), the others counted as passed, also after a restart.
+            let (is_update, phase) = match previous.as_ref() {
+                Some(r) => (r.update_revision.as_deref() == Some(rev), Some(r.phase)),
+                None => (false, None),
+            };
+            let revert = previous.as_ref().is_some_and(|r| r.stable_revision.as_deref() == Some(rev)) && !is_update;
+            let settled = revert || (is_update && phase == Some(crds::rollout::Phase::Complete));
+            let passed_before: BTreeSet<String> = match (is_update, phase) {
+                // (Only when status lists every failed node: it keeps 16.)
+                (true, Some(crds::rollout::Phase::Degraded))
+                    if p.status.as_ref().is_some_and(|s| s.failures.len() as i32 >= s.failed_nodes) =>
+                {
+                    let failed: BTreeSet<&str> =
+                        p.status.iter().flat_map(|s| &s.failures).map(|f| f.node.as_str()).collect();
+                    targets.iter().filter(|n| !failed.contains(n.as_str())).cloned().collect()
+                }
+                _ => BTreeSet::new(),
+            };
+            let gated = match health.filter(|h| !settled && (h.min_ready_seconds > 0 || h.probes())) {
+                Some(h) => {
+                    let nodes_here =
+                        GateNodes { targets, snap: &snap, outcomes: &outcomes, passed_before: &passed_before };
+                    Some(gate(ctx, uid, rev, h, &programs, nodes_here, nodes).await)
+                }
+                None => {
+                    ctx.gates.forget(uid);
+                    None
+                }
+            };
+            let pod_sets = reach.pods.map(|pods| crate::plan::PodSets {
+                wanted: pods
+                    .iter()
+                    .map(|(n, list)| (n.clone(), crate::index::pod_digest(list.iter().map(|p| p.uid.as_str()))))
+                    .collect(),
+                attached: snap.pods.iter().map(|(n, t)| (n.clone(), t.attached)).collect(),
+            });
+            let round = sends::Round {
+                revision: rev,
+                targets,
+                order: &order,
+                settings: &settings,
+                previous: previous.as_ref(),
+                outcomes: &outcomes,
+                gates: gated.as_ref(),
+                health,
+                measurement: measurement.take(),
+                action: action.take(),
+                pods: pod_sets.as_ref(),
+                now,
+            };
+            let (decision, actions) = sends::next_step(&snap, &round, |n| ctx.agents.is_ready(n));
+            previous = Some(decision.status.clone());
+            let wake = [decision.wake, gated.as_ref().and_then(|g| g.wake)].into_iter().flatten().min();
+            if decision.measure
+                && let Some(g) = health.and_then(|h| h.prometheus.as_ref())
             {
-                let failed: BTreeSet<&str> =
-                    p.status.iter().flat_map(|s| &s.failures).map(|f| f.node.as_str()).collect();
-                targets.iter().filter(|n| !failed.contains(n.as_str())).cloned().collect()
+                measurement = Some(ctx.prometheus.query(&g.address, &g.query).await);
+                continue;
             }
-            _ => BTreeSet::new(),
-        };
-        let gated = match health.filter(|h| !settled && (h.min_ready_seconds > 0 || h.probes())) {
-            Some(h) => {
-                let nodes_here = GateNodes { targets, snap: &snap, outcomes: &outcomes, passed_before: &passed_before };
-                Some(gate(ctx, uid, rev, h, &programs, nodes_here, nodes).await)
+            let out = |status| RolledOut {
+                status,
+                wake,
+                gated: gated.as_ref().map(|g| g.passed.clone()),
+                gate_failed: gated.as_ref().map(|g| g.failed.clone()).unwrap_or_default(),
+            };
+            let sent = fingerprint(&actions);
+            if actions.is_empty() || last == Some(sent) {
+                return out(decision.status);
             }
-            None => {
-                ctx.gates.forget(uid);
-                None
+            if started.elapsed() > MAX_ROLLOUT_PASS {
+                return RolledOut { wake: Some(Duration::ZERO), ..out(decision.status) };
             }
+            tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
+            (sends::by_revision(actions, rev), sent)
         };
-        let pod_sets = reach.pods.map(|pods| crate::plan::PodSets {
-            wanted: pods
-                .iter()
-                .map(|(n, list)| (n.clone(), crate::index::pod_digest(list.iter().map(|p| p.uid.as_str()))))
-                .collect(),
-            attached: snap.pods.iter().map(|(n, t)| (n.clone(), t.attached)).collect(),
-        });
-        let round = sends::Round {
-            revision: rev,
-            targets,
-            order: &order,
-            settings: &settings,
-            previous: previous.as_ref(),
-            outcomes: &outcomes,
-            gates: gated.as_ref(),
-            health,
-            measurement: measurement.take(),
-            action: action.take(),
-            pods: pod_sets.as_ref(),
-            now,
-        };
-        let (decision, actions) = sends::next_step(&snap, &round, |n| ctx.agents.is_ready(n));
-        previous = Some(decision.status.clone());
-        let wake = [decision.wake, gated.as_ref().and_then(|g| g.wake)].into_iter().flatten().min();
-        if decision.measure
-            && let Some(g) = health.and_then(|h| h.prometheus.as_ref())
-        {
-            measurement = Some(ctx.prometheus.query(&g.address, &g.query).await);
-            continue;
-        }
-        let out = |status| RolledOut {
-            status,
-            wake,
-            gated: gated.as_ref().map(|g| g.passed.clone()),
-            gate_failed: gated.as_ref().map(|g| g.failed.clone()).unwrap_or_default(),
-        };
-        if actions.is_empty() || last.as_ref() == Some(&actions) {
-            return out(decision.status);
-        }
-        if started.elapsed() > MAX_ROLLOUT_PASS {
-            return RolledOut { wake: Some(Duration::ZERO), ..out(decision.status) };
-        }
-        tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
-        for (r, group) in sends::by_revision(&actions, rev) {
+        for (r, group) in groups {
             if r == rev {
                 dispatch(ctx, p, uid, content, group, reach).await;
             } else {
                 send_earlier(ctx, p, uid, &r, group, targets, reach).await;
             }
         }
-        last = Some(actions);
+        last = Some(sent);
     }
+}
+
+/// A fingerprint of a pass's actions, to tell whether the next pass would send the same.
+fn fingerprint(actions: &BTreeMap<String, NodeAction>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    actions.hash(&mut h);
+    h.finish()
 }
 
 /// Where one pass of [`roll_out`] left the rollout.
@@ -739,38 +758,42 @@ async fn dispatch(
     }
     ctx.pool.in_walk_order(&mut targets);
     let epoch = ctx.epoch;
+    let (applies, removes): (Vec<NodeAddr>, Vec<NodeAddr>) =
+        targets.into_iter().partition(|n| matches!(actions.get(&n.name), Some(NodeAction::Apply(_))));
+    drop(actions);
+    let started = Instant::now();
+    // Every node asked gets its BpfNode refreshed.
+    let done = |node: &str| {
+        ctx.stale_bpfnodes.mark(node);
+        ctx.metrics.dispatched(started.elapsed());
+    };
     // Each answer goes into the index as it arrives, and so does each failure (the node
     // backs off): a fan-out to thousands of nodes keeps no answer until the last one.
-    // Every node asked gets its BpfNode refreshed.
-    ctx.pool
-        .fan_out_applies(targets, |pool, node| {
-            let action = actions.get(&node.name);
-            let (order, name) = (&order, &name);
-            async move {
-                let started = Instant::now();
-                match action {
-                    Some(NodeAction::Apply(_)) => match pool.apply(&node, order).await {
-                        Ok(state) => {
-                            ctx.index.record_state(&node.name, &state);
-                        }
-                        Err(e) => {
-                            tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
-                            let now = k8s_openapi::jiff::Timestamp::now();
-                            ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
-                        }
-                    },
-                    // Boxed: a call's future is large, and hundreds of these wait at once.
-                    Some(NodeAction::Remove) => match Box::pin(pool.remove(&node, uid, name, epoch)).await {
-                        Ok(_) => ctx.index.record_removed(&node.name, uid),
-                        Err(e) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
-                    },
-                    _ => {}
-                }
-                ctx.stale_bpfnodes.mark(&node.name);
-                ctx.metrics.dispatched(started.elapsed());
+    let apply = ctx.pool.apply_all(applies, &order, |node, result| {
+        match result {
+            Ok(state) => {
+                ctx.index.record_state(&node.name, &state);
             }
-        })
-        .await;
+            Err(e) => {
+                tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
+                let now = k8s_openapi::jiff::Timestamp::now();
+                ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
+            }
+        }
+        done(&node.name);
+    });
+    let remove = ctx.pool.fan_out_each(removes, |pool, node| {
+        let name = &name;
+        async move {
+            // Boxed: a call's future is large, and hundreds of these wait at once.
+            match Box::pin(pool.remove(&node, uid, name, epoch)).await {
+                Ok(_) => ctx.index.record_removed(&node.name, uid),
+                Err(e) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
+            }
+            done(&node.name);
+        }
+    });
+    futures::join!(apply, remove);
 }
 
 /// Server-side apply of the status, only when it changed; events for transitions.
@@ -1040,3 +1063,4 @@ mod tests {
         assert_eq!(reasons, ["RolloutPaused", "RolloutAction"]);
     }
 }
+

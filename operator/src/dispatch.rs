@@ -71,8 +71,6 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// TCP and HTTP/2 keep-alive: a peer that vanished is noticed on an idle connection too.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// [`AgentPool::fan_out_applies`] keeps this many times `max_concurrency` Applies waiting.
-const APPLY_WINDOW: usize = 4;
 /// A fleet larger than the connection budget keeps this many times `max_concurrency`
 /// connections open (see [`PoolConfig::kept_open`]).
 const OVER_BUDGET_OPEN: usize = 4;
@@ -224,6 +222,21 @@ impl ApplyOrder {
     }
 }
 
+fn sender_ended() -> DispatchError {
+    DispatchError::Unreachable(Unreached::new(Failure::TransportError, "the Apply's sender ended"))
+}
+
+/// What a node runs of the owner, from an Apply's answer.
+fn applied(answer: Answered) -> Result<NodeProgramStatus, DispatchError> {
+    let resp = answer?;
+    // `check_applied` refused an answer without the owner's state already.
+    let state = resp
+        .state
+        .as_ref()
+        .ok_or_else(|| DispatchError::Unreachable(Unreached::new(Failure::AnswerRefused, "Apply answered no state")))?;
+    Ok(proto::state_to_status(state))
+}
+
 fn bytecode_to_wire(payload: &Payload) -> v1::apply_request::Bytecode {
     match payload {
         Payload::Elf(b) => v1::apply_request::Bytecode::Elf(b.clone()),
@@ -331,9 +344,38 @@ struct Outbox {
 }
 
 struct Waiting {
-    node: NodeAddr,
+    /// The node's address when it was asked (its name is the outbox's).
+    ip: IpAddr,
     order: ApplyOrder,
-    answer: tokio::sync::oneshot::Sender<Result<v1::ApplyResponse, DispatchError>>,
+    answer: Answer,
+}
+
+type Answered = Result<v1::ApplyResponse, DispatchError>;
+
+/// Who waits for an Apply's answer.
+enum Answer {
+    /// One caller of [`AgentPool::apply`].
+    One(tokio::sync::oneshot::Sender<Answered>),
+    /// A fan-out of [`AgentPool::apply_all`]: every node's answer goes to its channel.
+    All(tokio::sync::mpsc::UnboundedSender<(NodeAddr, Answered)>),
+}
+
+impl Answer {
+    /// Nobody waits any more (a cancelled reconcile, a lost leadership).
+    fn is_closed(&self) -> bool {
+        match self {
+            Answer::One(tx) => tx.is_closed(),
+            Answer::All(tx) => tx.is_closed(),
+        }
+    }
+
+    fn send(self, node: &NodeAddr, answer: Answered) {
+        // The asker may have given up: nobody to tell.
+        let _ = match self {
+            Answer::One(tx) => tx.send(answer).map_err(drop),
+            Answer::All(tx) => tx.send((node.clone(), answer)).map_err(drop),
+        };
+    }
 }
 
 struct NodeState {
@@ -434,19 +476,52 @@ impl AgentPool {
             let mut state = self.lock();
             let first = !state.outboxes.contains_key(&node.name);
             let outbox = state.outboxes.entry(node.name.clone()).or_default();
-            outbox.waiting.push_back(Waiting { node: node.clone(), order: order.clone(), answer });
+            let answer = Answer::One(answer);
+            outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
             first
         };
         if start {
             tokio::spawn(self.clone().send_waiting(node.name.clone()));
         }
-        let lost = || DispatchError::Unreachable(Unreached::new(Failure::TransportError, "the Apply's sender ended"));
-        let resp = answered.await.unwrap_or_else(|_| Err(lost()))?;
-        // `check_applied` refused an answer without the owner's state already.
-        let state = resp.state.as_ref().ok_or_else(|| {
-            DispatchError::Unreachable(Unreached::new(Failure::AnswerRefused, "Apply answered no state"))
-        })?;
-        Ok(proto::state_to_status(state))
+        applied(answered.await.unwrap_or_else(|_| Err(sender_ended())))
+    }
+
+    /// [`AgentPool::apply`] of `order` on every node of `nodes` at once, `each` called with
+    /// every node's result as it comes (a node backing off at once). All the Applies go
+    /// into their nodes' outboxes together, and a fan-out holds no future per node: the
+    /// fan-outs of every reconcile running meanwhile wait in the same outboxes, and each
+    /// node's sender carries them in one call (docs/architecture.md, "Applies in
+    /// batches"). The senders take their permits in the order their first Apply came, so
+    /// nodes are called in `nodes`' order ([`AgentPool::in_walk_order`]).
+    pub async fn apply_all(
+        &self,
+        nodes: Vec<NodeAddr>,
+        order: &ApplyOrder,
+        mut each: impl FnMut(&NodeAddr, Result<NodeProgramStatus, DispatchError>),
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut start = Vec::new();
+        for node in nodes {
+            if let Err(e) = self.check_backoff(&node) {
+                each(&node, Err(e));
+                continue;
+            }
+            let mut state = self.lock();
+            if !state.outboxes.contains_key(&node.name) {
+                start.push(node.name.clone());
+            }
+            let outbox = state.outboxes.entry(node.name).or_default();
+            let answer = Answer::All(tx.clone());
+            outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
+        }
+        drop(tx);
+        for name in start {
+            tokio::spawn(self.clone().send_waiting(name));
+        }
+        // Ends when every Apply is answered (each holds a sender).
+        while let Some((node, answer)) = rx.recv().await {
+            each(&node, applied(answer));
+        }
     }
 
     /// [`AgentPool::apply`] of a request as the wire carries it, in a call of its own (the
@@ -471,8 +546,10 @@ impl AgentPool {
         Ok(resp)
     }
 
-    /// The sender of `name`'s outbox ([`AgentPool::apply`]): while Applies wait, takes a
-    /// permit and sends what waits then.
+    /// The sender of `name`'s outbox ([`AgentPool::apply`]): takes a permit and, holding
+    /// it, sends what waits until nothing does. Applies that came while a call was in
+    /// flight go next on the connection that call opened, not after every other node's
+    /// sender has had its turn (by then a fleet past the connection budget has closed it).
     async fn send_waiting(self, name: String) {
         // Should this task end any other way than by an empty outbox (a panic), the Applies
         // waiting are answered "sender ended" and the next one starts a new sender.
@@ -489,18 +566,17 @@ impl AgentPool {
             }
         }
         let mut sending = Sending { pool: &self, name: &name, emptied: false };
+        let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
         loop {
-            let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
             let Some((batch, requests)) = self.take_batch(&name) else {
                 sending.emptied = true;
                 return;
             };
-            let node = batch[0].node.clone();
+            let node = NodeAddr { name: name.clone(), ip: batch[0].ip };
             // Boxed: senders of thousands of nodes wait for a permit, each as small as it can.
             let answers = Box::pin(self.send_batch(&node, &batch, requests)).await;
             for (waiting, answer) in batch.into_iter().zip(answers) {
-                // The asker may have given up (a cancelled reconcile): nobody to tell.
-                let _ = waiting.answer.send(answer);
+                waiting.answer.send(&node, answer);
             }
         }
     }
@@ -516,12 +592,12 @@ impl AgentPool {
             // Nobody waits for these any more (a cancelled reconcile, a lost leadership):
             // they are not sent.
             outbox.waiting.retain(|w| !w.answer.is_closed());
-            let ip = outbox.waiting.front().map(|w| w.node.ip);
+            let ip = outbox.waiting.front().map(|w| w.ip);
             // A second Apply of an owner goes in the next call, after the first: the agent
             // carries out a batch's Applies at once, in no order.
             while batch.len() < crds::limits::MAX_APPLY_BATCH
                 && outbox.waiting.front().is_some_and(|w| {
-                    Some(w.node.ip) == ip && batch.iter().all(|b| b.order.owner_uid() != w.order.owner_uid())
+                    Some(w.ip) == ip && batch.iter().all(|b| b.order.owner_uid() != w.order.owner_uid())
                 })
                 && let Some(w) = outbox.waiting.pop_front()
             {
@@ -817,19 +893,16 @@ impl AgentPool {
         done.into_iter().map(|(_, node, r)| (node, r)).collect()
     }
 
-    /// Runs `f(pool, node)` for every node, as [`AgentPool::fan_out`] but for Applies
-    /// ([`AgentPool::apply`]) and Removes beside them, which record their own results:
-    /// [`APPLY_WINDOW`] times `max_concurrency` at once, so that the Applies of reconciles
-    /// running together wait in the same nodes' outboxes and go in one call per node.
-    pub async fn fan_out_applies<F, Fut>(&self, nodes: Vec<NodeAddr>, f: F)
+    /// Runs `f(pool, node)` for every node, as [`AgentPool::fan_out`] but for calls that
+    /// record their own results (Removes): `max_concurrency` at once.
+    pub async fn fan_out_each<F, Fut>(&self, nodes: Vec<NodeAddr>, f: F)
     where
         F: Fn(AgentPool, NodeAddr) -> Fut,
         Fut: Future<Output = ()>,
     {
         use futures::StreamExt;
-        let window = self.inner.cfg.max_concurrency.saturating_mul(APPLY_WINDOW);
         let calls = nodes.into_iter().map(|node| f(self.clone(), node));
-        futures::stream::iter(calls).buffer_unordered(window).for_each(|()| async {}).await;
+        futures::stream::iter(calls).buffer_unordered(self.inner.cfg.max_concurrency).for_each(|()| async {}).await;
     }
 
     /// Puts `nodes` in the order a fan-out to all of them should call them: by name,

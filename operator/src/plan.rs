@@ -55,7 +55,7 @@ pub fn retry_delay(attempts: u32) -> std::time::Duration {
 }
 
 /// What to ask one node's agent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Run this revision (Apply is idempotent, so re-sending it is safe).
     Apply(String),

@@ -126,7 +126,7 @@ pub fn order(seed: &str, nodes: &[Ranked<'_>]) -> Vec<String> {
     let mut queues: Vec<(_, Vec<&str>)> = zones
         .into_iter()
         .map(|(zone, mut members)| {
-            members.sort_by_key(|m| rank_key(seed, m));
+            members.sort_by_cached_key(|m| rank_key(seed, m));
             (rank_key(seed, zone), members)
         })
         .collect();

@@ -122,14 +122,14 @@ pub fn next_step(
 
 /// `actions` grouped by the revision each node must run; a Remove (or Keep) goes with
 /// `rev`, the revision at hand. Other revisions come from history.
-pub fn by_revision(actions: &BTreeMap<String, Action>, rev: &str) -> BTreeMap<String, BTreeMap<String, Action>> {
+pub fn by_revision(actions: BTreeMap<String, Action>, rev: &str) -> BTreeMap<String, BTreeMap<String, Action>> {
     let mut out: BTreeMap<String, BTreeMap<String, Action>> = BTreeMap::new();
     for (node, action) in actions {
-        let key = match action {
+        let key = match &action {
             Action::Apply(r) => r.clone(),
             _ => rev.to_string(),
         };
-        out.entry(key).or_default().insert(node.clone(), action.clone());
+        out.entry(key).or_default().insert(node, action);
     }
     out
 }
@@ -333,7 +333,7 @@ mod tests {
             ("b".to_string(), Action::Apply("r1".into())),
             ("c".to_string(), Action::Remove),
         ]);
-        let groups = by_revision(&actions, "r2");
+        let groups = by_revision(actions.clone(), "r2");
         assert_eq!(groups.keys().collect::<Vec<_>>(), ["r1", "r2"]);
         assert_eq!(groups["r2"].keys().collect::<Vec<_>>(), ["a", "c"]);
         let nodes = [info("a", Some("10.0.0.1"), false), info("b", None, false), info("c", None, false)];

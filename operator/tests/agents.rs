@@ -678,3 +678,63 @@ async fn applies_asked_together_go_in_one_batch_and_fail_alone() {
         }
     }
 }
+
+/// A fan-out of one order to every node (`apply_all`) holds no future per node: the
+/// fan-outs of three programs asked together reach each agent in one call, each node's
+/// answer comes back with its node (programs loaded, checked in the kernel), and a node
+/// whose agent is absent answers unreachable without holding up the others. Removed
+/// after: nothing left in bpffs.
+// One thread: the senders run once all three fan-outs wait (the agents are processes).
+#[tokio::test(flavor = "current_thread")]
+async fn fan_outs_asked_together_reach_each_node_in_one_call() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let reachable = fleet.nodes();
+    let absent = NodeAddr { name: "node-absent".into(), ip: DEAD_IP.parse().expect("ip") };
+    let mut nodes = reachable.clone();
+    nodes.push(absent.clone());
+    let uid = |i: usize| format!("fan-out-{}-{i}", std::process::id());
+    let orders: Vec<operator::dispatch::ApplyOrder> =
+        (0..3).map(|i| operator::dispatch::ApplyOrder::from_wire(apply_request(&uid(i), TRACEPOINT))).collect();
+    let mut answers: Vec<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>> = vec![];
+    answers.resize_with(orders.len(), Vec::new);
+    let fan_outs = orders
+        .iter()
+        .zip(answers.iter_mut())
+        .map(|(order, got)| pool.apply_all(nodes.clone(), order, move |n, r| got.push((n.name.clone(), r))));
+    futures::future::join_all(fan_outs).await;
+    assert_eq!(pool.apply_calls(), nodes.len() as u64, "one call per node for the three programs");
+
+    for (i, got) in answers.iter().enumerate() {
+        let mut names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        let mut want: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        want.sort_unstable();
+        assert_eq!(names, want, "fan-out {i} answers every node once");
+        for (node, result) in got {
+            if *node == absent.name {
+                let e = result.as_ref().expect_err("no agent there");
+                assert!(e.is_unreachable(), "{e}");
+                continue;
+            }
+            let state = result.as_ref().unwrap_or_else(|e| panic!("{node}, Apply {i}: {e}"));
+            assert_eq!(state.owner_uid, uid(i), "{node} answers for its own owner");
+            assert_eq!(state.health, crds::Health::Healthy, "{:?}", state.last_error);
+            let id = state.attached.first().map(|p| p.program_id).expect("a program id");
+            assert!(kernel_has_program(id), "program {id} of Apply {i} on {node} is not in the kernel");
+        }
+    }
+
+    for node in &reachable {
+        for i in 0..orders.len() {
+            assert!(pool.remove_wire(node, owner(&uid(i)), 0).await.expect("remove"));
+        }
+    }
+    for agent in &fleet.agents {
+        let left: Vec<_> =
+            std::fs::read_dir(&agent.root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(left.is_empty(), "pins left: {left:?}");
+    }
+}
