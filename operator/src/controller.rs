@@ -90,9 +90,9 @@ pub struct Context {
 pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
 /// Node slots of [`Context::fleet_slots`]: 16 reconciles of 5,000 nodes each, 8 of 10,000.
-/// A reconcile waiting for its Applies holds what it sends and the rollout order, not its
-/// per-node maps (dropped before the sends), so 16 at 5,000 nodes cost what 8 did before
-/// (docs/benchmarks.md, the operator at fleet scale).
+/// A reconcile waiting for its Applies holds them, the rollout order and the Nodes it read,
+/// not its per-node maps (dropped before the sends): 16 at 5,000 nodes measured within the
+/// memory target (docs/benchmarks.md, the operator at fleet scale).
 pub const FLEET_SLOTS: usize = 80_000;
 
 impl Context {
@@ -761,15 +761,14 @@ async fn dispatch(
     let (applies, removes): (Vec<NodeAddr>, Vec<NodeAddr>) =
         targets.into_iter().partition(|n| matches!(actions.get(&n.name), Some(NodeAction::Apply(_))));
     drop(actions);
-    let started = Instant::now();
-    // Every node asked gets its BpfNode refreshed.
-    let done = |node: &str| {
+    // Every node asked gets its BpfNode refreshed; `took`: the call's time.
+    let done = |node: &str, took: Duration| {
         ctx.stale_bpfnodes.mark(node);
-        ctx.metrics.dispatched(started.elapsed());
+        ctx.metrics.dispatched(took);
     };
     // Each answer goes into the index as it arrives, and so does each failure (the node
     // backs off): a fan-out to thousands of nodes keeps no answer until the last one.
-    let apply = ctx.pool.apply_all(applies, &order, |node, result| {
+    let apply = ctx.pool.apply_all(applies, &order, |node, result, took| {
         match result {
             Ok(state) => {
                 ctx.index.record_state(&node.name, &state);
@@ -780,17 +779,18 @@ async fn dispatch(
                 ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
             }
         }
-        done(&node.name);
+        done(&node.name, took);
     });
     let remove = ctx.pool.fan_out_each(removes, |pool, node| {
         let name = &name;
         async move {
+            let started = Instant::now();
             // Boxed: a call's future is large, and hundreds of these wait at once.
             match Box::pin(pool.remove(&node, uid, name, epoch)).await {
                 Ok(_) => ctx.index.record_removed(&node.name, uid),
                 Err(e) => tracing::warn!(node = %node.name, program = %name, error = %e, "remove failed"),
             }
-            done(&node.name);
+            done(&node.name, started.elapsed());
         }
     });
     futures::join!(apply, remove);
@@ -1063,4 +1063,3 @@ mod tests {
         assert_eq!(reasons, ["RolloutPaused", "RolloutAction"]);
     }
 }
-

@@ -71,6 +71,9 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(120);
 /// TCP and HTTP/2 keep-alive: a peer that vanished is noticed on an idle connection too.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A node's sender makes at most this many calls under one permit ([`AgentPool::apply`]):
+/// 128 Applies in batches of 32, e.g. a hundred programs' first Applies.
+const HELD_CALLS: usize = 4;
 /// A fleet larger than the connection budget keeps this many times `max_concurrency`
 /// connections open (see [`PoolConfig::kept_open`]).
 const OVER_BUDGET_OPEN: usize = 4;
@@ -356,8 +359,9 @@ type Answered = Result<v1::ApplyResponse, DispatchError>;
 enum Answer {
     /// One caller of [`AgentPool::apply`].
     One(tokio::sync::oneshot::Sender<Answered>),
-    /// A fan-out of [`AgentPool::apply_all`]: every node's answer goes to its channel.
-    All(tokio::sync::mpsc::UnboundedSender<(NodeAddr, Answered)>),
+    /// A fan-out of [`AgentPool::apply_all`]: every node's answer goes to its channel,
+    /// with how long the call that carried it took.
+    All(tokio::sync::mpsc::UnboundedSender<(NodeAddr, Answered, Duration)>),
 }
 
 impl Answer {
@@ -369,11 +373,11 @@ impl Answer {
         }
     }
 
-    fn send(self, node: &NodeAddr, answer: Answered) {
+    fn send(self, node: &NodeAddr, answer: Answered, took: Duration) {
         // The asker may have given up: nobody to tell.
         let _ = match self {
             Answer::One(tx) => tx.send(answer).map_err(drop),
-            Answer::All(tx) => tx.send((node.clone(), answer)).map_err(drop),
+            Answer::All(tx) => tx.send((node.clone(), answer, took)).map_err(drop),
         };
     }
 }
@@ -487,7 +491,8 @@ impl AgentPool {
     }
 
     /// [`AgentPool::apply`] of `order` on every node of `nodes` at once, `each` called with
-    /// every node's result as it comes (a node backing off at once). All the Applies go
+    /// every node's result as it comes, with how long the call that carried it took (a
+    /// node backing off at once, in no time). All the Applies go
     /// into their nodes' outboxes together, and a fan-out holds no future per node: the
     /// fan-outs of every reconcile running meanwhile wait in the same outboxes, and each
     /// node's sender carries them in one call (docs/architecture.md, "Applies in
@@ -497,13 +502,14 @@ impl AgentPool {
         &self,
         nodes: Vec<NodeAddr>,
         order: &ApplyOrder,
-        mut each: impl FnMut(&NodeAddr, Result<NodeProgramStatus, DispatchError>),
+        mut each: impl FnMut(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration),
     ) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut start = Vec::new();
+        let mut backing_off = Vec::new();
         for node in nodes {
             if let Err(e) = self.check_backoff(&node) {
-                each(&node, Err(e));
+                backing_off.push((node, e));
                 continue;
             }
             let mut state = self.lock();
@@ -515,12 +521,17 @@ impl AgentPool {
             outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
         }
         drop(tx);
+        // Every new outbox gets its sender before `each` runs (should it panic, no outbox
+        // is left without one).
         for name in start {
             tokio::spawn(self.clone().send_waiting(name));
         }
+        for (node, e) in backing_off {
+            each(&node, Err(e), Duration::ZERO);
+        }
         // Ends when every Apply is answered (each holds a sender).
-        while let Some((node, answer)) = rx.recv().await {
-            each(&node, applied(answer));
+        while let Some((node, answer, took)) = rx.recv().await {
+            each(&node, applied(answer), took);
         }
     }
 
@@ -547,9 +558,11 @@ impl AgentPool {
     }
 
     /// The sender of `name`'s outbox ([`AgentPool::apply`]): takes a permit and, holding
-    /// it, sends what waits until nothing does. Applies that came while a call was in
-    /// flight go next on the connection that call opened, not after every other node's
-    /// sender has had its turn (by then a fleet past the connection budget has closed it).
+    /// it, sends what waits, [`HELD_CALLS`] calls at most, until nothing does. Applies that
+    /// came while a call was in flight go next on the connection that call opened, not
+    /// after every other node's sender has had its turn (by then a fleet past the
+    /// connection budget has closed it); past [`HELD_CALLS`] the sender queues for a permit
+    /// again, so a node asked without pause holds one permit for at most that many calls.
     async fn send_waiting(self, name: String) {
         // Should this task end any other way than by an empty outbox (a panic), the Applies
         // waiting are answered "sender ended" and the next one starts a new sender.
@@ -560,23 +573,32 @@ impl AgentPool {
         }
         impl Drop for Sending<'_> {
             fn drop(&mut self) {
-                if !self.emptied {
-                    self.pool.lock().outboxes.remove(self.name);
+                if self.emptied {
+                    return;
+                }
+                let left = self.pool.lock().outboxes.remove(self.name);
+                for w in left.into_iter().flat_map(|o| o.waiting) {
+                    let node = NodeAddr { name: self.name.to_owned(), ip: w.ip };
+                    w.answer.send(&node, Err(sender_ended()), Duration::ZERO);
                 }
             }
         }
         let mut sending = Sending { pool: &self, name: &name, emptied: false };
-        let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
         loop {
-            let Some((batch, requests)) = self.take_batch(&name) else {
-                sending.emptied = true;
-                return;
-            };
-            let node = NodeAddr { name: name.clone(), ip: batch[0].ip };
-            // Boxed: senders of thousands of nodes wait for a permit, each as small as it can.
-            let answers = Box::pin(self.send_batch(&node, &batch, requests)).await;
-            for (waiting, answer) in batch.into_iter().zip(answers) {
-                waiting.answer.send(&node, answer);
+            let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
+            for _ in 0..HELD_CALLS {
+                let Some((batch, requests)) = self.take_batch(&name) else {
+                    sending.emptied = true;
+                    return;
+                };
+                let node = NodeAddr { name: name.clone(), ip: batch[0].ip };
+                let started = Instant::now();
+                // Boxed: senders of thousands of nodes wait for a permit, each as small as it can.
+                let answers = Box::pin(self.send_batch(&node, &batch, requests)).await;
+                let took = started.elapsed();
+                for (waiting, answer) in batch.into_iter().zip(answers) {
+                    waiting.answer.send(&node, answer, took);
+                }
             }
         }
     }

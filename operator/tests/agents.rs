@@ -703,7 +703,7 @@ async fn fan_outs_asked_together_reach_each_node_in_one_call() {
     let fan_outs = orders
         .iter()
         .zip(answers.iter_mut())
-        .map(|(order, got)| pool.apply_all(nodes.clone(), order, move |n, r| got.push((n.name.clone(), r))));
+        .map(|(order, got)| pool.apply_all(nodes.clone(), order, move |n, r, _took| got.push((n.name.clone(), r))));
     futures::future::join_all(fan_outs).await;
     assert_eq!(pool.apply_calls(), nodes.len() as u64, "one call per node for the three programs");
 

@@ -634,6 +634,11 @@ impl ResumedCheck {
         if let Some(spans) = spans {
             let from = spans.iter().map(|s| s.0).max().unwrap_or(i64::MAX);
             let until = spans.iter().map(|s| s.1).min().unwrap_or(i64::MIN);
+            // Only a span it was checked inside: a certificate of the chain valid then and not
+            // now (or the other way round) changes which paths the verification explores.
+            if !(from..=until).contains(&secs) {
+                return Ok(());
+            }
             let chain = chain.iter().map(|c| c.clone().into_owned()).collect();
             *self.passed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Passed { chain, from, until });
         }
@@ -984,5 +989,17 @@ mod tests {
         check.check(&ours, now).expect("passes now");
         assert_eq!(counting.1.load(Relaxed), 4, "still remembered");
         check.check(&[], now).expect_err("no certificate");
+        // A chain that passes with a certificate in it that is not valid now (unused by the
+        // path) is not remembered: its span does not hold the time it was checked at.
+        let mut params = rcgen::CertificateParams::new(vec!["old".to_owned()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let old = params.self_signed(&rcgen::KeyPair::generate().expect("key")).expect("certificate");
+        let with_old = [ours.clone(), vec![old.der().clone()]].concat();
+        check.check(&with_old, now).expect("an unused expired certificate changes nothing");
+        check.check(&with_old, now).expect("and again");
+        assert_eq!(counting.1.load(Relaxed), 6, "verified each time");
+        check.check(&ours, now).expect("ours still passes");
+        assert_eq!(counting.1.load(Relaxed), 6, "ours still remembered");
     }
 }
