@@ -476,18 +476,20 @@ impl AgentPool {
     pub async fn apply(&self, node: &NodeAddr, order: &ApplyOrder) -> Result<NodeProgramStatus, DispatchError> {
         self.check_backoff(node)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let start = {
-            let mut state = self.lock();
-            let first = !state.outboxes.contains_key(&node.name);
-            let outbox = state.outboxes.entry(node.name.clone()).or_default();
-            let answer = Answer::One(answer);
-            outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
-            first
-        };
-        if start {
+        if self.enqueue(node, order, Answer::One(answer)) {
             tokio::spawn(self.clone().send_waiting(node.name.clone()));
         }
         applied(answered.await.unwrap_or_else(|_| Err(sender_ended())))
+    }
+
+    /// Puts an Apply into `node`'s outbox; true when the outbox is new and needs its sender
+    /// ([`AgentPool::send_waiting`]).
+    fn enqueue(&self, node: &NodeAddr, order: &ApplyOrder, answer: Answer) -> bool {
+        let mut state = self.lock();
+        let first = !state.outboxes.contains_key(&node.name);
+        let outbox = state.outboxes.entry(node.name.clone()).or_default();
+        outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
+        first
     }
 
     /// [`AgentPool::apply`] of `order` on every node of `nodes` at once, `each` called with
@@ -512,13 +514,9 @@ impl AgentPool {
                 backing_off.push((node, e));
                 continue;
             }
-            let mut state = self.lock();
-            if !state.outboxes.contains_key(&node.name) {
-                start.push(node.name.clone());
+            if self.enqueue(&node, order, Answer::All(tx.clone())) {
+                start.push(node.name);
             }
-            let outbox = state.outboxes.entry(node.name).or_default();
-            let answer = Answer::All(tx.clone());
-            outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
         }
         drop(tx);
         // Every new outbox gets its sender before `each` runs (should it panic, no outbox
