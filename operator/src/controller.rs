@@ -71,6 +71,9 @@ pub struct Context {
     pub fleet_slots: tokio::sync::Semaphore,
     /// One copy of each set of target nodes, shared by every program that selects it.
     target_sets: std::sync::Mutex<crate::intern::Interner<BTreeSet<String>>>,
+    /// The Nodes as reconciles read them, shared by every reconcile that reads the same
+    /// cached Nodes (see [`Context::node_infos`]).
+    node_infos: std::sync::Mutex<SharedNodes>,
     /// Which nodes run a Ready agent (see `agents`).
     pub agents: Arc<crate::agents::Agents>,
     /// How long a Ready agent may go unanswered before its node counts as failed.
@@ -89,11 +92,13 @@ pub struct Context {
 /// Default of `--agent-unreachable-grace-seconds`.
 pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
-/// Node slots of [`Context::fleet_slots`]: 16 reconciles of 5,000 nodes each, 8 of 10,000.
-/// A reconcile waiting for its Applies holds them, the rollout order and the Nodes it read,
-/// not its per-node maps (dropped before the sends): 16 at 5,000 nodes measured within the
-/// memory target (docs/benchmarks.md, the operator at fleet scale).
-pub const FLEET_SLOTS: usize = 80_000;
+/// Node slots of [`Context::fleet_slots`]: 128 reconciles of 5,000 nodes each, 64 of
+/// 10,000 (16 while the fleet fits the agent connection budget, [`fleet_slots`]). A reconcile waiting for its Applies holds one entry in each target's outbox and
+/// the Nodes it read (shared with the other reconciles), not its per-node maps (dropped
+/// before the sends) nor the answers (recorded by the senders as they come): every program
+/// of a 5,000-node fleet waiting at once measured within the memory target
+/// (docs/benchmarks.md, the operator at fleet scale).
+pub const FLEET_SLOTS: usize = 640_000;
 
 impl Context {
     /// `targets`, as the copy every program selecting the same nodes shares (thousands of
@@ -101,6 +106,21 @@ impl Context {
     pub fn shared_targets(&self, targets: BTreeSet<String>) -> Arc<BTreeSet<String>> {
         let mut sets = self.target_sets.lock().unwrap_or_else(|e| e.into_inner());
         sets.get(&targets, |t| Arc::new(t.clone()))
+    }
+
+    /// Every cached Node as a reconcile reads it. Reconciles that read the same cached
+    /// Nodes (each the same object, as the reflector left it) share one list: a hundred
+    /// programs waiting for their Applies at 5,000 nodes would otherwise hold 50 MB of
+    /// copies.
+    pub fn node_infos(&self) -> Arc<Vec<NodeInfo>> {
+        let state = self.nodes.state();
+        let mut shared = self.node_infos.lock().unwrap_or_else(|e| e.into_inner());
+        let same = shared.read.len() == state.len() && shared.read.iter().zip(&state).all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same {
+            shared.infos = Arc::new(state.iter().filter_map(NodeInfo::from_shared).collect());
+            shared.read = state;
+        }
+        shared.infos.clone()
     }
 
     /// How many node sets [`Context::shared_targets`] holds (those no program holds go at
@@ -127,6 +147,7 @@ impl Context {
             images: ImageSource::disabled(),
             fleet_slots: tokio::sync::Semaphore::new(FLEET_SLOTS),
             target_sets: std::sync::Mutex::new(crate::intern::Interner::new(64)),
+            node_infos: Default::default(),
             agents: Arc::new(crate::agents::Agents::untracked()),
             unreachable_grace: DEFAULT_UNREACHABLE_GRACE,
             stale_bpfnodes: Default::default(),
@@ -193,21 +214,36 @@ fn uid_of(p: &BpfProgram) -> Result<String, Error> {
     p.uid().ok_or(Error::MissingMetadata("metadata.uid"))
 }
 
-/// This reconcile's share of [`Context::fleet_slots`]: one per node of the fleet.
+/// Reconciles in flight while the fleet fits the agent connection budget.
+pub const WITHIN_BUDGET_RECONCILES: usize = 16;
+
+/// This reconcile's share of [`Context::fleet_slots`]: one per node of the fleet once the
+/// fleet is larger than the agent connection budget; within it, a sixteenth of them all.
+/// Programs waiting together reach each node in fewer calls; past the budget each call
+/// to a node whose connection was closed costs a handshake, so a hundred programs waiting
+/// at once made 5,000 nodes ready in half the time. Within it every agent's connection
+/// stays open, so more waiting together saves little and costs memory (50 nodes ×
+/// 1,000 programs: 8 MiB more at 128 than at 16; docs/benchmarks.md).
 async fn fleet_slots(ctx: &Context) -> tokio::sync::SemaphorePermit<'_> {
-    let weight = ctx.nodes.state().len().clamp(1, FLEET_SLOTS) as u32;
+    let fleet = ctx.nodes.state().len();
+    let weight =
+        if fleet <= ctx.pool.config().max_connections { FLEET_SLOTS / WITHIN_BUDGET_RECONCILES } else { fleet };
+    let weight = weight.clamp(1, FLEET_SLOTS) as u32;
     ctx.fleet_slots.acquire_many(weight).await.expect("the fleet slots are never closed")
 }
 
-fn node_infos(store: &Store<Node>) -> Vec<NodeInfo> {
-    store.state().iter().filter_map(NodeInfo::from_shared).collect()
+/// The cached Nodes last read, and what they read as ([`Context::node_infos`]).
+#[derive(Default)]
+struct SharedNodes {
+    read: Vec<Arc<Node>>,
+    infos: Arc<Vec<NodeInfo>>,
 }
 
 async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
     let name = p.name_any();
     let _slots = fleet_slots(ctx).await;
-    let nodes = node_infos(&ctx.nodes);
+    let nodes = ctx.node_infos();
     let mut spec = resolve_spec(ctx, &p, &nodes).await;
     // The set every program selecting the same nodes shares, not a copy of its own.
     let targets = ctx.shared_targets(std::mem::take(&mut spec.targets));
@@ -469,14 +505,6 @@ async fn roll_out(
 ) -> RolledOut {
     let nodes = reach.nodes;
     let settings = Settings::resolve(p.spec.rollout.as_ref(), targets.len());
-    let order = {
-        let ranked: Vec<Ranked<'_>> = nodes
-            .iter()
-            .filter(|n| targets.contains(&n.name))
-            .map(|n| Ranked { name: &n.name, zone: n.labels.get(ZONE_LABEL).map(String::as_str) })
-            .collect();
-        rollout::order(uid, &ranked)
-    };
     let rev = content.revision.as_str();
     let health = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref());
     let programs: Vec<String> = p.spec.programs.iter().map(|x| x.name.clone()).collect();
@@ -491,10 +519,18 @@ async fn roll_out(
     // What the last pass sent, as a fingerprint: a pass that would send the same again ends.
     let mut last: Option<u64> = None;
     loop {
-        // What to send; everything else of the pass (the index snapshot, every node's
-        // outcome, the gates) is dropped before the sends, for which the reconcile waits
-        // longest (at 5,000 nodes those maps are megabytes a reconcile).
+        // What to send; everything else of the pass (the rollout order, the index
+        // snapshot, every node's outcome, the gates) is dropped before the sends, for which
+        // the reconcile waits longest (at 5,000 nodes those are megabytes a reconcile).
         let (groups, sent) = {
+            let order = {
+                let ranked: Vec<Ranked<'_>> = nodes
+                    .iter()
+                    .filter(|n| targets.contains(&n.name))
+                    .map(|n| Ranked { name: &n.name, zone: n.labels.get(ZONE_LABEL).map(String::as_str) })
+                    .collect();
+                rollout::order(uid, &ranked)
+            };
             let snap = ctx.index.snapshot(uid, rev);
             let now = k8s_openapi::jiff::Timestamp::now();
             let agent = |n: &str| ctx.agents.state_since(n);
@@ -762,27 +798,33 @@ async fn dispatch(
         targets.into_iter().partition(|n| matches!(actions.get(&n.name), Some(NodeAction::Apply(_))));
     drop(actions);
     // Every node asked gets its BpfNode refreshed; `took`: the call's time.
-    let done = |node: &str, took: Duration| {
-        ctx.stale_bpfnodes.mark(node);
-        ctx.metrics.dispatched(took);
+    let (stale, metrics) = (ctx.stale_bpfnodes.clone(), ctx.metrics.clone());
+    let done = move |node: &str, took: Duration| {
+        stale.mark(node);
+        metrics.dispatched(took);
     };
-    // Each answer goes into the index as it arrives, and so does each failure (the node
-    // backs off): a fan-out to thousands of nodes keeps no answer until the last one.
-    let apply = ctx.pool.apply_all(applies, &order, |node, result, took| {
-        match result {
-            Ok(state) => {
-                ctx.index.record_state(&node.name, &state);
+    // Each answer goes into the index as it arrives, by the node's sender, and so does
+    // each failure (the node backs off): a fan-out to thousands of nodes keeps no answer.
+    let record = {
+        let (index, done, uid, name, revision) =
+            (ctx.index.clone(), done.clone(), uid.to_owned(), name.clone(), revision.to_owned());
+        move |node: &NodeAddr, result: Result<_, DispatchError>, took| {
+            match result {
+                Ok(state) => {
+                    index.record_state(&node.name, &state);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    index.record_failure(&node.name, &uid, &revision, e.to_outcome(), now);
+                }
             }
-            Err(e) => {
-                tracing::warn!(node = %node.name, program = %name, error = %e, "apply failed");
-                let now = k8s_openapi::jiff::Timestamp::now();
-                ctx.index.record_failure(&node.name, uid, revision, e.to_outcome(), now);
-            }
+            done(&node.name, took);
         }
-        done(&node.name, took);
-    });
+    };
+    let apply = ctx.pool.apply_all(applies, &order, record);
     let remove = ctx.pool.fan_out_each(removes, |pool, node| {
-        let name = &name;
+        let (name, done) = (&name, &done);
         async move {
             let started = Instant::now();
             // Boxed: a call's future is large, and hundreds of these wait at once.
@@ -928,7 +970,7 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         write_status(ctx, &p, &status).await?;
         return Err(Error::DeletionBlocked { count: users.len(), nodes: message });
     }
-    let nodes = node_infos(&ctx.nodes);
+    let nodes = ctx.node_infos();
     // The nodes it targets now, or at its last reconcile.
     let mut targets: BTreeSet<String> = ctx
         .desired
@@ -937,7 +979,7 @@ async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
         .get(&uid)
         .map(|d| (*d.targets).clone())
         .unwrap_or_default();
-    targets.extend(target_nodes(&p.spec.node_selector, &nodes).unwrap_or_default());
+    targets.extend(target_nodes(&p.spec.node_selector, &*nodes).unwrap_or_default());
     let listed_runners = ctx.index.listed_runners(&uid);
     let never_listed = ctx.index.never_listed(nodes.iter().map(|n| n.name.as_str()));
     let plan = sends::cleanup_plan(&nodes, &targets, &listed_runners, &never_listed, |n| ctx.agents.state(n));

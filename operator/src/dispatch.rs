@@ -359,9 +359,23 @@ type Answered = Result<v1::ApplyResponse, DispatchError>;
 enum Answer {
     /// One caller of [`AgentPool::apply`].
     One(tokio::sync::oneshot::Sender<Answered>),
-    /// A fan-out of [`AgentPool::apply_all`]: every node's answer goes to its channel,
-    /// with how long the call that carried it took.
-    All(tokio::sync::mpsc::UnboundedSender<(NodeAddr, Answered, Duration)>),
+    /// A fan-out of [`AgentPool::apply_all`]: the sender that gets a node's answer hands it
+    /// to the fan-out's callback itself, so answers never queue for the fan-out's task
+    /// (which shares its thread with every other reconcile while they decide).
+    All(Arc<Fanout>, Pending),
+}
+
+/// Held by every Apply of a fan-out until it is answered: the fan-out ends when the last
+/// one is dropped. Nothing is ever sent on it.
+type Pending = tokio::sync::mpsc::UnboundedSender<std::convert::Infallible>;
+
+/// What [`AgentPool::apply_all`]'s callback is called with: the node, its result and how
+/// long the call that carried it took.
+type EachAnswer = dyn Fn(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration) + Send + Sync;
+
+/// The callback of one fan-out ([`AgentPool::apply_all`]).
+struct Fanout {
+    each: Box<EachAnswer>,
 }
 
 impl Answer {
@@ -369,16 +383,21 @@ impl Answer {
     fn is_closed(&self) -> bool {
         match self {
             Answer::One(tx) => tx.is_closed(),
-            Answer::All(tx) => tx.is_closed(),
+            Answer::All(_, pending) => pending.is_closed(),
         }
     }
 
     fn send(self, node: &NodeAddr, answer: Answered, took: Duration) {
-        // The asker may have given up: nobody to tell.
-        let _ = match self {
-            Answer::One(tx) => tx.send(answer).map_err(drop),
-            Answer::All(tx) => tx.send((node.clone(), answer, took)).map_err(drop),
-        };
+        match self {
+            // The asker may have given up: nobody to tell.
+            Answer::One(tx) => drop(tx.send(answer)),
+            // The Apply was carried out whether or not the fan-out still waits: its answer
+            // is recorded all the same.
+            Answer::All(fanout, pending) => {
+                (fanout.each)(node, applied(answer), took);
+                drop(pending);
+            }
+        }
     }
 }
 
@@ -494,7 +513,8 @@ impl AgentPool {
 
     /// [`AgentPool::apply`] of `order` on every node of `nodes` at once, `each` called with
     /// every node's result as it comes, with how long the call that carried it took (a
-    /// node backing off at once, in no time). All the Applies go
+    /// node backing off at once, in no time), by the node's sender: an answer is recorded
+    /// where it arrives, never queued for this future. All the Applies go
     /// into their nodes' outboxes together, and a fan-out holds no future per node: the
     /// fan-outs of every reconcile running meanwhile wait in the same outboxes, and each
     /// node's sender carries them in one call (docs/architecture.md, "Applies in
@@ -504,9 +524,10 @@ impl AgentPool {
         &self,
         nodes: Vec<NodeAddr>,
         order: &ApplyOrder,
-        mut each: impl FnMut(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration),
+        each: impl Fn(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration) + Send + Sync + 'static,
     ) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let fanout = Arc::new(Fanout { each: Box::new(each) });
+        let (pending, mut all_answered) = tokio::sync::mpsc::unbounded_channel();
         let mut start = Vec::new();
         let mut backing_off = Vec::new();
         for node in nodes {
@@ -514,23 +535,21 @@ impl AgentPool {
                 backing_off.push((node, e));
                 continue;
             }
-            if self.enqueue(&node, order, Answer::All(tx.clone())) {
+            if self.enqueue(&node, order, Answer::All(fanout.clone(), pending.clone())) {
                 start.push(node.name);
             }
         }
-        drop(tx);
+        drop(pending);
         // Every new outbox gets its sender before `each` runs (should it panic, no outbox
         // is left without one).
         for name in start {
             tokio::spawn(self.clone().send_waiting(name));
         }
         for (node, e) in backing_off {
-            each(&node, Err(e), Duration::ZERO);
+            (fanout.each)(&node, Err(e), Duration::ZERO);
         }
-        // Ends when every Apply is answered (each holds a sender).
-        while let Some((node, answer, took)) = rx.recv().await {
-            each(&node, applied(answer), took);
-        }
+        // Ends when every Apply is answered: each holds a `Pending`, and nothing is sent.
+        all_answered.recv().await;
     }
 
     /// [`AgentPool::apply`] of a request as the wire carries it, in a call of its own (the

@@ -31,6 +31,9 @@ use crate::resync;
 /// (up to ~1 MiB), and a page is decoded whole, so pages of 100 rather than kube's 500.
 pub const PROGRAM_PAGE_SIZE: u32 = 100;
 
+/// BpfPrograms reconciled at once, by default ([`WorkConfig::reconcile_concurrency`]).
+pub const DEFAULT_RECONCILE_CONCURRENCY: u16 = 128;
+
 /// How the leader works.
 #[derive(Clone, Debug)]
 pub struct WorkConfig {
@@ -58,12 +61,13 @@ pub struct WorkConfig {
 
 impl Default for WorkConfig {
     fn default() -> Self {
-        // Bounded: each reconcile holds its bytecode and one request per node while it
-        // dispatches; unbounded, a thousand at start-up cost far more memory
-        // (docs/benchmarks.md).
+        // Bounded: each reconcile holds its bytecode and an outbox entry per node while
+        // it dispatches (and the fleet slots bound them by the fleet's size). All of a
+        // hundred programs waiting together reach each node in a few calls, not one
+        // each (docs/benchmarks.md).
         Self {
             resync_every: Duration::from_secs(60),
-            reconcile_concurrency: 16,
+            reconcile_concurrency: DEFAULT_RECONCILE_CONCURRENCY,
             history_namespace: "bpfleet-system".into(),
             images: crate::image::ImageConfig { namespace: "bpfleet-system".into(), ..Default::default() },
             agent_pod_selector: None,

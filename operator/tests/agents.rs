@@ -84,6 +84,15 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// Nothing is left in any agent's bpffs root (checked in bpffs, not by asking them).
+    fn assert_nothing_pinned(&self) {
+        for agent in &self.agents {
+            let left: Vec<_> =
+                std::fs::read_dir(&agent.root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            assert!(left.is_empty(), "{}: pins left: {left:?}", agent.node.name);
+        }
+    }
+
     fn start() -> Self {
         let bin = agent_bin();
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -454,11 +463,7 @@ async fn fan_out_to_real_agents() {
     for (node, result) in remove_all().await {
         assert!(result.unwrap_or_else(|e| panic!("{}: {e}", node.name)), "{}: nothing removed", node.name);
     }
-    for agent in &fleet.agents {
-        let left: Vec<_> =
-            std::fs::read_dir(&agent.root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-        assert!(left.is_empty(), "{}: pins left: {left:?}", agent.node.name);
-    }
+    fleet.assert_nothing_pinned();
     let deadline = Instant::now() + Duration::from_secs(3);
     for id in program_ids {
         while kernel_has_program(id) {
@@ -698,14 +703,16 @@ async fn fan_outs_asked_together_reach_each_node_in_one_call() {
     let uid = |i: usize| format!("fan-out-{}-{i}", std::process::id());
     let orders: Vec<operator::dispatch::ApplyOrder> =
         (0..3).map(|i| operator::dispatch::ApplyOrder::from_wire(apply_request(&uid(i), TRACEPOINT))).collect();
-    let mut answers: Vec<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>> = vec![];
-    answers.resize_with(orders.len(), Vec::new);
-    let fan_outs = orders
-        .iter()
-        .zip(answers.iter_mut())
-        .map(|(order, got)| pool.apply_all(nodes.clone(), order, move |n, r, _took| got.push((n.name.clone(), r))));
+    // Each answer is handed over by the node's sender, on whichever thread it runs.
+    type Got = Arc<std::sync::Mutex<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>>>;
+    let answers: Vec<Got> = orders.iter().map(|_| Got::default()).collect();
+    let fan_outs = orders.iter().zip(&answers).map(|(order, got)| {
+        let got = got.clone();
+        pool.apply_all(nodes.clone(), order, move |n, r, _took| got.lock().expect("lock").push((n.name.clone(), r)))
+    });
     futures::future::join_all(fan_outs).await;
     assert_eq!(pool.apply_calls(), nodes.len() as u64, "one call per node for the three programs");
+    let answers: Vec<_> = answers.iter().map(|got| std::mem::take(&mut *got.lock().expect("lock"))).collect();
 
     for (i, got) in answers.iter().enumerate() {
         let mut names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
@@ -732,9 +739,44 @@ async fn fan_outs_asked_together_reach_each_node_in_one_call() {
             assert!(pool.remove_wire(node, owner(&uid(i)), 0).await.expect("remove"));
         }
     }
-    for agent in &fleet.agents {
-        let left: Vec<_> =
-            std::fs::read_dir(&agent.root).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
-        assert!(left.is_empty(), "pins left: {left:?}");
+    fleet.assert_nothing_pinned();
+}
+
+/// A fan-out's answers are recorded by the nodes' senders as they come, not queued for the
+/// fan-out's own task: with that task never polled after it asked (as a reconcile's is
+/// while the controller's thread decides other programs), every node's answer still
+/// reaches the callback, the programs are in the kernel, and the fan-out then ends at
+/// once. Removed after: nothing left in bpffs.
+#[tokio::test(flavor = "current_thread")]
+async fn fan_out_answers_are_recorded_while_its_task_waits() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let nodes = fleet.nodes();
+    let uid = format!("unpolled-{}", std::process::id());
+    let order = operator::dispatch::ApplyOrder::from_wire(apply_request(&uid, TRACEPOINT));
+    type Got = Arc<std::sync::Mutex<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>>>;
+    let got = Got::default();
+    let record = got.clone();
+    let mut fan_out = Box::pin(
+        pool.apply_all(nodes.clone(), &order, move |n, r, _| record.lock().expect("lock").push((n.name.clone(), r))),
+    );
+    // Polled once: the Applies are in the outboxes and their senders spawned.
+    assert!(futures::poll!(fan_out.as_mut()).is_pending(), "the fan-out waits for its answers");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().expect("lock").len() < nodes.len() {
+        assert!(Instant::now() < deadline, "answers not recorded without the fan-out polled: {:?}", got.lock());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(futures::poll!(fan_out.as_mut()).is_ready(), "every Apply answered: the fan-out ends");
+    for (node, result) in got.lock().expect("lock").iter() {
+        let state = result.as_ref().unwrap_or_else(|e| panic!("{node}: {e}"));
+        let id = state.attached.first().map(|p| p.program_id).expect("a program id");
+        assert!(kernel_has_program(id), "program {id} on {node} is not in the kernel");
+    }
+    for node in &nodes {
+        assert!(pool.remove_wire(node, owner(&uid), 0).await.expect("remove"));
+    }
+    fleet.assert_nothing_pinned();
 }

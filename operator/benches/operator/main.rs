@@ -142,7 +142,7 @@ enum Cmd {
         #[arg(long)]
         nodes: usize,
         /// Reconciles in flight (the operator's default).
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = operator::work::DEFAULT_RECONCILE_CONCURRENCY as usize)]
         concurrency: usize,
         /// The pool's connection budget (the operator's `--max-agent-connections`).
         #[arg(long, default_value_t = operator::dispatch::DEFAULT_MAX_CONNECTIONS)]
