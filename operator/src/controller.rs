@@ -93,7 +93,7 @@ pub struct Context {
 pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
 /// Node slots of [`Context::fleet_slots`]: 128 reconciles of 5,000 nodes each, 64 of
-/// 10,000 (16 while the fleet fits the agent connection budget, [`fleet_slots`]). A reconcile waiting for its Applies holds one entry in each target's outbox and
+/// 10,000 ([`FEW_RECONCILES`] while the fleet fits the agent connection budget, [`fleet_slots`]). A reconcile waiting for its Applies holds one entry in each target's outbox and
 /// the Nodes it read (shared with the other reconciles), not its per-node maps (dropped
 /// before the sends) nor the answers (recorded by the senders as they come): every program
 /// of a 5,000-node fleet waiting at once measured within the memory target
@@ -214,22 +214,45 @@ fn uid_of(p: &BpfProgram) -> Result<String, Error> {
     p.uid().ok_or(Error::MissingMetadata("metadata.uid"))
 }
 
-/// Reconciles in flight while the fleet fits the agent connection budget.
-pub const WITHIN_BUDGET_RECONCILES: usize = 16;
+/// Reconciles in flight while the fleet fits the agent connection budget, and at most of
+/// those that hold more than their sends while they wait ([`Weight::Holding`]).
+pub const FEW_RECONCILES: usize = 16;
 
-/// This reconcile's share of [`Context::fleet_slots`]: one per node of the fleet once the
-/// fleet is larger than the agent connection budget; within it, a sixteenth of them all.
-/// Programs waiting together reach each node in fewer calls; past the budget each call
-/// to a node whose connection was closed costs a handshake, so a hundred programs waiting
-/// at once made 5,000 nodes ready in half the time. Within it every agent's connection
-/// stays open, so more waiting together saves little and costs memory (50 nodes ×
-/// 1,000 programs: 8 MiB more at 128 than at 16; docs/benchmarks.md).
-async fn fleet_slots(ctx: &Context) -> tokio::sync::SemaphorePermit<'_> {
-    let fleet = ctx.nodes.state().len();
-    let weight =
-        if fleet <= ctx.pool.config().max_connections { FLEET_SLOTS / WITHIN_BUDGET_RECONCILES } else { fleet };
-    let weight = weight.clamp(1, FLEET_SLOTS) as u32;
-    ctx.fleet_slots.acquire_many(weight).await.expect("the fleet slots are never closed")
+/// What a reconcile holds while it waits, for [`fleet_slots`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Weight {
+    /// Its Applies in the outboxes, while it waits for their answers.
+    Sending,
+    /// Its per-node maps too, across awaits: a pass with health gates (probes, a
+    /// Prometheus query) or a cleanup (every BpfProgram listed, a fan-out's results).
+    Holding,
+}
+
+/// This reconcile's share of [`Context::fleet_slots`]. One per node of the fleet, once
+/// the fleet is larger than the agent connection budget and the reconcile holds only its
+/// sends while it waits: programs waiting together reach each node in fewer calls, and
+/// past the budget each call to a node whose connection was closed costs a handshake, so
+/// every program of 5,000 × 100 waiting at once made the fleet Ready in half the time of
+/// 16 (docs/benchmarks.md, "What bought what"). Otherwise a sixteenth of them all (or one
+/// per node, if more): within the budget every agent's connection stays open, so waiting
+/// together saves calls but no handshakes and costs memory (50 × 1,000: 8 MiB more peak
+/// at 128 than at 16), and a reconcile holding its maps across awaits holds megabytes.
+/// The fleet is counted as the pool counts it ([`AgentPool::fleet`]: the dialable nodes),
+/// every Node before the pool has counted.
+async fn fleet_slots(ctx: &Context, weight: Weight) -> tokio::sync::SemaphorePermit<'_> {
+    let nodes = ctx.nodes.state().len();
+    let fleet = ctx.pool.fleet().unwrap_or(nodes);
+    let slots = slots_for(weight, nodes, fleet > ctx.pool.config().max_connections);
+    ctx.fleet_slots.acquire_many(slots).await.expect("the fleet slots are never closed")
+}
+
+/// [`fleet_slots`]' arithmetic: the share of a reconcile over `nodes` Nodes.
+fn slots_for(weight: Weight, nodes: usize, over_budget: bool) -> u32 {
+    let slots = match weight {
+        Weight::Sending if over_budget => nodes,
+        _ => nodes.max(FLEET_SLOTS / FEW_RECONCILES),
+    };
+    slots.clamp(1, FLEET_SLOTS) as u32
 }
 
 /// The cached Nodes last read, and what they read as ([`Context::node_infos`]).
@@ -242,9 +265,9 @@ struct SharedNodes {
 async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
     let name = p.name_any();
-    let _slots = fleet_slots(ctx).await;
-    let nodes = ctx.node_infos();
-    let mut spec = resolve_spec(ctx, &p, &nodes).await;
+    let gated = p.spec.rollout.as_ref().is_some_and(|r| r.health.is_some());
+    let _slots = fleet_slots(ctx, if gated { Weight::Holding } else { Weight::Sending }).await;
+    let mut spec = resolve_spec(ctx, &p, &ctx.node_infos()).await;
     // The set every program selecting the same nodes shares, not a copy of its own.
     let targets = ctx.shared_targets(std::mem::take(&mut spec.targets));
     let revision = spec.content.as_ref().map(|c| c.revision.clone());
@@ -260,7 +283,7 @@ async fn apply(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let mut pod_counts = None;
     if let Some(content) = &spec.content {
         record_history(ctx, &p, content, spec.image.as_ref(), stable.as_deref()).await;
-        let reach = Reach { nodes: &nodes, pods: spec.pods.as_ref() };
+        let reach = Reach { pods: spec.pods.as_ref() };
         let done = roll_out(ctx, &p, &uid, content, &targets, reach).await;
         rollout = (Some(done.status), done.wake);
         gated = done.gated;
@@ -503,7 +526,6 @@ async fn roll_out(
     targets: &BTreeSet<String>,
     reach: Reach<'_>,
 ) -> RolledOut {
-    let nodes = reach.nodes;
     let settings = Settings::resolve(p.spec.rollout.as_ref(), targets.len());
     let rev = content.revision.as_str();
     let health = p.spec.rollout.as_ref().and_then(|r| r.health.as_ref());
@@ -523,6 +545,7 @@ async fn roll_out(
         // snapshot, every node's outcome, the gates) is dropped before the sends, for which
         // the reconcile waits longest (at 5,000 nodes those are megabytes a reconcile).
         let (groups, sent) = {
+            let nodes = ctx.node_infos();
             let order = {
                 let ranked: Vec<Ranked<'_>> = nodes
                     .iter()
@@ -559,7 +582,7 @@ async fn roll_out(
                 Some(h) => {
                     let nodes_here =
                         GateNodes { targets, snap: &snap, outcomes: &outcomes, passed_before: &passed_before };
-                    Some(gate(ctx, uid, rev, h, &programs, nodes_here, nodes).await)
+                    Some(gate(ctx, uid, rev, h, &programs, nodes_here, &nodes).await)
                 }
                 None => {
                     ctx.gates.forget(uid);
@@ -740,10 +763,12 @@ async fn gate(
     ctx.gates.judge(scope, &running, at.passed_before, now)
 }
 
-/// Where a program's nodes are, and (programs inside pods) the pods each attaches in.
+/// (Programs inside pods) the pods each node attaches in. The Nodes themselves are read
+/// where a pass or a send needs them ([`Context::node_infos`]), not held while the
+/// reconcile waits for its Applies: in a live cluster Nodes change every second at
+/// thousands of nodes, so each reconcile would otherwise hold a list of its own.
 #[derive(Clone, Copy)]
 struct Reach<'a> {
-    nodes: &'a [NodeInfo],
     pods: Option<&'a PodMap>,
 }
 
@@ -760,8 +785,9 @@ async fn send_earlier(
     targets: &BTreeSet<String>,
     reach: Reach<'_>,
 ) {
-    let archs = crate::image::archs(reach.nodes, targets);
-    let arch = crate::image::target_arch(archs).unwrap_or_else(|_| "amd64".into());
+    let nodes = ctx.node_infos();
+    let arch = crate::image::target_arch(crate::image::archs(&nodes, targets)).unwrap_or_else(|_| "amd64".into());
+    drop(nodes);
     match ctx.history.content(p, r, &ctx.images, &arch).await {
         Ok(old) => dispatch(ctx, p, uid, &old, group, reach).await,
         Err(why) => {
@@ -786,7 +812,7 @@ async fn dispatch(
     if let Some(pods) = reach.pods {
         order = order.with_pods(pods.clone());
     }
-    let (mut targets, no_address) = sends::addresses(&actions, reach.nodes);
+    let (mut targets, no_address) = sends::addresses(&actions, &ctx.node_infos());
     for node in no_address {
         let why = "the Node has no InternalIP address to reach its agent at".to_string();
         let outcome = NodeOutcome::Unreachable { message: why };
@@ -956,6 +982,7 @@ async fn publish(ctx: &Context, p: &BpfProgram, t: Transition) {
 async fn cleanup(p: Arc<BpfProgram>, ctx: &Context) -> Result<Action, Error> {
     let uid = uid_of(&p)?;
     let name = p.name_any();
+    let _slots = fleet_slots(ctx, Weight::Holding).await;
     // Its maps stay while other programs use them (spec.maps[].from): their programs hold
     // and read the same kernel maps.
     let users = crate::shared_maps::users(&ctx.client, &name).await?;
@@ -1056,6 +1083,23 @@ mod tests {
     use crds::rollout::{Phase, RolloutStatus};
 
     use super::*;
+
+    #[test]
+    fn fleet_slots_let_every_program_wait_only_past_the_budget_and_only_when_sending() {
+        let in_flight = |weight, nodes, over| FLEET_SLOTS / slots_for(weight, nodes, over) as usize;
+        // Past the connection budget a reconcile that only sends takes a slot a node.
+        assert_eq!(in_flight(Weight::Sending, 5_000, true), 128);
+        assert_eq!(in_flight(Weight::Sending, 10_000, true), 64);
+        assert_eq!(in_flight(Weight::Sending, 2_000, true), 320, "bounded by the controller's 128 instead");
+        // Within it, or holding its maps across awaits: 16 at once, or fewer on a large fleet.
+        assert_eq!(in_flight(Weight::Sending, 50, false), FEW_RECONCILES);
+        assert_eq!(in_flight(Weight::Holding, 5_000, true), FEW_RECONCILES);
+        assert_eq!(in_flight(Weight::Holding, 80_000, true), 8);
+        assert_eq!(in_flight(Weight::Sending, 80_000, false), 8);
+        // A fleet larger than all the slots takes them all: one reconcile at a time.
+        assert_eq!(slots_for(Weight::Sending, 10_000_000, true) as usize, FLEET_SLOTS);
+        assert_eq!(slots_for(Weight::Sending, 0, true), 1);
+    }
 
     fn with(phase: Phase, failures: &[&str]) -> BpfProgramStatus {
         BpfProgramStatus {

@@ -965,6 +965,11 @@ impl AgentPool {
         self.lock().fleet = Some(nodes);
     }
 
+    /// The dialable fleet as [`AgentPool::set_fleet`] last set it (`None` before).
+    pub fn fleet(&self) -> Option<usize> {
+        self.lock().fleet
+    }
+
     /// Drops the cached channel and backoff state of `node` (Node deleted, or IP changed).
     pub fn forget(&self, node: &str) {
         let mut state = self.lock();
