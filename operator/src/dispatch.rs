@@ -594,7 +594,8 @@ impl AgentPool {
                     return;
                 }
                 let left = self.pool.lock().outboxes.remove(self.name);
-                for w in left.into_iter().flat_map(|o| o.waiting) {
+                // Those nobody waits for any more are dropped, as a batch leaves them out.
+                for w in left.into_iter().flat_map(|o| o.waiting).filter(|w| !w.answer.is_closed()) {
                     let node = NodeAddr { name: self.name.to_owned(), ip: w.ip };
                     w.answer.send(&node, Err(sender_ended()), Duration::ZERO);
                 }
