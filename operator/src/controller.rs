@@ -93,11 +93,11 @@ pub struct Context {
 pub const DEFAULT_UNREACHABLE_GRACE: Duration = Duration::from_secs(60);
 
 /// Node slots of [`Context::fleet_slots`]: 128 reconciles of 5,000 nodes each, 64 of
-/// 10,000 ([`FEW_RECONCILES`] while the fleet fits the agent connection budget, [`fleet_slots`]). A reconcile waiting for its Applies holds one entry in each target's outbox and
-/// the Nodes it read (shared with the other reconciles), not its per-node maps (dropped
-/// before the sends) nor the answers (recorded by the senders as they come): every program
-/// of a 5,000-node fleet waiting at once measured within the memory target
-/// (docs/benchmarks.md, the operator at fleet scale).
+/// 10,000 ([`FEW_RECONCILES`] while the fleet fits the agent connection budget, see
+/// [`fleet_slots`]). A reconcile waiting for its Applies holds one entry in each target's
+/// outbox, not its per-node maps nor the Nodes (dropped before the sends) nor the answers
+/// (recorded by the senders as they come): every program of 5,000 × 100 waiting at once
+/// measured within the memory target (docs/benchmarks.md, the operator at fleet scale).
 pub const FLEET_SLOTS: usize = 640_000;
 
 impl Context {
@@ -108,10 +108,9 @@ impl Context {
         sets.get(&targets, |t| Arc::new(t.clone()))
     }
 
-    /// Every cached Node as a reconcile reads it. Reconciles that read the same cached
-    /// Nodes (each the same object, as the reflector left it) share one list: a hundred
-    /// programs waiting for their Applies at 5,000 nodes would otherwise hold 50 MB of
-    /// copies.
+    /// Every cached Node as a reconcile reads it. Reads of the same cached Nodes (each the
+    /// same object, as the reflector left it) share one list, built once: a reconcile reads
+    /// them when it resolves its spec, in each pass and for each send.
     pub fn node_infos(&self) -> Arc<Vec<NodeInfo>> {
         let state = self.nodes.state();
         let mut shared = self.node_infos.lock().unwrap_or_else(|e| e.into_inner());
@@ -785,9 +784,8 @@ async fn send_earlier(
     targets: &BTreeSet<String>,
     reach: Reach<'_>,
 ) {
-    let nodes = ctx.node_infos();
-    let arch = crate::image::target_arch(crate::image::archs(&nodes, targets)).unwrap_or_else(|_| "amd64".into());
-    drop(nodes);
+    let arch =
+        crate::image::target_arch(crate::image::archs(&ctx.node_infos(), targets)).unwrap_or_else(|_| "amd64".into());
     match ctx.history.content(p, r, &ctx.images, &arch).await {
         Ok(old) => dispatch(ctx, p, uid, &old, group, reach).await,
         Err(why) => {

@@ -362,21 +362,16 @@ enum Answer {
     /// A fan-out of [`AgentPool::apply_all`]: the sender that gets a node's answer hands it
     /// to the fan-out's callback itself, so answers never queue for the fan-out's task
     /// (which shares its thread with every other reconcile while they decide).
-    All(Arc<Fanout>, Pending),
+    All(Arc<EachAnswer>, Pending),
 }
 
 /// Held by every Apply of a fan-out until it is answered: the fan-out ends when the last
 /// one is dropped. Nothing is ever sent on it.
 type Pending = tokio::sync::mpsc::UnboundedSender<std::convert::Infallible>;
 
-/// What [`AgentPool::apply_all`]'s callback is called with: the node, its result and how
-/// long the call that carried it took.
+/// The callback of one fan-out ([`AgentPool::apply_all`]), called with the node, its
+/// result and how long the call that carried it took.
 type EachAnswer = dyn Fn(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration) + Send + Sync;
-
-/// The callback of one fan-out ([`AgentPool::apply_all`]).
-struct Fanout {
-    each: Box<EachAnswer>,
-}
 
 impl Answer {
     /// Nobody waits any more (a cancelled reconcile, a lost leadership).
@@ -393,8 +388,8 @@ impl Answer {
             Answer::One(tx) => drop(tx.send(answer)),
             // The Apply was carried out whether or not the fan-out still waits: its answer
             // is recorded all the same.
-            Answer::All(fanout, pending) => {
-                (fanout.each)(node, applied(answer), took);
+            Answer::All(each, pending) => {
+                each(node, applied(answer), took);
                 drop(pending);
             }
         }
@@ -526,7 +521,7 @@ impl AgentPool {
         order: &ApplyOrder,
         each: impl Fn(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration) + Send + Sync + 'static,
     ) {
-        let fanout = Arc::new(Fanout { each: Box::new(each) });
+        let each: Arc<EachAnswer> = Arc::new(each);
         let (pending, mut all_answered) = tokio::sync::mpsc::unbounded_channel();
         let mut start = Vec::new();
         let mut backing_off = Vec::new();
@@ -535,7 +530,7 @@ impl AgentPool {
                 backing_off.push((node, e));
                 continue;
             }
-            if self.enqueue(&node, order, Answer::All(fanout.clone(), pending.clone())) {
+            if self.enqueue(&node, order, Answer::All(each.clone(), pending.clone())) {
                 start.push(node.name);
             }
         }
@@ -546,7 +541,7 @@ impl AgentPool {
             tokio::spawn(self.clone().send_waiting(name));
         }
         for (node, e) in backing_off {
-            (fanout.each)(&node, Err(e), Duration::ZERO);
+            each(&node, Err(e), Duration::ZERO);
         }
         // Ends when every Apply is answered: each holds a `Pending`, and nothing is sent.
         all_answered.recv().await;

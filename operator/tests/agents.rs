@@ -75,6 +75,10 @@ struct AgentProc {
     log: PathBuf,
 }
 
+/// What a fan-out's callback was handed, node by node (it runs on whichever thread the
+/// node's sender does).
+type Got = Arc<std::sync::Mutex<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>>>;
+
 /// Three agents, their PKI and directories; processes killed and pins removed on drop.
 struct Fleet {
     agents: Vec<AgentProc>,
@@ -84,6 +88,11 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// A pool that reaches the fleet's agents with the operator's identity.
+    fn pool(&self) -> AgentPool {
+        AgentPool::new(self.pool_config(self.tls()))
+    }
+
     /// Nothing is left in any agent's bpffs root (checked in bpffs, not by asking them).
     fn assert_nothing_pinned(&self) {
         for agent in &self.agents {
@@ -275,7 +284,7 @@ async fn fan_out_to_real_agents() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let pool = fleet.pool();
     let port = fleet.port;
     let uid = format!("dispatch-{}", std::process::id());
 
@@ -499,7 +508,7 @@ async fn watch_streams_report_changes_and_a_dead_agent() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let pool = fleet.pool();
     let node = fleet.nodes()[0].clone();
     let uid = format!("watch-{}", std::process::id());
     let mut stream = pool.watch(&node).await.expect("watch");
@@ -594,7 +603,7 @@ async fn an_address_leading_to_another_nodes_agent_changes_nothing_there() {
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
     // A pool per call, so the impostor's backoff does not hide the agent's refusal.
-    let pool = || AgentPool::new(fleet.pool_config(fleet.tls()));
+    let pool = || fleet.pool();
     let victim = fleet.nodes()[0].clone();
     let uid = format!("victim-{}", std::process::id());
     pool().apply_wire(&victim, apply_request(&uid, TRACEPOINT)).await.expect("apply on the victim");
@@ -625,7 +634,7 @@ async fn applies_asked_together_go_in_one_batch_and_fail_alone() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let pool = fleet.pool();
     let node = fleet.nodes()[0].clone();
     let root = fleet.agents[0].root.clone();
     let uid = |i: usize| format!("batch-{}-{i}", std::process::id());
@@ -695,7 +704,7 @@ async fn fan_outs_asked_together_reach_each_node_in_one_call() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let pool = fleet.pool();
     let reachable = fleet.nodes();
     let absent = NodeAddr { name: "node-absent".into(), ip: DEAD_IP.parse().expect("ip") };
     let mut nodes = reachable.clone();
@@ -703,8 +712,6 @@ async fn fan_outs_asked_together_reach_each_node_in_one_call() {
     let uid = |i: usize| format!("fan-out-{}-{i}", std::process::id());
     let orders: Vec<operator::dispatch::ApplyOrder> =
         (0..3).map(|i| operator::dispatch::ApplyOrder::from_wire(apply_request(&uid(i), TRACEPOINT))).collect();
-    // Each answer is handed over by the node's sender, on whichever thread it runs.
-    type Got = Arc<std::sync::Mutex<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>>>;
     let answers: Vec<Got> = orders.iter().map(|_| Got::default()).collect();
     let fan_outs = orders.iter().zip(&answers).map(|(order, got)| {
         let got = got.clone();
@@ -752,11 +759,10 @@ async fn fan_out_answers_are_recorded_while_its_task_waits() {
     let _serial = SERIAL.lock().await;
     let mut fleet = Fleet::start();
     fleet.wait_ready().await;
-    let pool = AgentPool::new(fleet.pool_config(fleet.tls()));
+    let pool = fleet.pool();
     let nodes = fleet.nodes();
     let uid = format!("unpolled-{}", std::process::id());
     let order = operator::dispatch::ApplyOrder::from_wire(apply_request(&uid, TRACEPOINT));
-    type Got = Arc<std::sync::Mutex<Vec<(String, Result<crds::node::NodeProgramStatus, DispatchError>)>>>;
     let got = Got::default();
     let record = got.clone();
     let mut fan_out = Box::pin(
