@@ -110,13 +110,16 @@ impl Context {
 
     /// Every cached Node as a reconcile reads it. Reads of the same cached Nodes (each the
     /// same object, as the reflector left it) share one list, built once: a reconcile reads
-    /// them when it resolves its spec, in each pass and for each send.
+    /// them when it resolves its spec, in each pass and for each send. In name order, as
+    /// every per-node map of a pass is ([`crate::ascending`]).
     pub fn node_infos(&self) -> Arc<Vec<NodeInfo>> {
         let state = self.nodes.state();
         let mut shared = self.node_infos.lock().unwrap_or_else(|e| e.into_inner());
         let same = shared.read.len() == state.len() && shared.read.iter().zip(&state).all(|(a, b)| Arc::ptr_eq(a, b));
         if !same {
-            shared.infos = Arc::new(state.iter().filter_map(NodeInfo::from_shared).collect());
+            let mut infos: Vec<NodeInfo> = state.iter().filter_map(NodeInfo::from_shared).collect();
+            infos.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+            shared.infos = Arc::new(infos);
             shared.read = state;
         }
         shared.infos.clone()
@@ -546,9 +549,10 @@ async fn roll_out(
         let (groups, sent) = {
             let nodes = ctx.node_infos();
             let order = {
+                let mut targeted = crate::ascending::AscendingSet::new(targets.iter());
                 let ranked: Vec<Ranked<'_>> = nodes
                     .iter()
-                    .filter(|n| targets.contains(&n.name))
+                    .filter(|n| targeted.contains(n.name.as_str()))
                     .map(|n| Ranked { name: &n.name, zone: n.labels.get(ZONE_LABEL).map(String::as_str) })
                     .collect();
                 rollout::order(uid, &ranked)
@@ -737,7 +741,7 @@ async fn gate(
         return gated;
     }
     let due: BTreeMap<String, NodeAction> = gated.due.iter().map(|n| (n.clone(), NodeAction::Keep)).collect();
-    let (addrs, _) = sends::addresses(&due, nodes);
+    let addrs = sends::addresses(&due, nodes).other;
     let reads = crate::gates::reads(health);
     let lease = crate::gates::GateBook::lease(health);
     let results = ctx
@@ -810,17 +814,17 @@ async fn dispatch(
     if let Some(pods) = reach.pods {
         order = order.with_pods(pods.clone());
     }
-    let (mut targets, no_address) = sends::addresses(&actions, &ctx.node_infos());
+    let sends::Addresses { apply: mut applies, other: mut removes, no_address } =
+        sends::addresses(&actions, &ctx.node_infos());
+    drop(actions);
     for node in no_address {
         let why = "the Node has no InternalIP address to reach its agent at".to_string();
         let outcome = NodeOutcome::Unreachable { message: why };
         ctx.index.record_failure(&node, uid, revision, outcome, k8s_openapi::jiff::Timestamp::now());
     }
-    ctx.pool.in_walk_order(&mut targets);
+    ctx.pool.in_walk_order(&mut applies);
+    ctx.pool.in_walk_order(&mut removes);
     let epoch = ctx.epoch;
-    let (applies, removes): (Vec<NodeAddr>, Vec<NodeAddr>) =
-        targets.into_iter().partition(|n| matches!(actions.get(&n.name), Some(NodeAction::Apply(_))));
-    drop(actions);
     // Every node asked gets its BpfNode refreshed; `took`: the call's time.
     let (stale, metrics) = (ctx.stale_bpfnodes.clone(), ctx.metrics.clone());
     let done = move |node: &str, took: Duration| {

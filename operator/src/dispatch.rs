@@ -339,6 +339,38 @@ struct State {
     fleet: Option<usize>,
 }
 
+impl State {
+    /// `Err` while `node` backs off (at `now`) after failures.
+    fn backoff(&self, node: &NodeAddr, now: Instant) -> Result<(), DispatchError> {
+        match self.nodes.get(&node.name) {
+            Some(s) if s.ip == node.ip => match s.retry_at {
+                Some(at) if at > now => Err(DispatchError::BackingOff(
+                    at - now,
+                    s.last_error.clone().unwrap_or_else(|| Unreached::new(Failure::TransportError, "")),
+                )),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts an Apply into `node`'s outbox; true when the outbox is new and needs its sender
+    /// ([`AgentPool::send_waiting`]).
+    fn enqueue(&mut self, node: &NodeAddr, order: &ApplyOrder, answer: Answer) -> bool {
+        let waiting = Waiting { ip: node.ip, order: order.clone(), answer };
+        match self.outboxes.get_mut(&node.name) {
+            Some(outbox) => {
+                outbox.waiting.push_back(waiting);
+                false
+            }
+            None => {
+                self.outboxes.insert(node.name.clone(), Outbox { waiting: VecDeque::from([waiting]) });
+                true
+            }
+        }
+    }
+}
+
 /// One node's Applies waiting for its sender: everything asked of the node while the last
 /// call to it was in flight or waited for a permit goes in the next call.
 #[derive(Default)]
@@ -499,11 +531,7 @@ impl AgentPool {
     /// Puts an Apply into `node`'s outbox; true when the outbox is new and needs its sender
     /// ([`AgentPool::send_waiting`]).
     fn enqueue(&self, node: &NodeAddr, order: &ApplyOrder, answer: Answer) -> bool {
-        let mut state = self.lock();
-        let first = !state.outboxes.contains_key(&node.name);
-        let outbox = state.outboxes.entry(node.name.clone()).or_default();
-        outbox.waiting.push_back(Waiting { ip: node.ip, order: order.clone(), answer });
-        first
+        self.lock().enqueue(node, order, answer)
     }
 
     /// [`AgentPool::apply`] of `order` on every node of `nodes` at once, `each` called with
@@ -525,13 +553,18 @@ impl AgentPool {
         let (pending, mut all_answered) = tokio::sync::mpsc::unbounded_channel();
         let mut start = Vec::new();
         let mut backing_off = Vec::new();
-        for node in nodes {
-            if let Err(e) = self.check_backoff(&node) {
-                backing_off.push((node, e));
-                continue;
-            }
-            if self.enqueue(&node, order, Answer::All(each.clone(), pending.clone())) {
-                start.push(node.name);
+        {
+            // One hold of the lock for the whole fleet, not one per node.
+            let mut state = self.lock();
+            let now = Instant::now();
+            for node in nodes {
+                if let Err(e) = state.backoff(&node, now) {
+                    backing_off.push((node, e));
+                    continue;
+                }
+                if state.enqueue(&node, order, Answer::All(each.clone(), pending.clone())) {
+                    start.push(node.name);
+                }
             }
         }
         drop(pending);
@@ -1056,18 +1089,7 @@ impl AgentPool {
     }
 
     fn check_backoff(&self, node: &NodeAddr) -> Result<(), DispatchError> {
-        let now = Instant::now();
-        let state = self.lock();
-        match state.nodes.get(&node.name) {
-            Some(s) if s.ip == node.ip => match s.retry_at {
-                Some(at) if at > now => Err(DispatchError::BackingOff(
-                    at - now,
-                    s.last_error.clone().unwrap_or_else(|| Unreached::new(Failure::TransportError, "")),
-                )),
-                _ => Ok(()),
-            },
-            _ => Ok(()),
-        }
+        self.lock().backoff(node, Instant::now())
     }
 
     /// The node's channel, created (lazily connecting, so this never blocks) when missing or

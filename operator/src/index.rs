@@ -287,12 +287,17 @@ impl NodeEntry {
     /// How this node stands with revision `want` of `uid`: a failure of that revision,
     /// else what the node reports.
     fn outcome(&self, t: &Tables, uid: &str, want: &str) -> NodeOutcome {
+        self.outcome_of(t, t.owners.find(uid), uid, want)
+    }
+
+    /// [`NodeEntry::outcome`] with the owner's number (`owner`, of `uid`) found once.
+    fn outcome_of(&self, t: &Tables, owner: Option<u32>, uid: &str, want: &str) -> NodeOutcome {
         if let Some(f) = self.failures.get(uid)
             && f.revision == want
         {
             return f.outcome.clone();
         }
-        match self.runs(t.owners.find(uid)) {
+        match self.runs(owner) {
             Some(r) if t.revision(r) == want && r.health == Health::Healthy => NodeOutcome::Ready,
             Some(r) if t.revision(r) == want => NodeOutcome::Failed {
                 program: None,
@@ -681,32 +686,42 @@ impl NodeIndex {
     /// read of its lock.
     pub fn snapshot(&self, uid: &str, rev: &str) -> Snapshot {
         self.read(|m, t| {
-            let mut snap = Snapshot::default();
+            // Gathered in the index's (name) order and built at once: a map built by one
+            // insert per node searches itself each time.
+            let (mut observed, mut pods, mut outcomes, mut retries, mut unreachable_since, mut answered) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let owner = t.owners.find(uid);
             for (n, e) in m {
                 if let Some(r) = e.runs(owner) {
-                    snap.observed.insert(n.clone(), Observed { revision: t.revision(r).to_string(), health: r.health });
+                    observed.push((n.clone(), Observed { revision: t.revision(r).to_string(), health: r.health }));
                     if let Some(x) = e.extra(r.owner).filter(|x| x.pods.total > 0) {
-                        snap.pods.insert(n.clone(), x.pods);
+                        pods.push((n.clone(), x.pods));
                     }
                 }
-                let outcome = e.outcome(t, uid, rev);
+                let outcome = e.outcome_of(t, owner, uid, rev);
                 if outcome != NodeOutcome::Pending {
-                    snap.outcomes.insert(n.clone(), outcome);
+                    outcomes.push((n.clone(), outcome));
                 }
                 if let Some(f) = e.failures.get(uid).filter(|f| f.revision == rev) {
                     if let Some(t) = f.next_try {
-                        snap.retries.insert(n.clone(), (f.attempts, t));
+                        retries.push((n.clone(), (f.attempts, t)));
                     }
                     if matches!(f.outcome, NodeOutcome::Unreachable { .. }) {
-                        snap.unreachable_since.insert(n.clone(), f.since);
+                        unreachable_since.push((n.clone(), f.since));
                     }
                 }
                 if e.last_report_time.is_some() {
-                    snap.answered.insert(n.clone());
+                    answered.push(n.clone());
                 }
             }
-            snap
+            Snapshot {
+                observed: observed.into_iter().collect(),
+                outcomes: outcomes.into_iter().collect(),
+                retries: retries.into_iter().collect(),
+                unreachable_since: unreachable_since.into_iter().collect(),
+                answered: answered.into_iter().collect(),
+                pods: pods.into_iter().collect(),
+            }
         })
     }
 

@@ -8,6 +8,7 @@ pub mod agent_watch;
 pub mod agents;
 pub mod alloc;
 pub mod answers;
+pub mod ascending;
 pub mod bpfnode;
 pub mod bpfnode_follow;
 pub mod bytecode;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crds::Health;
 
+use crate::ascending::{Ascending, AscendingSet, union};
 use crate::rollout::Decision;
 
 /// What a node's agent last reported for one owner.
@@ -67,7 +68,20 @@ pub enum Action {
 
 /// What to ask one node, given the revision the rollout assigns it.
 pub fn action_for(node: &str, view: &ProgramView<'_>, rollout: &Decision) -> Action {
-    match (rollout.revision_for(node), view.observed.get(node)) {
+    let want = rollout.assign.get(node).and_then(Option::as_deref);
+    node_action(node, want, view.observed.get(node), view.held.contains(node), view)
+}
+
+/// [`action_for`] with what the rollout assigns `node` (`want`), what it runs and whether
+/// it is held already read.
+fn node_action(
+    node: &str,
+    want: Option<&str>,
+    observed: Option<&Observed>,
+    held: bool,
+    view: &ProgramView<'_>,
+) -> Action {
+    match (want, observed) {
         // Runs what it must; with pods, in exactly the pods it must (a pod that starts or
         // stops is the same revision sent again with the new pod set).
         (Some(want), Some(o))
@@ -75,22 +89,26 @@ pub fn action_for(node: &str, view: &ProgramView<'_>, rollout: &Decision) -> Act
         {
             Action::Keep
         }
-        (Some(want), _) if want == view.desired && view.held.contains(node) => Action::Keep,
-        (Some(want), _) => Action::Apply(want),
+        (Some(want), _) if want == view.desired && held => Action::Keep,
+        (Some(want), _) => Action::Apply(want.to_string()),
         (None, Some(_)) => Action::Remove,
         (None, None) => Action::Keep,
     }
 }
 
 /// Decisions for every node that is a target or runs something of the owner; nodes
-/// with nothing to do are left out.
+/// with nothing to do are left out. (Every map is read beside one walk in name order.)
 pub fn plan(view: &ProgramView<'_>, rollout: &Decision) -> BTreeMap<String, Action> {
-    view.targets
-        .iter()
-        .chain(view.observed.keys())
-        .filter_map(|n| match action_for(n, view, rollout) {
-            Action::Keep => None,
-            a => Some((n.clone(), a)),
+    let mut assign = Ascending::new(&rollout.assign);
+    let mut observed = Ascending::new(view.observed);
+    let mut held = AscendingSet::new(view.held);
+    union(view.targets.iter(), view.observed.keys())
+        .filter_map(|n| {
+            let want = assign.get(n.as_str()).and_then(Option::as_deref);
+            match node_action(n, want, observed.get(n.as_str()), held.contains(n.as_str()), view) {
+                Action::Keep => None,
+                a => Some((n.clone(), a)),
+            }
         })
         .collect()
 }

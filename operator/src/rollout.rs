@@ -30,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
+use crate::ascending::{Ascending, AscendingSet};
 use crate::plan::Observed;
 
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
@@ -654,6 +655,8 @@ pub fn count_nodes(
 ) {
     use crate::status::NodeOutcome;
     let (mut desired, mut updated, mut ready, mut available, mut waiting) = (0, 0, 0, 0, 0);
+    let (mut outcomes, mut observed) = (Ascending::new(outcomes), Ascending::new(observed));
+    let mut gated = gated.map(AscendingSet::new);
     for n in targets {
         let outcome = outcomes.get(n);
         if matches!(outcome, Some(NodeOutcome::WaitingForAgent { .. } | NodeOutcome::NoAgent)) {
@@ -667,7 +670,7 @@ pub fn count_nodes(
         let healthy = o.health == Health::Healthy;
         if o.revision == update {
             updated += 1;
-            if healthy && gated.is_none_or(|g| g.contains(n)) {
+            if healthy && gated.as_mut().is_none_or(|g| g.contains(n)) {
                 ready += 1;
                 available += 1;
             }

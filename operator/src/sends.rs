@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::agents::AgentState;
+use crate::ascending::{Ascending, AscendingSet};
 use crate::gates::Gated;
 use crate::index::Snapshot;
 use crate::plan::{Action, ProgramView, plan};
@@ -52,18 +53,23 @@ pub fn next_step(
     round: &Round<'_>,
     ready: impl Fn(&str) -> bool,
 ) -> (Decision, BTreeMap<String, Action>) {
-    let outcome = |n: &str| round.outcomes.get(n).cloned().unwrap_or_else(|| snap.outcome(n));
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut away: BTreeSet<String> = BTreeSet::new();
+    let mut no_agent: BTreeSet<&str> = BTreeSet::new();
+    let (mut given, mut indexed) = (Ascending::new(round.outcomes), Ascending::new(&snap.outcomes));
     for n in round.targets {
-        match outcome(n) {
+        let outcome = given.get(n).or_else(|| indexed.get(n)).unwrap_or(&NodeOutcome::Pending);
+        match outcome {
             NodeOutcome::Unreachable { message } => {
                 failed.insert(n.clone(), format!("AgentUnreachable: {message}"));
             }
             NodeOutcome::WaitingForAgent { .. } | NodeOutcome::NoAgent => {
+                if *outcome == NodeOutcome::NoAgent {
+                    no_agent.insert(n);
+                }
                 away.insert(n.clone());
             }
-            o => match status::failure_text(&o) {
+            o => match status::failure_text(o) {
                 Some(t) => {
                     failed.insert(n.clone(), t);
                 }
@@ -82,8 +88,10 @@ pub fn next_step(
     }
     // Nodes that run no agent are not the rollout's to reach (DaemonSet's desired count
     // leaves them out too); they get the program when an agent comes.
-    let order: Vec<String> =
-        round.order.iter().filter(|n| !matches!(outcome(n), NodeOutcome::NoAgent)).cloned().collect();
+    let order: std::borrow::Cow<'_, [String]> = match no_agent.is_empty() {
+        true => round.order.into(),
+        false => round.order.iter().filter(|n| !no_agent.contains(n.as_str())).cloned().collect(),
+    };
     let gate_wait = round.gates.filter(|g| !g.due.is_empty() || g.wake.is_some()).map(|g| {
         let waiting = order
             .iter()
@@ -134,22 +142,47 @@ pub fn by_revision(actions: BTreeMap<String, Action>, rev: &str) -> BTreeMap<Str
     out
 }
 
-/// Where to reach the node of each action, and apart, the nodes that must be sent a
-/// revision but have no address (they fail; a Remove to one is dropped).
-pub fn addresses(actions: &BTreeMap<String, Action>, nodes: &[NodeInfo]) -> (Vec<NodeAddr>, Vec<String>) {
-    let mut addrs = Vec::with_capacity(actions.len());
-    let mut no_address = Vec::new();
-    for n in nodes {
-        match (actions.get(&n.name), n.internal_ip) {
-            (None, _) => {}
-            (Some(_), Some(ip)) => addrs.push(NodeAddr { name: n.name.clone(), ip }),
-            (Some(Action::Apply(_)), None) => no_address.push(n.name.clone()),
-            (Some(_), None) => {}
+/// Where to reach the nodes of a pass's actions, each list in name order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// Nodes to send a revision.
+    pub apply: Vec<NodeAddr>,
+    /// Nodes to ask anything else (a Remove; a read for a Keep).
+    pub other: Vec<NodeAddr>,
+    /// Nodes that must be sent a revision but have no address: they fail. (A Remove to
+    /// one is dropped.)
+    pub no_address: Vec<String>,
+}
+
+/// Where to reach the node of each action. `nodes` in name order (as
+/// `Context::node_infos` keeps them) are read beside `actions`; in any other order, each is
+/// looked up.
+pub fn addresses(actions: &BTreeMap<String, Action>, nodes: &[NodeInfo]) -> Addresses {
+    let mut out = Addresses::default();
+    let mut put = |n: &NodeInfo, action: &Action| match (action, n.internal_ip) {
+        (Action::Apply(_), Some(ip)) => out.apply.push(NodeAddr { name: n.name.clone(), ip }),
+        (_, Some(ip)) => out.other.push(NodeAddr { name: n.name.clone(), ip }),
+        (Action::Apply(_), None) => out.no_address.push(n.name.clone()),
+        (_, None) => {}
+    };
+    if nodes.is_sorted_by(|a, b| a.name < b.name) {
+        let mut walk = Ascending::new(actions);
+        for n in nodes {
+            if let Some(action) = walk.get(n.name.as_str()) {
+                put(n, action);
+            }
         }
+    } else {
+        for n in nodes {
+            if let Some(action) = actions.get(&n.name) {
+                put(n, action);
+            }
+        }
+        out.apply.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        out.other.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        out.no_address.sort_unstable();
     }
-    addrs.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    no_address.sort_unstable();
-    (addrs, no_address)
+    out
 }
 
 /// How each target stands with the revision, for status: the index's word, seen through
@@ -163,6 +196,9 @@ pub fn node_outcomes(
     now: Timestamp,
 ) -> (BTreeMap<String, NodeOutcome>, Option<Duration>) {
     let mut grace_ends: Option<Duration> = None;
+    let mut answered = AscendingSet::new(&snap.answered);
+    let mut unreachable_since = Ascending::new(&snap.unreachable_since);
+    let mut reported = Ascending::new(&snap.outcomes);
     let outcomes = targets
         .iter()
         .map(|n| {
@@ -170,10 +206,11 @@ pub fn node_outcomes(
             let view = status::AgentView {
                 agent,
                 not_ready_since,
-                answered: snap.answered.contains(n),
-                unreachable_since: snap.unreachable_since.get(n).copied(),
+                answered: answered.contains(n),
+                unreachable_since: unreachable_since.get(n).copied(),
             };
-            let (outcome, left) = status::agent_outcome(snap.outcome(n), &view, grace, now);
+            let reported = reported.get(n).cloned().unwrap_or(NodeOutcome::Pending);
+            let (outcome, left) = status::agent_outcome(reported, &view, grace, now);
             if let Some(left) = left {
                 grace_ends = Some(grace_ends.map_or(left, |g| g.min(left)));
             }
@@ -337,9 +374,24 @@ mod tests {
         assert_eq!(groups.keys().collect::<Vec<_>>(), ["r1", "r2"]);
         assert_eq!(groups["r2"].keys().collect::<Vec<_>>(), ["a", "c"]);
         let nodes = [info("a", Some("10.0.0.1"), false), info("b", None, false), info("c", None, false)];
-        let (addrs, no_address) = addresses(&actions, &nodes);
-        assert_eq!(addrs, [addr("a", "10.0.0.1")]);
-        assert_eq!(no_address, ["b"], "a Remove to a node without an address is dropped");
+        let found = addresses(&actions, &nodes);
+        assert_eq!(found.apply, [addr("a", "10.0.0.1")]);
+        assert_eq!(found.no_address, ["b"], "a Remove to a node without an address is dropped");
+        assert!(found.other.is_empty());
+        // Nodes out of name order are looked up, with the same result in name order.
+        let nodes = [
+            info("c", Some("10.0.0.3"), false),
+            info("b", None, false),
+            info("x", Some("10.0.0.9"), false),
+            info("a", Some("10.0.0.1"), false),
+        ];
+        let found = addresses(&actions, &nodes);
+        assert_eq!(found.apply, [addr("a", "10.0.0.1")]);
+        assert_eq!(found.other, [addr("c", "10.0.0.3")]);
+        assert_eq!(found.no_address, ["b"]);
+        let mut sorted = nodes.clone();
+        sorted.sort_by(|x, y| x.name.cmp(&y.name));
+        assert_eq!(addresses(&actions, &sorted), found);
     }
 
     #[test]

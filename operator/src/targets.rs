@@ -135,13 +135,14 @@ pub fn target_nodes<'a>(
     sel: &LabelSelector,
     nodes: impl IntoIterator<Item = &'a NodeInfo>,
 ) -> Result<BTreeSet<String>, SelectorError> {
-    let mut out = BTreeSet::new();
+    // Gathered, then built at once (nodes come in name order: `Context::node_infos`).
+    let mut out = Vec::new();
     for n in nodes {
         if !n.deleting && selector_matches(sel, &n.labels)? {
-            out.insert(n.name.clone());
+            out.push(n.name.clone());
         }
     }
-    Ok(out)
+    Ok(out.into_iter().collect())
 }
 
 #[cfg(test)]
