@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::error::Error as _;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -74,6 +75,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A node's sender makes at most this many calls under one permit ([`AgentPool::apply`]):
 /// 128 Applies in batches of 32, e.g. a hundred programs' first Applies.
 const HELD_CALLS: usize = 4;
+/// Default for [`PoolConfig::deciding_wait`].
+pub const DEFAULT_DECIDING_WAIT: Duration = Duration::from_secs(5);
 /// A fleet larger than the connection budget keeps this many times `max_concurrency`
 /// connections open (see [`PoolConfig::kept_open`]).
 const OVER_BUDGET_OPEN: usize = 4;
@@ -106,6 +109,9 @@ pub struct PoolConfig {
     /// the node's name (e.g. `{node}.node.bpfleet.dev`) instead of the shared name in
     /// `tls`: the handshake proves the agent is that node's (`--agent-server-name`).
     pub per_node_name: Option<String>,
+    /// How long a node's first Apply waits for the reconciles still deciding what to send
+    /// ([`AgentPool::deciding`]) before it is sent anyway.
+    pub deciding_wait: Duration,
 }
 
 impl PoolConfig {
@@ -121,6 +127,7 @@ impl PoolConfig {
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_max: DEFAULT_BACKOFF_MAX,
             per_node_name: None,
+            deciding_wait: DEFAULT_DECIDING_WAIT,
         }
     }
 
@@ -316,6 +323,24 @@ struct Inner {
     /// Counts identity changes: open Watch streams end when it moves, so no connection
     /// made with a rotated identity outlives the rotation by more than one call.
     rotations: tokio::sync::watch::Sender<u64>,
+    /// Reconciles deciding what to send ([`AgentPool::deciding`]), and the wake-up of the
+    /// senders waiting for them when none is left.
+    deciding: AtomicUsize,
+    decided: tokio::sync::Notify,
+}
+
+/// Held by a reconcile from its start until its Applies are in the outboxes
+/// ([`AgentPool::deciding`]).
+#[must_use = "the senders wait while this is held"]
+pub struct Deciding(AgentPool);
+
+impl Drop for Deciding {
+    fn drop(&mut self) {
+        let inner = &self.0.inner;
+        if inner.deciding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            inner.decided.notify_waiters();
+        }
+    }
 }
 
 struct State {
@@ -356,15 +381,16 @@ impl State {
 
     /// Puts an Apply into `node`'s outbox; true when the outbox is new and needs its sender
     /// ([`AgentPool::send_waiting`]).
-    fn enqueue(&mut self, node: &NodeAddr, order: &ApplyOrder, answer: Answer) -> bool {
-        let waiting = Waiting { ip: node.ip, order: order.clone(), answer };
+    fn enqueue(&mut self, node: &NodeAddr, job: Job) -> bool {
         match self.outboxes.get_mut(&node.name) {
             Some(outbox) => {
-                outbox.waiting.push_back(waiting);
+                // What waits goes where the node is now.
+                outbox.ip = node.ip;
+                outbox.waiting.push_back(job);
                 false
             }
             None => {
-                self.outboxes.insert(node.name.clone(), Outbox { waiting: VecDeque::from([waiting]) });
+                self.outboxes.insert(node.name.clone(), Outbox { ip: node.ip, waiting: VecDeque::from([job]) });
                 true
             }
         }
@@ -373,57 +399,61 @@ impl State {
 
 /// One node's Applies waiting for its sender: everything asked of the node while the last
 /// call to it was in flight or waited for a permit goes in the next call.
-#[derive(Default)]
 struct Outbox {
-    waiting: VecDeque<Waiting>,
-}
-
-struct Waiting {
-    /// The node's address when it was asked (its name is the outbox's).
+    /// The node's address as the last Apply asked it (a Node whose address changes is
+    /// sent what waits at its new one).
     ip: IpAddr,
-    order: ApplyOrder,
-    answer: Answer,
+    waiting: VecDeque<Job>,
 }
 
 type Answered = Result<v1::ApplyResponse, DispatchError>;
 
-/// Who waits for an Apply's answer.
-enum Answer {
+/// An Apply and who waits for its answer. Small: at start-up every program's Applies to
+/// every node wait at once (half a million at 5,000 × 100).
+enum Job {
     /// One caller of [`AgentPool::apply`].
-    One(tokio::sync::oneshot::Sender<Answered>),
-    /// A fan-out of [`AgentPool::apply_all`]: the sender that gets a node's answer hands it
-    /// to the fan-out's callback itself, so answers never queue for the fan-out's task
-    /// (which shares its thread with every other reconcile while they decide).
-    All(Arc<EachAnswer>, Pending),
+    One(Box<(ApplyOrder, tokio::sync::oneshot::Sender<Answered>)>),
+    /// A node's share of a fan-out of [`AgentPool::apply_all`]: the sender that gets a
+    /// node's answer hands it to the fan-out's callback itself, so answers never queue for
+    /// the fan-out's task (which shares its thread with every other reconcile while they
+    /// decide).
+    All(Arc<FanOut>),
 }
 
-/// Held by every Apply of a fan-out until it is answered: the fan-out ends when the last
-/// one is dropped. Nothing is ever sent on it.
-type Pending = tokio::sync::mpsc::UnboundedSender<std::convert::Infallible>;
+/// One fan-out ([`AgentPool::apply_all`]), shared by the Applies of all its nodes.
+struct FanOut {
+    order: ApplyOrder,
+    /// Called with the node, its result and how long the call that carried it took.
+    each: Box<EachAnswer>,
+    /// Dropped with the last node's share: the fan-out then ends. Nothing is sent on it.
+    pending: tokio::sync::mpsc::UnboundedSender<std::convert::Infallible>,
+}
 
-/// The callback of one fan-out ([`AgentPool::apply_all`]), called with the node, its
-/// result and how long the call that carried it took.
 type EachAnswer = dyn Fn(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration) + Send + Sync;
 
-impl Answer {
-    /// Nobody waits any more (a cancelled reconcile, a lost leadership).
-    fn is_closed(&self) -> bool {
+impl Job {
+    fn order(&self) -> &ApplyOrder {
         match self {
-            Answer::One(tx) => tx.is_closed(),
-            Answer::All(_, pending) => pending.is_closed(),
+            Job::One(one) => &one.0,
+            Job::All(fan_out) => &fan_out.order,
         }
     }
 
-    fn send(self, node: &NodeAddr, answer: Answered, took: Duration) {
+    /// Nobody waits any more (a cancelled reconcile, a lost leadership).
+    fn is_closed(&self) -> bool {
+        match self {
+            Job::One(one) => one.1.is_closed(),
+            Job::All(fan_out) => fan_out.pending.is_closed(),
+        }
+    }
+
+    fn answer(self, node: &NodeAddr, answer: Answered, took: Duration) {
         match self {
             // The asker may have given up: nobody to tell.
-            Answer::One(tx) => drop(tx.send(answer)),
+            Job::One(one) => drop(one.1.send(answer)),
             // The Apply was carried out whether or not the fan-out still waits: its answer
             // is recorded all the same.
-            Answer::All(each, pending) => {
-                each(node, applied(answer), took);
-                drop(pending);
-            }
+            Job::All(fan_out) => (fan_out.each)(node, applied(answer), took),
         }
     }
 }
@@ -488,7 +518,9 @@ impl AgentPool {
             fleet: None,
         });
         let rotations = tokio::sync::watch::Sender::new(0);
-        Self { inner: Arc::new(Inner { cfg, permits, state, rotations }) }
+        let inner =
+            Inner { cfg, permits, state, rotations, deciding: AtomicUsize::new(0), decided: Default::default() };
+        Self { inner: Arc::new(inner) }
     }
 
     /// Use a new client identity and CA (rotated certificates) for every connection
@@ -522,16 +554,10 @@ impl AgentPool {
     pub async fn apply(&self, node: &NodeAddr, order: &ApplyOrder) -> Result<NodeProgramStatus, DispatchError> {
         self.check_backoff(node)?;
         let (answer, answered) = tokio::sync::oneshot::channel();
-        if self.enqueue(node, order, Answer::One(answer)) {
+        if self.lock().enqueue(node, Job::One(Box::new((order.clone(), answer)))) {
             tokio::spawn(self.clone().send_waiting(node.name.clone()));
         }
         applied(answered.await.unwrap_or_else(|_| Err(sender_ended())))
-    }
-
-    /// Puts an Apply into `node`'s outbox; true when the outbox is new and needs its sender
-    /// ([`AgentPool::send_waiting`]).
-    fn enqueue(&self, node: &NodeAddr, order: &ApplyOrder, answer: Answer) -> bool {
-        self.lock().enqueue(node, order, answer)
     }
 
     /// [`AgentPool::apply`] of `order` on every node of `nodes` at once, `each` called with
@@ -543,14 +569,14 @@ impl AgentPool {
     /// node's sender carries them in one call (docs/architecture.md, "Applies in
     /// batches"). The senders take their permits in the order their first Apply came, so
     /// nodes are called in `nodes`' order ([`AgentPool::in_walk_order`]).
-    pub async fn apply_all(
+    pub fn apply_all(
         &self,
         nodes: Vec<NodeAddr>,
         order: &ApplyOrder,
         each: impl Fn(&NodeAddr, Result<NodeProgramStatus, DispatchError>, Duration) + Send + Sync + 'static,
-    ) {
-        let each: Arc<EachAnswer> = Arc::new(each);
+    ) -> impl Future<Output = ()> + Send + 'static {
         let (pending, mut all_answered) = tokio::sync::mpsc::unbounded_channel();
+        let fan_out = Arc::new(FanOut { order: order.clone(), each: Box::new(each), pending });
         let mut start = Vec::new();
         let mut backing_off = Vec::new();
         {
@@ -562,22 +588,53 @@ impl AgentPool {
                     backing_off.push((node, e));
                     continue;
                 }
-                if state.enqueue(&node, order, Answer::All(each.clone(), pending.clone())) {
+                if state.enqueue(&node, Job::All(fan_out.clone())) {
                     start.push(node.name);
                 }
             }
         }
-        drop(pending);
         // Every new outbox gets its sender before `each` runs (should it panic, no outbox
         // is left without one).
         for name in start {
             tokio::spawn(self.clone().send_waiting(name));
         }
         for (node, e) in backing_off {
-            each(&node, Err(e), Duration::ZERO);
+            (fan_out.each)(&node, Err(e), Duration::ZERO);
         }
-        // Ends when every Apply is answered: each holds a `Pending`, and nothing is sent.
-        all_answered.recv().await;
+        drop(fan_out);
+        // Ends when every Apply is answered: each holds the fan-out, and nothing is sent.
+        async move {
+            all_answered.recv().await;
+        }
+    }
+
+    /// Marks a reconcile deciding what to send until the guard is dropped (once its Applies
+    /// are in the outboxes, [`AgentPool::apply_all`]). A node's sender waits while any
+    /// reconcile decides, [`PoolConfig::deciding_wait`] at most, before its first call: the
+    /// programs still deciding then reach the node in the same call and over the same
+    /// connection, not in one call and connection each. At start-up, when every program
+    /// decides at once and the fleet is past the connection budget, that is a dial per
+    /// node instead of one for each program that decided while the senders went round
+    /// (docs/benchmarks.md, the operator at fleet scale). A reconcile deciding alone sends
+    /// at once.
+    pub fn deciding(&self) -> Deciding {
+        self.inner.deciding.fetch_add(1, Ordering::AcqRel);
+        Deciding(self.clone())
+    }
+
+    /// Until no reconcile decides, [`PoolConfig::deciding_wait`] at most.
+    async fn until_decided(&self) {
+        let inner = &self.inner;
+        let all_decided = async {
+            loop {
+                let decided = inner.decided.notified();
+                if inner.deciding.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                decided.await;
+            }
+        };
+        let _ = tokio::time::timeout(inner.cfg.deciding_wait, all_decided).await;
     }
 
     /// [`AgentPool::apply`] of a request as the wire carries it, in a call of its own (the
@@ -621,64 +678,68 @@ impl AgentPool {
                 if self.emptied {
                     return;
                 }
-                let left = self.pool.lock().outboxes.remove(self.name);
+                let Some(left) = self.pool.lock().outboxes.remove(self.name) else { return };
+                let node = NodeAddr { name: self.name.to_owned(), ip: left.ip };
                 // Those nobody waits for any more are dropped, as a batch leaves them out.
-                for w in left.into_iter().flat_map(|o| o.waiting).filter(|w| !w.answer.is_closed()) {
-                    let node = NodeAddr { name: self.name.to_owned(), ip: w.ip };
-                    w.answer.send(&node, Err(sender_ended()), Duration::ZERO);
+                for job in left.waiting.into_iter().filter(|j| !j.is_closed()) {
+                    job.answer(&node, Err(sender_ended()), Duration::ZERO);
                 }
             }
         }
         let mut sending = Sending { pool: &self, name: &name, emptied: false };
+        if self.inner.deciding.load(Ordering::Acquire) > 0 {
+            self.until_decided().await;
+        }
         loop {
             let _permit = self.inner.permits.acquire().await.expect("the pool never closes its semaphore");
             for _ in 0..HELD_CALLS {
-                let Some((batch, requests)) = self.take_batch(&name) else {
+                let Some((ip, batch, requests)) = self.take_batch(&name) else {
                     sending.emptied = true;
                     return;
                 };
-                let node = NodeAddr { name: name.clone(), ip: batch[0].ip };
+                let node = NodeAddr { name: name.clone(), ip };
                 let started = Instant::now();
                 // Boxed: senders of thousands of nodes wait for a permit, each as small as it can.
                 let answers = Box::pin(self.send_batch(&node, &batch, requests)).await;
                 let took = started.elapsed();
-                for (waiting, answer) in batch.into_iter().zip(answers) {
-                    waiting.answer.send(&node, answer, took);
+                for (job, answer) in batch.into_iter().zip(answers) {
+                    job.answer(&node, answer, took);
                 }
             }
         }
     }
 
-    /// What `name`'s next call carries: the Applies waiting for the same address, at most
+    /// What `name`'s next call carries: the address and the Applies waiting, at most
     /// [`crds::limits::MAX_APPLY_BATCH`] and [`MAX_MESSAGE_BYTES`] in all (one alone may be
     /// that large), with their requests. `None`, and the outbox gone, when nothing waits.
-    fn take_batch(&self, name: &str) -> Option<(Vec<Waiting>, Vec<v1::ApplyRequest>)> {
-        let mut batch: Vec<Waiting> = Vec::new();
-        {
+    fn take_batch(&self, name: &str) -> Option<(IpAddr, Vec<Job>, Vec<v1::ApplyRequest>)> {
+        let mut batch: Vec<Job> = Vec::new();
+        let ip = {
             let mut state = self.lock();
             let outbox = state.outboxes.get_mut(name)?;
             // Nobody waits for these any more (a cancelled reconcile, a lost leadership):
             // they are not sent.
-            outbox.waiting.retain(|w| !w.answer.is_closed());
-            let ip = outbox.waiting.front().map(|w| w.ip);
+            outbox.waiting.retain(|j| !j.is_closed());
             // A second Apply of an owner goes in the next call, after the first: the agent
             // carries out a batch's Applies at once, in no order.
             while batch.len() < crds::limits::MAX_APPLY_BATCH
-                && outbox.waiting.front().is_some_and(|w| {
-                    Some(w.ip) == ip && batch.iter().all(|b| b.order.owner_uid() != w.order.owner_uid())
-                })
-                && let Some(w) = outbox.waiting.pop_front()
+                && outbox
+                    .waiting
+                    .front()
+                    .is_some_and(|j| batch.iter().all(|b| b.order().owner_uid() != j.order().owner_uid()))
+                && let Some(j) = outbox.waiting.pop_front()
             {
-                batch.push(w);
+                batch.push(j);
             }
             if batch.is_empty() {
                 state.outboxes.remove(name);
                 return None;
             }
-        }
+            outbox.ip
+        };
         // The requests are built and measured out of the lock; what does not fit goes back
         // in front.
-        let mut requests: Vec<v1::ApplyRequest> = batch.iter().map(|w| w.order.request_for(name)).collect();
+        let mut requests: Vec<v1::ApplyRequest> = batch.iter().map(|j| j.order().request_for(name)).collect();
         let mut size = 0;
         let fits = requests
             .iter()
@@ -691,12 +752,14 @@ impl AgentPool {
             requests.truncate(fits);
             let rest = batch.split_off(fits);
             let mut state = self.lock();
-            let outbox = state.outboxes.entry(name.to_owned()).or_default();
-            for w in rest.into_iter().rev() {
-                outbox.waiting.push_front(w);
+            // Only this sender removes the outbox.
+            let outbox =
+                state.outboxes.entry(name.to_owned()).or_insert_with(|| Outbox { ip, waiting: VecDeque::new() });
+            for j in rest.into_iter().rev() {
+                outbox.waiting.push_front(j);
             }
         }
-        Some((batch, requests))
+        Some((ip, batch, requests))
     }
 
     /// One call for `batch` (all for `node`'s address; `requests` theirs, in order), with a
@@ -704,7 +767,7 @@ impl AgentPool {
     async fn send_batch(
         &self,
         node: &NodeAddr,
-        batch: &[Waiting],
+        batch: &[Job],
         mut requests: Vec<v1::ApplyRequest>,
     ) -> Vec<Result<v1::ApplyResponse, DispatchError>> {
         let counted = || self.lock().apply_calls += 1;
@@ -717,7 +780,7 @@ impl AgentPool {
                     if let Some(n) = self.lock().nodes.get_mut(&node.name).filter(|n| n.ip == node.ip) {
                         n.no_batch = true;
                     }
-                    requests = batch.iter().map(|w| w.order.request_for(&node.name)).collect();
+                    requests = batch.iter().map(|w| w.order().request_for(&node.name)).collect();
                 }
                 Err(e) => return batch.iter().map(|_| Err(e.clone())).collect(),
                 Ok(results) => {
@@ -727,7 +790,7 @@ impl AgentPool {
                             BatchResult::Answered(a) => *a,
                             BatchResult::AskAlone => {
                                 counted();
-                                self.apply_holding(node, w.order.request_for(&node.name)).await
+                                self.apply_holding(node, w.order().request_for(&node.name)).await
                             }
                         });
                     }

@@ -84,6 +84,10 @@ pub async fn initial_sync(ctx: &Context) {
     let nodes: BTreeMap<String, Arc<Node>> = ctx.nodes.state().into_iter().map(|n| (n.name_any(), n)).collect();
     let addrs = reachable_addrs(ctx, &nodes);
     let total = addrs.len();
+    // The pool keeps as many connections open as the fleet it knows allows: it knows this
+    // one before the first List (a fleet past the budget would otherwise keep the budget's
+    // worth open until the Watch supervisor first counts it).
+    ctx.pool.set_fleet(total);
     let mut listed = 0;
     let mut stream = std::pin::pin!(lists(ctx, addrs));
     while let Some((addr, result, _turn)) = stream.next().await {

@@ -158,6 +158,7 @@ impl Fleet {
             backoff_base: BACKOFF_BASE,
             backoff_max: Duration::from_secs(4),
             per_node_name: None,
+            deciding_wait: operator::dispatch::DEFAULT_DECIDING_WAIT,
         }
     }
 
@@ -783,6 +784,66 @@ async fn fan_out_answers_are_recorded_while_its_task_waits() {
     }
     for node in &nodes {
         assert!(pool.remove_wire(node, owner(&uid), 0).await.expect("remove"));
+    }
+    fleet.assert_nothing_pinned();
+}
+
+/// While a reconcile still decides (it holds `AgentPool::deciding`), nodes are not called:
+/// the Applies of the programs that decided meanwhile go with it, each node reached in one
+/// call over one connection, once the last decider has put its Applies in. Past the wait's
+/// bound, what waits is sent anyway. Checked in the kernel; removed after: nothing left in
+/// bpffs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_wait_for_the_programs_still_deciding() {
+    let _serial = SERIAL.lock().await;
+    let mut fleet = Fleet::start();
+    fleet.wait_ready().await;
+    let mut cfg = fleet.pool_config(fleet.tls());
+    cfg.deciding_wait = Duration::from_secs(2);
+    let pool = AgentPool::new(cfg);
+    let nodes = fleet.nodes();
+    let uid = |i: usize| format!("deciding-{}-{i}", std::process::id());
+    let order = |i: usize| operator::dispatch::ApplyOrder::from_wire(apply_request(&uid(i), TRACEPOINT));
+    let record = |got: &Got| {
+        let got = got.clone();
+        move |n: &NodeAddr, r, _| got.lock().expect("lock").push((n.name.clone(), r))
+    };
+    let (first, second) = (Got::default(), Got::default());
+
+    let still_deciding = pool.deciding();
+    let deciding_first = pool.deciding();
+    let fan_out_first = pool.apply_all(nodes.clone(), &order(0), record(&first));
+    drop(deciding_first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!((pool.dials(), pool.apply_calls()), (0, 0), "no node called while a program decides");
+    let fan_out_second = pool.apply_all(nodes.clone(), &order(1), record(&second));
+    drop(still_deciding);
+    futures::join!(fan_out_first, fan_out_second);
+    assert_eq!(pool.apply_calls(), nodes.len() as u64, "one call per node carries both programs");
+    assert_eq!(pool.dials(), nodes.len() as u64, "one connection per node");
+    for (i, got) in [&first, &second].into_iter().enumerate() {
+        let got = got.lock().expect("lock");
+        assert_eq!(got.len(), nodes.len(), "program {i}: every node answers");
+        for (node, result) in got.iter() {
+            let state = result.as_ref().unwrap_or_else(|e| panic!("{node}, program {i}: {e}"));
+            let id = state.attached.first().map(|p| p.program_id).expect("a program id");
+            assert!(kernel_has_program(id), "program {id} of {i} on {node} is not in the kernel");
+        }
+    }
+
+    // A decider that never finishes holds nothing up past the bound.
+    let _forever = pool.deciding();
+    let third = Got::default();
+    let started = Instant::now();
+    pool.apply_all(nodes.clone(), &order(2), record(&third)).await;
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2), "sent after {waited:?}, before the bound");
+    assert!(third.lock().expect("lock").iter().all(|(_, r)| r.is_ok()), "{:?}", third.lock());
+
+    for node in &nodes {
+        for i in 0..3 {
+            assert!(pool.remove_wire(node, owner(&uid(i)), 0).await.expect("remove"));
+        }
     }
     fleet.assert_nothing_pinned();
 }

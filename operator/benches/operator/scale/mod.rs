@@ -157,6 +157,7 @@ pub async fn scale(
     eprintln!("   cold start");
     let t = Instant::now();
     operator::resync::initial_sync(&ctx).await;
+    stages.push(("cold start: every agent listed".into(), mem()));
     let mut cold_passes = 0;
     loop {
         cold_passes += 1;
