@@ -609,17 +609,26 @@ impl AgentPool {
     }
 
     /// Marks a reconcile deciding what to send until the guard is dropped (once its Applies
-    /// are in the outboxes, [`AgentPool::apply_all`]). A node's sender waits while any
-    /// reconcile decides, [`PoolConfig::deciding_wait`] at most, before its first call: the
+    /// are in the outboxes, [`AgentPool::apply_all`]). In a fleet past the connection
+    /// budget, a node's sender waits while any reconcile decides,
+    /// [`PoolConfig::deciding_wait`] at most, before its first call: the
     /// programs still deciding then reach the node in the same call and over the same
     /// connection, not in one call and connection each. At start-up, when every program
     /// decides at once and the fleet is past the connection budget, that is a dial per
     /// node instead of one for each program that decided while the senders went round
     /// (docs/benchmarks.md, the operator at fleet scale). A reconcile deciding alone sends
-    /// at once.
+    /// at once; within the budget connections stay open and nothing waits (fuller calls
+    /// there cost memory and save no dial).
     pub fn deciding(&self) -> Deciding {
         self.inner.deciding.fetch_add(1, Ordering::AcqRel);
         Deciding(self.clone())
+    }
+
+    /// The fleet has more nodes than the connection budget: a node's connection is closed
+    /// before the fan-outs come round to it again.
+    fn past_budget(&self) -> bool {
+        let state = self.lock();
+        state.fleet.unwrap_or(state.nodes.len()) > self.inner.cfg.max_connections
     }
 
     /// Until no reconcile decides, [`PoolConfig::deciding_wait`] at most.
@@ -687,7 +696,7 @@ impl AgentPool {
             }
         }
         let mut sending = Sending { pool: &self, name: &name, emptied: false };
-        if self.inner.deciding.load(Ordering::Acquire) > 0 {
+        if self.inner.deciding.load(Ordering::Acquire) > 0 && self.past_budget() {
             self.until_decided().await;
         }
         loop {

@@ -790,9 +790,9 @@ async fn fan_out_answers_are_recorded_while_its_task_waits() {
 
 /// While a reconcile still decides (it holds `AgentPool::deciding`), nodes are not called:
 /// the Applies of the programs that decided meanwhile go with it, each node reached in one
-/// call over one connection, once the last decider has put its Applies in. Past the wait's
-/// bound, what waits is sent anyway. Checked in the kernel; removed after: nothing left in
-/// bpffs.
+/// call over one connection, once the last decider has put its Applies in, in a fleet past
+/// the connection budget. Past the wait's bound, what waits is sent anyway; within the
+/// budget nothing waits. Checked in the kernel; removed after: nothing left in bpffs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_wait_for_the_programs_still_deciding() {
     let _serial = SERIAL.lock().await;
@@ -800,8 +800,12 @@ async fn nodes_wait_for_the_programs_still_deciding() {
     fleet.wait_ready().await;
     let mut cfg = fleet.pool_config(fleet.tls());
     cfg.deciding_wait = Duration::from_secs(2);
+    // A fleet past the connection budget (within it, nothing waits: checked last).
+    (cfg.max_concurrency, cfg.max_connections) = (1, 1);
     let pool = AgentPool::new(cfg);
     let nodes = fleet.nodes();
+    assert!(nodes.len() > 1, "a fleet larger than one connection");
+    pool.set_fleet(nodes.len());
     let uid = |i: usize| format!("deciding-{}-{i}", std::process::id());
     let order = |i: usize| operator::dispatch::ApplyOrder::from_wire(apply_request(&uid(i), TRACEPOINT));
     let record = |got: &Got| {
@@ -840,8 +844,17 @@ async fn nodes_wait_for_the_programs_still_deciding() {
     assert!(waited >= Duration::from_secs(2), "sent after {waited:?}, before the bound");
     assert!(third.lock().expect("lock").iter().all(|(_, r)| r.is_ok()), "{:?}", third.lock());
 
+    // Within the budget connections stay open: nothing waits for a decider.
+    let within = fleet.pool();
+    let _deciding = within.deciding();
+    let fourth = Got::default();
+    let started = Instant::now();
+    within.apply_all(nodes.clone(), &order(3), record(&fourth)).await;
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?} within the budget", started.elapsed());
+    assert!(fourth.lock().expect("lock").iter().all(|(_, r)| r.is_ok()), "{:?}", fourth.lock());
+
     for node in &nodes {
-        for i in 0..3 {
+        for i in 0..4 {
             assert!(pool.remove_wire(node, owner(&uid(i)), 0).await.expect("remove"));
         }
     }
