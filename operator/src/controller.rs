@@ -646,11 +646,14 @@ async fn roll_out(
             tracing::info!(program = %p.name_any(), revision = %rev, nodes = actions.len(), phase = ?decision.status.phase, "dispatching");
             (sends::by_revision(actions, rev), sent)
         };
-        for (r, group) in groups {
+        // The spec's revision first: its Applies are in the outboxes before the senders stop
+        // waiting for this reconcile (an earlier revision is read from history first).
+        let (current, earlier): (Vec<_>, Vec<_>) = groups.into_iter().partition(|(r, _)| r == rev);
+        for (r, group) in current.into_iter().chain(earlier) {
             if r == rev {
                 dispatch(ctx, p, uid, content, group, reach, deciding.take()).await;
             } else {
-                // (An earlier revision is read from history first: no sender waits for that.)
+                // (No sender waits for the history read.)
                 drop(deciding.take());
                 send_earlier(ctx, p, uid, &r, group, targets, reach).await;
             }
