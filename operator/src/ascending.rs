@@ -25,16 +25,7 @@ impl<'a, K: Ord + 'a, V: 'a, I: Iterator<Item = (&'a K, &'a V)>> Ascending<I> {
     where
         K: Borrow<Q>,
     {
-        while let Some((k, v)) = self.iter.peek() {
-            match (*k).borrow().cmp(key) {
-                Ordering::Less => {
-                    self.iter.next();
-                }
-                Ordering::Equal => return Some(*v),
-                Ordering::Greater => return None,
-            }
-        }
-        None
+        seek(&mut self.iter, key, |(k, _)| k).map(|(_, v)| v)
     }
 }
 
@@ -53,17 +44,27 @@ impl<'a, K: Ord + 'a, I: Iterator<Item = &'a K>> AscendingSet<I> {
     where
         K: Borrow<Q>,
     {
-        while let Some(k) = self.iter.peek() {
-            match (*k).borrow().cmp(key) {
-                Ordering::Less => {
-                    self.iter.next();
-                }
-                Ordering::Equal => return true,
-                Ordering::Greater => return false,
-            }
-        }
-        false
+        seek(&mut self.iter, key, |k| k).is_some()
     }
+}
+
+/// Steps `iter` past every item whose key (`key_of`) is below `key`: the item at `key`,
+/// if there is one (left in place, for the same key asked again).
+fn seek<'a, T: Copy, K: Borrow<Q> + 'a, Q: Ord + ?Sized>(
+    iter: &mut Peekable<impl Iterator<Item = T>>,
+    key: &Q,
+    key_of: impl Fn(T) -> &'a K,
+) -> Option<T> {
+    while let Some(&item) = iter.peek() {
+        match key_of(item).borrow().cmp(key) {
+            Ordering::Less => {
+                iter.next();
+            }
+            Ordering::Equal => return Some(item),
+            Ordering::Greater => return None,
+        }
+    }
+    None
 }
 
 /// The keys of two sorted sets (or maps' keys) in order, each once.

@@ -66,15 +66,9 @@ pub enum Action {
     Keep,
 }
 
-/// What to ask one node, given the revision the rollout assigns it.
-pub fn action_for(node: &str, view: &ProgramView<'_>, rollout: &Decision) -> Action {
-    let want = rollout.assign.get(node).and_then(Option::as_deref);
-    node_action(node, want, view.observed.get(node), view.held.contains(node), view)
-}
-
-/// [`action_for`] with what the rollout assigns `node` (`want`), what it runs and whether
-/// it is held already read.
-fn node_action(
+/// What to ask one node, given the revision the rollout assigns it (`want`), what it runs
+/// and whether it is held.
+fn action_for(
     node: &str,
     want: Option<&str>,
     observed: Option<&Observed>,
@@ -105,7 +99,7 @@ pub fn plan(view: &ProgramView<'_>, rollout: &Decision) -> BTreeMap<String, Acti
     union(view.targets.iter(), view.observed.keys())
         .filter_map(|n| {
             let want = assign.get(n.as_str()).and_then(Option::as_deref);
-            match node_action(n, want, observed.get(n.as_str()), held.contains(n.as_str()), view) {
+            match action_for(n, want, observed.get(n.as_str()), held.contains(n.as_str()), view) {
                 Action::Keep => None,
                 a => Some((n.clone(), a)),
             }

@@ -185,13 +185,6 @@ pub struct Decision {
     pub measure: bool,
 }
 
-impl Decision {
-    /// The revision `node` must run now (`None`: nothing).
-    pub fn revision_for(&self, node: &str) -> Option<String> {
-        self.assign.get(node).cloned().flatten()
-    }
-}
-
 fn time(t: Timestamp) -> Time {
     Time(t)
 }
